@@ -1,0 +1,437 @@
+// The messages pagepair sends, as TypeScript values. The codec (codec.ts)
+// turns them into frames and back; docs/protocol.md gives the bytes.
+//
+// Every message carries the common header fields (requestId, epoch, sender,
+// flags). A reply repeats the requestId of its request.
+
+/** Frame type codes. A reply's code is its request's code | REPLY_BIT. */
+export const MsgType = {
+  // the ten paging synchronization messages (controller <-> controller)
+  SPACE_REQUEST: 0x01,
+  ALLOCATE: 0x02,
+  RELEASE: 0x03,
+  LOCK_REQUEST: 0x04,
+  READ_HEADER: 0x05,
+  WRITE_PAGE: 0x06,
+  SENSE_REQUEST: 0x07,
+  ALLOCATE_READ: 0x08,
+  ALLOCATE_WRITE: 0x09,
+  RELEASE_POINTER: 0x0a,
+  // handshake, peer and client
+  HELLO: 0x20,
+  AUTH: 0x21,
+  CLIENT_HELLO: 0x22,
+  // client requests (client -> controller)
+  C_ALLOCATE: 0x30,
+  C_RELEASE: 0x31,
+  C_WRITE: 0x32,
+  C_READ: 0x33,
+  C_FLUSH: 0x34,
+  C_STATUS: 0x35,
+  C_LIST: 0x36,
+  C_OPEN_POINTER: 0x37,
+  C_CLOSE_POINTER: 0x38,
+  // the typed error reply to any request
+  ERROR: 0xff,
+} as const;
+
+export const REPLY_BIT = 0x80;
+export const PROTOCOL_VERSION = 1;
+export const FRAME_MAGIC = 0x50475052; // "PGPR"
+export const HEADER_BYTES = 32;
+
+/** Controller ids on the wire. Clients send as 0. */
+export const SENDER_CLIENT = 0;
+export type ControllerId = 1 | 2;
+
+/** Page states, as carried in READ_HEADER replies. */
+export const PageState = {
+  CLEAN: 0,
+  DIRTY: 1,
+  STAGING: 2,
+  DESTAGING: 3,
+  ABSENT: 4,
+} as const;
+export type PageStateCode = (typeof PageState)[keyof typeof PageState];
+
+/** Controller roles, as carried in SENSE replies and status. */
+export const Role = {
+  STARTING: 0,
+  MIRRORED: 1,
+  ALONE: 2,
+  FENCED: 3,
+  JOINING: 4,
+  STOPPING: 5,
+  /** Mirroring is switched off by configuration: a single controller. */
+  SINGLE: 6,
+} as const;
+export type RoleCode = (typeof Role)[keyof typeof Role];
+
+export const SenseReason = {
+  HEARTBEAT: 0,
+  SHUTTING_DOWN: 1,
+  CRASHING: 2,
+} as const;
+export type SenseReasonCode = (typeof SenseReason)[keyof typeof SenseReason];
+
+export const LockOp = { TAKE: 1, GIVE: 2 } as const;
+export type LockOpCode = (typeof LockOp)[keyof typeof LockOp];
+
+export const PointerMode = { READ: 1, WRITE: 2 } as const;
+export type PointerModeCode = (typeof PointerMode)[keyof typeof PointerMode];
+
+/** WRITE_PAGE per-page flags. */
+export const PageFlag = {
+  /** No data: the page is clean at `version` (it was destaged). */
+  CLEAN_AT: 0x01,
+  /** Data belongs to an open write pointer; committed on RELEASE_POINTER. */
+  POINTER_PENDING: 0x02,
+} as const;
+
+/** Fields every frame carries in its header. */
+export interface Common {
+  requestId: number; // u32
+  epoch: number; // u32
+  sender: number; // u8
+  flags: number; // u8, reserved for future use; must be 0 in version 1
+}
+
+// ---------------------------------------------------------------------------
+// The ten paging synchronization messages and their replies
+
+export interface SpaceRequest extends Common {
+  kind: 'SPACE_REQUEST';
+  policy: string;
+  pageSizeBytes: number;
+  pageCount: number;
+  /** true: reserve the space; false: only report what is free. */
+  reserve: boolean;
+  /** Proposed data-area offset, or -1 to let the receiver choose. */
+  dataOffset: number;
+}
+export interface SpaceReply extends Common {
+  kind: 'SPACE_REQUEST_REPLY';
+  reservationId: number; // 0 when nothing was reserved
+  dataOffset: number; // -1 when nothing was reserved
+  cacheBytesFree: number;
+  storeBytesFree: number;
+}
+
+export interface Allocate extends Common {
+  kind: 'ALLOCATE';
+  guid: string;
+  name: string;
+  policy: string;
+  pageSizeBytes: number;
+  pageCount: number;
+  dataOffset: number;
+  reservationId: number;
+  createdEpoch: number;
+}
+export interface AllocateReply extends Common {
+  kind: 'ALLOCATE_REPLY';
+}
+
+export interface Release extends Common {
+  kind: 'RELEASE';
+  guid: string;
+}
+export interface ReleaseReply extends Common {
+  kind: 'RELEASE_REPLY';
+}
+
+export interface LockRequest extends Common {
+  kind: 'LOCK_REQUEST';
+  guid: string;
+  firstPage: number;
+  pageCount: number;
+  op: LockOpCode;
+}
+export interface LockReply extends Common {
+  kind: 'LOCK_REQUEST_REPLY';
+  /** Pages whose ownership moved by this request. */
+  granted: boolean;
+}
+
+export interface ReadHeader extends Common {
+  kind: 'READ_HEADER';
+  guid: string;
+  firstPage: number;
+  pageCount: number;
+}
+export interface PageHeaderInfo {
+  page: number;
+  version: number;
+  crc: number;
+  state: PageStateCode;
+  epoch: number;
+}
+export interface ReadHeaderReply extends Common {
+  kind: 'READ_HEADER_REPLY';
+  guid: string;
+  headers: PageHeaderInfo[];
+}
+
+export interface PageWrite {
+  guid: string;
+  page: number;
+  version: number;
+  crc: number;
+  epoch: number;
+  pageFlags: number; // PageFlag bits
+  pointerId: number; // 0 when not part of a write pointer
+  data: Buffer; // empty for CLEAN_AT
+}
+export interface WritePage extends Common {
+  kind: 'WRITE_PAGE';
+  pages: PageWrite[];
+}
+export interface WritePageReply extends Common {
+  kind: 'WRITE_PAGE_REPLY';
+  count: number;
+}
+
+export interface SenseRequest extends Common {
+  kind: 'SENSE_REQUEST';
+  role: RoleCode;
+  reason: SenseReasonCode;
+}
+export interface SenseReply extends Common {
+  kind: 'SENSE_REQUEST_REPLY';
+  role: RoleCode;
+  senseCode: number; // 0 = no error; otherwise an ErrorCode number
+  allocations: number;
+  cachedPages: number;
+  dirtyPages: number;
+  destageQueue: number;
+  tableDigest: string; // hex
+  dirtyDigest: string; // hex
+}
+
+export interface AllocateRead extends Common {
+  kind: 'ALLOCATE_READ';
+  guid: string;
+  firstPage: number;
+  pageCount: number;
+  pointerId: number;
+}
+export interface AllocateWrite extends Common {
+  kind: 'ALLOCATE_WRITE';
+  guid: string;
+  firstPage: number;
+  pageCount: number;
+  pointerId: number;
+}
+export interface AllocatePointerReply extends Common {
+  kind: 'ALLOCATE_READ_REPLY' | 'ALLOCATE_WRITE_REPLY';
+  pointerId: number;
+}
+export interface ReleasePointer extends Common {
+  kind: 'RELEASE_POINTER';
+  pointerId: number;
+  /** For a write pointer: true commits its pages, false drops them. */
+  commit: boolean;
+}
+export interface ReleasePointerReply extends Common {
+  kind: 'RELEASE_POINTER_REPLY';
+  pages: number; // pages committed
+}
+
+// ---------------------------------------------------------------------------
+// Handshake
+
+/** Peer or client opens with HELLO; the receiver answers with HELLO_REPLY. */
+export interface Hello extends Common {
+  kind: 'HELLO';
+  protocolVersion: number;
+  pairId: string; // uuid
+  controllerId: number;
+  nonce: Buffer; // 32 bytes
+  pid: number;
+}
+export interface HelloReply extends Common {
+  kind: 'HELLO_REPLY';
+  pairId: string;
+  controllerId: number;
+  nonce: Buffer; // 32 bytes
+  /** HMAC proving the replier knows the secret (see docs/protocol.md). */
+  proof: Buffer; // 32 bytes
+  pid: number;
+}
+export interface Auth extends Common {
+  kind: 'AUTH';
+  proof: Buffer; // 32 bytes
+}
+export interface AuthReply extends Common {
+  kind: 'AUTH_REPLY';
+  role: RoleCode;
+}
+export interface ClientHello extends Common {
+  kind: 'CLIENT_HELLO';
+  protocolVersion: number;
+  token: string;
+  clientName: string;
+}
+export interface ClientHelloReply extends Common {
+  kind: 'CLIENT_HELLO_REPLY';
+  controllerId: number;
+  pairId: string;
+  role: RoleCode;
+  requestBytesMax: number;
+  inflightMax: number;
+}
+
+// ---------------------------------------------------------------------------
+// Client requests
+
+export interface CAllocate extends Common {
+  kind: 'C_ALLOCATE';
+  name: string;
+  policy: string;
+  sizeBytes: number;
+}
+export interface CAllocateReply extends Common {
+  kind: 'C_ALLOCATE_REPLY';
+  guid: string;
+  pageSizeBytes: number;
+  pageCount: number;
+}
+export interface CRelease extends Common {
+  kind: 'C_RELEASE';
+  guid: string;
+}
+export interface CReleaseReply extends Common {
+  kind: 'C_RELEASE_REPLY';
+}
+export interface CWrite extends Common {
+  kind: 'C_WRITE';
+  guid: string;
+  offset: number;
+  pointerId: number; // 0: a plain write, committed on ack
+  data: Buffer;
+}
+export interface CWriteReply extends Common {
+  kind: 'C_WRITE_REPLY';
+}
+export interface CRead extends Common {
+  kind: 'C_READ';
+  guid: string;
+  offset: number;
+  length: number;
+  pointerId: number;
+}
+export interface CReadReply extends Common {
+  kind: 'C_READ_REPLY';
+  data: Buffer;
+}
+export interface CFlush extends Common {
+  kind: 'C_FLUSH';
+  /** Empty string: every allocation. */
+  guid: string;
+}
+export interface CFlushReply extends Common {
+  kind: 'C_FLUSH_REPLY';
+  pages: number;
+}
+export interface CStatus extends Common {
+  kind: 'C_STATUS';
+}
+export interface CStatusReply extends Common {
+  kind: 'C_STATUS_REPLY';
+  json: string; // status is not on the hot path; JSON keeps it extensible
+}
+export interface CList extends Common {
+  kind: 'C_LIST';
+}
+export interface CListReply extends Common {
+  kind: 'C_LIST_REPLY';
+  allocations: {
+    guid: string;
+    name: string;
+    policy: string;
+    pageSizeBytes: number;
+    pageCount: number;
+  }[];
+}
+export interface COpenPointer extends Common {
+  kind: 'C_OPEN_POINTER';
+  guid: string;
+  firstPage: number;
+  pageCount: number;
+  mode: PointerModeCode;
+}
+export interface COpenPointerReply extends Common {
+  kind: 'C_OPEN_POINTER_REPLY';
+  pointerId: number;
+}
+export interface CClosePointer extends Common {
+  kind: 'C_CLOSE_POINTER';
+  pointerId: number;
+  commit: boolean;
+}
+export interface CClosePointerReply extends Common {
+  kind: 'C_CLOSE_POINTER_REPLY';
+  pages: number;
+}
+
+// ---------------------------------------------------------------------------
+
+export interface ErrorReply extends Common {
+  kind: 'ERROR';
+  code: number; // ErrorCode number
+  requestType: number; // the type code of the request it answers (0 if none)
+  message: string;
+}
+
+export type PeerRequest =
+  | SpaceRequest
+  | Allocate
+  | Release
+  | LockRequest
+  | ReadHeader
+  | WritePage
+  | SenseRequest
+  | AllocateRead
+  | AllocateWrite
+  | ReleasePointer;
+
+export type PeerReply =
+  | SpaceReply
+  | AllocateReply
+  | ReleaseReply
+  | LockReply
+  | ReadHeaderReply
+  | WritePageReply
+  | SenseReply
+  | AllocatePointerReply
+  | ReleasePointerReply;
+
+export type HandshakeMessage = Hello | HelloReply | Auth | AuthReply | ClientHello | ClientHelloReply;
+
+export type ClientRequest =
+  | CAllocate
+  | CRelease
+  | CWrite
+  | CRead
+  | CFlush
+  | CStatus
+  | CList
+  | COpenPointer
+  | CClosePointer;
+
+export type ClientReply =
+  | CAllocateReply
+  | CReleaseReply
+  | CWriteReply
+  | CReadReply
+  | CFlushReply
+  | CStatusReply
+  | CListReply
+  | COpenPointerReply
+  | CClosePointerReply;
+
+export type Message = PeerRequest | PeerReply | HandshakeMessage | ClientRequest | ClientReply | ErrorReply;
+export type MessageKind = Message['kind'];
+
+/** Body-only view of a message: what a sender fills in before the header fields. */
+export type BodyOf<M extends Message> = Omit<M, keyof Common>;

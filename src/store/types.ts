@@ -1,0 +1,113 @@
+// The block store's interfaces. A BlockStore is formatted over a Device (a
+// range of bytes: a file today, several devices or an NBD export later).
+// layout.ts holds the pure encoding and geometry; page-store.ts the logic over
+// a Device; file-device.ts and memory-device.ts the byte ranges.
+
+/** A range of bytes that can be read, written and made durable. */
+export interface Device {
+  readonly sizeBytes: number;
+  read(offset: number, length: number): Promise<Buffer>;
+  write(offset: number, data: Buffer): Promise<void>;
+  /** Make every completed write durable (fdatasync). */
+  sync(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Where each area of the store lives, in bytes from the start of the device. */
+export interface Geometry {
+  blockBytes: number; // 4096
+  /** Two superblock copies: at 0 and at blockBytes. */
+  superblockCopyBytes: number;
+  mailboxOffset: number;
+  mailboxBytes: number;
+  /** Two allocation-table copies, each tableCopyBytes long, back to back. */
+  tableOffset: number;
+  tableCopyBytes: number;
+  tableEntriesMax: number;
+  dataOffset: number;
+  dataBytes: number;
+}
+
+export interface Superblock {
+  formatVersion: number;
+  pairId: string; // uuid
+  geometry: Geometry;
+  createdAtMs: number;
+}
+
+/** One allocation as kept in the allocation table. */
+export interface AllocationRecord {
+  guid: string;
+  name: string;
+  policy: string;
+  pageSizeBytes: number;
+  pageCount: number;
+  /** Start of the allocation's extent, relative to the data area. */
+  dataOffset: number;
+  createdEpoch: number;
+}
+
+/** Bytes in front of every page in the data area. */
+export const PAGE_HEADER_BYTES = 64;
+
+/** What a page slot's header says; version 0 means never written. */
+export interface StoredPageHeader {
+  guid: string;
+  page: number;
+  version: number;
+  epoch: number;
+  crc: number; // CRC32C of the page data
+}
+
+export interface StoredPage {
+  header: StoredPageHeader;
+  data: Buffer;
+}
+
+/** A controller's heartbeat slot in the mailbox area. */
+export interface MailboxSlot {
+  controllerId: number;
+  epoch: number;
+  /** Grows by one at every heartbeat write. */
+  counter: number;
+  timeMs: number;
+  pid: number;
+  role: number; // Role code
+}
+
+/** The epoch record: who may write in which epoch. */
+export interface EpochRecord {
+  epoch: number;
+  /** Controller that wrote the record; 0 when both serve (mirrored). */
+  activeId: number;
+  seq: number;
+  timeMs: number;
+}
+
+export interface Mailbox {
+  slots: (MailboxSlot | null)[]; // index controllerId - 1
+  epoch: EpochRecord | null;
+}
+
+/** The location facts of an allocation that page I/O needs. */
+export interface PageLocation {
+  guid: string;
+  dataOffset: number;
+  pageSizeBytes: number;
+}
+
+export interface BlockStore {
+  readonly superblock: Superblock;
+  /** Reads a page and checks its checksums. A never-written page (or one left
+   *  by an allocation since released) reads as version 0, all zeros. */
+  readPage(loc: PageLocation, page: number): Promise<StoredPage>;
+  writePage(loc: PageLocation, page: number, version: number, epoch: number, data: Buffer, crc?: number): Promise<void>;
+  readTable(): Promise<{ seq: number; records: AllocationRecord[] }>;
+  /** Writes the table to the older copy with the next sequence number; returns it. */
+  writeTable(records: AllocationRecord[]): Promise<number>;
+  readMailbox(): Promise<Mailbox>;
+  writeMailboxSlot(slot: MailboxSlot): Promise<void>;
+  writeEpochRecord(rec: Omit<EpochRecord, 'seq'>): Promise<EpochRecord>;
+  sync(): Promise<void>;
+  close(): Promise<void>;
+}
