@@ -1,0 +1,90 @@
+#!/usr/bin/env node
+// Codec throughput, run by hand against the compiled output:
+//   npm run build && node scripts/bench-codec.mjs [frames]
+// PAGEPAIR_DIST=<dir> points at another build. Each figure comes with a
+// baseline measured in the same run (a plain 4 KiB copy, zlib's native
+// CRC-32), so numbers from different machines can be compared as ratios.
+
+import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import zlib from 'node:zlib';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const dist = process.env.PAGEPAIR_DIST ?? path.join(here, '..', 'dist');
+const load = (file) => import(pathToFileURL(path.join(dist, 'protocol', file)).href);
+const { encode, decode, FrameDecoder } = await load('codec.js');
+const { crc32c } = await load('crc32c.js');
+
+const frames = Number(process.argv[2] ?? 100_000);
+const PAGE_BYTES = 4096;
+const GUID = '0123abcd-4567-89ef-a1b2-c3d4e5f60718';
+
+const pages = Array.from({ length: 64 }, () => randomBytes(PAGE_BYTES));
+const message = (i) => ({
+  kind: 'WRITE_PAGE',
+  requestId: i >>> 0,
+  epoch: 3,
+  sender: 1,
+  flags: 0,
+  pages: [
+    {
+      guid: GUID,
+      page: i & 0xffff,
+      version: i + 1,
+      crc: 0x1234_5678,
+      epoch: 3,
+      pageFlags: 0,
+      pointerId: 0,
+      data: pages[i & 63],
+    },
+  ],
+});
+
+function time(label, n, bytesEach, fn) {
+  for (let i = 0; i < Math.min(n, 5000); i++) fn(i); // warm up the JIT
+  const start = process.hrtime.bigint();
+  for (let i = 0; i < n; i++) fn(i);
+  const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+  const perSecond = n / seconds;
+  const mbPerSecond = (perSecond * bytesEach) / 1e6;
+  console.log(
+    `${label.padEnd(34)} ${Math.round(perSecond).toString().padStart(10)} /s ${mbPerSecond.toFixed(0).padStart(7)} MB/s`,
+  );
+  return mbPerSecond;
+}
+
+const frameBytes = encode(message(0)).length;
+console.log(`node ${process.version}, ${frames} WRITE_PAGE frames of ${frameBytes} bytes (one ${PAGE_BYTES}-byte page)\n`);
+
+const copyMb = time('baseline: copy 4 KiB', frames, PAGE_BYTES, (i) => Buffer.from(pages[i & 63]));
+const zlibMb =
+  typeof zlib.crc32 === 'function'
+    ? time('baseline: zlib.crc32 (IEEE) 4 KiB', frames, PAGE_BYTES, (i) => zlib.crc32(pages[i & 63]))
+    : undefined;
+const crcMb = time('crc32c 4 KiB', frames, PAGE_BYTES, (i) => crc32c(pages[i & 63]));
+
+const encoded = Array.from({ length: 64 }, (_, i) => encode(message(i)));
+const encodeMb = time('encode WRITE_PAGE', frames, frameBytes, (i) => encode(message(i)));
+const decodeMb = time('decode WRITE_PAGE', frames, frameBytes, (i) => decode(encoded[i & 63]));
+const bothMb = time('encode + decode WRITE_PAGE', frames, frameBytes, (i) => decode(encode(message(i))));
+
+// A byte stream cut into 64 KiB chunks that split frames anywhere.
+const stream = Buffer.concat(Array.from({ length: 1024 }, (_, i) => encoded[i & 63]));
+const CHUNK = 64 * 1024;
+const chunks = [];
+for (let at = 0; at < stream.length; at += CHUNK) chunks.push(stream.subarray(at, at + CHUNK));
+const streamRounds = Math.max(1, Math.round(frames / 1024));
+const streamMb = time('FrameDecoder, 64 KiB chunks', streamRounds, stream.length, () => {
+  const d = new FrameDecoder();
+  let n = 0;
+  for (const c of chunks) n += d.push(c).length;
+  if (n !== 1024) throw new Error(`decoded ${n} frames`);
+});
+
+console.log('\nratios to the copy baseline (higher is better):');
+const ratio = (mb) => (mb / copyMb).toFixed(3);
+if (zlibMb !== undefined) console.log(`  zlib.crc32 ${ratio(zlibMb)}   crc32c / zlib.crc32 ${(crcMb / zlibMb).toFixed(3)}`);
+console.log(
+  `  crc32c ${ratio(crcMb)}   encode ${ratio(encodeMb)}   decode ${ratio(decodeMb)}   both ${ratio(bothMb)}   stream ${ratio(streamMb)}`,
+);

@@ -1,0 +1,380 @@
+// The pagepair client library: one WebSocket to one controller, requests
+// matched to replies by request id, every failure a PagepairError.
+
+import type { CListReply, ClientRequest, Common, Message, MessageKind } from '../protocol/messages.js';
+import { WebSocket, type RawData } from 'ws';
+import { PagepairError } from '../errors.js';
+import { decode, encode } from '../protocol/codec.js';
+import { HARD_LIMITS } from '../protocol/limits.js';
+import { PointerMode, PROTOCOL_VERSION, SENDER_CLIENT, type RoleCode } from '../protocol/messages.js';
+import { closeGracefully, messageBytes, WS_COMMON, zeroMask } from '../transport/ws-util.js';
+
+export interface ClientOptions {
+  host: string;
+  port: number;
+  token: string;
+  /** Shown in the controller's logs. */
+  name?: string;
+  /** Per request, and for the connect + hello. Default 10000. */
+  timeoutMs?: number;
+}
+
+export interface AllocationInfo {
+  guid: string;
+  pageSizeBytes: number;
+  pageCount: number;
+}
+
+type ReplyOf<K extends MessageKind> = Extract<Message, { kind: K }>;
+/** A client request without its header fields, which the client fills in. */
+type RequestBody = ClientRequest extends infer R ? (R extends ClientRequest ? Omit<R, keyof Common> : never) : never;
+
+interface Pending {
+  expect: MessageKind;
+  resolve(msg: Message): void;
+  reject(err: Error): void;
+  timer: NodeJS.Timeout;
+}
+
+const TIMEOUT_MS_DEFAULT = 10_000;
+const REQUEST_ID_MAX = 0xffff_ffff;
+
+export class PagepairClient {
+  readonly controllerId: number;
+  readonly pairId: string;
+  /** The controller's role when the connection was made. */
+  readonly role: RoleCode;
+  /** Largest read or write the controller accepts in one request. */
+  readonly requestBytesMax: number;
+  /** Requests the controller lets this connection have in flight; more are answered BUSY. */
+  readonly inflightMax: number;
+
+  private readonly ws: WebSocket;
+  private readonly timeoutMs: number;
+  private readonly pending = new Map<number, Pending>();
+  private lastRequestId: number;
+  private closed = false;
+  /** Why the controller ended the connection, when it said so (an ERROR with request id 0). */
+  private closeCause = '';
+  private readonly closedPromise: Promise<void>;
+
+  private constructor(ws: WebSocket, timeoutMs: number, hello: ReplyOf<'CLIENT_HELLO_REPLY'>) {
+    this.ws = ws;
+    this.timeoutMs = timeoutMs;
+    this.controllerId = hello.controllerId;
+    this.pairId = hello.pairId;
+    this.role = hello.role;
+    this.requestBytesMax = hello.requestBytesMax;
+    this.inflightMax = hello.inflightMax;
+    this.lastRequestId = hello.requestId;
+    ws.on('message', (data, isBinary) => this.onFrame(data, isBinary));
+    this.closedPromise = new Promise((resolve) => {
+      ws.once('close', () => {
+        this.onClosed();
+        resolve();
+      });
+    });
+  }
+
+  /** Connects and says hello. Rejects with a PagepairError (AUTH_FAILED, TIMEOUT, NOT_ACTIVE, ...). */
+  static connect(opts: ClientOptions): Promise<PagepairClient> {
+    const timeoutMs = opts.timeoutMs ?? TIMEOUT_MS_DEFAULT;
+    const where = `${opts.host}:${opts.port}`;
+    const url = `ws://${opts.host.includes(':') ? `[${opts.host}]` : opts.host}:${opts.port}/`;
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      const ws = new WebSocket(url, {
+        ...WS_COMMON,
+        // Replies may be as large as any controller allows; the hard limit bounds them.
+        maxPayload: HARD_LIMITS.frameBytesMax,
+        handshakeTimeout: timeoutMs,
+        generateMask: zeroMask,
+      });
+      const fail = (err: PagepairError): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        ws.off('message', onMessage);
+        closeGracefully(ws, 1000, '');
+        reject(err);
+      };
+      const timer = setTimeout(() => fail(new PagepairError('TIMEOUT', `no hello from ${where} within ${timeoutMs} ms`)), timeoutMs);
+      const onMessage = (data: RawData, isBinary: boolean): void => {
+        if (settled) return;
+        let msg: Message;
+        try {
+          if (!isBinary) throw new PagepairError('BAD_FRAME', 'text message from the controller');
+          msg = decode(messageBytes(data), HARD_LIMITS);
+        } catch (err) {
+          fail(new PagepairError('BAD_FRAME', `bad hello reply from ${where}: ${errorText(err)}`));
+          return;
+        }
+        if (msg.kind === 'ERROR') {
+          fail(PagepairError.fromWire(msg.code, `${where} refused the connection: ${msg.message}`));
+          return;
+        }
+        if (msg.kind !== 'CLIENT_HELLO_REPLY') {
+          fail(new PagepairError('INTERNAL', `expected CLIENT_HELLO_REPLY from ${where}, got ${msg.kind}`));
+          return;
+        }
+        settled = true;
+        clearTimeout(timer);
+        ws.off('message', onMessage);
+        resolve(new PagepairClient(ws, timeoutMs, msg));
+      };
+      // Stays for the socket's whole life: an unhandled 'error' would crash the caller.
+      ws.on('error', (err) => fail(new PagepairError('NOT_ACTIVE', `cannot reach controller at ${where}: ${err.message}`)));
+      ws.on('close', (code) => fail(new PagepairError('NOT_ACTIVE', `connection to ${where} closed during hello (${code})`)));
+      ws.on('message', onMessage);
+      ws.once('open', () => {
+        ws.send(
+          encode({
+            kind: 'CLIENT_HELLO',
+            requestId: 1,
+            epoch: 0,
+            sender: SENDER_CLIENT,
+            flags: 0,
+            protocolVersion: PROTOCOL_VERSION,
+            token: opts.token,
+            clientName: opts.name ?? `pagepair-client/${process.pid}`,
+          }),
+          { binary: true },
+        );
+      });
+    });
+  }
+
+  /** Requests sent and not yet answered (nor timed out). */
+  get inflight(): number {
+    return this.pending.size;
+  }
+
+  get isOpen(): boolean {
+    return !this.closed;
+  }
+
+  async allocate(name: string, sizeBytes: number, policy = 'default'): Promise<AllocationInfo> {
+    checkString('name', name);
+    checkString('policy', policy);
+    checkCount('sizeBytes', sizeBytes);
+    const r = await this.request({ kind: 'C_ALLOCATE', name, policy, sizeBytes }, 'C_ALLOCATE_REPLY');
+    return { guid: r.guid, pageSizeBytes: r.pageSizeBytes, pageCount: r.pageCount };
+  }
+
+  async release(guid: string): Promise<void> {
+    checkString('guid', guid);
+    await this.request({ kind: 'C_RELEASE', guid }, 'C_RELEASE_REPLY');
+  }
+
+  async write(guid: string, offset: number, data: Buffer, pointerId = 0): Promise<void> {
+    checkString('guid', guid);
+    checkCount('offset', offset);
+    checkCount('pointerId', pointerId);
+    if (!Buffer.isBuffer(data)) throw new PagepairError('BAD_FIELD', 'data must be a Buffer', 'data');
+    this.checkSize('data', data.length);
+    await this.request({ kind: 'C_WRITE', guid, offset, pointerId, data }, 'C_WRITE_REPLY');
+  }
+
+  async read(guid: string, offset: number, length: number, pointerId = 0): Promise<Buffer> {
+    checkString('guid', guid);
+    checkCount('offset', offset);
+    checkCount('length', length);
+    checkCount('pointerId', pointerId);
+    this.checkSize('length', length);
+    const r = await this.request({ kind: 'C_READ', guid, offset, length, pointerId }, 'C_READ_REPLY');
+    return r.data;
+  }
+
+  /** Destages dirty pages (of one allocation, or all when guid is omitted); resolves to the pages written. */
+  async flush(guid?: string): Promise<number> {
+    if (guid !== undefined) checkString('guid', guid);
+    const r = await this.request({ kind: 'C_FLUSH', guid: guid ?? '' }, 'C_FLUSH_REPLY');
+    return r.pages;
+  }
+
+  async status(): Promise<unknown> {
+    const r = await this.request({ kind: 'C_STATUS' }, 'C_STATUS_REPLY');
+    try {
+      return JSON.parse(r.json) as unknown;
+    } catch (err) {
+      throw new PagepairError('INTERNAL', `status reply is not JSON: ${errorText(err)}`);
+    }
+  }
+
+  async list(): Promise<CListReply['allocations']> {
+    const r = await this.request({ kind: 'C_LIST' }, 'C_LIST_REPLY');
+    return r.allocations;
+  }
+
+  async openPointer(guid: string, firstPage: number, pageCount: number, mode: 'read' | 'write'): Promise<number> {
+    checkString('guid', guid);
+    checkCount('firstPage', firstPage);
+    checkCount('pageCount', pageCount);
+    if (mode !== 'read' && mode !== 'write') {
+      throw new PagepairError('BAD_FIELD', `mode must be 'read' or 'write', got ${String(mode)}`, 'mode');
+    }
+    const r = await this.request(
+      { kind: 'C_OPEN_POINTER', guid, firstPage, pageCount, mode: mode === 'read' ? PointerMode.READ : PointerMode.WRITE },
+      'C_OPEN_POINTER_REPLY',
+    );
+    return r.pointerId;
+  }
+
+  /** Gives a pointer back; for a write pointer `commit` (default true) keeps its pages. Resolves to the pages committed. */
+  async closePointer(pointerId: number, commit = true): Promise<number> {
+    checkCount('pointerId', pointerId);
+    if (typeof commit !== 'boolean') throw new PagepairError('BAD_FIELD', 'commit must be a boolean', 'commit');
+    const r = await this.request({ kind: 'C_CLOSE_POINTER', pointerId, commit }, 'C_CLOSE_POINTER_REPLY');
+    return r.pages;
+  }
+
+  /** Closes the connection; requests still pending reject with NOT_ACTIVE. */
+  async close(): Promise<void> {
+    if (!this.closed) closeGracefully(this.ws, 1000, 'client closing');
+    await this.closedPromise;
+  }
+
+  // -------------------------------------------------------------------------
+
+  private request<K extends MessageKind>(body: RequestBody, expect: K): Promise<ReplyOf<K>> {
+    if (this.closed || this.ws.readyState !== WebSocket.OPEN) {
+      return Promise.reject(this.closedError());
+    }
+    const requestId = this.nextRequestId();
+    const msg = { ...body, requestId, epoch: 0, sender: SENDER_CLIENT, flags: 0 } as ClientRequest;
+    let frame: Buffer;
+    try {
+      frame = encode(msg);
+    } catch (err) {
+      // The codec refuses what the controller would refuse (a string too long, ...).
+      return Promise.reject(err instanceof PagepairError ? err : new PagepairError('BAD_FIELD', errorText(err)));
+    }
+    return new Promise<ReplyOf<K>>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(requestId);
+        reject(new PagepairError('TIMEOUT', `${body.kind} to controller ${this.controllerId} not answered within ${this.timeoutMs} ms`));
+      }, this.timeoutMs);
+      this.pending.set(requestId, { expect, resolve: resolve as (msg: Message) => void, reject, timer });
+      this.ws.send(frame, { binary: true });
+    });
+  }
+
+  private nextRequestId(): number {
+    // u32, wrapping, never 0 (0 marks a connection-level ERROR), never one still pending.
+    let id = this.lastRequestId;
+    do {
+      id = id >= REQUEST_ID_MAX ? 1 : id + 1;
+    } while (this.pending.has(id));
+    this.lastRequestId = id;
+    return id;
+  }
+
+  private onFrame(data: RawData, isBinary: boolean): void {
+    let msg: Message;
+    try {
+      if (!isBinary) throw new PagepairError('BAD_FRAME', 'text message');
+      msg = decode(messageBytes(data), HARD_LIMITS);
+    } catch (err) {
+      // The byte stream from the controller can no longer be trusted.
+      this.closeCause = `bad frame from controller: ${errorText(err)}`;
+      closeGracefully(this.ws, 1002, 'bad frame');
+      return;
+    }
+    if (msg.requestId === 0) {
+      if (msg.kind === 'ERROR') this.closeCause = msg.message;
+      return;
+    }
+    const p = this.pending.get(msg.requestId);
+    if (p === undefined) return; // answered after its timeout
+    this.pending.delete(msg.requestId);
+    clearTimeout(p.timer);
+    if (msg.kind === 'ERROR') p.reject(PagepairError.fromWire(msg.code, msg.message));
+    else if (msg.kind !== p.expect) p.reject(new PagepairError('INTERNAL', `expected ${p.expect}, got ${msg.kind}`));
+    else p.resolve(msg);
+  }
+
+  private onClosed(): void {
+    this.closed = true;
+    const err = this.closedError();
+    const pending = [...this.pending.values()];
+    this.pending.clear();
+    for (const p of pending) {
+      clearTimeout(p.timer);
+      p.reject(err);
+    }
+  }
+
+  private closedError(): PagepairError {
+    const cause = this.closeCause ? `: ${this.closeCause}` : '';
+    return new PagepairError('NOT_ACTIVE', `connection to controller ${this.controllerId} closed${cause}`);
+  }
+
+  private checkSize(field: string, bytes: number): void {
+    if (bytes > this.requestBytesMax) {
+      throw new PagepairError('TOO_LARGE', `${field}: ${bytes} bytes, the controller takes at most ${this.requestBytesMax}`, field);
+    }
+  }
+}
+
+function checkString(field: string, value: unknown): void {
+  if (typeof value !== 'string') throw new PagepairError('BAD_FIELD', `${field} must be a string`, field);
+}
+
+function checkCount(field: string, value: unknown): void {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
+    throw new PagepairError('BAD_FIELD', `${field} must be a non-negative integer, got ${String(value)}`, field);
+  }
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+// ---------------------------------------------------------------------------
+
+export interface ControllerAddress {
+  /** The controller's id as its configuration names it. */
+  id: string;
+  host: string;
+  port: number;
+  token: string;
+}
+
+export interface ControllerConfigAddresses {
+  id: string;
+  clientToken: string;
+  listen: { client: { host: string; port: number } };
+  partner: { id: string; client: { host: string; port: number } };
+}
+
+/**
+ * Both controllers' client addresses, from one controller's configuration
+ * file, so a tool can reach A, B or both. Each entry can be passed to
+ * PagepairClient.connect as it is.
+ */
+export function controllerAddresses(cfg: ControllerConfigAddresses): {
+  self: ControllerAddress;
+  partner: ControllerAddress;
+  all: [ControllerAddress, ControllerAddress];
+} {
+  const self: ControllerAddress = {
+    id: cfg.id,
+    host: dialableHost(cfg.listen.client.host),
+    port: cfg.listen.client.port,
+    token: cfg.clientToken,
+  };
+  const partner: ControllerAddress = {
+    id: cfg.partner.id,
+    host: dialableHost(cfg.partner.client.host),
+    port: cfg.partner.client.port,
+    token: cfg.clientToken,
+  };
+  return { self, partner, all: [self, partner] };
+}
+
+/** A controller listening on every interface is reached through loopback. */
+function dialableHost(host: string): string {
+  if (host === '0.0.0.0' || host === '') return '127.0.0.1';
+  if (host === '::' || host === '[::]') return '::1';
+  return host;
+}

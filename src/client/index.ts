@@ -1,0 +1,11 @@
+// The public face of the client library.
+
+export {
+  PagepairClient,
+  controllerAddresses,
+  type AllocationInfo,
+  type ClientOptions,
+  type ControllerAddress,
+  type ControllerConfigAddresses,
+} from './client.js';
+export { ErrorCode, PagepairError, isPagepairError, type ErrorCodeName } from '../errors.js';

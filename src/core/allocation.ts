@@ -1,0 +1,66 @@
+// An allocation as the core keeps it: the table record, its cached pages,
+// which controller may write each page, and the pointers open on it.
+
+import type { AllocationRecord } from '../store/types.js';
+import type { PointerModeCode } from '../protocol/messages.js';
+import type { CachePage } from './page-cache.js';
+import { guidToBytes } from './digest.js';
+
+export interface PointerState {
+  readonly id: number;
+  readonly mode: PointerModeCode;
+  readonly alloc: AllocState;
+  readonly firstPage: number;
+  readonly pageCount: number;
+  /** Controller that handed it out. */
+  readonly holderId: number;
+  /** Client connection that holds it (only on the holder). */
+  readonly connId: number;
+  lastUsedMs: number;
+  /** Write pointers: page -> contents to install on commit. */
+  readonly shadows: Map<number, { version: number; crc: number; data: Buffer }>;
+  /** Read pointers: the pages pinned in our cache. */
+  readonly pinned: CachePage[];
+}
+
+export interface AllocState {
+  readonly record: AllocationRecord;
+  readonly guidBytes: Buffer;
+  readonly sizeBytes: number;
+  readonly pages: Map<number, CachePage>;
+  /** Per page: the controller id that owns (may write and destage) it. */
+  readonly owner: Uint8Array;
+  readonly pointers: Set<PointerState>;
+  /** Store reads in flight; superseded when a newer version arrives meanwhile. */
+  readonly staging: Map<number, { promise: Promise<CachePage>; superseded: boolean }>;
+  destagesInFlight: number;
+  released: boolean;
+}
+
+export function newAllocState(record: AllocationRecord, initialOwner: number): AllocState {
+  return {
+    record,
+    guidBytes: guidToBytes(record.guid),
+    sizeBytes: record.pageSizeBytes * record.pageCount,
+    pages: new Map(),
+    owner: new Uint8Array(record.pageCount).fill(initialOwner),
+    pointers: new Set(),
+    staging: new Map(),
+    destagesInFlight: 0,
+    released: false,
+  };
+}
+
+/** The open pointer overlapping [first, first+count), if any. */
+export function overlappingPointer(alloc: AllocState, first: number, count: number, except?: PointerState): PointerState | undefined {
+  for (const p of alloc.pointers) {
+    if (p === except) continue;
+    if (p.firstPage < first + count && first < p.firstPage + p.pageCount) return p;
+  }
+  return undefined;
+}
+
+/** Record fields in a fixed order, for the table digest and comparisons. */
+export function recordFields(r: AllocationRecord): (string | number)[] {
+  return [r.guid, r.name, r.policy, r.pageSizeBytes, r.pageCount, r.dataOffset, r.createdEpoch];
+}

@@ -1,0 +1,1658 @@
+// The memory manager of one controller, as a pure state machine.
+//
+// Events come in as method calls (a client request, a partner frame, the link
+// going up or down, a tick); effects go out through CoreEnv (frames to send,
+// replies, store reads and writes). Nothing here touches sockets, files,
+// timers or the wall clock, so two cores can run paired in one process over a
+// simulated network and store.
+//
+// The rules that keep the pair equivalent:
+// - A page is written only by the controller that owns it; ownership moves by
+//   LOCK_REQUEST, and a grant waits until the granter's own writes and
+//   destages of those pages are done. So versions on both sides only grow and
+//   both end at the same final version.
+// - A write is applied locally, sent as WRITE_PAGE, and acknowledged only once
+//   the partner answered. Local readers of a page with a write in flight wait
+//   for that answer, so no read ever sees a value the partner does not hold.
+// - Every frame to the partner leaves through one ordered outbox.
+// - The owner destages; the partner then hears "clean at version v".
+
+import { crc32c } from '../protocol/crc32c.js';
+import {
+  LockOp,
+  MsgType,
+  PageFlag,
+  PageState,
+  PointerMode,
+  Role,
+  SenseReason,
+  type Allocate,
+  type AllocateRead,
+  type AllocateWrite,
+  type CAllocate,
+  type CClosePointer,
+  type CFlush,
+  type ClientReply,
+  type ClientRequest,
+  type COpenPointer,
+  type CRead,
+  type CRelease,
+  type CWrite,
+  type LockRequest,
+  type Message,
+  type PageHeaderInfo,
+  type PageWrite,
+  type PeerReply,
+  type PeerRequest,
+  type ReadHeader,
+  type Release,
+  type ReleasePointer,
+  type RoleCode,
+  type SenseReply,
+  type SenseRequest,
+  type SpaceRequest,
+  type WritePage,
+} from '../protocol/messages.js';
+import { ErrorCode, PagepairError, invariant, isPagepairError } from '../errors.js';
+import type { AllocationRecord, PageLocation } from '../store/types.js';
+import { extentBytes } from '../store/layout.js';
+import { findExtent } from '../store/extents.js';
+import { newAllocState, overlappingPointer, recordFields, type AllocState, type PointerState } from './allocation.js';
+import { PageCache, type CachePage } from './page-cache.js';
+import { PeerOutbox, newMirrorOp, settleOp, type MirrorOp } from './peer-outbox.js';
+import { SetDigest, tableMember } from './digest.js';
+import type { CoreConfig, CoreEnv } from './env.js';
+
+/** ALLOCATE with this reservation id replays a table entry during a join. */
+const SYNC_RESERVATION = 0xffff_ffff;
+/** Rounds a write or flush retries when ownership keeps moving. */
+const OWNERSHIP_ROUNDS_MAX = 64;
+const RESERVATION_TTL_MS = 10_000;
+
+interface PendingPeer {
+  kind: PeerRequest['kind'];
+  sentMs: number;
+  resolve(reply: PeerReply): void;
+  reject(err: Error): void;
+}
+
+interface DeferredGrant {
+  req: LockRequest;
+  alloc: AllocState;
+}
+
+interface LocalWrite {
+  alloc: AllocState;
+  first: number;
+  count: number;
+}
+
+interface Reservation {
+  id: number;
+  dataOffset: number;
+  bytes: number;
+  expiresMs: number;
+}
+
+interface JoinState {
+  /** Undecided until the partner's first SENSE tells whether it is fresh. */
+  authoritative: boolean | undefined;
+  pushDone: boolean;
+  partnerDone: boolean;
+  seenGuids: Set<string>;
+}
+
+interface RoomWaiter {
+  bytes: number;
+  deadlineMs: number;
+  resolve(): void;
+  reject(err: Error): void;
+}
+
+export interface CoreCounters {
+  clientWrites: number;
+  clientReads: number;
+  bytesWritten: number;
+  bytesRead: number;
+  pagesMirroredOut: number;
+  pagesMirroredIn: number;
+  pagesStaged: number;
+  pagesDestaged: number;
+  destageErrors: number;
+  lockRequestsSent: number;
+  lockGrants: number;
+  joins: number;
+}
+
+export class ControllerCore {
+  readonly selfId: 1 | 2;
+  readonly partnerId: 1 | 2;
+  private role: RoleCode;
+  private epoch = 1;
+  /** True until the first join since start: our cache may lack the partner's dirty pages. */
+  private fresh: boolean;
+  private linkUp = false;
+  private stopping = false;
+  private join: JoinState | null = null;
+
+  private readonly allocs = new Map<string, AllocState>();
+  private readonly names = new Set<string>();
+  private readonly cache: PageCache;
+  private tableDigestText: string | null = null;
+  private tableChain: Promise<unknown> = Promise.resolve();
+
+  private readonly reservations = new Map<number, Reservation>();
+  private nextReservationId = 1;
+
+  private nextRequestId = 1;
+  private readonly pendingPeer = new Map<number, PendingPeer>();
+  private readonly outbox: PeerOutbox;
+
+  private readonly pointers = new Map<number, PointerState>();
+  private nextPointerSeq = 1;
+
+  private readonly activeWrites = new Set<LocalWrite>();
+  private deferredGrants: DeferredGrant[] = [];
+  private roomWaiters: RoomWaiter[] = [];
+  private progressWaiters: (() => void)[] = [];
+  private releaseWaiters: (() => void)[] = [];
+
+  private destagesInFlight = 0;
+  private draining = false;
+  private flushDemand = 0;
+  private lastHeartbeatMs = 0;
+  private partnerLastHeardMs = 0;
+  private partnerSense: SenseReply | null = null;
+  private senseCode = 0;
+
+  readonly counters: CoreCounters = {
+    clientWrites: 0,
+    clientReads: 0,
+    bytesWritten: 0,
+    bytesRead: 0,
+    pagesMirroredOut: 0,
+    pagesMirroredIn: 0,
+    pagesStaged: 0,
+    pagesDestaged: 0,
+    destageErrors: 0,
+    lockRequestsSent: 0,
+    lockGrants: 0,
+    joins: 0,
+  };
+
+  constructor(
+    private readonly cfg: CoreConfig,
+    private readonly env: CoreEnv,
+  ) {
+    this.selfId = cfg.selfId;
+    this.partnerId = cfg.partnerId;
+    this.cache = new PageCache(cfg.cacheBytesMax);
+    this.outbox = new PeerOutbox(cfg.limits, () => env.requestFlush());
+    this.fresh = cfg.mirroring;
+    this.role = cfg.mirroring ? Role.STARTING : Role.SINGLE;
+  }
+
+  // -------------------------------------------------------------------------
+  // Lifecycle
+
+  /** Load the allocation table and epoch from the store. Call once, first. */
+  async start(): Promise<void> {
+    const mailbox = await this.env.store.readMailbox();
+    if (mailbox.epoch !== null) this.epoch = mailbox.epoch.epoch;
+    const table = await this.env.store.readTable();
+    for (const record of table.records) this.installAllocation(record);
+    this.env.log.info(
+      { role: roleName(this.role), epoch: this.epoch, allocations: this.allocs.size, tableSeq: table.seq },
+      'memory manager started',
+    );
+  }
+
+  /** Destage what we own, hand our pages to a live partner, say goodbye. */
+  async shutdown(timeoutMs = 10_000): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    this.setRole(Role.STOPPING, 'shutting down');
+    const deadline = this.env.nowMs() + timeoutMs;
+    this.flushDemand++;
+    try {
+      while (this.env.nowMs() < deadline) {
+        const left = [...this.cache.dirty].filter((cp) => this.owns(cp.alloc, cp.page) && !cp.alloc.released);
+        if (left.length === 0 && this.destagesInFlight === 0) break;
+        this.kickDestage();
+        await this.waitForProgress();
+      }
+    } finally {
+      this.flushDemand--;
+    }
+    const left = [...this.cache.dirty].filter((cp) => this.owns(cp.alloc, cp.page)).length;
+    if (left > 0) this.env.log.warn({ dirtyPages: left }, 'shutdown: pages still dirty');
+    if (this.cfg.mirroring && this.linkUp) {
+      const gives: Promise<unknown>[] = [];
+      for (const alloc of this.allocs.values()) {
+        for (const [first, count] of runs(alloc, 0, alloc.record.pageCount, (p) => alloc.owner[p] === this.selfId)) {
+          alloc.owner.fill(this.partnerId, first, first + count);
+          gives.push(this.request({ kind: 'LOCK_REQUEST', guid: alloc.record.guid, firstPage: first, pageCount: count, op: LockOp.GIVE }).catch(() => undefined));
+        }
+      }
+      await Promise.all(gives);
+      this.sendSense(SenseReason.SHUTTING_DOWN);
+    }
+    await this.tableChain.catch(() => undefined);
+    await this.env.store.sync();
+    this.env.log.info({ dirtyPagesLeft: left }, 'memory manager stopped');
+  }
+
+  // -------------------------------------------------------------------------
+  // Events from the runtime
+
+  tick(): void {
+    const now = this.env.nowMs();
+    if (this.linkUp && now - this.lastHeartbeatMs >= this.cfg.heartbeatIntervalMs) {
+      this.lastHeartbeatMs = now;
+      this.sendSense(SenseReason.HEARTBEAT);
+    }
+    for (const [id, p] of this.pendingPeer) {
+      if (now - p.sentMs > this.cfg.peerRequestTimeoutMs) {
+        this.pendingPeer.delete(id);
+        p.reject(new PagepairError('TIMEOUT', `partner did not answer ${p.kind} within ${this.cfg.peerRequestTimeoutMs} ms`));
+      }
+    }
+    for (const [id, r] of this.reservations) if (r.expiresMs < now) this.reservations.delete(id);
+    for (const p of [...this.pointers.values()]) {
+      if (p.holderId === this.selfId && now - p.lastUsedMs > this.cfg.pointerLeaseMs) {
+        this.env.log.warn({ pointerId: p.id, guid: p.alloc.record.guid }, 'pointer lease ran out; giving it back');
+        void this.closePointer(p, false).catch(() => undefined);
+      }
+    }
+    if (this.roomWaiters.length > 0) this.serveRoomWaiters();
+    this.kickDestage();
+  }
+
+  peerUp(info: { partnerPid?: number } = {}): void {
+    invariant(this.cfg.mirroring, 'peer link on a single controller');
+    this.linkUp = true;
+    this.partnerLastHeardMs = this.env.nowMs();
+    // Ownership restarts from one rule both sides apply without talking:
+    // controller 1 owns every page. Nothing is written while joining.
+    for (const alloc of this.allocs.values()) alloc.owner.fill(1);
+    this.join = { authoritative: undefined, pushDone: false, partnerDone: false, seenGuids: new Set() };
+    this.setRole(Role.JOINING, 'partner link up; joining', { partnerPid: info.partnerPid ?? 0, fresh: this.fresh });
+    this.sendSense(SenseReason.HEARTBEAT);
+  }
+
+  peerDown(reason: string): void {
+    if (!this.linkUp) return;
+    this.linkUp = false;
+    this.join = null;
+    this.partnerSense = null;
+    const err = new PagepairError('PARTNER_LOST', `partner link lost: ${reason}`);
+    this.outbox.failAll(err);
+    const pending = [...this.pendingPeer.values()];
+    this.pendingPeer.clear();
+    for (const p of pending) p.reject(err);
+    this.deferredGrants = [];
+    this.reservations.clear();
+    for (const p of [...this.pointers.values()]) {
+      if (p.holderId !== this.selfId) this.dropPointer(p);
+    }
+    if (!this.stopping) this.setRole(this.fresh ? Role.STARTING : Role.JOINING, 'partner link down', { reason });
+    this.wakeProgress();
+  }
+
+  /** Send every queued frame to the partner. The runtime calls it after requestFlush. */
+  flushOutbox(): void {
+    if (this.outbox.length === 0) return;
+    if (!this.linkUp) {
+      this.outbox.failAll(new PagepairError('PARTNER_LOST', 'partner link is down'));
+      return;
+    }
+    const frames = this.outbox.drain((pages) => this.frame<WritePage>({ kind: 'WRITE_PAGE', pages }));
+    for (const { msg, ops } of frames) {
+      if (ops !== null) {
+        const requestId = msg.requestId;
+        this.pendingPeer.set(requestId, {
+          kind: 'WRITE_PAGE',
+          sentMs: this.env.nowMs(),
+          resolve: () => {
+            for (const op of ops) settleOp(op, null);
+          },
+          reject: (err) => {
+            for (const op of ops) settleOp(op, err);
+          },
+        });
+      }
+      this.env.sendPeer(msg);
+    }
+  }
+
+  onClientGone(connId: number): void {
+    for (const p of [...this.pointers.values()]) {
+      if (p.holderId === this.selfId && p.connId === connId) void this.closePointer(p, false).catch(() => undefined);
+    }
+  }
+
+  onClientRequest(connId: number, msg: ClientRequest): void {
+    const done = (reply: Message): void => this.env.replyClient(connId, reply);
+    const fail = (err: unknown): void => {
+      const e = this.asTyped(err, msg.kind);
+      done(this.errorFrame(msg.requestId, MsgType[msg.kind], e));
+    };
+    try {
+      switch (msg.kind) {
+        case 'C_WRITE':
+          this.clientWrite(connId, msg).then(() => done(this.reply(msg, { kind: 'C_WRITE_REPLY' })), fail);
+          return;
+        case 'C_READ':
+          this.clientRead(connId, msg).then((data) => done(this.reply(msg, { kind: 'C_READ_REPLY', data })), fail);
+          return;
+        case 'C_ALLOCATE':
+          this.clientAllocate(msg).then(
+            (r) => done(this.reply(msg, { kind: 'C_ALLOCATE_REPLY', guid: r.guid, pageSizeBytes: r.pageSizeBytes, pageCount: r.pageCount })),
+            fail,
+          );
+          return;
+        case 'C_RELEASE':
+          this.clientRelease(msg).then(() => done(this.reply(msg, { kind: 'C_RELEASE_REPLY' })), fail);
+          return;
+        case 'C_FLUSH':
+          this.clientFlush(msg).then((pages) => done(this.reply(msg, { kind: 'C_FLUSH_REPLY', pages })), fail);
+          return;
+        case 'C_STATUS':
+          done(this.reply(msg, { kind: 'C_STATUS_REPLY', json: JSON.stringify(this.status()) }));
+          return;
+        case 'C_LIST':
+          done(
+            this.reply(msg, {
+              kind: 'C_LIST_REPLY',
+              allocations: [...this.allocs.values()].slice(0, this.cfg.limits.listEntriesMax).map((a) => ({
+                guid: a.record.guid,
+                name: a.record.name,
+                policy: a.record.policy,
+                pageSizeBytes: a.record.pageSizeBytes,
+                pageCount: a.record.pageCount,
+              })),
+            }),
+          );
+          return;
+        case 'C_OPEN_POINTER':
+          this.clientOpenPointer(connId, msg).then((pointerId) => done(this.reply(msg, { kind: 'C_OPEN_POINTER_REPLY', pointerId })), fail);
+          return;
+        case 'C_CLOSE_POINTER':
+          this.clientClosePointer(connId, msg).then((pages) => done(this.reply(msg, { kind: 'C_CLOSE_POINTER_REPLY', pages })), fail);
+          return;
+      }
+    } catch (err) {
+      fail(err);
+    }
+  }
+
+  onPeerMessage(msg: Message): void {
+    this.partnerLastHeardMs = this.env.nowMs();
+    if (msg.kind === 'ERROR' || msg.kind.endsWith('_REPLY')) {
+      this.onPeerReply(msg);
+      return;
+    }
+    const req = msg as PeerRequest;
+    if (MsgType[req.kind] === undefined || MsgType[req.kind] > MsgType.RELEASE_POINTER) {
+      this.env.log.warn({ kind: msg.kind }, 'partner sent a frame that is not a paging message');
+      return;
+    }
+    if (req.epoch < this.epoch) {
+      this.sendPeerError(req, new PagepairError('STALE_EPOCH', `${req.kind} from epoch ${req.epoch}, current epoch is ${this.epoch}`));
+      return;
+    }
+    const fail = (err: unknown): void => this.sendPeerError(req, this.asTyped(err, req.kind));
+    try {
+      switch (req.kind) {
+        case 'WRITE_PAGE':
+          this.onWritePage(req);
+          return;
+        case 'SENSE_REQUEST':
+          this.onSense(req);
+          return;
+        case 'LOCK_REQUEST':
+          this.onLockRequest(req);
+          return;
+        case 'SPACE_REQUEST':
+          this.onSpaceRequest(req);
+          return;
+        case 'ALLOCATE':
+          this.onAllocate(req).catch(fail);
+          return;
+        case 'RELEASE':
+          this.onRelease(req).catch(fail);
+          return;
+        case 'READ_HEADER':
+          this.onReadHeader(req);
+          return;
+        case 'ALLOCATE_READ':
+          this.onAllocateRead(req).catch(fail);
+          return;
+        case 'ALLOCATE_WRITE':
+          this.onAllocateWrite(req);
+          return;
+        case 'RELEASE_POINTER':
+          this.onReleasePointer(req);
+          return;
+      }
+    } catch (err) {
+      fail(err);
+    }
+  }
+
+  // -------------------------------------------------------------------------
+  // Client writes
+
+  private async clientWrite(connId: number, msg: CWrite): Promise<void> {
+    this.requireWritable();
+    const alloc = this.lookup(msg.guid);
+    this.checkRange(alloc, msg.offset, msg.data.length, 'data');
+    const ps = alloc.record.pageSizeBytes;
+    const first = Math.floor(msg.offset / ps);
+    const count = Math.floor((msg.offset + msg.data.length - 1) / ps) - first + 1;
+    this.counters.clientWrites++;
+    this.counters.bytesWritten += msg.data.length;
+    if (msg.pointerId !== 0) {
+      await this.pointerWrite(connId, msg, alloc, first, count);
+      return;
+    }
+    const conflict = overlappingPointer(alloc, first, count);
+    if (conflict !== undefined) {
+      throw new PagepairError('LOCK_CONFLICT', `pages ${first}..${first + count - 1} of ${alloc.record.guid} are held by pointer ${conflict.id}`);
+    }
+    await this.writePages(alloc, first, count, (page, old) => overlay(old, ps, page * ps, msg.offset, msg.data));
+  }
+
+  /**
+   * Write pages [first, first+count): own them, have their current contents
+   * where the write is partial, apply, mirror, and resolve once the partner
+   * holds them.
+   */
+  private async writePages(alloc: AllocState, first: number, count: number, compose: (page: number, old: Buffer) => Buffer): Promise<void> {
+    const op: LocalWrite = { alloc, first, count };
+    this.activeWrites.add(op);
+    const touched: CachePage[] = [];
+    try {
+      for (let round = 0; ; round++) {
+        if (round >= OWNERSHIP_ROUNDS_MAX) throw new PagepairError('BUSY', `write to ${alloc.record.guid} kept losing its pages to the partner`);
+        if (this.cfg.mirroring) await this.acquireOwnership(alloc, first, count);
+        await this.stageRange(alloc, first, count);
+        if (alloc.released) throw unknownGuid(alloc.record.guid);
+        this.requireWritable();
+        if (!this.ownsRange(alloc, first, count) || !this.cachedRange(alloc, first, count)) continue;
+        const conflict = overlappingPointer(alloc, first, count);
+        if (conflict !== undefined) throw new PagepairError('LOCK_CONFLICT', `pages are held by pointer ${conflict.id}`);
+        // Everything is in hand: apply without yielding.
+        const now = this.env.nowMs();
+        const op2 = this.cfg.mirroring ? this.mirrorOp() : null;
+        for (let p = first; p < first + count; p++) {
+          const cp = alloc.pages.get(p);
+          invariant(cp !== undefined, 'page present after staging');
+          const data = compose(p, cp.data);
+          const version = cp.version + 1;
+          const crc = crc32c(data);
+          this.cache.writeDirty(alloc, p, version, crc, this.epoch, data, now);
+          if (op2 !== null) {
+            cp.mirrorPending++;
+            touched.push(cp);
+            this.outbox.pushPage({ guid: alloc.record.guid, page: p, version, crc, epoch: this.epoch, pageFlags: 0, pointerId: 0, data }, op2.op);
+          }
+        }
+        if (op2 !== null) {
+          this.counters.pagesMirroredOut += count;
+          await op2.done;
+        }
+        return;
+      }
+    } finally {
+      this.activeWrites.delete(op);
+      for (const cp of touched) this.mirrorSettled(cp);
+      if (this.deferredGrants.length > 0) this.recheckDeferredGrants();
+      if (this.cache.bytesDirty > this.highWatermarkBytes()) this.kickDestage();
+    }
+  }
+
+  private mirrorOp(): { op: MirrorOp; done: Promise<void> } {
+    let op!: MirrorOp;
+    const done = new Promise<void>((resolve, reject) => {
+      op = newMirrorOp(resolve, reject);
+    });
+    return { op, done };
+  }
+
+  private mirrorSettled(cp: CachePage): void {
+    cp.mirrorPending--;
+    if (cp.mirrorPending === 0 && cp.waiters !== null) {
+      const waiters = cp.waiters;
+      cp.waiters = null;
+      for (const w of waiters) w();
+    }
+  }
+
+  // -------------------------------------------------------------------------
+  // Ownership (LOCK_REQUEST)
+
+  private owns(alloc: AllocState, page: number): boolean {
+    return !this.cfg.mirroring || alloc.owner[page] === this.selfId;
+  }
+
+  private ownsRange(alloc: AllocState, first: number, count: number): boolean {
+    if (!this.cfg.mirroring) return true;
+    for (let p = first; p < first + count; p++) if (alloc.owner[p] !== this.selfId) return false;
+    return true;
+  }
+
+  private async acquireOwnership(alloc: AllocState, first: number, count: number): Promise<void> {
+    for (let round = 0; !this.ownsRange(alloc, first, count); round++) {
+      if (round >= OWNERSHIP_ROUNDS_MAX) throw new PagepairError('BUSY', `could not take pages of ${alloc.record.guid} from the partner`);
+      const wanted = runs(alloc, first, count, (p) => alloc.owner[p] !== this.selfId);
+      const replies = wanted.map(([f, c]) => {
+        this.counters.lockRequestsSent++;
+        return this.request({ kind: 'LOCK_REQUEST', guid: alloc.record.guid, firstPage: f, pageCount: c, op: LockOp.TAKE }).then((r) => {
+          if (r.kind === 'LOCK_REQUEST_REPLY' && r.granted && !alloc.released && this.linkUp) alloc.owner.fill(this.selfId, f, f + c);
+        });
+      });
+      await Promise.all(replies);
+      if (alloc.released) throw unknownGuid(alloc.record.guid);
+    }
+  }
+
+  private onLockRequest(req: LockRequest): void {
+    const alloc = this.allocs.get(req.guid);
+    if (alloc === undefined) throw unknownGuid(req.guid);
+    this.checkPageRange(alloc, req.firstPage, req.pageCount);
+    if (req.op === LockOp.GIVE) {
+      alloc.owner.fill(this.selfId, req.firstPage, req.firstPage + req.pageCount);
+      this.replyPeer(req, { kind: 'LOCK_REQUEST_REPLY', granted: true });
+      return;
+    }
+    const conflict = overlappingPointer(alloc, req.firstPage, req.pageCount);
+    if (conflict !== undefined && conflict.holderId === this.selfId) {
+      throw new PagepairError('LOCK_CONFLICT', `pages ${req.firstPage}..${req.firstPage + req.pageCount - 1} are held by pointer ${conflict.id}`);
+    }
+    if (this.canGrant(alloc, req.firstPage, req.pageCount)) this.grant(req, alloc);
+    else this.deferredGrants.push({ req, alloc });
+  }
+
+  private canGrant(alloc: AllocState, first: number, count: number): boolean {
+    for (let p = first; p < first + count; p++) {
+      const cp = alloc.pages.get(p);
+      if (cp !== undefined && (cp.mirrorPending > 0 || cp.destagingVersion !== 0)) return false;
+    }
+    // Controller 1 keeps pages its own writes in progress need; controller 2
+    // always yields. One side yielding is what rules out a deadlock when each
+    // holds a page the other's write wants.
+    if (this.selfId === 1) {
+      for (const w of this.activeWrites) {
+        if (w.alloc === alloc && w.first < first + count && first < w.first + w.count) return false;
+      }
+    }
+    return true;
+  }
+
+  private grant(req: LockRequest, alloc: AllocState): void {
+    alloc.owner.fill(this.partnerId, req.firstPage, req.firstPage + req.pageCount);
+    this.counters.lockGrants++;
+    this.replyPeer(req, { kind: 'LOCK_REQUEST_REPLY', granted: true });
+  }
+
+  private recheckDeferredGrants(): void {
+    const waiting = this.deferredGrants;
+    this.deferredGrants = [];
+    for (const d of waiting) {
+      if (d.alloc.released || !this.allocs.has(d.req.guid)) {
+        this.sendPeerError(d.req, unknownGuid(d.req.guid));
+      } else if (this.canGrant(d.alloc, d.req.firstPage, d.req.pageCount)) {
+        this.grant(d.req, d.alloc);
+      } else {
+        this.deferredGrants.push(d);
+      }
+    }
+  }
+
+  // -------------------------------------------------------------------------
+  // Mirrored pages arriving (WRITE_PAGE)
+
+  private onWritePage(req: WritePage): void {
+    // Check the whole frame first: it is applied entirely or not at all.
+    for (const pw of req.pages) {
+      const alloc = this.allocs.get(pw.guid);
+      if (alloc === undefined) continue; // released meanwhile: nothing to keep
+      this.checkPageRange(alloc, pw.page, 1);
+      if ((pw.pageFlags & PageFlag.CLEAN_AT) === 0 && pw.data.length !== alloc.record.pageSizeBytes) {
+        throw new PagepairError('BAD_FIELD', `WRITE_PAGE page ${pw.page} of ${pw.guid} has ${pw.data.length} bytes, page size is ${alloc.record.pageSizeBytes}`, 'data');
+      }
+      if ((pw.pageFlags & PageFlag.POINTER_PENDING) !== 0) {
+        const p = this.pointers.get(pw.pointerId);
+        if (p === undefined || p.mode !== PointerMode.WRITE || p.alloc !== alloc) {
+          throw new PagepairError('POINTER_UNKNOWN', `WRITE_PAGE names write pointer ${pw.pointerId}, which is not open here`, 'pointerId');
+        }
+      }
+    }
+    const now = this.env.nowMs();
+    for (const pw of req.pages) {
+      const alloc = this.allocs.get(pw.guid);
+      if (alloc === undefined) continue;
+      if ((pw.pageFlags & PageFlag.CLEAN_AT) !== 0) {
+        const cp = alloc.pages.get(pw.page);
+        if (cp !== undefined) {
+          if (pw.version > cp.storeVersion) cp.storeVersion = pw.version;
+          this.cache.markClean(cp, pw.version);
+        }
+        continue;
+      }
+      const data = Buffer.from(pw.data); // keep the page, not the whole frame
+      if ((pw.pageFlags & PageFlag.POINTER_PENDING) !== 0) {
+        this.pointers.get(pw.pointerId)?.shadows.set(pw.page, { version: pw.version, crc: pw.crc, data });
+        continue;
+      }
+      const cp = alloc.pages.get(pw.page);
+      if (cp !== undefined && cp.version >= pw.version) continue;
+      this.supersedeStaging(alloc, pw.page);
+      this.cache.writeDirty(alloc, pw.page, pw.version, pw.crc, pw.epoch, data, now);
+      this.counters.pagesMirroredIn++;
+    }
+    this.replyPeer(req, { kind: 'WRITE_PAGE_REPLY', count: req.pages.length });
+    this.wakeProgress();
+  }
+
+  // -------------------------------------------------------------------------
+  // Reads and staging
+
+  private async clientRead(connId: number, msg: CRead): Promise<Buffer> {
+    this.requireReadable();
+    const alloc = this.lookup(msg.guid);
+    this.checkRange(alloc, msg.offset, msg.length, 'length');
+    this.counters.clientReads++;
+    this.counters.bytesRead += msg.length;
+    const ps = alloc.record.pageSizeBytes;
+    const first = Math.floor(msg.offset / ps);
+    const last = Math.floor((msg.offset + msg.length - 1) / ps);
+    let pointer: PointerState | undefined;
+    if (msg.pointerId !== 0) {
+      pointer = this.myPointer(connId, msg.pointerId, alloc);
+      if (first < pointer.firstPage || last >= pointer.firstPage + pointer.pageCount) {
+        throw new PagepairError('OUT_OF_RANGE', `read reaches outside pointer ${pointer.id}`, 'offset');
+      }
+      pointer.lastUsedMs = this.env.nowMs();
+    }
+    const out = Buffer.allocUnsafe(msg.length);
+    for (let p = first; p <= last; p++) {
+      const shadow = pointer?.shadows.get(p);
+      const data = shadow !== undefined ? shadow.data : (await this.readablePage(alloc, p)).data;
+      const pageStart = p * ps;
+      const from = Math.max(msg.offset, pageStart);
+      const to = Math.min(msg.offset + msg.length, pageStart + ps);
+      data.copy(out, from - msg.offset, from - pageStart, to - pageStart);
+    }
+    return out;
+  }
+
+  /** A page whose contents the partner holds too: cached, and no write of it in flight. */
+  private async readablePage(alloc: AllocState, page: number): Promise<CachePage> {
+    for (;;) {
+      const cp = this.cache.get(alloc, page) ?? (await this.stagePage(alloc, page));
+      if (cp.mirrorPending === 0) return cp;
+      await new Promise<void>((resolve) => {
+        (cp.waiters ??= []).push(resolve);
+      });
+      if (alloc.released) throw unknownGuid(alloc.record.guid);
+    }
+  }
+
+  private async stageRange(alloc: AllocState, first: number, count: number): Promise<void> {
+    const waits: Promise<CachePage>[] = [];
+    for (let p = first; p < first + count; p++) if (!alloc.pages.has(p)) waits.push(this.stagePage(alloc, p));
+    if (waits.length > 0) await Promise.all(waits);
+  }
+
+  private cachedRange(alloc: AllocState, first: number, count: number): boolean {
+    for (let p = first; p < first + count; p++) if (!alloc.pages.has(p)) return false;
+    return true;
+  }
+
+  private stagePage(alloc: AllocState, page: number): Promise<CachePage> {
+    const cached = alloc.pages.get(page);
+    if (cached !== undefined) return Promise.resolve(cached);
+    const inFlight = alloc.staging.get(page);
+    if (inFlight !== undefined) return inFlight.promise;
+    const entry = { promise: null as unknown as Promise<CachePage>, superseded: false };
+    entry.promise = this.env.store.readPage(this.location(alloc), page).then(
+      (sp) => {
+        alloc.staging.delete(page);
+        if (alloc.released) throw unknownGuid(alloc.record.guid);
+        const now = alloc.pages.get(page);
+        if (now !== undefined) return now;
+        // A newer version arrived and left again while we read: read anew.
+        if (entry.superseded) return this.stagePage(alloc, page);
+        this.counters.pagesStaged++;
+        const cp = this.cache.insertClean(alloc, page, sp.header.version, sp.header.crc, sp.header.epoch, sp.data);
+        cp.storeVersion = sp.header.version;
+        return cp;
+      },
+      (err: unknown) => {
+        alloc.staging.delete(page);
+        throw err;
+      },
+    );
+    alloc.staging.set(page, entry);
+    return entry.promise;
+  }
+
+  private supersedeStaging(alloc: AllocState, page: number): void {
+    const s = alloc.staging.get(page);
+    if (s !== undefined) s.superseded = true;
+  }
+
+  // -------------------------------------------------------------------------
+  // Destaging
+
+  private highWatermarkBytes(): number {
+    return (this.cfg.cacheBytesMax * this.cfg.dirtyHighWatermarkPct) / 100;
+  }
+
+  private kickDestage(): void {
+    if (this.destagesInFlight >= this.cfg.destageConcurrency || this.cache.dirty.size === 0) return;
+    const dirtyBytes = this.cache.bytesDirty;
+    if (dirtyBytes > this.highWatermarkBytes()) this.draining = true;
+    else if (dirtyBytes <= (this.cfg.cacheBytesMax * this.cfg.dirtyLowWatermarkPct) / 100) this.draining = false;
+    const urgent = this.draining || this.flushDemand > 0 || this.roomWaiters.length > 0;
+    const now = this.env.nowMs();
+    let scanned = 0;
+    for (const cp of this.cache.dirty) {
+      if (this.destagesInFlight >= this.cfg.destageConcurrency || ++scanned > 4096) break;
+      if (!urgent && now - cp.dirtySinceMs < this.cfg.dirtyAgeMaxMs) break;
+      if (cp.destagingVersion !== 0 || cp.mirrorPending > 0 || cp.alloc.released) continue;
+      if (!this.owns(cp.alloc, cp.page)) continue;
+      if (this.cfg.mirroring && !this.linkUp && !this.stopping) continue;
+      this.destage(cp);
+    }
+  }
+
+  private destage(cp: CachePage): void {
+    const version = cp.version;
+    const alloc = cp.alloc;
+    cp.destagingVersion = version;
+    alloc.destagesInFlight++;
+    this.destagesInFlight++;
+    const finish = (): void => {
+      cp.destagingVersion = 0;
+      alloc.destagesInFlight--;
+      this.destagesInFlight--;
+      if (alloc.destagesInFlight === 0 && alloc.released) this.wakeReleases();
+      if (this.deferredGrants.length > 0) this.recheckDeferredGrants();
+      this.wakeProgress();
+      this.serveRoomWaiters();
+      this.kickDestage();
+    };
+    this.env.store.writePage(this.location(alloc), cp.page, version, this.epoch, cp.data, cp.crc).then(
+      () => {
+        if (!alloc.released) {
+          if (version > cp.storeVersion) cp.storeVersion = version;
+          this.cache.markClean(cp, version);
+          this.counters.pagesDestaged++;
+          if (this.cfg.mirroring && this.linkUp) {
+            this.outbox.pushPage(
+              { guid: alloc.record.guid, page: cp.page, version, crc: cp.crc, epoch: this.epoch, pageFlags: PageFlag.CLEAN_AT, pointerId: 0, data: EMPTY },
+              null,
+            );
+          }
+        }
+        finish();
+      },
+      (err: unknown) => {
+        this.counters.destageErrors++;
+        this.senseCode = ErrorCode.IO_ERROR;
+        this.env.log.error({ guid: alloc.record.guid, page: cp.page, version, err: String(err) }, 'destage failed; page stays dirty');
+        finish();
+      },
+    );
+  }
+
+  private async clientFlush(msg: CFlush): Promise<number> {
+    if (this.role !== Role.MIRRORED && this.role !== Role.SINGLE) this.requireWritable();
+    const allocs = msg.guid === '' ? [...this.allocs.values()] : [this.lookup(msg.guid)];
+    const targets: { cp: CachePage; version: number }[] = [];
+    for (const cp of this.cache.dirty) if (allocs.includes(cp.alloc)) targets.push({ cp, version: cp.version });
+    this.flushDemand++;
+    try {
+      for (let round = 0; ; round++) {
+        const left = targets.filter((t) => !t.cp.alloc.released && t.cp.storeVersion < t.version);
+        if (left.length === 0) break;
+        if (round >= OWNERSHIP_ROUNDS_MAX * 4) throw new PagepairError('BUSY', `flush could not finish: ${left.length} pages keep changing`);
+        if (this.cfg.mirroring) {
+          this.requireWritable();
+          const byAlloc = new Map<AllocState, number[]>();
+          for (const t of left) if (!this.owns(t.cp.alloc, t.cp.page)) byAlloc.set(t.cp.alloc, [...(byAlloc.get(t.cp.alloc) ?? []), t.cp.page]);
+          await Promise.all(
+            [...byAlloc].flatMap(([alloc, pages]) => pageRuns(pages).map(([f, c]) => this.acquireOwnership(alloc, f, c))),
+          );
+        }
+        this.kickDestage();
+        await this.waitForProgress();
+      }
+    } finally {
+      this.flushDemand--;
+    }
+    await this.env.store.sync();
+    return targets.length;
+  }
+
+  // -------------------------------------------------------------------------
+  // Allocations (SPACE_REQUEST, ALLOCATE, RELEASE)
+
+  /** Controller 1 places extents and writes the table while mirrored; so no two allocations overlap. */
+  private isCoordinator(): boolean {
+    return !this.cfg.mirroring || this.selfId === 1;
+  }
+
+  private async clientAllocate(msg: CAllocate): Promise<AllocationRecord> {
+    this.requireWritable();
+    const policy = this.cfg.policies.get(msg.policy === '' ? 'default' : msg.policy);
+    if (policy === undefined) {
+      throw new PagepairError('POLICY_UNKNOWN', `no policy named "${msg.policy}" (known: ${[...this.cfg.policies.keys()].join(', ')})`, 'policy');
+    }
+    checkName(msg.name);
+    if (this.names.has(msg.name)) throw new PagepairError('DUPLICATE', `an allocation named "${msg.name}" exists`, 'name');
+    if (!Number.isSafeInteger(msg.sizeBytes) || msg.sizeBytes <= 0) {
+      throw new PagepairError('BAD_FIELD', `sizeBytes must be a positive integer, got ${msg.sizeBytes}`, 'sizeBytes');
+    }
+    const pageCount = Math.ceil(msg.sizeBytes / policy.pageSizeBytes);
+    if (pageCount > 0xffff_ffff) throw new PagepairError('TOO_LARGE', `${msg.sizeBytes} bytes is more than 2^32 pages`, 'sizeBytes');
+    const bytes = extentBytes(policy.pageSizeBytes, pageCount);
+    const base = { guid: this.env.newGuid(), name: msg.name, policy: policy.name, pageSizeBytes: policy.pageSizeBytes, pageCount, createdEpoch: this.epoch };
+    this.names.add(msg.name); // held while we ask, so a second request for the name fails fast
+    let installed = false;
+    try {
+      let record: AllocationRecord;
+      if (!this.cfg.mirroring) {
+        record = { ...base, dataOffset: this.placeExtent(bytes) };
+      } else if (this.isCoordinator()) {
+        const local = this.reserve(this.placeExtent(bytes), bytes);
+        try {
+          const space = await this.request({ kind: 'SPACE_REQUEST', policy: policy.name, pageSizeBytes: policy.pageSizeBytes, pageCount, reserve: true, dataOffset: local.dataOffset });
+          invariant(space.kind === 'SPACE_REQUEST_REPLY', 'space reply');
+          record = { ...base, dataOffset: local.dataOffset };
+          await this.request({ kind: 'ALLOCATE', ...record, reservationId: space.reservationId });
+        } finally {
+          this.reservations.delete(local.id);
+        }
+      } else {
+        const space = await this.request({ kind: 'SPACE_REQUEST', policy: policy.name, pageSizeBytes: policy.pageSizeBytes, pageCount, reserve: true, dataOffset: -1 });
+        invariant(space.kind === 'SPACE_REQUEST_REPLY', 'space reply');
+        record = { ...base, dataOffset: space.dataOffset };
+        await this.request({ kind: 'ALLOCATE', ...record, reservationId: space.reservationId });
+      }
+      this.installAllocation(record);
+      installed = true;
+      if (this.isCoordinator()) await this.persistTable();
+      this.env.log.info({ guid: record.guid, name: record.name, policy: record.policy, pageCount, pageSizeBytes: record.pageSizeBytes }, 'allocation created');
+      return record;
+    } finally {
+      if (!installed) this.names.delete(msg.name);
+    }
+  }
+
+  private placeExtent(bytes: number): number {
+    const used = [...this.allocs.values()].map((a) => ({ dataOffset: a.record.dataOffset, bytes: extentBytes(a.record.pageSizeBytes, a.record.pageCount) }));
+    for (const r of this.reservations.values()) used.push({ dataOffset: r.dataOffset, bytes: r.bytes });
+    const at = findExtent(used, bytes, this.env.store.superblock.geometry.dataBytes);
+    if (at < 0) throw new PagepairError('NO_SPACE', `no free extent of ${bytes} bytes in the store`);
+    return at;
+  }
+
+  private reserve(dataOffset: number, bytes: number): Reservation {
+    const r: Reservation = { id: this.nextReservationId++, dataOffset, bytes, expiresMs: this.env.nowMs() + RESERVATION_TTL_MS };
+    if (this.nextReservationId >= SYNC_RESERVATION) this.nextReservationId = 1;
+    this.reservations.set(r.id, r);
+    return r;
+  }
+
+  private onSpaceRequest(req: SpaceRequest): void {
+    const policy = this.cfg.policies.get(req.policy);
+    if (policy === undefined) throw new PagepairError('POLICY_UNKNOWN', `no policy named "${req.policy}" here`, 'policy');
+    const bytes = extentBytes(req.pageSizeBytes, req.pageCount);
+    const free = {
+      cacheBytesFree: Math.max(0, this.cfg.cacheBytesMax - this.cache.bytesDirty),
+      storeBytesFree: this.storeBytesFree(),
+    };
+    if (!req.reserve) {
+      this.replyPeer(req, { kind: 'SPACE_REQUEST_REPLY', reservationId: 0, dataOffset: -1, ...free });
+      return;
+    }
+    this.requireWritable();
+    let at = req.dataOffset;
+    if (this.isCoordinator()) {
+      if (at !== -1) throw new PagepairError('BAD_FIELD', 'the coordinator places extents; dataOffset must be -1', 'dataOffset');
+      at = this.placeExtent(bytes);
+    } else {
+      if (at < 0) throw new PagepairError('BAD_FIELD', 'dataOffset must be given by the coordinator', 'dataOffset');
+      for (const a of this.allocs.values()) {
+        const aBytes = extentBytes(a.record.pageSizeBytes, a.record.pageCount);
+        if (a.record.dataOffset < at + bytes && at < a.record.dataOffset + aBytes) {
+          throw new PagepairError('NO_SPACE', `extent at ${at} overlaps allocation ${a.record.guid}`, 'dataOffset');
+        }
+      }
+    }
+    const r = this.reserve(at, bytes);
+    this.replyPeer(req, { kind: 'SPACE_REQUEST_REPLY', reservationId: r.id, dataOffset: at, ...free });
+  }
+
+  private storeBytesFree(): number {
+    let used = 0;
+    for (const a of this.allocs.values()) used += extentBytes(a.record.pageSizeBytes, a.record.pageCount);
+    return Math.max(0, this.env.store.superblock.geometry.dataBytes - used);
+  }
+
+  private async onAllocate(req: Allocate): Promise<void> {
+    const record: AllocationRecord = {
+      guid: req.guid,
+      name: req.name,
+      policy: req.policy,
+      pageSizeBytes: req.pageSizeBytes,
+      pageCount: req.pageCount,
+      dataOffset: req.dataOffset,
+      createdEpoch: req.createdEpoch,
+    };
+    if (req.reservationId === SYNC_RESERVATION) {
+      // A join replays the authoritative table.
+      this.join?.seenGuids.add(req.guid);
+      const have = this.allocs.get(req.guid);
+      if (have === undefined) {
+        if (this.names.has(req.name)) this.dropByName(req.name);
+        this.installAllocation(record);
+        this.env.log.info({ guid: req.guid, name: req.name }, 'allocation received in join');
+      }
+      this.replyPeer(req, { kind: 'ALLOCATE_REPLY' });
+      return;
+    }
+    this.requireWritable();
+    const r = this.reservations.get(req.reservationId);
+    if (r === undefined || r.dataOffset !== req.dataOffset) {
+      throw new PagepairError('BAD_FIELD', `no reservation ${req.reservationId} at offset ${req.dataOffset}`, 'reservationId');
+    }
+    if (this.allocs.has(req.guid)) throw new PagepairError('DUPLICATE', `allocation ${req.guid} exists`, 'guid');
+    if (this.names.has(req.name)) throw new PagepairError('DUPLICATE', `an allocation named "${req.name}" exists`, 'name');
+    if (!this.cfg.policies.has(req.policy)) throw new PagepairError('POLICY_UNKNOWN', `no policy named "${req.policy}" here`, 'policy');
+    this.reservations.delete(r.id);
+    this.installAllocation(record);
+    if (this.isCoordinator()) await this.persistTable();
+    this.env.log.info({ guid: record.guid, name: record.name, by: this.partnerId }, 'allocation created by partner');
+    this.replyPeer(req, { kind: 'ALLOCATE_REPLY' });
+  }
+
+  private installAllocation(record: AllocationRecord): AllocState {
+    const alloc = newAllocState(record, this.cfg.mirroring ? 1 : this.selfId);
+    this.allocs.set(record.guid, alloc);
+    this.names.add(record.name);
+    this.tableDigestText = null;
+    return alloc;
+  }
+
+  private async clientRelease(msg: CRelease): Promise<void> {
+    this.requireWritable();
+    const alloc = this.lookup(msg.guid);
+    if (this.cfg.mirroring) await this.request({ kind: 'RELEASE', guid: msg.guid });
+    await this.dropAllocation(alloc);
+    if (this.isCoordinator()) await this.persistTable();
+    this.env.log.info({ guid: msg.guid, name: alloc.record.name }, 'allocation released');
+  }
+
+  private async onRelease(req: Release): Promise<void> {
+    const alloc = this.allocs.get(req.guid);
+    if (alloc !== undefined) {
+      await this.dropAllocation(alloc);
+      if (this.isCoordinator()) await this.persistTable();
+      this.env.log.info({ guid: req.guid, by: this.partnerId }, 'allocation released by partner');
+    }
+    this.replyPeer(req, { kind: 'RELEASE_REPLY' });
+  }
+
+  private dropByName(name: string): void {
+    for (const a of this.allocs.values()) if (a.record.name === name) void this.dropAllocation(a);
+  }
+
+  /** Forget an allocation; resolves once no destage of it can still land in the store. */
+  private async dropAllocation(alloc: AllocState): Promise<void> {
+    if (!alloc.released) {
+      alloc.released = true;
+      this.allocs.delete(alloc.record.guid);
+      this.names.delete(alloc.record.name);
+      this.tableDigestText = null;
+      for (const p of [...alloc.pointers]) this.dropPointer(p);
+      this.cache.dropAlloc(alloc);
+      for (const cp of alloc.pages.values()) cp.waiters?.forEach((w) => w());
+      this.wakeProgress();
+    }
+    while (alloc.destagesInFlight > 0) await new Promise<void>((resolve) => this.releaseWaiters.push(resolve));
+  }
+
+  private wakeReleases(): void {
+    const w = this.releaseWaiters;
+    this.releaseWaiters = [];
+    for (const f of w) f();
+  }
+
+  private persistTable(): Promise<void> {
+    const run = this.tableChain.then(() => this.env.store.writeTable([...this.allocs.values()].map((a) => a.record)));
+    this.tableChain = run.catch(() => undefined);
+    return run.then(() => undefined);
+  }
+
+  // -------------------------------------------------------------------------
+  // Pointers (ALLOCATE_READ, ALLOCATE_WRITE, RELEASE_POINTER)
+
+  private async clientOpenPointer(connId: number, msg: COpenPointer): Promise<number> {
+    const alloc = this.lookup(msg.guid);
+    this.checkPageRange(alloc, msg.firstPage, msg.pageCount);
+    const bytes = msg.pageCount * alloc.record.pageSizeBytes;
+    if (bytes > this.cfg.limits.requestBytesMax) {
+      throw new PagepairError('TOO_LARGE', `a pointer of ${bytes} bytes is over requestBytesMax ${this.cfg.limits.requestBytesMax}`, 'pageCount');
+    }
+    const write = msg.mode === PointerMode.WRITE;
+    if (write) this.requireWritable();
+    else this.requireReadable();
+    const id = this.newPointerId();
+    const pointer: PointerState = {
+      id,
+      mode: msg.mode,
+      alloc,
+      firstPage: msg.firstPage,
+      pageCount: msg.pageCount,
+      holderId: this.selfId,
+      connId,
+      lastUsedMs: this.env.nowMs(),
+      shadows: new Map(),
+      pinned: [],
+    };
+    const conflictFor = (): PointerState | undefined => {
+      const c = overlappingPointer(alloc, msg.firstPage, msg.pageCount, pointer);
+      return c !== undefined && (write || c.mode === PointerMode.WRITE) ? c : undefined;
+    };
+    const checkConflict = (): void => {
+      const c = conflictFor();
+      if (c !== undefined) throw new PagepairError('LOCK_CONFLICT', `pages overlap pointer ${c.id}`);
+    };
+    checkConflict();
+    if (write) {
+      if (this.cfg.mirroring) await this.acquireOwnership(alloc, msg.firstPage, msg.pageCount);
+      checkConflict();
+      this.registerPointer(pointer);
+      try {
+        if (this.cfg.mirroring) await this.request({ kind: 'ALLOCATE_WRITE', guid: alloc.record.guid, firstPage: msg.firstPage, pageCount: msg.pageCount, pointerId: id });
+      } catch (err) {
+        this.dropPointer(pointer);
+        throw err;
+      }
+    } else {
+      this.registerPointer(pointer);
+      try {
+        await this.pinRange(pointer);
+        if (this.cfg.mirroring && this.linkUp) {
+          await this.request({ kind: 'ALLOCATE_READ', guid: alloc.record.guid, firstPage: msg.firstPage, pageCount: msg.pageCount, pointerId: id });
+        }
+      } catch (err) {
+        this.dropPointer(pointer);
+        throw err;
+      }
+    }
+    return id;
+  }
+
+  private async pinRange(pointer: PointerState): Promise<void> {
+    for (let p = pointer.firstPage; p < pointer.firstPage + pointer.pageCount; p++) {
+      const cp = await this.readablePage(pointer.alloc, p);
+      if (!this.pointers.has(pointer.id)) return; // dropped meanwhile
+      this.cache.pin(cp);
+      pointer.pinned.push(cp);
+    }
+  }
+
+  private newPointerId(): number {
+    // The controller id in the top byte keeps the two sides' ids apart.
+    const id = ((this.selfId << 24) | (this.nextPointerSeq & 0xff_ffff)) >>> 0;
+    this.nextPointerSeq = (this.nextPointerSeq % 0xff_ffff) + 1;
+    return id;
+  }
+
+  private registerPointer(p: PointerState): void {
+    this.pointers.set(p.id, p);
+    p.alloc.pointers.add(p);
+  }
+
+  private dropPointer(p: PointerState): void {
+    if (this.pointers.get(p.id) !== p) return;
+    this.pointers.delete(p.id);
+    p.alloc.pointers.delete(p);
+    for (const cp of p.pinned) this.cache.unpin(cp);
+    p.pinned.length = 0;
+    p.shadows.clear();
+    if (this.deferredGrants.length > 0) this.recheckDeferredGrants();
+  }
+
+  private myPointer(connId: number, pointerId: number, alloc?: AllocState): PointerState {
+    const p = this.pointers.get(pointerId);
+    if (p === undefined || p.holderId !== this.selfId || p.connId !== connId || (alloc !== undefined && p.alloc !== alloc)) {
+      throw new PagepairError('POINTER_UNKNOWN', `no pointer ${pointerId} open on this connection${alloc ? ` for ${alloc.record.guid}` : ''}`, 'pointerId');
+    }
+    return p;
+  }
+
+  private async pointerWrite(connId: number, msg: CWrite, alloc: AllocState, first: number, count: number): Promise<void> {
+    const p = this.myPointer(connId, msg.pointerId, alloc);
+    if (p.mode !== PointerMode.WRITE) throw new PagepairError('LOCK_CONFLICT', `pointer ${p.id} is a read pointer`, 'pointerId');
+    if (first < p.firstPage || first + count > p.firstPage + p.pageCount) {
+      throw new PagepairError('OUT_OF_RANGE', `write reaches outside pointer ${p.id}`, 'offset');
+    }
+    p.lastUsedMs = this.env.nowMs();
+    await this.stageRange(alloc, first, count);
+    if (this.pointers.get(p.id) !== p) throw new PagepairError('POINTER_UNKNOWN', `pointer ${p.id} was given back`, 'pointerId');
+    const ps = alloc.record.pageSizeBytes;
+    const op = this.cfg.mirroring ? this.mirrorOp() : null;
+    for (let page = first; page < first + count; page++) {
+      const cp = alloc.pages.get(page);
+      invariant(cp !== undefined, 'page present after staging');
+      const prev = p.shadows.get(page);
+      const data = overlay(prev?.data ?? cp.data, ps, page * ps, msg.offset, msg.data);
+      const shadow = { version: prev?.version ?? cp.version + 1, crc: crc32c(data), data };
+      p.shadows.set(page, shadow);
+      if (op !== null) {
+        this.outbox.pushPage(
+          { guid: alloc.record.guid, page, version: shadow.version, crc: shadow.crc, epoch: this.epoch, pageFlags: PageFlag.POINTER_PENDING, pointerId: p.id, data },
+          op.op,
+        );
+      }
+    }
+    if (op !== null) await op.done;
+  }
+
+  private async clientClosePointer(connId: number, msg: CClosePointer): Promise<number> {
+    return this.closePointer(this.myPointer(connId, msg.pointerId), msg.commit);
+  }
+
+  private async closePointer(p: PointerState, commit: boolean): Promise<number> {
+    if (p.mode === PointerMode.READ) {
+      this.dropPointer(p);
+      if (this.cfg.mirroring && this.linkUp) await this.request({ kind: 'RELEASE_POINTER', pointerId: p.id, commit: false }).catch(() => undefined);
+      return 0;
+    }
+    if (!commit || p.shadows.size === 0) {
+      this.dropPointer(p);
+      if (this.cfg.mirroring && this.linkUp) await this.request({ kind: 'RELEASE_POINTER', pointerId: p.id, commit: false });
+      return 0;
+    }
+    this.requireWritable();
+    const alloc = p.alloc;
+    if (alloc.released) throw unknownGuid(alloc.record.guid);
+    const now = this.env.nowMs();
+    const shadows = [...p.shadows];
+    const touched: CachePage[] = [];
+    this.dropPointer(p);
+    for (const [page, s] of shadows) {
+      const cp = this.cache.writeDirty(alloc, page, s.version, s.crc, this.epoch, s.data, now);
+      if (this.cfg.mirroring) {
+        cp.mirrorPending++;
+        touched.push(cp);
+      }
+    }
+    try {
+      if (this.cfg.mirroring) await this.request({ kind: 'RELEASE_POINTER', pointerId: p.id, commit: true });
+    } finally {
+      for (const cp of touched) this.mirrorSettled(cp);
+      if (this.deferredGrants.length > 0) this.recheckDeferredGrants();
+    }
+    return shadows.length;
+  }
+
+  private async onAllocateRead(req: AllocateRead): Promise<void> {
+    const alloc = this.lookupPeer(req.guid);
+    this.checkPageRange(alloc, req.firstPage, req.pageCount);
+    const pointer = this.partnerPointer(req.pointerId, PointerMode.READ, alloc, req.firstPage, req.pageCount);
+    this.registerPointer(pointer);
+    await this.pinRange(pointer);
+    this.replyPeer(req, { kind: 'ALLOCATE_READ_REPLY', pointerId: req.pointerId });
+  }
+
+  private onAllocateWrite(req: AllocateWrite): void {
+    const alloc = this.lookupPeer(req.guid);
+    this.checkPageRange(alloc, req.firstPage, req.pageCount);
+    if (req.pageCount * alloc.record.pageSizeBytes > this.cfg.cacheBytesMax / 2) {
+      throw new PagepairError('CACHE_FULL', `a write pointer of ${req.pageCount} pages would not fit half the cache`, 'pageCount');
+    }
+    this.registerPointer(this.partnerPointer(req.pointerId, PointerMode.WRITE, alloc, req.firstPage, req.pageCount));
+    this.replyPeer(req, { kind: 'ALLOCATE_WRITE_REPLY', pointerId: req.pointerId });
+  }
+
+  private partnerPointer(id: number, mode: PointerState['mode'], alloc: AllocState, firstPage: number, pageCount: number): PointerState {
+    if (id >>> 24 !== this.partnerId) throw new PagepairError('BAD_FIELD', `pointer id ${id} was not made by the partner`, 'pointerId');
+    if (this.pointers.has(id)) throw new PagepairError('DUPLICATE', `pointer ${id} is already open`, 'pointerId');
+    return { id, mode, alloc, firstPage, pageCount, holderId: this.partnerId, connId: 0, lastUsedMs: this.env.nowMs(), shadows: new Map(), pinned: [] };
+  }
+
+  private onReleasePointer(req: ReleasePointer): void {
+    const p = this.pointers.get(req.pointerId);
+    if (p === undefined || p.holderId !== this.partnerId) {
+      // Already gone (a lease ran out, or the link flapped): nothing to keep.
+      this.replyPeer(req, { kind: 'RELEASE_POINTER_REPLY', pages: 0 });
+      return;
+    }
+    let pages = 0;
+    if (p.mode === PointerMode.WRITE && req.commit && !p.alloc.released) {
+      const now = this.env.nowMs();
+      for (const [page, s] of p.shadows) {
+        this.supersedeStaging(p.alloc, page);
+        this.cache.writeDirty(p.alloc, page, s.version, s.crc, this.epoch, s.data, now);
+        pages++;
+      }
+      this.counters.pagesMirroredIn += pages;
+    }
+    this.dropPointer(p);
+    this.replyPeer(req, { kind: 'RELEASE_POINTER_REPLY', pages });
+  }
+
+  // -------------------------------------------------------------------------
+  // Health (SENSE_REQUEST) and the join after the link comes up
+
+  private announcedRole(): RoleCode {
+    if (this.join !== null) {
+      if (this.join.pushDone) return Role.MIRRORED;
+      return this.fresh ? Role.STARTING : Role.JOINING;
+    }
+    return this.role;
+  }
+
+  private sendSense(reason: SenseRequest['reason']): void {
+    this.request({ kind: 'SENSE_REQUEST', role: this.announcedRole(), reason }).then(
+      (r) => {
+        if (r.kind === 'SENSE_REQUEST_REPLY') this.partnerSense = r;
+      },
+      () => undefined,
+    );
+  }
+
+  private onSense(req: SenseRequest): void {
+    const join = this.join;
+    if (join !== null && req.reason === SenseReason.HEARTBEAT) {
+      if (join.authoritative === undefined) {
+        const partnerFresh = req.role === Role.STARTING;
+        join.authoritative = this.fresh === partnerFresh ? this.selfId === 1 : !this.fresh;
+        this.env.log.info({ authoritative: join.authoritative, partnerFresh }, 'join: pushing state to partner');
+        this.pushJoinState(join);
+      }
+      if (req.role === Role.MIRRORED && !join.partnerDone) {
+        join.partnerDone = true;
+        if (!join.authoritative) {
+          for (const a of [...this.allocs.values()]) {
+            if (!join.seenGuids.has(a.record.guid)) {
+              this.env.log.warn({ guid: a.record.guid, name: a.record.name }, 'join: allocation unknown to the partner; dropped');
+              void this.dropAllocation(a);
+            }
+          }
+        }
+        this.maybeFinishJoin();
+      }
+    }
+    if (req.reason === SenseReason.SHUTTING_DOWN) this.env.log.info({ partner: this.partnerId }, 'partner is shutting down');
+    const c = this.cache.counters();
+    this.replyPeer(req, {
+      kind: 'SENSE_REQUEST_REPLY',
+      role: this.announcedRole(),
+      senseCode: this.senseCode,
+      allocations: this.allocs.size,
+      cachedPages: c.cachedPages,
+      dirtyPages: c.dirtyPages,
+      destageQueue: this.destagesInFlight,
+      tableDigest: this.tableDigest(),
+      dirtyDigest: this.cache.dirtyDigest.toString(),
+    });
+  }
+
+  private pushJoinState(join: JoinState): void {
+    const sends: Promise<unknown>[] = [];
+    if (join.authoritative) {
+      for (const a of this.allocs.values()) sends.push(this.request({ kind: 'ALLOCATE', ...a.record, reservationId: SYNC_RESERVATION }));
+    }
+    const byAlloc = new Map<AllocState, number[]>();
+    for (const cp of this.cache.dirty) byAlloc.set(cp.alloc, [...(byAlloc.get(cp.alloc) ?? []), cp.page]);
+    for (const [alloc, pages] of byAlloc) {
+      for (const [first, count] of pageRuns(pages.sort((x, y) => x - y), this.cfg.limits.headersPerMessageMax)) {
+        sends.push(this.pushDiffering(alloc, first, count));
+      }
+    }
+    Promise.all(sends).then(
+      () => {
+        if (this.join !== join) return;
+        join.pushDone = true;
+        this.counters.joins++;
+        this.sendSense(SenseReason.HEARTBEAT);
+        this.maybeFinishJoin();
+      },
+      (err: unknown) => this.env.log.warn({ err: String(err) }, 'join push failed; waiting for the link to come back'),
+    );
+  }
+
+  /** Compare headers with the partner and send the dirty pages it lacks. */
+  private async pushDiffering(alloc: AllocState, first: number, count: number): Promise<void> {
+    const r = await this.request({ kind: 'READ_HEADER', guid: alloc.record.guid, firstPage: first, pageCount: count });
+    if (r.kind !== 'READ_HEADER_REPLY' || alloc.released) return;
+    const op = this.mirrorOp();
+    let sent = 0;
+    for (const h of r.headers) {
+      const cp = alloc.pages.get(h.page);
+      if (cp === undefined || !cp.dirty) continue;
+      if (h.version > cp.version) continue; // the partner pushes it to us
+      if (h.version === cp.version) {
+        if (h.state === PageState.CLEAN) this.cache.markClean(cp, cp.version);
+        continue;
+      }
+      this.outbox.pushPage({ guid: alloc.record.guid, page: h.page, version: cp.version, crc: cp.crc, epoch: cp.epoch, pageFlags: 0, pointerId: 0, data: cp.data }, op.op);
+      sent++;
+    }
+    if (sent > 0) await op.done;
+  }
+
+  private onReadHeader(req: ReadHeader): void {
+    const alloc = this.lookupPeer(req.guid);
+    this.checkPageRange(alloc, req.firstPage, req.pageCount);
+    if (req.pageCount > this.cfg.limits.headersPerMessageMax) {
+      throw new PagepairError('LIMIT_EXCEEDED', `READ_HEADER of ${req.pageCount} pages is over headersPerMessageMax`, 'pageCount');
+    }
+    const headers: PageHeaderInfo[] = [];
+    for (let p = req.firstPage; p < req.firstPage + req.pageCount; p++) {
+      const cp = alloc.pages.get(p);
+      if (cp === undefined) headers.push({ page: p, version: 0, crc: 0, state: PageState.ABSENT, epoch: 0 });
+      else {
+        const state = cp.destagingVersion !== 0 ? PageState.DESTAGING : cp.dirty ? PageState.DIRTY : PageState.CLEAN;
+        headers.push({ page: p, version: cp.version, crc: cp.crc, state, epoch: cp.epoch });
+      }
+    }
+    this.replyPeer(req, { kind: 'READ_HEADER_REPLY', guid: req.guid, headers });
+  }
+
+  private maybeFinishJoin(): void {
+    const join = this.join;
+    if (join === null || !join.pushDone || !join.partnerDone) return;
+    this.join = null;
+    this.fresh = false;
+    this.setRole(Role.MIRRORED, 'mirrored with partner', {
+      allocations: this.allocs.size,
+      dirtyPages: this.cache.dirty.size,
+      tableDigest: this.tableDigest(),
+      dirtyDigest: this.cache.dirtyDigest.toString(),
+    });
+    this.wakeProgress();
+  }
+
+  // -------------------------------------------------------------------------
+  // Status
+
+  tableDigest(): string {
+    if (this.tableDigestText === null) {
+      const d = new SetDigest();
+      for (const a of this.allocs.values()) d.add(tableMember(recordFields(a.record)));
+      this.tableDigestText = d.toString();
+    }
+    return this.tableDigestText;
+  }
+
+  get currentRole(): RoleCode {
+    return this.role;
+  }
+
+  get currentEpoch(): number {
+    return this.epoch;
+  }
+
+  status(): CoreStatus {
+    const c = this.cache.counters();
+    const now = this.env.nowMs();
+    return {
+      controller: this.selfId === 1 ? 'A' : 'B',
+      role: roleName(this.role),
+      epoch: this.epoch,
+      mirroring: this.cfg.mirroring,
+      partner: this.cfg.mirroring
+        ? {
+            link: this.linkUp ? 'up' : 'down',
+            role: this.partnerSense === null ? null : roleName(this.partnerSense.role),
+            lastHeardMsAgo: this.linkUp ? Math.round(now - this.partnerLastHeardMs) : null,
+          }
+        : null,
+      allocations: this.allocs.size,
+      cachedPages: c.cachedPages,
+      cachedBytes: c.cachedBytes,
+      cacheBytesMax: this.cfg.cacheBytesMax,
+      dirtyPages: c.dirtyPages,
+      dirtyBytes: c.dirtyBytes,
+      destageInFlight: this.destagesInFlight,
+      destageQueue: this.destageQueueLength(),
+      openPointers: this.pointers.size,
+      digests: { table: this.tableDigest(), dirty: this.cache.dirtyDigest.toString() },
+      counters: { ...this.counters, evictions: c.evictions },
+      senseCode: this.senseCode,
+    };
+  }
+
+  /** Dirty pages we own and would destage now or when they age. */
+  private destageQueueLength(): number {
+    let n = 0;
+    for (const cp of this.cache.dirty) if (this.owns(cp.alloc, cp.page) && cp.destagingVersion === 0) n++;
+    return n;
+  }
+
+  // -------------------------------------------------------------------------
+  // Plumbing
+
+  private setRole(role: RoleCode, why: string, extra: object = {}): void {
+    if (role === this.role) return;
+    const from = roleName(this.role);
+    this.role = role;
+    this.env.log.info({ from, to: roleName(role), epoch: this.epoch, ...extra }, why);
+  }
+
+  private requireWritable(): void {
+    if (this.role === Role.MIRRORED || this.role === Role.SINGLE) return;
+    if (this.role === Role.STOPPING) throw new PagepairError('SHUTTING_DOWN', 'controller is shutting down');
+    if (this.role === Role.FENCED) throw new PagepairError('FENCED', 'controller is fenced');
+    throw new PagepairError('NOT_MIRRORED', `controller is ${roleName(this.role)}, not mirrored: writes wait for the partner`);
+  }
+
+  private requireReadable(): void {
+    if (this.role === Role.MIRRORED || this.role === Role.SINGLE) return;
+    if (this.role === Role.STOPPING) throw new PagepairError('SHUTTING_DOWN', 'controller is shutting down');
+    if (this.role === Role.FENCED) throw new PagepairError('FENCED', 'controller is fenced');
+    // Once joined, our cache holds every acknowledged write; until then it may not.
+    if (this.fresh) throw new PagepairError('NOT_ACTIVE', 'controller has not joined its partner yet');
+  }
+
+  private lookup(guid: string): AllocState {
+    const a = this.allocs.get(guid);
+    if (a === undefined) throw unknownGuid(guid);
+    return a;
+  }
+
+  private lookupPeer(guid: string): AllocState {
+    return this.lookup(guid);
+  }
+
+  private checkRange(alloc: AllocState, offset: number, length: number, lengthField: string): void {
+    if (!Number.isSafeInteger(offset) || offset < 0) throw new PagepairError('BAD_FIELD', `offset must be a non-negative integer, got ${offset}`, 'offset');
+    if (!Number.isSafeInteger(length) || length <= 0) throw new PagepairError('BAD_FIELD', `${lengthField} must be at least 1 byte`, lengthField);
+    if (length > this.cfg.limits.requestBytesMax) {
+      throw new PagepairError('TOO_LARGE', `${length} bytes is over requestBytesMax ${this.cfg.limits.requestBytesMax}`, lengthField);
+    }
+    if (offset + length > alloc.sizeBytes) {
+      throw new PagepairError('OUT_OF_RANGE', `bytes ${offset}..${offset + length - 1} are past the end of ${alloc.record.guid} (${alloc.sizeBytes} bytes)`, 'offset');
+    }
+  }
+
+  private checkPageRange(alloc: AllocState, first: number, count: number): void {
+    if (!Number.isSafeInteger(first) || !Number.isSafeInteger(count) || first < 0 || count < 1 || first + count > alloc.record.pageCount) {
+      throw new PagepairError('OUT_OF_RANGE', `pages ${first}+${count} are outside ${alloc.record.guid} (${alloc.record.pageCount} pages)`, 'firstPage');
+    }
+  }
+
+  private location(alloc: AllocState): PageLocation {
+    return { guid: alloc.record.guid, dataOffset: alloc.record.dataOffset, pageSizeBytes: alloc.record.pageSizeBytes };
+  }
+
+  private waitForProgress(): Promise<void> {
+    return new Promise((resolve) => this.progressWaiters.push(resolve));
+  }
+
+  private wakeProgress(): void {
+    if (this.progressWaiters.length === 0) return;
+    const w = this.progressWaiters;
+    this.progressWaiters = [];
+    for (const f of w) f();
+  }
+
+  private serveRoomWaiters(): void {
+    if (this.roomWaiters.length === 0) return;
+    const now = this.env.nowMs();
+    const keep: RoomWaiter[] = [];
+    for (const w of this.roomWaiters) {
+      if (this.cache.makeRoom(w.bytes)) w.resolve();
+      else if (now > w.deadlineMs) w.reject(new PagepairError('CACHE_FULL', `no room for ${w.bytes} bytes after ${this.cfg.cacheFullWaitMs} ms`));
+      else keep.push(w);
+    }
+    this.roomWaiters = keep;
+  }
+
+  private frame<M extends Message>(body: Omit<M, 'requestId' | 'epoch' | 'sender' | 'flags'>): M {
+    const requestId = this.nextRequestId;
+    this.nextRequestId = this.nextRequestId >= 0xffff_ffff ? 1 : this.nextRequestId + 1;
+    return { ...body, requestId, epoch: this.epoch, sender: this.selfId, flags: 0 } as M;
+  }
+
+  private request(body: DistributiveOmit<PeerRequest, 'requestId' | 'epoch' | 'sender' | 'flags'>): Promise<PeerReply> {
+    if (!this.linkUp) return Promise.reject(new PagepairError('NOT_MIRRORED', 'partner link is down'));
+    const msg = this.frame<PeerRequest>(body);
+    return new Promise<PeerReply>((resolve, reject) => {
+      this.pendingPeer.set(msg.requestId, { kind: msg.kind, sentMs: this.env.nowMs(), resolve, reject });
+      this.outbox.push(msg);
+    });
+  }
+
+  private onPeerReply(msg: Message): void {
+    const pending = this.pendingPeer.get(msg.requestId);
+    if (pending === undefined) {
+      this.env.log.debug({ kind: msg.kind, requestId: msg.requestId }, 'reply to no pending request');
+      return;
+    }
+    this.pendingPeer.delete(msg.requestId);
+    if (msg.kind === 'ERROR') pending.reject(PagepairError.fromWire(msg.code, `partner: ${msg.message}`));
+    else pending.resolve(msg as PeerReply);
+  }
+
+  private replyPeer(req: PeerRequest, body: DistributiveOmit<PeerReply, 'requestId' | 'epoch' | 'sender' | 'flags'>): void {
+    if (!this.linkUp) return;
+    this.outbox.push({ ...body, requestId: req.requestId, epoch: this.epoch, sender: this.selfId, flags: 0 } as PeerReply);
+  }
+
+  private sendPeerError(req: PeerRequest, err: PagepairError): void {
+    this.env.log.warn({ kind: req.kind, code: err.code, err: err.message }, 'refused partner request');
+    if (!this.linkUp) return;
+    this.outbox.push(this.errorFrame(req.requestId, MsgType[req.kind], err));
+  }
+
+  private reply(req: ClientRequest, body: DistributiveOmit<ClientReply, 'requestId' | 'epoch' | 'sender' | 'flags'>): ClientReply {
+    return { ...body, requestId: req.requestId, epoch: this.epoch, sender: this.selfId, flags: 0 } as ClientReply;
+  }
+
+  private errorFrame(requestId: number, requestType: number, err: PagepairError): Message {
+    return { kind: 'ERROR', requestId, epoch: this.epoch, sender: this.selfId, flags: 0, code: ErrorCode[err.code], requestType, message: err.message };
+  }
+
+  private asTyped(err: unknown, kind: string): PagepairError {
+    if (isPagepairError(err)) return err;
+    this.env.log.error({ kind, err: err instanceof Error ? err.stack : String(err) }, 'internal error serving a request');
+    return new PagepairError('INTERNAL', `internal error serving ${kind}`);
+  }
+}
+
+export interface CoreStatus {
+  controller: 'A' | 'B';
+  role: string;
+  epoch: number;
+  mirroring: boolean;
+  partner: { link: 'up' | 'down'; role: string | null; lastHeardMsAgo: number | null } | null;
+  allocations: number;
+  cachedPages: number;
+  cachedBytes: number;
+  cacheBytesMax: number;
+  dirtyPages: number;
+  dirtyBytes: number;
+  destageInFlight: number;
+  destageQueue: number;
+  openPointers: number;
+  digests: { table: string; dirty: string };
+  counters: CoreCounters & { evictions: number };
+  senseCode: number;
+}
+
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+
+const EMPTY = Buffer.alloc(0);
+
+const ROLE_NAMES: Record<number, string> = {
+  [Role.STARTING]: 'starting',
+  [Role.MIRRORED]: 'mirrored',
+  [Role.ALONE]: 'alone',
+  [Role.FENCED]: 'fenced',
+  [Role.JOINING]: 'joining',
+  [Role.STOPPING]: 'stopping',
+  [Role.SINGLE]: 'single',
+};
+
+export function roleName(role: number): string {
+  return ROLE_NAMES[role] ?? `role-${role}`;
+}
+
+function unknownGuid(guid: string): PagepairError {
+  return new PagepairError('UNKNOWN_GUID', `no allocation ${guid}`, 'guid');
+}
+
+function checkName(name: string): void {
+  if (name.length === 0 || Buffer.byteLength(name) > 64) {
+    throw new PagepairError('BAD_FIELD', 'name must be 1 to 64 bytes of UTF-8', 'name');
+  }
+}
+
+/** The new contents of page `pageStart`: the old ones with the written bytes laid over. */
+function overlay(old: Buffer, pageSize: number, pageStart: number, offset: number, data: Buffer): Buffer {
+  const page = Buffer.allocUnsafe(pageSize);
+  const from = Math.max(offset, pageStart);
+  const to = Math.min(offset + data.length, pageStart + pageSize);
+  if (from > pageStart || to < pageStart + pageSize) old.copy(page, 0, 0, pageSize);
+  data.copy(page, from - pageStart, from - offset, to - offset);
+  return page;
+}
+
+/** Maximal runs of pages in [first, first+count) where pred holds, as [first, count]. */
+function runs(alloc: AllocState, first: number, count: number, pred: (p: number) => boolean): [number, number][] {
+  const out: [number, number][] = [];
+  let start = -1;
+  for (let p = first; p < first + count; p++) {
+    if (pred(p)) {
+      if (start < 0) start = p;
+    } else if (start >= 0) {
+      out.push([start, p - start]);
+      start = -1;
+    }
+  }
+  if (start >= 0) out.push([start, first + count - start]);
+  void alloc;
+  return out;
+}
+
+/** Runs of consecutive page numbers from a sorted list, each at most `maxRun` long. */
+function pageRuns(sorted: number[], maxRun = Number.MAX_SAFE_INTEGER): [number, number][] {
+  const out: [number, number][] = [];
+  for (const p of sorted) {
+    const last = out[out.length - 1];
+    if (last !== undefined && last[0] + last[1] === p && last[1] < maxRun) last[1]++;
+    else out.push([p, 1]);
+  }
+  return out;
+}

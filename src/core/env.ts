@@ -1,0 +1,52 @@
+// What the core needs from the world, injected so the core does no I/O of its
+// own. The runtime implements it with ws, fs and the clock; the simulator with
+// a seeded network, a memory device and virtual time.
+
+import type { Message } from '../protocol/messages.js';
+import type { Limits } from '../protocol/limits.js';
+import type { BlockStore } from '../store/types.js';
+import type { Policy } from './policy.js';
+
+/** pino-shaped, so the runtime can pass a pino child logger straight in. */
+export interface CoreLog {
+  debug(obj: object, msg?: string): void;
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+  error(obj: object, msg?: string): void;
+}
+
+export interface CoreEnv {
+  /** Send a frame to the partner. Only called while the link is up. */
+  sendPeer(msg: Message): void;
+  /** Answer a client request on connection connId. */
+  replyClient(connId: number, msg: Message): void;
+  /** The core has queued frames: call core.flushOutbox() soon (end of this turn). */
+  requestFlush(): void;
+  /** Monotonic milliseconds. */
+  nowMs(): number;
+  /** A fresh allocation GUID (uuid v4 in the runtime, seeded in the simulator). */
+  newGuid(): string;
+  store: BlockStore;
+  log: CoreLog;
+}
+
+export interface CoreConfig {
+  selfId: 1 | 2;
+  partnerId: 1 | 2;
+  /** false: a single controller, nothing mirrored (for benchmarks and tests). */
+  mirroring: boolean;
+  cacheBytesMax: number;
+  dirtyHighWatermarkPct: number;
+  dirtyLowWatermarkPct: number;
+  dirtyAgeMaxMs: number;
+  destageConcurrency: number;
+  heartbeatIntervalMs: number;
+  /** A partner request unanswered this long fails with TIMEOUT. */
+  peerRequestTimeoutMs: number;
+  /** An unused pointer is given back after this long. */
+  pointerLeaseMs: number;
+  /** A write that finds the cache full of dirty pages waits this long, then CACHE_FULL. */
+  cacheFullWaitMs: number;
+  limits: Limits;
+  policies: ReadonlyMap<string, Policy>;
+}

@@ -1,0 +1,198 @@
+// The page cache: every cached page of every allocation, bounded in bytes.
+// Clean, unpinned pages sit in an LRU and are the only ones ever evicted;
+// dirty pages (our own and the partner's mirrored ones) stay until destaged.
+// The dirty set keeps an incremental digest so status can show it cheaply.
+
+import { LRUCache } from 'lru-cache';
+import type { AllocState } from './allocation.js';
+import { SetDigest, dirtyMember } from './digest.js';
+
+export interface CachePage {
+  readonly alloc: AllocState;
+  readonly page: number;
+  version: number;
+  crc: number;
+  epoch: number;
+  /** Never changed in place: a write installs a new buffer, so a destage or
+   *  a frame being encoded can hold the old one safely. */
+  data: Buffer;
+  dirty: boolean;
+  dirtySinceMs: number;
+  /** Newest version known to be in the store (0: not known). */
+  storeVersion: number;
+  /** Version being written to the store, 0 when no destage is in flight. */
+  destagingVersion: number;
+  /** Our WRITE_PAGEs of this page the partner has not yet answered. */
+  mirrorPending: number;
+  /** Read pointers and writes in progress that need the page to stay. */
+  pins: number;
+  /** Readers waiting for mirrorPending to reach 0. */
+  waiters: (() => void)[] | null;
+}
+
+export interface CacheCounters {
+  cachedPages: number;
+  cachedBytes: number;
+  dirtyPages: number;
+  dirtyBytes: number;
+  evictions: number;
+}
+
+export class PageCache {
+  private readonly lru: LRUCache<CachePage, CachePage>;
+  /** Insertion order is the order pages became dirty: oldest first. */
+  readonly dirty = new Set<CachePage>();
+  readonly dirtyDigest = new SetDigest();
+  private usedBytes = 0;
+  private dirtyBytes = 0;
+  private pageCount = 0;
+  private evictions = 0;
+
+  constructor(readonly cacheBytesMax: number) {
+    this.lru = new LRUCache<CachePage, CachePage>({ max: Math.ceil(cacheBytesMax / 512) + 16 });
+  }
+
+  get bytesUsed(): number {
+    return this.usedBytes;
+  }
+
+  get bytesDirty(): number {
+    return this.dirtyBytes;
+  }
+
+  counters(): CacheCounters {
+    return {
+      cachedPages: this.pageCount,
+      cachedBytes: this.usedBytes,
+      dirtyPages: this.dirty.size,
+      dirtyBytes: this.dirtyBytes,
+      evictions: this.evictions,
+    };
+  }
+
+  /** The cached page, touching its LRU position when it is clean. */
+  get(alloc: AllocState, page: number): CachePage | undefined {
+    const cp = alloc.pages.get(page);
+    if (cp !== undefined && !cp.dirty && cp.pins === 0) this.lru.get(cp);
+    return cp;
+  }
+
+  /** Evict clean pages until `bytes` more fit. False when they cannot. */
+  makeRoom(bytes: number): boolean {
+    while (this.usedBytes + bytes > this.cacheBytesMax) {
+      const victim = this.lru.pop();
+      if (victim === undefined) return false;
+      this.evictions++;
+      this.forget(victim);
+    }
+    return true;
+  }
+
+  /** Install a page read from the store. Never replaces a cached page. */
+  insertClean(alloc: AllocState, page: number, version: number, crc: number, epoch: number, data: Buffer): CachePage {
+    const existing = alloc.pages.get(page);
+    if (existing !== undefined) return existing;
+    this.makeRoom(data.length);
+    const cp = this.create(alloc, page, data);
+    cp.version = version;
+    cp.crc = crc;
+    cp.epoch = epoch;
+    this.lru.set(cp, cp);
+    return cp;
+  }
+
+  /** Install new contents as dirty (a local write or a mirrored one). */
+  writeDirty(alloc: AllocState, page: number, version: number, crc: number, epoch: number, data: Buffer, nowMs: number): CachePage {
+    let cp = alloc.pages.get(page);
+    if (cp === undefined) {
+      this.makeRoom(data.length);
+      cp = this.create(alloc, page, data);
+    } else {
+      this.usedBytes += data.length - cp.data.length;
+      if (cp.dirty) {
+        this.dirtyBytes += data.length - cp.data.length;
+        this.dirtyDigest.remove(dirtyMember(alloc.guidBytes, page, cp.version, cp.crc));
+      } else {
+        this.lru.delete(cp);
+      }
+      cp.data = data;
+    }
+    cp.version = version;
+    cp.crc = crc;
+    cp.epoch = epoch;
+    if (!cp.dirty) {
+      cp.dirty = true;
+      cp.dirtySinceMs = nowMs;
+      this.dirty.add(cp);
+      this.dirtyBytes += data.length;
+    }
+    this.dirtyDigest.add(dirtyMember(alloc.guidBytes, page, version, crc));
+    return cp;
+  }
+
+  /** The page reached the store at `version`: clean if nothing newer came since. */
+  markClean(cp: CachePage, version: number): boolean {
+    if (!cp.dirty || cp.version !== version) return false;
+    cp.dirty = false;
+    this.dirty.delete(cp);
+    this.dirtyBytes -= cp.data.length;
+    this.dirtyDigest.remove(dirtyMember(cp.alloc.guidBytes, cp.page, cp.version, cp.crc));
+    if (cp.pins === 0) this.lru.set(cp, cp);
+    return true;
+  }
+
+  pin(cp: CachePage): void {
+    if (cp.pins++ === 0 && !cp.dirty) this.lru.delete(cp);
+  }
+
+  unpin(cp: CachePage): void {
+    if (--cp.pins === 0 && !cp.dirty && cp.alloc.pages.get(cp.page) === cp) this.lru.set(cp, cp);
+  }
+
+  /** Drop a page whatever its state (its allocation is gone, or a resync replaces it). */
+  drop(cp: CachePage): void {
+    if (cp.dirty) {
+      this.dirty.delete(cp);
+      this.dirtyBytes -= cp.data.length;
+      this.dirtyDigest.remove(dirtyMember(cp.alloc.guidBytes, cp.page, cp.version, cp.crc));
+      cp.dirty = false;
+    } else {
+      this.lru.delete(cp);
+    }
+    this.forget(cp);
+  }
+
+  dropAlloc(alloc: AllocState): void {
+    for (const cp of [...alloc.pages.values()]) this.drop(cp);
+  }
+
+  private create(alloc: AllocState, page: number, data: Buffer): CachePage {
+    const cp: CachePage = {
+      alloc,
+      page,
+      version: 0,
+      crc: 0,
+      epoch: 0,
+      data,
+      dirty: false,
+      dirtySinceMs: 0,
+      storeVersion: 0,
+      destagingVersion: 0,
+      mirrorPending: 0,
+      pins: 0,
+      waiters: null,
+    };
+    alloc.pages.set(page, cp);
+    this.usedBytes += data.length;
+    this.pageCount++;
+    return cp;
+  }
+
+  private forget(cp: CachePage): void {
+    if (cp.alloc.pages.get(cp.page) === cp) {
+      cp.alloc.pages.delete(cp.page);
+      this.usedBytes -= cp.data.length;
+      this.pageCount--;
+    }
+  }
+}

@@ -1,0 +1,411 @@
+// A controller's configuration: one JSON file per controller. Everything is
+// checked at load, so a typo or an impossible value stops the controller at
+// start with a message naming the file and the exact field, instead of
+// surfacing later as odd behaviour. Unknown fields are refused for the same
+// reason. Relative paths (store.path, log.file) are resolved against the
+// current working directory of the process that loads the file, not against
+// the file's own directory: `pagepair` is started from the project or data
+// directory, and that is where operators expect relative paths to point.
+
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { PagepairError, isPagepairError } from '../errors.js';
+import { resolvePolicies, type Policy, type PolicyInput } from '../core/policy.js';
+import { DEFAULT_LIMITS, HARD_LIMITS, type Limits } from '../protocol/limits.js';
+import { computeGeometry, isUuid, TABLE_ENTRIES_MAX_DEFAULT } from '../store/layout.js';
+
+export type ControllerLetter = 'A' | 'B';
+export type ControllerNumber = 1 | 2;
+export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
+
+export interface Endpoint {
+  host: string;
+  /** 0 asks the system for any free port (tests). */
+  port: number;
+}
+
+export interface PartnerConfig {
+  idLetter: ControllerLetter;
+  idNumber: ControllerNumber;
+  client: Endpoint;
+  peer: Endpoint;
+}
+
+export interface StoreConfig {
+  /** Absolute. */
+  path: string;
+  sizeBytes: number;
+  tableEntriesMax: number;
+}
+
+export interface CacheConfig {
+  cacheBytesMax: number;
+  dirtyHighWatermarkPct: number;
+  dirtyLowWatermarkPct: number;
+  dirtyAgeMaxMs: number;
+  destageConcurrency: number;
+}
+
+export interface ConfigLimits extends Limits {
+  inflightPerClientMax: number;
+}
+
+export interface LogConfig {
+  level: LogLevel;
+  /** Absolute; absent means standard output. */
+  file?: string;
+}
+
+export interface ControllerConfig {
+  /** Where the configuration came from (a path, or a name given by a test). */
+  sourceName: string;
+  idLetter: ControllerLetter;
+  /** The controller id on the wire and in the store's mailbox. */
+  idNumber: ControllerNumber;
+  pairId: string;
+  secret: string;
+  clientToken: string;
+  listen: { client: Endpoint; peer: Endpoint | null };
+  mirroring: boolean;
+  /** null only when mirroring is false and no partner was given. */
+  partner: PartnerConfig | null;
+  store: StoreConfig;
+  cache: CacheConfig;
+  /** The policies as written in the file (built-ins not included). */
+  userPolicies: Policy[];
+  /** Built-in and user policies by name. */
+  policies: Map<string, Policy>;
+  limits: ConfigLimits;
+  heartbeatIntervalMs: number;
+  partnerTimeoutMs: number;
+  peerReconnectMs: number;
+  log: LogConfig;
+}
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const GiB = 1024 * MiB;
+
+export const CONFIG_DEFAULTS = Object.freeze({
+  host: '127.0.0.1',
+  mirroring: true,
+  storeSizeBytes: 1 * GiB,
+  tableEntriesMax: TABLE_ENTRIES_MAX_DEFAULT,
+  cacheBytesMax: 256 * MiB,
+  dirtyHighWatermarkPct: 60,
+  dirtyLowWatermarkPct: 30,
+  dirtyAgeMaxMs: 2000,
+  destageConcurrency: 16,
+  inflightPerClientMax: 256,
+  heartbeatIntervalMs: 100,
+  partnerTimeoutMs: 600,
+  peerReconnectMs: 100,
+  logLevel: 'info' as LogLevel,
+});
+
+const LOG_LEVELS: readonly LogLevel[] = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
+const INFLIGHT_PER_CLIENT_MAX = 65536;
+const SECRET_CHARS_MIN = 16;
+const CLIENT_TOKEN_CHARS_MIN = 8;
+
+// ------------------------------------------------------------ field reader
+
+function show(v: unknown): string {
+  if (v === undefined) return 'nothing';
+  const s = JSON.stringify(v);
+  return s.length > 60 ? `${s.slice(0, 57)}...` : s;
+}
+
+function editDistance(a: string, b: string): number {
+  const row = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    let diag = row[0]!;
+    row[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const up = row[j]!;
+      row[j] = Math.min(up + 1, row[j - 1]! + 1, diag + (a[i - 1]!.toLowerCase() === b[j - 1]!.toLowerCase() ? 0 : 1));
+      diag = up;
+    }
+  }
+  return row[b.length]!;
+}
+
+/** Reads the fields of one JSON object, naming each by its full path. */
+class Fields {
+  constructor(
+    private readonly src: string,
+    private readonly path: string,
+    private readonly values: Record<string, unknown>,
+    allowed: readonly string[],
+  ) {
+    for (const key of Object.keys(values)) {
+      if (allowed.includes(key)) continue;
+      const near = allowed.find((k) => editDistance(k, key) <= Math.max(1, Math.floor(k.length / 4)));
+      throw this.error(this.at(key), `is not a known field${near !== undefined ? ` (did you mean ${near}?)` : ''}`);
+    }
+  }
+
+  static root(src: string, json: unknown, allowed: readonly string[]): Fields {
+    if (typeof json !== 'object' || json === null || Array.isArray(json)) {
+      throw new PagepairError('BAD_CONFIG', `${src}: the configuration must be a JSON object, got ${show(json)}`, '');
+    }
+    return new Fields(src, '', json as Record<string, unknown>, allowed);
+  }
+
+  at(key: string): string {
+    return this.path === '' ? key : `${this.path}.${key}`;
+  }
+
+  error(field: string, what: string): PagepairError {
+    return new PagepairError('BAD_CONFIG', `${this.src}: ${field} ${what}`, field);
+  }
+
+  fail(key: string, what: string): never {
+    const v = this.values[key];
+    throw this.error(this.at(key), `must be ${what}${v === undefined ? ' (missing)' : `, got ${show(v)}`}`);
+  }
+
+  has(key: string): boolean {
+    return this.values[key] !== undefined;
+  }
+
+  raw(key: string): unknown {
+    return this.values[key];
+  }
+
+  str(key: string, opts: { default?: string; minChars?: number; what?: string } = {}): string {
+    const v = this.values[key];
+    const minChars = opts.minChars ?? 1;
+    const what = opts.what ?? (minChars > 1 ? `a string of at least ${minChars} characters` : 'a non-empty string');
+    if (v === undefined && opts.default !== undefined) return opts.default;
+    if (typeof v !== 'string' || v.length < minChars) this.fail(key, what);
+    return v;
+  }
+
+  oneOf<T extends string>(key: string, values: readonly T[], dflt?: T): T {
+    const v = this.values[key];
+    if (v === undefined && dflt !== undefined) return dflt;
+    if (typeof v !== 'string' || !values.includes(v as T)) this.fail(key, `one of ${values.map((x) => JSON.stringify(x)).join(', ')}`);
+    return v as T;
+  }
+
+  bool(key: string, dflt: boolean): boolean {
+    const v = this.values[key];
+    if (v === undefined) return dflt;
+    if (typeof v !== 'boolean') this.fail(key, 'true or false');
+    return v;
+  }
+
+  int(key: string, min: number, max: number, dflt?: number): number {
+    const v = this.values[key];
+    if (v === undefined && dflt !== undefined) return dflt;
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) this.fail(key, `an integer in ${min}..${max}`);
+    return v;
+  }
+
+  /** A nested object; when absent, an empty one if optional, else an error. */
+  obj(key: string, allowed: readonly string[], optional: boolean): Fields {
+    const v = this.values[key];
+    if (v === undefined && optional) return new Fields(this.src, this.at(key), {}, allowed);
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) this.fail(key, 'an object');
+    return new Fields(this.src, this.at(key), v as Record<string, unknown>, allowed);
+  }
+}
+
+// ------------------------------------------------------------ parsing
+
+const TOP_FIELDS = [
+  'id',
+  'pairId',
+  'secret',
+  'clientToken',
+  'listen',
+  'partner',
+  'mirroring',
+  'store',
+  'cache',
+  'policies',
+  'limits',
+  'heartbeatIntervalMs',
+  'partnerTimeoutMs',
+  'peerReconnectMs',
+  'log',
+] as const;
+const ENDPOINT_FIELDS = ['host', 'port'] as const;
+const POLICY_FIELDS = ['name', 'dataStructureBytes', 'pageSizeBytes', 'description'] as const;
+const LIMIT_FIELDS = [...(Object.keys(DEFAULT_LIMITS) as (keyof Limits)[]), 'inflightPerClientMax'] as const;
+
+function letterToNumber(l: ControllerLetter): ControllerNumber {
+  return l === 'A' ? 1 : 2;
+}
+
+function endpoint(f: Fields, key: string, optional = false): Endpoint | null {
+  if (optional && !f.has(key)) return null;
+  const e = f.obj(key, ENDPOINT_FIELDS, false);
+  return { host: e.str('host', { default: CONFIG_DEFAULTS.host }), port: e.int('port', 0, 65535) };
+}
+
+function sameListener(a: Endpoint, b: Endpoint): boolean {
+  return a.port !== 0 && a.port === b.port && a.host === b.host;
+}
+
+/**
+ * Validates a parsed JSON configuration and fills defaults. sourceName names
+ * it in errors (the file path). cwd is where relative paths are resolved
+ * (default: the process's current directory).
+ */
+export function parseConfig(json: unknown, sourceName: string, opts: { cwd?: string } = {}): ControllerConfig {
+  const cwd = opts.cwd ?? process.cwd();
+  const top = Fields.root(sourceName, json, TOP_FIELDS);
+
+  const idLetter = top.oneOf<ControllerLetter>('id', ['A', 'B']);
+  const pairId = top.str('pairId', { what: 'a uuid string' });
+  if (!isUuid(pairId)) top.fail('pairId', 'a uuid string (8-4-4-4-12 hex digits)');
+  const secret = top.str('secret', { minChars: SECRET_CHARS_MIN });
+  const clientToken = top.str('clientToken', { minChars: CLIENT_TOKEN_CHARS_MIN });
+  if (clientToken === secret) throw top.error('clientToken', 'must differ from secret: clients must not be able to act as the partner');
+  const mirroring = top.bool('mirroring', CONFIG_DEFAULTS.mirroring);
+
+  const listenF = top.obj('listen', ['client', 'peer'], false);
+  const listenClient = endpoint(listenF, 'client')!;
+  const listenPeer = endpoint(listenF, 'peer', !mirroring);
+  if (listenPeer !== null && sameListener(listenClient, listenPeer)) {
+    throw listenF.error('listen.peer.port', `must differ from listen.client.port (${listenClient.port} on ${listenClient.host})`);
+  }
+
+  let partner: PartnerConfig | null = null;
+  if (mirroring || top.has('partner')) {
+    const pf = top.obj('partner', ['id', 'client', 'peer'], false);
+    const partnerLetter = pf.oneOf<ControllerLetter>('id', ['A', 'B']);
+    if (partnerLetter === idLetter) throw pf.error('partner.id', `must differ from id (both are ${JSON.stringify(idLetter)})`);
+    const client = endpoint(pf, 'client')!;
+    const peer = endpoint(pf, 'peer')!;
+    if (listenPeer !== null && sameListener(listenPeer, peer)) {
+      throw pf.error('partner.peer.port', `must differ from listen.peer.port: a controller cannot be its own partner`);
+    }
+    partner = { idLetter: partnerLetter, idNumber: letterToNumber(partnerLetter), client, peer };
+  }
+
+  const sf = top.obj('store', ['path', 'sizeBytes', 'tableEntriesMax'], false);
+  const store: StoreConfig = {
+    path: resolve(cwd, sf.str('path')),
+    sizeBytes: sf.int('sizeBytes', 1, Number.MAX_SAFE_INTEGER, CONFIG_DEFAULTS.storeSizeBytes),
+    tableEntriesMax: sf.int('tableEntriesMax', 1, 1_000_000, CONFIG_DEFAULTS.tableEntriesMax),
+  };
+  try {
+    computeGeometry({ deviceBytes: store.sizeBytes, tableEntriesMax: store.tableEntriesMax });
+  } catch (err) {
+    if (!isPagepairError(err)) throw err;
+    throw sf.error('store.sizeBytes', `is too small: ${err.message}`);
+  }
+
+  const cf = top.obj(
+    'cache',
+    ['cacheBytesMax', 'dirtyHighWatermarkPct', 'dirtyLowWatermarkPct', 'dirtyAgeMaxMs', 'destageConcurrency'],
+    true,
+  );
+  const cache: CacheConfig = {
+    cacheBytesMax: cf.int('cacheBytesMax', 64 * KiB, Number.MAX_SAFE_INTEGER, CONFIG_DEFAULTS.cacheBytesMax),
+    dirtyHighWatermarkPct: cf.int('dirtyHighWatermarkPct', 1, 100, CONFIG_DEFAULTS.dirtyHighWatermarkPct),
+    dirtyLowWatermarkPct: cf.int('dirtyLowWatermarkPct', 0, 99, CONFIG_DEFAULTS.dirtyLowWatermarkPct),
+    dirtyAgeMaxMs: cf.int('dirtyAgeMaxMs', 1, 3_600_000, CONFIG_DEFAULTS.dirtyAgeMaxMs),
+    destageConcurrency: cf.int('destageConcurrency', 1, 1024, CONFIG_DEFAULTS.destageConcurrency),
+  };
+  if (cache.dirtyLowWatermarkPct >= cache.dirtyHighWatermarkPct) {
+    throw cf.error(
+      'cache.dirtyLowWatermarkPct',
+      `must be below cache.dirtyHighWatermarkPct (${cache.dirtyLowWatermarkPct} >= ${cache.dirtyHighWatermarkPct})`,
+    );
+  }
+
+  const lf = top.obj('limits', LIMIT_FIELDS, true);
+  const limits = { ...DEFAULT_LIMITS, inflightPerClientMax: CONFIG_DEFAULTS.inflightPerClientMax } as ConfigLimits;
+  for (const key of Object.keys(DEFAULT_LIMITS) as (keyof Limits)[]) {
+    limits[key] = lf.int(key, 1, HARD_LIMITS[key], DEFAULT_LIMITS[key]);
+  }
+  limits.inflightPerClientMax = lf.int('inflightPerClientMax', 1, INFLIGHT_PER_CLIENT_MAX, CONFIG_DEFAULTS.inflightPerClientMax);
+  const pageMax = limits.pageSizeBytesMax;
+  if (pageMax < 512 || (pageMax & (pageMax - 1)) !== 0) lf.fail('pageSizeBytesMax', `a power of two in 512..${HARD_LIMITS.pageSizeBytesMax}`);
+  if (limits.requestBytesMax > limits.frameBytesMax) {
+    throw lf.error('limits.requestBytesMax', `must be at most limits.frameBytesMax (${limits.frameBytesMax})`);
+  }
+  if (pageMax > limits.requestBytesMax) {
+    throw lf.error('limits.pageSizeBytesMax', `must be at most limits.requestBytesMax (${limits.requestBytesMax})`);
+  }
+
+  const rawPolicies = top.raw('policies') ?? [];
+  if (!Array.isArray(rawPolicies)) top.fail('policies', 'an array of policies');
+  const policyInputs = (rawPolicies as unknown[]).map((p, i): PolicyInput => {
+    if (typeof p !== 'object' || p === null || Array.isArray(p)) {
+      throw top.error(`policies[${i}]`, `must be an object, got ${show(p)}`);
+    }
+    // Only unknown fields here; resolvePolicies checks the values and names the field.
+    new Fields(sourceName, `policies[${i}]`, p as Record<string, unknown>, POLICY_FIELDS);
+    return p as PolicyInput;
+  });
+  let policies: Map<string, Policy>;
+  try {
+    policies = resolvePolicies(policyInputs);
+  } catch (err) {
+    if (!isPagepairError(err)) throw err;
+    throw new PagepairError('BAD_CONFIG', `${sourceName}: ${err.message}`, err.field);
+  }
+  const userPolicies = policyInputs.map((p) => policies.get(p.name)!);
+  userPolicies.forEach((p, i) => {
+    if (p.pageSizeBytes > pageMax) {
+      throw top.error(`policies[${i}].pageSizeBytes`, `must be at most limits.pageSizeBytesMax (${pageMax}), got ${p.pageSizeBytes}`);
+    }
+  });
+
+  const heartbeatIntervalMs = top.int('heartbeatIntervalMs', 1, 60_000, CONFIG_DEFAULTS.heartbeatIntervalMs);
+  const partnerTimeoutMs = top.int('partnerTimeoutMs', 1, 600_000, CONFIG_DEFAULTS.partnerTimeoutMs);
+  if (partnerTimeoutMs < 2 * heartbeatIntervalMs) {
+    throw top.error(
+      'partnerTimeoutMs',
+      `must be at least twice heartbeatIntervalMs (${2 * heartbeatIntervalMs}), got ${partnerTimeoutMs}: one late heartbeat must not lose the partner`,
+    );
+  }
+  const peerReconnectMs = top.int('peerReconnectMs', 1, 60_000, CONFIG_DEFAULTS.peerReconnectMs);
+
+  const logF = top.obj('log', ['level', 'file'], true);
+  const log: LogConfig = { level: logF.oneOf('level', LOG_LEVELS, CONFIG_DEFAULTS.logLevel) };
+  if (logF.has('file')) log.file = resolve(cwd, logF.str('file'));
+
+  return {
+    sourceName,
+    idLetter,
+    idNumber: letterToNumber(idLetter),
+    pairId: pairId.toLowerCase(),
+    secret,
+    clientToken,
+    listen: { client: listenClient, peer: listenPeer },
+    mirroring,
+    partner,
+    store,
+    cache,
+    userPolicies,
+    policies,
+    limits,
+    heartbeatIntervalMs,
+    partnerTimeoutMs,
+    peerReconnectMs,
+    log,
+  };
+}
+
+/** Reads, parses and validates a controller's configuration file. */
+export function loadConfig(path: string, opts: { cwd?: string } = {}): ControllerConfig {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new PagepairError('BAD_CONFIG', `${path}: cannot read the configuration: ${(err as Error).message}`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw new PagepairError('BAD_CONFIG', `${path}: not valid JSON: ${(err as Error).message}`);
+  }
+  return parseConfig(json, path, opts);
+}

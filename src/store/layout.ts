@@ -1,0 +1,539 @@
+// The store's on-device format: where each area lives and how each record is
+// encoded. Pure: bytes in, values out, no I/O, so the core and the simulator
+// can import it. docs/formats.md describes the same bytes in prose; keep the
+// two in step. Every number is little-endian.
+
+import { crc32c } from '../protocol/crc32c.js';
+import { PagepairError, invariant } from '../errors.js';
+import { PAGE_HEADER_BYTES } from './types.js';
+import type {
+  AllocationRecord,
+  EpochRecord,
+  Geometry,
+  MailboxSlot,
+  StoredPageHeader,
+  Superblock,
+} from './types.js';
+
+export const BLOCK_BYTES = 4096;
+export const FORMAT_VERSION = 1;
+export const MAILBOX_BYTES_DEFAULT = 64 * 1024;
+/** Two heartbeat slots and two epoch-record copies, one block each. */
+export const MAILBOX_BYTES_MIN = 4 * BLOCK_BYTES;
+export const TABLE_ENTRIES_MAX_DEFAULT = 4096;
+/** The controller ids that own a heartbeat slot. */
+export const CONTROLLER_IDS = [1, 2] as const;
+
+export const SUPERBLOCK_MAGIC = 'PGSB';
+export const TABLE_MAGIC = 'PGAT';
+export const PAGE_MAGIC = 'PGPG';
+export const MAILBOX_SLOT_MAGIC = 'PGMB';
+export const EPOCH_MAGIC = 'PGEP';
+
+/** Bytes of the superblock record at the start of each superblock copy. */
+export const SUPERBLOCK_RECORD_BYTES = 128;
+export const TABLE_HEADER_BYTES = 64;
+export const TABLE_ENTRY_BYTES = 160;
+export const MAILBOX_SLOT_BYTES = 64;
+export const EPOCH_RECORD_BYTES = 64;
+/** Longest allocation name and policy name a table entry holds, in bytes of UTF-8. */
+export const NAME_BYTES_MAX = 64;
+export const POLICY_BYTES_MAX = 32;
+
+// ---------------------------------------------------------------- geometry
+
+export function roundUpToBlock(bytes: number, blockBytes = BLOCK_BYTES): number {
+  return Math.ceil(bytes / blockBytes) * blockBytes;
+}
+
+export function tableCopyBytesFor(tableEntriesMax: number): number {
+  return roundUpToBlock(TABLE_HEADER_BYTES + tableEntriesMax * TABLE_ENTRY_BYTES);
+}
+
+export interface GeometryOptions {
+  deviceBytes: number;
+  tableEntriesMax?: number;
+  mailboxBytes?: number;
+}
+
+/** Lays the areas out on a device of deviceBytes. Throws BAD_CONFIG when the
+ *  options are unusable or leave no data area. */
+export function computeGeometry(opts: GeometryOptions): Geometry {
+  const tableEntriesMax = opts.tableEntriesMax ?? TABLE_ENTRIES_MAX_DEFAULT;
+  const mailboxBytes = opts.mailboxBytes ?? MAILBOX_BYTES_DEFAULT;
+  if (!Number.isSafeInteger(tableEntriesMax) || tableEntriesMax < 1 || tableEntriesMax > 1_000_000) {
+    throw new PagepairError('BAD_CONFIG', `tableEntriesMax must be an integer in 1..1000000, got ${tableEntriesMax}`, 'tableEntriesMax');
+  }
+  if (!Number.isSafeInteger(mailboxBytes) || mailboxBytes < MAILBOX_BYTES_MIN || mailboxBytes % BLOCK_BYTES !== 0) {
+    throw new PagepairError(
+      'BAD_CONFIG',
+      `mailboxBytes must be a multiple of ${BLOCK_BYTES} and at least ${MAILBOX_BYTES_MIN}, got ${mailboxBytes}`,
+      'mailboxBytes',
+    );
+  }
+  const superblockCopyBytes = BLOCK_BYTES;
+  const mailboxOffset = 2 * superblockCopyBytes;
+  const tableOffset = mailboxOffset + mailboxBytes;
+  const tableCopyBytes = tableCopyBytesFor(tableEntriesMax);
+  const dataOffset = tableOffset + 2 * tableCopyBytes;
+  // The data area ends on a block boundary so that every extent, which is
+  // block-rounded, fits whole.
+  const dataBytes = Math.floor((opts.deviceBytes - dataOffset) / BLOCK_BYTES) * BLOCK_BYTES;
+  if (!Number.isSafeInteger(opts.deviceBytes) || dataBytes < BLOCK_BYTES) {
+    throw new PagepairError(
+      'BAD_CONFIG',
+      `a store of ${opts.deviceBytes} bytes leaves no data area (metadata takes ${dataOffset} bytes)`,
+      'sizeBytes',
+    );
+  }
+  return {
+    blockBytes: BLOCK_BYTES,
+    superblockCopyBytes,
+    mailboxOffset,
+    mailboxBytes,
+    tableOffset,
+    tableCopyBytes,
+    tableEntriesMax,
+    dataOffset,
+    dataBytes,
+  };
+}
+
+/** Device offset of superblock copy 0 or 1. */
+export function superblockCopyOffset(g: Geometry | undefined, copy: 0 | 1): number {
+  return copy * (g?.superblockCopyBytes ?? BLOCK_BYTES);
+}
+
+/** Device offset of a controller's heartbeat slot block (ids 1 and 2). */
+export function mailboxSlotOffset(g: Geometry, controllerId: number): number {
+  invariant(controllerId === 1 || controllerId === 2, `controller id ${controllerId} has a mailbox slot`);
+  return g.mailboxOffset + (controllerId - 1) * g.blockBytes;
+}
+
+/** Device offset of epoch-record copy 0 or 1 (after the two slot blocks). */
+export function epochCopyOffset(g: Geometry, copy: 0 | 1): number {
+  return g.mailboxOffset + (2 + copy) * g.blockBytes;
+}
+
+export function tableCopyOffset(g: Geometry, copy: 0 | 1): number {
+  return g.tableOffset + copy * g.tableCopyBytes;
+}
+
+/** Which copy holds sequence number seq (tables and epoch records alike). */
+export function copyForSeq(seq: number): 0 | 1 {
+  return seq % 2 === 0 ? 0 : 1;
+}
+
+/** Bytes of one page slot: header then data. */
+export function pageSlotBytes(pageSizeBytes: number): number {
+  return PAGE_HEADER_BYTES + pageSizeBytes;
+}
+
+/** Offset of page `page`'s slot, relative to the data area. */
+export function pageSlotOffset(dataOffset: number, pageSizeBytes: number, page: number): number {
+  return dataOffset + page * pageSlotBytes(pageSizeBytes);
+}
+
+/** Bytes of the extent an allocation of pageCount pages of pageSizeBytes
+ *  occupies in the data area: its slots, rounded up to a block. */
+export function extentBytes(pageSizeBytes: number, pageCount: number): number {
+  return roundUpToBlock(pageCount * pageSlotBytes(pageSizeBytes));
+}
+
+// ---------------------------------------------------------------- helpers
+
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+export function isUuid(s: string): boolean {
+  return UUID_RE.test(s);
+}
+
+/** The 16 bytes of a uuid string (any version; case ignored). */
+export function uuidToBytes(uuid: string, field: string): Buffer {
+  if (!isUuid(uuid)) throw new PagepairError('BAD_FIELD', `${field} must be a uuid, got ${JSON.stringify(uuid)}`, field);
+  return Buffer.from(uuid.replace(/-/g, ''), 'hex');
+}
+
+/** Lower-case canonical uuid text of 16 bytes. */
+export function bytesToUuid(b: Uint8Array): string {
+  const h = Buffer.from(b.buffer, b.byteOffset, 16).toString('hex');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
+export function isAllZero(b: Uint8Array): boolean {
+  for (let i = 0; i < b.length; i++) if (b[i] !== 0) return false;
+  return true;
+}
+
+function readU64(b: Buffer, off: number): number {
+  const v = b.readBigUInt64LE(off);
+  // A u64 past 2^53 cannot be one we wrote: treat it like a bad checksum.
+  return v > BigInt(Number.MAX_SAFE_INTEGER) ? Number.NaN : Number(v);
+}
+
+function writeU64(b: Buffer, off: number, v: number): void {
+  invariant(Number.isSafeInteger(v) && v >= 0, `u64 field is a safe non-negative integer (${v})`);
+  b.writeBigUInt64LE(BigInt(v), off);
+}
+
+function hasMagic(b: Buffer, off: number, magic: string): boolean {
+  return b.toString('latin1', off, off + 4) === magic;
+}
+
+/** CRC32C of b[0, crcOffset) — the record's checksum sits right after what it covers. */
+function crcBefore(b: Buffer, crcOffset: number): number {
+  return crc32c(b.subarray(0, crcOffset));
+}
+
+// ---------------------------------------------------------------- superblock
+//
+//   0 magic "PGSB"          4
+//   4 formatVersion u32
+//   8 pairId               16
+//  24 blockBytes u32
+//  28 superblockCopyBytes u32
+//  32 mailboxOffset u64
+//  40 mailboxBytes u64
+//  48 tableOffset u64
+//  56 tableCopyBytes u64
+//  64 tableEntriesMax u32
+//  68 reserved u32 (0)
+//  72 dataOffset u64
+//  80 dataBytes u64
+//  88 createdAtMs u64
+//  96 reserved (0) .. 124
+// 124 crc32c of bytes 0..124
+
+const SB_CRC = SUPERBLOCK_RECORD_BYTES - 4;
+
+export function encodeSuperblock(sb: Superblock): Buffer {
+  const b = Buffer.alloc(SUPERBLOCK_RECORD_BYTES);
+  const g = sb.geometry;
+  b.write(SUPERBLOCK_MAGIC, 0, 'latin1');
+  b.writeUInt32LE(sb.formatVersion, 4);
+  uuidToBytes(sb.pairId, 'pairId').copy(b, 8);
+  b.writeUInt32LE(g.blockBytes, 24);
+  b.writeUInt32LE(g.superblockCopyBytes, 28);
+  writeU64(b, 32, g.mailboxOffset);
+  writeU64(b, 40, g.mailboxBytes);
+  writeU64(b, 48, g.tableOffset);
+  writeU64(b, 56, g.tableCopyBytes);
+  b.writeUInt32LE(g.tableEntriesMax, 64);
+  writeU64(b, 72, g.dataOffset);
+  writeU64(b, 80, g.dataBytes);
+  writeU64(b, 88, sb.createdAtMs);
+  b.writeUInt32LE(crcBefore(b, SB_CRC), SB_CRC);
+  return b;
+}
+
+/** The superblock in b (a copy's first bytes), or the reason it is not valid. */
+export function decodeSuperblock(b: Buffer): Superblock | string {
+  if (b.length < SUPERBLOCK_RECORD_BYTES) return 'short read';
+  if (isAllZero(b.subarray(0, SUPERBLOCK_RECORD_BYTES))) return 'blank (never formatted)';
+  if (!hasMagic(b, 0, SUPERBLOCK_MAGIC)) return 'bad magic';
+  if (b.readUInt32LE(SB_CRC) !== crcBefore(b, SB_CRC)) return 'bad checksum';
+  const formatVersion = b.readUInt32LE(4);
+  if (formatVersion !== FORMAT_VERSION) return `format version ${formatVersion} is not ${FORMAT_VERSION}`;
+  const geometry: Geometry = {
+    blockBytes: b.readUInt32LE(24),
+    superblockCopyBytes: b.readUInt32LE(28),
+    mailboxOffset: readU64(b, 32),
+    mailboxBytes: readU64(b, 40),
+    tableOffset: readU64(b, 48),
+    tableCopyBytes: readU64(b, 56),
+    tableEntriesMax: b.readUInt32LE(64),
+    dataOffset: readU64(b, 72),
+    dataBytes: readU64(b, 80),
+  };
+  // The checksum proves the bytes are the ones written; this proves they were
+  // written by this version's layout rules, which the rest of the code assumes.
+  let expected: Geometry;
+  try {
+    expected = computeGeometry({
+      deviceBytes: geometry.dataOffset + geometry.dataBytes,
+      tableEntriesMax: geometry.tableEntriesMax,
+      mailboxBytes: geometry.mailboxBytes,
+    });
+  } catch {
+    return 'geometry fields are inconsistent';
+  }
+  for (const k of Object.keys(expected) as (keyof Geometry)[]) {
+    if (expected[k] !== geometry[k]) return `geometry field ${k} is ${geometry[k]}, expected ${expected[k]}`;
+  }
+  const createdAtMs = readU64(b, 88);
+  if (Number.isNaN(createdAtMs)) return 'bad createdAtMs';
+  return { formatVersion, pairId: bytesToUuid(b.subarray(8, 24)), geometry, createdAtMs };
+}
+
+// ---------------------------------------------------------------- allocation table
+//
+// Header (TABLE_HEADER_BYTES):
+//   0 magic "PGAT"  4
+//   4 formatVersion u32
+//   8 seq u64
+//  16 entryCount u32
+//  20 entryBytes u32 (TABLE_ENTRY_BYTES)
+//  24 crc32c of the entryCount entries
+//  28 reserved (0) .. 60
+//  60 crc32c of header bytes 0..60
+//
+// Entry (TABLE_ENTRY_BYTES), entries packed right after the header:
+//   0 guid 16
+//  16 pageSizeBytes u32
+//  20 pageCount u32
+//  24 dataOffset u64
+//  32 createdEpoch u32
+//  36 nameBytes u8, 37 policyBytes u8, 38 reserved u16
+//  40 name (UTF-8, zero padded) 64
+// 104 policy (UTF-8, zero padded) 32
+// 136 reserved (0) .. 160
+
+const TH_CRC = TABLE_HEADER_BYTES - 4;
+
+export interface TableHeader {
+  seq: number;
+  entryCount: number;
+  entriesCrc: number;
+}
+
+function utf8Field(s: string, max: number, field: string): Buffer {
+  const b = Buffer.from(s, 'utf8');
+  if (b.length > max) {
+    throw new PagepairError('TOO_LARGE', `${field} ${JSON.stringify(s)} is ${b.length} bytes of UTF-8; the table holds at most ${max}`, field);
+  }
+  return b;
+}
+
+function encodeEntry(r: AllocationRecord, out: Buffer, off: number): void {
+  uuidToBytes(r.guid, 'guid').copy(out, off);
+  out.writeUInt32LE(r.pageSizeBytes, off + 16);
+  out.writeUInt32LE(r.pageCount, off + 20);
+  writeU64(out, off + 24, r.dataOffset);
+  out.writeUInt32LE(r.createdEpoch, off + 32);
+  const name = utf8Field(r.name, NAME_BYTES_MAX, 'name');
+  const policy = utf8Field(r.policy, POLICY_BYTES_MAX, 'policy');
+  out.writeUInt8(name.length, off + 36);
+  out.writeUInt8(policy.length, off + 37);
+  name.copy(out, off + 40);
+  policy.copy(out, off + 104);
+}
+
+function decodeEntry(b: Buffer, off: number): AllocationRecord {
+  const nameBytes = Math.min(b.readUInt8(off + 36), NAME_BYTES_MAX);
+  const policyBytes = Math.min(b.readUInt8(off + 37), POLICY_BYTES_MAX);
+  return {
+    guid: bytesToUuid(b.subarray(off, off + 16)),
+    name: b.toString('utf8', off + 40, off + 40 + nameBytes),
+    policy: b.toString('utf8', off + 104, off + 104 + policyBytes),
+    pageSizeBytes: b.readUInt32LE(off + 16),
+    pageCount: b.readUInt32LE(off + 20),
+    dataOffset: readU64(b, off + 24),
+    createdEpoch: b.readUInt32LE(off + 32),
+  };
+}
+
+/** Bytes a table copy of entryCount entries takes when written: header and
+ *  entries, rounded up to a block so that writes stay block-aligned. */
+export function tableWriteBytes(entryCount: number): number {
+  return roundUpToBlock(TABLE_HEADER_BYTES + entryCount * TABLE_ENTRY_BYTES);
+}
+
+/** The bytes of one table copy (what writeTable writes). Throws NO_SPACE past
+ *  tableEntriesMax and TOO_LARGE for a name or policy the entry cannot hold. */
+export function encodeTable(seq: number, records: readonly AllocationRecord[], tableEntriesMax: number): Buffer {
+  if (records.length > tableEntriesMax) {
+    throw new PagepairError('NO_SPACE', `the allocation table holds at most ${tableEntriesMax} entries, asked for ${records.length}`);
+  }
+  const b = Buffer.alloc(tableWriteBytes(records.length));
+  records.forEach((r, i) => encodeEntry(r, b, TABLE_HEADER_BYTES + i * TABLE_ENTRY_BYTES));
+  const entriesEnd = TABLE_HEADER_BYTES + records.length * TABLE_ENTRY_BYTES;
+  b.write(TABLE_MAGIC, 0, 'latin1');
+  b.writeUInt32LE(FORMAT_VERSION, 4);
+  writeU64(b, 8, seq);
+  b.writeUInt32LE(records.length, 16);
+  b.writeUInt32LE(TABLE_ENTRY_BYTES, 20);
+  b.writeUInt32LE(crc32c(b.subarray(TABLE_HEADER_BYTES, entriesEnd)), 24);
+  b.writeUInt32LE(crcBefore(b, TH_CRC), TH_CRC);
+  return b;
+}
+
+/** The header at the start of a table copy, or the reason it is not valid.
+ *  'blank' means all zeros: a copy never written. */
+export function decodeTableHeader(b: Buffer, tableEntriesMax: number): TableHeader | string {
+  if (b.length < TABLE_HEADER_BYTES) return 'short read';
+  if (isAllZero(b.subarray(0, TABLE_HEADER_BYTES))) return 'blank';
+  if (!hasMagic(b, 0, TABLE_MAGIC)) return 'bad magic';
+  if (b.readUInt32LE(TH_CRC) !== crcBefore(b, TH_CRC)) return 'bad header checksum';
+  if (b.readUInt32LE(4) !== FORMAT_VERSION) return 'bad format version';
+  if (b.readUInt32LE(20) !== TABLE_ENTRY_BYTES) return 'bad entry size';
+  const seq = readU64(b, 8);
+  const entryCount = b.readUInt32LE(16);
+  if (Number.isNaN(seq)) return 'bad seq';
+  if (entryCount > tableEntriesMax) return `entry count ${entryCount} exceeds ${tableEntriesMax}`;
+  return { seq, entryCount, entriesCrc: b.readUInt32LE(24) };
+}
+
+/** Decodes a whole table copy (at least tableWriteBytes(entryCount) bytes). */
+export function decodeTable(
+  b: Buffer,
+  tableEntriesMax: number,
+): { seq: number; records: AllocationRecord[] } | string {
+  const h = decodeTableHeader(b, tableEntriesMax);
+  if (typeof h === 'string') return h;
+  const entriesEnd = TABLE_HEADER_BYTES + h.entryCount * TABLE_ENTRY_BYTES;
+  if (b.length < entriesEnd) return 'short read';
+  if (crc32c(b.subarray(TABLE_HEADER_BYTES, entriesEnd)) !== h.entriesCrc) return 'bad entries checksum';
+  const records: AllocationRecord[] = [];
+  for (let i = 0; i < h.entryCount; i++) {
+    const r = decodeEntry(b, TABLE_HEADER_BYTES + i * TABLE_ENTRY_BYTES);
+    if (Number.isNaN(r.dataOffset)) return `entry ${i} has a bad dataOffset`;
+    records.push(r);
+  }
+  return { seq: h.seq, records };
+}
+
+// ---------------------------------------------------------------- page header
+//
+//   0 magic "PGPG"  4
+//   4 guid         16
+//  20 page u32
+//  24 version u64
+//  32 epoch u32
+//  36 data crc32c u32
+//  40 data length u32
+//  44 header crc32c u32: of all 64 header bytes with these four taken as zero
+//  48 zero padding .. 64
+
+const PH_CRC = 44;
+
+function pageHeaderCrc(b: Buffer): number {
+  const copy = Buffer.from(b.subarray(0, PAGE_HEADER_BYTES));
+  copy.writeUInt32LE(0, PH_CRC);
+  return crc32c(copy);
+}
+
+export function encodePageHeader(h: StoredPageHeader, dataLength: number, out?: Buffer): Buffer {
+  const b = out ?? Buffer.alloc(PAGE_HEADER_BYTES);
+  b.fill(0, 0, PAGE_HEADER_BYTES);
+  b.write(PAGE_MAGIC, 0, 'latin1');
+  uuidToBytes(h.guid, 'guid').copy(b, 4);
+  b.writeUInt32LE(h.page, 20);
+  writeU64(b, 24, h.version);
+  b.writeUInt32LE(h.epoch, 32);
+  b.writeUInt32LE(h.crc >>> 0, 36);
+  b.writeUInt32LE(dataLength, 40);
+  b.writeUInt32LE(pageHeaderCrc(b), PH_CRC);
+  return b;
+}
+
+export type PageHeaderDecode =
+  | { kind: 'blank' }
+  | { kind: 'valid'; header: StoredPageHeader; dataLength: number }
+  | { kind: 'invalid'; reason: string };
+
+export function decodePageHeader(b: Buffer): PageHeaderDecode {
+  const h = b.subarray(0, PAGE_HEADER_BYTES);
+  if (h.length < PAGE_HEADER_BYTES) return { kind: 'invalid', reason: 'short read' };
+  if (isAllZero(h)) return { kind: 'blank' };
+  if (!hasMagic(h, 0, PAGE_MAGIC)) return { kind: 'invalid', reason: 'bad header magic' };
+  if (h.readUInt32LE(PH_CRC) !== pageHeaderCrc(h)) return { kind: 'invalid', reason: 'bad header checksum' };
+  const version = readU64(h, 24);
+  if (Number.isNaN(version)) return { kind: 'invalid', reason: 'bad version' };
+  return {
+    kind: 'valid',
+    header: {
+      guid: bytesToUuid(h.subarray(4, 20)),
+      page: h.readUInt32LE(20),
+      version,
+      epoch: h.readUInt32LE(32),
+      crc: h.readUInt32LE(36),
+    },
+    dataLength: h.readUInt32LE(40),
+  };
+}
+
+// ---------------------------------------------------------------- mailbox
+//
+// Heartbeat slot (MAILBOX_SLOT_BYTES at the start of the controller's block):
+//   0 magic "PGMB" 4
+//   4 formatVersion u32
+//   8 controllerId u32
+//  12 epoch u32
+//  16 counter u64
+//  24 timeMs u64
+//  32 pid u32
+//  36 role u32
+//  40 reserved (0) .. 60
+//  60 crc32c of bytes 0..60
+//
+// Epoch record (EPOCH_RECORD_BYTES at the start of each copy's block):
+//   0 magic "PGEP" 4
+//   4 formatVersion u32
+//   8 seq u64
+//  16 epoch u32
+//  20 activeId u32
+//  24 timeMs u64
+//  32 reserved (0) .. 60
+//  60 crc32c of bytes 0..60
+
+const MB_CRC = MAILBOX_SLOT_BYTES - 4;
+const EP_CRC = EPOCH_RECORD_BYTES - 4;
+
+export function encodeMailboxSlot(s: MailboxSlot): Buffer {
+  const b = Buffer.alloc(MAILBOX_SLOT_BYTES);
+  b.write(MAILBOX_SLOT_MAGIC, 0, 'latin1');
+  b.writeUInt32LE(FORMAT_VERSION, 4);
+  b.writeUInt32LE(s.controllerId, 8);
+  b.writeUInt32LE(s.epoch, 12);
+  writeU64(b, 16, s.counter);
+  writeU64(b, 24, s.timeMs);
+  b.writeUInt32LE(s.pid, 32);
+  b.writeUInt32LE(s.role, 36);
+  b.writeUInt32LE(crcBefore(b, MB_CRC), MB_CRC);
+  return b;
+}
+
+/** The slot in b, or null when it is blank, torn or otherwise invalid. */
+export function decodeMailboxSlot(b: Buffer): MailboxSlot | null {
+  if (b.length < MAILBOX_SLOT_BYTES || !hasMagic(b, 0, MAILBOX_SLOT_MAGIC)) return null;
+  if (b.readUInt32LE(MB_CRC) !== crcBefore(b, MB_CRC) || b.readUInt32LE(4) !== FORMAT_VERSION) return null;
+  const counter = readU64(b, 16);
+  const timeMs = readU64(b, 24);
+  if (Number.isNaN(counter) || Number.isNaN(timeMs)) return null;
+  return {
+    controllerId: b.readUInt32LE(8),
+    epoch: b.readUInt32LE(12),
+    counter,
+    timeMs,
+    pid: b.readUInt32LE(32),
+    role: b.readUInt32LE(36),
+  };
+}
+
+export function encodeEpochRecord(r: EpochRecord): Buffer {
+  const b = Buffer.alloc(EPOCH_RECORD_BYTES);
+  b.write(EPOCH_MAGIC, 0, 'latin1');
+  b.writeUInt32LE(FORMAT_VERSION, 4);
+  writeU64(b, 8, r.seq);
+  b.writeUInt32LE(r.epoch, 16);
+  b.writeUInt32LE(r.activeId, 20);
+  writeU64(b, 24, r.timeMs);
+  b.writeUInt32LE(crcBefore(b, EP_CRC), EP_CRC);
+  return b;
+}
+
+export function decodeEpochRecord(b: Buffer): EpochRecord | null {
+  if (b.length < EPOCH_RECORD_BYTES || !hasMagic(b, 0, EPOCH_MAGIC)) return null;
+  if (b.readUInt32LE(EP_CRC) !== crcBefore(b, EP_CRC) || b.readUInt32LE(4) !== FORMAT_VERSION) return null;
+  const seq = readU64(b, 8);
+  const timeMs = readU64(b, 24);
+  if (Number.isNaN(seq) || Number.isNaN(timeMs)) return null;
+  return { epoch: b.readUInt32LE(16), activeId: b.readUInt32LE(20), seq, timeMs };
+}
+
+/** Of two copies, the valid one with the highest seq (copy 0 on a tie). */
+export function newestOf<T extends { seq: number }>(a: T | null, b: T | null): T | null {
+  if (a === null) return b;
+  if (b === null) return a;
+  return b.seq > a.seq ? b : a;
+}

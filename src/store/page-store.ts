@@ -1,0 +1,335 @@
+// The block store over one Device: superblock, mailbox, allocation table and
+// page slots, as laid out in layout.ts and docs/formats.md.
+//
+// Durability: writeTable and writeEpochRecord sync before they resolve (a
+// table or an epoch that is lost after being acted on would be a lie to the
+// partner). writePage and writeMailboxSlot do not: page writes are made
+// durable in batches by the caller's sync(), and a heartbeat only has to be
+// seen by the partner, which reads the same file through the same page cache.
+
+import { PagepairError, invariant } from '../errors.js';
+import { crc32c } from '../protocol/crc32c.js';
+import {
+  CONTROLLER_IDS,
+  EPOCH_RECORD_BYTES,
+  FORMAT_VERSION,
+  MAILBOX_SLOT_BYTES,
+  TABLE_ENTRY_BYTES,
+  TABLE_HEADER_BYTES,
+  bytesToUuid,
+  computeGeometry,
+  copyForSeq,
+  decodeEpochRecord,
+  decodeMailboxSlot,
+  decodePageHeader,
+  decodeSuperblock,
+  decodeTable,
+  decodeTableHeader,
+  encodeEpochRecord,
+  encodeMailboxSlot,
+  encodePageHeader,
+  encodeSuperblock,
+  encodeTable,
+  epochCopyOffset,
+  isUuid,
+  mailboxSlotOffset,
+  newestOf,
+  pageSlotBytes,
+  pageSlotOffset,
+  superblockCopyOffset,
+  tableCopyOffset,
+  tableWriteBytes,
+  uuidToBytes,
+} from './layout.js';
+import { PAGE_HEADER_BYTES } from './types.js';
+import type {
+  AllocationRecord,
+  BlockStore,
+  Device,
+  EpochRecord,
+  Geometry,
+  Mailbox,
+  MailboxSlot,
+  PageLocation,
+  StoredPage,
+  Superblock,
+} from './types.js';
+
+export interface FormatOptions {
+  pairId: string;
+  tableEntriesMax?: number;
+  mailboxBytes?: number;
+  nowMs: number;
+  /** Names the store in error messages (a file path). */
+  name?: string;
+}
+
+export interface OpenOptions {
+  /** When given, the store must belong to this pair (else STORE_MISMATCH). */
+  pairId?: string;
+  name?: string;
+}
+
+type CopyRead<T> = { kind: 'valid'; value: T } | { kind: 'blank' } | { kind: 'invalid'; reason: string };
+
+const ZERO_CHUNK_BYTES = 1024 * 1024;
+
+export class PageStore implements BlockStore {
+  private readonly zeroPageCrcs = new Map<number, number>();
+
+  private constructor(
+    readonly device: Device,
+    readonly superblock: Superblock,
+    /** Which superblock copies were valid at open; a status page may report a bad one. */
+    readonly superblockCopiesValid: readonly [boolean, boolean],
+    private readonly name: string,
+  ) {}
+
+  get geometry(): Geometry {
+    return this.superblock.geometry;
+  }
+
+  /**
+   * Lays a new, empty store over the whole device. Metadata is written before
+   * the superblocks and synced in between, so anyone who sees a valid
+   * superblock also sees an initialized mailbox and table.
+   */
+  static async format(device: Device, opts: FormatOptions): Promise<PageStore> {
+    const name = opts.name ?? 'store';
+    if (!isUuid(opts.pairId)) {
+      throw new PagepairError('BAD_CONFIG', `${name}: pairId must be a uuid, got ${JSON.stringify(opts.pairId)}`, 'pairId');
+    }
+    const geometryOpts: Parameters<typeof computeGeometry>[0] = { deviceBytes: device.sizeBytes };
+    if (opts.tableEntriesMax !== undefined) geometryOpts.tableEntriesMax = opts.tableEntriesMax;
+    if (opts.mailboxBytes !== undefined) geometryOpts.mailboxBytes = opts.mailboxBytes;
+    const geometry = computeGeometry(geometryOpts);
+    const superblock: Superblock = {
+      formatVersion: FORMAT_VERSION,
+      pairId: bytesToUuid(uuidToBytes(opts.pairId, 'pairId')),
+      geometry,
+      createdAtMs: opts.nowMs,
+    };
+    // Old superblocks go first, so that a format cut short is never taken for
+    // the store that was there before.
+    await device.write(0, Buffer.alloc(2 * geometry.superblockCopyBytes));
+    await device.write(geometry.mailboxOffset, Buffer.alloc(geometry.mailboxBytes));
+    await device.write(tableCopyOffset(geometry, 0), encodeTable(0, [], geometry.tableEntriesMax));
+    await device.write(tableCopyOffset(geometry, 1), Buffer.alloc(tableWriteBytes(0)));
+    await device.sync();
+    const sbBlock = Buffer.alloc(geometry.superblockCopyBytes);
+    encodeSuperblock(superblock).copy(sbBlock);
+    await device.write(superblockCopyOffset(geometry, 0), sbBlock);
+    await device.write(superblockCopyOffset(geometry, 1), sbBlock);
+    await device.sync();
+    return new PageStore(device, superblock, [true, true], name);
+  }
+
+  /** Opens a formatted store: STORE_CORRUPT when neither superblock copy is
+   *  valid or the device is smaller than the superblock says; STORE_MISMATCH
+   *  when it belongs to another pair. */
+  static async open(device: Device, opts: OpenOptions = {}): Promise<PageStore> {
+    const name = opts.name ?? 'store';
+    const copyBytes = superblockCopyOffset(undefined, 1);
+    const head = await device.read(0, Math.min(2 * copyBytes, device.sizeBytes));
+    const reads = [0, 1].map((c) => {
+      const part = head.subarray(c * copyBytes, (c + 1) * copyBytes);
+      return part.length === 0 ? 'device too small' : decodeSuperblock(part);
+    });
+    const valid = reads.map((r) => typeof r !== 'string') as [boolean, boolean];
+    const sb = reads.find((r): r is Superblock => typeof r !== 'string');
+    if (sb === undefined) {
+      throw new PagepairError('STORE_CORRUPT', `${name}: no valid superblock (copy 0: ${String(reads[0])}; copy 1: ${String(reads[1])})`);
+    }
+    if (opts.pairId !== undefined && sb.pairId !== opts.pairId.toLowerCase()) {
+      throw new PagepairError('STORE_MISMATCH', `${name}: store belongs to pair ${sb.pairId}, not ${opts.pairId}`, 'pairId');
+    }
+    const end = sb.geometry.dataOffset + sb.geometry.dataBytes;
+    if (device.sizeBytes < end) {
+      throw new PagepairError('STORE_CORRUPT', `${name}: device is ${device.sizeBytes} bytes but the superblock needs ${end}`);
+    }
+    return new PageStore(device, sb, valid, name);
+  }
+
+  // ------------------------------------------------------------ pages
+
+  async readPage(loc: PageLocation, page: number): Promise<StoredPage> {
+    const at = this.slotDeviceOffset(loc, page);
+    const buf = await this.device.read(at, pageSlotBytes(loc.pageSizeBytes));
+    const guid = loc.guid.toLowerCase();
+    const decoded = decodePageHeader(buf);
+    if (decoded.kind === 'invalid') {
+      throw new PagepairError('CHECKSUM_MISMATCH', `${this.name}: page ${page} of ${guid}: ${decoded.reason}`, guid);
+    }
+    // A blank header, or one left by an earlier allocation whose extent this
+    // one reuses: the page was never written by its allocation.
+    if (decoded.kind === 'blank' || decoded.header.guid !== guid || decoded.header.page !== page) {
+      return this.neverWritten(guid, page, loc.pageSizeBytes);
+    }
+    const { header, dataLength } = decoded;
+    if (dataLength !== loc.pageSizeBytes) {
+      throw new PagepairError(
+        'CHECKSUM_MISMATCH',
+        `${this.name}: page ${page} of ${guid}: header says ${dataLength} data bytes, the allocation's pages are ${loc.pageSizeBytes}`,
+        guid,
+      );
+    }
+    const data = buf.subarray(PAGE_HEADER_BYTES);
+    if (crc32c(data) !== header.crc) {
+      throw new PagepairError('CHECKSUM_MISMATCH', `${this.name}: page ${page} of ${guid}: data checksum does not match (version ${header.version})`, guid);
+    }
+    return { header, data };
+  }
+
+  /** Writes header and data as one device write. crc, when given, is trusted
+   *  to be the CRC32C of data (the cache already knows it). Not synced. */
+  async writePage(loc: PageLocation, page: number, version: number, epoch: number, data: Buffer, crc?: number): Promise<void> {
+    if (data.length !== loc.pageSizeBytes) {
+      throw new PagepairError('BAD_FIELD', `page ${page} of ${loc.guid}: ${data.length} data bytes for a ${loc.pageSizeBytes}-byte page`, 'data');
+    }
+    if (!Number.isSafeInteger(version) || version < 1) {
+      throw new PagepairError('BAD_FIELD', `page ${page} of ${loc.guid}: version must be >= 1, got ${version}`, 'version');
+    }
+    const at = this.slotDeviceOffset(loc, page);
+    const buf = Buffer.allocUnsafe(pageSlotBytes(loc.pageSizeBytes));
+    encodePageHeader({ guid: loc.guid, page, version, epoch, crc: crc ?? crc32c(data) }, data.length, buf);
+    data.copy(buf, PAGE_HEADER_BYTES);
+    await this.device.write(at, buf);
+  }
+
+  /**
+   * Zeroes part of the data area (offsets relative to it, block-aligned). An
+   * extent reused with another page size has old page bytes where the new
+   * slots' headers go, which read as CHECKSUM_MISMATCH; clearing the extent
+   * before the table that publishes the allocation is written avoids that.
+   */
+  async clearExtent(dataOffset: number, bytes: number): Promise<void> {
+    const g = this.geometry;
+    if (dataOffset < 0 || bytes < 0 || dataOffset % g.blockBytes !== 0 || dataOffset + bytes > g.dataBytes) {
+      throw new PagepairError('OUT_OF_RANGE', `${this.name}: extent ${dataOffset}+${bytes} is not a block-aligned range of the data area`);
+    }
+    const zeros = Buffer.alloc(Math.min(ZERO_CHUNK_BYTES, bytes));
+    for (let done = 0; done < bytes; done += zeros.length) {
+      const n = Math.min(zeros.length, bytes - done);
+      await this.device.write(g.dataOffset + dataOffset + done, n === zeros.length ? zeros : zeros.subarray(0, n));
+    }
+  }
+
+  private slotDeviceOffset(loc: PageLocation, page: number): number {
+    const g = this.geometry;
+    const slot = pageSlotOffset(loc.dataOffset, loc.pageSizeBytes, page);
+    if (
+      !Number.isSafeInteger(page) ||
+      page < 0 ||
+      loc.dataOffset < 0 ||
+      loc.dataOffset % g.blockBytes !== 0 ||
+      slot + pageSlotBytes(loc.pageSizeBytes) > g.dataBytes
+    ) {
+      throw new PagepairError('OUT_OF_RANGE', `${this.name}: page ${page} of ${loc.guid} at data offset ${loc.dataOffset} lies outside the data area`);
+    }
+    return g.dataOffset + slot;
+  }
+
+  private neverWritten(guid: string, page: number, pageSizeBytes: number): StoredPage {
+    let crc = this.zeroPageCrcs.get(pageSizeBytes);
+    if (crc === undefined) {
+      crc = crc32c(Buffer.alloc(pageSizeBytes));
+      this.zeroPageCrcs.set(pageSizeBytes, crc);
+    }
+    return { header: { guid, page, version: 0, epoch: 0, crc }, data: Buffer.alloc(pageSizeBytes) };
+  }
+
+  // ------------------------------------------------------------ allocation table
+
+  async readTable(): Promise<{ seq: number; records: AllocationRecord[] }> {
+    const copies = [await this.readTableCopy(0), await this.readTableCopy(1)];
+    let newest: { seq: number; records: AllocationRecord[] } | null = null;
+    for (const c of copies) if (c.kind === 'valid') newest = newestOf(newest, c.value);
+    if (newest !== null) return newest;
+    if (copies.every((c) => c.kind === 'blank')) return { seq: 0, records: [] };
+    const why = copies.map((c, i) => `copy ${i}: ${c.kind === 'invalid' ? c.reason : c.kind}`).join('; ');
+    throw new PagepairError('STORE_CORRUPT', `${this.name}: no valid allocation table (${why})`);
+  }
+
+  /** Writes records as the next table into the copy not holding the newest,
+   *  syncs, and returns the new seq. */
+  async writeTable(records: AllocationRecord[]): Promise<number> {
+    // Read afresh rather than trusting a cached seq: the partner may have
+    // written the table since, and the copy holding the newest valid table
+    // must never be the one overwritten.
+    const { seq: current } = await this.readTable();
+    const seq = current + 1;
+    const buf = encodeTable(seq, records, this.geometry.tableEntriesMax);
+    invariant(buf.length <= this.geometry.tableCopyBytes, 'table fits its copy');
+    await this.device.write(tableCopyOffset(this.geometry, copyForSeq(seq)), buf);
+    await this.device.sync();
+    return seq;
+  }
+
+  private async readTableCopy(copy: 0 | 1): Promise<CopyRead<{ seq: number; records: AllocationRecord[] }>> {
+    const g = this.geometry;
+    const at = tableCopyOffset(g, copy);
+    const first = await this.device.read(at, Math.min(tableWriteBytes(0), g.tableCopyBytes));
+    const h = decodeTableHeader(first, g.tableEntriesMax);
+    if (h === 'blank') return { kind: 'blank' };
+    if (typeof h === 'string') return { kind: 'invalid', reason: h };
+    // Each seq has its copy; a copy holding the other parity was not written by writeTable.
+    if (copyForSeq(h.seq) !== copy) return { kind: 'invalid', reason: `seq ${h.seq} in copy ${copy}` };
+    const need = TABLE_HEADER_BYTES + h.entryCount * TABLE_ENTRY_BYTES;
+    const whole = need <= first.length ? first : await this.device.read(at, tableWriteBytes(h.entryCount));
+    const t = decodeTable(whole, g.tableEntriesMax);
+    return typeof t === 'string' ? { kind: 'invalid', reason: t } : { kind: 'valid', value: t };
+  }
+
+  // ------------------------------------------------------------ mailbox
+
+  async readMailbox(): Promise<Mailbox> {
+    const g = this.geometry;
+    // Slots and epoch copies are the mailbox's first four blocks: one read.
+    const buf = await this.device.read(g.mailboxOffset, 4 * g.blockBytes);
+    const block = (offset: number): Buffer => buf.subarray(offset - g.mailboxOffset, offset - g.mailboxOffset + g.blockBytes);
+    const slots = CONTROLLER_IDS.map((id) => {
+      const s = decodeMailboxSlot(block(mailboxSlotOffset(g, id)));
+      return s !== null && s.controllerId === id ? s : null;
+    });
+    return { slots, epoch: this.newestEpoch(block(epochCopyOffset(g, 0)), block(epochCopyOffset(g, 1))) };
+  }
+
+  /** Not synced: see the note at the top of this file. */
+  async writeMailboxSlot(slot: MailboxSlot): Promise<void> {
+    if (slot.controllerId !== 1 && slot.controllerId !== 2) {
+      throw new PagepairError('BAD_FIELD', `controllerId must be 1 or 2, got ${slot.controllerId}`, 'controllerId');
+    }
+    const buf = Buffer.alloc(MAILBOX_SLOT_BYTES);
+    encodeMailboxSlot(slot).copy(buf);
+    await this.device.write(mailboxSlotOffset(this.geometry, slot.controllerId), buf);
+  }
+
+  /** Writes the next epoch record into the older copy and syncs. Two
+   *  controllers writing at once both succeed, and the later write wins;
+   *  arbitration has to read back and compare (the core's job). */
+  async writeEpochRecord(rec: Omit<EpochRecord, 'seq'>): Promise<EpochRecord> {
+    const g = this.geometry;
+    const c0 = await this.device.read(epochCopyOffset(g, 0), EPOCH_RECORD_BYTES);
+    const c1 = await this.device.read(epochCopyOffset(g, 1), EPOCH_RECORD_BYTES);
+    const seq = (this.newestEpoch(c0, c1)?.seq ?? 0) + 1;
+    const full: EpochRecord = { epoch: rec.epoch, activeId: rec.activeId, timeMs: rec.timeMs, seq };
+    await this.device.write(epochCopyOffset(g, copyForSeq(seq)), encodeEpochRecord(full));
+    await this.device.sync();
+    return full;
+  }
+
+  private newestEpoch(copy0: Buffer, copy1: Buffer): EpochRecord | null {
+    const fits = (r: EpochRecord | null, copy: 0 | 1): EpochRecord | null => (r !== null && copyForSeq(r.seq) === copy ? r : null);
+    return newestOf(fits(decodeEpochRecord(copy0), 0), fits(decodeEpochRecord(copy1), 1));
+  }
+
+  // ------------------------------------------------------------ lifecycle
+
+  sync(): Promise<void> {
+    return this.device.sync();
+  }
+
+  close(): Promise<void> {
+    return this.device.close();
+  }
+}

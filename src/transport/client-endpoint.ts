@@ -1,0 +1,293 @@
+// The client endpoint: where clients (the client library, tools, workloads)
+// connect to a controller. It authenticates each connection, turns frames into
+// requests for the controller and guards the controller against bad input:
+// a bad request gets a typed ERROR and the connection goes on; a frame whose
+// header cannot be trusted gets an ERROR and that connection alone is closed.
+
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+import type pino from 'pino';
+import { WebSocketServer, type WebSocket } from 'ws';
+import { isPagepairError, type ErrorCodeName } from '../errors.js';
+import { decode, encode, ProtocolError, typeOfKind } from '../protocol/codec.js';
+import type { Limits } from '../protocol/limits.js';
+import {
+  PROTOCOL_VERSION,
+  type ClientRequest,
+  type Message,
+  type MessageKind,
+  type RoleCode,
+} from '../protocol/messages.js';
+import { closeGracefully, closeServer, describeSocket, errorReply, messageBytes, waitListening, WS_COMMON } from './ws-util.js';
+
+export interface ClientConn {
+  readonly id: number;
+  readonly remote: string;
+  /** Sends a reply (or an ERROR) for a request this connection made; dropped if the connection closed. */
+  reply(msg: Message): void;
+  close(code?: number, reason?: string): void;
+  /** Requests handed to onRequest and not yet answered. */
+  inflight: number;
+}
+
+export interface ClientEndpointOptions {
+  host: string;
+  /** 0 = any free port (tests). */
+  port: number;
+  token: string;
+  controllerId: number;
+  pairId: string;
+  limits: Limits;
+  /** Requests one connection may have unanswered; more get BUSY. */
+  inflightMax: number;
+  log: pino.Logger;
+  /** Longest a connection may stay without a CLIENT_HELLO. Default 10000. */
+  helloTimeoutMs?: number;
+  getRole(): RoleCode;
+  /** The controller answers later with conn.reply(...). A PagepairError it throws becomes the ERROR reply. */
+  onRequest(conn: ClientConn, msg: ClientRequest): void;
+  onClose?(conn: ClientConn): void;
+}
+
+const HELLO_TIMEOUT_MS_DEFAULT = 10_000;
+
+const CLOSE_PROTOCOL = 1002;
+const CLOSE_UNSUPPORTED_DATA = 1003;
+const CLOSE_POLICY = 1008;
+const CLOSE_GOING_AWAY = 1001;
+
+const CLIENT_REQUEST_KINDS: ReadonlySet<MessageKind> = new Set<ClientRequest['kind']>([
+  'C_ALLOCATE',
+  'C_RELEASE',
+  'C_WRITE',
+  'C_READ',
+  'C_FLUSH',
+  'C_STATUS',
+  'C_LIST',
+  'C_OPEN_POINTER',
+  'C_CLOSE_POINTER',
+]);
+
+function isClientRequest(msg: Message): msg is ClientRequest {
+  return CLIENT_REQUEST_KINDS.has(msg.kind);
+}
+
+/** Token comparison that reveals neither content nor length through timing. */
+function tokenDigest(token: string): Buffer {
+  return createHash('sha256').update(token, 'utf8').digest();
+}
+
+class EndpointConn implements ClientConn {
+  inflight = 0;
+  authenticated = false;
+  closed = false;
+  requests = 0;
+  clientName = '';
+  helloTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    readonly id: number,
+    readonly remote: string,
+    readonly ws: WebSocket,
+    private readonly sender: number,
+  ) {}
+
+  reply(msg: Message): void {
+    // Every reply answers one request the endpoint counted in.
+    if (this.inflight > 0) this.inflight--;
+    if (this.closed) return;
+    this.ws.send(encode(msg), { binary: true });
+  }
+
+  /** A frame the endpoint itself sends: not counted against inflight. */
+  sendError(code: ErrorCodeName, message: string, requestId: number, requestType: number): void {
+    if (this.closed) return;
+    this.ws.send(encode(errorReply(code, message, requestId, requestType, this.sender)), { binary: true });
+  }
+
+  close(code = 1000, reason = ''): void {
+    if (this.closed) return;
+    this.closed = true;
+    clearTimeout(this.helloTimer);
+    closeGracefully(this.ws, code, reason);
+  }
+}
+
+export class ClientEndpoint {
+  private readonly opts: ClientEndpointOptions;
+  private readonly log: pino.Logger;
+  private readonly tokenHash: Buffer;
+  private readonly conns = new Set<EndpointConn>();
+  private server: WebSocketServer | undefined;
+  private nextId = 1;
+  private closing = false;
+
+  constructor(opts: ClientEndpointOptions) {
+    this.opts = opts;
+    this.log = opts.log;
+    this.tokenHash = tokenDigest(opts.token);
+  }
+
+  /** Open connections, authenticated or not. */
+  get connections(): number {
+    return this.conns.size;
+  }
+
+  async start(): Promise<{ port: number }> {
+    const server = new WebSocketServer({
+      ...WS_COMMON,
+      host: this.opts.host,
+      port: this.opts.port,
+      maxPayload: this.opts.limits.frameBytesMax,
+    });
+    this.server = server;
+    server.on('error', (err) => this.log.error({ err }, 'client endpoint server error'));
+    server.on('connection', (ws, req) => this.accept(ws, req));
+    const bound = await waitListening(server);
+    this.log.info({ host: this.opts.host, port: bound.port }, 'client endpoint listening');
+    return bound;
+  }
+
+  async close(): Promise<void> {
+    this.closing = true;
+    for (const conn of this.conns) conn.close(CLOSE_GOING_AWAY, 'controller stopping');
+    if (this.server !== undefined) await closeServer(this.server);
+  }
+
+  private accept(ws: WebSocket, req: IncomingMessage): void {
+    const conn = new EndpointConn(this.nextId++, describeSocket(req.socket), ws, this.opts.controllerId);
+    req.socket.setNoDelay(true);
+    this.conns.add(conn);
+    this.log.info({ conn: conn.id, remote: conn.remote }, 'client connected');
+    ws.on('error', (err) => this.log.warn({ conn: conn.id, remote: conn.remote, err: err.message }, 'client socket error'));
+    ws.on('close', (code) => this.onClosed(conn, code));
+    ws.on('message', (data, isBinary) => this.receive(conn, messageBytes(data), isBinary));
+    if (this.closing) {
+      conn.close(CLOSE_GOING_AWAY, 'controller stopping');
+      return;
+    }
+    const helloTimeoutMs = this.opts.helloTimeoutMs ?? HELLO_TIMEOUT_MS_DEFAULT;
+    conn.helloTimer = setTimeout(() => {
+      this.refuse(conn, 'NOT_AUTHENTICATED', `no CLIENT_HELLO within ${helloTimeoutMs} ms`, CLOSE_POLICY);
+    }, helloTimeoutMs);
+  }
+
+  private onClosed(conn: EndpointConn, code: number): void {
+    const wasOpen = this.conns.delete(conn);
+    conn.closed = true;
+    clearTimeout(conn.helloTimer);
+    if (!wasOpen) return;
+    this.log.info(
+      { conn: conn.id, remote: conn.remote, code, requests: conn.requests, inflight: conn.inflight },
+      'client disconnected',
+    );
+    if (conn.authenticated) this.opts.onClose?.(conn);
+  }
+
+  private refuse(conn: EndpointConn, code: ErrorCodeName, reason: string, closeCode: number): void {
+    if (conn.closed) return;
+    this.log.warn({ conn: conn.id, remote: conn.remote, code, reason }, 'client connection refused');
+    conn.sendError(code, reason, 0, 0);
+    conn.close(closeCode, reason);
+  }
+
+  private receive(conn: EndpointConn, frame: Buffer, isBinary: boolean): void {
+    if (conn.closed) return;
+    if (!isBinary) {
+      this.refuse(conn, 'BAD_FRAME', 'text message: frames are binary', CLOSE_UNSUPPORTED_DATA);
+      return;
+    }
+    let msg: Message;
+    try {
+      msg = decode(frame, this.opts.limits);
+    } catch (err) {
+      this.badFrame(conn, err);
+      return;
+    }
+    if (!conn.authenticated) {
+      this.hello(conn, msg);
+      return;
+    }
+    if (!isClientRequest(msg)) {
+      conn.sendError('UNKNOWN_TYPE', `${msg.kind} is not a client request`, msg.requestId, typeOfKind(msg.kind));
+      return;
+    }
+    if (conn.inflight >= this.opts.inflightMax) {
+      conn.sendError(
+        'BUSY',
+        `more than ${this.opts.inflightMax} requests in flight on this connection`,
+        msg.requestId,
+        typeOfKind(msg.kind),
+      );
+      return;
+    }
+    conn.inflight++;
+    conn.requests++;
+    try {
+      this.opts.onRequest(conn, msg);
+    } catch (err) {
+      // One request's failure must not take the endpoint (or its other clients) down.
+      if (isPagepairError(err)) {
+        conn.reply(errorReply(err.code, err.message, msg.requestId, typeOfKind(msg.kind), this.opts.controllerId));
+      } else {
+        this.log.error({ conn: conn.id, err, kind: msg.kind }, 'request handler threw');
+        conn.reply(errorReply('INTERNAL', 'internal error', msg.requestId, typeOfKind(msg.kind), this.opts.controllerId));
+      }
+    }
+  }
+
+  private badFrame(conn: EndpointConn, err: unknown): void {
+    const text = err instanceof Error ? err.message : String(err);
+    if (err instanceof ProtocolError && err.requestId !== undefined && conn.authenticated) {
+      // The header checked out, so the request id is trustworthy: answer that
+      // request and keep the connection.
+      this.log.debug({ conn: conn.id, code: err.code, reason: text }, 'bad client request');
+      conn.sendError(err.code, text, err.requestId, err.frameType ?? 0);
+      return;
+    }
+    // The byte stream itself cannot be trusted (or no hello yet): nothing
+    // after this frame can be read safely.
+    const code = err instanceof ProtocolError ? err.code : 'BAD_FRAME';
+    this.refuse(conn, code, `bad frame: ${text}`, CLOSE_PROTOCOL);
+  }
+
+  private hello(conn: EndpointConn, msg: Message): void {
+    if (msg.kind !== 'CLIENT_HELLO') {
+      this.refuse(conn, 'NOT_AUTHENTICATED', `expected CLIENT_HELLO, got ${msg.kind}`, CLOSE_POLICY);
+      return;
+    }
+    if (msg.protocolVersion !== PROTOCOL_VERSION) {
+      this.refuse(
+        conn,
+        'BAD_VERSION',
+        `protocol version ${msg.protocolVersion}, this controller speaks ${PROTOCOL_VERSION}`,
+        CLOSE_POLICY,
+      );
+      return;
+    }
+    if (!timingSafeEqual(tokenDigest(msg.token), this.tokenHash)) {
+      this.refuse(conn, 'AUTH_FAILED', 'wrong client token', CLOSE_POLICY);
+      return;
+    }
+    clearTimeout(conn.helloTimer);
+    conn.helloTimer = undefined;
+    conn.authenticated = true;
+    conn.clientName = msg.clientName;
+    this.log.debug({ conn: conn.id, remote: conn.remote, name: msg.clientName }, 'client authenticated');
+    conn.ws.send(
+      encode({
+        kind: 'CLIENT_HELLO_REPLY',
+        requestId: msg.requestId,
+        epoch: 0,
+        sender: this.opts.controllerId,
+        flags: 0,
+        controllerId: this.opts.controllerId,
+        pairId: this.opts.pairId,
+        role: this.opts.getRole(),
+        requestBytesMax: this.opts.limits.requestBytesMax,
+        inflightMax: this.opts.inflightMax,
+      }),
+      { binary: true },
+    );
+  }
+}

@@ -1,0 +1,501 @@
+// The peer link: one authenticated WebSocket between the two controllers of a
+// pair, carrying one binary frame per ws message.
+//
+// Both controllers listen; the one with the lower id dials (and re-dials while
+// the link is down), so there is never a race of two links made at once. The
+// handshake (docs/protocol.md) proves to each side that the other knows the
+// pair's secret without sending it: HELLO -> HELLO_REPLY (listener's proof) ->
+// AUTH (dialer's proof) -> AUTH_REPLY. Only then does a connection become the
+// link; a newer authenticated connection replaces an older one, because it
+// means the partner restarted while the old socket had not noticed yet.
+
+import { randomBytes } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
+import type pino from 'pino';
+import { WebSocket, WebSocketServer } from 'ws';
+import { PagepairError, type ErrorCodeName } from '../errors.js';
+import { decode, encode, ProtocolError } from '../protocol/codec.js';
+import { isGuid } from '../protocol/guid.js';
+import { authProof, helloProof, NONCE_BYTES, proofMatches } from '../protocol/handshake.js';
+import type { Limits } from '../protocol/limits.js';
+import { PROTOCOL_VERSION, Role, type Message } from '../protocol/messages.js';
+import { closeGracefully, closeServer, describeSocket, errorReply, messageBytes, waitListening, WS_COMMON, zeroMask } from './ws-util.js';
+
+export interface PeerLinkOptions {
+  /** 1 = A, 2 = B. */
+  selfId: number;
+  partnerId: number;
+  pairId: string;
+  secret: string;
+  pid: number;
+  /** Every controller listens (port 0 = any free port, for tests). */
+  listen: { host: string; port: number };
+  /** Where the partner listens. */
+  partner: { host: string; port: number };
+  limits: Limits;
+  reconnectMs: number;
+  /** Longest a connection may take from open to authenticated. Default 5000. */
+  handshakeTimeoutMs?: number;
+  log: pino.Logger;
+}
+
+export interface PeerLinkHandlers {
+  onUp(info: { partnerId: number; partnerPid: number }): void;
+  /** Exactly once for every onUp, including when close() takes the link down. */
+  onDown(reason: string): void;
+  /** Every frame the authenticated partner sends, decoded. */
+  onMessage(msg: Message): void;
+}
+
+const HANDSHAKE_TIMEOUT_MS_DEFAULT = 5000;
+/** Unauthenticated connections held at once; more are refused at the door. */
+const HANDSHAKES_MAX = 16;
+
+const CLOSE_NORMAL = 1000;
+const CLOSE_PROTOCOL = 1002;
+const CLOSE_POLICY = 1008;
+const CLOSE_REPLACED = 4000;
+
+type Phase =
+  | 'await-open' // dialer: TCP + ws upgrade under way
+  | 'await-hello' // listener: waiting for HELLO
+  | 'await-hello-reply' // dialer: HELLO sent
+  | 'await-auth' // listener: HELLO_REPLY sent
+  | 'await-auth-reply' // dialer: AUTH sent
+  | 'up'
+  | 'dead';
+
+interface Conn {
+  readonly ws: WebSocket;
+  readonly dialed: boolean;
+  socket: Socket | undefined;
+  remote: string;
+  phase: Phase;
+  timer: NodeJS.Timeout | undefined;
+  ourNonce: Buffer;
+  theirNonce: Buffer;
+  partnerPid: number;
+}
+
+export class PeerLink {
+  private readonly opts: PeerLinkOptions;
+  private readonly handlers: PeerLinkHandlers;
+  private readonly log: pino.Logger;
+  private readonly handshakeTimeoutMs: number;
+  private server: WebSocketServer | undefined;
+  private current: Conn | undefined;
+  private dialing: Conn | undefined;
+  private readonly handshakes = new Set<Conn>();
+  private retryTimer: NodeJS.Timeout | undefined;
+  private closed = false;
+  private dialFailures = 0;
+
+  constructor(opts: PeerLinkOptions, handlers: PeerLinkHandlers) {
+    if (opts.selfId === opts.partnerId) {
+      throw new PagepairError('BAD_CONFIG', `controller id ${opts.selfId} is also the partner's id`, 'partnerId');
+    }
+    if (!isGuid(opts.pairId)) throw new PagepairError('BAD_CONFIG', `pair id ${opts.pairId} is not a uuid`, 'pairId');
+    this.opts = opts;
+    this.handlers = handlers;
+    this.log = opts.log;
+    this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS_DEFAULT;
+  }
+
+  get isUp(): boolean {
+    return this.current !== undefined;
+  }
+
+  /** Bytes queued on the link's socket and not yet handed to the kernel: the sender's back-pressure signal. */
+  get bufferedBytes(): number {
+    return this.current?.ws.bufferedAmount ?? 0;
+  }
+
+  /** True when this side dials; the other side only accepts. */
+  get dials(): boolean {
+    return this.opts.selfId < this.opts.partnerId;
+  }
+
+  async start(): Promise<{ port: number }> {
+    if (this.server !== undefined) throw new PagepairError('INTERNAL', 'peer link already started');
+    const server = new WebSocketServer({
+      ...WS_COMMON,
+      host: this.opts.listen.host,
+      port: this.opts.listen.port,
+      maxPayload: this.opts.limits.frameBytesMax,
+    });
+    this.server = server;
+    server.on('error', (err) => this.log.error({ err }, 'peer link server error'));
+    server.on('connection', (ws, req) => this.accept(ws, req));
+    const bound = await waitListening(server);
+    this.log.info({ port: bound.port, dials: this.dials }, 'peer link listening');
+    if (this.dials) this.dial();
+    return bound;
+  }
+
+  /** Sends one message to the partner. Throws PARTNER_LOST when the link is down. */
+  send(msg: Message): void {
+    const conn = this.current;
+    if (conn === undefined) throw new PagepairError('PARTNER_LOST', 'peer link is down');
+    conn.ws.send(encode(msg), { binary: true });
+  }
+
+  /**
+   * Sends several messages as one write to the socket: the frames are queued
+   * while the socket is corked and leave in a single writev.
+   */
+  sendMany(msgs: readonly Message[]): void {
+    const conn = this.current;
+    if (conn === undefined) throw new PagepairError('PARTNER_LOST', 'peer link is down');
+    const socket = conn.socket;
+    socket?.cork();
+    try {
+      for (const msg of msgs) conn.ws.send(encode(msg), { binary: true });
+    } finally {
+      socket?.uncork();
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.retryTimer !== undefined) clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+    const current = this.current;
+    if (current !== undefined) this.takeDown(current, 'peer link closed');
+    if (this.dialing !== undefined) this.kill(this.dialing);
+    for (const conn of this.handshakes) this.kill(conn);
+    this.handshakes.clear();
+    if (this.server !== undefined) await closeServer(this.server);
+  }
+
+  // -------------------------------------------------------------------------
+  // dialing
+
+  private dial(): void {
+    this.retryTimer = undefined;
+    if (this.closed || this.current !== undefined || this.dialing !== undefined) return;
+    const { host, port } = this.opts.partner;
+    const url = `ws://${host.includes(':') ? `[${host}]` : host}:${port}/`;
+    const ws = new WebSocket(url, {
+      ...WS_COMMON,
+      maxPayload: this.opts.limits.frameBytesMax,
+      handshakeTimeout: this.handshakeTimeoutMs,
+      generateMask: zeroMask,
+    });
+    const conn = this.newConn(ws, true, `${host}:${port}`);
+    conn.phase = 'await-open';
+    this.dialing = conn;
+    ws.on('upgrade', (res: IncomingMessage) => {
+      conn.socket = res.socket as Socket;
+      conn.socket.setNoDelay(true);
+    });
+    ws.on('open', () => {
+      if (conn.phase !== 'await-open') return;
+      conn.phase = 'await-hello-reply';
+      this.sendRaw(conn, {
+        kind: 'HELLO',
+        requestId: 0,
+        epoch: 0,
+        sender: this.opts.selfId,
+        flags: 0,
+        protocolVersion: PROTOCOL_VERSION,
+        pairId: this.opts.pairId,
+        controllerId: this.opts.selfId,
+        nonce: conn.ourNonce,
+        pid: this.opts.pid,
+      });
+    });
+    this.wire(conn);
+  }
+
+  private scheduleDial(delayMs: number): void {
+    if (this.closed || !this.dials || this.retryTimer !== undefined) return;
+    this.retryTimer = setTimeout(() => this.dial(), delayMs);
+  }
+
+  // -------------------------------------------------------------------------
+  // accepting
+
+  private accept(ws: WebSocket, req: IncomingMessage): void {
+    const conn = this.newConn(ws, false, describeSocket(req.socket));
+    conn.socket = req.socket as Socket;
+    conn.socket.setNoDelay(true);
+    if (this.closed || this.handshakes.size >= HANDSHAKES_MAX) {
+      ws.on('error', (err) => this.onSocketError(conn, err));
+      this.log.warn({ remote: conn.remote }, 'peer connection refused: too many handshakes under way');
+      this.kill(conn);
+      return;
+    }
+    conn.phase = 'await-hello';
+    this.handshakes.add(conn);
+    this.wire(conn);
+  }
+
+  // -------------------------------------------------------------------------
+  // one connection, from open to dead
+
+  private newConn(ws: WebSocket, dialed: boolean, remote: string): Conn {
+    return {
+      ws,
+      dialed,
+      socket: undefined,
+      remote,
+      phase: 'await-open',
+      timer: undefined,
+      ourNonce: randomBytes(NONCE_BYTES),
+      theirNonce: Buffer.alloc(0),
+      partnerPid: 0,
+    };
+  }
+
+  private wire(conn: Conn): void {
+    const { ws } = conn;
+    conn.timer = setTimeout(() => {
+      this.refuse(conn, 'TIMEOUT', `handshake not finished within ${this.handshakeTimeoutMs} ms`);
+    }, this.handshakeTimeoutMs);
+    ws.on('message', (data, isBinary) => this.receive(conn, messageBytes(data), isBinary));
+    ws.on('error', (err) => this.onSocketError(conn, err));
+    ws.on('close', (code, reason) => this.onClosed(conn, code, reason.toString()));
+  }
+
+  private receive(conn: Conn, frame: Buffer, isBinary: boolean): void {
+    if (conn.phase === 'dead') return;
+    if (!isBinary) {
+      this.refuse(conn, 'BAD_FRAME', 'text message on the peer link');
+      return;
+    }
+    let msg: Message;
+    try {
+      msg = decode(frame, this.opts.limits);
+    } catch (err) {
+      // Anything the decoder throws is the frame's fault, never a reason to crash.
+      const code = err instanceof ProtocolError ? err.code : 'BAD_FRAME';
+      this.refuse(conn, code, `bad frame: ${err instanceof Error ? err.message : String(err)}`);
+      return;
+    }
+    if (conn.phase === 'up') {
+      this.handlers.onMessage(msg);
+      return;
+    }
+    if (msg.kind === 'ERROR') {
+      // The other side refused us; it closes the socket itself.
+      this.log.warn({ remote: conn.remote, code: msg.code, reason: msg.message }, 'peer refused the handshake');
+      this.kill(conn);
+      return;
+    }
+    switch (conn.phase) {
+      case 'await-hello':
+        this.onHello(conn, msg);
+        return;
+      case 'await-auth':
+        this.onAuth(conn, msg);
+        return;
+      case 'await-hello-reply':
+        this.onHelloReply(conn, msg);
+        return;
+      case 'await-auth-reply':
+        this.onAuthReply(conn, msg);
+        return;
+      default:
+        this.refuse(conn, 'NOT_AUTHENTICATED', `${msg.kind} before the handshake`);
+    }
+  }
+
+  private onHello(conn: Conn, msg: Message): void {
+    if (msg.kind !== 'HELLO') return this.refuse(conn, 'NOT_AUTHENTICATED', `expected HELLO, got ${msg.kind}`);
+    if (msg.protocolVersion !== PROTOCOL_VERSION) {
+      return this.refuse(conn, 'BAD_VERSION', `protocol version ${msg.protocolVersion}, expected ${PROTOCOL_VERSION}`);
+    }
+    if (msg.pairId !== this.opts.pairId) return this.refuse(conn, 'AUTH_FAILED', `pair id ${msg.pairId} is not ours`);
+    if (msg.controllerId !== this.opts.partnerId) {
+      return this.refuse(conn, 'AUTH_FAILED', `controller id ${msg.controllerId} is not our partner's (${this.opts.partnerId})`);
+    }
+    if (msg.nonce.length !== NONCE_BYTES) return this.refuse(conn, 'AUTH_FAILED', 'nonce of the wrong size');
+    conn.theirNonce = msg.nonce;
+    conn.partnerPid = msg.pid;
+    conn.phase = 'await-auth';
+    this.sendRaw(conn, {
+      kind: 'HELLO_REPLY',
+      requestId: msg.requestId,
+      epoch: 0,
+      sender: this.opts.selfId,
+      flags: 0,
+      pairId: this.opts.pairId,
+      controllerId: this.opts.selfId,
+      nonce: conn.ourNonce,
+      proof: this.listenerProof(conn),
+      pid: this.opts.pid,
+    });
+  }
+
+  private onHelloReply(conn: Conn, msg: Message): void {
+    if (msg.kind !== 'HELLO_REPLY') return this.refuse(conn, 'NOT_AUTHENTICATED', `expected HELLO_REPLY, got ${msg.kind}`);
+    if (msg.pairId !== this.opts.pairId) return this.refuse(conn, 'AUTH_FAILED', `pair id ${msg.pairId} is not ours`);
+    if (msg.controllerId !== this.opts.partnerId) {
+      return this.refuse(conn, 'AUTH_FAILED', `controller id ${msg.controllerId} is not our partner's (${this.opts.partnerId})`);
+    }
+    if (msg.nonce.length !== NONCE_BYTES) return this.refuse(conn, 'AUTH_FAILED', 'nonce of the wrong size');
+    conn.theirNonce = msg.nonce;
+    if (!proofMatches(msg.proof, this.listenerProof(conn))) {
+      return this.refuse(conn, 'AUTH_FAILED', 'partner proof does not match: wrong secret');
+    }
+    conn.partnerPid = msg.pid;
+    conn.phase = 'await-auth-reply';
+    this.sendRaw(conn, {
+      kind: 'AUTH',
+      requestId: msg.requestId,
+      epoch: 0,
+      sender: this.opts.selfId,
+      flags: 0,
+      proof: this.dialerProof(conn),
+    });
+  }
+
+  private onAuth(conn: Conn, msg: Message): void {
+    if (msg.kind !== 'AUTH') return this.refuse(conn, 'NOT_AUTHENTICATED', `expected AUTH, got ${msg.kind}`);
+    if (!proofMatches(msg.proof, this.dialerProof(conn))) {
+      return this.refuse(conn, 'AUTH_FAILED', 'partner proof does not match: wrong secret');
+    }
+    this.sendRaw(conn, {
+      kind: 'AUTH_REPLY',
+      requestId: msg.requestId,
+      epoch: 0,
+      sender: this.opts.selfId,
+      flags: 0,
+      role: Role.STARTING,
+    });
+    this.bringUp(conn);
+  }
+
+  private onAuthReply(conn: Conn, msg: Message): void {
+    if (msg.kind !== 'AUTH_REPLY') return this.refuse(conn, 'NOT_AUTHENTICATED', `expected AUTH_REPLY, got ${msg.kind}`);
+    this.bringUp(conn);
+  }
+
+  /** The proof the listening side gives in HELLO_REPLY; the dialer recomputes it. */
+  private listenerProof(conn: Conn): Buffer {
+    const dialerId = conn.dialed ? this.opts.selfId : this.opts.partnerId;
+    const listenerId = conn.dialed ? this.opts.partnerId : this.opts.selfId;
+    const dialerNonce = conn.dialed ? conn.ourNonce : conn.theirNonce;
+    const listenerNonce = conn.dialed ? conn.theirNonce : conn.ourNonce;
+    return helloProof(this.opts.secret, this.opts.pairId, dialerId, listenerId, dialerNonce, listenerNonce);
+  }
+
+  /** The proof the dialing side gives in AUTH; the listener recomputes it. */
+  private dialerProof(conn: Conn): Buffer {
+    const dialerId = conn.dialed ? this.opts.selfId : this.opts.partnerId;
+    const listenerId = conn.dialed ? this.opts.partnerId : this.opts.selfId;
+    const dialerNonce = conn.dialed ? conn.ourNonce : conn.theirNonce;
+    const listenerNonce = conn.dialed ? conn.theirNonce : conn.ourNonce;
+    return authProof(this.opts.secret, this.opts.pairId, dialerId, listenerId, dialerNonce, listenerNonce);
+  }
+
+  private bringUp(conn: Conn): void {
+    clearTimeout(conn.timer);
+    conn.timer = undefined;
+    this.handshakes.delete(conn);
+    if (this.dialing === conn) this.dialing = undefined;
+    if (this.closed) {
+      this.kill(conn);
+      return;
+    }
+    const old = this.current;
+    if (old !== undefined) {
+      this.log.warn({ remote: old.remote, newRemote: conn.remote }, 'peer link replaced by a newer connection');
+      this.takeDown(old, 'replaced by a newer connection from the partner', CLOSE_REPLACED);
+    }
+    conn.phase = 'up';
+    this.current = conn;
+    this.dialFailures = 0;
+    this.log.info({ remote: conn.remote, partnerId: this.opts.partnerId, partnerPid: conn.partnerPid }, 'peer link up');
+    this.handlers.onUp({ partnerId: this.opts.partnerId, partnerPid: conn.partnerPid });
+  }
+
+  /** The up link goes down: exactly one onDown, then the socket is closed. */
+  private takeDown(conn: Conn, reason: string, closeCode = CLOSE_NORMAL, redialMs = 0): void {
+    if (this.current !== conn) return;
+    this.current = undefined;
+    conn.phase = 'dead';
+    this.log.warn({ remote: conn.remote, reason }, 'peer link down');
+    this.closeWs(conn, closeCode, reason);
+    this.handlers.onDown(reason);
+    if (!this.closed) this.scheduleDial(redialMs);
+  }
+
+  /**
+   * Refuses a connection: logs why, tells the other side with an ERROR frame
+   * when the socket can still carry one, and closes.
+   */
+  private refuse(conn: Conn, code: ErrorCodeName, reason: string): void {
+    if (conn.phase === 'dead') return;
+    if (conn.phase === 'up') {
+      this.log.warn({ remote: conn.remote, code, reason }, 'peer link protocol error');
+      this.trySendError(conn, code, reason);
+      // Waiting before the re-dial keeps a partner that keeps sending bad frames from spinning us.
+      this.takeDown(conn, `protocol error: ${reason}`, CLOSE_PROTOCOL, this.opts.reconnectMs);
+      return;
+    }
+    this.log.warn({ remote: conn.remote, code, reason, dialed: conn.dialed }, 'peer handshake refused');
+    this.trySendError(conn, code, reason);
+    this.kill(conn, code === 'AUTH_FAILED' ? CLOSE_POLICY : CLOSE_PROTOCOL, reason);
+  }
+
+  private trySendError(conn: Conn, code: ErrorCodeName, reason: string): void {
+    if (conn.ws.readyState !== WebSocket.OPEN) return;
+    this.sendRaw(conn, errorReply(code, reason, 0, 0, this.opts.selfId));
+  }
+
+  /** Ends a connection that is not (or no longer) the link. */
+  private kill(conn: Conn, closeCode = CLOSE_NORMAL, reason = ''): void {
+    if (this.current === conn) {
+      this.takeDown(conn, reason || 'closed', closeCode);
+      return;
+    }
+    conn.phase = 'dead';
+    clearTimeout(conn.timer);
+    conn.timer = undefined;
+    this.handshakes.delete(conn);
+    this.closeWs(conn, closeCode, reason);
+  }
+
+  private closeWs(conn: Conn, code: number, reason: string): void {
+    clearTimeout(conn.timer);
+    conn.timer = undefined;
+    closeGracefully(conn.ws, code, reason);
+  }
+
+  private sendRaw(conn: Conn, msg: Message): void {
+    if (conn.ws.readyState !== WebSocket.OPEN) return;
+    conn.ws.send(encode(msg), { binary: true });
+  }
+
+  private onSocketError(conn: Conn, err: Error): void {
+    if (conn.dialed && conn.phase === 'await-open') {
+      // The partner is down or restarting: routine, so say it once per streak.
+      this.dialFailures++;
+      const level = this.dialFailures === 1 ? 'info' : 'debug';
+      this.log[level]({ remote: conn.remote, err: err.message, failures: this.dialFailures }, 'peer dial failed');
+      return;
+    }
+    this.log.warn({ remote: conn.remote, err: err.message, phase: conn.phase }, 'peer socket error');
+  }
+
+  private onClosed(conn: Conn, code: number, reason: string): void {
+    clearTimeout(conn.timer);
+    conn.timer = undefined;
+    this.handshakes.delete(conn);
+    if (this.current === conn) {
+      // Replaced means another instance with our id holds the link now: a
+      // restarted us, or a misconfigured twin. Either way, do not fight it at once.
+      const redialMs = code === CLOSE_REPLACED ? this.opts.reconnectMs : 0;
+      this.takeDown(conn, `connection closed (${code}${reason ? ` ${reason}` : ''})`, CLOSE_NORMAL, redialMs);
+    } else {
+      conn.phase = 'dead';
+    }
+    if (this.dialing === conn) {
+      this.dialing = undefined;
+      this.scheduleDial(this.opts.reconnectMs);
+    }
+  }
+}

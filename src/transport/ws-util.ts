@@ -1,0 +1,111 @@
+// Small pieces the peer link, the client endpoint and the client library share
+// about running pagepair frames over the `ws` package.
+
+import type { Socket } from 'node:net';
+import { WebSocket, type RawData, type WebSocketServer } from 'ws';
+import type { ErrorReply } from '../protocol/messages.js';
+import { ErrorCode, type ErrorCodeName } from '../errors.js';
+
+/**
+ * Mask generator for the dialing side. RFC 6455 masking guards browsers against
+ * poisoning intermediary caches; pagepair's dialers are controllers and tools
+ * talking to a controller, never browsers. A zero mask lets `ws` send the
+ * encoded frame as it is instead of copying it into a masked buffer, and lets
+ * the receiver skip the unmasking pass over every payload byte.
+ */
+export function zeroMask(mask: Buffer): void {
+  mask.fill(0);
+}
+
+/** Options every pagepair WebSocket uses: frames are already compact binary. */
+export const WS_COMMON = { perMessageDeflate: false } as const;
+
+/**
+ * The bytes of one ws message. With the default binaryType ('nodebuffer')
+ * `ws` hands over a Buffer; the other shapes are only normalised in case a
+ * caller changed it.
+ */
+export function messageBytes(data: RawData): Buffer {
+  if (Buffer.isBuffer(data)) return data;
+  if (Array.isArray(data)) return Buffer.concat(data);
+  return Buffer.from(data);
+}
+
+export function describeSocket(socket: Socket | undefined): string {
+  if (socket === undefined) return 'unknown';
+  const host = socket.remoteAddress ?? 'unknown';
+  const port = socket.remotePort ?? 0;
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/** An ERROR frame answering `requestId` (0 when no request could be read). */
+export function errorReply(
+  code: ErrorCodeName,
+  message: string,
+  requestId: number,
+  requestType: number,
+  sender: number,
+  epoch = 0,
+): ErrorReply {
+  return { kind: 'ERROR', requestId, epoch, sender, flags: 0, code: ErrorCode[code], requestType, message: clip(message) };
+}
+
+/** Reasons may quote what the other side sent; clipped, they always fit its string limit. */
+const ERROR_MESSAGE_BYTES_MAX = 200;
+
+function clip(text: string): string {
+  if (text.length <= ERROR_MESSAGE_BYTES_MAX / 4 || Buffer.byteLength(text, 'utf8') <= ERROR_MESSAGE_BYTES_MAX) return text;
+  // A cut through a multi-byte character decodes to one U+FFFD, which is dropped.
+  return Buffer.from(text, 'utf8').subarray(0, ERROR_MESSAGE_BYTES_MAX).toString('utf8').replace(/\uFFFD$/, '');
+}
+
+/** Resolves once the server listens; rejects on a bind error (address in use). */
+export function waitListening(wss: WebSocketServer): Promise<{ port: number }> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: Error): void => {
+      wss.off('listening', onListening);
+      reject(err);
+    };
+    const onListening = (): void => {
+      wss.off('error', onError);
+      const addr = wss.address();
+      resolve({ port: addr === null || typeof addr === 'string' ? 0 : addr.port });
+    };
+    wss.once('error', onError);
+    wss.once('listening', onListening);
+  });
+}
+
+/**
+ * Closes a server and every connection it accepted. `ws` 8 leaves accepted
+ * connections open on close(), and its HTTP server would wait for them.
+ */
+export function closeServer(wss: WebSocketServer): Promise<void> {
+  for (const ws of wss.clients) ws.terminate();
+  return new Promise((resolve) => {
+    wss.close(() => resolve());
+  });
+}
+
+/** A side that ends a connection waits this long for the close handshake before cutting the socket. */
+export const CLOSE_GRACE_MS = 2000;
+
+/**
+ * Closes with a close frame, so that an ERROR frame queued just before still
+ * arrives, and cuts the socket if the other side never answers the close.
+ */
+export function closeGracefully(ws: WebSocket, code: number, reason: string): void {
+  if (ws.readyState === WebSocket.CLOSED) return;
+  if (ws.readyState === WebSocket.CONNECTING) {
+    ws.terminate();
+    return;
+  }
+  if (ws.readyState === WebSocket.OPEN) ws.close(code, closeReason(reason));
+  setTimeout(() => ws.terminate(), CLOSE_GRACE_MS).unref();
+}
+
+/** A ws close reason is at most 123 bytes of UTF-8. */
+export function closeReason(reason: string): string {
+  const bytes = Buffer.from(reason, 'utf8');
+  return bytes.length <= 123 ? reason : bytes.subarray(0, 120).toString('utf8');
+}

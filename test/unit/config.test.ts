@@ -1,0 +1,267 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BUILTIN_POLICIES, pageCountFor, resolvePolicies } from '../../src/core/policy.js';
+import { PagepairError } from '../../src/errors.js';
+import { DEFAULT_LIMITS, HARD_LIMITS } from '../../src/protocol/limits.js';
+import { loadConfig, parseConfig } from '../../src/runtime/config.js';
+
+const SRC = 'controllers/a.json';
+
+function minimal(): Record<string, any> {
+  return {
+    id: 'A',
+    pairId: '5d1e8a3c-2b4f-4c6d-9e8f-0a1b2c3d4e5f',
+    secret: 'a-peer-secret-of-some-length',
+    clientToken: 'client-token',
+    listen: { client: { port: 7001 }, peer: { port: 7101 } },
+    partner: { id: 'B', client: { port: 7002 }, peer: { host: '127.0.0.1', port: 7102 } },
+    store: { path: 'data/pair.store' },
+  };
+}
+
+/** Applies a change to a fresh minimal config and returns the BAD_CONFIG error. */
+function badConfig(change: (c: Record<string, any>) => void): PagepairError {
+  const c = minimal();
+  change(c);
+  try {
+    parseConfig(c, SRC, { cwd: '/srv/pagepair' });
+  } catch (err) {
+    expect(err).toBeInstanceOf(PagepairError);
+    expect((err as PagepairError).code).toBe('BAD_CONFIG');
+    expect((err as PagepairError).message.startsWith(`${SRC}: `)).toBe(true);
+    return err as PagepairError;
+  }
+  throw new Error('expected BAD_CONFIG');
+}
+
+function expectField(change: (c: Record<string, any>) => void, field: string, message?: RegExp): void {
+  const err = badConfig(change);
+  expect(err.field).toBe(field);
+  expect(err.message).toContain(`${SRC}: ${field} `);
+  if (message !== undefined) expect(err.message).toMatch(message);
+}
+
+describe('parseConfig', () => {
+  it('loads a minimal config and fills every default', () => {
+    const c = parseConfig(minimal(), SRC, { cwd: '/srv/pagepair' });
+    expect(c.idLetter).toBe('A');
+    expect(c.idNumber).toBe(1);
+    expect(c.sourceName).toBe(SRC);
+    expect(c.partner).toEqual({ idLetter: 'B', idNumber: 2, client: { host: '127.0.0.1', port: 7002 }, peer: { host: '127.0.0.1', port: 7102 } });
+    expect(c.listen).toEqual({ client: { host: '127.0.0.1', port: 7001 }, peer: { host: '127.0.0.1', port: 7101 } });
+    expect(c.mirroring).toBe(true);
+    expect(c.store).toEqual({ path: '/srv/pagepair/data/pair.store', sizeBytes: 1024 ** 3, tableEntriesMax: 4096 });
+    expect(c.cache).toEqual({
+      cacheBytesMax: 256 * 1024 * 1024,
+      dirtyHighWatermarkPct: 60,
+      dirtyLowWatermarkPct: 30,
+      dirtyAgeMaxMs: 2000,
+      destageConcurrency: 16,
+    });
+    expect(c.limits).toEqual({ ...DEFAULT_LIMITS, inflightPerClientMax: 256 });
+    expect(c.heartbeatIntervalMs).toBe(100);
+    expect(c.partnerTimeoutMs).toBe(600);
+    expect(c.peerReconnectMs).toBe(100);
+    expect(c.log).toEqual({ level: 'info' });
+    expect(c.userPolicies).toEqual([]);
+    expect([...c.policies.keys()]).toEqual(BUILTIN_POLICIES.map((p) => p.name));
+  });
+
+  it('takes every field when given, and resolves relative paths against cwd', () => {
+    const c = minimal();
+    c.id = 'B';
+    c.partner.id = 'A';
+    c.pairId = c.pairId.toUpperCase();
+    c.store = { path: '/abs/pair.store', sizeBytes: 64 * 1024 * 1024, tableEntriesMax: 100 };
+    c.cache = { cacheBytesMax: 1 << 20, dirtyHighWatermarkPct: 90, dirtyLowWatermarkPct: 10, dirtyAgeMaxMs: 50, destageConcurrency: 2 };
+    c.limits = { pagesPerMessageMax: 16, inflightPerClientMax: 8 };
+    c.policies = [{ name: 'tiny', dataStructureBytes: 100, pageSizeBytes: 512 }];
+    c.log = { level: 'debug', file: 'logs/b.log' };
+    c.heartbeatIntervalMs = 20;
+    c.partnerTimeoutMs = 40;
+    c.peerReconnectMs = 5;
+    const cfg = parseConfig(c, SRC, { cwd: '/work' });
+    expect(cfg.idNumber).toBe(2);
+    expect(cfg.partner?.idNumber).toBe(1);
+    expect(cfg.pairId).toBe(minimal().pairId);
+    expect(cfg.store.path).toBe('/abs/pair.store');
+    expect(cfg.cache.dirtyAgeMaxMs).toBe(50);
+    expect(cfg.limits.pagesPerMessageMax).toBe(16);
+    expect(cfg.limits.inflightPerClientMax).toBe(8);
+    expect(cfg.limits.frameBytesMax).toBe(DEFAULT_LIMITS.frameBytesMax);
+    expect(cfg.userPolicies).toEqual([{ name: 'tiny', dataStructureBytes: 100, pageSizeBytes: 512, description: '' }]);
+    expect(cfg.policies.get('tiny')?.pageSizeBytes).toBe(512);
+    expect(cfg.log).toEqual({ level: 'debug', file: '/work/logs/b.log' });
+    expect(cfg.heartbeatIntervalMs).toBe(20);
+  });
+
+  it('allows a single controller without partner or peer listener', () => {
+    const c = minimal();
+    c.mirroring = false;
+    delete c.partner;
+    delete c.listen.peer;
+    const cfg = parseConfig(c, SRC);
+    expect(cfg.partner).toBeNull();
+    expect(cfg.listen.peer).toBeNull();
+    expect(cfg.store.path).toBe(join(process.cwd(), 'data/pair.store'));
+  });
+
+  it('allows port 0 for both listeners (tests)', () => {
+    const c = minimal();
+    c.listen = { client: { port: 0 }, peer: { port: 0 } };
+    expect(parseConfig(c, SRC).listen.client.port).toBe(0);
+  });
+
+  it('names a field of the wrong type', () => {
+    expectField((c) => (c.id = 1), 'id', /must be one of "A", "B", got 1/);
+    expectField((c) => (c.secret = 12345678901234567), 'secret', /must be a string/);
+    expectField((c) => (c.mirroring = 'yes'), 'mirroring', /true or false/);
+    expectField((c) => (c.cache = { cacheBytesMax: '256MiB' }), 'cache.cacheBytesMax', /must be an integer/);
+    expectField((c) => (c.cache = { destageConcurrency: 1.5 }), 'cache.destageConcurrency');
+    expectField((c) => (c.listen.client.port = '7001'), 'listen.client.port');
+    expectField((c) => (c.listen.client.host = 7), 'listen.client.host');
+    expectField((c) => (c.store = 'pair.store'), 'store', /must be an object/);
+    expectField((c) => (c.cache = null), 'cache', /must be an object, got null/);
+    expectField((c) => (c.policies = {}), 'policies', /array/);
+    expectField((c) => (c.policies = [7]), 'policies[0]', /must be an object/);
+    expectField((c) => (c.policies = [{ name: 'x', dataStructureBytes: 'big', pageSizeBytes: 4096 }]), 'policies[0].dataStructureBytes');
+    expectField((c) => (c.log = { level: 'loud' }), 'log.level', /one of/);
+  });
+
+  it('names a missing field', () => {
+    expectField((c) => delete c.id, 'id', /\(missing\)/);
+    expectField((c) => delete c.pairId, 'pairId', /\(missing\)/);
+    expectField((c) => delete c.secret, 'secret', /\(missing\)/);
+    expectField((c) => delete c.clientToken, 'clientToken');
+    expectField((c) => delete c.listen, 'listen');
+    expectField((c) => delete c.listen.peer, 'listen.peer');
+    expectField((c) => delete c.listen.client.port, 'listen.client.port');
+    expectField((c) => delete c.partner, 'partner');
+    expectField((c) => delete c.partner.peer, 'partner.peer');
+    expectField((c) => delete c.store.path, 'store.path');
+    expectField((c) => (c.policies = [{ name: 'p', pageSizeBytes: 4096 }]), 'policies[0].dataStructureBytes');
+  });
+
+  it('names an unknown field, suggesting the one meant', () => {
+    expectField((c) => (c.heartbeatIntervalMS = 100), 'heartbeatIntervalMS', /not a known field \(did you mean heartbeatIntervalMs\?\)/);
+    expectField((c) => (c.cache = { cacheByteMax: 1 }), 'cache.cacheByteMax', /did you mean cacheBytesMax/);
+    expectField((c) => (c.listen.client.adress = 'x'), 'listen.client.adress');
+    expectField((c) => (c.limits = { frameBytes: 1 }), 'limits.frameBytes');
+    expectField((c) => (c.policies = [{ name: 'p', dataStructureBytes: 1, pageSizeBytes: 4096, cache: 'lru' }]), 'policies[0].cache');
+    expectField((c) => (c.zzz = 1), 'zzz', /not a known field$/);
+  });
+
+  it('names an out-of-range value', () => {
+    expectField((c) => (c.listen.peer.port = 65536), 'listen.peer.port', /0\.\.65535/);
+    expectField((c) => (c.partner.client.port = -1), 'partner.client.port');
+    expectField((c) => (c.secret = 'short'), 'secret', /at least 16 characters/);
+    expectField((c) => (c.clientToken = 'tiny'), 'clientToken', /at least 8/);
+    expectField((c) => (c.clientToken = c.secret), 'clientToken', /differ from secret/);
+    expectField((c) => (c.cache = { dirtyHighWatermarkPct: 101 }), 'cache.dirtyHighWatermarkPct');
+    expectField((c) => (c.cache = { dirtyHighWatermarkPct: 30, dirtyLowWatermarkPct: 30 }), 'cache.dirtyLowWatermarkPct', /below/);
+    expectField((c) => (c.cache = { cacheBytesMax: 0 }), 'cache.cacheBytesMax');
+    expectField((c) => (c.store.sizeBytes = 100_000), 'store.sizeBytes', /too small/);
+    expectField((c) => (c.store.tableEntriesMax = 0), 'store.tableEntriesMax');
+    expectField((c) => (c.limits = { frameBytesMax: HARD_LIMITS.frameBytesMax + 1 }), 'limits.frameBytesMax');
+    expectField((c) => (c.limits = { pageSizeBytesMax: 3000 }), 'limits.pageSizeBytesMax', /power of two/);
+    expectField((c) => (c.limits = { requestBytesMax: 1 << 20, frameBytesMax: 1 << 19 }), 'limits.requestBytesMax');
+    expectField((c) => (c.limits = { inflightPerClientMax: 0 }), 'limits.inflightPerClientMax');
+    expectField((c) => (c.heartbeatIntervalMs = 0), 'heartbeatIntervalMs');
+    expectField((c) => (c.partnerTimeoutMs = 150), 'partnerTimeoutMs', /twice heartbeatIntervalMs/);
+    expectField((c) => (c.policies = [{ name: 'p', dataStructureBytes: 1, pageSizeBytes: 3000 }]), 'policies[0].pageSizeBytes', /power of two/);
+    expectField((c) => (c.policies = [{ name: 'p', dataStructureBytes: 1, pageSizeBytes: 256 }]), 'policies[0].pageSizeBytes');
+    expectField(
+      (c) => {
+        c.limits = { pageSizeBytesMax: 65536 };
+        c.policies = [{ name: 'p', dataStructureBytes: 1, pageSizeBytes: 131072 }];
+      },
+      'policies[0].pageSizeBytes',
+      /limits.pageSizeBytesMax/,
+    );
+  });
+
+  it('refuses the same id for both controllers and a controller as its own partner', () => {
+    expectField((c) => (c.partner.id = 'A'), 'partner.id', /must differ from id/);
+    expectField((c) => (c.partner.peer.port = 7101), 'partner.peer.port', /own partner/);
+    expectField((c) => (c.listen.peer.port = 7001), 'listen.peer.port');
+  });
+
+  it('refuses a bad uuid', () => {
+    expectField((c) => (c.pairId = 'pair-1'), 'pairId', /uuid/);
+    expectField((c) => (c.pairId = '5d1e8a3c2b4f4c6d9e8f0a1b2c3d4e5f'), 'pairId', /uuid/);
+  });
+
+  it('refuses redefining a built-in policy or defining one twice', () => {
+    expectField((c) => (c.policies = [{ name: 'default', dataStructureBytes: 1, pageSizeBytes: 4096 }]), 'policies[0].name', /built-in/);
+    expectField(
+      (c) =>
+        (c.policies = [
+          { name: 'mine', dataStructureBytes: 1, pageSizeBytes: 4096 },
+          { name: 'mine', dataStructureBytes: 2, pageSizeBytes: 8192 },
+        ]),
+      'policies[1].name',
+      /defined twice/,
+    );
+    expectField((c) => (c.policies = [{ name: 'has space', dataStructureBytes: 1, pageSizeBytes: 4096 }]), 'policies[0].name');
+    expectField((c) => (c.policies = [{ name: 'x'.repeat(33), dataStructureBytes: 1, pageSizeBytes: 4096 }]), 'policies[0].name');
+  });
+
+  it('refuses a configuration that is not an object', () => {
+    expect(() => parseConfig([], SRC)).toThrow(/must be a JSON object/);
+    expect(() => parseConfig(null, SRC)).toThrow(PagepairError);
+  });
+});
+
+describe('loadConfig', () => {
+  let dir: string;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'pagepair-config-'));
+  });
+  afterAll(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('reads a file and names it in errors', async () => {
+    const good = join(dir, 'a.json');
+    await writeFile(good, JSON.stringify(minimal()));
+    expect(loadConfig(good, { cwd: dir }).store.path).toBe(join(dir, 'data/pair.store'));
+
+    const typo = join(dir, 'typo.json');
+    await writeFile(typo, JSON.stringify({ ...minimal(), cache: { cacheBytesMax: -5 } }));
+    expect(() => loadConfig(typo)).toThrow(`${typo}: cache.cacheBytesMax must be an integer`);
+
+    const broken = join(dir, 'broken.json');
+    await writeFile(broken, '{ "id": "A", ');
+    expect(() => loadConfig(broken)).toThrow(new RegExp(`^${broken.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: not valid JSON`));
+    expect(() => loadConfig(join(dir, 'missing.json'))).toThrow(/cannot read/);
+  });
+});
+
+describe('policies', () => {
+  it('has the built-ins with valid page sizes', () => {
+    const m = resolvePolicies([]);
+    expect(m.get('default')).toMatchObject({ dataStructureBytes: 4096, pageSizeBytes: 4096 });
+    expect(m.get('db-page')).toMatchObject({ dataStructureBytes: 8192, pageSizeBytes: 8192 });
+    expect(m.get('log')?.pageSizeBytes).toBe(65536);
+    expect(m.get('bulk')).toMatchObject({ dataStructureBytes: 1 << 20, pageSizeBytes: 1 << 20 });
+    expect(m.get('checkpoint')?.pageSizeBytes).toBe(262144);
+    expect(m.get('small-object')).toMatchObject({ dataStructureBytes: 512, pageSizeBytes: 4096 });
+    // Built-ins cannot be changed through the exported list.
+    expect(() => {
+      (BUILTIN_POLICIES[0] as { pageSizeBytes: number }).pageSizeBytes = 1;
+    }).toThrow();
+  });
+
+  it('counts pages, rounding up', () => {
+    const p = { name: 'default', pageSizeBytes: 4096 };
+    expect(pageCountFor(p, 0)).toBe(0);
+    expect(pageCountFor(p, 1)).toBe(1);
+    expect(pageCountFor(p, 4096)).toBe(1);
+    expect(pageCountFor(p, 4097)).toBe(2);
+    expect(() => pageCountFor(p, -1)).toThrow(PagepairError);
+    expect(() => pageCountFor(p, 1.5)).toThrow(/non-negative integer/);
+    expect(() => pageCountFor({ name: 'tiny', pageSizeBytes: 512 }, 512 * 2 ** 32)).toThrow(expect.objectContaining({ code: 'TOO_LARGE' }));
+  });
+});
