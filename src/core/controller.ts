@@ -816,10 +816,16 @@ export class ControllerCore {
     for (const cp of this.cache.dirty) if (allocs.includes(cp.alloc)) targets.push({ cp, version: cp.version });
     this.flushDemand++;
     try {
-      for (let round = 0; ; round++) {
+      // Give up only after many rounds in a row that made no progress.
+      let best = Number.MAX_SAFE_INTEGER;
+      for (let stalled = 0; ; stalled++) {
         const left = targets.filter((t) => !t.cp.alloc.released && t.cp.storeVersion < t.version);
         if (left.length === 0) break;
-        if (round >= OWNERSHIP_ROUNDS_MAX * 4) throw new PagepairError('BUSY', `flush could not finish: ${left.length} pages keep changing`);
+        if (left.length < best) {
+          best = left.length;
+          stalled = 0;
+        }
+        if (stalled >= OWNERSHIP_ROUNDS_MAX) throw new PagepairError('BUSY', `flush could not finish: ${left.length} pages keep changing`);
         if (this.cfg.mirroring) {
           this.requireWritable();
           const byAlloc = new Map<AllocState, number[]>();
@@ -883,6 +889,7 @@ export class ControllerCore {
         record = { ...base, dataOffset: space.dataOffset };
         await this.request({ kind: 'ALLOCATE', ...record, reservationId: space.reservationId });
       }
+      if (this.isCoordinator()) await this.env.store.clearExtent(record.dataOffset, bytes);
       this.installAllocation(record);
       installed = true;
       if (this.isCoordinator()) await this.persistTable();
@@ -975,6 +982,8 @@ export class ControllerCore {
     if (this.names.has(req.name)) throw new PagepairError('DUPLICATE', `an allocation named "${req.name}" exists`, 'name');
     if (!this.cfg.policies.has(req.policy)) throw new PagepairError('POLICY_UNKNOWN', `no policy named "${req.policy}" here`, 'policy');
     this.reservations.delete(r.id);
+    if (this.isCoordinator()) await this.env.store.clearExtent(record.dataOffset, extentBytes(record.pageSizeBytes, record.pageCount));
+    if (this.allocs.has(req.guid) || this.names.has(req.name)) throw new PagepairError('DUPLICATE', `allocation ${req.guid} or its name exists`, 'name');
     this.installAllocation(record);
     if (this.isCoordinator()) await this.persistTable();
     this.env.log.info({ guid: record.guid, name: record.name, by: this.partnerId }, 'allocation created by partner');

@@ -1,10 +1,9 @@
 // An order-independent digest of a set, updated in O(1) per change: each
-// member hashes to 64 bits and the set's digest is the XOR of its members'
-// hashes plus the member count. Two controllers that hold the same set show
+// member hashes to 64 bits (two murmur3 hashes with different seeds; a CRC
+// would not do, being linear, XORs of CRCs cancel) and the set's digest is
+// the XOR of its members' hashes plus the member count. Two controllers that hold the same set show
 // the same digest whatever order they built it in, which is what status
 // compares. Not a cryptographic commitment; a check that the sets agree.
-
-import { crc32c } from '../protocol/crc32c.js';
 
 const scratch = Buffer.alloc(64);
 
@@ -38,9 +37,42 @@ export class SetDigest {
   }
 
   private toggle(member: Uint8Array): void {
-    this.lo = (this.lo ^ crc32c(member, 0x9e3779b9)) >>> 0;
-    this.hi = (this.hi ^ crc32c(member, 0x7f4a7c15)) >>> 0;
+    this.lo = (this.lo ^ murmur3(member, 0x9e3779b9)) >>> 0;
+    this.hi = (this.hi ^ murmur3(member, 0x7f4a7c15)) >>> 0;
   }
+}
+
+/** MurmurHash3, x86 32-bit variant. */
+export function murmur3(data: Uint8Array, seed: number): number {
+  let h = seed >>> 0;
+  const n = data.length;
+  const words = n >>> 2;
+  for (let i = 0; i < words; i++) {
+    const j = i << 2;
+    let k = data[j]! | (data[j + 1]! << 8) | (data[j + 2]! << 16) | (data[j + 3]! << 24);
+    k = Math.imul(k, 0xcc9e2d51);
+    k = (k << 15) | (k >>> 17);
+    k = Math.imul(k, 0x1b873593);
+    h ^= k;
+    h = (h << 13) | (h >>> 19);
+    h = (Math.imul(h, 5) + 0xe6546b64) | 0;
+  }
+  const tail = words << 2;
+  if ((n & 3) !== 0) {
+    let k = 0;
+    for (let i = n - 1; i >= tail; i--) k = (k << 8) | data[i]!;
+    k = Math.imul(k, 0xcc9e2d51);
+    k = (k << 15) | (k >>> 17);
+    k = Math.imul(k, 0x1b873593);
+    h ^= k;
+  }
+  h ^= n;
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return h >>> 0;
 }
 
 function hex32(n: number): string {

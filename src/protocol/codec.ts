@@ -292,7 +292,7 @@ function writeBody(kind: MessageKind, buf: Buffer, p: number, msg: Record<string
  */
 export function encode(msg: Message): Buffer {
   const kind = msg.kind;
-  const fields = BODY[kind] as readonly Field[] | undefined;
+  const fields: readonly Field[] | undefined = Object.hasOwn(BODY, kind) ? BODY[kind] : undefined;
   if (fields === undefined) throw new PagepairError('UNKNOWN_TYPE', `no message kind ${String(kind)}`, 'kind');
   const { requestId, epoch, sender, flags } = msg;
   if (typeof requestId !== 'number' || requestId >>> 0 !== requestId) {

@@ -6,9 +6,6 @@ import { PagepairError } from '../errors.js';
 
 export const GUID_BYTES = 16;
 
-/** The all-zero GUID; C_FLUSH uses it on the wire for "every allocation". */
-export const NIL_GUID = '00000000-0000-0000-0000-000000000000';
-
 const BYTE_TO_HEX: string[] = [];
 for (let n = 0; n < 256; n++) BYTE_TO_HEX.push(n.toString(16).padStart(2, '0'));
 

@@ -102,6 +102,9 @@ export interface BlockStore {
    *  by an allocation since released) reads as version 0, all zeros. */
   readPage(loc: PageLocation, page: number): Promise<StoredPage>;
   writePage(loc: PageLocation, page: number, version: number, epoch: number, data: Buffer, crc?: number): Promise<void>;
+  /** Zero an extent of the data area, so a new allocation there cannot meet
+   *  page bytes of a released one where its page headers will sit. */
+  clearExtent(dataOffset: number, bytes: number): Promise<void>;
   readTable(): Promise<{ seq: number; records: AllocationRecord[] }>;
   /** Writes the table to the older copy with the next sequence number; returns it. */
   writeTable(records: AllocationRecord[]): Promise<number>;

@@ -528,6 +528,7 @@ describe('encode refuses what cannot be encoded', () => {
 
   it('unknown kinds', () => {
     expectEncodeError({ ...FIXTURES.C_STATUS, kind: 'C_NOTHING' }, 'UNKNOWN_TYPE', 'kind');
+    expectEncodeError({ ...FIXTURES.C_STATUS, kind: 'toString' }, 'UNKNOWN_TYPE', 'kind');
   });
 });
 

@@ -1,0 +1,119 @@
+// The `pagepair` command.
+
+import { readFileSync } from 'node:fs';
+import { Command, Option } from 'commander';
+import { isPagepairError } from '../errors.js';
+import { loadConfig } from '../runtime/config.js';
+import { startController } from '../runtime/controller-process.js';
+import { createLogger } from '../runtime/logger.js';
+import { runPair } from './pair.js';
+import { fetchStatus, formatStatus } from './status.js';
+import { parseNumberInRange, parsePositiveInt, parseSize } from './units.js';
+import { formatWorkloadResult, runWorkload } from './workload.js';
+
+const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+
+const program = new Command('pagepair')
+  .description('A fault-tolerant paging manager for a redundant pair of storage controllers.')
+  .version(pkg.version)
+  .showHelpAfterError('(run with --help for usage)');
+
+program
+  .command('start')
+  .description('run one controller in the foreground until SIGINT/SIGTERM')
+  .requiredOption('-c, --config <file>', "the controller's configuration (JSON)")
+  .option('--log-level <level>', 'override log.level from the configuration')
+  .action(async (opts: { config: string; logLevel?: string }) => {
+    const cfg = loadConfig(opts.config);
+    if (opts.logLevel !== undefined) cfg.log.level = opts.logLevel as typeof cfg.log.level;
+    const log = createLogger(cfg.log, { controller: cfg.idLetter });
+    process.on('uncaughtException', (err) => {
+      log.fatal({ err: err.stack }, 'uncaught exception; exiting');
+      process.exit(70);
+    });
+    process.on('unhandledRejection', (err) => {
+      log.fatal({ err: err instanceof Error ? err.stack : String(err) }, 'unhandled rejection; exiting');
+      process.exit(70);
+    });
+    const running = await startController(cfg, log);
+    let signals = 0;
+    const onSignal = (sig: string): void => {
+      if (++signals > 1) process.exit(130);
+      log.info({ signal: sig }, 'signal received');
+      running.stop().then(
+        () => process.exit(0),
+        (err: unknown) => {
+          log.error({ err: String(err) }, 'stop failed');
+          process.exit(1);
+        },
+      );
+    };
+    process.on('SIGINT', () => onSignal('SIGINT'));
+    process.on('SIGTERM', () => onSignal('SIGTERM'));
+  });
+
+program
+  .command('pair')
+  .description('run both controllers of a pair in the foreground (what `npm start` does)')
+  .option('-a, --config-a <file>', "controller A's configuration", 'controllers/a.json')
+  .option('-b, --config-b <file>', "controller B's configuration", 'controllers/b.json')
+  .action(async (opts: { configA: string; configB: string }) => {
+    process.exitCode = await runPair([opts.configA, opts.configB]);
+  });
+
+program
+  .command('status')
+  .description("show a controller's role, partner link, epoch, cache and digests")
+  .requiredOption('-c, --config <file>', "a controller's configuration (JSON)")
+  .addOption(new Option('--controller <id>', 'which controller to ask: the configured one, or A or B').choices(['self', 'A', 'B']).default('self'))
+  .option('--json', 'print the status as JSON')
+  .option('--timeout <ms>', 'how long to wait for the controller', '5000')
+  .action(async (opts: { config: string; controller: 'self' | 'A' | 'B'; json?: boolean; timeout: string }) => {
+    const cfg = loadConfig(opts.config);
+    const s = await fetchStatus(cfg, opts.controller, parsePositiveInt(opts.timeout, 'timeout'));
+    console.log(opts.json ? JSON.stringify(s, null, 2) : formatStatus(s));
+  });
+
+program
+  .command('workload')
+  .description('drive a random read/write mix and verify every read')
+  .requiredOption('-c, --config <file>', "a controller's configuration (JSON); both controllers are reached from it")
+  .option('-d, --duration <seconds>', 'how long to run', '10')
+  .addOption(new Option('-t, --target <id>', 'which controllers to send to').choices(['A', 'B', 'both']).default('both'))
+  .option('-s, --size <bytes>', 'size of the allocation the workload uses', '64MiB')
+  .option('-b, --block <bytes>', 'bytes per read or write', '4KiB')
+  .option('-i, --inflight <n>', 'operations in flight', '16')
+  .option('-r, --read-pct <percent>', 'share of reads', '50')
+  .option('--seed <n>', 'seed of the random choices', '1')
+  .option('--policy <name>', 'policy of the allocation', 'default')
+  .option('--keep', 'keep the allocation afterwards (default: release it)')
+  .option('--flush', 'flush the allocation to the store before finishing')
+  .option('--json', 'print the result as JSON')
+  .action(async (opts: Record<string, string | boolean | undefined>) => {
+    const cfg = loadConfig(String(opts.config));
+    const result = await runWorkload(cfg, {
+      durationS: parseNumberInRange(String(opts.duration), 'duration', 0.1, 86_400),
+      target: opts.target as 'A' | 'B' | 'both',
+      sizeBytes: parseSize(String(opts.size), 'size'),
+      blockBytes: parseSize(String(opts.block), 'block'),
+      inflight: parsePositiveInt(String(opts.inflight), 'inflight', 4096),
+      readPct: parseNumberInRange(String(opts.readPct), 'read-pct', 0, 100),
+      seed: parsePositiveInt(String(opts.seed), 'seed', 0xffff_ffff),
+      policy: String(opts.policy),
+      keep: opts.keep === true,
+      flush: opts.flush === true,
+      progress: opts.json === true ? (line) => console.error(line) : (line) => console.log(line),
+    });
+    console.log(opts.json === true ? JSON.stringify(result, null, 2) : formatWorkloadResult(result));
+    if (result.verifyErrors > 0 || result.errors > 0) process.exitCode = 1;
+  });
+
+program.parseAsync(process.argv).catch((err: unknown) => {
+  if (isPagepairError(err)) {
+    console.error(`pagepair: ${err.code}: ${err.message}`);
+    process.exitCode = err.code === 'BAD_CONFIG' || err.code === 'BAD_FIELD' ? 2 : 1;
+  } else {
+    console.error(`pagepair: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+    process.exitCode = 1;
+  }
+});

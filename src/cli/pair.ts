@@ -1,0 +1,80 @@
+// `pagepair pair` (what `npm start` runs): both controllers of the default
+// pair as child processes, their logs shown as readable lines, until Ctrl-C.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { loadConfig } from '../runtime/config.js';
+
+const BIN = fileURLToPath(new URL('../../bin/pagepair.js', import.meta.url));
+const LEVELS: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO ', 40: 'WARN ', 50: 'ERROR', 60: 'FATAL' };
+const SKIP_KEYS = new Set(['level', 'time', 'pid', 'hostname', 'msg', 'controller', 'component']);
+
+/** One pino JSON line as a line a person reads. */
+export function prettyLogLine(line: string): string {
+  let rec: Record<string, unknown>;
+  try {
+    rec = JSON.parse(line) as Record<string, unknown>;
+  } catch {
+    return line;
+  }
+  const time = typeof rec.time === 'string' ? rec.time.slice(11, 23) : '';
+  const extra = Object.entries(rec)
+    .filter(([k]) => !SKIP_KEYS.has(k))
+    .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
+    .join(' ');
+  return `${time} ${String(rec.controller ?? '?')} ${LEVELS[Number(rec.level)] ?? String(rec.level)} ${String(rec.component ?? '').padEnd(7)} ${String(rec.msg ?? '')}${extra ? `  ${extra}` : ''}`;
+}
+
+export async function runPair(configPaths: [string, string]): Promise<number> {
+  const configs = configPaths.map((p) => loadConfig(p));
+  const children: ChildProcess[] = [];
+  const listening = new Set<string>();
+  let stopping = false;
+
+  const started = new Promise<void>((resolveAll) => {
+    configs.forEach((cfg, i) => {
+      const child = spawn(process.execPath, [BIN, 'start', '--config', configPaths[i]!], { stdio: ['ignore', 'pipe', 'pipe'] });
+      children.push(child);
+      for (const stream of [child.stdout!, child.stderr!]) {
+        createInterface({ input: stream }).on('line', (line) => {
+          if (line.includes('"controller listening"')) {
+            listening.add(cfg.idLetter);
+            if (listening.size === configs.length) resolveAll();
+          }
+          if (line.startsWith('{')) console.log(prettyLogLine(line));
+          else console.log(`${cfg.idLetter} | ${line}`);
+        });
+      }
+      child.on('exit', (code, signal) => {
+        if (!stopping) console.log(`pagepair: controller ${cfg.idLetter} exited (${signal ?? `code ${code}`})`);
+      });
+    });
+  });
+
+  void started.then(() => {
+    console.log('');
+    console.log('pagepair: the pair is up.');
+    for (const c of configs) console.log(`  controller ${c.idLetter}: clients at ws://${c.listen.client.host}:${c.listen.client.port}, store ${c.store.path}`);
+    console.log('  try, in another terminal:');
+    console.log(`    npx pagepair workload --config ${configPaths[0]} --duration 10`);
+    console.log(`    npx pagepair status --config ${configPaths[0]}   (and --config ${configPaths[1]})`);
+    console.log('  Ctrl-C stops both; each destages its dirty pages first.');
+    console.log('');
+  });
+
+  const exited = Promise.all(children.map((c) => new Promise<number>((resolve) => c.on('exit', (code) => resolve(code ?? 1)))));
+  const stop = (): void => {
+    if (stopping) {
+      for (const c of children) c.kill('SIGKILL');
+      return;
+    }
+    stopping = true;
+    console.log('pagepair: stopping both controllers (Ctrl-C again to kill them)');
+    for (const c of children) c.kill('SIGTERM');
+  };
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+  const codes = await exited;
+  return codes.every((c) => c === 0) ? 0 : 1;
+}

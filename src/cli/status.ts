@@ -1,0 +1,54 @@
+// `pagepair status`: what one controller says of itself and of its partner.
+
+import { PagepairClient, controllerAddresses } from '../client/index.js';
+import { PagepairError } from '../errors.js';
+import type { ControllerConfig } from '../runtime/config.js';
+import type { ControllerStatus } from '../runtime/controller-process.js';
+import { formatBytes, formatDuration } from './units.js';
+
+export async function fetchStatus(cfg: ControllerConfig, which: 'self' | 'A' | 'B', timeoutMs = 5000): Promise<ControllerStatus> {
+  let addr = { host: cfg.listen.client.host, port: cfg.listen.client.port, token: cfg.clientToken };
+  if (which !== 'self' && which !== cfg.idLetter) {
+    if (cfg.partner === null) throw new PagepairError('BAD_FIELD', `${cfg.sourceName} names no partner ${which}`, 'controller');
+    const a = controllerAddresses({ id: cfg.idLetter, clientToken: cfg.clientToken, listen: cfg.listen, partner: { id: cfg.partner.idLetter, client: cfg.partner.client } });
+    addr = a.partner;
+  } else if (addr.host === '0.0.0.0') {
+    addr = { ...addr, host: '127.0.0.1' };
+  }
+  const client = await PagepairClient.connect({ ...addr, name: 'pagepair-status', timeoutMs });
+  try {
+    return (await client.status()) as ControllerStatus;
+  } finally {
+    await client.close();
+  }
+}
+
+export function formatStatus(s: ControllerStatus): string {
+  const rows: [string, string][] = [
+    ['controller', `${s.controller}   role ${s.role}   epoch ${s.epoch}   pid ${s.pid}   up ${formatDuration(s.uptimeMs)}`],
+    [
+      'partner',
+      s.partner === null
+        ? 'none (mirroring off)'
+        : `link ${s.partner.link}` +
+          (s.partner.role !== null ? `, role ${s.partner.role}` : '') +
+          (s.partner.lastHeardMsAgo !== null ? `, heard ${s.partner.lastHeardMsAgo} ms ago` : ''),
+    ],
+    ['listening', `clients ${s.listen.client}${s.listen.peer !== null ? `   peer ${s.listen.peer}` : ''}   (${s.clients} connected)`],
+    ['store', s.store],
+    ['allocations', String(s.allocations)],
+    ['cache', `${s.cachedPages} pages, ${formatBytes(s.cachedBytes)} of ${formatBytes(s.cacheBytesMax)}; RSS ${formatBytes(s.rssBytes)}`],
+    ['dirty', `${s.dirtyPages} pages, ${formatBytes(s.dirtyBytes)}`],
+    ['destage', `queue ${s.destageQueue}, in flight ${s.destageInFlight}; ${s.counters.pagesDestaged} pages destaged`],
+    ['pointers', String(s.openPointers)],
+    ['table digest', s.digests.table],
+    ['dirty digest', s.digests.dirty],
+    [
+      'counters',
+      `writes ${s.counters.clientWrites}, reads ${s.counters.clientReads}, pages mirrored out ${s.counters.pagesMirroredOut} / in ${s.counters.pagesMirroredIn}, ` +
+        `staged ${s.counters.pagesStaged}, lock requests ${s.counters.lockRequestsSent}, grants ${s.counters.lockGrants}`,
+    ],
+  ];
+  if (s.senseCode !== 0) rows.push(['sense code', String(s.senseCode)]);
+  return rows.map(([k, v]) => `${k.padEnd(13)} ${v}`).join('\n');
+}

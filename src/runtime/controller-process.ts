@@ -1,0 +1,207 @@
+// One running controller: the only place where the core meets the clock,
+// timers, the store file, the peer link, the client endpoint and the logger.
+
+import { performance } from 'node:perf_hooks';
+import { v4 as uuidv4 } from 'uuid';
+import type pino from 'pino';
+import { ControllerCore, roleName, type CoreStatus } from '../core/controller.js';
+import type { CoreConfig, CoreEnv } from '../core/env.js';
+import { PagepairError } from '../errors.js';
+import { Role, type ClientRequest, type Message } from '../protocol/messages.js';
+import { openOrFormatFileStore } from '../store/open.js';
+import type { BlockStore } from '../store/types.js';
+import { ClientEndpoint, type ClientConn } from '../transport/client-endpoint.js';
+import { PeerLink } from '../transport/peer-link.js';
+import type { ControllerConfig } from './config.js';
+
+/** How often the core gets a tick; heartbeats and destage ages are measured in these. */
+const TICK_MS_MAX = 20;
+const PEER_REQUEST_TIMEOUT_MS = 10_000;
+const POINTER_LEASE_MS = 30_000;
+const CACHE_FULL_WAIT_MS = 5_000;
+
+export interface RunningController {
+  readonly config: ControllerConfig;
+  readonly core: ControllerCore;
+  readonly clientPort: number;
+  readonly peerPort: number | null;
+  status(): ControllerStatus;
+  stop(): Promise<void>;
+}
+
+export interface ControllerStatus extends CoreStatus {
+  pid: number;
+  uptimeMs: number;
+  rssBytes: number;
+  listen: { client: string; peer: string | null };
+  store: string;
+  clients: number;
+}
+
+export async function startController(cfg: ControllerConfig, log: pino.Logger): Promise<RunningController> {
+  const startedMs = performance.now();
+  const storeLog = log.child({ component: 'store' });
+  const store = await openOrFormatFileStore(cfg.store.path, {
+    pairId: cfg.pairId,
+    sizeBytes: cfg.store.sizeBytes,
+    nowMs: Date.now(),
+    tableEntriesMax: cfg.store.tableEntriesMax,
+  });
+  storeLog.info({ path: cfg.store.path, dataBytes: store.superblock.geometry.dataBytes }, 'store open');
+
+  const conns = new Map<number, ClientConn>();
+  let peer: PeerLink | null = null;
+  let outFrames: Message[] = [];
+  let flushScheduled = false;
+
+  const coreCfg: CoreConfig = {
+    selfId: cfg.idNumber,
+    partnerId: cfg.partner?.idNumber ?? (cfg.idNumber === 1 ? 2 : 1),
+    mirroring: cfg.mirroring,
+    cacheBytesMax: cfg.cache.cacheBytesMax,
+    dirtyHighWatermarkPct: cfg.cache.dirtyHighWatermarkPct,
+    dirtyLowWatermarkPct: cfg.cache.dirtyLowWatermarkPct,
+    dirtyAgeMaxMs: cfg.cache.dirtyAgeMaxMs,
+    destageConcurrency: cfg.cache.destageConcurrency,
+    heartbeatIntervalMs: cfg.heartbeatIntervalMs,
+    peerRequestTimeoutMs: PEER_REQUEST_TIMEOUT_MS,
+    pointerLeaseMs: POINTER_LEASE_MS,
+    cacheFullWaitMs: CACHE_FULL_WAIT_MS,
+    limits: cfg.limits,
+    policies: cfg.policies,
+  };
+
+  const env: CoreEnv = {
+    sendPeer: (msg) => {
+      outFrames.push(msg);
+    },
+    replyClient: (connId, msg) => conns.get(connId)?.reply(msg),
+    requestFlush: () => {
+      if (flushScheduled) return;
+      flushScheduled = true;
+      setImmediate(flush);
+    },
+    nowMs: () => performance.now(),
+    newGuid: () => uuidv4(),
+    store: store as BlockStore,
+    log: log.child({ component: 'core' }),
+  };
+  const core = new ControllerCore(coreCfg, env);
+
+  function flush(): void {
+    flushScheduled = false;
+    core.flushOutbox();
+    if (outFrames.length === 0) return;
+    const frames = outFrames;
+    outFrames = [];
+    try {
+      peer?.sendMany(frames);
+    } catch (err) {
+      // The link fell between the core's check and the send; its onDown follows.
+      log.debug({ err: String(err) }, 'frames dropped: peer link down');
+    }
+  }
+
+  await core.start();
+
+  if (cfg.mirroring) {
+    if (cfg.partner === null || cfg.listen.peer === null) throw new PagepairError('BAD_CONFIG', `${cfg.sourceName}: mirroring needs listen.peer and partner`);
+    peer = new PeerLink(
+      {
+        selfId: cfg.idNumber,
+        partnerId: cfg.partner.idNumber,
+        pairId: cfg.pairId,
+        secret: cfg.secret,
+        pid: process.pid,
+        listen: cfg.listen.peer,
+        partner: cfg.partner.peer,
+        limits: cfg.limits,
+        reconnectMs: cfg.peerReconnectMs,
+        log: log.child({ component: 'peer' }),
+      },
+      {
+        onUp: (info) => core.peerUp(info),
+        onDown: (reason) => core.peerDown(reason),
+        onMessage: (msg) => core.onPeerMessage(msg),
+      },
+    );
+  }
+  const peerPort = peer !== null ? (await peer.start()).port : null;
+
+  const clientLog = log.child({ component: 'clients' });
+  let status: () => ControllerStatus;
+  const endpoint = new ClientEndpoint({
+    host: cfg.listen.client.host,
+    port: cfg.listen.client.port,
+    token: cfg.clientToken,
+    controllerId: cfg.idNumber,
+    pairId: cfg.pairId,
+    limits: cfg.limits,
+    inflightMax: cfg.limits.inflightPerClientMax,
+    log: clientLog,
+    getRole: () => core.currentRole,
+    onRequest: (conn, msg: ClientRequest) => {
+      conns.set(conn.id, conn);
+      if (msg.kind === 'C_STATUS') {
+        // Status carries process facts the pure core does not know.
+        conn.reply({ kind: 'C_STATUS_REPLY', json: JSON.stringify(status()), requestId: msg.requestId, epoch: core.currentEpoch, sender: cfg.idNumber, flags: 0 });
+        return;
+      }
+      core.onClientRequest(conn.id, msg);
+    },
+    onClose: (conn) => {
+      conns.delete(conn.id);
+      core.onClientGone(conn.id);
+    },
+  });
+  const clientPort = (await endpoint.start()).port;
+
+  status = () => ({
+    ...core.status(),
+    pid: process.pid,
+    uptimeMs: Math.round(performance.now() - startedMs),
+    rssBytes: process.memoryUsage.rss(),
+    listen: {
+      client: `ws://${cfg.listen.client.host}:${clientPort}`,
+      peer: peerPort === null || cfg.listen.peer === null ? null : `ws://${cfg.listen.peer.host}:${peerPort}`,
+    },
+    store: cfg.store.path,
+    clients: endpoint.connections,
+  });
+
+  const tick = setInterval(() => core.tick(), Math.min(TICK_MS_MAX, Math.max(1, Math.floor(cfg.heartbeatIntervalMs / 2))));
+
+  // The mailbox slot records who we are and our pid; takeover will use it.
+  await store.writeMailboxSlot({ controllerId: cfg.idNumber, epoch: core.currentEpoch, counter: 1, timeMs: Date.now(), pid: process.pid, role: core.currentRole });
+  await store.sync();
+
+  log.info(
+    { clients: `ws://${cfg.listen.client.host}:${clientPort}`, peer: peerPort, role: roleName(core.currentRole), pid: process.pid },
+    'controller listening',
+  );
+
+  let stopping: Promise<void> | null = null;
+  const stop = (): Promise<void> => {
+    stopping ??= (async () => {
+      log.info({}, 'controller stopping');
+      try {
+        await core.shutdown();
+      } catch (err) {
+        log.error({ err: String(err) }, 'shutdown did not finish cleanly');
+      }
+      flush();
+      clearInterval(tick);
+      await endpoint.close();
+      await peer?.close();
+      await store
+        .writeMailboxSlot({ controllerId: cfg.idNumber, epoch: core.currentEpoch, counter: 2, timeMs: Date.now(), pid: process.pid, role: Role.STOPPING })
+        .catch(() => undefined);
+      await store.sync().catch(() => undefined);
+      await store.close();
+      log.info({}, 'controller stopped');
+    })();
+    return stopping;
+  };
+
+  return { config: cfg, core, clientPort, peerPort, status: () => status(), stop };
+}

@@ -1,0 +1,94 @@
+// A BlockStore whose operations complete on the simulator's clock. The real
+// operation runs at once against the shared device (so bytes land in call
+// order); its completion is delivered by a scheduler event after a seeded
+// delay, so completions of concurrent operations arrive in a seeded order.
+
+import type { PageStore } from '../../src/store/page-store.js';
+import type {
+  AllocationRecord,
+  BlockStore,
+  EpochRecord,
+  Mailbox,
+  MailboxSlot,
+  PageLocation,
+  StoredPage,
+  Superblock,
+} from '../../src/store/types.js';
+import type { Prng } from './prng.js';
+import type { Scheduler } from './scheduler.js';
+
+export interface SimStoreCounters {
+  pageReads: number;
+  pageWrites: number;
+  tableWrites: number;
+  syncs: number;
+}
+
+export class SimStore implements BlockStore {
+  readonly counters: SimStoreCounters = { pageReads: 0, pageWrites: 0, tableWrites: 0, syncs: 0 };
+  /** False once the controller using it is killed: completions are never delivered. */
+  alive = true;
+
+  constructor(
+    private readonly inner: PageStore,
+    private readonly sched: Scheduler,
+    private readonly rng: Prng,
+    private readonly delayMaxMs: number,
+    private readonly label: string,
+  ) {}
+
+  get superblock(): Superblock {
+    return this.inner.superblock;
+  }
+
+  readPage(loc: PageLocation, page: number): Promise<StoredPage> {
+    this.counters.pageReads++;
+    return this.complete(`readPage ${page}`, this.inner.readPage(loc, page));
+  }
+
+  writePage(loc: PageLocation, page: number, version: number, epoch: number, data: Buffer, crc?: number): Promise<void> {
+    this.counters.pageWrites++;
+    return this.complete(`writePage ${page} v${version}`, this.inner.writePage(loc, page, version, epoch, data, crc));
+  }
+
+  readTable(): Promise<{ seq: number; records: AllocationRecord[] }> {
+    return this.complete('readTable', this.inner.readTable());
+  }
+
+  writeTable(records: AllocationRecord[]): Promise<number> {
+    this.counters.tableWrites++;
+    return this.complete('writeTable', this.inner.writeTable(records));
+  }
+
+  readMailbox(): Promise<Mailbox> {
+    return this.complete('readMailbox', this.inner.readMailbox());
+  }
+
+  writeMailboxSlot(slot: MailboxSlot): Promise<void> {
+    return this.complete('writeMailboxSlot', this.inner.writeMailboxSlot(slot));
+  }
+
+  writeEpochRecord(rec: Omit<EpochRecord, 'seq'>): Promise<EpochRecord> {
+    return this.complete('writeEpochRecord', this.inner.writeEpochRecord(rec));
+  }
+
+  sync(): Promise<void> {
+    this.counters.syncs++;
+    return this.complete('sync', this.inner.sync());
+  }
+
+  close(): Promise<void> {
+    return this.complete('close', this.inner.close());
+  }
+
+  private complete<T>(what: string, real: Promise<T>): Promise<T> {
+    // Keep an unobserved rejection from escaping before the event delivers it.
+    real.catch(() => undefined);
+    const delayMs = this.rng.int(this.delayMaxMs + 1);
+    return new Promise<T>((resolve, reject) => {
+      this.sched.after(delayMs, `${this.label} store ${what} done`, () => {
+        if (this.alive) real.then(resolve, reject);
+      });
+    });
+  }
+}
