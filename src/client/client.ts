@@ -52,6 +52,8 @@ export class PagepairClient {
   private readonly ws: WebSocket;
   private readonly timeoutMs: number;
   private readonly pending = new Map<number, Pending>();
+  /** Requests held back while inflightMax are pending. */
+  private readonly waiting: { start(): void; reject(err: Error): void }[] = [];
   private lastRequestId: number;
   private closed = false;
   /** Why the controller ended the connection, when it said so (an ERROR with request id 0). */
@@ -250,13 +252,23 @@ export class PagepairClient {
       return Promise.reject(err instanceof PagepairError ? err : new PagepairError('BAD_FIELD', errorText(err)));
     }
     return new Promise<ReplyOf<K>>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(requestId);
-        reject(new PagepairError('TIMEOUT', `${body.kind} to controller ${this.controllerId} not answered within ${this.timeoutMs} ms`));
-      }, this.timeoutMs);
-      this.pending.set(requestId, { expect, resolve: resolve as (msg: Message) => void, reject, timer });
-      this.ws.send(frame, { binary: true });
+      const start = (): void => {
+        const timer = setTimeout(() => {
+          this.pending.delete(requestId);
+          reject(new PagepairError('TIMEOUT', `${body.kind} to controller ${this.controllerId} not answered within ${this.timeoutMs} ms`));
+          this.startWaiting();
+        }, this.timeoutMs);
+        this.pending.set(requestId, { expect, resolve: resolve as (msg: Message) => void, reject, timer });
+        this.ws.send(frame, { binary: true });
+      };
+      // Past the controller's in-flight limit a request waits here, not in a BUSY reply.
+      if (this.pending.size >= this.inflightMax) this.waiting.push({ start, reject });
+      else start();
     });
+  }
+
+  private startWaiting(): void {
+    while (this.waiting.length > 0 && this.pending.size < this.inflightMax && !this.closed) this.waiting.shift()!.start();
   }
 
   private nextRequestId(): number {
@@ -288,6 +300,7 @@ export class PagepairClient {
     if (p === undefined) return; // answered after its timeout
     this.pending.delete(msg.requestId);
     clearTimeout(p.timer);
+    if (this.waiting.length > 0) this.startWaiting();
     if (msg.kind === 'ERROR') p.reject(PagepairError.fromWire(msg.code, msg.message));
     else if (msg.kind !== p.expect) p.reject(new PagepairError('INTERNAL', `expected ${p.expect}, got ${msg.kind}`));
     else p.resolve(msg);
@@ -302,6 +315,7 @@ export class PagepairClient {
       clearTimeout(p.timer);
       p.reject(err);
     }
+    for (const w of this.waiting.splice(0)) w.reject(err);
   }
 
   private closedError(): PagepairError {

@@ -266,6 +266,8 @@ export class ControllerCore {
     }
     if (this.roomWaiters.length > 0) this.serveRoomWaiters();
     this.kickDestage();
+    // Flushes and shutdown re-check on every tick too, so none waits on an event that never comes.
+    if (this.flushDemand > 0) this.wakeProgress();
   }
 
   peerUp(info: { partnerPid?: number } = {}): void {
@@ -816,16 +818,18 @@ export class ControllerCore {
     for (const cp of this.cache.dirty) if (allocs.includes(cp.alloc)) targets.push({ cp, version: cp.version });
     this.flushDemand++;
     try {
-      // Give up only after many rounds in a row that made no progress.
+      // Give up only when nothing moved for a whole request timeout.
       let best = Number.MAX_SAFE_INTEGER;
-      for (let stalled = 0; ; stalled++) {
+      let lastProgressMs = this.env.nowMs();
+      for (;;) {
         const left = targets.filter((t) => !t.cp.alloc.released && t.cp.storeVersion < t.version);
         if (left.length === 0) break;
         if (left.length < best) {
           best = left.length;
-          stalled = 0;
+          lastProgressMs = this.env.nowMs();
+        } else if (this.env.nowMs() - lastProgressMs > this.cfg.peerRequestTimeoutMs) {
+          throw new PagepairError('BUSY', `flush made no progress in ${this.cfg.peerRequestTimeoutMs} ms: ${left.length} pages left`);
         }
-        if (stalled >= OWNERSHIP_ROUNDS_MAX) throw new PagepairError('BUSY', `flush could not finish: ${left.length} pages keep changing`);
         if (this.cfg.mirroring) {
           this.requireWritable();
           const byAlloc = new Map<AllocState, number[]>();

@@ -18,6 +18,8 @@ export class Scheduler {
   private readonly heap: SimEvent[] = [];
   private seq = 0;
   private foreground = 0;
+  /** Called after every event has run and settled (checkers, samplers). */
+  readonly afterEachStep: (() => void)[] = [];
 
   constructor(private readonly describe: () => string) {}
 
@@ -50,6 +52,7 @@ export class Scheduler {
     this.steps++;
     ev.run();
     await settleMicrotasks();
+    for (const f of this.afterEachStep) f();
     return true;
   }
 

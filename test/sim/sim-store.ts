@@ -51,6 +51,10 @@ export class SimStore implements BlockStore {
     return this.complete(`writePage ${page} v${version}`, this.inner.writePage(loc, page, version, epoch, data, crc));
   }
 
+  clearExtent(dataOffset: number, bytes: number): Promise<void> {
+    return this.complete('clearExtent', this.inner.clearExtent(dataOffset, bytes));
+  }
+
   readTable(): Promise<{ seq: number; records: AllocationRecord[] }> {
     return this.complete('readTable', this.inner.readTable());
   }

@@ -350,12 +350,11 @@ describe('requests', () => {
     expect(fake.seen.map((m) => m.requestId)).toEqual([0xffff_ffff, 1, 2]);
   });
 
-  it('answers BUSY past the in-flight limit of a connection', async () => {
+  it('holds requests past the in-flight limit in the client until a slot frees', async () => {
     const client = await connect();
     const held = Array.from({ length: INFLIGHT_MAX }, () => client.flush(HOLD_GUID));
     const extra = client.flush(HOLD_GUID);
-    expect((await rejection(extra)).code).toBe('BUSY');
-    expect(fake.held).toHaveLength(INFLIGHT_MAX);
+    await waitFor(() => fake.held.length === INFLIGHT_MAX, 'requests held');
     expect(fake.lastConn?.inflight).toBe(INFLIGHT_MAX);
     // Another connection has its own budget.
     const other = await connect();
@@ -363,8 +362,20 @@ describe('requests', () => {
 
     fake.releaseHeld();
     expect(await Promise.all(held)).toEqual(Array(INFLIGHT_MAX).fill(1));
-    expect(fake.lastConn?.inflight).toBe(0);
-    expect(await client.flush()).toBe(7);
+    await waitFor(() => fake.held.length === 1, 'the held-back request sent');
+    fake.releaseHeld();
+    expect(await extra).toBe(1);
+    expect(client.inflight).toBe(0);
+  });
+
+  it('answers BUSY to a connection that goes past its in-flight limit', async () => {
+    const raw = await rawHello();
+    for (let i = 0; i <= INFLIGHT_MAX; i++) {
+      raw.send({ kind: 'C_FLUSH', requestId: 100 + i, epoch: 0, sender: 0, flags: 0, guid: HOLD_GUID });
+    }
+    expect(await raw.nth(2)).toMatchObject({ kind: 'ERROR', requestId: 100 + INFLIGHT_MAX, code: ErrorCode.BUSY });
+    expect(fake.held).toHaveLength(INFLIGHT_MAX);
+    fake.releaseHeld();
   });
 
   it('times out a request that gets no answer, and ignores the late reply', async () => {

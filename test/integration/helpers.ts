@@ -1,0 +1,162 @@
+// Real controller processes on 127.0.0.1 for integration tests: temporary
+// configurations on free ports, log lines read back, every process cleaned up.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { randomUUID } from 'node:crypto';
+
+export const BIN = fileURLToPath(new URL('../../bin/pagepair.js', import.meta.url));
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      const port = typeof addr === 'object' && addr !== null ? addr.port : 0;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export interface PairFiles {
+  dir: string;
+  a: string;
+  b: string;
+  ports: { aClient: number; aPeer: number; bClient: number; bPeer: number };
+  token: string;
+  configOf(id: 'A' | 'B', overrides?: Record<string, unknown>): Record<string, unknown>;
+  cleanup(): void;
+}
+
+export async function makePairFiles(extra: Record<string, unknown> = {}): Promise<PairFiles> {
+  const dir = mkdtempSync(join(tmpdir(), 'pagepair-it-'));
+  const ports = { aClient: await freePort(), aPeer: await freePort(), bClient: await freePort(), bPeer: await freePort() };
+  const pairId = randomUUID();
+  const token = 'integration-client-token';
+  const configOf = (id: 'A' | 'B', overrides: Record<string, unknown> = {}): Record<string, unknown> => {
+    const self = id === 'A' ? { client: ports.aClient, peer: ports.aPeer } : { client: ports.bClient, peer: ports.bPeer };
+    const other = id === 'A' ? { client: ports.bClient, peer: ports.bPeer } : { client: ports.aClient, peer: ports.aPeer };
+    return {
+      id,
+      pairId,
+      secret: 'integration-peer-secret-0123456789',
+      clientToken: token,
+      listen: { client: { host: '127.0.0.1', port: self.client }, peer: { host: '127.0.0.1', port: self.peer } },
+      partner: { id: id === 'A' ? 'B' : 'A', client: { host: '127.0.0.1', port: other.client }, peer: { host: '127.0.0.1', port: other.peer } },
+      store: { path: join(dir, 'pair.store'), sizeBytes: 256 * 1024 * 1024 },
+      cache: { cacheBytesMax: 32 * 1024 * 1024, dirtyAgeMaxMs: 500 },
+      heartbeatIntervalMs: 100,
+      partnerTimeoutMs: 600,
+      log: { level: 'info' },
+      ...extra,
+      ...overrides,
+    };
+  };
+  const a = join(dir, 'a.json');
+  const b = join(dir, 'b.json');
+  writeFileSync(a, JSON.stringify(configOf('A')));
+  writeFileSync(b, JSON.stringify(configOf('B')));
+  return { dir, a, b, ports, token, configOf, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+export interface Proc {
+  child: ChildProcess;
+  lines: string[];
+  /** Parsed JSON log records. */
+  records(): Record<string, unknown>[];
+  waitForLog(pred: (rec: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
+  exited: Promise<number | null>;
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+const running = new Set<ChildProcess>();
+
+export function startProcess(args: string[]): Proc {
+  const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  running.add(child);
+  const lines: string[] = [];
+  const waiters: (() => void)[] = [];
+  for (const s of [child.stdout!, child.stderr!]) {
+    createInterface({ input: s }).on('line', (line) => {
+      lines.push(line);
+      for (const w of waiters.splice(0)) w();
+    });
+  }
+  const exited = new Promise<number | null>((resolve) =>
+    child.on('exit', (code) => {
+      running.delete(child);
+      for (const w of waiters.splice(0)) w();
+      resolve(code);
+    }),
+  );
+  const records = (): Record<string, unknown>[] =>
+    lines.flatMap((l) => {
+      if (!l.startsWith('{')) return [];
+      try {
+        return [JSON.parse(l) as Record<string, unknown>];
+      } catch {
+        return [];
+      }
+    });
+  return {
+    child,
+    lines,
+    records,
+    exited,
+    async waitForLog(pred, timeoutMs = 20_000) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const hit = records().find(pred);
+        if (hit !== undefined) return hit;
+        if (child.exitCode !== null) throw new Error(`process exited (${child.exitCode}) before the log line came:\n${lines.slice(-20).join('\n')}`);
+        if (Date.now() > deadline) throw new Error(`log line did not come within ${timeoutMs} ms:\n${lines.slice(-20).join('\n')}`);
+        await new Promise<void>((resolve) => {
+          waiters.push(resolve);
+          setTimeout(resolve, 200);
+        });
+      }
+    },
+    async stop(signal = 'SIGTERM') {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      const t = setTimeout(() => child.kill('SIGKILL'), 15_000);
+      const code = await exited;
+      clearTimeout(t);
+      return code;
+    },
+  };
+}
+
+/** Kill whatever a test file left running. */
+export function killAll(): void {
+  for (const c of running) c.kill('SIGKILL');
+  running.clear();
+}
+
+/** Run the CLI to completion; resolves with its exit code and output. */
+export async function runCli(args: string[], timeoutMs = 60_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  running.add(child);
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const t = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+  clearTimeout(t);
+  running.delete(child);
+  return { code, stdout, stderr };
+}
+
+export async function waitUntil(pred: () => Promise<boolean> | boolean, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await pred())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}

@@ -1,0 +1,451 @@
+// Two controller cores in one process: a seeded, ordered, delaying link that
+// carries every frame as bytes through the real codec; one MemoryDevice under
+// both cores' stores, with completions on the virtual clock; clients; ticks.
+// A run is a function of its seed: failures print it.
+
+import { ControllerCore, type CoreStatus } from '../../src/core/controller.js';
+import type { CoreConfig, CoreEnv, CoreLog } from '../../src/core/env.js';
+import { resolvePolicies, type PolicyInput } from '../../src/core/policy.js';
+import { decode, encode } from '../../src/protocol/codec.js';
+import { DEFAULT_LIMITS, type Limits } from '../../src/protocol/limits.js';
+import { Role, type ClientRequest, type Message, type MessageKind } from '../../src/protocol/messages.js';
+import { MemoryDevice } from '../../src/store/memory-device.js';
+import { PageStore } from '../../src/store/page-store.js';
+import { Prng } from './prng.js';
+import { Scheduler } from './scheduler.js';
+import { SimClient } from './sim-client.js';
+import { SimStore } from './sim-store.js';
+
+export type NodeName = 'A' | 'B';
+export type Direction = 'A->B' | 'B->A';
+
+export const PAIR_ID = '3d5c0e8a-6b1f-4c2d-9e7a-1f2b3c4d5e6f';
+const MiB = 1024 * 1024;
+
+/** Small page sizes keep the simulated byte traffic cheap. */
+export const SIM_POLICIES: PolicyInput[] = [
+  { name: 'tiny', dataStructureBytes: 512, pageSizeBytes: 512 },
+  { name: 'small', dataStructureBytes: 1024, pageSizeBytes: 1024 },
+];
+
+export interface SimOptions {
+  seed: number;
+  /** false: one controller (A) alone, nothing mirrored. */
+  mirroring?: boolean;
+  /** Bring the link up and wait for both to be mirrored before returning (default true). */
+  pair?: boolean;
+  cacheBytesMax?: number;
+  dirtyHighWatermarkPct?: number;
+  dirtyLowWatermarkPct?: number;
+  dirtyAgeMaxMs?: number;
+  destageConcurrency?: number;
+  heartbeatIntervalMs?: number;
+  peerRequestTimeoutMs?: number;
+  pointerLeaseMs?: number;
+  cacheFullWaitMs?: number;
+  /** Virtual ms between ticks of each core; 0 turns ticking off. */
+  tickIntervalMs?: number;
+  /** Each frame is delayed 0..frameDelayMaxMs (order per direction kept). */
+  frameDelayMaxMs?: number;
+  /** Each store operation completes after 0..storeDelayMaxMs. */
+  storeDelayMaxMs?: number;
+  /** Each client request reaches its controller after 0..clientDelayMaxMs. */
+  clientDelayMaxMs?: number;
+  deviceBytes?: number;
+  limits?: Partial<Limits>;
+  /** Limits the client frames are decoded with on the way in (default: the cores' limits). */
+  clientWireLimits?: Limits;
+  policies?: PolicyInput[];
+  /** Keep debug-level log records too. */
+  debugLog?: boolean;
+}
+
+export interface LogRecord {
+  node: NodeName;
+  incarnation: number;
+  atMs: number;
+  level: 'debug' | 'info' | 'warn' | 'error';
+  msg: string;
+  obj: object;
+}
+
+export interface FrameRecord {
+  atMs: number;
+  dir: Direction;
+  kind: MessageKind;
+  msg: Message;
+}
+
+export interface SimNode {
+  readonly name: NodeName;
+  readonly id: 1 | 2;
+  core: ControllerCore;
+  store: SimStore;
+  /** Grows at every restart; effects of an older incarnation are ignored. */
+  incarnation: number;
+  alive: boolean;
+  flushScheduled: boolean;
+}
+
+interface Hold {
+  match: (msg: Message) => boolean;
+  frames: { frame: Buffer; kind: MessageKind }[];
+}
+
+export type Settled<T> = { ok: true; value: T } | { ok: false; error: Error };
+
+export interface Tracked<T> {
+  readonly promise: Promise<T>;
+  settled: boolean;
+  result: Settled<T> | undefined;
+}
+
+export class Harness {
+  readonly sched: Scheduler;
+  readonly rng: Prng;
+  readonly device: MemoryDevice;
+  readonly limits: Limits;
+  readonly logs: LogRecord[] = [];
+  /** Every frame delivered to a core, in delivery order. */
+  readonly delivered: FrameRecord[] = [];
+  readonly nodes: SimNode[] = [];
+  readonly clients: SimClient[] = [];
+
+  private readonly netRng: Prng;
+  private readonly storeRng: Prng;
+  private readonly guidRng: Prng;
+  private linkIsUp = false;
+  private linkGen = 0;
+  private readonly lastArrivalMs: Record<Direction, number> = { 'A->B': 0, 'B->A': 0 };
+  private readonly lastClientArrivalMs = new Map<number, number>();
+  private readonly holds: Partial<Record<Direction, Hold>> = {};
+  private nextConnId = 1;
+  private readonly policies;
+
+  private constructor(
+    readonly opts: SimOptions,
+    device: MemoryDevice,
+  ) {
+    this.rng = new Prng(opts.seed);
+    this.netRng = this.rng.fork();
+    this.storeRng = this.rng.fork();
+    this.guidRng = this.rng.fork();
+    this.device = device;
+    this.limits = { ...DEFAULT_LIMITS, ...opts.limits };
+    this.policies = resolvePolicies(opts.policies ?? SIM_POLICIES);
+    this.sched = new Scheduler(() => this.describe());
+  }
+
+  /** Two cores over one fresh store; paired and mirrored unless opts.pair is false. */
+  static async createPair(opts: SimOptions): Promise<Harness> {
+    const device = new MemoryDevice(opts.deviceBytes ?? 8 * MiB);
+    await PageStore.format(device, { pairId: PAIR_ID, tableEntriesMax: 64, nowMs: 0 });
+    const h = new Harness(opts, device);
+    const mirroring = opts.mirroring ?? true;
+    const names: NodeName[] = mirroring ? ['A', 'B'] : ['A'];
+    for (const name of names) h.nodes.push(await h.makeNode(name, 0));
+    h.startTicking();
+    await h.run(Promise.all(h.nodes.map((n) => n.core.start())), 'cores started');
+    if (mirroring && (opts.pair ?? true)) {
+      h.heal();
+      await h.waitMirrored();
+    }
+    return h;
+  }
+
+  /** One controller with mirroring switched off. */
+  static createSingle(opts: SimOptions): Promise<Harness> {
+    return Harness.createPair({ ...opts, mirroring: false });
+  }
+
+  get a(): SimNode {
+    return this.node('A');
+  }
+
+  get b(): SimNode {
+    return this.node('B');
+  }
+
+  node(name: NodeName): SimNode {
+    const n = this.nodes.find((x) => x.name === name);
+    if (n === undefined) throw new Error(`sim: no controller ${name}`);
+    return n;
+  }
+
+  get nowMs(): number {
+    return this.sched.nowMs;
+  }
+
+  get linkUp(): boolean {
+    return this.linkIsUp;
+  }
+
+  describe(): string {
+    return `seed ${this.opts.seed}, t=${this.sched.nowMs}ms, step ${this.sched.steps}`;
+  }
+
+  // ---------------------------------------------------------------- running
+
+  /** Run the simulation until p settles; its value, or its error thrown. */
+  async run<T>(p: Promise<T>, what = 'request', maxSteps?: number): Promise<T> {
+    const r = await this.settle(p, what, maxSteps);
+    if (r.ok) return r.value;
+    throw r.error;
+  }
+
+  /** Run until p settles, without throwing its error. */
+  async settle<T>(p: Promise<T>, what = 'request', maxSteps?: number): Promise<Settled<T>> {
+    const t = this.track(p);
+    await this.sched.runUntil(() => t.settled, `${what} settled`, maxSteps);
+    return t.result!;
+  }
+
+  /** Watch a promise without awaiting it. */
+  track<T>(promise: Promise<T>): Tracked<T> {
+    const t: Tracked<T> = { promise, settled: false, result: undefined };
+    promise.then(
+      (value) => {
+        t.settled = true;
+        t.result = { ok: true, value };
+      },
+      (error: unknown) => {
+        t.settled = true;
+        t.result = { ok: false, error: error instanceof Error ? error : new Error(String(error)) };
+      },
+    );
+    return t;
+  }
+
+  runUntil(pred: () => boolean, what: string, maxSteps?: number): Promise<void> {
+    return this.sched.runUntil(pred, what, maxSteps);
+  }
+
+  /** Run until no frame, store completion or client request is in flight (ticks aside). */
+  runUntilQuiet(maxSteps?: number): Promise<void> {
+    return this.sched.runUntil(() => this.quiet(), 'quiet', maxSteps);
+  }
+
+  quiet(): boolean {
+    return this.sched.pendingWork === 0 && this.clients.every((c) => c.outstanding === 0);
+  }
+
+  /** Let ms of virtual time pass, running everything due (ticks included). */
+  advance(ms: number): Promise<void> {
+    return this.sched.advance(ms);
+  }
+
+  async waitMirrored(maxSteps?: number): Promise<void> {
+    await this.runUntil(
+      () => this.nodes.every((n) => n.core.currentRole === Role.MIRRORED),
+      'both controllers mirrored',
+      maxSteps,
+    );
+  }
+
+  // ---------------------------------------------------------------- link
+
+  /** Both sides see the link come up in the same turn. */
+  heal(): void {
+    if (this.linkIsUp) throw new Error('sim: link is already up');
+    for (const n of this.nodes) if (!n.alive) throw new Error(`sim: ${n.name} is not running`);
+    this.linkIsUp = true;
+    this.linkGen++;
+    this.lastArrivalMs['A->B'] = this.sched.nowMs;
+    this.lastArrivalMs['B->A'] = this.sched.nowMs;
+    this.a.core.peerUp({ partnerPid: 2000 + this.b.incarnation });
+    this.b.core.peerUp({ partnerPid: 1000 + this.a.incarnation });
+  }
+
+  /** The link drops: frames in flight (and held) are lost; both sides hear of it. */
+  cut(reason = 'link cut'): void {
+    if (!this.linkIsUp) return;
+    this.linkIsUp = false;
+    this.linkGen++;
+    delete this.holds['A->B'];
+    delete this.holds['B->A'];
+    for (const n of this.nodes) if (n.alive) n.core.peerDown(reason);
+  }
+
+  /**
+   * Hold frames on one direction from the first one `match` accepts: it and
+   * every later frame wait (order is kept) until release().
+   */
+  hold(dir: Direction, match: (msg: Message) => boolean = () => true): void {
+    this.holds[dir] = { match, frames: [] };
+  }
+
+  heldKinds(dir: Direction): MessageKind[] {
+    return this.holds[dir]?.frames.map((f) => f.kind) ?? [];
+  }
+
+  release(dir: Direction): void {
+    const hold = this.holds[dir];
+    delete this.holds[dir];
+    if (hold === undefined) return;
+    for (const f of hold.frames) this.scheduleFrame(dir, f.frame, f.kind);
+  }
+
+  framesOf(kind: MessageKind, dir?: Direction): FrameRecord[] {
+    return this.delivered.filter((f) => f.kind === kind && (dir === undefined || f.dir === dir));
+  }
+
+  // ---------------------------------------------------------------- controllers
+
+  /** kill -9: the core stops, its clients lose their connections, the partner sees the link drop. */
+  kill(name: NodeName): void {
+    const n = this.node(name);
+    if (!n.alive) return;
+    this.cut(`${name} killed`);
+    n.alive = false;
+    n.store.alive = false;
+    for (const c of this.clients) if (c.controller === name && !c.closed) c.close();
+  }
+
+  /** A new core for a killed controller, over the same device; started, link still down. */
+  async restart(name: NodeName): Promise<SimNode> {
+    const old = this.node(name);
+    if (old.alive) this.kill(name);
+    const n = await this.makeNode(name, old.incarnation + 1);
+    this.nodes[this.nodes.indexOf(old)] = n;
+    await this.run(n.core.start(), `${name} restarted`);
+    return n;
+  }
+
+  /** A client connected to one controller. */
+  client(name: NodeName): SimClient {
+    const wireLimits = this.opts.clientWireLimits ?? this.limits;
+    const c = new SimClient(this.nextConnId++, name, { submit: (connId, frame) => this.submitClient(name, connId, frame) }, wireLimits);
+    this.clients.push(c);
+    return c;
+  }
+
+  status(name: NodeName): CoreStatus {
+    return this.node(name).core.status();
+  }
+
+  /** A third, independent view of the store: what a restarted controller would read. */
+  openStoreView(): Promise<PageStore> {
+    return PageStore.open(this.device);
+  }
+
+  errorLogs(): LogRecord[] {
+    return this.logs.filter((r) => r.level === 'error');
+  }
+
+  // ---------------------------------------------------------------- wiring
+
+  private async makeNode(name: NodeName, incarnation: number): Promise<SimNode> {
+    const id: 1 | 2 = name === 'A' ? 1 : 2;
+    const mirroring = this.opts.mirroring ?? true;
+    const inner = await PageStore.open(this.device, { pairId: PAIR_ID, name: `store-${name}` });
+    const store = new SimStore(inner, this.sched, this.storeRng, this.opts.storeDelayMaxMs ?? 2, name);
+    const cfg: CoreConfig = {
+      selfId: id,
+      partnerId: id === 1 ? 2 : 1,
+      mirroring,
+      cacheBytesMax: this.opts.cacheBytesMax ?? 4 * MiB,
+      dirtyHighWatermarkPct: this.opts.dirtyHighWatermarkPct ?? 60,
+      dirtyLowWatermarkPct: this.opts.dirtyLowWatermarkPct ?? 30,
+      dirtyAgeMaxMs: this.opts.dirtyAgeMaxMs ?? 3_600_000,
+      destageConcurrency: this.opts.destageConcurrency ?? 8,
+      heartbeatIntervalMs: this.opts.heartbeatIntervalMs ?? 100,
+      peerRequestTimeoutMs: this.opts.peerRequestTimeoutMs ?? 60_000,
+      pointerLeaseMs: this.opts.pointerLeaseMs ?? 600_000,
+      cacheFullWaitMs: this.opts.cacheFullWaitMs ?? 5_000,
+      limits: this.limits,
+      policies: this.policies,
+    };
+    const node: SimNode = { name, id, core: undefined as unknown as ControllerCore, store, incarnation, alive: true, flushScheduled: false };
+    const current = (): boolean => node.alive && this.nodes.includes(node);
+    const env: CoreEnv = {
+      sendPeer: (msg) => {
+        if (!current()) return;
+        this.sendFrame(name === 'A' ? 'A->B' : 'B->A', msg);
+      },
+      replyClient: (connId, msg) => {
+        if (!current()) return;
+        const c = this.clients.find((x) => x.connId === connId);
+        if (c === undefined || c.closed) return;
+        c.onReply(encode(msg));
+      },
+      requestFlush: () => {
+        if (node.flushScheduled) return;
+        node.flushScheduled = true;
+        this.sched.after(0, `${name} flush outbox`, () => {
+          node.flushScheduled = false;
+          if (current()) node.core.flushOutbox();
+        });
+      },
+      nowMs: () => this.sched.nowMs,
+      newGuid: () => this.guidRng.uuid(),
+      store,
+      log: this.makeLog(name, incarnation),
+    };
+    node.core = new ControllerCore(cfg, env);
+    return node;
+  }
+
+  private makeLog(node: NodeName, incarnation: number): CoreLog {
+    const keepDebug = this.opts.debugLog ?? false;
+    const rec =
+      (level: LogRecord['level']) =>
+      (obj: object, msg = ''): void => {
+        if (level === 'debug' && !keepDebug) return;
+        this.logs.push({ node, incarnation, atMs: this.sched.nowMs, level, msg, obj });
+      };
+    return { debug: rec('debug'), info: rec('info'), warn: rec('warn'), error: rec('error') };
+  }
+
+  private startTicking(): void {
+    const every = this.opts.tickIntervalMs ?? 10;
+    if (every <= 0) return;
+    const tick = (): void => {
+      for (const n of this.nodes) if (n.alive) n.core.tick();
+      this.sched.after(every, 'tick', tick, true);
+    };
+    this.sched.after(every, 'tick', tick, true);
+  }
+
+  private sendFrame(dir: Direction, msg: Message): void {
+    if (!this.linkIsUp) return; // the core has not heard yet; the frame is lost like on a real cut
+    const frame = encode(msg);
+    const hold = this.holds[dir];
+    if (hold !== undefined && (hold.frames.length > 0 || hold.match(msg))) {
+      hold.frames.push({ frame, kind: msg.kind });
+      return;
+    }
+    this.scheduleFrame(dir, frame, msg.kind);
+  }
+
+  private scheduleFrame(dir: Direction, frame: Buffer, kind: MessageKind): void {
+    const gen = this.linkGen;
+    const arrival = Math.max(this.sched.nowMs + this.netRng.int((this.opts.frameDelayMaxMs ?? 2) + 1), this.lastArrivalMs[dir]);
+    this.lastArrivalMs[dir] = arrival;
+    this.sched.at(arrival, `${dir} ${kind}`, () => {
+      if (gen !== this.linkGen || !this.linkIsUp) return;
+      const msg = decode(frame, this.limits);
+      this.delivered.push({ atMs: this.sched.nowMs, dir, kind: msg.kind, msg });
+      const to = this.node(dir === 'A->B' ? 'B' : 'A');
+      to.core.onPeerMessage(msg);
+    });
+  }
+
+  private submitClient(name: NodeName, connId: number, frame: Buffer): void {
+    const arrival = Math.max(this.sched.nowMs + this.netRng.int((this.opts.clientDelayMaxMs ?? 1) + 1), this.lastClientArrivalMs.get(connId) ?? 0);
+    this.lastClientArrivalMs.set(connId, arrival);
+    this.sched.at(arrival, `client ${connId} -> ${name}`, () => {
+      const n = this.node(name);
+      const c = this.clients.find((x) => x.connId === connId);
+      if (!n.alive || c === undefined || c.closed) return;
+      n.core.onClientRequest(connId, decode(frame, this.opts.clientWireLimits ?? this.limits) as ClientRequest);
+    });
+  }
+}
+
+/** Deterministic page-sized contents that say who wrote them. */
+export function tagged(bytes: number, tag: string): Buffer {
+  const b = Buffer.alloc(bytes);
+  const t = Buffer.from(`${tag}|`);
+  for (let i = 0; i < bytes; i += t.length) t.copy(b, i, 0, Math.min(t.length, bytes - i));
+  return b;
+}
