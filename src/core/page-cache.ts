@@ -2,8 +2,13 @@
 // Clean, unpinned pages sit in an LRU and are the only ones ever evicted;
 // dirty pages (our own and the partner's mirrored ones) stay until destaged.
 // The dirty set keeps an incremental digest so status can show it cheaply.
+//
+// The LRU is a list threaded through the pages themselves: O(1) and no
+// allocation per operation. (lru-cache was measured here first: it resets
+// arrays of its whole capacity each time it becomes empty, ~0.9 ms at the
+// default cache size, and the clean set empties whenever a write dirties the
+// last clean page.)
 
-import { LRUCache } from 'lru-cache';
 import type { AllocState } from './allocation.js';
 import { SetDigest, dirtyMember } from './digest.js';
 
@@ -28,6 +33,54 @@ export interface CachePage {
   pins: number;
   /** Readers waiting for mirrorPending to reach 0. */
   waiters: (() => void)[] | null;
+  /** Neighbours in the clean LRU list; both null when not in it. */
+  lruOlder: CachePage | null;
+  lruNewer: CachePage | null;
+}
+
+/** Clean, unpinned pages, oldest first. */
+class LruList {
+  private oldest: CachePage | null = null;
+  private newest: CachePage | null = null;
+  private members = 0;
+
+  get size(): number {
+    return this.members;
+  }
+
+  has(cp: CachePage): boolean {
+    return cp.lruOlder !== null || cp.lruNewer !== null || this.oldest === cp;
+  }
+
+  /** Add as newest, or move to newest. */
+  touch(cp: CachePage): void {
+    if (this.newest === cp) return;
+    if (this.has(cp)) this.delete(cp);
+    cp.lruOlder = this.newest;
+    cp.lruNewer = null;
+    if (this.newest !== null) this.newest.lruNewer = cp;
+    else this.oldest = cp;
+    this.newest = cp;
+    this.members++;
+  }
+
+  delete(cp: CachePage): void {
+    if (!this.has(cp)) return;
+    if (cp.lruOlder !== null) cp.lruOlder.lruNewer = cp.lruNewer;
+    else this.oldest = cp.lruNewer;
+    if (cp.lruNewer !== null) cp.lruNewer.lruOlder = cp.lruOlder;
+    else this.newest = cp.lruOlder;
+    cp.lruOlder = null;
+    cp.lruNewer = null;
+    this.members--;
+  }
+
+  popOldest(): CachePage | undefined {
+    const cp = this.oldest;
+    if (cp === null) return undefined;
+    this.delete(cp);
+    return cp;
+  }
 }
 
 export interface CacheCounters {
@@ -39,7 +92,7 @@ export interface CacheCounters {
 }
 
 export class PageCache {
-  private readonly lru: LRUCache<CachePage, CachePage>;
+  private readonly lru = new LruList();
   /** Insertion order is the order pages became dirty: oldest first. */
   readonly dirty = new Set<CachePage>();
   readonly dirtyDigest = new SetDigest();
@@ -48,9 +101,7 @@ export class PageCache {
   private pageCount = 0;
   private evictions = 0;
 
-  constructor(readonly cacheBytesMax: number) {
-    this.lru = new LRUCache<CachePage, CachePage>({ max: Math.ceil(cacheBytesMax / 512) + 16 });
-  }
+  constructor(readonly cacheBytesMax: number) {}
 
   get bytesUsed(): number {
     return this.usedBytes;
@@ -73,14 +124,14 @@ export class PageCache {
   /** The cached page, touching its LRU position when it is clean. */
   get(alloc: AllocState, page: number): CachePage | undefined {
     const cp = alloc.pages.get(page);
-    if (cp !== undefined && !cp.dirty && cp.pins === 0) this.lru.get(cp);
+    if (cp !== undefined && !cp.dirty && cp.pins === 0) this.lru.touch(cp);
     return cp;
   }
 
   /** Evict clean pages until `bytes` more fit. False when they cannot. */
   makeRoom(bytes: number): boolean {
     while (this.usedBytes + bytes > this.cacheBytesMax) {
-      const victim = this.lru.pop();
+      const victim = this.lru.popOldest();
       if (victim === undefined) return false;
       this.evictions++;
       this.forget(victim);
@@ -97,7 +148,7 @@ export class PageCache {
     cp.version = version;
     cp.crc = crc;
     cp.epoch = epoch;
-    this.lru.set(cp, cp);
+    this.lru.touch(cp);
     return cp;
   }
 
@@ -137,7 +188,7 @@ export class PageCache {
     this.dirty.delete(cp);
     this.dirtyBytes -= cp.data.length;
     this.dirtyDigest.remove(dirtyMember(cp.alloc.guidBytes, cp.page, cp.version, cp.crc));
-    if (cp.pins === 0) this.lru.set(cp, cp);
+    if (cp.pins === 0) this.lru.touch(cp);
     return true;
   }
 
@@ -146,7 +197,7 @@ export class PageCache {
   }
 
   unpin(cp: CachePage): void {
-    if (--cp.pins === 0 && !cp.dirty && cp.alloc.pages.get(cp.page) === cp) this.lru.set(cp, cp);
+    if (--cp.pins === 0 && !cp.dirty && cp.alloc.pages.get(cp.page) === cp) this.lru.touch(cp);
   }
 
   /** Drop a page whatever its state (its allocation is gone, or a resync replaces it). */
@@ -181,6 +232,8 @@ export class PageCache {
       mirrorPending: 0,
       pins: 0,
       waiters: null,
+      lruOlder: null,
+      lruNewer: null,
     };
     alloc.pages.set(page, cp);
     this.usedBytes += data.length;
