@@ -214,6 +214,26 @@ describe('a real pair on 127.0.0.1', () => {
       await cb.close();
     }
   }, 90_000);
+
+  it('keeps what was flushed when both controllers are killed with SIGKILL and started again', async () => {
+    const c = await connect('B');
+    const alloc = await c.allocate('it-kill', 64 * 4096);
+    const data = pattern(31, 64 * 4096);
+    await c.write(alloc.guid, 0, data);
+    await c.flush(alloc.guid);
+    await c.close();
+
+    await Promise.all([a.stop('SIGKILL'), b.stop('SIGKILL')]);
+    [a, b] = startPair();
+    await Promise.all([waitMirrored(a), waitMirrored(b)]);
+
+    const ca = await connect('A');
+    try {
+      expect((await ca.read(alloc.guid, 0, data.length)).equals(data)).toBe(true);
+    } finally {
+      await ca.close();
+    }
+  }, 90_000);
 });
 
 describe('the command line', () => {
