@@ -152,6 +152,8 @@ export class ControllerCore {
   private nextPointerSeq = 1;
 
   private readonly activeWrites = new Set<LocalWrite>();
+  /** Ranges we are taking from the partner with LOCK_REQUEST TAKEs. */
+  private readonly pendingTakes = new Set<LocalWrite>();
   private deferredGrants: DeferredGrant[] = [];
   private roomWaiters: RoomWaiter[] = [];
   private progressWaiters: (() => void)[] = [];
@@ -294,8 +296,10 @@ export class ControllerCore {
     for (const p of pending) p.reject(err);
     this.deferredGrants = [];
     this.reservations.clear();
+    // The partner forgets every pointer with the link, our write pointers'
+    // shadow pages included: committing one later would change our side only.
     for (const p of [...this.pointers.values()]) {
-      if (p.holderId !== this.selfId) this.dropPointer(p);
+      if (p.holderId !== this.selfId || p.mode === PointerMode.WRITE) this.dropPointer(p);
     }
     if (!this.stopping) this.setRole(this.fresh ? Role.STARTING : Role.JOINING, 'partner link down', { reason });
     this.wakeProgress();
@@ -545,17 +549,25 @@ export class ControllerCore {
   }
 
   private async acquireOwnership(alloc: AllocState, first: number, count: number): Promise<void> {
-    for (let round = 0; !this.ownsRange(alloc, first, count); round++) {
-      if (round >= OWNERSHIP_ROUNDS_MAX) throw new PagepairError('BUSY', `could not take pages of ${alloc.record.guid} from the partner`);
-      const wanted = runs(alloc, first, count, (p) => alloc.owner[p] !== this.selfId);
-      const replies = wanted.map(([f, c]) => {
-        this.counters.lockRequestsSent++;
-        return this.request({ kind: 'LOCK_REQUEST', guid: alloc.record.guid, firstPage: f, pageCount: c, op: LockOp.TAKE }).then((r) => {
-          if (r.kind === 'LOCK_REQUEST_REPLY' && r.granted && !alloc.released && this.linkUp) alloc.owner.fill(this.selfId, f, f + c);
+    if (this.ownsRange(alloc, first, count)) return;
+    const taking: LocalWrite = { alloc, first, count };
+    this.pendingTakes.add(taking);
+    try {
+      for (let round = 0; !this.ownsRange(alloc, first, count); round++) {
+        if (round >= OWNERSHIP_ROUNDS_MAX) throw new PagepairError('BUSY', `could not take pages of ${alloc.record.guid} from the partner`);
+        const wanted = runs(alloc, first, count, (p) => alloc.owner[p] !== this.selfId);
+        const replies = wanted.map(([f, c]) => {
+          this.counters.lockRequestsSent++;
+          return this.request({ kind: 'LOCK_REQUEST', guid: alloc.record.guid, firstPage: f, pageCount: c, op: LockOp.TAKE }).then((r) => {
+            if (r.kind === 'LOCK_REQUEST_REPLY' && r.granted && !alloc.released && this.linkUp) alloc.owner.fill(this.selfId, f, f + c);
+          });
         });
-      });
-      await Promise.all(replies);
-      if (alloc.released) throw unknownGuid(alloc.record.guid);
+        await Promise.all(replies);
+        if (alloc.released) throw unknownGuid(alloc.record.guid);
+      }
+    } finally {
+      this.pendingTakes.delete(taking);
+      if (this.deferredGrants.length > 0) this.recheckDeferredGrants();
     }
   }
 
@@ -584,9 +596,17 @@ export class ControllerCore {
     // Controller 1 keeps pages its own writes in progress need; controller 2
     // always yields. One side yielding is what rules out a deadlock when each
     // holds a page the other's write wants.
+    // Controller 1 also holds back pages of a range it is taking (a flush or a
+    // pointer open takes pages outside activeWrites): granting a TAKE that
+    // crosses its own would let the two replies arrive in opposite orders and
+    // leave each side thinking it owns the pages; and giving up one page of
+    // the range while taking the next can go on forever.
     if (this.selfId === 1) {
       for (const w of this.activeWrites) {
         if (w.alloc === alloc && w.first < first + count && first < w.first + w.count) return false;
+      }
+      for (const t of this.pendingTakes) {
+        if (t.alloc === alloc && t.first < first + count && first < t.first + t.count) return false;
       }
     }
     return true;
@@ -766,7 +786,9 @@ export class ControllerCore {
       if (!urgent && now - cp.dirtySinceMs < this.cfg.dirtyAgeMaxMs) break;
       if (cp.destagingVersion !== 0 || cp.mirrorPending > 0 || cp.alloc.released) continue;
       if (!this.owns(cp.alloc, cp.page)) continue;
-      if (this.cfg.mirroring && !this.linkUp && !this.stopping) continue;
+      // Not while joining either: ownership was just reset, and the partner
+      // may still have a destage of the same page in flight (see pushJoinState).
+      if (this.cfg.mirroring && (!this.linkUp || this.join !== null) && !this.stopping) continue;
       this.destage(cp);
     }
   }
@@ -973,6 +995,9 @@ export class ControllerCore {
         if (this.names.has(req.name)) this.dropByName(req.name);
         this.installAllocation(record);
         this.env.log.info({ guid: req.guid, name: req.name }, 'allocation received in join');
+        // The coordinator may have died before writing it to the table; the
+        // pair serves it from now on, so it must survive a restart of both.
+        if (this.isCoordinator()) await this.persistTable();
       }
       this.replyPeer(req, { kind: 'ALLOCATE_REPLY' });
       return;
@@ -1295,11 +1320,17 @@ export class ControllerCore {
       if (req.role === Role.MIRRORED && !join.partnerDone) {
         join.partnerDone = true;
         if (!join.authoritative) {
+          const drops: Promise<void>[] = [];
           for (const a of [...this.allocs.values()]) {
             if (!join.seenGuids.has(a.record.guid)) {
               this.env.log.warn({ guid: a.record.guid, name: a.record.name }, 'join: allocation unknown to the partner; dropped');
-              void this.dropAllocation(a);
+              drops.push(this.dropAllocation(a));
             }
+          }
+          if (drops.length > 0 && this.isCoordinator()) {
+            Promise.all(drops)
+              .then(() => this.persistTable())
+              .catch((err: unknown) => this.env.log.error({ err: String(err) }, 'join: could not write the allocation table'));
           }
         }
         this.maybeFinishJoin();
@@ -1332,16 +1363,25 @@ export class ControllerCore {
         sends.push(this.pushDiffering(alloc, first, count));
       }
     }
-    Promise.all(sends).then(
-      () => {
-        if (this.join !== join) return;
-        join.pushDone = true;
-        this.counters.joins++;
-        this.sendSense(SenseReason.HEARTBEAT);
-        this.maybeFinishJoin();
-      },
-      (err: unknown) => this.env.log.warn({ err: String(err) }, 'join push failed; waiting for the link to come back'),
-    );
+    // A destage we started before the link dropped must land before the
+    // partner, now owning every page, can write and destage a newer version
+    // of it; the partner finishes its join only after our push is done.
+    Promise.all(sends)
+      .then(() => this.destagesDrained())
+      .then(
+        () => {
+          if (this.join !== join) return;
+          join.pushDone = true;
+          this.counters.joins++;
+          this.sendSense(SenseReason.HEARTBEAT);
+          this.maybeFinishJoin();
+        },
+        (err: unknown) => this.env.log.warn({ err: String(err) }, 'join push failed; waiting for the link to come back'),
+      );
+  }
+
+  private async destagesDrained(): Promise<void> {
+    while (this.destagesInFlight > 0) await this.waitForProgress();
   }
 
   /** Compare headers with the partner and send the dirty pages it lacks. */

@@ -56,6 +56,28 @@ export interface LogConfig {
   file?: string;
 }
 
+/** What decides, and enforces, who carries on when the peer link is lost. */
+export interface ArbitrationConfig {
+  /** Carries on when both are alive but the link between them is cut. */
+  preferredLetter: ControllerLetter;
+  preferredNumber: ControllerNumber;
+  /**
+   * How a survivor stops a partner that went silent (it may only be paused):
+   * "kill" sends SIGKILL to the pid the partner recorded in the mailbox (a
+   * pair on one machine); "none" relies on the partner's lease and the epoch
+   * record alone.
+   */
+  fenceAction: 'kill' | 'none';
+}
+
+/** How a controller acknowledges writes when it serves alone. */
+export interface AloneConfig {
+  /** "write-through": in the store and synced before the ack; "journal": appended to a local fsync'd journal. */
+  ackMode: 'write-through' | 'journal';
+  /** Absolute; required for "journal". */
+  journalPath?: string;
+}
+
 export interface ControllerConfig {
   /** Where the configuration came from (a path, or a name given by a test). */
   sourceName: string;
@@ -79,6 +101,8 @@ export interface ControllerConfig {
   heartbeatIntervalMs: number;
   partnerTimeoutMs: number;
   peerReconnectMs: number;
+  arbitration: ArbitrationConfig;
+  alone: AloneConfig;
   log: LogConfig;
 }
 
@@ -229,6 +253,8 @@ const TOP_FIELDS = [
   'heartbeatIntervalMs',
   'partnerTimeoutMs',
   'peerReconnectMs',
+  'arbitration',
+  'alone',
   'log',
 ] as const;
 const ENDPOINT_FIELDS = ['host', 'port'] as const;
@@ -367,6 +393,19 @@ export function parseConfig(json: unknown, sourceName: string, opts: { cwd?: str
   }
   const peerReconnectMs = top.int('peerReconnectMs', 1, 60_000, CONFIG_DEFAULTS.peerReconnectMs);
 
+  const af = top.obj('arbitration', ['preferred', 'fenceAction'], true);
+  const preferredLetter = af.oneOf<ControllerLetter>('preferred', ['A', 'B'], 'A');
+  const arbitration: ArbitrationConfig = {
+    preferredLetter,
+    preferredNumber: letterToNumber(preferredLetter),
+    fenceAction: af.oneOf<'kill' | 'none'>('fenceAction', ['kill', 'none'], 'kill'),
+  };
+
+  const alF = top.obj('alone', ['ackMode', 'journalPath'], true);
+  const alone: AloneConfig = { ackMode: alF.oneOf<'write-through' | 'journal'>('ackMode', ['write-through', 'journal'], 'write-through') };
+  if (alF.has('journalPath')) alone.journalPath = resolve(cwd, alF.str('journalPath'));
+  if (alone.ackMode === 'journal' && alone.journalPath === undefined) alF.fail('journalPath', 'a path: alone.ackMode "journal" needs a journal file');
+
   const logF = top.obj('log', ['level', 'file'], true);
   const log: LogConfig = { level: logF.oneOf('level', LOG_LEVELS, CONFIG_DEFAULTS.logLevel) };
   if (logF.has('file')) log.file = resolve(cwd, logF.str('file'));
@@ -389,6 +428,8 @@ export function parseConfig(json: unknown, sourceName: string, opts: { cwd?: str
     heartbeatIntervalMs,
     partnerTimeoutMs,
     peerReconnectMs,
+    arbitration,
+    alone,
     log,
   };
 }

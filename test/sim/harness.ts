@@ -5,7 +5,7 @@
 
 import { ControllerCore, type CoreStatus } from '../../src/core/controller.js';
 import type { CoreConfig, CoreEnv, CoreLog } from '../../src/core/env.js';
-import { resolvePolicies, type PolicyInput } from '../../src/core/policy.js';
+import { resolvePolicies, type Policy, type PolicyInput } from '../../src/core/policy.js';
 import { decode, encode } from '../../src/protocol/codec.js';
 import { DEFAULT_LIMITS, type Limits } from '../../src/protocol/limits.js';
 import { Role, type ClientRequest, type Message, type MessageKind } from '../../src/protocol/messages.js';
@@ -120,7 +120,7 @@ export class Harness {
   private readonly lastClientArrivalMs = new Map<number, number>();
   private readonly holds: Partial<Record<Direction, Hold>> = {};
   private nextConnId = 1;
-  private readonly policies;
+  private readonly policies: ReadonlyMap<string, Policy>;
 
   private constructor(
     readonly opts: SimOptions,
@@ -303,12 +303,25 @@ export class Harness {
 
   /** A new core for a killed controller, over the same device; started, link still down. */
   async restart(name: NodeName): Promise<SimNode> {
+    return this.run(this.beginRestart(name), `${name} restarted`);
+  }
+
+  /**
+   * restart() for code already running inside the simulation (a chaos actor):
+   * it does not drive the scheduler itself, the caller's run does.
+   */
+  async beginRestart(name: NodeName): Promise<SimNode> {
     const old = this.node(name);
     if (old.alive) this.kill(name);
     const n = await this.makeNode(name, old.incarnation + 1);
     this.nodes[this.nodes.indexOf(old)] = n;
-    await this.run(n.core.start(), `${name} restarted`);
+    await n.core.start();
     return n;
+  }
+
+  /** A promise that resolves after ms of virtual time. */
+  sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => this.sched.after(ms, 'sleep', resolve));
   }
 
   /** A client connected to one controller. */
@@ -436,7 +449,12 @@ export class Harness {
     this.sched.at(arrival, `client ${connId} -> ${name}`, () => {
       const n = this.node(name);
       const c = this.clients.find((x) => x.connId === connId);
-      if (!n.alive || c === undefined || c.closed) return;
+      if (c === undefined || c.closed) return;
+      // Connecting to a controller that is down fails like a refused connection.
+      if (!n.alive) {
+        c.close();
+        return;
+      }
       n.core.onClientRequest(connId, decode(frame, this.opts.clientWireLimits ?? this.limits) as ClientRequest);
     });
   }

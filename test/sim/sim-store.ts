@@ -29,6 +29,7 @@ export class SimStore implements BlockStore {
   /** False once the controller using it is killed: completions are never delivered. */
   alive = true;
   private stalled: (() => void)[] | null = null;
+  private stallWhat: 'all' | 'pageWrites' = 'all';
 
   constructor(
     private readonly inner: PageStore,
@@ -86,9 +87,13 @@ export class SimStore implements BlockStore {
     return this.complete('close', () => this.inner.close());
   }
 
-  /** Hold every operation issued from now on (neither landing nor completing) until unstall(). */
-  stall(): void {
+  /**
+   * Hold operations issued from now on (neither landing nor completing) until
+   * unstall(); 'pageWrites' holds only writePage (destages), so reads go on.
+   */
+  stall(what: 'all' | 'pageWrites' = 'all'): void {
     this.stalled ??= [];
+    this.stallWhat = what;
   }
 
   /** Let held operations go, in the order they were issued. */
@@ -119,7 +124,7 @@ export class SimStore implements BlockStore {
           if (this.alive && real !== null) real.then(resolve, reject);
         });
       };
-      if (this.stalled !== null) this.stalled.push(start);
+      if (this.stalled !== null && (this.stallWhat === 'all' || what.startsWith('writePage'))) this.stalled.push(start);
       else start();
     });
   }

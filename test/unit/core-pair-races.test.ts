@@ -4,9 +4,15 @@
 
 import { describe, expect, it } from 'vitest';
 import { PointerMode } from '../../src/protocol/messages.js';
-import { Harness, tagged } from '../sim/harness.js';
+import { isPagepairError } from '../../src/errors.js';
+import { Harness, tagged, type Settled } from '../sim/harness.js';
 
 const PAGE = 512;
+
+function codeOf<T>(r: Settled<T>): string {
+  if (r.ok) return 'ok';
+  return isPagepairError(r.error) ? r.error.code : `untyped: ${r.error.message}`;
+}
 
 describe('lock requests that cross', () => {
   it('a flush on A taking a page while B asks for it twice leaves one owner', async () => {
@@ -66,8 +72,8 @@ describe('write pointers across a link flap', () => {
       await h.advance(50);
       h.heal();
       await h.waitMirrored();
-      // Committing may fail (the partner forgot the pointer) but must not split the pair.
-      await h.settle(c.closePointer(ptr, true));
+      // The partner forgot the pointer with the link: it is gone on this side too.
+      expect(codeOf(await h.settle(c.closePointer(ptr, true)))).toBe('POINTER_UNKNOWN');
       await h.runUntilQuiet();
       const mine = await h.run(c.read(x.guid, 0, 2 * PAGE));
       const theirs = await h.run(other.read(x.guid, 0, 2 * PAGE));
@@ -91,10 +97,18 @@ describe('a destage in flight when the link comes back', () => {
     h.cut('flap');
     await h.advance(20);
     h.heal();
-    await h.waitMirrored();
-    await h.run(ca.write(x.guid, 0, tagged(PAGE, 'a-v2')));
-    await h.run(ca.flush());
+    await h.advance(50);
+    // B's old destage still hangs. A may refuse the write until it lands
+    // (NOT_MIRRORED); what it must not do is destage a newer version under it.
+    const early = await h.settle(ca.write(x.guid, 0, tagged(PAGE, 'a-v2')));
+    if (early.ok) await h.run(ca.flush());
+    else expect(codeOf(early)).toBe('NOT_MIRRORED');
     h.b.store.unstall();
+    await h.waitMirrored();
+    if (!early.ok) {
+      await h.run(ca.write(x.guid, 0, tagged(PAGE, 'a-v2')));
+      await h.run(ca.flush());
+    }
     await h.settle(flushB.promise);
     await h.runUntilQuiet();
     const view = await h.openStoreView();
@@ -102,5 +116,116 @@ describe('a destage in flight when the link comes back', () => {
     const stored = await view.readPage({ guid: rec.guid, dataOffset: rec.dataOffset, pageSizeBytes: PAGE }, 0);
     expect(stored.data.toString().slice(0, 4)).toBe('a-v2');
     expect(h.status('A').dirtyPages + h.status('B').dirtyPages).toBe(0);
+  });
+});
+
+describe('an allocation the coordinator learns in a join', () => {
+  it('is written to the stored table, so it survives a restart of both', async () => {
+    const h = await Harness.createPair({ seed: 85 });
+    const cb = h.client('B');
+    // A asks B to record the allocation; A dies before it hears back (and before it writes the table).
+    h.hold('B->A', (m) => m.kind === 'ALLOCATE_REPLY');
+    const alloc = h.track(h.client('A').allocate('orphan', 4 * PAGE, 'tiny'));
+    await h.runUntil(() => h.heldKinds('B->A').length > 0, 'B recorded the allocation');
+    h.kill('A');
+    await h.runUntil(() => alloc.settled, 'allocation answered');
+    await h.restart('A');
+    h.heal();
+    await h.waitMirrored();
+    const listed = await h.run(cb.list());
+    expect(listed.map((e) => e.name)).toEqual(['orphan']);
+    // The pair serves it: a write is acknowledged and flushed...
+    const guid = listed[0]!.guid;
+    await h.run(cb.write(guid, 0, tagged(PAGE, 'kept')));
+    await h.run(cb.flush());
+    await h.runUntilQuiet();
+    // ...so after both restart it must still be there.
+    await h.restart('A');
+    await h.restart('B');
+    h.heal();
+    await h.waitMirrored();
+    const ca = h.client('A');
+    expect((await h.run(ca.list())).map((e) => e.name)).toEqual(['orphan']);
+    expect(await h.run(ca.read(guid, 0, PAGE))).toEqual(tagged(PAGE, 'kept'));
+  });
+});
+
+describe('an extent freed while a destage to it is in flight', () => {
+  // KNOWN BUG (left to the lead): dropAllocation deletes the allocation from
+  // `allocs` at once and only then waits for its destages, so placeExtent may
+  // hand its extent to a new allocation (and clearExtent zero it) while an old
+  // page write is still on its way; it lands in the new allocation's slots and
+  // reads fail CHECKSUM_MISMATCH (or, with equal page sizes, an old page could
+  // overwrite a new one). Remove `.fails` once extents drain before reuse.
+  it.fails('is not handed to a new allocation before the old write landed', async () => {
+    const h = await Harness.createPair({ seed: 86 });
+    const ca = h.client('A');
+    const cb = h.client('B');
+    const x = await h.run(ca.allocate('old', 8 * 1024, 'small'));
+    await h.run(ca.write(x.guid, 0, tagged(8 * 1024, 'old-bytes')));
+    h.a.store.stall('pageWrites');
+    const flush = h.track(ca.flush()); // A's destages of the old pages hang
+    await h.advance(10);
+    const release = h.track(cb.release(x.guid));
+    await h.advance(10);
+    const y = await h.settle(cb.allocate('new', 16 * PAGE, 'tiny'));
+    h.a.store.unstall();
+    await h.settle(flush.promise);
+    await h.settle(release.promise);
+    await h.runUntilQuiet();
+    if (!y.ok) return; // refusing the allocation while the old extent drains is fine too
+    for (const c of [ca, cb]) {
+      const r = await h.settle(c.read(y.value.guid, 0, 16 * PAGE));
+      expect(r.ok ? 'ok' : codeOf(r), `read through ${c.controller}`).toBe('ok');
+      if (r.ok) expect(r.value).toEqual(Buffer.alloc(16 * PAGE));
+    }
+  });
+});
+
+describe('allocations made at once through both controllers', () => {
+  it('get distinct extents, the same table on both sides, and keep their data apart', async () => {
+    const h = await Harness.createPair({ seed: 87, frameDelayMaxMs: 3, storeDelayMaxMs: 3 });
+    const clients = [h.client('A'), h.client('B'), h.client('A'), h.client('B')];
+    const made = await h.run(Promise.all(Array.from({ length: 12 }, (_, i) => clients[i % 4]!.allocate(`c${i}`, (3 + (i % 5)) * PAGE, i % 3 === 0 ? 'small' : 'tiny'))));
+    await h.runUntilQuiet();
+    expect(h.status('A').digests.table).toBe(h.status('B').digests.table);
+    const table = (await (await h.openStoreView()).readTable()).records;
+    expect(table.length).toBe(12);
+    const extents = table.map((r) => [r.dataOffset, r.dataOffset + r.pageCount * (r.pageSizeBytes + 64)] as const).sort((p, q) => p[0] - q[0]);
+    for (let i = 1; i < extents.length; i++) expect(extents[i]![0]).toBeGreaterThanOrEqual(extents[i - 1]![1]);
+    await h.run(Promise.all(made.map((m, i) => clients[(i + 1) % 4]!.write(m.guid, 0, tagged(m.pageSizeBytes * m.pageCount, `data-${i}`)))));
+    await h.run(clients[1]!.flush());
+    await h.restart('A');
+    await h.restart('B');
+    h.heal();
+    await h.waitMirrored();
+    const ca = h.client('A');
+    for (const [i, m] of made.entries()) expect(await h.run(ca.read(m.guid, 0, m.pageSizeBytes * m.pageCount))).toEqual(tagged(m.pageSizeBytes * m.pageCount, `data-${i}`));
+  });
+});
+
+describe('a partner request that times out on a live link', () => {
+  // KNOWN BUG (left to the lead): tick() fails a partner request after
+  // peerRequestTimeoutMs, but the partner may still apply it (here B drops the
+  // allocation and answers once its slow destage lands). A keeps it, so the
+  // tables differ while both say mirrored, and A goes on acknowledging writes
+  // to an allocation B no longer has. A timeout on a live link should take
+  // the link down (so the join resyncs), not fail one request. Remove
+  // `.fails` once it does.
+  it.fails('does not leave the two allocation tables different', async () => {
+    const h = await Harness.createPair({ seed: 89, peerRequestTimeoutMs: 1000 });
+    const ca = h.client('A');
+    const cb = h.client('B');
+    const x = await h.run(ca.allocate('slow', 4 * PAGE, 'tiny'));
+    await h.run(cb.write(x.guid, 0, tagged(PAGE, 'b-owned'))); // B owns page 0
+    h.b.store.stall('pageWrites');
+    const flush = h.track(cb.flush()); // B's destage of page 0 hangs
+    await h.advance(10);
+    const release = await h.settle(ca.release(x.guid));
+    h.b.store.unstall();
+    await h.settle(flush.promise);
+    await h.runUntilQuiet();
+    expect(release.ok ? 'ok' : codeOf(release)).toBe('TIMEOUT');
+    expect(h.status('B').digests.table).toBe(h.status('A').digests.table);
   });
 });

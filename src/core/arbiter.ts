@@ -1,0 +1,158 @@
+// Arbitration through the store's mailbox: who carries on when the peer link
+// is gone. The link alone cannot tell a dead partner from a cut link, so each
+// controller keeps a heartbeat slot in the mailbox and watches the partner's.
+//
+// - Partner's slot still advancing: it is alive and only the link is cut.
+//   The preferred controller takes over; the other fences itself.
+// - Partner's slot silent for partnerTimeoutMs (or it said goodbye): it is
+//   gone. The survivor fences it (a fence action, when configured) and takes
+//   over. The non-preferred side waits longer, so that if both believe the
+//   other dead, the preferred one writes the epoch record first and the other
+//   reads it before it writes its own.
+// - Taking over writes the epoch record {epoch + 1, activeId: self} and reads
+//   it back; whoever finds a newer epoch naming the other is fenced.
+//
+// A controller may write to the store only while its lease holds: the lease
+// is renewed by a heartbeat (slot written, epoch record read back and still
+// ours) and lasts well under the partner's takeover wait. A controller that
+// was paused finds its lease expired, and reads the epoch record before it
+// writes anything again.
+
+import type { BlockStore, EpochRecord, Mailbox } from '../store/types.js';
+import type { CoreLog } from './env.js';
+
+export interface ArbiterConfig {
+  selfId: 1 | 2;
+  partnerId: 1 | 2;
+  preferredId: 1 | 2;
+  heartbeatIntervalMs: number;
+  partnerTimeoutMs: number;
+}
+
+export type ArbitrationOutcome =
+  | { won: true; epoch: number; partnerPid: number }
+  | { won: false; epoch: number; activeId: number; reason: string };
+
+export interface ArbiterIo {
+  store: BlockStore;
+  nowMs(): number;
+  sleep(ms: number): Promise<void>;
+  /** Fence the partner (e.g. kill its pid). Resolves true when it is known stopped. */
+  fencePartner(pid: number): Promise<boolean>;
+  log: CoreLog;
+}
+
+export class Arbiter {
+  private counter = 0;
+  private leaseUntilMs = 0;
+  /** The epoch record as last read from the store. */
+  private lastEpoch: EpochRecord | null = null;
+
+  constructor(
+    private readonly cfg: ArbiterConfig,
+    private readonly io: ArbiterIo,
+  ) {}
+
+  /** How long a renewed lease lasts: half the partner's takeover wait. */
+  get leaseMs(): number {
+    return Math.floor(this.cfg.partnerTimeoutMs / 2);
+  }
+
+  leaseValid(): boolean {
+    return this.io.nowMs() < this.leaseUntilMs;
+  }
+
+  dropLease(): void {
+    this.leaseUntilMs = 0;
+  }
+
+  get epochRecord(): EpochRecord | null {
+    return this.lastEpoch;
+  }
+
+  /**
+   * Write our heartbeat slot and read the mailbox back. The lease is renewed
+   * from the moment the write was issued, and only if the epoch record does
+   * not name the partner in a newer epoch than ours.
+   */
+  async heartbeat(epoch: number, role: number, pid: number): Promise<Mailbox> {
+    const issuedMs = this.io.nowMs();
+    await this.io.store.writeMailboxSlot({ controllerId: this.cfg.selfId, epoch, counter: ++this.counter, timeMs: issuedMs, pid, role });
+    const mailbox = await this.io.store.readMailbox();
+    this.lastEpoch = mailbox.epoch;
+    if (!this.supersededIn(mailbox, epoch)) this.leaseUntilMs = issuedMs + this.leaseMs;
+    else this.leaseUntilMs = 0;
+    return mailbox;
+  }
+
+  /** True when the epoch record names the partner in an epoch newer than ours. */
+  supersededIn(mailbox: Mailbox, epoch: number): boolean {
+    const rec = mailbox.epoch;
+    return rec !== null && rec.epoch > epoch && rec.activeId !== this.cfg.selfId;
+  }
+
+  /**
+   * The link to the partner is gone; decide who carries on.
+   * `partnerLeft`: it told us it is shutting down or crashing.
+   */
+  async arbitrate(epoch: number, partnerLeft: boolean, role: number, pid: number): Promise<ArbitrationOutcome> {
+    const started = this.io.nowMs();
+    let mailbox = await this.heartbeat(epoch, role, pid);
+    if (this.supersededIn(mailbox, epoch)) return this.lost(mailbox, 'partner already took over');
+    const partnerStart = mailbox.slots[this.cfg.partnerId - 1] ?? null;
+    const preferred = this.cfg.selfId === this.cfg.preferredId;
+    let alive = false;
+    const waitMs = partnerLeft ? this.cfg.heartbeatIntervalMs : this.cfg.partnerTimeoutMs;
+    while (this.io.nowMs() - started < waitMs) {
+      await this.io.sleep(this.cfg.heartbeatIntervalMs);
+      mailbox = await this.heartbeat(epoch, role, pid);
+      if (this.supersededIn(mailbox, epoch)) return this.lost(mailbox, 'partner took over');
+      const slot = mailbox.slots[this.cfg.partnerId - 1] ?? null;
+      if (!partnerLeft && slot !== null && (partnerStart === null || slot.counter !== partnerStart.counter)) {
+        alive = true;
+        break;
+      }
+    }
+    if (alive && !preferred) {
+      this.io.log.warn({ epoch }, 'arbitration: partner is alive and preferred; fencing ourselves');
+      return { won: false, epoch, activeId: this.cfg.partnerId, reason: 'partner alive and preferred' };
+    }
+    if (!alive && !preferred) {
+      // Let a preferred partner that also thinks us dead write first.
+      const extraUntil = this.io.nowMs() + Math.floor(this.cfg.partnerTimeoutMs / 2);
+      while (this.io.nowMs() < extraUntil) {
+        await this.io.sleep(this.cfg.heartbeatIntervalMs);
+        mailbox = await this.heartbeat(epoch, role, pid);
+        if (this.supersededIn(mailbox, epoch)) return this.lost(mailbox, 'partner took over');
+      }
+    }
+    const partnerSlot = mailbox.slots[this.cfg.partnerId - 1] ?? null;
+    const partnerPid = partnerSlot?.pid ?? 0;
+    // A partner seen alive fences itself on reading the epoch record; one that
+    // went silent may only be paused, so it is stopped from outside.
+    if (!alive && partnerPid > 0) {
+      const fenced = await this.io.fencePartner(partnerPid);
+      this.io.log.info({ partnerPid, fenced }, 'arbitration: fence action on the partner');
+    }
+    const current = mailbox.epoch?.epoch ?? epoch;
+    const next = Math.max(epoch, current) + 1;
+    await this.io.store.writeEpochRecord({ epoch: next, activeId: this.cfg.selfId, timeMs: this.io.nowMs() });
+    mailbox = await this.heartbeat(next, role, pid);
+    if (mailbox.epoch === null || mailbox.epoch.epoch !== next || mailbox.epoch.activeId !== this.cfg.selfId) {
+      return this.lost(mailbox, 'epoch record changed under us');
+    }
+    this.io.log.warn({ from: epoch, to: next, partnerAlive: alive, tookMs: Math.round(this.io.nowMs() - started) }, 'arbitration: won; taking over');
+    return { won: true, epoch: next, partnerPid };
+  }
+
+  /** Record that the pair is mirrored again in `epoch` (activeId 0: both serve). */
+  async recordMirrored(epoch: number): Promise<void> {
+    await this.io.store.writeEpochRecord({ epoch, activeId: 0, timeMs: this.io.nowMs() });
+  }
+
+  private lost(mailbox: Mailbox, reason: string): ArbitrationOutcome {
+    const rec = mailbox.epoch;
+    this.leaseUntilMs = 0;
+    return { won: false, epoch: rec?.epoch ?? 0, activeId: rec?.activeId ?? this.cfg.partnerId, reason };
+  }
+}
