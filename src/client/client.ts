@@ -39,6 +39,8 @@ interface Pending {
 const TIMEOUT_MS_DEFAULT = 10_000;
 const REQUEST_ID_MAX = 0xffff_ffff;
 
+const NO_TAG = { clientId: 0, clientSeq: 0 };
+
 export class PagepairClient {
   readonly controllerId: number;
   readonly pairId: string;
@@ -168,13 +170,14 @@ export class PagepairClient {
     await this.request({ kind: 'C_RELEASE', guid }, 'C_RELEASE_REPLY');
   }
 
-  async write(guid: string, offset: number, data: Buffer, pointerId = 0): Promise<void> {
+  /** `tag`: the client id and sequence number that make a retried write apply once (see PairClient). */
+  async write(guid: string, offset: number, data: Buffer, pointerId = 0, tag: { clientId: number; clientSeq: number } = NO_TAG): Promise<void> {
     checkString('guid', guid);
     checkCount('offset', offset);
     checkCount('pointerId', pointerId);
     if (!Buffer.isBuffer(data)) throw new PagepairError('BAD_FIELD', 'data must be a Buffer', 'data');
     this.checkSize('data', data.length);
-    await this.request({ kind: 'C_WRITE', guid, offset, pointerId, data }, 'C_WRITE_REPLY');
+    await this.request({ kind: 'C_WRITE', guid, offset, pointerId, clientId: tag.clientId, clientSeq: tag.clientSeq, data }, 'C_WRITE_REPLY');
   }
 
   async read(guid: string, offset: number, length: number, pointerId = 0): Promise<Buffer> {

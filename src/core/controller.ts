@@ -501,7 +501,7 @@ export class ControllerCore {
           if (op2 !== null) {
             cp.mirrorPending++;
             touched.push(cp);
-            this.outbox.pushPage({ guid: alloc.record.guid, page: p, version, crc, epoch: this.epoch, pageFlags: 0, pointerId: 0, data }, op2.op);
+            this.outbox.pushPage({ guid: alloc.record.guid, page: p, version, crc, epoch: this.epoch, pageFlags: 0, pointerId: 0, clientId: 0, clientSeq: 0, data }, op2.op);
           }
         }
         if (op2 !== null) {
@@ -817,7 +817,7 @@ export class ControllerCore {
           this.counters.pagesDestaged++;
           if (this.cfg.mirroring && this.linkUp) {
             this.outbox.pushPage(
-              { guid: alloc.record.guid, page: cp.page, version, crc: cp.crc, epoch: this.epoch, pageFlags: PageFlag.CLEAN_AT, pointerId: 0, data: EMPTY },
+              { guid: alloc.record.guid, page: cp.page, version, crc: cp.crc, epoch: this.epoch, pageFlags: PageFlag.CLEAN_AT, pointerId: 0, clientId: 0, clientSeq: 0, data: EMPTY },
               null,
             );
           }
@@ -1196,7 +1196,7 @@ export class ControllerCore {
       p.shadows.set(page, shadow);
       if (op !== null) {
         this.outbox.pushPage(
-          { guid: alloc.record.guid, page, version: shadow.version, crc: shadow.crc, epoch: this.epoch, pageFlags: PageFlag.POINTER_PENDING, pointerId: p.id, data },
+          { guid: alloc.record.guid, page, version: shadow.version, crc: shadow.crc, epoch: this.epoch, pageFlags: PageFlag.POINTER_PENDING, pointerId: p.id, clientId: 0, clientSeq: 0, data },
           op.op,
         );
       }
@@ -1398,7 +1398,7 @@ export class ControllerCore {
         if (h.state === PageState.CLEAN) this.cache.markClean(cp, cp.version);
         continue;
       }
-      this.outbox.pushPage({ guid: alloc.record.guid, page: h.page, version: cp.version, crc: cp.crc, epoch: cp.epoch, pageFlags: 0, pointerId: 0, data: cp.data }, op.op);
+      this.outbox.pushPage({ guid: alloc.record.guid, page: h.page, version: cp.version, crc: cp.crc, epoch: cp.epoch, pageFlags: 0, pointerId: 0, clientId: 0, clientSeq: 0, data: cp.data }, op.op);
       sent++;
     }
     if (sent > 0) await op.done;

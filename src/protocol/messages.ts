@@ -180,6 +180,10 @@ export interface PageWrite {
   epoch: number;
   pageFlags: number; // PageFlag bits
   pointerId: number; // 0 when not part of a write pointer
+  /** On the last page of a client write: the client's id and sequence number,
+   *  so the partner knows the write is whole and can refuse to apply a retry. 0 otherwise. */
+  clientId: number;
+  clientSeq: number;
   data: Buffer; // empty for CLEAN_AT
 }
 export interface WritePage extends Common {
@@ -308,6 +312,10 @@ export interface CWrite extends Common {
   guid: string;
   offset: number;
   pointerId: number; // 0: a plain write, committed on ack
+  /** A client's id and the write's sequence number: a retried write with the
+   *  same pair is applied once. 0 and 0: no retry protection. */
+  clientId: number;
+  clientSeq: number;
   data: Buffer;
 }
 export interface CWriteReply extends Common {

@@ -53,7 +53,7 @@ export class SimClient {
   }
 
   write(guid: string, offset: number, data: Buffer, pointerId = 0): Promise<void> {
-    return this.call({ kind: 'C_WRITE', guid, offset, pointerId, data }, 'C_WRITE_REPLY').then(() => undefined);
+    return this.call({ kind: 'C_WRITE', guid, offset, pointerId, clientId: 0, clientSeq: 0, data }, 'C_WRITE_REPLY').then(() => undefined);
   }
 
   read(guid: string, offset: number, length: number, pointerId = 0): Promise<Buffer> {

@@ -438,6 +438,8 @@ describe('bad input', () => {
       guid: UNKNOWN_GUID,
       offset: 0,
       pointerId: 0,
+      clientId: 0,
+      clientSeq: 0,
       data: Buffer.alloc(32, 1),
     });
     const last = frame.length - 1;

@@ -102,7 +102,7 @@ const FIXTURES: { readonly [K in MessageKind]: Extract<Message, { kind: K }> | M
     kind: 'WRITE_PAGE',
     ...common(),
     pages: [
-      { guid: GUID_A, page: 1, version: 2, crc: 0x1111_2222, epoch: 6, pageFlags: 0, pointerId: 0, data: bytes(64, 1) },
+      { guid: GUID_A, page: 1, version: 2, crc: 0x1111_2222, epoch: 6, pageFlags: 0, pointerId: 0, clientId: 0x7fff_0001, clientSeq: 99, data: bytes(64, 1) },
       {
         guid: GUID_B,
         page: 0xffff_fffe,
@@ -111,6 +111,8 @@ const FIXTURES: { readonly [K in MessageKind]: Extract<Message, { kind: K }> | M
         epoch: 7,
         pageFlags: PageFlag.POINTER_PENDING,
         pointerId: 42,
+        clientId: 0,
+        clientSeq: 0,
         data: bytes(100, 2),
       },
       {
@@ -121,6 +123,8 @@ const FIXTURES: { readonly [K in MessageKind]: Extract<Message, { kind: K }> | M
         epoch: 6,
         pageFlags: PageFlag.CLEAN_AT,
         pointerId: 0,
+        clientId: 0xffff_ffff,
+        clientSeq: 0xffff_ffff,
         data: Buffer.alloc(0),
       },
     ],
@@ -185,7 +189,7 @@ const FIXTURES: { readonly [K in MessageKind]: Extract<Message, { kind: K }> | M
   C_ALLOCATE_REPLY: { kind: 'C_ALLOCATE_REPLY', ...common(), guid: GUID_B, pageSizeBytes: 65536, pageCount: 16 },
   C_RELEASE: { kind: 'C_RELEASE', ...common(0), guid: GUID_B },
   C_RELEASE_REPLY: { kind: 'C_RELEASE_REPLY', ...common() },
-  C_WRITE: { kind: 'C_WRITE', ...common(0), guid: GUID_A, offset: 2 ** 33 + 5, pointerId: 3, data: bytes(300, 7) },
+  C_WRITE: { kind: 'C_WRITE', ...common(0), guid: GUID_A, offset: 2 ** 33 + 5, pointerId: 3, clientId: 0xdead_beef, clientSeq: 12345, data: bytes(300, 7) },
   C_WRITE_REPLY: { kind: 'C_WRITE_REPLY', ...common() },
   C_READ: { kind: 'C_READ', ...common(0), guid: GUID_A, offset: 4096, length: 8192, pointerId: 4 },
   C_READ_REPLY: { kind: 'C_READ_REPLY', ...common(), data: bytes(200, 8) },
@@ -354,10 +358,10 @@ describe('encode and decode', () => {
     const frame = encode({
       kind: 'WRITE_PAGE',
       ...common(),
-      pages: [{ guid: GUID_A, page: 7, version: 2 ** 32 + 1, crc: 0xaabbccdd, epoch: 5, pageFlags: 2, pointerId: 6, data }],
+      pages: [{ guid: GUID_A, page: 7, version: 2 ** 32 + 1, crc: 0xaabbccdd, epoch: 5, pageFlags: 2, pointerId: 6, clientId: 1, clientSeq: 2, data }],
     });
     const body = frame.subarray(HEADER_BYTES);
-    expect(body.length).toBe(2 + 45 + 8);
+    expect(body.length).toBe(2 + 53 + 8);
     expect(body.readUInt16LE(0)).toBe(1);
     expect(body.subarray(2, 18).toString('hex')).toBe(GUID_A.replaceAll('-', ''));
     expect(body.readUInt32LE(18)).toBe(7);
@@ -367,8 +371,10 @@ describe('encode and decode', () => {
     expect(body.readUInt32LE(34)).toBe(5);
     expect(body[38]).toBe(2);
     expect(body.readUInt32LE(39)).toBe(6);
-    expect(body.readUInt32LE(43)).toBe(8);
-    expect(body.subarray(47)).toEqual(data);
+    expect(body.readUInt32LE(43)).toBe(1);
+    expect(body.readUInt32LE(47)).toBe(2);
+    expect(body.readUInt32LE(51)).toBe(8);
+    expect(body.subarray(55)).toEqual(data);
   });
 
   it('encodes a dataOffset of -1 as all ones and decodes it back', () => {
@@ -420,7 +426,7 @@ describe('encode and decode', () => {
     const big: Message = {
       kind: 'WRITE_PAGE',
       ...common(),
-      pages: [{ guid: GUID_A, page: 0, version: 1, crc: 2, epoch: 3, pageFlags: 0, pointerId: 0, data: bytes(4096, 11) }],
+      pages: [{ guid: GUID_A, page: 0, version: 1, crc: 2, epoch: 3, pageFlags: 0, pointerId: 0, clientId: 0, clientSeq: 0, data: bytes(4096, 11) }],
     };
     expect(decode(encode(big))).toEqual(big);
     const longName: Message = { kind: 'RELEASE', ...common(), guid: GUID_A };
@@ -729,7 +735,7 @@ describe('decode refuses bad frames with a typed error', () => {
   it('TRUNCATED for a field running past the body end', () => {
     const frame = Buffer.from(frameOf('C_WRITE'));
     // claim one more data byte than there is
-    const at = HEADER_BYTES + 16 + 8 + 4;
+    const at = HEADER_BYTES + 16 + 8 + 4 + 4 + 4;
     frame.writeUInt32LE(frame.readUInt32LE(at) + 1, at);
     const err = expectCode(() => decode(reseal(frame)), 'TRUNCATED');
     expect(err.field).toBe('data');

@@ -136,6 +136,8 @@ describe('PeerLink', () => {
           epoch: 3,
           pageFlags: 0,
           pointerId: 0,
+          clientId: 0,
+          clientSeq: 0,
           data: Buffer.alloc(4096, 0xab),
         },
       ],
