@@ -27,20 +27,25 @@ program
     const cfg = loadConfig(opts.config);
     if (opts.logLevel !== undefined) cfg.log.level = opts.logLevel as typeof cfg.log.level;
     const log = createLogger(cfg.log, { controller: cfg.idLetter });
-    process.on('uncaughtException', (err) => {
-      log.fatal({ err: err.stack }, 'uncaught exception; exiting');
-      process.exit(70);
-    });
-    process.on('unhandledRejection', (err) => {
-      log.fatal({ err: err instanceof Error ? err.stack : String(err) }, 'unhandled rejection; exiting');
-      process.exit(70);
-    });
-    const running = await startController(cfg, log);
+    let running: Awaited<ReturnType<typeof startController>> | null = null;
+    const die = (what: string, err: unknown): void => {
+      log.fatal({ err: err instanceof Error ? err.stack : String(err) }, `${what}; exiting`);
+      // The partner hears it at once instead of waiting for our silence to time out.
+      try {
+        running?.announceCrash();
+      } catch {
+        // dying anyway
+      }
+      setTimeout(() => process.exit(70), 50).unref();
+    };
+    process.on('uncaughtException', (err) => die('uncaught exception', err));
+    process.on('unhandledRejection', (err) => die('unhandled rejection', err));
+    running = await startController(cfg, log);
     let signals = 0;
     const onSignal = (sig: string): void => {
       if (++signals > 1) process.exit(130);
       log.info({ signal: sig }, 'signal received');
-      running.stop().then(
+      running!.stop().then(
         () => process.exit(0),
         (err: unknown) => {
           log.error({ err: String(err) }, 'stop failed');

@@ -3,7 +3,9 @@
 // controller keeps a heartbeat slot in the mailbox and watches the partner's.
 //
 // - Partner's slot still advancing: it is alive and only the link is cut.
-//   The preferred controller takes over; the other fences itself.
+//   The preferred controller takes over; the other fences itself. A partner
+//   that has just started (its slot says "starting") holds nothing and is
+//   no contender: it waits to join whoever serves.
 // - Partner's slot silent for partnerTimeoutMs (or it said goodbye): it is
 //   gone. The survivor fences it (a fence action, when configured) and takes
 //   over. The non-preferred side waits longer, so that if both believe the
@@ -20,6 +22,7 @@
 
 import type { BlockStore, EpochRecord, Mailbox } from '../store/types.js';
 import type { CoreLog } from './env.js';
+import { Role } from '../protocol/messages.js';
 
 export interface ArbiterConfig {
   selfId: 1 | 2;
@@ -101,6 +104,9 @@ export class Arbiter {
     if (this.supersededIn(mailbox, epoch)) return this.lost(mailbox, 'partner already took over');
     const partnerStart = mailbox.slots[this.cfg.partnerId - 1] ?? null;
     const preferred = this.cfg.selfId === this.cfg.preferredId;
+    /** The partner's slot moved: its process runs. */
+    let advanced = false;
+    /** ...and it holds state it would serve: it contends. */
     let alive = false;
     const waitMs = partnerLeft ? this.cfg.heartbeatIntervalMs : this.cfg.partnerTimeoutMs;
     while (this.io.nowMs() - started < waitMs) {
@@ -109,8 +115,11 @@ export class Arbiter {
       if (this.supersededIn(mailbox, epoch)) return this.lost(mailbox, 'partner took over');
       const slot = mailbox.slots[this.cfg.partnerId - 1] ?? null;
       if (!partnerLeft && slot !== null && (partnerStart === null || slot.counter !== partnerStart.counter)) {
-        alive = true;
-        break;
+        advanced = true;
+        if (slot.role !== Role.STARTING) {
+          alive = true;
+          break;
+        }
       }
     }
     if (alive && !preferred) {
@@ -130,7 +139,7 @@ export class Arbiter {
     const partnerPid = partnerSlot?.pid ?? 0;
     // A partner seen alive fences itself on reading the epoch record; one that
     // went silent may only be paused, so it is stopped from outside.
-    if (!alive && partnerPid > 0) {
+    if (!advanced && partnerPid > 0) {
       const fenced = await this.io.fencePartner(partnerPid);
       this.io.log.info({ partnerPid, fenced }, 'arbitration: fence action on the partner');
     }

@@ -19,6 +19,7 @@
 
 import { crc32c } from '../protocol/crc32c.js';
 import {
+  JoinFlag,
   LockOp,
   MsgType,
   PageFlag,
@@ -54,13 +55,14 @@ import {
   type WritePage,
 } from '../protocol/messages.js';
 import { ErrorCode, PagepairError, invariant, isPagepairError } from '../errors.js';
-import type { AllocationRecord, PageLocation } from '../store/types.js';
+import type { AllocationRecord, EpochRecord, PageLocation } from '../store/types.js';
 import { extentBytes } from '../store/layout.js';
 import { findExtent } from '../store/extents.js';
 import { newAllocState, overlappingPointer, recordFields, type AllocState, type PointerState } from './allocation.js';
 import { PageCache, type CachePage } from './page-cache.js';
 import { PeerOutbox, newMirrorOp, settleOp, type MirrorOp } from './peer-outbox.js';
 import { SetDigest, tableMember } from './digest.js';
+import { Arbiter } from './arbiter.js';
 import type { CoreConfig, CoreEnv } from './env.js';
 
 /** ALLOCATE with this reservation id replays a table entry during a join. */
@@ -68,6 +70,8 @@ const SYNC_RESERVATION = 0xffff_ffff;
 /** Rounds a write or flush retries when ownership keeps moving. */
 const OWNERSHIP_ROUNDS_MAX = 64;
 const RESERVATION_TTL_MS = 10_000;
+/** Pages a resync sends between pauses of its pacing. */
+const RESYNC_CHUNK_PAGES = 64;
 
 interface PendingPeer {
   kind: PeerRequest['kind'];
@@ -100,6 +104,32 @@ interface JoinState {
   pushDone: boolean;
   partnerDone: boolean;
   seenGuids: Set<string>;
+  /** Resync progress: dirty pages the partner lacked, and how many went. */
+  pagesToSend: number;
+  pagesSent: number;
+}
+
+/** What we know of a client write by its (clientId, clientSeq). */
+type TaggedWrite =
+  | { state: 'running'; done: Promise<void> }
+  /** Acknowledged by us: a retry is answered at once. */
+  | { state: 'done' }
+  /** Applied here (or held as the partner's mirrored copy) but not known
+   *  acknowledged: a retry makes the pages durable, then answers. */
+  | { state: 'held'; guid: string; first: number; count: number };
+
+const TAGGED_WRITES_MAX = 65_536;
+
+interface FlushTarget {
+  cp: CachePage;
+  version: number;
+}
+
+interface StoreWrite {
+  cp: CachePage;
+  version: number;
+  data: Buffer;
+  crc: number;
 }
 
 interface RoomWaiter {
@@ -160,12 +190,33 @@ export class ControllerCore {
   private releaseWaiters: (() => void)[] = [];
 
   private destagesInFlight = 0;
-  private draining = false;
+  /** A fenced controller stopping writes nothing, not even its own pages. */
+  private stoppingMayDestage = true;
+  private drainingDirty = false;
   private flushDemand = 0;
   private lastHeartbeatMs = 0;
   private partnerLastHeardMs = 0;
   private partnerSense: SenseReply | null = null;
   private senseCode = 0;
+
+  /** Mailbox heartbeats, the store lease, and arbitration when the partner is lost. */
+  private readonly arbiter: Arbiter | null;
+  private arbitrating = false;
+  private mailboxBeatInFlight = false;
+  private lastMailboxBeatMs = 0;
+  /** The partner said it is shutting down or crashing: it is not coming back by itself. */
+  private partnerLeaving = false;
+  private readonly startedMs: number;
+  /** Timers of the core itself, fired by tick(): virtual in the simulator. */
+  private timers: { atMs: number; resolve: () => void }[] = [];
+  /** Store writes of a page are chained so they land in version order. */
+  private readonly pageWrites = new Map<CachePage, Promise<void>>();
+  private syncWaiters: { resolve(): void; reject(err: Error): void }[] = [];
+  private syncRunning = false;
+  /** Client writes by (clientId, clientSeq): a retried write is applied once. */
+  private readonly taggedWrites = new Map<string, TaggedWrite>();
+  /** Allocations released whose extents may still receive a store write. */
+  private readonly draining = new Set<AllocState>();
 
   readonly counters: CoreCounters = {
     clientWrites: 0,
@@ -192,6 +243,25 @@ export class ControllerCore {
     this.outbox = new PeerOutbox(cfg.limits, () => env.requestFlush());
     this.fresh = cfg.mirroring;
     this.role = cfg.mirroring ? Role.STARTING : Role.SINGLE;
+    this.startedMs = env.nowMs();
+    this.arbiter = cfg.mirroring
+      ? new Arbiter(
+          {
+            selfId: cfg.selfId,
+            partnerId: cfg.partnerId,
+            preferredId: cfg.preferredId,
+            heartbeatIntervalMs: cfg.heartbeatIntervalMs,
+            partnerTimeoutMs: cfg.partnerTimeoutMs,
+          },
+          {
+            store: env.store,
+            nowMs: () => env.nowMs(),
+            sleep: (ms) => this.sleep(ms),
+            fencePartner: (pid) => env.fencePartner(pid),
+            log: env.log,
+          },
+        )
+      : null;
   }
 
   // -------------------------------------------------------------------------
@@ -213,11 +283,14 @@ export class ControllerCore {
   async shutdown(timeoutMs = 10_000): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
+    // Only a controller that serves may write what it holds to the store.
+    this.stoppingMayDestage = this.role === Role.MIRRORED || this.role === Role.ALONE || this.role === Role.SINGLE;
     this.setRole(Role.STOPPING, 'shutting down');
     const deadline = this.env.nowMs() + timeoutMs;
+    const wasMirrored = this.linkUp && this.join === null && this.stoppingMayDestage;
     this.flushDemand++;
     try {
-      while (this.env.nowMs() < deadline) {
+      while (this.stoppingMayDestage && this.env.nowMs() < deadline) {
         const left = [...this.cache.dirty].filter((cp) => this.owns(cp.alloc, cp.page) && !cp.alloc.released);
         if (left.length === 0 && this.destagesInFlight === 0) break;
         this.kickDestage();
@@ -228,7 +301,7 @@ export class ControllerCore {
     }
     const left = [...this.cache.dirty].filter((cp) => this.owns(cp.alloc, cp.page)).length;
     if (left > 0) this.env.log.warn({ dirtyPages: left }, 'shutdown: pages still dirty');
-    if (this.cfg.mirroring && this.linkUp) {
+    if (this.cfg.mirroring && this.linkUp && wasMirrored) {
       const gives: Promise<unknown>[] = [];
       for (const alloc of this.allocs.values()) {
         for (const [first, count] of runs(alloc, 0, alloc.record.pageCount, (p) => alloc.owner[p] === this.selfId)) {
@@ -249,15 +322,40 @@ export class ControllerCore {
 
   tick(): void {
     const now = this.env.nowMs();
+    if (this.timers.length > 0) {
+      const due = this.timers.filter((t) => t.atMs <= now);
+      if (due.length > 0) {
+        this.timers = this.timers.filter((t) => t.atMs > now);
+        for (const t of due) t.resolve();
+      }
+    }
     if (this.linkUp && now - this.lastHeartbeatMs >= this.cfg.heartbeatIntervalMs) {
       this.lastHeartbeatMs = now;
       this.sendSense(SenseReason.HEARTBEAT);
     }
+    if (this.linkUp && now - this.partnerLastHeardMs > this.cfg.partnerTimeoutMs) {
+      this.env.log.warn({ silentMs: Math.round(now - this.partnerLastHeardMs) }, 'partner silent; dropping the link');
+      this.env.closePeer(`partner silent for ${Math.round(now - this.partnerLastHeardMs)} ms`);
+      this.peerDown('partner silent');
+    }
+    this.mailboxBeat(now);
+    if (this.fresh && !this.linkUp && !this.arbitrating && !this.stopping && this.role === Role.STARTING && now - this.startedMs > this.cfg.partnerTimeoutMs) {
+      // Started without a partner in sight: find out through the store whether it is gone.
+      this.startArbitration('no partner since start');
+    }
+    let timedOut = false;
     for (const [id, p] of this.pendingPeer) {
       if (now - p.sentMs > this.cfg.peerRequestTimeoutMs) {
         this.pendingPeer.delete(id);
         p.reject(new PagepairError('TIMEOUT', `partner did not answer ${p.kind} within ${this.cfg.peerRequestTimeoutMs} ms`));
+        timedOut = true;
       }
+    }
+    if (timedOut && this.linkUp) {
+      // The partner may still apply what it did not answer; only a fresh join
+      // puts the two sides back in step.
+      this.env.closePeer('a partner request timed out');
+      this.peerDown('a partner request timed out');
     }
     for (const [id, r] of this.reservations) if (r.expiresMs < now) this.reservations.delete(id);
     for (const p of [...this.pointers.values()]) {
@@ -275,13 +373,151 @@ export class ControllerCore {
   peerUp(info: { partnerPid?: number } = {}): void {
     invariant(this.cfg.mirroring, 'peer link on a single controller');
     this.linkUp = true;
+    this.partnerLeaving = false;
     this.partnerLastHeardMs = this.env.nowMs();
-    // Ownership restarts from one rule both sides apply without talking:
-    // controller 1 owns every page. Nothing is written while joining.
-    for (const alloc of this.allocs.values()) alloc.owner.fill(1);
-    this.join = { authoritative: undefined, pushDone: false, partnerDone: false, seenGuids: new Set() };
-    this.setRole(Role.JOINING, 'partner link up; joining', { partnerPid: info.partnerPid ?? 0, fresh: this.fresh });
+    this.lastHeartbeatMs = this.env.nowMs();
+    this.env.log.info({ partnerPid: info.partnerPid ?? 0, role: roleName(this.role), fresh: this.fresh }, 'partner link up');
+    if (this.stopping) return;
+    if (this.role === Role.FENCED) this.resetToFresh('partner is back after we were fenced');
+    // A join waits for a running arbitration to settle who serves.
+    if (!this.arbitrating) this.beginJoin();
+  }
+
+  private beginJoin(): void {
+    this.join = {
+      authoritative: undefined,
+      pushDone: false,
+      partnerDone: false,
+      seenGuids: new Set(),
+      pagesToSend: 0,
+      pagesSent: 0,
+    };
+    // A survivor keeps serving alone while the partner catches up.
+    if (this.role !== Role.ALONE) this.setRole(Role.JOINING, 'joining partner', { fresh: this.fresh });
     this.sendSense(SenseReason.HEARTBEAT);
+  }
+
+  /** Forget every cached page and allocation: what we held may be older than what the partner served alone. */
+  private resetToFresh(why: string): void {
+    for (const alloc of [...this.allocs.values()]) {
+      alloc.released = true;
+      this.cache.dropAlloc(alloc);
+    }
+    this.allocs.clear();
+    this.names.clear();
+    this.draining.clear();
+    this.tableDigestText = null;
+    this.taggedWrites.clear();
+    const rec = this.arbiter?.epochRecord;
+    if (rec !== undefined && rec !== null && rec.epoch > this.epoch) this.epoch = rec.epoch;
+    this.fresh = true;
+    this.setRole(Role.STARTING, why, { epoch: this.epoch });
+  }
+
+  /** Our mailbox heartbeat: keeps the lease and tells the partner we live. */
+  private mailboxBeat(now: number): void {
+    const arb = this.arbiter;
+    if (arb === null || this.mailboxBeatInFlight || this.arbitrating || this.role === Role.FENCED) return;
+    if (now - this.lastMailboxBeatMs < this.cfg.heartbeatIntervalMs) return;
+    this.lastMailboxBeatMs = now;
+    this.mailboxBeatInFlight = true;
+    arb.heartbeat(this.epoch, this.slotRole(), this.env.pid).then(
+      (mailbox) => {
+        this.mailboxBeatInFlight = false;
+        if (!arb.supersededIn(mailbox, this.epoch)) return;
+        const rec = mailbox.epoch!;
+        if (this.fresh) {
+          // We are the one rejoining: carry on under the partner's epoch.
+          this.epoch = rec.epoch;
+        } else if (!this.arbitrating) {
+          this.enterFenced(`the partner took over in epoch ${rec.epoch}`);
+        }
+      },
+      (err: unknown) => {
+        this.mailboxBeatInFlight = false;
+        this.env.log.error({ err: String(err) }, 'mailbox heartbeat failed');
+      },
+    );
+  }
+
+  /** What our mailbox slot says we are: a fresh controller holds nothing and contends for nothing. */
+  private slotRole(): RoleCode {
+    return this.fresh ? Role.STARTING : this.role;
+  }
+
+  /** Resolves after ms of core time (fired by tick). */
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => this.timers.push({ atMs: this.env.nowMs() + ms, resolve }));
+  }
+
+  private startArbitration(why: string): void {
+    const arb = this.arbiter;
+    if (arb === null || this.arbitrating || this.stopping) return;
+    this.arbitrating = true;
+    const wasFresh = this.fresh;
+    const previous = this.role;
+    this.setRole(Role.ARBITRATING, `partner lost (${why}); arbitrating through the store`, { partnerLeft: this.partnerLeaving });
+    arb.arbitrate(this.epoch, this.partnerLeaving, this.slotRole(), this.env.pid).then(
+      (outcome) => {
+        this.arbitrating = false;
+        if (this.stopping) return;
+        if (outcome.won) this.takeOver(outcome.epoch);
+        else if (wasFresh && outcome.epoch <= this.epoch) {
+          // A fresh controller never takes over from a live partner: it waits for the link.
+          this.setRole(previous, `partner is alive (${outcome.reason}); waiting for the link`);
+        } else {
+          if (wasFresh) {
+            this.epoch = Math.max(this.epoch, outcome.epoch);
+            this.setRole(Role.STARTING, `partner serves in epoch ${outcome.epoch}; waiting for the link`);
+          } else this.enterFenced(outcome.reason);
+        }
+        if (this.linkUp && this.join === null) {
+          if (this.role === Role.FENCED) this.resetToFresh('partner link is up; rejoining');
+          this.beginJoin();
+        }
+        this.wakeProgress();
+      },
+      (err: unknown) => {
+        this.arbitrating = false;
+        this.env.log.error({ err: String(err) }, 'arbitration failed; fencing ourselves');
+        if (wasFresh) this.setRole(Role.STARTING, 'arbitration failed');
+        else this.enterFenced('arbitration failed');
+      },
+    );
+  }
+
+  /** We serve alone from now on, in a new epoch. */
+  private takeOver(epoch: number): void {
+    const from = this.epoch;
+    this.epoch = epoch;
+    this.fresh = false;
+    for (const alloc of this.allocs.values()) alloc.owner.fill(this.selfId);
+    for (const p of [...this.pointers.values()]) if (p.holderId !== this.selfId) this.dropPointer(p);
+    this.setRole(Role.ALONE, 'took over: serving alone, writing through to the store', {
+      fromEpoch: from,
+      epoch,
+      dirtyPages: this.cache.dirty.size,
+    });
+    // Everything dirty, the partner's mirrored pages too, goes to the store
+    // now, and our table: it may hold allocations the partner never wrote.
+    this.kickDestage();
+    this.persistTable().catch((err: unknown) => this.env.log.error({ err: String(err) }, 'takeover: could not write the allocation table'));
+  }
+
+  /** We lost: no client I/O, no store writes, until the partner is back and we rejoin. */
+  private enterFenced(reason: string): void {
+    if (this.role === Role.FENCED) return;
+    this.arbiter?.dropLease();
+    this.setRole(Role.FENCED, `fenced: ${reason}`, { epoch: this.epoch });
+    for (const w of this.roomWaiters.splice(0)) w.reject(new PagepairError('FENCED', 'controller is fenced'));
+    this.wakeProgress();
+  }
+
+  /** The last word to the partner before this process dies of an error. */
+  announceCrash(): void {
+    if (!this.linkUp) return;
+    this.sendSense(SenseReason.CRASHING);
+    this.flushOutbox();
   }
 
   peerDown(reason: string): void {
@@ -301,7 +537,12 @@ export class ControllerCore {
     for (const p of [...this.pointers.values()]) {
       if (p.holderId !== this.selfId || p.mode === PointerMode.WRITE) this.dropPointer(p);
     }
-    if (!this.stopping) this.setRole(this.fresh ? Role.STARTING : Role.JOINING, 'partner link down', { reason });
+    this.env.log.warn({ reason, role: roleName(this.role) }, 'partner link down');
+    if (!this.stopping && !this.arbitrating) {
+      if (this.role === Role.MIRRORED || (this.role === Role.JOINING && !this.fresh)) this.startArbitration(reason);
+      else if (this.role === Role.JOINING) this.setRole(Role.STARTING, 'partner left before the join finished');
+      // ALONE stays alone (a rejoining partner went away again); FENCED and STARTING wait.
+    }
     this.wakeProgress();
   }
 
@@ -403,7 +644,20 @@ export class ControllerCore {
       this.env.log.warn({ kind: msg.kind }, 'partner sent a frame that is not a paging message');
       return;
     }
-    if (req.epoch < this.epoch) {
+    if (req.epoch > this.epoch) {
+      if (this.fresh) {
+        // Rejoining a partner that served alone: its epoch is ours from now on.
+        this.env.log.info({ from: this.epoch, to: req.epoch }, 'adopting the partner\'s epoch');
+        this.epoch = req.epoch;
+      } else {
+        this.enterFenced(`partner speaks in epoch ${req.epoch}, ours is ${this.epoch}`);
+        this.env.closePeer('partner is in a newer epoch');
+        this.peerDown('partner is in a newer epoch');
+        return;
+      }
+    }
+    // A SENSE from an older epoch is still news (a restarted partner says hello with it).
+    if (req.epoch < this.epoch && req.kind !== 'SENSE_REQUEST') {
       this.sendPeerError(req, new PagepairError('STALE_EPOCH', `${req.kind} from epoch ${req.epoch}, current epoch is ${this.epoch}`));
       return;
     }
@@ -466,23 +720,77 @@ export class ControllerCore {
     if (conflict !== undefined) {
       throw new PagepairError('LOCK_CONFLICT', `pages ${first}..${first + count - 1} of ${alloc.record.guid} are held by pointer ${conflict.id}`);
     }
-    await this.writePages(alloc, first, count, (page, old) => overlay(old, ps, page * ps, msg.offset, msg.data));
+    const compose = (page: number, old: Buffer): Buffer => overlay(old, ps, page * ps, msg.offset, msg.data);
+    if (msg.clientId === 0) {
+      await this.writePages(alloc, first, count, compose, null, { applied: false });
+      return;
+    }
+    const key = `${msg.clientId}:${msg.clientSeq}`;
+    const known = this.taggedWrites.get(key);
+    if (known !== undefined) {
+      // A retry of a write we have seen: never apply it a second time.
+      if (known.state === 'running') await known.done;
+      else if (known.state === 'held') {
+        await this.makeDurable(alloc, first, count);
+        this.rememberTag(key, { state: 'done' });
+      }
+      return;
+    }
+    const progress = { applied: false };
+    const done = this.writePages(alloc, first, count, compose, { clientId: msg.clientId, clientSeq: msg.clientSeq }, progress);
+    this.rememberTag(key, { state: 'running', done });
+    try {
+      await done;
+      this.rememberTag(key, { state: 'done' });
+    } catch (err) {
+      if (progress.applied) this.rememberTag(key, { state: 'held', guid: alloc.record.guid, first, count });
+      else this.taggedWrites.delete(key);
+      throw err;
+    }
+  }
+
+  private rememberTag(key: string, entry: TaggedWrite): void {
+    this.taggedWrites.delete(key);
+    this.taggedWrites.set(key, entry);
+    if (this.taggedWrites.size > TAGGED_WRITES_MAX) {
+      const oldest = this.taggedWrites.keys().next().value;
+      if (oldest !== undefined) this.taggedWrites.delete(oldest);
+    }
+  }
+
+  /** A write we hold is as safe as an acknowledged one: mirrored, or in the store when alone. */
+  private async makeDurable(alloc: AllocState, first: number, count: number): Promise<void> {
+    if (!this.writesThrough()) return;
+    await this.flushTargets(this.dirtyTargets((cp) => cp.alloc === alloc && cp.page >= first && cp.page < first + count));
   }
 
   /**
    * Write pages [first, first+count): own them, have their current contents
-   * where the write is partial, apply, mirror, and resolve once the partner
-   * holds them.
+   * where the write is partial, apply, then resolve once the partner holds
+   * them (mirrored) or the store does (alone).
    */
-  private async writePages(alloc: AllocState, first: number, count: number, compose: (page: number, old: Buffer) => Buffer): Promise<void> {
+  private async writePages(
+    alloc: AllocState,
+    first: number,
+    count: number,
+    compose: (page: number, old: Buffer) => Buffer,
+    tag: { clientId: number; clientSeq: number } | null,
+    progress: { applied: boolean },
+  ): Promise<void> {
+    const bytes = count * alloc.record.pageSizeBytes;
+    if (bytes > this.cfg.cacheBytesMax / 2) {
+      throw new PagepairError('TOO_LARGE', `a write of ${count} pages (${bytes} bytes) does not fit half the cache (${this.cfg.cacheBytesMax} bytes)`, 'data');
+    }
     const op: LocalWrite = { alloc, first, count };
     this.activeWrites.add(op);
     const touched: CachePage[] = [];
+    const pinned: CachePage[] = [];
     try {
       for (let round = 0; ; round++) {
         if (round >= OWNERSHIP_ROUNDS_MAX) throw new PagepairError('BUSY', `write to ${alloc.record.guid} kept losing its pages to the partner`);
         if (this.cfg.mirroring) await this.acquireOwnership(alloc, first, count);
-        await this.stageRange(alloc, first, count);
+        await this.waitForRoom(this.missingBytes(alloc, first, count));
+        await this.stageAndPin(alloc, first, count, pinned);
         if (alloc.released) throw unknownGuid(alloc.record.guid);
         this.requireWritable();
         if (!this.ownsRange(alloc, first, count) || !this.cachedRange(alloc, first, count)) continue;
@@ -490,7 +798,9 @@ export class ControllerCore {
         if (conflict !== undefined) throw new PagepairError('LOCK_CONFLICT', `pages are held by pointer ${conflict.id}`);
         // Everything is in hand: apply without yielding.
         const now = this.env.nowMs();
-        const op2 = this.cfg.mirroring ? this.mirrorOp() : null;
+        const through = this.writesThrough();
+        const mirror = this.cfg.mirroring && this.linkUp ? this.mirrorOp() : null;
+        const toStore: StoreWrite[] = [];
         for (let p = first; p < first + count; p++) {
           const cp = alloc.pages.get(p);
           invariant(cp !== undefined, 'page present after staging');
@@ -498,24 +808,157 @@ export class ControllerCore {
           const version = cp.version + 1;
           const crc = crc32c(data);
           this.cache.writeDirty(alloc, p, version, crc, this.epoch, data, now);
-          if (op2 !== null) {
-            cp.mirrorPending++;
-            touched.push(cp);
-            this.outbox.pushPage({ guid: alloc.record.guid, page: p, version, crc, epoch: this.epoch, pageFlags: 0, pointerId: 0, clientId: 0, clientSeq: 0, data }, op2.op);
+          if (mirror === null && !through) continue;
+          cp.mirrorPending++;
+          touched.push(cp);
+          if (through) toStore.push({ cp, version, data, crc });
+          if (mirror !== null) {
+            const last = p === first + count - 1 && tag !== null;
+            this.outbox.pushPage(
+              { guid: alloc.record.guid, page: p, version, crc, epoch: this.epoch, pageFlags: 0, pointerId: 0, clientId: last ? tag.clientId : 0, clientSeq: last ? tag.clientSeq : 0, data },
+              mirror.op,
+            );
           }
         }
-        if (op2 !== null) {
-          this.counters.pagesMirroredOut += count;
-          await op2.done;
+        progress.applied = true;
+        if (mirror !== null) this.counters.pagesMirroredOut += count;
+        if (through) {
+          // Alone, the store is the second copy; a partner still catching up gets the pages too, but is not waited for.
+          if (mirror !== null) mirror.done.catch(() => undefined);
+          await this.writeThrough(toStore);
+        } else if (mirror !== null) {
+          await mirror.done;
         }
         return;
       }
     } finally {
       this.activeWrites.delete(op);
       for (const cp of touched) this.mirrorSettled(cp);
+      for (const cp of pinned) this.cache.unpin(cp);
       if (this.deferredGrants.length > 0) this.recheckDeferredGrants();
       if (this.cache.bytesDirty > this.highWatermarkBytes()) this.kickDestage();
     }
+  }
+
+  /** Bytes the pages of a range not yet cached will take. */
+  private missingBytes(alloc: AllocState, first: number, count: number): number {
+    let missing = 0;
+    for (let p = first; p < first + count; p++) if (!alloc.pages.has(p)) missing++;
+    return missing * alloc.record.pageSizeBytes;
+  }
+
+  /** Resolves once `bytes` more fit in the cache; CACHE_FULL after cacheFullWaitMs. */
+  private waitForRoom(bytes: number): Promise<void> {
+    if (bytes === 0 || this.cache.makeRoom(bytes)) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      this.roomWaiters.push({ bytes, deadlineMs: this.env.nowMs() + this.cfg.cacheFullWaitMs, resolve, reject });
+      this.kickDestage();
+    });
+  }
+
+  /** Store, sync, and mark clean the pages of a write made alone; resolves when all are durable. */
+  private async writeThrough(writes: StoreWrite[]): Promise<void> {
+    await Promise.all(writes.map((w) => this.storeWritePage(w.cp, w.version, w.data, w.crc)));
+    await this.syncSoon();
+    for (const w of writes) this.pageStored(w.cp, w.version);
+  }
+
+  /**
+   * Write one page version to the store. Writes of one page are chained so
+   * they land in version order, and none starts without a valid lease.
+   */
+  private storeWritePage(cp: CachePage, version: number, data: Buffer, crc: number): Promise<void> {
+    const alloc = cp.alloc;
+    alloc.destagesInFlight++;
+    this.destagesInFlight++;
+    cp.destagingVersion = version;
+    const prev = this.pageWrites.get(cp) ?? Promise.resolve();
+    const run = prev.then(async () => {
+      await this.ensureLease();
+      await this.env.store.writePage(this.location(alloc), cp.page, version, this.epoch, data, crc);
+    });
+    const settled = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.pageWrites.set(cp, settled);
+    void settled.then(() => {
+      alloc.destagesInFlight--;
+      this.destagesInFlight--;
+      if (this.pageWrites.get(cp) === settled) {
+        this.pageWrites.delete(cp);
+        cp.destagingVersion = 0;
+      }
+      if (alloc.destagesInFlight === 0 && alloc.released) this.wakeReleases();
+      if (this.deferredGrants.length > 0) this.recheckDeferredGrants();
+      this.wakeProgress();
+      this.serveRoomWaiters();
+      this.kickDestage();
+    });
+    return run;
+  }
+
+  /** `version` of the page is in the store: clean, if nothing newer came, and the partner hears it. */
+  private pageStored(cp: CachePage, version: number): void {
+    const alloc = cp.alloc;
+    if (alloc.released) return;
+    if (version > cp.storeVersion) cp.storeVersion = version;
+    this.cache.markClean(cp, version);
+    if (this.cfg.mirroring && this.linkUp) {
+      this.outbox.pushPage(
+        { guid: alloc.record.guid, page: cp.page, version, crc: cp.crc, epoch: this.epoch, pageFlags: PageFlag.CLEAN_AT, pointerId: 0, clientId: 0, clientSeq: 0, data: EMPTY },
+        null,
+      );
+    }
+  }
+
+  /** Group commit: every caller waiting here shares the next sync of the store. */
+  private syncSoon(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.syncWaiters.push({ resolve, reject });
+      if (!this.syncRunning) this.runSync();
+    });
+  }
+
+  private runSync(): void {
+    this.syncRunning = true;
+    const batch = this.syncWaiters;
+    this.syncWaiters = [];
+    this.env.store.sync().then(
+      () => {
+        for (const w of batch) w.resolve();
+      },
+      (err: unknown) => {
+        this.senseCode = ErrorCode.IO_ERROR;
+        const e = new PagepairError('IO_ERROR', `store sync failed: ${String(err)}`);
+        for (const w of batch) w.reject(e);
+      },
+    ).finally(() => {
+      this.syncRunning = false;
+      if (this.syncWaiters.length > 0) this.runSync();
+    });
+  }
+
+  private leaseRenewal: Promise<void> | null = null;
+
+  /** No store write without a lease: a controller that was paused finds out here that it was taken over. */
+  private ensureLease(): Promise<void> {
+    const arb = this.arbiter;
+    if (arb === null) return Promise.resolve();
+    if (this.role === Role.FENCED) return Promise.reject(new PagepairError('FENCED', 'controller is fenced; it writes nothing to the store'));
+    if (arb.leaseValid()) return Promise.resolve();
+    this.leaseRenewal ??= arb
+      .heartbeat(this.epoch, this.slotRole(), this.env.pid)
+      .then((mailbox) => {
+        if (arb.supersededIn(mailbox, this.epoch)) {
+          if (!this.fresh) this.enterFenced(`the partner took over in epoch ${mailbox.epoch?.epoch ?? '?'}`);
+          throw new PagepairError('FENCED', 'the partner took over; this controller writes nothing more');
+        }
+      })
+      .finally(() => {
+        this.leaseRenewal = null;
+      });
+    return this.leaseRenewal;
   }
 
   private mirrorOp(): { op: MirrorOp; done: Promise<void> } {
@@ -582,6 +1025,9 @@ export class ControllerCore {
     }
     const conflict = overlappingPointer(alloc, req.firstPage, req.pageCount);
     if (conflict !== undefined && conflict.holderId === this.selfId) {
+      // The pages stay ours while our pointer is open; a partner that wants
+      // them durable (a flush) gets them destaged by us now instead.
+      this.destageRange(alloc, req.firstPage, req.pageCount);
       throw new PagepairError('LOCK_CONFLICT', `pages ${req.firstPage}..${req.firstPage + req.pageCount - 1} are held by pointer ${conflict.id}`);
     }
     if (this.canGrant(alloc, req.firstPage, req.pageCount)) this.grant(req, alloc);
@@ -668,6 +1114,11 @@ export class ControllerCore {
         this.pointers.get(pw.pointerId)?.shadows.set(pw.page, { version: pw.version, crc: pw.crc, data });
         continue;
       }
+      if (pw.clientId !== 0) {
+        // The last page of a client write: the whole write is here now.
+        const key = `${pw.clientId}:${pw.clientSeq}`;
+        if (!this.taggedWrites.has(key)) this.rememberTag(key, { state: 'held', guid: pw.guid, first: pw.page, count: 1 });
+      }
       const cp = alloc.pages.get(pw.page);
       if (cp !== undefined && cp.version >= pw.version) continue;
       this.supersedeStaging(alloc, pw.page);
@@ -728,6 +1179,22 @@ export class ControllerCore {
     if (waits.length > 0) await Promise.all(waits);
   }
 
+  /** Stage the range and pin each page as it arrives, so staging the last cannot evict the first. */
+  private async stageAndPin(alloc: AllocState, first: number, count: number, pinned: CachePage[]): Promise<void> {
+    const pin = (cp: CachePage): void => {
+      if (pinned.includes(cp)) return;
+      this.cache.pin(cp);
+      pinned.push(cp);
+    };
+    const waits: Promise<void>[] = [];
+    for (let p = first; p < first + count; p++) {
+      const cp = alloc.pages.get(p);
+      if (cp !== undefined) pin(cp);
+      else waits.push(this.stagePage(alloc, p).then(pin));
+    }
+    if (waits.length > 0) await Promise.all(waits);
+  }
+
   private cachedRange(alloc: AllocState, first: number, count: number): boolean {
     for (let p = first; p < first + count; p++) if (!alloc.pages.has(p)) return false;
     return true;
@@ -773,12 +1240,30 @@ export class ControllerCore {
     return (this.cfg.cacheBytesMax * this.cfg.dirtyHighWatermarkPct) / 100;
   }
 
+  /** Whether this controller may write pages to the store now. */
+  private mayDestage(): boolean {
+    switch (this.role) {
+      case Role.SINGLE:
+      case Role.ALONE:
+        return true;
+      // Not while joining: ownership was just settled, and the partner may
+      // still have a destage of the same page in flight (see pushJoinState).
+      case Role.MIRRORED:
+        return this.linkUp && this.join === null;
+      case Role.STOPPING:
+        return this.stoppingMayDestage;
+      default:
+        return false;
+    }
+  }
+
   private kickDestage(): void {
-    if (this.destagesInFlight >= this.cfg.destageConcurrency || this.cache.dirty.size === 0) return;
+    if (this.destagesInFlight >= this.cfg.destageConcurrency || this.cache.dirty.size === 0 || !this.mayDestage()) return;
     const dirtyBytes = this.cache.bytesDirty;
-    if (dirtyBytes > this.highWatermarkBytes()) this.draining = true;
-    else if (dirtyBytes <= (this.cfg.cacheBytesMax * this.cfg.dirtyLowWatermarkPct) / 100) this.draining = false;
-    const urgent = this.draining || this.flushDemand > 0 || this.roomWaiters.length > 0;
+    if (dirtyBytes > this.highWatermarkBytes()) this.drainingDirty = true;
+    else if (dirtyBytes <= (this.cfg.cacheBytesMax * this.cfg.dirtyLowWatermarkPct) / 100) this.drainingDirty = false;
+    // Alone, nothing waits in the cache: the partner's mirrored pages go to the store at once.
+    const urgent = this.drainingDirty || this.flushDemand > 0 || this.roomWaiters.length > 0 || this.role === Role.ALONE;
     const now = this.env.nowMs();
     let scanned = 0;
     for (const cp of this.cache.dirty) {
@@ -786,58 +1271,52 @@ export class ControllerCore {
       if (!urgent && now - cp.dirtySinceMs < this.cfg.dirtyAgeMaxMs) break;
       if (cp.destagingVersion !== 0 || cp.mirrorPending > 0 || cp.alloc.released) continue;
       if (!this.owns(cp.alloc, cp.page)) continue;
-      // Not while joining either: ownership was just reset, and the partner
-      // may still have a destage of the same page in flight (see pushJoinState).
-      if (this.cfg.mirroring && (!this.linkUp || this.join !== null) && !this.stopping) continue;
       this.destage(cp);
+    }
+  }
+
+  /** Destage the dirty pages of a range we own, whatever their age. */
+  private destageRange(alloc: AllocState, first: number, count: number): void {
+    if (!this.mayDestage()) return;
+    for (let p = first; p < first + count; p++) {
+      const cp = alloc.pages.get(p);
+      if (cp !== undefined && cp.dirty && cp.destagingVersion === 0 && cp.mirrorPending === 0 && this.owns(alloc, p)) this.destage(cp);
     }
   }
 
   private destage(cp: CachePage): void {
     const version = cp.version;
     const alloc = cp.alloc;
-    cp.destagingVersion = version;
-    alloc.destagesInFlight++;
-    this.destagesInFlight++;
-    const finish = (): void => {
-      cp.destagingVersion = 0;
-      alloc.destagesInFlight--;
-      this.destagesInFlight--;
-      if (alloc.destagesInFlight === 0 && alloc.released) this.wakeReleases();
-      if (this.deferredGrants.length > 0) this.recheckDeferredGrants();
-      this.wakeProgress();
-      this.serveRoomWaiters();
-      this.kickDestage();
-    };
-    this.env.store.writePage(this.location(alloc), cp.page, version, this.epoch, cp.data, cp.crc).then(
+    this.storeWritePage(cp, version, cp.data, cp.crc).then(
       () => {
-        if (!alloc.released) {
-          if (version > cp.storeVersion) cp.storeVersion = version;
-          this.cache.markClean(cp, version);
-          this.counters.pagesDestaged++;
-          if (this.cfg.mirroring && this.linkUp) {
-            this.outbox.pushPage(
-              { guid: alloc.record.guid, page: cp.page, version, crc: cp.crc, epoch: this.epoch, pageFlags: PageFlag.CLEAN_AT, pointerId: 0, clientId: 0, clientSeq: 0, data: EMPTY },
-              null,
-            );
-          }
-        }
-        finish();
+        this.counters.pagesDestaged++;
+        this.pageStored(cp, version);
       },
       (err: unknown) => {
+        if (isPagepairError(err, 'FENCED')) return;
         this.counters.destageErrors++;
         this.senseCode = ErrorCode.IO_ERROR;
         this.env.log.error({ guid: alloc.record.guid, page: cp.page, version, err: String(err) }, 'destage failed; page stays dirty');
-        finish();
       },
     );
   }
 
   private async clientFlush(msg: CFlush): Promise<number> {
-    if (this.role !== Role.MIRRORED && this.role !== Role.SINGLE) this.requireWritable();
-    const allocs = msg.guid === '' ? [...this.allocs.values()] : [this.lookup(msg.guid)];
-    const targets: { cp: CachePage; version: number }[] = [];
-    for (const cp of this.cache.dirty) if (allocs.includes(cp.alloc)) targets.push({ cp, version: cp.version });
+    this.requireWritable();
+    const allocs = new Set(msg.guid === '' ? this.allocs.values() : [this.lookup(msg.guid)]);
+    const targets = this.dirtyTargets((cp) => allocs.has(cp.alloc));
+    await this.flushTargets(targets);
+    return targets.length;
+  }
+
+  private dirtyTargets(pred: (cp: CachePage) => boolean): FlushTarget[] {
+    const targets: FlushTarget[] = [];
+    for (const cp of this.cache.dirty) if (pred(cp)) targets.push({ cp, version: cp.version });
+    return targets;
+  }
+
+  /** Resolves once the store holds every target page at its version or newer, synced. */
+  private async flushTargets(targets: FlushTarget[]): Promise<void> {
     this.flushDemand++;
     try {
       // Give up only when nothing moved for a whole request timeout.
@@ -852,12 +1331,20 @@ export class ControllerCore {
         } else if (this.env.nowMs() - lastProgressMs > this.cfg.peerRequestTimeoutMs) {
           throw new PagepairError('BUSY', `flush made no progress in ${this.cfg.peerRequestTimeoutMs} ms: ${left.length} pages left`);
         }
+        this.requireWritable();
         if (this.cfg.mirroring) {
-          this.requireWritable();
           const byAlloc = new Map<AllocState, number[]>();
           for (const t of left) if (!this.owns(t.cp.alloc, t.cp.page)) byAlloc.set(t.cp.alloc, [...(byAlloc.get(t.cp.alloc) ?? []), t.cp.page]);
           await Promise.all(
-            [...byAlloc].flatMap(([alloc, pages]) => pageRuns(pages).map(([f, c]) => this.acquireOwnership(alloc, f, c))),
+            [...byAlloc].flatMap(([alloc, pages]) =>
+              pageRuns(pages).map(([f, c]) =>
+                this.acquireOwnership(alloc, f, c).catch((err: unknown) => {
+                  // Pages under the partner's pointer stay the partner's: it
+                  // destages them itself (by age), and we hear "clean at v".
+                  if (!isPagepairError(err, 'LOCK_CONFLICT')) throw err;
+                }),
+              ),
+            ),
           );
         }
         this.kickDestage();
@@ -866,20 +1353,28 @@ export class ControllerCore {
     } finally {
       this.flushDemand--;
     }
-    await this.env.store.sync();
-    return targets.length;
+    await this.syncSoon();
   }
 
   // -------------------------------------------------------------------------
   // Allocations (SPACE_REQUEST, ALLOCATE, RELEASE)
 
   /** Controller 1 places extents and writes the table while mirrored; so no two allocations overlap. */
+  /** Alone we own everything; mirrored, a new allocation starts owned by controller 1. */
+  private defaultOwner(): number {
+    return !this.cfg.mirroring || this.role === Role.ALONE ? this.selfId : 1;
+  }
+
+  /** Who places extents and writes the table: alone, ourselves; joining, the side whose state wins; mirrored, controller 1. */
   private isCoordinator(): boolean {
-    return !this.cfg.mirroring || this.selfId === 1;
+    if (!this.cfg.mirroring || this.role === Role.ALONE) return true;
+    if (this.join !== null) return this.join.authoritative === true;
+    return this.selfId === 1 && this.role === Role.MIRRORED;
   }
 
   private async clientAllocate(msg: CAllocate): Promise<AllocationRecord> {
     this.requireWritable();
+    this.refuseDuringResync('allocate');
     const policy = this.cfg.policies.get(msg.policy === '' ? 'default' : msg.policy);
     if (policy === undefined) {
       throw new PagepairError('POLICY_UNKNOWN', `no policy named "${msg.policy}" (known: ${[...this.cfg.policies.keys()].join(', ')})`, 'policy');
@@ -897,7 +1392,7 @@ export class ControllerCore {
     let installed = false;
     try {
       let record: AllocationRecord;
-      if (!this.cfg.mirroring) {
+      if (!this.cfg.mirroring || this.role === Role.ALONE) {
         record = { ...base, dataOffset: this.placeExtent(bytes) };
       } else if (this.isCoordinator()) {
         const local = this.reserve(this.placeExtent(bytes), bytes);
@@ -926,9 +1421,15 @@ export class ControllerCore {
     }
   }
 
-  private placeExtent(bytes: number): number {
-    const used = [...this.allocs.values()].map((a) => ({ dataOffset: a.record.dataOffset, bytes: extentBytes(a.record.pageSizeBytes, a.record.pageCount) }));
+  /** Extents in use: allocations, reservations, and released ones a store write may still reach. */
+  private usedExtents(): { dataOffset: number; bytes: number }[] {
+    const used = [...this.allocs.values(), ...this.draining].map((a) => ({ dataOffset: a.record.dataOffset, bytes: extentBytes(a.record.pageSizeBytes, a.record.pageCount) }));
     for (const r of this.reservations.values()) used.push({ dataOffset: r.dataOffset, bytes: r.bytes });
+    return used;
+  }
+
+  private placeExtent(bytes: number): number {
+    const used = this.usedExtents();
     const at = findExtent(used, bytes, this.env.store.superblock.geometry.dataBytes);
     if (at < 0) throw new PagepairError('NO_SPACE', `no free extent of ${bytes} bytes in the store`);
     return at;
@@ -960,10 +1461,9 @@ export class ControllerCore {
       at = this.placeExtent(bytes);
     } else {
       if (at < 0) throw new PagepairError('BAD_FIELD', 'dataOffset must be given by the coordinator', 'dataOffset');
-      for (const a of this.allocs.values()) {
-        const aBytes = extentBytes(a.record.pageSizeBytes, a.record.pageCount);
-        if (a.record.dataOffset < at + bytes && at < a.record.dataOffset + aBytes) {
-          throw new PagepairError('NO_SPACE', `extent at ${at} overlaps allocation ${a.record.guid}`, 'dataOffset');
+      for (const u of this.usedExtents()) {
+        if (u.dataOffset < at + bytes && at < u.dataOffset + u.bytes) {
+          throw new PagepairError('NO_SPACE', `extent at ${at} overlaps one in use here`, 'dataOffset');
         }
       }
     }
@@ -993,7 +1493,7 @@ export class ControllerCore {
       const have = this.allocs.get(req.guid);
       if (have === undefined) {
         if (this.names.has(req.name)) this.dropByName(req.name);
-        this.installAllocation(record);
+        this.installAllocation(record, this.partnerId);
         this.env.log.info({ guid: req.guid, name: req.name }, 'allocation received in join');
         // The coordinator may have died before writing it to the table; the
         // pair serves it from now on, so it must survive a restart of both.
@@ -1019,8 +1519,9 @@ export class ControllerCore {
     this.replyPeer(req, { kind: 'ALLOCATE_REPLY' });
   }
 
-  private installAllocation(record: AllocationRecord): AllocState {
-    const alloc = newAllocState(record, this.cfg.mirroring ? 1 : this.selfId);
+  /** `owner`: who owns its pages at first; both sides must pick the same. */
+  private installAllocation(record: AllocationRecord, owner: number = this.defaultOwner()): AllocState {
+    const alloc = newAllocState(record, owner);
     this.allocs.set(record.guid, alloc);
     this.names.add(record.name);
     this.tableDigestText = null;
@@ -1029,9 +1530,16 @@ export class ControllerCore {
 
   private async clientRelease(msg: CRelease): Promise<void> {
     this.requireWritable();
+    this.refuseDuringResync('release');
     const alloc = this.lookup(msg.guid);
-    if (this.cfg.mirroring) await this.request({ kind: 'RELEASE', guid: msg.guid });
+    // Our own store writes to the extent land first; the partner's before it
+    // answers. Only then may the extent go to another allocation.
     await this.dropAllocation(alloc);
+    try {
+      if (this.role === Role.MIRRORED) await this.request({ kind: 'RELEASE', guid: msg.guid });
+    } finally {
+      this.draining.delete(alloc);
+    }
     if (this.isCoordinator()) await this.persistTable();
     this.env.log.info({ guid: msg.guid, name: alloc.record.name }, 'allocation released');
   }
@@ -1040,20 +1548,27 @@ export class ControllerCore {
     const alloc = this.allocs.get(req.guid);
     if (alloc !== undefined) {
       await this.dropAllocation(alloc);
+      this.draining.delete(alloc);
       if (this.isCoordinator()) await this.persistTable();
       this.env.log.info({ guid: req.guid, by: this.partnerId }, 'allocation released by partner');
     }
     this.replyPeer(req, { kind: 'RELEASE_REPLY' });
   }
 
+  /** The table is being sent to a rejoining partner: changing it now would lose the change on that side. */
+  private refuseDuringResync(what: string): void {
+    if (this.join !== null) throw new PagepairError('BUSY', `cannot ${what} while the partner is resyncing; try again shortly`);
+  }
+
   private dropByName(name: string): void {
-    for (const a of this.allocs.values()) if (a.record.name === name) void this.dropAllocation(a);
+    for (const a of this.allocs.values()) if (a.record.name === name) void this.dropAllocation(a).then(() => this.draining.delete(a));
   }
 
   /** Forget an allocation; resolves once no destage of it can still land in the store. */
   private async dropAllocation(alloc: AllocState): Promise<void> {
     if (!alloc.released) {
       alloc.released = true;
+      this.draining.add(alloc);
       this.allocs.delete(alloc.record.guid);
       this.names.delete(alloc.record.name);
       this.tableDigestText = null;
@@ -1072,7 +1587,10 @@ export class ControllerCore {
   }
 
   private persistTable(): Promise<void> {
-    const run = this.tableChain.then(() => this.env.store.writeTable([...this.allocs.values()].map((a) => a.record)));
+    const run = this.tableChain.then(async () => {
+      await this.ensureLease();
+      await this.env.store.writeTable([...this.allocs.values()].map((a) => a.record));
+    });
     this.tableChain = run.catch(() => undefined);
     return run.then(() => undefined);
   }
@@ -1292,15 +1810,17 @@ export class ControllerCore {
   // Health (SENSE_REQUEST) and the join after the link comes up
 
   private announcedRole(): RoleCode {
-    if (this.join !== null) {
-      if (this.join.pushDone) return Role.MIRRORED;
-      return this.fresh ? Role.STARTING : Role.JOINING;
-    }
-    return this.role;
+    return this.fresh ? Role.STARTING : this.role;
+  }
+
+  private joinFlags(): number {
+    const join = this.join;
+    if (join === null) return 0;
+    return JoinFlag.JOINING | (this.fresh ? JoinFlag.FRESH : 0) | (join.pushDone ? JoinFlag.PUSH_DONE : 0);
   }
 
   private sendSense(reason: SenseRequest['reason']): void {
-    this.request({ kind: 'SENSE_REQUEST', role: this.announcedRole(), reason }).then(
+    this.request({ kind: 'SENSE_REQUEST', role: this.announcedRole(), reason, joinFlags: this.joinFlags() }).then(
       (r) => {
         if (r.kind === 'SENSE_REQUEST_REPLY') this.partnerSense = r;
       },
@@ -1310,21 +1830,25 @@ export class ControllerCore {
 
   private onSense(req: SenseRequest): void {
     const join = this.join;
-    if (join !== null && req.reason === SenseReason.HEARTBEAT) {
+    // Only a partner that is joining us too speaks for the join; the two
+    // sides may begin it at different moments (one of them arbitrating).
+    if (join !== null && req.reason === SenseReason.HEARTBEAT && (req.joinFlags & JoinFlag.JOINING) !== 0) {
       if (join.authoritative === undefined) {
-        const partnerFresh = req.role === Role.STARTING;
+        const partnerFresh = (req.joinFlags & JoinFlag.FRESH) !== 0;
         join.authoritative = this.fresh === partnerFresh ? this.selfId === 1 : !this.fresh;
+        // The side whose state wins owns every page until ownership moves again.
+        for (const alloc of this.allocs.values()) alloc.owner.fill(join.authoritative ? this.selfId : this.partnerId);
         this.env.log.info({ authoritative: join.authoritative, partnerFresh }, 'join: pushing state to partner');
         this.pushJoinState(join);
       }
-      if (req.role === Role.MIRRORED && !join.partnerDone) {
+      if ((req.joinFlags & JoinFlag.PUSH_DONE) !== 0 && join.authoritative !== undefined && !join.partnerDone) {
         join.partnerDone = true;
         if (!join.authoritative) {
           const drops: Promise<void>[] = [];
           for (const a of [...this.allocs.values()]) {
             if (!join.seenGuids.has(a.record.guid)) {
               this.env.log.warn({ guid: a.record.guid, name: a.record.name }, 'join: allocation unknown to the partner; dropped');
-              drops.push(this.dropAllocation(a));
+              drops.push(this.dropAllocation(a).then(() => void this.draining.delete(a)));
             }
           }
           if (drops.length > 0 && this.isCoordinator()) {
@@ -1336,7 +1860,10 @@ export class ControllerCore {
         this.maybeFinishJoin();
       }
     }
-    if (req.reason === SenseReason.SHUTTING_DOWN) this.env.log.info({ partner: this.partnerId }, 'partner is shutting down');
+    if (req.reason !== SenseReason.HEARTBEAT && !this.partnerLeaving) {
+      this.partnerLeaving = true;
+      this.env.log.warn({ partner: this.partnerId, reason: req.reason === SenseReason.CRASHING ? 'crashing' : 'shutting down' }, 'partner says it is leaving');
+    }
     const c = this.cache.counters();
     this.replyPeer(req, {
       kind: 'SENSE_REQUEST_REPLY',
@@ -1352,32 +1879,39 @@ export class ControllerCore {
   }
 
   private pushJoinState(join: JoinState): void {
+    this.runJoinPush(join).then(
+      () => {
+        if (this.join !== join) return;
+        join.pushDone = true;
+        this.counters.joins++;
+        this.env.log.info({ pagesSent: join.pagesSent }, 'join: our state is with the partner');
+        this.sendSense(SenseReason.HEARTBEAT);
+        this.maybeFinishJoin();
+      },
+      (err: unknown) => this.env.log.warn({ err: String(err) }, 'join push failed; waiting for the link to come back'),
+    );
+  }
+
+  private async runJoinPush(join: JoinState): Promise<void> {
     const sends: Promise<unknown>[] = [];
     if (join.authoritative) {
       for (const a of this.allocs.values()) sends.push(this.request({ kind: 'ALLOCATE', ...a.record, reservationId: SYNC_RESERVATION }));
     }
+    await Promise.all(sends);
     const byAlloc = new Map<AllocState, number[]>();
     for (const cp of this.cache.dirty) byAlloc.set(cp.alloc, [...(byAlloc.get(cp.alloc) ?? []), cp.page]);
+    // One range at a time, paced, so clients keep their speed during a resync.
     for (const [alloc, pages] of byAlloc) {
       for (const [first, count] of pageRuns(pages.sort((x, y) => x - y), this.cfg.limits.headersPerMessageMax)) {
-        sends.push(this.pushDiffering(alloc, first, count));
+        if (this.join !== join) return;
+        await this.pushDiffering(join, alloc, first, count);
       }
     }
-    // A destage we started before the link dropped must land before the
-    // partner, now owning every page, can write and destage a newer version
-    // of it; the partner finishes its join only after our push is done.
-    Promise.all(sends)
-      .then(() => this.destagesDrained())
-      .then(
-        () => {
-          if (this.join !== join) return;
-          join.pushDone = true;
-          this.counters.joins++;
-          this.sendSense(SenseReason.HEARTBEAT);
-          this.maybeFinishJoin();
-        },
-        (err: unknown) => this.env.log.warn({ err: String(err) }, 'join push failed; waiting for the link to come back'),
-      );
+    // A store write we started before the link dropped must land before the
+    // partner, owning every page now, can write and destage a newer version;
+    // the partner finishes its join only after our push is done. (When our
+    // state wins we keep every page, and the partner writes none.)
+    if (!join.authoritative) await this.destagesDrained();
   }
 
   private async destagesDrained(): Promise<void> {
@@ -1385,11 +1919,10 @@ export class ControllerCore {
   }
 
   /** Compare headers with the partner and send the dirty pages it lacks. */
-  private async pushDiffering(alloc: AllocState, first: number, count: number): Promise<void> {
+  private async pushDiffering(join: JoinState, alloc: AllocState, first: number, count: number): Promise<void> {
     const r = await this.request({ kind: 'READ_HEADER', guid: alloc.record.guid, firstPage: first, pageCount: count });
     if (r.kind !== 'READ_HEADER_REPLY' || alloc.released) return;
-    const op = this.mirrorOp();
-    let sent = 0;
+    const behind: PageHeaderInfo[] = [];
     for (const h of r.headers) {
       const cp = alloc.pages.get(h.page);
       if (cp === undefined || !cp.dirty) continue;
@@ -1398,10 +1931,23 @@ export class ControllerCore {
         if (h.state === PageState.CLEAN) this.cache.markClean(cp, cp.version);
         continue;
       }
-      this.outbox.pushPage({ guid: alloc.record.guid, page: h.page, version: cp.version, crc: cp.crc, epoch: cp.epoch, pageFlags: 0, pointerId: 0, clientId: 0, clientSeq: 0, data: cp.data }, op.op);
-      sent++;
+      behind.push(h);
     }
-    if (sent > 0) await op.done;
+    join.pagesToSend += behind.length;
+    for (let i = 0; i < behind.length; i += RESYNC_CHUNK_PAGES) {
+      const op = this.mirrorOp();
+      let sent = 0;
+      for (const h of behind.slice(i, i + RESYNC_CHUNK_PAGES)) {
+        const cp = alloc.pages.get(h.page);
+        if (cp === undefined || !cp.dirty) continue;
+        this.outbox.pushPage({ guid: alloc.record.guid, page: h.page, version: cp.version, crc: cp.crc, epoch: cp.epoch, pageFlags: 0, pointerId: 0, clientId: 0, clientSeq: 0, data: cp.data }, op.op);
+        sent++;
+      }
+      if (sent > 0) await op.done;
+      join.pagesSent += Math.min(RESYNC_CHUNK_PAGES, behind.length - i);
+      if (join.pagesSent % (RESYNC_CHUNK_PAGES * 64) === 0) this.env.log.info({ pagesSent: join.pagesSent, pagesToSend: join.pagesToSend }, 'resync progress');
+      await this.sleep((RESYNC_CHUNK_PAGES * 1000) / this.cfg.resyncPagesPerSecMax);
+    }
   }
 
   private onReadHeader(req: ReadHeader): void {
@@ -1427,6 +1973,11 @@ export class ControllerCore {
     if (join === null || !join.pushDone || !join.partnerDone) return;
     this.join = null;
     this.fresh = false;
+    // The store's epoch record says again that both serve (activeId 0).
+    const rec = this.arbiter?.epochRecord;
+    if (join.authoritative && this.arbiter !== null && (rec === null || rec === undefined || rec.activeId !== 0 || rec.epoch !== this.epoch)) {
+      this.arbiter.recordMirrored(this.epoch).catch((err: unknown) => this.env.log.error({ err: String(err) }, 'could not write the epoch record'));
+    }
     this.setRole(Role.MIRRORED, 'mirrored with partner', {
       allocations: this.allocs.size,
       dirtyPages: this.cache.dirty.size,
@@ -1480,6 +2031,17 @@ export class ControllerCore {
       destageInFlight: this.destagesInFlight,
       destageQueue: this.destageQueueLength(),
       openPointers: this.pointers.size,
+      resync:
+        this.join === null
+          ? null
+          : {
+              authoritative: this.join.authoritative ?? null,
+              pagesToSend: this.join.pagesToSend,
+              pagesSent: this.join.pagesSent,
+              done: this.join.pushDone,
+              partnerDone: this.join.partnerDone,
+            },
+      lease: this.arbiter === null ? null : { valid: this.arbiter.leaseValid(), epochRecord: this.arbiter.epochRecord },
       digests: { table: this.tableDigest(), dirty: this.cache.dirtyDigest.toString() },
       counters: { ...this.counters, evictions: c.evictions },
       senseCode: this.senseCode,
@@ -1504,18 +2066,27 @@ export class ControllerCore {
   }
 
   private requireWritable(): void {
-    if (this.role === Role.MIRRORED || this.role === Role.SINGLE) return;
-    if (this.role === Role.STOPPING) throw new PagepairError('SHUTTING_DOWN', 'controller is shutting down');
-    if (this.role === Role.FENCED) throw new PagepairError('FENCED', 'controller is fenced');
-    throw new PagepairError('NOT_MIRRORED', `controller is ${roleName(this.role)}, not mirrored: writes wait for the partner`);
+    if (this.role === Role.MIRRORED || this.role === Role.SINGLE || this.role === Role.ALONE) return;
+    this.refuse('writes');
   }
 
+  /** Reads are served only where every acknowledged write is known: mirrored, alone, or single. */
   private requireReadable(): void {
-    if (this.role === Role.MIRRORED || this.role === Role.SINGLE) return;
+    if (this.role === Role.MIRRORED || this.role === Role.SINGLE || this.role === Role.ALONE) return;
+    this.refuse('reads');
+  }
+
+  private refuse(what: string): never {
     if (this.role === Role.STOPPING) throw new PagepairError('SHUTTING_DOWN', 'controller is shutting down');
-    if (this.role === Role.FENCED) throw new PagepairError('FENCED', 'controller is fenced');
-    // Once joined, our cache holds every acknowledged write; until then it may not.
-    if (this.fresh) throw new PagepairError('NOT_ACTIVE', 'controller has not joined its partner yet');
+    if (this.role === Role.FENCED) throw new PagepairError('FENCED', `controller ${this.selfId === 1 ? 'A' : 'B'} is fenced: its partner serves in epoch ${this.epoch} or later`);
+    if (this.role === Role.ARBITRATING) throw new PagepairError('NOT_MIRRORED', `controller lost its partner and is arbitrating; ${what} wait`);
+    if (this.fresh) throw new PagepairError('NOT_ACTIVE', `controller has not joined its partner yet; ${what} wait`);
+    throw new PagepairError('NOT_MIRRORED', `controller is ${roleName(this.role)}; ${what} wait for the partner`);
+  }
+
+  /** Writes are acknowledged once in the store, not in the partner's cache. */
+  private writesThrough(): boolean {
+    return this.role === Role.ALONE;
   }
 
   private lookup(guid: string): AllocState {
@@ -1639,6 +2210,10 @@ export interface CoreStatus {
   destageInFlight: number;
   destageQueue: number;
   openPointers: number;
+  /** While the partner joins: how far sending it our state has come. */
+  resync: { authoritative: boolean | null; pagesToSend: number; pagesSent: number; done: boolean; partnerDone: boolean } | null;
+  /** The store lease and the epoch record as last read. */
+  lease: { valid: boolean; epochRecord: EpochRecord | null } | null;
   digests: { table: string; dirty: string };
   counters: CoreCounters & { evictions: number };
   senseCode: number;
@@ -1656,6 +2231,7 @@ const ROLE_NAMES: Record<number, string> = {
   [Role.JOINING]: 'joining',
   [Role.STOPPING]: 'stopping',
   [Role.SINGLE]: 'single',
+  [Role.ARBITRATING]: 'arbitrating',
 };
 
 export function roleName(role: number): string {

@@ -26,6 +26,14 @@ export interface CoreEnv {
   nowMs(): number;
   /** A fresh allocation GUID (uuid v4 in the runtime, seeded in the simulator). */
   newGuid(): string;
+  /** Drop the peer link (the partner went silent, or a request to it timed
+   *  out): peerDown follows, and the transport dials again. */
+  closePeer(reason: string): void;
+  /** Stop the partner from outside (the configured fence action). Resolves
+   *  true when it is known stopped, false when there is no action or it failed. */
+  fencePartner(pid: number): Promise<boolean>;
+  /** This process's id, recorded in the mailbox for the partner's fence action. */
+  pid: number;
   store: BlockStore;
   log: CoreLog;
 }
@@ -41,6 +49,12 @@ export interface CoreConfig {
   dirtyAgeMaxMs: number;
   destageConcurrency: number;
   heartbeatIntervalMs: number;
+  /** Partner silence after which it counts as lost, and arbitration starts. */
+  partnerTimeoutMs: number;
+  /** The controller that carries on when both are alive and the link is cut. */
+  preferredId: 1 | 2;
+  /** Pages a survivor sends a rejoining partner per second, at most. */
+  resyncPagesPerSecMax: number;
   /** A partner request unanswered this long fails with TIMEOUT. */
   peerRequestTimeoutMs: number;
   /** An unused pointer is given back after this long. */

@@ -4,7 +4,7 @@
 
 import type { Limits } from './limits.js';
 import type { Common, Message, MessageKind } from './messages.js';
-import { LockOp, MsgType, PageFlag, PageState, PointerMode, REPLY_BIT, Role, SenseReason } from './messages.js';
+import { JoinFlag, LockOp, MsgType, PageFlag, PageState, PointerMode, REPLY_BIT, Role, SenseReason } from './messages.js';
 
 // ---------------------------------------------------------------------------
 // Type codes
@@ -253,7 +253,7 @@ export const BODY: BodyLayouts = {
     ]),
   ],
   WRITE_PAGE_REPLY: [u32('count')],
-  SENSE_REQUEST: [enumField('role', 'Role', Role), enumField('reason', 'SenseReason', SenseReason)],
+  SENSE_REQUEST: [enumField('role', 'Role', Role), enumField('reason', 'SenseReason', SenseReason), bits('joinFlags', 'JoinFlag', JoinFlag)],
   SENSE_REQUEST_REPLY: [
     enumField('role', 'Role', Role),
     u16('senseCode'),

@@ -64,6 +64,8 @@ export const Role = {
   STOPPING: 5,
   /** Mirroring is switched off by configuration: a single controller. */
   SINGLE: 6,
+  /** The partner is lost; deciding through the store who carries on. */
+  ARBITRATING: 7,
 } as const;
 export type RoleCode = (typeof Role)[keyof typeof Role];
 
@@ -73,6 +75,16 @@ export const SenseReason = {
   CRASHING: 2,
 } as const;
 export type SenseReasonCode = (typeof SenseReason)[keyof typeof SenseReason];
+
+/** SENSE_REQUEST join flags. A join decision reads only a SENSE with JOINING set. */
+export const JoinFlag = {
+  /** The sender is joining us now. */
+  JOINING: 0x01,
+  /** The sender has just started (or was fenced): it holds no state of its own. */
+  FRESH: 0x02,
+  /** The sender has sent us all its state for this join. */
+  PUSH_DONE: 0x04,
+} as const;
 
 export const LockOp = { TAKE: 1, GIVE: 2 } as const;
 export type LockOpCode = (typeof LockOp)[keyof typeof LockOp];
@@ -199,6 +211,8 @@ export interface SenseRequest extends Common {
   kind: 'SENSE_REQUEST';
   role: RoleCode;
   reason: SenseReasonCode;
+  /** JoinFlag bits: where the sender is in joining us. */
+  joinFlags: number;
 }
 export interface SenseReply extends Common {
   kind: 'SENSE_REQUEST_REPLY';

@@ -1,7 +1,9 @@
 // One running controller: the only place where the core meets the clock,
 // timers, the store file, the peer link, the client endpoint and the logger.
 
+import { readFile } from 'node:fs/promises';
 import { performance } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { v4 as uuidv4 } from 'uuid';
 import type pino from 'pino';
 import { ControllerCore, roleName, type CoreStatus } from '../core/controller.js';
@@ -19,10 +21,50 @@ const TICK_MS_MAX = 20;
 const PEER_REQUEST_TIMEOUT_MS = 10_000;
 const POINTER_LEASE_MS = 30_000;
 const CACHE_FULL_WAIT_MS = 5_000;
+/** A resync sends at most this many pages a second, so clients keep their speed. */
+const RESYNC_PAGES_PER_SEC_MAX = 20_000;
+const FENCE_WAIT_MS = 2_000;
+
+/**
+ * The fence action for a pair on one machine: SIGKILL the pid the partner
+ * recorded in the mailbox, after checking that the pid is still a pagepair
+ * process (pids get reused), and wait until it is gone.
+ */
+async function killPartner(pid: number, log: pino.Logger): Promise<boolean> {
+  if (pid <= 0 || pid === process.pid) return false;
+  let cmdline: string;
+  try {
+    cmdline = (await readFile(`/proc/${pid}/cmdline`, 'utf8')).replaceAll('\0', ' ');
+  } catch {
+    return true; // no such process: nothing left to stop
+  }
+  if (!cmdline.includes('pagepair')) {
+    log.warn({ pid, cmdline: cmdline.slice(0, 200) }, 'fence: the recorded pid is not a pagepair process now; not killing it');
+    return true;
+  }
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    return true;
+  }
+  log.warn({ pid }, 'fence: killed the partner process');
+  const deadline = performance.now() + FENCE_WAIT_MS;
+  while (performance.now() < deadline) {
+    try {
+      process.kill(pid, 0);
+    } catch {
+      return true;
+    }
+    await sleep(10);
+  }
+  return false;
+}
 
 export interface RunningController {
   readonly config: ControllerConfig;
   readonly core: ControllerCore;
+  /** Tell the partner we are going down with an error (called before exiting). */
+  announceCrash(): void;
   readonly clientPort: number;
   readonly peerPort: number | null;
   status(): ControllerStatus;
@@ -64,6 +106,9 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger): 
     dirtyAgeMaxMs: cfg.cache.dirtyAgeMaxMs,
     destageConcurrency: cfg.cache.destageConcurrency,
     heartbeatIntervalMs: cfg.heartbeatIntervalMs,
+    partnerTimeoutMs: cfg.partnerTimeoutMs,
+    preferredId: cfg.arbitration.preferredNumber,
+    resyncPagesPerSecMax: RESYNC_PAGES_PER_SEC_MAX,
     peerRequestTimeoutMs: PEER_REQUEST_TIMEOUT_MS,
     pointerLeaseMs: POINTER_LEASE_MS,
     cacheFullWaitMs: CACHE_FULL_WAIT_MS,
@@ -83,6 +128,9 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger): 
     },
     nowMs: () => performance.now(),
     newGuid: () => uuidv4(),
+    closePeer: (reason) => peer?.drop(reason),
+    fencePartner: (pid) => (cfg.arbitration.fenceAction === 'kill' ? killPartner(pid, log) : Promise.resolve(false)),
+    pid: process.pid,
     store: store as BlockStore,
     log: log.child({ component: 'core' }),
   };
@@ -203,5 +251,10 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger): 
     return stopping;
   };
 
-  return { config: cfg, core, clientPort, peerPort, status: () => status(), stop };
+  const announceCrash = (): void => {
+    core.announceCrash();
+    flush();
+  };
+
+  return { config: cfg, core, clientPort, peerPort, status: () => status(), stop, announceCrash };
 }

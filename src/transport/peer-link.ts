@@ -156,6 +156,12 @@ export class PeerLink {
     }
   }
 
+  /** Drop the current link (the core found the partner silent); the dialer dials again. */
+  drop(reason: string): void {
+    const current = this.current;
+    if (current !== undefined) this.takeDown(current, reason, CLOSE_NORMAL, this.opts.reconnectMs);
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;

@@ -40,6 +40,11 @@ export interface SimOptions {
   dirtyAgeMaxMs?: number;
   destageConcurrency?: number;
   heartbeatIntervalMs?: number;
+  /** Partner silence (and link loss) after which arbitration decides who serves. */
+  partnerTimeoutMs?: number;
+  preferred?: 'A' | 'B';
+  /** The survivor's fence action kills a silent partner (default true), as the runtime's "kill" does. */
+  fenceKills?: boolean;
   peerRequestTimeoutMs?: number;
   pointerLeaseMs?: number;
   cacheFullWaitMs?: number;
@@ -246,14 +251,15 @@ export class Harness {
 
   /** Both sides see the link come up in the same turn. */
   heal(): void {
-    if (this.linkIsUp) throw new Error('sim: link is already up');
+    // A core that dropped the link has the dialer bring it back by itself.
+    if (this.linkIsUp) return;
     for (const n of this.nodes) if (!n.alive) throw new Error(`sim: ${n.name} is not running`);
     this.linkIsUp = true;
     this.linkGen++;
     this.lastArrivalMs['A->B'] = this.sched.nowMs;
     this.lastArrivalMs['B->A'] = this.sched.nowMs;
-    this.a.core.peerUp({ partnerPid: 2000 + this.b.incarnation });
-    this.b.core.peerUp({ partnerPid: 1000 + this.a.incarnation });
+    this.a.core.peerUp({ partnerPid: pidOf('B', this.b.incarnation) });
+    this.b.core.peerUp({ partnerPid: pidOf('A', this.a.incarnation) });
   }
 
   /** The link drops: frames in flight (and held) are lost; both sides hear of it. */
@@ -362,6 +368,9 @@ export class Harness {
       dirtyAgeMaxMs: this.opts.dirtyAgeMaxMs ?? 3_600_000,
       destageConcurrency: this.opts.destageConcurrency ?? 8,
       heartbeatIntervalMs: this.opts.heartbeatIntervalMs ?? 100,
+      partnerTimeoutMs: this.opts.partnerTimeoutMs ?? 600,
+      preferredId: this.opts.preferred === 'B' ? 2 : 1,
+      resyncPagesPerSecMax: 100_000,
       peerRequestTimeoutMs: this.opts.peerRequestTimeoutMs ?? 60_000,
       pointerLeaseMs: this.opts.pointerLeaseMs ?? 600_000,
       cacheFullWaitMs: this.opts.cacheFullWaitMs ?? 5_000,
@@ -391,6 +400,24 @@ export class Harness {
       },
       nowMs: () => this.sched.nowMs,
       newGuid: () => this.guidRng.uuid(),
+      closePeer: (reason) => {
+        if (!current()) return;
+        this.cut(`${name}: ${reason}`);
+        // The runtime's dialer dials again after peerReconnectMs.
+        this.sched.after(REDIAL_MS, `${name} redials`, () => {
+          if (!this.linkIsUp && this.nodes.every((n) => n.alive)) this.heal();
+        });
+      },
+      fencePartner: (pid) => {
+        if (!current() || this.opts.fenceKills === false) return Promise.resolve(false);
+        const victim = this.nodes.find((n) => pidOf(n.name, n.incarnation) === pid);
+        if (victim !== undefined && victim.alive) {
+          this.logs.push({ node: name, incarnation, atMs: this.sched.nowMs, level: 'warn', msg: `fence: killed ${victim.name}`, obj: {} });
+          this.kill(victim.name);
+        }
+        return Promise.resolve(true);
+      },
+      pid: pidOf(name, incarnation),
       store,
       log: this.makeLog(name, incarnation),
     };
@@ -466,4 +493,12 @@ export function tagged(bytes: number, tag: string): Buffer {
   const t = Buffer.from(`${tag}|`);
   for (let i = 0; i < bytes; i += t.length) t.copy(b, i, 0, Math.min(t.length, bytes - i));
   return b;
+}
+
+/** How soon the link comes back after a core dropped it (the runtime's peerReconnectMs). */
+const REDIAL_MS = 100;
+
+/** The pid a simulated controller records in the mailbox. */
+function pidOf(name: NodeName, incarnation: number): number {
+  return (name === 'A' ? 1000 : 2000) + incarnation;
 }

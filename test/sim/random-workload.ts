@@ -43,7 +43,8 @@ export let lastHarness: Harness | undefined;
 /** Refused before anything was applied. */
 const NOT_APPLIED = new Set(['NOT_MIRRORED', 'NOT_ACTIVE', 'SHUTTING_DOWN']);
 /** The write may or may not have been applied. */
-const UNDECIDED = new Set(['PARTNER_LOST', 'TIMEOUT']);
+// FENCED can come after a write was applied here (its store write refused by the lease).
+const UNDECIDED = new Set(['PARTNER_LOST', 'TIMEOUT', 'FENCED']);
 
 function codeOf(err: unknown): string {
   if (isPagepairError(err)) return err.code;
@@ -158,7 +159,8 @@ export async function runSeed(seed: number, opts: WorkloadOptions = {}): Promise
           else if (stable && before === disruptions && mirrored()) r.candidates = matching;
         } catch (err) {
           const code = codeOf(err);
-          if (!chaos || (code !== 'NOT_ACTIVE' && code !== 'CONNECTION_LOST')) errors.push(`actor ${idx} op ${op}: read through ${c.controller}: ${code} ${String(err)}`);
+          // Arbitrating (NOT_MIRRORED), fenced, or not joined yet: no read is served.
+          if (!chaos || !['NOT_ACTIVE', 'CONNECTION_LOST', 'NOT_MIRRORED', 'FENCED'].includes(code)) errors.push(`actor ${idx} op ${op}: read through ${c.controller}: ${code} ${String(err)}`);
           await h.sleep(5 + my.int(20));
         }
       }
@@ -175,7 +177,7 @@ export async function runSeed(seed: number, opts: WorkloadOptions = {}): Promise
         await c.flush(my.chance(0.5) ? '' : my.pick(allocs).guid);
       } catch (err) {
         const code = codeOf(err);
-        if (!chaos || !['NOT_MIRRORED', 'PARTNER_LOST', 'CONNECTION_LOST'].includes(code)) errors.push(`flush through ${c.controller}: ${code} ${String(err)}`);
+        if (!chaos || !['NOT_MIRRORED', 'PARTNER_LOST', 'CONNECTION_LOST', 'FENCED', 'NOT_ACTIVE', 'TIMEOUT'].includes(code)) errors.push(`flush through ${c.controller}: ${code} ${String(err)}`);
       }
     }
   };

@@ -130,7 +130,7 @@ const FIXTURES: { readonly [K in MessageKind]: Extract<Message, { kind: K }> | M
     ],
   },
   WRITE_PAGE_REPLY: { kind: 'WRITE_PAGE_REPLY', ...common(1), count: 3 },
-  SENSE_REQUEST: { kind: 'SENSE_REQUEST', ...common(), role: Role.MIRRORED, reason: SenseReason.SHUTTING_DOWN },
+  SENSE_REQUEST: { kind: 'SENSE_REQUEST', ...common(), role: Role.MIRRORED, reason: SenseReason.SHUTTING_DOWN, joinFlags: 0x05 },
   SENSE_REQUEST_REPLY: {
     kind: 'SENSE_REQUEST_REPLY',
     ...common(1),
@@ -502,7 +502,7 @@ describe('encode refuses what cannot be encoded', () => {
   });
 
   it('enums, booleans and fixed-size byte fields', () => {
-    expectEncodeError({ ...FIXTURES.SENSE_REQUEST, role: 7 }, 'BAD_FIELD', 'role');
+    expectEncodeError({ ...FIXTURES.SENSE_REQUEST, role: 8 }, 'BAD_FIELD', 'role');
     expectEncodeError({ ...FIXTURES.LOCK_REQUEST, op: 0 }, 'BAD_FIELD', 'op');
     expectEncodeError({ ...FIXTURES.C_OPEN_POINTER, mode: 3 }, 'BAD_FIELD', 'mode');
     expectEncodeError({ ...wp, pages: [{ ...page, pageFlags: 0x04 }] }, 'BAD_FIELD', 'pages[0].pageFlags');
@@ -664,7 +664,7 @@ describe('decode refuses bad frames with a typed error', () => {
   it('BAD_FIELD for enum values outside their enum', () => {
     const cases: [MessageKind, number, number, string][] = [
       // kind, body offset of the byte, bad value, field
-      ['SENSE_REQUEST', 0, 7, 'role'],
+      ['SENSE_REQUEST', 0, 8, 'role'],
       ['SENSE_REQUEST', 1, 3, 'reason'],
       ['LOCK_REQUEST', 24, 0, 'op'],
       ['LOCK_REQUEST', 24, 3, 'op'],

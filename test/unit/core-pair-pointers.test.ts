@@ -142,14 +142,13 @@ describe('read pointers', () => {
 });
 
 describe('flush and pointers', () => {
-  // KNOWN BUG (left to the lead): a flush takes every dirty page it does not
-  // own with LOCK_REQUEST TAKE, and the owner refuses pages under a pointer it
-  // holds, read pointers included, so C_FLUSH through B fails LOCK_CONFLICT
-  // for as long as A holds any pointer over a dirty page (and the refusal
-  // covers the whole run asked for, not only the pointer's pages). The owner
-  // could destage those pages itself; remove `.fails` once it does.
+  // Regression: a flush takes every dirty page it does not own with
+  // LOCK_REQUEST TAKE, and the owner refuses pages under a pointer it holds,
+  // so C_FLUSH through B failed LOCK_CONFLICT while A held any pointer over a
+  // dirty page. Now the owner destages the pages it refuses, and the flush
+  // waits for "clean at v".
   for (const mode of [PointerMode.READ, PointerMode.WRITE]) {
-    it.fails(`a flush through B succeeds while A holds a ${mode === PointerMode.READ ? 'read' : 'write'} pointer over dirty pages`, async () => {
+    it(`a flush through B succeeds while A holds a ${mode === PointerMode.READ ? 'read' : 'write'} pointer over dirty pages`, async () => {
       const { h, ca, cb, guid } = await setup(mode === PointerMode.READ ? 78 : 79);
       const ptr = await h.run(ca.openPointer(guid, 0, 2, mode));
       expect(codeOf(await h.settle(cb.flush()))).toBe('ok');

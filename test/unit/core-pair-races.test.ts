@@ -151,13 +151,11 @@ describe('an allocation the coordinator learns in a join', () => {
 });
 
 describe('an extent freed while a destage to it is in flight', () => {
-  // KNOWN BUG (left to the lead): dropAllocation deletes the allocation from
-  // `allocs` at once and only then waits for its destages, so placeExtent may
-  // hand its extent to a new allocation (and clearExtent zero it) while an old
-  // page write is still on its way; it lands in the new allocation's slots and
-  // reads fail CHECKSUM_MISMATCH (or, with equal page sizes, an old page could
-  // overwrite a new one). Remove `.fails` once extents drain before reuse.
-  it.fails('is not handed to a new allocation before the old write landed', async () => {
+  // Regression: a released allocation's extent could go to a new allocation
+  // (and be zeroed) while an old page write was still on its way; it landed
+  // in the new allocation's slots and reads failed CHECKSUM_MISMATCH. Released
+  // extents now count as used until both sides' writes to them have landed.
+  it('is not handed to a new allocation before the old write landed', async () => {
     const h = await Harness.createPair({ seed: 86 });
     const ca = h.client('A');
     const cb = h.client('B');
@@ -205,14 +203,11 @@ describe('allocations made at once through both controllers', () => {
 });
 
 describe('a partner request that times out on a live link', () => {
-  // KNOWN BUG (left to the lead): tick() fails a partner request after
-  // peerRequestTimeoutMs, but the partner may still apply it (here B drops the
-  // allocation and answers once its slow destage lands). A keeps it, so the
-  // tables differ while both say mirrored, and A goes on acknowledging writes
-  // to an allocation B no longer has. A timeout on a live link should take
-  // the link down (so the join resyncs), not fail one request. Remove
-  // `.fails` once it does.
-  it.fails('does not leave the two allocation tables different', async () => {
+  // Regression: a partner request that timed out failed alone while the
+  // partner could still apply it (here B drops the allocation once its slow
+  // destage lands), leaving the tables different while both said mirrored.
+  // A timeout on a live link now takes the link down, and the pair rejoins.
+  it('does not leave the two allocation tables different', async () => {
     const h = await Harness.createPair({ seed: 89, peerRequestTimeoutMs: 1000 });
     const ca = h.client('A');
     const cb = h.client('B');

@@ -283,6 +283,9 @@ describe('core pair: restart and rejoin', () => {
     await h.runUntilQuiet();
     expect(h.status('B').dirtyPages).toBe(6);
 
+    // A takes over when B dies and starts destaging what it holds; stalling
+    // its page writes keeps the pages dirty, so the join has them to send.
+    h.a.store.stall('pageWrites');
     await h.restart('B');
     expect(h.status('B').dirtyPages).toBe(0);
     const readEarly = await h.settle(h.client('B').read(x.guid, 0, PAGE));
@@ -295,6 +298,8 @@ describe('core pair: restart and rejoin', () => {
     const pushed = joinFrames.filter((f) => f.kind === 'WRITE_PAGE' && f.dir === 'A->B');
     expect(pushed.length).toBeGreaterThan(0);
     expect(h.status('B').dirtyPages).toBe(6);
+    expect(h.status('B').epoch).toBe(h.status('A').epoch);
+    h.a.store.unstall();
 
     const cb2 = h.client('B');
     expect(await h.run(cb2.read(x.guid, 0, 6 * PAGE))).toEqual(model);

@@ -78,7 +78,7 @@ async function pair(
 }
 
 function sense(requestId: number, sender: number): SenseRequest {
-  return { kind: 'SENSE_REQUEST', requestId, epoch: 3, sender, flags: 0, role: Role.MIRRORED, reason: SenseReason.HEARTBEAT };
+  return { kind: 'SENSE_REQUEST', requestId, epoch: 3, sender, flags: 0, role: Role.MIRRORED, reason: SenseReason.HEARTBEAT, joinFlags: 0 };
 }
 
 function warnings(records: LogRecord[]): LogRecord[] {
