@@ -80,7 +80,7 @@ export class Arbiter {
    */
   async heartbeat(epoch: number, role: number, pid: number): Promise<Mailbox> {
     const issuedMs = this.io.nowMs();
-    await this.io.store.writeMailboxSlot({ controllerId: this.cfg.selfId, epoch, counter: ++this.counter, timeMs: issuedMs, pid, role });
+    await this.io.store.writeMailboxSlot({ controllerId: this.cfg.selfId, epoch, counter: ++this.counter, timeMs: Math.floor(issuedMs), pid, role });
     const mailbox = await this.io.store.readMailbox();
     this.lastEpoch = mailbox.epoch;
     if (!this.supersededIn(mailbox, epoch)) this.leaseUntilMs = issuedMs + this.leaseMs;
@@ -145,7 +145,7 @@ export class Arbiter {
     }
     const current = mailbox.epoch?.epoch ?? epoch;
     const next = Math.max(epoch, current) + 1;
-    await this.io.store.writeEpochRecord({ epoch: next, activeId: this.cfg.selfId, timeMs: this.io.nowMs() });
+    await this.io.store.writeEpochRecord({ epoch: next, activeId: this.cfg.selfId, timeMs: Math.floor(this.io.nowMs()) });
     mailbox = await this.heartbeat(next, role, pid);
     if (mailbox.epoch === null || mailbox.epoch.epoch !== next || mailbox.epoch.activeId !== this.cfg.selfId) {
       return this.lost(mailbox, 'epoch record changed under us');
@@ -156,7 +156,7 @@ export class Arbiter {
 
   /** Record that the pair is mirrored again in `epoch` (activeId 0: both serve). */
   async recordMirrored(epoch: number): Promise<void> {
-    await this.io.store.writeEpochRecord({ epoch, activeId: 0, timeMs: this.io.nowMs() });
+    await this.io.store.writeEpochRecord({ epoch, activeId: 0, timeMs: Math.floor(this.io.nowMs()) });
   }
 
   private lost(mailbox: Mailbox, reason: string): ArbitrationOutcome {
