@@ -16,8 +16,8 @@ export {
 } from './history.js';
 export { readHistory, writeHistoryText } from './history-file.js';
 export {
-  DEFAULT_SEARCH_STEPS_BASE,
-  DEFAULT_SEARCH_STEPS_PER_OP,
+  DEFAULT_SEARCH_STATES_BASE,
+  DEFAULT_SEARCH_STATES_PER_OP,
   VIOLATION_KINDS,
   checkFinal,
   checkHistory,

@@ -47,17 +47,17 @@ export interface InconclusiveKey {
   key: string;
   /** Ops the search had to order (after the reductions above). */
   ops: number;
-  searchSteps: number;
+  searchStates: number;
 }
 
 export interface CheckOptions {
   /**
-   * Work bound of the exhaustive search, per key. Default: a base plus a
-   * share per op of the key (DEFAULT_SEARCH_STEPS_BASE, _PER_OP), so a long
-   * key gets a budget in proportion and a pathological one stops in about a
-   * second.
+   * Work bound of the exhaustive search, per key, in states (configurations
+   * entered plus backtracks). Default: DEFAULT_SEARCH_STATES_BASE plus
+   * DEFAULT_SEARCH_STATES_PER_OP per op of the key, so a long key gets a
+   * budget in proportion to its length.
    */
-  maxSearchStepsPerKey?: number;
+  maxSearchStatesPerKey?: number;
   /**
    * Trust an op with outcome 'fail' to mean the write did not happen (drop it;
    * a read of its value is then a phantom). Off by default: the pair may fail
@@ -66,8 +66,8 @@ export interface CheckOptions {
   failedWritesDidNotHappen?: boolean;
 }
 
-export const DEFAULT_SEARCH_STEPS_BASE = 100_000;
-export const DEFAULT_SEARCH_STEPS_PER_OP = 100;
+export const DEFAULT_SEARCH_STATES_BASE = 100_000;
+export const DEFAULT_SEARCH_STATES_PER_OP = 20;
 
 export interface CheckResult {
   /** True only when every key was proven linearizable. */
@@ -111,7 +111,7 @@ interface Found {
 interface KeyContext {
   originMs: number;
   /** Fixed per-key bound, or undefined for the default that grows with the key. */
-  maxSteps: number | undefined;
+  maxStates: number | undefined;
   failedWritesDidNotHappen: boolean;
   /** For phantom reads: which key a value was written to, if any (built on first need). */
   keyOfValue: () => Map<number, string>;
@@ -178,7 +178,8 @@ interface SOp {
   src: HistoryOp;
 }
 
-type SearchResult = { kind: 'ok'; steps: number } | { kind: 'fail'; steps: number; deepest: number; stuck: SOp | null } | { kind: 'gave-up'; steps: number };
+/** states: configurations entered plus backtracks, the unit of the work bound. */
+type SearchResult = { kind: 'ok'; states: number } | { kind: 'fail'; states: number; deepest: number; stuck: SOp | null } | { kind: 'gave-up'; states: number };
 
 /**
  * Wing & Gong's search with Lowe's memo. Events (calls and returns) sit in a
@@ -192,9 +193,9 @@ type SearchResult = { kind: 'ok'; steps: number } | { kind: 'fail'; steps: numbe
  * (in call order) is placed, and beyond it only ops called before that op's
  * return can be placed, so the key is that op's index plus a short list.
  */
-function searchLinearization(ops: readonly SOp[], maxSteps: number): SearchResult {
+function searchLinearization(ops: readonly SOp[], maxStates: number): SearchResult {
   const n = ops.length;
-  if (n === 0) return { kind: 'ok', steps: 0 };
+  if (n === 0) return { kind: 'ok', states: 0 };
   // Events: 2i = call of op i, 2i+1 = its return. At equal times calls sort
   // first: an op that ends exactly when another starts does not precede it.
   const events = Array.from({ length: 2 * n }, (_, e) => e);
@@ -290,21 +291,21 @@ function searchLinearization(ops: readonly SOp[], maxSteps: number): SearchResul
   let sp = 0;
   let state = 0;
   let remaining = n;
-  let steps = 0;
+  let states = 0;
   let deepest = -1;
   let stuck: SOp | null = null;
   let node = next[HEAD]!;
   for (;;) {
-    if (++steps > maxSteps) return { kind: 'gave-up', steps };
     if (node === -1 || isCallNode[node] === 0) {
       // A pending op's return came first: a placement so far was wrong.
       if (sp > deepest) {
         deepest = sp;
         stuck = node === -1 ? null : ops[opAtRank[rankOfNode[node]!]!]!;
       }
+      if (++states > maxStates) return { kind: 'gave-up', states };
       let k: number;
       do {
-        if (sp === 0) return { kind: 'fail', steps, deepest, stuck };
+        if (sp === 0) return { kind: 'fail', states, deepest, stuck };
         sp--;
         k = stackRank[sp]!;
         state = stackState[sp]!;
@@ -324,9 +325,10 @@ function searchLinearization(ops: readonly SOp[], maxSteps: number): SearchResul
       lift(k);
       remaining--;
       if (read) readersLeft[newState]!--;
-      if (remaining === 0) return { kind: 'ok', steps };
+      if (remaining === 0) return { kind: 'ok', states };
       const key = memoKey(newState);
       if (!seen.has(key)) {
+        if (++states > maxStates) return { kind: 'gave-up', states };
         seen.add(key);
         stackRank[sp] = k;
         stackState[sp] = state;
@@ -449,7 +451,7 @@ function checkKey(key: string, ops: readonly HistoryOp[], ctx: KeyContext, found
   };
 
   // 1a. Phantom and future reads.
-  let live: KRead[] = [];
+  const live: KRead[] = [];
   for (const r of reads) {
     if (r.value === 0) {
       live.push(r);
@@ -458,7 +460,8 @@ function checkKey(key: string, ops: readonly HistoryOp[], ctx: KeyContext, found
     const w = writes.get(r.value);
     if (w === undefined) {
       const elsewhere = ctx.keyOfValue().get(r.value);
-      const hint = elsewhere !== undefined && elsewhere !== key ? `; that value was written to ${elsewhere}` : '';
+      const hint =
+        elsewhere === undefined ? '' : elsewhere !== key ? `; that value was written to ${elsewhere}` : '; only a write reported as failed wrote it, and failed writes are trusted';
       report('phantom-read', r.start, `read #${r.op.id} (${span(ctx, r.op)}) returned ${r.value}, which no write to ${key} wrote${hint}`, r.op);
     } else if (w.start > r.end) {
       report(
@@ -565,7 +568,7 @@ function checkKey(key: string, ops: readonly HistoryOp[], ctx: KeyContext, found
   }
   for (const r of remainingReads) sops.push({ isWrite: false, value: r.value, start: r.start, end: r.end, src: r.op });
   if (!sops.some((o) => !o.isWrite)) return; // writes alone always linearize
-  const search = searchLinearization(sops, ctx.maxSteps ?? DEFAULT_SEARCH_STEPS_BASE + DEFAULT_SEARCH_STEPS_PER_OP * sops.length);
+  const search = searchLinearization(sops, ctx.maxStates ?? DEFAULT_SEARCH_STATES_BASE + DEFAULT_SEARCH_STATES_PER_OP * sops.length);
   const zones = zoneCheck(sops, ctx);
   if (search.kind !== 'gave-up') {
     invariant((search.kind === 'ok') === (zones === null), `search and zone check disagree on key ${key}`);
@@ -573,14 +576,14 @@ function checkKey(key: string, ops: readonly HistoryOp[], ctx: KeyContext, found
   if (zones !== null) {
     const searchNote =
       search.kind === 'fail'
-        ? ` (the exhaustive search agrees: it placed at most ${search.deepest} of ${sops.length} operations${search.stuck !== null ? `, stuck before op #${search.stuck.src.id} returned` : ''})`
+        ? ` (the exhaustive search agrees: it placed at most ${search.deepest} of ${sops.length} operations${search.stuck !== null ? `, and could not place op #${search.stuck.src.id} before it returned` : ''})`
         : search.kind === 'gave-up'
-          ? ` (found by the zone check; the exhaustive search gave up after ${search.steps} steps)`
+          ? ` (found by the zone check; the exhaustive search gave up after ${search.states} states)`
           : '';
     const atMs = Math.max(...zones.ops.map((o) => o.startMs));
     found.push({ violation: { kind: 'not-linearizable', key, ops: zones.ops, explanation: zones.explanation + searchNote }, atMs });
   } else if (search.kind === 'gave-up') {
-    inconclusive.push({ key, ops: sops.length, searchSteps: search.steps });
+    inconclusive.push({ key, ops: sops.length, searchStates: search.states });
   }
 }
 
@@ -606,8 +609,8 @@ export function validateHistory(ops: readonly HistoryOp[]): void {
 
 export function checkHistory(ops: readonly HistoryOp[], opts: CheckOptions = {}): CheckResult {
   validateHistory(ops);
-  const maxSteps = opts.maxSearchStepsPerKey;
-  if (maxSteps !== undefined && !(maxSteps > 0)) throw new PagepairError('BAD_FIELD', 'maxSearchStepsPerKey must be > 0', 'maxSearchStepsPerKey');
+  const maxStates = opts.maxSearchStatesPerKey;
+  if (maxStates !== undefined && !(maxStates > 0)) throw new PagepairError('BAD_FIELD', 'maxSearchStatesPerKey must be > 0', 'maxSearchStatesPerKey');
   let originMs = Infinity;
   const byKey = new Map<string, HistoryOp[]>();
   const counts = { writesOk: 0, writesMaybe: 0, readsOk: 0, readsDropped: 0 };
@@ -627,7 +630,7 @@ export function checkHistory(ops: readonly HistoryOp[], opts: CheckOptions = {})
   let keyOfValue: Map<number, string> | undefined;
   const ctx: KeyContext = {
     originMs,
-    maxSteps,
+    maxStates,
     failedWritesDidNotHappen: opts.failedWritesDidNotHappen === true,
     keyOfValue: () => {
       if (keyOfValue === undefined) {

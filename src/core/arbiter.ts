@@ -42,6 +42,8 @@ export interface ArbiterIo {
   sleep(ms: number): Promise<void>;
   /** Fence the partner (e.g. kill its pid). Resolves true when it is known stopped. */
   fencePartner(pid: number): Promise<boolean>;
+  /** True only when the partner's process is known gone (a pair on one machine can tell). */
+  partnerGone(pid: number): Promise<boolean>;
   log: CoreLog;
 }
 
@@ -98,12 +100,19 @@ export class Arbiter {
    * The link to the partner is gone; decide who carries on.
    * `partnerLeft`: it told us it is shutting down or crashing.
    */
-  async arbitrate(epoch: number, partnerLeft: boolean, role: number, pid: number): Promise<ArbitrationOutcome> {
+  async arbitrate(epoch: number, partnerLeftAtStart: boolean, role: number, pid: number): Promise<ArbitrationOutcome> {
+    let partnerLeft = partnerLeftAtStart;
     const started = this.io.nowMs();
     let mailbox = await this.heartbeat(epoch, role, pid);
     if (this.supersededIn(mailbox, epoch)) return this.lost(mailbox, 'partner already took over');
     const partnerStart = mailbox.slots[this.cfg.partnerId - 1] ?? null;
     const preferred = this.cfg.selfId === this.cfg.preferredId;
+    // A partner whose process is gone will not come back by itself: no need
+    // to watch its slot for a whole timeout (a kill -9 on one machine).
+    if (!partnerLeft && partnerStart !== null && partnerStart.pid > 0 && (await this.io.partnerGone(partnerStart.pid))) {
+      this.io.log.info({ partnerPid: partnerStart.pid }, 'arbitration: the partner process is gone');
+      partnerLeft = true;
+    }
     /** The partner's slot moved: its process runs. */
     let advanced = false;
     /** ...and it holds state it would serve: it contends. */
@@ -126,7 +135,7 @@ export class Arbiter {
       this.io.log.warn({ epoch }, 'arbitration: partner is alive and preferred; fencing ourselves');
       return { won: false, epoch, activeId: this.cfg.partnerId, reason: 'partner alive and preferred' };
     }
-    if (!alive && !preferred) {
+    if (!alive && !preferred && !partnerLeft) {
       // Let a preferred partner that also thinks us dead write first.
       const extraUntil = this.io.nowMs() + Math.floor(this.cfg.partnerTimeoutMs / 2);
       while (this.io.nowMs() < extraUntil) {
@@ -135,8 +144,11 @@ export class Arbiter {
         if (this.supersededIn(mailbox, epoch)) return this.lost(mailbox, 'partner took over');
       }
     }
+    // Fence the process we lost, never a successor that took its slot since
+    // (a restarted partner says "starting" and holds nothing).
     const partnerSlot = mailbox.slots[this.cfg.partnerId - 1] ?? null;
-    const partnerPid = partnerSlot?.pid ?? 0;
+    const lostPid = partnerStart?.pid ?? 0;
+    const partnerPid = partnerSlot !== null && partnerSlot.pid !== lostPid ? 0 : lostPid;
     // A partner seen alive fences itself on reading the epoch record; one that
     // went silent may only be paused, so it is stopped from outside.
     if (!advanced && partnerPid > 0) {

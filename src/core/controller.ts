@@ -258,6 +258,7 @@ export class ControllerCore {
             nowMs: () => env.nowMs(),
             sleep: (ms) => this.sleep(ms),
             fencePartner: (pid) => env.fencePartner(pid),
+            partnerGone: (pid) => env.partnerGone(pid),
             log: env.log,
           },
         )

@@ -32,6 +32,8 @@ export interface CoreEnv {
   /** Stop the partner from outside (the configured fence action). Resolves
    *  true when it is known stopped, false when there is no action or it failed. */
   fencePartner(pid: number): Promise<boolean>;
+  /** True only when the partner's process is known to be gone (it can be checked on one machine). */
+  partnerGone(pid: number): Promise<boolean>;
   /** This process's id, recorded in the mailbox for the partner's fence action. */
   pid: number;
   store: BlockStore;

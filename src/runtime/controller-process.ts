@@ -25,6 +25,17 @@ const CACHE_FULL_WAIT_MS = 5_000;
 const RESYNC_PAGES_PER_SEC_MAX = 20_000;
 const FENCE_WAIT_MS = 2_000;
 
+/** On one machine: true when no pagepair process has that pid any more. */
+async function pagepairProcessGone(pid: number): Promise<boolean> {
+  if (pid <= 0 || pid === process.pid) return false;
+  try {
+    const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8');
+    return !cmdline.includes('pagepair');
+  } catch {
+    return true;
+  }
+}
+
 /**
  * The fence action for a pair on one machine: SIGKILL the pid the partner
  * recorded in the mailbox, after checking that the pid is still a pagepair
@@ -130,6 +141,7 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger): 
     newGuid: () => uuidv4(),
     closePeer: (reason) => peer?.drop(reason),
     fencePartner: (pid) => (cfg.arbitration.fenceAction === 'kill' ? killPartner(pid, log) : Promise.resolve(false)),
+    partnerGone: (pid) => (cfg.arbitration.fenceAction === 'kill' ? pagepairProcessGone(pid) : Promise.resolve(false)),
     pid: process.pid,
     store: store as BlockStore,
     log: log.child({ component: 'core' }),

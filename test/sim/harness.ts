@@ -417,6 +417,11 @@ export class Harness {
         }
         return Promise.resolve(true);
       },
+      partnerGone: (pid) => {
+        if (this.opts.fenceKills === false) return Promise.resolve(false);
+        const n = this.nodes.find((x) => pidOf(x.name, x.incarnation) === pid);
+        return Promise.resolve(n === undefined || !n.alive);
+      },
       pid: pidOf(name, incarnation),
       store,
       log: this.makeLog(name, incarnation),

@@ -81,7 +81,15 @@ export async function runSeed(seed: number, opts: WorkloadOptions = {}): Promise
     mirroring: !single,
   });
   lastHarness = h;
-  const fail = (what: string): string => `${what} (${chaos ? 'chaos, ' : ''}${h.describe()})`;
+  // PAGEPAIR_SIM_TRACE=1 adds the last log records of both cores to a failure.
+  const trace = (): string =>
+    process.env.PAGEPAIR_SIM_TRACE
+      ? `\n${h.logs
+          .slice(-120)
+          .map((l) => `${l.atMs} ${l.node}${l.incarnation} ${l.level} ${l.msg} ${JSON.stringify(l.obj)}`)
+          .join('\n')}`
+      : '';
+  const fail = (what: string): string => `${what} (${chaos ? 'chaos, ' : ''}${h.describe()})${trace()}`;
   const admin = h.client('A');
   const allocs = [
     await h.run(admin.allocate('r0', PAGES_PER_ALLOC * PAGE, 'tiny')),

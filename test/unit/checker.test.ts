@@ -151,12 +151,12 @@ describe('checker: planted violations are flagged with the right kind', () => {
 
   it('a search that hits its bound is inconclusive, never ok', () => {
     const ops = [w(1, 0, 10), w(2, 0, 10), r(1, 1, 11), r(2, 2, 12), r(1, 3, 13)];
-    const res = checkHistory(ops, { maxSearchStepsPerKey: 2 });
+    const res = checkHistory(ops, { maxSearchStatesPerKey: 2 });
     expect(res.verdict).toBe('inconclusive');
     expect(res.ok).toBe(false);
     expect(res.inconclusive.map((k) => k.key)).toEqual(['k']);
     // With a violation the zone check still reports it when the search gives up.
-    const bad = checkHistory([w(1, 0, 10), w(2, 0, 10), r(1, 11, 12), r(2, 13, 14), r(1, 15, 16)], { maxSearchStepsPerKey: 2 });
+    const bad = checkHistory([w(1, 0, 10), w(2, 0, 10), r(1, 11, 12), r(2, 13, 14), r(1, 15, 16)], { maxSearchStatesPerKey: 2 });
     expect(bad.violations[0]!.explanation).toMatch(/gave up/);
   });
 
