@@ -41,6 +41,25 @@ export function formatStatus(s: ControllerStatus): string {
     ['dirty', `${s.dirtyPages} pages, ${formatBytes(s.dirtyBytes)}`],
     ['destage', `queue ${s.destageQueue}, in flight ${s.destageInFlight}; ${s.counters.pagesDestaged} pages destaged`],
     ['pointers', String(s.openPointers)],
+    ...(s.resync !== null
+      ? [
+          [
+            'resync',
+            `${s.resync.authoritative === true ? 'sending our state' : s.resync.authoritative === false ? 'receiving the partner\'s state' : 'starting'}: ` +
+              `${s.resync.pagesSent} of ${s.resync.pagesToSend} pages sent${s.resync.done ? ', our part done' : ''}${s.resync.partnerDone ? ', partner done' : ''}`,
+          ] as [string, string],
+        ]
+      : []),
+    ...(s.lease !== null
+      ? [
+          [
+            'store lease',
+            `${s.lease.valid ? 'valid' : 'not held'}; epoch record: ${
+              s.lease.epochRecord === null ? 'none' : `epoch ${s.lease.epochRecord.epoch}, ${s.lease.epochRecord.activeId === 0 ? 'both serve' : `only ${s.lease.epochRecord.activeId === 1 ? 'A' : 'B'} serves`}`
+            }`,
+          ] as [string, string],
+        ]
+      : []),
     ['table digest', s.digests.table],
     ['dirty digest', s.digests.dirty],
     [

@@ -72,7 +72,7 @@ export interface ArbitrationConfig {
 
 /** How a controller acknowledges writes when it serves alone. */
 export interface AloneConfig {
-  /** "write-through": in the store and synced before the ack; "journal": appended to a local fsync'd journal. */
+  /** "write-through": in the store and synced before the ack. ("journal", a local fsync'd journal, is not built yet.) */
   ackMode: 'write-through' | 'journal';
   /** Absolute; required for "journal". */
   journalPath?: string;
@@ -122,7 +122,7 @@ export const CONFIG_DEFAULTS = Object.freeze({
   destageConcurrency: 16,
   inflightPerClientMax: 256,
   heartbeatIntervalMs: 100,
-  partnerTimeoutMs: 600,
+  partnerTimeoutMs: 500,
   peerReconnectMs: 100,
   logLevel: 'info' as LogLevel,
 });
@@ -404,7 +404,11 @@ export function parseConfig(json: unknown, sourceName: string, opts: { cwd?: str
   const alF = top.obj('alone', ['ackMode', 'journalPath'], true);
   const alone: AloneConfig = { ackMode: alF.oneOf<'write-through' | 'journal'>('ackMode', ['write-through', 'journal'], 'write-through') };
   if (alF.has('journalPath')) alone.journalPath = resolve(cwd, alF.str('journalPath'));
-  if (alone.ackMode === 'journal' && alone.journalPath === undefined) alF.fail('journalPath', 'a path: alone.ackMode "journal" needs a journal file');
+  if (alone.ackMode === 'journal') {
+    // Not built yet: a survivor acknowledges only what is in the store. Refuse
+    // rather than accept a setting that would silently mean write-through.
+    throw alF.error('alone.ackMode', 'is "journal", which is not built yet; use "write-through" (the default)');
+  }
 
   const logF = top.obj('log', ['level', 'file'], true);
   const log: LogConfig = { level: logF.oneOf('level', LOG_LEVELS, CONFIG_DEFAULTS.logLevel) };

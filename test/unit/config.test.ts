@@ -62,7 +62,7 @@ describe('parseConfig', () => {
     });
     expect(c.limits).toEqual({ ...DEFAULT_LIMITS, inflightPerClientMax: 256 });
     expect(c.heartbeatIntervalMs).toBe(100);
-    expect(c.partnerTimeoutMs).toBe(600);
+    expect(c.partnerTimeoutMs).toBe(500);
     expect(c.peerReconnectMs).toBe(100);
     expect(c.log).toEqual({ level: 'info' });
     expect(c.userPolicies).toEqual([]);
@@ -263,5 +263,30 @@ describe('policies', () => {
     expect(() => pageCountFor(p, -1)).toThrow(PagepairError);
     expect(() => pageCountFor(p, 1.5)).toThrow(/non-negative integer/);
     expect(() => pageCountFor({ name: 'tiny', pageSizeBytes: 512 }, 512 * 2 ** 32)).toThrow(expect.objectContaining({ code: 'TOO_LARGE' }));
+  });
+});
+
+describe('arbitration and alone settings', () => {
+  it('default to preferring A, killing a silent partner, and writing through', () => {
+    const c = parseConfig(minimal(), SRC, { cwd: '/srv/pagepair' });
+    expect(c.arbitration).toEqual({ preferredLetter: 'A', preferredNumber: 1, fenceAction: 'kill' });
+    expect(c.alone).toEqual({ ackMode: 'write-through' });
+  });
+
+  it('take a preference and a fence action', () => {
+    const m = minimal();
+    m.arbitration = { preferred: 'B', fenceAction: 'none' };
+    const c = parseConfig(m, SRC, { cwd: '/srv/pagepair' });
+    expect(c.arbitration).toEqual({ preferredLetter: 'B', preferredNumber: 2, fenceAction: 'none' });
+  });
+
+  it('name the bad field', () => {
+    expectField((c) => (c.arbitration = { preferred: 'C' }), 'arbitration.preferred');
+    expectField((c) => (c.arbitration = { fenceAction: 'shoot' }), 'arbitration.fenceAction');
+    expectField((c) => (c.arbitration = { prefered: 'A' }), 'arbitration.prefered', /did you mean preferred/);
+  });
+
+  it('refuse the journal mode, which is not built yet', () => {
+    expectField((c) => (c.alone = { ackMode: 'journal', journalPath: 'j' }), 'alone.ackMode', /not built yet/);
   });
 });
