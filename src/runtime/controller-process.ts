@@ -49,6 +49,7 @@ async function killPartner(pid: number, log: pino.Logger): Promise<boolean> {
   } catch {
     return true; // no such process: nothing left to stop
   }
+  if (cmdline === '') return true; // a zombie: it has exited, only not been reaped
   if (!cmdline.includes('pagepair')) {
     log.warn({ pid, cmdline: cmdline.slice(0, 200) }, 'fence: the recorded pid is not a pagepair process now; not killing it');
     return true;
