@@ -100,7 +100,7 @@ export class Arbiter {
    * The link to the partner is gone; decide who carries on.
    * `partnerLeft`: it told us it is shutting down or crashing.
    */
-  async arbitrate(epoch: number, partnerLeftAtStart: boolean, role: number, pid: number): Promise<ArbitrationOutcome> {
+  async arbitrate(epoch: number, partnerLeftAtStart: boolean, role: number, pid: number, fresh = false): Promise<ArbitrationOutcome> {
     let partnerLeft = partnerLeftAtStart;
     const started = this.io.nowMs();
     let mailbox = await this.heartbeat(epoch, role, pid);
@@ -130,6 +130,10 @@ export class Arbiter {
           break;
         }
       }
+    }
+    if (alive && fresh) {
+      // We hold nothing; a live partner with state serves, and we join it.
+      return { won: false, epoch, activeId: this.cfg.partnerId, reason: 'partner alive; we have just started' };
     }
     if (alive && !preferred) {
       this.io.log.warn({ epoch }, 'arbitration: partner is alive and preferred; fencing ourselves');

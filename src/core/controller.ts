@@ -206,7 +206,8 @@ export class ControllerCore {
   private lastMailboxBeatMs = 0;
   /** The partner said it is shutting down or crashing: it is not coming back by itself. */
   private partnerLeaving = false;
-  private readonly startedMs: number;
+  /** Since when a fresh controller has been without its partner (it arbitrates after partnerTimeoutMs). */
+  private loneSinceMs: number;
   /** Timers of the core itself, fired by tick(): virtual in the simulator. */
   private timers: { atMs: number; resolve: () => void }[] = [];
   /** Store writes of a page are chained so they land in version order. */
@@ -243,7 +244,7 @@ export class ControllerCore {
     this.outbox = new PeerOutbox(cfg.limits, () => env.requestFlush());
     this.fresh = cfg.mirroring;
     this.role = cfg.mirroring ? Role.STARTING : Role.SINGLE;
-    this.startedMs = env.nowMs();
+    this.loneSinceMs = env.nowMs();
     this.arbiter = cfg.mirroring
       ? new Arbiter(
           {
@@ -340,8 +341,9 @@ export class ControllerCore {
       this.peerDown('partner silent');
     }
     this.mailboxBeat(now);
-    if (this.fresh && !this.linkUp && !this.arbitrating && !this.stopping && this.role === Role.STARTING && now - this.startedMs > this.cfg.partnerTimeoutMs) {
-      // Started without a partner in sight: find out through the store whether it is gone.
+    if (this.fresh && !this.linkUp && !this.arbitrating && !this.stopping && this.role === Role.STARTING && now - this.loneSinceMs > this.cfg.partnerTimeoutMs) {
+      // No partner in sight since we started: find out through the store whether it is gone.
+      this.loneSinceMs = now;
       this.startArbitration('no partner since start');
     }
     let timedOut = false;
@@ -412,6 +414,7 @@ export class ControllerCore {
     const rec = this.arbiter?.epochRecord;
     if (rec !== undefined && rec !== null && rec.epoch > this.epoch) this.epoch = rec.epoch;
     this.fresh = true;
+    this.loneSinceMs = this.env.nowMs();
     this.setRole(Role.STARTING, why, { epoch: this.epoch });
   }
 
@@ -458,7 +461,7 @@ export class ControllerCore {
     const wasFresh = this.fresh;
     const previous = this.role;
     this.setRole(Role.ARBITRATING, `partner lost (${why}); arbitrating through the store`, { partnerLeft: this.partnerLeaving });
-    arb.arbitrate(this.epoch, this.partnerLeaving, this.slotRole(), this.env.pid).then(
+    arb.arbitrate(this.epoch, this.partnerLeaving, this.slotRole(), this.env.pid, wasFresh).then(
       (outcome) => {
         this.arbitrating = false;
         if (this.stopping) return;
@@ -541,7 +544,10 @@ export class ControllerCore {
     this.env.log.warn({ reason, role: roleName(this.role) }, 'partner link down');
     if (!this.stopping && !this.arbitrating) {
       if (this.role === Role.MIRRORED || (this.role === Role.JOINING && !this.fresh)) this.startArbitration(reason);
-      else if (this.role === Role.JOINING) this.setRole(Role.STARTING, 'partner left before the join finished');
+      else if (this.role === Role.JOINING) {
+        this.loneSinceMs = this.env.nowMs();
+        this.setRole(Role.STARTING, 'partner left before the join finished');
+      }
       // ALONE stays alone (a rejoining partner went away again); FENCED and STARTING wait.
     }
     this.wakeProgress();
