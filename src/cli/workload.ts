@@ -57,13 +57,19 @@ export interface WorkloadResult {
 const MAGIC = 0x57504750; // "PGPW"
 const HEADER_BYTES = 16;
 
-/** The bytes block `block` holds after its write number `seq` (seq 0 = never written: zeros). */
+/**
+ * The bytes block `block` holds after its write number `seq` (seq 0 = never
+ * written: zeros): a header naming block and write, then a 16-byte motif
+ * derived from them, repeated (Buffer.fill is native: the generator must not
+ * be what limits the rate it measures).
+ */
 export function blockPattern(seed: number, block: number, seq: number, bytes: number): Buffer {
   const buf = Buffer.allocUnsafe(bytes);
   if (seq === 0) return buf.fill(0);
   const g = new Prng((seed * 0x9e3779b1) ^ (block * 0x85ebca6b) ^ seq);
-  for (let i = 0; i + 4 <= bytes; i += 4) buf.writeUInt32LE(g.nextU32(), i);
-  for (let i = bytes - (bytes % 4); i < bytes; i++) buf[i] = g.nextU32() & 0xff;
+  const motif = Buffer.allocUnsafe(16);
+  for (let i = 0; i < 16; i += 4) motif.writeUInt32LE(g.nextU32(), i);
+  buf.fill(motif);
   if (bytes >= HEADER_BYTES) {
     buf.writeUInt32LE(MAGIC, 0);
     buf.writeUInt32LE(block >>> 0, 4);

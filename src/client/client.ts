@@ -2,6 +2,7 @@
 // matched to replies by request id, every failure a PagepairError.
 
 import type { CListReply, ClientRequest, Common, Message, MessageKind } from '../protocol/messages.js';
+import type { Socket } from 'node:net';
 import { WebSocket, type RawData } from 'ws';
 import { PagepairError } from '../errors.js';
 import { decode, encode } from '../protocol/codec.js';
@@ -33,7 +34,8 @@ interface Pending {
   expect: MessageKind;
   resolve(msg: Message): void;
   reject(err: Error): void;
-  timer: NodeJS.Timeout;
+  deadlineMs: number;
+  kind: string;
 }
 
 const TIMEOUT_MS_DEFAULT = 10_000;
@@ -54,6 +56,8 @@ export class PagepairClient {
   private readonly ws: WebSocket;
   private readonly timeoutMs: number;
   private readonly pending = new Map<number, Pending>();
+  private sweepTimer: NodeJS.Timeout | undefined;
+  private corked = false;
   /** Requests held back while inflightMax are pending. */
   private readonly waiting: { start(): void; reject(err: Error): void }[] = [];
   private lastRequestId: number;
@@ -256,18 +260,48 @@ export class PagepairClient {
     }
     return new Promise<ReplyOf<K>>((resolve, reject) => {
       const start = (): void => {
-        const timer = setTimeout(() => {
-          this.pending.delete(requestId);
-          reject(new PagepairError('TIMEOUT', `${body.kind} to controller ${this.controllerId} not answered within ${this.timeoutMs} ms`));
-          this.startWaiting();
-        }, this.timeoutMs);
-        this.pending.set(requestId, { expect, resolve: resolve as (msg: Message) => void, reject, timer });
+        this.pending.set(requestId, { expect, resolve: resolve as (msg: Message) => void, reject, deadlineMs: Date.now() + this.timeoutMs, kind: body.kind });
+        this.armSweep();
+        this.corkForThisTurn();
         this.ws.send(frame, { binary: true });
       };
       // Past the controller's in-flight limit a request waits here, not in a BUSY reply.
       if (this.pending.size >= this.inflightMax) this.waiting.push({ start, reject });
       else start();
     });
+  }
+
+  /** Requests sent in one turn of the event loop leave in one write. */
+  private corkForThisTurn(): void {
+    const socket = (this.ws as unknown as { _socket?: Socket })._socket;
+    if (this.corked || socket === undefined) return;
+    this.corked = true;
+    socket.cork();
+    setImmediate(() => {
+      this.corked = false;
+      socket.uncork();
+    });
+  }
+
+  /** One timer for every pending request's deadline, not one timer each. */
+  private armSweep(): void {
+    if (this.sweepTimer !== undefined) return;
+    this.sweepTimer = setInterval(() => this.sweep(), Math.max(10, Math.min(1000, Math.floor(this.timeoutMs / 4))));
+    this.sweepTimer.unref();
+  }
+
+  private sweep(): void {
+    const now = Date.now();
+    for (const [id, p] of this.pending) {
+      if (p.deadlineMs > now) continue;
+      this.pending.delete(id);
+      p.reject(new PagepairError('TIMEOUT', `${p.kind} to controller ${this.controllerId} not answered within ${this.timeoutMs} ms`));
+    }
+    if (this.waiting.length > 0) this.startWaiting();
+    if (this.pending.size === 0 && this.sweepTimer !== undefined) {
+      clearInterval(this.sweepTimer);
+      this.sweepTimer = undefined;
+    }
   }
 
   private startWaiting(): void {
@@ -302,7 +336,6 @@ export class PagepairClient {
     const p = this.pending.get(msg.requestId);
     if (p === undefined) return; // answered after its timeout
     this.pending.delete(msg.requestId);
-    clearTimeout(p.timer);
     if (this.waiting.length > 0) this.startWaiting();
     if (msg.kind === 'ERROR') p.reject(PagepairError.fromWire(msg.code, msg.message));
     else if (msg.kind !== p.expect) p.reject(new PagepairError('INTERNAL', `expected ${p.expect}, got ${msg.kind}`));
@@ -314,10 +347,9 @@ export class PagepairClient {
     const err = this.closedError();
     const pending = [...this.pending.values()];
     this.pending.clear();
-    for (const p of pending) {
-      clearTimeout(p.timer);
-      p.reject(err);
-    }
+    if (this.sweepTimer !== undefined) clearInterval(this.sweepTimer);
+    this.sweepTimer = undefined;
+    for (const p of pending) p.reject(err);
     for (const w of this.waiting.splice(0)) w.reject(err);
   }
 

@@ -6,6 +6,7 @@
 
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
 import type pino from 'pino';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { isPagepairError, type ErrorCodeName } from '../errors.js';
@@ -85,17 +86,29 @@ class EndpointConn implements ClientConn {
   clientName = '';
   helloTimer: NodeJS.Timeout | undefined;
 
+  private corked = false;
+
   constructor(
     readonly id: number,
     readonly remote: string,
     readonly ws: WebSocket,
     private readonly sender: number,
+    private readonly socket: Socket,
   ) {}
 
   reply(msg: Message): void {
     // Every reply answers one request the endpoint counted in.
     if (this.inflight > 0) this.inflight--;
     if (this.closed) return;
+    // Replies made in one turn of the event loop leave in one write.
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      setImmediate(() => {
+        this.corked = false;
+        this.socket.uncork();
+      });
+    }
     this.ws.send(encode(msg), { binary: true });
   }
 
@@ -155,7 +168,7 @@ export class ClientEndpoint {
   }
 
   private accept(ws: WebSocket, req: IncomingMessage): void {
-    const conn = new EndpointConn(this.nextId++, describeSocket(req.socket), ws, this.opts.controllerId);
+    const conn = new EndpointConn(this.nextId++, describeSocket(req.socket), ws, this.opts.controllerId, req.socket as Socket);
     req.socket.setNoDelay(true);
     this.conns.add(conn);
     this.log.info({ conn: conn.id, remote: conn.remote }, 'client connected');

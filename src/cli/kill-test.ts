@@ -1,0 +1,622 @@
+// `pagepair kill-test`: a real pair on 127.0.0.1 under a recorded workload,
+// hurt again and again, then the whole history judged by the checker.
+//
+// Each cycle kills (SIGKILL), pauses (SIGSTOP past the partner timeout) or
+// cuts the peer link of the pair (a TcpProxy on A's way to B), waits for
+// the survivor to take over, brings the pair back and waits until both are
+// mirrored again. Per cycle it measures the service stall (longest time in
+// which no operation completed), the time to takeover and the time to
+// resync. At the end: every block read back, the history checked, and both
+// controllers compared when quiet. Any violation, corrupt read or a pair
+// that does not recover makes the run fail.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { appendFileSync, closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { checkHistory, type CheckResult } from '../checker/linearizability.js';
+import { PagepairClient, type ControllerAddress } from '../client/client.js';
+import { Prng } from '../core/prng.js';
+import { PagepairError } from '../errors.js';
+import type { ControllerStatus } from '../runtime/controller-process.js';
+import { FileDevice } from '../store/file-device.js';
+import { PageStore } from '../store/page-store.js';
+import type { MailboxSlot } from '../store/types.js';
+import { TcpProxy } from '../testing/tcp-proxy.js';
+import { HistoryWorkload, type HistoryWorkloadResult } from './history-workload.js';
+
+const BIN = fileURLToPath(new URL('../../bin/pagepair.js', import.meta.url));
+const HOST = '127.0.0.1';
+const POLL_MS = 20;
+const STOP_WAIT_MS = 10_000;
+/** How long a resumed (SIGCONT) controller is watched before it is restarted anyway. */
+const RESUMED_WATCH_MS = 3000;
+/** How long a partition is held after takeover, so the survivor serves alone for a while. */
+const PARTITION_HOLD_MS = 500;
+const QUIET_WAIT_MS = 20_000;
+
+export type KillMode = 'kill' | 'pause' | 'partition';
+type Letter = 'A' | 'B';
+
+export interface KillTestOptions {
+  cycles: number;
+  mode: KillMode;
+  seed: number;
+  /** Working directory (configs, store, logs, history). Default: a new temp dir. */
+  dir?: string;
+  /** Keep the working directory afterwards (it is always kept when the run fails). */
+  keep?: boolean;
+  heartbeatIntervalMs?: number;
+  partnerTimeoutMs?: number;
+  workers?: number;
+  blocks?: number;
+  blockBytes?: number;
+  readPct?: number;
+  /** A cycle that does not take over or resync within this fails the run. */
+  recoverTimeoutMs?: number;
+  /** Per-cycle lines and the totals. */
+  print?: (line: string) => void;
+  /** Progress notes (setup, kept directory, ...). */
+  note?: (line: string) => void;
+  signal?: AbortSignal;
+}
+
+export interface CycleResult {
+  cycle: number;
+  mode: KillMode;
+  /** The controller killed or paused; in partition mode the one that ended fenced. */
+  victim: Letter;
+  survivor: Letter;
+  /** Longest time in the cycle's window in which no operation completed. */
+  stallMs: number;
+  /** From the fault until the survivor reported 'alone' (and, partitioned, the other 'fenced'). */
+  takeoverMs: number | null;
+  /** From the restart (or the healed link) until both reported 'mirrored'. */
+  resyncMs: number | null;
+  /** Epoch the survivor serves in after takeover. */
+  epoch: number | null;
+  ops: number;
+  errors: number;
+  /** Pause mode: what became of the paused process. */
+  victimFate?: string;
+  problems: string[];
+}
+
+export interface KillTestTotals {
+  cycles: number;
+  stallMedianMs: number;
+  stallMaxMs: number;
+  takeoverMedianMs: number;
+  takeoverMaxMs: number;
+  resyncMedianMs: number;
+  resyncMaxMs: number;
+  ops: number;
+  errors: number;
+  writesMaybe: number;
+  lostWrites: number;
+  staleReads: number;
+  violations: number;
+  verifyErrors: number;
+  inconclusiveKeys: number;
+}
+
+export interface KillTestResult {
+  ok: boolean;
+  mode: KillMode;
+  seed: number;
+  cycles: CycleResult[];
+  totals: KillTestTotals;
+  check: { verdict: CheckResult['verdict']; byKind: CheckResult['byKind']; violations: string[] } | null;
+  workload: HistoryWorkloadResult['stats'] | null;
+  problems: string[];
+  /** The working directory when it was kept, else null. */
+  dir: string | null;
+  historyPath: string | null;
+}
+
+// ---------------------------------------------------------------------------
+// Processes and probes
+
+class ControllerProcess {
+  private child: ChildProcess | null = null;
+  private exited: Promise<void> = Promise.resolve();
+  starts = 0;
+
+  constructor(
+    readonly letter: Letter,
+    private readonly configPath: string,
+    private readonly logPath: string,
+    private readonly pidPath: string,
+  ) {}
+
+  start(): void {
+    const fd = openSync(this.logPath, 'a');
+    let child: ChildProcess;
+    try {
+      child = spawn(process.execPath, [BIN, 'start', '--config', this.configPath], { stdio: ['ignore', fd, fd] });
+    } finally {
+      closeSync(fd);
+    }
+    child.on('error', () => undefined);
+    this.child = child;
+    this.starts++;
+    this.exited = new Promise((done) => child.once('exit', () => done()));
+    if (child.pid !== undefined) writeFileSync(this.pidPath, `${child.pid}\n`);
+  }
+
+  get pid(): number {
+    return this.child?.pid ?? 0;
+  }
+
+  get alive(): boolean {
+    const c = this.child;
+    return c !== null && c.exitCode === null && c.signalCode === null;
+  }
+
+  /** How it ended, once it did. */
+  get exitText(): string {
+    const c = this.child;
+    if (c === null) return 'never started';
+    if (c.signalCode !== null) return `killed by ${c.signalCode}`;
+    if (c.exitCode !== null) return `exited with ${c.exitCode}`;
+    return 'running';
+  }
+
+  signal(sig: NodeJS.Signals): void {
+    if (this.alive) this.child!.kill(sig);
+  }
+
+  /** True when it exited within ms. */
+  async waitExit(ms: number): Promise<boolean> {
+    if (!this.alive) return true;
+    const timer = sleep(ms).then(() => false);
+    return Promise.race([this.exited.then(() => true), timer]);
+  }
+
+  /** SIGTERM, then SIGKILL after STOP_WAIT_MS. Never leaves the process behind. */
+  async stop(): Promise<void> {
+    if (!this.alive) return;
+    this.signal('SIGCONT');
+    this.signal('SIGTERM');
+    if (!(await this.waitExit(STOP_WAIT_MS))) {
+      this.signal('SIGKILL');
+      await this.waitExit(STOP_WAIT_MS);
+    }
+  }
+}
+
+/** Asks one controller for its status over a connection kept between polls. */
+class StatusProbe {
+  private client: PagepairClient | null = null;
+
+  constructor(private readonly addr: ControllerAddress) {}
+
+  /** null when the controller does not answer within timeoutMs. */
+  async get(timeoutMs = 1000): Promise<ControllerStatus | null> {
+    try {
+      if (this.client === null || !this.client.isOpen) {
+        this.client = null;
+        this.client = await PagepairClient.connect({ host: this.addr.host, port: this.addr.port, token: this.addr.token, name: 'pagepair-kill-test', timeoutMs });
+      }
+      return (await this.client.status()) as ControllerStatus;
+    } catch {
+      this.drop();
+      return null;
+    }
+  }
+
+  drop(): void {
+    const c = this.client;
+    this.client = null;
+    void c?.close().catch(() => undefined);
+  }
+
+  async close(): Promise<void> {
+    const c = this.client;
+    this.client = null;
+    await c?.close().catch(() => undefined);
+  }
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((done, fail) => {
+    const srv = createServer();
+    srv.on('error', fail);
+    srv.listen(0, HOST, () => {
+      const addr = srv.address();
+      const port = typeof addr === 'object' && addr !== null ? addr.port : 0;
+      srv.close(() => done(port));
+    });
+  });
+}
+
+function median(xs: readonly number[]): number {
+  if (xs.length === 0) return 0;
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
+
+class RecoveryTimeout extends Error {}
+
+// ---------------------------------------------------------------------------
+// Formatting
+
+function ms(v: number | null): string {
+  return v === null ? '     -' : `${Math.round(v)}`.padStart(6);
+}
+
+export function formatCycle(c: CycleResult): string {
+  const fate = c.victimFate !== undefined ? `  (${c.victimFate})` : '';
+  const problems = c.problems.length > 0 ? `  PROBLEMS: ${c.problems.join('; ')}` : '';
+  return (
+    `cycle ${String(c.cycle).padStart(3)}  ${c.mode.padEnd(9)} victim ${c.victim}  stall ${ms(c.stallMs)} ms  takeover ${ms(c.takeoverMs)} ms  ` +
+    `resync ${ms(c.resyncMs)} ms  ops ${String(c.ops).padStart(7)}  errors ${c.errors}${fate}${problems}`
+  );
+}
+
+export function formatTotals(r: KillTestResult): string {
+  const t = r.totals;
+  const lines = [
+    `totals: ${t.cycles} ${r.mode} cycles (seed ${r.seed}): stall median ${Math.round(t.stallMedianMs)} ms, max ${Math.round(t.stallMaxMs)} ms; ` +
+      `takeover median ${Math.round(t.takeoverMedianMs)} ms, max ${Math.round(t.takeoverMaxMs)} ms; resync median ${Math.round(t.resyncMedianMs)} ms, max ${Math.round(t.resyncMaxMs)} ms`,
+    `        ops ${t.ops}, errors ${t.errors}, maybe-happened writes ${t.writesMaybe}; lost writes ${t.lostWrites}, stale reads ${t.staleReads}, ` +
+      `violations ${t.violations}, verification errors ${t.verifyErrors}${t.inconclusiveKeys > 0 ? `, undecided keys ${t.inconclusiveKeys}` : ''}`,
+  ];
+  for (const v of r.check?.violations ?? []) lines.push(`  ! ${v}`);
+  for (const v of r.workload?.verifyFailures ?? []) lines.push(`  ! ${v}`);
+  for (const p of r.problems) lines.push(`  ! ${p}`);
+  if (r.dir !== null) lines.push(`working directory kept: ${r.dir}`);
+  lines.push(r.ok ? 'kill test passed' : 'KILL TEST FAILED');
+  return lines.join('\n');
+}
+
+// ---------------------------------------------------------------------------
+
+export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult> {
+  const heartbeatIntervalMs = opts.heartbeatIntervalMs ?? 100;
+  const partnerTimeoutMs = opts.partnerTimeoutMs ?? 500;
+  const recoverTimeoutMs = opts.recoverTimeoutMs ?? 30_000;
+  const print = opts.print ?? ((line: string) => console.log(line));
+  const note = opts.note ?? (() => undefined);
+  const mode = opts.mode;
+  if (!['kill', 'pause', 'partition'].includes(mode)) throw new PagepairError('BAD_FIELD', `mode must be kill, pause or partition, got ${String(mode)}`, 'mode');
+  if (!Number.isSafeInteger(opts.cycles) || opts.cycles < 1) throw new PagepairError('BAD_FIELD', 'cycles must be at least 1', 'cycles');
+
+  const madeDir = opts.dir === undefined;
+  const dir = opts.dir !== undefined ? resolve(opts.dir) : mkdtempSync(join(tmpdir(), 'pagepair-kill-'));
+  mkdirSync(dir, { recursive: true });
+  const eventsPath = join(dir, 'events.log');
+  const event = (text: string): void => appendFileSync(eventsPath, `${new Date().toISOString()} ${text}\n`);
+  const signal = opts.signal;
+  const checkAbort = (): void => {
+    if (signal?.aborted === true) throw new PagepairError('SHUTTING_DOWN', 'kill test interrupted');
+  };
+  const pause = async (waitMs: number): Promise<void> => {
+    checkAbort();
+    await sleep(waitMs, undefined, signal !== undefined ? { signal } : {}).catch(() => undefined);
+    checkAbort();
+  };
+
+  // ---- configuration
+  const ports = { aClient: await freePort(), aPeer: await freePort(), bClient: await freePort(), bPeer: await freePort(), proxy: await freePort() };
+  const pairId = randomUUID();
+  const token = `kill-test-${randomUUID().slice(0, 8)}`;
+  const fenceAction = mode === 'partition' ? 'none' : 'kill';
+  const configOf = (id: Letter): Record<string, unknown> => {
+    const self = id === 'A' ? { client: ports.aClient, peer: ports.aPeer } : { client: ports.bClient, peer: ports.bPeer };
+    const other = id === 'A' ? { client: ports.bClient, peer: ports.bPeer } : { client: ports.aClient, peer: ports.aPeer };
+    // A dials B: in partition mode A's way to B runs through the proxy, so cutting it cuts the peer link only.
+    const partnerPeer = id === 'A' && mode === 'partition' ? ports.proxy : other.peer;
+    return {
+      id,
+      pairId,
+      secret: `kill-test-peer-secret-${pairId}`,
+      clientToken: token,
+      listen: { client: { host: HOST, port: self.client }, peer: { host: HOST, port: self.peer } },
+      partner: { id: id === 'A' ? 'B' : 'A', client: { host: HOST, port: other.client }, peer: { host: HOST, port: partnerPeer } },
+      store: { path: join(dir, 'pair.store'), sizeBytes: 256 * 1024 * 1024 },
+      cache: { cacheBytesMax: 64 * 1024 * 1024, dirtyAgeMaxMs: 1000 },
+      heartbeatIntervalMs,
+      partnerTimeoutMs,
+      arbitration: { preferred: 'A', fenceAction },
+      log: { level: 'info' },
+    };
+  };
+  const paths = { A: join(dir, 'a.json'), B: join(dir, 'b.json') };
+  writeFileSync(paths.A, JSON.stringify(configOf('A'), null, 2));
+  writeFileSync(paths.B, JSON.stringify(configOf('B'), null, 2));
+  const addr: Record<Letter, ControllerAddress> = {
+    A: { id: 'A', host: HOST, port: ports.aClient, token },
+    B: { id: 'B', host: HOST, port: ports.bClient, token },
+  };
+  const idOf: Record<Letter, 1 | 2> = { A: 1, B: 2 };
+  const other = (l: Letter): Letter => (l === 'A' ? 'B' : 'A');
+
+  const procs: Record<Letter, ControllerProcess> = {
+    A: new ControllerProcess('A', paths.A, join(dir, 'a.log'), join(dir, 'A.pid')),
+    B: new ControllerProcess('B', paths.B, join(dir, 'b.log'), join(dir, 'B.pid')),
+  };
+  const probes: Record<Letter, StatusProbe> = { A: new StatusProbe(addr.A), B: new StatusProbe(addr.B) };
+  const proxy = mode === 'partition' ? new TcpProxy({ host: HOST, port: ports.bPeer }, { host: HOST, port: ports.proxy }) : null;
+  let store: PageStore | null = null;
+  let workload: HistoryWorkload | null = null;
+  let finished: HistoryWorkloadResult | null = null;
+  let check: CheckResult | null = null;
+  const cycles: CycleResult[] = [];
+  const problems: string[] = [];
+  let historyPath: string | null = null;
+
+  const status = (l: Letter, timeoutMs = 1000): Promise<ControllerStatus | null> => probes[l].get(timeoutMs);
+
+  /** Polls until probe returns a value; RecoveryTimeout after timeoutMs. */
+  const waitUntil = async <T>(what: string, timeoutMs: number, probe: () => Promise<T | null>): Promise<T> => {
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      checkAbort();
+      const v = await probe();
+      if (v !== null) return v;
+      if (performance.now() > deadline) throw new RecoveryTimeout(`${what}: not within ${timeoutMs} ms`);
+      await pause(POLL_MS);
+    }
+  };
+
+  const bothMirrored = async (): Promise<[ControllerStatus, ControllerStatus] | null> => {
+    const [a, b] = await Promise.all([status('A'), status('B')]);
+    return a?.role === 'mirrored' && b?.role === 'mirrored' ? [a, b] : null;
+  };
+
+  /** The store's epoch record must name the survivor and its epoch. */
+  const checkStoreEpoch = async (survivor: Letter, epoch: number): Promise<string | null> => {
+    if (store === null) return 'store not open';
+    let seen = 'nothing';
+    for (let i = 0; i < 10; i++) {
+      const mb = await store.readMailbox();
+      const rec = mb.epoch;
+      if (rec !== null && rec.epoch === epoch && rec.activeId === idOf[survivor]) return null;
+      seen = rec === null ? 'no epoch record' : `epoch ${rec.epoch}, active ${rec.activeId}`;
+      await pause(POLL_MS);
+    }
+    return `store's epoch record shows ${seen}; survivor ${survivor} serves in epoch ${epoch}`;
+  };
+
+  const slotOf = async (l: Letter): Promise<MailboxSlot | null> => (store === null ? null : ((await store.readMailbox()).slots[idOf[l] - 1] ?? null));
+
+  const startBoth = (): void => {
+    for (const l of ['A', 'B'] as const) {
+      procs[l].start();
+      event(`start ${l} pid ${procs[l].pid}`);
+    }
+  };
+
+  const runCycle = async (cycle: number, victim: Letter, rng: Prng): Promise<CycleResult> => {
+    const survivor = other(victim);
+    const res: CycleResult = { cycle, mode, victim, survivor, stallMs: 0, takeoverMs: null, resyncMs: null, epoch: null, ops: 0, errors: 0, problems: [] };
+    await pause(500 + rng.below(1501));
+    const w = workload!;
+    const t0 = w.now();
+    try {
+      let resyncFrom: number;
+      if (mode === 'kill' || mode === 'pause') {
+        const sig = mode === 'kill' ? 'SIGKILL' : 'SIGSTOP';
+        event(`cycle ${cycle}: ${sig} ${victim} pid ${procs[victim].pid}`);
+        procs[victim].signal(sig);
+        const st = await waitUntil(`cycle ${cycle}: ${survivor} taking over`, recoverTimeoutMs, async () => {
+          const s = await status(survivor);
+          return s?.role === 'alone' ? s : null;
+        });
+        res.takeoverMs = w.now() - t0;
+        res.epoch = st.epoch;
+        event(`cycle ${cycle}: ${survivor} alone in epoch ${st.epoch} after ${Math.round(res.takeoverMs)} ms`);
+        const bad = await checkStoreEpoch(survivor, st.epoch);
+        if (bad !== null) res.problems.push(bad);
+        const slotAtTakeover = await slotOf(victim);
+        if (slotAtTakeover !== null && slotAtTakeover.epoch >= st.epoch) {
+          res.problems.push(`${victim}'s mailbox slot is in epoch ${slotAtTakeover.epoch}, not older than the survivor's ${st.epoch}`);
+        }
+
+        if (mode === 'pause') {
+          // With fenceAction "kill" the survivor ends the paused process; give the exit a moment to be seen.
+          await procs[victim].waitExit(300);
+          if (!procs[victim].alive) {
+            res.victimFate = `fenced: ${procs[victim].exitText}`;
+          } else {
+            event(`cycle ${cycle}: SIGCONT ${victim}`);
+            procs[victim].signal('SIGCONT');
+            const roles: string[] = [];
+            const deadline = performance.now() + RESUMED_WATCH_MS;
+            while (performance.now() < deadline && procs[victim].alive) {
+              const s = await status(victim, 500);
+              if (s !== null && roles[roles.length - 1] !== s.role) roles.push(s.role);
+              if (s?.role === 'alone') res.problems.push(`resumed ${victim} reports 'alone' while ${survivor} serves`);
+              if (s !== null && ['fenced', 'starting', 'joining', 'mirrored'].includes(s.role) && roles.includes('fenced')) break;
+              await pause(POLL_MS);
+            }
+            res.victimFate = procs[victim].alive ? `resumed; roles ${roles.join(' > ') || 'none seen'}` : `resumed, then ${procs[victim].exitText}`;
+            if (procs[victim].alive && !roles.includes('fenced') && !roles.includes('starting') && !roles.includes('joining')) {
+              res.problems.push(`resumed ${victim} was never seen fenced (roles: ${roles.join(' > ') || 'none'})`);
+            }
+          }
+        }
+
+        // Nothing the victim writes may land after the takeover: its slot must not move either.
+        if (slotAtTakeover !== null && !procs[victim].alive) {
+          const later = await slotOf(victim);
+          if (later !== null && later.counter !== slotAtTakeover.counter) {
+            res.problems.push(`${victim}'s mailbox slot moved after takeover (counter ${slotAtTakeover.counter} -> ${later.counter})`);
+          }
+        }
+
+        if (!procs[victim].alive) {
+          await procs[victim].waitExit(STOP_WAIT_MS);
+          procs[victim].start();
+          event(`cycle ${cycle}: restarted ${victim} pid ${procs[victim].pid}`);
+        }
+        resyncFrom = w.now();
+      } else {
+        event(`cycle ${cycle}: cut the peer link`);
+        proxy!.cut();
+        let sawBothAlone = false;
+        const [a] = await waitUntil(`cycle ${cycle}: one alone, the other fenced`, recoverTimeoutMs, async () => {
+          const [sa, sb] = await Promise.all([status('A'), status('B')]);
+          if (sa?.role === 'alone' && sb?.role === 'alone') sawBothAlone = true;
+          if (sb?.role === 'alone') res.problems.push('B (not preferred) reported alone during a partition');
+          return sa?.role === 'alone' && sb?.role === 'fenced' ? ([sa, sb] as const) : null;
+        });
+        res.takeoverMs = w.now() - t0;
+        res.epoch = a.epoch;
+        if (sawBothAlone) res.problems.push('both controllers reported alone at once');
+        event(`cycle ${cycle}: A alone in epoch ${a.epoch}, B fenced, after ${Math.round(res.takeoverMs)} ms`);
+        const bad = await checkStoreEpoch('A', a.epoch);
+        if (bad !== null) res.problems.push(bad);
+        const fencedSlot = await slotOf('B');
+        await pause(PARTITION_HOLD_MS);
+        const later = await slotOf('B');
+        if (fencedSlot !== null && later !== null && later.counter !== fencedSlot.counter) {
+          res.problems.push(`fenced B wrote its mailbox slot (counter ${fencedSlot.counter} -> ${later.counter})`);
+        }
+        const sb = await status('B');
+        if (sb !== null && sb.role !== 'fenced') res.problems.push(`B left 'fenced' (${sb.role}) while the link was still cut`);
+        event(`cycle ${cycle}: heal the peer link`);
+        proxy!.heal();
+        resyncFrom = w.now();
+      }
+      await waitUntil(`cycle ${cycle}: both mirrored again`, recoverTimeoutMs, bothMirrored);
+      res.resyncMs = w.now() - resyncFrom;
+      event(`cycle ${cycle}: mirrored again after ${Math.round(res.resyncMs)} ms`);
+    } catch (err) {
+      if (!(err instanceof RecoveryTimeout)) throw err;
+      res.problems.push(err.message);
+      event(err.message);
+    }
+    const t1 = w.now();
+    res.stallMs = w.stallMs(t0, t1);
+    res.ops = w.completedBetween(t0, t1);
+    res.errors = w.errorsBetween(t0, t1);
+    return res;
+  };
+
+  let failedHard = false;
+  try {
+    if (proxy !== null) await proxy.start();
+    note(`working directory ${dir}`);
+    startBoth();
+    try {
+      await waitUntil('both controllers mirrored at start', recoverTimeoutMs, bothMirrored);
+    } catch (err) {
+      if (err instanceof RecoveryTimeout) throw new PagepairError('TIMEOUT', `${err.message} (logs in ${dir})`);
+      throw err;
+    }
+    store = await PageStore.open(await FileDevice.open(join(dir, 'pair.store')), { pairId, name: 'pair.store' });
+    workload = await HistoryWorkload.start({
+      controllers: [addr.A, addr.B],
+      blocks: opts.blocks ?? 1024,
+      blockBytes: opts.blockBytes ?? 4096,
+      workers: opts.workers ?? 16,
+      readPct: opts.readPct ?? 50,
+      seed: opts.seed,
+      requestTimeoutMs: Math.max(1000, 4 * partnerTimeoutMs),
+      retryForMs: recoverTimeoutMs,
+      meta: { killTest: mode },
+    });
+    note(`workload on ${workload.allocation.name}: ${workload.blocks} blocks of ${workload.blockBytes} bytes`);
+
+    const rng = new Prng(opts.seed ^ 0x6b696c6c);
+    for (let cycle = 1; cycle <= opts.cycles; cycle++) {
+      // Partitions always leave B fenced (A is preferred); kills and pauses alternate.
+      const victim: Letter = mode === 'partition' ? 'B' : cycle % 2 === 1 ? 'A' : 'B';
+      const c = await runCycle(cycle, victim, rng);
+      cycles.push(c);
+      print(formatCycle(c));
+      if (c.resyncMs === null) {
+        failedHard = true;
+        problems.push(`cycle ${cycle} did not recover; stopping`);
+        break;
+      }
+    }
+
+    await pause(300);
+    finished = await workload.stop();
+    historyPath = join(dir, 'history.jsonl');
+    await finished.recorder.writeTo(historyPath);
+    check = checkHistory(finished.ops);
+    if (finished.stats.finalReadsFailed > 0) problems.push(`${finished.stats.finalReadsFailed} final reads got no answer`);
+
+    if (!failedHard) {
+      // Quiet and mirrored, the two must hold the same table and the same dirty pages.
+      let last = '';
+      try {
+        await waitUntil('equal digests when quiet', QUIET_WAIT_MS, async () => {
+          const m = await bothMirrored();
+          if (m === null) {
+            last = 'not both mirrored';
+            return null;
+          }
+          const [a, b] = m;
+          last = `table ${a.digests.table} / ${b.digests.table}, dirty ${a.digests.dirty} / ${b.digests.dirty}`;
+          return a.digests.table === b.digests.table && a.digests.dirty === b.digests.dirty ? true : null;
+        });
+      } catch (err) {
+        if (!(err instanceof RecoveryTimeout)) throw err;
+        problems.push(`${err.message} (${last})`);
+      }
+    }
+  } finally {
+    if (workload !== null && finished === null) await workload.abort();
+    await Promise.all([probes.A.close(), probes.B.close()]);
+    await store?.close().catch(() => undefined);
+    await Promise.all([procs.A.stop(), procs.B.stop()]);
+    await proxy?.close();
+  }
+
+  for (const c of cycles) for (const p of c.problems) problems.push(`cycle ${c.cycle}: ${p}`);
+  const stalls = cycles.map((c) => c.stallMs);
+  const takeovers = cycles.flatMap((c) => (c.takeoverMs === null ? [] : [c.takeoverMs]));
+  const resyncs = cycles.flatMap((c) => (c.resyncMs === null ? [] : [c.resyncMs]));
+  const stats = finished?.stats ?? null;
+  const totals: KillTestTotals = {
+    cycles: cycles.length,
+    stallMedianMs: median(stalls),
+    stallMaxMs: Math.max(0, ...stalls),
+    takeoverMedianMs: median(takeovers),
+    takeoverMaxMs: Math.max(0, ...takeovers),
+    resyncMedianMs: median(resyncs),
+    resyncMaxMs: Math.max(0, ...resyncs),
+    ops: stats?.ops ?? 0,
+    errors: stats?.errors ?? 0,
+    writesMaybe: stats?.writesMaybe ?? 0,
+    lostWrites: check?.byKind['lost-write'] ?? 0,
+    staleReads: check?.byKind['stale-read'] ?? 0,
+    violations: check?.violations.length ?? 0,
+    verifyErrors: stats?.verifyErrors ?? 0,
+    inconclusiveKeys: check?.inconclusive.length ?? 0,
+  };
+  if (check !== null && check.verdict === 'inconclusive') problems.push(`the checker could not decide ${check.inconclusive.length} keys`);
+  const ok = check !== null && check.verdict === 'linearizable' && totals.verifyErrors === 0 && problems.length === 0 && cycles.length === opts.cycles;
+  const keep = opts.keep === true || !ok || !madeDir;
+  if (!keep) rmSync(dir, { recursive: true, force: true });
+  return {
+    ok,
+    mode,
+    seed: opts.seed,
+    cycles,
+    totals,
+    check:
+      check === null
+        ? null
+        : {
+            verdict: check.verdict,
+            byKind: check.byKind,
+            violations: check.violations.slice(0, 10).map((v) => `${v.kind} on block ${v.key}: ${v.explanation} (ops ${v.ops.map((o) => `#${o.id}`).join(', ')})`),
+          },
+    workload: stats,
+    problems,
+    dir: keep ? dir : null,
+    historyPath: keep ? historyPath : null,
+  };
+}
