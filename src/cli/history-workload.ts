@@ -12,10 +12,13 @@
 import { performance } from 'node:perf_hooks';
 import { setImmediate as yieldTurn } from 'node:timers/promises';
 import { HistoryRecorder, type HistoryHeader, type HistoryOp, type OpOutcome } from '../checker/history.js';
-import type { ControllerAddress } from '../client/client.js';
+import { checkHistory } from '../checker/linearizability.js';
+import { controllerAddresses, type ControllerAddress } from '../client/client.js';
 import { PairClient } from '../client/pair-client.js';
 import { Prng } from '../core/prng.js';
 import { PagepairError, isPagepairError } from '../errors.js';
+import type { ControllerConfig } from '../runtime/config.js';
+import { formatCheck } from './check.js';
 
 export interface HistoryWorkloadOptions {
   /** One or both controllers; PairClients fail over between them. */
@@ -40,6 +43,9 @@ export interface HistoryWorkloadOptions {
   clock?: () => number;
   /** Extra header fields for the history file. */
   meta?: Record<string, unknown>;
+  /** After the final reads: flush the allocation to the store / release it. */
+  flushAtEnd?: boolean;
+  releaseAtEnd?: boolean;
   /** Told about every failover of a client. */
   onSwitch?: (info: { from: string | null; to: string; reason: string }) => void;
 }
@@ -220,6 +226,7 @@ export class HistoryWorkload {
     readonly recorder: HistoryRecorder,
     readonly allocation: { guid: string; name: string },
     opts: Required<Pick<HistoryWorkloadOptions, 'blocks' | 'blockBytes' | 'workers' | 'readPct' | 'seed'>> & { clock: () => number },
+    private readonly atEnd: { flush: boolean; release: boolean },
   ) {
     this.blocks = opts.blocks;
     this.blockBytes = opts.blockBytes;
@@ -275,7 +282,10 @@ export class HistoryWorkload {
         clock,
         meta: { seed, startedAt: new Date().toISOString(), guid: alloc.guid, blocks, blockBytes, workers, readPct, ...opts.meta },
       });
-      self = new HistoryWorkload(clients, recorder, { guid: alloc.guid, name }, { blocks, blockBytes, workers, readPct, seed, clock });
+      self = new HistoryWorkload(clients, recorder, { guid: alloc.guid, name }, { blocks, blockBytes, workers, readPct, seed, clock }, {
+        flush: opts.flushAtEnd === true,
+        release: opts.releaseAtEnd === true,
+      });
       self.running = Array.from({ length: workers }, (_, w) => self!.worker(w));
       return self;
     } catch (err) {
@@ -352,6 +362,8 @@ export class HistoryWorkload {
     };
     try {
       await Promise.all(Array.from({ length: readers }, (_, r) => reader(r)));
+      if (this.atEnd.flush) await this.clients[0]!.flush(this.allocation.guid);
+      if (this.atEnd.release) await this.clients[0]!.release(this.allocation.guid);
     } finally {
       await Promise.all(this.clients.map((c) => c.close().catch(() => undefined)));
     }
@@ -446,4 +458,83 @@ export class HistoryWorkload {
     }
     return got.value;
   }
+}
+
+/**
+ * Runs the workload until `signal` aborts, with a progress line every
+ * second, then stops it (final reads included) and returns the history.
+ */
+export async function runHistoryWorkload(
+  opts: HistoryWorkloadOptions,
+  run: { signal: AbortSignal; progress?: (line: string) => void },
+): Promise<HistoryWorkloadResult> {
+  const w = await HistoryWorkload.start(opts);
+  const progress = run.progress;
+  const t0 = w.now();
+  let lastOps = 0;
+  let lastMs = t0;
+  const timer =
+    progress === undefined
+      ? undefined
+      : setInterval(() => {
+          const now = w.now();
+          const rate = ((w.opsCompleted - lastOps) * 1000) / Math.max(1, now - lastMs);
+          progress(`${((now - t0) / 1000).toFixed(0).padStart(4)}s  ${Math.round(rate).toString().padStart(7)} ops/s  errors ${w.errorCount}  verify errors ${w.verifyErrors}`);
+          lastOps = w.opsCompleted;
+          lastMs = now;
+        }, 1000);
+  try {
+    if (!run.signal.aborted) await new Promise<void>((done) => run.signal.addEventListener('abort', () => done(), { once: true }));
+    return await w.stop();
+  } finally {
+    if (timer !== undefined) clearInterval(timer);
+  }
+}
+
+/** The controllers a workload reaches from one configuration file: A, B or both. */
+export function targetAddresses(cfg: ControllerConfig, target: 'A' | 'B' | 'both'): ControllerAddress[] {
+  const self: ControllerAddress = { id: cfg.idLetter, host: cfg.listen.client.host, port: cfg.listen.client.port, token: cfg.clientToken };
+  if (cfg.partner === null) {
+    if (target !== 'both' && target !== cfg.idLetter) throw new PagepairError('BAD_FIELD', `${cfg.sourceName} has no partner; --target must be ${cfg.idLetter}`, 'target');
+    return [{ ...self, host: self.host === '0.0.0.0' ? '127.0.0.1' : self.host }];
+  }
+  const all = controllerAddresses({
+    id: cfg.idLetter,
+    clientToken: cfg.clientToken,
+    listen: cfg.listen,
+    partner: { id: cfg.partner.idLetter, client: cfg.partner.client },
+  }).all;
+  return target === 'both' ? all : all.filter((a) => a.id === target);
+}
+
+/**
+ * `pagepair workload --history <file>`: the recorded workload for a while,
+ * the history written to the file and judged. Exit code 0 only when the
+ * history is linearizable and every read's bytes matched.
+ */
+export async function recordWorkload(
+  cfg: ControllerConfig,
+  opts: Omit<HistoryWorkloadOptions, 'controllers'> & { target: 'A' | 'B' | 'both'; durationS: number; historyPath: string; json: boolean; progress: (line: string) => void },
+): Promise<{ exitCode: number; text: string }> {
+  const { target, durationS, historyPath, json, progress, ...rest } = opts;
+  const controllers = targetAddresses(cfg, target);
+  progress(`recording a history: ${rest.blocks ?? 1024} blocks of ${rest.blockBytes ?? 4096} bytes, ${rest.workers ?? 16} in flight, through ${controllers.map((a) => a.id).join('+')}`);
+  const r = await runHistoryWorkload({ ...rest, controllers }, { signal: AbortSignal.timeout(Math.round(durationS * 1000)), progress });
+  await r.recorder.writeTo(historyPath);
+  const check = checkHistory(r.ops);
+  const s = r.stats;
+  const ok = check.verdict === 'linearizable' && s.verifyErrors === 0 && s.finalReadsFailed === 0;
+  if (json) {
+    return { exitCode: ok ? 0 : 1, text: JSON.stringify({ ok, history: historyPath, allocation: r.allocation, stats: s, check: { verdict: check.verdict, byKind: check.byKind, counts: check.counts, violations: check.violations.slice(0, 20) } }, null, 2) };
+  }
+  const codes = Object.entries(s.errorCodes).map(([k, v]) => `${k} ${v}`).join(', ');
+  const lines = [
+    `workload on ${r.allocation.name}: ${s.ops} ops in ${s.elapsedS.toFixed(1)} s = ${Math.round(s.ops / Math.max(s.elapsedS, 1e-9))} ops/s ` +
+      `(${s.readsOk} reads, ${s.writesOk} writes), errors ${s.errors}${codes !== '' ? ` (${codes})` : ''}, maybe-happened writes ${s.writesMaybe}, failovers ${s.switches}`,
+    `verification errors ${s.verifyErrors}${s.finalReadsFailed > 0 ? `, final reads without an answer ${s.finalReadsFailed}` : ''}`,
+    ...s.verifyFailures.map((f) => `  ! ${f}`),
+    '',
+    formatCheck(historyPath, r.header, check, 5),
+  ];
+  return { exitCode: ok ? 0 : 1, text: lines.join('\n') };
 }

@@ -39,6 +39,7 @@ const RESUMED_WATCH_MS = 3000;
 /** How long a partition is held after takeover, so the survivor serves alone for a while. */
 const PARTITION_HOLD_MS = 500;
 const QUIET_WAIT_MS = 20_000;
+const NOT_PREFERRED_ALONE = 'B (not preferred) reported alone during a partition';
 
 export type KillMode = 'kill' | 'pause' | 'partition';
 type Letter = 'A' | 'B';
@@ -465,7 +466,7 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
         const [a] = await waitUntil(`cycle ${cycle}: one alone, the other fenced`, recoverTimeoutMs, async () => {
           const [sa, sb] = await Promise.all([status('A'), status('B')]);
           if (sa?.role === 'alone' && sb?.role === 'alone') sawBothAlone = true;
-          if (sb?.role === 'alone') res.problems.push('B (not preferred) reported alone during a partition');
+          if (sb?.role === 'alone' && !res.problems.includes(NOT_PREFERRED_ALONE)) res.problems.push(NOT_PREFERRED_ALONE);
           return sa?.role === 'alone' && sb?.role === 'fenced' ? ([sa, sb] as const) : null;
         });
         res.takeoverMs = w.now() - t0;

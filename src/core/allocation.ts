@@ -21,6 +21,8 @@ export interface PointerState {
   readonly shadows: Map<number, { version: number; crc: number; data: Buffer }>;
   /** Read pointers: the pages pinned in our cache. */
   readonly pinned: CachePage[];
+  /** The partner knows of it (it was opened while mirrored). */
+  readonly mirrored: boolean;
 }
 
 export interface AllocState {

@@ -1627,6 +1627,7 @@ export class ControllerCore {
       lastUsedMs: this.env.nowMs(),
       shadows: new Map(),
       pinned: [],
+      mirrored: this.role === Role.MIRRORED,
     };
     const conflictFor = (): PointerState | undefined => {
       const c = overlappingPointer(alloc, msg.firstPage, msg.pageCount, pointer);
@@ -1642,7 +1643,7 @@ export class ControllerCore {
       checkConflict();
       this.registerPointer(pointer);
       try {
-        if (this.cfg.mirroring) await this.request({ kind: 'ALLOCATE_WRITE', guid: alloc.record.guid, firstPage: msg.firstPage, pageCount: msg.pageCount, pointerId: id });
+        if (pointer.mirrored) await this.request({ kind: 'ALLOCATE_WRITE', guid: alloc.record.guid, firstPage: msg.firstPage, pageCount: msg.pageCount, pointerId: id });
       } catch (err) {
         this.dropPointer(pointer);
         throw err;
@@ -1651,7 +1652,7 @@ export class ControllerCore {
       this.registerPointer(pointer);
       try {
         await this.pinRange(pointer);
-        if (this.cfg.mirroring && this.linkUp) {
+        if (pointer.mirrored) {
           await this.request({ kind: 'ALLOCATE_READ', guid: alloc.record.guid, firstPage: msg.firstPage, pageCount: msg.pageCount, pointerId: id });
         }
       } catch (err) {
@@ -1711,7 +1712,8 @@ export class ControllerCore {
     await this.stageRange(alloc, first, count);
     if (this.pointers.get(p.id) !== p) throw new PagepairError('POINTER_UNKNOWN', `pointer ${p.id} was given back`, 'pointerId');
     const ps = alloc.record.pageSizeBytes;
-    const op = this.cfg.mirroring ? this.mirrorOp() : null;
+    // Only a pointer the partner knows of has shadow pages there.
+    const op = p.mirrored ? this.mirrorOp() : null;
     for (let page = first; page < first + count; page++) {
       const cp = alloc.pages.get(page);
       invariant(cp !== undefined, 'page present after staging');
@@ -1736,12 +1738,12 @@ export class ControllerCore {
   private async closePointer(p: PointerState, commit: boolean): Promise<number> {
     if (p.mode === PointerMode.READ) {
       this.dropPointer(p);
-      if (this.cfg.mirroring && this.linkUp) await this.request({ kind: 'RELEASE_POINTER', pointerId: p.id, commit: false }).catch(() => undefined);
+      if (p.mirrored && this.linkUp) await this.request({ kind: 'RELEASE_POINTER', pointerId: p.id, commit: false }).catch(() => undefined);
       return 0;
     }
     if (!commit || p.shadows.size === 0) {
       this.dropPointer(p);
-      if (this.cfg.mirroring && this.linkUp) await this.request({ kind: 'RELEASE_POINTER', pointerId: p.id, commit: false });
+      if (p.mirrored && this.linkUp) await this.request({ kind: 'RELEASE_POINTER', pointerId: p.id, commit: false });
       return 0;
     }
     this.requireWritable();
@@ -1751,15 +1753,26 @@ export class ControllerCore {
     const shadows = [...p.shadows];
     const touched: CachePage[] = [];
     this.dropPointer(p);
+    // The partner holds the shadows of a pointer it knows and installs them
+    // on RELEASE_POINTER; alone, the pages go through to the store; a pointer
+    // opened alone and committed mirrored sends its pages as plain writes.
+    const through = this.writesThrough();
+    const plain = !p.mirrored && this.role === Role.MIRRORED ? this.mirrorOp() : null;
+    const toStore: StoreWrite[] = [];
     for (const [page, s] of shadows) {
       const cp = this.cache.writeDirty(alloc, page, s.version, s.crc, this.epoch, s.data, now);
-      if (this.cfg.mirroring) {
-        cp.mirrorPending++;
-        touched.push(cp);
+      if (!p.mirrored && plain === null && !through) continue;
+      cp.mirrorPending++;
+      touched.push(cp);
+      if (through) toStore.push({ cp, version: s.version, data: s.data, crc: s.crc });
+      if (plain !== null) {
+        this.outbox.pushPage({ guid: alloc.record.guid, page, version: s.version, crc: s.crc, epoch: this.epoch, pageFlags: 0, pointerId: 0, clientId: 0, clientSeq: 0, data: s.data }, plain.op);
       }
     }
     try {
-      if (this.cfg.mirroring) await this.request({ kind: 'RELEASE_POINTER', pointerId: p.id, commit: true });
+      if (p.mirrored) await this.request({ kind: 'RELEASE_POINTER', pointerId: p.id, commit: true });
+      else if (plain !== null) await plain.done;
+      if (through) await this.writeThrough(toStore);
     } finally {
       for (const cp of touched) this.mirrorSettled(cp);
       if (this.deferredGrants.length > 0) this.recheckDeferredGrants();
@@ -1789,7 +1802,7 @@ export class ControllerCore {
   private partnerPointer(id: number, mode: PointerState['mode'], alloc: AllocState, firstPage: number, pageCount: number): PointerState {
     if (id >>> 24 !== this.partnerId) throw new PagepairError('BAD_FIELD', `pointer id ${id} was not made by the partner`, 'pointerId');
     if (this.pointers.has(id)) throw new PagepairError('DUPLICATE', `pointer ${id} is already open`, 'pointerId');
-    return { id, mode, alloc, firstPage, pageCount, holderId: this.partnerId, connId: 0, lastUsedMs: this.env.nowMs(), shadows: new Map(), pinned: [] };
+    return { id, mode, alloc, firstPage, pageCount, holderId: this.partnerId, connId: 0, lastUsedMs: this.env.nowMs(), shadows: new Map(), pinned: [], mirrored: true };
   }
 
   private onReleasePointer(req: ReleasePointer): void {

@@ -137,3 +137,27 @@ describe('a fresh controller', () => {
     expect(await h.run(h.client('B').read(x.guid, 0, PAGE))).toEqual(tagged(PAGE, 'flushed'));
   });
 });
+
+describe('pointers while alone', () => {
+  it('a write pointer opened alone commits through to the store, and one opened alone but committed mirrored reaches the partner', async () => {
+    const h = await Harness.createPair({ seed: 360 });
+    const ca = h.client('A');
+    const x = await h.run(ca.allocate('ptr', 4 * PAGE, 'tiny'));
+    h.kill('B');
+    await h.runUntil(() => h.status('A').role === 'alone', 'A alone');
+    const p1 = await h.run(ca.openPointer(x.guid, 0, 2, 2));
+    await h.run(ca.write(x.guid, 0, tagged(2 * PAGE, 'alone-ptr'), p1));
+    expect(await h.run(ca.closePointer(p1, true))).toBe(2);
+    expect(await storedPage(h, 'ptr', 1)).toEqual(tagged(2 * PAGE, 'alone-ptr').subarray(PAGE));
+    // Opened alone, committed after the partner is back.
+    const p2 = await h.run(ca.openPointer(x.guid, 2, 2, 2));
+    await h.run(ca.write(x.guid, 2 * PAGE, tagged(2 * PAGE, 'late-commit'), p2));
+    await h.restart('B');
+    h.heal();
+    await h.waitMirrored();
+    expect(await h.run(ca.closePointer(p2, true))).toBe(2);
+    expect(await h.run(h.client('B').read(x.guid, 2 * PAGE, 2 * PAGE))).toEqual(tagged(2 * PAGE, 'late-commit'));
+    await h.runUntilQuiet();
+    expect(h.status('A').digests).toEqual(h.status('B').digests);
+  });
+});
