@@ -6,6 +6,9 @@ import { isPagepairError } from '../errors.js';
 import { loadConfig } from '../runtime/config.js';
 import { startController } from '../runtime/controller-process.js';
 import { createLogger } from '../runtime/logger.js';
+import { CHECK_EXIT, runCheck } from './check.js';
+import { recordWorkload } from './history-workload.js';
+import { formatTotals, runKillTest, type KillMode } from './kill-test.js';
 import { runPair } from './pair.js';
 import { fetchStatus, formatStatus } from './status.js';
 import { parseNumberInRange, parsePositiveInt, parseSize } from './units.js';
@@ -94,8 +97,31 @@ program
   .option('--keep', 'keep the allocation afterwards (default: release it)')
   .option('--flush', 'flush the allocation to the store before finishing')
   .option('--json', 'print the result as JSON')
+  .option('--history <file>', 'record a history (JSON lines) through failing-over clients, then check it')
   .action(async (opts: Record<string, string | boolean | undefined>) => {
     const cfg = loadConfig(String(opts.config));
+    if (typeof opts.history === 'string') {
+      const sizeBytes = parseSize(String(opts.size), 'size');
+      const blockBytes = parseSize(String(opts.block), 'block');
+      const r = await recordWorkload(cfg, {
+        historyPath: opts.history,
+        durationS: parseNumberInRange(String(opts.duration), 'duration', 0.1, 86_400),
+        target: opts.target as 'A' | 'B' | 'both',
+        blocks: Math.max(1, Math.floor(sizeBytes / blockBytes)),
+        blockBytes,
+        workers: parsePositiveInt(String(opts.inflight), 'inflight', 4096),
+        readPct: parseNumberInRange(String(opts.readPct), 'read-pct', 0, 100),
+        seed: parsePositiveInt(String(opts.seed), 'seed', 0xffff_ffff),
+        policy: String(opts.policy),
+        flushAtEnd: opts.flush === true,
+        releaseAtEnd: opts.keep !== true,
+        json: opts.json === true,
+        progress: opts.json === true ? (line) => console.error(line) : (line) => console.log(line),
+      });
+      console.log(r.text);
+      process.exitCode = r.exitCode;
+      return;
+    }
     const result = await runWorkload(cfg, {
       durationS: parseNumberInRange(String(opts.duration), 'duration', 0.1, 86_400),
       target: opts.target as 'A' | 'B' | 'both',
@@ -111,6 +137,64 @@ program
     });
     console.log(opts.json === true ? JSON.stringify(result, null, 2) : formatWorkloadResult(result));
     if (result.verifyErrors > 0 || result.errors > 0) process.exitCode = 1;
+  });
+
+program
+  .command('check')
+  .description('check a recorded history: no acknowledged write lost, reads linearizable per block')
+  .argument('<history>', 'history file (JSON lines) written by `workload --history` or `kill-test`')
+  .option('--json', 'print the result as JSON')
+  .option('--show <n>', 'how many violations to spell out', '5')
+  .option('--max-states <n>', 'search bound per key (default grows with the key)')
+  .action(async (path: string, opts: { json?: boolean; show: string; maxStates?: string }) => {
+    const r = await runCheck(path, {
+      json: opts.json === true,
+      violationsShown: parsePositiveInt(opts.show, 'show'),
+      ...(opts.maxStates !== undefined ? { maxSearchStatesPerKey: parsePositiveInt(opts.maxStates, 'max-states') } : {}),
+    });
+    if (r.exitCode === CHECK_EXIT.badInput && opts.json !== true) console.error(r.text);
+    else console.log(r.text);
+    process.exitCode = r.exitCode;
+  });
+
+program
+  .command('kill-test')
+  .description('run a real pair under a recorded workload, kill, pause or partition it again and again, and check the history')
+  .option('-n, --cycles <n>', 'how many faults', '5')
+  .addOption(new Option('-m, --mode <mode>', 'the fault: SIGKILL, SIGSTOP past the timeout, or a cut peer link').choices(['kill', 'pause', 'partition']).default('kill'))
+  .option('--seed <n>', 'seed of the waits and the workload', '1')
+  .option('--dir <path>', 'working directory (default: a new temporary directory)')
+  .option('--keep', 'keep the working directory (it is kept anyway when the test fails)')
+  .option('--workers <n>', 'operations in flight', '16')
+  .option('--blocks <n>', 'blocks of the workload', '1024')
+  .option('--block <bytes>', 'bytes per block', '4KiB')
+  .option('--heartbeat-ms <ms>', 'heartbeatIntervalMs of both controllers', '100')
+  .option('--partner-timeout-ms <ms>', 'partnerTimeoutMs of both controllers', '500')
+  .option('--json', 'print the result as JSON (per-cycle lines go to standard error)')
+  .action(async (opts: Record<string, string | boolean | undefined>) => {
+    const json = opts.json === true;
+    const abort = new AbortController();
+    const onSignal = (): void => abort.abort();
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+    const r = await runKillTest({
+      cycles: parsePositiveInt(String(opts.cycles), 'cycles', 100_000),
+      mode: opts.mode as KillMode,
+      seed: parsePositiveInt(String(opts.seed), 'seed', 0xffff_ffff),
+      ...(typeof opts.dir === 'string' ? { dir: opts.dir } : {}),
+      keep: opts.keep === true,
+      workers: parsePositiveInt(String(opts.workers), 'workers', 4096),
+      blocks: parsePositiveInt(String(opts.blocks), 'blocks', 1 << 20),
+      blockBytes: parseSize(String(opts.block), 'block'),
+      heartbeatIntervalMs: parsePositiveInt(String(opts.heartbeatMs), 'heartbeat-ms', 60_000),
+      partnerTimeoutMs: parsePositiveInt(String(opts.partnerTimeoutMs), 'partner-timeout-ms', 600_000),
+      print: json ? (line) => console.error(line) : (line) => console.log(line),
+      note: (line) => console.error(line),
+      signal: abort.signal,
+    });
+    if (json) console.log(JSON.stringify(r, null, 2));
+    else console.log(formatTotals(r));
+    process.exitCode = r.ok ? 0 : 1;
   });
 
 program.parseAsync(process.argv).catch((err: unknown) => {

@@ -1,6 +1,30 @@
 // CRC-32C (Castagnoli), the checksum of frames and pages. Node 20 has no
-// native CRC-32C (zlib.crc32 is the IEEE polynomial), so this is table-driven
-// slicing-by-8: eight bytes per step through eight 256-entry tables.
+// native CRC-32C (zlib.crc32 is the IEEE polynomial). Long inputs (pages)
+// go to @node-rs/crc32 (SSE4.2 / ARMv8 CRC instructions; ~3x faster on a
+// 4 KiB page here) when it loads; short ones, and every platform it does not
+// load on, use the table-driven slicing-by-8 below, which gives the same
+// results (the tests compare the two).
+
+import { createRequire } from 'node:module';
+
+type NativeCrc = (input: Buffer, initialState?: number) => number;
+
+/** Below this many bytes the call into native code costs more than it saves. */
+const NATIVE_BYTES_MIN = 256;
+
+const native: NativeCrc | null = loadNative();
+
+function loadNative(): NativeCrc | null {
+  try {
+    const mod = createRequire(import.meta.url)('@node-rs/crc32') as { crc32c?: NativeCrc };
+    return typeof mod.crc32c === 'function' ? mod.crc32c : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Whether page-sized checksums run in native code here. */
+export const crc32cNative = native !== null;
 
 const POLY_REFLECTED = 0x82f63b78;
 
@@ -31,11 +55,22 @@ function buildTable(): Int32Array {
  * `seed` to continue it over more bytes: crc32c(b, crc32c(a)) === crc32c(a ++ b).
  */
 export function crc32c(data: Uint8Array, seed = 0): number {
-  return crc32cRange(data, 0, data.length, seed);
+  if (native !== null && data.length >= NATIVE_BYTES_MIN) return native(asBuffer(data), seed) >>> 0;
+  return crc32cTable(data, 0, data.length, seed);
 }
 
 /** CRC-32C of data[start, end), without making a subarray view first. */
 export function crc32cRange(data: Uint8Array, start: number, end: number, seed = 0): number {
+  if (native !== null && end - start >= NATIVE_BYTES_MIN) return native(asBuffer(data).subarray(start, end), seed) >>> 0;
+  return crc32cTable(data, start, end, seed);
+}
+
+function asBuffer(data: Uint8Array): Buffer {
+  return Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+}
+
+/** The table-driven CRC-32C of data[start, end): the reference the native one must match. */
+export function crc32cTable(data: Uint8Array, start: number, end: number, seed = 0): number {
   const t = TABLE;
   let crc = ~seed | 0;
   let i = start;

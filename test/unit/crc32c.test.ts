@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { crc32c, crc32cRange } from '../../src/protocol/crc32c.js';
+import { crc32c, crc32cNative, crc32cRange, crc32cTable } from '../../src/protocol/crc32c.js';
 
 /** Bit-at-a-time CRC-32C, straight from the definition, to check the sliced tables against. */
 function crc32cBitwise(data: Uint8Array, seed = 0): number {
@@ -73,5 +73,24 @@ describe('crc32c', () => {
       page[bit >> 3]! ^= 1 << (bit & 7);
     }
     expect(crc32c(page)).toBe(good);
+  });
+});
+
+describe('crc32c, native and table-driven', () => {
+  it('loads the native implementation on this machine', () => {
+    expect(crc32cNative).toBe(true);
+  });
+
+  it('agree on long inputs, seeds and ranges (fixed seed)', () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ minLength: 0, maxLength: 9000 }), fc.integer({ min: 0, max: 0xffffffff }), fc.nat(), (bytes, seed, cut) => {
+        const buf = Buffer.from(bytes);
+        expect(crc32c(buf, seed)).toBe(crc32cTable(buf, 0, buf.length, seed));
+        const start = bytes.length === 0 ? 0 : cut % bytes.length;
+        expect(crc32cRange(buf, start, buf.length, seed)).toBe(crc32cTable(buf, start, buf.length, seed));
+        expect(crc32c(buf)).toBe(crc32cBitwise(buf));
+      }),
+      { seed: 7, numRuns: 300 },
+    );
   });
 });
