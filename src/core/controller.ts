@@ -1143,6 +1143,12 @@ export class ControllerCore {
     this.requireReadable();
     const alloc = this.lookup(msg.guid);
     this.checkRange(alloc, msg.offset, msg.length, 'length');
+    // A controller that was paused may have been taken over meanwhile: it
+    // serves no read from its cache until the store says it still may.
+    if (this.arbiter !== null && !this.arbiter.leaseValid()) {
+      await this.ensureLease();
+      this.requireReadable();
+    }
     this.counters.clientReads++;
     this.counters.bytesRead += msg.length;
     const ps = alloc.record.pageSizeBytes;

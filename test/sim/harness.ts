@@ -2,6 +2,17 @@
 // carries every frame as bytes through the real codec; one MemoryDevice under
 // both cores' stores, with completions on the virtual clock; clients; ticks.
 // A run is a function of its seed: failures print it.
+//
+// Faults: the link is cut (a partition, until heal()) or dropped by a core
+// (the dialer makes it again); a controller is killed (kill -9) and
+// restarted, paused (SIGSTOP: no ticks, frames, client requests or store
+// completions reach it until resume(), then they all do), or crashed in the
+// middle of one of its store writes, which may land torn.
+//
+// Watched as the run goes (Harness.violations): no data or table write of a
+// controller lands after the partner took over in a newer epoch; no two
+// controllers are alone in one epoch; at most one acknowledges writes alone
+// in any epoch.
 
 import { ControllerCore, type CoreStatus } from '../../src/core/controller.js';
 import type { CoreConfig, CoreEnv, CoreLog } from '../../src/core/env.js';
@@ -14,7 +25,7 @@ import { PageStore } from '../../src/store/page-store.js';
 import { Prng } from './prng.js';
 import { Scheduler } from './scheduler.js';
 import { SimClient } from './sim-client.js';
-import { SimStore } from './sim-store.js';
+import { SimStore, TearableDevice, type Landing, type StoreWriteKind } from './sim-store.js';
 
 export type NodeName = 'A' | 'B';
 export type Direction = 'A->B' | 'B->A';
@@ -63,6 +74,13 @@ export interface SimOptions {
   policies?: PolicyInput[];
   /** Keep debug-level log records too. */
   debugLog?: boolean;
+  /**
+   * A paused controller's store operations that have not landed yet wait for
+   * the resume (they sat in the thread pool) instead of landing during the
+   * pause (in the kernel already). Only a fence action that kills the paused
+   * process keeps such a write from landing after a takeover.
+   */
+  deferLandingWhilePaused?: boolean;
 }
 
 export interface LogRecord {
@@ -90,6 +108,25 @@ export interface SimNode {
   incarnation: number;
   alive: boolean;
   flushScheduled: boolean;
+  /** SIGSTOP'd: what would reach it waits in `queued` until resume(). */
+  paused: boolean;
+  queued: { source: string; run: () => void }[];
+}
+
+/** A store write seen landing, with who wrote it. */
+export interface LandRecord extends Landing {
+  atMs: number;
+  node: NodeName;
+  incarnation: number;
+}
+
+/** A write acknowledged to a client: by whom, in which role and epoch. */
+export interface AckRecord {
+  atMs: number;
+  node: NodeName;
+  incarnation: number;
+  role: number;
+  epoch: number;
 }
 
 interface Hold {
@@ -115,11 +152,32 @@ export class Harness {
   readonly delivered: FrameRecord[] = [];
   readonly nodes: SimNode[] = [];
   readonly clients: SimClient[] = [];
+  /** Invariants broken during the run (see the top of this file); a test asserts it is empty. */
+  readonly violations: string[] = [];
+  /** Every epoch record that landed whole, in landing order. */
+  readonly epochRecords: LandRecord[] = [];
+  /** Data and table writes that landed (page, table, clear), in landing order; torn ones flagged. */
+  readonly dataWrites: LandRecord[] = [];
+  /** Writes acknowledged to clients. */
+  readonly acks: AckRecord[] = [];
+  /** Every write that a crash tore. */
+  readonly tornWrites: LandRecord[] = [];
+  /** The device as the cores' stores see it: writes to it can be torn. */
+  readonly tearable: TearableDevice;
 
   private readonly netRng: Prng;
   private readonly storeRng: Prng;
   private readonly guidRng: Prng;
+  private readonly pauseRng: Prng;
   private linkIsUp = false;
+  /** cut() partitions the link until heal(); a drop by a core is redialled. */
+  private partitioned = false;
+  private redialScheduled = false;
+  /** Epoch -> controller incarnations seen alone in it / acknowledging writes alone in it. */
+  private readonly aloneIn = new Map<number, Set<string>>();
+  private readonly aloneAcksIn = new Map<number, Set<string>>();
+  /** The epoch record in effect: the last one that landed whole. */
+  private effectiveEpoch: { epoch: number; activeId: number } | null = null;
   private linkGen = 0;
   private readonly lastArrivalMs: Record<Direction, number> = { 'A->B': 0, 'B->A': 0 };
   private readonly lastClientArrivalMs = new Map<number, number>();
@@ -135,10 +193,14 @@ export class Harness {
     this.netRng = this.rng.fork();
     this.storeRng = this.rng.fork();
     this.guidRng = this.rng.fork();
+    // Forked last, so that the streams above stay what they were before pauses existed.
+    this.pauseRng = this.rng.fork();
     this.device = device;
+    this.tearable = new TearableDevice(device);
     this.limits = { ...DEFAULT_LIMITS, ...opts.limits };
     this.policies = resolvePolicies(opts.policies ?? SIM_POLICIES);
     this.sched = new Scheduler(() => this.describe());
+    this.sched.afterEachStep.push(() => this.sampleRoles());
   }
 
   /** Two cores over one fresh store; paired and mirrored unless opts.pair is false. */
@@ -249,11 +311,19 @@ export class Harness {
 
   // ---------------------------------------------------------------- link
 
-  /** Both sides see the link come up in the same turn. */
+  /**
+   * The partition ends and the link comes up: both sides see it in the same
+   * turn. With a controller paused, the dialer connects once it resumes.
+   */
   heal(): void {
+    this.partitioned = false;
     // A core that dropped the link has the dialer bring it back by itself.
     if (this.linkIsUp) return;
     for (const n of this.nodes) if (!n.alive) throw new Error(`sim: ${n.name} is not running`);
+    if (this.nodes.some((n) => n.paused)) {
+      this.scheduleRedial();
+      return;
+    }
     this.linkIsUp = true;
     this.linkGen++;
     this.lastArrivalMs['A->B'] = this.sched.nowMs;
@@ -262,14 +332,33 @@ export class Harness {
     this.b.core.peerUp({ partnerPid: pidOf('A', this.a.incarnation) });
   }
 
-  /** The link drops: frames in flight (and held) are lost; both sides hear of it. */
+  /** A partition: the link drops (frames in flight and held are lost; both sides hear of it) and stays down until heal(). */
   cut(reason = 'link cut'): void {
+    this.partitioned = true;
+    this.dropLink(reason);
+  }
+
+  /** The link drops; a paused controller hears of it when it resumes. */
+  private dropLink(reason: string): void {
     if (!this.linkIsUp) return;
     this.linkIsUp = false;
     this.linkGen++;
     delete this.holds['A->B'];
     delete this.holds['B->A'];
-    for (const n of this.nodes) if (n.alive) n.core.peerDown(reason);
+    for (const n of this.nodes) this.deliver(n, 'peer', () => n.core.peerDown(reason));
+  }
+
+  /** The runtime's dialer: dials every REDIAL_MS until the link is up, unless partitioned or a controller is down. */
+  private scheduleRedial(): void {
+    if (this.redialScheduled) return;
+    this.redialScheduled = true;
+    this.sched.after(REDIAL_MS, 'redial', () => {
+      this.redialScheduled = false;
+      if (this.linkIsUp || this.partitioned || !this.nodes.every((n) => n.alive)) return;
+      // A stopped process accepts no connection; keep dialing.
+      if (this.nodes.some((n) => n.paused)) this.scheduleRedial();
+      else this.heal();
+    });
   }
 
   /**
@@ -301,10 +390,93 @@ export class Harness {
   kill(name: NodeName): void {
     const n = this.node(name);
     if (!n.alive) return;
-    this.cut(`${name} killed`);
     n.alive = false;
     n.store.alive = false;
+    n.queued = [];
+    this.dropLink(`${name} killed`);
     for (const c of this.clients) if (c.controller === name && !c.closed) c.close();
+  }
+
+  /**
+   * SIGSTOP: from now on nothing reaches the controller (ticks, frames,
+   * client requests, store completions) until resume(). Its store writes
+   * already issued still land (in the kernel), unless
+   * opts.deferLandingWhilePaused.
+   */
+  pause(name: NodeName): void {
+    const n = this.node(name);
+    if (!n.alive || n.paused) return;
+    n.paused = true;
+    this.logs.push({ node: name, incarnation: n.incarnation, atMs: this.sched.nowMs, level: 'info', msg: 'sim: paused', obj: {} });
+  }
+
+  /**
+   * SIGCONT: timers run first (as Node's event loop does after a stop), then
+   * what queued up, each source (the peer link, every client connection,
+   * every store completion) in its own order, the sources interleaved by
+   * the seed.
+   */
+  resume(name: NodeName): void {
+    const n = this.node(name);
+    if (!n.alive || !n.paused) return;
+    n.paused = false;
+    this.logs.push({ node: name, incarnation: n.incarnation, atMs: this.sched.nowMs, level: 'info', msg: 'sim: resumed', obj: { queued: n.queued.length } });
+    n.core.tick();
+    n.store.resumed();
+    const bySource = new Map<string, (() => void)[]>();
+    for (const q of n.queued) {
+      let list = bySource.get(q.source);
+      if (list === undefined) bySource.set(q.source, (list = []));
+      list.push(q.run);
+    }
+    n.queued = [];
+    const lists = [...bySource.entries()];
+    while (lists.length > 0) {
+      const i = this.pauseRng.int(lists.length);
+      const [source, list] = lists[i]!;
+      const run = list.shift()!;
+      if (list.length === 0) lists.splice(i, 1);
+      this.sched.after(0, `${name} resumed: ${source}`, () => this.deliver(n, source, run));
+    }
+  }
+
+  isPaused(name: NodeName): boolean {
+    return this.node(name).paused;
+  }
+
+  /**
+   * The next store write of one of `kinds` by `name` crashes it as it lands:
+   * if tearFraction is given and mayTear(kind) allows, only that fraction of
+   * the write's bytes reach the device; else the write lands whole and the
+   * controller dies before hearing of it.
+   */
+  crashAtNextWrite(
+    name: NodeName,
+    kinds: readonly StoreWriteKind[],
+    opts: { tearFraction?: number; mayTear?: (kind: StoreWriteKind) => boolean } = {},
+  ): void {
+    const n = this.node(name);
+    n.store.armCrash({
+      kinds: new Set(kinds),
+      keepFraction: opts.tearFraction ?? 0,
+      mayTear: (kind) => opts.tearFraction !== undefined && (opts.mayTear?.(kind) ?? true),
+      crash: (l) => {
+        this.logs.push({
+          node: name,
+          incarnation: n.incarnation,
+          atMs: this.sched.nowMs,
+          level: 'info',
+          msg: `sim: crashed during ${l.what}${l.torn === undefined ? '' : ` (torn at ${l.torn.keepFraction.toFixed(2)})`}`,
+          obj: {},
+        });
+        this.kill(name);
+      },
+    });
+  }
+
+  /** Forget a crash armed with crashAtNextWrite that has not happened. */
+  disarmCrash(name: NodeName): void {
+    this.node(name).store.disarmCrash();
   }
 
   /** A new core for a killed controller, over the same device; started, link still down. */
@@ -325,6 +497,11 @@ export class Harness {
     return n;
   }
 
+  /** The running incarnation of every controller, e.g. "A3 B1". */
+  incarnations(): string {
+    return this.nodes.map((n) => `${n.name}${n.incarnation}${n.alive ? '' : '(dead)'}${n.paused ? '(paused)' : ''}`).join(' ');
+  }
+
   /** A promise that resolves after ms of virtual time. */
   sleep(ms: number): Promise<void> {
     return new Promise((resolve) => this.sched.after(ms, 'sleep', resolve));
@@ -333,7 +510,15 @@ export class Harness {
   /** A client connected to one controller. */
   client(name: NodeName): SimClient {
     const wireLimits = this.opts.clientWireLimits ?? this.limits;
-    const c = new SimClient(this.nextConnId++, name, { submit: (connId, frame) => this.submitClient(name, connId, frame) }, wireLimits);
+    const c = new SimClient(
+      this.nextConnId++,
+      name,
+      {
+        submit: (connId, frame) => this.submitClient(name, connId, frame),
+        timer: (ms, fn) => this.sched.after(ms, `client timeout`, fn, true),
+      },
+      wireLimits,
+    );
     this.clients.push(c);
     return c;
   }
@@ -356,8 +541,9 @@ export class Harness {
   private async makeNode(name: NodeName, incarnation: number): Promise<SimNode> {
     const id: 1 | 2 = name === 'A' ? 1 : 2;
     const mirroring = this.opts.mirroring ?? true;
-    const inner = await PageStore.open(this.device, { pairId: PAIR_ID, name: `store-${name}` });
-    const store = new SimStore(inner, this.sched, this.storeRng, this.opts.storeDelayMaxMs ?? 2, name);
+    const inner = await PageStore.open(this.tearable, { pairId: PAIR_ID, name: `store-${name}` });
+    const store = new SimStore(inner, this.sched, this.storeRng, this.opts.storeDelayMaxMs ?? 2, name, this.tearable);
+    store.deferLandingWhilePaused = this.opts.deferLandingWhilePaused ?? false;
     const cfg: CoreConfig = {
       selfId: id,
       partnerId: id === 1 ? 2 : 1,
@@ -377,8 +563,25 @@ export class Harness {
       limits: this.limits,
       policies: this.policies,
     };
-    const node: SimNode = { name, id, core: undefined as unknown as ControllerCore, store, incarnation, alive: true, flushScheduled: false };
+    const node: SimNode = {
+      name,
+      id,
+      core: undefined as unknown as ControllerCore,
+      store,
+      incarnation,
+      alive: true,
+      flushScheduled: false,
+      paused: false,
+      queued: [],
+    };
     const current = (): boolean => node.alive && this.nodes.includes(node);
+    let storeOps = 0;
+    store.hooks = {
+      epochNow: () => node.core.currentEpoch,
+      onLand: (l) => this.onLand(node, l),
+      deliver: (fn) => this.deliver(node, `store ${storeOps++}`, fn),
+      paused: () => node.paused,
+    };
     const env: CoreEnv = {
       sendPeer: (msg) => {
         if (!current()) return;
@@ -386,6 +589,7 @@ export class Harness {
       },
       replyClient: (connId, msg) => {
         if (!current()) return;
+        if (msg.kind === 'C_WRITE_REPLY') this.onAck(node);
         const c = this.clients.find((x) => x.connId === connId);
         if (c === undefined || c.closed) return;
         c.onReply(encode(msg));
@@ -393,26 +597,26 @@ export class Harness {
       requestFlush: () => {
         if (node.flushScheduled) return;
         node.flushScheduled = true;
-        this.sched.after(0, `${name} flush outbox`, () => {
-          node.flushScheduled = false;
-          if (current()) node.core.flushOutbox();
-        });
+        this.sched.after(0, `${name} flush outbox`, () =>
+          this.deliver(node, 'self', () => {
+            node.flushScheduled = false;
+            node.core.flushOutbox();
+          }),
+        );
       },
       nowMs: () => this.sched.nowMs,
       newGuid: () => this.guidRng.uuid(),
       closePeer: (reason) => {
         if (!current()) return;
-        this.cut(`${name}: ${reason}`);
+        this.dropLink(`${name}: ${reason}`);
         // The runtime's dialer dials again after peerReconnectMs.
-        this.sched.after(REDIAL_MS, `${name} redials`, () => {
-          if (!this.linkIsUp && this.nodes.every((n) => n.alive)) this.heal();
-        });
+        this.scheduleRedial();
       },
       fencePartner: (pid) => {
         if (!current() || this.opts.fenceKills === false) return Promise.resolve(false);
         const victim = this.nodes.find((n) => pidOf(n.name, n.incarnation) === pid);
         if (victim !== undefined && victim.alive) {
-          this.logs.push({ node: name, incarnation, atMs: this.sched.nowMs, level: 'warn', msg: `fence: killed ${victim.name}`, obj: {} });
+          this.logs.push({ node: name, incarnation, atMs: this.sched.nowMs, level: 'warn', msg: `fence: killed ${victim.name}${victim.paused ? ' (paused)' : ''}`, obj: {} });
           this.kill(victim.name);
         }
         return Promise.resolve(true);
@@ -441,11 +645,64 @@ export class Harness {
     return { debug: rec('debug'), info: rec('info'), warn: rec('warn'), error: rec('error') };
   }
 
+  /** Run fn in the controller now, or when it resumes if paused; never in a dead or replaced one. */
+  private deliver(n: SimNode, source: string, fn: () => void): void {
+    if (!n.alive || !this.nodes.includes(n)) return;
+    if (n.paused) n.queued.push({ source, run: fn });
+    else fn();
+  }
+
+  private onLand(n: SimNode, l: Landing): void {
+    const rec: LandRecord = { ...l, atMs: this.sched.nowMs, node: n.name, incarnation: n.incarnation };
+    if (l.torn !== undefined) this.tornWrites.push(rec);
+    if (l.kind === 'epoch') {
+      if (l.torn === undefined && l.record !== undefined) {
+        this.epochRecords.push(rec);
+        this.effectiveEpoch = l.record;
+      }
+      return;
+    }
+    if (l.kind !== 'page' && l.kind !== 'table' && l.kind !== 'clear') return;
+    this.dataWrites.push(rec);
+    const eff = this.effectiveEpoch;
+    if (eff !== null && eff.activeId !== 0 && eff.activeId !== n.id && eff.epoch > l.writerEpoch) {
+      this.violations.push(
+        `store write from a superseded controller: ${n.name}${n.incarnation} (epoch ${l.writerEpoch}) ${l.what} landed at ${this.sched.nowMs} ms, ` +
+          `after the epoch record gave epoch ${eff.epoch} to ${eff.activeId === 1 ? 'A' : 'B'}`,
+      );
+    }
+  }
+
+  private onAck(n: SimNode): void {
+    const role = n.core.currentRole;
+    const epoch = n.core.currentEpoch;
+    this.acks.push({ atMs: this.sched.nowMs, node: n.name, incarnation: n.incarnation, role, epoch });
+    if (role !== Role.ALONE) return;
+    let set = this.aloneAcksIn.get(epoch);
+    if (set === undefined) this.aloneAcksIn.set(epoch, (set = new Set()));
+    set.add(`${n.name}${n.incarnation}`);
+    if (set.size === 2) this.violations.push(`two controllers acknowledged writes alone in epoch ${epoch}: ${[...set].join(', ')} (at ${this.sched.nowMs} ms)`);
+  }
+
+  /** After every step: no two controllers alone in one epoch. */
+  private sampleRoles(): void {
+    for (const n of this.nodes) {
+      if (!n.alive || n.core.currentRole !== Role.ALONE) continue;
+      const epoch = n.core.currentEpoch;
+      let set = this.aloneIn.get(epoch);
+      if (set === undefined) this.aloneIn.set(epoch, (set = new Set()));
+      const who = `${n.name}${n.incarnation}`;
+      if (set.has(who)) continue;
+      set.add(who);
+      if (set.size === 2) this.violations.push(`two controllers alone in epoch ${epoch}: ${[...set].join(', ')} (at ${this.sched.nowMs} ms)`);
+    }
+  }
+
   private startTicking(): void {
     const every = this.opts.tickIntervalMs ?? 10;
     if (every <= 0) return;
     const tick = (): void => {
-      for (const n of this.nodes) if (n.alive) n.core.tick();
+      for (const n of this.nodes) if (n.alive && !n.paused) n.core.tick();
       this.sched.after(every, 'tick', tick, true);
     };
     this.sched.after(every, 'tick', tick, true);
@@ -468,10 +725,13 @@ export class Harness {
     this.lastArrivalMs[dir] = arrival;
     this.sched.at(arrival, `${dir} ${kind}`, () => {
       if (gen !== this.linkGen || !this.linkIsUp) return;
-      const msg = decode(frame, this.limits);
-      this.delivered.push({ atMs: this.sched.nowMs, dir, kind: msg.kind, msg });
       const to = this.node(dir === 'A->B' ? 'B' : 'A');
-      to.core.onPeerMessage(msg);
+      // A paused controller reads it from its socket when it resumes.
+      this.deliver(to, 'peer', () => {
+        const msg = decode(frame, this.limits);
+        this.delivered.push({ atMs: this.sched.nowMs, dir, kind: msg.kind, msg });
+        to.core.onPeerMessage(msg);
+      });
     });
   }
 
@@ -487,7 +747,10 @@ export class Harness {
         c.close();
         return;
       }
-      n.core.onClientRequest(connId, decode(frame, this.opts.clientWireLimits ?? this.limits) as ClientRequest);
+      this.deliver(n, `client ${connId}`, () => {
+        if (c.closed) return;
+        n.core.onClientRequest(connId, decode(frame, this.opts.clientWireLimits ?? this.limits) as ClientRequest);
+      });
     });
   }
 }

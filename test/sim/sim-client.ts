@@ -14,6 +14,14 @@ type RequestBody = ClientRequest extends infer R ? (R extends ClientRequest ? Om
 export interface ClientWire {
   /** Deliver an encoded request to the controller the client is connected to. */
   submit(connId: number, frame: Buffer): void;
+  /** Run fn after ms of virtual time (for request timeouts). */
+  timer?(ms: number, fn: () => void): void;
+}
+
+/** A write's retry tag: a retried write with the same pair is applied once. */
+export interface WriteTag {
+  clientId: number;
+  clientSeq: number;
 }
 
 export interface AllocationInfo {
@@ -31,7 +39,11 @@ interface Waiting {
 export class SimClient {
   private nextRequestId = 1;
   private readonly waiting = new Map<number, Waiting>();
+  /** Requests given up on: a late answer to one of them is dropped. */
+  private readonly abandoned = new Set<number>();
   closed = false;
+  /** A request unanswered this long fails with TIMEOUT (0: wait for ever). Needs wire.timer. */
+  timeoutMs = 0;
 
   constructor(
     readonly connId: number,
@@ -52,8 +64,8 @@ export class SimClient {
     }));
   }
 
-  write(guid: string, offset: number, data: Buffer, pointerId = 0): Promise<void> {
-    return this.call({ kind: 'C_WRITE', guid, offset, pointerId, clientId: 0, clientSeq: 0, data }, 'C_WRITE_REPLY').then(() => undefined);
+  write(guid: string, offset: number, data: Buffer, pointerId = 0, tag: WriteTag = { clientId: 0, clientSeq: 0 }): Promise<void> {
+    return this.call({ kind: 'C_WRITE', guid, offset, pointerId, clientId: tag.clientId, clientSeq: tag.clientSeq, data }, 'C_WRITE_REPLY').then(() => undefined);
   }
 
   read(guid: string, offset: number, length: number, pointerId = 0): Promise<Buffer> {
@@ -88,6 +100,7 @@ export class SimClient {
   onReply(frame: Buffer): void {
     const msg = decode(frame, this.limits);
     const w = this.waiting.get(msg.requestId);
+    if (w === undefined && this.abandoned.delete(msg.requestId)) return;
     if (w === undefined) throw new Error(`client ${this.connId}: reply ${msg.kind} to no request ${msg.requestId}`);
     this.waiting.delete(msg.requestId);
     w.resolve(msg);
@@ -116,6 +129,15 @@ export class SimClient {
         },
         reject,
       });
+      if (this.timeoutMs > 0 && this.wire.timer !== undefined) {
+        this.wire.timer(this.timeoutMs, () => {
+          const w = this.waiting.get(requestId);
+          if (w === undefined) return;
+          this.waiting.delete(requestId);
+          this.abandoned.add(requestId);
+          w.reject(new PagepairError('TIMEOUT', `no answer to ${body.kind} from ${this.controller} within ${this.timeoutMs} ms`));
+        });
+      }
       this.wire.submit(this.connId, frame);
     });
   }
