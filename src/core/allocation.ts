@@ -37,6 +37,13 @@ export interface AllocState {
   readonly staging: Map<number, { promise: Promise<CachePage>; superseded: boolean }>;
   destagesInFlight: number;
   released: boolean;
+  /**
+   * Versions of pages not in the cache, where known (NaN where not): all 0
+   * for an allocation created since start (its extent was zeroed), and the
+   * version of every clean page the cache evicted since. A page overwritten
+   * whole needs only its version, so it is not read from the store.
+   */
+  knownVersions: Float64Array | null;
 }
 
 export function newAllocState(record: AllocationRecord, initialOwner: number): AllocState {
@@ -50,6 +57,7 @@ export function newAllocState(record: AllocationRecord, initialOwner: number): A
     staging: new Map(),
     destagesInFlight: 0,
     released: false,
+    knownVersions: null,
   };
 }
 

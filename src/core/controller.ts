@@ -728,8 +728,10 @@ export class ControllerCore {
       throw new PagepairError('LOCK_CONFLICT', `pages ${first}..${first + count - 1} of ${alloc.record.guid} are held by pointer ${conflict.id}`);
     }
     const compose = (page: number, old: Buffer): Buffer => overlay(old, ps, page * ps, msg.offset, msg.data);
+    const end = msg.offset + msg.data.length;
+    const whole = (page: number): boolean => page * ps >= msg.offset && (page + 1) * ps <= end;
     if (msg.clientId === 0) {
-      await this.writePages(alloc, first, count, compose, null, { applied: false });
+      await this.writePages(alloc, first, count, compose, null, { applied: false }, whole);
       return;
     }
     const key = `${msg.clientId}:${msg.clientSeq}`;
@@ -744,7 +746,7 @@ export class ControllerCore {
       return;
     }
     const progress = { applied: false };
-    const done = this.writePages(alloc, first, count, compose, { clientId: msg.clientId, clientSeq: msg.clientSeq }, progress);
+    const done = this.writePages(alloc, first, count, compose, { clientId: msg.clientId, clientSeq: msg.clientSeq }, progress, whole);
     this.rememberTag(key, { state: 'running', done });
     try {
       await done;
@@ -783,6 +785,7 @@ export class ControllerCore {
     compose: (page: number, old: Buffer) => Buffer,
     tag: { clientId: number; clientSeq: number } | null,
     progress: { applied: boolean },
+    wholePages: (page: number) => boolean = () => false,
   ): Promise<void> {
     const bytes = count * alloc.record.pageSizeBytes;
     if (bytes > this.cfg.cacheBytesMax / 2) {
@@ -797,10 +800,10 @@ export class ControllerCore {
         if (round >= OWNERSHIP_ROUNDS_MAX) throw new PagepairError('BUSY', `write to ${alloc.record.guid} kept losing its pages to the partner`);
         if (this.cfg.mirroring) await this.acquireOwnership(alloc, first, count);
         await this.waitForRoom(this.missingBytes(alloc, first, count));
-        await this.stageAndPin(alloc, first, count, pinned);
+        await this.stageAndPin(alloc, first, count, pinned, wholePages);
         if (alloc.released) throw unknownGuid(alloc.record.guid);
         this.requireWritable();
-        if (!this.ownsRange(alloc, first, count) || !this.cachedRange(alloc, first, count)) continue;
+        if (!this.ownsRange(alloc, first, count) || !this.readyRange(alloc, first, count, wholePages)) continue;
         const conflict = overlappingPointer(alloc, first, count);
         if (conflict !== undefined) throw new PagepairError('LOCK_CONFLICT', `pages are held by pointer ${conflict.id}`);
         // Everything is in hand: apply without yielding.
@@ -809,12 +812,12 @@ export class ControllerCore {
         const mirror = this.cfg.mirroring && this.linkUp ? this.mirrorOp() : null;
         const toStore: StoreWrite[] = [];
         for (let p = first; p < first + count; p++) {
-          const cp = alloc.pages.get(p);
-          invariant(cp !== undefined, 'page present after staging');
-          const data = compose(p, cp.data);
-          const version = cp.version + 1;
+          const cached = alloc.pages.get(p);
+          // A page overwritten whole need not be read first when its version is known.
+          const data = compose(p, cached?.data ?? EMPTY);
+          const version = (cached?.version ?? knownVersion(alloc, p)) + 1;
           const crc = crc32c(data);
-          this.cache.writeDirty(alloc, p, version, crc, this.epoch, data, now);
+          const cp = this.cache.writeDirty(alloc, p, version, crc, this.epoch, data, now);
           if (mirror === null && !through) continue;
           cp.mirrorPending++;
           touched.push(cp);
@@ -1192,8 +1195,12 @@ export class ControllerCore {
     if (waits.length > 0) await Promise.all(waits);
   }
 
-  /** Stage the range and pin each page as it arrives, so staging the last cannot evict the first. */
-  private async stageAndPin(alloc: AllocState, first: number, count: number, pinned: CachePage[]): Promise<void> {
+  /**
+   * Stage the range and pin each page as it arrives, so staging the last
+   * cannot evict the first. Pages the write covers whole and whose version is
+   * known are not read at all.
+   */
+  private async stageAndPin(alloc: AllocState, first: number, count: number, pinned: CachePage[], wholePages: (page: number) => boolean): Promise<void> {
     const pin = (cp: CachePage): void => {
       if (pinned.includes(cp)) return;
       this.cache.pin(cp);
@@ -1203,13 +1210,16 @@ export class ControllerCore {
     for (let p = first; p < first + count; p++) {
       const cp = alloc.pages.get(p);
       if (cp !== undefined) pin(cp);
-      else waits.push(this.stagePage(alloc, p).then(pin));
+      else if (!(wholePages(p) && !Number.isNaN(knownVersion(alloc, p)))) waits.push(this.stagePage(alloc, p).then(pin));
     }
     if (waits.length > 0) await Promise.all(waits);
   }
 
-  private cachedRange(alloc: AllocState, first: number, count: number): boolean {
-    for (let p = first; p < first + count; p++) if (!alloc.pages.has(p)) return false;
+  /** Every page is cached, or is overwritten whole with a known version. */
+  private readyRange(alloc: AllocState, first: number, count: number, wholePages: (page: number) => boolean): boolean {
+    for (let p = first; p < first + count; p++) {
+      if (!alloc.pages.has(p) && !(wholePages(p) && !Number.isNaN(knownVersion(alloc, p)))) return false;
+    }
     return true;
   }
 
@@ -1413,6 +1423,8 @@ export class ControllerCore {
           const space = await this.request({ kind: 'SPACE_REQUEST', policy: policy.name, pageSizeBytes: policy.pageSizeBytes, pageCount, reserve: true, dataOffset: local.dataOffset });
           invariant(space.kind === 'SPACE_REQUEST_REPLY', 'space reply');
           record = { ...base, dataOffset: local.dataOffset };
+          // Zeroed before the partner can learn of it (and a client write there).
+          await this.env.store.clearExtent(record.dataOffset, bytes);
           await this.request({ kind: 'ALLOCATE', ...record, reservationId: space.reservationId });
         } finally {
           this.reservations.delete(local.id);
@@ -1423,8 +1435,9 @@ export class ControllerCore {
         record = { ...base, dataOffset: space.dataOffset };
         await this.request({ kind: 'ALLOCATE', ...record, reservationId: space.reservationId });
       }
-      if (this.isCoordinator()) await this.env.store.clearExtent(record.dataOffset, bytes);
-      this.installAllocation(record);
+      if (!this.cfg.mirroring || this.role === Role.ALONE) await this.env.store.clearExtent(record.dataOffset, bytes);
+      // Its extent is zeroed: every page is at version 0, known without reading.
+      this.installAllocation(record, this.defaultOwner(), true);
       installed = true;
       if (this.isCoordinator()) await this.persistTable();
       this.env.log.info({ guid: record.guid, name: record.name, policy: record.policy, pageCount, pageSizeBytes: record.pageSizeBytes }, 'allocation created');
@@ -1526,15 +1539,17 @@ export class ControllerCore {
     this.reservations.delete(r.id);
     if (this.isCoordinator()) await this.env.store.clearExtent(record.dataOffset, extentBytes(record.pageSizeBytes, record.pageCount));
     if (this.allocs.has(req.guid) || this.names.has(req.name)) throw new PagepairError('DUPLICATE', `allocation ${req.guid} or its name exists`, 'name');
-    this.installAllocation(record);
+    this.installAllocation(record, this.defaultOwner(), true);
     if (this.isCoordinator()) await this.persistTable();
     this.env.log.info({ guid: record.guid, name: record.name, by: this.partnerId }, 'allocation created by partner');
     this.replyPeer(req, { kind: 'ALLOCATE_REPLY' });
   }
 
   /** `owner`: who owns its pages at first; both sides must pick the same. */
-  private installAllocation(record: AllocationRecord, owner: number = this.defaultOwner()): AllocState {
+  /** `fresh`: a new, zeroed extent, so every page's version (0) is known. */
+  private installAllocation(record: AllocationRecord, owner: number = this.defaultOwner(), fresh = false): AllocState {
     const alloc = newAllocState(record, owner);
+    if (fresh) alloc.knownVersions = new Float64Array(record.pageCount);
     this.allocs.set(record.guid, alloc);
     this.names.add(record.name);
     this.tableDigestText = null;
@@ -2272,6 +2287,11 @@ function checkName(name: string): void {
   if (name.length === 0 || Buffer.byteLength(name) > 64) {
     throw new PagepairError('BAD_FIELD', 'name must be 1 to 64 bytes of UTF-8', 'name');
   }
+}
+
+/** The version of an uncached page, when known without reading it; NaN when not. */
+function knownVersion(alloc: AllocState, page: number): number {
+  return alloc.knownVersions?.[page] ?? Number.NaN;
 }
 
 /** The new contents of page `pageStart`: the old ones with the written bytes laid over. */

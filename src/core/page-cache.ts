@@ -134,6 +134,10 @@ export class PageCache {
       const victim = this.lru.popOldest();
       if (victim === undefined) return false;
       this.evictions++;
+      // A later whole-page write needs its version, not its bytes.
+      const alloc = victim.alloc;
+      alloc.knownVersions ??= new Float64Array(alloc.record.pageCount).fill(Number.NaN);
+      alloc.knownVersions[victim.page] = victim.version;
       this.forget(victim);
     }
     return true;
