@@ -381,7 +381,7 @@ export class ControllerCore {
     this.lastHeartbeatMs = this.env.nowMs();
     this.env.log.info({ partnerPid: info.partnerPid ?? 0, role: roleName(this.role), fresh: this.fresh }, 'partner link up');
     if (this.stopping) return;
-    if (this.role === Role.FENCED) this.resetToFresh('partner is back after we were fenced');
+    if (this.role === Role.FENCED && !this.arbitrating) this.resetToFresh('partner is back after we were fenced');
     // A join waits for a running arbitration to settle who serves.
     if (!this.arbitrating) this.beginJoin();
   }
@@ -465,6 +465,7 @@ export class ControllerCore {
       (outcome) => {
         this.arbitrating = false;
         if (this.stopping) return;
+        invariant(this.fresh === wasFresh, 'state reset during arbitration');
         if (outcome.won) this.takeOver(outcome.epoch);
         else if (wasFresh && outcome.epoch <= this.epoch) {
           // A fresh controller never takes over from a live partner: it waits for the link.
@@ -656,6 +657,9 @@ export class ControllerCore {
         // Rejoining a partner that served alone: its epoch is ours from now on.
         this.env.log.info({ from: this.epoch, to: req.epoch }, 'adopting the partner\'s epoch');
         this.epoch = req.epoch;
+      } else if (this.arbitrating) {
+        // Our arbitration is deciding right now (the newer epoch may be the
+        // one it just wrote); its outcome settles who serves, not this frame.
       } else {
         this.enterFenced(`partner speaks in epoch ${req.epoch}, ours is ${this.epoch}`);
         this.env.closePeer('partner is in a newer epoch');
