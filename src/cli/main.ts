@@ -44,9 +44,16 @@ program
     process.on('uncaughtException', (err) => die('uncaught exception', err));
     process.on('unhandledRejection', (err) => die('unhandled rejection', err));
     running = await startController(cfg, log);
-    let signals = 0;
+    let firstSignalMs = 0;
     const onSignal = (sig: string): void => {
-      if (++signals > 1) process.exit(130);
+      // Ctrl-C under `npm start` reaches us twice (from the terminal and from
+      // the pair supervisor): a repeat within 2 s is the same request. Later,
+      // another signal means "stop now".
+      if (firstSignalMs !== 0) {
+        if (Date.now() - firstSignalMs > 2000) process.exit(130);
+        return;
+      }
+      firstSignalMs = Date.now();
       log.info({ signal: sig }, 'signal received');
       running!.stop().then(
         () => process.exit(0),
@@ -170,6 +177,7 @@ program
   .option('--block <bytes>', 'bytes per block', '4KiB')
   .option('--heartbeat-ms <ms>', 'heartbeatIntervalMs of both controllers', '100')
   .option('--partner-timeout-ms <ms>', 'partnerTimeoutMs of both controllers', '500')
+  .addOption(new Option('--fence-action <action>', 'arbitration.fenceAction of both (default: kill, none for partitions)').choices(['kill', 'none']))
   .option('--json', 'print the result as JSON (per-cycle lines go to standard error)')
   .action(async (opts: Record<string, string | boolean | undefined>) => {
     const json = opts.json === true;
@@ -188,6 +196,7 @@ program
       blockBytes: parseSize(String(opts.block), 'block'),
       heartbeatIntervalMs: parsePositiveInt(String(opts.heartbeatMs), 'heartbeat-ms', 60_000),
       partnerTimeoutMs: parsePositiveInt(String(opts.partnerTimeoutMs), 'partner-timeout-ms', 600_000),
+      ...(typeof opts.fenceAction === 'string' ? { fenceAction: opts.fenceAction as 'kill' | 'none' } : {}),
       print: json ? (line) => console.error(line) : (line) => console.log(line),
       note: (line) => console.error(line),
       signal: abort.signal,
