@@ -1101,7 +1101,7 @@ export class ControllerCore {
       const alloc = this.allocs.get(pw.guid);
       if (alloc === undefined) continue; // released meanwhile: nothing to keep
       this.checkPageRange(alloc, pw.page, 1);
-      if ((pw.pageFlags & PageFlag.CLEAN_AT) === 0 && pw.data.length !== alloc.record.pageSizeBytes) {
+      if ((pw.pageFlags & (PageFlag.CLEAN_AT | PageFlag.TAG_ONLY)) === 0 && pw.data.length !== alloc.record.pageSizeBytes) {
         throw new PagepairError('BAD_FIELD', `WRITE_PAGE page ${pw.page} of ${pw.guid} has ${pw.data.length} bytes, page size is ${alloc.record.pageSizeBytes}`, 'data');
       }
       if ((pw.pageFlags & PageFlag.POINTER_PENDING) !== 0) {
@@ -1113,6 +1113,12 @@ export class ControllerCore {
     }
     const now = this.env.nowMs();
     for (const pw of req.pages) {
+      if ((pw.pageFlags & PageFlag.TAG_ONLY) !== 0) {
+        // The partner's memory of client writes it applied, handed over in a join.
+        const key = `${pw.clientId}:${pw.clientSeq}`;
+        if (pw.clientId !== 0 && !this.taggedWrites.has(key)) this.rememberTag(key, { state: 'held', guid: pw.guid, first: pw.page, count: 1 });
+        continue;
+      }
       const alloc = this.allocs.get(pw.guid);
       if (alloc === undefined) continue;
       if ((pw.pageFlags & PageFlag.CLEAN_AT) !== 0) {
@@ -1952,6 +1958,8 @@ export class ControllerCore {
         await this.pushDiffering(join, alloc, first, count);
       }
     }
+    // Which client writes we applied: the partner may be asked to retry one.
+    await this.pushTags(join);
     // A store write we started before the link dropped must land before the
     // partner, owning every page now, can write and destage a newer version;
     // the partner finishes its join only after our push is done. (When our
@@ -1993,6 +2001,20 @@ export class ControllerCore {
       if (join.pagesSent % (RESYNC_CHUNK_PAGES * 64) === 0) this.env.log.info({ pagesSent: join.pagesSent, pagesToSend: join.pagesToSend }, 'resync progress');
       await this.sleep((RESYNC_CHUNK_PAGES * 1000) / this.cfg.resyncPagesPerSecMax);
     }
+  }
+
+  private async pushTags(join: JoinState): Promise<void> {
+    const op = this.mirrorOp();
+    let sent = 0;
+    for (const [key, t] of this.taggedWrites) {
+      if (t.state === 'running' || this.join !== join) continue;
+      const [clientId, clientSeq] = key.split(':').map(Number) as [number, number];
+      const guid = t.state === 'held' ? t.guid : ZERO_GUID;
+      const page = t.state === 'held' ? t.first : 0;
+      this.outbox.pushPage({ guid, page, version: 0, crc: 0, epoch: this.epoch, pageFlags: PageFlag.TAG_ONLY, pointerId: 0, clientId, clientSeq, data: EMPTY }, op.op);
+      sent++;
+    }
+    if (sent > 0) await op.done;
   }
 
   private onReadHeader(req: ReadHeader): void {
@@ -2267,6 +2289,7 @@ export interface CoreStatus {
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
 
 const EMPTY = Buffer.alloc(0);
+const ZERO_GUID = '00000000-0000-0000-0000-000000000000';
 
 const ROLE_NAMES: Record<number, string> = {
   [Role.STARTING]: 'starting',

@@ -98,6 +98,9 @@ export const PageFlag = {
   CLEAN_AT: 0x01,
   /** Data belongs to an open write pointer; committed on RELEASE_POINTER. */
   POINTER_PENDING: 0x02,
+  /** No data: the client write (clientId, clientSeq) was already applied to
+   *  this page; a retry of it must not apply again. Sent in a join. */
+  TAG_ONLY: 0x04,
 } as const;
 
 /** Fields every frame carries in its header. */
