@@ -132,7 +132,7 @@ function outcomeOf(err: unknown): OpOutcome {
 }
 
 /** A growing array of sorted times, searchable by window. */
-class TimeLog {
+export class TimeLog {
   private buf = new Float64Array(1 << 14);
   private n = 0;
 
@@ -201,6 +201,7 @@ export class HistoryWorkload {
   private readonly readPct: number;
   private readonly rng: Prng;
   private readonly busy: Uint8Array;
+  private readonly lastWriteAckMs: Float64Array;
   private readonly completed = new TimeLog();
   private readonly failed = new TimeLog();
   private nextValue = 1;
@@ -236,6 +237,7 @@ export class HistoryWorkload {
     this.readPct = opts.readPct;
     this.rng = new Prng(opts.seed);
     this.busy = new Uint8Array(opts.blocks);
+    this.lastWriteAckMs = new Float64Array(opts.blocks).fill(-Infinity);
     this.startedMs = opts.clock();
   }
 
@@ -424,17 +426,46 @@ export class HistoryWorkload {
       return;
     }
     this.recorder.complete(id, 'ok');
+    this.lastWriteAckMs[block] = this.clock();
     this.completed.push(this.clock());
     this.stats.ops++;
     this.stats.writesOk++;
   }
 
   /** Resolves to the value read, or null when the read got no good answer. */
-  private async readOnce(w: number, client: PairClient, block: number, final: boolean): Promise<number | null> {
+  private readOnce(w: number, client: PairClient, block: number, final: boolean): Promise<number | null> {
+    return this.recordRead(w, block, (guid, offset, length) => client.read(guid, offset, length), () => client.currentController, final ? 'final' : 'workload');
+  }
+
+  /**
+   * One read of `block` made by the caller's own means (straight to one
+   * controller, say), recorded and verified like the workload's own reads.
+   * `process` must be a number no worker uses (workers are 0..workers-1,
+   * final readers the next 8).
+   */
+  readThrough(process: number, block: number, read: (guid: string, offset: number, length: number) => Promise<Buffer>, via: string): Promise<number | null> {
+    return this.recordRead(process, block, read, () => via, 'probe');
+  }
+
+  /** Blocks whose latest acknowledged write was acknowledged after ms. */
+  blocksWrittenSince(ms: number): number[] {
+    const out: number[] = [];
+    for (let b = 0; b < this.blocks; b++) if (this.lastWriteAckMs[b]! > ms) out.push(b);
+    return out;
+  }
+
+  private async recordRead(
+    w: number,
+    block: number,
+    read: (guid: string, offset: number, length: number) => Promise<Buffer>,
+    via: () => string,
+    what: 'workload' | 'final' | 'probe',
+  ): Promise<number | null> {
+    const final = what !== 'workload';
     const id = this.recorder.invoke(w, 'read', String(block));
     let data: Buffer;
     try {
-      data = await client.read(this.allocation.guid, block * this.blockBytes, this.blockBytes);
+      data = await read(this.allocation.guid, block * this.blockBytes, this.blockBytes);
     } catch (err) {
       this.recorder.complete(id, outcomeOf(err));
       if (!final) this.noteError(err);
@@ -446,7 +477,7 @@ export class HistoryWorkload {
       this.recorder.complete(id, 'fail');
       this.stats.verifyErrors++;
       if (this.stats.verifyFailures.length < VERIFY_FAILURES_KEPT) {
-        this.stats.verifyFailures.push(`${final ? 'final ' : ''}read of block ${block} (op #${id}, via ${client.currentController}): ${got.corrupt}`);
+        this.stats.verifyFailures.push(`${what === 'workload' ? '' : `${what} `}read of block ${block} (op #${id}, via ${via()}): ${got.corrupt}`);
       }
       return null;
     }

@@ -12,7 +12,7 @@
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { appendFileSync, closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -22,7 +22,7 @@ import { fileURLToPath } from 'node:url';
 import { checkHistory, type CheckResult } from '../checker/linearizability.js';
 import { PagepairClient, type ControllerAddress } from '../client/client.js';
 import { Prng } from '../core/prng.js';
-import { PagepairError } from '../errors.js';
+import { PagepairError, isPagepairError } from '../errors.js';
 import type { ControllerStatus } from '../runtime/controller-process.js';
 import { FileDevice } from '../store/file-device.js';
 import { PageStore } from '../store/page-store.js';
@@ -39,6 +39,13 @@ const RESUMED_WATCH_MS = 3000;
 /** How long a partition is held after takeover, so the survivor serves alone for a while. */
 const PARTITION_HOLD_MS = 500;
 const QUIET_WAIT_MS = 20_000;
+/** Reads sent to a paused controller just before it is resumed. */
+const PROBE_READS = 64;
+const PROBE_READ_TIMEOUT_MS = 2000;
+/** Longest the survivor is left serving alone, for blocks to probe, before the paused one is resumed. */
+const PROBE_SETTLE_MS_MAX = 3000;
+/** History process ids of those reads (workers and final readers use small numbers). */
+const PROBE_PROCESS_BASE = 100_000;
 const NOT_PREFERRED_ALONE = 'B (not preferred) reported alone during a partition';
 
 export type KillMode = 'kill' | 'pause' | 'partition';
@@ -54,6 +61,8 @@ export interface KillTestOptions {
   keep?: boolean;
   heartbeatIntervalMs?: number;
   partnerTimeoutMs?: number;
+  /** arbitration.fenceAction of both; default "kill", but "none" for partitions (both stay alive there). */
+  fenceAction?: 'kill' | 'none';
   workers?: number;
   blocks?: number;
   blockBytes?: number;
@@ -152,6 +161,15 @@ class ControllerProcess {
 
   get pid(): number {
     return this.child?.pid ?? 0;
+  }
+
+  logTail(lines: number): string {
+    try {
+      const text = readFileSync(this.logPath, 'utf8');
+      return text.trimEnd().split('\n').slice(-lines).map((l) => `    ${l.slice(0, 300)}`).join('\n');
+    } catch {
+      return '    (no log)';
+    }
   }
 
   get alive(): boolean {
@@ -308,7 +326,7 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
   const ports = { aClient: await freePort(), aPeer: await freePort(), bClient: await freePort(), bPeer: await freePort(), proxy: await freePort() };
   const pairId = randomUUID();
   const token = `kill-test-${randomUUID().slice(0, 8)}`;
-  const fenceAction = mode === 'partition' ? 'none' : 'kill';
+  const fenceAction = opts.fenceAction ?? (mode === 'partition' ? 'none' : 'kill');
   const configOf = (id: Letter): Record<string, unknown> => {
     const self = id === 'A' ? { client: ports.aClient, peer: ports.aPeer } : { client: ports.bClient, peer: ports.bPeer };
     const other = id === 'A' ? { client: ports.bClient, peer: ports.bPeer } : { client: ports.aClient, peer: ports.aPeer };
@@ -367,7 +385,14 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
     }
   };
 
+  /** A controller that died on the way (a crash at start, say) will not come back by waiting. */
+  const mustLive = (l: Letter): void => {
+    if (!procs[l].alive) throw new RecoveryTimeout(`${l} ${procs[l].exitText} while it should be serving; its log ends:\n${procs[l].logTail(8)}`);
+  };
+
   const bothMirrored = async (): Promise<[ControllerStatus, ControllerStatus] | null> => {
+    mustLive('A');
+    mustLive('B');
     const [a, b] = await Promise.all([status('A'), status('B')]);
     return a?.role === 'mirrored' && b?.role === 'mirrored' ? [a, b] : null;
   };
@@ -395,12 +420,68 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
     }
   };
 
+  const directClient = async (l: Letter): Promise<PagepairClient | null> =>
+    PagepairClient.connect({ ...addr[l], name: 'pagepair-kill-test-probe', timeoutMs: PROBE_READ_TIMEOUT_MS }).catch(() => null);
+
+  /**
+   * A paused controller that outlived the takeover (fenceAction "none") is
+   * resumed. Reads of blocks the survivor wrote alone are sent to it while
+   * it still sleeps: it must not answer them from its old cache. Then its
+   * roles are watched: never 'alone', and back to 'mirrored' only in the
+   * survivor's epoch or later. Resolves to the time of the SIGCONT.
+   */
+  const resume = async (cycle: number, victim: Letter, epoch: number, res: CycleResult, sinceMs: number, reader: PagepairClient | null): Promise<number> => {
+    const w = workload!;
+    // The survivor must have acknowledged writes alone, or the reads would prove nothing.
+    const settleUntil = performance.now() + PROBE_SETTLE_MS_MAX;
+    let blocks = w.blocksWrittenSince(sinceMs);
+    while (blocks.length < PROBE_READS && performance.now() < settleUntil) {
+      await pause(POLL_MS);
+      blocks = w.blocksWrittenSince(sinceMs);
+    }
+    blocks = blocks.slice(0, PROBE_READS);
+    const refusals: Record<string, number> = {};
+    const readVia = (r: PagepairClient) => (guid: string, offset: number, length: number) =>
+      r.read(guid, offset, length).catch((err: unknown) => {
+        const code = isPagepairError(err) ? err.code : 'INTERNAL';
+        refusals[code] = (refusals[code] ?? 0) + 1;
+        throw err;
+      });
+    const reads = reader === null ? [] : blocks.map((block, i) => w.readThrough(PROBE_PROCESS_BASE + i, block, readVia(reader), `paused ${victim}`));
+    // Let the requests leave this process before the victim wakes.
+    await pause(POLL_MS);
+    event(`cycle ${cycle}: SIGCONT ${victim} (${reads.length} reads waiting for it)`);
+    const resumedAt = w.now();
+    procs[victim].signal('SIGCONT');
+    const answered = (await Promise.all(reads)).filter((v) => v !== null).length;
+    const roles: string[] = [];
+    const deadline = performance.now() + RESUMED_WATCH_MS;
+    while (performance.now() < deadline && procs[victim].alive) {
+      const s = await status(victim, 500);
+      if (s !== null) {
+        const seen = `${s.role}@${s.epoch}`;
+        if (roles[roles.length - 1] !== seen) roles.push(seen);
+        if (s.role === 'alone') res.problems.push(`resumed ${victim} reports 'alone' in epoch ${s.epoch} while its partner serves in epoch ${epoch}`);
+        if (s.role === 'mirrored' && s.epoch >= epoch) break;
+      }
+      await pause(POLL_MS);
+    }
+    res.victimFate =
+      `resumed; ${answered} of ${reads.length} reads sent while paused were answered` +
+      `${Object.keys(refusals).length > 0 ? ` (refused: ${Object.entries(refusals).map(([k, v]) => `${k} ${v}`).join(', ')})` : ''}; roles ${roles.join(' > ') || 'none seen'}` +
+      (procs[victim].alive ? '' : `; then ${procs[victim].exitText}`);
+    return resumedAt;
+  };
+
   const runCycle = async (cycle: number, victim: Letter, rng: Prng): Promise<CycleResult> => {
     const survivor = other(victim);
     const res: CycleResult = { cycle, mode, victim, survivor, stallMs: 0, takeoverMs: null, resyncMs: null, epoch: null, ops: 0, errors: 0, problems: [] };
     await pause(500 + rng.below(1501));
     const w = workload!;
+    // In pause mode a connection to the victim made beforehand carries reads sent while it sleeps.
+    const victimReader: PagepairClient | null = mode === 'pause' ? await directClient(victim) : null;
     const t0 = w.now();
+    let resumedAt: number | null = null;
     try {
       let resyncFrom: number;
       if (mode === 'kill' || mode === 'pause') {
@@ -408,10 +489,12 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
         event(`cycle ${cycle}: ${sig} ${victim} pid ${procs[victim].pid}`);
         procs[victim].signal(sig);
         const st = await waitUntil(`cycle ${cycle}: ${survivor} taking over`, recoverTimeoutMs, async () => {
+          mustLive(survivor);
           const s = await status(survivor);
           return s?.role === 'alone' ? s : null;
         });
-        res.takeoverMs = w.now() - t0;
+        const tTakeover = w.now();
+        res.takeoverMs = tTakeover - t0;
         res.epoch = st.epoch;
         event(`cycle ${cycle}: ${survivor} alone in epoch ${st.epoch} after ${Math.round(res.takeoverMs)} ms`);
         const bad = await checkStoreEpoch(survivor, st.epoch);
@@ -427,21 +510,7 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
           if (!procs[victim].alive) {
             res.victimFate = `fenced: ${procs[victim].exitText}`;
           } else {
-            event(`cycle ${cycle}: SIGCONT ${victim}`);
-            procs[victim].signal('SIGCONT');
-            const roles: string[] = [];
-            const deadline = performance.now() + RESUMED_WATCH_MS;
-            while (performance.now() < deadline && procs[victim].alive) {
-              const s = await status(victim, 500);
-              if (s !== null && roles[roles.length - 1] !== s.role) roles.push(s.role);
-              if (s?.role === 'alone') res.problems.push(`resumed ${victim} reports 'alone' while ${survivor} serves`);
-              if (s !== null && ['fenced', 'starting', 'joining', 'mirrored'].includes(s.role) && roles.includes('fenced')) break;
-              await pause(POLL_MS);
-            }
-            res.victimFate = procs[victim].alive ? `resumed; roles ${roles.join(' > ') || 'none seen'}` : `resumed, then ${procs[victim].exitText}`;
-            if (procs[victim].alive && !roles.includes('fenced') && !roles.includes('starting') && !roles.includes('joining')) {
-              res.problems.push(`resumed ${victim} was never seen fenced (roles: ${roles.join(' > ') || 'none'})`);
-            }
+            resumedAt = await resume(cycle, victim, st.epoch, res, tTakeover, victimReader);
           }
         }
 
@@ -458,12 +527,14 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
           procs[victim].start();
           event(`cycle ${cycle}: restarted ${victim} pid ${procs[victim].pid}`);
         }
-        resyncFrom = w.now();
+        resyncFrom = resumedAt ?? w.now();
       } else {
         event(`cycle ${cycle}: cut the peer link`);
         proxy!.cut();
         let sawBothAlone = false;
         const [a] = await waitUntil(`cycle ${cycle}: one alone, the other fenced`, recoverTimeoutMs, async () => {
+          mustLive('A');
+          mustLive('B');
           const [sa, sb] = await Promise.all([status('A'), status('B')]);
           if (sa?.role === 'alone' && sb?.role === 'alone') sawBothAlone = true;
           if (sb?.role === 'alone' && !res.problems.includes(NOT_PREFERRED_ALONE)) res.problems.push(NOT_PREFERRED_ALONE);
@@ -494,6 +565,8 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
       if (!(err instanceof RecoveryTimeout)) throw err;
       res.problems.push(err.message);
       event(err.message);
+    } finally {
+      await victimReader?.close().catch(() => undefined);
     }
     const t1 = w.now();
     res.stallMs = w.stallMs(t0, t1);
@@ -521,7 +594,8 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
       workers: opts.workers ?? 16,
       readPct: opts.readPct ?? 50,
       seed: opts.seed,
-      requestTimeoutMs: Math.max(1000, 4 * partnerTimeoutMs),
+      // A request stuck on a paused controller is retried on the other after this.
+      requestTimeoutMs: Math.max(1000, 2 * partnerTimeoutMs),
       retryForMs: recoverTimeoutMs,
       meta: { killTest: mode },
     });

@@ -1,0 +1,240 @@
+// PairClient against two fake controllers behind real client endpoints: it
+// moves to the other controller when one goes away or says "not here",
+// tags every write so a retry is recognisable, gives up in time, and leaves
+// errors about the request itself alone.
+
+import pino from 'pino';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { PairClient } from '../../src/client/pair-client.js';
+import { PagepairError, type ErrorCodeName } from '../../src/errors.js';
+import { errorReply } from '../../src/protocol/codec.js';
+import { DEFAULT_LIMITS } from '../../src/protocol/limits.js';
+import { Role, type ClientRequest } from '../../src/protocol/messages.js';
+import { ClientEndpoint, type ClientConn } from '../../src/transport/client-endpoint.js';
+
+const PAIR_ID = '6a1f0c52-8d3e-4b7a-9f21-0c4d5e6f7a8b';
+const TOKEN = 'pair-client-test-token';
+const GUID = '00000000-0000-4000-8000-000000000001';
+const PAGES = 4;
+const PAGE_BYTES = 4096;
+
+/** What a fake controller does with the next requests. */
+type Behaviour = { kind: 'serve' } | { kind: 'error'; code: ErrorCodeName } | { kind: 'drop' } | { kind: 'hold' };
+
+/** Both fakes share one memory, as a mirrored pair would. */
+const memory = Buffer.alloc(PAGES * PAGE_BYTES);
+
+class FakeController {
+  behaviour: Behaviour = { kind: 'serve' };
+  readonly seen: ClientRequest[] = [];
+  readonly endpoint: ClientEndpoint;
+  port = 0;
+
+  constructor(readonly id: 1 | 2) {
+    this.endpoint = new ClientEndpoint({
+      host: '127.0.0.1',
+      port: 0,
+      token: TOKEN,
+      controllerId: id,
+      pairId: PAIR_ID,
+      limits: DEFAULT_LIMITS,
+      inflightMax: 16,
+      log: pino({ level: 'silent' }),
+      getRole: () => Role.MIRRORED,
+      onRequest: (conn, msg) => this.onRequest(conn, msg),
+    });
+  }
+
+  async start(): Promise<void> {
+    ({ port: this.port } = await this.endpoint.start());
+  }
+
+  writes(): { clientId: number; clientSeq: number }[] {
+    return this.seen.flatMap((m) => (m.kind === 'C_WRITE' ? [{ clientId: m.clientId, clientSeq: m.clientSeq }] : []));
+  }
+
+  private onRequest(conn: ClientConn, msg: ClientRequest): void {
+    this.seen.push(msg);
+    const b = this.behaviour;
+    if (b.kind === 'drop') {
+      conn.close(1001, 'going away');
+      return;
+    }
+    if (b.kind === 'hold') return;
+    if (b.kind === 'error') {
+      conn.reply(errorReply(msg, new PagepairError(b.code, `fake ${this.id} says ${b.code}`), 1, this.id));
+      return;
+    }
+    const head = { requestId: msg.requestId, epoch: 1, sender: this.id, flags: 0 };
+    switch (msg.kind) {
+      case 'C_WRITE':
+        if (msg.guid !== GUID) throw new PagepairError('UNKNOWN_GUID', `no allocation ${msg.guid}`);
+        if (msg.offset + msg.data.length > memory.length) throw new PagepairError('OUT_OF_RANGE', 'write past the end');
+        msg.data.copy(memory, msg.offset);
+        conn.reply({ ...head, kind: 'C_WRITE_REPLY' });
+        return;
+      case 'C_READ':
+        if (msg.guid !== GUID) throw new PagepairError('UNKNOWN_GUID', `no allocation ${msg.guid}`);
+        if (msg.offset + msg.length > memory.length) throw new PagepairError('OUT_OF_RANGE', 'read past the end');
+        conn.reply({ ...head, kind: 'C_READ_REPLY', data: memory.subarray(msg.offset, msg.offset + msg.length) });
+        return;
+      case 'C_STATUS':
+        conn.reply({ ...head, kind: 'C_STATUS_REPLY', json: JSON.stringify({ controller: this.id === 1 ? 'A' : 'B' }) });
+        return;
+      default:
+        throw new PagepairError('INTERNAL', `the fake does not do ${msg.kind}`);
+    }
+  }
+}
+
+let a: FakeController;
+let b: FakeController;
+const clients: PairClient[] = [];
+const switches: { from: string | null; to: string; reason: string }[] = [];
+
+beforeEach(async () => {
+  memory.fill(0);
+  switches.length = 0;
+  a = new FakeController(1);
+  b = new FakeController(2);
+  await Promise.all([a.start(), b.start()]);
+});
+
+afterEach(async () => {
+  await Promise.all(clients.splice(0).map((c) => c.close()));
+  await Promise.all([a.endpoint.close(), b.endpoint.close()]);
+});
+
+async function connect(opts: { timeoutMs?: number; retryForMs?: number } = {}): Promise<PairClient> {
+  const c = await PairClient.connect({
+    controllers: [
+      { id: 'A', host: '127.0.0.1', port: a.port, token: TOKEN },
+      { id: 'B', host: '127.0.0.1', port: b.port, token: TOKEN },
+    ],
+    name: 'pair-client-test',
+    timeoutMs: opts.timeoutMs ?? 2000,
+    retryForMs: opts.retryForMs ?? 3000,
+    retryIntervalMs: 10,
+    onSwitch: (info) => switches.push(info),
+  });
+  clients.push(c);
+  return c;
+}
+
+async function rejection(p: Promise<unknown>): Promise<PagepairError> {
+  const err = await p.then(
+    () => {
+      throw new Error('expected a rejection');
+    },
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(PagepairError);
+  return err as PagepairError;
+}
+
+function bytes(n: number, fill: number): Buffer {
+  return Buffer.alloc(n, fill);
+}
+
+describe('PairClient failover', () => {
+  it('starts on the first controller and stays there while it serves', async () => {
+    const c = await connect();
+    await c.write(GUID, 0, bytes(100, 1));
+    expect((await c.read(GUID, 0, 100)).equals(bytes(100, 1))).toBe(true);
+    expect(c.currentController).toBe('A');
+    expect(a.seen.map((m) => m.kind)).toEqual(['C_WRITE', 'C_READ']);
+    expect(b.seen).toEqual([]);
+    expect(switches).toEqual([]);
+  });
+
+  it('moves to the other controller when the connection is lost, and the retried write carries the same tag', async () => {
+    const c = await connect();
+    await c.write(GUID, 0, bytes(10, 1));
+    // A takes the next write and drops the connection without an answer: it may have landed.
+    a.behaviour = { kind: 'drop' };
+    await c.write(GUID, 4096, bytes(10, 2));
+    expect(c.currentController).toBe('B');
+    expect(switches).toEqual([expect.objectContaining({ from: 'A', to: 'B' })]);
+    const lost = a.writes()[1]!;
+    expect(b.writes()).toEqual([lost]);
+    expect(lost.clientId).toBe(c.clientId);
+    // A later write is a new request: same client, next sequence number.
+    await c.write(GUID, 8192, bytes(10, 3));
+    expect(b.writes()[1]).toEqual({ clientId: c.clientId, clientSeq: lost.clientSeq + 1 });
+    expect(a.writes()[0]!.clientSeq).toBe(lost.clientSeq - 1);
+  });
+
+  it('moves to the other controller when the first is not listening at all', async () => {
+    const c = await connect();
+    await a.endpoint.close();
+    expect((await c.read(GUID, 0, 10)).length).toBe(10);
+    expect(c.currentController).toBe('B');
+    expect(b.seen.map((m) => m.kind)).toEqual(['C_READ']);
+  });
+
+  it.each(['FENCED', 'NOT_ACTIVE', 'NOT_MIRRORED'] as const)('retries a write answered %s on the other controller, with the same tag', async (code) => {
+    const c = await connect();
+    a.behaviour = { kind: 'error', code };
+    await c.write(GUID, 0, bytes(64, 7));
+    expect(c.currentController).toBe('B');
+    expect(a.writes()).toHaveLength(1);
+    expect(b.writes()).toEqual(a.writes());
+    expect(memory.subarray(0, 64).equals(bytes(64, 7))).toBe(true);
+    // And back again when B says the same and A serves.
+    a.behaviour = { kind: 'serve' };
+    b.behaviour = { kind: 'error', code };
+    await c.read(GUID, 0, 64);
+    expect(c.currentController).toBe('A');
+  });
+
+  it('retries a write that timed out on the other controller, with the same tag', async () => {
+    const c = await connect({ timeoutMs: 200 });
+    a.behaviour = { kind: 'hold' };
+    const t0 = Date.now();
+    await c.write(GUID, 0, bytes(32, 9));
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(150);
+    expect(a.writes()).toHaveLength(1);
+    expect(b.writes()).toEqual(a.writes());
+    expect(c.currentController).toBe('B');
+  });
+
+  it('gives up after retryForMs with the last error', async () => {
+    const c = await connect({ retryForMs: 300 });
+    a.behaviour = { kind: 'error', code: 'NOT_MIRRORED' };
+    b.behaviour = { kind: 'error', code: 'FENCED' };
+    const t0 = Date.now();
+    const err = await rejection(c.write(GUID, 0, bytes(8, 1)));
+    const elapsedMs = Date.now() - t0;
+    expect(['NOT_MIRRORED', 'FENCED']).toContain(err.code);
+    expect(err.message).toMatch(/fake \d says/);
+    expect(elapsedMs).toBeGreaterThanOrEqual(300);
+    expect(elapsedMs).toBeLessThan(3000);
+    // It kept trying both, always the same write.
+    expect(a.writes().length).toBeGreaterThan(1);
+    expect(b.writes().length).toBeGreaterThan(1);
+    const tags = new Set([...a.writes(), ...b.writes()].map((t) => `${t.clientId}/${t.clientSeq}`));
+    expect(tags.size).toBe(1);
+  });
+
+  it('gives up with NOT_ACTIVE when neither controller can be reached', async () => {
+    const c = await connect({ retryForMs: 200 });
+    await Promise.all([a.endpoint.close(), b.endpoint.close()]);
+    const err = await rejection(c.read(GUID, 0, 8));
+    expect(err.code).toBe('NOT_ACTIVE');
+  });
+
+  it.each([
+    ['UNKNOWN_GUID', () => ({ guid: '00000000-0000-4000-8000-0000000000ff', offset: 0 })],
+    ['OUT_OF_RANGE', () => ({ guid: GUID, offset: PAGES * PAGE_BYTES })],
+  ] as const)('does not retry %s', async (code, where) => {
+    const c = await connect();
+    const { guid, offset } = where();
+    const werr = await rejection(c.write(guid, offset, bytes(16, 1)));
+    expect(werr.code).toBe(code);
+    const rerr = await rejection(c.read(guid, offset, 16));
+    expect(rerr.code).toBe(code);
+    expect(a.seen.map((m) => m.kind)).toEqual(['C_WRITE', 'C_READ']);
+    expect(b.seen).toEqual([]);
+    expect(c.currentController).toBe('A');
+  });
+});
