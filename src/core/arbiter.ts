@@ -50,13 +50,20 @@ export interface ArbiterIo {
 export class Arbiter {
   private counter = 0;
   private leaseUntilMs = 0;
+  /** The partner's slot as our heartbeats last saw it change, so silence is
+   *  counted from its last beat, not from when we began to look. */
+  private partnerCounter = -1;
+  private partnerPid = 0;
+  private partnerChangedMs: number;
   /** The epoch record as last read from the store. */
   private lastEpoch: EpochRecord | null = null;
 
   constructor(
     private readonly cfg: ArbiterConfig,
     private readonly io: ArbiterIo,
-  ) {}
+  ) {
+    this.partnerChangedMs = io.nowMs();
+  }
 
   /** How long a renewed lease lasts: half the partner's takeover wait. */
   get leaseMs(): number {
@@ -85,6 +92,13 @@ export class Arbiter {
     await this.io.store.writeMailboxSlot({ controllerId: this.cfg.selfId, epoch, counter: ++this.counter, timeMs: Math.floor(issuedMs), pid, role });
     const mailbox = await this.io.store.readMailbox();
     this.lastEpoch = mailbox.epoch;
+    const slot = mailbox.slots[this.cfg.partnerId - 1] ?? null;
+    // Only the beats of a partner that holds state count; a just-started one contends for nothing.
+    if (slot !== null && slot.role !== Role.STARTING && (slot.counter !== this.partnerCounter || slot.pid !== this.partnerPid)) {
+      this.partnerCounter = slot.counter;
+      this.partnerPid = slot.pid;
+      this.partnerChangedMs = issuedMs;
+    }
     if (!this.supersededIn(mailbox, epoch)) this.leaseUntilMs = issuedMs + this.leaseMs;
     else this.leaseUntilMs = 0;
     return mailbox;
@@ -117,8 +131,14 @@ export class Arbiter {
     let advanced = false;
     /** ...and it holds state it would serve: it contends. */
     let alive = false;
-    const waitMs = partnerLeft ? this.cfg.heartbeatIntervalMs : this.cfg.partnerTimeoutMs;
-    while (this.io.nowMs() - started < waitMs) {
+    // Watch until the partner's slot has been still for partnerTimeoutMs
+    // (counted from its last beat our heartbeats saw) or it moves again.
+    const silentLongEnough = (): boolean => {
+      const now = this.io.nowMs();
+      if (partnerLeft) return now - started >= this.cfg.heartbeatIntervalMs;
+      return now - this.partnerChangedMs >= this.cfg.partnerTimeoutMs || now - started >= this.cfg.partnerTimeoutMs;
+    };
+    while (!silentLongEnough()) {
       await this.io.sleep(this.cfg.heartbeatIntervalMs);
       mailbox = await this.heartbeat(epoch, role, pid);
       if (this.supersededIn(mailbox, epoch)) return this.lost(mailbox, 'partner took over');
