@@ -37,6 +37,8 @@ export interface AllocState {
   readonly staging: Map<number, { promise: Promise<CachePage>; superseded: boolean }>;
   destagesInFlight: number;
   released: boolean;
+  /** Released because this controller reset itself, not by a client: it lives on at the partner. */
+  lostInReset: boolean;
   /**
    * Versions of pages not in the cache, where known (NaN where not): all 0
    * for an allocation created since start (its extent was zeroed), and the
@@ -57,6 +59,7 @@ export function newAllocState(record: AllocationRecord, initialOwner: number): A
     staging: new Map(),
     destagesInFlight: 0,
     released: false,
+    lostInReset: false,
     knownVersions: null,
   };
 }

@@ -152,6 +152,8 @@ export interface CoreCounters {
   lockRequestsSent: number;
   lockGrants: number;
   joins: number;
+  /** Attempts of a client write not applied because a retry of it was applied first. */
+  retriesSuppressed: number;
 }
 
 export class ControllerCore {
@@ -232,6 +234,7 @@ export class ControllerCore {
     lockRequestsSent: 0,
     lockGrants: 0,
     joins: 0,
+    retriesSuppressed: 0,
   };
 
   constructor(
@@ -404,7 +407,9 @@ export class ControllerCore {
   private resetToFresh(why: string): void {
     for (const alloc of [...this.allocs.values()]) {
       alloc.released = true;
+      alloc.lostInReset = true;
       this.cache.dropAlloc(alloc);
+      for (const cp of alloc.pages.values()) cp.waiters?.forEach((w) => w());
     }
     this.allocs.clear();
     this.names.clear();
@@ -805,11 +810,17 @@ export class ControllerCore {
         if (this.cfg.mirroring) await this.acquireOwnership(alloc, first, count);
         await this.waitForRoom(this.missingBytes(alloc, first, count));
         await this.stageAndPin(alloc, first, count, pinned, wholePages);
-        if (alloc.released) throw unknownGuid(alloc.record.guid);
+        if (alloc.released) throw this.goneError(alloc);
         this.requireWritable();
         if (!this.ownsRange(alloc, first, count) || !this.readyRange(alloc, first, count, wholePages)) continue;
         const conflict = overlappingPointer(alloc, first, count);
         if (conflict !== undefined) throw new PagepairError('LOCK_CONFLICT', `pages are held by pointer ${conflict.id}`);
+        // A retry of this write may have been applied at the partner while we
+        // waited (its mirrored pages told us): this attempt must not apply too.
+        if (tag !== null && this.taggedWrites.get(`${tag.clientId}:${tag.clientSeq}`)?.state === 'held') {
+          this.counters.retriesSuppressed++;
+          return;
+        }
         // Everything is in hand: apply without yielding.
         const now = this.env.nowMs();
         const through = this.writesThrough();
@@ -841,7 +852,15 @@ export class ControllerCore {
           if (mirror !== null) mirror.done.catch(() => undefined);
           await this.writeThrough(toStore);
         } else if (mirror !== null) {
-          await mirror.done;
+          await mirror.done.catch((err: unknown) => {
+            // The partner refused pages we applied: the two sides differ now,
+            // and only a join puts them back in step.
+            if (this.linkUp && isPagepairError(err) && err.code !== 'PARTNER_LOST') {
+              this.env.closePeer(`partner refused mirrored pages: ${err.message}`);
+              this.peerDown('partner refused mirrored pages');
+            }
+            throw err;
+          });
         }
         return;
       }
@@ -1020,7 +1039,7 @@ export class ControllerCore {
           });
         });
         await Promise.all(replies);
-        if (alloc.released) throw unknownGuid(alloc.record.guid);
+        if (alloc.released) throw this.goneError(alloc);
       }
     } finally {
       this.pendingTakes.delete(taking);
@@ -1137,7 +1156,8 @@ export class ControllerCore {
       if (pw.clientId !== 0) {
         // The last page of a client write: the whole write is here now.
         const key = `${pw.clientId}:${pw.clientSeq}`;
-        if (!this.taggedWrites.has(key)) this.rememberTag(key, { state: 'held', guid: pw.guid, first: pw.page, count: 1 });
+        // Also over our own attempt still in progress: the partner applied it first.
+        if (this.taggedWrites.get(key)?.state !== 'done') this.rememberTag(key, { state: 'held', guid: pw.guid, first: pw.page, count: 1 });
       }
       const cp = alloc.pages.get(pw.page);
       if (cp !== undefined && cp.version >= pw.version) continue;
@@ -1161,6 +1181,7 @@ export class ControllerCore {
     if (this.arbiter !== null && !this.arbiter.leaseValid()) {
       await this.ensureLease();
       this.requireReadable();
+      if (alloc.released) throw this.goneError(alloc);
     }
     this.counters.clientReads++;
     this.counters.bytesRead += msg.length;
@@ -1195,7 +1216,10 @@ export class ControllerCore {
       await new Promise<void>((resolve) => {
         (cp.waiters ??= []).push(resolve);
       });
-      if (alloc.released) throw unknownGuid(alloc.record.guid);
+      if (alloc.released) throw this.goneError(alloc);
+      // The write we waited for may have failed (the link dropped): then we
+      // are arbitrating, and what we hold may not survive it.
+      this.requireReadable();
     }
   }
 
@@ -1242,7 +1266,7 @@ export class ControllerCore {
     entry.promise = this.env.store.readPage(this.location(alloc), page).then(
       (sp) => {
         alloc.staging.delete(page);
-        if (alloc.released) throw unknownGuid(alloc.record.guid);
+        if (alloc.released) throw this.goneError(alloc);
         const now = alloc.pages.get(page);
         if (now !== undefined) return now;
         // A newer version arrived and left again while we read: read anew.
@@ -1779,7 +1803,7 @@ export class ControllerCore {
     }
     this.requireWritable();
     const alloc = p.alloc;
-    if (alloc.released) throw unknownGuid(alloc.record.guid);
+    if (alloc.released) throw this.goneError(alloc);
     const now = this.env.nowMs();
     const shadows = [...p.shadows];
     const touched: CachePage[] = [];
@@ -2154,6 +2178,16 @@ export class ControllerCore {
   /** Writes are acknowledged once in the store, not in the partner's cache. */
   private writesThrough(): boolean {
     return this.role === Role.ALONE;
+  }
+
+  /**
+   * The error for a request whose allocation went away while it waited: a
+   * release is final (UNKNOWN_GUID), but a reset of this controller is not:
+   * the allocation lives on at the partner, so the client retries (NOT_ACTIVE).
+   */
+  private goneError(alloc: AllocState): PagepairError {
+    if (alloc.lostInReset) return new PagepairError('NOT_ACTIVE', `controller ${this.selfId === 1 ? 'A' : 'B'} was reset while the request waited; retry`);
+    return unknownGuid(alloc.record.guid);
   }
 
   private lookup(guid: string): AllocState {
