@@ -218,6 +218,8 @@ export class ControllerCore {
   private syncRunning = false;
   /** Client writes by (clientId, clientSeq): a retried write is applied once. */
   private readonly taggedWrites = new Map<string, TaggedWrite>();
+  /** Grows when we are fenced or reset: store writes asked for before must not happen. */
+  private generation = 0;
   /** Allocations released whose extents may still receive a store write. */
   private readonly draining = new Set<AllocState>();
 
@@ -419,6 +421,7 @@ export class ControllerCore {
     const rec = this.arbiter?.epochRecord;
     if (rec !== undefined && rec !== null && rec.epoch > this.epoch) this.epoch = rec.epoch;
     this.fresh = true;
+    this.generation++;
     this.loneSinceMs = this.env.nowMs();
     this.setRole(Role.STARTING, why, { epoch: this.epoch });
   }
@@ -430,10 +433,12 @@ export class ControllerCore {
     if (now - this.lastMailboxBeatMs < this.cfg.heartbeatIntervalMs) return;
     this.lastMailboxBeatMs = now;
     this.mailboxBeatInFlight = true;
-    arb.heartbeat(this.epoch, this.slotRole(), this.env.pid).then(
+    const epoch = this.epoch;
+    const generation = this.generation;
+    arb.heartbeat(epoch, this.slotRole(), this.env.pid).then(
       (mailbox) => {
         this.mailboxBeatInFlight = false;
-        if (!arb.supersededIn(mailbox, this.epoch)) return;
+        if (this.generation !== generation || !arb.supersededIn(mailbox, this.epoch)) return;
         const rec = mailbox.epoch!;
         if (this.fresh) {
           // We are the one rejoining: carry on under the partner's epoch.
@@ -517,6 +522,7 @@ export class ControllerCore {
   /** We lost: no client I/O, no store writes, until the partner is back and we rejoin. */
   private enterFenced(reason: string): void {
     if (this.role === Role.FENCED) return;
+    this.generation++;
     this.arbiter?.dropLease();
     this.setRole(Role.FENCED, `fenced: ${reason}`, { epoch: this.epoch });
     for (const w of this.roomWaiters.splice(0)) w.reject(new PagepairError('FENCED', 'controller is fenced'));
@@ -906,8 +912,12 @@ export class ControllerCore {
     this.destagesInFlight++;
     cp.destagingVersion = version;
     const prev = this.pageWrites.get(cp) ?? Promise.resolve();
+    const generation = this.generation;
     const run = prev.then(async () => {
       await this.ensureLease();
+      // Fenced or reset while the write waited: what we held is no longer
+      // ours to write, even if the lease was renewed in the new epoch.
+      if (this.generation !== generation || alloc.released) throw new PagepairError('FENCED', 'controller was fenced or reset; the page is not written');
       await this.env.store.writePage(this.location(alloc), cp.page, version, this.epoch, data, crc);
     });
     const settled = run.then(
@@ -980,13 +990,18 @@ export class ControllerCore {
     if (arb === null) return Promise.resolve();
     if (this.role === Role.FENCED) return Promise.reject(new PagepairError('FENCED', 'controller is fenced; it writes nothing to the store'));
     if (arb.leaseValid()) return Promise.resolve();
+    const epoch = this.epoch;
+    const generation = this.generation;
     this.leaseRenewal ??= arb
-      .heartbeat(this.epoch, this.slotRole(), this.env.pid)
+      .heartbeat(epoch, this.slotRole(), this.env.pid)
       .then((mailbox) => {
+        // Judged against our epoch now (we may have adopted a newer one meanwhile).
         if (arb.supersededIn(mailbox, this.epoch)) {
-          if (!this.fresh) this.enterFenced(`the partner took over in epoch ${mailbox.epoch?.epoch ?? '?'}`);
+          // Only the controller we were when we asked is fenced by this answer.
+          if (!this.fresh && this.generation === generation) this.enterFenced(`the partner took over in epoch ${mailbox.epoch?.epoch ?? '?'}`);
           throw new PagepairError('FENCED', 'the partner took over; this controller writes nothing more');
         }
+        if (this.generation !== generation) throw new PagepairError('FENCED', 'controller was reset while its lease was renewed');
       })
       .finally(() => {
         this.leaseRenewal = null;
