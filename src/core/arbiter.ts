@@ -155,6 +155,11 @@ export class Arbiter {
       // We hold nothing; a live partner with state serves, and we join it.
       return { won: false, epoch, activeId: this.cfg.partnerId, reason: 'partner alive; we have just started' };
     }
+    if (alive && (mailbox.slots[this.cfg.partnerId - 1]?.role ?? -1) === Role.ALONE) {
+      // It serves alone and does not arbitrate: taking over from it would make two.
+      this.io.log.warn({ epoch }, 'arbitration: partner is alive and serving alone; fencing ourselves');
+      return { won: false, epoch, activeId: this.cfg.partnerId, reason: 'partner alive and serving alone' };
+    }
     if (alive && !preferred) {
       this.io.log.warn({ epoch }, 'arbitration: partner is alive and preferred; fencing ourselves');
       return { won: false, epoch, activeId: this.cfg.partnerId, reason: 'partner alive and preferred' };
@@ -185,6 +190,15 @@ export class Arbiter {
     mailbox = await this.heartbeat(next, role, pid);
     if (mailbox.epoch === null || mailbox.epoch.epoch !== next || mailbox.epoch.activeId !== this.cfg.selfId) {
       return this.lost(mailbox, 'epoch record changed under us');
+    }
+    if (alive) {
+      // A live partner may still hold a lease from before our epoch record:
+      // it serves nothing once that runs out, so we serve only after.
+      await this.io.sleep(this.leaseMs + this.cfg.heartbeatIntervalMs);
+      mailbox = await this.heartbeat(next, role, pid);
+      if (mailbox.epoch === null || mailbox.epoch.epoch !== next || mailbox.epoch.activeId !== this.cfg.selfId) {
+        return this.lost(mailbox, 'epoch record changed under us');
+      }
     }
     this.io.log.warn({ from: epoch, to: next, partnerAlive: alive, tookMs: Math.round(this.io.nowMs() - started) }, 'arbitration: won; taking over');
     return { won: true, epoch: next, partnerPid };

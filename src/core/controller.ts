@@ -218,6 +218,8 @@ export class ControllerCore {
   private syncRunning = false;
   /** Client writes by (clientId, clientSeq): a retried write is applied once. */
   private readonly taggedWrites = new Map<string, TaggedWrite>();
+  /** The allocation table being read again after a reset; a join waits for it. */
+  private tableReload: Promise<void> | null = null;
   /** Grows when we are fenced or reset: store writes asked for before must not happen. */
   private generation = 0;
   /** Allocations released whose extents may still receive a store write. */
@@ -387,8 +389,9 @@ export class ControllerCore {
     this.env.log.info({ partnerPid: info.partnerPid ?? 0, role: roleName(this.role), fresh: this.fresh }, 'partner link up');
     if (this.stopping) return;
     if (this.role === Role.FENCED && !this.arbitrating) this.resetToFresh('partner is back after we were fenced');
-    // A join waits for a running arbitration to settle who serves.
-    if (!this.arbitrating) this.beginJoin();
+    // A join waits for a running arbitration to settle who serves, and for
+    // the table a reset reloads.
+    if (!this.arbitrating && this.tableReload === null) this.beginJoin();
   }
 
   private beginJoin(): void {
@@ -424,6 +427,19 @@ export class ControllerCore {
     this.generation++;
     this.loneSinceMs = this.env.nowMs();
     this.setRole(Role.STARTING, why, { epoch: this.epoch });
+    // Fresh from a reset, we hold what a fresh start holds: the stored table.
+    const generation = this.generation;
+    this.tableReload = this.env.store.readTable().then(
+      (table) => {
+        if (this.generation !== generation || !this.fresh) return;
+        for (const record of table.records) if (!this.allocs.has(record.guid) && !this.names.has(record.name)) this.installAllocation(record, 1);
+      },
+      (err: unknown) => this.env.log.error({ err: String(err) }, 'could not read the allocation table after a reset'),
+    ).finally(() => {
+      if (this.generation !== generation) return;
+      this.tableReload = null;
+      if (this.linkUp && this.join === null && !this.arbitrating && this.fresh && !this.stopping && this.role === Role.STARTING) this.beginJoin();
+    });
   }
 
   /** Our mailbox heartbeat: keeps the lease and tells the partner we live. */
@@ -488,7 +504,7 @@ export class ControllerCore {
         }
         if (this.linkUp && this.join === null) {
           if (this.role === Role.FENCED) this.resetToFresh('partner link is up; rejoining');
-          this.beginJoin();
+          if (this.tableReload === null) this.beginJoin();
         }
         this.wakeProgress();
       },
@@ -557,8 +573,9 @@ export class ControllerCore {
     if (!this.stopping && !this.arbitrating) {
       if (this.role === Role.MIRRORED || (this.role === Role.JOINING && !this.fresh)) this.startArbitration(reason);
       else if (this.role === Role.JOINING) {
-        this.loneSinceMs = this.env.nowMs();
-        this.setRole(Role.STARTING, 'partner left before the join finished');
+        // What a cut-short join gave us may be older than what the partner
+        // serves by the time the link is back: start over empty.
+        this.resetToFresh('partner left before the join finished');
       }
       // ALONE stays alone (a rejoining partner went away again); FENCED and STARTING wait.
     }
