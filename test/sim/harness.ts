@@ -10,9 +10,11 @@
 // middle of one of its store writes, which may land torn.
 //
 // Watched as the run goes (Harness.violations): no data or table write of a
-// controller lands after the partner took over in a newer epoch; no two
-// controllers are alone in one epoch; at most one acknowledges writes alone
-// in any epoch.
+// controller lands after the partner took over in a newer epoch; no page
+// version in the store goes back (a stale writer's page over a newer one);
+// no two controllers are alone in one epoch; at most one acknowledges writes
+// alone in any epoch; none acknowledges a write unless it serves (mirrored,
+// alone or single).
 
 import { ControllerCore, type CoreStatus } from '../../src/core/controller.js';
 import type { CoreConfig, CoreEnv, CoreLog } from '../../src/core/env.js';
@@ -111,6 +113,8 @@ export interface SimNode {
   /** SIGSTOP'd: what would reach it waits in `queued` until resume(). */
   paused: boolean;
   queued: { source: string; run: () => void }[];
+  /** Queued events a resume has scheduled and that have not run yet. */
+  backlog: number;
 }
 
 /** A store write seen landing, with who wrote it. */
@@ -178,6 +182,8 @@ export class Harness {
   private readonly aloneAcksIn = new Map<number, Set<string>>();
   /** The epoch record in effect: the last one that landed whole. */
   private effectiveEpoch: { epoch: number; activeId: number } | null = null;
+  /** The newest version of each page ("guid:page") that landed whole in the store. */
+  private readonly storedVersions = new Map<string, number>();
   private linkGen = 0;
   private readonly lastArrivalMs: Record<Direction, number> = { 'A->B': 0, 'B->A': 0 };
   private readonly lastClientArrivalMs = new Map<number, number>();
@@ -324,6 +330,15 @@ export class Harness {
       this.scheduleRedial();
       return;
     }
+    // A resumed controller reads what queued up on the old connection (its
+    // end, its last frames) before a new one can be made: it has to run first.
+    if (this.nodes.some((n) => n.backlog > 0)) {
+      this.sched.after(0, 'heal after a resume backlog', () => {
+        // Unless a partition or a kill came in between.
+        if (!this.partitioned && this.nodes.every((n) => n.alive)) this.heal();
+      });
+      return;
+    }
     this.linkIsUp = true;
     this.linkGen++;
     this.lastArrivalMs['A->B'] = this.sched.nowMs;
@@ -336,6 +351,13 @@ export class Harness {
   cut(reason = 'link cut'): void {
     this.partitioned = true;
     this.dropLink(reason);
+  }
+
+  /** The connection breaks (not a partition): both sides hear of it, and the dialer makes it again. */
+  drop(reason = 'link dropped'): void {
+    if (!this.linkIsUp) return;
+    this.dropLink(reason);
+    this.scheduleRedial();
   }
 
   /** The link drops; a paused controller hears of it when it resumes. */
@@ -411,17 +433,20 @@ export class Harness {
   }
 
   /**
-   * SIGCONT: timers run first (as Node's event loop does after a stop), then
-   * what queued up, each source (the peer link, every client connection,
-   * every store completion) in its own order, the sources interleaved by
-   * the seed.
+   * SIGCONT: what queued up runs, each source (the peer link, every client
+   * connection, every store completion) in its own order, the sources
+   * interleaved by the seed. Timers (the core's tick) run after that, as in
+   * Node's event loop for a process that was stopped while idle in its poll
+   * phase (the common case), or, for a seeded share of resumes, first (it
+   * was stopped elsewhere in the loop).
    */
-  resume(name: NodeName): void {
+  resume(name: NodeName, opts: { timersFirst?: boolean; clientsFirst?: boolean } = {}): void {
     const n = this.node(name);
     if (!n.alive || !n.paused) return;
     n.paused = false;
-    this.logs.push({ node: name, incarnation: n.incarnation, atMs: this.sched.nowMs, level: 'info', msg: 'sim: resumed', obj: { queued: n.queued.length } });
-    n.core.tick();
+    const timersFirst = opts.timersFirst ?? this.pauseRng.chance(0.3);
+    this.logs.push({ node: name, incarnation: n.incarnation, atMs: this.sched.nowMs, level: 'info', msg: 'sim: resumed', obj: { queued: n.queued.length, timersFirst } });
+    if (timersFirst) n.core.tick();
     n.store.resumed();
     const bySource = new Map<string, (() => void)[]>();
     for (const q of n.queued) {
@@ -432,12 +457,18 @@ export class Harness {
     n.queued = [];
     const lists = [...bySource.entries()];
     while (lists.length > 0) {
-      const i = this.pauseRng.int(lists.length);
+      const client = lists.findIndex(([source]) => source.startsWith('client'));
+      const i = opts.clientsFirst === true && client >= 0 ? client : this.pauseRng.int(lists.length);
       const [source, list] = lists[i]!;
       const run = list.shift()!;
       if (list.length === 0) lists.splice(i, 1);
-      this.sched.after(0, `${name} resumed: ${source}`, () => this.deliver(n, source, run));
+      n.backlog++;
+      this.sched.after(0, `${name} resumed: ${source}`, () => {
+        n.backlog--;
+        this.deliver(n, source, run);
+      });
     }
+    if (!timersFirst) this.sched.after(0, `${name} resumed: timers`, () => this.deliver(n, 'timers', () => n.core.tick()));
   }
 
   isPaused(name: NodeName): boolean {
@@ -573,6 +604,7 @@ export class Harness {
       flushScheduled: false,
       paused: false,
       queued: [],
+      backlog: 0,
     };
     const current = (): boolean => node.alive && this.nodes.includes(node);
     let storeOps = 0;
@@ -664,6 +696,17 @@ export class Harness {
     }
     if (l.kind !== 'page' && l.kind !== 'table' && l.kind !== 'clear') return;
     this.dataWrites.push(rec);
+    if (l.page !== undefined && l.torn === undefined) {
+      // Versions only grow: a page write older than what the store holds is a stale writer's.
+      const key = `${l.page.guid}:${l.page.page}`;
+      const stored = this.storedVersions.get(key) ?? 0;
+      if (l.page.version < stored) {
+        this.violations.push(
+          `page version went back in the store: ${n.name}${n.incarnation} (epoch ${l.writerEpoch}) wrote page ${l.page.page} of ${l.page.guid} ` +
+            `at version ${l.page.version} over version ${stored}, at ${this.sched.nowMs} ms`,
+        );
+      } else this.storedVersions.set(key, l.page.version);
+    }
     const eff = this.effectiveEpoch;
     if (eff !== null && eff.activeId !== 0 && eff.activeId !== n.id && eff.epoch > l.writerEpoch) {
       this.violations.push(
@@ -677,6 +720,9 @@ export class Harness {
     const role = n.core.currentRole;
     const epoch = n.core.currentEpoch;
     this.acks.push({ atMs: this.sched.nowMs, node: n.name, incarnation: n.incarnation, role, epoch });
+    if (role !== Role.MIRRORED && role !== Role.ALONE && role !== Role.SINGLE) {
+      this.violations.push(`${n.name}${n.incarnation} acknowledged a write while ${n.core.status().role}, in epoch ${epoch} (at ${this.sched.nowMs} ms)`);
+    }
     if (role !== Role.ALONE) return;
     let set = this.aloneAcksIn.get(epoch);
     if (set === undefined) this.aloneAcksIn.set(epoch, (set = new Set()));
@@ -726,8 +772,12 @@ export class Harness {
     this.sched.at(arrival, `${dir} ${kind}`, () => {
       if (gen !== this.linkGen || !this.linkIsUp) return;
       const to = this.node(dir === 'A->B' ? 'B' : 'A');
-      // A paused controller reads it from its socket when it resumes.
+      // A paused controller reads it from its socket when it resumes, unless
+      // it closed that socket itself first (its timers run first and may
+      // find the partner silent): then the unread bytes are gone.
+      const queued = to.paused;
       this.deliver(to, 'peer', () => {
+        if (queued && to.core.status().partner?.link !== 'up') return;
         const msg = decode(frame, this.limits);
         this.delivered.push({ atMs: this.sched.nowMs, dir, kind: msg.kind, msg });
         to.core.onPeerMessage(msg);

@@ -217,12 +217,9 @@ export class SimStore implements BlockStore {
               // The process dies inside this write: a prefix of its bytes reaches the device.
               l.torn = { keepFraction: crash.keepFraction };
               this.device.tearNext(crash.keepFraction);
-              this.hooks?.onLand(l);
-              op().catch(() => undefined);
-            } else {
-              this.hooks?.onLand(l);
-              op().catch(() => undefined);
             }
+            this.hooks?.onLand(l);
+            op().catch(() => undefined);
             crash.crash(l);
             return;
           }
