@@ -41,6 +41,7 @@ export class PairClient {
   readonly clientId: number;
   private seq = 0;
   private readonly conns: (PagepairClient | null)[];
+  private readonly connecting: Record<number, Promise<PagepairClient>> = {};
   private current = 0;
   private closed = false;
 
@@ -110,6 +111,7 @@ export class PairClient {
 
   async close(): Promise<void> {
     this.closed = true;
+    await Promise.all(Object.values(this.connecting).map((p) => p.catch(() => undefined)));
     await Promise.all(this.conns.map((c) => c?.close().catch(() => undefined)));
   }
 
@@ -155,18 +157,32 @@ export class PairClient {
     }
   }
 
-  private async connection(idx: number): Promise<PagepairClient> {
+  private connection(idx: number): Promise<PagepairClient> {
     const have = this.conns[idx];
-    if (have !== null && have !== undefined && have.isOpen) return have;
+    if (have !== null && have !== undefined && have.isOpen) return Promise.resolve(have);
+    // Requests failing over together share one connect, not one each.
+    const pending = this.connecting[idx];
+    if (pending !== undefined) return pending;
     const addr = this.opts.controllers[idx]!;
-    const c = await PagepairClient.connect({
+    const attempt = PagepairClient.connect({
       host: addr.host,
       port: addr.port,
       token: addr.token,
       name: this.opts.name ?? 'pagepair-pair-client',
       timeoutMs: this.opts.timeoutMs,
-    });
-    this.conns[idx] = c;
-    return c;
+    })
+      .then(async (c) => {
+        if (this.closed) {
+          await c.close().catch(() => undefined);
+          throw new PagepairError('NOT_ACTIVE', 'pair client closed');
+        }
+        this.conns[idx] = c;
+        return c;
+      })
+      .finally(() => {
+        delete this.connecting[idx];
+      });
+    this.connecting[idx] = attempt;
+    return attempt;
   }
 }

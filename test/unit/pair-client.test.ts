@@ -164,6 +164,15 @@ describe('PairClient failover', () => {
     expect(a.writes()[0]!.clientSeq).toBe(lost.clientSeq - 1);
   });
 
+  it('requests failing over together share one connection to the other controller', async () => {
+    const c = await connect();
+    await c.write(GUID, 0, bytes(10, 1));
+    a.behaviour = { kind: 'drop' };
+    await Promise.all(Array.from({ length: 8 }, (_, i) => c.write(GUID, i * 16, bytes(10, i))));
+    expect(c.currentController).toBe('B');
+    expect(b.endpoint.connections).toBe(1);
+  });
+
   it('moves to the other controller when the first is not listening at all', async () => {
     const c = await connect();
     await a.endpoint.close();
