@@ -2,7 +2,7 @@
 
 import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
-import { isPagepairError } from '../errors.js';
+import { PagepairError, isPagepairError } from '../errors.js';
 import { loadConfig } from '../runtime/config.js';
 import { startController } from '../runtime/controller-process.js';
 import { createLogger } from '../runtime/logger.js';
@@ -12,7 +12,10 @@ import { formatTotals, runKillTest, type KillMode } from './kill-test.js';
 import { runPair } from './pair.js';
 import { fetchStatus, formatStatus } from './status.js';
 import { parseNumberInRange, parsePositiveInt, parseSize } from './units.js';
-import { formatWorkloadResult, runWorkload } from './workload.js';
+import { addWorkloadOptions, jobInputFromCli } from '../workload/cli-options.js';
+import { runWorkloadCommand } from '../workload/command.js';
+import { listJobs } from '../workload/job-file.js';
+import { runReport } from './report.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -91,35 +94,27 @@ program
 
 program
   .command('workload')
-  .description('drive a random read/write mix and verify every read')
+  .description('drive a storage workload (fio-like options or a job file), verify every read, and write a JSON report and an SVG chart')
   .requiredOption('-c, --config <file>', "a controller's configuration (JSON); both controllers are reached from it")
-  .option('-d, --duration <seconds>', 'how long to run', '10')
-  .addOption(new Option('-t, --target <id>', 'which controllers to send to').choices(['A', 'B', 'both']).default('both'))
-  .option('-s, --size <bytes>', 'size of the allocation the workload uses', '64MiB')
-  .option('-b, --block <bytes>', 'bytes per read or write', '4KiB')
-  .option('-i, --inflight <n>', 'operations in flight', '16')
-  .option('-r, --read-pct <percent>', 'share of reads', '50')
-  .option('--seed <n>', 'seed of the random choices', '1')
-  .option('--policy <name>', 'policy of the allocation', 'default')
-  .option('--keep', 'keep the allocation afterwards (default: release it)')
-  .option('--flush', 'flush the allocation to the store before finishing')
-  .option('--json', 'print the result as JSON')
-  .option('--history <file>', 'record a history (JSON lines) through failing-over clients, then check it')
-  .action(async (opts: Record<string, string | boolean | undefined>) => {
+  .option('--job <name|file[:job]>', `a ready job (${listJobs().join(', ')}) or a job file; options given here win over it`)
+  .option('--out <base>', 'write the report to <base>.json and the chart to <base>.svg (default workload-reports/<job>-<time>)')
+  .option('--json', 'print the report as JSON')
+  .option('--history <file>', 'instead: record a history (JSON lines) through failing-over clients, then check it for lost writes and stale reads')
+  .action(async (opts: Record<string, unknown>, cmd: Command) => {
     const cfg = loadConfig(String(opts.config));
     if (typeof opts.history === 'string') {
-      const sizeBytes = parseSize(String(opts.size), 'size');
-      const blockBytes = parseSize(String(opts.block), 'block');
+      const sizeBytes = parseSize(String(opts.size ?? '64MiB'), 'size');
+      const blockBytes = parseSize(String(opts.blockSize ?? '4KiB'), 'block-size');
       const r = await recordWorkload(cfg, {
         historyPath: opts.history,
-        durationS: parseNumberInRange(String(opts.duration), 'duration', 0.1, 86_400),
-        target: opts.target as 'A' | 'B' | 'both',
+        durationS: parseNumberInRange(String(opts.duration ?? '10'), 'duration', 0.1, 86_400),
+        target: (opts.target ?? 'both') as 'A' | 'B' | 'both',
         blocks: Math.max(1, Math.floor(sizeBytes / blockBytes)),
         blockBytes,
-        workers: parsePositiveInt(String(opts.inflight), 'inflight', 4096),
-        readPct: parseNumberInRange(String(opts.readPct), 'read-pct', 0, 100),
-        seed: parsePositiveInt(String(opts.seed), 'seed', 0xffff_ffff),
-        policy: String(opts.policy),
+        workers: parsePositiveInt(String(opts.inflight ?? '16'), 'inflight', 4096),
+        readPct: parseNumberInRange(String(opts.readPct ?? '50'), 'read-pct', 0, 100),
+        seed: parsePositiveInt(String(opts.seed ?? '1'), 'seed', 0xffff_ffff),
+        policy: String(opts.policy ?? 'default'),
         flushAtEnd: opts.flush === true,
         releaseAtEnd: opts.keep !== true,
         json: opts.json === true,
@@ -129,21 +124,26 @@ program
       process.exitCode = r.exitCode;
       return;
     }
-    const result = await runWorkload(cfg, {
-      durationS: parseNumberInRange(String(opts.duration), 'duration', 0.1, 86_400),
-      target: opts.target as 'A' | 'B' | 'both',
-      sizeBytes: parseSize(String(opts.size), 'size'),
-      blockBytes: parseSize(String(opts.block), 'block'),
-      inflight: parsePositiveInt(String(opts.inflight), 'inflight', 4096),
-      readPct: parseNumberInRange(String(opts.readPct), 'read-pct', 0, 100),
-      seed: parsePositiveInt(String(opts.seed), 'seed', 0xffff_ffff),
-      policy: String(opts.policy),
-      keep: opts.keep === true,
-      flush: opts.flush === true,
-      progress: opts.json === true ? (line) => console.error(line) : (line) => console.log(line),
+    const r = await runWorkloadCommand({
+      cfg,
+      input: jobInputFromCli(opts, cmd),
+      ...(typeof opts.job === 'string' ? { job: opts.job } : {}),
+      ...(typeof opts.out === 'string' ? { out: opts.out } : {}),
+      json: opts.json === true,
     });
-    console.log(opts.json === true ? JSON.stringify(result, null, 2) : formatWorkloadResult(result));
-    if (result.verifyErrors > 0 || result.errors > 0) process.exitCode = 1;
+    console.log(r.text);
+    process.exitCode = r.exitCode;
+  });
+addWorkloadOptions(program.commands.find((c) => c.name() === 'workload')!);
+
+program
+  .command('report')
+  .description('summarize a workload report, or compare two side by side')
+  .argument('<report...>', 'one or two JSON reports written by `pagepair workload`')
+  .option('--json', 'print as JSON')
+  .action(async (paths: string[], opts: { json?: boolean }) => {
+    if (paths.length > 2) throw new PagepairError('BAD_FIELD', 'give one report, or two to compare', 'report');
+    console.log(await runReport(paths, { json: opts.json === true }));
   });
 
 program

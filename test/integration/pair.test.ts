@@ -102,7 +102,7 @@ describe('a real pair on 127.0.0.1', () => {
   });
 
   it('runs `pagepair workload` with zero verification errors, then A and B show equal digests', async () => {
-    const r = await runCli(['workload', '--config', files.a, '--duration', '3', '--size', '8MiB', '--keep']);
+    const r = await runCli(['workload', '--config', files.a, '--duration', '3', '--size', '8MiB', '--keep', '--out', join(files.dir, 'wl')]);
     expect(r.code, r.stdout + r.stderr).toBe(0);
     expect(r.stdout).toMatch(/verification errors 0/);
     await waitUntil(
@@ -247,7 +247,7 @@ describe('the command line', () => {
   });
 
   it('prints help for every command', async () => {
-    for (const cmd of ['start', 'pair', 'status', 'workload']) {
+    for (const cmd of ['start', 'pair', 'status', 'workload', 'report', 'check', 'kill-test']) {
       const r = await runCli([cmd, '--help']);
       expect(r.code).toBe(0);
       expect(r.stdout).toMatch(/Usage: pagepair/);
