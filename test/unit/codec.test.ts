@@ -505,7 +505,7 @@ describe('encode refuses what cannot be encoded', () => {
     expectEncodeError({ ...FIXTURES.SENSE_REQUEST, role: 8 }, 'BAD_FIELD', 'role');
     expectEncodeError({ ...FIXTURES.LOCK_REQUEST, op: 0 }, 'BAD_FIELD', 'op');
     expectEncodeError({ ...FIXTURES.C_OPEN_POINTER, mode: 3 }, 'BAD_FIELD', 'mode');
-    expectEncodeError({ ...wp, pages: [{ ...page, pageFlags: 0x04 }] }, 'BAD_FIELD', 'pages[0].pageFlags');
+    expectEncodeError({ ...wp, pages: [{ ...page, pageFlags: 0x08 }] }, 'BAD_FIELD', 'pages[0].pageFlags');
     expectEncodeError({ ...FIXTURES.RELEASE_POINTER, commit: 1 }, 'BAD_FIELD', 'commit');
     expectEncodeError({ ...FIXTURES.HELLO, nonce: Buffer.alloc(31) }, 'BAD_FIELD', 'nonce');
     expectEncodeError({ ...FIXTURES.AUTH, proof: 'abc' }, 'BAD_FIELD', 'proof');
@@ -673,7 +673,7 @@ describe('decode refuses bad frames with a typed error', () => {
       ['CLIENT_HELLO_REPLY', 17, 9, 'role'],
       ['SENSE_REQUEST_REPLY', 0, 255, 'role'],
       ['READ_HEADER_REPLY', 16 + 4 + 4 + 8 + 4, 5, 'headers[0].state'],
-      ['WRITE_PAGE', 2 + 36, 0x04, 'pages[0].pageFlags'],
+      ['WRITE_PAGE', 2 + 36, 0x08, 'pages[0].pageFlags'],
       ['WRITE_PAGE', 2 + 36, 0x80, 'pages[0].pageFlags'],
     ];
     for (const [kind, at, value, field] of cases) {
