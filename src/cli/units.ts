@@ -20,7 +20,7 @@ const SIZE_UNITS: Record<string, number> = {
 };
 
 export function parseSize(text: string, field: string): number {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(text);
+  const m = /^\s*(-?\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(text);
   const unit = m?.[2]?.toLowerCase() ?? '';
   const mult = SIZE_UNITS[unit];
   if (m === null || mult === undefined) {

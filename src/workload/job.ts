@@ -3,6 +3,7 @@
 // is checked here once, so the engine only ever sees a coherent JobSpec and a
 // bad option is refused with its name before anything connects.
 
+import { parseSize } from '../cli/units.js';
 import { PagepairError } from '../errors.js';
 
 export type Pattern = 'read' | 'write' | 'randread' | 'randwrite' | 'randrw' | 'rw';
@@ -171,23 +172,6 @@ function bad(field: string, what: string, got: unknown): PagepairError {
   return new PagepairError('BAD_FIELD', `${field} must be ${what}, got ${shown}`, field);
 }
 
-const SIZE_UNITS: Record<string, number> = {
-  '': 1,
-  b: 1,
-  k: 1024,
-  kb: 1000,
-  kib: 1024,
-  m: 1024 ** 2,
-  mb: 1000 ** 2,
-  mib: 1024 ** 2,
-  g: 1024 ** 3,
-  gb: 1000 ** 3,
-  gib: 1024 ** 3,
-  t: 1024 ** 4,
-  tb: 1000 ** 4,
-  tib: 1024 ** 4,
-};
-
 /** A size in bytes: a number, or text such as 4096, 4k, 64KiB, 1.5GiB. Negative and zero are refused. */
 export function parseSizeField(v: unknown, field: string): number {
   if (typeof v === 'number') {
@@ -195,12 +179,7 @@ export function parseSizeField(v: unknown, field: string): number {
     return v;
   }
   if (typeof v !== 'string') throw bad(field, 'a size such as 4096, 64KiB or 1GiB', v);
-  const m = /^\s*(-?\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(v);
-  const mult = SIZE_UNITS[(m?.[2] ?? '').toLowerCase()];
-  if (m === null || mult === undefined) throw bad(field, 'a size such as 4096, 64KiB or 1GiB', v);
-  const bytes = Math.round(Number(m[1]) * mult);
-  if (!Number.isSafeInteger(bytes) || bytes <= 0) throw bad(field, 'a positive size', v);
-  return bytes;
+  return parseSize(v, field);
 }
 
 const DURATION_UNITS: Record<string, number> = { '': 1, s: 1, ms: 0.001, m: 60, min: 60, h: 3600 };
