@@ -16,6 +16,7 @@ import { addWorkloadOptions, jobInputFromCli } from '../workload/cli-options.js'
 import { runWorkloadCommand } from '../workload/command.js';
 import { listJobs } from '../workload/job-file.js';
 import { runReport } from './report.js';
+import { benchCommand } from './bench.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -135,6 +136,8 @@ program
     process.exitCode = r.exitCode;
   });
 addWorkloadOptions(program.commands.find((c) => c.name() === 'workload')!);
+
+program.addCommand(benchCommand());
 
 program
   .command('report')

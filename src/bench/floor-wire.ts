@@ -1,0 +1,58 @@
+// The floors' own framing: only what a reply needs to find its request. The
+// first 4 bytes of every ws message carry a request id and the next 4 the size
+// of the reply wanted; the rest is filler so the message has the size of the
+// pagepair frame it stands for. Both ends batch their sends per event-loop
+// turn as pagepair does, so the floors differ from pagepair only by the work
+// pagepair does on top.
+
+import type { Socket } from 'node:net';
+
+export const FLOOR_HEADER_BYTES = 8;
+
+/** Filler copied into every message, as the codec copies a page into a frame. */
+const FILLER = Buffer.alloc(64 * 1024, 0xa5);
+
+export function floorMessage(id: number, bytes: number, replyBytes: number): Buffer {
+  const size = Math.max(bytes, FLOOR_HEADER_BYTES);
+  const buf = Buffer.allocUnsafe(size);
+  buf.writeUInt32LE(id >>> 0, 0);
+  buf.writeUInt32LE(replyBytes >>> 0, 4);
+  let at = FLOOR_HEADER_BYTES;
+  while (at < size) at += FILLER.copy(buf, at, 0, Math.min(FILLER.length, size - at));
+  return buf;
+}
+
+export function floorId(msg: Buffer): number {
+  return msg.readUInt32LE(0);
+}
+
+export function floorReplyBytes(msg: Buffer): number {
+  return msg.readUInt32LE(4);
+}
+
+/**
+ * Corks a socket until the end of this event-loop turn, so that every message
+ * sent in the turn leaves in one write: what the pagepair client and
+ * controller do with theirs.
+ */
+export class TurnCorker {
+  private corked = false;
+
+  constructor(private readonly socket: Socket | undefined) {}
+
+  cork(): void {
+    const socket = this.socket;
+    if (this.corked || socket === undefined) return;
+    this.corked = true;
+    socket.cork();
+    setImmediate(() => {
+      this.corked = false;
+      socket.uncork();
+    });
+  }
+}
+
+/** The socket under a ws connection (ws keeps it private). */
+export function socketOf(ws: unknown): Socket | undefined {
+  return (ws as { _socket?: Socket })._socket;
+}

@@ -1,0 +1,78 @@
+// The second floor's middle hop: a process that relays every client message
+// to a partner process over one WebSocket link and relays the partner's
+// answer back, as controller A relays a write to B and B's reply to the
+// client, without a memory manager or a codec: it only swaps the request id
+// so that answers find their client. The partner is an echo floor process.
+// Forked by the benchmark with the partner's port as its argument.
+
+import { WebSocket, WebSocketServer } from 'ws';
+import { DEFAULT_LIMITS, HARD_LIMITS } from '../protocol/limits.js';
+import { WS_COMMON, zeroMask } from '../transport/ws-util.js';
+import { floorId, socketOf, TurnCorker } from './floor-wire.js';
+
+const partnerPort = Number(process.argv[2]);
+if (!Number.isInteger(partnerPort) || partnerPort <= 0) {
+  console.error(`relay floor: bad partner port ${process.argv[2] ?? '(none)'}`);
+  process.exit(2);
+}
+
+interface Waiting {
+  ws: WebSocket;
+  corker: TurnCorker;
+  clientId: number;
+}
+
+const waiting = new Map<number, Waiting>();
+let nextRelayId = 1;
+
+const link = new WebSocket(`ws://127.0.0.1:${partnerPort}/`, { ...WS_COMMON, maxPayload: HARD_LIMITS.frameBytesMax, generateMask: zeroMask });
+let linkCorker: TurnCorker | undefined;
+
+link.on('error', (err) => {
+  console.error(`relay floor: link to the partner: ${err.message}`);
+  process.exit(1);
+});
+link.on('close', () => process.exit(0));
+link.on('message', (data) => {
+  if (!Buffer.isBuffer(data)) return;
+  const relayId = floorId(data);
+  const w = waiting.get(relayId);
+  if (w === undefined) return;
+  waiting.delete(relayId);
+  // The answer is ours to change: ws handed it over and keeps no reference.
+  data.writeUInt32LE(w.clientId, 0);
+  w.corker.cork();
+  w.ws.send(data, { binary: true });
+});
+
+link.on('open', () => {
+  linkCorker = new TurnCorker(socketOf(link));
+  const server = new WebSocketServer({ ...WS_COMMON, host: '127.0.0.1', port: 0, maxPayload: DEFAULT_LIMITS.frameBytesMax });
+  server.on('connection', (ws) => {
+    const corker = new TurnCorker(socketOf(ws));
+    ws.on('error', () => ws.terminate());
+    ws.on('message', (data, isBinary) => {
+      if (!isBinary || !Buffer.isBuffer(data)) {
+        ws.close(1003, 'binary messages only');
+        return;
+      }
+      const relayId = nextRelayId;
+      nextRelayId = nextRelayId >= 0xffff_ffff ? 1 : nextRelayId + 1;
+      waiting.set(relayId, { ws, corker, clientId: floorId(data) });
+      data.writeUInt32LE(relayId, 0);
+      linkCorker!.cork();
+      link.send(data, { binary: true });
+    });
+  });
+  server.on('listening', () => {
+    const addr = server.address();
+    process.send?.({ port: typeof addr === 'object' && addr !== null ? addr.port : 0 });
+  });
+  server.on('error', (err) => {
+    console.error(`relay floor: ${err.message}`);
+    process.exit(1);
+  });
+});
+
+process.on('disconnect', () => process.exit(0));
+process.on('SIGTERM', () => process.exit(0));
