@@ -70,6 +70,8 @@ const SYNC_RESERVATION = 0xffff_ffff;
 /** Rounds a write or flush retries when ownership keeps moving. */
 const OWNERSHIP_ROUNDS_MAX = 64;
 const RESERVATION_TTL_MS = 10_000;
+/** Above this many pages left, a flush re-checks per tick instead of per destage. */
+const FLUSH_RECHECK_PAGES = 256;
 /** Pages a resync sends between pauses of its pacing. */
 const RESYNC_CHUNK_PAGES = 64;
 
@@ -1411,8 +1413,9 @@ export class ControllerCore {
       // Give up only when nothing moved for a whole request timeout.
       let best = Number.MAX_SAFE_INTEGER;
       let lastProgressMs = this.env.nowMs();
+      let left = targets;
       for (;;) {
-        const left = targets.filter((t) => !t.cp.alloc.released && t.cp.storeVersion < t.version);
+        left = left.filter((t) => !t.cp.alloc.released && t.cp.storeVersion < t.version);
         if (left.length === 0) break;
         if (left.length < best) {
           best = left.length;
@@ -1437,7 +1440,10 @@ export class ControllerCore {
           );
         }
         this.kickDestage();
-        await this.waitForProgress();
+        // Many pages left: look again once per tick, not after every single
+        // destage (that made a large flush quadratic).
+        if (left.length > FLUSH_RECHECK_PAGES) await this.sleep(1);
+        else await this.waitForProgress();
       }
     } finally {
       this.flushDemand--;
