@@ -55,10 +55,7 @@ export function helloProof(
   dialerNonce: Uint8Array,
   listenerNonce: Uint8Array,
 ): Buffer {
-  checkNonce(dialerNonce, 'dialerNonce');
-  checkNonce(listenerNonce, 'listenerNonce');
-  checkId(dialerId, 'dialerId');
-  checkId(listenerId, 'listenerId');
+  checkProofArgs(dialerId, listenerId, dialerNonce, listenerNonce);
   return proof(HELLO_LABEL, secret, dialerNonce, listenerNonce, dialerId, listenerId, pairId);
 }
 
@@ -76,11 +73,15 @@ export function authProof(
   dialerNonce: Uint8Array,
   listenerNonce: Uint8Array,
 ): Buffer {
+  checkProofArgs(dialerId, listenerId, dialerNonce, listenerNonce);
+  return proof(AUTH_LABEL, secret, listenerNonce, dialerNonce, dialerId, listenerId, pairId);
+}
+
+function checkProofArgs(dialerId: number, listenerId: number, dialerNonce: Uint8Array, listenerNonce: Uint8Array): void {
   checkNonce(dialerNonce, 'dialerNonce');
   checkNonce(listenerNonce, 'listenerNonce');
   checkId(dialerId, 'dialerId');
   checkId(listenerId, 'listenerId');
-  return proof(AUTH_LABEL, secret, listenerNonce, dialerNonce, dialerId, listenerId, pairId);
 }
 
 /** Compares a received proof with the expected one in constant time. */
