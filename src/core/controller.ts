@@ -315,7 +315,7 @@ export class ControllerCore {
     if (this.cfg.mirroring && this.linkUp && wasMirrored) {
       const gives: Promise<unknown>[] = [];
       for (const alloc of this.allocs.values()) {
-        for (const [first, count] of runs(alloc, 0, alloc.record.pageCount, (p) => alloc.owner[p] === this.selfId)) {
+        for (const [first, count] of runs(0, alloc.record.pageCount, (p) => alloc.owner[p] === this.selfId)) {
           alloc.owner.fill(this.partnerId, first, first + count);
           gives.push(this.request({ kind: 'LOCK_REQUEST', guid: alloc.record.guid, firstPage: first, pageCount: count, op: LockOp.GIVE }).catch(() => undefined));
         }
@@ -1065,7 +1065,7 @@ export class ControllerCore {
     try {
       for (let round = 0; !this.ownsRange(alloc, first, count); round++) {
         if (round >= OWNERSHIP_ROUNDS_MAX) throw new PagepairError('BUSY', `could not take pages of ${alloc.record.guid} from the partner`);
-        const wanted = runs(alloc, first, count, (p) => alloc.owner[p] !== this.selfId);
+        const wanted = runs(first, count, (p) => alloc.owner[p] !== this.selfId);
         const replies = wanted.map(([f, c]) => {
           this.counters.lockRequestsSent++;
           return this.request({ kind: 'LOCK_REQUEST', guid: alloc.record.guid, firstPage: f, pageCount: c, op: LockOp.TAKE }).then((r) => {
@@ -1874,7 +1874,7 @@ export class ControllerCore {
   }
 
   private async onAllocateRead(req: AllocateRead): Promise<void> {
-    const alloc = this.lookupPeer(req.guid);
+    const alloc = this.lookup(req.guid);
     this.checkPageRange(alloc, req.firstPage, req.pageCount);
     const pointer = this.partnerPointer(req.pointerId, PointerMode.READ, alloc, req.firstPage, req.pageCount);
     this.registerPointer(pointer);
@@ -1883,7 +1883,7 @@ export class ControllerCore {
   }
 
   private onAllocateWrite(req: AllocateWrite): void {
-    const alloc = this.lookupPeer(req.guid);
+    const alloc = this.lookup(req.guid);
     this.checkPageRange(alloc, req.firstPage, req.pageCount);
     if (req.pageCount * alloc.record.pageSizeBytes > this.cfg.cacheBytesMax / 2) {
       throw new PagepairError('CACHE_FULL', `a write pointer of ${req.pageCount} pages would not fit half the cache`, 'pageCount');
@@ -2080,7 +2080,7 @@ export class ControllerCore {
   }
 
   private onReadHeader(req: ReadHeader): void {
-    const alloc = this.lookupPeer(req.guid);
+    const alloc = this.lookup(req.guid);
     this.checkPageRange(alloc, req.firstPage, req.pageCount);
     if (req.pageCount > this.cfg.limits.headersPerMessageMax) {
       throw new PagepairError('LIMIT_EXCEEDED', `READ_HEADER of ${req.pageCount} pages is over headersPerMessageMax`, 'pageCount');
@@ -2232,10 +2232,6 @@ export class ControllerCore {
     const a = this.allocs.get(guid);
     if (a === undefined) throw unknownGuid(guid);
     return a;
-  }
-
-  private lookupPeer(guid: string): AllocState {
-    return this.lookup(guid);
   }
 
   private checkRange(alloc: AllocState, offset: number, length: number, lengthField: string): void {
@@ -2404,7 +2400,7 @@ function overlay(old: Buffer, pageSize: number, pageStart: number, offset: numbe
 }
 
 /** Maximal runs of pages in [first, first+count) where pred holds, as [first, count]. */
-function runs(alloc: AllocState, first: number, count: number, pred: (p: number) => boolean): [number, number][] {
+function runs(first: number, count: number, pred: (p: number) => boolean): [number, number][] {
   const out: [number, number][] = [];
   let start = -1;
   for (let p = first; p < first + count; p++) {
@@ -2416,7 +2412,6 @@ function runs(alloc: AllocState, first: number, count: number, pred: (p: number)
     }
   }
   if (start >= 0) out.push([start, first + count - start]);
-  void alloc;
   return out;
 }
 
