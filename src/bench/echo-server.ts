@@ -7,7 +7,9 @@
 import { WebSocketServer } from 'ws';
 import { DEFAULT_LIMITS } from '../protocol/limits.js';
 import { WS_COMMON } from '../transport/ws-util.js';
-import { floorId, floorMessage, floorReplyBytes, socketOf, TurnCorker } from './floor-wire.js';
+import { floorId, floorMessage, floorReplyBytes, announceFloor, exitWithBenchmark, socketOf, TurnCorker } from './floor-wire.js';
+
+exitWithBenchmark();
 
 const server = new WebSocketServer({ ...WS_COMMON, host: '127.0.0.1', port: 0, maxPayload: DEFAULT_LIMITS.frameBytesMax });
 
@@ -24,15 +26,4 @@ server.on('connection', (ws) => {
   });
 });
 
-server.on('listening', () => {
-  const addr = server.address();
-  process.send?.({ port: typeof addr === 'object' && addr !== null ? addr.port : 0 });
-});
-server.on('error', (err) => {
-  console.error(`echo floor: ${err.message}`);
-  process.exit(1);
-});
-
-// The benchmark's end (or its death) ends this process.
-process.on('disconnect', () => process.exit(0));
-process.on('SIGTERM', () => process.exit(0));
+announceFloor(server, 'echo floor');

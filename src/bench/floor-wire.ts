@@ -6,6 +6,7 @@
 // pagepair does on top.
 
 import type { Socket } from 'node:net';
+import type { WebSocketServer } from 'ws';
 
 export const FLOOR_HEADER_BYTES = 8;
 
@@ -55,4 +56,22 @@ export class TurnCorker {
 /** The socket under a ws connection (ws keeps it private). */
 export function socketOf(ws: unknown): Socket | undefined {
   return (ws as { _socket?: Socket })._socket;
+}
+
+/** A forked floor process ends with the benchmark that forked it (or its death). */
+export function exitWithBenchmark(): void {
+  process.on('disconnect', () => process.exit(0));
+  process.on('SIGTERM', () => process.exit(0));
+}
+
+/** A floor's server tells the benchmark its port over IPC, and dies on an error. */
+export function announceFloor(server: WebSocketServer, name: string): void {
+  server.on('listening', () => {
+    const addr = server.address();
+    process.send?.({ port: typeof addr === 'object' && addr !== null ? addr.port : 0 });
+  });
+  server.on('error', (err) => {
+    console.error(`${name}: ${err.message}`);
+    process.exit(1);
+  });
 }

@@ -8,7 +8,9 @@
 import { WebSocket, WebSocketServer } from 'ws';
 import { DEFAULT_LIMITS, HARD_LIMITS } from '../protocol/limits.js';
 import { WS_COMMON, zeroMask } from '../transport/ws-util.js';
-import { floorId, socketOf, TurnCorker } from './floor-wire.js';
+import { floorId, announceFloor, exitWithBenchmark, socketOf, TurnCorker } from './floor-wire.js';
+
+exitWithBenchmark();
 
 const partnerPort = Number(process.argv[2]);
 if (!Number.isInteger(partnerPort) || partnerPort <= 0) {
@@ -64,15 +66,5 @@ link.on('open', () => {
       link.send(data, { binary: true });
     });
   });
-  server.on('listening', () => {
-    const addr = server.address();
-    process.send?.({ port: typeof addr === 'object' && addr !== null ? addr.port : 0 });
-  });
-  server.on('error', (err) => {
-    console.error(`relay floor: ${err.message}`);
-    process.exit(1);
-  });
+  announceFloor(server, 'relay floor');
 });
-
-process.on('disconnect', () => process.exit(0));
-process.on('SIGTERM', () => process.exit(0));
