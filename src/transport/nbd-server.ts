@@ -1,0 +1,789 @@
+// The NBD server: block clients (qemu, libnbd's tools, fio, nbd-client) read
+// and write pagepair volumes over the NBD protocol, on TCP and optionally a
+// unix socket. The bytes are protocol/nbd.ts; the volumes and their I/O are
+// an NbdBackend. docs/nbd.md lists what is supported.
+//
+// Per connection: the fixed newstyle handshake, then any number of requests
+// in flight, each answered as soon as the backend completes it (out of
+// order), replies of one event-loop turn leaving in one write. A request the
+// server can judge bad (out of range, oversize, unknown) gets an NBD error
+// and the connection goes on; bytes that cannot be divided into messages
+// close that connection only.
+
+import { lstat, unlink } from 'node:fs/promises';
+import net from 'node:net';
+import type pino from 'pino';
+import { isPagepairError, PagepairError } from '../errors.js';
+import {
+  decodeExportName,
+  decodeInfoRequest,
+  encodeAck,
+  encodeErrorChunk,
+  encodeExportNameReply,
+  encodeGreeting,
+  encodeInfoBlockSize,
+  encodeInfoDescription,
+  encodeInfoExport,
+  encodeInfoName,
+  encodeNoneChunk,
+  encodeOffsetDataHead,
+  encodeOptionError,
+  encodeRepServer,
+  encodeSimpleReply,
+  isPowerOfTwo,
+  NBD_DEFAULT_PAYLOAD_BYTES_MAX,
+  nbdCmdName,
+  NbdClientFlag,
+  NbdClientParser,
+  NbdCmd,
+  NbdCmdFlag,
+  NbdErrno,
+  nbdErrnoFor,
+  NbdFlag,
+  NbdHandshakeFlag,
+  NbdInfo,
+  NbdOpt,
+  nbdOptName,
+  NbdRep,
+} from '../protocol/nbd.js';
+import type { NbdBlockSizes, NbdClientEvent, NbdOptionEvent, NbdRequest } from '../protocol/nbd.js';
+import type { NbdBackend, NbdVolume } from './nbd-backend.js';
+
+export interface NbdServerLimits {
+  /** Largest READ or WRITE payload, advertised in NBD_INFO_BLOCK_SIZE. TRIM and WRITE_ZEROES may be longer: they are done in pieces of this size. */
+  payloadBytesMax: number;
+  /** Requests one connection may have in flight; at the limit the server stops reading that socket. */
+  inflightPerConnectionMax: number;
+  /** A WRITE over payloadBytesMax but under this is read, dropped and answered EINVAL; longer closes the connection. */
+  droppedPayloadBytesMax: number;
+  /** Largest option payload (export names are at most 4096 bytes anyway); longer closes the connection. */
+  optionBytesMax: number;
+  /** Options one connection may send before it must choose an export. */
+  optionsPerConnectionMax: number;
+  /** Open connections, handshaking or not. */
+  connectionsMax: number;
+  /** Reply bytes waiting for a slow reader before the server stops reading its requests. */
+  replyQueueBytesMax: number;
+  /** Longest a connection may take to choose an export. */
+  handshakeTimeoutMs: number;
+  /** How long close() lets requests in flight finish before cutting connections. */
+  closeGraceMs: number;
+}
+
+export const NBD_SERVER_DEFAULT_LIMITS: Readonly<NbdServerLimits> = Object.freeze({
+  payloadBytesMax: NBD_DEFAULT_PAYLOAD_BYTES_MAX,
+  inflightPerConnectionMax: 128,
+  droppedPayloadBytesMax: 2 * NBD_DEFAULT_PAYLOAD_BYTES_MAX,
+  optionBytesMax: 64 * 1024,
+  optionsPerConnectionMax: 256,
+  connectionsMax: 1024,
+  replyQueueBytesMax: 16 * 1024 * 1024,
+  handshakeTimeoutMs: 10_000,
+  closeGraceMs: 2_000,
+});
+
+export interface NbdServerOptions {
+  /** TCP address to listen on. */
+  host: string;
+  /** 0 = any free port. */
+  port: number;
+  /** A unix socket to listen on as well; a stale file there is removed at start, and the socket at close. */
+  socketPath?: string;
+  limits?: Partial<NbdServerLimits>;
+  log: pino.Logger;
+}
+
+/** What every export supports; SEND_DF is added when structured replies were negotiated. */
+const TRANSMISSION_FLAGS =
+  NbdFlag.HAS_FLAGS | NbdFlag.SEND_FLUSH | NbdFlag.SEND_FUA | NbdFlag.SEND_TRIM | NbdFlag.SEND_WRITE_ZEROES | NbdFlag.CAN_MULTI_CONN;
+
+const HANDSHAKE_FLAGS = NbdHandshakeFlag.FIXED_NEWSTYLE | NbdHandshakeFlag.NO_ZEROES;
+
+/** Command flags each command accepts. FUA is valid on every command once SEND_FUA is offered (proto.md). */
+const READ_FLAGS = NbdCmdFlag.FUA;
+const WRITE_FLAGS = NbdCmdFlag.FUA;
+const WRITE_ZEROES_FLAGS = NbdCmdFlag.FUA | NbdCmdFlag.NO_HOLE;
+
+const EMPTY = Buffer.alloc(0);
+
+function checkLimits(l: NbdServerLimits): void {
+  const bad = (field: keyof NbdServerLimits, what: string): never => {
+    throw new PagepairError('BAD_CONFIG', `nbd limits: ${field} ${what}, got ${String(l[field])}`, field);
+  };
+  for (const key of Object.keys(l) as (keyof NbdServerLimits)[]) {
+    if (!Number.isSafeInteger(l[key]) || l[key] <= 0) bad(key, 'must be a positive integer');
+  }
+  if (l.payloadBytesMax < 64 * 1024 || l.payloadBytesMax > 0x7fff_ffff) bad('payloadBytesMax', 'must lie in [64 KiB, 2 GiB)');
+  if (l.droppedPayloadBytesMax < l.payloadBytesMax) bad('droppedPayloadBytesMax', 'must be at least payloadBytesMax');
+  if (l.optionBytesMax < 4096 + 6) bad('optionBytesMax', 'must hold a 4096-byte export name (at least 4102)');
+  if (l.replyQueueBytesMax < 64 * 1024) bad('replyQueueBytesMax', 'must be at least 64 KiB');
+}
+
+/** The constraints one export advertises: any alignment, the page as the efficient unit. */
+function blockSizesFor(volume: NbdVolume, payloadBytesMax: number): NbdBlockSizes {
+  let preferred = isPowerOfTwo(volume.pageSizeBytes) ? volume.pageSizeBytes : 4096;
+  preferred = Math.max(512, preferred);
+  while (preferred > payloadBytesMax) preferred /= 2;
+  return { minimumBytes: 1, preferredBytes: preferred, maximumPayloadBytes: payloadBytesMax };
+}
+
+function describeVolume(v: NbdVolume): string {
+  return `pagepair volume ${v.guid}, ${v.sizeBytes} bytes in pages of ${v.pageSizeBytes}`;
+}
+
+const State = { HANDSHAKE: 0, TRANSMISSION: 1, DRAINING: 2, CLOSED: 3 } as const;
+type StateValue = (typeof State)[keyof typeof State];
+
+class NbdConnection {
+  state: StateValue = State.HANDSHAKE;
+  /** The export asked for (for logs), then the one served. */
+  exportName: string | null = null;
+  volume: NbdVolume | null = null;
+  closeReason: string | null = null;
+  requests = 0;
+  inflight = 0;
+  private readonly parser: NbdClientParser;
+  private readonly limits: NbdServerLimits;
+  private structured = false;
+  private noZeroes = false;
+  private options = 0;
+  private paused = false;
+  private writeBlocked = false;
+  private corked = false;
+  private hungUp = false;
+  private handshakeTimer: NodeJS.Timeout | undefined;
+  private readonly openedAtMs = Date.now();
+
+  constructor(
+    readonly id: number,
+    readonly remote: string,
+    private readonly socket: net.Socket,
+    private readonly server: NbdServer,
+  ) {
+    this.limits = server.limits;
+    this.parser = new NbdClientParser(
+      {
+        optionBytesMax: this.limits.optionBytesMax,
+        payloadBytesMax: this.limits.payloadBytesMax,
+        droppedPayloadBytesMax: this.limits.droppedPayloadBytesMax,
+      },
+      HANDSHAKE_FLAGS,
+    );
+  }
+
+  start(): void {
+    const s = this.socket;
+    s.setNoDelay(true);
+    s.setKeepAlive(true, 30_000);
+    s.on('data', this.onData);
+    s.on('drain', this.onDrain);
+    s.on('error', this.onError);
+    s.on('close', this.onClose);
+    this.handshakeTimer = setTimeout(this.onHandshakeTimeout, this.limits.handshakeTimeoutMs);
+    this.handshakeTimer.unref();
+    this.send(encodeGreeting(HANDSHAKE_FLAGS));
+  }
+
+  /**
+   * The server is closing: a connection still in the handshake is closed; one
+   * in transmission finishes what is in flight, answering anything new with
+   * ESHUTDOWN (which tells the client to disconnect), then is closed.
+   */
+  shutdown(): void {
+    if (this.state === State.CLOSED) return;
+    if (this.state !== State.TRANSMISSION || this.inflight === 0) this.hangUp('server closing');
+    else this.closeReason ??= 'server closing';
+  }
+
+  destroy(reason: string): void {
+    if (this.state === State.CLOSED) return;
+    this.closeReason ??= reason;
+    this.socket.destroy();
+  }
+
+  // -------------------------------------------------------------------------
+  // Socket events (bound once per connection)
+
+  private readonly onData = (chunk: Buffer): void => {
+    if (this.state !== State.HANDSHAKE && this.state !== State.TRANSMISSION) return;
+    this.parser.push(chunk);
+    this.pump();
+  };
+
+  private readonly onDrain = (): void => {
+    if (!this.writeBlocked) return;
+    this.writeBlocked = false;
+    this.pump();
+  };
+
+  private readonly onError = (err: Error): void => {
+    this.closeReason ??= `socket error: ${err.message}`;
+  };
+
+  private readonly onClose = (): void => {
+    this.state = State.CLOSED;
+    clearTimeout(this.handshakeTimer);
+    this.server.connectionClosed(this, this.volume === null, Date.now() - this.openedAtMs);
+  };
+
+  private readonly onHandshakeTimeout = (): void => {
+    if (this.state === State.HANDSHAKE) this.destroy(`no export chosen within ${this.limits.handshakeTimeoutMs} ms`);
+  };
+
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.socket.uncork();
+  };
+
+  // -------------------------------------------------------------------------
+  // Reading
+
+  /** Handles buffered messages until the parser needs bytes or a limit says wait. */
+  private pump(): void {
+    while (this.state === State.HANDSHAKE || this.state === State.TRANSMISSION) {
+      if (this.inflight >= this.limits.inflightPerConnectionMax || this.writeBlocked) break;
+      let ev: NbdClientEvent | undefined;
+      try {
+        ev = this.parser.next();
+      } catch (err) {
+        this.protocolViolation(err);
+        return;
+      }
+      if (ev === undefined) break;
+      try {
+        if (ev.kind === 'request') this.onRequest(ev);
+        else if (ev.kind === 'option') this.onOption(ev);
+        else this.noZeroes = (ev.flags & NbdClientFlag.C_NO_ZEROES) !== 0;
+      } catch (err) {
+        // A bug, or a volume the encoders refuse (a name over 4096 bytes): this connection only.
+        this.server.log.error({ conn: this.id, err: String(err) }, 'nbd connection failed');
+        this.destroy(`internal error: ${String(err)}`);
+        return;
+      }
+    }
+    this.updateFlow();
+  }
+
+  /** Reads the socket only while there is room for what it may bring. */
+  private updateFlow(): void {
+    const open = this.state === State.HANDSHAKE || this.state === State.TRANSMISSION;
+    const wait = !open || this.inflight >= this.limits.inflightPerConnectionMax || this.writeBlocked;
+    if (wait === this.paused) return;
+    this.paused = wait;
+    if (wait) this.socket.pause();
+    else this.socket.resume();
+  }
+
+  private protocolViolation(err: unknown): void {
+    const what = err instanceof Error ? err.message : String(err);
+    const field = isPagepairError(err) && err.field !== undefined ? ` [${err.field}]` : '';
+    this.hangUp(`protocol error: ${what}${field}`);
+  }
+
+  // -------------------------------------------------------------------------
+  // Handshake
+
+  private onOption(ev: NbdOptionEvent): void {
+    const opt = ev.option;
+    if (++this.options > this.limits.optionsPerConnectionMax) {
+      this.hangUp(`more than ${this.limits.optionsPerConnectionMax} options without choosing an export`);
+      return;
+    }
+    switch (opt) {
+      case NbdOpt.GO:
+      case NbdOpt.INFO:
+        this.optInfo(opt, ev.data);
+        return;
+      case NbdOpt.EXPORT_NAME:
+        this.optExportName(ev.data);
+        return;
+      case NbdOpt.LIST:
+        this.optList(ev.data);
+        return;
+      case NbdOpt.ABORT:
+        this.send(encodeAck(opt));
+        this.hangUp('client sent NBD_OPT_ABORT');
+        return;
+      case NbdOpt.STRUCTURED_REPLY:
+        if (ev.data.length !== 0) this.send(encodeOptionError(opt, NbdRep.ERR_INVALID, 'NBD_OPT_STRUCTURED_REPLY takes no data'));
+        else if (this.structured) this.send(encodeOptionError(opt, NbdRep.ERR_INVALID, 'structured replies are already on'));
+        else {
+          this.structured = true;
+          this.send(encodeAck(opt));
+        }
+        return;
+      default:
+        // STARTTLS, meta contexts, extended headers and whatever comes next.
+        this.send(encodeOptionError(opt, NbdRep.ERR_UNSUP, `${nbdOptName(opt)} is not supported by pagepair`));
+    }
+  }
+
+  private optInfo(opt: number, data: Buffer): void {
+    let name: string;
+    let infoTypes: number[];
+    try {
+      ({ exportName: name, infoTypes } = decodeInfoRequest(data));
+    } catch (err) {
+      this.send(encodeOptionError(opt, NbdRep.ERR_INVALID, err instanceof Error ? err.message : String(err)));
+      return;
+    }
+    this.exportName = name;
+    const volume = this.server.lookup(name);
+    if (volume === undefined) {
+      this.send(encodeOptionError(opt, NbdRep.ERR_UNKNOWN, name === '' ? 'no default export: name a volume' : `no volume named "${name}"`));
+      return;
+    }
+    if (!this.server.backend.serving()) {
+      this.send(encodeOptionError(opt, NbdRep.ERR_SHUTDOWN, 'this controller does not serve I/O now; try its partner'));
+      return;
+    }
+    const flags = this.transmissionFlags();
+    this.send(encodeInfoExport(opt, volume.sizeBytes, flags));
+    if (infoTypes.includes(NbdInfo.NAME) || name !== volume.name) this.send(encodeInfoName(opt, volume.name));
+    if (infoTypes.includes(NbdInfo.DESCRIPTION)) this.send(encodeInfoDescription(opt, describeVolume(volume)));
+    this.send(encodeInfoBlockSize(opt, blockSizesFor(volume, this.limits.payloadBytesMax)));
+    this.send(encodeAck(opt));
+    if (opt === NbdOpt.GO) this.enterTransmission(volume, flags);
+  }
+
+  private optExportName(data: Buffer): void {
+    // No error reply exists for this option: whatever fails ends the session.
+    let name: string;
+    try {
+      name = decodeExportName(data);
+    } catch (err) {
+      this.protocolViolation(err);
+      return;
+    }
+    this.exportName = name;
+    const volume = this.server.lookup(name);
+    if (volume === undefined) {
+      this.hangUp(`NBD_OPT_EXPORT_NAME: no volume named "${name}"`);
+      return;
+    }
+    if (!this.server.backend.serving()) {
+      this.hangUp('NBD_OPT_EXPORT_NAME while this controller does not serve I/O');
+      return;
+    }
+    const flags = this.transmissionFlags();
+    this.send(encodeExportNameReply(volume.sizeBytes, flags, this.noZeroes));
+    this.enterTransmission(volume, flags);
+  }
+
+  private optList(data: Buffer): void {
+    if (data.length !== 0) {
+      this.send(encodeOptionError(NbdOpt.LIST, NbdRep.ERR_INVALID, 'NBD_OPT_LIST takes no data'));
+      return;
+    }
+    for (const v of this.server.backend.listVolumes()) this.send(encodeRepServer(NbdOpt.LIST, v.name, describeVolume(v)));
+    this.send(encodeAck(NbdOpt.LIST));
+  }
+
+  private transmissionFlags(): number {
+    // One content chunk per read, always: "don't fragment" costs nothing.
+    return this.structured ? TRANSMISSION_FLAGS | NbdFlag.SEND_DF : TRANSMISSION_FLAGS;
+  }
+
+  private enterTransmission(volume: NbdVolume, flags: number): void {
+    this.volume = volume;
+    this.exportName = volume.name;
+    this.state = State.TRANSMISSION;
+    clearTimeout(this.handshakeTimer);
+    this.parser.startTransmission();
+    this.server.log.info(
+      { conn: this.id, remote: this.remote, export: volume.name, structuredReplies: this.structured, transmissionFlags: flags },
+      'nbd export opened',
+    );
+  }
+
+  // -------------------------------------------------------------------------
+  // Transmission
+
+  private onRequest(req: NbdRequest): void {
+    this.requests++;
+    const volume = this.volume!;
+    if (req.type === NbdCmd.DISC) {
+      this.closeReason ??= 'client sent NBD_CMD_DISC';
+      this.state = State.DRAINING;
+      if (this.inflight === 0) this.hangUp(this.closeReason);
+      return;
+    }
+    if (this.server.closing) {
+      this.replyError(req, NbdErrno.ESHUTDOWN, 'the server is shutting down');
+      return;
+    }
+    const end = req.offset + req.length;
+    switch (req.type) {
+      case NbdCmd.READ: {
+        const allowed = this.structured ? READ_FLAGS | NbdCmdFlag.DF : READ_FLAGS;
+        if ((req.flags & ~allowed) !== 0) return this.badFlags(req);
+        if (req.length > this.limits.payloadBytesMax) {
+          return this.replyError(
+            req,
+            this.structured ? NbdErrno.EOVERFLOW : NbdErrno.EINVAL,
+            `NBD_CMD_READ of ${req.length} bytes is over the maximum payload of ${this.limits.payloadBytesMax}`,
+          );
+        }
+        if (end > volume.sizeBytes) return this.pastEnd(req, NbdErrno.EINVAL);
+        if (req.length === 0) return this.replyData(req, EMPTY);
+        this.inflight++;
+        void this.serveRead(req, volume);
+        return;
+      }
+      case NbdCmd.WRITE:
+        if ((req.flags & ~WRITE_FLAGS) !== 0) return this.badFlags(req);
+        if (req.payloadDropped) {
+          return this.replyError(req, NbdErrno.EINVAL, `NBD_CMD_WRITE of ${req.length} bytes is over the maximum payload of ${this.limits.payloadBytesMax}`);
+        }
+        if (end > volume.sizeBytes) return this.pastEnd(req, NbdErrno.ENOSPC);
+        if (req.length === 0) return this.replyOk(req);
+        this.inflight++;
+        void this.serveWrite(req, volume);
+        return;
+      case NbdCmd.WRITE_ZEROES:
+      case NbdCmd.TRIM: {
+        const zeroes = req.type === NbdCmd.WRITE_ZEROES;
+        if ((req.flags & ~(zeroes ? WRITE_ZEROES_FLAGS : NbdCmdFlag.FUA)) !== 0) return this.badFlags(req);
+        if (end > volume.sizeBytes) return this.pastEnd(req, zeroes ? NbdErrno.ENOSPC : NbdErrno.EINVAL);
+        if (req.length === 0) return this.replyOk(req);
+        this.inflight++;
+        void this.serveZeroes(req, volume);
+        return;
+      }
+      case NbdCmd.FLUSH:
+        if ((req.flags & ~NbdCmdFlag.FUA) !== 0) return this.badFlags(req);
+        if (req.offset !== 0 || req.length !== 0) return this.replyError(req, NbdErrno.EINVAL, 'NBD_CMD_FLUSH must have offset and length 0');
+        this.inflight++;
+        void this.serveFlush(req, volume);
+        return;
+      default:
+        // CACHE, BLOCK_STATUS, RESIZE are not offered; the rest do not exist.
+        this.replyError(req, NbdErrno.EINVAL, `${nbdCmdName(req.type)} is not supported`);
+    }
+  }
+
+  private badFlags(req: NbdRequest): void {
+    this.replyError(req, NbdErrno.EINVAL, `${nbdCmdName(req.type)} does not take command flags 0x${req.flags.toString(16)}`);
+  }
+
+  private pastEnd(req: NbdRequest, errno: number): void {
+    this.replyError(
+      req,
+      errno,
+      `${nbdCmdName(req.type)} of ${req.length} bytes at offset ${req.offset} ends past the export's ${this.volume!.sizeBytes} bytes`,
+    );
+  }
+
+  private async serveRead(req: NbdRequest, volume: NbdVolume): Promise<void> {
+    let data: Buffer;
+    try {
+      data = await this.server.backend.read(volume, req.offset, req.length);
+      if (data.length !== req.length) {
+        throw new PagepairError('INTERNAL', `the backend read ${data.length} bytes for a read of ${req.length}`);
+      }
+    } catch (err) {
+      this.completeError(req, err);
+      return;
+    }
+    this.inflight--;
+    this.replyData(req, data);
+    this.afterCompletion();
+  }
+
+  private async serveWrite(req: NbdRequest, volume: NbdVolume): Promise<void> {
+    try {
+      await this.server.backend.write(volume, req.offset, req.payload!, (req.flags & NbdCmdFlag.FUA) !== 0);
+    } catch (err) {
+      this.completeError(req, err);
+      return;
+    }
+    this.completeOk(req);
+  }
+
+  /** TRIM and WRITE_ZEROES, in pieces no longer than the payload limit (they may ask for a whole export). */
+  private async serveZeroes(req: NbdRequest, volume: NbdVolume): Promise<void> {
+    const fua = (req.flags & NbdCmdFlag.FUA) !== 0;
+    const step = this.limits.payloadBytesMax;
+    try {
+      for (let off = req.offset, left = req.length; left > 0; ) {
+        const n = Math.min(left, step);
+        await this.server.backend.writeZeroes(volume, off, n, fua);
+        off += n;
+        left -= n;
+      }
+    } catch (err) {
+      this.completeError(req, err);
+      return;
+    }
+    this.completeOk(req);
+  }
+
+  private async serveFlush(req: NbdRequest, volume: NbdVolume): Promise<void> {
+    try {
+      await this.server.backend.flush(volume);
+    } catch (err) {
+      this.completeError(req, err);
+      return;
+    }
+    this.completeOk(req);
+  }
+
+  private completeOk(req: NbdRequest): void {
+    this.inflight--;
+    this.replyOk(req);
+    this.afterCompletion();
+  }
+
+  private completeError(req: NbdRequest, err: unknown): void {
+    this.inflight--;
+    let errno: number;
+    let message: string;
+    if (isPagepairError(err)) {
+      errno = nbdErrnoFor(err.code);
+      message = `${err.code}: ${err.message}`;
+      this.server.log.debug({ conn: this.id, cmd: nbdCmdName(req.type), code: err.code, errno, err: err.message }, 'nbd request failed');
+    } else {
+      errno = NbdErrno.EIO;
+      message = 'internal error';
+      this.server.log.error({ conn: this.id, cmd: nbdCmdName(req.type), err: String(err) }, 'nbd request failed unexpectedly');
+    }
+    this.replyError(req, errno, message);
+    this.afterCompletion();
+  }
+
+  private afterCompletion(): void {
+    if (this.state === State.DRAINING || this.server.closing) {
+      if (this.inflight === 0) this.hangUp(this.closeReason ?? 'drained');
+      return;
+    }
+    // A slot freed: requests left in the parser may go now.
+    if (this.inflight === this.limits.inflightPerConnectionMax - 1) this.pump();
+  }
+
+  // -------------------------------------------------------------------------
+  // Replies
+
+  private replyOk(req: NbdRequest): void {
+    this.send(encodeSimpleReply(0, req.cookieHi, req.cookieLo));
+  }
+
+  private replyData(req: NbdRequest, data: Buffer): void {
+    if (!this.structured) {
+      this.send(encodeSimpleReply(0, req.cookieHi, req.cookieLo));
+      if (data.length > 0) this.send(data);
+    } else if (data.length === 0) {
+      this.send(encodeNoneChunk(req.cookieHi, req.cookieLo));
+    } else {
+      this.send(encodeOffsetDataHead(req.cookieHi, req.cookieLo, req.offset, data.length, true));
+      this.send(data);
+    }
+  }
+
+  private replyError(req: NbdRequest, errno: number, message: string): void {
+    // With structured replies a read must be answered by chunks; an error chunk carries the message too.
+    if (this.structured) this.send(encodeErrorChunk(req.cookieHi, req.cookieLo, errno, message));
+    else this.send(encodeSimpleReply(errno, req.cookieHi, req.cookieLo));
+  }
+
+  /** Writes of one event-loop turn are corked and leave together (one writev). */
+  private send(b: Buffer): void {
+    if (this.hungUp || this.state === State.CLOSED) return;
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      setImmediate(this.uncork);
+    }
+    this.socket.write(b);
+    if (!this.writeBlocked && this.socket.writableLength > this.limits.replyQueueBytesMax) {
+      // Past the queue limit the stream surely asked for a drain, which unblocks.
+      this.writeBlocked = true;
+    }
+  }
+
+  /**
+   * Ends the session once the replies queued so far are out; replies to
+   * requests still in flight are dropped. A peer that does not read them is
+   * cut off after closeGraceMs.
+   */
+  private hangUp(reason: string): void {
+    if (this.hungUp || this.state === State.CLOSED) return;
+    this.hungUp = true;
+    this.closeReason ??= reason;
+    this.state = State.DRAINING;
+    this.updateFlow();
+    this.socket.destroySoon();
+    setTimeout(this.onHangUpTimeout, this.limits.closeGraceMs).unref();
+  }
+
+  private readonly onHangUpTimeout = (): void => {
+    if (this.state !== State.CLOSED) this.socket.destroy();
+  };
+}
+
+function describeRemote(socket: net.Socket, socketPath: string | undefined): string {
+  if (socket.remoteAddress === undefined) return `unix:${socketPath ?? '?'}`;
+  const host = socket.remoteAddress;
+  return host.includes(':') ? `[${host}]:${socket.remotePort}` : `${host}:${socket.remotePort}`;
+}
+
+export class NbdServer {
+  readonly limits: NbdServerLimits;
+  readonly log: pino.Logger;
+  closing = false;
+  private readonly opts: NbdServerOptions;
+  private readonly conns = new Set<NbdConnection>();
+  private tcp: net.Server | undefined;
+  private unixServer: net.Server | undefined;
+  private nextId = 1;
+  private closed: Promise<void> | undefined;
+  private idle: (() => void) | undefined;
+
+  constructor(
+    opts: NbdServerOptions,
+    readonly backend: NbdBackend,
+  ) {
+    this.opts = opts;
+    this.log = opts.log;
+    this.limits = { ...NBD_SERVER_DEFAULT_LIMITS, ...opts.limits };
+    checkLimits(this.limits);
+  }
+
+  /** Open connections, in handshake or transmission. */
+  get connections(): number {
+    return this.conns.size;
+  }
+
+  /** Listens on TCP, then on the unix socket if configured. Resolves with the TCP port. */
+  async start(): Promise<{ port: number }> {
+    if (this.tcp !== undefined) throw new PagepairError('BAD_CONFIG', 'the NBD server was started already');
+    this.tcp = this.makeServer(undefined);
+    let port: number;
+    try {
+      port = await listen(this.tcp, { host: this.opts.host, port: this.opts.port });
+      if (this.opts.socketPath !== undefined) {
+        await removeStaleSocket(this.opts.socketPath);
+        this.unixServer = this.makeServer(this.opts.socketPath);
+        await listen(this.unixServer, { path: this.opts.socketPath });
+      }
+    } catch (err) {
+      await this.close();
+      throw err;
+    }
+    this.log.info({ host: this.opts.host, port, socket: this.opts.socketPath ?? null }, 'nbd server listening');
+    return { port };
+  }
+
+  /** Stops listening, lets requests in flight finish (up to closeGraceMs), closes every connection and removes the unix socket. */
+  close(): Promise<void> {
+    this.closed ??= this.closeOnce();
+    return this.closed;
+  }
+
+  /** An export name to a volume. The default export "" is the only volume, when there is exactly one. */
+  lookup(name: string): NbdVolume | undefined {
+    const v = this.backend.findVolume(name);
+    if (v !== undefined || name !== '') return v;
+    const all = this.backend.listVolumes();
+    return all.length === 1 ? all[0] : undefined;
+  }
+
+  connectionClosed(conn: NbdConnection, inHandshake: boolean, durationMs: number): void {
+    this.conns.delete(conn);
+    this.log.info(
+      {
+        conn: conn.id,
+        remote: conn.remote,
+        export: conn.exportName,
+        reason: conn.closeReason ?? 'client closed the connection',
+        inHandshake,
+        requests: conn.requests,
+        inflightDropped: conn.inflight,
+        durationMs,
+      },
+      'nbd connection closed',
+    );
+    if (this.conns.size === 0) this.idle?.();
+  }
+
+  private makeServer(socketPath: string | undefined): net.Server {
+    const server = net.createServer({ noDelay: true });
+    server.maxConnections = this.limits.connectionsMax;
+    server.on('connection', (socket) => this.accept(socket, socketPath));
+    server.on('error', (err) => this.log.error({ err: err.message, socket: socketPath ?? null }, 'nbd listener error'));
+    return server;
+  }
+
+  private accept(socket: net.Socket, socketPath: string | undefined): void {
+    if (this.closing) {
+      socket.destroy();
+      return;
+    }
+    // Across both listeners: maxConnections counts each alone.
+    if (this.conns.size >= this.limits.connectionsMax) {
+      this.log.warn({ connectionsMax: this.limits.connectionsMax }, 'nbd connection refused: at the connection limit');
+      socket.destroy();
+      return;
+    }
+    const conn = new NbdConnection(this.nextId++, describeRemote(socket, socketPath), socket, this);
+    this.conns.add(conn);
+    this.log.debug({ conn: conn.id, remote: conn.remote }, 'nbd connection opened');
+    conn.start();
+  }
+
+  private async closeOnce(): Promise<void> {
+    this.closing = true;
+    const listeners = [this.tcp, this.unixServer].filter((s): s is net.Server => s !== undefined && s.listening);
+    const stopped = Promise.all(listeners.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+    if (this.conns.size > 0) {
+      const idle = new Promise<void>((resolve) => (this.idle = resolve));
+      for (const c of [...this.conns]) c.shutdown();
+      const timer = setTimeout(() => {
+        for (const c of [...this.conns]) c.destroy(`server closing: requests still in flight after ${this.limits.closeGraceMs} ms`);
+      }, this.limits.closeGraceMs);
+      await idle;
+      clearTimeout(timer);
+    }
+    await stopped;
+    if (this.unixServer !== undefined && this.opts.socketPath !== undefined) {
+      await unlink(this.opts.socketPath).catch(() => undefined);
+    }
+    this.log.info('nbd server closed');
+  }
+}
+
+function listen(server: net.Server, where: net.ListenOptions): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: Error): void => reject(err);
+    server.once('error', onError);
+    server.listen(where, () => {
+      server.off('error', onError);
+      const addr = server.address();
+      resolve(addr !== null && typeof addr === 'object' ? addr.port : 0);
+    });
+  });
+}
+
+/**
+ * A socket file left by a server that died is removed; one a live server
+ * listens on, or a file that is not a socket, is an error (never deleted).
+ */
+async function removeStaleSocket(path: string): Promise<void> {
+  let isSocket: boolean;
+  try {
+    isSocket = (await lstat(path)).isSocket();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  if (!isSocket) throw new PagepairError('BAD_CONFIG', `NBD socket path ${path} exists and is not a socket`, 'socket');
+  const live = await new Promise<boolean>((resolve) => {
+    const probe = net.connect({ path });
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+  if (live) throw new PagepairError('BAD_CONFIG', `another server listens on NBD socket ${path}`, 'socket');
+  await unlink(path);
+}
