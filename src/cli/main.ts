@@ -17,6 +17,7 @@ import { runWorkloadCommand } from '../workload/command.js';
 import { listJobs } from '../workload/job-file.js';
 import { runReport } from './report.js';
 import { benchCommand } from './bench.js';
+import { volumeCommand } from './volume.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -138,6 +139,7 @@ program
 addWorkloadOptions(program.commands.find((c) => c.name() === 'workload')!);
 
 program.addCommand(benchCommand());
+program.addCommand(volumeCommand());
 
 program
   .command('report')

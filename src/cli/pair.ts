@@ -30,6 +30,8 @@ export async function runPair(configPaths: [string, string]): Promise<number> {
   const configs = configPaths.map((p) => loadConfig(p));
   const children: ChildProcess[] = [];
   const listening = new Set<string>();
+  /** What each controller's 'controller listening' line says (the real ports, when configured as 0). */
+  const listened = new Map<string, Record<string, unknown>>();
   let stopping = false;
 
   const started = new Promise<void>((resolveAll) => {
@@ -39,6 +41,11 @@ export async function runPair(configPaths: [string, string]): Promise<number> {
       for (const stream of [child.stdout!, child.stderr!]) {
         createInterface({ input: stream }).on('line', (line) => {
           if (line.includes('"controller listening"')) {
+            try {
+              listened.set(cfg.idLetter, JSON.parse(line) as Record<string, unknown>);
+            } catch {
+              // not JSON after all: the addresses come from the configuration
+            }
             listening.add(cfg.idLetter);
             if (listening.size === configs.length) resolveAll();
           }
@@ -55,10 +62,22 @@ export async function runPair(configPaths: [string, string]): Promise<number> {
   void started.then(() => {
     console.log('');
     console.log('pagepair: the pair is up.');
-    for (const c of configs) console.log(`  controller ${c.idLetter}: clients at ws://${c.listen.client.host}:${c.listen.client.port}, store ${c.store.path}`);
+    for (const c of configs) {
+      const rec = listened.get(c.idLetter) ?? {};
+      const clients = typeof rec.clients === 'string' ? rec.clients : `ws://${c.listen.client.host}:${c.listen.client.port}`;
+      console.log(`  controller ${c.idLetter}: clients at ${clients}, store ${c.store.path}`);
+      if (typeof rec.nbd === 'string') {
+        console.log(`    NBD at ${rec.nbd}/<volume>${typeof rec.nbdSocket === 'string' ? ` and nbd+unix:///<volume>?socket=${rec.nbdSocket}` : ''}`);
+      }
+    }
     console.log('  try, in another terminal:');
     console.log(`    npx pagepair workload --config ${configPaths[0]} --duration 10`);
     console.log(`    npx pagepair status --config ${configPaths[0]}   (and --config ${configPaths[1]})`);
+    if (configs.some((c) => c.listen.nbd !== undefined)) {
+      const first = listened.get(configs[0]!.idLetter)?.nbd;
+      console.log(`    npx pagepair volume create --name vol0 --size 1GiB --config ${configPaths[0]}`);
+      if (typeof first === 'string') console.log(`    qemu-io -f raw ${first}/vol0 -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M'`);
+    }
     console.log('  Ctrl-C stops both; each destages its dirty pages first.');
     console.log('');
   });

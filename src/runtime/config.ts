@@ -2,10 +2,11 @@
 // checked at load, so a typo or an impossible value stops the controller at
 // start with a message naming the file and the exact field, instead of
 // surfacing later as odd behaviour. Unknown fields are refused for the same
-// reason. Relative paths (store.path, log.file) are resolved against the
-// current working directory of the process that loads the file, not against
-// the file's own directory: `pagepair` is started from the project or data
-// directory, and that is where operators expect relative paths to point.
+// reason. Relative paths (store.path, log.file, listen.nbd.socket) are
+// resolved against the current working directory of the process that loads
+// the file, not against the file's own directory: `pagepair` is started from
+// the project or data directory, and that is where operators expect relative
+// paths to point.
 
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
@@ -22,6 +23,15 @@ export interface Endpoint {
   host: string;
   /** 0 asks the system for any free port (tests). */
   port: number;
+}
+
+/** Where a controller serves NBD (block clients). */
+export interface NbdListenConfig {
+  host: string;
+  /** 0 asks the system for any free port. */
+  port: number;
+  /** Absolute path of a unix socket to serve on as well; absent: TCP only. */
+  socket?: string;
 }
 
 export interface PartnerConfig {
@@ -87,7 +97,8 @@ export interface ControllerConfig {
   pairId: string;
   secret: string;
   clientToken: string;
-  listen: { client: Endpoint; peer: Endpoint | null };
+  /** listen.nbd absent: no NBD server. */
+  listen: { client: Endpoint; peer: Endpoint | null; nbd?: NbdListenConfig };
   mirroring: boolean;
   /** null only when mirroring is false and no partner was given. */
   partner: PartnerConfig | null;
@@ -130,6 +141,8 @@ export const CONFIG_DEFAULTS = Object.freeze({
 const LOG_LEVELS: readonly LogLevel[] = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
 const INFLIGHT_PER_CLIENT_MAX = 65536;
 const SECRET_CHARS_MIN = 16;
+/** sun_path holds 108 bytes with its terminating NUL on Linux. */
+const UNIX_SOCKET_PATH_BYTES_MAX = 107;
 const CLIENT_TOKEN_CHARS_MIN = 8;
 
 // ------------------------------------------------------------ field reader
@@ -275,6 +288,26 @@ function sameListener(a: Endpoint, b: Endpoint): boolean {
   return a.port !== 0 && a.port === b.port && a.host === b.host;
 }
 
+/** listen.nbd: optional; a TCP endpoint and, if given, a unix socket. */
+function nbdListen(listenF: Fields, cwd: string, others: { name: string; endpoint: Endpoint | null }[]): NbdListenConfig | undefined {
+  if (!listenF.has('nbd')) return undefined;
+  const f = listenF.obj('nbd', ['host', 'port', 'socket'], false);
+  const nbd: NbdListenConfig = { host: f.str('host', { default: CONFIG_DEFAULTS.host }), port: f.int('port', 0, 65535) };
+  for (const o of others) {
+    if (o.endpoint !== null && sameListener(nbd, o.endpoint)) {
+      throw f.error('listen.nbd.port', `must differ from ${o.name}.port (${o.endpoint.port} on ${o.endpoint.host})`);
+    }
+  }
+  if (f.has('socket')) {
+    const socket = resolve(cwd, f.str('socket', { what: 'a path (a non-empty string)' }));
+    if (Buffer.byteLength(socket) > UNIX_SOCKET_PATH_BYTES_MAX) {
+      throw f.error('listen.nbd.socket', `is too long for a unix socket: ${socket} is ${Buffer.byteLength(socket)} bytes resolved, at most ${UNIX_SOCKET_PATH_BYTES_MAX}`);
+    }
+    nbd.socket = socket;
+  }
+  return nbd;
+}
+
 /**
  * Validates a parsed JSON configuration and fills defaults. sourceName names
  * it in errors (the file path). cwd is where relative paths are resolved
@@ -292,12 +325,16 @@ export function parseConfig(json: unknown, sourceName: string, opts: { cwd?: str
   if (clientToken === secret) throw top.error('clientToken', 'must differ from secret: clients must not be able to act as the partner');
   const mirroring = top.bool('mirroring', CONFIG_DEFAULTS.mirroring);
 
-  const listenF = top.obj('listen', ['client', 'peer'], false);
+  const listenF = top.obj('listen', ['client', 'peer', 'nbd'], false);
   const listenClient = endpoint(listenF, 'client')!;
   const listenPeer = endpoint(listenF, 'peer', !mirroring);
   if (listenPeer !== null && sameListener(listenClient, listenPeer)) {
     throw listenF.error('listen.peer.port', `must differ from listen.client.port (${listenClient.port} on ${listenClient.host})`);
   }
+  const listenNbd = nbdListen(listenF, cwd, [
+    { name: 'listen.client', endpoint: listenClient },
+    { name: 'listen.peer', endpoint: listenPeer },
+  ]);
 
   let partner: PartnerConfig | null = null;
   if (mirroring || top.has('partner')) {
@@ -421,7 +458,7 @@ export function parseConfig(json: unknown, sourceName: string, opts: { cwd?: str
     pairId: pairId.toLowerCase(),
     secret,
     clientToken,
-    listen: { client: listenClient, peer: listenPeer },
+    listen: listenNbd === undefined ? { client: listenClient, peer: listenPeer } : { client: listenClient, peer: listenPeer, nbd: listenNbd },
     mirroring,
     partner,
     store,

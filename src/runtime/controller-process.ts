@@ -12,9 +12,11 @@ import { PagepairError } from '../errors.js';
 import { Role, type ClientRequest, type Message } from '../protocol/messages.js';
 import { openOrFormatFileStore } from '../store/open.js';
 import type { BlockStore } from '../store/types.js';
-import { ClientEndpoint, type ClientConn } from '../transport/client-endpoint.js';
+import { ClientEndpoint } from '../transport/client-endpoint.js';
+import { NbdServer } from '../transport/nbd-server.js';
 import { PeerLink } from '../transport/peer-link.js';
 import type { ControllerConfig } from './config.js';
+import { CoreVolumes, NBD_PIECE_BYTES_DEFAULT } from './nbd-volumes.js';
 
 /** How often the core gets a tick; heartbeats and destage ages are measured in these. */
 const TICK_MS_MAX = 20;
@@ -79,6 +81,8 @@ export interface RunningController {
   announceCrash(): void;
   readonly clientPort: number;
   readonly peerPort: number | null;
+  /** The NBD server's TCP port (the real one when configured as 0); null without listen.nbd. */
+  readonly nbdPort: number | null;
   status(): ControllerStatus;
   stop(): Promise<void>;
 }
@@ -87,7 +91,12 @@ export interface ControllerStatus extends CoreStatus {
   pid: number;
   uptimeMs: number;
   rssBytes: number;
-  listen: { client: string; peer: string | null };
+  listen: {
+    client: string;
+    peer: string | null;
+    /** tcp: "nbd://host:port"; socket: the unix socket path, if any. */
+    nbd: { tcp: string; socket: string | null } | null;
+  };
   store: string;
   clients: number;
 }
@@ -103,7 +112,9 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger): 
   });
   storeLog.info({ path: cfg.store.path, dataBytes: store.superblock.geometry.dataBytes }, 'store open');
 
-  const conns = new Map<number, ClientConn>();
+  // Where the core's replies go, by client connection id: network clients,
+  // and the NBD backend's pseudo connection.
+  const conns = new Map<number, { reply(msg: Message): void }>();
   let peer: PeerLink | null = null;
   let outFrames: Message[] = [];
   let flushScheduled = false;
@@ -217,6 +228,34 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger): 
   });
   const clientPort = (await endpoint.start()).port;
 
+  let nbd: { server: NbdServer; volumes: CoreVolumes; port: number; listen: { tcp: string; socket: string | null } } | null = null;
+  const nbdCfg = cfg.listen.nbd;
+  if (nbdCfg !== undefined) {
+    const volumes = new CoreVolumes({
+      core,
+      // The core refuses a write larger than half its cache; pieces stay well under it.
+      pieceBytes: Math.min(NBD_PIECE_BYTES_DEFAULT, Math.floor(cfg.cache.cacheBytesMax / 4)),
+    });
+    conns.set(volumes.connId, volumes);
+    const server = new NbdServer(
+      { host: nbdCfg.host, port: nbdCfg.port, ...(nbdCfg.socket !== undefined ? { socketPath: nbdCfg.socket } : {}), log: log.child({ component: 'nbd' }) },
+      volumes,
+    );
+    let port: number;
+    try {
+      port = (await server.start()).port;
+    } catch (err) {
+      // Nothing is served yet: let go of what is open so the process can exit with the reason.
+      await server.close().catch(() => undefined);
+      await endpoint.close().catch(() => undefined);
+      await peer?.close().catch(() => undefined);
+      await store.close().catch(() => undefined);
+      const where = `${nbdCfg.host}:${nbdCfg.port}${nbdCfg.socket !== undefined ? ` and ${nbdCfg.socket}` : ''}`;
+      throw new PagepairError('IO_ERROR', `${cfg.sourceName}: cannot serve NBD on listen.nbd (${where}): ${err instanceof Error ? err.message : String(err)}`, 'listen.nbd');
+    }
+    nbd = { server, volumes, port, listen: { tcp: `nbd://${nbdCfg.host}:${port}`, socket: nbdCfg.socket ?? null } };
+  }
+
   status = () => ({
     ...core.status(),
     pid: process.pid,
@@ -225,6 +264,7 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger): 
     listen: {
       client: `ws://${cfg.listen.client.host}:${clientPort}`,
       peer: peerPort === null || cfg.listen.peer === null ? null : `ws://${cfg.listen.peer.host}:${peerPort}`,
+      nbd: nbd?.listen ?? null,
     },
     store: cfg.store.path,
     clients: endpoint.connections,
@@ -237,7 +277,13 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger): 
   await store.sync();
 
   log.info(
-    { clients: `ws://${cfg.listen.client.host}:${clientPort}`, peer: peerPort, role: roleName(core.currentRole), pid: process.pid },
+    {
+      clients: `ws://${cfg.listen.client.host}:${clientPort}`,
+      peer: peerPort,
+      ...(nbd !== null ? { nbd: nbd.listen.tcp, nbdPort: nbd.port, ...(nbd.listen.socket !== null ? { nbdSocket: nbd.listen.socket } : {}) } : {}),
+      role: roleName(core.currentRole),
+      pid: process.pid,
+    },
     'controller listening',
   );
 
@@ -245,6 +291,9 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger): 
   const stop = (): Promise<void> => {
     stopping ??= (async () => {
       log.info({}, 'controller stopping');
+      // NBD clients cannot fail over by themselves: their requests in flight
+      // finish (the server waits a grace period) before the core stops serving.
+      await nbd?.server.close();
       try {
         await core.shutdown();
       } catch (err) {
@@ -252,6 +301,7 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger): 
       }
       flush();
       clearInterval(tick);
+      nbd?.volumes.close();
       await endpoint.close();
       await peer?.close();
       await store
@@ -269,5 +319,5 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger): 
     flush();
   };
 
-  return { config: cfg, core, clientPort, peerPort, status: () => status(), stop, announceCrash };
+  return { config: cfg, core, clientPort, peerPort, nbdPort: nbd?.port ?? null, status: () => status(), stop, announceCrash };
 }

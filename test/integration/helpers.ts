@@ -28,15 +28,24 @@ export interface PairFiles {
   dir: string;
   a: string;
   b: string;
-  ports: { aClient: number; aPeer: number; bClient: number; bPeer: number };
+  /** aNbd and bNbd: only with makePairFiles(..., { nbd: true }). */
+  ports: { aClient: number; aPeer: number; bClient: number; bPeer: number; aNbd?: number; bNbd?: number };
+  /** Each controller's NBD unix socket: only with makePairFiles(..., { nbd: true }). */
+  nbdSockets?: { a: string; b: string };
   token: string;
   configOf(id: 'A' | 'B', overrides?: Record<string, unknown>): Record<string, unknown>;
   cleanup(): void;
 }
 
-export async function makePairFiles(extra: Record<string, unknown> = {}): Promise<PairFiles> {
+/** opts.nbd: each controller serves NBD too, on a free port and a unix socket in the directory. */
+export async function makePairFiles(extra: Record<string, unknown> = {}, opts: { nbd?: boolean } = {}): Promise<PairFiles> {
   const dir = mkdtempSync(join(tmpdir(), 'pagepair-it-'));
-  const ports = { aClient: await freePort(), aPeer: await freePort(), bClient: await freePort(), bPeer: await freePort() };
+  const ports: PairFiles['ports'] = { aClient: await freePort(), aPeer: await freePort(), bClient: await freePort(), bPeer: await freePort() };
+  const nbdSockets = opts.nbd === true ? { a: join(dir, 'a.nbd.sock'), b: join(dir, 'b.nbd.sock') } : undefined;
+  if (opts.nbd === true) {
+    ports.aNbd = await freePort();
+    ports.bNbd = await freePort();
+  }
   const pairId = randomUUID();
   const token = 'integration-client-token';
   const configOf = (id: 'A' | 'B', overrides: Record<string, unknown> = {}): Record<string, unknown> => {
@@ -47,7 +56,11 @@ export async function makePairFiles(extra: Record<string, unknown> = {}): Promis
       pairId,
       secret: 'integration-peer-secret-0123456789',
       clientToken: token,
-      listen: { client: { host: '127.0.0.1', port: self.client }, peer: { host: '127.0.0.1', port: self.peer } },
+      listen: {
+        client: { host: '127.0.0.1', port: self.client },
+        peer: { host: '127.0.0.1', port: self.peer },
+        ...(nbdSockets !== undefined ? { nbd: { host: '127.0.0.1', port: id === 'A' ? ports.aNbd : ports.bNbd, socket: id === 'A' ? nbdSockets.a : nbdSockets.b } } : {}),
+      },
       partner: { id: id === 'A' ? 'B' : 'A', client: { host: '127.0.0.1', port: other.client }, peer: { host: '127.0.0.1', port: other.peer } },
       store: { path: join(dir, 'pair.store'), sizeBytes: 256 * 1024 * 1024 },
       cache: { cacheBytesMax: 32 * 1024 * 1024, dirtyAgeMaxMs: 500 },
@@ -62,7 +75,7 @@ export async function makePairFiles(extra: Record<string, unknown> = {}): Promis
   const b = join(dir, 'b.json');
   writeFileSync(a, JSON.stringify(configOf('A')));
   writeFileSync(b, JSON.stringify(configOf('B')));
-  return { dir, a, b, ports, token, configOf, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+  return { dir, a, b, ports, ...(nbdSockets !== undefined ? { nbdSockets } : {}), token, configOf, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
 export interface Proc {

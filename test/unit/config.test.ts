@@ -290,3 +290,59 @@ describe('arbitration and alone settings', () => {
     expectField((c) => (c.alone = { ackMode: 'journal', journalPath: 'j' }), 'alone.ackMode', /not built yet/);
   });
 });
+
+describe('listen.nbd', () => {
+  it('is absent unless given: no NBD server', () => {
+    expect(parseConfig(minimal(), SRC, { cwd: '/srv/pagepair' }).listen.nbd).toBeUndefined();
+  });
+
+  it('takes a port, defaults the host, and resolves a relative socket against cwd', () => {
+    const c = minimal();
+    c.listen.nbd = { port: 10809, socket: 'data/a.nbd.sock' };
+    expect(parseConfig(c, SRC, { cwd: '/srv/pagepair' }).listen.nbd).toEqual({ host: '127.0.0.1', port: 10809, socket: '/srv/pagepair/data/a.nbd.sock' });
+    c.listen.nbd = { host: '0.0.0.0', port: 0, socket: '/run/pagepair/a.sock' };
+    expect(parseConfig(c, SRC, { cwd: '/srv/pagepair' }).listen.nbd).toEqual({ host: '0.0.0.0', port: 0, socket: '/run/pagepair/a.sock' });
+    c.listen.nbd = { port: 10809 };
+    expect(parseConfig(c, SRC).listen.nbd).toEqual({ host: '127.0.0.1', port: 10809 });
+  });
+
+  it('allows port 0 alongside port-0 client and peer listeners', () => {
+    const c = minimal();
+    c.listen = { client: { port: 0 }, peer: { port: 0 }, nbd: { port: 0 } };
+    expect(parseConfig(c, SRC).listen.nbd?.port).toBe(0);
+  });
+
+  it('names the bad field', () => {
+    expectField((c) => (c.listen.nbd = 10809), 'listen.nbd', /must be an object, got 10809/);
+    expectField((c) => (c.listen.nbd = {}), 'listen.nbd.port', /\(missing\)/);
+    expectField((c) => (c.listen.nbd = { port: 70000 }), 'listen.nbd.port', /0\.\.65535/);
+    expectField((c) => (c.listen.nbd = { port: '10809' }), 'listen.nbd.port', /integer/);
+    expectField((c) => (c.listen.nbd = { port: 10809, host: '' }), 'listen.nbd.host', /non-empty string/);
+    expectField((c) => (c.listen.nbd = { port: 10809, socket: '' }), 'listen.nbd.socket', /a path/);
+    expectField((c) => (c.listen.nbd = { port: 10809, socket: 5 }), 'listen.nbd.socket', /a path/);
+    expectField((c) => (c.listen.nbd = { port: 10809, sockets: 'x' }), 'listen.nbd.sockets', /did you mean socket/);
+    expectField((c) => (c.listen.nbd = { port: 10809, socket: `/tmp/${'s'.repeat(120)}.sock` }), 'listen.nbd.socket', /too long for a unix socket/);
+  });
+
+  it('refuses the port of the client or peer listener on the same host', () => {
+    expectField((c) => (c.listen.nbd = { port: 7001 }), 'listen.nbd.port', /must differ from listen.client.port \(7001 on 127.0.0.1\)/);
+    expectField((c) => (c.listen.nbd = { port: 7101 }), 'listen.nbd.port', /must differ from listen.peer.port/);
+    const c = minimal();
+    c.listen.nbd = { host: '127.0.0.2', port: 7001 };
+    expect(parseConfig(c, SRC).listen.nbd?.port).toBe(7001);
+  });
+});
+
+describe('the default pair (controllers/*.json)', () => {
+  it('loads, serves NBD on 10809 and 10810 with sockets under data/, and has a store with room for a 1 GiB volume', () => {
+    const a = loadConfig('controllers/a.json', { cwd: '/srv/pagepair' });
+    const b = loadConfig('controllers/b.json', { cwd: '/srv/pagepair' });
+    expect(a.listen.nbd).toEqual({ host: '127.0.0.1', port: 10809, socket: '/srv/pagepair/data/a.nbd.sock' });
+    expect(b.listen.nbd).toEqual({ host: '127.0.0.1', port: 10810, socket: '/srv/pagepair/data/b.nbd.sock' });
+    for (const c of [a, b]) {
+      // 1 GiB of 4 KiB pages, each with its 64-byte header in the store, and as much again.
+      expect(c.store.sizeBytes).toBeGreaterThanOrEqual(2 * (1024 ** 3 / 4096) * (4096 + 64));
+    }
+    expect(a.store).toEqual(b.store);
+  });
+});

@@ -1,0 +1,160 @@
+// Volumes end to end: `pagepair volume create/list/delete` against a real
+// pair serving NBD, and qemu-io reading through one controller what it wrote
+// through the other, over TCP and over the unix socket.
+
+import { spawn } from 'node:child_process';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { killAll, makePairFiles, runCli, startProcess, type PairFiles, type Proc } from './helpers.js';
+
+let files: PairFiles;
+let a: Proc;
+let b: Proc;
+
+const MiB = 1024 * 1024;
+
+/** qemu-io against one NBD URL; every command's pattern is checked, and a failed check fails the run. */
+async function qemuIo(url: string, commands: string[]): Promise<string> {
+  const args = ['-f', 'raw', url, ...commands.flatMap((c) => ['-c', c])];
+  const child = spawn('qemu-io', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+  const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+  const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+  clearTimeout(timer);
+  if (code !== 0 || /Pattern verification failed|failed:|error/i.test(out)) {
+    throw new Error(`qemu-io ${args.join(' ')} exited ${code}:\n${out}`);
+  }
+  return out;
+}
+
+function tcpUrl(id: 'A' | 'B', volume: string): string {
+  return `nbd://127.0.0.1:${id === 'A' ? files.ports.aNbd : files.ports.bNbd}/${volume}`;
+}
+
+function unixUrl(id: 'A' | 'B', volume: string): string {
+  return `nbd+unix:///${volume}?socket=${id === 'A' ? files.nbdSockets!.a : files.nbdSockets!.b}`;
+}
+
+interface VolumeJson {
+  name: string;
+  guid: string;
+  sizeBytes: number;
+  pageSizeBytes: number;
+  policy: string;
+  nbd: { controller: string; urls: string[] }[];
+}
+
+beforeAll(async () => {
+  files = await makePairFiles({}, { nbd: true });
+  a = startProcess(['start', '--config', files.a]);
+  b = startProcess(['start', '--config', files.b]);
+  await Promise.all([a, b].map((p) => p.waitForLog((r) => r.msg === 'mirrored with partner', 20_000)));
+}, 60_000);
+
+afterAll(async () => {
+  await Promise.all([a?.stop(), b?.stop()]);
+  killAll();
+  files?.cleanup();
+}, 60_000);
+
+describe('volumes and NBD on a real pair', () => {
+  it('logs where each controller serves NBD', async () => {
+    const la = await a.waitForLog((r) => r.msg === 'controller listening');
+    expect(la.nbd).toBe(`nbd://127.0.0.1:${files.ports.aNbd}`);
+    expect(la.nbdSocket).toBe(files.nbdSockets!.a);
+    const lb = await b.waitForLog((r) => r.msg === 'controller listening');
+    expect(lb.nbd).toBe(`nbd://127.0.0.1:${files.ports.bNbd}`);
+  });
+
+  it('creates a volume through the CLI and prints its NBD URLs on both controllers', async () => {
+    const r = await runCli(['volume', 'create', '--name', 'vol0', '--size', '64MiB', '--config', files.a]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('volume "vol0" created');
+    expect(r.stdout).toMatch(/guid\s+[0-9a-f-]{36}/);
+    expect(r.stdout).toContain('64 MiB (67108864 bytes, 16384 pages)');
+    expect(r.stdout).toContain('4.0 KiB (policy default)');
+    expect(r.stdout).toContain(tcpUrl('A', 'vol0'));
+    expect(r.stdout).toContain(tcpUrl('B', 'vol0'));
+    expect(r.stdout).toContain(unixUrl('A', 'vol0'));
+
+    // Listed through either controller's configuration, the same volume.
+    const la = await runCli(['volume', 'list', '--json', '--config', files.a]);
+    const lb = await runCli(['volume', 'list', '--json', '--config', files.b]);
+    expect(la.code, la.stderr).toBe(0);
+    const va = JSON.parse(la.stdout) as VolumeJson[];
+    expect(JSON.parse(lb.stdout)).toEqual(va);
+    expect(va).toHaveLength(1);
+    expect(va[0]).toMatchObject({ name: 'vol0', sizeBytes: 64 * MiB, pageSizeBytes: 4096, policy: 'default' });
+    expect(va[0]!.nbd.map((x) => x.controller)).toEqual(['A', 'B']);
+
+    const table = await runCli(['volume', 'list', '--config', files.b]);
+    expect(table.stdout).toMatch(/^NAME\s+SIZE\s+PAGE\s+POLICY\s+GUID\s+NBD$/m);
+    expect(table.stdout).toMatch(/^vol0\s+64 MiB\s+4\.0 KiB\s+default\s+[0-9a-f-]{36}\s+nbd:\/\//m);
+  });
+
+  it('refuses bad input with errors that name it', async () => {
+    const dup = await runCli(['volume', 'create', '--name', 'vol0', '--size', '1MiB', '--config', files.b]);
+    expect(dup.code).toBe(1);
+    expect(dup.stderr).toContain('DUPLICATE: a volume named "vol0" exists already');
+
+    const size = await runCli(['volume', 'create', '--name', 'x', '--size', '12XB', '--config', files.a]);
+    expect(size.code).toBe(2);
+    expect(size.stderr).toContain('size must be a size such as 4096, 64KiB or 1GiB, got "12XB"');
+
+    const policy = await runCli(['volume', 'create', '--name', 'x', '--size', '1MiB', '--policy', 'nope', '--config', files.a]);
+    expect(policy.code).toBe(1);
+    expect(policy.stderr).toMatch(/POLICY_UNKNOWN: --policy: no policy named "nope" .*known: default/);
+
+    const huge = await runCli(['volume', 'create', '--name', 'huge', '--size', '1TiB', '--config', files.a]);
+    expect(huge.code).toBe(1);
+    expect(huge.stderr).toContain('NO_SPACE: no room for 1.0 TiB in the store');
+
+    const name = await runCli(['volume', 'create', '--name', 'a b', '--size', '1MiB', '--config', files.a]);
+    expect(name.code).toBe(2);
+    expect(name.stderr).toContain('--name must be 1 to 64 letters');
+
+    const missing = await runCli(['volume', 'create', '--name', 'x', '--config', files.a]);
+    expect(missing.code).not.toBe(0);
+    expect(missing.stderr).toContain("required option '-s, --size <size>' not specified");
+
+    const unknown = await runCli(['volume', 'delete', 'no-such-volume', '--config', files.a]);
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toContain('no volume named "no-such-volume"');
+
+    for (const sub of ['create', 'list', 'delete']) {
+      const help = await runCli(['volume', sub, '--help']);
+      expect(help.code).toBe(0);
+      expect(help.stdout).toContain('--config');
+    }
+  });
+
+  it('qemu-io writes through A and reads the same bytes through B; an unaligned write through B reads back through A', async () => {
+    await qemuIo(tcpUrl('A', 'vol0'), ['write -P 0xab 0 1M']);
+    await qemuIo(tcpUrl('B', 'vol0'), ['read -P 0xab 0 1M']);
+
+    // Unaligned and across pages, through B's unix socket; read through A's TCP port.
+    await qemuIo(unixUrl('B', 'vol0'), ['write -P 0xcd 4097 10000']);
+    await qemuIo(tcpUrl('A', 'vol0'), ['read -P 0xab 0 4097', 'read -P 0xcd 4097 10000', 'read -P 0xab 14097 1034479']);
+
+    // FUA, write-zeroes and flush, through B; read through A.
+    await qemuIo(tcpUrl('B', 'vol0'), ['write -f -P 0x11 2M 64k', 'write -z 2M 4k', 'flush']);
+    await qemuIo(tcpUrl('A', 'vol0'), ['read -P 0x00 2M 4k', 'read -P 0x11 2052k 60k']);
+  });
+
+  it('deletes the volume through the CLI, by argument or --name', async () => {
+    const r = await runCli(['volume', 'delete', 'vol0', '--config', files.b]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/volume "vol0" deleted \(guid [0-9a-f-]{36}, 64 MiB\)/);
+    const list = await runCli(['volume', 'list', '--config', files.a]);
+    expect(list.stdout).toContain('no volumes');
+
+    const c = await runCli(['volume', 'create', '--name', 'vol1', '--size', '1MiB', '--policy', 'log', '--json', '--config', files.a]);
+    expect(c.code, c.stderr).toBe(0);
+    expect(JSON.parse(c.stdout)).toMatchObject({ name: 'vol1', sizeBytes: MiB, pageSizeBytes: 65536, policy: 'log' });
+    const d = await runCli(['volume', 'delete', '--name', 'vol1', '--config', files.a]);
+    expect(d.code, d.stderr).toBe(0);
+    const again = await runCli(['volume', 'delete', '--name', 'vol1', '--config', files.a]);
+    expect(again.code).toBe(1);
+  });
+});

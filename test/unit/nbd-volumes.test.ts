@@ -1,0 +1,227 @@
+// The NBD backend over two paired cores in one process (test/sim/harness.ts):
+// volumes made through either controller are exported by both; block I/O goes
+// in as client requests, split in whole-page pieces; FUA and flush reach the
+// store; a takeover is waited out; a fenced controller stops serving.
+
+import { describe, expect, it } from 'vitest';
+import { isPagepairError } from '../../src/errors.js';
+import { decode } from '../../src/protocol/codec.js';
+import { CoreVolumes, splitRange, type CoreVolumesOptions } from '../../src/runtime/nbd-volumes.js';
+import type { NbdVolume } from '../../src/transport/nbd-backend.js';
+import { Harness, tagged, type NodeName } from '../sim/harness.js';
+
+const PAGE = 512; // the simulator's 'tiny' policy
+
+/** A backend on one controller of the simulated pair, its replies routed like a client connection's. */
+function backendOn(h: Harness, name: NodeName, opts: Partial<CoreVolumesOptions> = {}): CoreVolumes {
+  const conn = h.client(name); // reserves a connection id the harness routes replies for
+  const backend = new CoreVolumes({
+    core: {
+      get currentRole() {
+        return h.node(name).core.currentRole;
+      },
+      onClientRequest: (connId, msg) => h.node(name).core.onClientRequest(connId, msg),
+    },
+    connId: conn.connId,
+    pieceBytes: 4 * PAGE,
+    readPieceBytes: 2 * PAGE,
+    piecesInFlight: 3,
+    nowMs: () => h.nowMs,
+    sleep: (ms) => h.sleep(ms),
+    ...opts,
+  });
+  conn.onReply = (frame: Buffer) => backend.reply(decode(frame, h.limits));
+  return backend;
+}
+
+function volumeOf(b: CoreVolumes, name: string): NbdVolume {
+  const v = b.findVolume(name);
+  if (v === undefined) throw new Error(`no volume ${name}`);
+  return v;
+}
+
+async function storedBytes(h: Harness, name: string, offset: number, length: number): Promise<Buffer> {
+  const view = await h.openStoreView();
+  const rec = (await view.readTable()).records.find((r) => r.name === name)!;
+  const out = Buffer.alloc(length);
+  for (let p = Math.floor(offset / PAGE); p * PAGE < offset + length; p++) {
+    const sp = await view.readPage({ guid: rec.guid, dataOffset: rec.dataOffset, pageSizeBytes: rec.pageSizeBytes }, p);
+    const from = Math.max(offset, p * PAGE);
+    const to = Math.min(offset + length, (p + 1) * PAGE);
+    sp.data.copy(out, from - offset, from - p * PAGE, to - p * PAGE);
+  }
+  return out;
+}
+
+describe('splitRange', () => {
+  it('cuts at multiples of the piece size and covers the range exactly', () => {
+    expect(splitRange(0, 4096, 4096)).toEqual([[0, 4096]]);
+    expect(splitRange(100, 5000, 2048)).toEqual([
+      [100, 1948],
+      [2048, 2048],
+      [4096, 1004],
+    ]);
+    expect(splitRange(4095, 2, 4096)).toEqual([
+      [4095, 1],
+      [4096, 1],
+    ]);
+  });
+});
+
+describe('NBD volumes over a paired core', () => {
+  it('exports volumes made through either controller, on both, with their sizes', async () => {
+    const h = await Harness.createPair({ seed: 501 });
+    const na = backendOn(h, 'A');
+    const nb = backendOn(h, 'B');
+    await h.run(h.client('A').allocate('vol-a', 10 * PAGE, 'tiny'));
+    await h.run(h.client('B').allocate('vol-b', 3 * PAGE + 1, 'tiny'));
+    for (const b of [na, nb]) {
+      expect(b.listVolumes().map((v) => v.name).sort()).toEqual(['vol-a', 'vol-b']);
+      expect(b.findVolume('vol-a')).toMatchObject({ name: 'vol-a', sizeBytes: 10 * PAGE, pageSizeBytes: PAGE });
+      // Rounded up to whole pages, as the allocation is.
+      expect(b.findVolume('vol-b')?.sizeBytes).toBe(4 * PAGE);
+      expect(b.findVolume('nope')).toBeUndefined();
+      expect(b.serving()).toBe(true);
+    }
+    expect(na.findVolume('vol-a')?.guid).toBe(nb.findVolume('vol-a')?.guid);
+    expect(h.violations).toEqual([]);
+  });
+
+  it('writes through A, split in whole-page pieces, and reads the same bytes through B; unaligned both ways', async () => {
+    const h = await Harness.createPair({ seed: 502 });
+    const na = backendOn(h, 'A');
+    const nb = backendOn(h, 'B');
+    await h.run(h.client('A').allocate('v', 64 * PAGE, 'tiny'));
+    const va = volumeOf(na, 'v');
+    const vb = volumeOf(nb, 'v');
+
+    const data = tagged(13 * PAGE + 77, 'nbd-A');
+    await h.run(na.write(va, 3 * PAGE - 5, data, false));
+    expect(await h.run(nb.read(vb, 3 * PAGE - 5, data.length))).toEqual(data);
+    // The same bytes through a plain client: the pieces landed where they belong.
+    expect(await h.run(h.client('B').read(va.guid, 3 * PAGE - 5, data.length))).toEqual(data);
+
+    const model = Buffer.alloc(64 * PAGE);
+    data.copy(model, 3 * PAGE - 5);
+    const small = Buffer.from('unaligned through B');
+    await h.run(nb.write(vb, 10 * PAGE + 100, small, false));
+    small.copy(model, 10 * PAGE + 100);
+    expect(await h.run(na.read(va, 10 * PAGE + 90, small.length + 20))).toEqual(model.subarray(10 * PAGE + 90, 10 * PAGE + 90 + small.length + 20));
+    expect(await h.run(na.read(va, 0, 64 * PAGE))).toEqual(model);
+    // Nothing outside the writes changed.
+    expect(await h.run(na.read(va, 0, 3 * PAGE - 5))).toEqual(Buffer.alloc(3 * PAGE - 5));
+    expect(await h.run(na.read(va, 0, 0))).toEqual(Buffer.alloc(0));
+    expect(h.violations).toEqual([]);
+  });
+
+  it('zeroes a range (write-zeroes and trim) across pages, leaving its neighbours', async () => {
+    const h = await Harness.createPair({ seed: 503 });
+    const na = backendOn(h, 'A');
+    const nb = backendOn(h, 'B');
+    await h.run(h.client('A').allocate('z', 32 * PAGE, 'tiny'));
+    const va = volumeOf(na, 'z');
+    const full = tagged(32 * PAGE, 'before-zero');
+    await h.run(na.write(va, 0, full, false));
+    await h.run(nb.writeZeroes(volumeOf(nb, 'z'), 2 * PAGE + 3, 20 * PAGE, false));
+    const expected = Buffer.from(full);
+    expected.fill(0, 2 * PAGE + 3, 22 * PAGE + 3);
+    expect(await h.run(na.read(va, 0, 32 * PAGE))).toEqual(expected);
+    expect(h.violations).toEqual([]);
+  });
+
+  it('a FUA write is in the store when it resolves; a flush through B stores what A wrote', async () => {
+    const h = await Harness.createPair({ seed: 504 });
+    const na = backendOn(h, 'A');
+    const nb = backendOn(h, 'B');
+    await h.run(h.client('A').allocate('f', 16 * PAGE, 'tiny'));
+    const va = volumeOf(na, 'f');
+
+    const fua = tagged(3 * PAGE, 'fua');
+    await h.run(na.write(va, PAGE + 10, fua, true));
+    expect(await storedBytes(h, 'f', PAGE + 10, fua.length)).toEqual(fua);
+
+    // Written through A without FUA: dirty (the simulated dirty age is an hour).
+    const later = tagged(2 * PAGE, 'flushed-by-B');
+    await h.run(na.write(va, 8 * PAGE, later, false));
+    expect(await storedBytes(h, 'f', 8 * PAGE, later.length)).not.toEqual(later);
+    await h.run(nb.flush(volumeOf(nb, 'f')));
+    expect(await storedBytes(h, 'f', 8 * PAGE, later.length)).toEqual(later);
+
+    const zeroFua = await h.settle(nb.writeZeroes(volumeOf(nb, 'f'), 8 * PAGE, PAGE, true));
+    expect(zeroFua.ok).toBe(true);
+    expect(await storedBytes(h, 'f', 8 * PAGE, PAGE)).toEqual(Buffer.alloc(PAGE));
+    expect(h.violations).toEqual([]);
+  });
+
+  it('turns ERROR replies into PagepairErrors with their code', async () => {
+    const h = await Harness.createPair({ seed: 505 });
+    const na = backendOn(h, 'A');
+    const c = h.client('A');
+    const x = await h.run(c.allocate('gone', 4 * PAGE, 'tiny'));
+    const v = volumeOf(na, 'gone');
+    await h.run(c.release(x.guid));
+    expect(na.findVolume('gone')).toBeUndefined();
+    for (const op of [(): Promise<unknown> => na.read(v, 0, PAGE), () => na.write(v, 0, Buffer.alloc(10), false), () => na.flush(v)]) {
+      const r = await h.settle(op());
+      expect(r.ok).toBe(false);
+      expect(!r.ok && isPagepairError(r.error) ? r.error.code : 'untyped').toBe('UNKNOWN_GUID');
+    }
+    // A range past the end is the server's bug, refused before the core sees it.
+    await h.run(c.allocate('small', 2 * PAGE, 'tiny'));
+    const small = volumeOf(na, 'small');
+    await expect(na.read(small, PAGE, 2 * PAGE)).rejects.toMatchObject({ code: 'OUT_OF_RANGE' });
+    expect(h.violations).toEqual([]);
+  });
+
+  it('waits out a takeover: a write through B while A is killed completes once B serves alone', async () => {
+    const h = await Harness.createPair({ seed: 506 });
+    const nb = backendOn(h, 'B');
+    const impatient = backendOn(h, 'B', { retryForMs: 0 });
+    await h.run(h.client('A').allocate('t', 8 * PAGE, 'tiny'));
+    const vb = volumeOf(nb, 't');
+    h.kill('A');
+    const data = tagged(2 * PAGE, 'after-kill');
+    // Issued while B is still arbitrating: refused (the impatient backend
+    // shows it), and retried until B serves alone.
+    const refused = h.track(impatient.write(vb, 0, Buffer.alloc(PAGE, 7), false));
+    const w = h.track(nb.write(vb, PAGE, data, false));
+    await h.runUntil(() => refused.settled, 'impatient write settled');
+    expect(refused.result?.ok).toBe(false);
+    await h.runUntil(() => w.settled, 'write through B settled');
+    expect(w.result).toMatchObject({ ok: true });
+    expect(h.status('B').role).toBe('alone');
+    // Alone, B wrote it through to the store before acknowledging.
+    expect(await storedBytes(h, 't', PAGE, data.length)).toEqual(data);
+    expect(h.violations).toEqual([]);
+  });
+
+  it('gives up on a refusal that lasts past retryForMs, with its code', async () => {
+    const h = await Harness.createPair({ seed: 507, partnerTimeoutMs: 5_000, fenceKills: false });
+    const nb = backendOn(h, 'B', { retryForMs: 300 });
+    await h.run(h.client('A').allocate('r', 4 * PAGE, 'tiny'));
+    const vb = volumeOf(nb, 'r');
+    h.kill('A');
+    // The partner timeout is long; arbitration has not finished when the retries end.
+    await h.advance(20);
+    const r = await h.settle(nb.write(vb, 0, Buffer.alloc(PAGE, 1), false));
+    expect(r.ok).toBe(false);
+    expect(!r.ok && isPagepairError(r.error) ? r.error.code : 'untyped').toMatch(/NOT_MIRRORED|PARTNER_LOST/);
+  });
+
+  it('a fenced controller does not serve; a closed backend refuses and fails what is pending', async () => {
+    const h = await Harness.createPair({ seed: 508, preferred: 'A' });
+    const na = backendOn(h, 'A');
+    const nb = backendOn(h, 'B');
+    await h.run(h.client('A').allocate('p', 4 * PAGE, 'tiny'));
+    h.cut('partition');
+    await h.runUntil(() => h.status('A').role === 'alone' && h.status('B').role === 'fenced', 'A alone, B fenced');
+    expect(na.serving()).toBe(true);
+    expect(nb.serving()).toBe(false);
+    const r = await h.settle(nb.read(volumeOf(nb, 'p'), 0, PAGE));
+    expect(!r.ok && isPagepairError(r.error) ? r.error.code : 'ok').toBe('FENCED');
+
+    na.close();
+    expect(na.serving()).toBe(false);
+    await expect(na.read(volumeOf(nb, 'p'), 0, PAGE)).rejects.toMatchObject({ code: 'SHUTTING_DOWN' });
+  });
+});
