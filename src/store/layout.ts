@@ -274,7 +274,10 @@ export function decodeSuperblock(b: Buffer): Superblock | string {
 //  16 entryCount u32
 //  20 entryBytes u32 (TABLE_ENTRY_BYTES)
 //  24 crc32c of the entryCount entries
-//  28 reserved (0) .. 60
+//  28 dataUsedBytes + 1, u64: how far into the data area any allocation has
+//     ever reached; everything past it was never written (still zero in a
+//     sparse file), so a new extent there needs no clearing. 0 = not known.
+//  36 reserved (0) .. 60
 //  60 crc32c of header bytes 0..60
 //
 // Entry (TABLE_ENTRY_BYTES), entries packed right after the header:
@@ -294,6 +297,8 @@ export interface TableHeader {
   seq: number;
   entryCount: number;
   entriesCrc: number;
+  /** Bytes of the data area any allocation has ever used, from its start; null when not recorded. */
+  dataUsedBytes: number | null;
 }
 
 function utf8Field(s: string, max: number, field: string): Buffer {
@@ -340,7 +345,7 @@ export function tableWriteBytes(entryCount: number): number {
 
 /** The bytes of one table copy (what writeTable writes). Throws NO_SPACE past
  *  tableEntriesMax and TOO_LARGE for a name or policy the entry cannot hold. */
-export function encodeTable(seq: number, records: readonly AllocationRecord[], tableEntriesMax: number): Buffer {
+export function encodeTable(seq: number, records: readonly AllocationRecord[], tableEntriesMax: number, dataUsedBytes: number | null = null): Buffer {
   if (records.length > tableEntriesMax) {
     throw new PagepairError('NO_SPACE', `the allocation table holds at most ${tableEntriesMax} entries, asked for ${records.length}`);
   }
@@ -353,6 +358,10 @@ export function encodeTable(seq: number, records: readonly AllocationRecord[], t
   b.writeUInt32LE(records.length, 16);
   b.writeUInt32LE(TABLE_ENTRY_BYTES, 20);
   b.writeUInt32LE(crc32c(b.subarray(TABLE_HEADER_BYTES, entriesEnd)), 24);
+  if (dataUsedBytes !== null) {
+    invariant(Number.isSafeInteger(dataUsedBytes) && dataUsedBytes >= 0, 'dataUsedBytes is a byte count');
+    writeU64(b, 28, dataUsedBytes + 1);
+  }
   b.writeUInt32LE(crcBefore(b, TH_CRC), TH_CRC);
   return b;
 }
@@ -370,14 +379,16 @@ export function decodeTableHeader(b: Buffer, tableEntriesMax: number): TableHead
   const entryCount = b.readUInt32LE(16);
   if (Number.isNaN(seq)) return 'bad seq';
   if (entryCount > tableEntriesMax) return `entry count ${entryCount} exceeds ${tableEntriesMax}`;
-  return { seq, entryCount, entriesCrc: b.readUInt32LE(24) };
+  const usedPlusOne = readU64(b, 28);
+  if (Number.isNaN(usedPlusOne)) return 'bad dataUsedBytes';
+  return { seq, entryCount, entriesCrc: b.readUInt32LE(24), dataUsedBytes: usedPlusOne === 0 ? null : usedPlusOne - 1 };
 }
 
 /** Decodes a whole table copy (at least tableWriteBytes(entryCount) bytes). */
 export function decodeTable(
   b: Buffer,
   tableEntriesMax: number,
-): { seq: number; records: AllocationRecord[] } | string {
+): { seq: number; records: AllocationRecord[]; dataUsedBytes: number | null } | string {
   const h = decodeTableHeader(b, tableEntriesMax);
   if (typeof h === 'string') return h;
   const entriesEnd = TABLE_HEADER_BYTES + h.entryCount * TABLE_ENTRY_BYTES;
@@ -389,7 +400,7 @@ export function decodeTable(
     if (Number.isNaN(r.dataOffset)) return `entry ${i} has a bad dataOffset`;
     records.push(r);
   }
-  return { seq: h.seq, records };
+  return { seq: h.seq, records, dataUsedBytes: h.dataUsedBytes };
 }
 
 // ---------------------------------------------------------------- page header

@@ -31,6 +31,7 @@ import {
   encodeSuperblock,
   encodeTable,
   epochCopyOffset,
+  extentBytes,
   isUuid,
   mailboxSlotOffset,
   newestOf,
@@ -68,6 +69,13 @@ export interface OpenOptions {
   /** When given, the store must belong to this pair (else STORE_MISMATCH). */
   pairId?: string;
   name?: string;
+}
+
+/** A table as read from the store, with how far allocations ever reached (null: an older store that did not record it). */
+interface StoredTable {
+  seq: number;
+  records: AllocationRecord[];
+  dataUsedBytes: number | null;
 }
 
 type CopyRead<T> = { kind: 'valid'; value: T } | { kind: 'blank' } | { kind: 'invalid'; reason: string };
@@ -113,7 +121,7 @@ export class PageStore implements BlockStore {
     // the store that was there before.
     await device.write(0, Buffer.alloc(2 * geometry.superblockCopyBytes));
     await device.write(geometry.mailboxOffset, Buffer.alloc(geometry.mailboxBytes));
-    await device.write(tableCopyOffset(geometry, 0), encodeTable(0, [], geometry.tableEntriesMax));
+    await device.write(tableCopyOffset(geometry, 0), encodeTable(0, [], geometry.tableEntriesMax, 0));
     await device.write(tableCopyOffset(geometry, 1), Buffer.alloc(tableWriteBytes(0)));
     await device.sync();
     const sbBlock = Buffer.alloc(geometry.superblockCopyBytes);
@@ -197,20 +205,26 @@ export class PageStore implements BlockStore {
   }
 
   /**
-   * Zeroes part of the data area (offsets relative to it, block-aligned). An
-   * extent reused with another page size has old page bytes where the new
-   * slots' headers go, which read as CHECKSUM_MISMATCH; clearing the extent
-   * before the table that publishes the allocation is written avoids that.
+   * Makes an extent read as never written (offsets relative to the data area,
+   * block-aligned). An extent reused with another page size has old page bytes
+   * where the new slots' headers go, which read as CHECKSUM_MISMATCH; so the
+   * part of it any allocation ever used is zeroed, before the table that
+   * publishes the allocation is written. The part past the table's
+   * dataUsedBytes was never written and needs nothing, which keeps creating a
+   * large volume on a fresh store quick and the store file sparse.
    */
   async clearExtent(dataOffset: number, bytes: number): Promise<void> {
     const g = this.geometry;
     if (dataOffset < 0 || bytes < 0 || dataOffset % g.blockBytes !== 0 || dataOffset + bytes > g.dataBytes) {
       throw new PagepairError('OUT_OF_RANGE', `${this.name}: extent ${dataOffset}+${bytes} is not a block-aligned range of the data area`);
     }
-    const zeros = Buffer.alloc(Math.min(ZERO_CHUNK_BYTES, bytes));
-    for (let done = 0; done < bytes; done += zeros.length) {
-      const n = Math.min(zeros.length, bytes - done);
-      await this.device.write(g.dataOffset + dataOffset + done, n === zeros.length ? zeros : zeros.subarray(0, n));
+    const used = (await this.readTable()).dataUsedBytes ?? g.dataBytes;
+    const end = Math.min(dataOffset + bytes, used);
+    if (end <= dataOffset) return;
+    const zeros = Buffer.alloc(Math.min(ZERO_CHUNK_BYTES, end - dataOffset));
+    for (let at = dataOffset; at < end; at += zeros.length) {
+      const n = Math.min(zeros.length, end - at);
+      await this.device.write(g.dataOffset + at, n === zeros.length ? zeros : zeros.subarray(0, n));
     }
   }
 
@@ -240,12 +254,12 @@ export class PageStore implements BlockStore {
 
   // ------------------------------------------------------------ allocation table
 
-  async readTable(): Promise<{ seq: number; records: AllocationRecord[] }> {
+  async readTable(): Promise<StoredTable> {
     const copies = [await this.readTableCopy(0), await this.readTableCopy(1)];
-    let newest: { seq: number; records: AllocationRecord[] } | null = null;
+    let newest: StoredTable | null = null;
     for (const c of copies) if (c.kind === 'valid') newest = newestOf(newest, c.value);
     if (newest !== null) return newest;
-    if (copies.every((c) => c.kind === 'blank')) return { seq: 0, records: [] };
+    if (copies.every((c) => c.kind === 'blank')) return { seq: 0, records: [], dataUsedBytes: null };
     const why = copies.map((c, i) => `copy ${i}: ${c.kind === 'invalid' ? c.reason : c.kind}`).join('; ');
     throw new PagepairError('STORE_CORRUPT', `${this.name}: no valid allocation table (${why})`);
   }
@@ -256,16 +270,19 @@ export class PageStore implements BlockStore {
     // Read afresh rather than trusting a cached seq: the partner may have
     // written the table since, and the copy holding the newest valid table
     // must never be the one overwritten.
-    const { seq: current } = await this.readTable();
+    const { seq: current, dataUsedBytes } = await this.readTable();
     const seq = current + 1;
-    const buf = encodeTable(seq, records, this.geometry.tableEntriesMax);
+    // Only grows: a released extent's bytes stay behind in the store.
+    let used = dataUsedBytes ?? this.geometry.dataBytes;
+    for (const r of records) used = Math.max(used, r.dataOffset + extentBytes(r.pageSizeBytes, r.pageCount));
+    const buf = encodeTable(seq, records, this.geometry.tableEntriesMax, used);
     invariant(buf.length <= this.geometry.tableCopyBytes, 'table fits its copy');
     await this.device.write(tableCopyOffset(this.geometry, copyForSeq(seq)), buf);
     await this.device.sync();
     return seq;
   }
 
-  private async readTableCopy(copy: 0 | 1): Promise<CopyRead<{ seq: number; records: AllocationRecord[] }>> {
+  private async readTableCopy(copy: 0 | 1): Promise<CopyRead<StoredTable>> {
     const g = this.geometry;
     const at = tableCopyOffset(g, copy);
     const first = await this.device.read(at, Math.min(tableWriteBytes(0), g.tableCopyBytes));

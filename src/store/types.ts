@@ -103,7 +103,8 @@ export interface BlockStore {
   readPage(loc: PageLocation, page: number): Promise<StoredPage>;
   writePage(loc: PageLocation, page: number, version: number, epoch: number, data: Buffer, crc?: number): Promise<void>;
   /** Zero an extent of the data area, so a new allocation there cannot meet
-   *  page bytes of a released one where its page headers will sit. */
+   *  page bytes of a released one where its page headers will sit. Parts no
+   *  allocation ever used may be left as they are (never written: zero). */
   clearExtent(dataOffset: number, bytes: number): Promise<void>;
   readTable(): Promise<{ seq: number; records: AllocationRecord[] }>;
   /** Writes the table to the older copy with the next sequence number; returns it. */

@@ -8,7 +8,9 @@ import { FileDevice } from '../../src/store/file-device.js';
 import {
   BLOCK_BYTES,
   computeGeometry,
+  copyForSeq,
   encodeSuperblock,
+  encodeTable,
   epochCopyOffset,
   mailboxSlotOffset,
   pageSlotOffset,
@@ -156,19 +158,19 @@ describe('superblock', () => {
 describe('allocation table', () => {
   it('is empty (seq 0) after format', async () => {
     const { store } = await newStore();
-    expect(await store.readTable()).toEqual({ seq: 0, records: [] });
+    expect(await store.readTable()).toMatchObject({ seq: 0, records: [] });
   });
 
   it('round-trips many entries, alternating copies', async () => {
     const { dev, store } = await newStore(16 * MiB, 1000);
     const records = Array.from({ length: 1000 }, (_, i) => record(i, { name: i % 3 === 0 ? `名前-${i}-ü` : `n${i}` }));
     expect(await store.writeTable(records)).toBe(1);
-    expect(await store.readTable()).toEqual({ seq: 1, records });
+    expect(await store.readTable()).toMatchObject({ seq: 1, records });
     const fewer = records.slice(10, 20);
     expect(await store.writeTable(fewer)).toBe(2);
-    expect(await store.readTable()).toEqual({ seq: 2, records: fewer });
+    expect(await store.readTable()).toMatchObject({ seq: 2, records: fewer });
     // A store opened afresh reads the same.
-    expect(await (await PageStore.open(dev, { pairId: PAIR })).readTable()).toEqual({ seq: 2, records: fewer });
+    expect(await (await PageStore.open(dev, { pairId: PAIR })).readTable()).toMatchObject({ seq: 2, records: fewer });
     expect(dev.syncCount).toBeGreaterThanOrEqual(4);
   });
 
@@ -179,7 +181,7 @@ describe('allocation table', () => {
     expect(long.field).toBe('name');
     await expectCode(store.writeTable([record(1, { policy: 'p'.repeat(33) })]), 'TOO_LARGE');
     await expectCode(store.writeTable([record(1, { guid: 'not-a-guid' })]), 'BAD_FIELD');
-    expect(await store.readTable()).toEqual({ seq: 0, records: [] });
+    expect(await store.readTable()).toMatchObject({ seq: 0, records: [] });
   });
 
   it('falls back to the previous table when the newest copy has a flipped bit', async () => {
@@ -191,13 +193,13 @@ describe('allocation table', () => {
     const g = store.geometry;
     // seq 2 lives in copy 0; flip a bit inside its one entry.
     await corruptByte(dev, tableCopyOffset(g, 0) + 64 + 50);
-    expect(await store.readTable()).toEqual({ seq: 1, records: v1 });
+    expect(await store.readTable()).toMatchObject({ seq: 1, records: v1 });
     // The next write goes to copy 0 again (seq 2 is gone), keeping seq 1 safe.
     expect(await store.writeTable([record(9)])).toBe(2);
-    expect(await store.readTable()).toEqual({ seq: 2, records: [record(9)] });
+    expect(await store.readTable()).toMatchObject({ seq: 2, records: [record(9)] });
     // Flip a header bit of copy 0 as well as of copy 1: nothing valid is left.
     await corruptByte(dev, tableCopyOffset(g, 0) + 9);
-    expect(await store.readTable()).toEqual({ seq: 1, records: v1 });
+    expect(await store.readTable()).toMatchObject({ seq: 1, records: v1 });
     await corruptByte(dev, tableCopyOffset(g, 1) + 3);
     await expectCode(store.readTable(), 'STORE_CORRUPT');
     await expectCode(store.writeTable([]), 'STORE_CORRUPT');
@@ -206,9 +208,9 @@ describe('allocation table', () => {
   it('reads two blank copies as an empty table', async () => {
     const { dev, store } = await newStore();
     await dev.write(tableCopyOffset(store.geometry, 0), Buffer.alloc(4096));
-    expect(await store.readTable()).toEqual({ seq: 0, records: [] });
+    expect(await store.readTable()).toMatchObject({ seq: 0, records: [] });
     expect(await store.writeTable([record(5)])).toBe(1);
-    expect(await store.readTable()).toEqual({ seq: 1, records: [record(5)] });
+    expect(await store.readTable()).toMatchObject({ seq: 1, records: [record(5)] });
   });
 
   it('survives losing unsynced writes: writeTable syncs before it resolves', async () => {
@@ -280,6 +282,9 @@ describe('pages', () => {
 
   it('clearExtent removes old slots so a reuse with another page size reads zeros', async () => {
     const { store } = await newStore();
+    const old = record(77, { guid: loc.guid, dataOffset: loc.dataOffset, pageSizeBytes: 4096, pageCount: 2 });
+    await store.writeTable([old]);
+    await store.writeTable([]); // released: its bytes stay behind
     await store.writePage(loc, 0, 1, 1, pattern(4096, 5));
     await store.writePage(loc, 1, 1, 1, pattern(4096, 6));
     const small: PageLocation = { guid: guidOf(90), dataOffset: 8192, pageSizeBytes: 512 };
@@ -288,6 +293,41 @@ describe('pages', () => {
     await store.clearExtent(8192, extentBytes(4096, 2));
     expect((await store.readPage(small, 8)).header.version).toBe(0);
     expect((await store.readPage(loc, 0)).header.version).toBe(0);
+  });
+
+  it('clearExtent writes nothing where no allocation ever reached, and the table remembers how far they did', async () => {
+    const { dev, store } = await newStore();
+    expect((await store.readTable()).dataUsedBytes).toBe(0);
+    const before = dev.writeCount;
+    await store.clearExtent(8192, extentBytes(4096, 64));
+    expect(dev.writeCount).toBe(before);
+    const a = record(1, { dataOffset: 8192, pageSizeBytes: 4096, pageCount: 2 });
+    await store.writeTable([a]);
+    const end = 8192 + extentBytes(4096, 2);
+    expect((await store.readTable()).dataUsedBytes).toBe(end);
+    await store.writeTable([]);
+    expect((await store.readTable()).dataUsedBytes).toBe(end); // only grows
+    // A new extent straddling the mark: the used part is zeroed, the rest left alone.
+    await store.writePage({ guid: a.guid, dataOffset: 8192, pageSizeBytes: 4096 }, 1, 1, 1, pattern(4096, 9));
+    const g = store.geometry;
+    await dev.write(g.dataOffset + end, Buffer.from('never-zeroed'));
+    await store.clearExtent(8192, extentBytes(4096, 64));
+    expect((await dev.read(g.dataOffset + 8192, end - 8192)).equals(Buffer.alloc(end - 8192))).toBe(true);
+    expect((await dev.read(g.dataOffset + end, 12)).toString()).toBe('never-zeroed');
+  });
+
+  it('clearExtent zeroes the whole extent on a store whose table does not record how far allocations reached', async () => {
+    const { dev, store } = await newStore();
+    const g = store.geometry;
+    // A table as older stores wrote it: seq 1, no dataUsedBytes.
+    await dev.write(tableCopyOffset(g, copyForSeq(1)), encodeTable(1, [], g.tableEntriesMax));
+    expect((await store.readTable()).dataUsedBytes).toBeNull();
+    await dev.write(g.dataOffset + 8192, Buffer.from('old bytes'));
+    await store.clearExtent(8192, 8192);
+    expect((await dev.read(g.dataOffset + 8192, 9)).equals(Buffer.alloc(9))).toBe(true);
+    // The next table written records the whole data area as used: nothing is assumed zero.
+    await store.writeTable([]);
+    expect((await store.readTable()).dataUsedBytes).toBe(g.dataBytes);
   });
 
   it('refuses pages outside the data area, wrong sizes and version 0', async () => {
