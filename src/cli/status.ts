@@ -35,6 +35,7 @@ export function formatStatus(s: ControllerStatus): string {
           (s.partner.lastHeardMsAgo !== null ? `, heard ${s.partner.lastHeardMsAgo} ms ago` : ''),
     ],
     ['listening', `clients ${s.listen.client}${s.listen.peer !== null ? `   peer ${s.listen.peer}` : ''}   (${s.clients} connected)`],
+    ...(s.listen.nbd != null ? [['nbd', `${s.listen.nbd.tcp}/<volume>${s.listen.nbd.socket !== null ? `   nbd+unix:///<volume>?socket=${s.listen.nbd.socket}` : ''}`] as [string, string]] : []),
     ['store', s.store],
     ['allocations', String(s.allocations)],
     ['cache', `${s.cachedPages} pages, ${formatBytes(s.cachedBytes)} of ${formatBytes(s.cacheBytesMax)}; RSS ${formatBytes(s.rssBytes)}`],
