@@ -1,14 +1,18 @@
-// `pagepair kill-test`: a real pair on 127.0.0.1 under a recorded workload,
-// hurt again and again, then the whole history judged by the checker.
+// `pagepair kill-test`: a real pair on 127.0.0.1 under the workload
+// generator's load, hurt again and again, then the whole history judged by
+// the checker, and the run left as a workload report and chart.
 //
 // Each cycle kills (SIGKILL), pauses (SIGSTOP past the partner timeout) or
 // cuts the peer link of the pair (a TcpProxy on A's way to B), waits for
 // the survivor to take over, brings the pair back and waits until both are
 // mirrored again. Per cycle it measures the service stall (longest time in
 // which no operation completed), the time to takeover and the time to
-// resync. At the end: every block read back, the history checked, and both
-// controllers compared when quiet. Any violation, corrupt read or a pair
-// that does not recover makes the run fail.
+// resync. The load is the generator's engine in this process: clients that
+// fail over between A and B, every read checked against the last
+// acknowledged write, every operation recorded for the checker, and the
+// whole working set read back at the end. The faults are marked on the
+// run's time series, so the chart shows each dip and recovery. Any
+// violation, corrupt read or a pair that does not recover fails the run.
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
@@ -28,7 +32,20 @@ import { FileDevice } from '../store/file-device.js';
 import { PageStore } from '../store/page-store.js';
 import type { MailboxSlot } from '../store/types.js';
 import { TcpProxy } from '../testing/tcp-proxy.js';
-import { HistoryWorkload, type HistoryWorkloadResult } from './history-workload.js';
+import { validateJob, type JobInput, type JobSpec } from '../workload/job.js';
+import { progressPrinter } from '../workload/progress.js';
+import { Recording, summarizeCheck } from '../workload/recording.js';
+import {
+  attachCheck,
+  attachFaults,
+  resolveReportBase,
+  writeReportFiles,
+  type FaultCycle,
+  type FaultsReport,
+  type HistoryCheckReport,
+  type WorkloadReport,
+} from '../workload/report.js';
+import { runWorkloadJob, type RunHandle } from '../workload/runner.js';
 
 const BIN = fileURLToPath(new URL('../../bin/pagepair.js', import.meta.url));
 const HOST = '127.0.0.1';
@@ -44,8 +61,8 @@ const PROBE_READS = 64;
 const PROBE_READ_TIMEOUT_MS = 2000;
 /** Longest the survivor is left serving alone, for blocks to probe, before the paused one is resumed. */
 const PROBE_SETTLE_MS_MAX = 3000;
-/** History process ids of those reads (workers and final readers use small numbers). */
-const PROBE_PROCESS_BASE = 100_000;
+/** The pair's status is polled this often for the chart's events (the cycles measure with their own, faster polls). */
+const MONITOR_POLL_MS = 100;
 const NOT_PREFERRED_ALONE = 'B (not preferred) reported alone during a partition';
 
 export type KillMode = 'kill' | 'pause' | 'partition';
@@ -59,42 +76,40 @@ export interface KillTestOptions {
   dir?: string;
   /** Keep the working directory afterwards (it is always kept when the run fails). */
   keep?: boolean;
+  /**
+   * Where the report and the chart go: <out>.json and <out>.svg, or into
+   * <out> when it is a directory. Default workload-reports/kill-test-<mode>-<time>.
+   */
+  out?: string;
   heartbeatIntervalMs?: number;
   partnerTimeoutMs?: number;
   /** arbitration.fenceAction of both; default "kill", but "none" for partitions (both stay alive there). */
   fenceAction?: 'kill' | 'none';
-  workers?: number;
+  /** Client connections of the load (half start on A, half on B; each fails over). Default 4. */
+  clients?: number;
+  /** Operations in flight per client. Default 4. */
+  inflight?: number;
+  /** The working set: blocks of blockBytes each (4 KiB random reads and writes over 1024 blocks by default). */
   blocks?: number;
   blockBytes?: number;
   readPct?: number;
+  /** One step of the time series, the chart and the progress lines. Default 500 ms. */
+  intervalMs?: number;
   /** A cycle that does not take over or resync within this fails the run. */
   recoverTimeoutMs?: number;
   /** Per-cycle lines and the totals. */
   print?: (line: string) => void;
-  /** Progress notes (setup, kept directory, ...). */
+  /** Live progress of the load: one line per interval, the pair's events as they happen. Default: print. */
+  progress?: (line: string) => void;
+  /** Notes (setup, kept directory, ...). */
   note?: (line: string) => void;
   signal?: AbortSignal;
 }
 
-export interface CycleResult {
-  cycle: number;
+export interface CycleResult extends FaultCycle {
   mode: KillMode;
-  /** The controller killed or paused; in partition mode the one that ended fenced. */
   victim: Letter;
   survivor: Letter;
-  /** Longest time in the cycle's window in which no operation completed. */
-  stallMs: number;
-  /** From the fault until the survivor reported 'alone' (and, partitioned, the other 'fenced'). */
-  takeoverMs: number | null;
-  /** From the restart (or the healed link) until both reported 'mirrored'. */
-  resyncMs: number | null;
-  /** Epoch the survivor serves in after takeover. */
-  epoch: number | null;
-  ops: number;
-  errors: number;
-  /** Pause mode: what became of the paused process. */
-  victimFate?: string;
-  problems: string[];
 }
 
 export interface KillTestTotals {
@@ -111,6 +126,7 @@ export interface KillTestTotals {
   lostWrites: number;
   staleReads: number;
   violations: number;
+  /** Reads whose bytes were not what the last acknowledged write left (the run's reads, the read-back, the probes). */
   verifyErrors: number;
   inconclusiveKeys: number;
 }
@@ -121,12 +137,27 @@ export interface KillTestResult {
   seed: number;
   cycles: CycleResult[];
   totals: KillTestTotals;
-  check: { verdict: CheckResult['verdict']; byKind: CheckResult['byKind']; violations: string[] } | null;
-  workload: HistoryWorkloadResult['stats'] | null;
+  check: HistoryCheckReport | null;
+  /** The load as the workload report sums it up. */
+  workload: {
+    summary: string;
+    ops: number;
+    opsPerSec: number;
+    errors: number;
+    errorCodes: Record<string, number>;
+    verifyErrors: number;
+    verifyFailures: string[];
+    readsVerified: number;
+    failovers: number;
+    readBack: WorkloadReport['readBack'];
+  } | null;
   problems: string[];
   /** The working directory when it was kept, else null. */
   dir: string | null;
   historyPath: string | null;
+  /** The workload report (JSON) and its chart (SVG); null when the run failed before the load ran. */
+  reportPath: string | null;
+  chartPath: string | null;
 }
 
 // ---------------------------------------------------------------------------
@@ -193,8 +224,14 @@ class ControllerProcess {
   /** True when it exited within ms. */
   async waitExit(ms: number): Promise<boolean> {
     if (!this.alive) return true;
-    const timer = sleep(ms).then(() => false);
-    return Promise.race([this.exited.then(() => true), timer]);
+    // The timer is cancelled once the process is gone, or it alone would keep this process alive for `ms`.
+    const cancel = new AbortController();
+    const timer = sleep(ms, false, { signal: cancel.signal }).catch(() => false);
+    try {
+      return await Promise.race([this.exited.then(() => true), timer]);
+    } finally {
+      cancel.abort();
+    }
   }
 
   /** SIGTERM, then SIGKILL after STOP_WAIT_MS. Never leaves the process behind. */
@@ -281,18 +318,39 @@ export function formatCycle(c: CycleResult): string {
 
 export function formatTotals(r: KillTestResult): string {
   const t = r.totals;
+  const w = r.workload;
   const lines = [
     `totals: ${t.cycles} ${r.mode} cycles (seed ${r.seed}): stall median ${Math.round(t.stallMedianMs)} ms, max ${Math.round(t.stallMaxMs)} ms; ` +
       `takeover median ${Math.round(t.takeoverMedianMs)} ms, max ${Math.round(t.takeoverMaxMs)} ms; resync median ${Math.round(t.resyncMedianMs)} ms, max ${Math.round(t.resyncMaxMs)} ms`,
-    `        ops ${t.ops}, errors ${t.errors}, maybe-happened writes ${t.writesMaybe}; lost writes ${t.lostWrites}, stale reads ${t.staleReads}, ` +
-      `violations ${t.violations}, verification errors ${t.verifyErrors}${t.inconclusiveKeys > 0 ? `, undecided keys ${t.inconclusiveKeys}` : ''}`,
+    `        ops ${t.ops}${w !== null ? ` (${Math.round(w.opsPerSec)} ops/s, failovers ${w.failovers})` : ''}, errors ${t.errors}, maybe-happened writes ${t.writesMaybe}; ` +
+      `lost writes ${t.lostWrites}, stale reads ${t.staleReads}, violations ${t.violations}, verification errors ${t.verifyErrors}` +
+      `${t.inconclusiveKeys > 0 ? `, undecided keys ${t.inconclusiveKeys}` : ''}`,
   ];
   for (const v of r.check?.violations ?? []) lines.push(`  ! ${v}`);
-  for (const v of r.workload?.verifyFailures ?? []) lines.push(`  ! ${v}`);
+  for (const v of w?.verifyFailures ?? []) lines.push(`  ! ${v}`);
   for (const p of r.problems) lines.push(`  ! ${p}`);
+  if (r.reportPath !== null) lines.push(`report ${r.reportPath}`, `chart  ${r.chartPath}`);
+  if (r.historyPath !== null) lines.push(`history ${r.historyPath}`);
   if (r.dir !== null) lines.push(`working directory kept: ${r.dir}`);
   lines.push(r.ok ? 'kill test passed' : 'KILL TEST FAILED');
   return lines.join('\n');
+}
+
+/** The kill test's options as the job fields they set, to name an option a job check refused. */
+const OPTION_OF_FIELD: Record<string, string> = { blockSize: '--block', size: '--blocks', readPct: '--read-pct', clients: '--clients', inflight: '--inflight', interval: '--interval', seed: '--seed' };
+
+function checkedLoad(input: JobInput, name: string): JobSpec {
+  try {
+    return validateJob(input, { name });
+  } catch (err) {
+    const option = err instanceof PagepairError && err.code === 'BAD_FIELD' && err.field !== undefined ? OPTION_OF_FIELD[err.field] : undefined;
+    if (option === undefined) throw err;
+    throw new PagepairError('BAD_FIELD', `${option}: ${(err as PagepairError).message}`, option.slice(2));
+  }
+}
+
+function reportStamp(d: Date): string {
+  return d.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z').replace('T', '-');
 }
 
 // ---------------------------------------------------------------------------
@@ -306,6 +364,30 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
   const mode = opts.mode;
   if (!['kill', 'pause', 'partition'].includes(mode)) throw new PagepairError('BAD_FIELD', `mode must be kill, pause or partition, got ${String(mode)}`, 'mode');
   if (!Number.isSafeInteger(opts.cycles) || opts.cycles < 1) throw new PagepairError('BAD_FIELD', 'cycles must be at least 1', 'cycles');
+  const blocks = opts.blocks ?? 1024;
+  const blockBytes = opts.blockBytes ?? 4096;
+  if (!Number.isSafeInteger(blocks) || blocks < 1) throw new PagepairError('BAD_FIELD', `blocks must be at least 1, got ${blocks}`, 'blocks');
+  // The load, checked like any job before anything starts: a bad value is refused by the name of its option.
+  const checked = checkedLoad(
+    {
+      description: `kill test: ${opts.cycles} ${mode} cycles`,
+      pattern: 'randrw',
+      readPct: opts.readPct ?? 50,
+      blockSize: blockBytes,
+      size: blocks * blockBytes,
+      clients: opts.clients ?? 4,
+      inflight: opts.inflight ?? 4,
+      seed: opts.seed,
+      target: 'both',
+      failover: true,
+      interval: (opts.intervalMs ?? 500) / 1000,
+      // Kept: the controllers are compared when quiet, allocation and dirty pages included.
+      keep: true,
+    },
+    `kill-test-${mode}`,
+  );
+  // Neither a time nor a count: the run lasts until the last cycle is done.
+  const job: JobSpec = { ...checked, durationS: 0, ops: 0 };
 
   const madeDir = opts.dir === undefined;
   const dir = opts.dir !== undefined ? resolve(opts.dir) : mkdtempSync(join(tmpdir(), 'pagepair-kill-'));
@@ -313,8 +395,11 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
   const eventsPath = join(dir, 'events.log');
   const event = (text: string): void => appendFileSync(eventsPath, `${new Date().toISOString()} ${text}\n`);
   const signal = opts.signal;
+  // Set when the load stopped under the cycles (the runner failed): they stop too.
+  let loadGone: unknown = null;
   const checkAbort = (): void => {
     if (signal?.aborted === true) throw new PagepairError('SHUTTING_DOWN', 'kill test interrupted');
+    if (loadGone !== null) throw new PagepairError('INTERNAL', 'the load stopped', 'workload');
   };
   const pause = async (waitMs: number): Promise<void> => {
     checkAbort();
@@ -363,9 +448,9 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
   };
   const probes: Record<Letter, StatusProbe> = { A: new StatusProbe(addr.A), B: new StatusProbe(addr.B) };
   const proxy = mode === 'partition' ? new TcpProxy({ host: HOST, port: ports.bPeer }, { host: HOST, port: ports.proxy }) : null;
+  const recording = new Recording({ seed: opts.seed, killTest: mode, cycles: opts.cycles, blocks, blockBytes });
   let store: PageStore | null = null;
-  let workload: HistoryWorkload | null = null;
-  let finished: HistoryWorkloadResult | null = null;
+  let report: WorkloadReport | null = null;
   let check: CheckResult | null = null;
   const cycles: CycleResult[] = [];
   const problems: string[] = [];
@@ -426,20 +511,20 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
   /**
    * A paused controller that outlived the takeover (fenceAction "none") is
    * resumed. Reads of blocks the survivor wrote alone are sent to it while
-   * it still sleeps: it must not answer them from its old cache. Then its
-   * roles are watched: never 'alone', and back to 'mirrored' only in the
+   * it still sleeps: it must not answer them from its old cache (the
+   * history records them, so the checker judges whatever it answers). Then
+   * its roles are watched: never 'alone', and back to 'mirrored' only in the
    * survivor's epoch or later. Resolves to the time of the SIGCONT.
    */
-  const resume = async (cycle: number, victim: Letter, epoch: number, res: CycleResult, sinceMs: number, reader: PagepairClient | null): Promise<number> => {
-    const w = workload!;
+  const resume = async (run: RunHandle, victim: Letter, epoch: number, res: CycleResult, sinceMs: number, reader: PagepairClient | null): Promise<number> => {
     // The survivor must have acknowledged writes alone, or the reads would prove nothing.
     const settleUntil = performance.now() + PROBE_SETTLE_MS_MAX;
-    let blocks = w.blocksWrittenSince(sinceMs);
-    while (blocks.length < PROBE_READS && performance.now() < settleUntil) {
+    let chunks = recording.chunksWrittenSince(sinceMs);
+    while (chunks.length < PROBE_READS && performance.now() < settleUntil) {
       await pause(POLL_MS);
-      blocks = w.blocksWrittenSince(sinceMs);
+      chunks = recording.chunksWrittenSince(sinceMs);
     }
-    blocks = blocks.slice(0, PROBE_READS);
+    chunks = chunks.slice(0, PROBE_READS);
     const refusals: Record<string, number> = {};
     const readVia = (r: PagepairClient) => (guid: string, offset: number, length: number) =>
       r.read(guid, offset, length).catch((err: unknown) => {
@@ -447,11 +532,12 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
         refusals[code] = (refusals[code] ?? 0) + 1;
         throw err;
       });
-    const reads = reader === null ? [] : blocks.map((block, i) => w.readThrough(PROBE_PROCESS_BASE + i, block, readVia(reader), `paused ${victim}`));
+    const reads = reader === null ? [] : chunks.map((chunk) => recording.probeRead(chunk, readVia(reader), `paused ${victim}`));
     // Let the requests leave this process before the victim wakes.
     await pause(POLL_MS);
-    event(`cycle ${cycle}: SIGCONT ${victim} (${reads.length} reads waiting for it)`);
-    const resumedAt = w.now();
+    event(`cycle ${res.cycle}: SIGCONT ${victim} (${reads.length} reads waiting for it)`);
+    run.mark('resume', `SIGCONT ${victim}: resumed, ${reads.length} reads waiting for it`, victim);
+    const resumedAt = recording.now();
     procs[victim].signal('SIGCONT');
     const answered = (await Promise.all(reads)).filter((v) => v !== null).length;
     const roles: string[] = [];
@@ -473,30 +559,31 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
     return resumedAt;
   };
 
-  const runCycle = async (cycle: number, victim: Letter, rng: Prng): Promise<CycleResult> => {
+  const runCycle = async (run: RunHandle, cycle: number, victim: Letter, rng: Prng): Promise<CycleResult> => {
     const survivor = other(victim);
     const res: CycleResult = { cycle, mode, victim, survivor, stallMs: 0, takeoverMs: null, resyncMs: null, epoch: null, ops: 0, errors: 0, problems: [] };
     await pause(500 + rng.below(1501));
-    const w = workload!;
     // In pause mode a connection to the victim made beforehand carries reads sent while it sleeps.
     const victimReader: PagepairClient | null = mode === 'pause' ? await directClient(victim) : null;
-    const t0 = w.now();
+    const t0 = recording.now();
     let resumedAt: number | null = null;
     try {
       let resyncFrom: number;
       if (mode === 'kill' || mode === 'pause') {
         const sig = mode === 'kill' ? 'SIGKILL' : 'SIGSTOP';
         event(`cycle ${cycle}: ${sig} ${victim} pid ${procs[victim].pid}`);
+        run.mark(mode, `cycle ${cycle}: ${sig} ${victim} (pid ${procs[victim].pid})`, victim);
         procs[victim].signal(sig);
         const st = await waitUntil(`cycle ${cycle}: ${survivor} taking over`, recoverTimeoutMs, async () => {
           mustLive(survivor);
           const s = await status(survivor);
           return s?.role === 'alone' ? s : null;
         });
-        const tTakeover = w.now();
+        const tTakeover = recording.now();
         res.takeoverMs = tTakeover - t0;
         res.epoch = st.epoch;
         event(`cycle ${cycle}: ${survivor} alone in epoch ${st.epoch} after ${Math.round(res.takeoverMs)} ms`);
+        run.markRole(survivor, 'alone', 'takeover', `${survivor} serves alone, epoch ${st.epoch} (${Math.round(res.takeoverMs)} ms after the ${sig})`);
         const bad = await checkStoreEpoch(survivor, st.epoch);
         if (bad !== null) res.problems.push(bad);
         const slotAtTakeover = await slotOf(victim);
@@ -510,7 +597,7 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
           if (!procs[victim].alive) {
             res.victimFate = `fenced: ${procs[victim].exitText}`;
           } else {
-            resumedAt = await resume(cycle, victim, st.epoch, res, tTakeover, victimReader);
+            resumedAt = await resume(run, victim, st.epoch, res, tTakeover, victimReader);
           }
         }
 
@@ -526,10 +613,12 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
           await procs[victim].waitExit(STOP_WAIT_MS);
           procs[victim].start();
           event(`cycle ${cycle}: restarted ${victim} pid ${procs[victim].pid}`);
+          run.mark('restart', `cycle ${cycle}: restarted ${victim} (pid ${procs[victim].pid})`, victim);
         }
-        resyncFrom = resumedAt ?? w.now();
+        resyncFrom = resumedAt ?? recording.now();
       } else {
         event(`cycle ${cycle}: cut the peer link`);
+        run.mark('partition', `cycle ${cycle}: peer link cut (A to B)`);
         proxy!.cut();
         let sawBothAlone = false;
         const [a] = await waitUntil(`cycle ${cycle}: one alone, the other fenced`, recoverTimeoutMs, async () => {
@@ -540,10 +629,12 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
           if (sb?.role === 'alone' && !res.problems.includes(NOT_PREFERRED_ALONE)) res.problems.push(NOT_PREFERRED_ALONE);
           return sa?.role === 'alone' && sb?.role === 'fenced' ? ([sa, sb] as const) : null;
         });
-        res.takeoverMs = w.now() - t0;
+        res.takeoverMs = recording.now() - t0;
         res.epoch = a.epoch;
         if (sawBothAlone) res.problems.push('both controllers reported alone at once');
         event(`cycle ${cycle}: A alone in epoch ${a.epoch}, B fenced, after ${Math.round(res.takeoverMs)} ms`);
+        run.markRole('B', 'fenced', 'fenced', `B fenced itself (${Math.round(res.takeoverMs)} ms after the cut)`);
+        run.markRole('A', 'alone', 'takeover', `A serves alone, epoch ${a.epoch} (${Math.round(res.takeoverMs)} ms after the cut)`);
         const bad = await checkStoreEpoch('A', a.epoch);
         if (bad !== null) res.problems.push(bad);
         const fencedSlot = await slotOf('B');
@@ -555,27 +646,49 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
         const sb = await status('B');
         if (sb !== null && sb.role !== 'fenced') res.problems.push(`B left 'fenced' (${sb.role}) while the link was still cut`);
         event(`cycle ${cycle}: heal the peer link`);
+        run.mark('heal', `cycle ${cycle}: peer link healed`);
         proxy!.heal();
-        resyncFrom = w.now();
+        resyncFrom = recording.now();
       }
-      await waitUntil(`cycle ${cycle}: both mirrored again`, recoverTimeoutMs, bothMirrored);
-      res.resyncMs = w.now() - resyncFrom;
+      const [ma] = await waitUntil(`cycle ${cycle}: both mirrored again`, recoverTimeoutMs, bothMirrored);
+      res.resyncMs = recording.now() - resyncFrom;
       event(`cycle ${cycle}: mirrored again after ${Math.round(res.resyncMs)} ms`);
+      for (const l of [victim, survivor]) run.markRole(l, 'mirrored', 'mirrored', `${l} mirrored again, epoch ${ma.epoch} (${Math.round(res.resyncMs)} ms after the ${mode === 'partition' ? 'heal' : mode === 'pause' && resumedAt !== null ? 'SIGCONT' : 'restart'})`);
     } catch (err) {
       if (!(err instanceof RecoveryTimeout)) throw err;
       res.problems.push(err.message);
       event(err.message);
+      run.mark('note', `cycle ${cycle}: ${err.message.split('\n')[0]!}`);
     } finally {
       await victimReader?.close().catch(() => undefined);
     }
-    const t1 = w.now();
-    res.stallMs = w.stallMs(t0, t1);
-    res.ops = w.completedBetween(t0, t1);
-    res.errors = w.errorsBetween(t0, t1);
+    const t1 = recording.now();
+    res.stallMs = recording.stallMs(t0, t1);
+    res.ops = recording.completedBetween(t0, t1);
+    res.errors = recording.errorsBetween(t0, t1);
     return res;
   };
 
   let failedHard = false;
+  const runCycles = async (run: RunHandle): Promise<void> => {
+    const rng = new Prng(opts.seed ^ 0x6b696c6c);
+    for (let cycle = 1; cycle <= opts.cycles; cycle++) {
+      // Partitions always leave B fenced (A is preferred); kills and pauses alternate.
+      const victim: Letter = mode === 'partition' ? 'B' : cycle % 2 === 1 ? 'A' : 'B';
+      const c = await runCycle(run, cycle, victim, rng);
+      cycles.push(c);
+      print(formatCycle(c));
+      if (c.resyncMs === null) {
+        failedHard = true;
+        problems.push(`cycle ${cycle} did not recover; stopping`);
+        break;
+      }
+    }
+    // A moment of mirrored service after the last recovery, on the chart too.
+    await pause(300);
+  };
+
+  let reportFiles: { jsonPath: string; svgPath: string } | null = null;
   try {
     if (proxy !== null) await proxy.start();
     note(`working directory ${dir}`);
@@ -587,40 +700,46 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
       throw err;
     }
     store = await PageStore.open(await FileDevice.open(join(dir, 'pair.store')), { pairId, name: 'pair.store' });
-    workload = await HistoryWorkload.start({
-      controllers: [addr.A, addr.B],
-      blocks: opts.blocks ?? 1024,
-      blockBytes: opts.blockBytes ?? 4096,
-      workers: opts.workers ?? 16,
-      readPct: opts.readPct ?? 50,
-      seed: opts.seed,
-      // A request stuck on a paused controller is retried on the other after this.
-      requestTimeoutMs: Math.max(1000, 2 * partnerTimeoutMs),
-      retryForMs: recoverTimeoutMs,
-      meta: { killTest: mode },
-    });
-    note(`workload on ${workload.allocation.name}: ${workload.blocks} blocks of ${workload.blockBytes} bytes`);
 
-    const rng = new Prng(opts.seed ^ 0x6b696c6c);
-    for (let cycle = 1; cycle <= opts.cycles; cycle++) {
-      // Partitions always leave B fenced (A is preferred); kills and pauses alternate.
-      const victim: Letter = mode === 'partition' ? 'B' : cycle % 2 === 1 ? 'A' : 'B';
-      const c = await runCycle(cycle, victim, rng);
-      cycles.push(c);
-      print(formatCycle(c));
-      if (c.resyncMs === null) {
+    // Settles to the cycles' error (or null), never rejects: nothing waits on it until the run is over.
+    let cyclesDone: Promise<unknown> | null = null;
+    try {
+      report = await runWorkloadJob([addr.A, addr.B], job, {
+        record: recording,
+        // A request stuck on a paused controller is retried on the other after this; a cycle that does not recover ends the run anyway.
+        client: { requestTimeoutMs: Math.max(1000, 2 * partnerTimeoutMs), retryForMs: recoverTimeoutMs, retryIntervalMs: 10 },
+        monitorPollMs: MONITOR_POLL_MS,
+        onProgress: progressPrinter(opts.progress ?? print),
+        ...(signal !== undefined ? { signal } : {}),
+        onStart: (run) => {
+          cyclesDone = runCycles(run)
+            .then(
+              () => null,
+              (err: unknown) => err,
+            )
+            .finally(() => run.stop());
+        },
+      });
+    } catch (err) {
+      loadGone = err;
+      throw err;
+    } finally {
+      // The cycles end with the run (and stop when it failed under them).
+      const cyclesErr = cyclesDone === null ? null : await (cyclesDone as Promise<unknown>);
+      if (cyclesErr !== null && loadGone === null) {
+        // Interrupted, the report still tells what ran; anything else is the run's error.
+        if (!isPagepairError(cyclesErr, 'SHUTTING_DOWN')) throw cyclesErr;
         failedHard = true;
-        problems.push(`cycle ${cycle} did not recover; stopping`);
-        break;
+        problems.push('interrupted before the last cycle');
       }
     }
 
-    await pause(300);
-    finished = await workload.stop();
     historyPath = join(dir, 'history.jsonl');
-    await finished.recorder.writeTo(historyPath);
-    check = checkHistory(finished.ops);
-    if (finished.stats.finalReadsFailed > 0) problems.push(`${finished.stats.finalReadsFailed} final reads got no answer`);
+    await recording.writeTo(historyPath);
+    check = checkHistory(recording.ops());
+    const rb = report.readBack;
+    if (rb !== null && rb.errors > 0) problems.push(`${rb.errors} reads of the final read-back got no answer`);
+    if (recording.probes.verifyErrors > 0) problems.push(`${recording.probes.verifyErrors} reads sent to a paused controller returned corrupt data`);
 
     if (!failedHard) {
       // Quiet and mirrored, the two must hold the same table and the same dirty pages.
@@ -642,7 +761,6 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
       }
     }
   } finally {
-    if (workload !== null && finished === null) await workload.abort();
     await Promise.all([probes.A.close(), probes.B.close()]);
     await store?.close().catch(() => undefined);
     await Promise.all([procs.A.stop(), procs.B.stop()]);
@@ -653,7 +771,8 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
   const stalls = cycles.map((c) => c.stallMs);
   const takeovers = cycles.flatMap((c) => (c.takeoverMs === null ? [] : [c.takeoverMs]));
   const resyncs = cycles.flatMap((c) => (c.resyncMs === null ? [] : [c.resyncMs]));
-  const stats = finished?.stats ?? null;
+  const t = report?.totals ?? null;
+  const verifyErrors = (t?.verifyErrors ?? 0) + (report?.readBack?.verifyErrors ?? 0) + recording.probes.verifyErrors;
   const totals: KillTestTotals = {
     cycles: cycles.length,
     stallMedianMs: median(stalls),
@@ -662,18 +781,43 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
     takeoverMaxMs: Math.max(0, ...takeovers),
     resyncMedianMs: median(resyncs),
     resyncMaxMs: Math.max(0, ...resyncs),
-    ops: stats?.ops ?? 0,
-    errors: stats?.errors ?? 0,
-    writesMaybe: stats?.writesMaybe ?? 0,
+    ops: t?.ops ?? 0,
+    errors: t?.errors ?? 0,
+    writesMaybe: recording.writesMaybe,
     lostWrites: check?.byKind['lost-write'] ?? 0,
     staleReads: check?.byKind['stale-read'] ?? 0,
     violations: check?.violations.length ?? 0,
-    verifyErrors: stats?.verifyErrors ?? 0,
+    verifyErrors,
     inconclusiveKeys: check?.inconclusive.length ?? 0,
   };
   if (check !== null && check.verdict === 'inconclusive') problems.push(`the checker could not decide ${check.inconclusive.length} keys`);
   const ok = check !== null && check.verdict === 'linearizable' && totals.verifyErrors === 0 && problems.length === 0 && cycles.length === opts.cycles;
   const keep = opts.keep === true || !ok || !madeDir;
+  const checkReport = check === null ? null : summarizeCheck(check, keep ? historyPath : null);
+
+  if (report !== null) {
+    if (checkReport !== null) attachCheck(report, checkReport);
+    const faults: FaultsReport = {
+      mode,
+      seed: opts.seed,
+      cycles,
+      totals: {
+        cycles: totals.cycles,
+        stallMedianMs: totals.stallMedianMs,
+        stallMaxMs: totals.stallMaxMs,
+        takeoverMedianMs: totals.takeoverMedianMs,
+        takeoverMaxMs: totals.takeoverMaxMs,
+        resyncMedianMs: totals.resyncMedianMs,
+        resyncMaxMs: totals.resyncMaxMs,
+      },
+      problems,
+    };
+    attachFaults(report, faults);
+    // Operations that failed after every retry are maybe-happened writes here, judged by the checker: the verdict is the kill test's.
+    report.ok = ok;
+    const base = resolveReportBase(opts.out, `workload-reports/kill-test-${mode}-${reportStamp(new Date(report.startedAt))}`);
+    reportFiles = writeReportFiles(report, base);
+  }
   if (!keep) rmSync(dir, { recursive: true, force: true });
   return {
     ok,
@@ -681,17 +825,26 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
     seed: opts.seed,
     cycles,
     totals,
-    check:
-      check === null
+    check: checkReport,
+    workload:
+      report === null
         ? null
         : {
-            verdict: check.verdict,
-            byKind: check.byKind,
-            violations: check.violations.slice(0, 10).map((v) => `${v.kind} on block ${v.key}: ${v.explanation} (ops ${v.ops.map((o) => `#${o.id}`).join(', ')})`),
+            summary: report.summary,
+            ops: report.totals.ops,
+            opsPerSec: report.totals.opsPerSec,
+            errors: report.totals.errors,
+            errorCodes: report.totals.errorCodes,
+            verifyErrors: report.totals.verifyErrors,
+            verifyFailures: [...report.totals.verifyFailures, ...(report.readBack?.verifyFailures ?? []), ...recording.probes.verifyFailures].slice(0, 20),
+            readsVerified: report.totals.readsVerified,
+            failovers: report.totals.failovers,
+            readBack: report.readBack,
           },
-    workload: stats,
     problems,
     dir: keep ? dir : null,
     historyPath: keep ? historyPath : null,
+    reportPath: reportFiles?.jsonPath ?? null,
+    chartPath: reportFiles?.svgPath ?? null,
   };
 }

@@ -7,7 +7,6 @@ import { loadConfig } from '../runtime/config.js';
 import { startController } from '../runtime/controller-process.js';
 import { createLogger } from '../runtime/logger.js';
 import { CHECK_EXIT, runCheck } from './check.js';
-import { recordWorkload } from './history-workload.js';
 import { formatTotals, runKillTest, type KillMode } from './kill-test.js';
 import { runPair } from './pair.js';
 import { fetchStatus, formatStatus } from './status.js';
@@ -99,38 +98,17 @@ program
   .description('drive a storage workload (fio-like options or a job file), verify every read, and write a JSON report and an SVG chart')
   .requiredOption('-c, --config <file>', "a controller's configuration (JSON); both controllers are reached from it")
   .option('--job <name|file[:job]>', `a ready job (${listJobs().join(', ')}) or a job file; options given here win over it`)
-  .option('--out <base>', 'write the report to <base>.json and the chart to <base>.svg (default workload-reports/<job>-<time>)')
+  .option('--out <base|dir>', 'write the report to <base>.json and the chart to <base>.svg, or both into a directory (default workload-reports/<job>-<time>)')
   .option('--json', 'print the report as JSON')
-  .option('--history <file>', 'instead: record a history (JSON lines) through failing-over clients, then check it for lost writes and stale reads')
+  .option('--history <file>', 'also record a history (JSON lines) for the checker, read the working set back at the end, and check the history for lost writes and stale reads (one worker, fresh allocations)')
   .action(async (opts: Record<string, unknown>, cmd: Command) => {
     const cfg = loadConfig(String(opts.config));
-    if (typeof opts.history === 'string') {
-      const sizeBytes = parseSize(String(opts.size ?? '64MiB'), 'size');
-      const blockBytes = parseSize(String(opts.blockSize ?? '4KiB'), 'block-size');
-      const r = await recordWorkload(cfg, {
-        historyPath: opts.history,
-        durationS: parseNumberInRange(String(opts.duration ?? '10'), 'duration', 0.1, 86_400),
-        target: (opts.target ?? 'both') as 'A' | 'B' | 'both',
-        blocks: Math.max(1, Math.floor(sizeBytes / blockBytes)),
-        blockBytes,
-        workers: parsePositiveInt(String(opts.inflight ?? '16'), 'inflight', 4096),
-        readPct: parseNumberInRange(String(opts.readPct ?? '50'), 'read-pct', 0, 100),
-        seed: parsePositiveInt(String(opts.seed ?? '1'), 'seed', 0xffff_ffff),
-        policy: String(opts.policy ?? 'default'),
-        flushAtEnd: opts.flush === true,
-        releaseAtEnd: opts.keep !== true,
-        json: opts.json === true,
-        progress: opts.json === true ? (line) => console.error(line) : (line) => console.log(line),
-      });
-      console.log(r.text);
-      process.exitCode = r.exitCode;
-      return;
-    }
     const r = await runWorkloadCommand({
       cfg,
       input: jobInputFromCli(opts, cmd),
       ...(typeof opts.job === 'string' ? { job: opts.job } : {}),
       ...(typeof opts.out === 'string' ? { out: opts.out } : {}),
+      ...(typeof opts.history === 'string' ? { history: opts.history } : {}),
       json: opts.json === true,
     });
     console.log(r.text);
@@ -139,6 +117,7 @@ program
 addWorkloadOptions(program.commands.find((c) => c.name() === 'workload')!);
 
 program.addCommand(benchCommand());
+
 program.addCommand(volumeCommand());
 
 program
@@ -171,15 +150,19 @@ program
 
 program
   .command('kill-test')
-  .description('run a real pair under a recorded workload, kill, pause or partition it again and again, and check the history')
+  .description('run a real pair under the workload generator, kill, pause or partition it again and again, check the history, and write a workload report and chart')
   .option('-n, --cycles <n>', 'how many faults', '5')
   .addOption(new Option('-m, --mode <mode>', 'the fault: SIGKILL, SIGSTOP past the timeout, or a cut peer link').choices(['kill', 'pause', 'partition']).default('kill'))
   .option('--seed <n>', 'seed of the waits and the workload', '1')
-  .option('--dir <path>', 'working directory (default: a new temporary directory)')
+  .option('--dir <path>', 'working directory: configurations, store, logs, history (default: a new temporary directory)')
   .option('--keep', 'keep the working directory (it is kept anyway when the test fails)')
-  .option('--workers <n>', 'operations in flight', '16')
-  .option('--blocks <n>', 'blocks of the workload', '1024')
-  .option('--block <bytes>', 'bytes per block', '4KiB')
+  .option('--out <base|dir>', 'write the report to <base>.json and the chart to <base>.svg, or both into a directory (default workload-reports/kill-test-<mode>-<time>)')
+  .option('--clients <n>', 'client connections of the load, half starting on each controller', '4')
+  .option('-i, --inflight <n>', 'operations in flight per client', '4')
+  .option('--blocks <n>', 'blocks of the working set', '1024')
+  .option('--block <bytes>', 'bytes per block (random reads and writes of one block)', '4KiB')
+  .option('-r, --read-pct <percent>', 'share of reads', '50')
+  .option('--interval <ms>', 'one step of the progress lines, the time series and the chart, in ms', '500')
   .option('--heartbeat-ms <ms>', 'heartbeatIntervalMs of both controllers', '100')
   .option('--partner-timeout-ms <ms>', 'partnerTimeoutMs of both controllers', '500')
   .addOption(new Option('--fence-action <action>', 'arbitration.fenceAction of both (default: kill, none for partitions)').choices(['kill', 'none']))
@@ -196,9 +179,13 @@ program
       seed: parsePositiveInt(String(opts.seed), 'seed', 0xffff_ffff),
       ...(typeof opts.dir === 'string' ? { dir: opts.dir } : {}),
       keep: opts.keep === true,
-      workers: parsePositiveInt(String(opts.workers), 'workers', 4096),
+      ...(typeof opts.out === 'string' ? { out: opts.out } : {}),
+      clients: parsePositiveInt(String(opts.clients), 'clients', 1024),
+      inflight: parsePositiveInt(String(opts.inflight), 'inflight', 4096),
       blocks: parsePositiveInt(String(opts.blocks), 'blocks', 1 << 20),
       blockBytes: parseSize(String(opts.block), 'block'),
+      readPct: parseNumberInRange(String(opts.readPct), 'read-pct', 0, 100),
+      intervalMs: parseNumberInRange(String(opts.interval), 'interval', 100, 60_000),
       heartbeatIntervalMs: parsePositiveInt(String(opts.heartbeatMs), 'heartbeat-ms', 60_000),
       partnerTimeoutMs: parsePositiveInt(String(opts.partnerTimeoutMs), 'partner-timeout-ms', 600_000),
       ...(typeof opts.fenceAction === 'string' ? { fenceAction: opts.fenceAction as 'kill' | 'none' } : {}),

@@ -10,12 +10,18 @@ import type { WorkloadReport } from './report.js';
 import type { IntervalRecord } from './timeseries.js';
 
 const W = 1100;
-const H = 730;
+const H = 750;
 const M = { left: 84, right: 84 };
 const PLOT_W = W - M.left - M.right;
-const LANE = { top: 104, rowH: 15, rows: 3 };
-const P1 = { top: 160, height: 230 };
-const P2 = { top: 432, height: 200 };
+const LANE = { top: 108, rowH: 13, rows: 5 };
+const P1 = { top: 176, height: 230 };
+const P2 = { top: 448, height: 200 };
+/** Width of one character of a marker label (bold, 11 px), to keep labels from overlapping. */
+const LABEL_CHAR_W = 7;
+/** A controller that was just killed or paused does not answer: saying so again ("down") only clutters. */
+const DOWN_AFTER_FAULT_MS = 2000;
+/** Events of one kind this close together (both controllers mirrored again) share one marker. */
+const SAME_MARKER_MS = 60;
 const FONT = "font-family=\"'DejaVu Sans', 'Segoe UI', Helvetica, Arial, sans-serif\"";
 
 const COLORS = {
@@ -39,6 +45,8 @@ const MARKERS: Partial<Record<PairEventKind, { color: string; label: string }>> 
   pause: { color: '#b2182b', label: 'pause' },
   partition: { color: '#b2182b', label: 'partition' },
   restart: { color: '#4d4d4d', label: 'restart' },
+  resume: { color: '#4d4d4d', label: 'resume' },
+  heal: { color: '#4d4d4d', label: 'heal' },
   down: { color: '#e08214', label: 'down' },
   takeover: { color: '#d6604d', label: 'takeover' },
   fenced: { color: '#762a83', label: 'fenced' },
@@ -114,20 +122,37 @@ interface Marker {
   tS: number;
   kind: PairEventKind;
   label: string;
+  controllers: string[];
   detail: string;
   color: string;
 }
 
 function markersOf(events: readonly PairEvent[], endS: number): Marker[] {
   const out: Marker[] = [];
+  const faults = events.filter((e) => e.kind === 'kill' || e.kind === 'pause');
   for (const e of events) {
     const m = MARKERS[e.kind];
     if (m === undefined) continue;
+    if (e.kind === 'down' && faults.some((f) => f.controller === e.controller && f.tMs <= e.tMs && e.tMs - f.tMs <= DOWN_AFTER_FAULT_MS)) continue;
     const tS = e.tMs / 1000;
     if (tS < 0 || tS > endS) continue;
-    out.push({ tS, kind: e.kind, label: `${m.label}${e.controller !== null ? ` ${e.controller}` : ''}`, detail: e.detail, color: m.color });
+    out.push({ tS, kind: e.kind, label: m.label, controllers: e.controller !== null ? [e.controller] : [], detail: e.detail, color: m.color });
   }
-  return out.sort((a, b) => a.tS - b.tS);
+  out.sort((a, b) => a.tS - b.tS);
+  const merged: Marker[] = [];
+  const lastOfKind = new Map<PairEventKind, Marker>();
+  for (const mk of out) {
+    const prev = lastOfKind.get(mk.kind);
+    if (prev !== undefined && (mk.tS - prev.tS) * 1000 <= SAME_MARKER_MS) {
+      for (const c of mk.controllers) if (!prev.controllers.includes(c)) prev.controllers.push(c);
+      prev.detail = `${prev.detail}; ${mk.detail}`;
+      continue;
+    }
+    merged.push(mk);
+    lastOfKind.set(mk.kind, mk);
+  }
+  for (const mk of merged) if (mk.controllers.length > 0) mk.label = `${mk.label} ${mk.controllers.join('+')}`;
+  return merged;
 }
 
 export function renderChart(r: WorkloadReport): string {
@@ -161,9 +186,11 @@ export function renderChart(r: WorkloadReport): string {
   out.push(`<title>${esc(`pagepair workload ${r.job.name}: throughput and p99 latency over time`)}</title>`);
   out.push(`<rect x="0" y="0" width="${W}" height="${H}" fill="#ffffff"/>`);
 
-  // Title and the run in one line.
+  // Title and the run in one line (two for a kill test or a checked history).
   const t = r.totals;
-  out.push(text(M.left, 28, `pagepair workload · ${r.job.name}`, 'font-size="18" font-weight="bold"'));
+  const f = r.faults;
+  const title = f !== null ? `pagepair kill-test · ${f.totals.cycles} × ${f.mode} (seed ${f.seed})` : `pagepair workload · ${r.job.name}`;
+  out.push(text(M.left, 28, title, 'font-size="18" font-weight="bold"'));
   out.push(text(M.left, 48, r.summary, `fill="${COLORS.muted}"`));
   out.push(
     text(
@@ -175,6 +202,8 @@ export function renderChart(r: WorkloadReport): string {
       `fill="${COLORS.muted}"`,
     ),
   );
+  const verdict = verdictLine(r);
+  if (verdict !== null) out.push(text(M.left, 86, verdict.text, `fill="${verdict.ok ? COLORS.text : COLORS.error}" font-weight="bold"`));
 
   // Shading behind both panels: warm-up and the stretches without mirroring.
   const bandTop = LANE.top - 4;
@@ -271,7 +300,7 @@ export function renderChart(r: WorkloadReport): string {
   const rowEnds = Array.from({ length: LANE.rows }, () => -Infinity);
   for (const m of markers) {
     const mx = x(m.tS);
-    const labelW = m.label.length * 6.4 + 8;
+    const labelW = m.label.length * LABEL_CHAR_W + 8;
     let row = rowEnds.findIndex((end) => end < mx - 2);
     if (row < 0) row = rowEnds.indexOf(Math.min(...rowEnds));
     rowEnds[row] = mx + labelW;
@@ -325,6 +354,32 @@ export function renderChart(r: WorkloadReport): string {
 
   out.push('</svg>');
   return `${out.join('\n')}\n`;
+}
+
+/** What a kill test measured and what the checker said, in one line; null for a plain run. */
+function verdictLine(r: WorkloadReport): { text: string; ok: boolean } | null {
+  const parts: string[] = [];
+  const f = r.faults;
+  if (f !== null) {
+    const ms = (v: number): string => `${Math.round(v)} ms`;
+    parts.push(
+      `median (max): stall ${ms(f.totals.stallMedianMs)} (${ms(f.totals.stallMaxMs)})`,
+      `takeover ${ms(f.totals.takeoverMedianMs)} (${ms(f.totals.takeoverMaxMs)})`,
+      `resync ${ms(f.totals.resyncMedianMs)} (${ms(f.totals.resyncMaxMs)})`,
+    );
+  }
+  const c = r.check;
+  if (c !== null) {
+    const ops = `history of ${c.ops.toLocaleString('en-US')} ops`;
+    const kinds = Object.entries(c.byKind).filter(([, v]) => v > 0);
+    const violations = kinds.reduce((sum, [, v]) => sum + v, 0);
+    if (c.verdict === 'linearizable') parts.push(`${ops} linearizable, 0 violations`);
+    else if (c.verdict === 'violations') parts.push(`${ops} NOT linearizable: ${violations} violations (${kinds.map(([k, v]) => `${k} ${v}`).join(', ')})`);
+    else parts.push(`${ops} undecided: ${c.inconclusiveKeys} keys`);
+  }
+  if (r.readBack !== null && (r.readBack.verifyErrors > 0 || r.readBack.errors > 0)) parts.push(`read back: ${r.readBack.verifyErrors} verification errors, ${r.readBack.errors} errors`);
+  if (parts.length === 0) return null;
+  return { text: `${parts.join(' · ')}${r.ok ? '' : ' · FAILED'}`, ok: r.ok };
 }
 
 function latencyShort(us: number): string {

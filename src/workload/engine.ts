@@ -3,6 +3,8 @@
 // checks every read against the ledger, and hands the runner one sample per
 // interval. The runner may run one engine in its own process or one per
 // worker process (worker.ts); either way an engine only sees plain data.
+// An engine in the runner's process may also record every operation into a
+// history for the checker (recording.ts) and read its part back at the end.
 
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep, setImmediate as yieldTurn } from 'node:timers/promises';
@@ -10,12 +12,13 @@ import type { Histogram } from 'hdr-histogram-js';
 import { PagepairClient, type ControllerAddress } from '../client/client.js';
 import { PairClient } from '../client/pair-client.js';
 import { Prng } from '../core/prng.js';
-import { isPagepairError } from '../errors.js';
+import { invariant, isPagepairError } from '../errors.js';
 import { makePicker, makeSizePicker, type Picker } from './distribution.js';
 import { grainBytes, stripeBytes, type JobSpec } from './job.js';
 import { Ledger } from './ledger.js';
 import { PatternMaker, WRITE_ZERO } from './pattern.js';
-import { newHistogram, type EngineTotals, type IntervalSample, type PrefillStats } from './stats.js';
+import type { Recording } from './recording.js';
+import { newHistogram, type EngineTotals, type IntervalSample, type PrefillStats, type ReadBackStats } from './stats.js';
 
 export interface AllocationRef {
   guid: string;
@@ -45,10 +48,22 @@ export interface EngineSetup {
   chunkBytes: number;
   /** What the part holds before this run: zeros (new allocations) or unknown (reused ones). */
   initial: 'zero' | 'unknown';
+  /** PairClient timing (failover); absent fields keep the client's defaults. */
+  client?: EngineClientOptions;
+}
+
+export interface EngineClientOptions {
+  /** One request on one controller; a request stuck on a paused controller is retried on the other after this. */
+  requestTimeoutMs?: number;
+  /** How long one operation keeps trying across the controllers before it counts as an error. */
+  retryForMs?: number;
+  retryIntervalMs?: number;
 }
 
 export interface EngineHooks {
   onSample(sample: IntervalSample): void;
+  /** Record every operation into this history (in-process engines only: it is not plain data). */
+  recording?: Recording;
 }
 
 /** One connection as the lanes see it: a plain client, or a PairClient that fails over. */
@@ -81,6 +96,7 @@ export class Engine {
   private readonly pickSize: () => number;
   private readonly allocBytes: number;
   private readonly maxBlockBytes: number;
+  private readonly recording: Recording | null;
   private clients: Conn[][] = [];
   private nextWriteNo = 1;
   private stopping = false;
@@ -125,6 +141,23 @@ export class Engine {
     this.rng = new Prng((this.job.seed ^ Math.imul(setup.engineIndex + 1, 0x9e3779b1)) >>> 0);
     this.picker = makePicker(this.job.distribution, this.rng);
     this.pickSize = makeSizePicker(this.job.blockSizes, this.rng);
+    this.recording = hooks.recording ?? null;
+    if (this.recording !== null) {
+      // The history needs every value a chunk can hold to name its write.
+      invariant(this.ledger !== null && setup.initial === 'zero', 'a recorded run needs verification and fresh allocations');
+      const chunkBytes = setup.chunkBytes;
+      this.recording.attach({
+        chunkBytes,
+        firstChunk: setup.partStartBytes / chunkBytes,
+        chunks: setup.partBytes / chunkBytes,
+        locate: (chunk) => {
+          const flat = chunk * chunkBytes;
+          const alloc = setup.allocations[Math.floor(flat / this.allocBytes)]!;
+          return { guid: alloc.guid, offset: flat % this.allocBytes, allocation: alloc.name };
+        },
+        check: (data, at, chunk) => this.maker.check(data, at, chunk),
+      });
+    }
   }
 
   /** Connects this engine's clients. */
@@ -189,9 +222,13 @@ export class Engine {
         };
       }
       const order = [byId(first), ...controllers.filter((c) => c.id !== first)];
+      const timing = this.setup.client ?? {};
       const p = await PairClient.connect({
         controllers: order,
         name,
+        ...(timing.requestTimeoutMs !== undefined ? { timeoutMs: timing.requestTimeoutMs } : {}),
+        ...(timing.retryForMs !== undefined ? { retryForMs: timing.retryForMs } : {}),
+        ...(timing.retryIntervalMs !== undefined ? { retryIntervalMs: timing.retryIntervalMs } : {}),
         onSwitch: () => {
           this.totals.failovers++;
           this.iv.failovers++;
@@ -216,15 +253,13 @@ export class Engine {
     this.stopping = true;
   }
 
-  // ---------------------------------------------------------------- prefill
+  // ---------------------------------------------------------------- prefill and read-back
 
-  /** Writes every block of the part once, with as many requests in flight as the run will have. */
-  async prefill(): Promise<PrefillStats> {
-    const started = performance.now();
+  /** The part cut into pieces of up to PREFILL_BYTES_MAX (whole stripes) that never cross an allocation's end. */
+  private pieces(): { local: number; bytes: number }[] {
     const stripe = stripeBytes(this.job.blockSizes);
     const pieceBytes = Math.max(stripe, Math.floor(PREFILL_BYTES_MAX / stripe) * stripe);
     const pieces: { local: number; bytes: number }[] = [];
-    // Pieces never cross an allocation's end (the part and the allocations are whole stripes).
     for (let local = 0; local < this.setup.partBytes; ) {
       const flat = this.setup.partStartBytes + local;
       const toAllocEnd = this.allocBytes - (flat % this.allocBytes);
@@ -232,35 +267,97 @@ export class Engine {
       pieces.push({ local, bytes });
       local += bytes;
     }
+    return pieces;
+  }
+
+  /** Runs `work` over the pieces with as many requests in flight as the run will have. */
+  private async overPieces(work: (conn: Conn, piece: { local: number; bytes: number }, buf: Buffer, processBase: number) => Promise<void>): Promise<void> {
+    const pieces = this.pieces();
+    const pieceBytesMax = Math.max(...pieces.map((p) => p.bytes));
     let next = 0;
-    let ops = 0;
-    let errors = 0;
     const lane = async (conn: Conn): Promise<void> => {
-      const buf = Buffer.allocUnsafe(pieceBytes);
-      while (next < pieces.length && !this.stopping) {
-        const p = pieces[next++]!;
-        const data = buf.subarray(0, p.bytes);
-        const writeNo = this.takeWriteNo();
-        const flat = this.setup.partStartBytes + p.local;
-        this.maker.fill(data, 0, p.bytes, flat / this.setup.chunkBytes, writeNo);
-        const alloc = this.setup.allocations[Math.floor(flat / this.allocBytes)]!;
-        const g0 = p.local / this.grainBytes;
-        const n = p.bytes / this.grainBytes;
-        try {
-          await conn.write(alloc.guid, flat % this.allocBytes, data);
-          this.ledger?.writeAcked(g0, n, writeNo);
-          ops++;
-        } catch (err) {
-          this.ledger?.writeFailed(g0, n, writeNo);
-          this.countError(err);
-          errors++;
-        }
-      }
+      const buf = Buffer.allocUnsafe(pieceBytesMax);
+      const processBase = this.recording?.newProcesses(pieceBytesMax / this.setup.chunkBytes) ?? 0;
+      while (next < pieces.length && !this.stopping) await work(conn, pieces[next++]!, buf, processBase);
     };
     const lanes: Promise<void>[] = [];
     for (const client of this.clients) for (let i = 0; i < this.job.inflight; i++) lanes.push(lane(client[i % client.length]!));
     await Promise.all(lanes);
+  }
+
+  /** Writes every block of the part once. */
+  async prefill(): Promise<PrefillStats> {
+    const started = performance.now();
+    let ops = 0;
+    let errors = 0;
+    const rec = this.recording;
+    await this.overPieces(async (conn, p, buf, processBase) => {
+      const data = buf.subarray(0, p.bytes);
+      const writeNo = this.takeWriteNo();
+      const flat = this.setup.partStartBytes + p.local;
+      const firstChunk = flat / this.setup.chunkBytes;
+      this.maker.fill(data, 0, p.bytes, firstChunk, writeNo);
+      const alloc = this.setup.allocations[Math.floor(flat / this.allocBytes)]!;
+      const g0 = p.local / this.grainBytes;
+      const n = p.bytes / this.grainBytes;
+      const ids = rec?.invoke(processBase, 'write', firstChunk, p.bytes / this.setup.chunkBytes, writeNo) ?? null;
+      try {
+        await conn.write(alloc.guid, flat % this.allocBytes, data);
+        this.ledger?.writeAcked(g0, n, writeNo);
+        if (ids !== null) rec!.writeAcked(ids, firstChunk);
+        ops++;
+      } catch (err) {
+        this.ledger?.writeFailed(g0, n, writeNo);
+        if (ids !== null) rec!.opFailed(ids, 'write', err);
+        this.countError(err);
+        errors++;
+      }
+    });
     return { bytes: this.setup.partBytes, ops, errors, elapsedMs: performance.now() - started };
+  }
+
+  /**
+   * After the run, with nothing else in flight: reads the whole part once
+   * more and checks every block against its last acknowledged write, so a
+   * write lost in a takeover shows even if no read of the run landed on it.
+   * Recorded too, when the run is: these are the history's final reads.
+   */
+  async readBack(): Promise<ReadBackStats> {
+    const started = performance.now();
+    const stats: ReadBackStats = { bytes: 0, reads: 0, errors: 0, errorCodes: {}, verifyErrors: 0, verifyFailures: [], elapsedMs: 0 };
+    const rec = this.recording;
+    const chunkBytes = this.setup.chunkBytes;
+    const before = { verifyErrors: this.totals.verifyErrors, failures: this.totals.verifyFailures.length };
+    this.stopping = false;
+    await this.overPieces(async (conn, p, _buf, processBase) => {
+      const flat = this.setup.partStartBytes + p.local;
+      const firstChunk = flat / chunkBytes;
+      const alloc = this.setup.allocations[Math.floor(flat / this.allocBytes)]!;
+      const chunks = p.bytes / chunkBytes;
+      const ids = rec?.invoke(processBase, 'read', firstChunk, chunks) ?? null;
+      let got: Buffer;
+      try {
+        got = await conn.read(alloc.guid, flat % this.allocBytes, p.bytes);
+      } catch (err) {
+        if (ids !== null) rec!.opFailed(ids, 'read', err);
+        const code = isPagepairError(err) ? err.code : 'INTERNAL';
+        stats.errors++;
+        stats.errorCodes[code] = (stats.errorCodes[code] ?? 0) + 1;
+        return;
+      }
+      stats.reads++;
+      stats.bytes += p.bytes;
+      const values = ids !== null ? new Int32Array(chunks) : null;
+      if (this.ledger !== null) this.verify(got, p.local / this.grainBytes, p.bytes / this.grainBytes, firstChunk, alloc, flat % this.allocBytes, conn, values, 'read-back: ');
+      if (ids !== null) rec!.readAnswered(ids, values!);
+    });
+    // What the read-back found is counted on its own, not in the run's totals.
+    stats.verifyErrors = this.totals.verifyErrors - before.verifyErrors;
+    stats.verifyFailures = this.totals.verifyFailures.splice(before.failures);
+    this.totals.verifyErrors = before.verifyErrors;
+    this.totals.readsVerified -= stats.reads;
+    stats.elapsedMs = performance.now() - started;
+    return stats;
   }
 
   // ---------------------------------------------------------------- run
@@ -309,8 +406,12 @@ export class Engine {
 
   private async lane(client: Conn[], laneIndex: number, limiter: RateLimiter | null): Promise<void> {
     const { job, setup, ledger } = this;
+    const rec = this.recording;
+    const chunkBytes = setup.chunkBytes;
     const buf = Buffer.allocUnsafe(this.maxBlockBytes);
     if (ledger === null) buf.fill(0x5a);
+    const processBase = rec?.newProcesses(this.maxBlockBytes / chunkBytes) ?? 0;
+    const values = rec !== null ? new Int32Array(this.maxBlockBytes / chunkBytes) : null;
     let turn = laneIndex;
     let failed = false;
     for (;;) {
@@ -347,27 +448,34 @@ export class Engine {
       const alloc = setup.allocations[Math.floor(flat / this.allocBytes)]!;
       const offset = flat % this.allocBytes;
       const conn = client[turn++ % client.length]!;
-      const firstChunk = flat / setup.chunkBytes;
+      const firstChunk = flat / chunkBytes;
       const data = buf.subarray(0, size);
       let writeNo = 0;
       if (!isRead && ledger !== null) {
         writeNo = this.takeWriteNo();
         this.maker.fill(data, 0, size, firstChunk, writeNo);
       }
+      const ids = rec?.invoke(processBase, isRead ? 'read' : 'write', firstChunk, size / chunkBytes, writeNo) ?? null;
       const started = performance.now();
       try {
         if (isRead) {
           const got = await conn.read(alloc.guid, offset, size);
           const done = performance.now();
           this.completed(true, size, started, done);
-          if (ledger !== null) this.verify(got, g0, grains, firstChunk, alloc, offset, conn);
+          if (ledger !== null) this.verify(got, g0, grains, firstChunk, alloc, offset, conn, values);
+          if (ids !== null) rec!.readAnswered(ids, values!);
         } else {
           await conn.write(alloc.guid, offset, data);
           ledger?.writeAcked(g0, grains, writeNo);
+          if (ids !== null) rec!.writeAcked(ids, firstChunk);
           this.completed(false, size, started, performance.now());
         }
       } catch (err) {
         if (!isRead) ledger?.writeFailed(g0, grains, writeNo);
+        if (ids !== null) {
+          rec!.opFailed(ids, isRead ? 'read' : 'write', err);
+          rec!.opError(performance.now());
+        }
         this.countError(err);
         this.iv.errors++;
         failed = true;
@@ -410,38 +518,68 @@ export class Engine {
       }
     }
     t.lastDone = done;
+    this.recording?.opDone(done);
   }
 
-  private verify(got: Buffer, g0: number, grains: number, firstChunk: number, alloc: AllocationRef, offset: number, conn: Conn): void {
+  /**
+   * Checks a read against the ledger: every chunk must hold a write its
+   * grain may hold. With `values`, fills in the write each chunk holds (-1:
+   * its bytes name none) for the history. One failure is counted per read.
+   */
+  private verify(
+    got: Buffer,
+    g0: number,
+    grains: number,
+    firstChunk: number,
+    alloc: AllocationRef,
+    offset: number,
+    conn: Conn,
+    values: Int32Array | null,
+    what = '',
+  ): void {
     const ledger = this.ledger!;
     const chunkBytes = this.setup.chunkBytes;
     const chunksPerGrain = this.grainBytes / chunkBytes;
+    let reported = false;
     this.totals.readsVerified++;
     for (let gi = 0; gi < grains; gi++) {
       const g = g0 + gi;
       const allowed = ledger.allowed(g);
+      if (allowed === null && values === null) continue;
       let seen = -1;
       let mixed = false;
+      let bad = false;
       for (let ci = 0; ci < chunksPerGrain; ci++) {
-        const at = (gi * chunksPerGrain + ci) * chunkBytes;
-        const chunk = firstChunk + gi * chunksPerGrain + ci;
-        if (allowed === null) continue;
-        const r = this.maker.check(got, at, chunk);
+        const i = gi * chunksPerGrain + ci;
+        const at = i * chunkBytes;
+        const r = this.maker.check(got, at, firstChunk + i);
         let problem: string | null = null;
-        if ('corrupt' in r) problem = r.corrupt;
-        else if (!ledger.isAllowed(g, r.writeNo)) {
-          problem = `read write #${r.writeNo}, expected ${allowed.length === 1 ? `#${allowed[0]}` : `one of #${allowed.join(', #')}`}`;
+        if ('corrupt' in r) {
+          problem = r.corrupt;
+          if (values !== null) values[i] = -1;
+        } else {
+          if (values !== null) values[i] = r.writeNo;
+          if (allowed !== null && !ledger.isAllowed(g, r.writeNo)) {
+            problem = `read write #${r.writeNo}, expected ${allowed.length === 1 ? `#${allowed[0]}` : `one of #${allowed.join(', #')}`}`;
+          }
         }
         if (problem !== null) {
-          this.verifyFailed(`${alloc.name} offset ${offset + at} via ${conn.where()}: ${problem}${allowed[0] === WRITE_ZERO && allowed.length === 1 ? ' (never written)' : ''}`);
-          return;
+          bad = true;
+          if (!reported) {
+            reported = true;
+            const never = allowed !== null && allowed[0] === WRITE_ZERO && allowed.length === 1 ? ' (never written)' : '';
+            this.verifyFailed(`${what}${alloc.name} offset ${offset + at} via ${conn.where()}: ${problem}${never}`);
+          }
+          // Without a history to fill in, the first problem is all a read has to say.
+          if (values === null) return;
+          continue;
         }
         const w = (r as { writeNo: number }).writeNo;
         if (seen < 0) seen = w;
         else if (seen !== w) mixed = true;
       }
       // A grain left mixed by a failed multi-page write keeps all its candidates.
-      if (allowed !== null && allowed.length > 1 && !mixed && seen >= 0) ledger.settle(g, seen);
+      if (!bad && allowed !== null && allowed.length > 1 && !mixed && seen >= 0) ledger.settle(g, seen);
     }
   }
 

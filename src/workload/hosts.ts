@@ -7,11 +7,14 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { PagepairError } from '../errors.js';
 import { Engine, type EngineSetup } from './engine.js';
-import { decodeSample, decodeTotals, type EncodedSample, type EngineTotals, type IntervalSample, type PrefillStats } from './stats.js';
+import type { Recording } from './recording.js';
+import { decodeSample, decodeTotals, type EncodedSample, type EngineTotals, type IntervalSample, type PrefillStats, type ReadBackStats } from './stats.js';
 
 export interface EngineHost {
   prefill(): Promise<PrefillStats>;
   run(t0EpochMs: number): Promise<EngineTotals>;
+  /** Only an engine in this process reads back (the history it records lives here). */
+  readBack?(): Promise<ReadBackStats>;
   stop(): void;
   close(): Promise<void>;
 }
@@ -31,11 +34,12 @@ export type FromWorker =
   | { type: 'closed' }
   | { type: 'error'; code: string; message: string };
 
-export async function inProcessHost(setup: EngineSetup, onSample: (s: IntervalSample) => void): Promise<EngineHost> {
-  const engine = await Engine.create(setup, { onSample });
+export async function inProcessHost(setup: EngineSetup, onSample: (s: IntervalSample) => void, recording?: Recording): Promise<EngineHost> {
+  const engine = await Engine.create(setup, { onSample, ...(recording !== undefined ? { recording } : {}) });
   return {
     prefill: () => engine.prefill(),
     run: (t0) => engine.run(t0),
+    readBack: () => engine.readBack(),
     stop: () => engine.stop(),
     close: () => engine.close(),
   };

@@ -86,10 +86,12 @@ export function listJobs(dir = JOBS_DIR): string[] {
 }
 
 /**
- * Finds a job: a ready job's name ("database"), a path to a job file, and
- * either may end in ":<job>" to pick one job of a file that holds several.
+ * The jobs a reference names: a ready job's name ("database") or a path to
+ * a job file, either optionally ending in ":<job>" to pick one job of a
+ * file that holds several; without a pick, every job of the file, in its
+ * order. A job of a file with several is called "<file>-<job>" in reports.
  */
-export function jobByName(ref: string, dir = JOBS_DIR): JobFileEntry & { path: string } {
+export function jobsByName(ref: string, dir = JOBS_DIR): { path: string; entries: JobFileEntry[] } {
   const m = /^(.*?)(?::([A-Za-z0-9._-]+))?$/.exec(ref);
   const where = m?.[1] ?? ref;
   const pick = m?.[2];
@@ -103,14 +105,24 @@ export function jobByName(ref: string, dir = JOBS_DIR): JobFileEntry & { path: s
       'job',
     );
   }
-  const entries = readJobFile(path);
+  const read = readJobFile(path);
+  const fileName = basename(path).replace(/\.json$/i, '');
+  const entries = read.length > 1 ? read.map((e) => ({ ...e, name: `${fileName}-${e.name}` })) : read;
   if (pick !== undefined) {
-    const hit = entries.find((e) => e.name === pick);
-    if (hit === undefined) throw new PagepairError('BAD_FIELD', `${path} has no job "${pick}"; it has ${entries.map((e) => e.name).join(', ')}`, 'job');
-    return { ...hit, path };
+    const hit = read.findIndex((e) => e.name === pick);
+    if (hit < 0) throw new PagepairError('BAD_FIELD', `${path} has no job "${pick}"; it has ${read.map((e) => e.name).join(', ')}`, 'job');
+    return { path, entries: [entries[hit]!] };
   }
+  return { path, entries };
+}
+
+/** One job by reference (see jobsByName); a file with several needs ":<job>". */
+export function jobByName(ref: string, dir = JOBS_DIR): JobFileEntry & { path: string } {
+  const { path, entries } = jobsByName(ref, dir);
   if (entries.length > 1) {
-    throw new PagepairError('BAD_FIELD', `${path} holds several jobs; pick one as ${where}:<job> (${entries.map((e) => e.name).join(', ')})`, 'job');
+    const where = ref.replace(/:[A-Za-z0-9._-]+$/, '');
+    const names = readJobFile(path).map((e) => e.name);
+    throw new PagepairError('BAD_FIELD', `${path} holds several jobs; pick one as ${where}:<job> (${names.join(', ')})`, 'job');
   }
   return { ...entries[0]!, path };
 }
@@ -122,7 +134,21 @@ export function jobByName(ref: string, dir = JOBS_DIR): JobFileEntry & { path: s
 export function resolveJob(args: { job?: string; input?: JobInput; jobsDir?: string }): JobSpec {
   const input = args.input ?? {};
   if (args.job === undefined) return validateJob(input, { name: 'cli' });
-  const found = jobByName(args.job, args.jobsDir);
+  return checkEntry(jobByName(args.job, args.jobsDir), input);
+}
+
+/**
+ * Every job to run, in order: one, or each job of a file that holds several
+ * (the command-line fields win in each). All are checked before any runs.
+ */
+export function resolveJobs(args: { job?: string; input?: JobInput; jobsDir?: string }): JobSpec[] {
+  const input = args.input ?? {};
+  if (args.job === undefined) return [validateJob(input, { name: 'cli' })];
+  const { path, entries } = jobsByName(args.job, args.jobsDir);
+  return entries.map((e) => checkEntry({ ...e, path }, input));
+}
+
+function checkEntry(found: JobFileEntry & { path: string }, input: JobInput): JobSpec {
   try {
     return validateJob({ ...found.input, ...input }, { name: found.name });
   } catch (err) {

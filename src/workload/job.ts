@@ -47,7 +47,7 @@ export interface JobSpec {
   workers: number;
   /** Operations per second over all clients; 0 = as fast as the pair answers. */
   rateOpsPerSec: number;
-  /** Measured time after the warm-up; 0 = until `ops` operations. */
+  /** Measured time after the warm-up; 0 = until `ops` operations (both 0, never from validateJob: until the caller stops the run). */
   durationS: number;
   /** Measured operations; 0 = until `durationS`. */
   ops: number;
@@ -475,7 +475,9 @@ export function validateJob(input: JobInput, opts: { name?: string } = {}): JobS
 /** One line that says what a job does, for progress output and chart titles. */
 export function describeJob(job: JobSpec): string {
   const mix = job.readPct === 100 ? 'reads' : job.readPct === 0 ? 'writes' : `${job.readPct}% reads`;
-  const length = job.ops > 0 ? `${job.ops} ops${job.durationS > 0 ? ` or ${job.durationS} s` : ''}` : `${job.durationS} s`;
+  // Neither a time nor a count: a caller (the kill test) stops the run.
+  const length =
+    job.ops > 0 ? `${job.ops} ops${job.durationS > 0 ? ` or ${job.durationS} s` : ''}` : job.durationS > 0 ? `${job.durationS} s` : 'until stopped';
   return (
     `${job.pattern} ${formatBlockSizes(job.blockSizes)} (${mix}), ${formatDistribution(job.distribution)}, ` +
     `${job.clients} client(s) x ${job.inflight} in flight${job.workers > 1 ? ` in ${job.workers} workers` : ''}, ` +

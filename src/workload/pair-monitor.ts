@@ -23,11 +23,13 @@ export type PairEventKind =
   | 'mirrored'
   | 'role'
   | 'failover'
-  /** Marked by the caller (the kill test): it killed, paused, cut off or restarted a controller. */
+  /** Marked by the caller (the kill test): it killed, paused, cut off, restarted or resumed a controller, or healed the link. */
   | 'kill'
   | 'pause'
   | 'partition'
   | 'restart'
+  | 'resume'
+  | 'heal'
   | 'note';
 
 export interface PairEvent {
@@ -125,6 +127,20 @@ export class PairMonitor {
   /** Each controller's role as last seen; null when it did not answer. */
   roles(): Record<string, string | null> {
     return Object.fromEntries(this.watched.map((w) => [w.addr.id, w.up === true ? w.role : null]));
+  }
+
+  /**
+   * A role someone else saw first (the kill test polls faster): taken as
+   * seen, so a later poll that finds it does not report it again. True when
+   * it is news to the monitor.
+   */
+  noteRole(id: string, role: string): boolean {
+    const w = this.watched.find((x) => x.addr.id === id);
+    if (w === undefined) return true;
+    if (w.up === true && w.role === role) return false;
+    w.up = true;
+    w.role = role;
+    return true;
   }
 
   async stop(): Promise<void> {

@@ -5,18 +5,22 @@
 import type { PairEvent } from './pair-monitor.js';
 import type { IntervalRecord } from './timeseries.js';
 
-export type RunPhase = 'connect' | 'allocate' | 'prefill' | 'run' | 'flush' | 'release' | 'done';
+export type RunPhase = 'connect' | 'allocate' | 'prefill' | 'run' | 'readback' | 'flush' | 'release' | 'done';
 
 export type ProgressEvent =
   | { type: 'phase'; phase: RunPhase; detail: string }
   | { type: 'interval'; interval: IntervalRecord; errorsSoFar: number; verifyErrorsSoFar: number }
   | { type: 'pair'; event: PairEvent };
 
+export function formatBytes(bytes: number): string {
+  if (bytes >= 1024 ** 3) return `${(bytes / 1024 ** 3).toFixed(2)} GiB`;
+  if (bytes >= 1024 ** 2) return `${(bytes / 1024 ** 2).toFixed(1)} MiB`;
+  if (bytes >= 1024) return `${(bytes / 1024).toFixed(1)} KiB`;
+  return `${Math.round(bytes)} B`;
+}
+
 export function formatBytesPerSec(bps: number): string {
-  if (bps >= 1024 ** 3) return `${(bps / 1024 ** 3).toFixed(2)} GiB/s`;
-  if (bps >= 1024 ** 2) return `${(bps / 1024 ** 2).toFixed(1)} MiB/s`;
-  if (bps >= 1024) return `${(bps / 1024).toFixed(1)} KiB/s`;
-  return `${Math.round(bps)} B/s`;
+  return `${formatBytes(bps)}/s`;
 }
 
 export function formatUs(us: number | null): string {

@@ -2,16 +2,16 @@
 // docs/workload.md), a text summary of it, and the files a run leaves: the
 // report and its chart side by side.
 
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, hostname, platform, release, arch, totalmem } from 'node:os';
-import { dirname } from 'node:path';
+import { basename, dirname, join, sep } from 'node:path';
 import type { Histogram } from 'hdr-histogram-js';
 import { PagepairError } from '../errors.js';
 import { renderChart } from './chart.js';
 import { describeJob, type JobSpec } from './job.js';
 import type { PairEvent } from './pair-monitor.js';
-import { formatBytesPerSec, formatUs } from './progress.js';
-import { encodeHistogram, mergeInto, newHistogram, summarizeHistogram, type LatencySummary } from './stats.js';
+import { formatBytes, formatBytesPerSec, formatUs } from './progress.js';
+import { encodeHistogram, mergeInto, newHistogram, summarizeHistogram, type LatencySummary, type ReadBackStats } from './stats.js';
 import type { IntervalRecord } from './timeseries.js';
 
 export const REPORT_SCHEMA = 'pagepair-workload-report/1';
@@ -53,6 +53,69 @@ export interface ReportTotals {
   failovers: number;
 }
 
+/** The whole working set read back after a recorded run, every block checked against its last acknowledged write. */
+export interface ReadBackReport {
+  reads: number;
+  bytes: number;
+  errors: number;
+  errorCodes: Record<string, number>;
+  verifyErrors: number;
+  verifyFailures: string[];
+  seconds: number;
+}
+
+/** The checker's verdict on the history the run recorded (kill test, workload --history). */
+export interface HistoryCheckReport {
+  /** Where the history was written (null: not kept). */
+  historyPath: string | null;
+  ops: number;
+  verdict: 'linearizable' | 'violations' | 'inconclusive';
+  byKind: Record<string, number>;
+  /** The first violations, spelled out. */
+  violations: string[];
+  inconclusiveKeys: number;
+}
+
+/** One fault the kill test injected, and what it measured. */
+export interface FaultCycle {
+  cycle: number;
+  mode: string;
+  /** The controller killed or paused; in partition mode the one that ended fenced. */
+  victim: string;
+  survivor: string;
+  /** Longest time in the cycle's window in which no operation completed. */
+  stallMs: number;
+  /** From the fault until the survivor reported 'alone' (and, partitioned, the other 'fenced'). */
+  takeoverMs: number | null;
+  /** From the restart (or the healed link, or the resumed process) until both reported 'mirrored'. */
+  resyncMs: number | null;
+  /** Epoch the survivor serves in after takeover. */
+  epoch: number | null;
+  /** Operations answered and failed in the cycle's window. */
+  ops: number;
+  errors: number;
+  /** Pause mode: what became of the paused process. */
+  victimFate?: string;
+  problems: string[];
+}
+
+/** The faults of a kill test, beside the run they hurt. */
+export interface FaultsReport {
+  mode: string;
+  seed: number;
+  cycles: FaultCycle[];
+  totals: {
+    cycles: number;
+    stallMedianMs: number;
+    stallMaxMs: number;
+    takeoverMedianMs: number;
+    takeoverMaxMs: number;
+    resyncMedianMs: number;
+    resyncMaxMs: number;
+  };
+  problems: string[];
+}
+
 export interface WorkloadReport {
   schema: typeof REPORT_SCHEMA;
   tool: { name: 'pagepair'; version: string };
@@ -70,7 +133,13 @@ export interface WorkloadReport {
   events: PairEvent[];
   /** Each controller's role before and after the run (null: did not answer). */
   pair: { before: Record<string, string | null>; after: Record<string, string | null> };
-  /** No errors and no verification errors. */
+  /** Recorded runs only: the working set read back at the end. */
+  readBack: ReadBackReport | null;
+  /** Recorded runs only: the history's verdict (set by the caller that checked it). */
+  check: HistoryCheckReport | null;
+  /** Kill tests only: the faults and their measurements. */
+  faults: FaultsReport | null;
+  /** No errors, no verification errors (read-back included), and a history, if checked, without violations. */
   ok: boolean;
 }
 
@@ -118,10 +187,24 @@ export interface ReportParts {
   intervals: IntervalRecord[];
   events: PairEvent[];
   pair: WorkloadReport['pair'];
+  readBack?: ReadBackStats | null;
 }
 
 export function buildReport(p: ReportParts): WorkloadReport {
   const m = p.measured;
+  const rb = p.readBack ?? null;
+  const readBack: ReadBackReport | null =
+    rb === null
+      ? null
+      : {
+          reads: rb.reads,
+          bytes: rb.bytes,
+          errors: rb.errors,
+          errorCodes: rb.errorCodes,
+          verifyErrors: rb.verifyErrors,
+          verifyFailures: rb.verifyFailures,
+          seconds: Math.round(rb.elapsedMs) / 1000,
+        };
   const all = newHistogram();
   mergeInto(all, p.readHist);
   mergeInto(all, p.writeHist);
@@ -159,8 +242,23 @@ export function buildReport(p: ReportParts): WorkloadReport {
     intervals: p.intervals,
     events: p.events,
     pair: p.pair,
-    ok: m.errors === 0 && m.verifyErrors === 0,
+    readBack,
+    check: null,
+    faults: null,
+    ok: m.errors === 0 && m.verifyErrors === 0 && (readBack === null || (readBack.errors === 0 && readBack.verifyErrors === 0)),
   };
+}
+
+/** Adds the checker's verdict on the run's history; a history that is not proven linearizable makes the report not ok. */
+export function attachCheck(r: WorkloadReport, check: HistoryCheckReport): void {
+  r.check = check;
+  if (check.verdict !== 'linearizable') r.ok = false;
+}
+
+/** Adds a kill test's faults; a cycle with problems makes the report not ok. */
+export function attachFaults(r: WorkloadReport, faults: FaultsReport): void {
+  r.faults = faults;
+  if (faults.problems.length > 0 || faults.cycles.some((c) => c.problems.length > 0)) r.ok = false;
 }
 
 /** Reads back a report, refusing what is not one. */
@@ -172,7 +270,8 @@ export function parseReport(json: unknown, source: string): WorkloadReport {
   if (typeof r.totals !== 'object' || typeof r.latency !== 'object' || !Array.isArray(r.intervals) || typeof r.job !== 'object') {
     throw new PagepairError('BAD_FIELD', `${source}: the report lacks totals, latency, intervals or job`, 'report');
   }
-  return r as WorkloadReport;
+  // Reports written before read-back, checks and faults existed simply have none.
+  return { readBack: null, check: null, faults: null, ...r } as WorkloadReport;
 }
 
 function latencyLine(name: string, l: LatencySummary): string {
@@ -193,22 +292,69 @@ export function formatReportSummary(r: WorkloadReport): string {
     `job ${r.job.name}: ${r.summary}`,
     `  started ${r.startedAt} on ${r.machine.cpuCount} x ${r.machine.cpuModel}, node ${r.machine.node}`,
     `  working set ${r.allocations.length} allocation(s): ${r.allocations.map((a) => `${a.name}${a.reused ? ' (reused)' : ''}`).join(', ')}`,
-    ...(r.prefill !== null ? [`  prefill ${r.prefill.ops} writes, ${formatBytesPerSec(r.prefill.bytes)} in ${r.prefill.seconds.toFixed(1)} s (not counted)`] : []),
+    ...(r.prefill !== null ? [`  prefill ${r.prefill.ops} writes, ${formatBytes(r.prefill.bytes)} in ${r.prefill.seconds.toFixed(1)} s (not counted)`] : []),
     `  ${t.ops.toLocaleString('en-US')} ops in ${t.elapsedS.toFixed(1)} s = ${Math.round(t.opsPerSec).toLocaleString('en-US')} ops/s, ${formatBytesPerSec(t.bytesPerSec)}` +
       `  (reads ${Math.round(t.readOpsPerSec).toLocaleString('en-US')}/s, writes ${Math.round(t.writeOpsPerSec).toLocaleString('en-US')}/s)`,
     latencyLine('reads', r.latency.read),
     latencyLine('writes', r.latency.write),
     `  errors ${t.errors}${codes.length > 0 ? ` (${codes.map(([k, v]) => `${k} ${v}`).join(', ')})` : ''}   verification errors ${t.verifyErrors} of ${t.readsVerified.toLocaleString('en-US')} reads checked   failovers ${t.failovers}`,
     ...t.verifyFailures.map((f) => `  ! ${f}`),
+    ...readBackLines(r),
+    ...checkLines(r),
+    ...faultLines(r),
     ...(pairEvents.length > 0 ? ['  pair events:', ...pairEvents.map((e) => `    ${(e.tMs / 1000).toFixed(2).padStart(8)} s  ${e.kind.padEnd(12)} ${e.detail}`)] : []),
   ];
   return lines.join('\n');
+}
+
+function readBackLines(r: WorkloadReport): string[] {
+  const b = r.readBack;
+  if (b === null) return [];
+  const codes = Object.entries(b.errorCodes);
+  return [
+    `  read back ${formatBytes(b.bytes)} in ${b.reads} reads (${b.seconds.toFixed(1)} s): errors ${b.errors}${codes.length > 0 ? ` (${codes.map(([k, v]) => `${k} ${v}`).join(', ')})` : ''}, verification errors ${b.verifyErrors}`,
+    ...b.verifyFailures.map((f) => `  ! ${f}`),
+  ];
+}
+
+function checkLines(r: WorkloadReport): string[] {
+  const c = r.check;
+  if (c === null) return [];
+  const kinds = Object.entries(c.byKind).filter(([, v]) => v > 0);
+  return [
+    `  history ${c.ops.toLocaleString('en-US')} ops${c.historyPath !== null ? ` (${c.historyPath})` : ''}: ${c.verdict}, violations ${c.violations.length > 0 ? kinds.map(([k, v]) => `${k} ${v}`).join(', ') : 0}` +
+      (c.inconclusiveKeys > 0 ? `, undecided keys ${c.inconclusiveKeys}` : ''),
+    ...c.violations.map((v) => `  ! ${v}`),
+  ];
+}
+
+function faultLines(r: WorkloadReport): string[] {
+  const f = r.faults;
+  if (f === null) return [];
+  const t = f.totals;
+  const ms = (v: number | null): string => (v === null ? '-' : `${Math.round(v)} ms`);
+  return [
+    `  ${t.cycles} ${f.mode} cycles (seed ${f.seed}): stall median ${ms(t.stallMedianMs)}, max ${ms(t.stallMaxMs)}; takeover median ${ms(t.takeoverMedianMs)}, max ${ms(t.takeoverMaxMs)}; resync median ${ms(t.resyncMedianMs)}, max ${ms(t.resyncMaxMs)}`,
+    ...f.cycles.map(
+      (c) =>
+        `    cycle ${String(c.cycle).padStart(3)}  victim ${c.victim}  stall ${ms(c.stallMs).padStart(7)}  takeover ${ms(c.takeoverMs).padStart(7)}  resync ${ms(c.resyncMs).padStart(7)}` +
+        `${c.victimFate !== undefined ? `  (${c.victimFate})` : ''}${c.problems.length > 0 ? `  PROBLEMS: ${c.problems.join('; ')}` : ''}`,
+    ),
+    ...f.problems.map((p) => `  ! ${p}`),
+  ];
 }
 
 /** Where a run's files go by default: ./workload-reports/<job>-<time>.{json,svg}. */
 export function defaultReportBase(job: JobSpec, startedAt: Date = new Date()): string {
   const stamp = startedAt.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z').replace('T', '-');
   return `workload-reports/${job.name}-${stamp}`;
+}
+
+/** `out` as the files' base path, or, when it names a directory (one that exists, or ends in '/'), the default name in it. */
+export function resolveReportBase(out: string | undefined, defaultBase: string): string {
+  if (out === undefined || out === '') return defaultBase;
+  const isDir = out.endsWith('/') || out.endsWith(sep) || (existsSync(out) && statSync(out).isDirectory());
+  return isDir ? join(out, basename(defaultBase)) : out;
 }
 
 /** Writes <base>.json and <base>.svg; returns their paths. */

@@ -10,13 +10,14 @@ import { PagepairClient, controllerAddresses, type ControllerAddress } from '../
 import { PairClient } from '../client/pair-client.js';
 import { PagepairError, isPagepairError } from '../errors.js';
 import type { ControllerConfig } from '../runtime/config.js';
-import type { EngineSetup, AllocationRef } from './engine.js';
+import type { EngineClientOptions, EngineSetup, AllocationRef } from './engine.js';
 import { inProcessHost, workerHost, type EngineHost } from './hosts.js';
 import { describeJob, grainBytes, stripeBytes, type JobSpec, type Target } from './job.js';
 import { PairMonitor, epochNowMs, type PairEvent, type PairEventKind } from './pair-monitor.js';
 import type { ProgressEvent } from './progress.js';
+import type { Recording } from './recording.js';
 import { buildReport, type WorkloadReport } from './report.js';
-import { mergeInto, newHistogram, type EngineTotals, type PrefillStats } from './stats.js';
+import { mergeInto, newHistogram, type EngineTotals, type PrefillStats, type ReadBackStats } from './stats.js';
 import { TimeSeries } from './timeseries.js';
 
 export interface RunOptions {
@@ -29,11 +30,25 @@ export interface RunOptions {
   monitorPollMs?: number;
   /** Called once the run's clock starts, with a handle to mark events (e.g. "kill") or stop. */
   onStart?: (run: RunHandle) => void;
+  /**
+   * Record a history for the checker into this (see recording.ts): the job
+   * then runs in this process, on fresh allocations, with every read
+   * verified, and ends by reading the whole working set back.
+   */
+  record?: Recording;
+  /** PairClient timing of the engines' clients and of the allocating client. */
+  client?: EngineClientOptions;
 }
 
 export interface RunHandle {
   /** Records an event at this instant; it goes to the progress output, the report and the chart. */
   mark(kind: PairEventKind, detail: string, controller?: string | null): void;
+  /**
+   * A controller's new role, seen by the caller (before the pair monitor's
+   * next poll): recorded as an event of `kind` at this instant, unless the
+   * monitor already reported that role; the monitor then does not report it again.
+   */
+  markRole(controller: string, role: string, kind: PairEventKind, detail: string): void;
   stop(): void;
   /** ms since the run's start. */
   elapsedMs(): number;
@@ -82,9 +97,19 @@ function shares(n: number, parts: number): number[] {
   return Array.from({ length: parts }, (_, i) => Math.floor((n * (i + 1)) / parts) - Math.floor((n * i) / parts));
 }
 
+/** A recorded history needs every value a block can hold named by this run's writes, in this process. */
+function checkRecordable(job: JobSpec): void {
+  if (job.workers !== 1) throw new PagepairError('BAD_FIELD', `a recorded history is kept in this process: workers must be 1 (got ${job.workers})`, 'workers');
+  if (!job.verify) throw new PagepairError('BAD_FIELD', 'a recorded history needs verified reads (drop --no-verify)', 'verify');
+  if (job.allocationName !== null) throw new PagepairError('BAD_FIELD', 'a recorded history starts from fresh allocations: leave out name', 'name');
+}
+
 /** Runs `job` against the pair and returns its report (nothing is written to disk here). */
 export async function runWorkloadJob(controllersIn: readonly ControllerAddress[], job: JobSpec, opts: RunOptions = {}): Promise<WorkloadReport> {
   checkTarget(controllersIn, job.target);
+  const record = opts.record ?? null;
+  if (record !== null) checkRecordable(job);
+  const timing = opts.client ?? {};
   const controllers = [...controllersIn];
   const progress = opts.onProgress ?? (() => undefined);
   const preferred = job.target === 'both' ? controllers[0]!.id : job.target;
@@ -114,7 +139,12 @@ export async function runWorkloadJob(controllersIn: readonly ControllerAddress[]
 
   try {
     progress({ type: 'phase', phase: 'connect', detail: `${controllers.map((c) => `${c.id} ${c.host}:${c.port}`).join(', ')}; ${describeJob(job)}` });
-    admin = await PairClient.connect({ controllers: adminOrder, name: `pagepair-workload/${job.name}/admin` });
+    admin = await PairClient.connect({
+      controllers: adminOrder,
+      name: `pagepair-workload/${job.name}/admin`,
+      ...(timing.requestTimeoutMs !== undefined ? { timeoutMs: timing.requestTimeoutMs } : {}),
+      ...(timing.retryForMs !== undefined ? { retryForMs: timing.retryForMs } : {}),
+    });
     if (opts.monitor !== false) {
       monitor = new PairMonitor(controllers, { pollIntervalMs: opts.monitorPollMs ?? 250, onEvent: addEvent });
       await monitor.start();
@@ -182,12 +212,15 @@ export async function runWorkloadJob(controllersIn: readonly ControllerAddress[]
         runTag,
         chunkBytes,
         initial,
+        ...(opts.client !== undefined ? { client: opts.client } : {}),
       });
       stripeAt += stripesPerEngine[e]!;
       clientAt += clientCount;
     }
     const onSample = (s: Parameters<TimeSeries['add']>[0]): void => series.add(s);
-    const made = await Promise.allSettled(setups.map((s) => (job.workers === 1 ? inProcessHost(s, onSample) : workerHost(s, onSample))));
+    const made = await Promise.allSettled(
+      setups.map((s) => (job.workers === 1 ? inProcessHost(s, onSample, record ?? undefined) : workerHost(s, onSample))),
+    );
     for (const m of made) if (m.status === 'fulfilled') hosts.push(m.value);
     const failed = made.find((m) => m.status === 'rejected');
     if (failed !== undefined) throw (failed as PromiseRejectedResult).reason;
@@ -212,6 +245,9 @@ export async function runWorkloadJob(controllersIn: readonly ControllerAddress[]
     progress({ type: 'phase', phase: 'run', detail: job.warmupS > 0 ? `warm-up ${job.warmupS} s, then measuring` : 'measuring' });
     opts.onStart?.({
       mark: (kind, detail, controller = null) => addEvent({ atEpochMs: epochNowMs(), tMs: 0, controller, kind, role: null, detail }),
+      markRole: (controller, role, kind, detail) => {
+        if (monitor === null || monitor.noteRole(controller, role)) addEvent({ atEpochMs: epochNowMs(), tMs: 0, controller, kind, role, detail });
+      },
       stop: stopAll,
       elapsedMs: () => epochNowMs() - t0,
     });
@@ -231,6 +267,11 @@ export async function runWorkloadJob(controllersIn: readonly ControllerAddress[]
     }
     const endMs = Math.max(...totals.map((t) => t.endMs));
     const elapsedS = Math.max(0, endMs - job.warmupS * 1000) / 1000;
+    let readBack: ReadBackStats | null = null;
+    if (record !== null) {
+      progress({ type: 'phase', phase: 'readback', detail: `reading all ${job.sizeBytes} bytes back and checking them (the history's final reads)` });
+      readBack = await hosts[0]!.readBack!();
+    }
     const after = monitor?.roles() ?? {};
     await monitor?.stop();
     monitor = null;
@@ -270,6 +311,7 @@ export async function runWorkloadJob(controllersIn: readonly ControllerAddress[]
       intervals,
       events,
       pair: { before, after },
+      readBack,
     });
     progress({ type: 'phase', phase: 'done', detail: `${report.totals.ops} ops, ${report.totals.errors} errors, ${report.totals.verifyErrors} verification errors` });
     return report;

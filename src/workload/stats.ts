@@ -109,3 +109,14 @@ export interface PrefillStats {
   errors: number;
   elapsedMs: number;
 }
+
+/** The read of the whole working set after a recorded run (see Engine.readBack). */
+export interface ReadBackStats {
+  bytes: number;
+  reads: number;
+  errors: number;
+  errorCodes: Record<string, number>;
+  verifyErrors: number;
+  verifyFailures: string[];
+  elapsedMs: number;
+}

@@ -1,6 +1,7 @@
 // `pagepair kill-test` end to end: a real pair killed, paused and
-// partitioned three times each under a recorded workload; the history must
-// check out and every cycle must print its line.
+// partitioned under the workload generator's recorded load; the history must
+// check out, every cycle must print its line, and the run must leave a
+// workload report and a chart with the faults and recoveries marked.
 
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -8,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { KillTestResult } from '../../src/cli/kill-test.js';
+import { parseReport } from '../../src/workload/report.js';
 import { BIN } from './helpers.js';
 
 const dirs: string[] = [];
@@ -46,7 +48,7 @@ afterAll(() => {
 async function killTest(mode: string, cycles: number, extra: readonly string[]): Promise<{ code: number | null; stdout: string; stderr: string; dir: string }> {
   const dir = mkdtempSync(join(tmpdir(), `pagepair-kt-${mode}-`));
   dirs.push(dir);
-  const args = [BIN, 'kill-test', '--mode', mode, '--cycles', String(cycles), '--seed', '7', '--dir', dir, '--workers', '8', '--json', ...extra];
+  const args = [BIN, 'kill-test', '--mode', mode, '--cycles', String(cycles), '--seed', '7', '--dir', dir, '--out', join(dir, 'report'), '--clients', '2', '--inflight', '4', '--json', ...extra];
   const child = spawn(process.execPath, args, {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -99,6 +101,26 @@ describe.each([
     }
     // The history is there for `pagepair check`.
     expect(existsSync(join(r.dir, 'history.jsonl'))).toBe(true);
+    // Live progress: interval lines and the pair's events as they happened.
+    expect(r.stderr).toMatch(/ops\/s .* p99 .* errors \d+/);
+    expect(r.stderr).toMatch(/>> (takeover|fenced): /);
+    // The workload report and its chart, with the faults, the takeovers and the recoveries in them.
+    expect(result.reportPath).toBe(join(r.dir, 'report.json'));
+    expect(result.chartPath).toBe(join(r.dir, 'report.svg'));
+    const report = parseReport(JSON.parse(readFileSync(result.reportPath!, 'utf8')), result.reportPath!);
+    expect(report.ok).toBe(true);
+    expect(report.check).toMatchObject({ verdict: 'linearizable' });
+    expect(report.faults?.cycles).toHaveLength(cycles);
+    expect(report.readBack).toMatchObject({ errors: 0, verifyErrors: 0 });
+    expect(report.readBack!.bytes).toBe(report.job.sizeBytes);
+    expect(report.totals.readsVerified).toBeGreaterThan(0);
+    const kinds = new Set(report.events.map((e) => e.kind));
+    expect([...kinds]).toEqual(expect.arrayContaining([mode, mode === 'partition' ? 'fenced' : 'takeover', 'mirrored']));
+    expect(report.intervals.length).toBeGreaterThan(2);
+    const svg = readFileSync(result.chartPath!, 'utf8');
+    expect(svg).toMatch(new RegExp(`pagepair kill-test · ${cycles} × ${mode}`));
+    expect(svg).toMatch(mode === 'partition' ? />fenced B</ : />takeover [AB]</);
+    expect(svg).toMatch(/>mirrored [AB]/);
     expect(killLeftovers(r.dir)).toEqual([]);
   }, 110_000);
 });

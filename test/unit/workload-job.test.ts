@@ -1,11 +1,14 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Command } from 'commander';
 import { afterAll, describe, expect, it } from 'vitest';
+import { runKillTest } from '../../src/cli/kill-test.js';
 import { isPagepairError, type PagepairError } from '../../src/errors.js';
+import { loadConfig } from '../../src/runtime/config.js';
+import { runWorkloadCommand } from '../../src/workload/command.js';
 import { addWorkloadOptions, jobInputFromCli } from '../../src/workload/cli-options.js';
-import { jobByName, listJobs, parseJobFile, resolveJob } from '../../src/workload/job-file.js';
+import { jobByName, listJobs, parseJobFile, resolveJob, resolveJobs } from '../../src/workload/job-file.js';
 import { grainBytes, parseBlockSizes, stripeBytes, validateJob, type JobInput } from '../../src/workload/job.js';
 
 function refusal(input: JobInput): PagepairError {
@@ -175,10 +178,21 @@ describe('job files', () => {
     expect(resolveJob({ job: 'hot-set' })).toMatchObject({ distribution: { kind: 'hotspot', opsPct: 90, blocksPct: 10 } });
   });
 
-  it('picks one job of a file with several, and says which there are when none is picked', () => {
-    expect(resolveJob({ job: 'scaling:qd32' })).toMatchObject({ name: 'qd32', inflight: 32, pattern: 'randwrite' });
+  it('picks one job of a file with several, and says which there are when one job is asked for', () => {
+    expect(resolveJob({ job: 'scaling:qd32' })).toMatchObject({ name: 'scaling-qd32', inflight: 32, pattern: 'randwrite' });
+    expect(() => jobByName('scaling:qd64')).toThrow(/has no job "qd64"; it has qd1, qd32/);
     expect(() => jobByName('scaling')).toThrow(/holds several jobs; pick one as scaling:<job> \(qd1, qd32/);
     expect(() => jobByName('no-such-job')).toThrow(/no job named "no-such-job"; ready jobs: .*database/);
+  });
+
+  it('a file with several jobs runs them all, in order, each checked before any runs', () => {
+    const jobs = resolveJobs({ job: 'scaling', input: { duration: 2 } });
+    expect(jobs.map((j) => j.name)).toEqual(['scaling-qd1', 'scaling-qd32', 'scaling-qd32-2clients', 'scaling-qd32-2workers', 'scaling-read-qd32']);
+    expect(jobs.every((j) => j.durationS === 2)).toBe(true);
+    expect(resolveJobs({ job: 'database' }).map((j) => j.name)).toEqual(['database']);
+    expect(resolveJobs({ input: { inflight: 2 } })).toMatchObject([{ name: 'cli', inflight: 2 }]);
+    // One bad job refuses them all, naming the file and the job.
+    expect(() => resolveJobs({ job: 'scaling', input: { workers: 2 } })).toThrow(/workers \(2\) must be at most clients \(1\)/);
   });
 
   it('command-line fields win over the file, and a bad file field is blamed on the file', () => {
@@ -196,5 +210,41 @@ describe('job files', () => {
     const quiet = addWorkloadOptions(new Command('workload').exitOverride());
     quiet.parse([], { from: 'user' });
     expect(jobInputFromCli(quiet.opts(), quiet)).toEqual({});
+  });
+});
+
+describe('nonsense is refused by the option as typed, before anything starts', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'pagepair-opts-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('pagepair workload names the command-line option', async () => {
+    const path = join(dir, 'single.json');
+    writeFileSync(path, JSON.stringify({ id: 'A', pairId: '0b5c8a52-6f0e-4c4e-9a57-3f1d1c2b9e11', secret: 'unit-test-peer-secret-0123', clientToken: 'unit-test-token', mirroring: false, listen: { client: { host: '127.0.0.1', port: 1 }, peer: { host: '127.0.0.1', port: 2 } }, store: { path: join(dir, 'never.store') } }));
+    const cfg = loadConfig(path);
+    const refused = async (input: JobInput): Promise<PagepairError> => {
+      try {
+        await runWorkloadCommand({ cfg, input, print: () => undefined, signal: new AbortController().signal });
+      } catch (err) {
+        if (isPagepairError(err)) return err;
+        throw err;
+      }
+      throw new Error(`ran ${JSON.stringify(input)}`);
+    };
+    expect((await refused({ size: '-64MiB' })).message).toMatch(/^--size: size must be a positive/);
+    expect((await refused({ pattern: 'randomwrite' })).message).toMatch(/^--pattern: pattern must be one of read/);
+    expect((await refused({ inflight: 0 })).message).toMatch(/^--inflight: inflight must be a whole number from 1/);
+    expect((await refused({ blockSize: '4k:70,64k:abc' })).message).toMatch(/^--block-size: blockSize must be a size or a mix/);
+    expect((await refused({ readPct: 150 })).message).toMatch(/^--read-pct: /);
+    expect(existsSync(join(dir, 'never.store'))).toBe(false);
+  });
+
+  it('pagepair kill-test checks its load like a job, naming its own options', async () => {
+    const refused = (extra: Record<string, number>): Promise<unknown> => runKillTest({ cycles: 1, mode: 'kill', seed: 1, print: () => undefined, ...extra });
+    await expect(refused({ blockBytes: 1000 })).rejects.toThrow(/^--block: blockSize must be a multiple of 512 bytes/);
+    await expect(refused({ inflight: 0 })).rejects.toThrow(/^--inflight: inflight must be a whole number from 1/);
+    await expect(refused({ clients: 0 })).rejects.toThrow(/^--clients: /);
+    await expect(refused({ readPct: 101 })).rejects.toThrow(/^--read-pct: /);
+    await expect(refused({ blocks: -5 })).rejects.toThrow(/blocks must be at least 1/);
+    await expect(refused({ cycles: 0 })).rejects.toThrow(/cycles must be at least 1/);
   });
 });

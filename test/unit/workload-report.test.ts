@@ -6,7 +6,17 @@ import { compareReports, runReport } from '../../src/cli/report.js';
 import { degradedSpans, renderChart } from '../../src/workload/chart.js';
 import { validateJob, type JobInput } from '../../src/workload/job.js';
 import type { PairEvent } from '../../src/workload/pair-monitor.js';
-import { buildReport, formatReportSummary, writeReportFiles, type WorkloadReport } from '../../src/workload/report.js';
+import {
+  attachCheck,
+  attachFaults,
+  buildReport,
+  formatReportSummary,
+  parseReport,
+  resolveReportBase,
+  writeReportFiles,
+  type FaultsReport,
+  type WorkloadReport,
+} from '../../src/workload/report.js';
 import { newHistogram, summarizeHistogram, type IntervalSample } from '../../src/workload/stats.js';
 import { TimeSeries, type IntervalRecord } from '../../src/workload/timeseries.js';
 
@@ -66,6 +76,40 @@ function fakeReport(jobInput: JobInput = {}, opsPerSec = 1000, p99Us = 800): Wor
     ],
     pair: { before: { A: 'mirrored', B: 'mirrored' }, after: { A: 'mirrored', B: 'mirrored' } },
   });
+}
+
+function fakeReportWith(extra: { readBack?: Parameters<typeof buildReport>[0]['readBack'] }): WorkloadReport {
+  const r = fakeReport();
+  return buildReport({
+    version: 'test',
+    job: r.job,
+    startedAtEpochMs: Date.parse(r.startedAt),
+    controllers: r.target.controllers,
+    allocations: r.allocations,
+    prefill: null,
+    measured: { ...r.totals, elapsedS: r.totals.elapsedS },
+    readHist: newHistogram(),
+    writeHist: newHistogram(),
+    intervals: r.intervals,
+    events: r.events,
+    pair: r.pair,
+    ...extra,
+  });
+}
+
+/** The fake run as a kill test leaves it: read back, its history checked, one kill cycle measured. */
+function killTestReport(): WorkloadReport {
+  const r = fakeReportWith({ readBack: { bytes: 32 * 1024 * 1024, reads: 32, errors: 0, errorCodes: {}, verifyErrors: 0, verifyFailures: [], elapsedMs: 412 } });
+  attachCheck(r, { historyPath: '/tmp/h.jsonl', ops: 16_000, verdict: 'linearizable', byKind: { 'lost-write': 0, 'stale-read': 0 }, violations: [], inconclusiveKeys: 0 });
+  const faults: FaultsReport = {
+    mode: 'kill',
+    seed: 7,
+    cycles: [{ cycle: 1, mode: 'kill', victim: 'B', survivor: 'A', stallMs: 210, takeoverMs: 160, resyncMs: 900, epoch: 2, ops: 1200, errors: 0, problems: [] }],
+    totals: { cycles: 1, stallMedianMs: 210, stallMaxMs: 210, takeoverMedianMs: 160, takeoverMaxMs: 160, resyncMedianMs: 900, resyncMaxMs: 900 },
+    problems: [],
+  };
+  attachFaults(r, faults);
+  return r;
 }
 
 /** Tags nest, attributes are quoted, text holds no bare < or &: enough to know a browser parses it as XML. */
@@ -148,7 +192,9 @@ describe('the chart', () => {
     expect(names).not.toContain('script');
     expect(svg).not.toMatch(/href=|url\(|@import/);
     for (const s of ['throughput (ops/s)', 'MiB/s', 'latency (log scale)', 'time since start (s)', 'p99', 'p50', 'not mirrored']) expect(svg).toContain(`>${s}<`);
-    for (const label of ['kill B', 'down B', 'takeover A', 'up B', 'resync A', 'mirrored B', 'mirrored A']) expect(svg).toContain(`>${label}<`);
+    for (const label of ['kill B', 'takeover A', 'up B', 'resync A', 'mirrored B', 'mirrored A']) expect(svg).toContain(`>${label}<`);
+    // B's silence right after it was killed says nothing the kill did not.
+    expect(svg).not.toContain('>down B<');
     // Progress of a resync is in the report, not a marker of its own.
     expect(svg.match(/>resync A</g)).toHaveLength(1);
     expect(svg).toContain('not mirrored 3.00–5.00 s');
@@ -171,6 +217,29 @@ describe('the chart', () => {
     expect(svg).toContain('stroke-dasharray="6 3"');
   });
 
+  it('a controller going down on its own is marked; events of one kind within 60 ms share a marker', () => {
+    const r = fakeReport();
+    r.events = r.events.filter((e) => e.kind !== 'kill');
+    r.events.push(event(5050, 'B', 'mirrored', 'mirrored'));
+    r.events = r.events.filter((e) => !(e.kind === 'mirrored' && e.tMs === 4900));
+    const svg = renderChart(r);
+    checkWellFormed(svg);
+    expect(svg).toContain('>down B<');
+    expect(svg).toContain('>mirrored A+B<');
+    expect(svg).not.toContain('>mirrored B<');
+  });
+
+  it('a kill test: its title, its measurements and the verdict on its history, in red when it failed', () => {
+    const r = killTestReport();
+    const svg = renderChart(r);
+    checkWellFormed(svg);
+    expect(svg).toContain('>pagepair kill-test · 1 × kill (seed 7)<');
+    expect(svg).toMatch(/stall 210 ms \(210 ms\) · takeover 160 ms \(160 ms\) · resync 900 ms \(900 ms\) · history of 16,000 ops linearizable, 0 violations</);
+    attachCheck(r, { ...r.check!, verdict: 'violations', byKind: { 'lost-write': 1 }, violations: ['lost-write on chunk 3: ...'] });
+    expect(r.ok).toBe(false);
+    expect(renderChart(r)).toMatch(/fill="#c00000" font-weight="bold">[^<]*history of 16,000 ops NOT linearizable: 1 violations \(lost-write 1\) · FAILED</);
+  });
+
   it('escapes what a job description or an event detail may hold', () => {
     const r = fakeReport();
     r.events.push({ atEpochMs: 0, tMs: 6000, controller: null, kind: 'note', role: null, detail: 'a <b> & "c"' });
@@ -184,6 +253,40 @@ describe('the chart', () => {
 describe('reports', () => {
   const dir = mkdtempSync(join(tmpdir(), 'pagepair-report-'));
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it("a kill test's report says what each cycle measured, what the read-back found and what the checker said", () => {
+    const r = killTestReport();
+    expect(r.ok).toBe(true);
+    const text = formatReportSummary(r);
+    expect(text).toMatch(/read back 32\.0 MiB in 32 reads \(0\.4 s\): errors 0, verification errors 0/);
+    expect(text).toMatch(/history 16,000 ops \(\/tmp\/h\.jsonl\): linearizable, violations 0/);
+    expect(text).toMatch(/1 kill cycles \(seed 7\): stall median 210 ms, max 210 ms; takeover median 160 ms/);
+    expect(text).toMatch(/cycle +1 +victim B +stall +210 ms +takeover +160 ms +resync +900 ms/);
+    const bad = killTestReport();
+    attachFaults(bad, { ...bad.faults!, problems: ['cycle 1: did not recover'] });
+    expect(bad.ok).toBe(false);
+  });
+
+  it('a read-back that found a wrong block makes the run fail', () => {
+    const r = fakeReportWith({ readBack: { bytes: 4096, reads: 1, errors: 0, errorCodes: {}, verifyErrors: 1, verifyFailures: ['read-back: wl offset 0 via A: read write #3, expected #4'], elapsedMs: 5 } });
+    expect(r.ok).toBe(false);
+    expect(formatReportSummary(r)).toMatch(/! read-back: wl offset 0 via A: read write #3, expected #4/);
+  });
+
+  it('reads back reports written before read-back, checks and faults existed', () => {
+    const old = JSON.parse(JSON.stringify(fakeReport())) as Record<string, unknown>;
+    delete old.readBack;
+    delete old.check;
+    delete old.faults;
+    expect(parseReport(old, 'old.json')).toMatchObject({ readBack: null, check: null, faults: null });
+  });
+
+  it('the files go to a base path, or into a directory under their default name', () => {
+    expect(resolveReportBase(undefined, 'workload-reports/x-1')).toBe('workload-reports/x-1');
+    expect(resolveReportBase('out/run', 'workload-reports/x-1')).toBe('out/run');
+    expect(resolveReportBase('out/', 'workload-reports/x-1')).toBe(join('out', 'x-1'));
+    expect(resolveReportBase(dir, 'workload-reports/x-1')).toBe(join(dir, 'x-1'));
+  });
 
   it('summarize in text with the totals, the latency per operation and the pair events', () => {
     const text = formatReportSummary(fakeReport());
