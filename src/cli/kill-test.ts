@@ -41,8 +41,10 @@ import {
   resolveReportBase,
   writeReportFiles,
   type FaultCycle,
+  type FaultTotals,
   type FaultsReport,
   type HistoryCheckReport,
+  type ReportTotals,
   type WorkloadReport,
 } from '../workload/report.js';
 import { runWorkloadJob, type RunHandle } from '../workload/runner.js';
@@ -112,14 +114,7 @@ export interface CycleResult extends FaultCycle {
   survivor: Letter;
 }
 
-export interface KillTestTotals {
-  cycles: number;
-  stallMedianMs: number;
-  stallMaxMs: number;
-  takeoverMedianMs: number;
-  takeoverMaxMs: number;
-  resyncMedianMs: number;
-  resyncMaxMs: number;
+export interface KillTestTotals extends FaultTotals {
   ops: number;
   errors: number;
   writesMaybe: number;
@@ -139,18 +134,12 @@ export interface KillTestResult {
   totals: KillTestTotals;
   check: HistoryCheckReport | null;
   /** The load as the workload report sums it up. */
-  workload: {
-    summary: string;
-    ops: number;
-    opsPerSec: number;
-    errors: number;
-    errorCodes: Record<string, number>;
-    verifyErrors: number;
-    verifyFailures: string[];
-    readsVerified: number;
-    failovers: number;
-    readBack: WorkloadReport['readBack'];
-  } | null;
+  workload:
+    | (Pick<ReportTotals, 'ops' | 'opsPerSec' | 'errors' | 'errorCodes' | 'verifyErrors' | 'verifyFailures' | 'readsVerified' | 'failovers'> & {
+        summary: string;
+        readBack: WorkloadReport['readBack'];
+      })
+    | null;
   problems: string[];
   /** The working directory when it was kept, else null. */
   dir: string | null;

@@ -99,20 +99,23 @@ export interface FaultCycle {
   problems: string[];
 }
 
+/** Medians and maxima over a kill test's cycles. */
+export interface FaultTotals {
+  cycles: number;
+  stallMedianMs: number;
+  stallMaxMs: number;
+  takeoverMedianMs: number;
+  takeoverMaxMs: number;
+  resyncMedianMs: number;
+  resyncMaxMs: number;
+}
+
 /** The faults of a kill test, beside the run they hurt. */
 export interface FaultsReport {
   mode: string;
   seed: number;
   cycles: FaultCycle[];
-  totals: {
-    cycles: number;
-    stallMedianMs: number;
-    stallMaxMs: number;
-    takeoverMedianMs: number;
-    takeoverMaxMs: number;
-    resyncMedianMs: number;
-    resyncMaxMs: number;
-  };
+  totals: FaultTotals;
   problems: string[];
 }
 
