@@ -17,6 +17,7 @@ import { listJobs } from '../workload/job-file.js';
 import { runReport } from './report.js';
 import { benchCommand } from './bench.js';
 import { volumeCommand } from './volume.js';
+import { nbdKillTestCommand } from './nbd-kill-test.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -119,6 +120,7 @@ addWorkloadOptions(program.commands.find((c) => c.name() === 'workload')!);
 program.addCommand(benchCommand());
 
 program.addCommand(volumeCommand());
+program.addCommand(nbdKillTestCommand());
 
 program
   .command('report')
