@@ -8,6 +8,18 @@ import { fileURLToPath } from 'node:url';
 import { PagepairError } from '../errors.js';
 
 const BIN = fileURLToPath(new URL('../../bin/pagepair.js', import.meta.url));
+
+/**
+ * Node flags a controller runs with (every process that starts `pagepair
+ * start` should pass them; the floors get them too, so every row runs under
+ * the same V8 settings). A young generation of at most 8 MiB a semispace:
+ * with the default (16 MiB) V8's heuristics start marking the whole old
+ * generation again and again under a steady stream of writes (its free room
+ * stays below the young generation's size), ~80 full collections in 10 s,
+ * and mirrored writes ran at half speed. Scavenges get more frequent and
+ * stay cheap.
+ */
+export const CONTROLLER_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=8'];
 const LINES_KEPT = 40;
 const FLOOR_START_TIMEOUT_MS = 10_000;
 
@@ -27,8 +39,9 @@ export class ChildGroup {
   /** Forks one of the floor scripts next to this file; resolves with its port once it listens. */
   async forkFloor(name: string, script: 'echo-server' | 'relay-server', args: string[]): Promise<{ proc: BenchChild; port: number }> {
     const path = fileURLToPath(new URL(`./${script}.js`, import.meta.url));
-    // No inherited node flags: a floor never runs under --cpu-prof or a debugger.
-    const child = fork(path, args, { execArgv: [], stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
+    // Not the benchmark's own node flags (a floor never runs under --cpu-prof
+    // or a debugger): the controllers' V8 settings, so the rows compare alike.
+    const child = fork(path, args, { execArgv: [...CONTROLLER_NODE_FLAGS], stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
     const proc = this.track(name, child);
     const port = await new Promise<number>((resolve, reject) => {
       const timer = setTimeout(() => reject(new PagepairError('TIMEOUT', `${name} did not start within ${FLOOR_START_TIMEOUT_MS} ms: ${proc.lastLines().join(' | ')}`)), FLOOR_START_TIMEOUT_MS);
@@ -48,7 +61,7 @@ export class ChildGroup {
 
   /** Starts `pagepair start --config <path>`; nodeFlags go before the script (e.g. --cpu-prof). */
   spawnController(name: string, configPath: string, nodeFlags: string[]): BenchChild {
-    const child = spawn(process.execPath, [...nodeFlags, BIN, 'start', '--config', configPath], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [...CONTROLLER_NODE_FLAGS, ...nodeFlags, BIN, 'start', '--config', configPath], { stdio: ['ignore', 'pipe', 'pipe'] });
     return this.track(name, child);
   }
 

@@ -1,13 +1,14 @@
 // The pagepair client library: one WebSocket to one controller, requests
 // matched to replies by request id, every failure a PagepairError.
 
-import type { CListReply, ClientRequest, Common, Message, MessageKind } from '../protocol/messages.js';
+import type { CListReply, ClientRequest, Message, MessageKind } from '../protocol/messages.js';
 import type { Socket } from 'node:net';
 import { WebSocket, type RawData } from 'ws';
 import { PagepairError } from '../errors.js';
 import { decode, encode } from '../protocol/codec.js';
 import { HARD_LIMITS } from '../protocol/limits.js';
 import { PointerMode, PROTOCOL_VERSION, SENDER_CLIENT, type RoleCode } from '../protocol/messages.js';
+import { FRAMES } from '../transport/frame-pool.js';
 import { closeGracefully, messageBytes, WS_COMMON, zeroMask } from '../transport/ws-util.js';
 
 export interface ClientOptions {
@@ -27,21 +28,33 @@ export interface AllocationInfo {
 }
 
 type ReplyOf<K extends MessageKind> = Extract<Message, { kind: K }>;
-/** A client request without its header fields, which the client fills in. */
-type RequestBody = ClientRequest extends infer R ? (R extends ClientRequest ? Omit<R, keyof Common> : never) : never;
+
+/** What a request resolves to: the reply itself, nothing, or the reply's data. */
+const RESOLVE_REPLY = 0;
+const RESOLVE_VOID = 1;
+const RESOLVE_DATA = 2;
+type ResolveShape = typeof RESOLVE_REPLY | typeof RESOLVE_VOID | typeof RESOLVE_DATA;
 
 interface Pending {
+  requestId: number;
   expect: MessageKind;
-  resolve(msg: Message): void;
+  shape: ResolveShape;
+  resolve(value: unknown): void;
   reject(err: Error): void;
   deadlineMs: number;
   kind: string;
+  /** The encoded request while it waits for room under inflightMax; null once sent. */
+  frame: Buffer | null;
 }
+
+const SEND_BINARY = { binary: true } as const;
 
 const TIMEOUT_MS_DEFAULT = 10_000;
 const REQUEST_ID_MAX = 0xffff_ffff;
 
 const NO_TAG = { clientId: 0, clientSeq: 0 };
+/** Header fields of a request before it is sent; request() sets the requestId. */
+const HEAD = { requestId: 0, epoch: 0, sender: SENDER_CLIENT, flags: 0 } as const;
 
 export class PagepairClient {
   readonly controllerId: number;
@@ -59,7 +72,7 @@ export class PagepairClient {
   private sweepTimer: NodeJS.Timeout | undefined;
   private corked = false;
   /** Requests held back while inflightMax are pending. */
-  private readonly waiting: { start(): void; reject(err: Error): void }[] = [];
+  private readonly waiting: Pending[] = [];
   private lastRequestId: number;
   private closed = false;
   /** Why the controller ended the connection, when it said so (an ERROR with request id 0). */
@@ -165,44 +178,56 @@ export class PagepairClient {
     checkString('name', name);
     checkString('policy', policy);
     checkCount('sizeBytes', sizeBytes);
-    const r = await this.request({ kind: 'C_ALLOCATE', name, policy, sizeBytes }, 'C_ALLOCATE_REPLY');
+    const r = await this.request<ReplyOf<'C_ALLOCATE_REPLY'>>({ kind: 'C_ALLOCATE', ...HEAD, name, policy, sizeBytes }, 'C_ALLOCATE_REPLY');
     return { guid: r.guid, pageSizeBytes: r.pageSizeBytes, pageCount: r.pageCount };
   }
 
   async release(guid: string): Promise<void> {
     checkString('guid', guid);
-    await this.request({ kind: 'C_RELEASE', guid }, 'C_RELEASE_REPLY');
+    await this.request({ kind: 'C_RELEASE', ...HEAD, guid }, 'C_RELEASE_REPLY', RESOLVE_VOID);
   }
 
   /** `tag`: the client id and sequence number that make a retried write apply once (see PairClient). */
-  async write(guid: string, offset: number, data: Buffer, pointerId = 0, tag: { clientId: number; clientSeq: number } = NO_TAG): Promise<void> {
-    checkString('guid', guid);
-    checkCount('offset', offset);
-    checkCount('pointerId', pointerId);
-    if (!Buffer.isBuffer(data)) throw new PagepairError('BAD_FIELD', 'data must be a Buffer', 'data');
-    this.checkSize('data', data.length);
-    await this.request({ kind: 'C_WRITE', guid, offset, pointerId, clientId: tag.clientId, clientSeq: tag.clientSeq, data }, 'C_WRITE_REPLY');
+  write(guid: string, offset: number, data: Buffer, pointerId = 0, tag: { clientId: number; clientSeq: number } = NO_TAG): Promise<void> {
+    // The hot path: one object of one shape per request, no async wrapper.
+    try {
+      checkString('guid', guid);
+      checkCount('offset', offset);
+      checkCount('pointerId', pointerId);
+      if (!Buffer.isBuffer(data)) throw new PagepairError('BAD_FIELD', 'data must be a Buffer', 'data');
+      this.checkSize('data', data.length);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.request<void>(
+      { kind: 'C_WRITE', requestId: 0, epoch: 0, sender: SENDER_CLIENT, flags: 0, guid, offset, pointerId, clientId: tag.clientId, clientSeq: tag.clientSeq, data },
+      'C_WRITE_REPLY',
+      RESOLVE_VOID,
+    );
   }
 
-  async read(guid: string, offset: number, length: number, pointerId = 0): Promise<Buffer> {
-    checkString('guid', guid);
-    checkCount('offset', offset);
-    checkCount('length', length);
-    checkCount('pointerId', pointerId);
-    this.checkSize('length', length);
-    const r = await this.request({ kind: 'C_READ', guid, offset, length, pointerId }, 'C_READ_REPLY');
-    return r.data;
+  read(guid: string, offset: number, length: number, pointerId = 0): Promise<Buffer> {
+    try {
+      checkString('guid', guid);
+      checkCount('offset', offset);
+      checkCount('length', length);
+      checkCount('pointerId', pointerId);
+      this.checkSize('length', length);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.request<Buffer>({ kind: 'C_READ', requestId: 0, epoch: 0, sender: SENDER_CLIENT, flags: 0, guid, offset, length, pointerId }, 'C_READ_REPLY', RESOLVE_DATA);
   }
 
   /** Destages dirty pages (of one allocation, or all when guid is omitted); resolves to the pages written. */
   async flush(guid?: string): Promise<number> {
     if (guid !== undefined) checkString('guid', guid);
-    const r = await this.request({ kind: 'C_FLUSH', guid: guid ?? '' }, 'C_FLUSH_REPLY');
+    const r = await this.request<ReplyOf<'C_FLUSH_REPLY'>>({ kind: 'C_FLUSH', ...HEAD, guid: guid ?? '' }, 'C_FLUSH_REPLY');
     return r.pages;
   }
 
   async status(): Promise<unknown> {
-    const r = await this.request({ kind: 'C_STATUS' }, 'C_STATUS_REPLY');
+    const r = await this.request<ReplyOf<'C_STATUS_REPLY'>>({ kind: 'C_STATUS', ...HEAD }, 'C_STATUS_REPLY');
     try {
       return JSON.parse(r.json) as unknown;
     } catch (err) {
@@ -211,7 +236,7 @@ export class PagepairClient {
   }
 
   async list(): Promise<CListReply['allocations']> {
-    const r = await this.request({ kind: 'C_LIST' }, 'C_LIST_REPLY');
+    const r = await this.request<ReplyOf<'C_LIST_REPLY'>>({ kind: 'C_LIST', ...HEAD }, 'C_LIST_REPLY');
     return r.allocations;
   }
 
@@ -222,8 +247,8 @@ export class PagepairClient {
     if (mode !== 'read' && mode !== 'write') {
       throw new PagepairError('BAD_FIELD', `mode must be 'read' or 'write', got ${String(mode)}`, 'mode');
     }
-    const r = await this.request(
-      { kind: 'C_OPEN_POINTER', guid, firstPage, pageCount, mode: mode === 'read' ? PointerMode.READ : PointerMode.WRITE },
+    const r = await this.request<ReplyOf<'C_OPEN_POINTER_REPLY'>>(
+      { kind: 'C_OPEN_POINTER', ...HEAD, guid, firstPage, pageCount, mode: mode === 'read' ? PointerMode.READ : PointerMode.WRITE },
       'C_OPEN_POINTER_REPLY',
     );
     return r.pointerId;
@@ -233,7 +258,7 @@ export class PagepairClient {
   async closePointer(pointerId: number, commit = true): Promise<number> {
     checkCount('pointerId', pointerId);
     if (typeof commit !== 'boolean') throw new PagepairError('BAD_FIELD', 'commit must be a boolean', 'commit');
-    const r = await this.request({ kind: 'C_CLOSE_POINTER', pointerId, commit }, 'C_CLOSE_POINTER_REPLY');
+    const r = await this.request<ReplyOf<'C_CLOSE_POINTER_REPLY'>>({ kind: 'C_CLOSE_POINTER', ...HEAD, pointerId, commit }, 'C_CLOSE_POINTER_REPLY');
     return r.pages;
   }
 
@@ -245,30 +270,36 @@ export class PagepairClient {
 
   // -------------------------------------------------------------------------
 
-  private request<K extends MessageKind>(body: RequestBody, expect: K): Promise<ReplyOf<K>> {
+  /** Sends `msg` (its requestId is filled in here) and resolves with the reply in `shape`. */
+  private request<T>(msg: ClientRequest, expect: MessageKind, shape: ResolveShape = RESOLVE_REPLY): Promise<T> {
     if (this.closed || this.ws.readyState !== WebSocket.OPEN) {
       return Promise.reject(this.closedError());
     }
     const requestId = this.nextRequestId();
-    const msg = { ...body, requestId, epoch: 0, sender: SENDER_CLIENT, flags: 0 } as ClientRequest;
+    msg.requestId = requestId;
     let frame: Buffer;
     try {
-      frame = encode(msg);
+      frame = encode(msg, FRAMES.take);
     } catch (err) {
       // The codec refuses what the controller would refuse (a string too long, ...).
       return Promise.reject(err instanceof PagepairError ? err : new PagepairError('BAD_FIELD', errorText(err)));
     }
-    return new Promise<ReplyOf<K>>((resolve, reject) => {
-      const start = (): void => {
-        this.pending.set(requestId, { expect, resolve: resolve as (msg: Message) => void, reject, deadlineMs: Date.now() + this.timeoutMs, kind: body.kind });
-        this.armSweep();
-        this.corkForThisTurn();
-        this.ws.send(frame, { binary: true });
-      };
+    return new Promise<T>((resolve, reject) => {
+      const p: Pending = { requestId, expect, shape, resolve: resolve as (value: unknown) => void, reject, deadlineMs: 0, kind: msg.kind, frame };
       // Past the controller's in-flight limit a request waits here, not in a BUSY reply.
-      if (this.pending.size >= this.inflightMax) this.waiting.push({ start, reject });
-      else start();
+      if (this.pending.size >= this.inflightMax) this.waiting.push(p);
+      else this.start(p);
     });
+  }
+
+  private start(p: Pending): void {
+    const frame = p.frame!;
+    p.frame = null;
+    p.deadlineMs = Date.now() + this.timeoutMs;
+    this.pending.set(p.requestId, p);
+    this.armSweep();
+    this.corkForThisTurn();
+    this.ws.send(frame, SEND_BINARY, FRAMES.giveBackAfter(frame));
   }
 
   /** Requests sent in one turn of the event loop leave in one write. */
@@ -305,7 +336,7 @@ export class PagepairClient {
   }
 
   private startWaiting(): void {
-    while (this.waiting.length > 0 && this.pending.size < this.inflightMax && !this.closed) this.waiting.shift()!.start();
+    while (this.waiting.length > 0 && this.pending.size < this.inflightMax && !this.closed) this.start(this.waiting.shift()!);
   }
 
   private nextRequestId(): number {
@@ -339,6 +370,8 @@ export class PagepairClient {
     if (this.waiting.length > 0) this.startWaiting();
     if (msg.kind === 'ERROR') p.reject(PagepairError.fromWire(msg.code, msg.message));
     else if (msg.kind !== p.expect) p.reject(new PagepairError('INTERNAL', `expected ${p.expect}, got ${msg.kind}`));
+    else if (p.shape === RESOLVE_VOID) p.resolve(undefined);
+    else if (p.shape === RESOLVE_DATA) p.resolve((msg as ReplyOf<'C_READ_REPLY'>).data);
     else p.resolve(msg);
   }
 

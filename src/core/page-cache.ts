@@ -18,9 +18,13 @@ export interface CachePage {
   version: number;
   crc: number;
   epoch: number;
-  /** Never changed in place: a write installs a new buffer, so a destage or
-   *  a frame being encoded can hold the old one safely. */
+  /** Changed in place only while nothing else holds it (see reusableData):
+   *  otherwise a write installs a new buffer, so a destage or a frame being
+   *  encoded can hold the old one safely. */
   data: Buffer;
+  /** `data` was handed to someone who may keep it (a reader): it is never
+   *  changed in place; the next version gets a buffer of its own. */
+  dataLent: boolean;
   dirty: boolean;
   dirtySinceMs: number;
   /** Newest version known to be in the store (0: not known). */
@@ -128,6 +132,22 @@ export class PageCache {
     return cp;
   }
 
+  /**
+   * The page's buffer when the next version may be written into it in place:
+   * no store write and no mirror frame holds it, and it was never lent out.
+   * Saves allocating (and later collecting) a page buffer per write. Null:
+   * write the next version into a new buffer.
+   */
+  reusableData(cp: CachePage): Buffer | null {
+    return cp.destagingVersion === 0 && cp.mirrorPending === 0 && !cp.dataLent ? cp.data : null;
+  }
+
+  /** Hand out the page's buffer: it is never written in place from now on. */
+  lend(cp: CachePage): Buffer {
+    cp.dataLent = true;
+    return cp.data;
+  }
+
   /** Evict clean pages until `bytes` more fit. False when they cannot. */
   makeRoom(bytes: number): boolean {
     while (this.usedBytes + bytes > this.cacheBytesMax) {
@@ -170,7 +190,10 @@ export class PageCache {
       } else {
         this.lru.delete(cp);
       }
-      cp.data = data;
+      if (cp.data !== data) {
+        cp.data = data;
+        cp.dataLent = false;
+      }
     }
     cp.version = version;
     cp.crc = crc;
@@ -235,6 +258,7 @@ export class PageCache {
       destagingVersion: 0,
       mirrorPending: 0,
       pins: 0,
+      dataLent: false,
       waiters: null,
       lruOlder: null,
       lruNewer: null,

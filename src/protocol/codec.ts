@@ -7,10 +7,17 @@
 // ProtocolError, never another exception. Data fields of decoded messages are
 // views into the input (no copy): they alias it, so the input must not be
 // reused while the message is alive.
+//
+// Page data is the bulk of every frame, so it is read as few times as
+// possible: a page's CRC that is already known (a WRITE_PAGE record's `crc`,
+// a message's DATA_CRC) is folded into the body CRC without reading the page
+// again, and decoding hands the CRC of a message's data back (DATA_CRC), so
+// the receiver need not compute it once more.
 
 import { PagepairError } from '../errors.js';
 import type { ErrorCodeName } from '../errors.js';
 import { crc32cRange } from './crc32c.js';
+import { combinesFast, crc32cCombine } from './crc32c-combine.js';
 import { readGuid, writeGuid } from './guid.js';
 import { BODY, KIND_OF_TYPE, TYPE_OF_KIND } from './layout.js';
 import type { Field, ScalarField } from './layout.js';
@@ -45,6 +52,27 @@ export class ProtocolError extends PagepairError {
     this.requestId = requestId;
     this.frameType = frameType;
   }
+}
+
+/**
+ * The CRC-32C of a message's one top-level data field (C_WRITE, C_READ_REPLY).
+ * decode sets it, for page-sized data (powers of two from 512 bytes); encode
+ * uses it when present instead of reading the data again for the body CRC.
+ * A wrong value is not silent: the frame's body CRC no longer matches, and the
+ * receiver refuses the frame.
+ */
+export const DATA_CRC: unique symbol = Symbol('pagepair.dataCrc');
+
+/** A message that may carry DATA_CRC. */
+export type WithDataCrc = { [DATA_CRC]?: number };
+
+/**
+ * Attaches the CRC-32C of msg's data (see DATA_CRC). Not enumerable: the
+ * message compares and prints as the plain message it is.
+ */
+export function setDataCrc<M extends object>(msg: M, crc: number): M {
+  Object.defineProperty(msg, DATA_CRC, { value: crc >>> 0, writable: true, configurable: true });
+  return msg;
 }
 
 // Header offsets
@@ -119,10 +147,89 @@ function putU64(b: Uint8Array, p: number, v: number): void {
 }
 
 // ---------------------------------------------------------------------------
+// GUIDs: every page record and every client request carries one, and a pair
+// serves a handful of allocations; the last few are remembered both ways. A
+// decoded GUID that repeats is then the very same string, whose hash a Map
+// lookup has already computed.
+
+const GUIDS_REMEMBERED = 4;
+const guidBytesSeen = new Uint8Array(16 * GUIDS_REMEMBERED);
+const guidStringsSeen: string[] = new Array<string>(GUIDS_REMEMBERED).fill('');
+let guidNextSlot = 0;
+
+function decodeGuid(b: Uint8Array, p: number): string {
+  next: for (let i = 0; i < GUIDS_REMEMBERED; i++) {
+    const s = guidStringsSeen[i]!;
+    if (s === '') continue;
+    const o = i * 16;
+    for (let k = 0; k < 16; k++) if (guidBytesSeen[o + k] !== b[p + k]) continue next;
+    return s;
+  }
+  const s = readGuid(b, p);
+  const slot = guidNextSlot;
+  guidNextSlot = (slot + 1) % GUIDS_REMEMBERED;
+  for (let k = 0; k < 16; k++) guidBytesSeen[slot * 16 + k] = b[p + k]!;
+  guidStringsSeen[slot] = s;
+  return s;
+}
+
+const guidEncodedBytes = new Uint8Array(16 * GUIDS_REMEMBERED);
+const guidEncodedStrings: string[] = new Array<string>(GUIDS_REMEMBERED).fill('');
+let guidEncodedNext = 0;
+
+/** writeGuid, remembering the bytes of the last few GUIDs written. */
+function encodeGuid(v: unknown, buf: Buffer, p: number): boolean {
+  if (typeof v !== 'string' || v === '') return writeGuid(v, buf, p);
+  for (let i = 0; i < GUIDS_REMEMBERED; i++) {
+    if (guidEncodedStrings[i] === v) {
+      const o = i * 16;
+      for (let k = 0; k < 16; k++) buf[p + k] = guidEncodedBytes[o + k]!;
+      return true;
+    }
+  }
+  if (!writeGuid(v, buf, p)) return false;
+  const slot = guidEncodedNext;
+  guidEncodedNext = (slot + 1) % GUIDS_REMEMBERED;
+  for (let k = 0; k < 16; k++) guidEncodedBytes[slot * 16 + k] = buf[p + k]!;
+  guidEncodedStrings[slot] = v;
+  return true;
+}
+
+// ---------------------------------------------------------------------------
 // Encode
 
-function badField(kind: MessageKind, field: string, what: string): PagepairError {
-  return new PagepairError('BAD_FIELD', `${kind}: field ${field} ${what}`, field);
+/**
+ * Where a field of a list record is, for error messages: `list[index].field`.
+ * One instance is reused for every record field, and the string is made only
+ * when an error names it: building "pages[3].data" for every field of every
+ * page was a measurable share of encoding and decoding a WRITE_PAGE.
+ */
+class RecordPath {
+  list = '';
+  index = 0;
+  field = '';
+
+  at(list: string, index: number, field: string): this {
+    this.list = list;
+    this.index = index;
+    this.field = field;
+    return this;
+  }
+
+  toString(): string {
+    return `${this.list}[${this.index}].${this.field}`;
+  }
+}
+
+/** A top-level field's name, or a record field's place. */
+type FieldPath = string | RecordPath;
+
+const encodePath = new RecordPath();
+const decodePath = new RecordPath();
+
+function badField(kind: MessageKind, field: FieldPath, what: string): PagepairError {
+  const name = String(field);
+  return new PagepairError('BAD_FIELD', `${kind}: field ${name} ${what}`, name);
 }
 
 /**
@@ -130,7 +237,7 @@ function badField(kind: MessageKind, field: string, what: string): PagepairError
  * returns its size on the wire. Everything is checked here, before the
  * buffer is allocated, except GUID syntax (checked as it is written).
  */
-function scalarBytes(kind: MessageKind, f: ScalarField, v: unknown, path: string): number {
+function scalarBytes(kind: MessageKind, f: ScalarField, v: unknown, path: FieldPath): number {
   switch (f.enc) {
     case 'u8':
       if (typeof v !== 'number' || (v & 0xff) !== v) throw badField(kind, path, `must be a u8, got ${String(v)}`);
@@ -208,14 +315,14 @@ function bodyBytes(kind: MessageKind, msg: Record<string, unknown>, fields: read
     for (let i = 0; i < v.length; i++) {
       const item = v[i] as Record<string, unknown> | null;
       if (typeof item !== 'object' || item === null) throw badField(kind, `${f.name}[${i}]`, 'must be an object');
-      for (const g of f.item) total += scalarBytes(kind, g, item[g.name], `${f.name}[${i}].${g.name}`);
+      for (const g of f.item) total += scalarBytes(kind, g, item[g.name], encodePath.at(f.name, i, g.name));
     }
   }
   return total;
 }
 
 /** Writes one checked value at p; returns the position after it. */
-function writeScalar(kind: MessageKind, buf: Buffer, p: number, f: ScalarField, v: unknown, path: string): number {
+function writeScalar(kind: MessageKind, buf: Buffer, p: number, f: ScalarField, v: unknown, path: FieldPath): number {
   switch (f.enc) {
     case 'u8':
     case 'enum':
@@ -236,11 +343,11 @@ function writeScalar(kind: MessageKind, buf: Buffer, p: number, f: ScalarField, 
       putU64(buf, p, v as number);
       return p + 8;
     case 'guid':
-      if (!writeGuid(v, buf, p)) throw badField(kind, path, `is not a lowercase canonical uuid: ${JSON.stringify(v)}`);
+      if (!encodeGuid(v, buf, p)) throw badField(kind, path, `is not a lowercase canonical uuid: ${JSON.stringify(v)}`);
       return p + 16;
     case 'guidOrEmpty':
       if (v === '') buf.fill(0, p, p + 16);
-      else if (!writeGuid(v, buf, p)) {
+      else if (!encodeGuid(v, buf, p)) {
         throw badField(kind, path, `is not '' or a lowercase canonical uuid: ${JSON.stringify(v)}`);
       }
       return p + 16;
@@ -266,10 +373,26 @@ function writeScalar(kind: MessageKind, buf: Buffer, p: number, f: ScalarField, 
   }
 }
 
+/**
+ * Data fields of the frame being encoded whose CRC is known, in body order:
+ * where the data starts, its length and its CRC. Module scratch: encode is
+ * synchronous, so one frame at a time uses it.
+ */
+const known = { count: 0, pos: [] as number[], len: [] as number[], crc: [] as number[] };
+
+function noteKnownCrc(p: number, data: unknown, crc: unknown): void {
+  if (!(data instanceof Uint8Array) || !combinesFast(data.length) || typeof crc !== 'number' || crc >>> 0 !== crc) return;
+  const i = known.count++;
+  known.pos[i] = p + 4;
+  known.len[i] = data.length;
+  known.crc[i] = crc;
+}
+
 function writeBody(kind: MessageKind, buf: Buffer, p: number, msg: Record<string, unknown>, fields: readonly Field[]) {
   for (const f of fields) {
     const v = msg[f.name];
     if (f.enc !== 'list') {
+      if (f.enc === 'data') noteKnownCrc(p, v, (msg as WithDataCrc)[DATA_CRC]);
       p = writeScalar(kind, buf, p, f, v, f.name);
       continue;
     }
@@ -279,18 +402,40 @@ function writeBody(kind: MessageKind, buf: Buffer, p: number, msg: Record<string
     p += f.countBytes;
     for (let i = 0; i < items.length; i++) {
       const item = items[i]!;
-      for (const g of f.item) p = writeScalar(kind, buf, p, g, item[g.name], `${f.name}[${i}].${g.name}`);
+      for (const g of f.item) {
+        if (g.crcField !== null) noteKnownCrc(p, item[g.name], item[g.crcField]);
+        p = writeScalar(kind, buf, p, g, item[g.name], encodePath.at(f.name, i, g.name));
+      }
     }
   }
   return p;
 }
 
+/** The body CRC of buf[start, end), folding in the data CRCs noted while the body was written. */
+function encodedBodyCrc(buf: Buffer, start: number, end: number): number {
+  let crc = 0;
+  let at = start;
+  for (let i = 0; i < known.count; i++) {
+    const pos = known.pos[i]!;
+    crc = crc32cRange(buf, at, pos, crc);
+    crc = crc32cCombine(crc, known.crc[i]!, known.len[i]!);
+    at = pos + known.len[i]!;
+  }
+  known.count = 0;
+  return crc32cRange(buf, at, end, crc);
+}
+
+function allocateFrame(bytes: number): Buffer {
+  return Buffer.allocUnsafe(bytes);
+}
+
 /**
  * One frame holding `msg`, in a single buffer of exactly its size. Throws
  * PagepairError BAD_FIELD (naming the field) for a value that cannot be
- * encoded, FRAME_TOO_LARGE past the hard frame limit.
+ * encoded, FRAME_TOO_LARGE past the hard frame limit. `allocate` supplies the
+ * buffer (a pool of frames, in the transports); its contents are overwritten.
  */
-export function encode(msg: Message): Buffer {
+export function encode(msg: Message, allocate: (bytes: number) => Buffer = allocateFrame): Buffer {
   const kind = msg.kind;
   const fields: readonly Field[] | undefined = Object.hasOwn(BODY, kind) ? BODY[kind] : undefined;
   if (fields === undefined) throw new PagepairError('UNKNOWN_TYPE', `no message kind ${String(kind)}`, 'kind');
@@ -317,7 +462,8 @@ export function encode(msg: Message): Buffer {
     );
   }
 
-  const buf = Buffer.allocUnsafe(frameBytes);
+  const buf = allocate(frameBytes);
+  known.count = 0;
   const end = writeBody(kind, buf, HEADER_BYTES, record, fields);
   if (end !== frameBytes) throw new Error(`invariant broken: ${kind} body wrote ${end} of ${frameBytes} bytes`);
 
@@ -329,7 +475,7 @@ export function encode(msg: Message): Buffer {
   putU32(buf, OFF_EPOCH, epoch);
   putU32(buf, OFF_SENDER, sender);
   putU32(buf, OFF_BODY_LENGTH, bodyLength);
-  putU32(buf, OFF_BODY_CRC, crc32cRange(buf, HEADER_BYTES, frameBytes));
+  putU32(buf, OFF_BODY_CRC, encodedBodyCrc(buf, HEADER_BYTES, frameBytes));
   putU32(buf, OFF_HEADER_CRC, crc32cRange(buf, 0, OFF_HEADER_CRC));
   return buf;
 }
@@ -422,22 +568,25 @@ class BodyReader {
     readonly kind: MessageKind,
     readonly header: FrameHeader,
     readonly limits: Limits,
+    /** Note top-level data fields so that their CRC is handed back (DATA_CRC). */
+    readonly wantDataCrc: boolean,
   ) {
     this.pos = start;
   }
 
-  fail(code: ErrorCodeName, path: string, what: string): ProtocolError {
+  fail(code: ErrorCodeName, path: FieldPath, what: string): ProtocolError {
+    const name = String(path);
     return new ProtocolError(
       code,
-      `${this.kind}: field ${path} ${what}`,
-      path,
+      `${this.kind}: field ${name} ${what}`,
+      name,
       this.header.requestId,
       this.header.type,
     );
   }
 
   /** Reserves n bytes at the current position and returns where they start. */
-  take(n: number, path: string): number {
+  take(n: number, path: FieldPath): number {
     const p = this.pos;
     if (n > this.end - p) {
       throw this.fail('TRUNCATED', path, `needs ${n} bytes, the body has ${this.end - p} left`);
@@ -447,7 +596,7 @@ class BodyReader {
   }
 
   /** A length or count prefix, checked against its limit before anything is read. */
-  length(prefixBytes: 2 | 4, limit: keyof Limits, path: string): number {
+  length(prefixBytes: 2 | 4, limit: keyof Limits, path: FieldPath): number {
     const p = this.take(prefixBytes, path);
     const n = prefixBytes === 2 ? getU16(this.buf, p) : getU32(this.buf, p);
     const max = this.limits[limit];
@@ -455,7 +604,7 @@ class BodyReader {
     return n;
   }
 
-  u64(path: string, allowMinusOne: boolean): number {
+  u64(path: FieldPath, allowMinusOne: boolean): number {
     const b = this.buf;
     const p = this.take(8, path);
     const lo = getU32(b, p);
@@ -465,7 +614,7 @@ class BodyReader {
     throw this.fail('BAD_FIELD', path, `0x${hi.toString(16)}${lo.toString(16).padStart(8, '0')} is over 2^53 - 1`);
   }
 
-  scalar(f: ScalarField, path: string): unknown {
+  scalar(f: ScalarField, path: FieldPath): unknown {
     const b = this.buf;
     switch (f.enc) {
       case 'u8':
@@ -501,10 +650,10 @@ class BodyReader {
         return v;
       }
       case 'guid':
-        return readGuid(b, this.take(16, path));
+        return decodeGuid(b, this.take(16, path));
       case 'guidOrEmpty': {
         const p = this.take(16, path);
-        for (let i = p; i < p + 16; i++) if (b[i] !== 0) return readGuid(b, p);
+        for (let i = p; i < p + 16; i++) if (b[i] !== 0) return decodeGuid(b, p);
         return '';
       }
       case 'str':
@@ -529,6 +678,7 @@ class BodyReader {
     for (const f of fields) {
       if (f.enc !== 'list') {
         target[f.name] = this.scalar(f, f.name);
+        if (f.enc === 'data' && this.wantDataCrc) noteData(this.pos, target[f.name] as Buffer, target, f, '', -1);
         continue;
       }
       const count = this.length(f.countBytes, f.limit, f.name);
@@ -536,7 +686,10 @@ class BodyReader {
       const items: Record<string, unknown>[] = [];
       for (let i = 0; i < count; i++) {
         const item: Record<string, unknown> = {};
-        for (const g of f.item) item[g.name] = this.scalar(g, `${f.name}[${i}].${g.name}`);
+        for (const g of f.item) {
+          item[g.name] = this.scalar(g, decodePath.at(f.name, i, g.name));
+          if (g.crcField !== null) noteData(this.pos, item[g.name] as Buffer, item, g, f.name, i);
+        }
         items.push(item);
       }
       target[f.name] = items;
@@ -544,24 +697,71 @@ class BodyReader {
   }
 }
 
+/**
+ * Data fields of the frame being decoded, in body order: where each ends, the
+ * record holding it, the field, the record's index in its list (-1 at the
+ * top level). Module scratch: decode is synchronous.
+ */
+const seen = {
+  count: 0,
+  end: [] as number[],
+  data: [] as Buffer[],
+  holder: [] as Record<string, unknown>[],
+  field: [] as ScalarField[],
+  list: [] as string[],
+  index: [] as number[],
+  /** Filled in while the body CRC is checked: the data's CRC, -1 when not computed. */
+  crc: [] as number[],
+};
+
+/** Placeholders left in the scratch arrays so they keep no frame alive. */
+const EMPTY_DATA = Buffer.alloc(0);
+const EMPTY_HOLDER: Record<string, unknown> = {};
+
+/** Drops the references the scratch arrays hold, from index `from` on. */
+function forgetSeen(from: number, count = seen.count): void {
+  for (let j = from; j < count; j++) {
+    seen.data[j] = EMPTY_DATA;
+    seen.holder[j] = EMPTY_HOLDER;
+  }
+  seen.count = 0;
+}
+
+function noteData(end: number, data: Buffer, holder: Record<string, unknown>, field: ScalarField, list: string, index: number): void {
+  if (data.length === 0) return;
+  const i = seen.count++;
+  seen.end[i] = end;
+  seen.data[i] = data;
+  seen.holder[i] = holder;
+  seen.field[i] = field;
+  seen.list[i] = list;
+  seen.index[i] = index;
+}
+
 function asBuffer(bytes: Uint8Array): Buffer {
   return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
-/** Decodes a frame whose header is already checked; `frame` must be exactly the frame. */
-function decodeChecked(frame: Buffer, header: FrameHeader, limits: Limits): Message {
+function bodyCrcMismatch(kind: MessageKind, header: FrameHeader, computed: number): ProtocolError {
+  return new ProtocolError(
+    'CHECKSUM_MISMATCH',
+    `${kind}: body CRC 0x${header.bodyCrc.toString(16)} does not match the body (0x${computed.toString(16)})`,
+    'bodyCrc',
+    header.requestId,
+    header.type,
+  );
+}
+
+/**
+ * Decodes a frame whose header is already checked; `frame` must be exactly
+ * the frame. The fields are read first and the body CRC checked after, data
+ * field by data field, so that each page is read once and its CRC is known;
+ * a frame that fails to parse is checked whole first, so a damaged body is
+ * still reported as CHECKSUM_MISMATCH.
+ */
+function decodeChecked(frame: Buffer, header: FrameHeader, limits: Limits, wantDataCrc: boolean): Message {
   const kind = KIND_OF_TYPE[header.type]!;
   const end = HEADER_BYTES + header.bodyLength;
-  const bodyCrc = crc32cRange(frame, HEADER_BYTES, end);
-  if (bodyCrc !== header.bodyCrc) {
-    throw new ProtocolError(
-      'CHECKSUM_MISMATCH',
-      `${kind}: body CRC 0x${header.bodyCrc.toString(16)} does not match the body (0x${bodyCrc.toString(16)})`,
-      'bodyCrc',
-      header.requestId,
-      header.type,
-    );
-  }
   const msg: Record<string, unknown> = {
     kind,
     requestId: header.requestId,
@@ -569,25 +769,76 @@ function decodeChecked(frame: Buffer, header: FrameHeader, limits: Limits): Mess
     sender: header.sender,
     flags: header.flags,
   };
-  const r = new BodyReader(frame, HEADER_BYTES, end, kind, header, limits);
-  r.fields(msg, BODY[kind]);
-  if (r.pos !== end) {
-    throw new ProtocolError(
-      'BAD_FRAME',
-      `${kind}: ${end - r.pos} bytes after the last field`,
-      'bodyLength',
-      header.requestId,
-      header.type,
-    );
+  seen.count = 0;
+  try {
+    const r = new BodyReader(frame, HEADER_BYTES, end, kind, header, limits, wantDataCrc);
+    r.fields(msg, BODY[kind]);
+    if (r.pos !== end) {
+      throw new ProtocolError('BAD_FRAME', `${kind}: ${end - r.pos} bytes after the last field`, 'bodyLength', header.requestId, header.type);
+    }
+  } catch (err) {
+    forgetSeen(0);
+    const whole = crc32cRange(frame, HEADER_BYTES, end);
+    if (whole !== header.bodyCrc) throw bodyCrcMismatch(kind, header, whole);
+    throw err;
+  }
+  const count = seen.count;
+  seen.count = 0;
+  let crc = 0;
+  let at = HEADER_BYTES;
+  for (let i = 0; i < count; i++) {
+    const n = seen.data[i]!.length;
+    seen.crc[i] = -1;
+    if (!combinesFast(n)) continue;
+    const dataEnd = seen.end[i]!;
+    const dataStart = dataEnd - n;
+    const dataCrc = crc32cRange(frame, dataStart, dataEnd);
+    crc = crc32cCombine(crc32cRange(frame, at, dataStart, crc), dataCrc, n);
+    at = dataEnd;
+    seen.crc[i] = dataCrc;
+  }
+  crc = crc32cRange(frame, at, end, crc);
+  if (crc !== header.bodyCrc) throw bodyCrcMismatch(kind, header, crc);
+  // The body is intact: hand out the data CRCs, and hold records to theirs.
+  for (let i = 0; i < count; i++) {
+    const f = seen.field[i]!;
+    const holder = seen.holder[i]!;
+    const data = seen.data[i]!;
+    seen.data[i] = EMPTY_DATA;
+    seen.holder[i] = EMPTY_HOLDER;
+    if (f.crcField === null) {
+      if (seen.crc[i]! >= 0) setDataCrc(holder, seen.crc[i]!);
+      continue;
+    }
+    const dataCrc = seen.crc[i]! >= 0 ? seen.crc[i]! : crc32cRange(data, 0, data.length);
+    if (holder[f.crcField] !== dataCrc) {
+      forgetSeen(i + 1, count);
+      const path = `${seen.list[i]!}[${seen.index[i]!}].${f.crcField}`;
+      throw new ProtocolError(
+        'CHECKSUM_MISMATCH',
+        `${kind}: field ${path} 0x${(holder[f.crcField] as number).toString(16)} does not match the record's data (0x${dataCrc.toString(16)})`,
+        path,
+        header.requestId,
+        header.type,
+      );
+    }
   }
   return msg as unknown as Message;
+}
+
+export interface DecodeOptions {
+  /**
+   * Hand back the CRC of a message's top-level data as DATA_CRC (page-sized
+   * data only), so a receiver that needs it does not read the data again.
+   */
+  dataCrc?: boolean;
 }
 
 /**
  * Decodes exactly one whole frame. Throws only ProtocolError. Data, nonce and
  * proof fields of the result are views of `frame` (no copy).
  */
-export function decode(frame: Uint8Array, limits: Limits = DEFAULT_LIMITS): Message {
+export function decode(frame: Uint8Array, limits: Limits = DEFAULT_LIMITS, opts?: DecodeOptions): Message {
   const header = decodeHeader(frame, limits);
   const frameBytes = HEADER_BYTES + header.bodyLength;
   if (frame.length !== frameBytes) {
@@ -608,7 +859,7 @@ export function decode(frame: Uint8Array, limits: Limits = DEFAULT_LIMITS): Mess
           header.type,
         );
   }
-  return decodeChecked(asBuffer(frame), header, limits);
+  return decodeChecked(asBuffer(frame), header, limits, opts?.dataCrc === true);
 }
 
 // ---------------------------------------------------------------------------

@@ -116,6 +116,12 @@ export interface ScalarField<N extends string = string> {
   /** For enum: the enum's name and values, for messages and docs. */
   readonly enumName: string | null;
   readonly enumValues: Readonly<Record<string, number>> | null;
+  /**
+   * For data in a list record: the record's field that holds the CRC-32C of
+   * the data whenever the data is not empty. Decoders check it; encoders may
+   * use it instead of reading the data once more for the body CRC.
+   */
+  readonly crcField: string | null;
 }
 
 /** A counted list of records, each laid out by `item`. */
@@ -155,8 +161,9 @@ function scalar<N extends string>(
   enumName: string | null = null,
   enumValues: Readonly<Record<string, number>> | null = null,
   allowed: Uint8Array | null = null,
+  crcField: string | null = null,
 ): ScalarField<N> {
-  return { name, enc, fixedBytes: FIXED_BYTES[enc], limit, allowed, enumName, enumValues };
+  return { name, enc, fixedBytes: FIXED_BYTES[enc], limit, allowed, enumName, enumValues, crcField };
 }
 
 const u8 = <N extends string>(name: N) => scalar(name, 'u8');
@@ -168,7 +175,7 @@ const bool = <N extends string>(name: N) => scalar(name, 'bool');
 const guid = <N extends string>(name: N) => scalar(name, 'guid');
 const str = <N extends string>(name: N) => scalar(name, 'str', 'stringBytesMax');
 const bytes32 = <N extends string>(name: N) => scalar(name, 'bytes32');
-const data = <N extends string>(name: N, limit: keyof Limits) => scalar(name, 'data', limit);
+const data = <N extends string>(name: N, limit: keyof Limits, crcField: string | null = null) => scalar(name, 'data', limit, null, null, null, crcField);
 
 function enumField<N extends string>(name: N, enumName: string, values: Readonly<Record<string, number>>) {
   const allowed = new Uint8Array(256);
@@ -249,7 +256,7 @@ export const BODY: BodyLayouts = {
       u32('pointerId'),
       u32('clientId'),
       u32('clientSeq'),
-      data('data', 'pageSizeBytesMax'),
+      data('data', 'pageSizeBytesMax', 'crc'),
     ]),
   ],
   WRITE_PAGE_REPLY: [u32('count')],

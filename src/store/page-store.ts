@@ -71,6 +71,15 @@ export interface OpenOptions {
   name?: string;
 }
 
+/** A device that can write several buffers back to back without joining them first (FileDevice). */
+interface PartsDevice extends Device {
+  writeParts(offset: number, parts: readonly Buffer[]): Promise<void>;
+}
+
+function hasWriteParts(device: Device): device is PartsDevice {
+  return typeof (device as Partial<PartsDevice>).writeParts === 'function';
+}
+
 /** A table as read from the store, with how far allocations ever reached (null: an older store that did not record it). */
 interface StoredTable {
   seq: number;
@@ -84,6 +93,7 @@ const ZERO_CHUNK_BYTES = 1024 * 1024;
 
 export class PageStore implements BlockStore {
   private readonly zeroPageCrcs = new Map<number, number>();
+  private readonly partsDevice: PartsDevice | null;
 
   private constructor(
     readonly device: Device,
@@ -91,7 +101,9 @@ export class PageStore implements BlockStore {
     /** Which superblock copies were valid at open; a status page may report a bad one. */
     readonly superblockCopiesValid: readonly [boolean, boolean],
     private readonly name: string,
-  ) {}
+  ) {
+    this.partsDevice = hasWriteParts(device) ? device : null;
+  }
 
   get geometry(): Geometry {
     return this.superblock.geometry;
@@ -198,8 +210,15 @@ export class PageStore implements BlockStore {
       throw new PagepairError('BAD_FIELD', `page ${page} of ${loc.guid}: version must be >= 1, got ${version}`, 'version');
     }
     const at = this.slotDeviceOffset(loc, page);
+    const header = { guid: loc.guid, page, version, epoch, crc: crc ?? crc32c(data) };
+    if (this.partsDevice !== null) {
+      // Header and data go out side by side: no copy of the page. The caller
+      // does not change data in place while the write is under way.
+      await this.partsDevice.writeParts(at, [encodePageHeader(header, data.length, Buffer.allocUnsafe(PAGE_HEADER_BYTES)), data]);
+      return;
+    }
     const buf = Buffer.allocUnsafe(pageSlotBytes(loc.pageSizeBytes));
-    encodePageHeader({ guid: loc.guid, page, version, epoch, crc: crc ?? crc32c(data) }, data.length, buf);
+    encodePageHeader(header, data.length, buf);
     data.copy(buf, PAGE_HEADER_BYTES);
     await this.device.write(at, buf);
   }

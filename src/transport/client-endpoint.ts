@@ -19,6 +19,7 @@ import {
   type MessageKind,
   type RoleCode,
 } from '../protocol/messages.js';
+import { FRAMES } from './frame-pool.js';
 import { closeGracefully, closeServer, describeSocket, errorReply, messageBytes, waitListening, WS_COMMON } from './ws-util.js';
 
 export interface ClientConn {
@@ -51,6 +52,8 @@ export interface ClientEndpointOptions {
 }
 
 const HELLO_TIMEOUT_MS_DEFAULT = 10_000;
+const WITH_DATA_CRC = { dataCrc: true } as const;
+const SEND_BINARY = { binary: true } as const;
 
 const CLOSE_PROTOCOL = 1002;
 const CLOSE_UNSUPPORTED_DATA = 1003;
@@ -109,7 +112,8 @@ class EndpointConn implements ClientConn {
         this.socket.uncork();
       });
     }
-    this.ws.send(encode(msg), { binary: true });
+    const frame = encode(msg, FRAMES.take);
+    this.ws.send(frame, SEND_BINARY, FRAMES.giveBackAfter(frame));
   }
 
   /** A frame the endpoint itself sends: not counted against inflight. */
@@ -212,7 +216,8 @@ export class ClientEndpoint {
     }
     let msg: Message;
     try {
-      msg = decode(frame, this.opts.limits);
+      // The controller reuses a written page's CRC from here (see DATA_CRC).
+      msg = decode(frame, this.opts.limits, WITH_DATA_CRC);
     } catch (err) {
       this.badFrame(conn, err);
       return;

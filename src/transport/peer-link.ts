@@ -20,6 +20,7 @@ import { isGuid } from '../protocol/guid.js';
 import { authProof, helloProof, NONCE_BYTES, proofMatches } from '../protocol/handshake.js';
 import type { Limits } from '../protocol/limits.js';
 import { PROTOCOL_VERSION, Role, type Message } from '../protocol/messages.js';
+import { FRAMES } from './frame-pool.js';
 import { closeGracefully, closeServer, describeSocket, errorReply, messageBytes, waitListening, WS_COMMON, zeroMask } from './ws-util.js';
 
 export interface PeerLinkOptions {
@@ -49,6 +50,7 @@ export interface PeerLinkHandlers {
 }
 
 const HANDSHAKE_TIMEOUT_MS_DEFAULT = 5000;
+const SEND_BINARY = { binary: true } as const;
 /** Unauthenticated connections held at once; more are refused at the door. */
 const HANDSHAKES_MAX = 16;
 
@@ -137,7 +139,8 @@ export class PeerLink {
   send(msg: Message): void {
     const conn = this.current;
     if (conn === undefined) throw new PagepairError('PARTNER_LOST', 'peer link is down');
-    conn.ws.send(encode(msg), { binary: true });
+    const frame = encode(msg, FRAMES.take);
+    conn.ws.send(frame, SEND_BINARY, FRAMES.giveBackAfter(frame));
   }
 
   /**
@@ -150,7 +153,10 @@ export class PeerLink {
     const socket = conn.socket;
     socket?.cork();
     try {
-      for (const msg of msgs) conn.ws.send(encode(msg), { binary: true });
+      for (const msg of msgs) {
+        const frame = encode(msg, FRAMES.take);
+        conn.ws.send(frame, SEND_BINARY, FRAMES.giveBackAfter(frame));
+      }
     } finally {
       socket?.uncork();
     }

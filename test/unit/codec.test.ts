@@ -102,12 +102,12 @@ const FIXTURES: { readonly [K in MessageKind]: Extract<Message, { kind: K }> | M
     kind: 'WRITE_PAGE',
     ...common(),
     pages: [
-      { guid: GUID_A, page: 1, version: 2, crc: 0x1111_2222, epoch: 6, pageFlags: 0, pointerId: 0, clientId: 0x7fff_0001, clientSeq: 99, data: bytes(64, 1) },
+      { guid: GUID_A, page: 1, version: 2, crc: crc32c(bytes(64, 1)), epoch: 6, pageFlags: 0, pointerId: 0, clientId: 0x7fff_0001, clientSeq: 99, data: bytes(64, 1) },
       {
         guid: GUID_B,
         page: 0xffff_fffe,
         version: Number.MAX_SAFE_INTEGER,
-        crc: 0x8000_0001,
+        crc: crc32c(bytes(100, 2)),
         epoch: 7,
         pageFlags: PageFlag.POINTER_PENDING,
         pointerId: 42,
@@ -426,7 +426,7 @@ describe('encode and decode', () => {
     const big: Message = {
       kind: 'WRITE_PAGE',
       ...common(),
-      pages: [{ guid: GUID_A, page: 0, version: 1, crc: 2, epoch: 3, pageFlags: 0, pointerId: 0, clientId: 0, clientSeq: 0, data: bytes(4096, 11) }],
+      pages: [{ guid: GUID_A, page: 0, version: 1, crc: crc32c(bytes(4096, 11)), epoch: 3, pageFlags: 0, pointerId: 0, clientId: 0, clientSeq: 0, data: bytes(4096, 11) }],
     };
     expect(decode(encode(big))).toEqual(big);
     const longName: Message = { kind: 'RELEASE', ...common(), guid: GUID_A };

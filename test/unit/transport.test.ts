@@ -5,6 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
 import { encode } from '../../src/protocol/codec.js';
+import { crc32c } from '../../src/protocol/crc32c.js';
 import { authProof, helloProof } from '../../src/protocol/handshake.js';
 import { DEFAULT_LIMITS } from '../../src/protocol/limits.js';
 import { ErrorCode } from '../../src/errors.js';
@@ -132,7 +133,7 @@ describe('PeerLink', () => {
           guid: PAIR_ID,
           page: 5,
           version: 2,
-          crc: 0,
+          crc: crc32c(Buffer.alloc(4096, 0xab)),
           epoch: 3,
           pageFlags: 0,
           pointerId: 0,
