@@ -6,20 +6,11 @@ import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { PagepairError } from '../errors.js';
+import { CONTROLLER_NODE_FLAGS } from '../runtime/node-flags.js';
 
 const BIN = fileURLToPath(new URL('../../bin/pagepair.js', import.meta.url));
 
-/**
- * Node flags a controller runs with (every process that starts `pagepair
- * start` should pass them; the floors get them too, so every row runs under
- * the same V8 settings). A young generation of at most 8 MiB a semispace:
- * with the default (16 MiB) V8's heuristics start marking the whole old
- * generation again and again under a steady stream of writes (its free room
- * stays below the young generation's size), ~80 full collections in 10 s,
- * and mirrored writes ran at half speed. Scavenges get more frequent and
- * stay cheap.
- */
-export const CONTROLLER_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=8'];
+export { CONTROLLER_NODE_FLAGS };
 const LINES_KEPT = 40;
 const FLOOR_START_TIMEOUT_MS = 10_000;
 

@@ -48,6 +48,7 @@ import {
   type WorkloadReport,
 } from '../workload/report.js';
 import { runWorkloadJob, type RunHandle } from '../workload/runner.js';
+import { CONTROLLER_NODE_FLAGS } from '../runtime/node-flags.js';
 
 const BIN = fileURLToPath(new URL('../../bin/pagepair.js', import.meta.url));
 const HOST = '127.0.0.1';
@@ -168,7 +169,7 @@ class ControllerProcess {
     const fd = openSync(this.logPath, 'a');
     let child: ChildProcess;
     try {
-      child = spawn(process.execPath, [BIN, 'start', '--config', this.configPath], { stdio: ['ignore', fd, fd] });
+      child = spawn(process.execPath, [...CONTROLLER_NODE_FLAGS, BIN, 'start', '--config', this.configPath], { stdio: ['ignore', fd, fd] });
     } finally {
       closeSync(fd);
     }

@@ -5,6 +5,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { loadConfig } from '../runtime/config.js';
+import { CONTROLLER_NODE_FLAGS } from '../runtime/node-flags.js';
 
 const BIN = fileURLToPath(new URL('../../bin/pagepair.js', import.meta.url));
 const LEVELS: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO ', 40: 'WARN ', 50: 'ERROR', 60: 'FATAL' };
@@ -36,7 +37,7 @@ export async function runPair(configPaths: [string, string]): Promise<number> {
 
   const started = new Promise<void>((resolveAll) => {
     configs.forEach((cfg, i) => {
-      const child = spawn(process.execPath, [BIN, 'start', '--config', configPaths[i]!], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn(process.execPath, [...CONTROLLER_NODE_FLAGS, BIN, 'start', '--config', configPaths[i]!], { stdio: ['ignore', 'pipe', 'pipe'] });
       children.push(child);
       for (const stream of [child.stdout!, child.stderr!]) {
         createInterface({ input: stream }).on('line', (line) => {

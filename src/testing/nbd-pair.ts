@@ -15,6 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { PagepairClient, type AllocationInfo } from '../client/client.js';
 import { PagepairError } from '../errors.js';
 import type { ControllerStatus } from '../runtime/controller-process.js';
+import { CONTROLLER_NODE_FLAGS } from '../runtime/node-flags.js';
 
 const BIN = fileURLToPath(new URL('../../bin/pagepair.js', import.meta.url));
 const HOST = '127.0.0.1';
@@ -72,7 +73,7 @@ export class PairController {
     const fd = openSync(this.logPath, 'a');
     let child: ChildProcess;
     try {
-      child = spawn(process.execPath, [BIN, 'start', '--config', this.configPath], { stdio: ['ignore', fd, fd] });
+      child = spawn(process.execPath, [...CONTROLLER_NODE_FLAGS, BIN, 'start', '--config', this.configPath], { stdio: ['ignore', fd, fd] });
     } finally {
       closeSync(fd);
     }

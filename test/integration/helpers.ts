@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { randomUUID } from 'node:crypto';
+import { CONTROLLER_NODE_FLAGS } from '../../src/runtime/node-flags.js';
 
 export const BIN = fileURLToPath(new URL('../../bin/pagepair.js', import.meta.url));
 
@@ -91,7 +92,7 @@ export interface Proc {
 const running = new Set<ChildProcess>();
 
 export function startProcess(args: string[]): Proc {
-  const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...CONTROLLER_NODE_FLAGS, BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   running.add(child);
   const lines: string[] = [];
   const waiters: (() => void)[] = [];
