@@ -21,6 +21,8 @@ const PAGE_BYTES = 4096;
 const GUID = '0123abcd-4567-89ef-a1b2-c3d4e5f60718';
 
 const pages = Array.from({ length: 64 }, () => randomBytes(PAGE_BYTES));
+// The decoder checks a WRITE_PAGE page's crc against its data: real ones.
+const crcs = pages.map((p) => crc32c(p));
 const message = (i) => ({
   kind: 'WRITE_PAGE',
   requestId: i >>> 0,
@@ -32,10 +34,12 @@ const message = (i) => ({
       guid: GUID,
       page: i & 0xffff,
       version: i + 1,
-      crc: 0x1234_5678,
+      crc: crcs[i & 63],
       epoch: 3,
       pageFlags: 0,
       pointerId: 0,
+      clientId: 0,
+      clientSeq: 0,
       data: pages[i & 63],
     },
   ],
