@@ -14,8 +14,8 @@
 // build) and needs fio, nbdkit and nbdinfo (scripts/install-nbd-clients.sh).
 // Only 127.0.0.1; every process it starts is stopped on the way out.
 
-import { spawn, execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFile, execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -32,8 +32,9 @@ const HELP = `Usage: node scripts/bench-nbd.mjs [options]
 
 fio's nbd engine, 4 KiB randwrite and randread at 1 and 32 in flight, against
 a mirrored pagepair pair (through controller A) and against \`nbdkit memory\`
-in the same run; medians of --repeat runs; IOPS, p50, p99 and ratios; one
-peer-link round trip; the issue's targets marked PASS or MISS.
+in the same run; medians of --repeat runs; IOPS, p50, p99, CPU per request
+(both controllers, and nbdkit) and ratios; one peer-link round trip; the
+issue's targets marked PASS or MISS.
 
 Options:
   --seconds <s>     measured seconds of every fio run (default 10)
@@ -42,7 +43,11 @@ Options:
   --size <MiB>      the region fio works over, in MiB (default 64); written once
                     before the runs so reads find data
   --inflight <list> fio iodepths, comma-separated (default 1,32)
-  --servers <list>  pagepair, nbdkit or both (default pagepair,nbdkit)
+  --ops <list>      randwrite, randread or both (default randwrite,randread)
+  --servers <list>  of pagepair, nbdkit and nbd-only (default pagepair,nbdkit);
+                    nbd-only is pagepair's NBD server and its backend over a
+                    stand-in core that costs nothing, in this process: what
+                    the NBD side itself costs per request
   --cache <MiB>     each controller's cacheBytesMax in MiB (default 256, the default pair's)
   --seed <n>        fio --randseed (default 1)
   --out <file>      save the report as JSON
@@ -69,6 +74,7 @@ function options() {
         repeat: { type: 'string', default: '3' },
         size: { type: 'string', default: '64' },
         inflight: { type: 'string', default: '1,32' },
+        ops: { type: 'string', default: 'randwrite,randread' },
         servers: { type: 'string', default: 'pagepair,nbdkit' },
         cache: { type: 'string', default: '256' },
         seed: { type: 'string', default: '1' },
@@ -95,14 +101,17 @@ function options() {
     if (!Number.isInteger(v) || v < 1 || v > 1024) fail(`--inflight must be a comma-separated list of whole numbers from 1 to 1024, got "${parsed.inflight}"`);
     return v;
   });
+  const ops = parsed.ops.split(',').map((x) => x.trim());
+  for (const op of ops) if (op !== 'randwrite' && op !== 'randread') fail(`--ops: "${op}" is not randwrite or randread`);
   const servers = parsed.servers.split(',').map((x) => x.trim());
-  for (const s of servers) if (s !== 'pagepair' && s !== 'nbdkit') fail(`--servers: "${s}" is not pagepair or nbdkit`);
+  for (const s of servers) if (s !== 'pagepair' && s !== 'nbdkit' && s !== 'nbd-only') fail(`--servers: "${s}" is not pagepair, nbdkit or nbd-only`);
   return {
     seconds: int('seconds', 1, 3600),
     ramp: int('ramp', 0, 600),
     repeat: int('repeat', 1, 100),
     sizeBytes: int('size', 1, 65536) * 1024 * 1024,
     inflight,
+    ops,
     servers,
     cacheBytes: int('cache', 16, 65536) * 1024 * 1024,
     seed: int('seed', 0, 2 ** 31),
@@ -128,6 +137,32 @@ function run(cmd, args, timeoutMs) {
       resolve({ ok: err === null, stdout, stderr: `${stderr}${err !== null ? `\n${err.message}` : ''}` }),
     );
   });
+}
+
+/** Clock ticks per second of /proc/<pid>/stat's CPU times (100 on Linux unless configured otherwise). */
+function clockTicksPerSec() {
+  try {
+    const n = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
+    return Number.isInteger(n) && n > 0 ? n : 100;
+  } catch {
+    return 100;
+  }
+}
+
+/**
+ * CPU time (user and system, every thread) a process has used so far, in µs;
+ * null off Linux or once it is gone. CPU per request is what a shared machine
+ * disturbs least: other work slows a run down but hardly changes what each
+ * request costs.
+ */
+function cpuUsedUs(pid, ticksPerSec) {
+  if (pid === undefined || !existsSync(`/proc/${pid}/stat`)) return null;
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+    return ((Number(fields[11]) + Number(fields[12])) * 1e6) / ticksPerSec;
+  } catch {
+    return null;
+  }
 }
 
 function median(xs) {
@@ -163,6 +198,58 @@ async function peerLinkRoundTrip(dir) {
   return { p50Us: cell.median.p50Us, p99Us: cell.median.p99Us, requestBytes: cell.requestBytes, replyBytes: cell.replyBytes };
 }
 
+/**
+ * pagepair's NBD server and CoreVolumes in this process, over a stand-in for
+ * the controller core: reads answered at once from memory, writes copied in
+ * and acknowledged on the next setImmediate (as the partner's acknowledgement
+ * would come, in a later event). Its CPU per request is the NBD side's own:
+ * parsing, the backend, replies, the socket system calls.
+ */
+async function startNbdOnly(sizeBytes) {
+  const { NbdServer } = await load('transport/nbd-server.js');
+  const { CoreVolumes } = await load('runtime/nbd-volumes.js');
+  const { Role } = await load('protocol/messages.js');
+  const pageBytes = 4096;
+  const memory = Buffer.alloc(sizeBytes);
+  const guid = '00000000-0000-4000-8000-0000000000b1';
+  let volumes = null;
+  let acks = [];
+  const ackAll = () => {
+    const due = acks;
+    acks = [];
+    for (const m of due) volumes.reply(m);
+  };
+  const core = {
+    currentRole: Role.MIRRORED,
+    onClientRequest(_connId, msg) {
+      const head = { requestId: msg.requestId, epoch: 1, sender: 1, flags: 0 };
+      switch (msg.kind) {
+        case 'C_LIST':
+          volumes.reply({ kind: 'C_LIST_REPLY', ...head, allocations: [{ guid, name: 'bench', policy: 'default', pageSizeBytes: pageBytes, pageCount: sizeBytes / pageBytes }] });
+          return;
+        case 'C_READ':
+          volumes.reply({ kind: 'C_READ_REPLY', ...head, data: memory.subarray(msg.offset, msg.offset + msg.length) });
+          return;
+        case 'C_WRITE':
+          msg.data.copy(memory, msg.offset);
+          if (acks.length === 0) setImmediate(ackAll);
+          acks.push({ kind: 'C_WRITE_REPLY', ...head });
+          return;
+        case 'C_FLUSH':
+          volumes.reply({ kind: 'C_FLUSH_REPLY', ...head, pages: 0 });
+          return;
+        default:
+          throw new Error(`the stand-in core does not take ${msg.kind}`);
+      }
+    },
+  };
+  volumes = new CoreVolumes({ core });
+  const { default: pino } = await import('pino');
+  const server = new NbdServer({ host: '127.0.0.1', port: 0, log: pino({ level: 'silent' }) }, volumes);
+  const { port } = await server.start();
+  return { server, url: `nbd://127.0.0.1:${port}/bench` };
+}
+
 function fmtUs(us) {
   if (!Number.isFinite(us)) return '-';
   return us >= 1000 ? `${(us / 1000).toFixed(2)} ms` : `${us.toFixed(0)} µs`;
@@ -170,6 +257,13 @@ function fmtUs(us) {
 
 function fmtOps(x) {
   return Number.isFinite(x) ? Math.round(x).toLocaleString('en-US') : '-';
+}
+
+/** CPU µs per request: one process, or A + B for the pair. */
+function fmtCpu(list) {
+  if (list.length === 0 || list.some((x) => !Number.isFinite(x))) return '-';
+  const each = list.map((x) => x.toFixed(1));
+  return list.length === 1 ? `${each[0]} µs` : `${(list[0] + list[1]).toFixed(1)} µs (A ${each[0]} + B ${each[1]})`;
 }
 
 function fmtRatio(x) {
@@ -186,10 +280,12 @@ async function main() {
   const loadStart = os.loadavg();
   let pair = null;
   let nbdkit = null;
+  let nbdOnly = null;
   let ok = false;
   const stopAll = async () => {
     killAllFio();
     nbdkit?.child.kill('SIGKILL');
+    await nbdOnly?.server.close();
     await pair?.stop();
   };
   const interrupted = (code) => () =>
@@ -222,6 +318,11 @@ async function main() {
       urls.nbdkit = nbdkit.url;
       note(`nbdkit: memory ${o.sizeBytes} at ${nbdkit.url} (pid ${nbdkit.pid})`);
     }
+    if (o.servers.includes('nbd-only')) {
+      nbdOnly = await startNbdOnly(o.sizeBytes);
+      urls['nbd-only'] = nbdOnly.url;
+      note(`nbd-only: pagepair's NBD server over a stand-in core, in this process, at ${nbdOnly.url}`);
+    }
     const fio = async (url, args, timeoutMs) => {
       const f = await runFio(['--name=bench', '--ioengine=nbd', `--uri=${url}`, `--size=${o.sizeBytes}`, '--output-format=json', ...args], { cwd: dir, timeoutMs });
       const job = f.job('bench');
@@ -235,36 +336,54 @@ async function main() {
       note(`${server}: region written once in ${Date.now() - t0} ms`);
     }
 
+    const ticksPerSec = clockTicksPerSec();
+    // The processes whose CPU each server's requests cost: both controllers, or nbdkit.
+    const pidsOf = { pagepair: pair !== null ? [pair.a.pid, pair.b.pid] : [], nbdkit: nbdkit !== null ? [nbdkit.pid] : [], 'nbd-only': [process.pid] };
+    const cpuNow = (server) => pidsOf[server].map((pid) => cpuUsedUs(pid, ticksPerSec));
     const cells = [];
-    for (const op of ['randwrite', 'randread']) for (const inflight of o.inflight) for (const server of Object.keys(urls)) cells.push({ server, op, inflight, runs: [] });
+    for (const op of o.ops) for (const inflight of o.inflight) for (const server of Object.keys(urls)) cells.push({ server, op, inflight, runs: [] });
     for (let rep = 0; rep < o.repeat; rep++) {
       // Alternate which server goes first, so a change in the machine's load hits both alike.
       const order = rep % 2 === 0 ? Object.keys(urls) : Object.keys(urls).reverse();
       await measureRtt(rep);
-      for (const op of ['randwrite', 'randread']) {
+      for (const op of o.ops) {
         for (const inflight of o.inflight) {
           for (const server of order) {
             const cell = cells.find((c) => c.server === server && c.op === op && c.inflight === inflight);
+            const cpu0 = cpuNow(server);
             const job = await fio(
               urls[server],
               [`--rw=${op}`, `--bs=${BLOCK_BYTES}`, `--iodepth=${inflight}`, '--time_based', `--runtime=${o.seconds}`, `--ramp_time=${o.ramp}`, `--randseed=${o.seed + rep}`, '--lat_percentiles=1'],
               (o.seconds + o.ramp) * 1000 + 60_000,
             );
+            const cpu1 = cpuNow(server);
             const d = op === 'randwrite' ? job.write : job.read;
+            // CPU µs per request of each server process, over the whole fio run
+            // (ramp included, at the measured rate): [A, B] or [nbdkit].
+            const requests = d.iops * (o.ramp + o.seconds);
+            const cpuUsPerIo = cpu0.map((c, i) => (c === null || cpu1[i] === null || !(requests > 0) ? NaN : (cpu1[i] - c) / requests));
             // Total latency (submission included): the nbd engine sends the request in its queue call, which fio's clat leaves out.
-            const r = { iops: d.iops, p50Us: d.lat?.p50Us ?? NaN, p99Us: d.lat?.p99Us ?? NaN, meanUs: d.lat?.meanUs ?? NaN, clatP50Us: d.clat?.p50Us ?? NaN, load1: os.loadavg()[0] };
+            const r = { iops: d.iops, p50Us: d.lat?.p50Us ?? NaN, p99Us: d.lat?.p99Us ?? NaN, meanUs: d.lat?.meanUs ?? NaN, clatP50Us: d.clat?.p50Us ?? NaN, cpuUsPerIo, load1: os.loadavg()[0] };
             cell.runs.push(r);
-            note(`run ${rep + 1}/${o.repeat}: ${server.padEnd(8)} ${op.padEnd(9)} x${String(inflight).padEnd(2)}: ${fmtOps(r.iops)} IOPS, p50 ${fmtUs(r.p50Us)}, p99 ${fmtUs(r.p99Us)} (load ${r.load1.toFixed(2)})`);
+            note(`run ${rep + 1}/${o.repeat}: ${server.padEnd(8)} ${op.padEnd(9)} x${String(inflight).padEnd(2)}: ${fmtOps(r.iops)} IOPS, p50 ${fmtUs(r.p50Us)}, p99 ${fmtUs(r.p99Us)}, CPU ${fmtCpu(cpuUsPerIo)} per request (load ${r.load1.toFixed(2)})`);
           }
         }
       }
     }
     const rtt = { p50Us: median(rttRuns.map((r) => r.p50Us)), p99Us: median(rttRuns.map((r) => r.p99Us)), requestBytes: rttRuns[0].requestBytes, replyBytes: rttRuns[0].replyBytes, runs: rttRuns };
-    for (const c of cells) c.median = { iops: median(c.runs.map((r) => r.iops)), p50Us: median(c.runs.map((r) => r.p50Us)), p99Us: median(c.runs.map((r) => r.p99Us)) };
+    for (const c of cells) {
+      const procs = c.runs[0]?.cpuUsPerIo.length ?? 0;
+      c.median = {
+        iops: median(c.runs.map((r) => r.iops)),
+        p50Us: median(c.runs.map((r) => r.p50Us)),
+        p99Us: median(c.runs.map((r) => r.p99Us)),
+        cpuUsPerIo: Array.from({ length: procs }, (_, i) => median(c.runs.map((r) => r.cpuUsPerIo[i]))),
+      };
+    }
 
     const get = (server, op, inflight) => cells.find((c) => c.server === server && c.op === op && c.inflight === inflight)?.median;
     const rows = [];
-    for (const op of ['randwrite', 'randread']) {
+    for (const op of o.ops) {
       for (const inflight of o.inflight) {
         const p = get('pagepair', op, inflight);
         const k = get('nbdkit', op, inflight);
@@ -278,7 +397,7 @@ async function main() {
       const ratio = w32p.iops / w32k.iops;
       targets.push({ name: 'mirrored randwrite IOPS @32 >= 0.5 x nbdkit', value: ratio, bound: TARGET_IOPS_RATIO_MIN, pass: ratio >= TARGET_IOPS_RATIO_MIN, text: `${fmtRatio(ratio)} (${fmtOps(w32p.iops)} vs ${fmtOps(w32k.iops)})` });
     }
-    for (const op of ['randwrite', 'randread']) {
+    for (const op of o.ops) {
       const p = get('pagepair', op, 1);
       const k = get('nbdkit', op, 1);
       if (!p || !k) continue;
@@ -303,6 +422,21 @@ async function main() {
       const k = r.nbdkit ?? {};
       lines.push(
         `${`${r.op} x${r.inflight}`.padEnd(14)}| ${fmtOps(p.iops).padStart(13)} ${fmtUs(p.p50Us).padStart(9)} ${fmtUs(p.p99Us).padStart(9)} | ${fmtOps(k.iops).padStart(11)} ${fmtUs(k.p50Us).padStart(9)} ${fmtUs(k.p99Us).padStart(9)} | ${fmtRatio(r.iopsRatio).padStart(10)} ${fmtRatio(r.p50Ratio).padStart(9)}`,
+      );
+    }
+    lines.push('');
+    lines.push(`CPU per request (user + system, every thread, from /proc; medians): what a busy machine disturbs least`);
+    const withNbdOnly = o.servers.includes('nbd-only');
+    lines.push(`${'workload'.padEnd(14)}| ${'pagepair A'.padStart(10)} ${'B'.padStart(7)} ${'A + B'.padStart(8)} | ${'nbdkit'.padStart(8)} | ${'ratio'.padStart(6)}${withNbdOnly ? ` | ${'NBD side only'.padStart(13)}` : ''}`);
+    lines.push('-'.repeat(withNbdOnly ? 78 : 62));
+    for (const r of rows) {
+      const [a, b] = r.pagepair?.cpuUsPerIo ?? [];
+      const [k] = r.nbdkit?.cpuUsPerIo ?? [];
+      const [n] = get('nbd-only', r.op, r.inflight)?.cpuUsPerIo ?? [];
+      const pair = a !== undefined && b !== undefined ? a + b : NaN;
+      const us = (x) => (x !== undefined && Number.isFinite(x) ? `${x.toFixed(1)} µs` : '-');
+      lines.push(
+        `${`${r.op} x${r.inflight}`.padEnd(14)}| ${us(a).padStart(10)} ${us(b).padStart(7)} ${us(pair).padStart(8)} | ${us(k).padStart(8)} | ${(k !== undefined && Number.isFinite(pair / k) ? fmtRatio(pair / k) : '-').padStart(6)}${withNbdOnly ? ` | ${us(n).padStart(13)}` : ''}`,
       );
     }
     lines.push('');

@@ -694,31 +694,44 @@ export function encodeExportNameReply(sizeBytes: number, transmissionFlags: numb
  */
 export function encodeSimpleReply(errno: number, cookieHi: number, cookieLo: number): Buffer {
   const b = Buffer.allocUnsafe(NBD_SIMPLE_REPLY_HEADER_BYTES);
-  b.writeUInt32BE(NBD_SIMPLE_REPLY_MAGIC, 0);
-  b.writeUInt32BE(errno, 4);
-  b.writeUInt32BE(cookieHi, 8);
-  b.writeUInt32BE(cookieLo, 12);
+  putSimpleReply(b, 0, errno, cookieHi, cookieLo);
   return b;
 }
 
-function writeChunkHeader(b: Buffer, flags: number, type: number, cookieHi: number, cookieLo: number, length: number): void {
-  b.writeUInt32BE(NBD_STRUCTURED_REPLY_MAGIC, 0);
-  b.writeUInt16BE(flags, 4);
-  b.writeUInt16BE(type, 6);
-  b.writeUInt32BE(cookieHi, 8);
-  b.writeUInt32BE(cookieLo, 12);
-  b.writeUInt32BE(length, 16);
+/** encodeSimpleReply into `b` at `at` (16 bytes), for a server that gathers the replies of a turn in one buffer. */
+export function putSimpleReply(b: Buffer, at: number, errno: number, cookieHi: number, cookieLo: number): void {
+  b.writeUInt32BE(NBD_SIMPLE_REPLY_MAGIC, at);
+  b.writeUInt32BE(errno, at + 4);
+  b.writeUInt32BE(cookieHi, at + 8);
+  b.writeUInt32BE(cookieLo, at + 12);
 }
+
+function writeChunkHeader(b: Buffer, flags: number, type: number, cookieHi: number, cookieLo: number, length: number, at = 0): void {
+  b.writeUInt32BE(NBD_STRUCTURED_REPLY_MAGIC, at);
+  b.writeUInt16BE(flags, at + 4);
+  b.writeUInt16BE(type, at + 6);
+  b.writeUInt32BE(cookieHi, at + 8);
+  b.writeUInt32BE(cookieLo, at + 12);
+  b.writeUInt32BE(length, at + 16);
+}
+
+/** The bytes of encodeOffsetDataHead. */
+export const NBD_OFFSET_DATA_HEAD_BYTES = NBD_STRUCTURED_REPLY_HEADER_BYTES + 8;
 
 /**
  * The head of an NBD_REPLY_TYPE_OFFSET_DATA chunk (20-byte chunk header and
  * the 8-byte offset) for `dataBytes` of data that follow it on the wire.
  */
 export function encodeOffsetDataHead(cookieHi: number, cookieLo: number, offset: number, dataBytes: number, done: boolean): Buffer {
-  const b = Buffer.allocUnsafe(NBD_STRUCTURED_REPLY_HEADER_BYTES + 8);
-  writeChunkHeader(b, done ? NbdReplyFlag.DONE : 0, NbdReplyType.OFFSET_DATA, cookieHi, cookieLo, 8 + dataBytes);
-  putU64(b, NBD_STRUCTURED_REPLY_HEADER_BYTES, offset);
+  const b = Buffer.allocUnsafe(NBD_OFFSET_DATA_HEAD_BYTES);
+  putOffsetDataHead(b, 0, cookieHi, cookieLo, offset, dataBytes, done);
   return b;
+}
+
+/** encodeOffsetDataHead into `b` at `at` (NBD_OFFSET_DATA_HEAD_BYTES). */
+export function putOffsetDataHead(b: Buffer, at: number, cookieHi: number, cookieLo: number, offset: number, dataBytes: number, done: boolean): void {
+  writeChunkHeader(b, done ? NbdReplyFlag.DONE : 0, NbdReplyType.OFFSET_DATA, cookieHi, cookieLo, 8 + dataBytes, at);
+  putU64(b, at + NBD_STRUCTURED_REPLY_HEADER_BYTES, offset);
 }
 
 /** NBD_REPLY_TYPE_NONE with DONE: the end of a structured reply (a successful zero-length read). */

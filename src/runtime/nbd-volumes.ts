@@ -7,8 +7,8 @@
 
 import { performance } from 'node:perf_hooks';
 import { setTimeout as realSleep } from 'node:timers/promises';
-import { PagepairError, invariant, isPagepairError, type ErrorCodeName } from '../errors.js';
-import { Role, SENDER_CLIENT, type ClientRequest, type CListReply, type Message, type RoleCode } from '../protocol/messages.js';
+import { PagepairError, invariant, type ErrorCodeName } from '../errors.js';
+import { Role, SENDER_CLIENT, type ClientRequest, type CListReply, type CRead, type CReadReply, type CWrite, type Message, type RoleCode } from '../protocol/messages.js';
 import type { NbdBackend, NbdVolume } from '../transport/nbd-backend.js';
 
 /**
@@ -23,7 +23,7 @@ export const NBD_PIECE_BYTES_DEFAULT = 1024 * 1024;
 export const NBD_READ_PIECE_BYTES_DEFAULT = 128 * 1024;
 /** Pieces of one NBD request in the core at once, so a huge write-zeroes cannot flood the cache. */
 export const NBD_PIECES_IN_FLIGHT_DEFAULT = 8;
-/** How long a request keeps retrying while the pair sorts itself out (a takeover, a join). */
+/** How long a request keeps retrying, from its first refusal, while the pair sorts itself out (a takeover, a join). */
 export const NBD_RETRY_FOR_MS_DEFAULT = 20_000;
 
 /**
@@ -58,12 +58,22 @@ export interface CoreVolumesOptions {
   sleep?: (ms: number) => Promise<void>;
 }
 
-type RequestBody = ClientRequest extends infer R ? (R extends ClientRequest ? Omit<R, 'requestId' | 'epoch' | 'sender' | 'flags'> : never) : never;
-
-interface Pending {
-  resolve(msg: Message): void;
+/**
+ * One request in the core, awaited. `data`: the request is a read, resolved
+ * with the bytes; otherwise it resolves with nothing.
+ */
+interface Waiter {
+  msg: ClientRequest;
+  readonly expect: Message['kind'];
+  readonly data: boolean;
+  resolve(value: Buffer | undefined): void;
   reject(err: Error): void;
+  /** Set at the first refusal that passes: retries stop then. */
+  retryUntilMs: number;
+  attempts: number;
 }
+
+const EMPTY = Buffer.alloc(0);
 
 export class CoreVolumes implements NbdBackend {
   readonly connId: number;
@@ -74,11 +84,14 @@ export class CoreVolumes implements NbdBackend {
   private readonly retryForMs: number;
   private readonly nowMs: () => number;
   private readonly sleep: (ms: number) => Promise<void>;
-  private readonly pending = new Map<number, Pending>();
+  private readonly pending = new Map<number, Waiter>();
   private nextRequestId = 1;
   private closed = false;
   /** Shared by every write-zeroes; never written to. */
   private zeros: Buffer | null = null;
+  /** The C_LIST in progress and its answer: the core answers it before onClientRequest returns. */
+  private listRequestId = 0;
+  private listAnswer: Message | undefined;
 
   constructor(opts: CoreVolumesOptions) {
     this.core = opts.core;
@@ -94,11 +107,29 @@ export class CoreVolumes implements NbdBackend {
 
   /** The core's answer to one of our requests (the runtime routes replies for connId here). */
   reply(msg: Message): void {
-    const p = this.pending.get(msg.requestId);
-    if (p === undefined) return; // answered after close()
+    if (msg.requestId === this.listRequestId && this.listRequestId !== 0) {
+      this.listAnswer = msg;
+      return;
+    }
+    const w = this.pending.get(msg.requestId);
+    if (w === undefined) return; // answered after close()
     this.pending.delete(msg.requestId);
-    if (msg.kind === 'ERROR') p.reject(PagepairError.fromWire(msg.code, msg.message));
-    else p.resolve(msg);
+    if (msg.kind === 'ERROR') {
+      this.refused(w, PagepairError.fromWire(msg.code, msg.message));
+      return;
+    }
+    if (msg.kind !== w.expect) {
+      w.reject(new PagepairError('INTERNAL', `${w.msg.kind} answered with ${msg.kind}`));
+      return;
+    }
+    if (!w.data) {
+      w.resolve(undefined);
+      return;
+    }
+    const data = (msg as CReadReply).data;
+    const asked = (w.msg as CRead).length;
+    if (data.length !== asked) w.reject(new PagepairError('INTERNAL', `C_READ of ${asked} bytes answered ${data.length}`));
+    else w.resolve(data);
   }
 
   /** Requests still unanswered fail; later ones are refused. The controller is stopping. */
@@ -106,7 +137,7 @@ export class CoreVolumes implements NbdBackend {
     this.closed = true;
     const waiting = [...this.pending.values()];
     this.pending.clear();
-    for (const p of waiting) p.reject(new PagepairError('SHUTTING_DOWN', 'controller is stopping'));
+    for (const w of waiting) w.reject(shuttingDown());
   }
 
   get inflight(): number {
@@ -133,47 +164,53 @@ export class CoreVolumes implements NbdBackend {
    * The allocation table, as C_LIST answers it. Both controllers hold the same
    * table, so this lists what was made through either. The core answers
    * C_LIST at once, which is what lets the NBD handshake look names up
-   * without waiting.
+   * without waiting. Only the handshake asks: block I/O never lists.
    */
   private allocations(): CListReply['allocations'] {
-    let answer: Message | Error | undefined;
     const requestId = this.newRequestId();
-    this.pending.set(requestId, { resolve: (m) => (answer = m), reject: (e) => (answer = e) });
-    this.core.onClientRequest(this.connId, { kind: 'C_LIST', requestId, epoch: 0, sender: SENDER_CLIENT, flags: 0 });
-    if (answer === undefined) {
-      this.pending.delete(requestId);
-      invariant(false, 'the core answers C_LIST synchronously');
+    this.listRequestId = requestId;
+    this.listAnswer = undefined;
+    try {
+      this.core.onClientRequest(this.connId, { kind: 'C_LIST', requestId, epoch: 0, sender: SENDER_CLIENT, flags: 0 });
+    } finally {
+      this.listRequestId = 0;
     }
-    if (answer instanceof Error) throw answer;
+    const answer = this.listAnswer as Message | undefined;
+    this.listAnswer = undefined;
+    invariant(answer !== undefined, 'the core answers C_LIST synchronously');
+    if (answer.kind === 'ERROR') throw PagepairError.fromWire(answer.code, answer.message);
     invariant(answer.kind === 'C_LIST_REPLY', `C_LIST answered with ${answer.kind}`);
     return answer.allocations;
   }
 
   // ---------------------------------------------------------------- block I/O
+  //
+  // The common request, a read or write within one piece (every 4 KiB
+  // request), is one message into the core and one promise, settled straight
+  // from reply(): no piece list, no async function on the way. Longer
+  // requests are cut into whole-page pieces, a few in the core at once.
 
-  async read(volume: NbdVolume, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-    checkRange(volume, offsetBytes, lengthBytes);
-    if (lengthBytes === 0) return Buffer.alloc(0);
-    const pieces = splitRange(offsetBytes, lengthBytes, pieceSize(this.readPieceBytes, volume.pageSizeBytes));
-    if (pieces.length === 1) return this.readPiece(volume, offsetBytes, lengthBytes);
-    const out = Buffer.allocUnsafe(lengthBytes);
-    await this.eachPiece(pieces, async ([at, n]) => {
-      const data = await this.readPiece(volume, at, n);
-      data.copy(out, at - offsetBytes);
-    });
-    return out;
+  read(volume: NbdVolume, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    const bad = rangeError(volume, offsetBytes, lengthBytes);
+    if (bad !== null) return Promise.reject(bad);
+    if (lengthBytes === 0) return Promise.resolve(EMPTY);
+    const size = pieceSize(this.readPieceBytes, volume.pageSizeBytes);
+    if (onePiece(offsetBytes, lengthBytes, size)) return this.readPiece(volume, offsetBytes, lengthBytes);
+    return this.readPieces(volume, offsetBytes, lengthBytes, size);
   }
 
-  async write(volume: NbdVolume, offsetBytes: number, data: Buffer, fua: boolean): Promise<void> {
-    checkRange(volume, offsetBytes, data.length);
-    if (data.length === 0) return fua ? this.flush(volume) : undefined;
-    const pieces = splitRange(offsetBytes, data.length, pieceSize(this.pieceBytes, volume.pageSizeBytes));
-    await this.eachPiece(pieces, ([at, n]) => this.writePiece(volume, at, data.subarray(at - offsetBytes, at - offsetBytes + n)));
-    if (fua) await this.flush(volume);
+  write(volume: NbdVolume, offsetBytes: number, data: Buffer, fua: boolean): Promise<void> {
+    const bad = rangeError(volume, offsetBytes, data.length);
+    if (bad !== null) return Promise.reject(bad);
+    if (data.length === 0) return fua ? this.flush(volume) : Promise.resolve();
+    const size = pieceSize(this.pieceBytes, volume.pageSizeBytes);
+    if (!fua && onePiece(offsetBytes, data.length, size)) return this.writePiece(volume, offsetBytes, data);
+    return this.writePieces(volume, offsetBytes, data, size, fua);
   }
 
   async writeZeroes(volume: NbdVolume, offsetBytes: number, lengthBytes: number, fua: boolean): Promise<void> {
-    checkRange(volume, offsetBytes, lengthBytes);
+    const bad = rangeError(volume, offsetBytes, lengthBytes);
+    if (bad !== null) throw bad;
     if (lengthBytes === 0) return fua ? this.flush(volume) : undefined;
     const size = pieceSize(this.pieceBytes, volume.pageSizeBytes);
     if (this.zeros === null || this.zeros.length < size) this.zeros = Buffer.alloc(size);
@@ -187,20 +224,47 @@ export class CoreVolumes implements NbdBackend {
    * and those mirrored from the partner (taking their ownership), so a write
    * acknowledged through either controller is in the store after it.
    */
-  async flush(volume: NbdVolume): Promise<void> {
-    await this.call({ kind: 'C_FLUSH', guid: volume.guid }, 'C_FLUSH_REPLY');
+  flush(volume: NbdVolume): Promise<void> {
+    return this.ask({ kind: 'C_FLUSH', requestId: this.newRequestId(), epoch: 0, sender: SENDER_CLIENT, flags: 0, guid: volume.guid }, 'C_FLUSH_REPLY', false) as Promise<void>;
   }
 
-  private async readPiece(volume: NbdVolume, offset: number, length: number): Promise<Buffer> {
-    const r = await this.call({ kind: 'C_READ', guid: volume.guid, offset, length, pointerId: 0 }, 'C_READ_REPLY');
-    invariant(r.data.length === length, `C_READ of ${length} bytes answered ${r.data.length}`);
-    return r.data;
+  private async readPieces(volume: NbdVolume, offsetBytes: number, lengthBytes: number, size: number): Promise<Buffer> {
+    const out = Buffer.allocUnsafe(lengthBytes);
+    await this.eachPiece(splitRange(offsetBytes, lengthBytes, size), async ([at, n]) => {
+      const data = await this.readPiece(volume, at, n);
+      data.copy(out, at - offsetBytes);
+    });
+    return out;
   }
 
-  private async writePiece(volume: NbdVolume, offset: number, data: Buffer): Promise<void> {
+  private async writePieces(volume: NbdVolume, offsetBytes: number, data: Buffer, size: number, fua: boolean): Promise<void> {
+    await this.eachPiece(splitRange(offsetBytes, data.length, size), ([at, n]) => this.writePiece(volume, at, data.subarray(at - offsetBytes, at - offsetBytes + n)));
+    if (fua) await this.flush(volume);
+  }
+
+  private readPiece(volume: NbdVolume, offset: number, length: number): Promise<Buffer> {
+    // Fields in the order the client endpoint's decoder makes them: the core sees one shape.
+    const msg: CRead = { kind: 'C_READ', requestId: this.newRequestId(), epoch: 0, sender: SENDER_CLIENT, flags: 0, guid: volume.guid, offset, length, pointerId: 0 };
+    return this.ask(msg, 'C_READ_REPLY', true) as Promise<Buffer>;
+  }
+
+  private writePiece(volume: NbdVolume, offset: number, data: Buffer): Promise<void> {
     // No retry tag: rewriting the same bytes at the same offset is harmless,
     // and NBD leaves the order of overlapping writes in flight undefined.
-    await this.call({ kind: 'C_WRITE', guid: volume.guid, offset, pointerId: 0, clientId: 0, clientSeq: 0, data }, 'C_WRITE_REPLY');
+    const msg: CWrite = {
+      kind: 'C_WRITE',
+      requestId: this.newRequestId(),
+      epoch: 0,
+      sender: SENDER_CLIENT,
+      flags: 0,
+      guid: volume.guid,
+      offset,
+      pointerId: 0,
+      clientId: 0,
+      clientSeq: 0,
+      data,
+    };
+    return this.ask(msg, 'C_WRITE_REPLY', false) as Promise<void>;
   }
 
   /** Runs fn over the pieces, at most piecesInFlight at a time; the first failure wins once all have stopped. */
@@ -222,28 +286,56 @@ export class CoreVolumes implements NbdBackend {
     if (failure !== null) throw failure;
   }
 
-  /** One request to the core, retried while the refusal is one that passes (see TRANSIENT). */
-  private async call<K extends Message['kind']>(body: RequestBody, expect: K): Promise<Extract<Message, { kind: K }>> {
-    const deadline = this.nowMs() + this.retryForMs;
-    for (let attempt = 0; ; attempt++) {
+  /** One request into the core; reply() settles it, retrying refusals that pass (see TRANSIENT). */
+  private ask(msg: ClientRequest, expect: Message['kind'], data: boolean): Promise<Buffer | undefined> {
+    if (this.closed) return Promise.reject(shuttingDown());
+    return new Promise<Buffer | undefined>((resolve, reject) => {
+      const w: Waiter = { msg, expect, data, resolve, reject, retryUntilMs: Number.NaN, attempts: 0 };
+      this.pending.set(msg.requestId, w);
       try {
-        const reply = await this.send(body);
-        invariant(reply.kind === expect, `${body.kind} answered with ${reply.kind}`);
-        return reply as Extract<Message, { kind: K }>;
+        this.core.onClientRequest(this.connId, msg);
       } catch (err) {
-        if (!isPagepairError(err) || !TRANSIENT.has(err.code) || this.closed || this.nowMs() >= deadline) throw err;
-        await this.sleep(Math.min(RETRY_PAUSE_MS_MAX, RETRY_PAUSE_MS_MIN << Math.min(attempt, 6)));
+        // The core answers everything with a reply; a throw is a bug, and this request's end.
+        this.pending.delete(msg.requestId);
+        throw err;
       }
-    }
+    });
   }
 
-  private send(body: RequestBody): Promise<Message> {
-    if (this.closed) return Promise.reject(new PagepairError('SHUTTING_DOWN', 'controller is stopping'));
-    return new Promise<Message>((resolve, reject) => {
-      const requestId = this.newRequestId();
-      this.pending.set(requestId, { resolve, reject });
-      this.core.onClientRequest(this.connId, { ...body, requestId, epoch: 0, sender: SENDER_CLIENT, flags: 0 } as ClientRequest);
-    });
+  /**
+   * A refusal: final ones reject; one that passes is retried after a pause
+   * growing from RETRY_PAUSE_MS_MIN, for up to retryForMs from the first.
+   */
+  private refused(w: Waiter, err: PagepairError): void {
+    if (!TRANSIENT.has(err.code) || this.closed) {
+      w.reject(err);
+      return;
+    }
+    const now = this.nowMs();
+    if (Number.isNaN(w.retryUntilMs)) w.retryUntilMs = now + this.retryForMs;
+    if (now >= w.retryUntilMs) {
+      w.reject(err);
+      return;
+    }
+    const pauseMs = Math.min(RETRY_PAUSE_MS_MAX, RETRY_PAUSE_MS_MIN << Math.min(w.attempts++, 6));
+    this.sleep(pauseMs).then(
+      () => {
+        if (this.closed) {
+          w.reject(shuttingDown());
+          return;
+        }
+        // A fresh message: the core may still hold the one it refused.
+        w.msg = { ...w.msg, requestId: this.newRequestId() };
+        this.pending.set(w.msg.requestId, w);
+        try {
+          this.core.onClientRequest(this.connId, w.msg);
+        } catch (err) {
+          this.pending.delete(w.msg.requestId);
+          w.reject(err instanceof Error ? err : new PagepairError('INTERNAL', String(err)));
+        }
+      },
+      (sleepErr: unknown) => w.reject(sleepErr instanceof Error ? sleepErr : new PagepairError('INTERNAL', String(sleepErr))),
+    );
   }
 
   private newRequestId(): number {
@@ -255,15 +347,23 @@ export class CoreVolumes implements NbdBackend {
   }
 }
 
+function shuttingDown(): PagepairError {
+  return new PagepairError('SHUTTING_DOWN', 'controller is stopping');
+}
+
 function toVolume(a: CListReply['allocations'][number]): NbdVolume {
   return Object.freeze({ name: a.name, guid: a.guid, sizeBytes: a.pageCount * a.pageSizeBytes, pageSizeBytes: a.pageSizeBytes });
 }
 
 /** The server checks ranges already; a request past the end here is a bug in the caller. */
-function checkRange(volume: NbdVolume, offsetBytes: number, lengthBytes: number): void {
-  if (!Number.isSafeInteger(offsetBytes) || !Number.isSafeInteger(lengthBytes) || offsetBytes < 0 || lengthBytes < 0 || offsetBytes + lengthBytes > volume.sizeBytes) {
-    throw new PagepairError('OUT_OF_RANGE', `${lengthBytes} bytes at ${offsetBytes} reach outside volume "${volume.name}" (${volume.sizeBytes} bytes)`, 'offset');
-  }
+function rangeError(volume: NbdVolume, offsetBytes: number, lengthBytes: number): PagepairError | null {
+  if (Number.isSafeInteger(offsetBytes) && Number.isSafeInteger(lengthBytes) && offsetBytes >= 0 && lengthBytes >= 0 && offsetBytes + lengthBytes <= volume.sizeBytes) return null;
+  return new PagepairError('OUT_OF_RANGE', `${lengthBytes} bytes at ${offsetBytes} reach outside volume "${volume.name}" (${volume.sizeBytes} bytes)`, 'offset');
+}
+
+/** Whether a non-empty range lies within one piece (splitRange would return it whole). */
+function onePiece(offsetBytes: number, lengthBytes: number, size: number): boolean {
+  return Math.floor(offsetBytes / size) === Math.floor((offsetBytes + lengthBytes - 1) / size);
 }
 
 /** A piece is whole pages, so no two pieces of one request touch the same page. */

@@ -5,7 +5,7 @@
 //
 // Per connection: the fixed newstyle handshake, then any number of requests
 // in flight, each answered as soon as the backend completes it (out of
-// order), replies of one event-loop turn leaving in one write. A request the
+// order), replies completed together leaving in one write. A request the
 // server can judge bad (out of range, oversize, unknown) gets an NBD error
 // and the connection goes on; bytes that cannot be divided into messages
 // close that connection only.
@@ -26,10 +26,8 @@ import {
   encodeInfoExport,
   encodeInfoName,
   encodeNoneChunk,
-  encodeOffsetDataHead,
   encodeOptionError,
   encodeRepServer,
-  encodeSimpleReply,
   isPowerOfTwo,
   NBD_DEFAULT_PAYLOAD_BYTES_MAX,
   nbdCmdName,
@@ -45,6 +43,10 @@ import {
   NbdOpt,
   nbdOptName,
   NbdRep,
+  NBD_OFFSET_DATA_HEAD_BYTES,
+  NBD_SIMPLE_REPLY_HEADER_BYTES,
+  putOffsetDataHead,
+  putSimpleReply,
 } from '../protocol/nbd.js';
 import type { NbdBlockSizes, NbdClientEvent, NbdOptionEvent, NbdRequest } from '../protocol/nbd.js';
 import type { NbdBackend, NbdVolume } from './nbd-backend.js';
@@ -106,6 +108,17 @@ const WRITE_ZEROES_FLAGS = NbdCmdFlag.FUA | NbdCmdFlag.NO_HOLE;
 
 const EMPTY = Buffer.alloc(0);
 
+/**
+ * Replies are gathered in slabs of this size: a reply header (and read data
+ * up to REPLY_COPY_BYTES_MAX) is written right after the previous one, and
+ * the replies of one turn leave as one view of the slab, in one write. Bytes
+ * handed to the socket are never written again: a full slab is replaced, not
+ * reused. One slab per connection in transmission.
+ */
+const REPLY_SLAB_BYTES = 64 * 1024;
+/** Read data up to this size is copied next to its header (one buffer to write); longer data is written as it is. */
+const REPLY_COPY_BYTES_MAX = 8 * 1024;
+
 function checkLimits(l: NbdServerLimits): void {
   const bad = (field: keyof NbdServerLimits, what: string): never => {
     throw new PagepairError('BAD_CONFIG', `nbd limits: ${field} ${what}, got ${String(l[field])}`, field);
@@ -149,8 +162,15 @@ class NbdConnection {
   private options = 0;
   private paused = false;
   private writeBlocked = false;
-  private corked = false;
   private hungUp = false;
+  /** Replies of this turn not yet handed to the socket: views of slabs and long read data, in order. */
+  private readonly outQueue: Buffer[] = [];
+  private outBytes = 0;
+  private flushScheduled = false;
+  private slab: Buffer = EMPTY;
+  /** Where this turn's bytes start in the slab, and where the next byte goes. */
+  private slabStart = 0;
+  private slabUsed = 0;
   private handshakeTimer: NodeJS.Timeout | undefined;
   private readonly openedAtMs = Date.now();
 
@@ -230,9 +250,9 @@ class NbdConnection {
     if (this.state === State.HANDSHAKE) this.destroy(`no export chosen within ${this.limits.handshakeTimeoutMs} ms`);
   };
 
-  private readonly uncork = (): void => {
-    this.corked = false;
-    this.socket.uncork();
+  private readonly onFlushTime = (): void => {
+    this.flushScheduled = false;
+    this.flushOut();
   };
 
   // -------------------------------------------------------------------------
@@ -427,7 +447,7 @@ class NbdConnection {
         if (end > volume.sizeBytes) return this.pastEnd(req, NbdErrno.EINVAL);
         if (req.length === 0) return this.replyData(req, EMPTY);
         this.inflight++;
-        void this.serveRead(req, volume);
+        this.serveRead(req, volume);
         return;
       }
       case NbdCmd.WRITE:
@@ -438,7 +458,7 @@ class NbdConnection {
         if (end > volume.sizeBytes) return this.pastEnd(req, NbdErrno.ENOSPC);
         if (req.length === 0) return this.replyOk(req);
         this.inflight++;
-        void this.serveWrite(req, volume);
+        this.serveWrite(req, volume);
         return;
       case NbdCmd.WRITE_ZEROES:
       case NbdCmd.TRIM: {
@@ -474,30 +494,29 @@ class NbdConnection {
     );
   }
 
-  private async serveRead(req: NbdRequest, volume: NbdVolume): Promise<void> {
-    let data: Buffer;
-    try {
-      data = await this.server.backend.read(volume, req.offset, req.length);
-      if (data.length !== req.length) {
-        throw new PagepairError('INTERNAL', `the backend read ${data.length} bytes for a read of ${req.length}`);
-      }
-    } catch (err) {
-      this.completeError(req, err);
-      return;
-    }
-    this.inflight--;
-    this.replyData(req, data);
-    this.afterCompletion();
+  // Reads and writes are most of the traffic: a promise from the backend and
+  // its two callbacks, no async function around them.
+
+  private serveRead(req: NbdRequest, volume: NbdVolume): void {
+    this.server.backend.read(volume, req.offset, req.length).then(
+      (data) => {
+        if (data.length !== req.length) {
+          this.completeError(req, new PagepairError('INTERNAL', `the backend read ${data.length} bytes for a read of ${req.length}`));
+          return;
+        }
+        this.inflight--;
+        this.replyData(req, data);
+        this.afterCompletion();
+      },
+      (err: unknown) => this.completeError(req, err),
+    );
   }
 
-  private async serveWrite(req: NbdRequest, volume: NbdVolume): Promise<void> {
-    try {
-      await this.server.backend.write(volume, req.offset, req.payload!, (req.flags & NbdCmdFlag.FUA) !== 0);
-    } catch (err) {
-      this.completeError(req, err);
-      return;
-    }
-    this.completeOk(req);
+  private serveWrite(req: NbdRequest, volume: NbdVolume): void {
+    this.server.backend.write(volume, req.offset, req.payload!, (req.flags & NbdCmdFlag.FUA) !== 0).then(
+      () => this.completeOk(req),
+      (err: unknown) => this.completeError(req, err),
+    );
   }
 
   /** TRIM and WRITE_ZEROES, in pieces no longer than the payload limit (they may ask for a whole export). */
@@ -564,40 +583,115 @@ class NbdConnection {
   // Replies
 
   private replyOk(req: NbdRequest): void {
-    this.send(encodeSimpleReply(0, req.cookieHi, req.cookieLo));
+    this.replySimple(req, 0);
+  }
+
+  private replySimple(req: NbdRequest, errno: number): void {
+    if (!this.canSend()) return;
+    putSimpleReply(this.room(NBD_SIMPLE_REPLY_HEADER_BYTES), this.slabUsed, errno, req.cookieHi, req.cookieLo);
+    this.slabUsed += NBD_SIMPLE_REPLY_HEADER_BYTES;
+    this.queued(NBD_SIMPLE_REPLY_HEADER_BYTES);
   }
 
   private replyData(req: NbdRequest, data: Buffer): void {
-    if (!this.structured) {
-      this.send(encodeSimpleReply(0, req.cookieHi, req.cookieLo));
-      if (data.length > 0) this.send(data);
-    } else if (data.length === 0) {
+    if (!this.canSend()) return;
+    if (this.structured && data.length === 0) {
       this.send(encodeNoneChunk(req.cookieHi, req.cookieLo));
-    } else {
-      this.send(encodeOffsetDataHead(req.cookieHi, req.cookieLo, req.offset, data.length, true));
-      this.send(data);
+      return;
     }
+    const head = this.structured ? NBD_OFFSET_DATA_HEAD_BYTES : NBD_SIMPLE_REPLY_HEADER_BYTES;
+    const copy = data.length <= REPLY_COPY_BYTES_MAX;
+    const slab = this.room(copy ? head + data.length : head);
+    if (this.structured) putOffsetDataHead(slab, this.slabUsed, req.cookieHi, req.cookieLo, req.offset, data.length, true);
+    else putSimpleReply(slab, this.slabUsed, 0, req.cookieHi, req.cookieLo);
+    this.slabUsed += head;
+    if (copy) {
+      data.copy(slab, this.slabUsed);
+      this.slabUsed += data.length;
+    } else {
+      this.cutSlab();
+      this.outQueue.push(data);
+    }
+    this.queued(head + data.length);
   }
 
   private replyError(req: NbdRequest, errno: number, message: string): void {
     // With structured replies a read must be answered by chunks; an error chunk carries the message too.
     if (this.structured) this.send(encodeErrorChunk(req.cookieHi, req.cookieLo, errno, message));
-    else this.send(encodeSimpleReply(errno, req.cookieHi, req.cookieLo));
+    else this.replySimple(req, errno);
   }
 
-  /** Writes of one event-loop turn are corked and leave together (one writev). */
+  /**
+   * Handshake replies and the rarer transmission replies (error and empty
+   * chunks): queued as they are, in order with the rest. A connection that
+   * never reaches transmission never takes a slab.
+   */
   private send(b: Buffer): void {
-    if (this.hungUp || this.state === State.CLOSED) return;
-    if (!this.corked) {
-      this.corked = true;
-      this.socket.cork();
-      setImmediate(this.uncork);
+    if (!this.canSend()) return;
+    this.cutSlab();
+    this.outQueue.push(b);
+    this.queued(b.length);
+  }
+
+  private canSend(): boolean {
+    return !this.hungUp && this.state !== State.CLOSED;
+  }
+
+  /** The slab, with room for n more bytes at slabUsed. */
+  private room(n: number): Buffer {
+    if (this.slab.length - this.slabUsed < n) {
+      this.cutSlab();
+      // Bytes handed to the socket stay where they are; a new slab takes the next ones.
+      this.slab = Buffer.allocUnsafe(Math.max(REPLY_SLAB_BYTES, n));
+      this.slabStart = 0;
+      this.slabUsed = 0;
     }
-    this.socket.write(b);
-    if (!this.writeBlocked && this.socket.writableLength > this.limits.replyQueueBytesMax) {
-      // Past the queue limit the stream surely asked for a drain, which unblocks.
+    return this.slab;
+  }
+
+  /** Queues the slab's bytes of this turn so far. */
+  private cutSlab(): void {
+    if (this.slabUsed === this.slabStart) return;
+    this.outQueue.push(this.slab.subarray(this.slabStart, this.slabUsed));
+    this.slabStart = this.slabUsed;
+  }
+
+  /**
+   * Replies made in one turn (the handling of one event: a socket read, the
+   * core's answers to one peer frame) leave together at its end, on the next
+   * tick: before the other I/O that turn set off (frames to the partner,
+   * store writes, which wait for setImmediate), and in one write of one
+   * buffer when they all fit the slab.
+   */
+  private queued(n: number): void {
+    this.outBytes += n;
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      process.nextTick(this.onFlushTime);
+    }
+    if (!this.writeBlocked && this.outBytes + this.socket.writableLength > this.limits.replyQueueBytesMax) {
+      // Past the queue limit the stream surely asks for a drain once flushed, which unblocks.
       this.writeBlocked = true;
     }
+  }
+
+  private flushOut(): void {
+    this.cutSlab();
+    const q = this.outQueue;
+    if (q.length === 0) return;
+    this.outBytes = 0;
+    if (this.state === State.CLOSED) {
+      q.length = 0;
+      return;
+    }
+    if (q.length === 1) {
+      this.socket.write(q[0]!);
+    } else {
+      this.socket.cork();
+      for (const b of q) this.socket.write(b);
+      this.socket.uncork();
+    }
+    q.length = 0;
   }
 
   /**
@@ -607,6 +701,8 @@ class NbdConnection {
    */
   private hangUp(reason: string): void {
     if (this.hungUp || this.state === State.CLOSED) return;
+    // What was queued (the last reply, the ACK of NBD_OPT_ABORT) goes out first.
+    this.flushOut();
     this.hungUp = true;
     this.closeReason ??= reason;
     this.state = State.DRAINING;

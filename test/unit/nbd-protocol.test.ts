@@ -31,6 +31,8 @@ import {
   NbdInfo,
   NbdOpt,
   NbdRep,
+  putOffsetDataHead,
+  putSimpleReply,
 } from '../../src/protocol/nbd.js';
 import type { NbdClientEvent, NbdParserLimits } from '../../src/protocol/nbd.js';
 
@@ -432,6 +434,16 @@ describe('encoders', () => {
       '668e33ef' + '0001' + '8001' + '00000000' + '00000005' + '00000009' + '00000016' + '0003' + '626164',
     );
     expectError(() => encodeErrorChunk(0, 5, 0, 'x'), 'BAD_FIELD', 'errno');
+  });
+
+  it('writes reply heads into a shared buffer at any offset, touching nothing else', () => {
+    const b = Buffer.alloc(5 + 16 + 28 + 3, 0xee);
+    putSimpleReply(b, 5, NbdErrno.EIO, 7, 8);
+    putOffsetDataHead(b, 21, 7, 9, 4096, 100, true);
+    expect(hex(b.subarray(5, 21))).toBe(hex(encodeSimpleReply(NbdErrno.EIO, 7, 8)));
+    expect(hex(b.subarray(21, 49))).toBe(hex(encodeOffsetDataHead(7, 9, 4096, 100, true)));
+    expect(hex(b.subarray(0, 5))).toBe('ee'.repeat(5));
+    expect(hex(b.subarray(49))).toBe('ee'.repeat(3));
   });
 
   it('clips long messages at a character boundary', () => {

@@ -11,7 +11,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { PagepairError } from '../../src/errors.js';
 import { NbdCmd, NbdCmdFlag, NbdErrno, NbdFlag, NbdInfo, NbdOpt, NbdRep } from '../../src/protocol/nbd.js';
 import { MemoryNbdBackend } from '../../src/testing/memory-nbd-backend.js';
@@ -181,6 +181,18 @@ class RawNbd {
     const h = await this.read(20);
     expect(h.readUInt32BE(0), 'structured reply magic').toBe(0x668e33ef);
     return { flags: h.readUInt16BE(4), type: h.readUInt16BE(6), cookie: h.readBigUInt64BE(8), payload: await this.read(h.readUInt32BE(16)) };
+  }
+
+  /** With structured replies, writes still get simple replies: whichever comes next. */
+  async replyOrChunk(): Promise<{ simple: SimpleReply } | { chunk: Chunk }> {
+    const magic = (await this.read(4)).readUInt32BE(0);
+    if (magic === 0x67446698) {
+      const h = await this.read(12);
+      return { simple: { error: h.readUInt32BE(0), cookie: h.readBigUInt64BE(4), data: Buffer.alloc(0) } };
+    }
+    expect(magic, 'structured reply magic').toBe(0x668e33ef);
+    const h = await this.read(16);
+    return { chunk: { flags: h.readUInt16BE(0), type: h.readUInt16BE(2), cookie: h.readBigUInt64BE(4), payload: await this.read(h.readUInt32BE(12)) } };
   }
 
   close(): void {
@@ -502,6 +514,79 @@ describe('NbdServer transmission', () => {
     expect(got[2]!.data.subarray(99, 103).toString('hex')).toBe('117a7a11');
     c.close();
   });
+
+  it('replies completed together leave in one socket write', async () => {
+    const { port, backend } = await rig();
+    const c = await RawNbd.go(port);
+    backend.holding = true;
+    for (let i = 0; i < 24; i++) {
+      if (i % 2 === 0) c.request(NbdCmd.WRITE, { cookie: BigInt(i), offset: i * 4096, payload: Buffer.alloc(4096, i) });
+      else c.request(NbdCmd.READ, { cookie: BigInt(i), offset: (i - 1) * 4096, length: 4096 });
+    }
+    await waitFor(() => backend.held.length === 24, '24 held requests');
+    const writes = vi.spyOn(net.Socket.prototype, 'write');
+    try {
+      backend.releaseAll();
+      const got = new Map<bigint, Buffer>();
+      for (let i = 0; i < 24; i++) {
+        const r = await c.reply();
+        expect(r.error).toBe(0);
+        got.set(r.cookie, r.data);
+      }
+      // 12 write replies and 12 read replies with their data (under one reply slab): one buffer, one write.
+      expect(writes).toHaveBeenCalledTimes(1);
+      for (let i = 1; i < 24; i += 2) expect(got.get(BigInt(i))!.equals(Buffer.alloc(4096, i - 1)), `read ${i}`).toBe(true);
+    } finally {
+      writes.mockRestore();
+    }
+    c.close();
+  });
+
+  for (const structured of [false, true]) {
+    it(`replies of every size, completed together, come out whole (${structured ? 'structured' : 'simple'} replies)`, async () => {
+      // Sizes around what is copied next to its header and what is written
+      // as it is, and enough of them to fill several reply slabs.
+      const { port, backend } = await rig();
+      const bytes = backend.bytesOf('vol0');
+      for (let i = 0; i < bytes.length; i += 4) bytes.writeUInt32BE(i, i);
+      const c = await RawNbd.go(port, 'vol0', structured);
+      backend.holding = true;
+      const sizes = [1, 16, 4095, 4096, 8191, 8192, 8193, 65536, 100_000, 3];
+      const reads: { cookie: bigint; offset: number; length: number }[] = [];
+      for (let i = 0; i < 60; i++) {
+        const length = sizes[i % sizes.length]!;
+        const offset = (i * 37_501) % (bytes.length - length);
+        reads.push({ cookie: BigInt(1000 + i), offset, length });
+        c.request(NbdCmd.READ, { cookie: BigInt(1000 + i), offset, length });
+        if (i % 7 === 0) c.request(NbdCmd.WRITE, { cookie: BigInt(i), offset: 4 * MiB - 8, payload: Buffer.from('tailtail') });
+      }
+      await waitFor(() => backend.held.length === 60 + 9, 'every request held');
+      backend.releaseAll();
+      const want = new Map(reads.map((r) => [r.cookie, r]));
+      for (let n = 0; n < 69; n++) {
+        if (structured) {
+          const got = await c.replyOrChunk();
+          if ('simple' in got) {
+            expect(got.simple.error).toBe(0);
+            expect(want.has(got.simple.cookie), 'a write, simply replied').toBe(false);
+            continue;
+          }
+          const ch = got.chunk;
+          const r = want.get(ch.cookie)!;
+          expect(ch).toMatchObject({ flags: 1, type: 1 });
+          expect(Number(ch.payload.readBigUInt64BE(0))).toBe(r.offset);
+          expect(ch.payload.subarray(8).equals(bytes.subarray(r.offset, r.offset + r.length)), `read ${ch.cookie}`).toBe(true);
+        } else {
+          const rep = await c.reply();
+          expect(rep.error).toBe(0);
+          const r = want.get(rep.cookie);
+          if (r !== undefined) expect(rep.data.equals(bytes.subarray(r.offset, r.offset + r.length)), `read ${rep.cookie}`).toBe(true);
+        }
+      }
+      expect(c.pendingBytes).toBe(0);
+      c.close();
+    });
+  }
 
   it('stops reading at the in-flight limit and catches up as requests complete', async () => {
     const { port, backend } = await rig({ inflightPerConnectionMax: 4 });

@@ -1,11 +1,15 @@
 // The NBD backend over two paired cores in one process (test/sim/harness.ts):
 // volumes made through either controller are exported by both; block I/O goes
 // in as client requests, split in whole-page pieces; FUA and flush reach the
-// store; a takeover is waited out; a fenced controller stops serving.
+// store; a takeover is waited out; a fenced controller stops serving. Then
+// over a scripted core: a one-piece request is one message in and nothing
+// else, refusals that pass are retried with fresh messages, and close() ends
+// a retry.
 
 import { describe, expect, it } from 'vitest';
-import { isPagepairError } from '../../src/errors.js';
+import { ErrorCode, isPagepairError, type ErrorCodeName } from '../../src/errors.js';
 import { decode } from '../../src/protocol/codec.js';
+import { Role, type ClientRequest, type Message } from '../../src/protocol/messages.js';
 import { CoreVolumes, splitRange, type CoreVolumesOptions } from '../../src/runtime/nbd-volumes.js';
 import type { NbdVolume } from '../../src/transport/nbd-backend.js';
 import { Harness, tagged, type NodeName } from '../sim/harness.js';
@@ -223,5 +227,149 @@ describe('NBD volumes over a paired core', () => {
     na.close();
     expect(na.serving()).toBe(false);
     await expect(na.read(volumeOf(nb, 'p'), 0, PAGE)).rejects.toMatchObject({ code: 'SHUTTING_DOWN' });
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Over a scripted core
+
+const GUID = '00000000-0000-4000-8000-00000000000a';
+const SCRIPT_PAGE = 4096;
+
+/** A core that records what comes in and answers as the test says; C_LIST at once. */
+class ScriptedCore {
+  readonly currentRole = Role.MIRRORED;
+  readonly seen: ClientRequest[] = [];
+  backend!: CoreVolumes;
+  /** What to answer a request with; undefined: hold it (answer later with answer()). */
+  answerWith: (msg: ClientRequest) => Message | undefined = () => undefined;
+
+  onClientRequest(_connId: number, msg: ClientRequest): void {
+    this.seen.push(msg);
+    if (msg.kind === 'C_LIST') {
+      this.answer({
+        kind: 'C_LIST_REPLY',
+        requestId: msg.requestId,
+        epoch: 1,
+        sender: 1,
+        flags: 0,
+        allocations: [{ guid: GUID, name: 'v', policy: 'default', pageSizeBytes: SCRIPT_PAGE, pageCount: 256 }],
+      });
+      return;
+    }
+    const reply = this.answerWith(msg);
+    if (reply !== undefined) this.answer(reply);
+  }
+
+  answer(msg: Message): void {
+    this.backend.reply(msg);
+  }
+
+  kinds(): string[] {
+    return this.seen.map((m) => m.kind);
+  }
+}
+
+function scripted(opts: Partial<CoreVolumesOptions> = {}): { core: ScriptedCore; backend: CoreVolumes; volume: NbdVolume; sleeps: number[] } {
+  const core = new ScriptedCore();
+  const sleeps: number[] = [];
+  const backend = new CoreVolumes({ core, nowMs: () => sleeps.reduce((a, b) => a + b, 0), sleep: async (ms) => void sleeps.push(ms), ...opts });
+  core.backend = backend;
+  const volume = volumeOf(backend, 'v');
+  core.seen.length = 0;
+  return { core, backend, volume, sleeps };
+}
+
+function ok(msg: ClientRequest, data?: Buffer): Message {
+  const common = { requestId: msg.requestId, epoch: 1, sender: 1, flags: 0 } as const;
+  if (msg.kind === 'C_READ') return { kind: 'C_READ_REPLY', ...common, data: data ?? Buffer.alloc(msg.length, 0x5a) };
+  if (msg.kind === 'C_WRITE') return { kind: 'C_WRITE_REPLY', ...common };
+  if (msg.kind === 'C_FLUSH') return { kind: 'C_FLUSH_REPLY', ...common, pages: 0 };
+  throw new Error(`unexpected ${msg.kind}`);
+}
+
+function refusal(msg: ClientRequest, code: ErrorCodeName): Message {
+  return { kind: 'ERROR', requestId: msg.requestId, epoch: 1, sender: 1, flags: 0, code: ErrorCode[code], requestType: 0, message: `scripted ${code}` };
+}
+
+describe('NBD volumes over a scripted core', () => {
+  it('a one-piece read or write is one message into the core, and block I/O never lists', async () => {
+    const { core, backend, volume } = scripted();
+    core.answerWith = (m) => ok(m);
+    const data = Buffer.alloc(SCRIPT_PAGE, 7);
+    for (let i = 0; i < 20; i++) {
+      await backend.write(volume, i * SCRIPT_PAGE, data, false);
+      expect(await backend.read(volume, i * SCRIPT_PAGE + 10, 100)).toEqual(Buffer.alloc(100, 0x5a));
+    }
+    expect(core.kinds()).toEqual(Array.from({ length: 40 }, (_, i) => (i % 2 === 0 ? 'C_WRITE' : 'C_READ')));
+    const w = core.seen[0]!;
+    // The client's bytes go in as they are (the core copies them into its page), untagged, no pointer.
+    expect(w).toMatchObject({ kind: 'C_WRITE', guid: GUID, offset: 0, pointerId: 0, clientId: 0, clientSeq: 0, epoch: 0, sender: 0, flags: 0 });
+    expect(w.kind === 'C_WRITE' && w.data === data).toBe(true);
+    expect(core.seen[1]).toMatchObject({ kind: 'C_READ', guid: GUID, offset: 10, length: 100, pointerId: 0 });
+    expect(new Set(core.seen.map((m) => m.requestId)).size).toBe(40);
+    expect(backend.inflight).toBe(0);
+  });
+
+  it('requests in flight are answered in any order, each to its own caller', async () => {
+    const { core, backend, volume } = scripted();
+    const reads = [0, 1, 2, 3].map((i) => backend.read(volume, i * SCRIPT_PAGE, 8));
+    expect(backend.inflight).toBe(4);
+    for (const i of [2, 0, 3, 1]) core.answer(ok(core.seen[i]!, Buffer.alloc(8, i)));
+    expect(await Promise.all(reads)).toEqual([0, 1, 2, 3].map((i) => Buffer.alloc(8, i)));
+    // An answer nobody waits for (a duplicate, or after close) is dropped.
+    core.answer(ok(core.seen[0]!));
+    expect(backend.inflight).toBe(0);
+  });
+
+  it('retries a refusal that passes with a fresh message, pausing longer each time; a final one rejects at once', async () => {
+    const { core, backend, volume, sleeps } = scripted();
+    let refusals = 3;
+    core.answerWith = (m) => (m.kind === 'C_WRITE' && refusals-- > 0 ? refusal(m, 'BUSY') : ok(m));
+    await backend.write(volume, 0, Buffer.alloc(SCRIPT_PAGE, 1), false);
+    expect(core.kinds()).toEqual(['C_WRITE', 'C_WRITE', 'C_WRITE', 'C_WRITE']);
+    expect(new Set(core.seen.map((m) => m.requestId)).size).toBe(4);
+    expect(sleeps).toEqual([5, 10, 20]);
+
+    core.seen.length = 0;
+    core.answerWith = (m) => refusal(m, 'UNKNOWN_GUID');
+    await expect(backend.read(volume, 0, 1)).rejects.toMatchObject({ code: 'UNKNOWN_GUID' });
+    expect(core.kinds()).toEqual(['C_READ']);
+  });
+
+  it('gives up once a refusal lasted retryForMs, with its code', async () => {
+    const { core, backend, volume, sleeps } = scripted({ retryForMs: 100 });
+    core.answerWith = (m) => refusal(m, 'NOT_MIRRORED');
+    await expect(backend.write(volume, 0, Buffer.alloc(1), false)).rejects.toMatchObject({ code: 'NOT_MIRRORED' });
+    expect(sleeps.reduce((a, b) => a + b, 0)).toBeGreaterThanOrEqual(100);
+    expect(sleeps.length).toBe(core.seen.length - 1);
+  });
+
+  it('close() fails what is waiting, a retry in its pause included, and refuses what comes after', async () => {
+    const core = new ScriptedCore();
+    let wake: (() => void) | null = null;
+    const backend = new CoreVolumes({ core, sleep: () => new Promise<void>((r) => (wake = r)) });
+    core.backend = backend;
+    const volume = volumeOf(backend, 'v');
+    core.answerWith = (m) => (m.kind === 'C_WRITE' ? refusal(m, 'CACHE_FULL') : undefined);
+    const retrying = backend.write(volume, 0, Buffer.alloc(1), false);
+    const held = backend.read(volume, 0, 1);
+    await Promise.resolve();
+    expect(wake).not.toBeNull();
+    backend.close();
+    await expect(held).rejects.toMatchObject({ code: 'SHUTTING_DOWN' });
+    wake!();
+    await expect(retrying).rejects.toMatchObject({ code: 'SHUTTING_DOWN' });
+    await expect(backend.write(volume, 0, Buffer.alloc(1), false)).rejects.toMatchObject({ code: 'SHUTTING_DOWN' });
+    expect(core.kinds().filter((k) => k === 'C_WRITE')).toHaveLength(1);
+  });
+
+  it('an answer of the wrong kind or length is the core\'s bug: that request fails INTERNAL', async () => {
+    const { core, backend, volume } = scripted();
+    core.answerWith = (m) => ({ kind: 'C_FLUSH_REPLY', requestId: m.requestId, epoch: 1, sender: 1, flags: 0, pages: 0 });
+    await expect(backend.write(volume, 0, Buffer.alloc(1), false)).rejects.toMatchObject({ code: 'INTERNAL' });
+    core.answerWith = (m) => ok(m, Buffer.alloc(3));
+    await expect(backend.read(volume, 0, 4)).rejects.toMatchObject({ code: 'INTERNAL' });
+    expect(backend.inflight).toBe(0);
   });
 });
