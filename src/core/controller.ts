@@ -71,7 +71,20 @@ import type { CoreConfig, CoreEnv } from './env.js';
 const SYNC_RESERVATION = 0xffff_ffff;
 /** Rounds a write or flush retries when ownership keeps moving. */
 const OWNERSHIP_ROUNDS_MAX = 64;
+/** How long a reservation waits for its ALLOCATE, on top of the time the coordinator may take to zero the extent. */
 const RESERVATION_TTL_MS = 10_000;
+/**
+ * A slow disk's zeroing rate (32 MiB/s), as bytes per ms: the coordinator
+ * zeroes a new extent (store.clearExtent) between SPACE_REQUEST and ALLOCATE,
+ * or while it handles ALLOCATE, which for a volume of some GiB takes longer
+ * than RESERVATION_TTL_MS or a peer request's timeout.
+ */
+const ZEROING_BYTES_PER_MS = (32 * 1024 * 1024) / 1000;
+
+/** The time zeroing an extent of `bytes` may take, at the slow disk's rate. */
+function zeroingAllowanceMs(bytes: number): number {
+  return Math.ceil(bytes / ZEROING_BYTES_PER_MS);
+}
 /** Above this many pages left, a flush re-checks per tick instead of per destage. */
 const FLUSH_RECHECK_PAGES = 256;
 /** Most pages destaged in one run of neighbours. */
@@ -82,6 +95,8 @@ const RESYNC_CHUNK_PAGES = 64;
 interface PendingPeer {
   kind: PeerRequest['kind'];
   sentMs: number;
+  /** Beyond peerRequestTimeoutMs: work the partner does before it answers (zeroing an extent). */
+  extraTimeoutMs: number;
   resolve(reply: PeerReply): void;
   reject(err: Error): void;
 }
@@ -124,6 +139,12 @@ type TaggedWrite =
   /** Applied here (or held as the partner's mirrored copy) but not known
    *  acknowledged: a retry makes the pages durable, then answers. */
   | { state: 'held'; guid: string; first: number; count: number };
+
+/** How far a write got: applied here, or skipped because a retry of it was applied at the partner. */
+interface WriteProgress {
+  applied: boolean;
+  suppressed: boolean;
+}
 
 const TAGGED_WRITES_MAX = 65_536;
 const TAG_DONE: TaggedWrite = { state: 'done' };
@@ -372,9 +393,10 @@ export class ControllerCore {
     }
     let timedOut = false;
     for (const [id, p] of this.pendingPeer) {
-      if (now - p.sentMs > this.cfg.peerRequestTimeoutMs) {
+      const timeoutMs = this.cfg.peerRequestTimeoutMs + p.extraTimeoutMs;
+      if (now - p.sentMs > timeoutMs) {
         this.pendingPeer.delete(id);
-        p.reject(new PagepairError('TIMEOUT', `partner did not answer ${p.kind} within ${this.cfg.peerRequestTimeoutMs} ms`));
+        p.reject(new PagepairError('TIMEOUT', `partner did not answer ${p.kind} within ${timeoutMs} ms`));
         timedOut = true;
       }
     }
@@ -613,6 +635,7 @@ export class ControllerCore {
         this.pendingPeer.set(requestId, {
           kind: 'WRITE_PAGE',
           sentMs: this.env.nowMs(),
+          extraTimeoutMs: 0,
           resolve: () => {
             for (const op of ops) settleOp(op, null);
           },
@@ -945,7 +968,7 @@ export class ControllerCore {
     const end = msg.offset + msg.data.length;
     const whole = (page: number): boolean => page * ps >= msg.offset && (page + 1) * ps <= end;
     if (msg.clientId === 0) {
-      await this.writePages(alloc, first, count, compose, null, { applied: false }, whole);
+      await this.writePages(alloc, first, count, compose, null, { applied: false, suppressed: false }, whole);
       return;
     }
     const key = tagKey(msg.clientId, msg.clientSeq);
@@ -960,17 +983,23 @@ export class ControllerCore {
       }
       return;
     }
-    const progress = { applied: false };
+    const progress: WriteProgress = { applied: false, suppressed: false };
     const done = this.writePages(alloc, first, count, compose, { clientId: msg.clientId, clientSeq: msg.clientSeq }, progress, whole);
     const running: TaggedWrite = { state: 'running', waiters: [] };
     this.rememberTag(key, running);
     try {
       await done;
+      // Not applied here because the partner's mirrored pages say a retry of
+      // it was: alone, those pages must reach the store before the answer.
+      if (progress.suppressed) await this.makeDurable(alloc, first, count);
       this.rememberTag(key, TAG_DONE);
       settleTag(running, null);
     } catch (err) {
       if (progress.applied) this.rememberTag(key, { state: 'held', guid: alloc.record.guid, first, count });
-      else this.taggedWrites.delete(key);
+      // Forget the tag only if it is still our attempt's: the partner's
+      // mirrored pages may have said meanwhile that a retry of this write was
+      // applied there ("held"), and that must outlive this attempt's failure.
+      else if (this.taggedWrites.get(key) === running) this.taggedWrites.delete(key);
       settleTag(running, err instanceof Error ? err : new PagepairError('INTERNAL', String(err)));
       throw err;
     }
@@ -997,7 +1026,7 @@ export class ControllerCore {
     count: number,
     compose: (page: number, old: Buffer) => Buffer,
     tag: { clientId: number; clientSeq: number } | null,
-    progress: { applied: boolean },
+    progress: WriteProgress,
     wholePages: (page: number) => boolean = () => false,
   ): Promise<void> {
     const bytes = count * alloc.record.pageSizeBytes;
@@ -1023,6 +1052,7 @@ export class ControllerCore {
         // waited (its mirrored pages told us): this attempt must not apply too.
         if (tag !== null && this.taggedWrites.get(tagKey(tag.clientId, tag.clientSeq))?.state === 'held') {
           this.counters.retriesSuppressed++;
+          progress.suppressed = true;
           return;
         }
         // Everything is in hand: apply without yielding.
@@ -1710,7 +1740,8 @@ export class ControllerCore {
         const space = await this.request({ kind: 'SPACE_REQUEST', policy: policy.name, pageSizeBytes: policy.pageSizeBytes, pageCount, reserve: true, dataOffset: -1 });
         invariant(space.kind === 'SPACE_REQUEST_REPLY', 'space reply');
         record = { ...base, dataOffset: space.dataOffset };
-        await this.request({ kind: 'ALLOCATE', ...record, reservationId: space.reservationId });
+        // The coordinator zeroes the extent before it answers.
+        await this.request({ kind: 'ALLOCATE', ...record, reservationId: space.reservationId }, zeroingAllowanceMs(bytes));
       }
       if (!this.cfg.mirroring || this.role === Role.ALONE) await this.env.store.clearExtent(record.dataOffset, bytes);
       // Its extent is zeroed: every page is at version 0, known without reading.
@@ -1739,7 +1770,7 @@ export class ControllerCore {
   }
 
   private reserve(dataOffset: number, bytes: number): Reservation {
-    const r: Reservation = { id: this.nextReservationId++, dataOffset, bytes, expiresMs: this.env.nowMs() + RESERVATION_TTL_MS };
+    const r: Reservation = { id: this.nextReservationId++, dataOffset, bytes, expiresMs: this.env.nowMs() + RESERVATION_TTL_MS + zeroingAllowanceMs(bytes) };
     if (this.nextReservationId >= SYNC_RESERVATION) this.nextReservationId = 1;
     this.reservations.set(r.id, r);
     return r;
@@ -1813,8 +1844,12 @@ export class ControllerCore {
     if (this.allocs.has(req.guid)) throw new PagepairError('DUPLICATE', `allocation ${req.guid} exists`, 'guid');
     if (this.names.has(req.name)) throw new PagepairError('DUPLICATE', `an allocation named "${req.name}" exists`, 'name');
     if (!this.cfg.policies.has(req.policy)) throw new PagepairError('POLICY_UNKNOWN', `no policy named "${req.policy}" here`, 'policy');
-    this.reservations.delete(r.id);
-    if (this.isCoordinator()) await this.env.store.clearExtent(record.dataOffset, extentBytes(record.pageSizeBytes, record.pageCount));
+    try {
+      if (this.isCoordinator()) await this.env.store.clearExtent(record.dataOffset, extentBytes(record.pageSizeBytes, record.pageCount));
+    } finally {
+      // Held while the extent is zeroed, so that no other allocation is placed over it meanwhile.
+      this.reservations.delete(r.id);
+    }
     if (this.allocs.has(req.guid) || this.names.has(req.name)) throw new PagepairError('DUPLICATE', `allocation ${req.guid} or its name exists`, 'name');
     this.installAllocation(record, this.defaultOwner(), true);
     if (this.isCoordinator()) await this.persistTable();
@@ -2499,11 +2534,12 @@ export class ControllerCore {
     return msg;
   }
 
-  private request(body: DistributiveOmit<PeerRequest, 'requestId' | 'epoch' | 'sender' | 'flags'>): Promise<PeerReply> {
+  /** `extraTimeoutMs`: how much longer than peerRequestTimeoutMs the partner may take to answer. */
+  private request(body: DistributiveOmit<PeerRequest, 'requestId' | 'epoch' | 'sender' | 'flags'>, extraTimeoutMs = 0): Promise<PeerReply> {
     if (!this.linkUp) return Promise.reject(new PagepairError('NOT_MIRRORED', 'partner link is down'));
     const msg = this.frame<PeerRequest>(body);
     return new Promise<PeerReply>((resolve, reject) => {
-      this.pendingPeer.set(msg.requestId, { kind: msg.kind, sentMs: this.env.nowMs(), resolve, reject });
+      this.pendingPeer.set(msg.requestId, { kind: msg.kind, sentMs: this.env.nowMs(), extraTimeoutMs, resolve, reject });
       this.outbox.push(msg);
     });
   }

@@ -67,8 +67,8 @@ export interface WorkloadOptions {
   /**
    * Keep retrying a write across a moment when both controllers were down
    * (the "double" fault). The controllers remember tags in memory only, so
-   * a restarted pair would apply such a retry again
-   * (test/unit/sim-found-retry-after-restart.test.ts); by default the client
+   * a restarted pair would apply such a retry again (not promised:
+   * docs/failure-model.md); by default the client
    * gives up on it instead, and the write counts as maybe-happened.
    */
   retryAcrossPairRestart?: boolean;

@@ -83,7 +83,7 @@ export class SimStore implements BlockStore {
   deferLandingWhilePaused = false;
   private armed: ArmedCrash | null = null;
   private stalled: (() => void)[] | null = null;
-  private stallWhat: 'all' | 'pageWrites' = 'all';
+  private stallWhat: 'all' | 'pageWrites' | 'clears' = 'all';
   private waitingForResume: (() => void)[] = [];
 
   constructor(
@@ -171,9 +171,10 @@ export class SimStore implements BlockStore {
 
   /**
    * Hold operations issued from now on (neither landing nor completing) until
-   * unstall(); 'pageWrites' holds only writePage (destages), so reads go on.
+   * unstall(); 'pageWrites' holds only writePage (destages), so reads go on;
+   * 'clears' holds only clearExtent (a new extent being zeroed).
    */
-  stall(what: 'all' | 'pageWrites' = 'all'): void {
+  stall(what: 'all' | 'pageWrites' | 'clears' = 'all'): void {
     this.stalled ??= [];
     this.stallWhat = what;
   }
@@ -239,7 +240,7 @@ export class SimStore implements BlockStore {
         };
         this.sched.after(delayMs, `${this.label} store ${what} done`, finish);
       };
-      if (this.stalled !== null && (this.stallWhat === 'all' || kind === 'page')) this.stalled.push(start);
+      if (this.stalled !== null && (this.stallWhat === 'all' || (this.stallWhat === 'pageWrites' ? kind === 'page' : kind === 'clear'))) this.stalled.push(start);
       else start();
     });
   }
