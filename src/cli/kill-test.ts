@@ -14,15 +14,14 @@
 // run's time series, so the chart shows each dip and recovery. Any
 // violation, corrupt read or a pair that does not recover fails the run.
 
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { appendFileSync, closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { fileURLToPath } from 'node:url';
 import { checkHistory, type CheckResult } from '../checker/linearizability.js';
 import { PagepairClient, type ControllerAddress } from '../client/client.js';
 import { Prng } from '../core/prng.js';
@@ -48,9 +47,8 @@ import {
   type WorkloadReport,
 } from '../workload/report.js';
 import { runWorkloadJob, type RunHandle } from '../workload/runner.js';
-import { CONTROLLER_NODE_FLAGS } from '../runtime/node-flags.js';
+import { spawnController } from '../runtime/spawn-controller.js';
 
-const BIN = fileURLToPath(new URL('../../bin/pagepair.js', import.meta.url));
 const HOST = '127.0.0.1';
 const POLL_MS = 20;
 const STOP_WAIT_MS = 10_000;
@@ -166,14 +164,7 @@ class ControllerProcess {
   ) {}
 
   start(): void {
-    const fd = openSync(this.logPath, 'a');
-    let child: ChildProcess;
-    try {
-      child = spawn(process.execPath, [...CONTROLLER_NODE_FLAGS, BIN, 'start', '--config', this.configPath], { stdio: ['ignore', fd, fd] });
-    } finally {
-      closeSync(fd);
-    }
-    child.on('error', () => undefined);
+    const child = spawnController(this.configPath, this.logPath);
     this.child = child;
     this.starts++;
     this.exited = new Promise((done) => child.once('exit', () => done()));

@@ -4,20 +4,18 @@
 // processes with their output in log files, status probes, SIGKILL and
 // restart of one controller, volumes, and a stop that leaves nothing behind.
 
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { fileURLToPath } from 'node:url';
 import { PagepairClient, type AllocationInfo } from '../client/client.js';
 import { PagepairError } from '../errors.js';
 import type { ControllerStatus } from '../runtime/controller-process.js';
-import { CONTROLLER_NODE_FLAGS } from '../runtime/node-flags.js';
+import { spawnController } from '../runtime/spawn-controller.js';
 
-const BIN = fileURLToPath(new URL('../../bin/pagepair.js', import.meta.url));
 const HOST = '127.0.0.1';
 const TOKEN = 'nbd-pair-client-token';
 const STATUS_TIMEOUT_MS = 1000;
@@ -70,14 +68,7 @@ export class PairController {
   ) {}
 
   start(): void {
-    const fd = openSync(this.logPath, 'a');
-    let child: ChildProcess;
-    try {
-      child = spawn(process.execPath, [...CONTROLLER_NODE_FLAGS, BIN, 'start', '--config', this.configPath], { stdio: ['ignore', fd, fd] });
-    } finally {
-      closeSync(fd);
-    }
-    child.on('error', () => undefined);
+    const child = spawnController(this.configPath, this.logPath);
     this.child = child;
     live.add(child);
     this.exited = new Promise((done) =>
