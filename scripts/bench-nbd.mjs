@@ -16,7 +16,6 @@
 
 import { execFile, execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -27,6 +26,7 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.join(here, '..');
 const dist = process.env.PAGEPAIR_DIST ?? path.join(root, 'dist');
 const load = (file) => import(pathToFileURL(path.join(dist, file)).href);
+const { freePort } = await load('testing/free-port.js');
 
 const HELP = `Usage: node scripts/bench-nbd.mjs [options]
 
@@ -118,17 +118,6 @@ function options() {
     out: parsed.out,
     keep: parsed.keep,
   };
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
 }
 
 function run(cmd, args, timeoutMs) {

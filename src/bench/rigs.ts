@@ -5,7 +5,6 @@
 
 import { randomUUID } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PagepairClient } from '../client/client.js';
@@ -16,6 +15,7 @@ import { FloorClient } from './floor-client.js';
 import { frameSizes } from './frames.js';
 import type { BenchChild, ChildGroup } from './processes.js';
 import type { BenchConfigName, BenchOp } from './types.js';
+import { freePort } from '../testing/free-port.js';
 
 export interface Connected {
   conns: BenchConnection[];
@@ -102,18 +102,6 @@ export async function startRelayRig(group: ChildGroup, s: RigSettings): Promise<
 }
 
 // ---------------------------------------------------------------- pagepair
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr !== null ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 interface ControllerSpec {
   letter: 'A' | 'B';

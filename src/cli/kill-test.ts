@@ -17,7 +17,6 @@
 import type { ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -48,6 +47,7 @@ import {
 } from '../workload/report.js';
 import { runWorkloadJob, type RunHandle } from '../workload/runner.js';
 import { spawnController } from '../runtime/spawn-controller.js';
+import { freePort } from '../testing/free-port.js';
 
 const HOST = '127.0.0.1';
 const POLL_MS = 20;
@@ -258,18 +258,6 @@ class StatusProbe {
     this.client = null;
     await c?.close().catch(() => undefined);
   }
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((done, fail) => {
-    const srv = createServer();
-    srv.on('error', fail);
-    srv.listen(0, HOST, () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr !== null ? addr.port : 0;
-      srv.close(() => done(port));
-    });
-  });
 }
 
 function median(xs: readonly number[]): number {

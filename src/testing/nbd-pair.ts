@@ -7,7 +7,6 @@
 import type { ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -15,6 +14,7 @@ import { PagepairClient, type AllocationInfo } from '../client/client.js';
 import { PagepairError } from '../errors.js';
 import type { ControllerStatus } from '../runtime/controller-process.js';
 import { spawnController } from '../runtime/spawn-controller.js';
+import { freePort } from './free-port.js';
 
 const HOST = '127.0.0.1';
 const TOKEN = 'nbd-pair-client-token';
@@ -40,18 +40,6 @@ export interface NbdPairOptions {
   heartbeatIntervalMs?: number;
   partnerTimeoutMs?: number;
   logLevel?: 'info' | 'warn' | 'error';
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.on('error', reject);
-    srv.listen(0, HOST, () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr !== null ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
 }
 
 /** One `pagepair start` process, restartable, its output appended to a log file. */
