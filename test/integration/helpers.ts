@@ -3,27 +3,17 @@
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { randomUUID } from 'node:crypto';
 import { CONTROLLER_NODE_FLAGS } from '../../src/runtime/node-flags.js';
+import { freePort } from '../../src/testing/free-port.js';
+
+export { freePort };
 
 export const BIN = fileURLToPath(new URL('../../bin/pagepair.js', import.meta.url));
-
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr !== null ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 export interface PairFiles {
   dir: string;
@@ -150,6 +140,20 @@ export function startProcess(args: string[]): Proc {
 export function killAll(): void {
   for (const c of running) c.kill('SIGKILL');
   running.clear();
+}
+
+/** Both controllers of `files` started; resolves once each says it is mirrored with the other. */
+export async function startMirroredPair(files: PairFiles): Promise<[Proc, Proc]> {
+  const pair: [Proc, Proc] = [startProcess(['start', '--config', files.a]), startProcess(['start', '--config', files.b])];
+  await Promise.all(pair.map((p) => p.waitForLog((r) => r.msg === 'mirrored with partner', 20_000)));
+  return pair;
+}
+
+/** Stops what startMirroredPair started (either may be gone already), anything else left running, and removes the files. */
+export async function stopPair(procs: (Proc | undefined)[], files: PairFiles | undefined): Promise<void> {
+  await Promise.all(procs.map((p) => p?.stop()));
+  killAll();
+  files?.cleanup();
 }
 
 /** Run the CLI to completion; resolves with its exit code and output. */

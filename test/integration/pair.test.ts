@@ -8,19 +8,11 @@ import WebSocket from 'ws';
 import { PagepairClient } from '../../src/client/index.js';
 import { decode } from '../../src/protocol/codec.js';
 import { isPagepairError } from '../../src/errors.js';
-import { killAll, makePairFiles, runCli, startProcess, waitUntil, type PairFiles, type Proc } from './helpers.js';
+import { makePairFiles, runCli, startMirroredPair, startProcess, stopPair, waitUntil, type PairFiles, type Proc } from './helpers.js';
 
 let files: PairFiles;
 let a: Proc;
 let b: Proc;
-
-function startPair(): [Proc, Proc] {
-  return [startProcess(['start', '--config', files.a]), startProcess(['start', '--config', files.b])];
-}
-
-async function waitMirrored(p: Proc): Promise<void> {
-  await p.waitForLog((r) => r.msg === 'mirrored with partner', 20_000);
-}
 
 async function connect(id: 'A' | 'B'): Promise<PagepairClient> {
   return PagepairClient.connect({ host: '127.0.0.1', port: id === 'A' ? files.ports.aClient : files.ports.bClient, token: files.token });
@@ -47,15 +39,10 @@ function pattern(seed: number, bytes: number): Buffer {
 
 beforeAll(async () => {
   files = await makePairFiles();
-  [a, b] = startPair();
-  await Promise.all([waitMirrored(a), waitMirrored(b)]);
+  [a, b] = await startMirroredPair(files);
 }, 60_000);
 
-afterAll(async () => {
-  await Promise.all([a?.stop(), b?.stop()]);
-  killAll();
-  files?.cleanup();
-}, 60_000);
+afterAll(() => stopPair([a, b], files), 60_000);
 
 describe('a real pair on 127.0.0.1', () => {
   it('writes through A and reads the same bytes through B', async () => {
@@ -198,8 +185,7 @@ describe('a real pair on 127.0.0.1', () => {
     const before = await statusOf(files.a);
 
     await Promise.all([a.stop('SIGTERM'), b.stop('SIGTERM')]);
-    [a, b] = startPair();
-    await Promise.all([waitMirrored(a), waitMirrored(b)]);
+    [a, b] = await startMirroredPair(files);
 
     const after = await statusOf(files.b);
     expect(after.allocations).toBe(before.allocations);
@@ -224,8 +210,7 @@ describe('a real pair on 127.0.0.1', () => {
     await c.close();
 
     await Promise.all([a.stop('SIGKILL'), b.stop('SIGKILL')]);
-    [a, b] = startPair();
-    await Promise.all([waitMirrored(a), waitMirrored(b)]);
+    [a, b] = await startMirroredPair(files);
 
     const ca = await connect('A');
     try {

@@ -4,7 +4,7 @@
 
 import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { killAll, makePairFiles, runCli, startProcess, type PairFiles, type Proc } from './helpers.js';
+import { makePairFiles, runCli, startMirroredPair, stopPair, type PairFiles, type Proc } from './helpers.js';
 
 let files: PairFiles;
 let a: Proc;
@@ -47,16 +47,10 @@ interface VolumeJson {
 
 beforeAll(async () => {
   files = await makePairFiles({}, { nbd: true });
-  a = startProcess(['start', '--config', files.a]);
-  b = startProcess(['start', '--config', files.b]);
-  await Promise.all([a, b].map((p) => p.waitForLog((r) => r.msg === 'mirrored with partner', 20_000)));
+  [a, b] = await startMirroredPair(files);
 }, 60_000);
 
-afterAll(async () => {
-  await Promise.all([a?.stop(), b?.stop()]);
-  killAll();
-  files?.cleanup();
-}, 60_000);
+afterAll(() => stopPair([a, b], files), 60_000);
 
 describe('volumes and NBD on a real pair', () => {
   it('logs where each controller serves NBD', async () => {

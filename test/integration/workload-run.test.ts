@@ -14,7 +14,7 @@ import { validateJob } from '../../src/workload/job.js';
 import type { ProgressEvent } from '../../src/workload/progress.js';
 import { parseReport, writeReportFiles } from '../../src/workload/report.js';
 import { runWorkloadJob } from '../../src/workload/runner.js';
-import { killAll, makePairFiles, startProcess, type PairFiles, type Proc } from './helpers.js';
+import { makePairFiles, startMirroredPair, stopPair, type PairFiles, type Proc } from './helpers.js';
 
 let files: PairFiles;
 let a: Proc;
@@ -23,20 +23,14 @@ let controllers: ControllerAddress[];
 
 beforeAll(async () => {
   files = await makePairFiles();
-  a = startProcess(['start', '--config', files.a]);
-  b = startProcess(['start', '--config', files.b]);
-  await Promise.all([a, b].map((p) => p.waitForLog((r) => r.msg === 'mirrored with partner', 20_000)));
+  [a, b] = await startMirroredPair(files);
   controllers = [
     { id: 'A', host: '127.0.0.1', port: files.ports.aClient, token: files.token },
     { id: 'B', host: '127.0.0.1', port: files.ports.bClient, token: files.token },
   ];
 }, 60_000);
 
-afterAll(async () => {
-  await Promise.all([a?.stop(), b?.stop()]);
-  killAll();
-  files?.cleanup();
-}, 60_000);
+afterAll(() => stopPair([a, b], files), 60_000);
 
 describe('pagepair workload against a real pair', () => {
   it('a 2 s mixed job in two worker processes, both controllers: verified reads, a report and a chart', async () => {
