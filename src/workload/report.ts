@@ -11,7 +11,7 @@ import { renderChart } from './chart.js';
 import { describeJob, type JobSpec } from './job.js';
 import type { PairEvent } from './pair-monitor.js';
 import { formatBytes, formatBytesPerSec, formatUs } from './progress.js';
-import { encodeHistogram, mergeInto, newHistogram, summarizeHistogram, type LatencySummary, type ReadBackStats } from './stats.js';
+import { encodeHistogram, mergeInto, newHistogram, summarizeHistogram, type EngineTotals, type LatencySummary, type ReadBackStats } from './stats.js';
 import type { IntervalRecord } from './timeseries.js';
 
 export const REPORT_SCHEMA = 'pagepair-workload-report/1';
@@ -172,19 +172,8 @@ export interface ReportParts {
   controllers: { id: string; host: string; port: number }[];
   allocations: WorkloadReport['allocations'];
   prefill: WorkloadReport['prefill'];
-  measured: {
-    readOps: number;
-    writeOps: number;
-    readBytes: number;
-    writeBytes: number;
-    elapsedS: number;
-    errors: number;
-    errorCodes: Record<string, number>;
-    verifyErrors: number;
-    verifyFailures: string[];
-    readsVerified: number;
-    failovers: number;
-  };
+  /** The engines' totals, summed, and the measured window. */
+  measured: Omit<EngineTotals, 'endMs' | 'readHist' | 'writeHist'> & { elapsedS: number };
   readHist: Histogram;
   writeHist: Histogram;
   intervals: IntervalRecord[];
