@@ -22,24 +22,13 @@ async function pair(seed: number): Promise<Harness> {
 }
 
 describe('allocating while the coordinator zeroes a large extent slowly', () => {
-  it('the partner keeps its reservation while the coordinator (A) zeroes before ALLOCATE', async () => {
-    const h = await pair(101);
+  it.each([
+    { via: 'A' as const, seed: 101, what: 'the partner keeps its reservation while the coordinator (A) zeroes before ALLOCATE' },
+    { via: 'B' as const, seed: 102, what: 'the partner (B) waits for its ALLOCATE while the coordinator zeroes, and the link stays up' },
+  ])('$what', async ({ via, seed }) => {
+    const h = await pair(seed);
     h.a.store.stall('clears');
-    const made = h.track(h.client('A').allocate('big', EXTENT_BYTES, 'small'));
-    await h.advance(ZEROING_MS);
-    expect(made.settled, `the allocation gave up while A zeroed: ${String(made.result?.ok === false ? made.result.error : '')}`).toBe(false);
-    h.a.store.unstall();
-    await h.runUntil(() => made.settled, 'the allocation answered');
-    expect(made.result?.ok ? 'ok' : String(made.result?.error)).toBe('ok');
-    await h.runUntilQuiet();
-    expect(h.status('B').digests.table).toBe(h.status('A').digests.table);
-    expect([h.a.core.currentRole, h.b.core.currentRole]).toEqual([Role.MIRRORED, Role.MIRRORED]);
-  });
-
-  it('the partner (B) waits for its ALLOCATE while the coordinator zeroes, and the link stays up', async () => {
-    const h = await pair(102);
-    h.a.store.stall('clears');
-    const made = h.track(h.client('B').allocate('big', EXTENT_BYTES, 'small'));
+    const made = h.track(h.client(via).allocate('big', EXTENT_BYTES, 'small'));
     await h.advance(ZEROING_MS);
     expect(made.settled, `the allocation gave up while A zeroed: ${String(made.result?.ok === false ? made.result.error : '')}`).toBe(false);
     h.a.store.unstall();
