@@ -866,14 +866,20 @@ export class ControllerCore {
     return true;
   }
 
-  /** A write applied by writeNow: the partner answered (err null) or the mirror failed. */
-  mirroredWriteSettled(w: MirroredWrite, err: Error | null): void {
-    if (err !== null && this.linkUp && isPagepairError(err) && err.code !== 'PARTNER_LOST') {
-      // The partner refused pages we applied: the two sides differ now, and
-      // only a join puts them back in step.
+  /**
+   * Mirroring pages we applied failed. If the partner refused them (not just
+   * lost), the two sides differ now, and only a join puts them back in step.
+   */
+  private onMirrorRefused(err: unknown): void {
+    if (this.linkUp && isPagepairError(err) && err.code !== 'PARTNER_LOST') {
       this.env.closePeer(`partner refused mirrored pages: ${err.message}`);
       this.peerDown('partner refused mirrored pages');
     }
+  }
+
+  /** A write applied by writeNow: the partner answered (err null) or the mirror failed. */
+  mirroredWriteSettled(w: MirroredWrite, err: Error | null): void {
+    if (err !== null) this.onMirrorRefused(err);
     for (const cp of w.touched) this.mirrorSettled(cp);
     this.afterWrite();
     const msg = w.msg;
@@ -1087,12 +1093,7 @@ export class ControllerCore {
           await this.writeThrough(toStore);
         } else if (mirror !== null) {
           await mirror.done.catch((err: unknown) => {
-            // The partner refused pages we applied: the two sides differ now,
-            // and only a join puts them back in step.
-            if (this.linkUp && isPagepairError(err) && err.code !== 'PARTNER_LOST') {
-              this.env.closePeer(`partner refused mirrored pages: ${err.message}`);
-              this.peerDown('partner refused mirrored pages');
-            }
+            this.onMirrorRefused(err);
             throw err;
           });
         }
