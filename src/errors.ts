@@ -28,6 +28,8 @@ export const ErrorCode = {
   NOT_OWNER: 28,
   BUSY: 29,
   DUPLICATE: 30,
+  /** The partner broke the ownership rules (wrote a page we own, a stale grant, two contents at one version). */
+  OWNERSHIP_CONFLICT: 31,
   // pair state
   NOT_MIRRORED: 40,
   FENCED: 41,

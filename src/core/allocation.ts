@@ -32,6 +32,12 @@ export interface AllocState {
   readonly pages: Map<number, CachePage>;
   /** Per page: the controller id that owns (may write and destage) it. */
   readonly owner: Uint8Array;
+  /**
+   * Per page: how many times its ownership moved since the pair last joined.
+   * Both sides agree on it once the frame that moved it is handled; a grant,
+   * GIVE or WRITE_PAGE that carries another generation is stale.
+   */
+  readonly ownerGen: Uint32Array;
   readonly pointers: Set<PointerState>;
   /** Store reads in flight; superseded when a newer version arrives meanwhile. */
   readonly staging: Map<number, { promise: Promise<CachePage>; superseded: boolean }>;
@@ -55,6 +61,7 @@ export function newAllocState(record: AllocationRecord, initialOwner: number): A
     sizeBytes: record.pageSizeBytes * record.pageCount,
     pages: new Map(),
     owner: new Uint8Array(record.pageCount).fill(initialOwner),
+    ownerGen: new Uint32Array(record.pageCount),
     pointers: new Set(),
     staging: new Map(),
     destagesInFlight: 0,

@@ -94,6 +94,8 @@ const RESYNC_CHUNK_PAGES = 64;
 
 interface PendingPeer {
   kind: PeerRequest['kind'];
+  /** Run as the reply's frame is handled, before any promise continuation: for what must take effect in link order. */
+  onReply: ((reply: PeerReply) => void) | undefined;
   sentMs: number;
   /** Beyond peerRequestTimeoutMs: work the partner does before it answers (zeroing an extent). */
   extraTimeoutMs: number;
@@ -192,6 +194,12 @@ export interface CoreCounters {
   joins: number;
   /** Attempts of a client write not applied because a retry of it was applied first. */
   retriesSuppressed: number;
+  /** TAKEs answered "not granted": the pages were not ours to hand on. */
+  lockRefusals: number;
+  /** Times the partner broke the ownership rules, or the two copies of a page were seen to differ (never, when all is well). */
+  ownershipConflicts: number;
+  /** Pages a join's resync found at one version with two contents, settled by the side whose state won. */
+  resyncContentConflicts: number;
 }
 
 export class ControllerCore {
@@ -277,6 +285,9 @@ export class ControllerCore {
     lockGrants: 0,
     joins: 0,
     retriesSuppressed: 0,
+    lockRefusals: 0,
+    ownershipConflicts: 0,
+    resyncContentConflicts: 0,
   };
 
   constructor(
@@ -352,8 +363,8 @@ export class ControllerCore {
       const gives: Promise<unknown>[] = [];
       for (const alloc of this.allocs.values()) {
         for (const [first, count] of runs(0, alloc.record.pageCount, (p) => alloc.owner[p] === this.selfId)) {
-          alloc.owner.fill(this.partnerId, first, first + count);
-          gives.push(this.request({ kind: 'LOCK_REQUEST', guid: alloc.record.guid, firstPage: first, pageCount: count, op: LockOp.GIVE }).catch(() => undefined));
+          const ownerGen = this.moveOwnership(alloc, first, count, this.partnerId);
+          gives.push(this.request({ kind: 'LOCK_REQUEST', guid: alloc.record.guid, firstPage: first, pageCount: count, op: LockOp.GIVE, ownerGen }).catch(() => undefined));
         }
       }
       await Promise.all(gives);
@@ -636,6 +647,7 @@ export class ControllerCore {
           kind: 'WRITE_PAGE',
           sentMs: this.env.nowMs(),
           extraTimeoutMs: 0,
+          onReply: undefined,
           resolve: () => {
             for (const op of ops) settleOp(op, null);
           },
@@ -848,7 +860,7 @@ export class ControllerCore {
       ack.touched.push(cp);
       const last = p === first + count - 1;
       this.outbox.pushPage(
-        { guid: alloc.record.guid, page: p, version, crc, epoch: this.epoch, pageFlags: 0, pointerId: 0, clientId: last ? msg.clientId : 0, clientSeq: last ? msg.clientSeq : 0, data: pageData },
+        { guid: alloc.record.guid, page: p, version, crc, epoch: this.epoch, pageFlags: 0, pointerId: 0, clientId: last ? msg.clientId : 0, clientSeq: last ? msg.clientSeq : 0, ownerGen: alloc.ownerGen[p]!, data: pageData },
         ack,
       );
     }
@@ -1080,7 +1092,7 @@ export class ControllerCore {
           if (mirror !== null) {
             const last = p === first + count - 1 && tag !== null;
             this.outbox.pushPage(
-              { guid: alloc.record.guid, page: p, version, crc, epoch: this.epoch, pageFlags: 0, pointerId: 0, clientId: last ? tag.clientId : 0, clientSeq: last ? tag.clientSeq : 0, data },
+              { guid: alloc.record.guid, page: p, version, crc, epoch: this.epoch, pageFlags: 0, pointerId: 0, clientId: last ? tag.clientId : 0, clientSeq: last ? tag.clientSeq : 0, ownerGen: alloc.ownerGen[p]!, data },
               mirror.op,
             );
           }
@@ -1128,7 +1140,7 @@ export class ControllerCore {
   private async writeThrough(writes: StoreWrite[]): Promise<void> {
     await Promise.all(writes.map((w) => this.storeWritePage(w.cp, w.version, w.data, w.crc)));
     await this.syncSoon();
-    for (const w of writes) this.pageStored(w.cp, w.version);
+    for (const w of writes) this.pageStored(w.cp, w.version, w.crc);
   }
 
   /**
@@ -1170,15 +1182,19 @@ export class ControllerCore {
     return run;
   }
 
-  /** `version` of the page is in the store: clean, if nothing newer came, and the partner hears it. */
-  private pageStored(cp: CachePage, version: number): void {
+  /**
+   * `version` of the page, with CRC `crc`, is in the store: clean, if nothing
+   * newer came, and the partner hears it (and marks its copy clean only if it
+   * holds the same version with the same CRC).
+   */
+  private pageStored(cp: CachePage, version: number, crc: number): void {
     const alloc = cp.alloc;
     if (alloc.released) return;
     if (version > cp.storeVersion) cp.storeVersion = version;
-    this.cache.markClean(cp, version);
+    this.cache.markClean(cp, version, crc);
     if (this.cfg.mirroring && this.linkUp) {
       this.outbox.pushPage(
-        { guid: alloc.record.guid, page: cp.page, version, crc: cp.crc, epoch: this.epoch, pageFlags: PageFlag.CLEAN_AT, pointerId: 0, clientId: 0, clientSeq: 0, data: EMPTY },
+        { guid: alloc.record.guid, page: cp.page, version, crc, epoch: this.epoch, pageFlags: PageFlag.CLEAN_AT, pointerId: 0, clientId: 0, clientSeq: 0, ownerGen: alloc.ownerGen[cp.page]!, data: EMPTY },
         null,
       );
     }
@@ -1278,8 +1294,11 @@ export class ControllerCore {
         const wanted = runs(first, count, (p) => alloc.owner[p] !== this.selfId);
         const replies = wanted.map(([f, c]) => {
           this.counters.lockRequestsSent++;
-          return this.request({ kind: 'LOCK_REQUEST', guid: alloc.record.guid, firstPage: f, pageCount: c, op: LockOp.TAKE }).then((r) => {
-            if (r.kind === 'LOCK_REQUEST_REPLY' && r.granted && !alloc.released && this.linkUp) alloc.owner.fill(this.selfId, f, f + c);
+          // The grant takes effect when its frame is handled, in link order,
+          // not in a promise continuation: a TAKE of the partner's that came
+          // in the same chunk right behind it must find the pages ours.
+          return this.request({ kind: 'LOCK_REQUEST', guid: alloc.record.guid, firstPage: f, pageCount: c, op: LockOp.TAKE, ownerGen: 0 }, 0, (r) => {
+            if (r.kind === 'LOCK_REQUEST_REPLY' && r.granted && !alloc.released) this.receiveOwnership(alloc, f, c, r.ownerGen, 'grant');
           });
         });
         await Promise.all(replies);
@@ -1291,13 +1310,60 @@ export class ControllerCore {
     }
   }
 
+  /**
+   * Hand pages we own to `to`: they get one generation larger than any of
+   * them had, and that generation goes with the grant or GIVE.
+   */
+  private moveOwnership(alloc: AllocState, first: number, count: number, to: number): number {
+    let gen = 0;
+    for (let p = first; p < first + count; p++) if (alloc.ownerGen[p]! > gen) gen = alloc.ownerGen[p]!;
+    invariant(gen < 0xffff_ffff, 'ownership generation overflow');
+    gen++;
+    alloc.owner.fill(to, first, first + count);
+    alloc.ownerGen.fill(gen, first, first + count);
+    return gen;
+  }
+
+  /**
+   * Pages the partner handed us (a grant or a GIVE). Only the owner hands a
+   * page on, so a page we own already, or a generation not newer than the one
+   * we know, means the two sides disagree on who owns it: refused, and the
+   * link is made anew (the join settles ownership and contents again).
+   */
+  private receiveOwnership(alloc: AllocState, first: number, count: number, gen: number, what: 'grant' | 'GIVE'): boolean {
+    for (let p = first; p < first + count; p++) {
+      if (alloc.owner[p] === this.selfId || gen <= alloc.ownerGen[p]!) {
+        const why = alloc.owner[p] === this.selfId ? 'we own it already' : `its generation here is ${alloc.ownerGen[p]}, the ${what} carries ${gen}`;
+        this.ownershipConflict(`partner's ${what} of page ${p} of ${alloc.record.guid}: ${why}`);
+        return false;
+      }
+    }
+    alloc.owner.fill(this.selfId, first, first + count);
+    alloc.ownerGen.fill(gen, first, first + count);
+    return true;
+  }
+
+  /**
+   * The two sides disagree on ownership or contents: what we would
+   * acknowledge may differ from the partner's copy. Counted, logged, and the
+   * link is made anew, so that a join settles both again.
+   */
+  private ownershipConflict(why: string): void {
+    this.counters.ownershipConflicts++;
+    this.env.log.error({ why }, 'ownership conflict with the partner; making the link anew');
+    if (this.linkUp) {
+      this.env.closePeer(`ownership conflict: ${why}`);
+      this.peerDown('ownership conflict');
+    }
+  }
+
   private onLockRequest(req: LockRequest): void {
     const alloc = this.allocs.get(req.guid);
     if (alloc === undefined) throw unknownGuid(req.guid);
     this.checkPageRange(alloc, req.firstPage, req.pageCount);
     if (req.op === LockOp.GIVE) {
-      alloc.owner.fill(this.selfId, req.firstPage, req.firstPage + req.pageCount);
-      this.replyPeer(req, { kind: 'LOCK_REQUEST_REPLY', granted: true });
+      if (!this.receiveOwnership(alloc, req.firstPage, req.pageCount, req.ownerGen, 'GIVE')) return;
+      this.replyPeer(req, { kind: 'LOCK_REQUEST_REPLY', granted: true, ownerGen: req.ownerGen });
       return;
     }
     const conflict = overlappingPointer(alloc, req.firstPage, req.pageCount);
@@ -1307,8 +1373,20 @@ export class ControllerCore {
       this.destageRange(alloc, req.firstPage, req.pageCount);
       throw new PagepairError('LOCK_CONFLICT', `pages ${req.firstPage}..${req.firstPage + req.pageCount - 1} are held by pointer ${conflict.id}`);
     }
+    if (!this.ownsRange(alloc, req.firstPage, req.pageCount)) {
+      // Only the owner hands a page on. Pages we do not own are on their way
+      // to the partner (we granted them and it asked again before our grant
+      // arrived) or with it already: it asks again for what it still lacks.
+      this.refuseTake(req);
+      return;
+    }
     if (this.canGrant(alloc, req.firstPage, req.pageCount)) this.grant(req, alloc);
     else this.deferredGrants.push({ req, alloc });
+  }
+
+  private refuseTake(req: LockRequest): void {
+    this.counters.lockRefusals++;
+    this.replyPeer(req, { kind: 'LOCK_REQUEST_REPLY', granted: false, ownerGen: 0 });
   }
 
   private canGrant(alloc: AllocState, first: number, count: number): boolean {
@@ -1320,9 +1398,7 @@ export class ControllerCore {
     // always yields. One side yielding is what rules out a deadlock when each
     // holds a page the other's write wants.
     // Controller 1 also holds back pages of a range it is taking (a flush or a
-    // pointer open takes pages outside activeWrites): granting a TAKE that
-    // crosses its own would let the two replies arrive in opposite orders and
-    // leave each side thinking it owns the pages; and giving up one page of
+    // pointer open takes pages outside activeWrites): giving up one page of
     // the range while taking the next can go on forever.
     if (this.selfId === 1) {
       for (const w of this.activeWrites) {
@@ -1336,9 +1412,9 @@ export class ControllerCore {
   }
 
   private grant(req: LockRequest, alloc: AllocState): void {
-    alloc.owner.fill(this.partnerId, req.firstPage, req.firstPage + req.pageCount);
+    const ownerGen = this.moveOwnership(alloc, req.firstPage, req.pageCount, this.partnerId);
     this.counters.lockGrants++;
-    this.replyPeer(req, { kind: 'LOCK_REQUEST_REPLY', granted: true });
+    this.replyPeer(req, { kind: 'LOCK_REQUEST_REPLY', granted: true, ownerGen });
   }
 
   private recheckDeferredGrants(): void {
@@ -1347,6 +1423,8 @@ export class ControllerCore {
     for (const d of waiting) {
       if (d.alloc.released || !this.allocs.has(d.req.guid)) {
         this.sendPeerError(d.req, unknownGuid(d.req.guid));
+      } else if (!this.ownsRange(d.alloc, d.req.firstPage, d.req.pageCount)) {
+        this.refuseTake(d.req);
       } else if (this.canGrant(d.alloc, d.req.firstPage, d.req.pageCount)) {
         this.grant(d.req, d.alloc);
       } else {
@@ -1360,6 +1438,7 @@ export class ControllerCore {
 
   private onWritePage(req: WritePage): void {
     // Check the whole frame first: it is applied entirely or not at all.
+    const strict = this.ownershipSettled();
     for (const pw of req.pages) {
       const alloc = this.allocs.get(pw.guid);
       if (alloc === undefined) continue; // released meanwhile: nothing to keep
@@ -1371,6 +1450,16 @@ export class ControllerCore {
         const p = this.pointers.get(pw.pointerId);
         if (p === undefined || p.mode !== PointerMode.WRITE || p.alloc !== alloc) {
           throw new PagepairError('POINTER_UNKNOWN', `WRITE_PAGE names write pointer ${pw.pointerId}, which is not open here`, 'pointerId');
+        }
+      }
+      if (strict && (pw.pageFlags & (PageFlag.TAG_ONLY | PageFlag.RESYNC)) === 0) {
+        const conflict = this.mirrorConflict(alloc, pw);
+        if (conflict !== null) {
+          // Never acknowledged: the sender's write fails, and it makes the
+          // link anew so that a join settles both copies.
+          this.counters.ownershipConflicts++;
+          this.env.log.error({ guid: pw.guid, page: pw.page, version: pw.version, ownerGen: pw.ownerGen }, `refused a mirrored page: ${conflict}`);
+          throw new PagepairError('OWNERSHIP_CONFLICT', `WRITE_PAGE page ${pw.page} of ${pw.guid}: ${conflict}`, 'pages');
         }
       }
     }
@@ -1388,7 +1477,7 @@ export class ControllerCore {
         const cp = alloc.pages.get(pw.page);
         if (cp !== undefined) {
           if (pw.version > cp.storeVersion) cp.storeVersion = pw.version;
-          this.cache.markClean(cp, pw.version);
+          this.cache.markClean(cp, pw.version, pw.crc);
         }
         continue;
       }
@@ -1404,7 +1493,7 @@ export class ControllerCore {
         if (this.taggedWrites.get(key)?.state !== 'done') this.rememberTag(key, { state: 'held', guid: pw.guid, first: pw.page, count: 1 });
       }
       const cp = alloc.pages.get(pw.page);
-      if (cp !== undefined && cp.version >= pw.version) continue;
+      if (cp !== undefined && cp.version >= pw.version && !this.resyncOverrides(cp, pw)) continue;
       this.supersedeStaging(alloc, pw.page);
       // Keep the page, not the whole frame: copied into the page's own buffer
       // when it may be reused, else into a new one.
@@ -1415,6 +1504,48 @@ export class ControllerCore {
     }
     this.replyPeer(req, { kind: 'WRITE_PAGE_REPLY', count: req.pages.length });
     this.wakeProgress();
+  }
+
+  /**
+   * Whether both sides hold the same view of who owns what: mirrored, with
+   * no join running. Only then does every page arrive from its owner under
+   * the generation both know; in a join the resync's rules apply.
+   */
+  private ownershipSettled(): boolean {
+    return this.cfg.mirroring && this.role === Role.MIRRORED && this.join === null;
+  }
+
+  /**
+   * Why a mirrored page breaks the ownership rules, or null. Only the owner
+   * writes a page, so it never arrives for a page we own, always under the
+   * generation we know, and never at a version we hold with other bytes (nor
+   * below what we hold).
+   */
+  private mirrorConflict(alloc: AllocState, pw: PageWrite): string | null {
+    const p = pw.page;
+    if (alloc.owner[p] === this.selfId) return `the page is ours (ownership generation ${alloc.ownerGen[p]}), the partner wrote it under generation ${pw.ownerGen}`;
+    if (pw.ownerGen !== alloc.ownerGen[p]) return `written under ownership generation ${pw.ownerGen}, the page is at generation ${alloc.ownerGen[p]}`;
+    if ((pw.pageFlags & PageFlag.POINTER_PENDING) !== 0) return null;
+    const cp = alloc.pages.get(p);
+    if (cp === undefined) return null;
+    if (cp.version === pw.version && cp.crc !== pw.crc) {
+      const what = (pw.pageFlags & PageFlag.CLEAN_AT) !== 0 ? 'clean at' : 'written at';
+      return `${what} version ${pw.version} with CRC ${hex(pw.crc)}, our copy of that version has CRC ${hex(cp.crc)}`;
+    }
+    if ((pw.pageFlags & PageFlag.CLEAN_AT) === 0 && cp.version > pw.version) return `version ${pw.version} is older than our ${cp.version}`;
+    return null;
+  }
+
+  /**
+   * A resync page at the version we hold, with other bytes: the copy of the
+   * side whose state wins the join is kept on both.
+   */
+  private resyncOverrides(cp: CachePage, pw: PageWrite): boolean {
+    if ((pw.pageFlags & PageFlag.RESYNC) === 0 || cp.version !== pw.version || cp.crc === pw.crc) return false;
+    if (this.join === null || this.join.authoritative !== false) return false;
+    this.counters.resyncContentConflicts++;
+    this.env.log.warn({ guid: pw.guid, page: pw.page, version: pw.version }, 'join: the partner holds other bytes at this version; its copy wins');
+    return true;
   }
 
   // -------------------------------------------------------------------------
@@ -1613,11 +1744,12 @@ export class ControllerCore {
 
   private destage(cp: CachePage): void {
     const version = cp.version;
+    const crc = cp.crc;
     const alloc = cp.alloc;
-    this.storeWritePage(cp, version, cp.data, cp.crc).then(
+    this.storeWritePage(cp, version, cp.data, crc).then(
       () => {
         this.counters.pagesDestaged++;
-        this.pageStored(cp, version);
+        this.pageStored(cp, version, crc);
       },
       (err: unknown) => {
         if (isPagepairError(err, 'FENCED')) return;
@@ -2057,7 +2189,7 @@ export class ControllerCore {
       p.shadows.set(page, shadow);
       if (op !== null) {
         this.outbox.pushPage(
-          { guid: alloc.record.guid, page, version: shadow.version, crc: shadow.crc, epoch: this.epoch, pageFlags: PageFlag.POINTER_PENDING, pointerId: p.id, clientId: 0, clientSeq: 0, data },
+          { guid: alloc.record.guid, page, version: shadow.version, crc: shadow.crc, epoch: this.epoch, pageFlags: PageFlag.POINTER_PENDING, pointerId: p.id, clientId: 0, clientSeq: 0, ownerGen: alloc.ownerGen[page]!, data },
           op.op,
         );
       }
@@ -2100,7 +2232,7 @@ export class ControllerCore {
       touched.push(cp);
       if (through) toStore.push({ cp, version: s.version, data: s.data, crc: s.crc });
       if (plain !== null) {
-        this.outbox.pushPage({ guid: alloc.record.guid, page, version: s.version, crc: s.crc, epoch: this.epoch, pageFlags: 0, pointerId: 0, clientId: 0, clientSeq: 0, data: s.data }, plain.op);
+        this.outbox.pushPage({ guid: alloc.record.guid, page, version: s.version, crc: s.crc, epoch: this.epoch, pageFlags: 0, pointerId: 0, clientId: 0, clientSeq: 0, ownerGen: alloc.ownerGen[page]!, data: s.data }, plain.op);
       }
     }
     try {
@@ -2191,7 +2323,12 @@ export class ControllerCore {
         const partnerFresh = (req.joinFlags & JoinFlag.FRESH) !== 0;
         join.authoritative = this.fresh === partnerFresh ? this.selfId === 1 : !this.fresh;
         // The side whose state wins owns every page until ownership moves again.
-        for (const alloc of this.allocs.values()) alloc.owner.fill(join.authoritative ? this.selfId : this.partnerId);
+        // Both sides make this decision on the same frame of a new link, so
+        // they agree on the owner and start counting ownership moves anew.
+        for (const alloc of this.allocs.values()) {
+          alloc.owner.fill(join.authoritative ? this.selfId : this.partnerId);
+          alloc.ownerGen.fill(0);
+        }
         this.env.log.info({ authoritative: join.authoritative, partnerFresh }, 'join: pushing state to partner');
         this.pushJoinState(join);
       }
@@ -2284,8 +2421,13 @@ export class ControllerCore {
       if (cp === undefined || !cp.dirty) continue;
       if (h.version > cp.version) continue; // the partner pushes it to us
       if (h.version === cp.version) {
-        if (h.state === PageState.CLEAN) this.cache.markClean(cp, cp.version);
-        continue;
+        if (h.crc === cp.crc) {
+          if (h.state === PageState.CLEAN) this.cache.markClean(cp, cp.version, cp.crc);
+          continue;
+        }
+        // One version, two contents: the copy of the side whose state wins
+        // goes to the other (see resyncOverrides).
+        if (!join.authoritative) continue;
       }
       behind.push(h);
     }
@@ -2296,7 +2438,10 @@ export class ControllerCore {
       for (const h of behind.slice(i, i + RESYNC_CHUNK_PAGES)) {
         const cp = alloc.pages.get(h.page);
         if (cp === undefined || !cp.dirty) continue;
-        this.outbox.pushPage({ guid: alloc.record.guid, page: h.page, version: cp.version, crc: cp.crc, epoch: cp.epoch, pageFlags: 0, pointerId: 0, clientId: 0, clientSeq: 0, data: this.cache.lend(cp) }, op.op);
+        this.outbox.pushPage(
+          { guid: alloc.record.guid, page: h.page, version: cp.version, crc: cp.crc, epoch: cp.epoch, pageFlags: PageFlag.RESYNC, pointerId: 0, clientId: 0, clientSeq: 0, ownerGen: 0, data: this.cache.lend(cp) },
+          op.op,
+        );
         sent++;
       }
       if (sent > 0) await op.done;
@@ -2314,7 +2459,7 @@ export class ControllerCore {
       const [clientId, clientSeq] = key.split(':').map(Number) as [number, number];
       const guid = t.state === 'held' ? t.guid : ZERO_GUID;
       const page = t.state === 'held' ? t.first : 0;
-      this.outbox.pushPage({ guid, page, version: 0, crc: 0, epoch: this.epoch, pageFlags: PageFlag.TAG_ONLY, pointerId: 0, clientId, clientSeq, data: EMPTY }, op.op);
+      this.outbox.pushPage({ guid, page, version: 0, crc: 0, epoch: this.epoch, pageFlags: PageFlag.TAG_ONLY, pointerId: 0, clientId, clientSeq, ownerGen: 0, data: EMPTY }, op.op);
       sent++;
     }
     if (sent > 0) await op.done;
@@ -2536,11 +2681,16 @@ export class ControllerCore {
   }
 
   /** `extraTimeoutMs`: how much longer than peerRequestTimeoutMs the partner may take to answer. */
-  private request(body: DistributiveOmit<PeerRequest, 'requestId' | 'epoch' | 'sender' | 'flags'>, extraTimeoutMs = 0): Promise<PeerReply> {
+  /** `onReply`: run synchronously when the (non-error) reply's frame is handled. */
+  private request(
+    body: DistributiveOmit<PeerRequest, 'requestId' | 'epoch' | 'sender' | 'flags'>,
+    extraTimeoutMs = 0,
+    onReply?: (reply: PeerReply) => void,
+  ): Promise<PeerReply> {
     if (!this.linkUp) return Promise.reject(new PagepairError('NOT_MIRRORED', 'partner link is down'));
     const msg = this.frame<PeerRequest>(body);
     return new Promise<PeerReply>((resolve, reject) => {
-      this.pendingPeer.set(msg.requestId, { kind: msg.kind, sentMs: this.env.nowMs(), extraTimeoutMs, resolve, reject });
+      this.pendingPeer.set(msg.requestId, { kind: msg.kind, sentMs: this.env.nowMs(), extraTimeoutMs, onReply, resolve, reject });
       this.outbox.push(msg);
     });
   }
@@ -2553,7 +2703,10 @@ export class ControllerCore {
     }
     this.pendingPeer.delete(msg.requestId);
     if (msg.kind === 'ERROR') pending.reject(PagepairError.fromWire(msg.code, `partner: ${msg.message}`));
-    else pending.resolve(msg as PeerReply);
+    else {
+      pending.onReply?.(msg as PeerReply);
+      pending.resolve(msg as PeerReply);
+    }
   }
 
   private replyPeer(req: PeerRequest, body: DistributiveOmit<PeerReply, 'requestId' | 'epoch' | 'sender' | 'flags'>): void {
@@ -2727,4 +2880,8 @@ function pageRuns(sorted: number[], maxRun = Number.MAX_SAFE_INTEGER): [number, 
     else out.push([p, 1]);
   }
   return out;
+}
+
+function hex(crc: number): string {
+  return (crc >>> 0).toString(16).padStart(8, '0');
 }

@@ -208,9 +208,13 @@ export class PageCache {
     return cp;
   }
 
-  /** The page reached the store at `version`: clean if nothing newer came since. */
-  markClean(cp: CachePage, version: number): boolean {
-    if (!cp.dirty || cp.version !== version) return false;
+  /**
+   * The page reached the store at `version` with CRC `crc`: clean if nothing
+   * newer came since. Version and CRC both: a copy that holds other bytes at
+   * that version is not what the store holds.
+   */
+  markClean(cp: CachePage, version: number, crc: number): boolean {
+    if (!cp.dirty || cp.version !== version || cp.crc !== crc) return false;
     cp.dirty = false;
     this.dirty.delete(cp);
     this.dirtyBytes -= cp.data.length;

@@ -23,7 +23,7 @@ interface PageItem {
 type Item = { msg: Message } | PageItem;
 
 /** Bytes one page takes inside a WRITE_PAGE body (see docs/protocol.md). */
-const PAGE_ENTRY_OVERHEAD = 16 + 4 + 8 + 4 + 4 + 1 + 4 + 4 + 4 + 4;
+const PAGE_ENTRY_OVERHEAD = 16 + 4 + 8 + 4 + 4 + 1 + 4 + 4 + 4 + 4 + 4;
 
 export class PeerOutbox {
   private items: Item[] = [];

@@ -232,8 +232,8 @@ export const BODY: BodyLayouts = {
   ALLOCATE_REPLY: [],
   RELEASE: [guid('guid')],
   RELEASE_REPLY: [],
-  LOCK_REQUEST: [guid('guid'), u32('firstPage'), u32('pageCount'), enumField('op', 'LockOp', LockOp)],
-  LOCK_REQUEST_REPLY: [bool('granted')],
+  LOCK_REQUEST: [guid('guid'), u32('firstPage'), u32('pageCount'), enumField('op', 'LockOp', LockOp), u32('ownerGen')],
+  LOCK_REQUEST_REPLY: [bool('granted'), u32('ownerGen')],
   READ_HEADER: [guid('guid'), u32('firstPage'), u32('pageCount', 'headersPerMessageMax')],
   READ_HEADER_REPLY: [
     guid('guid'),
@@ -256,6 +256,7 @@ export const BODY: BodyLayouts = {
       u32('pointerId'),
       u32('clientId'),
       u32('clientSeq'),
+      u32('ownerGen'),
       data('data', 'pageSizeBytesMax', 'crc'),
     ]),
   ],

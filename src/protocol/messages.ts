@@ -101,6 +101,10 @@ export const PageFlag = {
   /** No data: the client write (clientId, clientSeq) was already applied to
    *  this page; a retry of it must not apply again. Sent in a join. */
   TAG_ONLY: 0x04,
+  /** Sent by a join's resync, outside the ownership rules: the newer version
+   *  wins, and on equal versions with different contents the copy of the
+   *  side whose state wins the join. */
+  RESYNC: 0x08,
 } as const;
 
 /** Fields every frame carries in its header. */
@@ -161,11 +165,23 @@ export interface LockRequest extends Common {
   firstPage: number;
   pageCount: number;
   op: LockOpCode;
+  /**
+   * GIVE: the ownership generation the pages have from now on (see
+   * LockReply.ownerGen). TAKE: 0.
+   */
+  ownerGen: number;
 }
 export interface LockReply extends Common {
   kind: 'LOCK_REQUEST_REPLY';
-  /** Pages whose ownership moved by this request. */
+  /** Whether ownership of the whole range moved to the requester. */
   granted: boolean;
+  /**
+   * When granted: the pages' ownership generation from now on. Every move of
+   * a page's ownership gives it a larger generation, so a grant, a GIVE or a
+   * WRITE_PAGE from before the last move is recognised as stale. 0 when not
+   * granted.
+   */
+  ownerGen: number;
 }
 
 export interface ReadHeader extends Common {
@@ -199,6 +215,8 @@ export interface PageWrite {
    *  so the partner knows the write is whole and can refuse to apply a retry. 0 otherwise. */
   clientId: number;
   clientSeq: number;
+  /** The page's ownership generation at the sender when it wrote the page (0 for TAG_ONLY). */
+  ownerGen: number;
   data: Buffer; // empty for CLEAN_AT
 }
 export interface WritePage extends Common {

@@ -14,7 +14,8 @@
 // version in the store goes back (a stale writer's page over a newer one);
 // no two controllers are alone in one epoch; at most one acknowledges writes
 // alone in any epoch; none acknowledges a write unless it serves (mirrored,
-// alone or single).
+// alone or single); neither side ever finds the other breaking the ownership
+// rules (a page both own, a stale grant, two contents at one version).
 
 import { ControllerCore, type CoreStatus } from '../../src/core/controller.js';
 import type { CoreConfig, CoreEnv, CoreLog } from '../../src/core/env.js';
@@ -65,6 +66,8 @@ export interface SimOptions {
   tickIntervalMs?: number;
   /** Each frame is delayed 0..frameDelayMaxMs (order per direction kept). */
   frameDelayMaxMs?: number;
+  /** Frames due at the same ms on one direction reach the core as one chunk, in one turn (default true). */
+  chunkFrames?: boolean;
   /** Each store operation completes after 0..storeDelayMaxMs. */
   storeDelayMaxMs?: number;
   /** Each client request reaches its controller after 0..clientDelayMaxMs. */
@@ -188,6 +191,8 @@ export class Harness {
   private readonly lastArrivalMs: Record<Direction, number> = { 'A->B': 0, 'B->A': 0 };
   private readonly lastClientArrivalMs = new Map<number, number>();
   private readonly holds: Partial<Record<Direction, Hold>> = {};
+  /** The chunk each direction is filling: frames due at its ms join it. */
+  private readonly openChunks: Partial<Record<Direction, { atMs: number; gen: number; frames: { frame: Buffer; kind: MessageKind }[] }>> = {};
   private nextConnId = 1;
   private readonly policies: ReadonlyMap<string, Policy>;
 
@@ -673,6 +678,10 @@ export class Harness {
       (obj: object, msg = ''): void => {
         if (level === 'debug' && !keepDebug) return;
         this.logs.push({ node, incarnation, atMs: this.sched.nowMs, level, msg, obj });
+        // The two sides disagreeing on who owns a page, or on a page's bytes at one version, never happens when all is well.
+        if (level === 'error' && (msg.startsWith('ownership conflict') || msg.startsWith('refused a mirrored page'))) {
+          this.violations.push(`${node}${incarnation} at ${this.sched.nowMs} ms: ${msg} ${JSON.stringify(obj)}`);
+        }
       };
     return { debug: rec('debug'), info: rec('info'), warn: rec('warn'), error: rec('error') };
   }
@@ -765,11 +774,26 @@ export class Harness {
     this.scheduleFrame(dir, frame, msg.kind);
   }
 
+  /**
+   * Frames that reach a core at the same virtual ms on one direction arrive
+   * as one chunk: the core handles them one after another in one turn, with
+   * no promise continuation in between, as a socket read delivers every
+   * frame of a TCP segment synchronously (ws does). A core must act on each
+   * frame as it is handled, in link order.
+   */
   private scheduleFrame(dir: Direction, frame: Buffer, kind: MessageKind): void {
     const gen = this.linkGen;
     const arrival = Math.max(this.sched.nowMs + this.netRng.int((this.opts.frameDelayMaxMs ?? 2) + 1), this.lastArrivalMs[dir]);
     this.lastArrivalMs[dir] = arrival;
+    const open = this.openChunks[dir];
+    if ((this.opts.chunkFrames ?? true) && open !== undefined && open.atMs === arrival && open.gen === gen) {
+      open.frames.push({ frame, kind });
+      return;
+    }
+    const chunk = { atMs: arrival, gen, frames: [{ frame, kind }] };
+    this.openChunks[dir] = chunk;
     this.sched.at(arrival, `${dir} ${kind}`, () => {
+      if (this.openChunks[dir] === chunk) delete this.openChunks[dir];
       if (gen !== this.linkGen || !this.linkIsUp) return;
       const to = this.node(dir === 'A->B' ? 'B' : 'A');
       // A paused controller reads it from its socket when it resumes, unless
@@ -777,10 +801,14 @@ export class Harness {
       // find the partner silent): then the unread bytes are gone.
       const queued = to.paused;
       this.deliver(to, 'peer', () => {
-        if (queued && to.core.status().partner?.link !== 'up') return;
-        const msg = decode(frame, this.limits);
-        this.delivered.push({ atMs: this.sched.nowMs, dir, kind: msg.kind, msg });
-        to.core.onPeerMessage(msg);
+        for (const f of chunk.frames) {
+          // A frame before this one in the chunk may have made the core drop the link.
+          if (gen !== this.linkGen || !this.linkIsUp) return;
+          if (queued && to.core.status().partner?.link !== 'up') return;
+          const msg = decode(f.frame, this.limits);
+          this.delivered.push({ atMs: this.sched.nowMs, dir, kind: msg.kind, msg });
+          to.core.onPeerMessage(msg);
+        }
       });
     });
   }

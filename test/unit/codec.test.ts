@@ -85,8 +85,8 @@ const FIXTURES: { readonly [K in MessageKind]: Extract<Message, { kind: K }> | M
   ALLOCATE_REPLY: { kind: 'ALLOCATE_REPLY', ...common(1) },
   RELEASE: { kind: 'RELEASE', ...common(), guid: GUID_B },
   RELEASE_REPLY: { kind: 'RELEASE_REPLY', ...common(1) },
-  LOCK_REQUEST: { kind: 'LOCK_REQUEST', ...common(), guid: GUID_A, firstPage: 10, pageCount: 20, op: LockOp.GIVE },
-  LOCK_REQUEST_REPLY: { kind: 'LOCK_REQUEST_REPLY', ...common(1), granted: true },
+  LOCK_REQUEST: { kind: 'LOCK_REQUEST', ...common(), guid: GUID_A, firstPage: 10, pageCount: 20, op: LockOp.GIVE, ownerGen: 0xfedc_ba98 },
+  LOCK_REQUEST_REPLY: { kind: 'LOCK_REQUEST_REPLY', ...common(1), granted: true, ownerGen: 7 },
   READ_HEADER: { kind: 'READ_HEADER', ...common(), guid: GUID_A, firstPage: 5, pageCount: 3 },
   READ_HEADER_REPLY: {
     kind: 'READ_HEADER_REPLY',
@@ -102,7 +102,7 @@ const FIXTURES: { readonly [K in MessageKind]: Extract<Message, { kind: K }> | M
     kind: 'WRITE_PAGE',
     ...common(),
     pages: [
-      { guid: GUID_A, page: 1, version: 2, crc: crc32c(bytes(64, 1)), epoch: 6, pageFlags: 0, pointerId: 0, clientId: 0x7fff_0001, clientSeq: 99, data: bytes(64, 1) },
+      { guid: GUID_A, page: 1, version: 2, crc: crc32c(bytes(64, 1)), epoch: 6, pageFlags: 0, pointerId: 0, clientId: 0x7fff_0001, clientSeq: 99, ownerGen: 3, data: bytes(64, 1) },
       {
         guid: GUID_B,
         page: 0xffff_fffe,
@@ -113,6 +113,7 @@ const FIXTURES: { readonly [K in MessageKind]: Extract<Message, { kind: K }> | M
         pointerId: 42,
         clientId: 0,
         clientSeq: 0,
+        ownerGen: 0xffff_ffff,
         data: bytes(100, 2),
       },
       {
@@ -125,6 +126,7 @@ const FIXTURES: { readonly [K in MessageKind]: Extract<Message, { kind: K }> | M
         pointerId: 0,
         clientId: 0xffff_ffff,
         clientSeq: 0xffff_ffff,
+        ownerGen: 2,
         data: Buffer.alloc(0),
       },
     ],
@@ -358,10 +360,10 @@ describe('encode and decode', () => {
     const frame = encode({
       kind: 'WRITE_PAGE',
       ...common(),
-      pages: [{ guid: GUID_A, page: 7, version: 2 ** 32 + 1, crc: 0xaabbccdd, epoch: 5, pageFlags: 2, pointerId: 6, clientId: 1, clientSeq: 2, data }],
+      pages: [{ guid: GUID_A, page: 7, version: 2 ** 32 + 1, crc: 0xaabbccdd, epoch: 5, pageFlags: 2, pointerId: 6, clientId: 1, clientSeq: 2, ownerGen: 0x01020304, data }],
     });
     const body = frame.subarray(HEADER_BYTES);
-    expect(body.length).toBe(2 + 53 + 8);
+    expect(body.length).toBe(2 + 57 + 8);
     expect(body.readUInt16LE(0)).toBe(1);
     expect(body.subarray(2, 18).toString('hex')).toBe(GUID_A.replaceAll('-', ''));
     expect(body.readUInt32LE(18)).toBe(7);
@@ -373,8 +375,9 @@ describe('encode and decode', () => {
     expect(body.readUInt32LE(39)).toBe(6);
     expect(body.readUInt32LE(43)).toBe(1);
     expect(body.readUInt32LE(47)).toBe(2);
-    expect(body.readUInt32LE(51)).toBe(8);
-    expect(body.subarray(55)).toEqual(data);
+    expect(body.readUInt32LE(51)).toBe(0x01020304);
+    expect(body.readUInt32LE(55)).toBe(8);
+    expect(body.subarray(59)).toEqual(data);
   });
 
   it('encodes a dataOffset of -1 as all ones and decodes it back', () => {
@@ -426,7 +429,7 @@ describe('encode and decode', () => {
     const big: Message = {
       kind: 'WRITE_PAGE',
       ...common(),
-      pages: [{ guid: GUID_A, page: 0, version: 1, crc: crc32c(bytes(4096, 11)), epoch: 3, pageFlags: 0, pointerId: 0, clientId: 0, clientSeq: 0, data: bytes(4096, 11) }],
+      pages: [{ guid: GUID_A, page: 0, version: 1, crc: crc32c(bytes(4096, 11)), epoch: 3, pageFlags: 0, pointerId: 0, clientId: 0, clientSeq: 0, ownerGen: 1, data: bytes(4096, 11) }],
     };
     expect(decode(encode(big))).toEqual(big);
     const longName: Message = { kind: 'RELEASE', ...common(), guid: GUID_A };
@@ -505,7 +508,7 @@ describe('encode refuses what cannot be encoded', () => {
     expectEncodeError({ ...FIXTURES.SENSE_REQUEST, role: 8 }, 'BAD_FIELD', 'role');
     expectEncodeError({ ...FIXTURES.LOCK_REQUEST, op: 0 }, 'BAD_FIELD', 'op');
     expectEncodeError({ ...FIXTURES.C_OPEN_POINTER, mode: 3 }, 'BAD_FIELD', 'mode');
-    expectEncodeError({ ...wp, pages: [{ ...page, pageFlags: 0x08 }] }, 'BAD_FIELD', 'pages[0].pageFlags');
+    expectEncodeError({ ...wp, pages: [{ ...page, pageFlags: 0x10 }] }, 'BAD_FIELD', 'pages[0].pageFlags');
     expectEncodeError({ ...FIXTURES.RELEASE_POINTER, commit: 1 }, 'BAD_FIELD', 'commit');
     expectEncodeError({ ...FIXTURES.HELLO, nonce: Buffer.alloc(31) }, 'BAD_FIELD', 'nonce');
     expectEncodeError({ ...FIXTURES.AUTH, proof: 'abc' }, 'BAD_FIELD', 'proof');
@@ -673,7 +676,7 @@ describe('decode refuses bad frames with a typed error', () => {
       ['CLIENT_HELLO_REPLY', 17, 9, 'role'],
       ['SENSE_REQUEST_REPLY', 0, 255, 'role'],
       ['READ_HEADER_REPLY', 16 + 4 + 4 + 8 + 4, 5, 'headers[0].state'],
-      ['WRITE_PAGE', 2 + 36, 0x08, 'pages[0].pageFlags'],
+      ['WRITE_PAGE', 2 + 36, 0x10, 'pages[0].pageFlags'],
       ['WRITE_PAGE', 2 + 36, 0x80, 'pages[0].pageFlags'],
     ];
     for (const [kind, at, value, field] of cases) {

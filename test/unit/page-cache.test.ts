@@ -59,7 +59,8 @@ describe('page cache: reusing page buffers', () => {
     expect(buf).toBe(cp.data);
     cache.writeDirty(a, 3, 6, 0, 1, buf!, 0);
     expect(cache.counters()).toMatchObject({ cachedPages: 1, cachedBytes: PAGE, dirtyPages: 1, dirtyBytes: PAGE });
-    expect(cache.markClean(cp, 6)).toBe(true);
+    expect(cache.markClean(cp, 6, 1)).toBe(false); // another CRC: not what the store holds
+    expect(cache.markClean(cp, 6, 0)).toBe(true);
     expect(cache.counters()).toMatchObject({ cachedPages: 1, cachedBytes: PAGE, dirtyPages: 0, dirtyBytes: 0 });
   });
 

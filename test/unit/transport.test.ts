@@ -139,6 +139,7 @@ describe('PeerLink', () => {
           pointerId: 0,
           clientId: 0,
           clientSeq: 0,
+          ownerGen: 0,
           data: Buffer.alloc(4096, 0xab),
         },
       ],
