@@ -29,8 +29,9 @@
 //   from a superseded controller, no two controllers alone in an epoch, at
 //   most one acknowledging alone in an epoch, no acknowledgement from a
 //   controller that does not serve;
-// - when quiet and mirrored both sides agree (digests and contents), and
-//   after a flush the store holds exactly what the pair serves;
+// - when quiet and mirrored both sides agree (digests, and every page's
+//   bytes, version and CRC and owner: copies-checker.ts), and after a flush
+//   the store holds exactly what the pair serves;
 // - a crash, torn write or not, leaves a store that opens with its table and
 //   mailbox readable;
 // - nothing is logged at error level and no request fails unexpectedly.
@@ -42,6 +43,7 @@ import { isPagepairError } from '../../src/errors.js';
 import { Role } from '../../src/protocol/messages.js';
 import { PageStore } from '../../src/store/page-store.js';
 import { layCells, readCells, writeBytes, type Cell } from './cells.js';
+import { checkCopies, describeMismatches } from './copies-checker.js';
 import { Harness, type NodeName } from './harness.js';
 import { Prng } from './prng.js';
 import type { AllocationInfo, SimClient } from './sim-client.js';
@@ -431,6 +433,11 @@ export async function runSeed(seed: number, opts: WorkloadOptions = {}): Promise
   await h.runUntilQuiet();
   expect(mirrored(), fail('mirrored at the end')).toBe(true);
   if (!single) expect(h.status('B').digests, fail('digests when quiet')).toEqual(h.status('A').digests);
+  if (!single) {
+    // Every page of both controllers, not only the dirty ones the digests cover.
+    const copies = await checkCopies(h);
+    expect(copies.mismatches.length, fail(`copies differ: ${describeMismatches(copies)}`)).toBe(0);
+  }
 
   // The final contents, read through both: a last read of every cell for the checker.
   const finals = new Map<string, number>();
