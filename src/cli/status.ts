@@ -61,14 +61,26 @@ export function formatStatus(s: ControllerStatus): string {
           ] as [string, string],
         ]
       : []),
-    ['table digest', s.digests.table],
-    ['dirty digest', s.digests.dirty],
+    ['table digest', withPartner(s.digests.table, s.partner?.digests?.table)],
+    ['dirty digest', withPartner(s.digests.dirty, s.partner?.digests?.dirty)],
     [
       'counters',
       `writes ${s.counters.clientWrites}, reads ${s.counters.clientReads}, pages mirrored out ${s.counters.pagesMirroredOut} / in ${s.counters.pagesMirroredIn}, ` +
-        `staged ${s.counters.pagesStaged}, lock requests ${s.counters.lockRequestsSent}, grants ${s.counters.lockGrants}`,
+        `staged ${s.counters.pagesStaged}, lock requests ${s.counters.lockRequestsSent}, grants ${s.counters.lockGrants}, refused ${s.counters.lockRefusals}`,
+    ],
+    [
+      'conflicts',
+      s.counters.ownershipConflicts === 0
+        ? 'none: the partner never broke the ownership rules'
+        : `${s.counters.ownershipConflicts} ownership conflicts with the partner (pages both claimed, or two contents at one version); see the log`,
     ],
   ];
   if (s.senseCode !== 0) rows.push(['sense code', String(s.senseCode)]);
   return rows.map(([k, v]) => `${k.padEnd(13)} ${v}`).join('\n');
+}
+
+/** Our digest beside the partner's (from its answer to our last heartbeat): they differ while writes are in flight, and stay different when the copies do. */
+function withPartner(ours: string, partners: string | undefined): string {
+  if (partners === undefined) return ours;
+  return `${ours}   partner ${partners === ours ? 'the same' : `${partners} (differs)`}`;
 }

@@ -2535,6 +2535,7 @@ export class ControllerCore {
             link: this.linkUp ? 'up' : 'down',
             role: this.partnerSense === null ? null : roleName(this.partnerSense.role),
             lastHeardMsAgo: this.linkUp ? Math.round(now - this.partnerLastHeardMs) : null,
+            digests: this.partnerSense === null || !this.linkUp ? null : { table: this.partnerSense.tableDigest, dirty: this.partnerSense.dirtyDigest },
           }
         : null,
       allocations: this.allocs.size,
@@ -2750,7 +2751,8 @@ export interface CoreStatus {
   role: string;
   epoch: number;
   mirroring: boolean;
-  partner: { link: 'up' | 'down'; role: string | null; lastHeardMsAgo: number | null } | null;
+  /** digests: the partner's, as its answer to our last heartbeat gave them. */
+  partner: { link: 'up' | 'down'; role: string | null; lastHeardMsAgo: number | null; digests: { table: string; dirty: string } | null } | null;
   allocations: number;
   cachedPages: number;
   cachedBytes: number;
