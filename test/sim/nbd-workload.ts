@@ -25,6 +25,8 @@
 // - the history of every cell is linearizable, with the final contents as a
 //   last read: no acknowledged write lost, no stale, future or garbage read;
 // - bytes no write covers stay zero;
+// - when a flush or a write with FUA is acknowledged, the store holds what
+//   it promises (checkDurable);
 // - the harness's invariants (Harness.violations);
 // - after a flush, the store holds exactly what the pair serves;
 // - nothing is logged at error level and no request fails unexpectedly.
@@ -32,8 +34,10 @@
 import { checkFinal, type HistoryOp } from '../../src/checker/index.js';
 import { isPagepairError } from '../../src/errors.js';
 import { Role } from '../../src/protocol/messages.js';
+import type { PageStore } from '../../src/store/page-store.js';
+import type { PageLocation } from '../../src/store/types.js';
 import type { NbdVolume } from '../../src/transport/nbd-backend.js';
-import { layCells, readCells, writeBytes, type Cell } from './cells.js';
+import { decodeCell, layCells, readCells, writeBytes, type Cell } from './cells.js';
 import { checkCopies, describeMismatches } from './copies-checker.js';
 import { Harness, type NodeName } from './harness.js';
 import { ConnectionLost, NbdEndpoint, nbdConnIds, type NbdEndpointOptions } from './nbd-endpoint.js';
@@ -174,10 +178,16 @@ export async function runNbdSeed(seed: number, opts: NbdWorkloadOptions = {}): P
   const zeroedBy = new Map<string, number>();
   const stats: NbdWorkloadStats = { writesAcked: 0, writesMaybe: 0, zeroesAcked: 0, reads: 0, flushes: 0, faults: 0, virtualMs: 0, historyOps: 0, pagesCompared: 0 };
 
-  const recordWrites = (process: number, run: readonly Cell[], value: number | ((c: Cell) => number), startMs: number, outcome: HistoryOp['outcome']): void => {
+  /** Cell key -> its acknowledged writes so far: what a flush or FUA promises is in the store. */
+  const acked = new Map<string, { value: number; startMs: number; endMs: number }[]>();
+  const recordWrites = (process: number, run: readonly Cell[], value: number, startMs: number, outcome: HistoryOp['outcome']): void => {
     const endMs = outcome === 'unknown' ? null : clock();
     for (const c of run) {
-      history.push({ id: history.length + 1, process, kind: 'write', key: c.key, value: typeof value === 'number' ? value : value(c), startMs, endMs, outcome });
+      history.push({ id: history.length + 1, process, kind: 'write', key: c.key, value, startMs, endMs, outcome });
+      if (outcome !== 'ok') continue;
+      let list = acked.get(c.key);
+      if (list === undefined) acked.set(c.key, (list = []));
+      list.push({ value, startMs, endMs: endMs! });
     }
   };
   /** A cell's value as read: zeros are its zeroing, if it had one; garbage is a value no write wrote. */
@@ -191,6 +201,56 @@ export async function runNbdSeed(seed: number, opts: NbdWorkloadOptions = {}): P
     const { values, dirtyGapAt } = readCells(run, offset, data);
     if (dirtyGapAt !== null) errors.push(`${what}: byte ${dirtyGapAt}, which no write covers, is not zero`);
     for (const [i, c] of run.entries()) history.push({ id: history.length + 1, process, kind: 'read', key: c.key, value: valueOf(c, values[i]!), startMs, endMs, outcome: 'ok' });
+  };
+
+  /** A view of the store as a third party (a restarted controller) reads it, and where each volume's pages lie. */
+  let store: { view: PageStore; locs: PageLocation[] } | null = null;
+  /**
+   * Once a flush (every cell of a volume, `self` null) or a write with FUA
+   * (its cells, `self` its value) is acknowledged, the store holds for each
+   * cell the newest of the writes acknowledged before the request began (and
+   * the FUA write itself), or something newer: never one of them that another
+   * of them overwrote, and never the zeros before the prefill.
+   */
+  const checkDurable = async (what: string, run: readonly Cell[], sinceMs: number, self: number | null): Promise<void> => {
+    if (store === null) {
+      const view = await h.openStoreView();
+      const table = await view.readTable();
+      const locs: PageLocation[] = [];
+      for (const al of allocs) {
+        const rec = table.records.find((r) => r.guid === al.guid);
+        if (rec === undefined) {
+          errors.push(`${what}: allocation ${al.guid} is not in the stored table`);
+          return;
+        }
+        locs.push({ guid: rec.guid, dataOffset: rec.dataOffset, pageSizeBytes: pageBytes });
+      }
+      store = { view, locs };
+    }
+    const pages = new Map<string, Buffer>();
+    for (const c of run) {
+      const page = Math.floor(c.offset / pageBytes);
+      let data = pages.get(`${c.alloc}:${page}`);
+      if (data === undefined) {
+        data = (await store.view.readPage(store.locs[c.alloc]!, page)).data;
+        pages.set(`${c.alloc}:${page}`, data);
+      }
+      const at = c.offset - page * pageBytes;
+      const stored = valueOf(c, decodeCell(c, data.subarray(at, at + c.length)));
+      const before = (acked.get(c.key) ?? []).filter((w) => w.endMs < sinceMs);
+      const newer = self === null ? before : [...before, { value: self, startMs: sinceMs, endMs: sinceMs }];
+      let bad: string | null = null;
+      if (stored >= GARBAGE_BASE) bad = 'bytes no write wrote';
+      else if (stored === 0 && newer.length > 0) bad = 'the zeros from before the prefill';
+      else {
+        const old = before.find((w) => w.value === stored && newer.some((n) => n.startMs > w.endMs));
+        if (old !== undefined) {
+          const by = newer.find((n) => n.startMs > old.endMs)!;
+          bad = `value ${stored} (acknowledged at ${old.endMs.toFixed(3)}), which value ${by.value} (from ${by.startMs.toFixed(3)}) overwrote`;
+        }
+      }
+      if (bad !== null) errors.push(`${what}: acknowledged, but the store holds ${bad} in cell ${c.key} (page ${page}) at ${clock().toFixed(3)}`);
+    }
   };
 
   // The prefill: every cell holds a write before anyone starts, through both controllers.
@@ -276,9 +336,11 @@ export async function runNbdSeed(seed: number, opts: NbdWorkloadOptions = {}): P
         const run = pickRun(my)!;
         const { offset, length } = span(run);
         const vol = volumes[run[0]!.alloc]!;
+        note(ep.name, `${what}: read of ${length} bytes at ${offset} of ${vol.name}`);
         try {
           const data = await ep.call('read', (v) => v.read(vol, offset, length));
           stats.reads++;
+          note(ep.name, `${what}: read answered`);
           recordReads(idx, run, offset, data, startMs, `${what}: read of ${length} bytes at ${offset}`);
         } catch (err) {
           const o = nbdFailure(`${what}: read`, ep, err);
@@ -291,6 +353,7 @@ export async function runNbdSeed(seed: number, opts: NbdWorkloadOptions = {}): P
         try {
           await ep.call('flush', (v) => v.flush(vol));
           stats.flushes++;
+          await checkDurable(`${what}: flush of ${vol.name} through ${ep.name}`, cells.filter((c) => c.alloc === volumes.indexOf(vol)), startMs, null);
         } catch (err) {
           const o = nbdFailure(`${what}: flush`, ep, err);
           if (!o.ok && chaos) side = side === 'A' ? 'B' : 'A';
@@ -316,6 +379,7 @@ export async function runNbdSeed(seed: number, opts: NbdWorkloadOptions = {}): P
           if (chaos) side = side === 'A' ? 'B' : 'A';
         }
         recordWrites(idx, zeroRun, value, startMs, o.ok ? 'ok' : o.outcome);
+        if (o.ok && fua) await checkDurable(`${what}: ${kind} ${value} (FUA) through ${ep.name}`, zeroRun, startMs, value);
         continue;
       }
       const run = pickRun(my)!;
@@ -336,6 +400,7 @@ export async function runNbdSeed(seed: number, opts: NbdWorkloadOptions = {}): P
         if (chaos) side = side === 'A' ? 'B' : 'A';
       }
       recordWrites(idx, run, value, startMs, o.ok ? 'ok' : o.outcome);
+      if (o.ok && fua) await checkDurable(`${what}: write ${value} (FUA) through ${ep.name}`, run, startMs, value);
     }
     actorsLeft--;
   };
@@ -360,10 +425,14 @@ export async function runNbdSeed(seed: number, opts: NbdWorkloadOptions = {}): P
       const deadline = h.nowMs + 30_000;
       for (;;) {
         const c = on(target);
+        note(c.controller, `${what}`);
         try {
-          return { ok: true, value: await fn(c) };
+          const value = await fn(c);
+          note(c.controller, `${what}: ok`);
+          return { ok: true, value };
         } catch (err) {
           const code = codeOf(err);
+          note(c.controller, `${what}: ${code}`);
           if (!chaos || !RETRYABLE.has(code)) {
             errors.push(`${what} through ${c.controller}: ${code} ${String(err)} at ${h.nowMs} ms`);
             return { ok: false };
@@ -384,13 +453,13 @@ export async function runNbdSeed(seed: number, opts: NbdWorkloadOptions = {}): P
         const value = nextValue++;
         const { offset, data } = writeBytes(run, value);
         const tag = { clientId, clientSeq: ++clientSeq };
-        const r = await attempt(`${what}: write`, (c) => c.write(guid, offset, data, 0, tag));
+        const r = await attempt(`${what}: write ${value} of ${data.length} bytes at ${offset} of vol${run[0]!.alloc}`, (c) => c.write(guid, offset, data, 0, tag));
         if (r.ok) stats.writesAcked++;
         else stats.writesMaybe++;
         recordWrites(idx, run, value, startMs, r.ok ? 'ok' : 'unknown');
       } else {
         const { offset, length } = span(run);
-        const r = await attempt(`${what}: read`, (c) => c.read(guid, offset, length));
+        const r = await attempt(`${what}: read of ${length} bytes at ${offset} of vol${run[0]!.alloc}`, (c) => c.read(guid, offset, length));
         if (!r.ok) continue;
         stats.reads++;
         recordReads(idx, run, offset, r.value, startMs, `${what}: read of ${length} bytes at ${offset}`);
