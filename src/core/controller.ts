@@ -1366,12 +1366,19 @@ export class ControllerCore {
       this.replyPeer(req, { kind: 'LOCK_REQUEST_REPLY', granted: true, ownerGen: req.ownerGen });
       return;
     }
+    this.answerTake(req, alloc);
+  }
+
+  /** Grant a TAKE, refuse it, or keep it for later; on arrival and each time a deferred one is looked at again. */
+  private answerTake(req: LockRequest, alloc: AllocState): void {
     const conflict = overlappingPointer(alloc, req.firstPage, req.pageCount);
     if (conflict !== undefined && conflict.holderId === this.selfId) {
-      // The pages stay ours while our pointer is open; a partner that wants
-      // them durable (a flush) gets them destaged by us now instead.
+      // The pages stay ours while our pointer is open (it may have been
+      // opened while the TAKE waited); a partner that wants them durable (a
+      // flush) gets them destaged by us now instead.
       this.destageRange(alloc, req.firstPage, req.pageCount);
-      throw new PagepairError('LOCK_CONFLICT', `pages ${req.firstPage}..${req.firstPage + req.pageCount - 1} are held by pointer ${conflict.id}`);
+      this.sendPeerError(req, new PagepairError('LOCK_CONFLICT', `pages ${req.firstPage}..${req.firstPage + req.pageCount - 1} are held by pointer ${conflict.id}`));
+      return;
     }
     if (!this.ownsRange(alloc, req.firstPage, req.pageCount)) {
       // Only the owner hands a page on. Pages we do not own are on their way
@@ -1423,12 +1430,8 @@ export class ControllerCore {
     for (const d of waiting) {
       if (d.alloc.released || !this.allocs.has(d.req.guid)) {
         this.sendPeerError(d.req, unknownGuid(d.req.guid));
-      } else if (!this.ownsRange(d.alloc, d.req.firstPage, d.req.pageCount)) {
-        this.refuseTake(d.req);
-      } else if (this.canGrant(d.alloc, d.req.firstPage, d.req.pageCount)) {
-        this.grant(d.req, d.alloc);
       } else {
-        this.deferredGrants.push(d);
+        this.answerTake(d.req, d.alloc);
       }
     }
   }
@@ -2105,8 +2108,16 @@ export class ControllerCore {
     };
     checkConflict();
     if (write) {
-      if (this.cfg.mirroring) await this.acquireOwnership(alloc, msg.firstPage, msg.pageCount);
-      checkConflict();
+      // Owned at the moment the pointer is registered: a TAKE of the
+      // partner's may be granted between taking the pages and coming back
+      // here, and a pointer on pages we do not own would write them.
+      for (let round = 0; ; round++) {
+        if (round >= OWNERSHIP_ROUNDS_MAX) throw new PagepairError('BUSY', `write pointer on ${alloc.record.guid} kept losing its pages to the partner`);
+        if (this.cfg.mirroring) await this.acquireOwnership(alloc, msg.firstPage, msg.pageCount);
+        if (alloc.released) throw this.goneError(alloc);
+        checkConflict();
+        if (this.ownsRange(alloc, msg.firstPage, msg.pageCount)) break;
+      }
       this.registerPointer(pointer);
       try {
         if (pointer.mirrored) await this.request({ kind: 'ALLOCATE_WRITE', guid: alloc.record.guid, firstPage: msg.firstPage, pageCount: msg.pageCount, pointerId: id });
