@@ -18,7 +18,7 @@ import { runNbdSeeds, seedChunks } from '../sim/nbd-seeds.js';
 const FILE = 'test/unit/sim-nbd-chaos.test.ts';
 
 describe('NBD on both controllers under cuts, drops, kills and pauses: equal copies, linearizable cells', () => {
-  for (const { label, seeds } of seedChunks({ defaultSeeds: 300, firstSeed: 1 })) {
+  for (const { label, seeds } of seedChunks({ defaultSeeds: 250, firstSeed: 1 })) {
     it(`${label}, NBD writers on both controllers with faults`, () => runNbdSeeds(seeds, { chaos: true, opsPerActor: 16, replayFile: FILE }, 'chaos'), 120_000);
   }
 });

@@ -16,7 +16,7 @@ import { runNbdSeeds, seedChunks } from '../sim/nbd-seeds.js';
 const FILE = 'test/unit/sim-nbd-random.test.ts';
 
 describe('NBD on both controllers, no faults: equal copies, linearizable cells', () => {
-  for (const { label, seeds } of seedChunks({ defaultSeeds: 1200, firstSeed: 1 })) {
+  for (const { label, seeds } of seedChunks({ defaultSeeds: 1000, firstSeed: 1 })) {
     it(`${label}, concurrent NBD writers on both controllers`, () => runNbdSeeds(seeds, { replayFile: FILE }, 'no faults'), 120_000);
   }
 });
