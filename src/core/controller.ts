@@ -840,7 +840,7 @@ export class ControllerCore {
       if (p * ps < offset || (p + 1) * ps > end || Number.isNaN(knownVersion(alloc, p))) return false;
       missing++;
     }
-    if (missing > 0 && !this.cache.makeRoom(missing * ps)) return false;
+    if (missing > 0 && !this.makeRoomKeeping(alloc, first, count, missing * ps)) return false;
 
     this.counters.clientWrites++;
     this.counters.bytesWritten += data.length;
@@ -876,6 +876,24 @@ export class ControllerCore {
       this.rememberTag(key, ack.tag);
     }
     return true;
+  }
+
+  /**
+   * Room for `bytes` more in the cache without evicting the range's own
+   * cached pages: a write of part of one of them is built on its bytes.
+   */
+  private makeRoomKeeping(alloc: AllocState, first: number, count: number, bytes: number): boolean {
+    const kept: CachePage[] = [];
+    for (let p = first; p < first + count; p++) {
+      const cp = alloc.pages.get(p);
+      if (cp !== undefined) {
+        this.cache.pin(cp);
+        kept.push(cp);
+      }
+    }
+    const room = this.cache.makeRoom(bytes);
+    for (const cp of kept) this.cache.unpin(cp);
+    return room;
   }
 
   /**

@@ -118,6 +118,8 @@ export interface SimNode {
   queued: { source: string; run: () => void }[];
   /** Queued events a resume has scheduled and that have not run yet. */
   backlog: number;
+  /** The same, per source: while a source has some, what else it delivers queues up behind them. */
+  backlogBySource: Map<string, number>;
 }
 
 /** A store write seen landing, with who wrote it. */
@@ -467,11 +469,7 @@ export class Harness {
       const [source, list] = lists[i]!;
       const run = list.shift()!;
       if (list.length === 0) lists.splice(i, 1);
-      n.backlog++;
-      this.sched.after(0, `${name} resumed: ${source}`, () => {
-        n.backlog--;
-        this.deliver(n, source, run);
-      });
+      this.deliverLater(n, source, run, `${name} resumed: ${source}`);
     }
     if (!timersFirst) this.sched.after(0, `${name} resumed: timers`, () => this.deliver(n, 'timers', () => n.core.tick()));
   }
@@ -610,6 +608,7 @@ export class Harness {
       paused: false,
       queued: [],
       backlog: 0,
+      backlogBySource: new Map(),
     };
     const current = (): boolean => node.alive && this.nodes.includes(node);
     let storeOps = 0;
@@ -686,11 +685,33 @@ export class Harness {
     return { debug: rec('debug'), info: rec('info'), warn: rec('warn'), error: rec('error') };
   }
 
-  /** Run fn in the controller now, or when it resumes if paused; never in a dead or replaced one. */
+  /**
+   * Run fn in the controller now, or when it resumes if paused; never in a
+   * dead or replaced one. Each source stays in order: what a source delivers
+   * while the backlog a resume left of it has not run yet goes behind that
+   * backlog (a resumed process reads its socket from where it stopped).
+   */
   private deliver(n: SimNode, source: string, fn: () => void): void {
     if (!n.alive || !this.nodes.includes(n)) return;
     if (n.paused) n.queued.push({ source, run: fn });
+    else if ((n.backlogBySource.get(source) ?? 0) > 0) this.deliverLater(n, source, fn, `${n.name} behind its backlog: ${source}`);
     else fn();
+  }
+
+  /** Deliver fn from `source` in an event of its own, behind what that source has waiting. */
+  private deliverLater(n: SimNode, source: string, fn: () => void, label: string): void {
+    n.backlog++;
+    n.backlogBySource.set(source, (n.backlogBySource.get(source) ?? 0) + 1);
+    this.sched.after(0, label, () => {
+      n.backlog--;
+      const left = (n.backlogBySource.get(source) ?? 1) - 1;
+      if (left === 0) n.backlogBySource.delete(source);
+      else n.backlogBySource.set(source, left);
+      // Events of one ms run in the order they were scheduled: this one's turn in its source has come.
+      if (!n.alive || !this.nodes.includes(n)) return;
+      if (n.paused) n.queued.push({ source, run: fn });
+      else fn();
+    });
   }
 
   private onLand(n: SimNode, l: Landing): void {
