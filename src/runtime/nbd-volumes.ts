@@ -5,6 +5,7 @@
 // through when alone), and a volume made through either controller, by any
 // client, is exported by both.
 
+import { randomInt } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as realSleep } from 'node:timers/promises';
 import { PagepairError, invariant, type ErrorCodeName } from '../errors.js';
@@ -53,6 +54,8 @@ export interface CoreVolumesOptions {
   readPieceBytes?: number;
   piecesInFlight?: number;
   retryForMs?: number;
+  /** The retry tag's client id of this backend's writes (default: random). The simulator passes a seeded one. */
+  clientId?: number;
   /** Monotonic ms and a pause, injected so the simulator can run this on virtual time. */
   nowMs?: () => number;
   sleep?: (ms: number) => Promise<void>;
@@ -86,6 +89,14 @@ export class CoreVolumes implements NbdBackend {
   private readonly sleep: (ms: number) => Promise<void>;
   private readonly pending = new Map<number, Waiter>();
   private nextRequestId = 1;
+  /**
+   * Every write piece carries a retry tag (clientId, clientSeq), kept when it
+   * is resent after a refusal: a piece the core applied before refusing it
+   * (the partner was lost while it was being mirrored) is not applied again,
+   * here or at the partner, which learnt the tag with the mirrored page.
+   */
+  private readonly clientId: number;
+  private clientSeq = 0;
   private closed = false;
   /** Shared by every write-zeroes; never written to. */
   private zeros: Buffer | null = null;
@@ -96,6 +107,8 @@ export class CoreVolumes implements NbdBackend {
   constructor(opts: CoreVolumesOptions) {
     this.core = opts.core;
     this.connId = opts.connId ?? NBD_CONN_ID;
+    this.clientId = opts.clientId ?? randomInt(1, 0x1_0000_0000);
+    invariant(Number.isInteger(this.clientId) && this.clientId >= 1 && this.clientId <= 0xffff_ffff, 'an NBD retry tag client id is a u32 other than 0');
     this.pieceBytes = opts.pieceBytes ?? NBD_PIECE_BYTES_DEFAULT;
     this.readPieceBytes = opts.readPieceBytes ?? NBD_READ_PIECE_BYTES_DEFAULT;
     this.piecesInFlight = opts.piecesInFlight ?? NBD_PIECES_IN_FLIGHT_DEFAULT;
@@ -249,8 +262,9 @@ export class CoreVolumes implements NbdBackend {
   }
 
   private writePiece(volume: NbdVolume, offset: number, data: Buffer): Promise<void> {
-    // No retry tag: rewriting the same bytes at the same offset is harmless,
-    // and NBD leaves the order of overlapping writes in flight undefined.
+    // A retry tag: resending the same bytes is not harmless once a later
+    // write of the same pages was acknowledged (through either controller).
+    this.clientSeq = this.clientSeq >= 0xffff_ffff ? 1 : this.clientSeq + 1;
     const msg: CWrite = {
       kind: 'C_WRITE',
       requestId: this.newRequestId(),
@@ -260,8 +274,8 @@ export class CoreVolumes implements NbdBackend {
       guid: volume.guid,
       offset,
       pointerId: 0,
-      clientId: 0,
-      clientSeq: 0,
+      clientId: this.clientId,
+      clientSeq: this.clientSeq,
       data,
     };
     return this.ask(msg, 'C_WRITE_REPLY', false) as Promise<void>;

@@ -125,6 +125,8 @@ export class NbdEndpoint {
     this.volumes = new CoreVolumes({
       core,
       connId,
+      // Retry tags must be the run's own, not random: a seed replays exactly.
+      clientId: 0x4e42_0000 + connId,
       pieceBytes: opts.pieceBytes,
       readPieceBytes: opts.readPieceBytes,
       piecesInFlight: opts.piecesInFlight,

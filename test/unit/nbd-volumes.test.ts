@@ -294,7 +294,7 @@ function refusal(msg: ClientRequest, code: ErrorCodeName): Message {
 
 describe('NBD volumes over a scripted core', () => {
   it('a one-piece read or write is one message into the core, and block I/O never lists', async () => {
-    const { core, backend, volume } = scripted();
+    const { core, backend, volume } = scripted({ clientId: 77 });
     core.answerWith = (m) => ok(m);
     const data = Buffer.alloc(SCRIPT_PAGE, 7);
     for (let i = 0; i < 20; i++) {
@@ -303,8 +303,10 @@ describe('NBD volumes over a scripted core', () => {
     }
     expect(core.kinds()).toEqual(Array.from({ length: 40 }, (_, i) => (i % 2 === 0 ? 'C_WRITE' : 'C_READ')));
     const w = core.seen[0]!;
-    // The client's bytes go in as they are (the core copies them into its page), untagged, no pointer.
-    expect(w).toMatchObject({ kind: 'C_WRITE', guid: GUID, offset: 0, pointerId: 0, clientId: 0, clientSeq: 0, epoch: 0, sender: 0, flags: 0 });
+    // The client's bytes go in as they are (the core copies them into its page), with a retry tag of its own, no pointer.
+    expect(w).toMatchObject({ kind: 'C_WRITE', guid: GUID, offset: 0, pointerId: 0, clientId: 77, clientSeq: 1, epoch: 0, sender: 0, flags: 0 });
+    const seqs = core.seen.flatMap((m) => (m.kind === 'C_WRITE' ? [m.clientSeq] : []));
+    expect(seqs).toEqual(Array.from({ length: 20 }, (_, i) => i + 1));
     expect(w.kind === 'C_WRITE' && w.data === data).toBe(true);
     expect(core.seen[1]).toMatchObject({ kind: 'C_READ', guid: GUID, offset: 10, length: 100, pointerId: 0 });
     expect(new Set(core.seen.map((m) => m.requestId)).size).toBe(40);
@@ -329,6 +331,10 @@ describe('NBD volumes over a scripted core', () => {
     await backend.write(volume, 0, Buffer.alloc(SCRIPT_PAGE, 1), false);
     expect(core.kinds()).toEqual(['C_WRITE', 'C_WRITE', 'C_WRITE', 'C_WRITE']);
     expect(new Set(core.seen.map((m) => m.requestId)).size).toBe(4);
+    // Every attempt carries the same retry tag: the core applies the write at most once.
+    const tags = core.seen.map((m) => (m.kind === 'C_WRITE' ? `${m.clientId}:${m.clientSeq}` : ''));
+    expect(new Set(tags).size).toBe(1);
+    expect(tags[0]).not.toBe('0:0');
     expect(sleeps).toEqual([5, 10, 20]);
 
     core.seen.length = 0;
