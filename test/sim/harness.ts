@@ -698,6 +698,17 @@ export class Harness {
     else fn();
   }
 
+  /**
+   * deliver() for what the harness does not wire itself (an NBD backend in the
+   * controller's process, its timers): false when the controller is dead or
+   * replaced, and fn never runs.
+   */
+  deliverTo(n: SimNode, source: string, fn: () => void): boolean {
+    if (!n.alive || !this.nodes.includes(n)) return false;
+    this.deliver(n, source, fn);
+    return true;
+  }
+
   /** Deliver fn from `source` in an event of its own, behind what that source has waiting. */
   private deliverLater(n: SimNode, source: string, fn: () => void, label: string): void {
     n.backlog++;

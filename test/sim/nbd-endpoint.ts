@@ -40,12 +40,13 @@ function connectionLost(name: NodeName): ConnectionLost {
   return new ConnectionLost(name);
 }
 
-/** Runs fn in the controller now, or when it resumes if paused; false when it is dead or replaced. */
+/**
+ * Runs fn in the controller as the harness delivers its own events: now, or
+ * when it resumes if paused, in order per source; false when it is dead or
+ * replaced.
+ */
 export function runIn(h: Harness, n: SimNode, source: string, fn: () => void): boolean {
-  if (!n.alive || !h.nodes.includes(n)) return false;
-  if (n.paused) n.queued.push({ source, run: fn });
-  else fn();
-  return true;
+  return h.deliverTo(n, source, fn);
 }
 
 /**
