@@ -12,7 +12,7 @@ import { runPair } from './pair.js';
 import { fetchStatus, formatStatus } from './status.js';
 import { parseNumberInRange, parsePositiveInt, parseSize } from './units.js';
 import { addWorkloadOptions, jobInputFromCli } from '../workload/cli-options.js';
-import { runWorkloadCommand } from '../workload/command.js';
+import { partnerConfigFor, runWorkloadCommand } from '../workload/command.js';
 import { listJobs } from '../workload/job-file.js';
 import { runReport } from './report.js';
 import { benchCommand } from './bench.js';
@@ -102,10 +102,13 @@ program
   .option('--out <base|dir>', 'write the report to <base>.json and the chart to <base>.svg, or both into a directory (default workload-reports/<job>-<time>)')
   .option('--json', 'print the report as JSON')
   .option('--history <file>', 'also record a history (JSON lines) for the checker, read the working set back at the end, and check the history for lost writes and stale reads (one worker, fresh allocations)')
+  .option('--partner-config <file>', "the partner's configuration, for its NBD address with --transport nbd (default: <partner id>.json beside --config, e.g. b.json beside a.json)")
   .action(async (opts: Record<string, unknown>, cmd: Command) => {
     const cfg = loadConfig(String(opts.config));
+    const partnerCfg = partnerConfigFor(String(opts.config), cfg, typeof opts.partnerConfig === 'string' ? opts.partnerConfig : undefined);
     const r = await runWorkloadCommand({
       cfg,
+      ...(partnerCfg !== undefined ? { partnerCfg } : {}),
       input: jobInputFromCli(opts, cmd),
       ...(typeof opts.job === 'string' ? { job: opts.job } : {}),
       ...(typeof opts.out === 'string' ? { out: opts.out } : {}),

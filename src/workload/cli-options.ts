@@ -33,6 +33,8 @@ export const WORKLOAD_OPTIONS: readonly WorkloadCliOption[] = [
   { flags: '-t, --target <id>', field: 'target', description: 'controllers to drive: A, B or both (default both)', choices: ['A', 'B', 'both'] },
   { flags: '--spread <how>', field: 'spread', description: 'with target both: split (half the clients on each) or round-robin (each client alternates; default split)', choices: ['split', 'round-robin'] },
   { flags: '--failover <bool>', field: 'failover', description: 'retry on the other controller instead of counting an error (default: true with target both)' },
+  { flags: '--transport <ws|nbd>', field: 'transport', description: "how clients reach the volumes: ws (pagepair's client protocol) or nbd (each controller's NBD export, listen.nbd; default ws)", choices: ['ws', 'nbd'] },
+  { flags: '--contend', field: 'contend', description: 'let clients hit the same block at the same time (reads then only checked to name a write of their block: use with --history, whose checker judges them)' },
   { flags: '--no-verify', field: 'verify', description: 'do not check reads against the last acknowledged write' },
   { flags: '--prefill <bool>', field: 'prefill', description: 'write every block once before the measured run (default: true for read-only jobs)' },
   { flags: '--policy <name>', field: 'policy', description: 'policy of the allocations (default "default")' },

@@ -4,18 +4,22 @@
 // report and the chart, and say how it went. Kept apart from the
 // command-line wiring so the CLI stays a thin layer and tests can call it.
 
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { checkHistory } from '../checker/linearizability.js';
 import { PagepairError } from '../errors.js';
-import type { ControllerConfig } from '../runtime/config.js';
+import { loadConfig, type ControllerConfig } from '../runtime/config.js';
 import { resolveJobs } from './job-file.js';
 import type { JobInput, JobSpec } from './job.js';
 import { formatBytesPerSec, formatUs, progressPrinter } from './progress.js';
 import { Recording, summarizeCheck } from './recording.js';
 import { attachCheck, defaultReportBase, formatReportSummary, resolveReportBase, writeReportFiles, type WorkloadReport } from './report.js';
-import { controllersFromConfig, runWorkloadJob, type RunHandle } from './runner.js';
+import { controllersFromConfig, nbdEndpointsFromConfigs, runWorkloadJob, type RunHandle } from './runner.js';
 
 export interface WorkloadCommandOptions {
   cfg: ControllerConfig;
+  /** The partner's configuration: with --transport nbd, where it serves NBD (its listen.nbd). */
+  partnerCfg?: ControllerConfig;
   /** A ready job's name or a job file (optionally ":<job>"); a file with several jobs runs them all, in order. */
   job?: string;
   /** Fields from the command line (jobInputFromCli); they win over the job file. */
@@ -55,6 +59,30 @@ export interface WorkloadCommandResult extends JobRun {
   text: string;
   /** 0 when no operation failed, every read verified and a recorded history checked out, in every job; 1 otherwise. */
   exitCode: number;
+}
+
+/**
+ * The partner's configuration (for its NBD address): the file given, or the
+ * partner's id in lower case beside `configPath` (b.json beside a.json) when
+ * that file is there and is the partner's; undefined otherwise.
+ */
+export function partnerConfigFor(configPath: string, cfg: ControllerConfig, given?: string): ControllerConfig | undefined {
+  if (given !== undefined) {
+    const p = loadConfig(given);
+    if (cfg.partner === null || p.idLetter !== cfg.partner.idLetter) {
+      throw new PagepairError('BAD_FIELD', `${given} is controller ${p.idLetter}'s configuration, not the partner of ${cfg.idLetter}`, 'partnerConfig');
+    }
+    return p;
+  }
+  if (cfg.partner === null) return undefined;
+  const guess = join(dirname(configPath), `${cfg.partner.idLetter.toLowerCase()}.json`);
+  if (!existsSync(guess)) return undefined;
+  try {
+    const p = loadConfig(guess);
+    return p.idLetter === cfg.partner.idLetter ? p : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** The jobs, a bad value given on the command line refused by its option's name as typed. */
@@ -132,6 +160,7 @@ async function runOne(o: WorkloadCommandOptions, job: JobSpec, signal: AbortSign
     signal,
     ...(o.onStart !== undefined ? { onStart: o.onStart } : {}),
     ...(record !== null ? { record } : {}),
+    ...(job.transport === 'nbd' ? { nbd: nbdEndpointsFromConfigs(o.partnerCfg !== undefined ? [o.cfg, o.partnerCfg] : [o.cfg]) } : {}),
   });
   if (record !== null && o.history !== undefined) {
     await record.writeTo(o.history);

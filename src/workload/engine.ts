@@ -10,9 +10,10 @@ import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep, setImmediate as yieldTurn } from 'node:timers/promises';
 import type { Histogram } from 'hdr-histogram-js';
 import { PagepairClient, type ControllerAddress } from '../client/client.js';
+import { NbdPairClient, type NbdEndpoint } from '../client/nbd-pair-client.js';
 import { PairClient } from '../client/pair-client.js';
 import { Prng } from '../core/prng.js';
-import { invariant, isPagepairError } from '../errors.js';
+import { PagepairError, invariant, isPagepairError } from '../errors.js';
 import { makePicker, makeSizePicker, type Picker } from './distribution.js';
 import { grainBytes, stripeBytes, type JobSpec } from './job.js';
 import { Ledger } from './ledger.js';
@@ -50,6 +51,8 @@ export interface EngineSetup {
   initial: 'zero' | 'unknown';
   /** PairClient timing (failover); absent fields keep the client's defaults. */
   client?: EngineClientOptions;
+  /** With job.transport nbd: where each controller serves NBD (by controller id). */
+  nbd?: NbdEndpoint[];
 }
 
 export interface EngineClientOptions {
@@ -182,6 +185,7 @@ export class Engine {
     const ids = controllers.map((c) => c.id);
     const name = `pagepair-workload/${job.name}/${index}`;
     const open = async (first: string): Promise<Conn> => {
+      if (job.transport === 'nbd') return this.openNbd(first, name);
       if (!job.failover) {
         const addr = byId(first);
         const connect = (): Promise<PagepairClient> => PagepairClient.connect({ host: addr.host, port: addr.port, token: addr.token, name });
@@ -240,6 +244,45 @@ export class Engine {
     if (ids.length < 2) return [await open(ids[0]!)];
     if (job.spread === 'round-robin') return [await open(ids[0]!), await open(ids[1]!)];
     return [await open(ids[index % 2]!)];
+  }
+
+  /**
+   * An NBD connection per allocation (the export is the allocation's name) on
+   * controller `first`; with failover, requests that fail there (connection
+   * lost, no answer in time, ESHUTDOWN) are sent again to the other one.
+   */
+  private async openNbd(first: string, _name: string): Promise<Conn> {
+    const endpoints = this.setup.nbd ?? [];
+    const mine = endpoints.find((e) => e.id === first);
+    if (mine === undefined) throw new PagepairError('BAD_CONFIG', `no NBD address for controller ${first} (listen.nbd in its configuration)`, 'transport');
+    const order = this.job.failover ? [mine, ...endpoints.filter((e) => e.id !== first)] : [mine];
+    const timing = this.setup.client ?? {};
+    const names = new Map(this.setup.allocations.map((a) => [a.guid, a.name]));
+    const exportOf = (guid: string): string => names.get(guid) ?? guid;
+    const p = new NbdPairClient({
+      endpoints: order,
+      inflightMax: Math.max(1, this.job.inflight),
+      ...(timing.requestTimeoutMs !== undefined ? { timeoutMs: timing.requestTimeoutMs } : {}),
+      // Without failover an operation fails at once; the next one connects again.
+      retryForMs: this.job.failover ? (timing.retryForMs ?? 15_000) : 0,
+      ...(timing.retryIntervalMs !== undefined ? { retryIntervalMs: timing.retryIntervalMs } : {}),
+      onSwitch: () => {
+        this.totals.failovers++;
+        this.iv.failovers++;
+      },
+    });
+    try {
+      for (const a of this.setup.allocations) await p.open(a.name);
+    } catch (err) {
+      await p.close();
+      throw err;
+    }
+    return {
+      read: (g, o, l) => p.read(exportOf(g), o, l),
+      write: (g, o, d) => p.write(exportOf(g), o, d),
+      where: () => p.currentController,
+      close: () => p.close(),
+    };
   }
 
   async close(): Promise<void> {
@@ -431,7 +474,7 @@ export class Engine {
       let local = -1;
       for (let tries = 0; tries < PICK_TRIES; tries++) {
         const at = this.picker.pick(size, positions) * size;
-        if (ledger === null || ledger.tryReserve(at / this.grainBytes, grains)) {
+        if (ledger === null || job.contend || ledger.tryReserve(at / this.grainBytes, grains)) {
           local = at;
           break;
         }
@@ -544,8 +587,9 @@ export class Engine {
     this.totals.readsVerified++;
     for (let gi = 0; gi < grains; gi++) {
       const g = g0 + gi;
-      const allowed = ledger.allowed(g);
-      if (allowed === null && values === null) continue;
+      // Contended: operations on one block overlap, so only the history checker can say which writes a read may see.
+      const allowed = this.job.contend ? null : ledger.allowed(g);
+      if (allowed === null && values === null && !this.job.contend) continue;
       let seen = -1;
       let mixed = false;
       let bad = false;

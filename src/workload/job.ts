@@ -25,6 +25,8 @@ export interface BlockSizeShare {
 export type Target = 'A' | 'B' | 'both';
 /** With target both: each client alternates controllers op by op, or half the clients use each. */
 export type Spread = 'round-robin' | 'split';
+/** How clients reach the volumes: pagepair's WebSocket protocol, or NBD (each controller's listen.nbd). */
+export type Transport = 'ws' | 'nbd';
 
 /** A checked job, every default filled in. */
 export interface JobSpec {
@@ -57,6 +59,14 @@ export interface JobSpec {
   spread: Spread;
   /** Retry on the other controller (PairClient) instead of counting an error. */
   failover: boolean;
+  transport: Transport;
+  /**
+   * Let operations of different clients hit the same block at the same
+   * time (by default one operation per block at a time, so every read has
+   * one right answer). Reads are then only checked to name a write of their
+   * block; whether they may see it is the history checker's call (--history).
+   */
+  contend: boolean;
   verify: boolean;
   /** Write every block once before the measured run (not counted). */
   prefill: boolean;
@@ -94,6 +104,8 @@ export interface JobInput {
   target?: string;
   spread?: string;
   failover?: boolean | string;
+  transport?: string;
+  contend?: boolean | string;
   verify?: boolean | string;
   prefill?: boolean | string;
   policy?: string;
@@ -122,6 +134,8 @@ export const JOB_FIELDS: readonly (keyof JobInput)[] = [
   'target',
   'spread',
   'failover',
+  'transport',
+  'contend',
   'verify',
   'prefill',
   'policy',
@@ -412,6 +426,8 @@ export function validateJob(input: JobInput, opts: { name?: string } = {}): JobS
     throw new PagepairError('BAD_FIELD', `spread applies to target both only (target is ${target})`, 'spread');
   }
   const failover = has('failover') ? parseBoolField(input.failover, 'failover') : target === 'both';
+  const transport = has('transport') ? parseEnumField<Transport>(input.transport, 'transport', ['ws', 'nbd']) : 'ws';
+  const contend = has('contend') ? parseBoolField(input.contend, 'contend') : false;
   const verify = has('verify') ? parseBoolField(input.verify, 'verify') : true;
   const prefill = has('prefill') ? parseBoolField(input.prefill, 'prefill') : readPct === 100;
   const policy = has('policy') ? parseStringField(input.policy, 'policy') : JOB_DEFAULTS.policy;
@@ -463,6 +479,8 @@ export function validateJob(input: JobInput, opts: { name?: string } = {}): JobS
     target,
     spread,
     failover,
+    transport,
+    contend,
     verify,
     prefill,
     policy,
@@ -481,7 +499,7 @@ export function describeJob(job: JobSpec): string {
   return (
     `${job.pattern} ${formatBlockSizes(job.blockSizes)} (${mix}), ${formatDistribution(job.distribution)}, ` +
     `${job.clients} client(s) x ${job.inflight} in flight${job.workers > 1 ? ` in ${job.workers} workers` : ''}, ` +
-    `target ${job.target}${job.target === 'both' ? ` (${job.spread})` : ''}, ${length}` +
+    `target ${job.target}${job.target === 'both' ? ` (${job.spread})` : ''}${job.transport === 'nbd' ? ' over NBD' : ''}${job.contend ? ', contended blocks' : ''}, ${length}` +
     (job.warmupS > 0 ? ` after ${job.warmupS} s warm-up` : '') +
     (job.rateOpsPerSec > 0 ? `, at most ${job.rateOpsPerSec} ops/s` : '')
   );

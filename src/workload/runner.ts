@@ -7,6 +7,7 @@
 
 import { readFileSync } from 'node:fs';
 import { PagepairClient, controllerAddresses, type ControllerAddress } from '../client/client.js';
+import type { NbdEndpoint } from '../client/nbd-pair-client.js';
 import { PairClient } from '../client/pair-client.js';
 import { PagepairError, isPagepairError } from '../errors.js';
 import type { ControllerConfig } from '../runtime/config.js';
@@ -38,6 +39,8 @@ export interface RunOptions {
   record?: Recording;
   /** PairClient timing of the engines' clients and of the allocating client. */
   client?: EngineClientOptions;
+  /** With job.transport nbd: where each controller serves NBD (nbdEndpointsFromConfigs). */
+  nbd?: NbdEndpoint[];
 }
 
 export interface RunHandle {
@@ -87,6 +90,33 @@ function checkTarget(controllers: readonly ControllerAddress[], target: Target):
   }
 }
 
+function checkNbd(controllers: readonly ControllerAddress[], target: Target, nbd: readonly NbdEndpoint[]): void {
+  const need = target === 'both' ? controllers.map((c) => c.id) : [target];
+  const missing = need.filter((id) => !nbd.some((e) => e.id === id));
+  if (missing.length > 0) {
+    throw new PagepairError('BAD_FIELD', `--transport nbd: no NBD address for controller ${missing.join(' and ')} (listen.nbd in its configuration)`, 'transport');
+  }
+}
+
+/**
+ * Where the controllers serve NBD, from their configurations' listen.nbd
+ * (TCP; a controller listening on every interface is reached on loopback).
+ * A configuration names its partner's client and peer ports but not its
+ * NBD address, so the partner's own configuration is needed for it.
+ */
+export function nbdEndpointsFromConfigs(configs: readonly ControllerConfig[]): NbdEndpoint[] {
+  const out: NbdEndpoint[] = [];
+  for (const cfg of configs) {
+    const nbd = cfg.listen.nbd;
+    if (nbd === undefined || out.some((e) => e.id === cfg.idLetter)) continue;
+    const host = nbd.host === '0.0.0.0' || nbd.host === '' ? '127.0.0.1' : nbd.host === '::' ? '::1' : nbd.host;
+    // Port 0 (any free port) cannot be known from the file: the unix socket then.
+    if (nbd.port === 0 && nbd.socket !== undefined) out.push({ id: cfg.idLetter, socketPath: nbd.socket });
+    else out.push({ id: cfg.idLetter, host, port: nbd.port });
+  }
+  return out.sort((a, b) => a.id.localeCompare(b.id));
+}
+
 function gcd(a: number, b: number): number {
   while (b !== 0) [a, b] = [b, a % b];
   return a;
@@ -107,6 +137,7 @@ function checkRecordable(job: JobSpec): void {
 /** Runs `job` against the pair and returns its report (nothing is written to disk here). */
 export async function runWorkloadJob(controllersIn: readonly ControllerAddress[], job: JobSpec, opts: RunOptions = {}): Promise<WorkloadReport> {
   checkTarget(controllersIn, job.target);
+  if (job.transport === 'nbd') checkNbd(controllersIn, job.target, opts.nbd ?? []);
   const record = opts.record ?? null;
   if (record !== null) checkRecordable(job);
   const timing = opts.client ?? {};
@@ -213,6 +244,7 @@ export async function runWorkloadJob(controllersIn: readonly ControllerAddress[]
         chunkBytes,
         initial,
         ...(opts.client !== undefined ? { client: opts.client } : {}),
+        ...(job.transport === 'nbd' ? { nbd: opts.nbd ?? [] } : {}),
       });
       stripeAt += stripesPerEngine[e]!;
       clientAt += clientCount;
