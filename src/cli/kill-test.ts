@@ -30,7 +30,7 @@ import { FileDevice } from '../store/file-device.js';
 import { PageStore } from '../store/page-store.js';
 import type { MailboxSlot } from '../store/types.js';
 import { TcpProxy } from '../testing/tcp-proxy.js';
-import { validateJob, type JobInput, type JobSpec } from '../workload/job.js';
+import { validateJob, type JobInput, type JobSpec, type Transport } from '../workload/job.js';
 import { progressPrinter } from '../workload/progress.js';
 import { Recording, summarizeCheck } from '../workload/recording.js';
 import {
@@ -88,6 +88,19 @@ export interface KillTestOptions {
   fenceAction?: 'kill' | 'none';
   /** Client connections of the load (half start on A, half on B; each fails over). Default 4. */
   clients?: number;
+  /**
+   * How the load reaches the pair: pagepair's WebSocket client (default) or
+   * NBD, each controller then serving NBD on a free port of 127.0.0.1 (a
+   * request lost with a controller is sent again to the other one).
+   */
+  transport?: Transport;
+  /**
+   * Clients may hit the same block at the same moment (through A and B at
+   * once); reads are then judged by the checker alone. An NBD write carries
+   * no retry tag, so with contention a write resent after a fault may land
+   * twice around another client's write: read the verdict with that in mind.
+   */
+  contend?: boolean;
   /** Operations in flight per client. Default 4. */
   inflight?: number;
   /** The working set: blocks of blockBytes each (4 KiB random reads and writes over 1024 blocks by default). */
@@ -349,6 +362,8 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
       seed: opts.seed,
       target: 'both',
       failover: true,
+      transport: opts.transport ?? 'ws',
+      contend: opts.contend === true,
       interval: (opts.intervalMs ?? 500) / 1000,
       // Kept: the controllers are compared when quiet, allocation and dirty pages included.
       keep: true,
@@ -378,6 +393,7 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
 
   // ---- configuration
   const ports = { aClient: await freePort(), aPeer: await freePort(), bClient: await freePort(), bPeer: await freePort(), proxy: await freePort() };
+  const nbd = job.transport === 'nbd' ? { A: await freePort(), B: await freePort() } : null;
   const pairId = randomUUID();
   const token = `kill-test-${randomUUID().slice(0, 8)}`;
   const fenceAction = opts.fenceAction ?? (mode === 'partition' ? 'none' : 'kill');
@@ -391,7 +407,7 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
       pairId,
       secret: `kill-test-peer-secret-${pairId}`,
       clientToken: token,
-      listen: { client: { host: HOST, port: self.client }, peer: { host: HOST, port: self.peer } },
+      listen: { client: { host: HOST, port: self.client }, peer: { host: HOST, port: self.peer }, ...(nbd !== null ? { nbd: { host: HOST, port: nbd[id] } } : {}) },
       partner: { id: id === 'A' ? 'B' : 'A', client: { host: HOST, port: other.client }, peer: { host: HOST, port: partnerPeer } },
       store: { path: join(dir, 'pair.store'), sizeBytes: 256 * 1024 * 1024 },
       cache: { cacheBytesMax: 64 * 1024 * 1024, dirtyAgeMaxMs: 1000 },
@@ -417,7 +433,7 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
   };
   const probes: Record<Letter, StatusProbe> = { A: new StatusProbe(addr.A), B: new StatusProbe(addr.B) };
   const proxy = mode === 'partition' ? new TcpProxy({ host: HOST, port: ports.bPeer }, { host: HOST, port: ports.proxy }) : null;
-  const recording = new Recording({ seed: opts.seed, killTest: mode, cycles: opts.cycles, blocks, blockBytes });
+  const recording = new Recording({ seed: opts.seed, killTest: mode, cycles: opts.cycles, blocks, blockBytes, transport: job.transport, contend: job.contend });
   let store: PageStore | null = null;
   let report: WorkloadReport | null = null;
   let check: CheckResult | null = null;
@@ -678,6 +694,7 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
         // A request stuck on a paused controller is retried on the other after this; a cycle that does not recover ends the run anyway.
         client: { requestTimeoutMs: Math.max(1000, 2 * partnerTimeoutMs), retryForMs: recoverTimeoutMs, retryIntervalMs: 10 },
         monitorPollMs: MONITOR_POLL_MS,
+        ...(nbd !== null ? { nbd: [{ id: 'A', host: HOST, port: nbd.A }, { id: 'B', host: HOST, port: nbd.B }] } : {}),
         onProgress: progressPrinter(opts.progress ?? print),
         ...(signal !== undefined ? { signal } : {}),
         onStart: (run) => {

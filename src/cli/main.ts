@@ -163,6 +163,8 @@ program
   .option('--keep', 'keep the working directory (it is kept anyway when the test fails)')
   .option('--out <base|dir>', 'write the report to <base>.json and the chart to <base>.svg, or both into a directory (default workload-reports/kill-test-<mode>-<time>)')
   .option('--clients <n>', 'client connections of the load, half starting on each controller', '4')
+  .addOption(new Option('--transport <ws|nbd>', "how the load reaches the pair: pagepair's client protocol, or NBD (each controller serves NBD; requests lost with a controller go to the other)").choices(['ws', 'nbd']).default('ws'))
+  .option('--contend', 'let clients on A and B hit the same block at the same moment (reads then judged by the checker alone)')
   .option('-i, --inflight <n>', 'operations in flight per client', '4')
   .option('--blocks <n>', 'blocks of the working set', '1024')
   .option('--block <bytes>', 'bytes per block (random reads and writes of one block)', '4KiB')
@@ -186,6 +188,8 @@ program
       keep: opts.keep === true,
       ...(typeof opts.out === 'string' ? { out: opts.out } : {}),
       clients: parsePositiveInt(String(opts.clients), 'clients', 1024),
+      transport: opts.transport as 'ws' | 'nbd',
+      contend: opts.contend === true,
       inflight: parsePositiveInt(String(opts.inflight), 'inflight', 4096),
       blocks: parsePositiveInt(String(opts.blocks), 'blocks', 1 << 20),
       blockBytes: parseSize(String(opts.block), 'block'),
