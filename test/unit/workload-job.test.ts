@@ -9,7 +9,7 @@ import { loadConfig } from '../../src/runtime/config.js';
 import { runWorkloadCommand } from '../../src/workload/command.js';
 import { addWorkloadOptions, jobInputFromCli } from '../../src/workload/cli-options.js';
 import { jobByName, listJobs, parseJobFile, resolveJob, resolveJobs } from '../../src/workload/job-file.js';
-import { grainBytes, parseBlockSizes, stripeBytes, validateJob, type JobInput } from '../../src/workload/job.js';
+import { describeJob, grainBytes, parseBlockSizes, stripeBytes, validateJob, type JobInput } from '../../src/workload/job.js';
 
 function refusal(input: JobInput): PagepairError {
   try {
@@ -110,6 +110,13 @@ describe('job validation', () => {
   it('failover is on for target both and off for one controller unless asked', () => {
     expect(validateJob({ target: 'A' }).failover).toBe(false);
     expect(validateJob({ target: 'A', failover: 'true' }).failover).toBe(true);
+  });
+
+  it('transport is ws unless nbd is asked for; contend is off unless asked', () => {
+    expect(validateJob({})).toMatchObject({ transport: 'ws', contend: false });
+    expect(validateJob({ transport: 'nbd', contend: 'true' })).toMatchObject({ transport: 'nbd', contend: true });
+    expect(describeJob(validateJob({ transport: 'nbd', contend: true }))).toMatch(/over NBD, contended blocks/);
+    expect(() => validateJob({ transport: 'iscsi' })).toThrow(expect.objectContaining({ code: 'BAD_FIELD', field: 'transport' }));
   });
 
   it('cuts the working set into whole stripes per allocation', () => {
