@@ -96,9 +96,10 @@ export interface KillTestOptions {
   transport?: Transport;
   /**
    * Clients may hit the same block at the same moment (through A and B at
-   * once); reads are then judged by the checker alone. An NBD write carries
-   * no retry tag, so with contention a write resent after a fault may land
-   * twice around another client's write: read the verdict with that in mind.
+   * once); reads are then judged by the checker alone. Over NBD a write in
+   * flight at a fault is then not sent again (it carries no retry tag, and
+   * landing twice around another client's write would be a lost write the
+   * pair did not cause): it counts as an error and a maybe-happened write.
    */
   contend?: boolean;
   /** Operations in flight per client. Default 4. */

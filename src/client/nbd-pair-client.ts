@@ -3,9 +3,11 @@
 // fenced or stopping: the NBD spec tells the client to go away) the request
 // is sent again to the other controller, with the requests that were in
 // flight on the lost connection. Unlike the WebSocket client, an NBD write
-// carries no retry tag: a resent write may land twice. Callers that record
-// a history count a resent write as one that may have happened at any time
-// after it was first sent (see `resent`).
+// carries no retry tag: a resent write may land twice (once through the
+// controller that went away, once through the other). That is harmless when
+// nobody else writes the block meanwhile; when others may (resendWrites
+// false), a write that may have reached a controller is not sent again but
+// fails with the error that left its fate unknown.
 
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PagepairError, isPagepairError, type ErrorCodeName } from '../errors.js';
@@ -27,6 +29,8 @@ export interface NbdPairClientOptions {
   retryIntervalMs?: number;
   /** Requests in flight per connection. Default 64. */
   inflightMax?: number;
+  /** Send a write again after a failure that leaves open whether it landed. Default true. */
+  resendWrites?: boolean;
   onSwitch?: (info: { from: string; to: string; reason: string }) => void;
 }
 
@@ -44,7 +48,7 @@ export class NbdPairClient {
 
   constructor(opts: NbdPairClientOptions) {
     if (opts.endpoints.length < 1 || opts.endpoints.length > 2) throw new PagepairError('BAD_FIELD', 'an NBD pair client needs one or two controllers', 'endpoints');
-    this.opts = { timeoutMs: 5000, retryForMs: 15_000, retryIntervalMs: 50, inflightMax: 64, ...opts };
+    this.opts = { timeoutMs: 5000, retryForMs: 15_000, retryIntervalMs: 50, inflightMax: 64, resendWrites: true, ...opts };
     this.conns = opts.endpoints.map(() => new Map());
   }
 
@@ -62,7 +66,7 @@ export class NbdPairClient {
   }
 
   write(exportName: string, offset: number, data: Buffer, opts: { fua?: boolean } = {}): Promise<void> {
-    return this.attempt(exportName, (c) => c.write(offset, data, opts));
+    return this.attempt(exportName, (c) => c.write(offset, data, opts), this.opts.resendWrites);
   }
 
   flush(exportName: string): Promise<void> {
@@ -103,7 +107,8 @@ export class NbdPairClient {
     return made;
   }
 
-  private async attempt<T>(exportName: string, fn: (c: NbdClient) => Promise<T>): Promise<T> {
+  /** `resend` false: once the request may have reached a controller, a failure is final. */
+  private async attempt<T>(exportName: string, fn: (c: NbdClient) => Promise<T>, resend = true): Promise<T> {
     const deadline = Date.now() + this.opts.retryForMs;
     let lastErr: unknown = null;
     let tries = 0;
@@ -132,6 +137,10 @@ export class NbdPairClient {
           return result;
         } catch (err) {
           if (!isPagepairError(err) || !RETRYABLE.has(err.code)) throw err;
+          if (!resend) {
+            if (c.isOpen && err.code === 'SHUTTING_DOWN') c.destroy();
+            throw err;
+          }
           lastErr = err;
           // ESHUTDOWN: the spec says disconnect; a lost or timed-out connection is gone already.
           if (c.isOpen) c.destroy();

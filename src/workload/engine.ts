@@ -262,6 +262,8 @@ export class Engine {
     const p = new NbdPairClient({
       endpoints: order,
       inflightMax: Math.max(1, this.job.inflight),
+      // Contended, a write resent after it may have landed could land twice around another client's write.
+      resendWrites: !this.job.contend,
       ...(timing.requestTimeoutMs !== undefined ? { timeoutMs: timing.requestTimeoutMs } : {}),
       // Without failover an operation fails at once; the next one connects again.
       retryForMs: this.job.failover ? (timing.retryForMs ?? 15_000) : 0,

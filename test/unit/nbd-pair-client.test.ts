@@ -66,6 +66,25 @@ describe('NbdPairClient', () => {
     a.backend.releaseAll();
   });
 
+  it('with resendWrites false, a write that may have landed fails instead of going again; reads still move, and so do later writes', async () => {
+    const a = await controller();
+    const b = await controller();
+    const c = new NbdPairClient({ endpoints: [{ id: 'A', host: '127.0.0.1', port: a.port }, { id: 'B', host: '127.0.0.1', port: b.port }], resendWrites: false });
+    clients.push(c);
+    await c.open('vol');
+    a.backend.holding = true;
+    const w = c.write('vol', 0, Buffer.alloc(4096, 5));
+    const r = c.read('vol', 0, 4096);
+    await waitFor(() => a.backend.held.length === 2, 'a write and a read held by A');
+    cutAll(a.server);
+    await expect(w).rejects.toMatchObject({ code: 'NOT_ACTIVE' });
+    expect((await r)[0]).toBe(0);
+    expect(b.backend.calls.map((x) => x.op)).toEqual(['read']);
+    await c.write('vol', 0, Buffer.alloc(4096, 6));
+    expect(b.backend.bytesOf('vol')[0]).toBe(6);
+    a.backend.releaseAll();
+  });
+
   it('takes ESHUTDOWN (a fenced or stopping controller) as "go to the other one"', async () => {
     const a = await controller();
     const b = await controller();
