@@ -30,6 +30,8 @@ export const ErrorCode = {
   DUPLICATE: 30,
   /** The partner broke the ownership rules (wrote a page we own, a stale grant, two contents at one version). */
   OWNERSHIP_CONFLICT: 31,
+  /** The request is switched off by this controller's configuration (a test hook without testHooks: true). */
+  NOT_ALLOWED: 32,
   // pair state
   NOT_MIRRORED: 40,
   FENCED: 41,

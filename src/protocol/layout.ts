@@ -4,7 +4,7 @@
 
 import type { Limits } from './limits.js';
 import type { Common, Message, MessageKind } from './messages.js';
-import { JoinFlag, LockOp, MsgType, PageFlag, PageState, PointerMode, REPLY_BIT, Role, SenseReason } from './messages.js';
+import { JoinFlag, LockOp, MsgType, PageFlag, PageState, PointerMode, REPLY_BIT, Role, SenseReason, VerifyVerdict } from './messages.js';
 
 // ---------------------------------------------------------------------------
 // Type codes
@@ -48,6 +48,9 @@ export const TYPE_OF_KIND = {
   C_LIST: MsgType.C_LIST,
   C_OPEN_POINTER: MsgType.C_OPEN_POINTER,
   C_CLOSE_POINTER: MsgType.C_CLOSE_POINTER,
+  C_VERIFY: MsgType.C_VERIFY,
+  C_VERIFY_REPORT: MsgType.C_VERIFY_REPORT,
+  C_TEST_CORRUPT: MsgType.C_TEST_CORRUPT,
   C_ALLOCATE_REPLY: MsgType.C_ALLOCATE | R,
   C_RELEASE_REPLY: MsgType.C_RELEASE | R,
   C_WRITE_REPLY: MsgType.C_WRITE | R,
@@ -57,6 +60,9 @@ export const TYPE_OF_KIND = {
   C_LIST_REPLY: MsgType.C_LIST | R,
   C_OPEN_POINTER_REPLY: MsgType.C_OPEN_POINTER | R,
   C_CLOSE_POINTER_REPLY: MsgType.C_CLOSE_POINTER | R,
+  C_VERIFY_REPLY: MsgType.C_VERIFY | R,
+  C_VERIFY_REPORT_REPLY: MsgType.C_VERIFY_REPORT | R,
+  C_TEST_CORRUPT_REPLY: MsgType.C_TEST_CORRUPT | R,
   ERROR: MsgType.ERROR,
 } as const satisfies { readonly [K in MessageKind]: number };
 
@@ -318,6 +324,27 @@ export const BODY: BodyLayouts = {
   C_OPEN_POINTER_REPLY: [u32('pointerId')],
   C_CLOSE_POINTER: [u32('pointerId'), bool('commit')],
   C_CLOSE_POINTER_REPLY: [u32('pages')],
+  C_VERIFY: [guid('guid'), u32('firstPage'), u32('pageCount', 'headersPerMessageMax')],
+  C_VERIFY_REPLY: [
+    u32('pagesChecked'),
+    list('pages', 4, 0, 'headersPerMessageMax', [
+      u32('page'),
+      enumField('verdict', 'VerifyVerdict', VerifyVerdict),
+      u8('owner'),
+      u64('aVersion'),
+      u32('aCrc'),
+      enumField('aState', 'PageState', PageState),
+      u64('bVersion'),
+      u32('bCrc'),
+      enumField('bState', 'PageState', PageState),
+      offset64('storeVersion'),
+      u32('storeCrc'),
+    ]),
+  ],
+  C_VERIFY_REPORT: [u64('pagesChecked'), u32('mismatches'), u32('repaired'), u32('unsettled')],
+  C_VERIFY_REPORT_REPLY: [],
+  C_TEST_CORRUPT: [guid('guid'), u32('page'), data('data', 'pageSizeBytesMax')],
+  C_TEST_CORRUPT_REPLY: [u64('version'), u32('crc')],
 
   ERROR: [u16('code'), u8('requestType'), str('message')],
 };

@@ -31,6 +31,9 @@ export const MsgType = {
   C_LIST: 0x36,
   C_OPEN_POINTER: 0x37,
   C_CLOSE_POINTER: 0x38,
+  C_VERIFY: 0x39,
+  C_VERIFY_REPORT: 0x3a,
+  C_TEST_CORRUPT: 0x3b,
   // the typed error reply to any request
   ERROR: 0xff,
 } as const;
@@ -85,6 +88,15 @@ export const JoinFlag = {
   /** The sender has sent us all its state for this join. */
   PUSH_DONE: 0x04,
 } as const;
+
+/** How C_VERIFY_REPLY judges a page it lists (pages that match are not listed). */
+export const VerifyVerdict = {
+  /** A read through A and a read through B would return different bytes. */
+  MISMATCH: 1,
+  /** A mirrored write of the page was in flight while it was compared: ask again. */
+  BUSY: 2,
+} as const;
+export type VerifyVerdictCode = (typeof VerifyVerdict)[keyof typeof VerifyVerdict];
 
 export const LockOp = { TAKE: 1, GIVE: 2 } as const;
 export type LockOpCode = (typeof LockOp)[keyof typeof LockOp];
@@ -417,6 +429,72 @@ export interface CClosePointerReply extends Common {
   pages: number;
 }
 
+/**
+ * Compare both controllers' copies of a page range: the controller asked
+ * compares its own page headers with the partner's (READ_HEADER) and, for
+ * pages only one side caches, with the store's copy.
+ */
+export interface CVerify extends Common {
+  kind: 'C_VERIFY';
+  guid: string;
+  firstPage: number;
+  pageCount: number;
+}
+/** One listed page of a verify: each controller's header of its copy, the store's when it was read, and the owner. */
+export interface VerifiedPage {
+  page: number;
+  verdict: VerifyVerdictCode;
+  /** The page's owner, as the answering controller knows it (1 = A, 2 = B). */
+  owner: number;
+  aVersion: number;
+  aCrc: number;
+  aState: PageStateCode;
+  bVersion: number;
+  bCrc: number;
+  bState: PageStateCode;
+  /** The store's copy, when only one side caches the page; -1: not read. */
+  storeVersion: number;
+  storeCrc: number;
+}
+export interface CVerifyReply extends Common {
+  kind: 'C_VERIFY_REPLY';
+  pagesChecked: number;
+  /** Mismatched and busy pages only. */
+  pages: VerifiedPage[];
+}
+/** What a whole verify run found, for the controller's status to show. */
+export interface CVerifyReport extends Common {
+  kind: 'C_VERIFY_REPORT';
+  pagesChecked: number;
+  /** Pages whose copies differed once writes in flight were filtered out. */
+  mismatches: number;
+  /** Of those, pages made equal by the run. */
+  repaired: number;
+  /** Pages still busy after every re-check: not judged. */
+  unsettled: number;
+}
+export interface CVerifyReportReply extends Common {
+  kind: 'C_VERIFY_REPORT_REPLY';
+}
+/**
+ * Test hook: overwrite one page in the answering controller's cache with
+ * `data` at the same version, without mirroring, so the copies differ on
+ * purpose. Refused (NOT_ALLOWED) unless the controller's configuration has
+ * testHooks: true.
+ */
+export interface CTestCorrupt extends Common {
+  kind: 'C_TEST_CORRUPT';
+  guid: string;
+  page: number;
+  data: Buffer;
+}
+export interface CTestCorruptReply extends Common {
+  kind: 'C_TEST_CORRUPT_REPLY';
+  /** The version the page kept, and the CRC-32C of its new contents. */
+  version: number;
+  crc: number;
+}
+
 // ---------------------------------------------------------------------------
 
 export interface ErrorReply extends Common {
@@ -460,7 +538,10 @@ export type ClientRequest =
   | CStatus
   | CList
   | COpenPointer
-  | CClosePointer;
+  | CClosePointer
+  | CVerify
+  | CVerifyReport
+  | CTestCorrupt;
 
 export type ClientReply =
   | CAllocateReply
@@ -471,7 +552,10 @@ export type ClientReply =
   | CStatusReply
   | CListReply
   | COpenPointerReply
-  | CClosePointerReply;
+  | CClosePointerReply
+  | CVerifyReply
+  | CVerifyReportReply
+  | CTestCorruptReply;
 
 export type Message = PeerRequest | PeerReply | HandshakeMessage | ClientRequest | ClientReply | ErrorReply;
 export type MessageKind = Message['kind'];

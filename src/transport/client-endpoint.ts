@@ -70,6 +70,9 @@ const CLIENT_REQUEST_KINDS: ReadonlySet<MessageKind> = new Set<ClientRequest['ki
   'C_LIST',
   'C_OPEN_POINTER',
   'C_CLOSE_POINTER',
+  'C_VERIFY',
+  'C_VERIFY_REPORT',
+  'C_TEST_CORRUPT',
 ]);
 
 function isClientRequest(msg: Message): msg is ClientRequest {

@@ -219,6 +219,20 @@ const FIXTURES: { readonly [K in MessageKind]: Extract<Message, { kind: K }> | M
   C_OPEN_POINTER_REPLY: { kind: 'C_OPEN_POINTER_REPLY', ...common(), pointerId: 11 },
   C_CLOSE_POINTER: { kind: 'C_CLOSE_POINTER', ...common(0), pointerId: 11, commit: true },
   C_CLOSE_POINTER_REPLY: { kind: 'C_CLOSE_POINTER_REPLY', ...common(), pages: 5 },
+  C_VERIFY: { kind: 'C_VERIFY', ...common(0), guid: GUID_A, firstPage: 4096, pageCount: 4096 },
+  C_VERIFY_REPLY: {
+    kind: 'C_VERIFY_REPLY',
+    ...common(),
+    pagesChecked: 4096,
+    pages: [
+      { page: 4100, verdict: 1, owner: 2, aVersion: 7, aCrc: 0xdeadbeef, aState: 1, bVersion: 7, bCrc: 0x01020304, bState: 1, storeVersion: -1, storeCrc: 0 },
+      { page: 4101, verdict: 2, owner: 1, aVersion: 2 ** 40, aCrc: 1, aState: 0, bVersion: 0, bCrc: 0, bState: 4, storeVersion: 2 ** 40 - 1, storeCrc: 9 },
+    ],
+  },
+  C_VERIFY_REPORT: { kind: 'C_VERIFY_REPORT', ...common(0), pagesChecked: 2 ** 33, mismatches: 3, repaired: 2, unsettled: 1 },
+  C_VERIFY_REPORT_REPLY: { kind: 'C_VERIFY_REPORT_REPLY', ...common() },
+  C_TEST_CORRUPT: { kind: 'C_TEST_CORRUPT', ...common(0), guid: GUID_A, page: 3, data: Buffer.alloc(512, 0x5a) },
+  C_TEST_CORRUPT_REPLY: { kind: 'C_TEST_CORRUPT_REPLY', ...common(), version: 12, crc: 0xcafef00d },
   ERROR: {
     kind: 'ERROR',
     ...common(),
@@ -295,7 +309,7 @@ describe('type codes', () => {
       expect(seen.has(type)).toBe(false);
       seen.add(type);
     }
-    expect(seen.size).toBe(45);
+    expect(seen.size).toBe(51);
   });
 
   it('give replies the request code | 0x80', () => {
