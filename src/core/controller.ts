@@ -28,6 +28,7 @@ import {
   PointerMode,
   Role,
   SenseReason,
+  VerifyVerdict,
   type Allocate,
   type AllocateRead,
   type AllocateWrite,
@@ -39,6 +40,8 @@ import {
   type COpenPointer,
   type CRead,
   type CRelease,
+  type CTestCorrupt,
+  type CVerifyReport,
   type CWrite,
   type LockRequest,
   type Message,
@@ -53,6 +56,7 @@ import {
   type SenseReply,
   type SenseRequest,
   type SpaceRequest,
+  type VerifiedPage,
   type WritePage,
 } from '../protocol/messages.js';
 import { ErrorCode, PagepairError, invariant, isPagepairError } from '../errors.js';
@@ -66,6 +70,7 @@ import { SetDigest, tableMember } from './digest.js';
 import { TagMemory } from './tag-memory.js';
 import { Arbiter } from './arbiter.js';
 import type { CoreConfig, CoreEnv } from './env.js';
+import { compareCopies, pageHeader, sameCopy, storeDecides, type StoreHeader } from './verify.js';
 
 /** ALLOCATE with this reservation id replays a table entry during a join. */
 const SYNC_RESERVATION = 0xffff_ffff;
@@ -89,6 +94,8 @@ function zeroingAllowanceMs(bytes: number): number {
 const FLUSH_RECHECK_PAGES = 256;
 /** Most pages destaged in one run of neighbours. */
 const DESTAGE_RUN_PAGES_MAX = 32;
+/** Store reads one verify request has in flight at most. */
+const VERIFY_STORE_READS_MAX = 64;
 /** Pages a resync sends between pauses of its pacing. */
 const RESYNC_CHUNK_PAGES = 64;
 
@@ -266,6 +273,8 @@ export class ControllerCore {
   private readonly taggedWrites = new TagMemory<TaggedWrite>(TAGGED_WRITES_MAX);
   /** The allocation table being read again after a reset; a join waits for it. */
   private tableReload: Promise<void> | null = null;
+  /** The last verify run reported (C_VERIFY_REPORT). */
+  private lastVerify: { atMs: number; pagesChecked: number; mismatches: number; repaired: number; unsettled: number } | null = null;
   /** Grows when we are fenced or reset: store writes asked for before must not happen. */
   private generation = 0;
   /** Allocations released whose extents may still receive a store write. */
@@ -725,6 +734,16 @@ export class ControllerCore {
           return;
         case 'C_CLOSE_POINTER':
           this.clientClosePointer(connId, msg).then((pages) => done(this.reply(msg, { kind: 'C_CLOSE_POINTER_REPLY', pages })), fail);
+          return;
+        case 'C_VERIFY':
+          this.verifyPages(msg.guid, msg.firstPage, msg.pageCount).then((r) => done(this.reply(msg, { kind: 'C_VERIFY_REPLY', ...r })), fail);
+          return;
+        case 'C_VERIFY_REPORT':
+          this.recordVerify(msg);
+          done(this.reply(msg, { kind: 'C_VERIFY_REPORT_REPLY' }));
+          return;
+        case 'C_TEST_CORRUPT':
+          this.clientTestCorrupt(msg).then((r) => done(this.reply(msg, { kind: 'C_TEST_CORRUPT_REPLY', ...r })), fail);
           return;
       }
     } catch (err) {
@@ -2501,14 +2520,7 @@ export class ControllerCore {
       throw new PagepairError('LIMIT_EXCEEDED', `READ_HEADER of ${req.pageCount} pages is over headersPerMessageMax`, 'pageCount');
     }
     const headers: PageHeaderInfo[] = [];
-    for (let p = req.firstPage; p < req.firstPage + req.pageCount; p++) {
-      const cp = alloc.pages.get(p);
-      if (cp === undefined) headers.push({ page: p, version: 0, crc: 0, state: PageState.ABSENT, epoch: 0 });
-      else {
-        const state = cp.destagingVersion !== 0 ? PageState.DESTAGING : cp.dirty ? PageState.DIRTY : PageState.CLEAN;
-        headers.push({ page: p, version: cp.version, crc: cp.crc, state, epoch: cp.epoch });
-      }
-    }
+    for (let p = req.firstPage; p < req.firstPage + req.pageCount; p++) headers.push(pageHeader(alloc.pages.get(p), p));
     this.replyPeer(req, { kind: 'READ_HEADER_REPLY', guid: req.guid, headers });
   }
 
@@ -2529,6 +2541,124 @@ export class ControllerCore {
       dirtyDigest: this.cache.dirtyDigest.toString(),
     });
     this.wakeProgress();
+  }
+
+  // -------------------------------------------------------------------------
+  // Verify (C_VERIFY): do both copies of each page read the same?
+
+  /**
+   * Compares our copy of each page in the range with the partner's and, where
+   * only one side caches a page, with the store's. Our headers are taken as
+   * the partner's READ_HEADER reply is handled: every frame the partner sent
+   * before its answer has been handled by then, and every frame we sent after
+   * asking reaches it after it answered. So a page that changed here between
+   * asking and the answer, or has a mirrored write of ours unanswered, is the
+   * only kind whose two headers may straddle a write: it is listed as busy.
+   */
+  async verifyPages(guid: string, firstPage: number, pageCount: number): Promise<{ pagesChecked: number; pages: VerifiedPage[] }> {
+    const alloc = this.lookup(guid);
+    this.checkPageRange(alloc, firstPage, pageCount);
+    if (pageCount > this.cfg.limits.headersPerMessageMax) {
+      throw new PagepairError('LIMIT_EXCEEDED', `verify of ${pageCount} pages is over headersPerMessageMax (${this.cfg.limits.headersPerMessageMax})`, 'pageCount');
+    }
+    if (this.role !== Role.MIRRORED || !this.linkUp) this.refuse('verifies');
+    const headers = (): PageHeaderInfo[] => {
+      const out: PageHeaderInfo[] = [];
+      for (let p = firstPage; p < firstPage + pageCount; p++) out.push(pageHeader(alloc.pages.get(p), p));
+      return out;
+    };
+    const asked = headers();
+    let ours: PageHeaderInfo[] = [];
+    const busy = new Uint8Array(pageCount);
+    const reply = await this.request({ kind: 'READ_HEADER', guid, firstPage, pageCount }, 0, () => {
+      ours = headers();
+      for (let i = 0; i < pageCount; i++) {
+        if (!sameCopy(asked[i]!, ours[i]!) || (alloc.pages.get(firstPage + i)?.mirrorPending ?? 0) > 0) busy[i] = 1;
+      }
+    });
+    if (reply.kind !== 'READ_HEADER_REPLY' || reply.headers.length !== pageCount) {
+      throw new PagepairError('BAD_FIELD', `partner answered READ_HEADER of ${pageCount} pages with ${reply.kind === 'READ_HEADER_REPLY' ? reply.headers.length : reply.kind}`);
+    }
+    const theirs = reply.headers;
+    const stores = new Map<number, StoreHeader | null>();
+    const needStore: number[] = [];
+    for (let i = 0; i < pageCount; i++) if (busy[i] === 0 && storeDecides(ours[i]!, theirs[i]!)) needStore.push(i);
+    // Bounded: a verify of a whole range of one-sided pages must not flood the store.
+    for (let at = 0; at < needStore.length; at += VERIFY_STORE_READS_MAX) {
+      await Promise.all(
+        needStore.slice(at, at + VERIFY_STORE_READS_MAX).map(async (i) => {
+          const p = firstPage + i;
+          try {
+            const sp = await this.env.store.readPage(this.location(alloc), p);
+            stores.set(i, { version: sp.header.version, crc: sp.header.crc });
+          } catch (err) {
+            // A store copy that cannot be read is not what the cached copy holds.
+            this.env.log.warn({ guid, page: p, err: String(err) }, 'verify could not read the store\'s copy');
+            stores.set(i, null);
+          }
+          // Our copy changed while the store was read: a write came through.
+          if (!sameCopy(ours[i]!, pageHeader(alloc.pages.get(p), p))) busy[i] = 1;
+        }),
+      );
+    }
+    if (alloc.released) throw this.goneError(alloc);
+    const pages: VerifiedPage[] = [];
+    for (let i = 0; i < pageCount; i++) {
+      const mine = ours[i]!;
+      const other = theirs[i]!;
+      const store = stores.get(i);
+      let verdict: VerifiedPage['verdict'];
+      if (busy[i] === 1) verdict = VerifyVerdict.BUSY;
+      else if (store === null) verdict = VerifyVerdict.MISMATCH;
+      else if (compareCopies(mine, other, store ?? null) !== 'match') verdict = VerifyVerdict.MISMATCH;
+      else continue;
+      const [a, b] = this.selfId === 1 ? [mine, other] : [other, mine];
+      pages.push({
+        page: firstPage + i,
+        verdict,
+        owner: alloc.owner[firstPage + i]!,
+        aVersion: a.version,
+        aCrc: a.crc,
+        aState: a.state,
+        bVersion: b.version,
+        bCrc: b.crc,
+        bState: b.state,
+        storeVersion: store === undefined || store === null ? -1 : store.version,
+        storeCrc: store === undefined || store === null ? 0 : store.crc,
+      });
+    }
+    return { pagesChecked: pageCount, pages };
+  }
+
+  /** What the last verify run found (C_VERIFY_REPORT), for status. */
+  recordVerify(r: Pick<CVerifyReport, 'pagesChecked' | 'mismatches' | 'repaired' | 'unsettled'>): void {
+    this.lastVerify = { atMs: this.env.nowMs(), pagesChecked: r.pagesChecked, mismatches: r.mismatches, repaired: r.repaired, unsettled: r.unsettled };
+    this.env.log.info({ ...this.lastVerify }, 'verify run reported');
+  }
+
+  /**
+   * Test hook: our copy of one page becomes `data`, at the version it has,
+   * and the partner is not told, so the two copies differ on purpose. A page
+   * not cached is staged first. For tests only.
+   */
+  async testCorruptPage(guid: string, page: number, data: Buffer): Promise<{ version: number; crc: number }> {
+    const alloc = this.lookup(guid);
+    this.checkPageRange(alloc, page, 1);
+    if (data.length !== alloc.record.pageSizeBytes) {
+      throw new PagepairError('BAD_FIELD', `test corruption must be one whole page (${alloc.record.pageSizeBytes} bytes), got ${data.length}`, 'data');
+    }
+    const cp = await this.readablePage(alloc, page);
+    const crc = crc32c(data);
+    this.cache.replaceContents(cp, Buffer.from(data), crc);
+    this.env.log.warn({ guid, page, version: cp.version, crc: hex(crc) }, 'test hook: this copy of the page was overwritten, unmirrored');
+    return { version: cp.version, crc };
+  }
+
+  private clientTestCorrupt(msg: CTestCorrupt): Promise<{ version: number; crc: number }> {
+    if (this.cfg.testHooks !== true) {
+      return Promise.reject(new PagepairError('NOT_ALLOWED', 'C_TEST_CORRUPT is a test hook: this controller\'s configuration does not set testHooks: true'));
+    }
+    return this.testCorruptPage(msg.guid, msg.page, msg.data);
   }
 
   // -------------------------------------------------------------------------
@@ -2590,6 +2720,16 @@ export class ControllerCore {
       digests: { table: this.tableDigest(), dirty: this.cache.dirtyDigest.toString() },
       counters: { ...this.counters, evictions: c.evictions },
       senseCode: this.senseCode,
+      lastVerify:
+        this.lastVerify === null
+          ? null
+          : {
+              msAgo: Math.round(now - this.lastVerify.atMs),
+              pagesChecked: this.lastVerify.pagesChecked,
+              mismatches: this.lastVerify.mismatches,
+              repaired: this.lastVerify.repaired,
+              unsettled: this.lastVerify.unsettled,
+            },
     };
   }
 
@@ -2798,6 +2938,8 @@ export interface CoreStatus {
   digests: { table: string; dirty: string };
   counters: CoreCounters & { evictions: number };
   senseCode: number;
+  /** The last `pagepair verify` run reported to us: how long ago, pages compared, pages whose copies differed, of those repaired, and pages left busy. null: never. */
+  lastVerify: { msAgo: number; pagesChecked: number; mismatches: number; repaired: number; unsettled: number } | null;
 }
 
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;

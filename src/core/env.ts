@@ -65,4 +65,6 @@ export interface CoreConfig {
   cacheFullWaitMs: number;
   limits: Limits;
   policies: ReadonlyMap<string, Policy>;
+  /** Test hooks served (C_TEST_CORRUPT); absent or false: refused with NOT_ALLOWED. */
+  testHooks?: boolean;
 }

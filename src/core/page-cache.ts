@@ -223,6 +223,22 @@ export class PageCache {
     return true;
   }
 
+  /**
+   * Test hook: other bytes at the same version, as if this copy went bad.
+   * The page keeps its state; the dirty digest follows the new CRC.
+   */
+  replaceContents(cp: CachePage, data: Buffer, crc: number): void {
+    this.usedBytes += data.length - cp.data.length;
+    if (cp.dirty) {
+      this.dirtyBytes += data.length - cp.data.length;
+      this.dirtyDigest.remove(dirtyMember(cp.alloc.guidBytes, cp.page, cp.version, cp.crc));
+      this.dirtyDigest.add(dirtyMember(cp.alloc.guidBytes, cp.page, cp.version, crc));
+    }
+    cp.data = data;
+    cp.dataLent = false;
+    cp.crc = crc;
+  }
+
   pin(cp: CachePage): void {
     if (cp.pins++ === 0 && !cp.dirty) this.lru.delete(cp);
   }
