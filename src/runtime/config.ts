@@ -115,6 +115,12 @@ export interface ControllerConfig {
   arbitration: ArbitrationConfig;
   alone: AloneConfig;
   log: LogConfig;
+  /**
+   * Serve the test-only requests (C_TEST_CORRUPT, which makes the copies of
+   * a page differ on purpose). Allowed only when every listener is on
+   * loopback, so no one off this machine can reach them.
+   */
+  testHooks: boolean;
 }
 
 const KiB = 1024;
@@ -269,6 +275,7 @@ const TOP_FIELDS = [
   'arbitration',
   'alone',
   'log',
+  'testHooks',
 ] as const;
 const ENDPOINT_FIELDS = ['host', 'port'] as const;
 const POLICY_FIELDS = ['name', 'dataStructureBytes', 'pageSizeBytes', 'description'] as const;
@@ -447,6 +454,18 @@ export function parseConfig(json: unknown, sourceName: string, opts: { cwd?: str
     throw alF.error('alone.ackMode', 'is "journal", which is not built yet; use "write-through" (the default)');
   }
 
+  const testHooks = top.bool('testHooks', false);
+  if (testHooks) {
+    const listeners: [string, string][] = [['listen.client.host', listenClient.host]];
+    if (listenPeer !== null) listeners.push(['listen.peer.host', listenPeer.host]);
+    if (listenNbd !== undefined) listeners.push(['listen.nbd.host', listenNbd.host]);
+    for (const [field, host] of listeners) {
+      if (!isLoopback(host)) {
+        throw top.error('testHooks', `is true, which needs every listener on loopback (127.0.0.1, ::1 or localhost); ${field} is ${JSON.stringify(host)}`);
+      }
+    }
+  }
+
   const logF = top.obj('log', ['level', 'file'], true);
   const log: LogConfig = { level: logF.oneOf('level', LOG_LEVELS, CONFIG_DEFAULTS.logLevel) };
   if (logF.has('file')) log.file = resolve(cwd, logF.str('file'));
@@ -472,7 +491,13 @@ export function parseConfig(json: unknown, sourceName: string, opts: { cwd?: str
     arbitration,
     alone,
     log,
+    testHooks,
   };
+}
+
+/** Hosts that only this machine can reach. */
+function isLoopback(host: string): boolean {
+  return host === '127.0.0.1' || host === '::1' || host === '[::1]' || host === 'localhost';
 }
 
 /** Reads, parses and validates a controller's configuration file. */

@@ -137,6 +137,7 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger): 
     cacheFullWaitMs: CACHE_FULL_WAIT_MS,
     limits: cfg.limits,
     policies: cfg.policies,
+    testHooks: cfg.testHooks,
   };
 
   const env: CoreEnv = {

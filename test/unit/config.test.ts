@@ -346,3 +346,24 @@ describe('the default pair (controllers/*.json)', () => {
     expect(a.store).toEqual(b.store);
   });
 });
+
+describe('testHooks', () => {
+  it('is off by default, and allowed on when every listener is on loopback', () => {
+    expect(parseConfig(minimal(), SRC, { cwd: '/srv/pagepair' }).testHooks).toBe(false);
+    for (const host of ['127.0.0.1', '::1', 'localhost']) {
+      const c = minimal();
+      c.testHooks = true;
+      c.listen.client.host = host;
+      c.listen.peer.host = host;
+      c.listen.nbd = { host, port: 7201 };
+      expect(parseConfig(c, SRC, { cwd: '/srv/pagepair' }).testHooks).toBe(true);
+    }
+  });
+
+  it('refuses testHooks when any listener is reachable from other machines', () => {
+    expectField((c) => Object.assign(c, { testHooks: 'yes' }), 'testHooks', /true or false/);
+    expectField((c) => Object.assign(c, { testHooks: true, listen: { client: { host: '0.0.0.0', port: 7001 }, peer: { port: 7101 } } }), 'testHooks', /listen\.client\.host is "0\.0\.0\.0"/);
+    expectField((c) => Object.assign(c, { testHooks: true, listen: { client: { port: 7001 }, peer: { host: '10.0.0.5', port: 7101 } } }), 'testHooks', /listen\.peer\.host/);
+    expectField((c) => Object.assign(c, { testHooks: true, listen: { client: { port: 7001 }, peer: { port: 7101 }, nbd: { host: '::', port: 7201 } } }), 'testHooks', /listen\.nbd\.host/);
+  });
+});
