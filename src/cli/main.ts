@@ -18,6 +18,7 @@ import { runReport } from './report.js';
 import { benchCommand } from './bench.js';
 import { volumeCommand } from './volume.js';
 import { nbdKillTestCommand } from './nbd-kill-test.js';
+import { verifyCommand } from './verify.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -124,6 +125,7 @@ program.addCommand(benchCommand());
 
 program.addCommand(volumeCommand());
 program.addCommand(nbdKillTestCommand());
+program.addCommand(verifyCommand());
 
 program
   .command('report')

@@ -75,8 +75,19 @@ export function formatStatus(s: ControllerStatus): string {
         : `${s.counters.ownershipConflicts} ownership conflicts with the partner (pages both claimed, or two contents at one version); see the log`,
     ],
   ];
+  rows.push(['copies', copiesText(s.lastVerify)]);
   if (s.senseCode !== 0) rows.push(['sense code', String(s.senseCode)]);
   return rows.map(([k, v]) => `${k.padEnd(13)} ${v}`).join('\n');
+}
+
+/** When `pagepair verify` last compared both copies of every page, and what it found: the digests cover dirty pages only. */
+export function copiesText(v: ControllerStatus['lastVerify'] | undefined): string {
+  if (v === null || v === undefined) return 'never verified (pagepair verify compares both copies of every page)';
+  let text = `verified ${v.pagesChecked} pages ${formatDuration(v.msAgo)} ago, `;
+  if (v.repaired > 0) text += `${v.mismatches} differed, ${v.repaired} repaired, ${v.mismatches - v.repaired} differ`;
+  else text += `${v.mismatches} differ`;
+  if (v.unsettled > 0) text += `, ${v.unsettled} busy pages not judged`;
+  return text;
 }
 
 /** Our digest beside the partner's (from its answer to our last heartbeat): they differ while writes are in flight, and stay different when the copies do. */

@@ -1,7 +1,7 @@
 // The pagepair client library: one WebSocket to one controller, requests
 // matched to replies by request id, every failure a PagepairError.
 
-import type { CListReply, ClientRequest, Message, MessageKind } from '../protocol/messages.js';
+import type { CListReply, ClientRequest, Message, MessageKind, VerifiedPage } from '../protocol/messages.js';
 import type { Socket } from 'node:net';
 import { WebSocket, type RawData } from 'ws';
 import { PagepairError } from '../errors.js';
@@ -260,6 +260,32 @@ export class PagepairClient {
     if (typeof commit !== 'boolean') throw new PagepairError('BAD_FIELD', 'commit must be a boolean', 'commit');
     const r = await this.request<ReplyOf<'C_CLOSE_POINTER_REPLY'>>({ kind: 'C_CLOSE_POINTER', ...HEAD, pointerId, commit }, 'C_CLOSE_POINTER_REPLY');
     return r.pages;
+  }
+
+  /**
+   * Compares both controllers' copies of pages [firstPage, firstPage+pageCount)
+   * (at most limits.headersPerMessageMax); lists the pages that differ or
+   * were busy. See `pagepair verify`.
+   */
+  async verify(guid: string, firstPage: number, pageCount: number): Promise<{ pagesChecked: number; pages: VerifiedPage[] }> {
+    checkString('guid', guid);
+    checkCount('firstPage', firstPage);
+    checkCount('pageCount', pageCount);
+    const r = await this.request<ReplyOf<'C_VERIFY_REPLY'>>({ kind: 'C_VERIFY', ...HEAD, guid, firstPage, pageCount }, 'C_VERIFY_REPLY');
+    return { pagesChecked: r.pagesChecked, pages: r.pages };
+  }
+
+  /** Tells the controller what a whole verify run found, for its status. */
+  async reportVerify(report: { pagesChecked: number; mismatches: number; repaired: number; unsettled: number }): Promise<void> {
+    await this.request<ReplyOf<'C_VERIFY_REPORT_REPLY'>>({ kind: 'C_VERIFY_REPORT', ...HEAD, ...report }, 'C_VERIFY_REPORT_REPLY');
+  }
+
+  /** Test hook (needs testHooks: true in the controller's configuration): this controller's copy of one page becomes `data`, unmirrored. */
+  async testCorrupt(guid: string, page: number, data: Buffer): Promise<{ version: number; crc: number }> {
+    checkString('guid', guid);
+    checkCount('page', page);
+    const r = await this.request<ReplyOf<'C_TEST_CORRUPT_REPLY'>>({ kind: 'C_TEST_CORRUPT', ...HEAD, guid, page, data }, 'C_TEST_CORRUPT_REPLY');
+    return { version: r.version, crc: r.crc };
   }
 
   /** Closes the connection; requests still pending reject with NOT_ACTIVE. */
