@@ -12,6 +12,7 @@
 import type { VerifiedPage } from '../protocol/messages.js';
 import { PageState, VerifyVerdict } from '../protocol/messages.js';
 import { chooseGoodCopy, type GoodCopy } from '../core/verify.js';
+import { isPagepairError } from '../errors.js';
 
 export interface VerifyTarget {
   /** C_VERIFY of pages [firstPage, firstPage+pageCount) through either controller. */
@@ -73,6 +74,8 @@ export interface UnsettledPage {
 
 export interface VerifyResult {
   volumes: number;
+  /** Allocations released while the run walked them (skipped). */
+  released: string[];
   pagesTotal: number;
   pagesChecked: number;
   elapsedMs: number;
@@ -96,10 +99,20 @@ export async function runVerify(target: VerifyTarget, allocs: readonly VerifyAll
     const secs = Math.max(target.nowMs() - startMs, 1) / 1000;
     opts.progress?.({ pagesChecked, pagesTotal, pagesPerSec: Math.round(pagesChecked / secs), suspects: suspects.length });
   };
+  const released: VerifyAllocation[] = [];
   for (const alloc of allocs) {
     for (let first = 0; first < alloc.pageCount; first += opts.rangePages) {
       const count = Math.min(opts.rangePages, alloc.pageCount - first);
-      const r = await target.verify(alloc.guid, first, count);
+      let r: { pagesChecked: number; pages: VerifiedPage[] };
+      try {
+        r = await target.verify(alloc.guid, first, count);
+      } catch (err) {
+        // Released while we walked it: nothing of it is left to differ.
+        if (!isPagepairError(err, 'UNKNOWN_GUID')) throw err;
+        released.push(alloc);
+        suspects = suspects.filter((s) => s.alloc !== alloc);
+        break;
+      }
       pagesChecked += r.pagesChecked;
       for (const header of r.pages) suspects.push({ alloc, header });
       report();
@@ -114,7 +127,10 @@ export async function runVerify(target: VerifyTarget, allocs: readonly VerifyAll
       unsettled.push({ volume: s.alloc.name, guid: s.alloc.guid, page: s.header.page });
       continue;
     }
-    const diff = await firstDifference(target, s.alloc, s.header.page);
+    const diff = await firstDifference(target, s.alloc, s.header.page).catch((err: unknown) => {
+      if (isPagepairError(err, 'UNKNOWN_GUID')) return -1;
+      throw err;
+    });
     // Equal bytes: a write settled between the last look and the reads.
     if (diff >= 0) mismatches.push({ volume: s.alloc.name, guid: s.alloc.guid, page: s.header.page, header: s.header, firstDifferentByte: diff });
   }
@@ -157,6 +173,7 @@ export async function runVerify(target: VerifyTarget, allocs: readonly VerifyAll
   }
   return {
     volumes: allocs.length,
+    released: released.map((a) => a.name),
     pagesTotal,
     pagesChecked,
     elapsedMs: target.nowMs() - startMs,
@@ -185,7 +202,10 @@ async function recheck(target: VerifyTarget, suspects: Suspect[], opts: VerifyOp
     const next: Suspect[] = [];
     for (const [alloc, first, count] of pageRuns(left, opts.rangePages)) {
       const wanted = new Set(left.filter((s) => s.alloc === alloc).map((s) => s.header.page));
-      const r = await target.verify(alloc.guid, first, count);
+      const r = await target.verify(alloc.guid, first, count).catch((err: unknown) => {
+        if (isPagepairError(err, 'UNKNOWN_GUID')) return { pagesChecked: 0, pages: [] };
+        throw err;
+      });
       for (const header of r.pages) if (wanted.has(header.page)) next.push({ alloc, header });
     }
     left = next;

@@ -153,6 +153,7 @@ export function formatResult(r: VerifyResult, repair: boolean): string {
   if (r.unsettled.length > 0) {
     lines.push(`pages busy at every look, not judged (${r.unsettled.length}): ${r.unsettled.map((u) => `${u.volume}:${u.page}`).join(', ')}`);
   }
+  if (r.released.length > 0) lines.push(`released while verified, skipped: ${r.released.join(', ')}`);
   const secs = (r.elapsedMs / 1000).toFixed(1);
   let summary = `summary: ${r.pagesChecked} pages checked in ${secs} s; ${r.mismatches.length} differ`;
   if (repair) summary += `, ${r.repaired} repaired, ${r.remaining} remain`;

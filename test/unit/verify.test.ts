@@ -175,6 +175,26 @@ describe('verify on the simulated pair', () => {
     expect((await h.run(h.node('B').core.verifyPages(alloc.guid, 0, 8))).pages).toEqual([]);
   });
 
+  it('skips an allocation released while it is walked', async () => {
+    const { h, a, b, alloc } = await pair(6);
+    const other = await h.run(a.allocate('other', PAGES * PAGE, 'tiny'));
+    await h.run(h.node('A').core.testCorruptPage(other.guid, 2, tagged(PAGE, 'bad')));
+    const t = target(h, a, b);
+    let calls = 0;
+    const releasing: VerifyTarget = {
+      ...t,
+      verify: async (guid, first, count) => {
+        if (guid === other.guid && ++calls === 2) await b.release(other.guid);
+        return t.verify(guid, first, count);
+      },
+    };
+    const second: VerifyAllocation = { guid: other.guid, name: 'other', pageSizeBytes: PAGE, pageCount: PAGES };
+    const r = await h.run(runVerify(releasing, [alloc, second], OPTS));
+    expect(r.released).toEqual(['other']);
+    expect(r.mismatches).toEqual([]);
+    expect(r.pagesChecked).toBe(PAGES + OPTS.rangePages);
+  });
+
   for (const seed of [11, 12, 13, 14]) {
     it(`finds nothing on a busy pair no one corrupted (seed ${seed})`, async () => {
       const { h, a, b, alloc } = await pair(seed);
