@@ -70,7 +70,7 @@ import { SetDigest, tableMember } from './digest.js';
 import { TagMemory } from './tag-memory.js';
 import { Arbiter } from './arbiter.js';
 import type { CoreConfig, CoreEnv } from './env.js';
-import { compareCopies, pageHeader, sameCopy, storeDecides, type StoreHeader } from './verify.js';
+import { listDifferences, pageHeader, sameCopy, storeDecides, type StoreHeader } from './verify.js';
 
 /** ALLOCATE with this reservation id replays a table entry during a join. */
 const SYNC_RESERVATION = 0xffff_ffff;
@@ -2580,54 +2580,37 @@ export class ControllerCore {
       throw new PagepairError('BAD_FIELD', `partner answered READ_HEADER of ${pageCount} pages with ${reply.kind === 'READ_HEADER_REPLY' ? reply.headers.length : reply.kind}`);
     }
     const theirs = reply.headers;
-    const stores = new Map<number, StoreHeader | null>();
     const needStore: number[] = [];
     for (let i = 0; i < pageCount; i++) if (busy[i] === 0 && storeDecides(ours[i]!, theirs[i]!)) needStore.push(i);
-    // Bounded: a verify of a whole range of one-sided pages must not flood the store.
-    for (let at = 0; at < needStore.length; at += VERIFY_STORE_READS_MAX) {
+    const stores = await this.storeHeaders(alloc, firstPage, needStore, ours, busy);
+    if (alloc.released) throw this.goneError(alloc);
+    const pages = listDifferences({ firstPage, selfId: this.selfId, ours, theirs, busy, stores, owner: alloc.owner });
+    return { pagesChecked: pageCount, pages };
+  }
+
+  /**
+   * The store's header of each page `firstPage + i` for i in `which` (null
+   * where it cannot be read), a bounded number of reads at a time. A page of
+   * ours that changed meanwhile had a write come through: it becomes busy.
+   */
+  private async storeHeaders(alloc: AllocState, firstPage: number, which: number[], ours: PageHeaderInfo[], busy: Uint8Array): Promise<Map<number, StoreHeader | null>> {
+    const stores = new Map<number, StoreHeader | null>();
+    for (let at = 0; at < which.length; at += VERIFY_STORE_READS_MAX) {
       await Promise.all(
-        needStore.slice(at, at + VERIFY_STORE_READS_MAX).map(async (i) => {
+        which.slice(at, at + VERIFY_STORE_READS_MAX).map(async (i) => {
           const p = firstPage + i;
           try {
             const sp = await this.env.store.readPage(this.location(alloc), p);
             stores.set(i, { version: sp.header.version, crc: sp.header.crc });
           } catch (err) {
-            // A store copy that cannot be read is not what the cached copy holds.
-            this.env.log.warn({ guid, page: p, err: String(err) }, 'verify could not read the store\'s copy');
+            this.env.log.warn({ guid: alloc.record.guid, page: p, err: String(err) }, 'verify could not read the store\'s copy');
             stores.set(i, null);
           }
-          // Our copy changed while the store was read: a write came through.
           if (!sameCopy(ours[i]!, pageHeader(alloc.pages.get(p), p))) busy[i] = 1;
         }),
       );
     }
-    if (alloc.released) throw this.goneError(alloc);
-    const pages: VerifiedPage[] = [];
-    for (let i = 0; i < pageCount; i++) {
-      const mine = ours[i]!;
-      const other = theirs[i]!;
-      const store = stores.get(i);
-      let verdict: VerifiedPage['verdict'];
-      if (busy[i] === 1) verdict = VerifyVerdict.BUSY;
-      else if (store === null) verdict = VerifyVerdict.MISMATCH;
-      else if (compareCopies(mine, other, store ?? null) !== 'match') verdict = VerifyVerdict.MISMATCH;
-      else continue;
-      const [a, b] = this.selfId === 1 ? [mine, other] : [other, mine];
-      pages.push({
-        page: firstPage + i,
-        verdict,
-        owner: alloc.owner[firstPage + i]!,
-        aVersion: a.version,
-        aCrc: a.crc,
-        aState: a.state,
-        bVersion: b.version,
-        bCrc: b.crc,
-        bState: b.state,
-        storeVersion: store === undefined || store === null ? -1 : store.version,
-        storeCrc: store === undefined || store === null ? 0 : store.crc,
-      });
-    }
-    return { pagesChecked: pageCount, pages };
+    return stores;
   }
 
   /** What the last verify run found (C_VERIFY_REPORT), for status. */

@@ -10,7 +10,7 @@
 // - one side caches it, and its copy is the store's (same version and CRC);
 // - neither caches it: both read the store.
 
-import { PageState, type PageHeaderInfo, type PageStateCode, type VerifiedPage } from '../protocol/messages.js';
+import { PageState, VerifyVerdict, type PageHeaderInfo, type PageStateCode, type VerifiedPage, type VerifyVerdictCode } from '../protocol/messages.js';
 import type { CachePage } from './page-cache.js';
 
 /** What a verify needs of one side's copy of a page. ABSENT: not cached (version and crc 0). */
@@ -69,6 +69,49 @@ export function storeDecides(a: CopyHeader, b: CopyHeader): boolean {
   const judgement = compareCopies(a, b, null);
   if (judgement === 'needs-store') return true;
   return judgement === 'mismatch' && a.state === PageState.CLEAN && b.state === PageState.CLEAN && a.version === b.version;
+}
+
+/** What a verify of a range gathered, for listDifferences. Arrays are indexed by page - firstPage. */
+export interface GatheredHeaders {
+  firstPage: number;
+  selfId: 1 | 2;
+  ours: readonly PageHeaderInfo[];
+  theirs: readonly PageHeaderInfo[];
+  /** 1: a write was in flight on the page while it was compared. */
+  busy: Uint8Array;
+  /** The store's copy where it was read; null: it could not be read. */
+  stores: ReadonlyMap<number, StoreHeader | null>;
+  /** Owner per page of the allocation. */
+  owner: Uint8Array;
+}
+
+/** The pages of a range whose copies differ or were busy, with both sides' headers (A first), the store's and the owner. */
+export function listDifferences(g: GatheredHeaders): VerifiedPage[] {
+  const out: VerifiedPage[] = [];
+  for (let i = 0; i < g.ours.length; i++) {
+    const store = g.stores.get(i);
+    let verdict: VerifyVerdictCode;
+    if (g.busy[i] === 1) verdict = VerifyVerdict.BUSY;
+    // A store copy that cannot be read is not what the cached copy holds.
+    else if (store === null) verdict = VerifyVerdict.MISMATCH;
+    else if (compareCopies(g.ours[i]!, g.theirs[i]!, store ?? null) !== 'match') verdict = VerifyVerdict.MISMATCH;
+    else continue;
+    const [a, b] = g.selfId === 1 ? [g.ours[i]!, g.theirs[i]!] : [g.theirs[i]!, g.ours[i]!];
+    out.push({
+      page: g.firstPage + i,
+      verdict,
+      owner: g.owner[g.firstPage + i]!,
+      aVersion: a.version,
+      aCrc: a.crc,
+      aState: a.state,
+      bVersion: b.version,
+      bCrc: b.crc,
+      bState: b.state,
+      storeVersion: store === undefined || store === null ? -1 : store.version,
+      storeCrc: store === undefined || store === null ? 0 : store.crc,
+    });
+  }
+  return out;
 }
 
 /** Which controller to read the good copy through, and why it is the good one. */
