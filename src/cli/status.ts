@@ -86,7 +86,7 @@ export function copiesText(v: ControllerStatus['lastVerify'] | undefined): strin
   let text = `verified ${v.pagesChecked} pages ${formatDuration(v.msAgo)} ago, `;
   if (v.repaired > 0) text += `${v.mismatches} differed, ${v.repaired} repaired, ${v.mismatches - v.repaired} differ`;
   else text += `${v.mismatches} differ`;
-  if (v.unsettled > 0) text += `, ${v.unsettled} busy pages not judged`;
+  if (v.unsettled > 0) text += `, ${v.unsettled} busy page${v.unsettled === 1 ? '' : 's'} not judged`;
   return text;
 }
 
