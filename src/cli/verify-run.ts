@@ -10,7 +10,7 @@
 // drive it on virtual time and the command on real sockets.
 
 import type { VerifiedPage } from '../protocol/messages.js';
-import { PageState, VerifyVerdict } from '../protocol/messages.js';
+import { VerifyVerdict } from '../protocol/messages.js';
 import { chooseGoodCopy, type GoodCopy } from '../core/verify.js';
 import { isPagepairError } from '../errors.js';
 
@@ -19,8 +19,8 @@ export interface VerifyTarget {
   verify(guid: string, firstPage: number, pageCount: number): Promise<{ pagesChecked: number; pages: VerifiedPage[] }>;
   /** A client read through controller `via` (1 = A, 2 = B). */
   read(via: 1 | 2, guid: string, offset: number, length: number): Promise<Buffer>;
-  /** A client write through controller `via`. */
-  write(via: 1 | 2, guid: string, offset: number, data: Buffer): Promise<void>;
+  /** C_REWRITE through controller `via`: its copy of the page written again as a new version, mirrored. */
+  rewrite(via: 1 | 2, guid: string, page: number): Promise<unknown>;
   sleep(ms: number): Promise<void>;
   nowMs(): number;
 }
@@ -140,19 +140,12 @@ export async function runVerify(target: VerifyTarget, allocs: readonly VerifyAll
     for (const m of mismatches) {
       const good = chooseGoodCopy(m.header);
       m.good = good;
-      const alloc = allocOf(allocs, m.guid);
-      const offset = m.page * alloc.pageSizeBytes;
       try {
-        const data = await target.read(good.from, m.guid, offset, alloc.pageSizeBytes);
-        // A client write may have landed since the last look: it made both
-        // copies equal by itself, and writing back what we read would undo it.
-        const now = (await target.verify(m.guid, m.page, 1)).pages[0];
-        // The good side's version as it was judged (the store's, where that side did not cache the page and our read staged it).
-        const goodState = good.from === 1 ? m.header.aState : m.header.bState;
-        const seen = goodState === PageState.ABSENT ? m.header.storeVersion : good.from === 1 ? m.header.aVersion : m.header.bVersion;
-        if (now !== undefined && now.verdict === VerifyVerdict.MISMATCH && (good.from === 1 ? now.aVersion : now.bVersion) === seen) {
-          await target.write(good.from, m.guid, offset, data);
-        }
+        // The controller holding the good copy writes it again as a new
+        // version, taking the bytes as the write is applied: a client write
+        // that landed since the last look is what both keep, not undone by
+        // bytes read before it.
+        await target.rewrite(good.from, m.guid, m.page);
       } catch (err) {
         m.repairError = err instanceof Error ? err.message : String(err);
         m.repaired = false;

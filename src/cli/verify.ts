@@ -82,7 +82,7 @@ async function verifyPair(opts: VerifyCliOptions): Promise<VerifyResult> {
       {
         verify: (guid, first, count) => a.verify(guid, first, count),
         read: (id, guid, offset, length) => via(id).read(guid, offset, length),
-        write: (id, guid, offset, data) => via(id).write(guid, offset, data),
+        rewrite: (id, guid, page) => via(id).rewrite(guid, page),
         sleep: (ms) => new Promise((resolve) => setTimeout(resolve, ms)),
         nowMs: () => performance.now(),
       },

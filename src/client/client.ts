@@ -281,6 +281,18 @@ export class PagepairClient {
   }
 
   /** Test hook (needs testHooks: true in the controller's configuration): this controller's copy of one page becomes `data`, unmirrored. */
+  /**
+   * Verify's repair: this controller's copy of the page is written again as a
+   * new version, mirrored, so both copies end equal to it (a client write
+   * landing meanwhile is kept).
+   */
+  async rewrite(guid: string, page: number): Promise<{ version: number; crc: number }> {
+    checkString('guid', guid);
+    checkCount('page', page);
+    const r = await this.request<ReplyOf<'C_REWRITE_REPLY'>>({ kind: 'C_REWRITE', ...HEAD, guid, page }, 'C_REWRITE_REPLY');
+    return { version: r.version, crc: r.crc };
+  }
+
   async testCorrupt(guid: string, page: number, data: Buffer): Promise<{ version: number; crc: number }> {
     checkString('guid', guid);
     checkCount('page', page);

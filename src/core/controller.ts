@@ -41,6 +41,7 @@ import {
   type CRead,
   type CRelease,
   type CTestCorrupt,
+  type CRewrite,
   type CVerifyReport,
   type CWrite,
   type LockRequest,
@@ -744,6 +745,9 @@ export class ControllerCore {
           return;
         case 'C_TEST_CORRUPT':
           this.clientTestCorrupt(msg).then((r) => done(this.reply(msg, { kind: 'C_TEST_CORRUPT_REPLY', ...r })), fail);
+          return;
+        case 'C_REWRITE':
+          this.clientRewrite(msg).then((r) => done(this.reply(msg, { kind: 'C_REWRITE_REPLY', ...r })), fail);
           return;
       }
     } catch (err) {
@@ -2635,6 +2639,24 @@ export class ControllerCore {
     this.cache.replaceContents(cp, Buffer.from(data), crc);
     this.env.log.warn({ guid, page, version: cp.version, crc: hex(crc) }, 'test hook: this copy of the page was overwritten, unmirrored');
     return { version: cp.version, crc };
+  }
+
+  /**
+   * Verify's repair (C_REWRITE): our copy of the page, as a read through us
+   * returns it, written again as a new version by the ordinary write path,
+   * so the partner (or, alone, the store) gets it. The bytes are taken as the
+   * write is applied, not before: a client write that lands meanwhile is
+   * what both sides keep.
+   */
+  private async clientRewrite(msg: CRewrite): Promise<{ version: number; crc: number }> {
+    this.requireWritable();
+    const alloc = this.lookup(msg.guid);
+    this.checkPageRange(alloc, msg.page, 1);
+    const conflict = overlappingPointer(alloc, msg.page, 1);
+    if (conflict !== undefined) throw new PagepairError('LOCK_CONFLICT', `page ${msg.page} of ${alloc.record.guid} is held by pointer ${conflict.id}`);
+    await this.writePages(alloc, msg.page, 1, (_page, current) => Buffer.from(current), null, { applied: false, suppressed: false });
+    const cp = alloc.pages.get(msg.page);
+    return cp === undefined ? { version: knownVersion(alloc, msg.page), crc: 0 } : { version: cp.version, crc: cp.crc };
   }
 
   private clientTestCorrupt(msg: CTestCorrupt): Promise<{ version: number; crc: number }> {

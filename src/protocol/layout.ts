@@ -51,6 +51,7 @@ export const TYPE_OF_KIND = {
   C_VERIFY: MsgType.C_VERIFY,
   C_VERIFY_REPORT: MsgType.C_VERIFY_REPORT,
   C_TEST_CORRUPT: MsgType.C_TEST_CORRUPT,
+  C_REWRITE: MsgType.C_REWRITE,
   C_ALLOCATE_REPLY: MsgType.C_ALLOCATE | R,
   C_RELEASE_REPLY: MsgType.C_RELEASE | R,
   C_WRITE_REPLY: MsgType.C_WRITE | R,
@@ -63,6 +64,7 @@ export const TYPE_OF_KIND = {
   C_VERIFY_REPLY: MsgType.C_VERIFY | R,
   C_VERIFY_REPORT_REPLY: MsgType.C_VERIFY_REPORT | R,
   C_TEST_CORRUPT_REPLY: MsgType.C_TEST_CORRUPT | R,
+  C_REWRITE_REPLY: MsgType.C_REWRITE | R,
   ERROR: MsgType.ERROR,
 } as const satisfies { readonly [K in MessageKind]: number };
 
@@ -345,6 +347,8 @@ export const BODY: BodyLayouts = {
   C_VERIFY_REPORT_REPLY: [],
   C_TEST_CORRUPT: [guid('guid'), u32('page'), data('data', 'pageSizeBytesMax')],
   C_TEST_CORRUPT_REPLY: [u64('version'), u32('crc')],
+  C_REWRITE: [guid('guid'), u32('page')],
+  C_REWRITE_REPLY: [u64('version'), u32('crc')],
 
   ERROR: [u16('code'), u8('requestType'), str('message')],
 };

@@ -34,6 +34,7 @@ export const MsgType = {
   C_VERIFY: 0x39,
   C_VERIFY_REPORT: 0x3a,
   C_TEST_CORRUPT: 0x3b,
+  C_REWRITE: 0x3c,
   // the typed error reply to any request
   ERROR: 0xff,
 } as const;
@@ -488,6 +489,24 @@ export interface CTestCorrupt extends Common {
   page: number;
   data: Buffer;
 }
+/**
+ * Verify's repair: the answering controller's copy of a page, as a read
+ * through it returns it, is written again as a new version (mirrored; alone,
+ * through to the store), so both copies end equal to it. Whatever the page
+ * holds when the write is applied is what is written: a client write that
+ * landed meanwhile is kept, not undone.
+ */
+export interface CRewrite extends Common {
+  kind: 'C_REWRITE';
+  guid: string;
+  page: number;
+}
+export interface CRewriteReply extends Common {
+  kind: 'C_REWRITE_REPLY';
+  /** The page's new version, and the CRC-32C of its contents. */
+  version: number;
+  crc: number;
+}
 export interface CTestCorruptReply extends Common {
   kind: 'C_TEST_CORRUPT_REPLY';
   /** The version the page kept, and the CRC-32C of its new contents. */
@@ -541,7 +560,8 @@ export type ClientRequest =
   | CClosePointer
   | CVerify
   | CVerifyReport
-  | CTestCorrupt;
+  | CTestCorrupt
+  | CRewrite;
 
 export type ClientReply =
   | CAllocateReply
@@ -555,7 +575,8 @@ export type ClientReply =
   | CClosePointerReply
   | CVerifyReply
   | CVerifyReportReply
-  | CTestCorruptReply;
+  | CTestCorruptReply
+  | CRewriteReply;
 
 export type Message = PeerRequest | PeerReply | HandshakeMessage | ClientRequest | ClientReply | ErrorReply;
 export type MessageKind = Message['kind'];

@@ -73,6 +73,7 @@ const CLIENT_REQUEST_KINDS: ReadonlySet<MessageKind> = new Set<ClientRequest['ki
   'C_VERIFY',
   'C_VERIFY_REPORT',
   'C_TEST_CORRUPT',
+  'C_REWRITE',
 ]);
 
 function isClientRequest(msg: Message): msg is ClientRequest {

@@ -76,6 +76,10 @@ export class SimClient {
     return this.call({ kind: 'C_FLUSH', guid }, 'C_FLUSH_REPLY').then((r) => r.pages);
   }
 
+  rewrite(guid: string, page: number): Promise<{ version: number; crc: number }> {
+    return this.call({ kind: 'C_REWRITE', guid, page }, 'C_REWRITE_REPLY').then((r) => ({ version: r.version, crc: r.crc }));
+  }
+
   release(guid: string): Promise<void> {
     return this.call({ kind: 'C_RELEASE', guid }, 'C_RELEASE_REPLY').then(() => undefined);
   }

@@ -233,6 +233,8 @@ const FIXTURES: { readonly [K in MessageKind]: Extract<Message, { kind: K }> | M
   C_VERIFY_REPORT_REPLY: { kind: 'C_VERIFY_REPORT_REPLY', ...common() },
   C_TEST_CORRUPT: { kind: 'C_TEST_CORRUPT', ...common(0), guid: GUID_A, page: 3, data: Buffer.alloc(512, 0x5a) },
   C_TEST_CORRUPT_REPLY: { kind: 'C_TEST_CORRUPT_REPLY', ...common(), version: 12, crc: 0xcafef00d },
+  C_REWRITE: { kind: 'C_REWRITE', ...common(0), guid: GUID_B, page: 77 },
+  C_REWRITE_REPLY: { kind: 'C_REWRITE_REPLY', ...common(), version: 2 ** 33 + 5, crc: 0x0badf00d },
   ERROR: {
     kind: 'ERROR',
     ...common(),
@@ -309,7 +311,7 @@ describe('type codes', () => {
       expect(seen.has(type)).toBe(false);
       seen.add(type);
     }
-    expect(seen.size).toBe(51);
+    expect(seen.size).toBe(53);
   });
 
   it('give replies the request code | 0x80', () => {

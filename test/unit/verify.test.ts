@@ -31,7 +31,7 @@ function target(h: Harness, a: SimClient, b: SimClient, via: 'A' | 'B' = 'A'): V
   return {
     verify: (guid, first, count) => h.node(via).core.verifyPages(guid, first, count),
     read: (id, guid, offset, length) => (id === 1 ? a : b).read(guid, offset, length),
-    write: (id, guid, offset, data) => (id === 1 ? a : b).write(guid, offset, data),
+    rewrite: (id, guid, page) => (id === 1 ? a : b).rewrite(guid, page),
     sleep: (ms) => h.sleep(ms),
     nowMs: () => h.nowMs,
   };
@@ -224,6 +224,29 @@ describe('verify on the simulated pair', () => {
       await h.runUntilQuiet();
       const quiet = await h.run(h.node('A').core.verifyPages(alloc.guid, 0, PAGES));
       expect(quiet.pages).toEqual([]);
+    });
+  }
+});
+
+describe("repair's rewrite (C_REWRITE) never undoes a client write that lands while it runs", () => {
+  for (const seed of [21, 22, 23, 24, 25, 26]) {
+    it(`seed ${seed}: a write through either side racing the rewrite is what both copies keep`, async () => {
+      const { h, a, b, alloc } = await pair(seed);
+      for (let round = 0; round < 30; round++) {
+        const page = round % 8;
+        await h.run(a.write(alloc.guid, page * PAGE, tagged(PAGE, `old${round}`)));
+        // B's copy made wrong on purpose; then A rewrites its copy while a client writes the page anew.
+        await h.run(h.node('B').core.testCorruptPage(alloc.guid, page, tagged(PAGE, `bad${round}`)));
+        const fresh = tagged(PAGE, `new${round}`);
+        const writer = round % 2 === 0 ? b : a;
+        const w = h.track(writer.write(alloc.guid, page * PAGE, fresh));
+        const r = h.track((round % 3 === 0 ? b : a).rewrite(alloc.guid, page));
+        await h.runUntil(() => w.settled && r.settled, `round ${round}: write and rewrite answered`);
+        expect(w.result?.ok, `round ${round}: the client write failed`).toBe(true);
+        const [viaA, viaB] = await readBoth(h, a, b, alloc.guid, page);
+        expect(viaA.equals(viaB), `round ${round}: A and B read different bytes`).toBe(true);
+        expect(viaA.equals(fresh), `round ${round}: the acknowledged write was undone ("${viaA.subarray(0, 8).toString()}")`).toBe(true);
+      }
     });
   }
 });
