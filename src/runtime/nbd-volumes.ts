@@ -10,7 +10,7 @@ import { performance } from 'node:perf_hooks';
 import { setTimeout as realSleep } from 'node:timers/promises';
 import { PagepairError, invariant, type ErrorCodeName } from '../errors.js';
 import { Role, SENDER_CLIENT, type ClientRequest, type CListReply, type CRead, type CReadReply, type CWrite, type Message, type RoleCode } from '../protocol/messages.js';
-import type { NbdBackend, NbdVolume } from '../transport/nbd-backend.js';
+import type { NbdBackend, NbdRequester, NbdVolume } from '../transport/nbd-backend.js';
 
 /**
  * The client connection id NBD requests carry into the core. Network client
@@ -74,6 +74,8 @@ interface Waiter {
   /** Set at the first refusal that passes: retries stop then. */
   retryUntilMs: number;
   attempts: number;
+  /** The NBD connection that asked: once it is gone, a refusal is final (nothing is resent). */
+  readonly requester: NbdRequester | undefined;
 }
 
 const EMPTY = Buffer.alloc(0);
@@ -203,33 +205,33 @@ export class CoreVolumes implements NbdBackend {
   // from reply(): no piece list, no async function on the way. Longer
   // requests are cut into whole-page pieces, a few in the core at once.
 
-  read(volume: NbdVolume, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+  read(volume: NbdVolume, offsetBytes: number, lengthBytes: number, requester?: NbdRequester): Promise<Buffer> {
     const bad = rangeError(volume, offsetBytes, lengthBytes);
     if (bad !== null) return Promise.reject(bad);
     if (lengthBytes === 0) return Promise.resolve(EMPTY);
     const size = pieceSize(this.readPieceBytes, volume.pageSizeBytes);
-    if (onePiece(offsetBytes, lengthBytes, size)) return this.readPiece(volume, offsetBytes, lengthBytes);
-    return this.readPieces(volume, offsetBytes, lengthBytes, size);
+    if (onePiece(offsetBytes, lengthBytes, size)) return this.readPiece(volume, offsetBytes, lengthBytes, requester);
+    return this.readPieces(volume, offsetBytes, lengthBytes, size, requester);
   }
 
-  write(volume: NbdVolume, offsetBytes: number, data: Buffer, fua: boolean): Promise<void> {
+  write(volume: NbdVolume, offsetBytes: number, data: Buffer, fua: boolean, requester?: NbdRequester): Promise<void> {
     const bad = rangeError(volume, offsetBytes, data.length);
     if (bad !== null) return Promise.reject(bad);
-    if (data.length === 0) return fua ? this.flush(volume) : Promise.resolve();
+    if (data.length === 0) return fua ? this.flush(volume, requester) : Promise.resolve();
     const size = pieceSize(this.pieceBytes, volume.pageSizeBytes);
-    if (!fua && onePiece(offsetBytes, data.length, size)) return this.writePiece(volume, offsetBytes, data);
-    return this.writePieces(volume, offsetBytes, data, size, fua);
+    if (!fua && onePiece(offsetBytes, data.length, size)) return this.writePiece(volume, offsetBytes, data, requester);
+    return this.writePieces(volume, offsetBytes, data, size, fua, requester);
   }
 
-  async writeZeroes(volume: NbdVolume, offsetBytes: number, lengthBytes: number, fua: boolean): Promise<void> {
+  async writeZeroes(volume: NbdVolume, offsetBytes: number, lengthBytes: number, fua: boolean, requester?: NbdRequester): Promise<void> {
     const bad = rangeError(volume, offsetBytes, lengthBytes);
     if (bad !== null) throw bad;
-    if (lengthBytes === 0) return fua ? this.flush(volume) : undefined;
+    if (lengthBytes === 0) return fua ? this.flush(volume, requester) : undefined;
     const size = pieceSize(this.pieceBytes, volume.pageSizeBytes);
     if (this.zeros === null || this.zeros.length < size) this.zeros = Buffer.alloc(size);
     const zeros = this.zeros;
-    await this.eachPiece(splitRange(offsetBytes, lengthBytes, size), ([at, n]) => this.writePiece(volume, at, zeros.subarray(0, n)));
-    if (fua) await this.flush(volume);
+    await this.eachPiece(splitRange(offsetBytes, lengthBytes, size), ([at, n]) => this.writePiece(volume, at, zeros.subarray(0, n), requester));
+    if (fua) await this.flush(volume, requester);
   }
 
   /**
@@ -237,31 +239,31 @@ export class CoreVolumes implements NbdBackend {
    * and those mirrored from the partner (taking their ownership), so a write
    * acknowledged through either controller is in the store after it.
    */
-  flush(volume: NbdVolume): Promise<void> {
-    return this.ask({ kind: 'C_FLUSH', requestId: this.newRequestId(), epoch: 0, sender: SENDER_CLIENT, flags: 0, guid: volume.guid }, 'C_FLUSH_REPLY', false) as Promise<void>;
+  flush(volume: NbdVolume, requester?: NbdRequester): Promise<void> {
+    return this.ask({ kind: 'C_FLUSH', requestId: this.newRequestId(), epoch: 0, sender: SENDER_CLIENT, flags: 0, guid: volume.guid }, 'C_FLUSH_REPLY', false, requester) as Promise<void>;
   }
 
-  private async readPieces(volume: NbdVolume, offsetBytes: number, lengthBytes: number, size: number): Promise<Buffer> {
+  private async readPieces(volume: NbdVolume, offsetBytes: number, lengthBytes: number, size: number, requester: NbdRequester | undefined): Promise<Buffer> {
     const out = Buffer.allocUnsafe(lengthBytes);
     await this.eachPiece(splitRange(offsetBytes, lengthBytes, size), async ([at, n]) => {
-      const data = await this.readPiece(volume, at, n);
+      const data = await this.readPiece(volume, at, n, requester);
       data.copy(out, at - offsetBytes);
     });
     return out;
   }
 
-  private async writePieces(volume: NbdVolume, offsetBytes: number, data: Buffer, size: number, fua: boolean): Promise<void> {
-    await this.eachPiece(splitRange(offsetBytes, data.length, size), ([at, n]) => this.writePiece(volume, at, data.subarray(at - offsetBytes, at - offsetBytes + n)));
-    if (fua) await this.flush(volume);
+  private async writePieces(volume: NbdVolume, offsetBytes: number, data: Buffer, size: number, fua: boolean, requester: NbdRequester | undefined): Promise<void> {
+    await this.eachPiece(splitRange(offsetBytes, data.length, size), ([at, n]) => this.writePiece(volume, at, data.subarray(at - offsetBytes, at - offsetBytes + n), requester));
+    if (fua) await this.flush(volume, requester);
   }
 
-  private readPiece(volume: NbdVolume, offset: number, length: number): Promise<Buffer> {
+  private readPiece(volume: NbdVolume, offset: number, length: number, requester: NbdRequester | undefined): Promise<Buffer> {
     // Fields in the order the client endpoint's decoder makes them: the core sees one shape.
     const msg: CRead = { kind: 'C_READ', requestId: this.newRequestId(), epoch: 0, sender: SENDER_CLIENT, flags: 0, guid: volume.guid, offset, length, pointerId: 0 };
-    return this.ask(msg, 'C_READ_REPLY', true) as Promise<Buffer>;
+    return this.ask(msg, 'C_READ_REPLY', true, requester) as Promise<Buffer>;
   }
 
-  private writePiece(volume: NbdVolume, offset: number, data: Buffer): Promise<void> {
+  private writePiece(volume: NbdVolume, offset: number, data: Buffer, requester: NbdRequester | undefined): Promise<void> {
     // A retry tag: resending the same bytes is not harmless once a later
     // write of the same pages was acknowledged (through either controller).
     this.clientSeq = this.clientSeq >= 0xffff_ffff ? 1 : this.clientSeq + 1;
@@ -278,7 +280,7 @@ export class CoreVolumes implements NbdBackend {
       clientSeq: this.clientSeq,
       data,
     };
-    return this.ask(msg, 'C_WRITE_REPLY', false) as Promise<void>;
+    return this.ask(msg, 'C_WRITE_REPLY', false, requester) as Promise<void>;
   }
 
   /** Runs fn over the pieces, at most piecesInFlight at a time; the first failure wins once all have stopped. */
@@ -301,10 +303,11 @@ export class CoreVolumes implements NbdBackend {
   }
 
   /** One request into the core; reply() settles it, retrying refusals that pass (see TRANSIENT). */
-  private ask(msg: ClientRequest, expect: Message['kind'], data: boolean): Promise<Buffer | undefined> {
+  private ask(msg: ClientRequest, expect: Message['kind'], data: boolean, requester: NbdRequester | undefined): Promise<Buffer | undefined> {
     if (this.closed) return Promise.reject(shuttingDown());
+    if (requester?.gone === true) return Promise.reject(requesterGone());
     return new Promise<Buffer | undefined>((resolve, reject) => {
-      const w: Waiter = { msg, expect, data, resolve, reject, retryUntilMs: Number.NaN, attempts: 0 };
+      const w: Waiter = { msg, expect, data, resolve, reject, retryUntilMs: Number.NaN, attempts: 0, requester };
       this.pending.set(msg.requestId, w);
       try {
         this.core.onClientRequest(this.connId, msg);
@@ -321,7 +324,7 @@ export class CoreVolumes implements NbdBackend {
    * growing from RETRY_PAUSE_MS_MIN, for up to retryForMs from the first.
    */
   private refused(w: Waiter, err: PagepairError): void {
-    if (!TRANSIENT.has(err.code) || this.closed) {
+    if (!TRANSIENT.has(err.code) || this.closed || w.requester?.gone === true) {
       w.reject(err);
       return;
     }
@@ -336,6 +339,13 @@ export class CoreVolumes implements NbdBackend {
       () => {
         if (this.closed) {
           w.reject(shuttingDown());
+          return;
+        }
+        // The client gave up on the connection meanwhile, and may have sent
+        // the request elsewhere and gone on: a resend now could land after
+        // its later writes and undo them.
+        if (w.requester?.gone === true) {
+          w.reject(requesterGone());
           return;
         }
         // A fresh message: the core may still hold the one it refused.
@@ -359,6 +369,10 @@ export class CoreVolumes implements NbdBackend {
       if (!this.pending.has(id)) return id;
     }
   }
+}
+
+function requesterGone(): PagepairError {
+  return new PagepairError('NOT_ACTIVE', 'the NBD connection that sent the request is gone; it is not resent');
 }
 
 function shuttingDown(): PagepairError {

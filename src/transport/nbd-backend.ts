@@ -15,6 +15,16 @@ export interface NbdVolume {
 }
 
 /**
+ * The connection a request came in on. A backend that retries a request
+ * stops once its connection is gone: the client has given up on it and may
+ * have sent it again elsewhere, and a resend landing after that client's
+ * later writes would undo them.
+ */
+export interface NbdRequester {
+  readonly gone: boolean;
+}
+
+/**
  * Block I/O on volumes. Offsets and lengths are bytes, already checked by the
  * server to lie inside the volume and under its request limit; they need not
  * be page aligned. Every method rejects with a PagepairError on failure; the
@@ -27,11 +37,11 @@ export interface NbdBackend {
   findVolume(name: string): NbdVolume | undefined;
   /** Whether this controller serves I/O now (false when fenced or stopping). */
   serving(): boolean;
-  read(volume: NbdVolume, offsetBytes: number, lengthBytes: number): Promise<Buffer>;
+  read(volume: NbdVolume, offsetBytes: number, lengthBytes: number, requester?: NbdRequester): Promise<Buffer>;
   /** Resolves once the write is acknowledged (mirrored, or in the store when alone); with fua, once it is in the store too. */
-  write(volume: NbdVolume, offsetBytes: number, data: Buffer, fua: boolean): Promise<void>;
+  write(volume: NbdVolume, offsetBytes: number, data: Buffer, fua: boolean, requester?: NbdRequester): Promise<void>;
   /** Zeroes a range (NBD_CMD_WRITE_ZEROES and NBD_CMD_TRIM); with fua, in the store before it resolves. */
-  writeZeroes(volume: NbdVolume, offsetBytes: number, lengthBytes: number, fua: boolean): Promise<void>;
+  writeZeroes(volume: NbdVolume, offsetBytes: number, lengthBytes: number, fua: boolean, requester?: NbdRequester): Promise<void>;
   /** Every write acknowledged before the call, through either controller, is in the store when this resolves. */
-  flush(volume: NbdVolume): Promise<void>;
+  flush(volume: NbdVolume, requester?: NbdRequester): Promise<void>;
 }

@@ -240,6 +240,11 @@ class NbdConnection {
     this.closeReason ??= `socket error: ${err.message}`;
   };
 
+  /** The socket closed: requests of this connection still retrying in the backend stop (NbdRequester). */
+  get gone(): boolean {
+    return this.state === State.CLOSED;
+  }
+
   private readonly onClose = (): void => {
     this.state = State.CLOSED;
     clearTimeout(this.handshakeTimer);
@@ -498,7 +503,7 @@ class NbdConnection {
   // its two callbacks, no async function around them.
 
   private serveRead(req: NbdRequest, volume: NbdVolume): void {
-    this.server.backend.read(volume, req.offset, req.length).then(
+    this.server.backend.read(volume, req.offset, req.length, this).then(
       (data) => {
         if (data.length !== req.length) {
           this.completeError(req, new PagepairError('INTERNAL', `the backend read ${data.length} bytes for a read of ${req.length}`));
@@ -513,7 +518,7 @@ class NbdConnection {
   }
 
   private serveWrite(req: NbdRequest, volume: NbdVolume): void {
-    this.server.backend.write(volume, req.offset, req.payload!, (req.flags & NbdCmdFlag.FUA) !== 0).then(
+    this.server.backend.write(volume, req.offset, req.payload!, (req.flags & NbdCmdFlag.FUA) !== 0, this).then(
       () => this.completeOk(req),
       (err: unknown) => this.completeError(req, err),
     );
@@ -526,7 +531,7 @@ class NbdConnection {
     try {
       for (let off = req.offset, left = req.length; left > 0; ) {
         const n = Math.min(left, step);
-        await this.server.backend.writeZeroes(volume, off, n, fua);
+        await this.server.backend.writeZeroes(volume, off, n, fua, this);
         off += n;
         left -= n;
       }
@@ -539,7 +544,7 @@ class NbdConnection {
 
   private async serveFlush(req: NbdRequest, volume: NbdVolume): Promise<void> {
     try {
-      await this.server.backend.flush(volume);
+      await this.server.backend.flush(volume, this);
     } catch (err) {
       this.completeError(req, err);
       return;

@@ -343,6 +343,27 @@ describe('NBD volumes over a scripted core', () => {
     expect(core.kinds()).toEqual(['C_READ']);
   });
 
+  it('does not resend a refused request once the NBD connection that sent it is gone', async () => {
+    // The client closed the connection and sent the write again elsewhere; a
+    // resend landing after its later writes would undo them.
+    const sleepers: (() => void)[] = [];
+    const { core, backend, volume } = scripted({ sleep: () => new Promise<void>((r) => sleepers.push(r)) });
+    const conn = { gone: false };
+    core.answerWith = (m) => refusal(m, 'NOT_MIRRORED');
+    const write = backend.write(volume, 0, Buffer.alloc(SCRIPT_PAGE, 1), false, conn);
+    const big = backend.write(volume, 0, Buffer.alloc(4 * SCRIPT_PAGE, 2), true, conn);
+    expect(core.kinds()).toEqual(['C_WRITE', 'C_WRITE']);
+    conn.gone = true;
+    for (const wake of sleepers.splice(0)) wake();
+    await expect(write).rejects.toMatchObject({ code: 'NOT_ACTIVE' });
+    await expect(big).rejects.toMatchObject({ code: 'NOT_ACTIVE' });
+    await new Promise((r) => setImmediate(r));
+    expect(core.kinds()).toEqual(['C_WRITE', 'C_WRITE']);
+    // Nothing at all goes in for a connection already gone.
+    await expect(backend.read(volume, 0, 10, conn)).rejects.toMatchObject({ code: 'NOT_ACTIVE' });
+    expect(core.kinds()).toEqual(['C_WRITE', 'C_WRITE']);
+  });
+
   it('gives up once a refusal lasted retryForMs, with its code', async () => {
     const { core, backend, volume, sleeps } = scripted({ retryForMs: 100 });
     core.answerWith = (m) => refusal(m, 'NOT_MIRRORED');
