@@ -28,6 +28,7 @@ import { PagepairError, isPagepairError } from '../errors.js';
 import type { ControllerStatus } from '../runtime/controller-process.js';
 import { FileDevice } from '../store/file-device.js';
 import { PageStore } from '../store/page-store.js';
+import { runVerify, type VerifyResult } from './verify-run.js';
 import type { MailboxSlot } from '../store/types.js';
 import { TcpProxy } from '../testing/tcp-proxy.js';
 import { validateJob, type JobInput, type JobSpec, type Transport } from '../workload/job.js';
@@ -153,6 +154,8 @@ export interface KillTestResult {
         readBack: WorkloadReport['readBack'];
       })
     | null;
+  /** Both controllers' copies of every page compared once the pair was quiet (`pagepair verify`); null when the run did not get that far. */
+  copies: { pagesChecked: number; differ: number; busy: number } | null;
   problems: string[];
   /** The working directory when it was kept, else null. */
   dir: string | null;
@@ -283,6 +286,30 @@ function median(xs: readonly number[]): number {
 
 class RecoveryTimeout extends Error {}
 
+/** `pagepair verify` over the pair at the end of the run, with its own connections to A and B. */
+async function verifyCopies(addr: Record<Letter, ControllerAddress>): Promise<VerifyResult> {
+  const connect = (l: Letter): Promise<PagepairClient> =>
+    PagepairClient.connect({ host: addr[l].host, port: addr[l].port, token: addr[l].token, name: 'pagepair-kill-test-verify', timeoutMs: 5000 });
+  const [a, b] = await Promise.all([connect('A'), connect('B')]);
+  try {
+    const allocs = (await a.list()).map((x) => ({ guid: x.guid, name: x.name, pageSizeBytes: x.pageSizeBytes, pageCount: x.pageCount }));
+    const via = (id: 1 | 2): PagepairClient => (id === 1 ? a : b);
+    return await runVerify(
+      {
+        verify: (guid, first, count) => a.verify(guid, first, count),
+        read: (id, guid, offset, length) => via(id).read(guid, offset, length),
+        rewrite: (id, guid, page) => via(id).rewrite(guid, page),
+        sleep: (ms) => new Promise((resolve) => setTimeout(resolve, ms)),
+        nowMs: () => performance.now(),
+      },
+      allocs,
+      { repair: false, rangePages: 1024, rechecks: 3, recheckPauseMs: 100 },
+    );
+  } finally {
+    await Promise.all([a.close(), b.close()]);
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Formatting
 
@@ -309,6 +336,7 @@ export function formatTotals(r: KillTestResult): string {
       `lost writes ${t.lostWrites}, stale reads ${t.staleReads}, violations ${t.violations}, verification errors ${t.verifyErrors}` +
       `${t.inconclusiveKeys > 0 ? `, undecided keys ${t.inconclusiveKeys}` : ''}`,
   ];
+  if (r.copies !== null) lines.push(`        copies: ${r.copies.pagesChecked} pages compared through A and B (pagepair verify), ${r.copies.differ} differ`);
   for (const v of r.check?.violations ?? []) lines.push(`  ! ${v}`);
   for (const v of w?.verifyFailures ?? []) lines.push(`  ! ${v}`);
   for (const p of r.problems) lines.push(`  ! ${p}`);
@@ -438,6 +466,8 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
   let store: PageStore | null = null;
   let report: WorkloadReport | null = null;
   let check: CheckResult | null = null;
+  /** Both controllers' copies of every page compared at the end (null: not reached). */
+  let copies: VerifyResult | null = null;
   const cycles: CycleResult[] = [];
   const problems: string[] = [];
   let historyPath: string | null = null;
@@ -746,6 +776,12 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
         if (!(err instanceof RecoveryTimeout)) throw err;
         problems.push(`${err.message} (${last})`);
       }
+      // Equal digests say nothing of clean pages: compare both copies of every page, as `pagepair verify` does.
+      copies = await verifyCopies(addr);
+      if (copies.remaining > 0) {
+        problems.push(`verify: ${copies.remaining} pages read differently through A and B (first: ${copies.mismatches.slice(0, 3).map((m) => `${m.volume} page ${m.page}`).join(', ')})`);
+      }
+      print(`-- verify: ${copies.pagesChecked} pages compared through A and B, ${copies.remaining} differ${copies.unsettled.length > 0 ? `, ${copies.unsettled.length} busy` : ''}`);
     }
   } finally {
     await Promise.all([probes.A.close(), probes.B.close()]);
@@ -828,6 +864,7 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
             failovers: report.totals.failovers,
             readBack: report.readBack,
           },
+    copies: copies === null ? null : { pagesChecked: copies.pagesChecked, differ: copies.remaining, busy: copies.unsettled.length },
     problems,
     dir: keep ? dir : null,
     historyPath: keep ? historyPath : null,

@@ -86,6 +86,9 @@ describe.each([
     expect(result.totals.staleReads).toBe(0);
     expect(result.totals.verifyErrors).toBe(0);
     expect(result.check?.verdict).toBe('linearizable');
+    // Both controllers' copies of every page, compared at the end as `pagepair verify` does.
+    expect(result.copies?.pagesChecked).toBeGreaterThan(0);
+    expect(result.copies?.differ).toBe(0);
     expect(result.totals.ops).toBeGreaterThan(0);
     for (const c of result.cycles) {
       expect(c.problems, diagnosis).toEqual([]);
