@@ -29,6 +29,7 @@ import type { ControllerStatus } from '../runtime/controller-process.js';
 import { FileDevice } from '../store/file-device.js';
 import { PageStore } from '../store/page-store.js';
 import { runVerify, type VerifyResult } from './verify-run.js';
+import { clientsTarget } from './verify.js';
 import type { MailboxSlot } from '../store/types.js';
 import { TcpProxy } from '../testing/tcp-proxy.js';
 import { validateJob, type JobInput, type JobSpec, type Transport } from '../workload/job.js';
@@ -293,18 +294,7 @@ async function verifyCopies(addr: Record<Letter, ControllerAddress>): Promise<Ve
   const [a, b] = await Promise.all([connect('A'), connect('B')]);
   try {
     const allocs = (await a.list()).map((x) => ({ guid: x.guid, name: x.name, pageSizeBytes: x.pageSizeBytes, pageCount: x.pageCount }));
-    const via = (id: 1 | 2): PagepairClient => (id === 1 ? a : b);
-    return await runVerify(
-      {
-        verify: (guid, first, count) => a.verify(guid, first, count),
-        read: (id, guid, offset, length) => via(id).read(guid, offset, length),
-        rewrite: (id, guid, page) => via(id).rewrite(guid, page),
-        sleep: (ms) => new Promise((resolve) => setTimeout(resolve, ms)),
-        nowMs: () => performance.now(),
-      },
-      allocs,
-      { repair: false, rangePages: 1024, rechecks: 3, recheckPauseMs: 100 },
-    );
+    return await runVerify(clientsTarget(a, b), allocs, { repair: false, rangePages: 1024, rechecks: 3, recheckPauseMs: 100 });
   } finally {
     await Promise.all([a.close(), b.close()]);
   }

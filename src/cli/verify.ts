@@ -10,7 +10,7 @@ import { PagepairError } from '../errors.js';
 import { PageState, type VerifiedPage } from '../protocol/messages.js';
 import { loadConfig, type ControllerConfig } from '../runtime/config.js';
 import { parsePositiveInt } from './units.js';
-import { runVerify, type PageFinding, type VerifyAllocation, type VerifyProgress, type VerifyResult } from './verify-run.js';
+import { runVerify, type PageFinding, type VerifyAllocation, type VerifyProgress, type VerifyResult, type VerifyTarget } from './verify-run.js';
 
 interface VerifyCliOptions {
   config: string;
@@ -48,6 +48,18 @@ export function verifyCommand(): Command {
     });
 }
 
+/** What runVerify needs, over client connections to A and B: C_VERIFY through A, reads and rewrites through either. */
+export function clientsTarget(a: PagepairClient, b: PagepairClient): VerifyTarget {
+  const via = (id: 1 | 2): PagepairClient => (id === 1 ? a : b);
+  return {
+    verify: (guid, first, count) => a.verify(guid, first, count),
+    read: (id, guid, offset, length) => via(id).read(guid, offset, length),
+    rewrite: (id, guid, page) => via(id).rewrite(guid, page),
+    sleep: (ms) => new Promise((resolve) => setTimeout(resolve, ms)),
+    nowMs: () => performance.now(),
+  };
+}
+
 async function verifyPair(opts: VerifyCliOptions): Promise<VerifyResult> {
   const cfg = loadConfig(opts.config);
   if (cfg.partner === null) throw new PagepairError('BAD_CONFIG', `${cfg.sourceName} names no partner: verify compares the copies of a mirrored pair`);
@@ -77,18 +89,7 @@ async function verifyPair(opts: VerifyCliOptions): Promise<VerifyResult> {
       const pct = p.pagesTotal === 0 ? 100 : Math.floor((p.pagesChecked * 100) / p.pagesTotal);
       print(`  ${p.pagesChecked} / ${p.pagesTotal} pages checked (${pct}%), ${p.pagesPerSec} pages/s, ${p.suspects} to look at again`);
     };
-    const via = (id: 1 | 2): PagepairClient => (id === 1 ? a : b);
-    const result = await runVerify(
-      {
-        verify: (guid, first, count) => a.verify(guid, first, count),
-        read: (id, guid, offset, length) => via(id).read(guid, offset, length),
-        rewrite: (id, guid, page) => via(id).rewrite(guid, page),
-        sleep: (ms) => new Promise((resolve) => setTimeout(resolve, ms)),
-        nowMs: () => performance.now(),
-      },
-      allocs,
-      { repair: opts.repair === true, rangePages, rechecks, recheckPauseMs, progress },
-    );
+    const result = await runVerify(clientsTarget(a, b), allocs, { repair: opts.repair === true, rangePages, rechecks, recheckPauseMs, progress });
     const report = { pagesChecked: result.pagesChecked, mismatches: result.mismatches.length, repaired: result.repaired, unsettled: result.unsettled.length };
     await Promise.all(clients.map((c) => c.reportVerify(report).catch((err: unknown) => print(`note: could not record the result at a controller: ${String(err)}`))));
     if (json) console.log(JSON.stringify(result, null, 2));

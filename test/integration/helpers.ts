@@ -178,3 +178,27 @@ export async function waitUntil(pred: () => Promise<boolean> | boolean, timeoutM
     await new Promise((r) => setTimeout(r, 100));
   }
 }
+
+/** Bytes that say which round and which writer they come from (the two-writer tests). */
+export function roundValue(length: number, round: number, writer: number): Buffer {
+  const b = Buffer.alloc(length);
+  for (let i = 0; i < length; i++) b[i] = (round * 131 + writer * 71 + i) & 0xff;
+  if (length >= 8) {
+    b.writeUInt32LE(round, 0);
+    b.writeUInt32LE(writer, 4);
+  }
+  return b;
+}
+
+/** A fixed-seed generator of integers below n (xorshift32), so a failing round can be found again. */
+export function seededInts(seed: number): (n: number) => number {
+  let x = seed >>> 0 || 1;
+  return (n) => {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    return x % n;
+  };
+}

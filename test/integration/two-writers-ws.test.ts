@@ -8,7 +8,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PagepairClient } from '../../src/client/index.js';
 import type { CoreStatus } from '../../src/core/controller.js';
-import { makePairFiles, startMirroredPair, stopPair, type PairFiles, type Proc } from './helpers.js';
+import { makePairFiles, roundValue as value, seededInts as rng, startMirroredPair, stopPair, type PairFiles, type Proc } from './helpers.js';
 
 const PAGE = 4096;
 const PAGES = 64;
@@ -18,30 +18,6 @@ let procs: [Proc, Proc];
 
 async function connect(id: 'A' | 'B'): Promise<PagepairClient> {
   return PagepairClient.connect({ host: '127.0.0.1', port: id === 'A' ? files.ports.aClient : files.ports.bClient, token: files.token });
-}
-
-/** Bytes that say which round and which writer they come from. */
-function value(length: number, round: number, writer: number): Buffer {
-  const b = Buffer.alloc(length);
-  for (let i = 0; i < length; i++) b[i] = (round * 131 + writer * 71 + i) & 0xff;
-  if (length >= 8) {
-    b.writeUInt32LE(round, 0);
-    b.writeUInt32LE(writer, 4);
-  }
-  return b;
-}
-
-/** A fixed-seed generator (xorshift32), so a failing round can be found again. */
-function rng(seed: number): (n: number) => number {
-  let x = seed >>> 0 || 1;
-  return (n) => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x % n;
-  };
 }
 
 beforeAll(async () => {
