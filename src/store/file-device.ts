@@ -18,6 +18,9 @@ function ioError(path: string, what: string, err: unknown): PagepairError {
   return new PagepairError('IO_ERROR', `${path}: ${what}: ${msg}`);
 }
 
+/** Owner read and write only; the umask can only take bits away. */
+export const STORE_FILE_MODE = 0o600;
+
 /** Buffers in one vectored write (well under IOV_MAX, 1024 on Linux). */
 const IOVECS_MAX = 256;
 
@@ -66,12 +69,14 @@ export class FileDevice implements Device {
    * Creates the file with sizeBytes (sparse: truncate, not zero writes).
    * exclusive (the default) fails with the fs error code EEXIST when the file
    * exists, which is how one of two controllers starting together wins the
-   * right to format it.
+   * right to format it. A new file is made STORE_FILE_MODE: it holds every
+   * volume's data, so only the user running the controllers may read it (the
+   * mode of an existing file is left as its owner set it).
    */
   static async create(path: string, sizeBytes: number, opts: { exclusive?: boolean } = {}): Promise<FileDevice> {
     let handle: FileHandle;
     try {
-      handle = await open(path, opts.exclusive === false ? 'w+' : 'wx+');
+      handle = await open(path, opts.exclusive === false ? 'w+' : 'wx+', STORE_FILE_MODE);
     } catch (err) {
       // EEXIST is a normal outcome for the caller to branch on, so it keeps its code.
       if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw err;

@@ -9,6 +9,8 @@ import { FileDevice } from './file-device.js';
 import { PageStore } from './page-store.js';
 
 export const STORE_WAIT_MS_DEFAULT = 5000;
+/** Mode of a directory made for the store (an existing one is left alone). */
+export const STORE_DIR_MODE = 0o700;
 const RETRY_INTERVAL_MS = 50;
 
 export interface OpenOrFormatOptions {
@@ -30,7 +32,9 @@ export interface OpenOrFormatOptions {
  */
 export async function openOrFormatFileStore(path: string, opts: OpenOrFormatOptions): Promise<PageStore> {
   try {
-    await mkdir(dirname(path), { recursive: true });
+    // Directories made here are the owner's alone: by default the unix
+    // sockets sit next to the store (data/).
+    await mkdir(dirname(path), { recursive: true, mode: STORE_DIR_MODE });
   } catch (err) {
     throw new PagepairError('IO_ERROR', `${path}: cannot make parent directory: ${(err as Error).message}`);
   }

@@ -1,0 +1,72 @@
+// Finding 6 of issue 11: the store was created 0644 and the NBD socket took
+// the umask's mode, so any local user could read every volume. The store file,
+// a directory made for it or for a socket, and the socket itself are the
+// owner's alone, whatever the umask lets through.
+
+import { mkdtemp, rm, stat } from 'node:fs/promises';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { listenPrivateSocket } from '../../src/runtime/unix-socket.js';
+import { FileDevice } from '../../src/store/file-device.js';
+import { openOrFormatFileStore } from '../../src/store/open.js';
+
+const MiB = 1024 * 1024;
+const PAIR = '5d1e8a3c-2b4f-4c6d-9e8f-0a1b2c3d4e5f';
+
+async function modeOf(path: string): Promise<number> {
+  return (await stat(path)).mode & 0o777;
+}
+
+describe('file modes', () => {
+  let dir: string;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'pagepair-modes-'));
+  });
+  afterAll(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('a new store file is 0600 and a directory made for it 0700', async () => {
+    const path = join(dir, 'made', 'by', 'the-controller', 'pair.store');
+    const store = await openOrFormatFileStore(path, { pairId: PAIR, sizeBytes: 16 * MiB, nowMs: 1 });
+    try {
+      expect((await modeOf(path)).toString(8)).toBe('600');
+      expect((await modeOf(join(dir, 'made', 'by', 'the-controller'))).toString(8)).toBe('700');
+      expect((await modeOf(join(dir, 'made'))).toString(8)).toBe('700');
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('FileDevice.create makes the file 0600, exclusive or not', async () => {
+    for (const exclusive of [true, false]) {
+      const path = join(dir, `device-${exclusive}.bin`);
+      const d = await FileDevice.create(path, MiB, { exclusive });
+      await d.close();
+      expect((await modeOf(path)).toString(8)).toBe('600');
+    }
+  });
+
+  it('a unix socket is 0600 in a directory made 0700, and still serves its owner', async () => {
+    const socketPath = join(dir, 'run', 'a.nbd.sock');
+    const server = net.createServer((s) => s.end('hello'));
+    await listenPrivateSocket(server, socketPath);
+    try {
+      expect((await stat(socketPath)).isSocket()).toBe(true);
+      expect((await modeOf(socketPath)).toString(8)).toBe('600');
+      expect((await modeOf(join(dir, 'run'))).toString(8)).toBe('700');
+      const got = await new Promise<string>((resolve, reject) => {
+        const c = net.connect({ path: socketPath });
+        let text = '';
+        c.on('data', (b) => (text += b.toString()));
+        c.on('end', () => resolve(text));
+        c.on('error', reject);
+      });
+      expect(got).toBe('hello');
+    } finally {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
+  });
+});
