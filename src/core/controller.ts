@@ -1188,7 +1188,7 @@ export class ControllerCore {
    * Write one page version to the store. Writes of one page are chained so
    * they land in version order, and none starts without a valid lease.
    */
-  private storeWritePage(cp: CachePage, version: number, data: Buffer, crc: number): Promise<void> {
+  private storeWritePage(cp: CachePage, version: number, data: Buffer, crc: number, syncAfter = false): Promise<void> {
     const alloc = cp.alloc;
     alloc.destagesInFlight++;
     this.destagesInFlight++;
@@ -1201,6 +1201,10 @@ export class ControllerCore {
       // ours to write, even if the lease was renewed in the new epoch.
       if (this.generation !== generation || alloc.released) throw new PagepairError('FENCED', 'controller was fenced or reset; the page is not written');
       await this.env.store.writePage(this.location(alloc), cp.page, version, this.epoch, data, crc);
+      // Part of the write as far as the page is concerned: until the store
+      // has synced it, the page is still being destaged (it is not clean,
+      // not granted away, not written again).
+      if (syncAfter) await this.syncSoon();
     });
     const settled = run.then(
       () => undefined,
@@ -1786,11 +1790,18 @@ export class ControllerCore {
     }
   }
 
+  /**
+   * Write a dirty page to the store; once the store has synced it (group
+   * commit: one sync for the destages that land together), it is clean here
+   * and at the partner. A failed write or sync leaves it dirty, to be written
+   * again: a sync that failed is never taken for one that succeeded, and
+   * what it should have made durable is still in the cache.
+   */
   private destage(cp: CachePage): void {
     const version = cp.version;
     const crc = cp.crc;
     const alloc = cp.alloc;
-    this.storeWritePage(cp, version, cp.data, crc).then(
+    this.storeWritePage(cp, version, cp.data, crc, true).then(
       () => {
         this.counters.pagesDestaged++;
         this.pageStored(cp, version, crc);

@@ -83,7 +83,8 @@ export class SimStore implements BlockStore {
   deferLandingWhilePaused = false;
   private armed: ArmedCrash | null = null;
   private stalled: (() => void)[] | null = null;
-  private stallWhat: 'all' | 'pageWrites' | 'clears' = 'all';
+  private stallWhat: 'all' | 'pageWrites' | 'clears' | 'syncs' = 'all';
+  private syncFailures = 0;
   private waitingForResume: (() => void)[] = [];
 
   constructor(
@@ -162,7 +163,16 @@ export class SimStore implements BlockStore {
 
   sync(): Promise<void> {
     this.counters.syncs++;
+    if (this.syncFailures > 0) {
+      this.syncFailures--;
+      return this.complete('sync', 'sync (failing)', () => Promise.reject(new Error('simulated fsync failure: EIO')));
+    }
     return this.complete('sync', 'sync', () => this.inner.sync());
+  }
+
+  /** The next n syncs fail with EIO (the device lost writes it had taken). */
+  failNextSyncs(n: number): void {
+    this.syncFailures = n;
   }
 
   close(): Promise<void> {
@@ -172,9 +182,10 @@ export class SimStore implements BlockStore {
   /**
    * Hold operations issued from now on (neither landing nor completing) until
    * unstall(); 'pageWrites' holds only writePage (destages), so reads go on;
-   * 'clears' holds only clearExtent (a new extent being zeroed).
+   * 'clears' holds only clearExtent (a new extent being zeroed); 'syncs'
+   * only sync.
    */
-  stall(what: 'all' | 'pageWrites' | 'clears' = 'all'): void {
+  stall(what: 'all' | 'pageWrites' | 'clears' | 'syncs' = 'all'): void {
     this.stalled ??= [];
     this.stallWhat = what;
   }
@@ -240,11 +251,14 @@ export class SimStore implements BlockStore {
         };
         this.sched.after(delayMs, `${this.label} store ${what} done`, finish);
       };
-      if (this.stalled !== null && (this.stallWhat === 'all' || (this.stallWhat === 'pageWrites' ? kind === 'page' : kind === 'clear'))) this.stalled.push(start);
+      if (this.stalled !== null && (this.stallWhat === 'all' || kind === STALL_KIND[this.stallWhat])) this.stalled.push(start);
       else start();
     });
   }
 }
+
+/** The operation kind each stall mode holds. */
+const STALL_KIND = { pageWrites: 'page', clears: 'clear', syncs: 'sync' } as const;
 
 /**
  * A Device over a MemoryDevice whose next write can be torn at a fraction of
