@@ -2,13 +2,13 @@
 // checked at load, so a typo or an impossible value stops the controller at
 // start with a message naming the file and the exact field, instead of
 // surfacing later as odd behaviour. Unknown fields are refused for the same
-// reason. Relative paths (store.path, log.file, listen.nbd.socket) are
-// resolved against the current working directory of the process that loads
-// the file, not against the file's own directory: `pagepair` is started from
-// the project or data directory, and that is where operators expect relative
-// paths to point.
+// reason. Relative paths (store.path, log.file, listen.nbd.socket,
+// secretFile, clientTokenFile) are resolved against the current working
+// directory of the process that loads the file, not against the file's own
+// directory: `pagepair` is started from the project or data directory, and
+// that is where operators expect relative paths to point.
 
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { PagepairError, isPagepairError } from '../errors.js';
 import { resolvePolicies, type Policy, type PolicyInput } from '../core/policy.js';
@@ -151,6 +151,19 @@ const SECRET_CHARS_MIN = 16;
 const UNIX_SOCKET_PATH_BYTES_MAX = 107;
 const CLIENT_TOKEN_CHARS_MIN = 8;
 
+/**
+ * The secret and client token of the default pair, as controllers/a.json and
+ * b.json ship them. Anyone with the source knows them, so they are accepted
+ * only while every listener is on loopback (a unix socket is local anyway).
+ */
+export const SHIPPED_SECRETS: readonly string[] = ['change-me: shared peer secret of the default pair'];
+export const SHIPPED_CLIENT_TOKENS: readonly string[] = ['default-pair-client-token'];
+/** Environment variables that override secret and clientToken. */
+export const SECRET_ENV = 'PAGEPAIR_SECRET';
+export const CLIENT_TOKEN_ENV = 'PAGEPAIR_CLIENT_TOKEN';
+/** Permission bits a secretFile or clientTokenFile may not have: any for group or others. */
+const CREDENTIAL_FILE_MODE_FORBIDDEN = 0o077;
+
 // ------------------------------------------------------------ field reader
 
 function show(v: unknown): string {
@@ -261,7 +274,9 @@ const TOP_FIELDS = [
   'id',
   'pairId',
   'secret',
+  'secretFile',
   'clientToken',
+  'clientTokenFile',
   'listen',
   'partner',
   'mirroring',
@@ -315,20 +330,80 @@ function nbdListen(listenF: Fields, cwd: string, others: { name: string; endpoin
   return nbd;
 }
 
+/** A secret or token and where it came from, for messages. */
+interface Credential {
+  value: string;
+  /** The field to name in an error about the value. */
+  field: string;
+  /** Where the value came from, when not the field itself: the variable or the file. */
+  from?: string;
+}
+
+/**
+ * secret or clientToken: from the environment variable when it is set, else
+ * from the file named by fileKey, else from key itself. key and fileKey
+ * together are refused: one of them would be silently ignored.
+ */
+function credential(
+  top: Fields,
+  key: string,
+  fileKey: string,
+  envName: string,
+  minChars: number,
+  cwd: string,
+  env: NodeJS.ProcessEnv,
+): Credential {
+  const fromEnv = env[envName];
+  if (fromEnv !== undefined) {
+    if (fromEnv.length < minChars) throw top.error(key, `from ${envName} must be at least ${minChars} characters, got ${fromEnv.length}`);
+    return { value: fromEnv, field: key, from: envName };
+  }
+  if (top.has(fileKey)) {
+    if (top.has(key)) throw top.error(fileKey, `must not be given with ${key}: give one of them`);
+    const path = resolve(cwd, top.str(fileKey, { what: 'a path (a non-empty string)' }));
+    let mode: number;
+    let text: string;
+    try {
+      mode = statSync(path).mode;
+      text = readFileSync(path, 'utf8');
+    } catch (err) {
+      throw top.error(fileKey, `names a file that cannot be read: ${(err as Error).message}`);
+    }
+    if ((mode & CREDENTIAL_FILE_MODE_FORBIDDEN) !== 0) {
+      throw top.error(
+        fileKey,
+        `names ${path}, which other users may open (mode ${(mode & 0o777).toString(8).padStart(4, '0')}); make it the owner's alone: chmod 600 ${path}`,
+      );
+    }
+    const value = text.trim();
+    if (value.length < minChars) throw top.error(fileKey, `names ${path}, which must hold at least ${minChars} characters, got ${value.length}`);
+    return { value, field: fileKey, from: path };
+  }
+  return { value: top.str(key, { minChars }), field: key };
+}
+
+/** The first listener another machine may reach, if any. */
+function offLoopback(listeners: readonly [field: string, host: string][]): [string, string] | undefined {
+  return listeners.find(([, host]) => !isLoopback(host));
+}
+
 /**
  * Validates a parsed JSON configuration and fills defaults. sourceName names
  * it in errors (the file path). cwd is where relative paths are resolved
  * (default: the process's current directory).
  */
-export function parseConfig(json: unknown, sourceName: string, opts: { cwd?: string } = {}): ControllerConfig {
+export function parseConfig(json: unknown, sourceName: string, opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): ControllerConfig {
   const cwd = opts.cwd ?? process.cwd();
+  const env = opts.env ?? process.env;
   const top = Fields.root(sourceName, json, TOP_FIELDS);
 
   const idLetter = top.oneOf<ControllerLetter>('id', ['A', 'B']);
   const pairId = top.str('pairId', { what: 'a uuid string' });
   if (!isUuid(pairId)) top.fail('pairId', 'a uuid string (8-4-4-4-12 hex digits)');
-  const secret = top.str('secret', { minChars: SECRET_CHARS_MIN });
-  const clientToken = top.str('clientToken', { minChars: CLIENT_TOKEN_CHARS_MIN });
+  const secretIn = credential(top, 'secret', 'secretFile', SECRET_ENV, SECRET_CHARS_MIN, cwd, env);
+  const clientTokenIn = credential(top, 'clientToken', 'clientTokenFile', CLIENT_TOKEN_ENV, CLIENT_TOKEN_CHARS_MIN, cwd, env);
+  const secret = secretIn.value;
+  const clientToken = clientTokenIn.value;
   if (clientToken === secret) throw top.error('clientToken', 'must differ from secret: clients must not be able to act as the partner');
   const mirroring = top.bool('mirroring', CONFIG_DEFAULTS.mirroring);
 
@@ -454,16 +529,33 @@ export function parseConfig(json: unknown, sourceName: string, opts: { cwd?: str
     throw alF.error('alone.ackMode', 'is "journal", which is not built yet; use "write-through" (the default)');
   }
 
-  const testHooks = top.bool('testHooks', false);
-  if (testHooks) {
-    const listeners: [string, string][] = [['listen.client.host', listenClient.host]];
-    if (listenPeer !== null) listeners.push(['listen.peer.host', listenPeer.host]);
-    if (listenNbd !== undefined) listeners.push(['listen.nbd.host', listenNbd.host]);
-    for (const [field, host] of listeners) {
-      if (!isLoopback(host)) {
-        throw top.error('testHooks', `is true, which needs every listener on loopback (127.0.0.1, ::1 or localhost); ${field} is ${JSON.stringify(host)}`);
-      }
+  // TCP listeners only: a unix socket cannot be reached from another machine.
+  const listeners: [string, string][] = [['listen.client.host', listenClient.host]];
+  if (listenPeer !== null) listeners.push(['listen.peer.host', listenPeer.host]);
+  if (listenNbd !== undefined) listeners.push(['listen.nbd.host', listenNbd.host]);
+  const exposed = offLoopback(listeners);
+
+  if (exposed !== undefined) {
+    const [field, host] = exposed;
+    const shipped: [string, Credential, readonly string[], string, string][] = [
+      ['secret', secretIn, SHIPPED_SECRETS, 'secretFile', SECRET_ENV],
+      ['clientToken', clientTokenIn, SHIPPED_CLIENT_TOKENS, 'clientTokenFile', CLIENT_TOKEN_ENV],
+    ];
+    for (const [key, given, values, fileKey, envName] of shipped) {
+      if (!values.includes(given.value)) continue;
+      const where = given.from === undefined ? '' : ` (from ${given.from})`;
+      throw top.error(
+        given.field,
+        `is the shipped default of the default pair${where}, which is public: anyone could use it, and ${field} is ${JSON.stringify(host)}, reachable from other machines; ` +
+          `set your own ${key} (or ${fileKey}, or ${envName}) or listen on loopback only (127.0.0.1, ::1 or localhost)`,
+      );
     }
+  }
+
+  const testHooks = top.bool('testHooks', false);
+  if (testHooks && exposed !== undefined) {
+    const [field, host] = exposed;
+    throw top.error('testHooks', `is true, which needs every listener on loopback (127.0.0.1, ::1 or localhost); ${field} is ${JSON.stringify(host)}`);
   }
 
   const logF = top.obj('log', ['level', 'file'], true);
@@ -501,7 +593,7 @@ function isLoopback(host: string): boolean {
 }
 
 /** Reads, parses and validates a controller's configuration file. */
-export function loadConfig(path: string, opts: { cwd?: string } = {}): ControllerConfig {
+export function loadConfig(path: string, opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): ControllerConfig {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');

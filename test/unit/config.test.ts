@@ -1,11 +1,11 @@
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BUILTIN_POLICIES, pageCountFor, resolvePolicies } from '../../src/core/policy.js';
 import { PagepairError } from '../../src/errors.js';
 import { DEFAULT_LIMITS, HARD_LIMITS } from '../../src/protocol/limits.js';
-import { loadConfig, parseConfig } from '../../src/runtime/config.js';
+import { loadConfig, parseConfig, SHIPPED_CLIENT_TOKENS, SHIPPED_SECRETS } from '../../src/runtime/config.js';
 
 const SRC = 'controllers/a.json';
 
@@ -365,5 +365,186 @@ describe('testHooks', () => {
     expectField((c) => Object.assign(c, { testHooks: true, listen: { client: { host: '0.0.0.0', port: 7001 }, peer: { port: 7101 } } }), 'testHooks', /listen\.client\.host is "0\.0\.0\.0"/);
     expectField((c) => Object.assign(c, { testHooks: true, listen: { client: { port: 7001 }, peer: { host: '10.0.0.5', port: 7101 } } }), 'testHooks', /listen\.peer\.host/);
     expectField((c) => Object.assign(c, { testHooks: true, listen: { client: { port: 7001 }, peer: { port: 7101 }, nbd: { host: '::', port: 7201 } } }), 'testHooks', /listen\.nbd\.host/);
+  });
+});
+
+// Issue 11, finding 3: the default pair's secret and client token are in the
+// source, so they must not open a controller that other machines can reach.
+describe('secrets and tokens', () => {
+  const SHIPPED_SECRET = 'change-me: shared peer secret of the default pair';
+  const SHIPPED_TOKEN = 'default-pair-client-token';
+  const NO_ENV = {};
+  let dir: string;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'pagepair-secrets-'));
+  });
+  afterAll(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  function parse(c: Record<string, any>, env: NodeJS.ProcessEnv = NO_ENV) {
+    return parseConfig(c, SRC, { cwd: dir, env });
+  }
+
+  function refused(c: Record<string, any>, env: NodeJS.ProcessEnv = NO_ENV): PagepairError {
+    try {
+      parse(c, env);
+    } catch (err) {
+      expect(err).toBeInstanceOf(PagepairError);
+      expect((err as PagepairError).code).toBe('BAD_CONFIG');
+      return err as PagepairError;
+    }
+    throw new Error('expected BAD_CONFIG');
+  }
+
+  async function credentialFile(name: string, text: string, mode: number): Promise<string> {
+    const path = join(dir, name);
+    await writeFile(path, text);
+    await chmod(path, mode);
+    return path;
+  }
+
+  it('lists exactly the values controllers/*.json ship', () => {
+    for (const file of ['controllers/a.json', 'controllers/b.json']) {
+      const c = loadConfig(file, { env: NO_ENV });
+      expect(SHIPPED_SECRETS).toContain(c.secret);
+      expect(SHIPPED_CLIENT_TOKENS).toContain(c.clientToken);
+      // npm start works with no setup because the default pair listens on loopback only.
+      expect([c.listen.client.host, c.listen.peer?.host, c.listen.nbd?.host]).toEqual(['127.0.0.1', '127.0.0.1', '127.0.0.1']);
+    }
+  });
+
+  it('refuses the shipped secret when a listener is off loopback, and says why', () => {
+    const c = minimal();
+    c.secret = SHIPPED_SECRET;
+    c.listen.client.host = '0.0.0.0';
+    const err = refused(c);
+    expect(err.field).toBe('secret');
+    expect(err.message).toContain(`${SRC}: secret is the shipped default`);
+    expect(err.message).toMatch(/public/);
+    expect(err.message).toMatch(/listen\.client\.host is "0\.0\.0\.0"/);
+    expect(err.message).toMatch(/set your own secret .*or listen on loopback only/);
+  });
+
+  it('refuses the shipped client token off loopback, whichever listener it is', () => {
+    for (const change of [
+      (c: Record<string, any>) => (c.listen.peer.host = '10.0.0.5'),
+      (c: Record<string, any>) => (c.listen.nbd = { host: '::', port: 10809 }),
+    ]) {
+      const c = minimal();
+      c.clientToken = SHIPPED_TOKEN;
+      change(c);
+      const err = refused(c);
+      expect(err.field).toBe('clientToken');
+      expect(err.message).toMatch(/clientToken is the shipped default .*public/);
+    }
+  });
+
+  it('accepts the shipped values when every listener is on loopback or a unix socket', () => {
+    for (const host of ['127.0.0.1', '::1', 'localhost']) {
+      const c = minimal();
+      Object.assign(c, { secret: SHIPPED_SECRET, clientToken: SHIPPED_TOKEN });
+      c.listen.client.host = host;
+      c.listen.peer.host = host;
+      c.listen.nbd = { host, port: 10809, socket: 'a.nbd.sock' };
+      expect(parse(c).secret).toBe(SHIPPED_SECRET);
+    }
+  });
+
+  it('accepts a secret and token of your own on 0.0.0.0', () => {
+    const c = minimal();
+    c.listen.client.host = '0.0.0.0';
+    c.listen.peer.host = '0.0.0.0';
+    c.listen.nbd = { host: '0.0.0.0', port: 10809 };
+    const cfg = parse(c);
+    expect(cfg.secret).toBe('a-peer-secret-of-some-length');
+    expect(cfg.clientToken).toBe('client-token');
+  });
+
+  it('reads secretFile and clientTokenFile, trimmed, when only the owner may open them', async () => {
+    const secretFile = await credentialFile('secret', '  a-secret-from-a-file-0600\n', 0o600);
+    await credentialFile('token', 'token-from-a-file\n', 0o400);
+    const c = minimal();
+    delete c.secret;
+    delete c.clientToken;
+    Object.assign(c, { secretFile, clientTokenFile: 'token' });
+    c.listen.client.host = '0.0.0.0';
+    const cfg = parse(c);
+    expect(cfg.secret).toBe('a-secret-from-a-file-0600');
+    expect(cfg.clientToken).toBe('token-from-a-file');
+  });
+
+  it('refuses a secretFile others may read, a missing or short one, and one given with secret', async () => {
+    const open = await credentialFile('secret-0644', 'a-secret-from-a-file-0644', 0o644);
+    const c = minimal();
+    delete c.secret;
+    c.secretFile = open;
+    let err = refused(c);
+    expect(err.field).toBe('secretFile');
+    expect(err.message).toContain(`${SRC}: secretFile names ${open}, which other users may open (mode 0644)`);
+    expect(err.message).toContain(`chmod 600 ${open}`);
+
+    await chmod(open, 0o640);
+    expect(refused(c).message).toMatch(/mode 0640/);
+
+    c.secretFile = 'missing';
+    expect(refused(c).message).toMatch(/secretFile names a file that cannot be read/);
+
+    c.secretFile = await credentialFile('secret-short', 'short\n', 0o600);
+    expect(refused(c).message).toMatch(/must hold at least 16 characters, got 5/);
+
+    const both = minimal();
+    both.secretFile = await credentialFile('secret-ok', 'a-secret-from-a-file-ok', 0o600);
+    err = refused(both);
+    expect(err.field).toBe('secretFile');
+    expect(err.message).toMatch(/must not be given with secret/);
+  });
+
+  it('refuses the shipped secret from a file, naming the file', async () => {
+    const shipped = await credentialFile('secret-shipped', `${SHIPPED_SECRET}\n`, 0o600);
+    const c = minimal();
+    delete c.secret;
+    c.secretFile = shipped;
+    c.listen.client.host = '0.0.0.0';
+    const err = refused(c);
+    expect(err.field).toBe('secretFile');
+    expect(err.message).toContain(`secretFile is the shipped default of the default pair (from ${shipped})`);
+  });
+
+  it('takes PAGEPAIR_SECRET and PAGEPAIR_CLIENT_TOKEN over the file and the config value', async () => {
+    const env = { PAGEPAIR_SECRET: 'a-secret-from-the-environment', PAGEPAIR_CLIENT_TOKEN: 'token-from-the-environment' };
+    const c = minimal();
+    c.listen.client.host = '0.0.0.0';
+    let cfg = parse(c, env);
+    expect(cfg.secret).toBe(env.PAGEPAIR_SECRET);
+    expect(cfg.clientToken).toBe(env.PAGEPAIR_CLIENT_TOKEN);
+
+    // The variable wins over a secretFile too; the file is not read.
+    const f = minimal();
+    delete f.secret;
+    f.secretFile = 'no-such-file';
+    cfg = parse(f, env);
+    expect(cfg.secret).toBe(env.PAGEPAIR_SECRET);
+
+    // No secret in the file at all: the environment is enough.
+    const none = minimal();
+    delete none.secret;
+    delete none.clientToken;
+    expect(parse(none, env).secret).toBe(env.PAGEPAIR_SECRET);
+  });
+
+  it('checks values from the environment like any other', () => {
+    let err = refused(minimal(), { PAGEPAIR_SECRET: 'short' });
+    expect(err.field).toBe('secret');
+    expect(err.message).toMatch(/secret from PAGEPAIR_SECRET must be at least 16 characters/);
+
+    const c = minimal();
+    c.listen.nbd = { host: '0.0.0.0', port: 10809 };
+    err = refused(c, { PAGEPAIR_CLIENT_TOKEN: SHIPPED_TOKEN });
+    expect(err.field).toBe('clientToken');
+    expect(err.message).toMatch(/clientToken is the shipped default of the default pair \(from PAGEPAIR_CLIENT_TOKEN\)/);
+
+    err = refused(minimal(), { PAGEPAIR_CLIENT_TOKEN: 'a-peer-secret-of-some-length' });
+    expect(err.message).toMatch(/clientToken must differ from secret/);
   });
 });
