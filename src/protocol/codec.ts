@@ -17,6 +17,7 @@
 import { PagepairError } from '../errors.js';
 import type { ErrorCodeName } from '../errors.js';
 import { crc32cRange } from './crc32c.js';
+import { clipUtf8 } from './clip.js';
 import { combinesFast, crc32cCombine } from './crc32c-combine.js';
 import { readGuid, writeGuid } from './guid.js';
 import { BODY, KIND_OF_TYPE, TYPE_OF_KIND } from './layout.js';
@@ -981,16 +982,6 @@ export class FrameDecoder {
 
 /** Longest error message sent: fits any receiver's stringBytesMax at its default. */
 const ERROR_MESSAGE_BYTES_MAX = DEFAULT_LIMITS.stringBytesMax;
-
-function clipUtf8(text: string, bytesMax: number): string {
-  if (Buffer.byteLength(text, 'utf8') <= bytesMax) return text;
-  let end = Math.min(text.length, bytesMax);
-  while (end > 0 && Buffer.byteLength(text.slice(0, end), 'utf8') > bytesMax) end--;
-  // Do not leave half a surrogate pair behind.
-  const last = text.charCodeAt(end - 1);
-  if (last >= 0xd800 && last <= 0xdbff) end--;
-  return text.slice(0, end);
-}
 
 /** The ERROR reply answering `req` with `err`. The message is clipped to fit any receiver's limits. */
 export function errorReply(

@@ -8,9 +8,9 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type pino from 'pino';
-import { WebSocketServer, type WebSocket } from 'ws';
+import { WebSocketServer, type RawData, type WebSocket } from 'ws';
 import { isPagepairError, type ErrorCodeName } from '../errors.js';
-import { decode, encode, ProtocolError, typeOfKind } from '../protocol/codec.js';
+import { decode, ProtocolError, typeOfKind } from '../protocol/codec.js';
 import type { Limits } from '../protocol/limits.js';
 import {
   PROTOCOL_VERSION,
@@ -20,7 +20,7 @@ import {
   type RoleCode,
 } from '../protocol/messages.js';
 import { FRAMES } from './frame-pool.js';
-import { closeGracefully, closeServer, describeSocket, errorReply, messageBytes, waitListening, WS_COMMON } from './ws-util.js';
+import { closeGracefully, closeServer, describeSocket, encodeSafely, errorReply, messageBytes, waitListening, WS_COMMON } from './ws-util.js';
 
 export interface ClientConn {
   readonly id: number;
@@ -59,6 +59,7 @@ const CLOSE_PROTOCOL = 1002;
 const CLOSE_UNSUPPORTED_DATA = 1003;
 const CLOSE_POLICY = 1008;
 const CLOSE_GOING_AWAY = 1001;
+const CLOSE_INTERNAL_ERROR = 1011;
 
 const CLIENT_REQUEST_KINDS: ReadonlySet<MessageKind> = new Set<ClientRequest['kind']>([
   'C_ALLOCATE',
@@ -101,6 +102,7 @@ class EndpointConn implements ClientConn {
     readonly ws: WebSocket,
     private readonly sender: number,
     private readonly socket: Socket,
+    private readonly log: pino.Logger,
   ) {}
 
   reply(msg: Message): void {
@@ -116,14 +118,18 @@ class EndpointConn implements ClientConn {
         this.socket.uncork();
       });
     }
-    const frame = encode(msg, FRAMES.take);
+    // A reply that cannot be encoded (an echo of input too long for a string
+    // field) must not throw into the core: it goes as a short ERROR.
+    const frame = encodeSafely(msg, this.sender, this.log, FRAMES.take);
+    if (frame === undefined) return;
     this.ws.send(frame, SEND_BINARY, FRAMES.giveBackAfter(frame));
   }
 
   /** A frame the endpoint itself sends: not counted against inflight. */
   sendError(code: ErrorCodeName, message: string, requestId: number, requestType: number): void {
     if (this.closed) return;
-    this.ws.send(encode(errorReply(code, message, requestId, requestType, this.sender)), { binary: true });
+    const frame = encodeSafely(errorReply(code, message, requestId, requestType, this.sender), this.sender, this.log);
+    if (frame !== undefined) this.ws.send(frame, SEND_BINARY);
   }
 
   close(code = 1000, reason = ''): void {
@@ -176,13 +182,13 @@ export class ClientEndpoint {
   }
 
   private accept(ws: WebSocket, req: IncomingMessage): void {
-    const conn = new EndpointConn(this.nextId++, describeSocket(req.socket), ws, this.opts.controllerId, req.socket as Socket);
+    const conn = new EndpointConn(this.nextId++, describeSocket(req.socket), ws, this.opts.controllerId, req.socket as Socket, this.log);
     req.socket.setNoDelay(true);
     this.conns.add(conn);
     this.log.info({ conn: conn.id, remote: conn.remote }, 'client connected');
     ws.on('error', (err) => this.log.warn({ conn: conn.id, remote: conn.remote, err: err.message }, 'client socket error'));
     ws.on('close', (code) => this.onClosed(conn, code));
-    ws.on('message', (data, isBinary) => this.receive(conn, messageBytes(data), isBinary));
+    ws.on('message', (data, isBinary) => this.receiveGuarded(conn, data, isBinary));
     if (this.closing) {
       conn.close(CLOSE_GOING_AWAY, 'controller stopping');
       return;
@@ -210,6 +216,24 @@ export class ClientEndpoint {
     this.log.warn({ conn: conn.id, remote: conn.remote, code, reason }, 'client connection refused');
     conn.sendError(code, reason, 0, 0);
     conn.close(closeCode, reason);
+  }
+
+  /**
+   * Nothing a client sends may throw out of here: a throw from a ws listener
+   * would escape to the process. What slips past receive()'s own answers is a
+   * bug; that connection alone is closed, with the reason logged.
+   */
+  private receiveGuarded(conn: EndpointConn, data: RawData, isBinary: boolean): void {
+    try {
+      this.receive(conn, messageBytes(data), isBinary);
+    } catch (err) {
+      this.log.error({ conn: conn.id, remote: conn.remote, err: err instanceof Error ? err.stack : String(err) }, 'client frame handler threw; closing the connection');
+      try {
+        this.refuse(conn, 'INTERNAL', 'internal error handling a frame', CLOSE_INTERNAL_ERROR);
+      } catch {
+        conn.ws.terminate();
+      }
+    }
   }
 
   private receive(conn: EndpointConn, frame: Buffer, isBinary: boolean): void {
@@ -296,8 +320,8 @@ export class ClientEndpoint {
     conn.authenticated = true;
     conn.clientName = msg.clientName;
     this.log.debug({ conn: conn.id, remote: conn.remote, name: msg.clientName }, 'client authenticated');
-    conn.ws.send(
-      encode({
+    const reply = encodeSafely(
+      {
         kind: 'CLIENT_HELLO_REPLY',
         requestId: msg.requestId,
         epoch: 0,
@@ -308,8 +332,10 @@ export class ClientEndpoint {
         role: this.opts.getRole(),
         requestBytesMax: this.opts.limits.requestBytesMax,
         inflightMax: this.opts.inflightMax,
-      }),
-      { binary: true },
+      },
+      this.opts.controllerId,
+      this.log,
     );
+    if (reply !== undefined) conn.ws.send(reply, SEND_BINARY);
   }
 }

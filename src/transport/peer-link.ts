@@ -13,15 +13,15 @@ import { randomBytes } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type pino from 'pino';
-import { WebSocket, WebSocketServer } from 'ws';
-import { PagepairError, type ErrorCodeName } from '../errors.js';
-import { decode, encode, ProtocolError } from '../protocol/codec.js';
+import { WebSocket, WebSocketServer, type RawData } from 'ws';
+import { isPagepairError, PagepairError, type ErrorCodeName } from '../errors.js';
+import { decode, isReplyType, ProtocolError, typeOfKind } from '../protocol/codec.js';
 import { isGuid } from '../protocol/guid.js';
 import { authProof, helloProof, NONCE_BYTES, proofMatches } from '../protocol/handshake.js';
 import type { Limits } from '../protocol/limits.js';
 import { PROTOCOL_VERSION, Role, type Message } from '../protocol/messages.js';
 import { FRAMES } from './frame-pool.js';
-import { closeGracefully, closeServer, describeSocket, errorReply, messageBytes, waitListening, WS_COMMON, zeroMask } from './ws-util.js';
+import { closeGracefully, closeServer, describeSocket, encodeSafely, errorReply, messageBytes, waitListening, WS_COMMON, zeroMask } from './ws-util.js';
 
 export interface PeerLinkOptions {
   /** 1 = A, 2 = B. */
@@ -139,8 +139,8 @@ export class PeerLink {
   send(msg: Message): void {
     const conn = this.current;
     if (conn === undefined) throw new PagepairError('PARTNER_LOST', 'peer link is down');
-    const frame = encode(msg, FRAMES.take);
-    conn.ws.send(frame, SEND_BINARY, FRAMES.giveBackAfter(frame));
+    const frame = encodeSafely(msg, this.opts.selfId, this.log, FRAMES.take);
+    if (frame !== undefined) conn.ws.send(frame, SEND_BINARY, FRAMES.giveBackAfter(frame));
   }
 
   /**
@@ -153,9 +153,10 @@ export class PeerLink {
     const socket = conn.socket;
     socket?.cork();
     try {
+      // One frame that cannot be encoded must not cost the others in the batch.
       for (const msg of msgs) {
-        const frame = encode(msg, FRAMES.take);
-        conn.ws.send(frame, SEND_BINARY, FRAMES.giveBackAfter(frame));
+        const frame = encodeSafely(msg, this.opts.selfId, this.log, FRAMES.take);
+        if (frame !== undefined) conn.ws.send(frame, SEND_BINARY, FRAMES.giveBackAfter(frame));
       }
     } finally {
       socket?.uncork();
@@ -266,9 +267,28 @@ export class PeerLink {
     conn.timer = setTimeout(() => {
       this.refuse(conn, 'TIMEOUT', `handshake not finished within ${this.handshakeTimeoutMs} ms`);
     }, this.handshakeTimeoutMs);
-    ws.on('message', (data, isBinary) => this.receive(conn, messageBytes(data), isBinary));
+    ws.on('message', (data, isBinary) => this.receiveGuarded(conn, data, isBinary));
     ws.on('error', (err) => this.onSocketError(conn, err));
     ws.on('close', (code, reason) => this.onClosed(conn, code, reason.toString()));
+  }
+
+  /**
+   * Nothing the other side sends may throw out of here: a throw from a ws
+   * listener would escape to the process. What slips past receive()'s own
+   * answers is a bug; the connection is refused (the link taken down, the
+   * dialer dials again) with the reason logged.
+   */
+  private receiveGuarded(conn: Conn, data: RawData, isBinary: boolean): void {
+    try {
+      this.receive(conn, messageBytes(data), isBinary);
+    } catch (err) {
+      this.log.error({ remote: conn.remote, phase: conn.phase, err: err instanceof Error ? err.stack : String(err) }, 'peer frame handler threw');
+      try {
+        this.refuse(conn, 'INTERNAL', 'internal error handling a frame');
+      } catch {
+        conn.ws.terminate();
+      }
+    }
   }
 
   private receive(conn: Conn, frame: Buffer, isBinary: boolean): void {
@@ -287,7 +307,7 @@ export class PeerLink {
       return;
     }
     if (conn.phase === 'up') {
-      this.handlers.onMessage(msg);
+      this.deliver(conn, msg);
       return;
     }
     if (msg.kind === 'ERROR') {
@@ -311,6 +331,28 @@ export class PeerLink {
         return;
       default:
         this.refuse(conn, 'NOT_AUTHENTICATED', `${msg.kind} before the handshake`);
+    }
+  }
+
+  /**
+   * Hands one frame from the partner to the core. A request the core cannot
+   * apply is answered with a typed ERROR and the link goes on: one bad frame
+   * is not a reason to drop every mirrored write in flight.
+   */
+  private deliver(conn: Conn, msg: Message): void {
+    try {
+      this.handlers.onMessage(msg);
+    } catch (err) {
+      const typed = isPagepairError(err);
+      this.log[typed ? 'warn' : 'error'](
+        { remote: conn.remote, kind: msg.kind, requestId: msg.requestId, err: typed ? err.message : err instanceof Error ? err.stack : String(err) },
+        'peer frame could not be applied',
+      );
+      const type = typeOfKind(msg.kind);
+      if (isReplyType(type)) return; // a reply is never answered
+      const code = typed ? err.code : 'INTERNAL';
+      const text = typed ? err.message : `internal error applying ${msg.kind}`;
+      this.sendRaw(conn, errorReply(code, text, msg.requestId, type, this.opts.selfId, msg.epoch >>> 0));
     }
   }
 
@@ -479,7 +521,8 @@ export class PeerLink {
 
   private sendRaw(conn: Conn, msg: Message): void {
     if (conn.ws.readyState !== WebSocket.OPEN) return;
-    conn.ws.send(encode(msg), { binary: true });
+    const frame = encodeSafely(msg, this.opts.selfId, this.log);
+    if (frame !== undefined) conn.ws.send(frame, SEND_BINARY);
   }
 
   private onSocketError(conn: Conn, err: Error): void {

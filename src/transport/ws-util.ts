@@ -2,9 +2,12 @@
 // about running pagepair frames over the `ws` package.
 
 import type { Socket } from 'node:net';
+import type pino from 'pino';
 import { WebSocket, type RawData, type WebSocketServer } from 'ws';
-import type { ErrorReply } from '../protocol/messages.js';
+import { encode, isReplyType, typeOfKind } from '../protocol/codec.js';
+import { REPLY_BIT, type ErrorReply, type Message } from '../protocol/messages.js';
 import { ErrorCode, type ErrorCodeName } from '../errors.js';
+import { clipErrorMessage } from '../protocol/clip.js';
 
 /**
  * Mask generator for the dialing side. RFC 6455 masking guards browsers against
@@ -47,16 +50,47 @@ export function errorReply(
   sender: number,
   epoch = 0,
 ): ErrorReply {
-  return { kind: 'ERROR', requestId, epoch, sender, flags: 0, code: ErrorCode[code], requestType, message: clip(message) };
+  return { kind: 'ERROR', requestId, epoch, sender, flags: 0, code: ErrorCode[code], requestType, message: clipErrorMessage(message) };
 }
 
-/** Reasons may quote what the other side sent; clipped, they always fit its string limit. */
-const ERROR_MESSAGE_BYTES_MAX = 200;
+/** The type code of the request `msg` answers (or is). */
+function requestTypeOf(msg: Message): number {
+  return msg.kind === 'ERROR' ? msg.requestType : typeOfKind(msg.kind) & ~REPLY_BIT;
+}
 
-function clip(text: string): string {
-  if (text.length <= ERROR_MESSAGE_BYTES_MAX / 4 || Buffer.byteLength(text, 'utf8') <= ERROR_MESSAGE_BYTES_MAX) return text;
-  // A cut through a multi-byte character decodes to one U+FFFD, which is dropped.
-  return Buffer.from(text, 'utf8').subarray(0, ERROR_MESSAGE_BYTES_MAX).toString('utf8').replace(/\uFFFD$/, '');
+/**
+ * Encodes a frame the controller sends, and never throws: an ERROR's message
+ * is clipped first (it may quote input), and a reply that still cannot be
+ * encoded goes as a short INTERNAL ERROR for the same request instead. A
+ * request that cannot be encoded is not sent (undefined): its sender's
+ * timeout answers it. Either way the failure is logged: it is a bug.
+ */
+export function encodeSafely(
+  msg: Message,
+  sender: number,
+  log: pino.Logger,
+  allocate?: (bytes: number) => Buffer,
+): Buffer | undefined {
+  let sendable = msg;
+  if (msg.kind === 'ERROR') {
+    const message = clipErrorMessage(msg.message);
+    if (message !== msg.message) sendable = { ...msg, message };
+  }
+  try {
+    return encode(sendable, allocate);
+  } catch (err) {
+    const reply = isReplyType(typeOfKind(msg.kind));
+    log.error(
+      { kind: msg.kind, requestId: msg.requestId, err: err instanceof Error ? err.message : String(err), substituted: reply },
+      reply ? 'reply could not be encoded; a short ERROR goes instead' : 'frame could not be encoded; not sent',
+    );
+    if (!reply) return undefined;
+    try {
+      return encode(errorReply('INTERNAL', `the ${msg.kind} could not be encoded`, msg.requestId, requestTypeOf(msg), sender, msg.epoch >>> 0));
+    } catch {
+      return undefined;
+    }
+  }
 }
 
 /** Resolves once the server listens; rejects on a bind error (address in use). */
