@@ -50,6 +50,7 @@ import {
 } from '../protocol/nbd.js';
 import type { NbdBlockSizes, NbdClientEvent, NbdOptionEvent, NbdRequest } from '../protocol/nbd.js';
 import type { NbdBackend, NbdVolume } from './nbd-backend.js';
+import { listenPrivateSocket } from './unix-socket.js';
 
 export interface NbdServerLimits {
   /** Largest READ or WRITE payload, advertised in NBD_INFO_BLOCK_SIZE. TRIM and WRITE_ZEROES may be longer: they are done in pieces of this size. */
@@ -764,7 +765,8 @@ export class NbdServer {
       if (this.opts.socketPath !== undefined) {
         await removeStaleSocket(this.opts.socketPath);
         this.unixServer = this.makeServer(this.opts.socketPath);
-        await listen(this.unixServer, { path: this.opts.socketPath });
+        // Mode 0600 in a directory of our own: the socket gives every volume to whoever can connect.
+        await listenPrivateSocket(this.unixServer, this.opts.socketPath);
       }
     } catch (err) {
       await this.close();

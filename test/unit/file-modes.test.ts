@@ -8,7 +8,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { listenPrivateSocket } from '../../src/runtime/unix-socket.js';
+import { listenPrivateSocket } from '../../src/transport/unix-socket.js';
 import { FileDevice } from '../../src/store/file-device.js';
 import { openOrFormatFileStore } from '../../src/store/open.js';
 

@@ -754,6 +754,16 @@ describe('NbdServer lifecycle', () => {
     expect(records.some((r) => r.msg === 'nbd server closed')).toBe(true);
   });
 
+  it('makes its unix socket 0600, in a directory of its own made 0700 (issue 11: the socket gives every volume away)', async () => {
+    const path = join(dir, 'private', 'nbd.sock');
+    await rig({}, undefined, path);
+    expect(statSync(path).mode & 0o777).toBe(0o600);
+    expect(statSync(join(dir, 'private')).mode & 0o777).toBe(0o700);
+    const c = await RawNbd.connect({ path });
+    expect((await c.read(18)).subarray(0, 8).toString()).toBe('NBDMAGIC');
+    c.close();
+  });
+
   it('removes a stale socket file, and refuses a live socket or a plain file', async () => {
     const stale = join(dir, 'stale.sock');
     // A process that bound the path and died without removing it.
