@@ -5,6 +5,7 @@ import { Command, Option } from 'commander';
 import { PagepairError, isPagepairError } from '../errors.js';
 import { loadConfig } from '../runtime/config.js';
 import { startController } from '../runtime/controller-process.js';
+import { EscapeGuard } from '../runtime/escape-guard.js';
 import { createLogger } from '../runtime/logger.js';
 import { CHECK_EXIT, runCheck } from './check.js';
 import { formatTotals, runKillTest, type KillMode } from './kill-test.js';
@@ -47,9 +48,10 @@ program
       }
       setTimeout(() => process.exit(70), 50).unref();
     };
-    process.on('uncaughtException', (err) => die('uncaught exception', err));
-    process.on('unhandledRejection', (err) => die('unhandled rejection', err));
-    running = await startController(cfg, log);
+    // Logs and counts what escapes every handler; an uncaught exception still
+    // ends the process (see src/runtime/escape-guard.ts for why).
+    const escapeGuard = new EscapeGuard({ log, onUncaughtException: (err) => die('uncaught exception', err) }).install();
+    running = await startController(cfg, log, { escapeGuard });
     let firstSignalMs = 0;
     const onSignal = (sig: string): void => {
       // Ctrl-C under `npm start` reaches us twice (from the terminal and from

@@ -75,9 +75,17 @@ export function formatStatus(s: ControllerStatus): string {
         : `${s.counters.ownershipConflicts} ownership conflicts with the partner (pages both claimed, or two contents at one version); see the log`,
     ],
   ];
+  rows.push(['escaped', escapedText(s.escapedErrors as number | undefined)]);
   rows.push(['copies', copiesText(s.lastVerify)]);
   if (s.senseCode !== 0) rows.push(['sense code', String(s.senseCode)]);
   return rows.map(([k, v]) => `${k.padEnd(13)} ${v}`).join('\n');
+}
+
+/** Errors that escaped every handler to the process: each is a bug, logged when it happened. */
+export function escapedText(n: number | undefined): string {
+  if (n === undefined) return 'not counted by this controller (an older version)';
+  if (n === 0) return 'no error escaped a handler';
+  return `${n} error${n === 1 ? '' : 's'} escaped every handler (a bug each); see the log`;
 }
 
 /** When `pagepair verify` last compared both copies of every page, and what it found: the digests cover dirty pages only. */

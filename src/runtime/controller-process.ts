@@ -16,6 +16,7 @@ import { ClientEndpoint } from '../transport/client-endpoint.js';
 import { NbdServer } from '../transport/nbd-server.js';
 import { PeerLink } from '../transport/peer-link.js';
 import type { ControllerConfig } from './config.js';
+import type { EscapeGuard } from './escape-guard.js';
 import { CoreVolumes, NBD_PIECE_BYTES_DEFAULT } from './nbd-volumes.js';
 
 /** How often the core gets a tick; heartbeats and destage ages are measured in these. */
@@ -99,9 +100,16 @@ export interface ControllerStatus extends CoreStatus {
   };
   store: string;
   clients: number;
+  /** Errors that escaped every handler to the process (logged each); 0 unless there is a bug. */
+  escapedErrors: number;
 }
 
-export async function startController(cfg: ControllerConfig, log: pino.Logger): Promise<RunningController> {
+export interface StartControllerOptions {
+  /** The process-level guard counting escaped errors, shown in status. */
+  escapeGuard?: EscapeGuard;
+}
+
+export async function startController(cfg: ControllerConfig, log: pino.Logger, opts: StartControllerOptions = {}): Promise<RunningController> {
   const startedMs = performance.now();
   const storeLog = log.child({ component: 'store' });
   const store = await openOrFormatFileStore(cfg.store.path, {
@@ -269,6 +277,7 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger): 
     },
     store: cfg.store.path,
     clients: endpoint.connections,
+    escapedErrors: opts.escapeGuard?.count ?? 0,
   });
 
   const tick = setInterval(() => core.tick(), Math.min(TICK_MS_MAX, Math.max(1, Math.floor(cfg.heartbeatIntervalMs / 2))));
