@@ -473,14 +473,14 @@ class NbdConnection {
         if (end > volume.sizeBytes) return this.pastEnd(req, zeroes ? NbdErrno.ENOSPC : NbdErrno.EINVAL);
         if (req.length === 0) return this.replyOk(req);
         this.inflight++;
-        void this.serveZeroes(req, volume);
+        this.serveZeroes(req, volume).catch((err: unknown) => this.completionFailed(req, err));
         return;
       }
       case NbdCmd.FLUSH:
         if ((req.flags & ~NbdCmdFlag.FUA) !== 0) return this.badFlags(req);
         if (req.offset !== 0 || req.length !== 0) return this.replyError(req, NbdErrno.EINVAL, 'NBD_CMD_FLUSH must have offset and length 0');
         this.inflight++;
-        void this.serveFlush(req, volume);
+        this.serveFlush(req, volume).catch((err: unknown) => this.completionFailed(req, err));
         return;
       default:
         // CACHE, BLOCK_STATUS, RESIZE are not offered; the rest do not exist.
@@ -506,23 +506,52 @@ class NbdConnection {
   private serveRead(req: NbdRequest, volume: NbdVolume): void {
     this.server.backend.read(volume, req.offset, req.length, this).then(
       (data) => {
-        if (data.length !== req.length) {
-          this.completeError(req, new PagepairError('INTERNAL', `the backend read ${data.length} bytes for a read of ${req.length}`));
-          return;
+        try {
+          if (!Buffer.isBuffer(data) || data.length !== req.length) {
+            const what = Buffer.isBuffer(data) ? `${data.length} bytes` : `a ${typeof data}`;
+            this.completeError(req, new PagepairError('INTERNAL', `the backend read ${what} for a read of ${req.length}`));
+            return;
+          }
+          this.inflight--;
+          this.replyData(req, data);
+          this.afterCompletion();
+        } catch (err) {
+          this.completionFailed(req, err);
         }
-        this.inflight--;
-        this.replyData(req, data);
-        this.afterCompletion();
       },
-      (err: unknown) => this.completeError(req, err),
+      (err: unknown) => this.completeErrorGuarded(req, err),
     );
   }
 
   private serveWrite(req: NbdRequest, volume: NbdVolume): void {
     this.server.backend.write(volume, req.offset, req.payload!, (req.flags & NbdCmdFlag.FUA) !== 0, this).then(
-      () => this.completeOk(req),
-      (err: unknown) => this.completeError(req, err),
+      () => {
+        try {
+          this.completeOk(req);
+        } catch (err) {
+          this.completionFailed(req, err);
+        }
+      },
+      (err: unknown) => this.completeErrorGuarded(req, err),
     );
+  }
+
+  private completeErrorGuarded(req: NbdRequest, err: unknown): void {
+    try {
+      this.completeError(req, err);
+    } catch (thrown) {
+      this.completionFailed(req, thrown);
+    }
+  }
+
+  /**
+   * A completion that threw is a bug, here or in the backend: it must not
+   * reach the process as an unhandled rejection. This connection alone is
+   * closed (its client retries or fails over), with the reason logged.
+   */
+  private completionFailed(req: NbdRequest, err: unknown): void {
+    this.server.log.error({ conn: this.id, cmd: nbdCmdName(req.type), err: err instanceof Error ? err.stack : String(err) }, 'nbd completion failed; closing the connection');
+    this.destroy(`internal error completing ${nbdCmdName(req.type)}: ${err instanceof Error ? err.message : String(err)}`);
   }
 
   /** TRIM and WRITE_ZEROES, in pieces no longer than the payload limit (they may ask for a whole export). */

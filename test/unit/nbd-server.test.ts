@@ -652,6 +652,21 @@ describe('NbdServer transmission', () => {
     c.close();
   });
 
+  it('a backend read that resolves with no buffer is EIO, not an error escaping the server (issue 11)', async () => {
+    const { port, backend, records } = await rig();
+    const read = backend.read.bind(backend);
+    let broken = true;
+    backend.read = (volume, offset, length) => (broken ? Promise.resolve(undefined as unknown as Buffer) : read(volume, offset, length));
+    const c = await RawNbd.go(port);
+    c.request(NbdCmd.READ, { cookie: 1n, offset: 0, length: 512 });
+    expect(await c.reply()).toMatchObject({ cookie: 1n, error: NbdErrno.EIO });
+    broken = false;
+    c.request(NbdCmd.READ, { cookie: 2n, offset: 0, length: 512 });
+    expect(await c.reply()).toMatchObject({ cookie: 2n, error: 0 });
+    expect(records.some((r) => r.msg === 'nbd request failed' || r.msg === 'nbd request failed unexpectedly')).toBe(true);
+    c.close();
+  });
+
   it('speaks structured replies when asked', async () => {
     const { port, backend } = await rig();
     const c = await RawNbd.open(port);
