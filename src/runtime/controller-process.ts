@@ -219,6 +219,7 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger, o
     pairId: cfg.pairId,
     limits: cfg.limits,
     inflightMax: cfg.limits.inflightPerClientMax,
+    replyBytesBufferedMax: cfg.limits.replyBytesBufferedMax,
     log: clientLog,
     getRole: () => core.currentRole,
     onRequest: (conn, msg: ClientRequest) => {

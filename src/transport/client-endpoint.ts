@@ -45,6 +45,12 @@ export interface ClientEndpointOptions {
   log: pino.Logger;
   /** Longest a connection may stay without a CLIENT_HELLO. Default 10000. */
   helloTimeoutMs?: number;
+  /**
+   * Reply bytes one connection may have waiting to be sent (its client is not
+   * reading them); past it the connection is dropped with a logged reason.
+   * Default REPLY_BYTES_BUFFERED_MAX_DEFAULT.
+   */
+  replyBytesBufferedMax?: number;
   getRole(): RoleCode;
   /** The controller answers later with conn.reply(...). A PagepairError it throws becomes the ERROR reply. */
   onRequest(conn: ClientConn, msg: ClientRequest): void;
@@ -52,6 +58,8 @@ export interface ClientEndpointOptions {
 }
 
 const HELLO_TIMEOUT_MS_DEFAULT = 10_000;
+/** 64 MiB: eight of the largest replies (requestBytesMax 8 MiB) at their default. */
+export const REPLY_BYTES_BUFFERED_MAX_DEFAULT = 64 * 1024 * 1024;
 const WITH_DATA_CRC = { dataCrc: true } as const;
 const SEND_BINARY = { binary: true } as const;
 
@@ -103,6 +111,7 @@ class EndpointConn implements ClientConn {
     private readonly sender: number,
     private readonly socket: Socket,
     private readonly log: pino.Logger,
+    private readonly replyBytesBufferedMax: number,
   ) {}
 
   reply(msg: Message): void {
@@ -123,6 +132,20 @@ class EndpointConn implements ClientConn {
     const frame = encodeSafely(msg, this.sender, this.log, FRAMES.take);
     if (frame === undefined) return;
     this.ws.send(frame, SEND_BINARY, FRAMES.giveBackAfter(frame));
+    // A client that sends requests but does not read the replies would have
+    // them pile up here without end: past the bound it is dropped.
+    if (this.ws.bufferedAmount > this.replyBytesBufferedMax) this.dropSlowReader();
+  }
+
+  private dropSlowReader(): void {
+    this.log.warn(
+      { conn: this.id, remote: this.remote, bufferedBytes: this.ws.bufferedAmount, replyBytesBufferedMax: this.replyBytesBufferedMax },
+      'client does not read its replies; connection dropped',
+    );
+    this.closed = true;
+    clearTimeout(this.helloTimer);
+    // At once, not a close handshake queued behind the replies it is not reading.
+    this.ws.terminate();
   }
 
   /** A frame the endpoint itself sends: not counted against inflight. */
@@ -182,7 +205,15 @@ export class ClientEndpoint {
   }
 
   private accept(ws: WebSocket, req: IncomingMessage): void {
-    const conn = new EndpointConn(this.nextId++, describeSocket(req.socket), ws, this.opts.controllerId, req.socket as Socket, this.log);
+    const conn = new EndpointConn(
+      this.nextId++,
+      describeSocket(req.socket),
+      ws,
+      this.opts.controllerId,
+      req.socket as Socket,
+      this.log,
+      this.opts.replyBytesBufferedMax ?? REPLY_BYTES_BUFFERED_MAX_DEFAULT,
+    );
     req.socket.setNoDelay(true);
     this.conns.add(conn);
     this.log.info({ conn: conn.id, remote: conn.remote }, 'client connected');

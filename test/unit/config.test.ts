@@ -60,7 +60,7 @@ describe('parseConfig', () => {
       dirtyAgeMaxMs: 2000,
       destageConcurrency: 16,
     });
-    expect(c.limits).toEqual({ ...DEFAULT_LIMITS, inflightPerClientMax: 256 });
+    expect(c.limits).toEqual({ ...DEFAULT_LIMITS, inflightPerClientMax: 256, replyBytesBufferedMax: 64 * 1024 * 1024 });
     expect(c.heartbeatIntervalMs).toBe(100);
     expect(c.partnerTimeoutMs).toBe(500);
     expect(c.peerReconnectMs).toBe(100);
@@ -76,7 +76,7 @@ describe('parseConfig', () => {
     c.pairId = c.pairId.toUpperCase();
     c.store = { path: '/abs/pair.store', sizeBytes: 64 * 1024 * 1024, tableEntriesMax: 100 };
     c.cache = { cacheBytesMax: 1 << 20, dirtyHighWatermarkPct: 90, dirtyLowWatermarkPct: 10, dirtyAgeMaxMs: 50, destageConcurrency: 2 };
-    c.limits = { pagesPerMessageMax: 16, inflightPerClientMax: 8 };
+    c.limits = { pagesPerMessageMax: 16, inflightPerClientMax: 8, replyBytesBufferedMax: 32 * 1024 * 1024 };
     c.policies = [{ name: 'tiny', dataStructureBytes: 100, pageSizeBytes: 512 }];
     c.log = { level: 'debug', file: 'logs/b.log' };
     c.heartbeatIntervalMs = 20;
@@ -90,7 +90,12 @@ describe('parseConfig', () => {
     expect(cfg.cache.dirtyAgeMaxMs).toBe(50);
     expect(cfg.limits.pagesPerMessageMax).toBe(16);
     expect(cfg.limits.inflightPerClientMax).toBe(8);
+    expect(cfg.limits.replyBytesBufferedMax).toBe(32 * 1024 * 1024);
     expect(cfg.limits.frameBytesMax).toBe(DEFAULT_LIMITS.frameBytesMax);
+    // Fewer than two of the largest frames would drop a client reading at full speed.
+    const small = minimal();
+    small.limits = { replyBytesBufferedMax: DEFAULT_LIMITS.frameBytesMax };
+    expect(() => parseConfig(small, SRC, { cwd: '/work' })).toThrow(/limits\.replyBytesBufferedMax/);
     expect(cfg.userPolicies).toEqual([{ name: 'tiny', dataStructureBytes: 100, pageSizeBytes: 512, description: '' }]);
     expect(cfg.policies.get('tiny')?.pageSizeBytes).toBe(512);
     expect(cfg.log).toEqual({ level: 'debug', file: '/work/logs/b.log' });

@@ -1,0 +1,79 @@
+// Issue 11, finding 4: a client that sends requests but stops reading the
+// replies made its controller buffer them without limit (+182 MiB seen). The
+// client endpoint now drops a connection once its unsent replies pass
+// replyBytesBufferedMax, with a logged reason, and serves everyone else.
+
+import { afterEach, describe, expect, it } from 'vitest';
+import WebSocket from 'ws';
+import { decode, encode } from '../../src/protocol/codec.js';
+import { DEFAULT_LIMITS } from '../../src/protocol/limits.js';
+import { PROTOCOL_VERSION, Role, type Message } from '../../src/protocol/messages.js';
+import { ClientEndpoint } from '../../src/transport/client-endpoint.js';
+import { captureLog, waitFor } from './transport-helpers.js';
+
+const PAIR_ID = '6a1f0c52-8d3e-4b7a-9f21-0c4d5e6f7a8b';
+const TOKEN = 'client-token-for-tests';
+const MiB = 1024 * 1024;
+const GUID = '00000000-0000-4000-8000-000000000001';
+
+const closers: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const close of closers.splice(0).reverse()) await close();
+});
+
+async function client(port: number): Promise<{ ws: WebSocket; replies: Message[] }> {
+  const ws = new WebSocket(`ws://127.0.0.1:${port}`);
+  closers.push(() => ws.terminate());
+  const replies: Message[] = [];
+  ws.on('message', (data: Buffer) => replies.push(decode(data)));
+  await new Promise<void>((resolve, reject) => {
+    ws.once('open', resolve);
+    ws.once('error', reject);
+  });
+  ws.send(encode({ kind: 'CLIENT_HELLO', requestId: 1, epoch: 0, sender: 0, flags: 0, protocolVersion: PROTOCOL_VERSION, token: TOKEN, clientName: 't' }));
+  await waitFor(() => replies.length === 1, 'the hello reply');
+  return { ws, replies };
+}
+
+describe('client endpoint: a client that does not read its replies', () => {
+  it('is dropped once its unsent replies pass replyBytesBufferedMax, and another client is served meanwhile', async () => {
+    const { log, records } = captureLog();
+    const endpoint = new ClientEndpoint({
+      host: '127.0.0.1',
+      port: 0,
+      token: TOKEN,
+      controllerId: 1,
+      pairId: PAIR_ID,
+      limits: DEFAULT_LIMITS,
+      inflightMax: 8,
+      replyBytesBufferedMax: 8 * MiB,
+      log,
+      getRole: () => Role.MIRRORED,
+      // Every read is answered at once with 1 MiB, as a cache hit is.
+      onRequest: (conn, msg) => {
+        if (msg.kind === 'C_READ') conn.reply({ kind: 'C_READ_REPLY', requestId: msg.requestId, epoch: 1, sender: 1, flags: 0, data: Buffer.alloc(msg.length, 7) });
+      },
+    });
+    const { port } = await endpoint.start();
+    closers.push(() => endpoint.close());
+
+    const slow = await client(port);
+    const good = await client(port);
+    expect(endpoint.connections).toBe(2);
+    // The slow client stops reading its socket and keeps asking: 256 MiB of replies if nothing stopped it.
+    (slow.ws as unknown as { _socket: { pause(): void } })._socket.pause();
+    for (let i = 0; i < 256; i++) {
+      slow.ws.send(encode({ kind: 'C_READ', requestId: 100 + i, epoch: 0, sender: 0, flags: 0, guid: GUID, offset: 0, length: MiB, pointerId: 0 }));
+    }
+    await waitFor(() => records.some((r) => r.msg === 'client does not read its replies; connection dropped'), 'the slow reader dropped', 20_000);
+    const dropped = records.find((r) => r.msg === 'client does not read its replies; connection dropped')!;
+    expect(dropped.bufferedBytes as number).toBeGreaterThan(8 * MiB);
+    expect(dropped.bufferedBytes as number).toBeLessThan(8 * MiB + 2 * MiB);
+    await waitFor(() => endpoint.connections === 1, 'the slow connection gone');
+
+    // The other client is served as before.
+    good.ws.send(encode({ kind: 'C_READ', requestId: 9, epoch: 0, sender: 0, flags: 0, guid: GUID, offset: 0, length: 4096, pointerId: 0 }));
+    await waitFor(() => good.replies.length === 2, 'the good client answered');
+    expect(good.replies[1]).toMatchObject({ kind: 'C_READ_REPLY', requestId: 9 });
+  }, 30_000);
+});
