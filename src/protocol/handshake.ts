@@ -44,7 +44,8 @@ function proof(
 }
 
 /**
- * The listener's proof, sent in HELLO_REPLY: HMAC-SHA256(secret, "pagepair-peer-v1|reply|"
+ * The listener's proof, sent in AUTH_REPLY once the dialer's proof (AUTH)
+ * checked out: HMAC-SHA256(secret, "pagepair-peer-v1|reply|"
  * ++ dialerNonce ++ listenerNonce ++ u8 dialerId ++ u8 listenerId ++ pairId as 16 bytes).
  */
 export function helloProof(

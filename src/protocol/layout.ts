@@ -288,9 +288,9 @@ export const BODY: BodyLayouts = {
   RELEASE_POINTER_REPLY: [u32('pages')],
 
   HELLO: [u16('protocolVersion'), guid('pairId'), u8('controllerId'), bytes32('nonce'), u32('pid')],
-  HELLO_REPLY: [guid('pairId'), u8('controllerId'), bytes32('nonce'), bytes32('proof'), u32('pid')],
+  HELLO_REPLY: [guid('pairId'), u8('controllerId'), bytes32('nonce'), u32('pid')],
   AUTH: [bytes32('proof')],
-  AUTH_REPLY: [enumField('role', 'Role', Role)],
+  AUTH_REPLY: [enumField('role', 'Role', Role), bytes32('proof')],
   CLIENT_HELLO: [u16('protocolVersion'), str('token'), str('clientName')],
   CLIENT_HELLO_REPLY: [
     u8('controllerId'),

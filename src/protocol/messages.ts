@@ -306,8 +306,6 @@ export interface HelloReply extends Common {
   pairId: string;
   controllerId: number;
   nonce: Buffer; // 32 bytes
-  /** HMAC proving the replier knows the secret (see docs/protocol.md). */
-  proof: Buffer; // 32 bytes
   pid: number;
 }
 export interface Auth extends Common {
@@ -317,6 +315,12 @@ export interface Auth extends Common {
 export interface AuthReply extends Common {
   kind: 'AUTH_REPLY';
   role: RoleCode;
+  /**
+   * HMAC proving the listener knows the secret (see docs/protocol.md). It
+   * comes only after the dialer proved itself in AUTH: a stranger who dials
+   * gets nothing to guess the secret from.
+   */
+  proof: Buffer; // 32 bytes
 }
 export interface ClientHello extends Common {
   kind: 'CLIENT_HELLO';

@@ -4,8 +4,10 @@
 // Both controllers listen; the one with the lower id dials (and re-dials while
 // the link is down), so there is never a race of two links made at once. The
 // handshake (docs/protocol.md) proves to each side that the other knows the
-// pair's secret without sending it: HELLO -> HELLO_REPLY (listener's proof) ->
-// AUTH (dialer's proof) -> AUTH_REPLY. Only then does a connection become the
+// pair's secret without sending it: HELLO -> HELLO_REPLY (the listener's
+// nonce) -> AUTH (the dialer's proof) -> AUTH_REPLY (the listener's proof).
+// The side that dials proves first, so a stranger reaching the peer port gets
+// no proof to guess the secret from. Only then does a connection become the
 // link; a newer authenticated connection replaces an older one, because it
 // means the partner restarted while the old socket had not noticed yet.
 
@@ -378,7 +380,6 @@ export class PeerLink {
       pairId: this.opts.pairId,
       controllerId: this.opts.selfId,
       nonce: conn.ourNonce,
-      proof: this.listenerProof(conn),
       pid: this.opts.pid,
     });
   }
@@ -391,9 +392,7 @@ export class PeerLink {
     }
     if (msg.nonce.length !== NONCE_BYTES) return this.refuse(conn, 'AUTH_FAILED', 'nonce of the wrong size');
     conn.theirNonce = msg.nonce;
-    if (!proofMatches(msg.proof, this.listenerProof(conn))) {
-      return this.refuse(conn, 'AUTH_FAILED', 'partner proof does not match: wrong secret');
-    }
+    // We dialed: we prove first, and the listener proves itself in AUTH_REPLY.
     conn.partnerPid = msg.pid;
     conn.phase = 'await-auth-reply';
     this.sendRaw(conn, {
@@ -411,6 +410,7 @@ export class PeerLink {
     if (!proofMatches(msg.proof, this.dialerProof(conn))) {
       return this.refuse(conn, 'AUTH_FAILED', 'partner proof does not match: wrong secret');
     }
+    // Only now, the dialer having proved it knows the secret, do we prove it too.
     this.sendRaw(conn, {
       kind: 'AUTH_REPLY',
       requestId: msg.requestId,
@@ -418,16 +418,20 @@ export class PeerLink {
       sender: this.opts.selfId,
       flags: 0,
       role: Role.STARTING,
+      proof: this.listenerProof(conn),
     });
     this.bringUp(conn);
   }
 
   private onAuthReply(conn: Conn, msg: Message): void {
     if (msg.kind !== 'AUTH_REPLY') return this.refuse(conn, 'NOT_AUTHENTICATED', `expected AUTH_REPLY, got ${msg.kind}`);
+    if (!proofMatches(msg.proof, this.listenerProof(conn))) {
+      return this.refuse(conn, 'AUTH_FAILED', 'partner proof does not match: wrong secret');
+    }
     this.bringUp(conn);
   }
 
-  /** The proof the listening side gives in HELLO_REPLY; the dialer recomputes it. */
+  /** The proof the listening side gives in AUTH_REPLY, after the dialer's; the dialer recomputes it. */
   private listenerProof(conn: Conn): Buffer {
     const dialerId = conn.dialed ? this.opts.selfId : this.opts.partnerId;
     const listenerId = conn.dialed ? this.opts.partnerId : this.opts.selfId;

@@ -166,11 +166,10 @@ const FIXTURES: { readonly [K in MessageKind]: Extract<Message, { kind: K }> | M
     pairId: PAIR_ID,
     controllerId: 2,
     nonce: bytes(32, 4),
-    proof: bytes(32, 5),
     pid: 4343,
   },
   AUTH: { kind: 'AUTH', ...common(1), proof: bytes(32, 6) },
-  AUTH_REPLY: { kind: 'AUTH_REPLY', ...common(), role: Role.JOINING },
+  AUTH_REPLY: { kind: 'AUTH_REPLY', ...common(), role: Role.JOINING, proof: bytes(32, 5) },
   CLIENT_HELLO: {
     kind: 'CLIENT_HELLO',
     ...common(0),
@@ -468,7 +467,10 @@ describe('encode and decode', () => {
     const h = decode(hello);
     if (h.kind !== 'HELLO_REPLY') throw new Error('kind');
     expect(h.nonce.buffer).toBe(hello.buffer);
-    expect(h.proof.buffer).toBe(hello.buffer);
+    const auth = encode(FIXTURES.AUTH_REPLY);
+    const a = decode(auth);
+    if (a.kind !== 'AUTH_REPLY') throw new Error('kind');
+    expect(a.proof.buffer).toBe(auth.buffer);
   });
 
   it('accepts a plain Uint8Array and still returns Buffers', () => {

@@ -137,9 +137,10 @@ async function linkWithRawPartner(onMessage: (msg: Message) => void): Promise<{ 
   raw.send({ kind: 'HELLO', requestId: 0, epoch: 0, sender: 1, flags: 0, protocolVersion: PROTOCOL_VERSION, pairId: PAIR_ID, controllerId: 1, nonce, pid: 4242 });
   const hello = await raw.nth(1);
   if (hello.kind !== 'HELLO_REPLY') throw new Error(`expected HELLO_REPLY, got ${hello.kind}`);
-  expect(hello.proof.equals(helloProof(SECRET, PAIR_ID, 1, 2, nonce, hello.nonce))).toBe(true);
   raw.send({ kind: 'AUTH', requestId: 0, epoch: 0, sender: 1, flags: 0, proof: authProof(SECRET, PAIR_ID, 1, 2, nonce, hello.nonce) });
-  expect((await raw.nth(2)).kind).toBe('AUTH_REPLY');
+  const auth = await raw.nth(2);
+  if (auth.kind !== 'AUTH_REPLY') throw new Error(`expected AUTH_REPLY, got ${auth.kind}`);
+  expect(auth.proof.equals(helloProof(SECRET, PAIR_ID, 1, 2, nonce, hello.nonce))).toBe(true);
   await waitFor(() => link.isUp, 'the link up');
   return { link, raw, get ups() { return state.ups; } };
 }

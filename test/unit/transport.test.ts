@@ -106,10 +106,12 @@ async function rawPartner(port: number, secret: string, opts: { badAuthProof?: b
   });
   const reply = await raw.nth(1);
   if (reply.kind !== 'HELLO_REPLY') throw new Error(`expected HELLO_REPLY, got ${reply.kind}`);
-  expect(reply.proof.equals(helloProof(secret, PAIR_ID, 1, 2, nonce, reply.nonce))).toBe(true);
+  // The listener gives no proof before the dialer's (it would be an oracle for the secret).
+  expect('proof' in reply).toBe(false);
   const proof = opts.badAuthProof ? randomBytes(32) : authProof(secret, PAIR_ID, 1, 2, nonce, reply.nonce);
   raw.send({ kind: 'AUTH', requestId: 0, epoch: 0, sender: 1, flags: 0, proof });
-  await raw.nth(2);
+  const auth = await raw.nth(2);
+  if (auth.kind === 'AUTH_REPLY') expect(auth.proof.equals(helloProof(secret, PAIR_ID, 1, 2, nonce, reply.nonce))).toBe(true);
   return raw;
 }
 
@@ -170,20 +172,30 @@ describe('PeerLink', () => {
     it(`never comes up when the ${wrongSide} has the wrong secret, and says why`, async () => {
       const wrong = { secret: 'not-the-secret' };
       const { a, b } = await pair(wrongSide === 'dialer' ? wrong : {}, wrongSide === 'listener' ? wrong : {});
-      // The dialer checks the listener's proof first, so it refuses; the
-      // listener sees the ERROR and the close. Wait for a few re-dials.
+      // The dialer (A) proves first, so the listener (B) checks a proof first
+      // and refuses; the dialer sees the ERROR and the close. Wait for a few re-dials.
       await waitFor(
-        () => warnings(a.records).filter((r) => r.msg === 'peer handshake refused').length >= 3,
+        () => warnings(b.records).filter((r) => r.msg === 'peer handshake refused').length >= 3,
         'three refused handshakes',
       );
       expect(a.link.isUp || b.link.isUp).toBe(false);
       expect(a.ups.length + b.ups.length).toBe(0);
-      const refusal = warnings(a.records).find((r) => r.msg === 'peer handshake refused');
+      const refusal = warnings(b.records).find((r) => r.msg === 'peer handshake refused');
       expect(refusal).toMatchObject({ code: 'AUTH_FAILED', remote: expect.stringMatching(/^127\.0\.0\.1:\d+$/) });
       expect(String(refusal?.reason)).toMatch(/wrong secret/);
-      expect(warnings(b.records).some((r) => r.msg === 'peer refused the handshake')).toBe(true);
+      expect(warnings(a.records).some((r) => r.msg === 'peer refused the handshake')).toBe(true);
     });
   }
+
+  it('a stranger who dials the peer port gets no proof to guess the secret from (the dialer proves first)', async () => {
+    const b = makeLink({ selfId: 2, partnerId: 1 });
+    const { port } = await b.link.start();
+    // Whoever knows the pair id and our partner's id but not the secret: it collects what it can.
+    const raw = await rawPartner(port, 'a-guess-at-the-secret', { badAuthProof: true });
+    await raw.closed;
+    for (const frame of raw.received) expect('proof' in frame, `${frame.kind} carries a proof`).toBe(false);
+    expect(raw.received.map((f) => f.kind)).toEqual(['HELLO_REPLY', 'ERROR']);
+  });
 
   it('the listener refuses an AUTH with a wrong proof', async () => {
     const b = makeLink({ selfId: 2, partnerId: 1 });
