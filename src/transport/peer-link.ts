@@ -236,15 +236,29 @@ export class PeerLink {
     const conn = this.newConn(ws, false, describeSocket(req.socket));
     conn.socket = req.socket as Socket;
     conn.socket.setNoDelay(true);
-    if (this.closed || this.handshakes.size >= HANDSHAKES_MAX) {
+    if (this.closed) {
       ws.on('error', (err) => this.onSocketError(conn, err));
-      this.log.warn({ remote: conn.remote }, 'peer connection refused: too many handshakes under way');
       this.kill(conn);
       return;
     }
+    // Slots full: the oldest handshake that has proved nothing gives way. A
+    // stranger holding every slot open (each until the handshake timeout)
+    // would otherwise keep the real partner out; now it would have to open
+    // connections faster than the partner finishes a handshake (a round trip).
+    if (this.handshakes.size >= HANDSHAKES_MAX) this.evictOldestHandshake(conn.remote);
     conn.phase = 'await-hello';
     this.handshakes.add(conn);
     this.wire(conn);
+  }
+
+  private evictOldestHandshake(newcomer: string): void {
+    for (const old of this.handshakes) {
+      if (old.dialed) continue;
+      this.handshakes.delete(old);
+      this.log.warn({ remote: old.remote, phase: old.phase, newcomer }, 'peer handshake dropped: every slot was taken, the oldest gives way');
+      this.kill(old);
+      return;
+    }
   }
 
   // -------------------------------------------------------------------------

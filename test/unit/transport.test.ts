@@ -187,6 +187,23 @@ describe('PeerLink', () => {
     });
   }
 
+  it('the partner comes up while a stranger holds every handshake slot open (issue 11, finding 2)', async () => {
+    // Handshakes time out only after 30 s here: the stranger's connections stay.
+    const b = makeLink({ selfId: 2, partnerId: 1, handshakeTimeoutMs: 30_000 });
+    const { port } = await b.link.start();
+    const squatters: RawWs[] = [];
+    for (let i = 0; i < 20; i++) {
+      const raw = new RawWs(port);
+      raws.push(raw);
+      await raw.opened;
+      squatters.push(raw);
+    }
+    const a = makeLink({ selfId: 1, partnerId: 2, partner: { host: '127.0.0.1', port }, handshakeTimeoutMs: 30_000 });
+    await a.link.start();
+    await waitFor(() => a.link.isUp && b.link.isUp, 'the partner up despite the stranger', 10_000);
+    expect(warnings(b.records).some((r) => r.msg === 'peer handshake dropped: every slot was taken, the oldest gives way')).toBe(true);
+  });
+
   it('a stranger who dials the peer port gets no proof to guess the secret from (the dialer proves first)', async () => {
     const b = makeLink({ selfId: 2, partnerId: 1 });
     const { port } = await b.link.start();
