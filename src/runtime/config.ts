@@ -14,7 +14,7 @@ import { PagepairError, isPagepairError } from '../errors.js';
 import { resolvePolicies, type Policy, type PolicyInput } from '../core/policy.js';
 import { DEFAULT_LIMITS, HARD_LIMITS, type Limits } from '../protocol/limits.js';
 import { computeGeometry, isUuid, TABLE_ENTRIES_MAX_DEFAULT } from '../store/layout.js';
-import { REPLY_BYTES_BUFFERED_MAX_DEFAULT } from '../transport/client-endpoint.js';
+import { CLIENT_CONNECTIONS_MAX_DEFAULT, REPLY_BYTES_BUFFERED_MAX_DEFAULT } from '../transport/client-endpoint.js';
 
 export type ControllerLetter = 'A' | 'B';
 export type ControllerNumber = 1 | 2;
@@ -61,6 +61,8 @@ export interface ConfigLimits extends Limits {
   inflightPerClientMax: number;
   /** Reply bytes one client connection may leave unread before it is dropped. */
   replyBytesBufferedMax: number;
+  /** Client connections open at once; more are dropped as they come. */
+  clientConnectionsMax: number;
 }
 
 export interface LogConfig {
@@ -142,6 +144,7 @@ export const CONFIG_DEFAULTS = Object.freeze({
   destageConcurrency: 16,
   inflightPerClientMax: 256,
   replyBytesBufferedMax: REPLY_BYTES_BUFFERED_MAX_DEFAULT,
+  clientConnectionsMax: CLIENT_CONNECTIONS_MAX_DEFAULT,
   heartbeatIntervalMs: 100,
   partnerTimeoutMs: 500,
   peerReconnectMs: 100,
@@ -298,7 +301,7 @@ const TOP_FIELDS = [
 ] as const;
 const ENDPOINT_FIELDS = ['host', 'port'] as const;
 const POLICY_FIELDS = ['name', 'dataStructureBytes', 'pageSizeBytes', 'description'] as const;
-const LIMIT_FIELDS = [...(Object.keys(DEFAULT_LIMITS) as (keyof Limits)[]), 'inflightPerClientMax', 'replyBytesBufferedMax'] as const;
+const LIMIT_FIELDS = [...(Object.keys(DEFAULT_LIMITS) as (keyof Limits)[]), 'inflightPerClientMax', 'replyBytesBufferedMax', 'clientConnectionsMax'] as const;
 
 function letterToNumber(l: ControllerLetter): ControllerNumber {
   return l === 'A' ? 1 : 2;
@@ -468,7 +471,7 @@ export function parseConfig(json: unknown, sourceName: string, opts: { cwd?: str
   }
 
   const lf = top.obj('limits', LIMIT_FIELDS, true);
-  const limits = { ...DEFAULT_LIMITS, inflightPerClientMax: CONFIG_DEFAULTS.inflightPerClientMax, replyBytesBufferedMax: CONFIG_DEFAULTS.replyBytesBufferedMax } as ConfigLimits;
+  const limits = { ...DEFAULT_LIMITS, inflightPerClientMax: CONFIG_DEFAULTS.inflightPerClientMax, replyBytesBufferedMax: CONFIG_DEFAULTS.replyBytesBufferedMax, clientConnectionsMax: CONFIG_DEFAULTS.clientConnectionsMax } as ConfigLimits;
   for (const key of Object.keys(DEFAULT_LIMITS) as (keyof Limits)[]) {
     limits[key] = lf.int(key, 1, HARD_LIMITS[key], DEFAULT_LIMITS[key]);
   }
@@ -476,6 +479,7 @@ export function parseConfig(json: unknown, sourceName: string, opts: { cwd?: str
   // At least two of the largest replies, so that one in the socket and one queued never trip it.
   const replyMin = 2 * limits.frameBytesMax;
   limits.replyBytesBufferedMax = lf.int('replyBytesBufferedMax', replyMin, 4 * 1024 * 1024 * 1024, Math.max(replyMin, CONFIG_DEFAULTS.replyBytesBufferedMax));
+  limits.clientConnectionsMax = lf.int('clientConnectionsMax', 1, 65_536, CONFIG_DEFAULTS.clientConnectionsMax);
   const pageMax = limits.pageSizeBytesMax;
   if (pageMax < 512 || (pageMax & (pageMax - 1)) !== 0) lf.fail('pageSizeBytesMax', `a power of two in 512..${HARD_LIMITS.pageSizeBytesMax}`);
   if (limits.requestBytesMax > limits.frameBytesMax) {

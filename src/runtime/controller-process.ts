@@ -220,6 +220,7 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger, o
     limits: cfg.limits,
     inflightMax: cfg.limits.inflightPerClientMax,
     replyBytesBufferedMax: cfg.limits.replyBytesBufferedMax,
+    connectionsMax: cfg.limits.clientConnectionsMax,
     log: clientLog,
     getRole: () => core.currentRole,
     onRequest: (conn, msg: ClientRequest) => {

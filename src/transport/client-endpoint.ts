@@ -51,6 +51,8 @@ export interface ClientEndpointOptions {
    * Default REPLY_BYTES_BUFFERED_MAX_DEFAULT.
    */
   replyBytesBufferedMax?: number;
+  /** Client connections open at once, authenticated or not; more are dropped as they come. Default CLIENT_CONNECTIONS_MAX_DEFAULT. */
+  connectionsMax?: number;
   getRole(): RoleCode;
   /** The controller answers later with conn.reply(...). A PagepairError it throws becomes the ERROR reply. */
   onRequest(conn: ClientConn, msg: ClientRequest): void;
@@ -60,6 +62,7 @@ export interface ClientEndpointOptions {
 const HELLO_TIMEOUT_MS_DEFAULT = 10_000;
 /** 64 MiB: eight of the largest replies (requestBytesMax 8 MiB) at their default. */
 export const REPLY_BYTES_BUFFERED_MAX_DEFAULT = 64 * 1024 * 1024;
+export const CLIENT_CONNECTIONS_MAX_DEFAULT = 1024;
 const WITH_DATA_CRC = { dataCrc: true } as const;
 const SEND_BINARY = { binary: true } as const;
 
@@ -205,6 +208,14 @@ export class ClientEndpoint {
   }
 
   private accept(ws: WebSocket, req: IncomingMessage): void {
+    const connectionsMax = this.opts.connectionsMax ?? CLIENT_CONNECTIONS_MAX_DEFAULT;
+    if (this.conns.size >= connectionsMax) {
+      // Nothing is kept for it: a flood of connections costs a socket each, briefly.
+      this.log.warn({ remote: describeSocket(req.socket), connectionsMax }, 'client connection dropped: too many open');
+      ws.on('error', () => undefined);
+      ws.terminate();
+      return;
+    }
     const conn = new EndpointConn(
       this.nextId++,
       describeSocket(req.socket),

@@ -1,7 +1,9 @@
-// Issue 11, finding 4: a client that sends requests but stops reading the
-// replies made its controller buffer them without limit (+182 MiB seen). The
-// client endpoint now drops a connection once its unsent replies pass
-// replyBytesBufferedMax, with a logged reason, and serves everyone else.
+// Issue 11, finding 4: bounds on what a client can make a controller hold.
+// A client that sends requests but stops reading the replies made its
+// controller buffer them without limit (+182 MiB seen): the client endpoint
+// now drops a connection once its unsent replies pass replyBytesBufferedMax,
+// with a logged reason. And there was no cap on connections: past
+// connectionsMax they are dropped as they come. Everyone else is served.
 
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
@@ -76,4 +78,39 @@ describe('client endpoint: a client that does not read its replies', () => {
     await waitFor(() => good.replies.length === 2, 'the good client answered');
     expect(good.replies[1]).toMatchObject({ kind: 'C_READ_REPLY', requestId: 9 });
   }, 30_000);
+});
+
+describe('client endpoint: more connections than connectionsMax', () => {
+  it('drops the ones past the bound as they come, keeps nothing for them, and serves the others', async () => {
+    const { log, records } = captureLog();
+    const endpoint = new ClientEndpoint({
+      host: '127.0.0.1',
+      port: 0,
+      token: TOKEN,
+      controllerId: 1,
+      pairId: PAIR_ID,
+      limits: DEFAULT_LIMITS,
+      inflightMax: 8,
+      connectionsMax: 4,
+      log,
+      getRole: () => Role.MIRRORED,
+      onRequest: (conn, msg) => {
+        if (msg.kind === 'C_READ') conn.reply({ kind: 'C_READ_REPLY', requestId: msg.requestId, epoch: 1, sender: 1, flags: 0, data: Buffer.alloc(msg.length, 7) });
+      },
+    });
+    const { port } = await endpoint.start();
+    closers.push(() => endpoint.close());
+    const kept = await Promise.all([0, 1, 2, 3].map(() => client(port)));
+    // A stranger opens twenty more without ever saying hello.
+    const extra = Array.from({ length: 20 }, () => new WebSocket(`ws://127.0.0.1:${port}`));
+    for (const ws of extra) {
+      ws.on('error', () => undefined);
+      closers.push(() => ws.terminate());
+    }
+    await Promise.all(extra.map((ws) => new Promise<void>((resolve) => ws.once('close', () => resolve()))));
+    expect(endpoint.connections).toBe(4);
+    expect(records.filter((r) => r.msg === 'client connection dropped: too many open')).toHaveLength(20);
+    kept[0]!.ws.send(encode({ kind: 'C_READ', requestId: 5, epoch: 0, sender: 0, flags: 0, guid: GUID, offset: 0, length: 16, pointerId: 0 }));
+    await waitFor(() => kept[0]!.replies.length === 2, 'a kept client answered');
+  });
 });

@@ -60,7 +60,7 @@ describe('parseConfig', () => {
       dirtyAgeMaxMs: 2000,
       destageConcurrency: 16,
     });
-    expect(c.limits).toEqual({ ...DEFAULT_LIMITS, inflightPerClientMax: 256, replyBytesBufferedMax: 64 * 1024 * 1024 });
+    expect(c.limits).toEqual({ ...DEFAULT_LIMITS, inflightPerClientMax: 256, replyBytesBufferedMax: 64 * 1024 * 1024, clientConnectionsMax: 1024 });
     expect(c.heartbeatIntervalMs).toBe(100);
     expect(c.partnerTimeoutMs).toBe(500);
     expect(c.peerReconnectMs).toBe(100);
