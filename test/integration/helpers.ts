@@ -2,7 +2,7 @@
 // configurations on free ports, log lines read back, every process cleaned up.
 
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -201,4 +201,50 @@ export function seededInts(seed: number): (n: number) => number {
     x >>>= 0;
     return x % n;
   };
+}
+
+/** Any controller a kill test left behind in `dir` (it should leave none) is killed by the pid it recorded; returns those found. */
+export function killTestLeftovers(dir: string): string[] {
+  const left: string[] = [];
+  for (const l of ['A', 'B']) {
+    const pidPath = join(dir, `${l}.pid`);
+    if (!existsSync(pidPath)) continue;
+    const pid = Number(readFileSync(pidPath, 'utf8').trim());
+    let cmdline = '';
+    try {
+      cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    } catch {
+      continue; // gone
+    }
+    if (!cmdline.includes(dir)) continue; // the pid was reused
+    left.push(`${l} pid ${pid}`);
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return left;
+}
+
+/** `pagepair kill-test <args> --dir <new dir> --out <dir>/report --json` as a child process; the dir is pushed on `dirs` for cleanup. */
+export async function runKillTestCli(
+  label: string,
+  args: readonly string[],
+  dirs: string[],
+): Promise<{ code: number | null; stdout: string; stderr: string; dir: string }> {
+  const dir = mkdtempSync(join(tmpdir(), `pagepair-kt-${label}-`));
+  dirs.push(dir);
+  const child = spawn(process.execPath, [BIN, 'kill-test', ...args, '--dir', dir, '--out', join(dir, 'report'), '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  // SIGTERM lets the kill test stop its controllers; SIGKILL only if it does not.
+  const term = setTimeout(() => child.kill('SIGTERM'), 80_000);
+  const kill = setTimeout(() => child.kill('SIGKILL'), 100_000);
+  const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+  clearTimeout(term);
+  clearTimeout(kill);
+  return { code, stdout, stderr, dir };
 }

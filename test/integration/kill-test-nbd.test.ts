@@ -4,66 +4,23 @@
 // with a controller is sent again to the other one. The history must check
 // out and no process may be left behind.
 
-import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { KillTestResult } from '../../src/cli/kill-test.js';
 import { parseReport } from '../../src/workload/report.js';
-import { BIN } from './helpers.js';
+import { killTestLeftovers, runKillTestCli } from './helpers.js';
 
 const dirs: string[] = [];
 
-/** A controller the kill test left behind (it should leave none), killed by the pid it recorded. */
-function leftovers(dir: string): string[] {
-  const left: string[] = [];
-  for (const l of ['A', 'B']) {
-    const pidPath = join(dir, `${l}.pid`);
-    if (!existsSync(pidPath)) continue;
-    const pid = Number(readFileSync(pidPath, 'utf8').trim());
-    let cmdline = '';
-    try {
-      cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-    } catch {
-      continue;
-    }
-    if (!cmdline.includes(dir)) continue;
-    left.push(`${l} pid ${pid}`);
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return left;
-}
-
 afterAll(() => {
   for (const d of dirs) {
-    leftovers(d);
+    killTestLeftovers(d);
     rmSync(d, { recursive: true, force: true });
   }
 });
 
 async function killTest(mode: string, cycles: number): Promise<{ code: number | null; stdout: string; stderr: string; dir: string }> {
-  const dir = mkdtempSync(join(tmpdir(), `pagepair-kt-nbd-${mode}-`));
-  dirs.push(dir);
-  const args = [
-    BIN, 'kill-test', '--transport', 'nbd', '--mode', mode, '--cycles', String(cycles), '--seed', '11', '--dir', dir, '--out', join(dir, 'report'),
-    '--clients', '4', '--inflight', '4', '--blocks', '64', '--json',
-  ];
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  const term = setTimeout(() => child.kill('SIGTERM'), 80_000);
-  const kill = setTimeout(() => child.kill('SIGKILL'), 100_000);
-  const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
-  clearTimeout(term);
-  clearTimeout(kill);
-  return { code, stdout, stderr, dir };
+  return runKillTestCli(`nbd-${mode}`, ['--transport', 'nbd', '--mode', mode, '--cycles', String(cycles), '--seed', '11', '--clients', '4', '--inflight', '4', '--blocks', '64'], dirs);
 }
 
 describe.each([
@@ -103,6 +60,6 @@ describe.each([
     expect(report.readBack).toMatchObject({ errors: 0, verifyErrors: 0 });
     if (mode !== 'partition') expect(result.workload!.failovers).toBeGreaterThan(0);
     expect(existsSync(result.chartPath!)).toBe(true);
-    expect(leftovers(r.dir)).toEqual([]);
+    expect(killTestLeftovers(r.dir)).toEqual([]);
   }, 110_000);
 });

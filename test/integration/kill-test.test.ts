@@ -3,66 +3,24 @@
 // check out, every cycle must print its line, and the run must leave a
 // workload report and a chart with the faults and recoveries marked.
 
-import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { KillTestResult } from '../../src/cli/kill-test.js';
 import { parseReport } from '../../src/workload/report.js';
-import { BIN } from './helpers.js';
+import { killTestLeftovers, runKillTestCli } from './helpers.js';
 
 const dirs: string[] = [];
 
-/** Any controller a kill test left behind (it should leave none) is killed by the pid it recorded. */
-function killLeftovers(dir: string): string[] {
-  const left: string[] = [];
-  for (const l of ['A', 'B']) {
-    const pidPath = join(dir, `${l}.pid`);
-    if (!existsSync(pidPath)) continue;
-    const pid = Number(readFileSync(pidPath, 'utf8').trim());
-    let cmdline = '';
-    try {
-      cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-    } catch {
-      continue; // gone
-    }
-    if (!cmdline.includes(dir)) continue; // the pid was reused
-    left.push(`${l} pid ${pid}`);
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return left;
-}
-
 afterAll(() => {
   for (const d of dirs) {
-    killLeftovers(d);
+    killTestLeftovers(d);
     rmSync(d, { recursive: true, force: true });
   }
 });
 
 async function killTest(mode: string, cycles: number, extra: readonly string[]): Promise<{ code: number | null; stdout: string; stderr: string; dir: string }> {
-  const dir = mkdtempSync(join(tmpdir(), `pagepair-kt-${mode}-`));
-  dirs.push(dir);
-  const args = [BIN, 'kill-test', '--mode', mode, '--cycles', String(cycles), '--seed', '7', '--dir', dir, '--out', join(dir, 'report'), '--clients', '2', '--inflight', '4', '--json', ...extra];
-  const child = spawn(process.execPath, args, {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  // SIGTERM lets the kill test stop its controllers; SIGKILL only if it does not.
-  const term = setTimeout(() => child.kill('SIGTERM'), 80_000);
-  const kill = setTimeout(() => child.kill('SIGKILL'), 100_000);
-  const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
-  clearTimeout(term);
-  clearTimeout(kill);
-  return { code, stdout, stderr, dir };
+  return runKillTestCli(mode, ['--mode', mode, '--cycles', String(cycles), '--seed', '7', '--clients', '2', '--inflight', '4', ...extra], dirs);
 }
 
 // The last run leaves a paused controller alive (no fence action): resumed, it
@@ -124,6 +82,6 @@ describe.each([
     expect(svg).toMatch(new RegExp(`pagepair kill-test · ${cycles} × ${mode}`));
     expect(svg).toMatch(mode === 'partition' ? />fenced B</ : />takeover [AB]</);
     expect(svg).toMatch(/>mirrored [AB]/);
-    expect(killLeftovers(r.dir)).toEqual([]);
+    expect(killTestLeftovers(r.dir)).toEqual([]);
   }, 110_000);
 });
