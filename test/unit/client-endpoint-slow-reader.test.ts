@@ -10,8 +10,8 @@ import WebSocket from 'ws';
 import { decode, encode } from '../../src/protocol/codec.js';
 import { DEFAULT_LIMITS } from '../../src/protocol/limits.js';
 import { PROTOCOL_VERSION, Role, type Message } from '../../src/protocol/messages.js';
-import { ClientEndpoint } from '../../src/transport/client-endpoint.js';
-import { captureLog, waitFor } from './transport-helpers.js';
+import { ClientEndpoint, type ClientEndpointOptions } from '../../src/transport/client-endpoint.js';
+import { captureLog, waitFor, type LogRecord } from './transport-helpers.js';
 
 const PAIR_ID = '6a1f0c52-8d3e-4b7a-9f21-0c4d5e6f7a8b';
 const TOKEN = 'client-token-for-tests';
@@ -37,27 +37,32 @@ async function client(port: number): Promise<{ ws: WebSocket; replies: Message[]
   return { ws, replies };
 }
 
+/** An endpoint that answers every read at once (as a cache hit is), with the bound under test. */
+async function readsEndpoint(bounds: Pick<ClientEndpointOptions, 'replyBytesBufferedMax' | 'connectionsMax'>): Promise<{ endpoint: ClientEndpoint; port: number; records: LogRecord[] }> {
+  const { log, records } = captureLog();
+  const endpoint = new ClientEndpoint({
+    host: '127.0.0.1',
+    port: 0,
+    token: TOKEN,
+    controllerId: 1,
+    pairId: PAIR_ID,
+    limits: DEFAULT_LIMITS,
+    inflightMax: 8,
+    ...bounds,
+    log,
+    getRole: () => Role.MIRRORED,
+    onRequest: (conn, msg) => {
+      if (msg.kind === 'C_READ') conn.reply({ kind: 'C_READ_REPLY', requestId: msg.requestId, epoch: 1, sender: 1, flags: 0, data: Buffer.alloc(msg.length, 7) });
+    },
+  });
+  const { port } = await endpoint.start();
+  closers.push(() => endpoint.close());
+  return { endpoint, port, records };
+}
+
 describe('client endpoint: a client that does not read its replies', () => {
   it('is dropped once its unsent replies pass replyBytesBufferedMax, and another client is served meanwhile', async () => {
-    const { log, records } = captureLog();
-    const endpoint = new ClientEndpoint({
-      host: '127.0.0.1',
-      port: 0,
-      token: TOKEN,
-      controllerId: 1,
-      pairId: PAIR_ID,
-      limits: DEFAULT_LIMITS,
-      inflightMax: 8,
-      replyBytesBufferedMax: 8 * MiB,
-      log,
-      getRole: () => Role.MIRRORED,
-      // Every read is answered at once with 1 MiB, as a cache hit is.
-      onRequest: (conn, msg) => {
-        if (msg.kind === 'C_READ') conn.reply({ kind: 'C_READ_REPLY', requestId: msg.requestId, epoch: 1, sender: 1, flags: 0, data: Buffer.alloc(msg.length, 7) });
-      },
-    });
-    const { port } = await endpoint.start();
-    closers.push(() => endpoint.close());
+    const { endpoint, port, records } = await readsEndpoint({ replyBytesBufferedMax: 8 * MiB });
 
     const slow = await client(port);
     const good = await client(port);
@@ -82,24 +87,7 @@ describe('client endpoint: a client that does not read its replies', () => {
 
 describe('client endpoint: more connections than connectionsMax', () => {
   it('drops the ones past the bound as they come, keeps nothing for them, and serves the others', async () => {
-    const { log, records } = captureLog();
-    const endpoint = new ClientEndpoint({
-      host: '127.0.0.1',
-      port: 0,
-      token: TOKEN,
-      controllerId: 1,
-      pairId: PAIR_ID,
-      limits: DEFAULT_LIMITS,
-      inflightMax: 8,
-      connectionsMax: 4,
-      log,
-      getRole: () => Role.MIRRORED,
-      onRequest: (conn, msg) => {
-        if (msg.kind === 'C_READ') conn.reply({ kind: 'C_READ_REPLY', requestId: msg.requestId, epoch: 1, sender: 1, flags: 0, data: Buffer.alloc(msg.length, 7) });
-      },
-    });
-    const { port } = await endpoint.start();
-    closers.push(() => endpoint.close());
+    const { endpoint, port, records } = await readsEndpoint({ connectionsMax: 4 });
     const kept = await Promise.all([0, 1, 2, 3].map(() => client(port)));
     // A stranger opens twenty more without ever saying hello.
     const extra = Array.from({ length: 20 }, () => new WebSocket(`ws://127.0.0.1:${port}`));
