@@ -42,6 +42,7 @@ import { checkCopies, describeMismatches } from './copies-checker.js';
 import { Harness, type NodeName } from './harness.js';
 import { ConnectionLost, NbdEndpoint, nbdConnIds, type NbdEndpointOptions } from './nbd-endpoint.js';
 import { Prng } from './prng.js';
+import { injectFault } from './faults.js';
 import type { AllocationInfo, SimClient } from './sim-client.js';
 
 export type NbdFault = 'cut' | 'drop' | 'kill' | 'pause';
@@ -492,24 +493,7 @@ export async function runNbdSeed(seed: number, opts: NbdWorkloadOptions = {}): P
       const name: NodeName = my.chance(0.5) ? 'A' : 'B';
       stats.faults++;
       h.logs.push({ node: name, incarnation: h.node(name).incarnation, atMs: h.nowMs, level: 'info', msg: `sim: chaos: ${fault} of ${name}`, obj: {} });
-      switch (fault) {
-        case 'cut':
-          h.cut('chaos');
-          await h.sleep(my.chance(0.6) ? my.int(40) : timeout + my.int(3 * timeout));
-          if (h.nodes.every((n) => n.alive)) h.heal();
-          break;
-        case 'drop':
-          h.drop('chaos drop');
-          break;
-        case 'kill':
-          h.kill(name);
-          break;
-        case 'pause':
-          h.pause(name);
-          await h.sleep(my.pick([my.int(50), my.int(timeout), timeout + my.int(2 * timeout)]));
-          h.resume(name);
-          break;
-      }
+      await injectFault(h, my, fault, name, timeout, () => my.pick([my.int(50), my.int(timeout), timeout + my.int(2 * timeout)]));
       await recover(my, `after ${fault} of ${name}`);
     }
   };

@@ -46,6 +46,7 @@ import { layCells, readCells, writeBytes, type Cell } from './cells.js';
 import { checkCopies, describeMismatches } from './copies-checker.js';
 import { Harness, type NodeName } from './harness.js';
 import { Prng } from './prng.js';
+import { injectFault } from './faults.js';
 import type { AllocationInfo, SimClient } from './sim-client.js';
 import type { StoreWriteKind } from './sim-store.js';
 
@@ -354,28 +355,12 @@ export async function runSeed(seed: number, opts: WorkloadOptions = {}): Promise
       count(fault);
       h.logs.push({ node: name, incarnation: h.node(name).incarnation, atMs: h.nowMs, level: 'info', msg: `sim: chaos: ${fault} of ${name}`, obj: {} });
       switch (fault) {
-        case 'cut': {
-          h.cut('chaos');
-          // Short, or long enough for arbitration to settle who serves.
-          await h.sleep(my.chance(0.6) ? my.int(40) : timeout + my.int(3 * timeout));
-          // recover() restarts a controller a fence action killed meanwhile, and heals then.
-          if (h.nodes.every((n) => n.alive)) h.heal();
-          break;
-        }
+        case 'cut':
         case 'drop':
-          // The connection breaks and the dialer makes it again.
-          h.drop('chaos drop');
-          break;
         case 'kill':
-          h.kill(name);
+        case 'pause':
+          await injectFault(h, my, fault, name, timeout, () => my.pick([my.int(50), my.int(timeout), timeout + my.int(timeout), 2 * timeout + my.int(4 * timeout)]));
           break;
-        case 'pause': {
-          const pauseMs = my.pick([my.int(50), my.int(timeout), timeout + my.int(timeout), 2 * timeout + my.int(4 * timeout)]);
-          h.pause(name);
-          await h.sleep(pauseMs);
-          h.resume(name);
-          break;
-        }
         case 'double': {
           // One controller dies; the survivor writes through alone; once it
           // has destaged everything it inherited, it dies too. Every write it
