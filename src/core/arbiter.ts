@@ -188,20 +188,33 @@ export class Arbiter {
     const next = Math.max(epoch, current) + 1;
     await this.io.store.writeEpochRecord({ epoch: next, activeId: this.cfg.selfId, timeMs: Math.floor(this.io.nowMs()) });
     mailbox = await this.heartbeat(next, role, pid);
-    if (mailbox.epoch === null || mailbox.epoch.epoch !== next || mailbox.epoch.activeId !== this.cfg.selfId) {
-      return this.lost(mailbox, 'epoch record changed under us');
-    }
+    let lostWhy = this.stillOurs(mailbox, next);
+    if (lostWhy !== null) return this.lost(mailbox, lostWhy);
     if (alive) {
       // A live partner may still hold a lease from before our epoch record:
       // it serves nothing once that runs out, so we serve only after.
       await this.io.sleep(this.leaseMs + this.cfg.heartbeatIntervalMs);
       mailbox = await this.heartbeat(next, role, pid);
-      if (mailbox.epoch === null || mailbox.epoch.epoch !== next || mailbox.epoch.activeId !== this.cfg.selfId) {
-        return this.lost(mailbox, 'epoch record changed under us');
-      }
+      lostWhy = this.stillOurs(mailbox, next);
+      if (lostWhy !== null) return this.lost(mailbox, lostWhy);
     }
     this.io.log.warn({ from: epoch, to: next, partnerAlive: alive, tookMs: Math.round(this.io.nowMs() - started) }, 'arbitration: won; taking over');
     return { won: true, epoch: next, partnerPid };
+  }
+
+  /**
+   * Null when the epoch we wrote is still ours; else why not. The epoch
+   * record is a plain write, not a compare-and-swap: a partner that took
+   * over in the same epoch while our arbitration was stalled (paused between
+   * reading the record and writing ours) had its record overwritten by ours.
+   * Its heartbeat slot still says it serves alone in that epoch, and it holds
+   * the writes it acknowledged since; we must not serve beside it.
+   */
+  private stillOurs(mailbox: Mailbox, epoch: number): string | null {
+    if (mailbox.epoch === null || mailbox.epoch.epoch !== epoch || mailbox.epoch.activeId !== this.cfg.selfId) return 'epoch record changed under us';
+    const partner = mailbox.slots[this.cfg.partnerId - 1] ?? null;
+    if (partner !== null && partner.role === Role.ALONE && partner.epoch >= epoch) return `partner serves alone in epoch ${partner.epoch}`;
+    return null;
   }
 
   /** Record that the pair is mirrored again in `epoch` (activeId 0: both serve). */
