@@ -1829,7 +1829,7 @@ export class ControllerCore {
     return targets;
   }
 
-  /** Resolves once the store holds every target page at its version or newer, synced. */
+  /** Resolves once the store holds every target page at its version or newer, synced (see the end). */
   private async flushTargets(targets: FlushTarget[]): Promise<void> {
     this.flushDemand++;
     try {
@@ -1871,7 +1871,9 @@ export class ControllerCore {
     } finally {
       this.flushDemand--;
     }
-    await this.syncSoon();
+    // No sync of our own here: a page's storeVersion moves only after a sync
+    // that followed its write (destage, write-through; at the partner before
+    // it sends "clean at v"), so every target is durable already.
   }
 
   // -------------------------------------------------------------------------
