@@ -63,6 +63,40 @@ export interface ConfigLimits extends Limits {
   replyBytesBufferedMax: number;
   /** Client connections open at once; more are dropped as they come. */
   clientConnectionsMax: number;
+  /** Peer-port connections open at once (the partner's and strangers'); more are dropped as they come. */
+  peerConnectionsMax: number;
+  /** NBD connections open at once, TCP and unix socket together; more are dropped as they come. */
+  nbdConnectionsMax: number;
+  /**
+   * Bytes a connection may send before it has authenticated (the WebSocket
+   * upgrade and the handshake frames); more, and it is cut. Kept small, so a
+   * stranger cannot make a controller buffer or decode large frames.
+   */
+  preAuthBytesMax: number;
+  /** A connection that has not finished its handshake (upgrade, proofs, NBD options) within this is cut. */
+  handshakeTimeoutMs: number;
+  /** Unfinished handshakes one source address may hold at once on one listener. */
+  handshakesPerSourceMax: number;
+  /** Request payload plus reply bytes one NBD connection may have in flight; past it, reading from the socket pauses. */
+  nbdBytesInFlightMax: number;
+  /** Bytes queued to the partner and not yet taken by the socket; past it, the link is dropped (a partner that stopped reading). */
+  peerBytesBufferedMax: number;
+}
+
+/**
+ * Transport security. "off": plain TCP on every listener. "on": each TCP
+ * listener takes TLS and plain connections both (the first byte tells them
+ * apart; NBD clients ask for TLS with STARTTLS), and the controller dials its
+ * partner with TLS. "require": plain connections are refused on every
+ * listener. Keys are pre-shared (TLS-PSK), no certificates: the peer link's
+ * key is derived from the pair secret, the client link's from the client
+ * token, and NBD's come from pskFile (identity:hexkey lines, the format of
+ * GnuTLS's psktool, as qemu-nbd and nbdkit read it).
+ */
+export interface TlsConfig {
+  mode: 'off' | 'on' | 'require';
+  /** Absolute; required when mode is not "off" and listen.nbd is given. */
+  pskFile?: string;
 }
 
 export interface LogConfig {
@@ -120,6 +154,7 @@ export interface ControllerConfig {
   arbitration: ArbitrationConfig;
   alone: AloneConfig;
   log: LogConfig;
+  tls: TlsConfig;
   /**
    * Serve the test-only requests (C_TEST_CORRUPT, which makes the copies of
    * a page differ on purpose). Allowed only when every listener is on
@@ -145,6 +180,13 @@ export const CONFIG_DEFAULTS = Object.freeze({
   inflightPerClientMax: 256,
   replyBytesBufferedMax: REPLY_BYTES_BUFFERED_MAX_DEFAULT,
   clientConnectionsMax: CLIENT_CONNECTIONS_MAX_DEFAULT,
+  peerConnectionsMax: 64,
+  nbdConnectionsMax: 256,
+  preAuthBytesMax: 64 * KiB,
+  handshakeTimeoutMs: 5000,
+  handshakesPerSourceMax: 4,
+  nbdBytesInFlightMax: 64 * MiB,
+  peerBytesBufferedMax: 256 * MiB,
   heartbeatIntervalMs: 100,
   partnerTimeoutMs: 500,
   peerReconnectMs: 100,
@@ -297,11 +339,22 @@ const TOP_FIELDS = [
   'arbitration',
   'alone',
   'log',
+  'tls',
   'testHooks',
 ] as const;
 const ENDPOINT_FIELDS = ['host', 'port'] as const;
 const POLICY_FIELDS = ['name', 'dataStructureBytes', 'pageSizeBytes', 'description'] as const;
-const LIMIT_FIELDS = [...(Object.keys(DEFAULT_LIMITS) as (keyof Limits)[]), 'inflightPerClientMax', 'replyBytesBufferedMax', 'clientConnectionsMax'] as const;
+const LIMIT_FIELDS = [...(Object.keys(DEFAULT_LIMITS) as (keyof Limits)[]),   'inflightPerClientMax',
+  'replyBytesBufferedMax',
+  'clientConnectionsMax',
+  'peerConnectionsMax',
+  'nbdConnectionsMax',
+  'preAuthBytesMax',
+  'handshakeTimeoutMs',
+  'handshakesPerSourceMax',
+  'nbdBytesInFlightMax',
+  'peerBytesBufferedMax',
+] as const;
 
 function letterToNumber(l: ControllerLetter): ControllerNumber {
   return l === 'A' ? 1 : 2;
@@ -471,7 +524,7 @@ export function parseConfig(json: unknown, sourceName: string, opts: { cwd?: str
   }
 
   const lf = top.obj('limits', LIMIT_FIELDS, true);
-  const limits = { ...DEFAULT_LIMITS, inflightPerClientMax: CONFIG_DEFAULTS.inflightPerClientMax, replyBytesBufferedMax: CONFIG_DEFAULTS.replyBytesBufferedMax, clientConnectionsMax: CONFIG_DEFAULTS.clientConnectionsMax } as ConfigLimits;
+  const limits = { ...DEFAULT_LIMITS } as ConfigLimits;
   for (const key of Object.keys(DEFAULT_LIMITS) as (keyof Limits)[]) {
     limits[key] = lf.int(key, 1, HARD_LIMITS[key], DEFAULT_LIMITS[key]);
   }
@@ -480,6 +533,16 @@ export function parseConfig(json: unknown, sourceName: string, opts: { cwd?: str
   const replyMin = 2 * limits.frameBytesMax;
   limits.replyBytesBufferedMax = lf.int('replyBytesBufferedMax', replyMin, 4 * 1024 * 1024 * 1024, Math.max(replyMin, CONFIG_DEFAULTS.replyBytesBufferedMax));
   limits.clientConnectionsMax = lf.int('clientConnectionsMax', 1, 65_536, CONFIG_DEFAULTS.clientConnectionsMax);
+  limits.peerConnectionsMax = lf.int('peerConnectionsMax', 2, 65_536, CONFIG_DEFAULTS.peerConnectionsMax);
+  limits.nbdConnectionsMax = lf.int('nbdConnectionsMax', 1, 65_536, CONFIG_DEFAULTS.nbdConnectionsMax);
+  // The largest handshake frame (a HELLO or C_AUTH with its strings) and the upgrade request fit well within 4 KiB.
+  limits.preAuthBytesMax = lf.int('preAuthBytesMax', 4 * KiB, 16 * MiB, CONFIG_DEFAULTS.preAuthBytesMax);
+  limits.handshakeTimeoutMs = lf.int('handshakeTimeoutMs', 100, 600_000, CONFIG_DEFAULTS.handshakeTimeoutMs);
+  limits.handshakesPerSourceMax = lf.int('handshakesPerSourceMax', 1, 1024, CONFIG_DEFAULTS.handshakesPerSourceMax);
+  // At least two of the largest requests with their replies, so one request in flight never trips it.
+  const nbdMin = 2 * limits.requestBytesMax;
+  limits.nbdBytesInFlightMax = lf.int('nbdBytesInFlightMax', nbdMin, 4 * GiB, Math.max(nbdMin, CONFIG_DEFAULTS.nbdBytesInFlightMax));
+  limits.peerBytesBufferedMax = lf.int('peerBytesBufferedMax', replyMin, 4 * GiB, Math.max(replyMin, CONFIG_DEFAULTS.peerBytesBufferedMax));
   const pageMax = limits.pageSizeBytesMax;
   if (pageMax < 512 || (pageMax & (pageMax - 1)) !== 0) lf.fail('pageSizeBytesMax', `a power of two in 512..${HARD_LIMITS.pageSizeBytesMax}`);
   if (limits.requestBytesMax > limits.frameBytesMax) {
@@ -569,6 +632,22 @@ export function parseConfig(json: unknown, sourceName: string, opts: { cwd?: str
     throw top.error('testHooks', `is true, which needs every listener on loopback (127.0.0.1, ::1 or localhost); ${field} is ${JSON.stringify(host)}`);
   }
 
+  const tlsF = top.obj('tls', ['mode', 'pskFile'], true);
+  const tls: TlsConfig = { mode: tlsF.oneOf<TlsConfig['mode']>('mode', ['off', 'on', 'require'], 'off') };
+  if (tlsF.has('pskFile')) tls.pskFile = resolve(cwd, tlsF.str('pskFile', { what: 'a path (a non-empty string)' }));
+  if (tls.mode !== 'off' && listenNbd !== undefined && tls.pskFile === undefined) {
+    throw tlsF.error('tls.pskFile', `is missing: tls.mode is ${JSON.stringify(tls.mode)} and listen.nbd is given, and NBD clients need the keys (identity:hexkey lines, as psktool writes them)`);
+  }
+  // NBD has no authentication of its own: a plain listener another machine
+  // can reach would let anyone read and write every volume.
+  if (listenNbd !== undefined && !isLoopback(listenNbd.host) && tls.mode !== 'require') {
+    throw tlsF.error(
+      'tls.mode',
+      `is ${JSON.stringify(tls.mode)}, and listen.nbd.host is ${JSON.stringify(listenNbd.host)}, reachable from other machines: NBD authenticates only through TLS-PSK; ` +
+        'set tls.mode to "require" (with tls.pskFile) or listen.nbd.host to loopback (127.0.0.1, ::1 or localhost)',
+    );
+  }
+
   const logF = top.obj('log', ['level', 'file'], true);
   const log: LogConfig = { level: logF.oneOf('level', LOG_LEVELS, CONFIG_DEFAULTS.logLevel) };
   if (logF.has('file')) log.file = resolve(cwd, logF.str('file'));
@@ -594,6 +673,7 @@ export function parseConfig(json: unknown, sourceName: string, opts: { cwd?: str
     arbitration,
     alone,
     log,
+    tls,
     testHooks,
   };
 }
