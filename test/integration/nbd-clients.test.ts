@@ -9,7 +9,8 @@ import { createCipheriv, createHash } from 'node:crypto';
 import { createReadStream, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect } from 'vitest';
+import { itWithTools } from '../tools.js';
 import { killAll, makePairFiles, runCli, startProcess, type PairFiles, type Proc } from './helpers.js';
 
 const MiB = 1024 * 1024;
@@ -85,27 +86,27 @@ async function sha256(path: string): Promise<string> {
   return h.digest('hex');
 }
 
-beforeAll(async () => {
-  work = mkdtempSync(join(tmpdir(), 'pagepair-nbd-clients-'));
-  files = await makePairFiles({}, { nbd: true });
-  a = startProcess(['start', '--config', files.a]);
-  b = startProcess(['start', '--config', files.b]);
-  await Promise.all([a, b].map((p) => p.waitForLog((r) => r.msg === 'mirrored with partner', 30_000)));
-  for (const v of [SMALL, DISK]) {
-    const r = await runCli(['volume', 'create', '--name', v.name, '--size', String(v.sizeBytes), '--config', files.a]);
-    expect(r.code, r.stderr).toBe(0);
-  }
-}, 60_000);
-
-afterAll(async () => {
-  await Promise.all([a?.stop(), b?.stop()]);
-  killAll();
-  files?.cleanup();
-  if (work !== undefined) rmSync(work, { recursive: true, force: true });
-}, 60_000);
-
 describe('real NBD clients on a real pair', () => {
-  it('nbdinfo --json sees the export, its size and flags through A, B and both unix sockets', async () => {
+  beforeAll(async () => {
+    work = mkdtempSync(join(tmpdir(), 'pagepair-nbd-clients-'));
+    files = await makePairFiles({}, { nbd: true });
+    a = startProcess(['start', '--config', files.a]);
+    b = startProcess(['start', '--config', files.b]);
+    await Promise.all([a, b].map((p) => p.waitForLog((r) => r.msg === 'mirrored with partner', 30_000)));
+    for (const v of [SMALL, DISK]) {
+      const r = await runCli(['volume', 'create', '--name', v.name, '--size', String(v.sizeBytes), '--config', files.a]);
+      expect(r.code, r.stderr).toBe(0);
+    }
+  }, 60_000);
+
+  afterAll(async () => {
+    await Promise.all([a?.stop(), b?.stop()]);
+    killAll();
+    files?.cleanup();
+    if (work !== undefined) rmSync(work, { recursive: true, force: true });
+  }, 60_000);
+
+  itWithTools(['nbdinfo'], 'nbdinfo --json sees the export, its size and flags through A, B and both unix sockets', async () => {
     for (const url of [tcp('A', SMALL.name), tcp('B', SMALL.name), unix('A', SMALL.name), unix('B', SMALL.name)]) {
       const r = await run('nbdinfo', ['--json', url], 20_000);
       expect(r.code, `${url}: ${r.stderr}`).toBe(0);
@@ -134,7 +135,7 @@ describe('real NBD clients on a real pair', () => {
     ]);
   });
 
-  it('nbd-client -l lists the export names through A and B', async () => {
+  itWithTools(['nbd-client'], 'nbd-client -l lists the export names through A and B', async () => {
     for (const port of [files.ports.aNbd!, files.ports.bNbd!]) {
       const r = await run('nbd-client', ['-l', '127.0.0.1', String(port)], 20_000);
       expect(r.code, r.stderr).toBe(0);
@@ -147,7 +148,7 @@ describe('real NBD clients on a real pair', () => {
     }
   });
 
-  it('qemu-io: aligned, unaligned, FUA, write-zeroes, discard and flush through A, read back through B', async () => {
+  itWithTools(['qemu-io'], 'qemu-io: aligned, unaligned, FUA, write-zeroes, discard and flush through A, read back through B', async () => {
     await qemuIo(tcp('A', SMALL.name), [
       'write -P 0xab 0 1M',
       'write -P 0x11 1000 3333', // unaligned, inside two pages
@@ -185,7 +186,7 @@ describe('real NBD clients on a real pair', () => {
     await qemuIo(unix('A', SMALL.name), ['read -P 0x66 6M 12345', 'read -P 0x00 6303801 4096']);
   });
 
-  it('nbdcopy: a 64 MiB image in through A and out through B is byte-identical', async () => {
+  itWithTools(['nbdcopy'], 'nbdcopy: a 64 MiB image in through A and out through B is byte-identical', async () => {
     const image = join(work, 'image.raw');
     const copy = join(work, 'copy.raw');
     seededImage(image, DISK.sizeBytes);
@@ -199,7 +200,7 @@ describe('real NBD clients on a real pair', () => {
     expect(want).not.toBe(createHash('sha256').update(Buffer.alloc(DISK.sizeBytes)).digest('hex'));
   }, 90_000);
 
-  it('fio nbd engine: crc32c-verified random writes through A, every block verified through B', async () => {
+  itWithTools(['fio'], 'fio nbd engine: crc32c-verified random writes through A, every block verified through B', async () => {
     const job = ['--name=clients', '--ioengine=nbd', '--rw=randwrite', '--bs=4k', '--iodepth=16', '--size=8M', '--offset=8M', '--randseed=5150', '--verify=crc32c', '--verify_state_save=0', '--output-format=json'];
     const w = await run('fio', [...job, `--uri=${tcp('A', SMALL.name)}`, '--do_verify=0'], 60_000, { cwd: work });
     expect(w.code, w.stderr.slice(-2000)).toBe(0);
@@ -215,7 +216,7 @@ describe('real NBD clients on a real pair', () => {
     expect(verified.read.total_ios).toBe((8 * MiB) / 4096);
   }, 90_000);
 
-  it('nbdsh (Debian python3 with libnbd) reads the size and what A wrote, through B', async (ctx) => {
+  itWithTools(['nbdsh'], 'nbdsh (Debian python3 with libnbd) reads the size and what A wrote, through B', async (ctx) => {
     if (!existsSync('/usr/bin/python3')) {
       ctx.annotate('no /usr/bin/python3: nbdsh cannot run here (scripts/install-nbd-clients.sh warns about it)');
       return;

@@ -4,7 +4,8 @@
 // killing A and then B. A control verify against a zeroed volume must fail
 // on every block, so a survivor that lost writes would fail this test.
 
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect } from 'vitest';
+import { itWithTools } from '../tools.js';
 import { runNbdKillTest, type NbdKillTestResult } from '../../src/cli/nbd-kill-test.js';
 import { killAllFio, liveFioCount } from '../../src/testing/fio.js';
 import { killAllPairControllers } from '../../src/testing/nbd-pair.js';
@@ -19,7 +20,7 @@ afterAll(() => {
 });
 
 describe('nbd-kill-test: fio through a controller that is SIGKILLed', () => {
-  it('verifies every completed write through the survivor, killing A and then B', async () => {
+  itWithTools(['fio'], 'verifies every completed write through the survivor, killing A and then B', async () => {
     let r: NbdKillTestResult;
     try {
       r = await runNbdKillTest({ victims: ['A', 'B'], sizeBytes: 64 * 1024 * 1024, iodepth: 32, seed: 7, print: (l) => lines.push(l), signal: abort.signal });

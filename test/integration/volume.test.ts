@@ -4,6 +4,7 @@
 
 import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { itWithTools } from '../tools.js';
 import { makePairFiles, runCli, startMirroredPair, stopPair, type PairFiles, type Proc } from './helpers.js';
 
 let files: PairFiles;
@@ -123,7 +124,7 @@ describe('volumes and NBD on a real pair', () => {
     }
   });
 
-  it('qemu-io writes through A and reads the same bytes through B; an unaligned write through B reads back through A', async () => {
+  itWithTools(['qemu-io'], 'qemu-io writes through A and reads the same bytes through B; an unaligned write through B reads back through A', async () => {
     await qemuIo(tcpUrl('A', 'vol0'), ['write -P 0xab 0 1M']);
     await qemuIo(tcpUrl('B', 'vol0'), ['read -P 0xab 0 1M']);
 

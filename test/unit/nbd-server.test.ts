@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { itWithTools } from '../tools.js';
 import { PagepairError } from '../../src/errors.js';
 import { NbdCmd, NbdCmdFlag, NbdErrno, NbdFlag, NbdInfo, NbdOpt, NbdRep } from '../../src/protocol/nbd.js';
 import { MemoryNbdBackend } from '../../src/testing/memory-nbd-backend.js';
@@ -827,7 +828,7 @@ describe('NbdServer with real NBD clients', () => {
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  it('nbdinfo sees the export, its size and flags; --list sees every export', async () => {
+  itWithTools(['nbdinfo'], 'nbdinfo sees the export, its size and flags; --list sees every export', async () => {
     const { port } = await rig();
     const info = JSON.parse(await run('nbdinfo', ['--json', `nbd://127.0.0.1:${port}/vol0`])) as {
       exports: Record<string, unknown>[];
@@ -854,7 +855,7 @@ describe('NbdServer with real NBD clients', () => {
     ]);
   });
 
-  it('qemu-io writes and reads patterns, aligned and not, with FUA, write-zeroes, discard and flush', async () => {
+  itWithTools(['qemu-io'], 'qemu-io writes and reads patterns, aligned and not, with FUA, write-zeroes, discard and flush', async () => {
     const { port, backend } = await rig();
     const out = await run('qemu-io', [
       '-f', 'raw',
@@ -888,7 +889,7 @@ describe('NbdServer with real NBD clients', () => {
     expect(backend.calls.some((c) => c.op === 'flush')).toBe(true);
   });
 
-  it('nbdcopy copies an image in and out over several connections, byte for byte', async () => {
+  itWithTools(['nbdcopy'], 'nbdcopy copies an image in and out over several connections, byte for byte', async () => {
     const { port, backend } = await rig();
     const image = join(dir, 'in.img');
     const back = join(dir, 'out.img');
@@ -901,14 +902,14 @@ describe('NbdServer with real NBD clients', () => {
     expect(readFileSync(back).equals(bytes)).toBe(true);
   });
 
-  it('nbd-client -l lists the exports', async () => {
+  itWithTools(['nbd-client'], 'nbd-client -l lists the exports', async () => {
     const { port } = await rig();
     const out = await run('nbd-client', ['-l', '127.0.0.1', String(port)]);
     expect(out).toContain('vol0');
     expect(out).toContain('vol1');
   });
 
-  it('serves the same volumes over the unix socket', async () => {
+  itWithTools(['nbdinfo', 'qemu-io'], 'serves the same volumes over the unix socket', async () => {
     const path = join(dir, 'nbd.sock');
     const { backend } = await rig({}, undefined, path);
     const uri = `nbd+unix:///vol1?socket=${path}`;
