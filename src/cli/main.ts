@@ -20,6 +20,7 @@ import { benchCommand } from './bench.js';
 import { volumeCommand } from './volume.js';
 import { nbdKillTestCommand } from './nbd-kill-test.js';
 import { verifyCommand } from './verify.js';
+import { attachCommand } from './attach.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -128,6 +129,7 @@ program.addCommand(benchCommand());
 program.addCommand(volumeCommand());
 program.addCommand(nbdKillTestCommand());
 program.addCommand(verifyCommand());
+program.addCommand(attachCommand());
 
 program
   .command('report')
