@@ -21,6 +21,7 @@ import { volumeCommand } from './volume.js';
 import { nbdKillTestCommand } from './nbd-kill-test.js';
 import { verifyCommand } from './verify.js';
 import { attachCommand } from './attach.js';
+import { attachKillTestCommand } from './attach-kill-test.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -130,6 +131,7 @@ program.addCommand(volumeCommand());
 program.addCommand(nbdKillTestCommand());
 program.addCommand(verifyCommand());
 program.addCommand(attachCommand());
+program.addCommand(attachKillTestCommand());
 
 program
   .command('report')

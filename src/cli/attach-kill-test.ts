@@ -1,0 +1,288 @@
+// `pagepair attach-kill-test`: a host keeps running while its controllers die.
+// fio's nbd engine writes crc32c-checked 4 KiB blocks through `pagepair
+// attach` (in this process) to a pair of our own; meanwhile A and then B are
+// SIGKILLed and restarted, cycle after cycle, each kill waiting until the pair
+// is mirrored again. fio writes every block of the volume once, then reads
+// every block back through attach and checks its checksum. fio must see no
+// I/O error and no verify failure; attach's stall at each failover (from the
+// path failing to the first request caught in it answered by the other
+// controller) is printed, with the median and the longest. Afterwards both
+// controllers' copies of the volume are read directly and compared.
+
+import { Command } from 'commander';
+import { createHash } from 'node:crypto';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
+import pino from 'pino';
+import { Attach } from '../attach/attach.js';
+import { NbdClient } from '../client/nbd-client.js';
+import { PagepairError } from '../errors.js';
+import { killAllFio, spawnFio, type FioJobReport } from '../testing/fio.js';
+import { NbdPair, type Letter } from '../testing/nbd-pair.js';
+import { formatBytes, parsePositiveInt, parseSize } from './units.js';
+
+const JOB = 'attachkill';
+const BLOCK_BYTES = 4096;
+const VOLUME = 'hostvol';
+const STALL_TIMEOUT_MS = 30_000;
+const REJOIN_TIMEOUT_MS = 60_000;
+const COMPARE_CHUNK_BYTES = 4 * 1024 * 1024;
+
+export interface AttachKillTestOptions {
+  /** Cycles of "kill A, restart A, kill B, restart B". Default 10. */
+  cycles?: number;
+  /** The volume fio writes once, block by block, then verifies. Default 1 GiB. */
+  sizeBytes?: number;
+  iodepth?: number;
+  /** fio --rate_iops: keeps fio writing while the kills go on (and leaves CPU for the pair). Default 5000. */
+  rateIops?: number;
+  /** Pause after the pair is mirrored again before the next kill. Default 1000 ms. */
+  settleMs?: number;
+  /** fio --randseed. Default 1. */
+  seed?: number;
+  dir?: string;
+  keep?: boolean;
+  fioPath?: string;
+  print?: (line: string) => void;
+  signal?: AbortSignal;
+}
+
+export interface AttachKill {
+  victim: Letter;
+  /** ms from the kill to the first request caught in it being answered by the survivor (attach's stall). */
+  stallMs: number;
+  /** ms from the restart until both were mirrored again. */
+  rejoinMs: number;
+}
+
+export interface AttachKillTestResult {
+  ok: boolean;
+  kills: AttachKill[];
+  stallMedianMs: number | null;
+  stallMaxMs: number | null;
+  /** fio's writes and verify reads, and the errors it saw. */
+  fio: { writes: number; verified: number; error: number; totalErrors: number; writeIops: number } | null;
+  /** Whether A's and B's copies of the volume were byte for byte the same. */
+  copiesEqual: boolean | null;
+  attach: { failovers: number; resent: number; failedNoPath: number; longestRequestStallMs: number | null };
+  problems: string[];
+  elapsedMs: number;
+  dir: string | null;
+}
+
+function median(xs: readonly number[]): number | null {
+  if (xs.length === 0) return null;
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+function checkAbort(signal: AbortSignal | undefined): void {
+  if (signal?.aborted === true) throw new PagepairError('SHUTTING_DOWN', 'attach-kill-test interrupted');
+}
+
+async function digestOf(url: string, sizeBytes: number): Promise<string> {
+  const c = await NbdClient.connect(url, { requestTimeoutMs: 60_000 });
+  try {
+    const h = createHash('sha256');
+    for (let at = 0; at < sizeBytes; at += COMPARE_CHUNK_BYTES) h.update(await c.read(at, Math.min(COMPARE_CHUNK_BYTES, sizeBytes - at)));
+    return h.digest('hex');
+  } finally {
+    await c.close().catch(() => undefined);
+  }
+}
+
+export async function runAttachKillTest(o: AttachKillTestOptions = {}): Promise<AttachKillTestResult> {
+  const t0 = performance.now();
+  const cycles = o.cycles ?? 10;
+  const sizeBytes = o.sizeBytes ?? 1024 * 1024 * 1024;
+  const iodepth = o.iodepth ?? 32;
+  const rateIops = o.rateIops ?? 5000;
+  const settleMs = o.settleMs ?? 1000;
+  const print = o.print ?? ((line: string) => console.log(line));
+  if (sizeBytes % BLOCK_BYTES !== 0 || sizeBytes < 4 * 1024 * 1024) throw new PagepairError('BAD_FIELD', `size must be a multiple of ${BLOCK_BYTES} bytes, at least 4 MiB, got ${sizeBytes}`, 'size');
+  const dir = o.dir !== undefined ? resolve(o.dir) : mkdtempSync(join(tmpdir(), 'pagepair-attach-kill-'));
+  mkdirSync(dir, { recursive: true });
+
+  const kills: AttachKill[] = [];
+  const problems: string[] = [];
+  let pair: NbdPair | null = null;
+  let attach: Attach | null = null;
+  let fioReport: FioJobReport | null = null;
+  let copiesEqual: boolean | null = null;
+  let attachTotals: AttachKillTestResult['attach'] = { failovers: 0, resent: 0, failedNoPath: 0, longestRequestStallMs: null };
+  try {
+    pair = await NbdPair.start({ dir, storeBytes: sizeBytes + 256 * 1024 * 1024, cacheBytesMax: 64 * 1024 * 1024 });
+    await pair.createVolume('A', VOLUME, sizeBytes);
+    const socket = join(dir, 'attach.sock');
+    attach = new Attach({
+      controllers: [
+        { id: 'A', host: '127.0.0.1', port: pair.a.nbdPort },
+        { id: 'B', host: '127.0.0.1', port: pair.b.nbdPort },
+      ],
+      volumes: [{ name: VOLUME, preferred: 'A' }],
+      spread: false,
+      holdMs: 30_000,
+      reconnectMs: 100,
+      requestTimeoutMs: 5000,
+      upstreamInflightMax: 128,
+      listen: { host: '127.0.0.1', port: 0, socket },
+      log: pino({ level: 'info' }, pino.destination({ dest: join(dir, 'attach.log'), sync: false, mkdir: true })),
+    });
+    await attach.start();
+    print(
+      `attach-kill-test: pair in ${dir}; fio randwrite ${BLOCK_BYTES} B blocks through attach, iodepth ${iodepth}, ${rateIops} IOPS, ${formatBytes(sizeBytes)} written once then verified; ${cycles} cycles of killing A then B`,
+    );
+    const fio = spawnFio(
+      [
+        `--name=${JOB}`,
+        '--ioengine=nbd',
+        `--uri=nbd+unix:///${VOLUME}?socket=${socket}`,
+        '--rw=randwrite',
+        `--bs=${BLOCK_BYTES}`,
+        `--iodepth=${iodepth}`,
+        `--size=${sizeBytes}`,
+        `--randseed=${o.seed ?? 1}`,
+        `--rate_iops=${rateIops}`,
+        '--verify=crc32c',
+        '--do_verify=1',
+        '--output-format=json',
+      ],
+      { cwd: dir, ...(o.fioPath !== undefined ? { fioPath: o.fioPath } : {}) },
+    );
+    const answered = (): number => attach!.status().paths.reduce((n, p) => n + p.answered, 0);
+    while (answered() < 1000 && fio.running) await sleep(20);
+
+    outer: for (let cycle = 1; cycle <= cycles; cycle++) {
+      for (const victim of ['A', 'B'] as const) {
+        checkAbort(o.signal);
+        if (!fio.running) {
+          problems.push(`fio ended during cycle ${cycle}, before the kills did: give a larger --size or a lower --rate-iops`);
+          break outer;
+        }
+        const before = attach.status().stallsMs.length;
+        const killedAt = performance.now();
+        await pair.of(victim).kill();
+        let stallMs = -1;
+        while (performance.now() - killedAt < STALL_TIMEOUT_MS) {
+          const s = attach.status();
+          if (s.stallsMs.length > before) {
+            stallMs = s.stallsMs[s.stallsMs.length - 1]!;
+            break;
+          }
+          await sleep(10);
+        }
+        if (stallMs < 0) problems.push(`cycle ${cycle}, kill ${victim}: no request was answered by the survivor within ${STALL_TIMEOUT_MS} ms`);
+        const restartAt = performance.now();
+        pair.of(victim).start();
+        await Promise.all([pair.waitRole(victim, ['mirrored'], REJOIN_TIMEOUT_MS), pair.waitRole(victim === 'A' ? 'B' : 'A', ['mirrored'], REJOIN_TIMEOUT_MS)]);
+        const kill = { victim, stallMs, rejoinMs: performance.now() - restartAt };
+        kills.push(kill);
+        print(`  cycle ${cycle}: killed ${victim}; attach stalled ${stallMs.toFixed(0)} ms; ${victim} mirrored again ${kill.rejoinMs.toFixed(0)} ms after its restart`);
+        await sleep(settleMs);
+      }
+    }
+    // fio writes what is left, then reads every block back through attach.
+    const remainingS = Math.ceil(sizeBytes / BLOCK_BYTES / rateIops) + 300;
+    if (!(await fio.waitMs(remainingS * 1000))) {
+      problems.push(`fio did not finish within ${remainingS} s of the last kill`);
+      await fio.stop(0, 3000);
+    }
+    try {
+      fioReport = fio.job(JOB);
+    } catch (err) {
+      problems.push(`fio: ${err instanceof Error ? err.message : String(err)}`);
+    }
+    if (fioReport !== null) {
+      if (fioReport.error !== 0) problems.push(`fio stopped on errno ${fioReport.error}: ${fio.stderrTailText.trim().split('\n').slice(-3).join(' | ')}`);
+      if (fioReport.totalErrors !== 0) problems.push(`fio counted ${fioReport.totalErrors} errors`);
+      const blocks = sizeBytes / BLOCK_BYTES;
+      if (fioReport.write.totalIos < blocks) problems.push(`fio wrote ${fioReport.write.totalIos} of ${blocks} blocks`);
+      if (fioReport.read.totalIos < blocks) problems.push(`fio verified ${fioReport.read.totalIos} of ${blocks} blocks`);
+    }
+    const st = attach.status();
+    attachTotals = { failovers: st.failovers, resent: st.resent, failedNoPath: st.failedNoPath, longestRequestStallMs: st.longestRequestStallMs };
+    if (st.failedNoPath > 0) problems.push(`${st.failedNoPath} requests failed for want of a controller`);
+    const [da, db] = await Promise.all([digestOf(pair.a.nbdUrl(VOLUME), sizeBytes), digestOf(pair.b.nbdUrl(VOLUME), sizeBytes)]);
+    copiesEqual = da === db;
+    if (!copiesEqual) problems.push(`A's and B's copies of ${VOLUME} differ (sha256 ${da.slice(0, 16)}… and ${db.slice(0, 16)}…)`);
+  } catch (err) {
+    problems.push(err instanceof Error ? err.message : String(err));
+  } finally {
+    killAllFio();
+    await attach?.close().catch(() => undefined);
+    await pair?.stop();
+  }
+  const stalls = kills.map((k) => k.stallMs).filter((s) => s >= 0);
+  const stallMedianMs = median(stalls);
+  const stallMaxMs = stalls.length === 0 ? null : Math.max(...stalls);
+  if (stallMedianMs !== null && stallMedianMs >= 1000) problems.push(`the median stall is ${stallMedianMs.toFixed(0)} ms, 1 s or more`);
+  if (kills.length < 2 * cycles && problems.length === 0) problems.push(`only ${kills.length} of ${2 * cycles} kills were made`);
+  const ok = problems.length === 0;
+  const kept = !ok || o.keep === true;
+  if (!kept) rmSync(dir, { recursive: true, force: true });
+  return {
+    ok,
+    kills,
+    stallMedianMs,
+    stallMaxMs,
+    fio:
+      fioReport === null
+        ? null
+        : { writes: fioReport.write.totalIos, verified: fioReport.read.totalIos, error: fioReport.error, totalErrors: fioReport.totalErrors, writeIops: fioReport.write.iops },
+    copiesEqual,
+    attach: attachTotals,
+    problems,
+    elapsedMs: performance.now() - t0,
+    dir: kept ? dir : null,
+  };
+}
+
+export function formatAttachKillTest(r: AttachKillTestResult): string {
+  const lines: string[] = [];
+  const f = r.fio;
+  lines.push(
+    `attach-kill-test: ${r.kills.length} kills; attach stall median ${r.stallMedianMs?.toFixed(0) ?? '-'} ms, max ${r.stallMaxMs?.toFixed(0) ?? '-'} ms; ` +
+      `longest single request ${r.attach.longestRequestStallMs?.toFixed(0) ?? '-'} ms; ${r.attach.resent} requests resent`,
+  );
+  if (f !== null) lines.push(`fio: ${f.writes} writes (${f.writeIops.toFixed(0)}/s), ${f.verified} blocks verified, I/O errors ${f.error === 0 ? 0 : `errno ${f.error}`}, errors counted ${f.totalErrors}`);
+  lines.push(`copies of A and B: ${r.copiesEqual === null ? 'not compared' : r.copiesEqual ? 'the same' : 'DIFFERENT'}`);
+  lines.push(r.ok ? `PASS in ${(r.elapsedMs / 1000).toFixed(1)} s` : `FAIL:\n${r.problems.map((p) => `  - ${p}`).join('\n')}${r.dir !== null ? `\n  files kept in ${r.dir}` : ''}`);
+  return lines.join('\n');
+}
+
+export function attachKillTestCommand(): Command {
+  return new Command('attach-kill-test')
+    .description('fio writes crc32c-checked blocks through `pagepair attach` while A and B are killed and restarted in turn; fio must see no error and verify every block')
+    .option('--cycles <n>', 'cycles of killing A, then B (each restarted and mirrored again before the next kill)', '10')
+    .option('--size <bytes>', 'the volume fio writes once and verifies (e.g. 1GiB)', '1GiB')
+    .option('--iodepth <n>', 'fio --iodepth', '32')
+    .option('--rate-iops <n>', 'fio --rate_iops: keep fio writing while the kills go on', '5000')
+    .option('--settle-ms <ms>', 'pause after the pair is mirrored again before the next kill', '1000')
+    .option('--seed <n>', 'fio --randseed', '1')
+    .option('--dir <path>', 'working directory (default: a new temporary one, removed after a pass)')
+    .option('--keep', 'keep the working directory after a pass')
+    .option('--json', 'print the result as JSON')
+    .action(async (opts: Record<string, string | boolean | undefined>) => {
+      const abort = new AbortController();
+      process.once('SIGINT', () => abort.abort());
+      const json = opts.json === true;
+      const r = await runAttachKillTest({
+        cycles: parsePositiveInt(String(opts.cycles), 'cycles', 1000),
+        sizeBytes: parseSize(String(opts.size), 'size'),
+        iodepth: parsePositiveInt(String(opts.iodepth), 'iodepth', 1024),
+        rateIops: parsePositiveInt(String(opts.rateIops), 'rate-iops'),
+        settleMs: parsePositiveInt(String(opts.settleMs), 'settle-ms'),
+        seed: parsePositiveInt(String(opts.seed), 'seed'),
+        ...(typeof opts.dir === 'string' ? { dir: opts.dir } : {}),
+        keep: opts.keep === true,
+        print: json ? (l) => console.error(l) : (l) => console.log(l),
+        signal: abort.signal,
+      });
+      console.log(json ? JSON.stringify(r, null, 2) : formatAttachKillTest(r));
+      process.exitCode = r.ok ? 0 : 1;
+    });
+}

@@ -1,0 +1,34 @@
+// The fio kill test through `pagepair attach` (src/cli/attach-kill-test.ts),
+// one cycle: fio writes crc32c-checked blocks through attach while A, then B,
+// is SIGKILLed and restarted; fio must see no error and verify every block,
+// and A's and B's copies must be the same. `pagepair attach-kill-test` runs
+// the full 10 cycles (README).
+
+import { afterAll, describe, expect } from 'vitest';
+import { formatAttachKillTest, runAttachKillTest } from '../../src/cli/attach-kill-test.js';
+import { killAllFio } from '../../src/testing/fio.js';
+import { killAllPairControllers } from '../../src/testing/nbd-pair.js';
+import { itWithTools } from '../tools.js';
+
+const abort = new AbortController();
+
+afterAll(() => {
+  abort.abort();
+  killAllFio();
+  killAllPairControllers();
+});
+
+describe('attach-kill-test: fio through attach while the controllers are killed', () => {
+  itWithTools(['fio'], 'fio sees no error and verifies every block; every kill stalls attach for less than a few seconds', async () => {
+    const lines: string[] = [];
+    const r = await runAttachKillTest({ cycles: 1, sizeBytes: 96 * 1024 * 1024, rateIops: 4000, settleMs: 300, print: (l) => lines.push(l), signal: abort.signal });
+    const why = `${lines.join('\n')}\n${formatAttachKillTest(r)}`;
+    expect(r.problems, why).toEqual([]);
+    expect(r.ok).toBe(true);
+    expect(r.kills.map((k) => k.victim)).toEqual(['A', 'B']);
+    expect(r.fio, why).toMatchObject({ error: 0, totalErrors: 0, writes: 24576, verified: 24576 });
+    expect(r.copiesEqual).toBe(true);
+    expect(r.attach.failedNoPath).toBe(0);
+    for (const k of r.kills) expect(k.stallMs, why).toBeLessThan(5000);
+  }, 240_000);
+});
