@@ -4,8 +4,10 @@
 # libnbd-bin (nbdinfo, nbdcopy, nbdsh, nbdfuse), python3-libnbd (for nbdsh),
 # qemu-utils (qemu-io, qemu-img), fio (its nbd engine) and nbd-client.
 #
-# Usage: scripts/install-nbd-clients.sh [--check]
+# Usage: scripts/install-nbd-clients.sh [--check] [--demo]
 #   --check   only report which clients are missing; install nothing.
+#   --demo    also what scripts/host-failover-demo.mjs uses: fuse2fs and
+#             fuse3 (ext4 in userspace over nbdfuse) and e2fsprogs.
 # Needs root (or sudo) for apt-get. Safe to run again: it installs only
 # what is missing.
 set -euo pipefail
@@ -20,6 +22,19 @@ declare -A provides=(
   [fio]=fio
   [nbd-client]=nbd-client
 )
+check=0
+for arg in "$@"; do
+  case "$arg" in
+    --check) check=1 ;;
+    --demo)
+      packages+=(fuse2fs fuse3 e2fsprogs)
+      provides[fuse2fs]=fuse2fs
+      provides[fuse3]=fusermount3
+      provides[e2fsprogs]=e2fsck
+      ;;
+    *) echo "usage: $0 [--check] [--demo]" >&2; exit 2 ;;
+  esac
+done
 
 missing=()
 for p in "${packages[@]}"; do
@@ -28,7 +43,7 @@ for p in "${packages[@]}"; do
   fi
 done
 
-if [[ "${1:-}" == "--check" ]]; then
+if ((check)); then
   if ((${#missing[@]})); then
     echo "missing: ${missing[*]}"
     exit 1
