@@ -44,7 +44,10 @@ Options:
                     before the runs so reads find data
   --inflight <list> fio iodepths, comma-separated (default 1,32)
   --ops <list>      randwrite, randread or both (default randwrite,randread)
-  --servers <list>  of pagepair, nbdkit and nbd-only (default pagepair,nbdkit);
+  --servers <list>  of pagepair, nbdkit, attach and nbd-only (default
+                    pagepair,nbdkit,attach); attach is the same pair through
+                    \`pagepair attach\` (a process of its own, preferring A),
+                    its cost per request beside the direct connection;
                     nbd-only is pagepair's NBD server and its backend over a
                     stand-in core that costs nothing, in this process: what
                     the NBD side itself costs per request
@@ -75,7 +78,7 @@ function options() {
         size: { type: 'string', default: '64' },
         inflight: { type: 'string', default: '1,32' },
         ops: { type: 'string', default: 'randwrite,randread' },
-        servers: { type: 'string', default: 'pagepair,nbdkit' },
+        servers: { type: 'string', default: 'pagepair,nbdkit,attach' },
         cache: { type: 'string', default: '256' },
         seed: { type: 'string', default: '1' },
         out: { type: 'string' },
@@ -104,7 +107,7 @@ function options() {
   const ops = parsed.ops.split(',').map((x) => x.trim());
   for (const op of ops) if (op !== 'randwrite' && op !== 'randread') fail(`--ops: "${op}" is not randwrite or randread`);
   const servers = parsed.servers.split(',').map((x) => x.trim());
-  for (const s of servers) if (s !== 'pagepair' && s !== 'nbdkit' && s !== 'nbd-only') fail(`--servers: "${s}" is not pagepair, nbdkit or nbd-only`);
+  for (const s of servers) if (!['pagepair', 'nbdkit', 'attach', 'nbd-only'].includes(s)) fail(`--servers: "${s}" is not pagepair, nbdkit, attach or nbd-only`);
   return {
     seconds: int('seconds', 1, 3600),
     ramp: int('ramp', 0, 600),
@@ -175,6 +178,37 @@ async function startNbdkit(sizeBytes) {
   }
   child.kill('SIGKILL');
   throw new Error(`nbdkit did not answer on ${url}: ${stderr}`);
+}
+
+/** `pagepair attach` on the pair's volume, a process of its own on a free loopback port. */
+async function startAttach(pair, dir) {
+  const port = await freePort();
+  const child = spawn(
+    process.execPath,
+    [
+      path.join(root, 'bin', 'pagepair.js'),
+      'attach',
+      'bench',
+      '--a-url', pair.a.nbdUrl(''),
+      '--b-url', pair.b.nbdUrl(''),
+      '--listen', `127.0.0.1:${port}`,
+      '--no-socket',
+      '--status-socket', path.join(dir, 'attach.status.sock'),
+      '--log-level', 'warn',
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr = (stderr + d).slice(-4000)));
+  const url = `nbd://127.0.0.1:${port}/bench`;
+  for (let i = 0; i < 100; i++) {
+    if (child.exitCode !== null) throw new Error(`pagepair attach exited (${child.exitCode}): ${stderr}`);
+    const r = await run('nbdinfo', ['--size', url], 5000);
+    if (r.ok) return { child, url, pid: child.pid };
+    await sleep(100);
+  }
+  child.kill('SIGKILL');
+  throw new Error(`pagepair attach did not answer on ${url}: ${stderr}`);
 }
 
 /** One peer-link round trip: the ws echo floor of `pagepair bench`, write-sized, 1 in flight, p50 (µs). */
@@ -252,7 +286,9 @@ function fmtOps(x) {
 function fmtCpu(list) {
   if (list.length === 0 || list.some((x) => !Number.isFinite(x))) return '-';
   const each = list.map((x) => x.toFixed(1));
-  return list.length === 1 ? `${each[0]} µs` : `${(list[0] + list[1]).toFixed(1)} µs (A ${each[0]} + B ${each[1]})`;
+  if (list.length === 1) return `${each[0]} µs`;
+  const pair = `${(list[0] + list[1]).toFixed(1)} µs (A ${each[0]} + B ${each[1]})`;
+  return list.length === 2 ? pair : `${pair} + attach ${each[2]} µs`;
 }
 
 function fmtRatio(x) {
@@ -270,10 +306,12 @@ async function main() {
   let pair = null;
   let nbdkit = null;
   let nbdOnly = null;
+  let attach = null;
   let ok = false;
   const stopAll = async () => {
     killAllFio();
     nbdkit?.child.kill('SIGKILL');
+    attach?.child.kill('SIGKILL');
     await nbdOnly?.server.close();
     await pair?.stop();
   };
@@ -296,11 +334,16 @@ async function main() {
     };
 
     const urls = {};
-    if (o.servers.includes('pagepair')) {
+    if (o.servers.includes('pagepair') || o.servers.includes('attach')) {
       pair = await NbdPair.start({ dir, storeBytes: Math.max(1024 ** 3, 2 * o.sizeBytes + 64 * 1024 * 1024), cacheBytesMax: o.cacheBytes, logLevel: 'warn' });
       await pair.createVolume('A', 'bench', o.sizeBytes);
-      urls.pagepair = pair.a.nbdUrl('bench');
-      note(`pagepair: mirrored pair up (A pid ${pair.a.pid}, B pid ${pair.b.pid}); fio goes through A: ${urls.pagepair}`);
+      if (o.servers.includes('pagepair')) urls.pagepair = pair.a.nbdUrl('bench');
+      note(`pagepair: mirrored pair up (A pid ${pair.a.pid}, B pid ${pair.b.pid}); fio goes through A: ${pair.a.nbdUrl('bench')}`);
+    }
+    if (o.servers.includes('attach')) {
+      attach = await startAttach(pair, dir);
+      urls.attach = attach.url;
+      note(`attach: pagepair attach (pid ${attach.pid}) in front of the same pair, preferring A: ${attach.url}`);
     }
     if (o.servers.includes('nbdkit')) {
       nbdkit = await startNbdkit(o.sizeBytes);
@@ -327,7 +370,12 @@ async function main() {
 
     const ticksPerSec = clockTicksPerSec();
     // The processes whose CPU each server's requests cost: both controllers, or nbdkit.
-    const pidsOf = { pagepair: pair !== null ? [pair.a.pid, pair.b.pid] : [], nbdkit: nbdkit !== null ? [nbdkit.pid] : [], 'nbd-only': [process.pid] };
+    const pidsOf = {
+      pagepair: pair !== null ? [pair.a.pid, pair.b.pid] : [],
+      nbdkit: nbdkit !== null ? [nbdkit.pid] : [],
+      attach: attach !== null ? [pair.a.pid, pair.b.pid, attach.pid] : [],
+      'nbd-only': [process.pid],
+    };
     const cpuNow = (server) => pidsOf[server].map((pid) => cpuUsedUs(pid, ticksPerSec));
     const cells = [];
     for (const op of o.ops) for (const inflight of o.inflight) for (const server of Object.keys(urls)) cells.push({ server, op, inflight, runs: [] });
@@ -427,6 +475,22 @@ async function main() {
       lines.push(
         `${`${r.op} x${r.inflight}`.padEnd(14)}| ${us(a).padStart(10)} ${us(b).padStart(7)} ${us(pair).padStart(8)} | ${us(k).padStart(8)} | ${(k !== undefined && Number.isFinite(pair / k) ? fmtRatio(pair / k) : '-').padStart(6)}${withNbdOnly ? ` | ${us(n).padStart(13)}` : ''}`,
       );
+    }
+    if (urls.attach !== undefined) {
+      lines.push('');
+      lines.push('through pagepair attach (the host-side failover process) against the direct connection to A; CPU: the attach process alone');
+      lines.push(`${'workload'.padEnd(14)}| ${'attach IOPS'.padStart(11)} ${'p50'.padStart(9)} ${'p99'.padStart(9)} | ${'direct IOPS'.padStart(11)} ${'p50'.padStart(9)} | ${'IOPS ratio'.padStart(10)} ${'p50 added'.padStart(9)} | ${'attach CPU'.padStart(10)}`);
+      lines.push('-'.repeat(104));
+      for (const op of o.ops) {
+        for (const inflight of o.inflight) {
+          const t = get('attach', op, inflight);
+          const d = get('pagepair', op, inflight);
+          const cpu = t?.cpuUsPerIo?.[2];
+          lines.push(
+            `${`${op} x${inflight}`.padEnd(14)}| ${fmtOps(t?.iops).padStart(11)} ${fmtUs(t?.p50Us).padStart(9)} ${fmtUs(t?.p99Us).padStart(9)} | ${fmtOps(d?.iops).padStart(11)} ${fmtUs(d?.p50Us).padStart(9)} | ${fmtRatio(t && d ? t.iops / d.iops : NaN).padStart(10)} ${fmtUs(t && d ? t.p50Us - d.p50Us : NaN).padStart(9)} | ${(cpu !== undefined && Number.isFinite(cpu) ? `${cpu.toFixed(1)} µs` : '-').padStart(10)}`,
+          );
+        }
+      }
     }
     lines.push('');
     lines.push(`peer-link round trip: ${fmtUs(rtt.p50Us)} p50 (${fmtUs(rtt.p99Us)} p99), median of ${rttRuns.length}: pagepair bench's ws echo floor, ${rtt.requestBytes} B message and ${rtt.replyBytes} B reply between two Node processes, 1 in flight`);

@@ -19,8 +19,8 @@ interface AttachCliOptions {
   aUrl?: string;
   bUrl?: string;
   listen: string;
-  socket?: string;
-  noSocket?: boolean;
+  /** false with --no-socket. */
+  socket: string | false;
   statusSocket: string;
   preferred: PathId;
   spread?: boolean;
@@ -103,7 +103,7 @@ export function attachCommand(): Command {
       const level = levels.find((l) => l === opts.logLevel);
       if (level === undefined) throw new PagepairError('BAD_FIELD', `--log-level must be one of ${levels.join(', ')}, got ${JSON.stringify(opts.logLevel)}`, 'logLevel');
       const log = createLogger({ level }, { component: 'attach' });
-      const socket = opts.noSocket === true || opts.socket === undefined ? undefined : resolve(opts.socket);
+      const socket = opts.socket === false ? undefined : resolve(opts.socket);
       const attach = new Attach({
         controllers: [controllerEndpoint('A', opts.aUrl, opts.configA), controllerEndpoint('B', opts.bUrl, opts.configB)],
         volumes: volumes.map((v) => parseVolumeArg(v, opts.preferred)),
