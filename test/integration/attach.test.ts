@@ -28,6 +28,7 @@ beforeAll(async () => {
   const admin = await PagepairClient.connect({ host: '127.0.0.1', port: files.ports.aClient, token: files.token });
   await admin.allocate('hostvol', BLOCKS * BLOCK);
   await admin.allocate('spreadvol', BLOCKS * BLOCK);
+  await admin.allocate('holdvol', BLOCKS * BLOCK);
   await admin.close();
 }, 60_000);
 
@@ -159,5 +160,36 @@ describe('pagepair attach on a real pair', () => {
     const [ra, rb] = await Promise.all([a.read(0, 16 * BLOCK), b.read(0, 16 * BLOCK)]);
     expect(ra.equals(rb), 'A and B hold the same bytes').toBe(true);
     for (const c of [w1, w2, a, b]) await c.close();
+  }, 120_000);
+
+  // Last: it stops both controllers.
+  it('with both controllers gone, a request is held for --hold-ms and then fails with EIO; a flushed write survives; nothing else is acknowledged', async () => {
+    const { status } = await startAttach('holdvol', ['--hold-ms', '1500']);
+    const s0 = await fetchAttachStatus(status);
+    expect(s0.holdMs).toBe(1500);
+    const socket = join(files.dir, 'attach-holdvol.sock');
+    const client = await NbdClient.connect(`nbd+unix:///holdvol?socket=${socket}`, { requestTimeoutMs: 60_000 });
+    const kept = roundValue(BLOCK, 1, 77);
+    await client.write(0, kept);
+    await client.flush();
+    for (const p of pair) p.child.kill('SIGKILL');
+    await Promise.all(pair.map((p) => p.exited));
+    const t0 = Date.now();
+    let acked = false;
+    const late = client.write(BLOCK, roundValue(BLOCK, 2, 78)).then(() => (acked = true));
+    await expect(late).rejects.toMatchObject({ errno: 5 });
+    const waited = Date.now() - t0;
+    expect(acked).toBe(false);
+    expect(waited).toBeGreaterThanOrEqual(1400);
+    expect(waited).toBeLessThan(15_000);
+    const s1 = await fetchAttachStatus(status);
+    expect(s1.failedNoPath).toBe(1);
+    expect(s1.paths.map((p) => p.state)).toEqual(['down', 'down']);
+    // Both come back; attach finds them again; the flushed write is there.
+    pair = [startProcess(['start', '--config', files.a]), startProcess(['start', '--config', files.b])];
+    await Promise.all(pair.map((p) => p.waitForLog((r) => r.msg === 'mirrored with partner', 60_000)));
+    const back = await client.read(0, BLOCK);
+    expect(back.equals(kept)).toBe(true);
+    await client.close();
   }, 120_000);
 });
