@@ -2,6 +2,7 @@
 // matched to replies by request id, every failure a PagepairError.
 
 import type { CListReply, ClientRequest, Message, MessageKind, VerifiedPage } from '../protocol/messages.js';
+import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import { WebSocket, type RawData } from 'ws';
 import { PagepairError } from '../errors.js';
@@ -9,6 +10,7 @@ import { decode, encode } from '../protocol/codec.js';
 import { HARD_LIMITS } from '../protocol/limits.js';
 import { PointerMode, PROTOCOL_VERSION, SENDER_CLIENT, type RoleCode } from '../protocol/messages.js';
 import { FRAMES } from '../transport/frame-pool.js';
+import { CLIENT_PSK_IDENTITY, derivePsk, pskClientOptions } from '../transport/tls.js';
 import { closeGracefully, messageBytes, WS_COMMON, zeroMask } from '../transport/ws-util.js';
 
 export interface ClientOptions {
@@ -19,6 +21,26 @@ export interface ClientOptions {
   name?: string;
   /** Per request, and for the connect + hello. Default 10000. */
   timeoutMs?: number;
+  /**
+   * Connect with TLS (wss://), the key derived from the token (TLS-PSK): needed
+   * when the controller's tls.mode is "require", possible when it is "on".
+   */
+  tls?: boolean;
+}
+
+/** Host, port and TLS of a `ws://host:port` or `wss://host:port` URL (wss: TLS). */
+export function parseControllerUrl(url: string): { host: string; port: number; tls: boolean } {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new PagepairError('BAD_FIELD', `${JSON.stringify(url)} is not a URL (ws://host:port or wss://host:port)`, 'url');
+  }
+  if (u.protocol !== 'ws:' && u.protocol !== 'wss:') throw new PagepairError('BAD_FIELD', `${url}: the scheme must be ws:// or wss://`, 'url');
+  const port = Number(u.port);
+  if (u.port === '' || !Number.isInteger(port) || port < 1 || port > 65535) throw new PagepairError('BAD_FIELD', `${url}: a port is needed`, 'url');
+  const host = u.hostname.startsWith('[') ? u.hostname.slice(1, -1) : u.hostname;
+  return { host, port, tls: u.protocol === 'wss:' };
 }
 
 export interface AllocationInfo {
@@ -100,12 +122,15 @@ export class PagepairClient {
   /** Connects and says hello. Rejects with a PagepairError (AUTH_FAILED, TIMEOUT, NOT_ACTIVE, ...). */
   static connect(opts: ClientOptions): Promise<PagepairClient> {
     const timeoutMs = opts.timeoutMs ?? TIMEOUT_MS_DEFAULT;
-    const where = `${opts.host}:${opts.port}`;
-    const url = `ws://${opts.host.includes(':') ? `[${opts.host}]` : opts.host}:${opts.port}/`;
+    const tls = opts.tls === true;
+    const where = `${opts.host}:${opts.port}${tls ? ' (TLS)' : ''}`;
+    const url = `${tls ? 'wss' : 'ws'}://${opts.host.includes(':') ? `[${opts.host}]` : opts.host}:${opts.port}/`;
     return new Promise((resolve, reject) => {
       let settled = false;
       const ws = new WebSocket(url, {
         ...WS_COMMON,
+        // ws hands these to tls.connect: the key is the check, no certificates.
+        ...(tls ? pskClientOptions(CLIENT_PSK_IDENTITY, derivePsk(opts.token, 'client')) : {}),
         // Replies may be as large as any controller allows; the hard limit bounds them.
         maxPayload: HARD_LIMITS.frameBytesMax,
         handshakeTimeout: timeoutMs,
@@ -143,8 +168,22 @@ export class PagepairClient {
         ws.off('message', onMessage);
         resolve(new PagepairClient(ws, timeoutMs, msg));
       };
+      // A controller whose tls.mode is "require" answers a plain upgrade with 426 and says why.
+      ws.on('unexpected-response', (_req, res: IncomingMessage) => {
+        const tlsRequired = res.statusCode === 426 && res.headers['x-pagepair-refused'] === 'tls-required';
+        res.resume();
+        fail(
+          tlsRequired
+            ? new PagepairError('NOT_ALLOWED', `controller at ${where} requires TLS (its tls.mode is "require"): connect with TLS (tls: true, wss://, or --tls)`)
+            : new PagepairError('NOT_ACTIVE', `controller at ${where} answered the upgrade with HTTP ${res.statusCode ?? '?'}`),
+        );
+      });
       // Stays for the socket's whole life: an unhandled 'error' would crash the caller.
-      ws.on('error', (err) => fail(new PagepairError('NOT_ACTIVE', `cannot reach controller at ${where}: ${err.message}`)));
+      ws.on('error', (err) => {
+        // A TLS handshake that fails is a wrong token (the key derives from it) or a controller that takes no TLS.
+        const hint = tls && ws.readyState === WebSocket.CONNECTING ? ' (over TLS: a controller whose tls.mode is "off" refuses TLS, and a wrong token fails the TLS handshake)' : '';
+        fail(new PagepairError('NOT_ACTIVE', `cannot reach controller at ${where}: ${err.message}${hint}`));
+      });
       ws.on('close', (code) => fail(new PagepairError('NOT_ACTIVE', `connection to ${where} closed during hello (${code})`)));
       ws.on('message', onMessage);
       ws.once('open', () => {
@@ -458,6 +497,8 @@ export interface ControllerAddress {
   host: string;
   port: number;
   token: string;
+  /** Connect with TLS (see ClientOptions.tls). */
+  tls?: boolean;
 }
 
 export interface ControllerConfigAddresses {
@@ -465,6 +506,8 @@ export interface ControllerConfigAddresses {
   clientToken: string;
   listen: { client: { host: string; port: number } };
   partner: { id: string; client: { host: string; port: number } };
+  /** The configuration's tls section: "require" means clients must use TLS. */
+  tls?: { mode: 'off' | 'on' | 'require' };
 }
 
 /**
@@ -472,22 +515,29 @@ export interface ControllerConfigAddresses {
  * file, so a tool can reach A, B or both. Each entry can be passed to
  * PagepairClient.connect as it is.
  */
-export function controllerAddresses(cfg: ControllerConfigAddresses): {
+export function controllerAddresses(
+  cfg: ControllerConfigAddresses,
+  opts: { tls?: boolean } = {},
+): {
   self: ControllerAddress;
   partner: ControllerAddress;
   all: [ControllerAddress, ControllerAddress];
 } {
+  // TLS when asked for (--tls), and always when the controllers take nothing else.
+  const tls = opts.tls === true || cfg.tls?.mode === 'require';
   const self: ControllerAddress = {
     id: cfg.id,
     host: dialableHost(cfg.listen.client.host),
     port: cfg.listen.client.port,
     token: cfg.clientToken,
+    tls,
   };
   const partner: ControllerAddress = {
     id: cfg.partner.id,
     host: dialableHost(cfg.partner.client.host),
     port: cfg.partner.client.port,
     token: cfg.clientToken,
+    tls,
   };
   return { self, partner, all: [self, partner] };
 }

@@ -3,6 +3,7 @@
 export {
   PagepairClient,
   controllerAddresses,
+  parseControllerUrl,
   type AllocationInfo,
   type ClientOptions,
   type ControllerAddress,

@@ -168,6 +168,7 @@ export class PairClient {
       host: addr.host,
       port: addr.port,
       token: addr.token,
+      ...(addr.tls === true ? { tls: true } : {}),
       name: this.opts.name ?? 'pagepair-pair-client',
       timeoutMs: this.opts.timeoutMs,
     })

@@ -5,10 +5,10 @@
 // header cannot be trusted gets an ERROR and that connection alone is closed.
 
 import { createHash, timingSafeEqual } from 'node:crypto';
-import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
 import type pino from 'pino';
-import { WebSocketServer, type RawData, type WebSocket } from 'ws';
+import type { RawData, WebSocket } from 'ws';
 import { isPagepairError, type ErrorCodeName } from '../errors.js';
 import { decode, ProtocolError, typeOfKind } from '../protocol/codec.js';
 import type { Limits } from '../protocol/limits.js';
@@ -20,7 +20,9 @@ import {
   type RoleCode,
 } from '../protocol/messages.js';
 import { FRAMES } from './frame-pool.js';
-import { closeGracefully, closeServer, describeSocket, encodeSafely, errorReply, messageBytes, waitListening, WS_COMMON } from './ws-util.js';
+import { CLIENT_PSK_IDENTITY, derivePsk } from './tls.js';
+import { WsListener, type AcceptedConnection, type ListenerCounters, type TlsMode, type WsListenerBounds } from './ws-listener.js';
+import { closeGracefully, encodeSafely, errorReply, messageBytes } from './ws-util.js';
 
 export interface ClientConn {
   readonly id: number;
@@ -43,8 +45,20 @@ export interface ClientEndpointOptions {
   /** Requests one connection may have unanswered; more get BUSY. */
   inflightMax: number;
   log: pino.Logger;
-  /** Longest a connection may stay without a CLIENT_HELLO. Default 10000. */
+  /** Longest a connection may take from its TCP accept to an accepted CLIENT_HELLO. Default 10000. */
   helloTimeoutMs?: number;
+  /**
+   * The listener's bounds on connections not yet authenticated (see
+   * ws-listener.ts): bytes before the hello, and unfinished handshakes per
+   * source address (past them a connection waits for a slot). Defaults
+   * CLIENT_BOUNDS_DEFAULT.
+   */
+  bounds?: Partial<Pick<WsListenerBounds, 'preAuthBytesMax' | 'handshakesPerSourceMax'>>;
+  /**
+   * TLS-PSK with a key derived from the client token: "on" takes TLS and
+   * plain connections, "require" TLS only. Default "off".
+   */
+  tlsMode?: TlsMode;
   /**
    * Reply bytes one connection may have waiting to be sent (its client is not
    * reading them); past it the connection is dropped with a logged reason.
@@ -63,6 +77,7 @@ const HELLO_TIMEOUT_MS_DEFAULT = 10_000;
 /** 64 MiB: eight of the largest replies (requestBytesMax 8 MiB) at their default. */
 export const REPLY_BYTES_BUFFERED_MAX_DEFAULT = 64 * 1024 * 1024;
 export const CLIENT_CONNECTIONS_MAX_DEFAULT = 1024;
+export const CLIENT_BOUNDS_DEFAULT = { preAuthBytesMax: 64 * 1024, handshakesPerSourceMax: 4 } as const;
 const WITH_DATA_CRC = { dataCrc: true } as const;
 const SEND_BINARY = { binary: true } as const;
 
@@ -104,6 +119,7 @@ class EndpointConn implements ClientConn {
   requests = 0;
   clientName = '';
   helloTimer: NodeJS.Timeout | undefined;
+  accepted: AcceptedConnection | undefined;
 
   private corked = false;
 
@@ -171,7 +187,7 @@ export class ClientEndpoint {
   private readonly log: pino.Logger;
   private readonly tokenHash: Buffer;
   private readonly conns = new Set<EndpointConn>();
-  private server: WebSocketServer | undefined;
+  private server: WsListener | undefined;
   private nextId = 1;
   private closing = false;
 
@@ -186,46 +202,51 @@ export class ClientEndpoint {
     return this.conns.size;
   }
 
+  /** What the client listener refused and why (undefined before start). */
+  get listenerCounters(): ListenerCounters | undefined {
+    return this.server?.counters;
+  }
+
   async start(): Promise<{ port: number }> {
-    const server = new WebSocketServer({
-      ...WS_COMMON,
+    const tlsMode = this.opts.tlsMode ?? 'off';
+    const server = new WsListener({
+      name: 'client',
       host: this.opts.host,
       port: this.opts.port,
       maxPayload: this.opts.limits.frameBytesMax,
+      // Connections past the cap are dropped before a byte is read: nothing is kept for them.
+      connectionsMax: this.opts.connectionsMax ?? CLIENT_CONNECTIONS_MAX_DEFAULT,
+      ...CLIENT_BOUNDS_DEFAULT,
+      ...this.opts.bounds,
+      handshakeTimeoutMs: this.opts.helloTimeoutMs ?? HELLO_TIMEOUT_MS_DEFAULT,
+      tls: { mode: tlsMode, identity: CLIENT_PSK_IDENTITY, key: derivePsk(this.opts.token, 'client') },
+      overSource: 'wait',
+      log: this.log,
+      onConnection: (ws, accepted) => this.accept(ws, accepted),
     });
     this.server = server;
-    server.on('error', (err) => this.log.error({ err }, 'client endpoint server error'));
-    server.on('connection', (ws, req) => this.accept(ws, req));
-    const bound = await waitListening(server);
-    this.log.info({ host: this.opts.host, port: bound.port }, 'client endpoint listening');
+    const bound = await server.start();
+    this.log.info({ host: this.opts.host, port: bound.port, tls: tlsMode }, 'client endpoint listening');
     return bound;
   }
 
   async close(): Promise<void> {
     this.closing = true;
     for (const conn of this.conns) conn.close(CLOSE_GOING_AWAY, 'controller stopping');
-    if (this.server !== undefined) await closeServer(this.server);
+    if (this.server !== undefined) await this.server.close();
   }
 
-  private accept(ws: WebSocket, req: IncomingMessage): void {
-    const connectionsMax = this.opts.connectionsMax ?? CLIENT_CONNECTIONS_MAX_DEFAULT;
-    if (this.conns.size >= connectionsMax) {
-      // Nothing is kept for it: a flood of connections costs a socket each, briefly.
-      this.log.warn({ remote: describeSocket(req.socket), connectionsMax }, 'client connection dropped: too many open');
-      ws.on('error', () => undefined);
-      ws.terminate();
-      return;
-    }
+  private accept(ws: WebSocket, accepted: AcceptedConnection): void {
     const conn = new EndpointConn(
       this.nextId++,
-      describeSocket(req.socket),
+      accepted.remote,
       ws,
       this.opts.controllerId,
-      req.socket as Socket,
+      accepted.socket,
       this.log,
       this.opts.replyBytesBufferedMax ?? REPLY_BYTES_BUFFERED_MAX_DEFAULT,
     );
-    req.socket.setNoDelay(true);
+    conn.accepted = accepted;
     this.conns.add(conn);
     this.log.info({ conn: conn.id, remote: conn.remote }, 'client connected');
     ws.on('error', (err) => this.log.warn({ conn: conn.id, remote: conn.remote, err: err.message }, 'client socket error'));
@@ -236,9 +257,11 @@ export class ClientEndpoint {
       return;
     }
     const helloTimeoutMs = this.opts.helloTimeoutMs ?? HELLO_TIMEOUT_MS_DEFAULT;
+    // Counted from the TCP accept, as the listener counts it; the listener cuts the socket soon after.
+    const spentMs = performance.now() - accepted.acceptedAtMs;
     conn.helloTimer = setTimeout(() => {
       this.refuse(conn, 'NOT_AUTHENTICATED', `no CLIENT_HELLO within ${helloTimeoutMs} ms`, CLOSE_POLICY);
-    }, helloTimeoutMs);
+    }, Math.max(0, helloTimeoutMs - spentMs));
   }
 
   private onClosed(conn: EndpointConn, code: number): void {
@@ -360,6 +383,8 @@ export class ClientEndpoint {
     clearTimeout(conn.helloTimer);
     conn.helloTimer = undefined;
     conn.authenticated = true;
+    // From here frameBytesMax bounds its frames, no longer preAuthBytesMax.
+    conn.accepted?.authenticated();
     conn.clientName = msg.clientName;
     this.log.debug({ conn: conn.id, remote: conn.remote, name: msg.clientName }, 'client authenticated');
     const reply = encodeSafely(

@@ -14,8 +14,9 @@
 import { randomBytes } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
 import type pino from 'pino';
-import { WebSocket, WebSocketServer, type RawData } from 'ws';
+import { WebSocket, type RawData } from 'ws';
 import { isPagepairError, PagepairError, type ErrorCodeName } from '../errors.js';
 import { decode, isReplyType, ProtocolError, typeOfKind } from '../protocol/codec.js';
 import { isGuid } from '../protocol/guid.js';
@@ -23,7 +24,9 @@ import { authProof, helloProof, NONCE_BYTES, proofMatches } from '../protocol/ha
 import type { Limits } from '../protocol/limits.js';
 import { PROTOCOL_VERSION, Role, type Message } from '../protocol/messages.js';
 import { FRAMES } from './frame-pool.js';
-import { closeGracefully, closeServer, describeSocket, encodeSafely, errorReply, messageBytes, waitListening, WS_COMMON, zeroMask } from './ws-util.js';
+import { derivePsk, PEER_PSK_IDENTITY, pskClientOptions } from './tls.js';
+import { WsListener, type AcceptedConnection, type ListenerCounters, type TlsMode, type WsListenerBounds } from './ws-listener.js';
+import { closeGracefully, encodeSafely, errorReply, messageBytes, WS_COMMON, zeroMask } from './ws-util.js';
 
 export interface PeerLinkOptions {
   /** 1 = A, 2 = B. */
@@ -40,6 +43,24 @@ export interface PeerLinkOptions {
   reconnectMs: number;
   /** Longest a connection may take from open to authenticated. Default 5000. */
   handshakeTimeoutMs?: number;
+  /**
+   * The peer listener's bounds on connections not yet authenticated (see
+   * ws-listener.ts); handshakeTimeoutMs above is the listener's too. The
+   * partner's host (partner.host) is always let in. Defaults PEER_BOUNDS_DEFAULT.
+   */
+  bounds?: Partial<Omit<WsListenerBounds, 'handshakeTimeoutMs'>>;
+  /**
+   * Bytes queued to the partner and not yet taken by the socket; past it the
+   * link is dropped with a logged reason (a partner that stopped reading).
+   * Default PEER_BYTES_BUFFERED_MAX_DEFAULT.
+   */
+  bytesBufferedMax?: number;
+  /**
+   * TLS-PSK with a key derived from the secret: "on" takes TLS and plain
+   * connections, "require" TLS only; either way this side dials with TLS.
+   * Default "off".
+   */
+  tlsMode?: TlsMode;
   log: pino.Logger;
 }
 
@@ -53,8 +74,15 @@ export interface PeerLinkHandlers {
 
 const HANDSHAKE_TIMEOUT_MS_DEFAULT = 5000;
 const SEND_BINARY = { binary: true } as const;
-/** Unauthenticated connections held at once; more are refused at the door. */
-const HANDSHAKES_MAX = 16;
+/**
+ * Connections on the peer port at once, and unfinished handshakes per source
+ * address. One source holding all of its slots costs the partner nothing:
+ * the partner's address is always let in, and within one source the oldest
+ * handshake gives way to the newest.
+ */
+export const PEER_BOUNDS_DEFAULT = { connectionsMax: 64, preAuthBytesMax: 64 * 1024, handshakesPerSourceMax: 4 } as const;
+/** 256 MiB: a resync or a burst of mirrored writes to a partner that reads them stays well under it. */
+export const PEER_BYTES_BUFFERED_MAX_DEFAULT = 256 * 1024 * 1024;
 
 const CLOSE_NORMAL = 1000;
 const CLOSE_PROTOCOL = 1002;
@@ -77,6 +105,8 @@ interface Conn {
   remote: string;
   phase: Phase;
   timer: NodeJS.Timeout | undefined;
+  /** The listener's hold on an accepted connection, let go once authenticated. */
+  accepted: AcceptedConnection | undefined;
   ourNonce: Buffer;
   theirNonce: Buffer;
   partnerPid: number;
@@ -87,7 +117,9 @@ export class PeerLink {
   private readonly handlers: PeerLinkHandlers;
   private readonly log: pino.Logger;
   private readonly handshakeTimeoutMs: number;
-  private server: WebSocketServer | undefined;
+  private readonly bytesBufferedMax: number;
+  private readonly dialTls: ReturnType<typeof pskClientOptions> | undefined;
+  private server: WsListener | undefined;
   private current: Conn | undefined;
   private dialing: Conn | undefined;
   private readonly handshakes = new Set<Conn>();
@@ -104,6 +136,14 @@ export class PeerLink {
     this.handlers = handlers;
     this.log = opts.log;
     this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS_DEFAULT;
+    this.bytesBufferedMax = opts.bytesBufferedMax ?? PEER_BYTES_BUFFERED_MAX_DEFAULT;
+    const tlsMode = opts.tlsMode ?? 'off';
+    this.dialTls = tlsMode === 'off' ? undefined : pskClientOptions(PEER_PSK_IDENTITY, derivePsk(opts.secret, 'peer'));
+  }
+
+  /** What the peer listener refused and why (undefined before start). */
+  get listenerCounters(): ListenerCounters | undefined {
+    return this.server?.counters;
   }
 
   get isUp(): boolean {
@@ -122,17 +162,25 @@ export class PeerLink {
 
   async start(): Promise<{ port: number }> {
     if (this.server !== undefined) throw new PagepairError('INTERNAL', 'peer link already started');
-    const server = new WebSocketServer({
-      ...WS_COMMON,
+    const tlsMode = this.opts.tlsMode ?? 'off';
+    const server = new WsListener({
+      name: 'peer',
       host: this.opts.listen.host,
       port: this.opts.listen.port,
       maxPayload: this.opts.limits.frameBytesMax,
+      ...PEER_BOUNDS_DEFAULT,
+      ...this.opts.bounds,
+      handshakeTimeoutMs: this.handshakeTimeoutMs,
+      tls: { mode: tlsMode, identity: PEER_PSK_IDENTITY, key: derivePsk(this.opts.secret, 'peer') },
+      // The newest connection from a source is most likely the partner dialing again.
+      overSource: 'evict-oldest',
+      trustedHosts: [this.opts.partner.host],
+      log: this.log,
+      onConnection: (ws, accepted) => this.accept(ws, accepted),
     });
     this.server = server;
-    server.on('error', (err) => this.log.error({ err }, 'peer link server error'));
-    server.on('connection', (ws, req) => this.accept(ws, req));
-    const bound = await waitListening(server);
-    this.log.info({ port: bound.port, dials: this.dials }, 'peer link listening');
+    const bound = await server.start();
+    this.log.info({ port: bound.port, dials: this.dials, tls: tlsMode, partnerAddresses: [...server.trustedAddresses] }, 'peer link listening');
     if (this.dials) this.dial();
     return bound;
   }
@@ -143,6 +191,7 @@ export class PeerLink {
     if (conn === undefined) throw new PagepairError('PARTNER_LOST', 'peer link is down');
     const frame = encodeSafely(msg, this.opts.selfId, this.log, FRAMES.take);
     if (frame !== undefined) conn.ws.send(frame, SEND_BINARY, FRAMES.giveBackAfter(frame));
+    this.checkBuffered(conn);
   }
 
   /**
@@ -163,6 +212,24 @@ export class PeerLink {
     } finally {
       socket?.uncork();
     }
+    this.checkBuffered(conn);
+  }
+
+  /**
+   * A partner that stopped reading (paused, or its socket stuck) would have
+   * every mirrored write pile up here: past the bound the link is dropped,
+   * as a silent partner's is, and the core handles the loss.
+   */
+  private checkBuffered(conn: Conn): void {
+    const buffered = conn.ws.bufferedAmount;
+    if (buffered <= this.bytesBufferedMax || this.current !== conn) return;
+    this.log.warn(
+      { remote: conn.remote, bufferedBytes: buffered, peerBytesBufferedMax: this.bytesBufferedMax },
+      'partner does not read the peer link; link dropped',
+    );
+    this.takeDown(conn, `the partner stopped reading: ${buffered} bytes queued, more than peerBytesBufferedMax`, CLOSE_NORMAL, this.opts.reconnectMs);
+    // At once, not a close frame queued behind what it is not reading.
+    conn.ws.terminate();
   }
 
   /** Drop the current link (the core found the partner silent); the dialer dials again. */
@@ -181,7 +248,7 @@ export class PeerLink {
     if (this.dialing !== undefined) this.kill(this.dialing);
     for (const conn of this.handshakes) this.kill(conn);
     this.handshakes.clear();
-    if (this.server !== undefined) await closeServer(this.server);
+    if (this.server !== undefined) await this.server.close();
   }
 
   // -------------------------------------------------------------------------
@@ -191,9 +258,11 @@ export class PeerLink {
     this.retryTimer = undefined;
     if (this.closed || this.current !== undefined || this.dialing !== undefined) return;
     const { host, port } = this.opts.partner;
-    const url = `ws://${host.includes(':') ? `[${host}]` : host}:${port}/`;
+    const scheme = this.dialTls === undefined ? 'ws' : 'wss';
+    const url = `${scheme}://${host.includes(':') ? `[${host}]` : host}:${port}/`;
     const ws = new WebSocket(url, {
       ...WS_COMMON,
+      ...this.dialTls,
       maxPayload: this.opts.limits.frameBytesMax,
       handshakeTimeout: this.handshakeTimeoutMs,
       generateMask: zeroMask,
@@ -232,33 +301,22 @@ export class PeerLink {
   // -------------------------------------------------------------------------
   // accepting
 
-  private accept(ws: WebSocket, req: IncomingMessage): void {
-    const conn = this.newConn(ws, false, describeSocket(req.socket));
-    conn.socket = req.socket as Socket;
-    conn.socket.setNoDelay(true);
+  /**
+   * A connection the listener let in (under its cap, per-source slots, byte
+   * and time bounds, TLS mode); it stays under them until bringUp.
+   */
+  private accept(ws: WebSocket, accepted: AcceptedConnection): void {
+    const conn = this.newConn(ws, false, accepted.remote);
+    conn.socket = accepted.socket;
+    conn.accepted = accepted;
     if (this.closed) {
       ws.on('error', (err) => this.onSocketError(conn, err));
       this.kill(conn);
       return;
     }
-    // Slots full: the oldest handshake that has proved nothing gives way. A
-    // stranger holding every slot open (each until the handshake timeout)
-    // would otherwise keep the real partner out; now it would have to open
-    // connections faster than the partner finishes a handshake (a round trip).
-    if (this.handshakes.size >= HANDSHAKES_MAX) this.evictOldestHandshake(conn.remote);
     conn.phase = 'await-hello';
     this.handshakes.add(conn);
     this.wire(conn);
-  }
-
-  private evictOldestHandshake(newcomer: string): void {
-    for (const old of this.handshakes) {
-      if (old.dialed) continue;
-      this.handshakes.delete(old);
-      this.log.warn({ remote: old.remote, phase: old.phase, newcomer }, 'peer handshake dropped: every slot was taken, the oldest gives way');
-      this.kill(old);
-      return;
-    }
   }
 
   // -------------------------------------------------------------------------
@@ -272,6 +330,7 @@ export class PeerLink {
       remote,
       phase: 'await-open',
       timer: undefined,
+      accepted: undefined,
       ourNonce: randomBytes(NONCE_BYTES),
       theirNonce: Buffer.alloc(0),
       partnerPid: 0,
@@ -280,9 +339,11 @@ export class PeerLink {
 
   private wire(conn: Conn): void {
     const { ws } = conn;
+    // An accepted connection's time counts from its TCP accept, as the listener's does.
+    const spentMs = conn.accepted === undefined ? 0 : performance.now() - conn.accepted.acceptedAtMs;
     conn.timer = setTimeout(() => {
       this.refuse(conn, 'TIMEOUT', `handshake not finished within ${this.handshakeTimeoutMs} ms`);
-    }, this.handshakeTimeoutMs);
+    }, Math.max(0, this.handshakeTimeoutMs - spentMs));
     ws.on('message', (data, isBinary) => this.receiveGuarded(conn, data, isBinary));
     ws.on('error', (err) => this.onSocketError(conn, err));
     ws.on('close', (code, reason) => this.onClosed(conn, code, reason.toString()));
@@ -467,6 +528,7 @@ export class PeerLink {
     clearTimeout(conn.timer);
     conn.timer = undefined;
     this.handshakes.delete(conn);
+    conn.accepted?.authenticated();
     if (this.dialing === conn) this.dialing = undefined;
     if (this.closed) {
       this.kill(conn);
