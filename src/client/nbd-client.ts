@@ -3,7 +3,9 @@
 // negotiates with NBD_OPT_GO (the export name is the volume's name), asks
 // for simple replies only, and then keeps many requests in flight, matching
 // each reply to its request by cookie. TCP (nbd://host:port/name) and unix
-// sockets (nbd+unix:///name?socket=path) both work.
+// sockets (nbd+unix:///name?socket=path) both work, and so does TLS with a
+// pre-shared key (nbds://, nbds+unix://): NBD_OPT_STARTTLS first, then the
+// rest of the handshake and every request over TLS.
 //
 // Failures are PagepairErrors: an NBD error reply carries its errno
 // (NbdRequestError), a lost connection fails everything in flight with
@@ -12,7 +14,9 @@
 // option replies, request payloads and requests in flight.
 
 import net from 'node:net';
+import tls from 'node:tls';
 import { PagepairError, type ErrorCodeName } from '../errors.js';
+import { pskClientOptions, readPskFile } from '../transport/tls.js';
 import {
   NBD_INIT_MAGIC_HI,
   NBD_INIT_MAGIC_LO,
@@ -43,11 +47,34 @@ import {
 
 const TWO_POW_32 = 0x1_0000_0000;
 
-/** Where an export is: a TCP address or a unix socket, and the export's name. */
-export type NbdAddress = { host: string; port: number; exportName: string } | { socketPath: string; exportName: string };
+/** A pre-shared key and the identity it goes by (one line of a psktool key file). */
+export interface NbdTlsCredentials {
+  identity: string;
+  key: Buffer;
+}
 
-/** nbd://host[:port]/name or nbd+unix:///name?socket=path (the NBD URI forms; TLS schemes are not supported). */
-export function parseNbdUrl(url: string): NbdAddress {
+/** Where an export is: a TCP address or a unix socket, and the export's name; with `tls`, reached over TLS-PSK. */
+export type NbdAddress = ({ host: string; port: number; exportName: string } | { socketPath: string; exportName: string }) & { tls?: NbdTlsCredentials };
+
+/**
+ * One key of a psktool key file (`identity:hexkey` lines, mode 0600): the
+ * identity asked for, or the file's first.
+ */
+export function nbdTlsFromPskFile(path: string, identity?: string): NbdTlsCredentials {
+  const keys = readPskFile(path);
+  const id = identity ?? keys.keys().next().value!;
+  const key = keys.get(id);
+  if (key === undefined) throw new PagepairError('BAD_FIELD', `TLS key file ${path} has no key for identity ${JSON.stringify(id)}`, 'tlsIdentity');
+  return { identity: id, key };
+}
+
+/**
+ * The NBD URI forms: nbd://host[:port]/name, nbd+unix:///name?socket=path,
+ * and their TLS twins nbds:// and nbds+unix://. A TLS URI takes its key from
+ * opts.tls, or, as libnbd reads it, from ?tls-psk-file=PATH with the
+ * identity as the URI's user (nbds://alice@host/name; else the file's first).
+ */
+export function parseNbdUrl(url: string, opts: { tls?: NbdTlsCredentials } = {}): NbdAddress {
   let u: URL;
   try {
     u = new URL(url);
@@ -55,22 +82,33 @@ export function parseNbdUrl(url: string): NbdAddress {
     throw new PagepairError('BAD_FIELD', `not a URL: ${url}`, 'url');
   }
   const exportName = decodeURIComponent(u.pathname.replace(/^\//, ''));
-  if (u.protocol === 'nbd:') {
+  const secure = u.protocol === 'nbds:' || u.protocol === 'nbds+unix:';
+  let creds: { tls?: NbdTlsCredentials } = {};
+  if (secure) {
+    const pskFile = u.searchParams.get('tls-psk-file');
+    const user = u.username === '' ? undefined : decodeURIComponent(u.username);
+    if (opts.tls !== undefined) creds = { tls: opts.tls };
+    else if (pskFile !== null && pskFile !== '') creds = { tls: nbdTlsFromPskFile(pskFile, user) };
+    else throw new PagepairError('BAD_FIELD', `${url} asks for TLS but gives no key: add ?tls-psk-file=PATH (or give a key file with --tls-psk-file)`, 'url');
+  }
+  if (u.protocol === 'nbd:' || u.protocol === 'nbds:') {
     const port = u.port === '' ? 10809 : Number(u.port);
     if (u.hostname === '') throw new PagepairError('BAD_FIELD', `${url} names no host`, 'url');
-    return { host: u.hostname.replace(/^\[|\]$/g, ''), port, exportName };
+    return { host: u.hostname.replace(/^\[|\]$/g, ''), port, exportName, ...creds };
   }
-  if (u.protocol === 'nbd+unix:') {
+  if (u.protocol === 'nbd+unix:' || u.protocol === 'nbds+unix:') {
     const socketPath = u.searchParams.get('socket');
     if (socketPath === null || socketPath === '') throw new PagepairError('BAD_FIELD', `${url} has no ?socket=path`, 'url');
-    return { socketPath, exportName };
+    return { socketPath, exportName, ...creds };
   }
-  throw new PagepairError('BAD_FIELD', `${url}: only nbd:// and nbd+unix:// are supported`, 'url');
+  throw new PagepairError('BAD_FIELD', `${url}: only nbd://, nbds://, nbd+unix:// and nbds+unix:// are supported`, 'url');
 }
 
+/** The address as a URI (never with the key: for messages and logs). */
 export function formatNbdUrl(a: NbdAddress): string {
   const name = encodeURIComponent(a.exportName);
-  return 'socketPath' in a ? `nbd+unix:///${name}?socket=${a.socketPath}` : `nbd://${a.host}:${a.port}/${name}`;
+  const s = a.tls !== undefined ? 's' : '';
+  return 'socketPath' in a ? `nbd${s}+unix:///${name}?socket=${a.socketPath}` : `nbd${s}://${a.host}:${a.port}/${name}`;
 }
 
 /** The error codes NBD errnos stand for. ESHUTDOWN is what a fenced or stopping pagepair controller answers. */
@@ -114,6 +152,8 @@ export interface NbdClientOptions {
   inflightMax?: number;
   /** Largest READ or WRITE sent; the server's NBD_INFO_BLOCK_SIZE maximum lowers it. Default 32 MiB. */
   payloadBytesMax?: number;
+  /** TLS with this key, whatever the address says (an nbds:// URL without ?tls-psk-file needs it). */
+  tls?: NbdTlsCredentials;
 }
 
 export interface NbdExportInfo {
@@ -206,7 +246,7 @@ export class NbdClient {
   private readonly closedPromise: Promise<void>;
   private closedListeners: ((err: PagepairError | null) => void)[] = [];
 
-  private constructor(address: NbdAddress, socket: net.Socket, queue: ByteQueue, info: NbdExportInfo, opts: Required<NbdClientOptions>) {
+  private constructor(address: NbdAddress, socket: net.Socket, queue: ByteQueue, info: NbdExportInfo, opts: Required<Omit<NbdClientOptions, 'tls'>>) {
     this.address = address;
     this.socket = socket;
     this.in = queue;
@@ -226,13 +266,15 @@ export class NbdClient {
 
   /** Connects and negotiates the export; rejects with a PagepairError (UNKNOWN_GUID when the export does not exist). */
   static async connect(where: NbdAddress | string, options: NbdClientOptions = {}): Promise<NbdClient> {
-    const address = typeof where === 'string' ? parseNbdUrl(where) : where;
-    const opts: Required<NbdClientOptions> = {
+    const { tls: tlsOption, ...rest } = options;
+    const given = typeof where === 'string' ? parseNbdUrl(where, tlsOption !== undefined ? { tls: tlsOption } : {}) : where;
+    const address: NbdAddress = tlsOption !== undefined && given.tls === undefined ? { ...given, tls: tlsOption } : given;
+    const opts: Required<Omit<NbdClientOptions, 'tls'>> = {
       connectTimeoutMs: 10_000,
       requestTimeoutMs: 30_000,
       inflightMax: 64,
       payloadBytesMax: NBD_DEFAULT_PAYLOAD_BYTES_MAX,
-      ...options,
+      ...rest,
     };
     if (!Number.isSafeInteger(opts.inflightMax) || opts.inflightMax < 1) throw new PagepairError('BAD_FIELD', 'inflightMax must be a positive integer', 'inflightMax');
     if (Buffer.byteLength(address.exportName) > NBD_STRING_BYTES_MAX) {
@@ -244,9 +286,10 @@ export class NbdClient {
     const hs = new Handshake(socket, url);
     const timer = setTimeout(() => hs.abort(new PagepairError('TIMEOUT', `NBD handshake with ${url} took over ${opts.connectTimeoutMs} ms`)), opts.connectTimeoutMs);
     try {
-      const info = await hs.run(address.exportName);
-      return new NbdClient(address, socket, hs.detach(), info, opts);
+      const info = await hs.run(address.exportName, address.tls);
+      return new NbdClient(address, hs.socket, hs.detach(), info, opts);
     } catch (err) {
+      hs.socket.destroy();
       socket.destroy();
       throw err;
     } finally {
@@ -481,7 +524,8 @@ class Handshake {
   private readonly onClose = (): void => this.abort(new PagepairError('NOT_ACTIVE', `NBD server ${this.url} closed the connection during the handshake`));
 
   constructor(
-    private readonly socket: net.Socket,
+    /** The plain socket, then the TLS socket over it once STARTTLS is done. */
+    public socket: net.Socket,
     private readonly url: string,
   ) {
     socket.on('data', this.onData);
@@ -515,7 +559,77 @@ class Handshake {
     return Buffer.from(this.q.take(n));
   }
 
-  async run(exportName: string): Promise<NbdExportInfo> {
+  /** Sends one option with its data. */
+  private sendOption(option: number, data: Buffer, before?: Buffer): void {
+    const opt = Buffer.alloc(16);
+    opt.writeUInt32BE(NBD_OPTS_MAGIC_HI, 0);
+    opt.writeUInt32BE(NBD_OPTS_MAGIC_LO, 4);
+    opt.writeUInt32BE(option, 8);
+    opt.writeUInt32BE(data.length, 12);
+    this.socket.write(Buffer.concat(before !== undefined ? [before, opt, data] : [opt, data]));
+  }
+
+  /** Reads one option reply to `option`: its type and data. */
+  private async optionReply(option: number): Promise<{ type: number; body: Buffer }> {
+    const h = await this.readExact(NBD_OPTION_REPLY_HEADER_BYTES);
+    if (h.readUInt32BE(0) !== NBD_REP_MAGIC_HI || h.readUInt32BE(4) !== NBD_REP_MAGIC_LO) {
+      throw new PagepairError('BAD_MAGIC', `option reply magic from ${this.url} is wrong`, 'replyMagic');
+    }
+    const replyTo = h.readUInt32BE(8);
+    const type = h.readUInt32BE(12);
+    const length = h.readUInt32BE(16);
+    if (replyTo !== option) throw new PagepairError('BAD_FIELD', `reply to option ${replyTo}, not to option ${option}`, 'option');
+    if (length > OPTION_REPLY_BYTES_MAX) throw new PagepairError('LIMIT_EXCEEDED', `option reply of ${length} bytes`, 'optionReplyLength');
+    return { type, body: await this.readExact(length) };
+  }
+
+  /**
+   * NBD_OPT_STARTTLS, then the TLS handshake on the same socket. A server
+   * that refuses TLS, or a key it does not take, ends the connection: a
+   * client that asked for TLS does not go on without it (proto.md).
+   */
+  private async startTls(creds: NbdTlsCredentials, clientFlags: Buffer): Promise<void> {
+    this.sendOption(NbdOpt.STARTTLS, Buffer.alloc(0), clientFlags);
+    const { type, body } = await this.optionReply(NbdOpt.STARTTLS);
+    if (type !== NbdRep.ACK) {
+      const message = body.toString('utf8');
+      throw new PagepairError('NOT_ALLOWED', `${this.url}: the server refused TLS (reply 0x${type.toString(16)})${message ? `: ${message}` : ''}`, 'tls');
+    }
+    if (this.q.length !== 0) throw new PagepairError('BAD_FRAME', `${this.url} sent bytes after acknowledging NBD_OPT_STARTTLS`, 'tls');
+    const plain = this.socket;
+    plain.off('data', this.onData);
+    plain.off('error', this.onError);
+    plain.off('close', this.onClose);
+    plain.on('error', () => undefined);
+    const secure = tls.connect({ socket: plain, ...pskClientOptions(creds.identity, creds.key) });
+    this.socket = secure;
+    // A second error after the first (which fails the handshake) must not go unhandled.
+    secure.on('error', () => undefined);
+    await new Promise<void>((resolve, reject) => {
+      const fail = (err: PagepairError): void => {
+        secure.off('secureConnect', done);
+        reject(err);
+      };
+      const done = (): void => {
+        secure.off('error', onError);
+        secure.off('close', onClose);
+        resolve();
+      };
+      const onError = (err: Error): void => fail(new PagepairError('AUTH_FAILED', `TLS with ${this.url} as ${JSON.stringify(creds.identity)} failed: ${err.message.split('\n')[0]}`, 'tls'));
+      const onClose = (): void => fail(new PagepairError('AUTH_FAILED', `${this.url} closed the connection during the TLS handshake (wrong key for ${JSON.stringify(creds.identity)}?)`, 'tls'));
+      secure.once('secureConnect', done);
+      secure.once('error', onError);
+      secure.once('close', onClose);
+      this.failed = (err) => fail(err);
+    });
+    this.failed = null;
+    if (this.failure !== null) throw this.failure;
+    secure.on('data', this.onData);
+    secure.on('error', this.onError);
+    secure.on('close', this.onClose);
+  }
+
+  async run(exportName: string, creds?: NbdTlsCredentials): Promise<NbdExportInfo> {
     const greeting = await this.readExact(NBD_GREETING_BYTES);
     if (greeting.readUInt32BE(0) !== NBD_INIT_MAGIC_HI || greeting.readUInt32BE(4) !== NBD_INIT_MAGIC_LO) {
       throw new PagepairError('BAD_MAGIC', `${this.url} is not an NBD server (no NBDMAGIC)`, 'initMagic');
@@ -530,6 +644,7 @@ class Handshake {
     const noZeroes = (serverFlags & NbdHandshakeFlag.NO_ZEROES) !== 0;
     const flags = Buffer.alloc(4);
     flags.writeUInt32BE(NbdClientFlag.C_FIXED_NEWSTYLE | (noZeroes ? NbdClientFlag.C_NO_ZEROES : 0));
+    if (creds !== undefined) await this.startTls(creds, flags);
     // NBD_OPT_GO: the name, then one information request (block sizes).
     const name = Buffer.from(exportName, 'utf8');
     const data = Buffer.alloc(4 + name.length + 2 + 2);
@@ -537,12 +652,7 @@ class Handshake {
     name.copy(data, 4);
     data.writeUInt16BE(1, 4 + name.length);
     data.writeUInt16BE(NbdInfo.BLOCK_SIZE, 6 + name.length);
-    const opt = Buffer.alloc(16);
-    opt.writeUInt32BE(NBD_OPTS_MAGIC_HI, 0);
-    opt.writeUInt32BE(NBD_OPTS_MAGIC_LO, 4);
-    opt.writeUInt32BE(NbdOpt.GO, 8);
-    opt.writeUInt32BE(data.length, 12);
-    this.socket.write(Buffer.concat([flags, opt, data]));
+    this.sendOption(NbdOpt.GO, data, creds === undefined ? flags : undefined);
 
     let size = -1;
     let transmissionFlags = 0;
@@ -553,16 +663,7 @@ class Handshake {
     };
     for (let replies = 0; ; replies++) {
       if (replies > 64) throw new PagepairError('LIMIT_EXCEEDED', `${this.url} sent over 64 replies to NBD_OPT_GO`, 'optionReply');
-      const h = await this.readExact(NBD_OPTION_REPLY_HEADER_BYTES);
-      if (h.readUInt32BE(0) !== NBD_REP_MAGIC_HI || h.readUInt32BE(4) !== NBD_REP_MAGIC_LO) {
-        throw new PagepairError('BAD_MAGIC', `option reply magic from ${this.url} is wrong`, 'replyMagic');
-      }
-      const option = h.readUInt32BE(8);
-      const type = h.readUInt32BE(12);
-      const length = h.readUInt32BE(16);
-      if (option !== NbdOpt.GO) throw new PagepairError('BAD_FIELD', `reply to option ${option}, not to NBD_OPT_GO`, 'option');
-      if (length > OPTION_REPLY_BYTES_MAX) throw new PagepairError('LIMIT_EXCEEDED', `option reply of ${length} bytes`, 'optionReplyLength');
-      const body = await this.readExact(length);
+      const { type, body } = await this.optionReply(NbdOpt.GO);
       if (type === NbdRep.ACK) break;
       if (type === NbdRep.INFO) {
         if (body.length < 2) throw new PagepairError('BAD_FRAME', 'NBD_REP_INFO without a type', 'info');
@@ -581,6 +682,9 @@ class Handshake {
       }
       if ((type & 0x8000_0000) !== 0) {
         const message = body.toString('utf8');
+        if (type === NbdRep.ERR_TLS_REQD) {
+          throw new PagepairError('NOT_AUTHENTICATED', `${this.url} requires TLS: use nbds:// with a pre-shared key (--tls-psk-file)${message ? `: ${message}` : ''}`, 'tls');
+        }
         const code: ErrorCodeName = type === NbdRep.ERR_UNKNOWN ? 'UNKNOWN_GUID' : type === NbdRep.ERR_SHUTDOWN ? 'SHUTTING_DOWN' : type === NbdRep.ERR_UNSUP ? 'UNKNOWN_TYPE' : 'BAD_FIELD';
         throw new PagepairError(code, `${this.url}: export ${JSON.stringify(exportName)} refused (reply 0x${type.toString(16)})${message ? `: ${message}` : ''}`, 'exportName');
       }

@@ -11,10 +11,10 @@
 
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PagepairError, isPagepairError, type ErrorCodeName } from '../errors.js';
-import { NbdClient, type NbdAddress } from './nbd-client.js';
+import { NbdClient, type NbdAddress, type NbdTlsCredentials } from './nbd-client.js';
 
-/** Where one controller serves NBD: TCP or a unix socket (the export name is given per request). */
-export type NbdEndpoint = { id: string; host: string; port: number } | { id: string; socketPath: string };
+/** Where one controller serves NBD: TCP or a unix socket (the export name is given per request); with `tls`, over TLS-PSK. */
+export type NbdEndpoint = ({ id: string; host: string; port: number } | { id: string; socketPath: string }) & { tls?: NbdTlsCredentials };
 
 /** Failures after which the request may succeed on the other controller. */
 const RETRYABLE: ReadonlySet<ErrorCodeName> = new Set<ErrorCodeName>(['NOT_ACTIVE', 'SHUTTING_DOWN', 'TIMEOUT', 'FENCED', 'STALE_EPOCH']);
@@ -35,7 +35,8 @@ export interface NbdPairClientOptions {
 }
 
 export function endpointAddress(e: NbdEndpoint, exportName: string): NbdAddress {
-  return 'socketPath' in e ? { socketPath: e.socketPath, exportName } : { host: e.host, port: e.port, exportName };
+  const tls = e.tls !== undefined ? { tls: e.tls } : {};
+  return 'socketPath' in e ? { socketPath: e.socketPath, exportName, ...tls } : { host: e.host, port: e.port, exportName, ...tls };
 }
 
 export class NbdPairClient {

@@ -281,6 +281,14 @@ export class NbdClientParser {
     return this.phase === Phase.TRANSMISSION;
   }
 
+  /**
+   * Changes the largest option kept, from the next option header on (a
+   * server lowers it while it answers everything but STARTTLS with an error).
+   */
+  setOptionBytesMax(bytes: number): void {
+    this.limits.optionBytesMax = bytes;
+  }
+
   push(chunk: Buffer): void {
     if (chunk.length === 0) return;
     this.chunks.push(chunk);

@@ -9,9 +9,15 @@
 // server can judge bad (out of range, oversize, unknown) gets an NBD error
 // and the connection goes on; bytes that cannot be divided into messages
 // close that connection only.
+//
+// TLS (NBD_OPT_STARTTLS) with pre-shared keys: "off" refuses it, "on" offers
+// it, "require" answers every other option NBD_REP_ERR_TLS_REQD until the
+// client has upgraded (the spec's FORCEDTLS mode). After the ACK the same
+// connection goes on, over a TLSSocket wrapped around the plain one.
 
 import { lstat, unlink } from 'node:fs/promises';
 import net from 'node:net';
+import tls from 'node:tls';
 import type pino from 'pino';
 import { isPagepairError, PagepairError } from '../errors.js';
 import {
@@ -50,6 +56,7 @@ import {
 } from '../protocol/nbd.js';
 import type { NbdBlockSizes, NbdClientEvent, NbdOptionEvent, NbdRequest } from '../protocol/nbd.js';
 import type { NbdBackend, NbdVolume } from './nbd-backend.js';
+import { pskServerOptions, type PskKeys } from './tls.js';
 import { listenPrivateSocket } from './unix-socket.js';
 
 export interface NbdServerLimits {
@@ -67,6 +74,13 @@ export interface NbdServerLimits {
   connectionsMax: number;
   /** Reply bytes waiting for a slow reader before the server stops reading its requests. */
   replyQueueBytesMax: number;
+  /**
+   * Bytes one connection may have in flight: write payloads and read replies
+   * of requests the backend holds, plus replies not yet taken by the socket.
+   * A request that would pass it waits (and the socket is not read) until
+   * replies drain. At least payloadBytesMax.
+   */
+  bytesInFlightMax: number;
   /** Longest a connection may take to choose an export. */
   handshakeTimeoutMs: number;
   /** How long close() lets requests in flight finish before cutting connections. */
@@ -81,6 +95,7 @@ export const NBD_SERVER_DEFAULT_LIMITS: Readonly<NbdServerLimits> = Object.freez
   optionsPerConnectionMax: 256,
   connectionsMax: 1024,
   replyQueueBytesMax: 16 * 1024 * 1024,
+  bytesInFlightMax: 2 * NBD_DEFAULT_PAYLOAD_BYTES_MAX,
   handshakeTimeoutMs: 10_000,
   closeGraceMs: 2_000,
 });
@@ -93,8 +108,28 @@ export interface NbdServerOptions {
   /** A unix socket to listen on as well; a stale file there is removed at start, and the socket at close. */
   socketPath?: string;
   limits?: Partial<NbdServerLimits>;
+  /** NBD_OPT_STARTTLS. Absent: mode "off". */
+  tls?: NbdTlsOptions;
   log: pino.Logger;
 }
+
+/**
+ * "off": STARTTLS is refused (NBD_REP_ERR_POLICY). "on": offered, plain
+ * sessions allowed. "require": nothing but STARTTLS and ABORT before TLS
+ * (NBD_REP_ERR_TLS_REQD; NBD_OPT_EXPORT_NAME closes the connection).
+ */
+export interface NbdTlsOptions {
+  mode: 'off' | 'on' | 'require';
+  /** Keys by PSK identity; needed unless mode is "off". */
+  keys?: PskKeys;
+}
+
+/**
+ * Before TLS in "require" mode the only useful options carry no data; others
+ * are answered NBD_REP_ERR_TLS_REQD, so their data is only ever skipped. Room
+ * for an NBD_OPT_GO with a full-length name, no more.
+ */
+const PRE_TLS_OPTION_BYTES_MAX = 4096 + 64;
 
 /** What every export supports; SEND_DF is added when structured replies were negotiated. */
 const TRANSMISSION_FLAGS =
@@ -131,6 +166,7 @@ function checkLimits(l: NbdServerLimits): void {
   if (l.droppedPayloadBytesMax < l.payloadBytesMax) bad('droppedPayloadBytesMax', 'must be at least payloadBytesMax');
   if (l.optionBytesMax < 4096 + 6) bad('optionBytesMax', 'must hold a 4096-byte export name (at least 4102)');
   if (l.replyQueueBytesMax < 64 * 1024) bad('replyQueueBytesMax', 'must be at least 64 KiB');
+  if (l.bytesInFlightMax < l.payloadBytesMax) bad('bytesInFlightMax', `must be at least payloadBytesMax (${l.payloadBytesMax})`);
 }
 
 /** The constraints one export advertises: any alignment, the page as the efficient unit. */
@@ -160,7 +196,16 @@ class NbdConnection {
   private readonly limits: NbdServerLimits;
   private structured = false;
   private noZeroes = false;
+  private fixedNewstyle = false;
+  /** "plain" until STARTTLS is acknowledged, "handshaking" until the TLS handshake is done. */
+  private tlsState: 'plain' | 'handshaking' | 'secure' = 'plain';
+  /** The PSK identity the client named in its TLS handshake. */
+  private tlsIdentity: string | null = null;
   private options = 0;
+  /** Bytes of requests in the backend: write payloads, read lengths (bytesInFlightMax). */
+  private reservedBytes = 0;
+  /** A request parsed but not started: it would pass bytesInFlightMax. */
+  private held: NbdRequest | null = null;
   private paused = false;
   private writeBlocked = false;
   private hungUp = false;
@@ -178,7 +223,8 @@ class NbdConnection {
   constructor(
     readonly id: number,
     readonly remote: string,
-    private readonly socket: net.Socket,
+    /** The plain socket, then (after STARTTLS) the TLSSocket around it. */
+    private socket: net.Socket,
     private readonly server: NbdServer,
   ) {
     this.limits = server.limits;
@@ -196,10 +242,7 @@ class NbdConnection {
     const s = this.socket;
     s.setNoDelay(true);
     s.setKeepAlive(true, 30_000);
-    s.on('data', this.onData);
-    s.on('drain', this.onDrain);
-    s.on('error', this.onError);
-    s.on('close', this.onClose);
+    this.listen(s);
     this.handshakeTimer = setTimeout(this.onHandshakeTimeout, this.limits.handshakeTimeoutMs);
     this.handshakeTimer.unref();
     this.send(encodeGreeting(HANDSHAKE_FLAGS));
@@ -222,6 +265,22 @@ class NbdConnection {
     this.socket.destroy();
   }
 
+  /** What this connection holds now against bytesInFlightMax. */
+  get bytesInFlight(): number {
+    return this.reservedBytes + this.outBytes + this.socket.writableLength;
+  }
+
+  get tlsEstablished(): boolean {
+    return this.tlsState === 'secure';
+  }
+
+  private listen(s: net.Socket): void {
+    s.on('data', this.onData);
+    s.on('drain', this.onDrain);
+    s.on('error', this.onError);
+    s.on('close', this.onClose);
+  }
+
   // -------------------------------------------------------------------------
   // Socket events (bound once per connection)
 
@@ -232,12 +291,18 @@ class NbdConnection {
   };
 
   private readonly onDrain = (): void => {
-    if (!this.writeBlocked) return;
+    if (!this.writeBlocked && this.held === null) return;
     this.writeBlocked = false;
     this.pump();
   };
 
   private readonly onError = (err: Error): void => {
+    if (this.tlsState === 'handshaking') {
+      // Wrong key, unknown identity, or not TLS at all: this connection only.
+      const who = this.tlsIdentity === null ? '' : this.server.tlsKnows(this.tlsIdentity) ? ` (identity ${JSON.stringify(this.tlsIdentity)}: wrong key?)` : ` (unknown identity ${JSON.stringify(this.tlsIdentity)})`;
+      this.closeReason ??= `TLS handshake failed${who}: ${err.message.split('\n')[0]}`;
+      return;
+    }
     this.closeReason ??= `socket error: ${err.message}`;
   };
 
@@ -259,6 +324,8 @@ class NbdConnection {
   private readonly onFlushTime = (): void => {
     this.flushScheduled = false;
     this.flushOut();
+    // A request held for room may fit now that the replies went to the socket.
+    if (this.held !== null && !this.socket.writableNeedDrain) this.pump();
   };
 
   // -------------------------------------------------------------------------
@@ -268,18 +335,30 @@ class NbdConnection {
   private pump(): void {
     while (this.state === State.HANDSHAKE || this.state === State.TRANSMISSION) {
       if (this.inflight >= this.limits.inflightPerConnectionMax || this.writeBlocked) break;
+      // The TLS handshake runs on its own; options resume once it is done.
+      if (this.tlsState === 'handshaking') break;
       let ev: NbdClientEvent | undefined;
-      try {
-        ev = this.parser.next();
-      } catch (err) {
-        this.protocolViolation(err);
-        return;
+      if (this.held !== null) {
+        if (!this.hasRoomFor(this.held)) break;
+        ev = this.held;
+        this.held = null;
+      } else {
+        try {
+          ev = this.parser.next();
+        } catch (err) {
+          this.protocolViolation(err);
+          return;
+        }
+        if (ev === undefined) break;
+        if (ev.kind === 'request' && !this.hasRoomFor(ev)) {
+          this.held = ev;
+          break;
+        }
       }
-      if (ev === undefined) break;
       try {
         if (ev.kind === 'request') this.onRequest(ev);
         else if (ev.kind === 'option') this.onOption(ev);
-        else this.noZeroes = (ev.flags & NbdClientFlag.C_NO_ZEROES) !== 0;
+        else this.onClientFlags(ev.flags);
       } catch (err) {
         // A bug, or a volume the encoders refuse (a name over 4096 bytes): this connection only.
         this.server.log.error({ conn: this.id, err: String(err) }, 'nbd connection failed');
@@ -290,10 +369,24 @@ class NbdConnection {
     this.updateFlow();
   }
 
+  /**
+   * Whether a request may start within bytesInFlightMax. One that does not
+   * fit waits for replies to leave; with nothing of this connection in the
+   * backend or queued it goes anyway, since no drain may be coming (a
+   * request is never over bytesInFlightMax, which is at least payloadBytesMax,
+   * so the bound holds up to the socket's small write buffer).
+   */
+  private hasRoomFor(req: NbdRequest): boolean {
+    const cost = requestCost(req);
+    if (cost === 0) return true;
+    if (this.bytesInFlight + cost <= this.limits.bytesInFlightMax) return true;
+    return this.reservedBytes === 0 && this.outBytes === 0 && !this.socket.writableNeedDrain;
+  }
+
   /** Reads the socket only while there is room for what it may bring. */
   private updateFlow(): void {
     const open = this.state === State.HANDSHAKE || this.state === State.TRANSMISSION;
-    const wait = !open || this.inflight >= this.limits.inflightPerConnectionMax || this.writeBlocked;
+    const wait = !open || this.inflight >= this.limits.inflightPerConnectionMax || this.writeBlocked || this.held !== null;
     if (wait === this.paused) return;
     this.paused = wait;
     if (wait) this.socket.pause();
@@ -309,13 +402,34 @@ class NbdConnection {
   // -------------------------------------------------------------------------
   // Handshake
 
+  private onClientFlags(flags: number): void {
+    this.noZeroes = (flags & NbdClientFlag.C_NO_ZEROES) !== 0;
+    this.fixedNewstyle = (flags & NbdClientFlag.C_FIXED_NEWSTYLE) !== 0;
+    if (this.server.tlsMode !== 'require') return;
+    // TLS needs fixed newstyle (proto.md); without it the client could only send NBD_OPT_EXPORT_NAME, which is closed anyway.
+    if (!this.fixedNewstyle) {
+      this.hangUp('TLS is required and the client did not agree to fixed newstyle negotiation');
+      return;
+    }
+    this.parser.setOptionBytesMax(Math.min(this.limits.optionBytesMax, PRE_TLS_OPTION_BYTES_MAX));
+  }
+
   private onOption(ev: NbdOptionEvent): void {
     const opt = ev.option;
     if (++this.options > this.limits.optionsPerConnectionMax) {
       this.hangUp(`more than ${this.limits.optionsPerConnectionMax} options without choosing an export`);
       return;
     }
+    if (this.server.tlsMode === 'require' && this.tlsState === 'plain' && opt !== NbdOpt.STARTTLS && opt !== NbdOpt.ABORT) {
+      // FORCEDTLS: NBD_OPT_EXPORT_NAME cannot be refused, so it ends the session.
+      if (opt === NbdOpt.EXPORT_NAME) this.hangUp('NBD_OPT_EXPORT_NAME without TLS, which this server requires');
+      else this.send(encodeOptionError(opt, NbdRep.ERR_TLS_REQD, 'this server requires TLS: send NBD_OPT_STARTTLS first (nbds:// with a pre-shared key)'));
+      return;
+    }
     switch (opt) {
+      case NbdOpt.STARTTLS:
+        this.optStartTls(ev.data);
+        return;
       case NbdOpt.GO:
       case NbdOpt.INFO:
         this.optInfo(opt, ev.data);
@@ -343,6 +457,70 @@ class NbdConnection {
         this.send(encodeOptionError(opt, NbdRep.ERR_UNSUP, `${nbdOptName(opt)} is not supported by pagepair`));
     }
   }
+
+  private optStartTls(data: Buffer): void {
+    const opt = NbdOpt.STARTTLS;
+    const keys = this.server.tlsKeys;
+    if (keys === null) {
+      // NOTLS mode: the spec allows NBD_REP_ERR_UNSUP (what this server answered before it had TLS) or ERR_POLICY.
+      this.send(encodeOptionError(opt, NbdRep.ERR_UNSUP, 'TLS is not enabled on this server (tls.mode is "off")'));
+      return;
+    }
+    if (!this.fixedNewstyle) {
+      this.send(encodeOptionError(opt, NbdRep.ERR_POLICY, 'TLS needs fixed newstyle negotiation, which the client did not agree to'));
+      return;
+    }
+    if (this.tlsState !== 'plain') {
+      this.send(encodeOptionError(opt, NbdRep.ERR_INVALID, 'TLS is on already'));
+      return;
+    }
+    if (data.length !== 0) {
+      this.send(encodeOptionError(opt, NbdRep.ERR_INVALID, 'NBD_OPT_STARTTLS takes no data'));
+      return;
+    }
+    if (this.parser.bufferedBytes !== 0) {
+      // The client must wait for the ACK before its TLS handshake; bytes already sent would be lost in the switch.
+      this.hangUp('bytes sent after NBD_OPT_STARTTLS before its reply');
+      return;
+    }
+    this.send(encodeAck(opt));
+    // The ACK leaves in plain, before the socket changes hands; the TLS layer takes the socket as it is.
+    this.flushOut();
+    const plain = this.socket;
+    plain.off('data', this.onData);
+    plain.off('drain', this.onDrain);
+    plain.off('error', this.onError);
+    plain.off('close', this.onClose);
+    // Errors surface on the TLS socket; a listener here keeps one on the plain socket from being unhandled.
+    plain.on('error', () => undefined);
+    if (this.paused) plain.resume();
+    this.paused = false;
+    const base = pskServerOptions(keys);
+    const options: tls.TlsOptions = {
+      ...base,
+      pskCallback: (socket, identity) => {
+        this.tlsIdentity = identity;
+        return base.pskCallback!(socket, identity);
+      },
+    };
+    // TLSSocket takes the server options (pskCallback among them); its declared type lists fewer.
+    const secure = new tls.TLSSocket(plain, { ...options, isServer: true } as tls.TLSSocketOptions);
+    this.tlsState = 'handshaking';
+    this.socket = secure;
+    this.listen(secure);
+    secure.once('secure', this.onSecure);
+  }
+
+  private readonly onSecure = (): void => {
+    if (this.state !== State.HANDSHAKE) return;
+    this.tlsState = 'secure';
+    // proto.md: nothing negotiated before STARTTLS survives it.
+    this.structured = false;
+    this.parser.setOptionBytesMax(this.limits.optionBytesMax);
+    const s = this.socket as tls.TLSSocket;
+    this.server.log.info({ conn: this.id, remote: this.remote, identity: this.tlsIdentity, protocol: s.getProtocol(), cipher: s.getCipher().name }, 'nbd tls established');
+    this.pump();
+  };
 
   private optInfo(opt: number, data: Buffer): void {
     let name: string;
@@ -452,7 +630,7 @@ class NbdConnection {
         }
         if (end > volume.sizeBytes) return this.pastEnd(req, NbdErrno.EINVAL);
         if (req.length === 0) return this.replyData(req, EMPTY);
-        this.inflight++;
+        this.begin(req);
         this.serveRead(req, volume);
         return;
       }
@@ -463,7 +641,7 @@ class NbdConnection {
         }
         if (end > volume.sizeBytes) return this.pastEnd(req, NbdErrno.ENOSPC);
         if (req.length === 0) return this.replyOk(req);
-        this.inflight++;
+        this.begin(req);
         this.serveWrite(req, volume);
         return;
       case NbdCmd.WRITE_ZEROES:
@@ -472,14 +650,14 @@ class NbdConnection {
         if ((req.flags & ~(zeroes ? WRITE_ZEROES_FLAGS : NbdCmdFlag.FUA)) !== 0) return this.badFlags(req);
         if (end > volume.sizeBytes) return this.pastEnd(req, zeroes ? NbdErrno.ENOSPC : NbdErrno.EINVAL);
         if (req.length === 0) return this.replyOk(req);
-        this.inflight++;
+        this.begin(req);
         this.serveZeroes(req, volume).catch((err: unknown) => this.completionFailed(req, err));
         return;
       }
       case NbdCmd.FLUSH:
         if ((req.flags & ~NbdCmdFlag.FUA) !== 0) return this.badFlags(req);
         if (req.offset !== 0 || req.length !== 0) return this.replyError(req, NbdErrno.EINVAL, 'NBD_CMD_FLUSH must have offset and length 0');
-        this.inflight++;
+        this.begin(req);
         this.serveFlush(req, volume).catch((err: unknown) => this.completionFailed(req, err));
         return;
       default:
@@ -512,7 +690,7 @@ class NbdConnection {
             this.completeError(req, new PagepairError('INTERNAL', `the backend read ${what} for a read of ${req.length}`));
             return;
           }
-          this.inflight--;
+          this.end(req);
           this.replyData(req, data);
           this.afterCompletion();
         } catch (err) {
@@ -582,14 +760,27 @@ class NbdConnection {
     this.completeOk(req);
   }
 
-  private completeOk(req: NbdRequest): void {
+  /** A request goes into the backend: it counts against both in-flight limits until it completes. */
+  private begin(req: NbdRequest): void {
+    this.inflight++;
+    this.reservedBytes += requestCost(req);
+    this.server.noteBytesInFlight(this.bytesInFlight);
+  }
+
+  /** Its reply, if any, is counted from here on as bytes queued for the socket. */
+  private end(req: NbdRequest): void {
     this.inflight--;
+    this.reservedBytes -= requestCost(req);
+  }
+
+  private completeOk(req: NbdRequest): void {
+    this.end(req);
     this.replyOk(req);
     this.afterCompletion();
   }
 
   private completeError(req: NbdRequest, err: unknown): void {
-    this.inflight--;
+    this.end(req);
     let errno: number;
     let message: string;
     if (isPagepairError(err)) {
@@ -610,8 +801,8 @@ class NbdConnection {
       if (this.inflight === 0) this.hangUp(this.closeReason ?? 'drained');
       return;
     }
-    // A slot freed: requests left in the parser may go now.
-    if (this.inflight === this.limits.inflightPerConnectionMax - 1) this.pump();
+    // A slot or bytes freed: requests left in the parser may go now.
+    if (this.paused || this.held !== null) this.pump();
   }
 
   // -------------------------------------------------------------------------
@@ -727,6 +918,7 @@ class NbdConnection {
       this.socket.uncork();
     }
     q.length = 0;
+    if (this.state === State.TRANSMISSION) this.server.noteBytesInFlight(this.socket.writableLength + this.reservedBytes);
   }
 
   /**
@@ -751,6 +943,13 @@ class NbdConnection {
   };
 }
 
+/** What a request holds while in flight: its write payload, or the reply data of its read. */
+function requestCost(req: NbdRequest): number {
+  if (req.type === NbdCmd.READ) return req.length;
+  if (req.type === NbdCmd.WRITE) return req.payload?.length ?? 0;
+  return 0;
+}
+
 function describeRemote(socket: net.Socket, socketPath: string | undefined): string {
   if (socket.remoteAddress === undefined) return `unix:${socketPath ?? '?'}`;
   const host = socket.remoteAddress;
@@ -760,7 +959,12 @@ function describeRemote(socket: net.Socket, socketPath: string | undefined): str
 export class NbdServer {
   readonly limits: NbdServerLimits;
   readonly log: pino.Logger;
+  readonly tlsMode: NbdTlsOptions['mode'];
+  /** null when TLS is off. */
+  readonly tlsKeys: PskKeys | null;
   closing = false;
+  /** The most bytes one connection held in flight (bytesInFlightMax), since start: for tests and status. */
+  bytesInFlightPeak = 0;
   private readonly opts: NbdServerOptions;
   private readonly conns = new Set<NbdConnection>();
   private tcp: net.Server | undefined;
@@ -777,6 +981,27 @@ export class NbdServer {
     this.log = opts.log;
     this.limits = { ...NBD_SERVER_DEFAULT_LIMITS, ...opts.limits };
     checkLimits(this.limits);
+    this.tlsMode = opts.tls?.mode ?? 'off';
+    if (this.tlsMode !== 'off' && (opts.tls?.keys === undefined || opts.tls.keys.size === 0)) {
+      throw new PagepairError('BAD_CONFIG', `nbd tls: mode "${this.tlsMode}" needs pre-shared keys (tls.pskFile)`, 'tls.pskFile');
+    }
+    this.tlsKeys = this.tlsMode === 'off' ? null : opts.tls!.keys!;
+  }
+
+  /** Whether a PSK identity has a key here (for the reason of a failed TLS handshake). */
+  tlsKnows(identity: string): boolean {
+    return this.tlsKeys?.has(identity) ?? false;
+  }
+
+  noteBytesInFlight(bytes: number): void {
+    if (bytes > this.bytesInFlightPeak) this.bytesInFlightPeak = bytes;
+  }
+
+  /** Bytes every connection holds in flight now (see bytesInFlightMax). */
+  get bytesInFlight(): number {
+    let n = 0;
+    for (const c of this.conns) n += c.bytesInFlight;
+    return n;
   }
 
   /** Open connections, in handshake or transmission. */
