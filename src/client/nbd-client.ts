@@ -68,6 +68,24 @@ export function nbdTlsFromPskFile(path: string, identity?: string): NbdTlsCreden
   return { identity: id, key };
 }
 
+/** A key file and identity as a tool's options name them (--tls-psk-file, --tls-identity). */
+export interface NbdTlsChoice {
+  pskFile?: string;
+  identity?: string;
+}
+
+/**
+ * The key an NBD client uses: from the file chosen, else from the
+ * controller's own key file when its configuration requires TLS (a tool on
+ * the controller's host reads the same file), else none: plain NBD.
+ */
+export function resolveNbdTls(choice: NbdTlsChoice | undefined, controllerTls?: { mode: string; pskFile?: string }): NbdTlsCredentials | undefined {
+  const file = choice?.pskFile ?? (controllerTls?.mode === 'require' ? controllerTls.pskFile : undefined);
+  if (file !== undefined) return nbdTlsFromPskFile(file, choice?.identity);
+  if (choice?.identity !== undefined) throw new PagepairError('BAD_FIELD', 'a TLS identity needs a key file (--tls-psk-file)', 'tlsIdentity');
+  return undefined;
+}
+
 /**
  * The NBD URI forms: nbd://host[:port]/name, nbd+unix:///name?socket=path,
  * and their TLS twins nbds:// and nbds+unix://. A TLS URI takes its key from

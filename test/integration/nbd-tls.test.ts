@@ -182,6 +182,23 @@ describe('NBD with tls.mode "require" on a real pair', () => {
     }
   }, 120_000);
 
+  it('pagepair workload --transport nbd runs over TLS: with the configuration\'s key by default, or --tls-psk-file', async () => {
+    const out = join(files.dir, 'reports');
+    for (const extra of [[], ['--tls-psk-file', pskFile, '--tls-identity', IDENTITY]]) {
+      const r = await runCli(
+        ['workload', '-c', files.a, '--partner-config', files.b, '--transport', 'nbd', '--clients', '2', '-s', '1MiB', '-d', '1', '--out', out, '--json', ...extra],
+        60_000,
+      );
+      expect(r.code, r.stderr).toBe(0);
+      const report = JSON.parse(r.stdout) as { ok: boolean; totals: { ops: number; errors: number; verifyErrors: number } };
+      expect(report).toMatchObject({ ok: true, totals: { errors: 0, verifyErrors: 0 } });
+      expect(report.totals.ops).toBeGreaterThan(0);
+    }
+    const wrongId = await runCli(['workload', '-c', files.a, '--partner-config', files.b, '--transport', 'nbd', '-d', '1', '--out', out, '--tls-psk-file', pskFile, '--tls-identity', 'nobody'], 30_000);
+    expect(wrongId.code).not.toBe(0);
+    expect(wrongId.stderr).toMatch(/no key for identity "nobody"/);
+  }, 120_000);
+
   it('a key file others may read stops a controller at start, saying why', async () => {
     const loose = join(keyDir, 'loose.psk');
     writeFileSync(loose, formatPskLine(IDENTITY, CREDS.key), { mode: 0o644 });
