@@ -97,6 +97,8 @@ const FLUSH_RECHECK_PAGES = 256;
 const DESTAGE_RUN_PAGES_MAX = 32;
 /** Store reads one verify request has in flight at most. */
 const VERIFY_STORE_READS_MAX = 64;
+/** Pages whose torn store slot is logged one by one; past this, only counted (tornSlotsRecovered). */
+const TORN_SLOTS_LOGGED_MAX = 1024;
 /** Pages a resync sends between pauses of its pacing. */
 const RESYNC_CHUNK_PAGES = 64;
 
@@ -195,6 +197,8 @@ export interface CoreCounters {
   pagesMirroredOut: number;
   pagesMirroredIn: number;
   pagesStaged: number;
+  /** Pages read from the store with one of their two slots damaged (a torn write): the other copy was used. */
+  tornSlotsRecovered: number;
   pagesDestaged: number;
   destageErrors: number;
   lockRequestsSent: number;
@@ -268,6 +272,8 @@ export class ControllerCore {
   private timers: { atMs: number; resolve: () => void }[] = [];
   /** Store writes of a page are chained so they land in version order. */
   private readonly pageWrites = new Map<CachePage, Promise<void>>();
+  /** Pages ("guid:page") whose torn store slot was logged already: once per page (bounded). */
+  private readonly tornSlotsLogged = new Set<string>();
   private syncWaiters: { resolve(): void; reject(err: Error): void }[] = [];
   private syncRunning = false;
   /** Client writes by (clientId, clientSeq): a retried write is applied once. */
@@ -289,6 +295,7 @@ export class ControllerCore {
     pagesMirroredOut: 0,
     pagesMirroredIn: 0,
     pagesStaged: 0,
+    tornSlotsRecovered: 0,
     pagesDestaged: 0,
     destageErrors: 0,
     lockRequestsSent: 0,
@@ -1699,6 +1706,7 @@ export class ControllerCore {
         // A newer version arrived and left again while we read: read anew.
         if (entry.superseded) return this.stagePage(alloc, page);
         this.counters.pagesStaged++;
+        if (sp.tornSlot !== undefined) this.noteTornSlot(alloc, page, sp.header.version, sp.tornSlot);
         const cp = this.cache.insertClean(alloc, page, sp.header.version, sp.header.crc, sp.header.epoch, sp.data);
         cp.storeVersion = sp.header.version;
         return cp;
@@ -1710,6 +1718,15 @@ export class ControllerCore {
     );
     alloc.staging.set(page, entry);
     return entry.promise;
+  }
+
+  /** A staged page's newer store slot was damaged (a torn write) and the older copy came back instead. */
+  private noteTornSlot(alloc: AllocState, page: number, version: number, reason: string): void {
+    this.counters.tornSlotsRecovered++;
+    const key = `${alloc.record.guid}:${page}`;
+    if (this.tornSlotsLogged.has(key) || this.tornSlotsLogged.size >= TORN_SLOTS_LOGGED_MAX) return;
+    this.tornSlotsLogged.add(key);
+    this.env.log.warn({ guid: alloc.record.guid, page, version, reason }, 'store: a slot of this page is damaged (torn write); its other copy was used');
   }
 
   private supersedeStaging(alloc: AllocState, page: number): void {

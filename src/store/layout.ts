@@ -16,7 +16,14 @@ import type {
 } from './types.js';
 
 export const BLOCK_BYTES = 4096;
-export const FORMAT_VERSION = 1;
+/**
+ * The store's format, recorded in the superblock. 2: every page has two
+ * slots (a torn page write keeps the previous version). A store of another
+ * version is refused at open, never read under this version's rules.
+ */
+export const FORMAT_VERSION = 2;
+/** Version field of the table header, heartbeat slot and epoch record: unchanged since format 1. */
+export const RECORD_VERSION = 1;
 export const MAILBOX_BYTES_DEFAULT = 64 * 1024;
 /** Two heartbeat slots and two epoch-record copies, one block each. */
 export const MAILBOX_BYTES_MIN = 4 * BLOCK_BYTES;
@@ -124,20 +131,28 @@ export function copyForSeq(seq: number): 0 | 1 {
   return seq % 2 === 0 ? 0 : 1;
 }
 
+/** Slots each page has in its extent: the newest synced version is never overwritten in place. */
+export const PAGE_SLOTS = 2;
+
 /** Bytes of one page slot: header then data. */
 export function pageSlotBytes(pageSizeBytes: number): number {
   return PAGE_HEADER_BYTES + pageSizeBytes;
 }
 
-/** Offset of page `page`'s slot, relative to the data area. */
-export function pageSlotOffset(dataOffset: number, pageSizeBytes: number, page: number): number {
-  return dataOffset + page * pageSlotBytes(pageSizeBytes);
+/** Bytes of a page's slots together (they lie end to end: one read takes both). */
+export function pageSlotsBytes(pageSizeBytes: number): number {
+  return PAGE_SLOTS * pageSlotBytes(pageSizeBytes);
+}
+
+/** Offset of slot `slot` (0 or 1) of page `page`, relative to the data area. */
+export function pageSlotOffset(dataOffset: number, pageSizeBytes: number, page: number, slot: 0 | 1 = 0): number {
+  return dataOffset + page * pageSlotsBytes(pageSizeBytes) + slot * pageSlotBytes(pageSizeBytes);
 }
 
 /** Bytes of the extent an allocation of pageCount pages of pageSizeBytes
- *  occupies in the data area: its slots, rounded up to a block. */
+ *  occupies in the data area: both slots of every page, rounded up to a block. */
 export function extentBytes(pageSizeBytes: number, pageCount: number): number {
-  return roundUpToBlock(pageCount * pageSlotBytes(pageSizeBytes));
+  return roundUpToBlock(pageCount * pageSlotsBytes(pageSizeBytes));
 }
 
 // ---------------------------------------------------------------- helpers
@@ -224,6 +239,17 @@ export function encodeSuperblock(sb: Superblock): Buffer {
   writeU64(b, 88, sb.createdAtMs);
   b.writeUInt32LE(crcBefore(b, SB_CRC), SB_CRC);
   return b;
+}
+
+/**
+ * The format version a superblock copy records, when its magic and checksum
+ * are right (whatever the version); null otherwise. Tells a store of another
+ * format version apart from a damaged one.
+ */
+export function superblockFormatVersion(b: Buffer): number | null {
+  if (b.length < SUPERBLOCK_RECORD_BYTES || !hasMagic(b, 0, SUPERBLOCK_MAGIC)) return null;
+  if (b.readUInt32LE(SB_CRC) !== crcBefore(b, SB_CRC)) return null;
+  return b.readUInt32LE(4);
 }
 
 /** The superblock in b (a copy's first bytes), or the reason it is not valid. */
@@ -353,7 +379,7 @@ export function encodeTable(seq: number, records: readonly AllocationRecord[], t
   records.forEach((r, i) => encodeEntry(r, b, TABLE_HEADER_BYTES + i * TABLE_ENTRY_BYTES));
   const entriesEnd = TABLE_HEADER_BYTES + records.length * TABLE_ENTRY_BYTES;
   b.write(TABLE_MAGIC, 0, 'latin1');
-  b.writeUInt32LE(FORMAT_VERSION, 4);
+  b.writeUInt32LE(RECORD_VERSION, 4);
   writeU64(b, 8, seq);
   b.writeUInt32LE(records.length, 16);
   b.writeUInt32LE(TABLE_ENTRY_BYTES, 20);
@@ -373,7 +399,7 @@ export function decodeTableHeader(b: Buffer, tableEntriesMax: number): TableHead
   if (isAllZero(b.subarray(0, TABLE_HEADER_BYTES))) return 'blank';
   if (!hasMagic(b, 0, TABLE_MAGIC)) return 'bad magic';
   if (b.readUInt32LE(TH_CRC) !== crcBefore(b, TH_CRC)) return 'bad header checksum';
-  if (b.readUInt32LE(4) !== FORMAT_VERSION) return 'bad format version';
+  if (b.readUInt32LE(4) !== RECORD_VERSION) return 'bad format version';
   if (b.readUInt32LE(20) !== TABLE_ENTRY_BYTES) return 'bad entry size';
   const seq = readU64(b, 8);
   const entryCount = b.readUInt32LE(16);
@@ -463,6 +489,63 @@ export function decodePageHeader(b: Buffer): PageHeaderDecode {
   };
 }
 
+// ---------------------------------------------------------------- page slots
+//
+// Each page has two slots, end to end. A write goes to the slot that does not
+// hold the newest valid copy (see chooseWriteSlot), so a write torn by a power
+// cut can only damage a copy that a newer, intact one makes redundant, or one
+// written since the last sync. Reads take the valid slot with the highest
+// version.
+
+/** What one slot holds, as far as page `page` of allocation `guid` is concerned. */
+export type PageSlotRead =
+  /** All zeros, or a header another allocation (or another page) left: not written by this page. */
+  | { kind: 'absent' }
+  | { kind: 'valid'; header: StoredPageHeader; data: Buffer }
+  | { kind: 'invalid'; reason: string };
+
+/** Decodes one slot (header and data, pageSlotBytes long) for page `page` of `guid` (lower case). */
+export function decodePageSlot(slot: Buffer, guid: string, page: number, pageSizeBytes: number): PageSlotRead {
+  const decoded = decodePageHeader(slot);
+  if (decoded.kind === 'invalid') return decoded;
+  // A blank header, or one left by an earlier allocation whose extent this
+  // one reuses: the slot was never written by this page.
+  if (decoded.kind === 'blank' || decoded.header.guid !== guid || decoded.header.page !== page) return { kind: 'absent' };
+  const { header, dataLength } = decoded;
+  if (dataLength !== pageSizeBytes) {
+    return { kind: 'invalid', reason: `header says ${dataLength} data bytes, the allocation's pages are ${pageSizeBytes}` };
+  }
+  const data = slot.subarray(PAGE_HEADER_BYTES, PAGE_HEADER_BYTES + pageSizeBytes);
+  if (data.length !== pageSizeBytes) return { kind: 'invalid', reason: 'short read' };
+  if (crc32c(data) !== header.crc) return { kind: 'invalid', reason: `data checksum does not match (version ${header.version})` };
+  return { kind: 'valid', header, data };
+}
+
+/**
+ * Which of a page's two slots holds its current copy: the valid one with the
+ * higher version; on equal versions the higher epoch, then slot 0. null when
+ * neither is valid.
+ */
+export function newestPageSlot(slots: readonly [PageSlotRead, PageSlotRead]): 0 | 1 | null {
+  const [a, b] = slots;
+  if (a.kind !== 'valid') return b.kind === 'valid' ? 1 : null;
+  if (b.kind !== 'valid') return 0;
+  if (b.header.version !== a.header.version) return b.header.version > a.header.version ? 1 : 0;
+  return b.header.epoch > a.header.epoch ? 1 : 0;
+}
+
+/**
+ * The slot the next write of a page goes to, given what both slots hold now:
+ * the one not holding the current copy (slot 0 when neither is valid). A
+ * rewrite at the current version therefore lands beside it, never over it.
+ * The caller writing again a slot it wrote since its last sync keeps to that
+ * slot instead (the other one is then the last synced copy): PageStore does.
+ */
+export function chooseWriteSlot(slots: readonly [PageSlotRead, PageSlotRead]): 0 | 1 {
+  const newest = newestPageSlot(slots);
+  return newest === 0 ? 1 : 0;
+}
+
 // ---------------------------------------------------------------- mailbox
 //
 // Heartbeat slot (MAILBOX_SLOT_BYTES at the start of the controller's block):
@@ -493,7 +576,7 @@ const EP_CRC = EPOCH_RECORD_BYTES - 4;
 export function encodeMailboxSlot(s: MailboxSlot): Buffer {
   const b = Buffer.alloc(MAILBOX_SLOT_BYTES);
   b.write(MAILBOX_SLOT_MAGIC, 0, 'latin1');
-  b.writeUInt32LE(FORMAT_VERSION, 4);
+  b.writeUInt32LE(RECORD_VERSION, 4);
   b.writeUInt32LE(s.controllerId, 8);
   b.writeUInt32LE(s.epoch, 12);
   writeU64(b, 16, s.counter);
@@ -507,7 +590,7 @@ export function encodeMailboxSlot(s: MailboxSlot): Buffer {
 /** The slot in b, or null when it is blank, torn or otherwise invalid. */
 export function decodeMailboxSlot(b: Buffer): MailboxSlot | null {
   if (b.length < MAILBOX_SLOT_BYTES || !hasMagic(b, 0, MAILBOX_SLOT_MAGIC)) return null;
-  if (b.readUInt32LE(MB_CRC) !== crcBefore(b, MB_CRC) || b.readUInt32LE(4) !== FORMAT_VERSION) return null;
+  if (b.readUInt32LE(MB_CRC) !== crcBefore(b, MB_CRC) || b.readUInt32LE(4) !== RECORD_VERSION) return null;
   const counter = readU64(b, 16);
   const timeMs = readU64(b, 24);
   if (Number.isNaN(counter) || Number.isNaN(timeMs)) return null;
@@ -524,7 +607,7 @@ export function decodeMailboxSlot(b: Buffer): MailboxSlot | null {
 export function encodeEpochRecord(r: EpochRecord): Buffer {
   const b = Buffer.alloc(EPOCH_RECORD_BYTES);
   b.write(EPOCH_MAGIC, 0, 'latin1');
-  b.writeUInt32LE(FORMAT_VERSION, 4);
+  b.writeUInt32LE(RECORD_VERSION, 4);
   writeU64(b, 8, r.seq);
   b.writeUInt32LE(r.epoch, 16);
   b.writeUInt32LE(r.activeId, 20);
@@ -535,7 +618,7 @@ export function encodeEpochRecord(r: EpochRecord): Buffer {
 
 export function decodeEpochRecord(b: Buffer): EpochRecord | null {
   if (b.length < EPOCH_RECORD_BYTES || !hasMagic(b, 0, EPOCH_MAGIC)) return null;
-  if (b.readUInt32LE(EP_CRC) !== crcBefore(b, EP_CRC) || b.readUInt32LE(4) !== FORMAT_VERSION) return null;
+  if (b.readUInt32LE(EP_CRC) !== crcBefore(b, EP_CRC) || b.readUInt32LE(4) !== RECORD_VERSION) return null;
   const seq = readU64(b, 8);
   const timeMs = readU64(b, 24);
   if (Number.isNaN(seq) || Number.isNaN(timeMs)) return null;

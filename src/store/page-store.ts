@@ -6,6 +6,17 @@
 // partner). writePage and writeMailboxSlot do not: page writes are made
 // durable in batches by the caller's sync(), and a heartbeat only has to be
 // seen by the partner, which reads the same file through the same page cache.
+//
+// Pages: two slots each (layout.ts, docs/formats.md "Pages"). A write goes to
+// the slot not holding the page's newest valid copy, found by reading both
+// slots first, unless this store wrote a slot of that page since its last
+// completed sync: then it writes that slot again, because the other one holds
+// the last synced copy. So the newest synced copy of a page is never the one
+// being overwritten, and a torn write costs at most what was not synced yet.
+// That needs every other writer's page writes to be synced before this store
+// reads them to choose a slot: the core syncs before it gives a page away, a
+// takeover syncs (the epoch record), and open() syncs what an earlier
+// incarnation of this controller left behind.
 
 import { PagepairError, invariant } from '../errors.js';
 import { crc32c } from '../protocol/crc32c.js';
@@ -21,7 +32,8 @@ import {
   copyForSeq,
   decodeEpochRecord,
   decodeMailboxSlot,
-  decodePageHeader,
+  chooseWriteSlot,
+  decodePageSlot,
   decodeSuperblock,
   decodeTable,
   decodeTableHeader,
@@ -35,14 +47,18 @@ import {
   isUuid,
   mailboxSlotOffset,
   newestOf,
+  newestPageSlot,
   pageSlotBytes,
   pageSlotOffset,
+  pageSlotsBytes,
   superblockCopyOffset,
+  superblockFormatVersion,
   tableCopyOffset,
   tableWriteBytes,
   uuidToBytes,
 } from './layout.js';
 import { PAGE_HEADER_BYTES } from './types.js';
+import type { PageSlotRead } from './layout.js';
 import type {
   AllocationRecord,
   BlockStore,
@@ -53,6 +69,7 @@ import type {
   MailboxSlot,
   PageLocation,
   StoredPage,
+  StoredPageHeader,
   Superblock,
 } from './types.js';
 
@@ -76,6 +93,18 @@ interface PartsDevice extends Device {
   writeParts(offset: number, parts: readonly Buffer[]): Promise<void>;
 }
 
+function slotReason(s: PageSlotRead): string {
+  return s.kind === 'invalid' ? s.reason : s.kind;
+}
+
+function slotPage(s: PageSlotRead): StoredPage {
+  invariant(s.kind === 'valid', 'a valid slot');
+  // A copy: the cache keeps the page, and should not keep both slots' bytes with it.
+  const data = Buffer.allocUnsafeSlow(s.data.length);
+  s.data.copy(data);
+  return { header: s.header, data };
+}
+
 function hasWriteParts(device: Device): device is PartsDevice {
   return typeof (device as Partial<PartsDevice>).writeParts === 'function';
 }
@@ -91,9 +120,30 @@ type CopyRead<T> = { kind: 'valid'; value: T } | { kind: 'blank' } | { kind: 'in
 
 const ZERO_CHUNK_BYTES = 1024 * 1024;
 
+/** What a store counts about its page slots (status may show them). */
+export interface PageStoreCounters {
+  /** Reads that found one slot of a page damaged and used the other (or "never written"). */
+  tornSlotsFound: number;
+  /** Page writes that had to read the slots first to choose one. */
+  slotReadsBeforeWrite: number;
+}
+
+/** A slot this store wrote and has not yet seen a sync complete after. */
+interface UnsyncedSlot {
+  slot: 0 | 1;
+  /** Order in which the write settled; null while it is under way. */
+  settledSeq: number | null;
+}
+
 export class PageStore implements BlockStore {
+  readonly pageCounters: PageStoreCounters = { tornSlotsFound: 0, slotReadsBeforeWrite: 0 };
   private readonly zeroPageCrcs = new Map<number, number>();
   private readonly partsDevice: PartsDevice | null;
+  /** By device offset of a page's slots: the slot written since the last completed sync. */
+  private readonly unsyncedSlots = new Map<number, UnsyncedSlot>();
+  private writesSettled = 0;
+  /** By device offset of a page's slots: the last write of it under way here (writes of a page go one at a time). */
+  private readonly pageWriteChains = new Map<number, Promise<void>>();
 
   private constructor(
     readonly device: Device,
@@ -157,6 +207,16 @@ export class PageStore implements BlockStore {
     });
     const valid = reads.map((r) => typeof r !== 'string') as [boolean, boolean];
     const sb = reads.find((r): r is Superblock => typeof r !== 'string');
+    const otherVersion = [0, 1]
+      .map((c) => superblockFormatVersion(head.subarray(c * copyBytes, (c + 1) * copyBytes)))
+      .find((v) => v !== null && v !== FORMAT_VERSION);
+    if (sb === undefined && otherVersion !== undefined) {
+      throw new PagepairError(
+        'STORE_MISMATCH',
+        `${name}: the store is format version ${otherVersion}; this pagepair reads and writes format version ${FORMAT_VERSION} only ` +
+          `(version 2 gave every page two slots); copy what it holds elsewhere and create a new store`,
+      );
+    }
     if (sb === undefined) {
       throw new PagepairError('STORE_CORRUPT', `${name}: no valid superblock (copy 0: ${String(reads[0])}; copy 1: ${String(reads[1])})`);
     }
@@ -167,41 +227,36 @@ export class PageStore implements BlockStore {
     if (device.sizeBytes < end) {
       throw new PagepairError('STORE_CORRUPT', `${name}: device is ${device.sizeBytes} bytes but the superblock needs ${end}`);
     }
+    // Page writes an earlier incarnation of this controller left unsynced
+    // become durable now, before any slot is chosen by reading them (see the
+    // top of this file). A store opened only to be read pays one cheap sync.
+    await device.sync();
     return new PageStore(device, sb, valid, name);
   }
 
   // ------------------------------------------------------------ pages
 
   async readPage(loc: PageLocation, page: number): Promise<StoredPage> {
-    const at = this.slotDeviceOffset(loc, page);
-    const buf = await this.device.read(at, pageSlotBytes(loc.pageSizeBytes));
+    const at = this.slotsDeviceOffset(loc, page);
     const guid = loc.guid.toLowerCase();
-    const decoded = decodePageHeader(buf);
-    if (decoded.kind === 'invalid') {
-      throw new PagepairError('CHECKSUM_MISMATCH', `${this.name}: page ${page} of ${guid}: ${decoded.reason}`, guid);
+    const slots = this.decodeSlots(await this.device.read(at, pageSlotsBytes(loc.pageSizeBytes)), guid, page, loc.pageSizeBytes);
+    const newest = newestPageSlot(slots);
+    const damaged = slots.find((s): s is Extract<PageSlotRead, { kind: 'invalid' }> => s.kind === 'invalid');
+    if (newest === null && slots.every((s) => s.kind === 'invalid')) {
+      throw new PagepairError('CHECKSUM_MISMATCH', `${this.name}: page ${page} of ${guid}: slot 0: ${slotReason(slots[0])}; slot 1: ${slotReason(slots[1])}`, guid);
     }
-    // A blank header, or one left by an earlier allocation whose extent this
-    // one reuses: the page was never written by its allocation.
-    if (decoded.kind === 'blank' || decoded.header.guid !== guid || decoded.header.page !== page) {
-      return this.neverWritten(guid, page, loc.pageSizeBytes);
-    }
-    const { header, dataLength } = decoded;
-    if (dataLength !== loc.pageSizeBytes) {
-      throw new PagepairError(
-        'CHECKSUM_MISMATCH',
-        `${this.name}: page ${page} of ${guid}: header says ${dataLength} data bytes, the allocation's pages are ${loc.pageSizeBytes}`,
-        guid,
-      );
-    }
-    const data = buf.subarray(PAGE_HEADER_BYTES);
-    if (crc32c(data) !== header.crc) {
-      throw new PagepairError('CHECKSUM_MISMATCH', `${this.name}: page ${page} of ${guid}: data checksum does not match (version ${header.version})`, guid);
-    }
-    return { header, data };
+    const got = newest === null ? this.neverWritten(guid, page, loc.pageSizeBytes) : slotPage(slots[newest]);
+    if (damaged === undefined) return got;
+    // One slot damaged, the other valid or never written: a write torn by a
+    // crash or a power cut (the other slot is then what was there before it),
+    // or a damaged copy beside a good one. Either way the good one is used.
+    this.pageCounters.tornSlotsFound++;
+    return { ...got, tornSlot: damaged.reason };
   }
 
-  /** Writes header and data as one device write. crc, when given, is trusted
-   *  to be the CRC32C of data (the cache already knows it). Not synced. */
+  /** Writes header and data as one device write, into the slot the rule
+   *  chooses (the top of this file). crc, when given, is trusted to be the
+   *  CRC32C of data (the cache already knows it). Not synced. */
   async writePage(loc: PageLocation, page: number, version: number, epoch: number, data: Buffer, crc?: number): Promise<void> {
     if (data.length !== loc.pageSizeBytes) {
       throw new PagepairError('BAD_FIELD', `page ${page} of ${loc.guid}: ${data.length} data bytes for a ${loc.pageSizeBytes}-byte page`, 'data');
@@ -209,18 +264,56 @@ export class PageStore implements BlockStore {
     if (!Number.isSafeInteger(version) || version < 1) {
       throw new PagepairError('BAD_FIELD', `page ${page} of ${loc.guid}: version must be >= 1, got ${version}`, 'version');
     }
-    const at = this.slotDeviceOffset(loc, page);
+    const at = this.slotsDeviceOffset(loc, page);
     const header = { guid: loc.guid, page, version, epoch, crc: crc ?? crc32c(data) };
-    if (this.partsDevice !== null) {
-      // Header and data go out side by side: no copy of the page. The caller
-      // does not change data in place while the write is under way.
-      await this.partsDevice.writeParts(at, [encodePageHeader(header, data.length, Buffer.allocUnsafe(PAGE_HEADER_BYTES)), data]);
-      return;
+    // Choosing a slot and writing it is one step per page: a second write of
+    // the page waits, so that it sees the slot this one took.
+    const prev = this.pageWriteChains.get(at) ?? Promise.resolve();
+    const run = prev.then(() => this.writeSlot(loc, page, at, header, data));
+    const settled = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.pageWriteChains.set(at, settled);
+    void settled.then(() => {
+      if (this.pageWriteChains.get(at) === settled) this.pageWriteChains.delete(at);
+    });
+    return run;
+  }
+
+  private async writeSlot(loc: PageLocation, page: number, at: number, header: StoredPageHeader, data: Buffer): Promise<void> {
+    let slot = this.unsyncedSlots.get(at)?.slot;
+    if (slot === undefined) {
+      this.pageCounters.slotReadsBeforeWrite++;
+      const buf = await this.device.read(at, pageSlotsBytes(loc.pageSizeBytes));
+      slot = chooseWriteSlot(this.decodeSlots(buf, loc.guid.toLowerCase(), page, loc.pageSizeBytes));
     }
-    const buf = Buffer.allocUnsafe(pageSlotBytes(loc.pageSizeBytes));
-    encodePageHeader(header, data.length, buf);
-    data.copy(buf, PAGE_HEADER_BYTES);
-    await this.device.write(at, buf);
+    // From the moment the write is issued until a sync that began after it
+    // settled, this slot holds nothing anyone may count on: the next write of
+    // the page goes here again, whatever it reads.
+    const entry: UnsyncedSlot = { slot, settledSeq: null };
+    this.unsyncedSlots.set(at, entry);
+    const slotAt = at + slot * pageSlotBytes(loc.pageSizeBytes);
+    try {
+      if (this.partsDevice !== null) {
+        // Header and data go out side by side: no copy of the page. The caller
+        // does not change data in place while the write is under way.
+        await this.partsDevice.writeParts(slotAt, [encodePageHeader(header, data.length, Buffer.allocUnsafe(PAGE_HEADER_BYTES)), data]);
+        return;
+      }
+      const buf = Buffer.allocUnsafe(pageSlotBytes(loc.pageSizeBytes));
+      encodePageHeader(header, data.length, buf);
+      data.copy(buf, PAGE_HEADER_BYTES);
+      await this.device.write(slotAt, buf);
+    } finally {
+      // Failed writes too: part of one may have landed.
+      entry.settledSeq = ++this.writesSettled;
+    }
+  }
+
+  private decodeSlots(buf: Buffer, guid: string, page: number, pageSizeBytes: number): [PageSlotRead, PageSlotRead] {
+    const slotBytes = pageSlotBytes(pageSizeBytes);
+    return [decodePageSlot(buf.subarray(0, slotBytes), guid, page, pageSizeBytes), decodePageSlot(buf.subarray(slotBytes, 2 * slotBytes), guid, page, pageSizeBytes)];
   }
 
   /**
@@ -247,7 +340,8 @@ export class PageStore implements BlockStore {
     }
   }
 
-  private slotDeviceOffset(loc: PageLocation, page: number): number {
+  /** Device offset of a page's first slot (its second follows it). */
+  private slotsDeviceOffset(loc: PageLocation, page: number): number {
     const g = this.geometry;
     const slot = pageSlotOffset(loc.dataOffset, loc.pageSizeBytes, page);
     if (
@@ -255,7 +349,7 @@ export class PageStore implements BlockStore {
       page < 0 ||
       loc.dataOffset < 0 ||
       loc.dataOffset % g.blockBytes !== 0 ||
-      slot + pageSlotBytes(loc.pageSizeBytes) > g.dataBytes
+      slot + pageSlotsBytes(loc.pageSizeBytes) > g.dataBytes
     ) {
       throw new PagepairError('OUT_OF_RANGE', `${this.name}: page ${page} of ${loc.guid} at data offset ${loc.dataOffset} lies outside the data area`);
     }
@@ -297,7 +391,7 @@ export class PageStore implements BlockStore {
     const buf = encodeTable(seq, records, this.geometry.tableEntriesMax, used);
     invariant(buf.length <= this.geometry.tableCopyBytes, 'table fits its copy');
     await this.device.write(tableCopyOffset(this.geometry, copyForSeq(seq)), buf);
-    await this.device.sync();
+    await this.syncDevice();
     return seq;
   }
 
@@ -350,7 +444,7 @@ export class PageStore implements BlockStore {
     const seq = (this.newestEpoch(c0, c1)?.seq ?? 0) + 1;
     const full: EpochRecord = { epoch: rec.epoch, activeId: rec.activeId, timeMs: rec.timeMs, seq };
     await this.device.write(epochCopyOffset(g, copyForSeq(seq)), encodeEpochRecord(full));
-    await this.device.sync();
+    await this.syncDevice();
     return full;
   }
 
@@ -362,7 +456,14 @@ export class PageStore implements BlockStore {
   // ------------------------------------------------------------ lifecycle
 
   sync(): Promise<void> {
-    return this.device.sync();
+    return this.syncDevice();
+  }
+
+  /** Syncs the device; the page slots written before it began are durable now. */
+  private async syncDevice(): Promise<void> {
+    const upTo = this.writesSettled;
+    await this.device.sync();
+    for (const [at, e] of this.unsyncedSlots) if (e.settledSeq !== null && e.settledSeq <= upTo) this.unsyncedSlots.delete(at);
   }
 
   close(): Promise<void> {

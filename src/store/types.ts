@@ -62,6 +62,12 @@ export interface StoredPageHeader {
 export interface StoredPage {
   header: StoredPageHeader;
   data: Buffer;
+  /**
+   * Set when the page's other slot is damaged (a write torn by a crash or a
+   * power cut, most likely) and this copy, the older one or "never written",
+   * was used instead: why the other slot was refused.
+   */
+  tornSlot?: string;
 }
 
 /** A controller's heartbeat slot in the mailbox area. */
@@ -98,8 +104,9 @@ export interface PageLocation {
 
 export interface BlockStore {
   readonly superblock: Superblock;
-  /** Reads a page and checks its checksums. A never-written page (or one left
-   *  by an allocation since released) reads as version 0, all zeros. */
+  /** Reads a page and checks its checksums: of its two slots, the valid one
+   *  with the higher version. A never-written page (or one left by an
+   *  allocation since released) reads as version 0, all zeros. */
   readPage(loc: PageLocation, page: number): Promise<StoredPage>;
   writePage(loc: PageLocation, page: number, version: number, epoch: number, data: Buffer, crc?: number): Promise<void>;
   /** Zero an extent of the data area, so a new allocation there cannot meet

@@ -23,7 +23,7 @@ import { resolvePolicies, type Policy, type PolicyInput } from '../../src/core/p
 import { decode, encode } from '../../src/protocol/codec.js';
 import { DEFAULT_LIMITS, type Limits } from '../../src/protocol/limits.js';
 import { Role, type ClientRequest, type Message, type MessageKind } from '../../src/protocol/messages.js';
-import { MemoryDevice } from '../../src/store/memory-device.js';
+import { MemoryDevice, type PowerCutFate } from '../../src/store/memory-device.js';
 import { PageStore } from '../../src/store/page-store.js';
 import { Prng } from './prng.js';
 import { Scheduler } from './scheduler.js';
@@ -511,6 +511,49 @@ export class Harness {
   /** Forget a crash armed with crashAtNextWrite that has not happened. */
   disarmCrash(name: NodeName): void {
     this.node(name).store.disarmCrash();
+  }
+
+  /**
+   * Power is cut under both controllers at once (one host, one store file):
+   * both die as kill() has them die, and every store write not yet followed
+   * by a completed sync is kept, dropped, or cut at a random byte (or, for a
+   * share of them, left with a random set of its 512-byte sectors), as `rng`
+   * decides. What the harness learnt from writes that landed (versions in the
+   * store, the epoch record in effect, who was alone in which epoch) is
+   * forgotten: the store holds what survived, and every incarnation that
+   * acted on more is dead. Returns how many writes met each fate.
+   */
+  powerCut(rng: Prng, odds: { keep: number; drop: number } = { keep: 0.4, drop: 0.3 }): { kept: number; dropped: number; torn: number } {
+    for (const n of this.nodes) this.kill(n.name);
+    const tally = { kept: 0, dropped: 0, torn: 0 };
+    this.device.powerCut((w): PowerCutFate => {
+      const r = rng.next();
+      if (r < odds.keep) {
+        tally.kept++;
+        return 'keep';
+      }
+      if (r < odds.keep + odds.drop) {
+        tally.dropped++;
+        return 'drop';
+      }
+      tally.torn++;
+      if (rng.chance(0.75)) return { prefixBytes: rng.int(w.data.length) };
+      const sectors = new Prng(rng.int(0x7fff_ffff));
+      return { sectorBytes: 512, landed: () => sectors.chance(0.5) };
+    });
+    this.storedVersions.clear();
+    this.effectiveEpoch = null;
+    this.aloneIn.clear();
+    this.aloneAcksIn.clear();
+    this.logs.push({ node: 'A', incarnation: this.a.incarnation, atMs: this.sched.nowMs, level: 'info', msg: 'sim: power cut', obj: tally });
+    return tally;
+  }
+
+  /** Both controllers, dead (a power cut), started again over the store, linked, and mirrored. */
+  async restartBoth(): Promise<void> {
+    for (const n of [...this.nodes]) await this.restart(n.name);
+    this.heal();
+    await this.waitMirrored();
   }
 
   /** A new core for a killed controller, over the same device; started, link still down. */
