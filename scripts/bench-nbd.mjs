@@ -297,7 +297,7 @@ function fmtRatio(x) {
 
 async function main() {
   const o = options();
-  const { NbdPair } = await load('testing/nbd-pair.js');
+  const { NbdPair, storeBytesFor } = await load('testing/nbd-pair.js');
   const { runFio, killAllFio } = await load('testing/fio.js');
   const dir = mkdtempSync(path.join(os.tmpdir(), 'pagepair-bench-nbd-'));
   const note = (line) => console.error(`bench-nbd: ${line}`);
@@ -335,7 +335,7 @@ async function main() {
 
     const urls = {};
     if (o.servers.includes('pagepair') || o.servers.includes('attach')) {
-      pair = await NbdPair.start({ dir, storeBytes: Math.max(1024 ** 3, 2 * o.sizeBytes + 64 * 1024 * 1024), cacheBytesMax: o.cacheBytes, logLevel: 'warn' });
+      pair = await NbdPair.start({ dir, storeBytes: Math.max(1024 ** 3, storeBytesFor([o.sizeBytes, o.sizeBytes])), cacheBytesMax: o.cacheBytes, logLevel: 'warn' });
       await pair.createVolume('A', 'bench', o.sizeBytes);
       if (o.servers.includes('pagepair')) urls.pagepair = pair.a.nbdUrl('bench');
       note(`pagepair: mirrored pair up (A pid ${pair.a.pid}, B pid ${pair.b.pid}); fio goes through A: ${pair.a.nbdUrl('bench')}`);

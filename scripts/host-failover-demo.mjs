@@ -87,7 +87,7 @@ if (!existsSync(path.join(dist, 'attach', 'attach.js'))) {
   process.exit(2);
 }
 
-const { NbdPair } = await load('testing/nbd-pair.js');
+const { NbdPair, storeBytesFor } = await load('testing/nbd-pair.js');
 const say = (line) => process.stdout.write(`${line}\n`);
 const dir = mkdtempSync(path.join(os.tmpdir(), 'pagepair-host-demo-'));
 const children = [];
@@ -146,7 +146,7 @@ process.on('SIGINT', () => {
 
 try {
   say(`host-failover-demo: working in ${dir}`);
-  pair = await NbdPair.start({ dir, storeBytes: volumeBytes + 256 * 1024 * 1024, cacheBytesMax: 64 * 1024 * 1024 });
+  pair = await NbdPair.start({ dir, storeBytes: storeBytesFor([volumeBytes]), cacheBytesMax: 64 * 1024 * 1024 });
   await pair.createVolume('A', 'disk', volumeBytes);
   say(`pair up: A (pid ${pair.a.pid}) and B (pid ${pair.b.pid}) mirrored; volume "disk", ${volumeBytes / 1048576} MiB`);
 

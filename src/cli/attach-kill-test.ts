@@ -21,7 +21,7 @@ import { Attach } from '../attach/attach.js';
 import { NbdClient } from '../client/nbd-client.js';
 import { PagepairError } from '../errors.js';
 import { killAllFio, spawnFio, type FioJobReport } from '../testing/fio.js';
-import { NbdPair, type Letter } from '../testing/nbd-pair.js';
+import { NbdPair, storeBytesFor, type Letter } from '../testing/nbd-pair.js';
 import { formatBytes, parsePositiveInt, parseSize } from './units.js';
 
 const JOB = 'attachkill';
@@ -115,7 +115,7 @@ export async function runAttachKillTest(o: AttachKillTestOptions = {}): Promise<
   let copiesEqual: boolean | null = null;
   let attachTotals: AttachKillTestResult['attach'] = { failovers: 0, resent: 0, failedNoPath: 0, longestRequestStallMs: null };
   try {
-    pair = await NbdPair.start({ dir, storeBytes: sizeBytes + 256 * 1024 * 1024, cacheBytesMax: 64 * 1024 * 1024 });
+    pair = await NbdPair.start({ dir, storeBytes: storeBytesFor([sizeBytes]), cacheBytesMax: 64 * 1024 * 1024 });
     await pair.createVolume('A', VOLUME, sizeBytes);
     const socket = join(dir, 'attach.sock');
     attach = new Attach({

@@ -17,7 +17,7 @@ import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PagepairError } from '../errors.js';
 import { fioVerifyStatePath, killAllFio, readFioVerifyState, runFio, spawnFio, type FioEnd, type FioJobReport, type FioVerifyState } from '../testing/fio.js';
-import { NbdPair, StatusPoller, type Letter } from '../testing/nbd-pair.js';
+import { NbdPair, StatusPoller, storeBytesFor, type Letter } from '../testing/nbd-pair.js';
 import { formatBytes, parsePositiveInt, parseSize } from './units.js';
 
 const JOB = 'nbdkill';
@@ -152,7 +152,7 @@ export async function runNbdKillTest(o: NbdKillTestOptions = {}): Promise<NbdKil
     print(`nbd-kill-test: pair in ${dir}; fio randwrite ${BLOCK_BYTES} B blocks, iodepth ${iodepth}, ${formatBytes(sizeBytes)} volume, kill after ${killAfterWrites} acknowledged writes`);
     pair = await NbdPair.start({
       dir,
-      storeBytes: Math.max(256 * 1024 * 1024, (victims.length + 1) * sizeBytes + 64 * 1024 * 1024),
+      storeBytes: Math.max(256 * 1024 * 1024, storeBytesFor(Array.from({ length: victims.length + 1 }, () => sizeBytes))),
       cacheBytesMax: 64 * 1024 * 1024,
       ...(o.heartbeatIntervalMs !== undefined ? { heartbeatIntervalMs: o.heartbeatIntervalMs } : {}),
       ...(o.partnerTimeoutMs !== undefined ? { partnerTimeoutMs: o.partnerTimeoutMs } : {}),

@@ -14,6 +14,7 @@ import { PagepairClient, type AllocationInfo } from '../client/client.js';
 import { PagepairError } from '../errors.js';
 import type { ControllerStatus } from '../runtime/controller-process.js';
 import { spawnController } from '../runtime/spawn-controller.js';
+import { extentBytes } from '../store/layout.js';
 import { freePort } from './free-port.js';
 
 const HOST = '127.0.0.1';
@@ -23,6 +24,17 @@ const STOP_WAIT_MS = 15_000;
 const VOLUME_TIMEOUT_MS = 30_000;
 
 export type Letter = 'A' | 'B';
+
+/** Room in a store beside its volumes' extents: the superblock, table, mailbox and some slack. */
+const STORE_METADATA_SLACK_BYTES = 64 * 1024 * 1024;
+
+/**
+ * A store size that holds volumes of these sizes (4 KiB pages), each page's
+ * two slots and headers included (docs/formats.md), with room to spare.
+ */
+export function storeBytesFor(volumeBytes: readonly number[], pageSizeBytes = 4096): number {
+  return volumeBytes.reduce((sum, v) => sum + extentBytes(pageSizeBytes, Math.ceil(v / pageSizeBytes)), STORE_METADATA_SLACK_BYTES);
+}
 
 /** Every controller process started here and not yet seen exiting: SIGKILLed by killAllPairControllers(). */
 const live = new Set<ChildProcess>();
