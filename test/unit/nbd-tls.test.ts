@@ -211,7 +211,7 @@ describe('NBD STARTTLS, mode "require"', () => {
   });
 
   it('refuses a wrong key and an unknown identity, logs why, and keeps serving', async () => {
-    const { port, records } = await rig({ mode: 'require', keys: KEYS });
+    const { port, records, server } = await rig({ mode: 'require', keys: KEYS });
     const wrongKey = { identity: 'alice', key: keyOf('not alice') };
     await expect(NbdClient.connect(`nbds://127.0.0.1:${port}/vol0`, { tls: wrongKey })).rejects.toMatchObject({ code: 'AUTH_FAILED' });
     await roundTrip(`nbds://127.0.0.1:${port}/vol0`, ALICE);
@@ -221,6 +221,8 @@ describe('NBD STARTTLS, mode "require"', () => {
     const failed = closeReasons(records).filter((r) => r.startsWith('TLS handshake failed'));
     expect(failed[0]).toMatch(/identity "alice": wrong key\?/);
     expect(failed[1]).toMatch(/unknown identity "mallory"/);
+    // Every connection, refused or served, is gone: nothing is left holding a slot.
+    await waitFor(() => server.connections === 0, 'every connection closed');
   });
 
   it('closes a connection that sends garbage instead of a TLS handshake, or none in time', async () => {
