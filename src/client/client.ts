@@ -530,14 +530,14 @@ export function controllerAddresses(
     host: dialableHost(cfg.listen.client.host),
     port: cfg.listen.client.port,
     token: cfg.clientToken,
-    tls,
+    ...(tls ? { tls: true } : {}),
   };
   const partner: ControllerAddress = {
     id: cfg.partner.id,
     host: dialableHost(cfg.partner.client.host),
     port: cfg.partner.client.port,
     token: cfg.clientToken,
-    tls,
+    ...(tls ? { tls: true } : {}),
   };
   return { self, partner, all: [self, partner] };
 }

@@ -120,6 +120,18 @@ class EndpointConn implements ClientConn {
   clientName = '';
   helloTimer: NodeJS.Timeout | undefined;
   accepted: AcceptedConnection | undefined;
+  /**
+   * Reply bytes of the reads handed to the controller and not yet answered,
+   * by request id: with bufferedAmount, what this connection makes the
+   * controller hold. Past replyBytesBufferedMax requests wait in `deferred`.
+   */
+  owedBytes = 0;
+  readonly owedById = new Map<number, number>();
+  /** Requests held back, in order, until the replies owed and buffered fall under the bound (counted in inflight). */
+  readonly deferred: ClientRequest[] = [];
+  /** Called after each reply, to hand on what was held back. */
+  onReplied: (() => void) | undefined;
+  handingOn = false;
 
   private corked = false;
 
@@ -136,6 +148,11 @@ class EndpointConn implements ClientConn {
   reply(msg: Message): void {
     // Every reply answers one request the endpoint counted in.
     if (this.inflight > 0) this.inflight--;
+    const owed = this.owedById.get(msg.requestId);
+    if (owed !== undefined) {
+      this.owedById.delete(msg.requestId);
+      this.owedBytes -= owed;
+    }
     if (this.closed) return;
     // Replies made in one turn of the event loop leave in one write.
     if (!this.corked) {
@@ -153,7 +170,16 @@ class EndpointConn implements ClientConn {
     this.ws.send(frame, SEND_BINARY, FRAMES.giveBackAfter(frame));
     // A client that sends requests but does not read the replies would have
     // them pile up here without end: past the bound it is dropped.
-    if (this.ws.bufferedAmount > this.replyBytesBufferedMax) this.dropSlowReader();
+    if (this.ws.bufferedAmount > this.replyBytesBufferedMax) {
+      this.dropSlowReader();
+      return;
+    }
+    if (this.deferred.length > 0) this.onReplied?.();
+  }
+
+  /** True when the reads owed and the replies buffered leave room under the bound (one request may cross it). */
+  hasReplyRoom(): boolean {
+    return this.owedBytes + this.ws.bufferedAmount <= this.replyBytesBufferedMax;
   }
 
   private dropSlowReader(): void {
@@ -162,6 +188,7 @@ class EndpointConn implements ClientConn {
       'client does not read its replies; connection dropped',
     );
     this.closed = true;
+    this.deferred.length = 0;
     clearTimeout(this.helloTimer);
     // At once, not a close handshake queued behind the replies it is not reading.
     this.ws.terminate();
@@ -177,6 +204,7 @@ class EndpointConn implements ClientConn {
   close(code = 1000, reason = ''): void {
     if (this.closed) return;
     this.closed = true;
+    this.deferred.length = 0;
     clearTimeout(this.helloTimer);
     closeGracefully(this.ws, code, reason);
   }
@@ -236,6 +264,11 @@ export class ClientEndpoint {
     if (this.server !== undefined) await this.server.close();
   }
 
+  /** The fuzzer's seam (src/testing/fuzz): serves a ws as if the listener had let it in, with no socket under it. */
+  serveOpenWs(ws: WebSocket, accepted: AcceptedConnection): void {
+    this.accept(ws, accepted);
+  }
+
   private accept(ws: WebSocket, accepted: AcceptedConnection): void {
     const conn = new EndpointConn(
       this.nextId++,
@@ -267,6 +300,7 @@ export class ClientEndpoint {
   private onClosed(conn: EndpointConn, code: number): void {
     const wasOpen = this.conns.delete(conn);
     conn.closed = true;
+    conn.deferred.length = 0;
     clearTimeout(conn.helloTimer);
     if (!wasOpen) return;
     this.log.info(
@@ -334,6 +368,36 @@ export class ClientEndpoint {
     }
     conn.inflight++;
     conn.requests++;
+    // The controller makes a read's reply as soon as it is handed on: many
+    // large reads at once from a client that does not read the replies would
+    // all be made before it is dropped. Past the bound they wait here, in
+    // order (a later request never overtakes an earlier one).
+    if (conn.deferred.length > 0 || !conn.hasReplyRoom()) {
+      conn.deferred.push(msg);
+      conn.onReplied ??= () => this.handOnDeferred(conn);
+      return;
+    }
+    this.handOn(conn, msg);
+  }
+
+  private handOnDeferred(conn: EndpointConn): void {
+    // A reply made while a held request is handed on lands here again: the loop already running goes on.
+    if (conn.handingOn) return;
+    conn.handingOn = true;
+    try {
+      while (conn.deferred.length > 0 && !conn.closed && conn.hasReplyRoom()) this.handOn(conn, conn.deferred.shift()!);
+    } finally {
+      conn.handingOn = false;
+    }
+  }
+
+  /** Gives one request to the controller. */
+  private handOn(conn: EndpointConn, msg: ClientRequest): void {
+    if (msg.kind === 'C_READ') {
+      // A request id used twice at once (a client's bug) adds up rather than loses bytes.
+      conn.owedById.set(msg.requestId, (conn.owedById.get(msg.requestId) ?? 0) + msg.length);
+      conn.owedBytes += msg.length;
+    }
     try {
       this.opts.onRequest(conn, msg);
     } catch (err) {

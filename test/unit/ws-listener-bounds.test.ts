@@ -295,3 +295,43 @@ describe('peer link: a partner that stops reading', () => {
     bConn.socket.resume();
   });
 });
+
+describe('client endpoint: reads held back past replyBytesBufferedMax', () => {
+  it('a client asking for 200 reads of 1 MiB and reading nothing has only the bound\'s worth made before it is dropped', async () => {
+    const { log, records } = captureLog();
+    let handedOn = 0;
+    const endpoint = new ClientEndpoint({
+      host: '127.0.0.1',
+      port: 0,
+      token: TOKEN,
+      controllerId: 1,
+      pairId: PAIR_ID,
+      limits: DEFAULT_LIMITS,
+      inflightMax: 256,
+      replyBytesBufferedMax: 8 * MiB,
+      log,
+      getRole: () => Role.MIRRORED,
+      onRequest: (conn, msg) => {
+        if (msg.kind !== 'C_READ') return;
+        handedOn++;
+        // Answered a moment later, as a read from the store is.
+        setTimeout(() => conn.reply({ kind: 'C_READ_REPLY', requestId: msg.requestId, epoch: 1, sender: 1, flags: 0, data: Buffer.alloc(msg.length, 3) } as Message), 1);
+      },
+    });
+    const { port } = await endpoint.start();
+    cleanups.push(() => endpoint.close());
+    const c = upgraded(port);
+    expect(await c.opened).toBe(true);
+    hello(c.ws);
+    await waitFor(() => endpoint.listenerCounters!.authenticated === 1, 'authenticated');
+    (c.ws as unknown as { _socket: Socket })._socket.pause();
+    const guid = '00000000-0000-4000-8000-000000000001';
+    for (let i = 0; i < 200; i++) c.ws.send(encode({ kind: 'C_READ', requestId: 10 + i, epoch: 0, sender: 0, flags: 0, guid, offset: 0, length: MiB, pointerId: 0 }));
+    await waitFor(() => records.some((r) => r.msg === 'client does not read its replies; connection dropped'), 'the slow reader dropped', 10_000);
+    await sleep(50);
+    // The bound (8 MiB), one read past it, and what the kernel's socket buffers took.
+    expect(handedOn).toBeGreaterThanOrEqual(9);
+    expect(handedOn).toBeLessThan(40);
+    expect(endpoint.connections).toBe(0);
+  });
+});

@@ -1,0 +1,163 @@
+// Issue 11, part 4, with real processes: the peer link and the client link
+// over TLS-PSK. With tls.mode "require" the pair mirrors over TLS, clients
+// write on A and read on B over wss, a plain client is refused on the client
+// port and a plain dialer on the peer port, and two writers (one per
+// controller, over TLS) hitting the same pages leave both copies equal.
+// With "on", plain and TLS clients both work.
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import WebSocket from 'ws';
+import { PagepairClient } from '../../src/client/index.js';
+import type { CoreStatus } from '../../src/core/controller.js';
+import { isPagepairError } from '../../src/errors.js';
+import type { ControllerStatus } from '../../src/runtime/controller-process.js';
+import { makePairFiles, roundValue as value, runCli, seededInts as rng, startMirroredPair, stopPair, type PairFiles, type Proc } from './helpers.js';
+
+const PAGE = 4096;
+
+function connect(files: PairFiles, id: 'A' | 'B', tls: boolean): Promise<PagepairClient> {
+  return PagepairClient.connect({ host: '127.0.0.1', port: id === 'A' ? files.ports.aClient : files.ports.bClient, token: files.token, tls });
+}
+
+describe('tls.mode "require"', () => {
+  let files: PairFiles;
+  let procs: [Proc, Proc];
+
+  beforeAll(async () => {
+    files = await makePairFiles({ tls: { mode: 'require' } });
+    procs = await startMirroredPair(files);
+  }, 60_000);
+  afterAll(() => stopPair(procs ?? [], files), 60_000);
+
+  it('mirrors over TLS: the peer link is up (B takes nothing but TLS), and status says so', async () => {
+    const c = await connect(files, 'B', true);
+    try {
+      const s = (await c.status()) as ControllerStatus;
+      expect(s.role).toBe('mirrored');
+      expect(s.tls).toBe('require');
+      expect(s.listen.peer).toMatch(/^wss:\/\//);
+      expect(s.listen.client).toMatch(/^wss:\/\//);
+    } finally {
+      await c.close();
+    }
+    expect(procs[1].records().some((r) => r.msg === 'peer link listening' && r.tls === 'require')).toBe(true);
+    // `pagepair status` reads tls.mode from the configuration and connects with TLS by itself.
+    const r = await runCli(['status', '--config', files.a]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/tls\s+require: TLS-PSK only/);
+  });
+
+  it('writes through A and reads the same bytes through B, over wss', async () => {
+    const ca = await connect(files, 'A', true);
+    const cb = await connect(files, 'B', true);
+    try {
+      const al = await ca.allocate('tls-rw', 32 * PAGE);
+      for (let i = 0; i < 32; i++) await ca.write(al.guid, i * PAGE, value(PAGE, i, 1));
+      for (let i = 0; i < 32; i++) expect((await cb.read(al.guid, i * PAGE, PAGE)).equals(value(PAGE, i, 1))).toBe(true);
+    } finally {
+      await Promise.all([ca.close(), cb.close()]);
+    }
+  });
+
+  it('refuses a plain client on the client port, with a reason that names TLS', async () => {
+    let err: unknown;
+    try {
+      await connect(files, 'A', false);
+    } catch (e) {
+      err = e;
+    }
+    expect(isPagepairError(err, 'NOT_ALLOWED')).toBe(true);
+    expect((err as Error).message).toMatch(/requires TLS/);
+  });
+
+  it('refuses a plain dialer on the peer port, and counts it', async () => {
+    const ws = new WebSocket(`ws://127.0.0.1:${files.ports.bPeer}/`, { perMessageDeflate: false });
+    ws.on('error', () => undefined);
+    const status = await new Promise<number | null>((resolve) => {
+      ws.once('unexpected-response', (_req, res) => resolve(res.statusCode ?? null));
+      ws.once('open', () => resolve(101));
+      ws.once('close', () => resolve(null));
+    });
+    ws.terminate();
+    expect(status).toBe(426);
+    const c = await connect(files, 'B', true);
+    try {
+      const s = (await c.status()) as ControllerStatus;
+      expect(s.refused.peer!.plainUnderRequire).toBeGreaterThanOrEqual(1);
+      expect(s.role).toBe('mirrored');
+    } finally {
+      await c.close();
+    }
+  });
+
+  it('two writers over TLS, one per controller, on the same pages: A and B read the same bytes after every round, and verify finds the copies equal', async () => {
+    const ca = await connect(files, 'A', true);
+    const cb = await connect(files, 'B', true);
+    const rand = rng(4242);
+    const PAGES = 16;
+    let differing = 0;
+    let neither = 0;
+    try {
+      const al = await ca.allocate('tls-two-writers', PAGES * PAGE);
+      for (let round = 0; round < 300; round++) {
+        const page = rand(PAGES - 2);
+        const offA = page * PAGE + rand(PAGE);
+        const offB = page * PAGE + rand(PAGE);
+        const lenA = 1 + rand(PAGE);
+        const lenB = 1 + rand(PAGE);
+        const va = value(lenA, round, 1);
+        const vb = value(lenB, round, 2);
+        await Promise.all([ca.write(al.guid, offA, va), cb.write(al.guid, offB, vb)]);
+        const from = Math.min(offA, offB);
+        const to = Math.max(offA + lenA, offB + lenB);
+        const [ra, rb] = await Promise.all([ca.read(al.guid, from, to - from), cb.read(al.guid, from, to - from)]);
+        if (!ra.equals(rb)) differing++;
+        const lo = Math.max(offA, offB);
+        const hi = Math.min(offA + lenA, offB + lenB);
+        if (lo < hi) {
+          const got = ra.subarray(lo - from, hi - from);
+          if (!got.equals(va.subarray(lo - offA, hi - offA)) && !got.equals(vb.subarray(lo - offB, hi - offB))) neither++;
+        }
+      }
+      expect(differing, 'rounds where A and B read different bytes').toBe(0);
+      expect(neither, 'rounds where the overlap is neither write').toBe(0);
+      const [sa, sb] = (await Promise.all([ca.status(), cb.status()])) as CoreStatus[];
+      expect(sa!.counters.ownershipConflicts + sb!.counters.ownershipConflicts).toBe(0);
+    } finally {
+      await Promise.all([ca.close(), cb.close()]);
+    }
+    // Both copies of every page compared by `pagepair verify` (over TLS, from the configuration).
+    const v = await runCli(['verify', '--config', files.a, '--json']);
+    expect(v.code, v.stderr + v.stdout).toBe(0);
+    expect((JSON.parse(v.stdout) as { remaining: number }).remaining).toBe(0);
+  }, 120_000);
+});
+
+describe('tls.mode "on"', () => {
+  let files: PairFiles;
+  let procs: [Proc, Proc];
+
+  beforeAll(async () => {
+    files = await makePairFiles({ tls: { mode: 'on' } });
+    procs = await startMirroredPair(files);
+  }, 60_000);
+  afterAll(() => stopPair(procs ?? [], files), 60_000);
+
+  it('plain and TLS clients both work, on either controller', async () => {
+    const plainA = await connect(files, 'A', false);
+    const tlsB = await connect(files, 'B', true);
+    try {
+      const al = await plainA.allocate('tls-on', 4 * PAGE);
+      await plainA.write(al.guid, 0, value(PAGE, 1, 1));
+      expect((await tlsB.read(al.guid, 0, PAGE)).equals(value(PAGE, 1, 1))).toBe(true);
+      await tlsB.write(al.guid, PAGE, value(PAGE, 2, 2));
+      expect((await plainA.read(al.guid, PAGE, PAGE)).equals(value(PAGE, 2, 2))).toBe(true);
+    } finally {
+      await Promise.all([plainA.close(), tlsB.close()]);
+    }
+    // The controllers dial each other with TLS when the mode is not "off".
+    const r = await runCli(['status', '--config', files.b, '--tls', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect((JSON.parse(r.stdout) as ControllerStatus).tls).toBe('on');
+  });
+});
