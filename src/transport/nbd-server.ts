@@ -377,7 +377,7 @@ class NbdConnection {
    * so the bound holds up to the socket's small write buffer).
    */
   private hasRoomFor(req: NbdRequest): boolean {
-    const cost = requestCost(req);
+    const cost = requestCost(req, this.limits.payloadBytesMax);
     if (cost === 0) return true;
     if (this.bytesInFlight + cost <= this.limits.bytesInFlightMax) return true;
     return this.reservedBytes === 0 && this.outBytes === 0 && !this.socket.writableNeedDrain;
@@ -763,14 +763,14 @@ class NbdConnection {
   /** A request goes into the backend: it counts against both in-flight limits until it completes. */
   private begin(req: NbdRequest): void {
     this.inflight++;
-    this.reservedBytes += requestCost(req);
+    this.reservedBytes += requestCost(req, this.limits.payloadBytesMax);
     this.server.noteBytesInFlight(this.bytesInFlight);
   }
 
   /** Its reply, if any, is counted from here on as bytes queued for the socket. */
   private end(req: NbdRequest): void {
     this.inflight--;
-    this.reservedBytes -= requestCost(req);
+    this.reservedBytes -= requestCost(req, this.limits.payloadBytesMax);
   }
 
   private completeOk(req: NbdRequest): void {
@@ -943,9 +943,9 @@ class NbdConnection {
   };
 }
 
-/** What a request holds while in flight: its write payload, or the reply data of its read. */
-function requestCost(req: NbdRequest): number {
-  if (req.type === NbdCmd.READ) return req.length;
+/** What a request holds while in flight: its write payload, or the reply data of its read (an oversize read is refused, holding nothing). */
+function requestCost(req: NbdRequest, payloadBytesMax: number): number {
+  if (req.type === NbdCmd.READ) return req.length <= payloadBytesMax ? req.length : 0;
   if (req.type === NbdCmd.WRITE) return req.payload?.length ?? 0;
   return 0;
 }
@@ -965,6 +965,10 @@ export class NbdServer {
   closing = false;
   /** The most bytes one connection held in flight (bytesInFlightMax), since start: for tests and status. */
   bytesInFlightPeak = 0;
+  /** Connections dropped at connectionsMax since start. */
+  connectionsRefused = 0;
+  private refusedUnlogged = 0;
+  private refusedLoggedAtMs = 0;
   private readonly opts: NbdServerOptions;
   private readonly conns = new Set<NbdConnection>();
   private tcp: net.Server | undefined;
@@ -1065,9 +1069,19 @@ export class NbdServer {
   private makeServer(socketPath: string | undefined): net.Server {
     const server = net.createServer({ noDelay: true });
     server.maxConnections = this.limits.connectionsMax;
+    // Past maxConnections node closes the socket itself and says so here.
+    server.on('drop', () => this.refused());
     server.on('connection', (socket) => this.accept(socket, socketPath));
     server.on('error', (err) => this.log.error({ err: err.message, socket: socketPath ?? null }, 'nbd listener error'));
     return server;
+  }
+
+  /**
+   * The fuzzer's seam (src/testing/fuzz): serves a connection over a stream
+   * shaped like a socket (an in-memory duplex), as if a listener had accepted it.
+   */
+  serveSocket(socket: net.Socket): void {
+    this.accept(socket, undefined);
   }
 
   private accept(socket: net.Socket, socketPath: string | undefined): void {
@@ -1077,14 +1091,25 @@ export class NbdServer {
     }
     // Across both listeners: maxConnections counts each alone.
     if (this.conns.size >= this.limits.connectionsMax) {
-      this.log.warn({ connectionsMax: this.limits.connectionsMax }, 'nbd connection refused: at the connection limit');
       socket.destroy();
+      this.refused();
       return;
     }
     const conn = new NbdConnection(this.nextId++, describeRemote(socket, socketPath), socket, this);
     this.conns.add(conn);
     this.log.debug({ conn: conn.id, remote: conn.remote }, 'nbd connection opened');
     conn.start();
+  }
+
+  /** A connection dropped at connectionsMax: counted, and logged at most once a second (a flood must not flood the log). */
+  private refused(): void {
+    this.connectionsRefused++;
+    this.refusedUnlogged++;
+    const now = Date.now();
+    if (now - this.refusedLoggedAtMs < 1000) return;
+    this.log.warn({ connectionsMax: this.limits.connectionsMax, refused: this.refusedUnlogged, refusedTotal: this.connectionsRefused }, 'nbd connection refused: at the connection limit');
+    this.refusedLoggedAtMs = now;
+    this.refusedUnlogged = 0;
   }
 
   private async closeOnce(): Promise<void> {

@@ -8,6 +8,7 @@
 import { execFile, type ExecFileOptions } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -73,7 +74,7 @@ describe('NBD with tls.mode "require" on a real pair', () => {
     keyDir = mkdtempSync(join(tmpdir(), 'pagepair-nbd-tls-keys-'));
     pskFile = join(keyDir, 'keys.psk');
     writeFileSync(pskFile, formatPskLine(CREDS.identity, CREDS.key), { mode: 0o600 });
-    files = await makePairFiles({ tls: { mode: 'require', pskFile } }, { nbd: true });
+    files = await makePairFiles({ tls: { mode: 'require', pskFile }, limits: { nbdConnectionsMax: 8, handshakeTimeoutMs: 3000 } }, { nbd: true });
     a = startProcess(['start', '--config', files.a]);
     b = startProcess(['start', '--config', files.b]);
     await Promise.all([a, b].map((p) => p.waitForLog((r) => r.msg === 'mirrored with partner', 30_000)));
@@ -87,6 +88,23 @@ describe('NBD with tls.mode "require" on a real pair', () => {
     files?.cleanup();
     if (keyDir !== undefined) rmSync(keyDir, { recursive: true, force: true });
   }, 60_000);
+
+  it('takes limits.nbdConnectionsMax and limits.handshakeTimeoutMs from the configuration', async () => {
+    const t0 = Date.now();
+    const closedAt = Array.from({ length: 9 }, () => {
+      const s = net.connect({ host: '127.0.0.1', port: port('A') });
+      s.on('error', () => undefined);
+      // Read (and drop) the greeting, so the end of the stream is seen.
+      s.resume();
+      return new Promise<number>((resolve) => s.once('close', () => resolve(Date.now())));
+    });
+    await a.waitForLog((r) => r.msg === 'nbd connection refused: at the connection limit' && r.connectionsMax === 8, 5000);
+    const times = await Promise.all(closedAt);
+    // One was over the limit and went at once; the eight others sat in the handshake until its timeout.
+    expect(times.filter((t) => t - t0 < 1500)).toHaveLength(1);
+    expect(times.filter((t) => t - t0 >= 2500 && t - t0 < 6000)).toHaveLength(8);
+    await a.waitForLog((r) => r.msg === 'nbd connection closed' && r.reason === 'no export chosen within 3000 ms', 5000);
+  }, 20_000);
 
   itWithTools(['nbdinfo'], 'nbdinfo with nbds:// and the key file reaches A and B (TCP and unix socket); plain nbd:// is refused', async () => {
     const urls = [

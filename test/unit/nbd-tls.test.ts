@@ -405,6 +405,23 @@ describe('NBD bytes in flight', () => {
     r.socket.destroy();
   });
 
+  it('drops connections past connectionsMax, counts them and logs once a second at most', async () => {
+    const { port, server, records } = await rig({ mode: 'off' }, { connectionsMax: 2 });
+    const kept = [await Raw.open(port), await Raw.open(port)];
+    const dropped = Array.from({ length: 5 }, () => {
+      const s = net.connect({ host: '127.0.0.1', port });
+      s.on('error', () => undefined);
+      s.resume();
+      return new Promise<void>((resolve) => s.once('close', () => resolve()));
+    });
+    await Promise.all(dropped);
+    expect(server.connectionsRefused).toBe(5);
+    expect(records.filter((r) => r.msg === 'nbd connection refused: at the connection limit')).toHaveLength(1);
+    for (const k of kept) k.socket.destroy();
+    await waitFor(() => server.connections === 0, 'the kept connections closed');
+    await roundTrip(`nbd://127.0.0.1:${port}/vol0`);
+  });
+
   it('advertises its block sizes (minimum, preferred, maximum) and refuses a bound under the maximum payload', async () => {
     const { port } = await rig({ mode: 'off' }, { payloadBytesMax: READ_BYTES, bytesInFlightMax: BOUND });
     const c = await NbdClient.connect(`nbd://127.0.0.1:${port}/vol0`);
