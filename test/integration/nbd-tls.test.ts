@@ -217,6 +217,27 @@ describe('NBD with tls.mode "require" on a real pair', () => {
     expect(wrongId.stderr).toMatch(/no key for identity "nobody"/);
   }, 120_000);
 
+  it('pagepair attach reaches both controllers over TLS (the configurations\' key by default) and serves the host in plain', async () => {
+    const socket = join(files.dir, 'attach.sock');
+    const status = join(files.dir, 'attach.status.sock');
+    const proc = startProcess(['attach', VOLUME.name, '-a', files.a, '-b', files.b, '--listen', '127.0.0.1:0', '--socket', socket, '--status-socket', status]);
+    try {
+      await proc.waitForLog((r) => r.msg === 'attach serving', 20_000);
+      const local = await NbdClient.connect(`nbd+unix:///${VOLUME.name}?socket=${socket}`);
+      const data = Buffer.alloc(64 * 1024, 0x5a);
+      await local.write(12 * MiB, data);
+      await local.close();
+      for (const id of ['A', 'B'] as const) {
+        const c = await NbdClient.connect({ host: '127.0.0.1', port: port(id), exportName: VOLUME.name, tls: CREDS });
+        expect((await c.read(12 * MiB, data.length)).equals(data), `through ${id}`).toBe(true);
+        await c.close();
+      }
+      await a.waitForLog((r) => r.msg === 'nbd tls established' && r.identity === IDENTITY, 5000);
+    } finally {
+      await proc.stop();
+    }
+  }, 60_000);
+
   it('a key file others may read stops a controller at start, saying why', async () => {
     const loose = join(keyDir, 'loose.psk');
     writeFileSync(loose, formatPskLine(IDENTITY, CREDS.key), { mode: 0o644 });
