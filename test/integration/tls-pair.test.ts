@@ -5,6 +5,7 @@
 // controller, over TLS) hitting the same pages leave both copies equal.
 // With "on", plain and TLS clients both work.
 
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { PagepairClient } from '../../src/client/index.js';
@@ -131,6 +132,28 @@ describe('tls.mode "require"', () => {
     expect(v.code, v.stderr + v.stdout).toBe(0);
     expect((JSON.parse(v.stdout) as { remaining: number }).remaining).toBe(0);
   }, 120_000);
+});
+
+describe('tls.mode "require", the command line', () => {
+  let files: PairFiles;
+  let procs: [Proc, Proc];
+
+  beforeAll(async () => {
+    files = await makePairFiles({ tls: { mode: 'require' } });
+    procs = await startMirroredPair(files);
+  }, 60_000);
+  afterAll(() => stopPair(procs ?? [], files), 60_000);
+
+  it('`pagepair workload` and `pagepair volume` reach both controllers over TLS, from the configuration alone', async () => {
+    const w = await runCli(['workload', '--config', files.a, '--duration', '2', '--size', '4MiB', '--out', join(files.dir, 'wl')]);
+    expect(w.code, w.stdout + w.stderr).toBe(0);
+    expect(w.stdout).toMatch(/verification errors 0/);
+    const v = await runCli(['volume', 'create', '--config', files.b, '--name', 'tls-vol', '--size', '1MiB']);
+    expect(v.code, v.stdout + v.stderr).toBe(0);
+    const l = await runCli(['volume', 'list', '--config', files.a, '--json']);
+    expect(l.code, l.stderr).toBe(0);
+    expect(l.stdout).toMatch(/tls-vol/);
+  }, 60_000);
 });
 
 describe('tls.mode "on"', () => {

@@ -5,7 +5,7 @@
 
 import { type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { PagepairClient } from '../../src/client/client.js';
+import { PagepairClient, parseControllerUrl } from '../../src/client/client.js';
 import { isPagepairError } from '../../src/errors.js';
 import { DEFAULT_LIMITS } from '../../src/protocol/limits.js';
 import { Role, type Message } from '../../src/protocol/messages.js';
@@ -63,6 +63,13 @@ async function failure(p: Promise<unknown>): Promise<Error> {
 const GUID = '00000000-0000-4000-8000-000000000001';
 
 describe('client link TLS', () => {
+  it('wss:// URLs mean TLS, ws:// plain', () => {
+    expect(parseControllerUrl('wss://127.0.0.1:7100/')).toEqual({ host: '127.0.0.1', port: 7100, tls: true });
+    expect(parseControllerUrl('ws://[::1]:7101')).toEqual({ host: '::1', port: 7101, tls: false });
+    expect(() => parseControllerUrl('http://127.0.0.1:7100')).toThrow(/ws:\/\/ or wss:\/\//);
+    expect(() => parseControllerUrl('wss://127.0.0.1')).toThrow(/port/);
+  });
+
   it('"require": a TLS client is served; a plain client is refused and told to use TLS', async () => {
     const { port, ep } = await endpoint('require');
     const c = await connect(port, { tls: true });
