@@ -58,7 +58,7 @@ describe('fuzz runner', () => {
 
   it('runs each socket target over real sockets', async () => {
     for (const target of Object.values(E2E_TARGETS)) {
-      const r = await runTarget(target, { inputs: 80, seed: 11, inputTimeoutMs: 5000 });
+      const r = await runTarget(target, { inputs: 60, seed: 11, inputTimeoutMs: 5000 });
       expect(r.findings.map(formatFinding).join('\n\n'), target.name).toBe('');
       expect(r.stillServing, target.name).toBe(true);
     }

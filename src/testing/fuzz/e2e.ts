@@ -246,10 +246,11 @@ class NbdE2e implements TargetInstance {
     sock.on('data', (d: Buffer) => out.push(d));
     const closed = new Promise<void>((resolve) => sock.once('close', () => resolve()));
     await new Promise<void>((resolve) => sock.once('connect', () => resolve()));
-    for (const chunk of chunksOf(c.bytes, splits)) {
+    for (const chunk of messagesOf(c, splits)) {
       if (sock.destroyed) break;
       sock.write(chunk);
-      await new Promise((resolve) => setImmediate(resolve));
+      // After a cut the server has answered (STARTTLS waits for its ACK), as a client would wait.
+      await new Promise((resolve) => setTimeout(resolve, 1));
     }
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([closed, new Promise<void>((resolve) => (timer = setTimeout(resolve, 15)))]);

@@ -27,6 +27,7 @@ export class FakeWs extends EventEmitter {
   readonly sent: Buffer[] = [];
   closeCode: number | undefined;
   terminated = false;
+  slowReader = false;
   private pendingClose: number | undefined;
 
   /** The shape the handlers take; only the members they use exist. */
@@ -41,6 +42,8 @@ export class FakeWs extends EventEmitter {
       return;
     }
     this.sent.push(Buffer.from(data));
+    // A reader that never reads: everything sent stays buffered.
+    if (this.slowReader) this.bufferedAmount += data.length;
     cb?.();
   }
 

@@ -42,21 +42,24 @@ const frame = (msgs: fc.Arbitrary<Message>): fc.Arbitrary<Buffer> =>
 
 interface ClientMeta {
   authFirst: boolean;
+  /** The client reads none of its replies (they pile up in bufferedAmount). */
+  slowReader: boolean;
 }
 
 export const clientCases: fc.Arbitrary<FuzzCase> = fc
   .tuple(
     fc.boolean(),
+    fc.oneof({ weight: 4, arbitrary: fc.constant(false) }, { weight: 1, arbitrary: fc.constant(true) }),
     frame(helloArb),
     fc.array(frame(fc.oneof({ weight: 4, arbitrary: anyMessage(CLIENT_KINDS) }, { weight: 1, arbitrary: anyMessage(ALL_KINDS) })), { minLength: 1, maxLength: 3 }),
   )
-  .map(([authFirst, first, rest]) => {
+  .map(([authFirst, slowReader, first, rest]) => {
     const frames = authFirst ? rest : [first, ...rest];
     const boundaries: number[] = [];
     let at = 0;
     for (const f of frames.slice(0, -1)) boundaries.push((at += f.length));
-    const meta: ClientMeta = { authFirst };
-    return { bytes: Buffer.concat(frames), boundaries, label: `client ${authFirst ? 'after hello' : 'handshake'}, ${frames.length} frames`, meta };
+    const meta: ClientMeta = { authFirst, slowReader };
+    return { bytes: Buffer.concat(frames), boundaries, label: `client ${authFirst ? 'after hello' : 'handshake'}${slowReader ? ', slow reader' : ''}, ${frames.length} frames`, meta };
   });
 
 /** The controller's side of a request: some answered, some refused with an echo of the input. */
@@ -70,7 +73,8 @@ function answer(conn: ClientConn, msg: ClientRequest): void {
       // Echoes a name that may be as long as a string field allows.
       throw new PagepairError('BAD_FIELD', `policy ${JSON.stringify(msg.policy)} for ${JSON.stringify(msg.name)} does not exist`);
     case 'C_READ':
-      conn.reply({ kind: 'C_READ_REPLY', ...head, data: Buffer.alloc(Math.min(msg.length, 8192)) });
+      // Answered later, as reads from the store are; shorter than asked, to keep the fuzzer fast.
+      queueMicrotask(() => conn.reply({ kind: 'C_READ_REPLY', ...head, data: Buffer.alloc(Math.min(msg.length, 64 * 1024)) }));
       return;
     case 'C_WRITE':
       // Answered later, as the core answers once the partner has it.
@@ -92,6 +96,8 @@ class ClientInstance implements TargetInstance {
     pairId: PAIR_ID,
     limits: DEFAULT_LIMITS,
     inflightMax: 4,
+    // Small, so that large reads wait for room and slow readers are dropped within a few frames.
+    replyBytesBufferedMax: 1024 * 1024,
     log: this.logged.log,
     helloTimeoutMs: 60_000,
     getRole: () => Role.MIRRORED,
@@ -105,19 +111,22 @@ class ClientInstance implements TargetInstance {
     return ws;
   }
 
-  run(c: FuzzCase, splits: Splits): Promise<void> | void {
+  async run(c: FuzzCase, splits: Splits): Promise<void> {
     const meta = c.meta as ClientMeta;
     const ws = this.open();
+    ws.slowReader = meta.slowReader;
     if (meta.authFirst) {
       ws.deliver(encode(hello(CLIENT_TOKEN)));
       if (decodeSent(ws)[0]?.kind !== 'CLIENT_HELLO_REPLY') throw new OracleFailure('a valid CLIENT_HELLO was not answered');
     }
     // Frames that arrive after the endpoint started closing are still handed over, as ws does.
-    for (const m of messagesOf(c, splits)) ws.deliver(m);
+    const messages = messagesOf(c, splits);
+    for (const m of messages) ws.deliver(m);
+    // Replies made later (C_READ, C_WRITE) come on microtasks, and requests held for room after them.
+    await new Promise((resolve) => setImmediate(resolve));
     const closing = ws.closed;
     ws.settle();
-    // Replies made later (C_WRITE) come on a microtask.
-    return Promise.resolve().then(() => {
+    {
       const sent = decodeSent(ws);
       if (!meta.authFirst && sent.some((m) => m.kind === 'CLIENT_HELLO_REPLY') && !c.bytes.includes(this.tokenBytes)) {
         throw new OracleFailure('CLIENT_HELLO_REPLY to a connection that never sent the token');
@@ -129,9 +138,13 @@ class ClientInstance implements TargetInstance {
       if (!meta.authFirst && !sent.some((m) => m.kind === 'CLIENT_HELLO_REPLY') && sent.some((m) => m.kind === 'ERROR') && !closing) {
         throw new OracleFailure('the endpoint refused a connection before its hello but kept it open');
       }
+      // On a connection that stays open after its hello, every message is answered once: none is lost, none held for ever.
+      if (meta.authFirst && !closing && sent.length - 1 !== messages.length) {
+        throw new OracleFailure(`${messages.length} messages after the hello got ${sent.length - 1} answers`);
+      }
       ws.hangUp();
       if (this.endpoint.connections !== 0) throw new OracleFailure(`${this.endpoint.connections} connections left after the socket closed`);
-    });
+    }
   }
 
   async stillServes(): Promise<boolean> {

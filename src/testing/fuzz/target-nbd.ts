@@ -19,8 +19,12 @@ import {
   NBD_SIMPLE_REPLY_MAGIC,
   NbdClientFlag,
   NbdCmd,
+  NBD_STRUCTURED_REPLY_MAGIC,
+  NbdErrno,
   NbdOpt,
   NbdRep,
+  NbdReplyFlag,
+  NbdReplyType,
 } from '../../protocol/nbd.js';
 import { PSK_BYTES } from '../../transport/tls.js';
 import { NbdServer } from '../../transport/nbd-server.js';
@@ -28,7 +32,7 @@ import { MemoryNbdBackend } from '../memory-nbd-backend.js';
 import { countingLogger, MemorySocket } from './fakes.js';
 import { mutate, mutationArb } from './frames.js';
 import type { Mutation } from './frames.js';
-import { chunksOf, OracleFailure } from './runner.js';
+import { messagesOf, OracleFailure } from './runner.js';
 import type { FuzzCase, FuzzTarget, Splits, TargetInstance } from './runner.js';
 
 export const NBD_VOLUME = 'disk';
@@ -112,7 +116,15 @@ const choose: fc.Arbitrary<Buffer> = fc.oneof(
 const OFFSETS = [0n, 512n, BigInt(NBD_VOLUME_BYTES - 4096), BigInt(NBD_VOLUME_BYTES - 1), BigInt(NBD_VOLUME_BYTES), 1n << 32n, (1n << 53n) - 1n, 1n << 53n, (1n << 63n), (1n << 64n) - 1n];
 const LENGTHS = [0, 1, 512, 4096, 65536, NBD_VOLUME_BYTES, 32 * 1024 * 1024, 32 * 1024 * 1024 + 1, 64 * 1024 * 1024 + 1, 0x7fff_ffff, 0xffff_ffff];
 
-const request: fc.Arbitrary<Buffer> = fc
+/** One request as generated: what its reply must answer. */
+interface RequestSpec {
+  bytes: Buffer;
+  type: number;
+  cookie: number;
+  length: number;
+}
+
+const requestSpec: fc.Arbitrary<RequestSpec> = fc
   .record({
     type: fc.oneof({ weight: 6, arbitrary: fc.constantFrom(NbdCmd.READ, NbdCmd.WRITE, NbdCmd.FLUSH, NbdCmd.TRIM, NbdCmd.WRITE_ZEROES, NbdCmd.DISC) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: 0xffff }) }),
     flags: fc.oneof({ weight: 4, arbitrary: fc.constant(0) }, { weight: 2, arbitrary: fc.integer({ min: 0, max: 63 }) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: 0xffff }) }),
@@ -123,11 +135,13 @@ const request: fc.Arbitrary<Buffer> = fc
     payloadCut: fc.oneof(fc.constant(-1), fc.integer({ min: 0, max: 64 })),
   })
   .map(({ type, flags, cookie, offset, length, payloadCut }) => {
-    if (type !== NbdCmd.WRITE) return nbdRequest(type, flags, cookie, offset, length);
+    if (type !== NbdCmd.WRITE) return { bytes: nbdRequest(type, flags, cookie, offset, length), type, cookie, length };
     // Long payloads are never sent whole: the server must wait for the rest or drop it.
     const sent = payloadCut >= 0 ? Math.min(payloadCut, length) : Math.min(length, 8192);
-    return nbdRequest(type, flags, cookie, offset, length, randomlessPayload(sent));
+    return { bytes: nbdRequest(type, flags, cookie, offset, length, randomlessPayload(sent)), type, cookie, length };
   });
+
+const request: fc.Arbitrary<Buffer> = requestSpec.map((r) => r.bytes);
 
 function randomlessPayload(n: number): Buffer {
   const b = Buffer.alloc(n);
@@ -137,16 +151,18 @@ function randomlessPayload(n: number): Buffer {
 
 interface NbdMeta {
   server: 'plain' | 'tls-required';
+  /** Transmission cases: the handshake is valid and the requests are these, unmutated (null otherwise). */
+  transmission: { structured: boolean; byName: boolean; requests: { type: number; cookie: number; length: number }[] } | null;
 }
 
 const validFlags = Buffer.from([0, 0, 0, NbdClientFlag.C_FIXED_NEWSTYLE | NbdClientFlag.C_NO_ZEROES]);
 
-function nbdCase(server: NbdMeta['server'], head: Buffer[], tail: Buffer[], mutations: Mutation[], what: string): FuzzCase {
+function nbdCase(server: NbdMeta['server'], head: Buffer[], tail: Buffer[], mutations: Mutation[], what: string, transmission: NbdMeta['transmission'] = null): FuzzCase {
   // Mutations hit the tail only when the head is a valid handshake, so that most of them reach transmission.
   let bytes: Buffer = Buffer.concat(tail);
   for (const m of mutations) bytes = mutate(bytes, m);
   bytes = Buffer.concat([...head, bytes]);
-  const meta: NbdMeta = { server };
+  const meta: NbdMeta = { server, transmission: mutations.length === 0 ? transmission : null };
   return { bytes, boundaries: [], label: `nbd ${server}: ${what}${mutations.length > 0 ? `, mutated ${mutations.map((m) => m.op).join('/')}` : ''}`, meta };
 }
 
@@ -168,21 +184,49 @@ const handshakeCases = fc
 
 /** The transmission phase: a valid handshake (structured replies or not), then requests, perhaps mutated. */
 const transmissionCases = fc
-  .record({ structured: fc.boolean(), byName: fc.boolean(), requests: fc.array(request, { minLength: 1, maxLength: 5 }), mutations: someMutations })
+  .record({ structured: fc.boolean(), byName: fc.boolean(), requests: fc.array(requestSpec, { minLength: 1, maxLength: 5 }), mutations: someMutations })
   .map(({ structured, byName, requests, mutations }) => {
     const head: Buffer[] = [validFlags];
     if (structured) head.push(nbdOption(NbdOpt.STRUCTURED_REPLY));
     head.push(byName ? nbdOption(NbdOpt.EXPORT_NAME, Buffer.from(NBD_VOLUME)) : nbdOption(NbdOpt.GO, infoData(NBD_VOLUME)));
-    return nbdCase('plain', head, requests, mutations, `transmission${structured ? ' (structured)' : ''}: ${requests.length} requests`);
+    const specs = requests.map(({ type, cookie, length }) => ({ type, cookie, length }));
+    return nbdCase('plain', head, requests.map((r) => r.bytes), mutations, `transmission${structured ? ' (structured)' : ''}: ${requests.length} requests`, { structured, byName, requests: specs });
   });
 
-export const nbdCases: fc.Arbitrary<FuzzCase> = fc.oneof(handshakeCases, transmissionCases);
+/** What a client sends once STARTTLS is acknowledged: noise, or records that look like TLS and are not. */
+const afterStartTls: fc.Arbitrary<Buffer> = fc.oneof(
+  fc.uint8Array({ maxLength: 64 }).map((a) => Buffer.from(a)),
+  fc
+    .record({ type: fc.constantFrom(0x16, 0x15, 0x17, 0x14), version: fc.constantFrom(0x0301, 0x0303, 0x0304, 0xffff), length: fc.integer({ min: 0, max: 0xffff }), body: fc.uint8Array({ maxLength: 48 }) })
+    .map(({ type, version, length, body }) => {
+      const head = Buffer.alloc(5);
+      head[0] = type;
+      head.writeUInt16BE(version, 1);
+      head.writeUInt16BE(length, 3);
+      return Buffer.concat([head, body]);
+    }),
+  // Options as if the upgrade had not happened.
+  option,
+);
+
+/** STARTTLS on the server that requires TLS, answered by bytes that are no TLS handshake. */
+const startTlsCases = fc.record({ server: fc.constantFrom('plain' as const, 'tls-required' as const), tail: afterStartTls }).map(({ server, tail }) => {
+  const head = Buffer.concat([validFlags, nbdOption(NbdOpt.STARTTLS)]);
+  const meta: NbdMeta = { server, transmission: null };
+  // Cut after the option: a client waits for the ACK before its TLS handshake.
+  return { bytes: Buffer.concat([head, tail]), boundaries: [head.length], label: `nbd ${server}: STARTTLS then ${tail.length} bytes that are no TLS handshake`, meta };
+});
+
+export const nbdCases: fc.Arbitrary<FuzzCase> = fc.oneof({ weight: 3, arbitrary: handshakeCases }, { weight: 3, arbitrary: transmissionCases }, { weight: 1, arbitrary: startTlsCases });
 
 // ---------------------------------------------------------------------------
 // Checking the server's bytes
 
-/** The greeting, then well-framed option replies up to the end or the choice of an export. */
-export function checkHandshakeReplies(out: Buffer): void {
+/**
+ * The greeting, then well-framed option replies up to the end or the choice
+ * of an export. Returns where the option replies end.
+ */
+export function checkHandshakeReplies(out: Buffer): number {
   if (out.length === 0) throw new OracleFailure('the server sent nothing, not even its greeting');
   if (out.length < NBD_GREETING_BYTES || out.toString('latin1', 0, 8) !== 'NBDMAGIC' || out.readUInt32BE(8) !== NBD_OPTS_MAGIC_HI) {
     throw new OracleFailure('the server did not start with its greeting');
@@ -191,7 +235,7 @@ export function checkHandshakeReplies(out: Buffer): void {
   while (p < out.length) {
     if (out.length - p < 20 || out.readUInt32BE(p) !== NBD_REP_MAGIC_HI || out.readUInt32BE(p + 4) !== NBD_REP_MAGIC_LO) {
       // Past the option replies: an EXPORT_NAME reply or transmission replies, which start otherwise.
-      return;
+      return p;
     }
     const type = out.readUInt32BE(p + 12);
     const len = out.readUInt32BE(p + 16);
@@ -199,6 +243,54 @@ export function checkHandshakeReplies(out: Buffer): void {
     const known = Object.values(NbdRep) as number[];
     if (!known.includes(type)) throw new OracleFailure(`option reply of unknown type 0x${type.toString(16)}`);
     p += 20 + len;
+  }
+  return p;
+}
+
+const KNOWN_ERRNOS: ReadonlySet<number> = new Set(Object.values(NbdErrno));
+
+/**
+ * The transmission replies of a valid handshake's requests: each a simple
+ * reply (with the read's data when it succeeded) or structured chunks, for a
+ * cookie that was sent, with a known errno, and no request answered twice.
+ */
+export function checkTransmissionReplies(out: Buffer, from: number, t: NonNullable<NbdMeta['transmission']>): void {
+  const byCookie = new Map<number, { type: number; length: number }>();
+  for (const r of t.requests) {
+    // Two requests with one cookie cannot be told apart: such a case is not judged.
+    if (byCookie.has(r.cookie)) return;
+    byCookie.set(r.cookie, r);
+  }
+  const answered = new Set<number>();
+  let p = from + (t.byName ? 10 : 0);
+  while (p < out.length) {
+    if (out.length - p < 16) throw new OracleFailure(`transmission reply cut short: ${out.length - p} bytes at ${p}`);
+    const magic = out.readUInt32BE(p);
+    if (magic === NBD_SIMPLE_REPLY_MAGIC) {
+      const errno = out.readUInt32BE(p + 4);
+      const cookie = out.readUInt32BE(p + 12);
+      const req = byCookie.get(cookie);
+      if (out.readUInt32BE(p + 8) !== 0 || req === undefined) throw new OracleFailure(`simple reply for cookie ${cookie}, which no request had`);
+      if (errno !== 0 && !KNOWN_ERRNOS.has(errno)) throw new OracleFailure(`simple reply with unknown errno ${errno}`);
+      if (answered.has(cookie)) throw new OracleFailure(`request ${cookie} answered twice`);
+      answered.add(cookie);
+      p += 16 + (errno === 0 && req.type === NbdCmd.READ ? req.length : 0);
+      continue;
+    }
+    if (magic === NBD_STRUCTURED_REPLY_MAGIC && t.structured) {
+      if (out.length - p < 20) throw new OracleFailure('structured reply header cut short');
+      const flags = out.readUInt16BE(p + 4);
+      const type = out.readUInt16BE(p + 6);
+      const cookie = out.readUInt32BE(p + 12);
+      const len = out.readUInt32BE(p + 16);
+      if (out.readUInt32BE(p + 8) !== 0 || !byCookie.has(cookie)) throw new OracleFailure(`structured reply for cookie ${cookie}, which no request had`);
+      if (answered.has(cookie)) throw new OracleFailure(`request ${cookie} answered after its last chunk`);
+      if (type === NbdReplyType.ERROR && (len < 6 || !KNOWN_ERRNOS.has(out.readUInt32BE(p + 20)))) throw new OracleFailure('error chunk without a known errno');
+      if ((flags & NbdReplyFlag.DONE) !== 0) answered.add(cookie);
+      p += 20 + len;
+      continue;
+    }
+    throw new OracleFailure(`transmission reply with magic 0x${magic.toString(16)} at ${p}`);
   }
 }
 
@@ -272,13 +364,15 @@ class NbdInstance implements TargetInstance {
     const meta = c.meta as NbdMeta;
     const server = meta.server === 'plain' ? this.servers.plain : this.servers.tlsRequired;
     const sock = this.open(server);
-    for (const chunk of chunksOf(c.bytes, splits)) {
+    for (const chunk of messagesOf(c, splits)) {
       sock.input(Buffer.from(chunk));
       // Each chunk its own read, as a socket would hand it over.
       await turns(1);
     }
     await settle(sock);
-    checkHandshakeReplies(sock.output());
+    const out = sock.output();
+    const at = checkHandshakeReplies(out);
+    if (meta.transmission !== null) checkTransmissionReplies(out, at, meta.transmission);
     sock.destroy();
     await turns(2);
     if (server.connections !== 0) {
