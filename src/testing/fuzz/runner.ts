@@ -89,6 +89,53 @@ export interface RunOptions {
   onProgress?(done: number, total: number, seconds: number): void;
   /** Only this case (batch, index), for replaying a finding. */
   only?: { batch: number; index: number };
+  /** Where the run is, for a watchdog in another thread (see watchdog.ts). */
+  where?: Where;
+}
+
+/**
+ * The case being run, in memory another thread can read while this one is
+ * stuck in a loop that never yields: the watchdog's only view of a hang
+ * that no timer in this thread can see.
+ */
+export class Where {
+  static readonly HEX_BYTES_MAX = 4096;
+  /** [inputs done, batch, index, case bytes length]. */
+  readonly counters: Int32Array;
+  readonly bytes: Uint8Array;
+
+  constructor(readonly shared = new SharedArrayBuffer(16 + Where.HEX_BYTES_MAX)) {
+    this.counters = new Int32Array(shared, 0, 4);
+    this.bytes = new Uint8Array(shared, 16, Where.HEX_BYTES_MAX);
+  }
+
+  enterCase(batch: number, index: number, bytes: Uint8Array): void {
+    const n = Math.min(bytes.length, Where.HEX_BYTES_MAX);
+    this.bytes.set(bytes.subarray(0, n));
+    Atomics.store(this.counters, 1, batch);
+    Atomics.store(this.counters, 2, index);
+    Atomics.store(this.counters, 3, n);
+  }
+
+  input(done: number): void {
+    Atomics.store(this.counters, 0, done);
+  }
+
+  get inputs(): number {
+    return Atomics.load(this.counters, 0);
+  }
+
+  get batch(): number {
+    return Atomics.load(this.counters, 1);
+  }
+
+  get index(): number {
+    return Atomics.load(this.counters, 2);
+  }
+
+  get hex(): string {
+    return Buffer.from(this.bytes.subarray(0, Atomics.load(this.counters, 3))).toString('hex');
+  }
 }
 
 const BATCH_DEFAULT = 500;
@@ -215,9 +262,11 @@ export async function runTarget(target: FuzzTarget, opts: RunOptions): Promise<T
         if (opts.only !== undefined && index !== opts.only.index) continue;
         const c = cases[index]!;
         result.cases++;
+        opts.where?.enterCase(batch, index, c.bytes);
         for (const splits of deliveriesOf(c, batchSeed(opts.seed, batch) ^ index, splitAllMax, randomSplits)) {
           if (result.inputs >= opts.inputs && opts.only === undefined) break;
           result.inputs++;
+          opts.where?.input(result.inputs);
           try {
             const r = inst.run(c, splits);
             if (r !== undefined) await withTimeout(r, timeoutMs);
