@@ -680,7 +680,8 @@ export function parseConfig(json: unknown, sourceName: string, opts: { cwd?: str
 
 /** Hosts that only this machine can reach. */
 function isLoopback(host: string): boolean {
-  return host === '127.0.0.1' || host === '::1' || host === '[::1]' || host === 'localhost';
+  // 127.0.0.0/8 is loopback as a whole, not only 127.0.0.1.
+  return /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host) || host === '::1' || host === '[::1]' || host === 'localhost';
 }
 
 /** Reads, parses and validates a controller's configuration file. */

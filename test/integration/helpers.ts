@@ -150,8 +150,9 @@ export async function startMirroredPair(files: PairFiles): Promise<[Proc, Proc]>
 }
 
 /** Stops what startMirroredPair started (either may be gone already), anything else left running, and removes the files. */
-export async function stopPair(procs: (Proc | undefined)[], files: PairFiles | undefined): Promise<void> {
-  await Promise.all(procs.map((p) => p?.stop()));
+export async function stopPair(procs: (Proc | undefined)[] | undefined, files: PairFiles | undefined): Promise<void> {
+  // procs is undefined when the set-up failed before the pair started: still kill what runs.
+  await Promise.all((procs ?? []).map((p) => p?.stop()));
   killAll();
   files?.cleanup();
 }

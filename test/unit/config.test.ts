@@ -60,7 +60,20 @@ describe('parseConfig', () => {
       dirtyAgeMaxMs: 2000,
       destageConcurrency: 16,
     });
-    expect(c.limits).toEqual({ ...DEFAULT_LIMITS, inflightPerClientMax: 256, replyBytesBufferedMax: 64 * 1024 * 1024, clientConnectionsMax: 1024 });
+    expect(c.limits).toEqual({
+      ...DEFAULT_LIMITS,
+      inflightPerClientMax: 256,
+      replyBytesBufferedMax: 64 * 1024 * 1024,
+      clientConnectionsMax: 1024,
+      peerConnectionsMax: 64,
+      nbdConnectionsMax: 256,
+      preAuthBytesMax: 64 * 1024,
+      handshakeTimeoutMs: 5000,
+      handshakesPerSourceMax: 4,
+      nbdBytesInFlightMax: 64 * 1024 * 1024,
+      peerBytesBufferedMax: 256 * 1024 * 1024,
+    });
+    expect(c.tls).toEqual({ mode: 'off' });
     expect(c.heartbeatIntervalMs).toBe(100);
     expect(c.partnerTimeoutMs).toBe(500);
     expect(c.peerReconnectMs).toBe(100);
@@ -306,7 +319,9 @@ describe('listen.nbd', () => {
     c.listen.nbd = { port: 10809, socket: 'data/a.nbd.sock' };
     expect(parseConfig(c, SRC, { cwd: '/srv/pagepair' }).listen.nbd).toEqual({ host: '127.0.0.1', port: 10809, socket: '/srv/pagepair/data/a.nbd.sock' });
     c.listen.nbd = { host: '0.0.0.0', port: 0, socket: '/run/pagepair/a.sock' };
+    c.tls = { mode: 'require', pskFile: '/etc/pagepair/nbd.psk' };
     expect(parseConfig(c, SRC, { cwd: '/srv/pagepair' }).listen.nbd).toEqual({ host: '0.0.0.0', port: 0, socket: '/run/pagepair/a.sock' });
+    delete c.tls;
     c.listen.nbd = { port: 10809 };
     expect(parseConfig(c, SRC).listen.nbd).toEqual({ host: '127.0.0.1', port: 10809 });
   });
@@ -335,6 +350,49 @@ describe('listen.nbd', () => {
     const c = minimal();
     c.listen.nbd = { host: '127.0.0.2', port: 7001 };
     expect(parseConfig(c, SRC).listen.nbd?.port).toBe(7001);
+  });
+});
+
+describe('tls and the bounds of issue 11', () => {
+  it('takes a mode and a key file, resolved against cwd', () => {
+    const c = minimal();
+    c.tls = { mode: 'on', pskFile: 'keys/nbd.psk' };
+    expect(parseConfig(c, SRC, { cwd: '/srv/pagepair' }).tls).toEqual({ mode: 'on', pskFile: '/srv/pagepair/keys/nbd.psk' });
+    c.tls = { mode: 'require' };
+    expect(parseConfig(c, SRC).tls).toEqual({ mode: 'require' });
+  });
+
+  it('names a bad mode, a missing key file for NBD, and unknown fields', () => {
+    expectField((c) => (c.tls = { mode: 'yes' }), 'tls.mode', /"off", "on" or "require"|one of/);
+    expectField((c) => {
+      c.tls = { mode: 'require' };
+      c.listen.nbd = { port: 10809 };
+    }, 'tls.pskFile', /is missing.*listen\.nbd/);
+    expectField((c) => (c.tls = { mode: 'on', psk: 'x' }), 'tls.psk');
+  });
+
+  it('refuses NBD reachable from other machines unless TLS is required, and says why', () => {
+    for (const mode of [undefined, 'off', 'on']) {
+      expectField((c) => {
+        c.listen.nbd = { host: '0.0.0.0', port: 10809 };
+        if (mode !== undefined) c.tls = { mode, pskFile: '/k.psk' };
+      }, 'tls.mode', /reachable from other machines: NBD authenticates only through TLS-PSK/);
+    }
+    const c = minimal();
+    c.listen.nbd = { host: '127.0.0.5', port: 10809 };
+    expect(parseConfig(c, SRC).listen.nbd?.host).toBe('127.0.0.5');
+  });
+
+  it('keeps each bound within its range, naming the field', () => {
+    expectField((c) => (c.limits = { preAuthBytesMax: 100 }), 'limits.preAuthBytesMax', /4096/);
+    expectField((c) => (c.limits = { peerConnectionsMax: 1 }), 'limits.peerConnectionsMax');
+    expectField((c) => (c.limits = { handshakeTimeoutMs: 10 }), 'limits.handshakeTimeoutMs');
+    expectField((c) => (c.limits = { handshakesPerSourceMax: 0 }), 'limits.handshakesPerSourceMax');
+    // Two of the largest requests at least: one request in flight never trips the NBD bound.
+    expectField((c) => (c.limits = { nbdBytesInFlightMax: 1024 * 1024 }), 'limits.nbdBytesInFlightMax');
+    const c = minimal();
+    c.limits = { nbdConnectionsMax: 8, preAuthBytesMax: 8192, handshakesPerSourceMax: 2 };
+    expect(parseConfig(c, SRC).limits).toMatchObject({ nbdConnectionsMax: 8, preAuthBytesMax: 8192, handshakesPerSourceMax: 2 });
   });
 });
 
@@ -461,6 +519,7 @@ describe('secrets and tokens', () => {
     c.listen.client.host = '0.0.0.0';
     c.listen.peer.host = '0.0.0.0';
     c.listen.nbd = { host: '0.0.0.0', port: 10809 };
+    c.tls = { mode: 'require', pskFile: 'nbd.psk' };
     const cfg = parse(c);
     expect(cfg.secret).toBe('a-peer-secret-of-some-length');
     expect(cfg.clientToken).toBe('client-token');
