@@ -161,3 +161,39 @@ describe('peer link TLS', () => {
     }
   });
 });
+
+describe('client link TLS: the reply bound', () => {
+  it('a TLS client that stops reading is dropped past replyBytesBufferedMax, as a plain one is', async () => {
+    const { log, records } = captureLog();
+    const ep = new ClientEndpoint({
+      host: '127.0.0.1',
+      port: 0,
+      token: TOKEN,
+      controllerId: 1,
+      pairId: PAIR_ID,
+      limits: DEFAULT_LIMITS,
+      inflightMax: 256,
+      replyBytesBufferedMax: 8 * 1024 * 1024,
+      tlsMode: 'require',
+      log,
+      getRole: () => Role.MIRRORED,
+      onRequest: (conn, msg) => {
+        if (msg.kind === 'C_READ') conn.reply({ kind: 'C_READ_REPLY', requestId: msg.requestId, epoch: 1, sender: 1, flags: 0, data: Buffer.alloc(msg.length, 9) } as Message);
+      },
+    });
+    const { port } = await ep.start();
+    cleanups.push(() => ep.close());
+    const c = await connect(port, { tls: true });
+    // Stop reading the TLS socket (and the TCP socket under it).
+    const ws = (c as unknown as { ws: { _socket: Socket & { _parent?: Socket } } }).ws;
+    ws._socket.pause();
+    ws._socket._parent?.pause();
+    const reads = Array.from({ length: 64 }, () => c.read(GUID, 0, 1024 * 1024).catch(() => null));
+    await waitFor(() => records.some((r) => r.msg === 'client does not read its replies; connection dropped'), 'the TLS slow reader dropped', 15_000);
+    const dropped = records.find((r) => r.msg === 'client does not read its replies; connection dropped')!;
+    expect(dropped.bufferedBytes as number).toBeGreaterThan(8 * 1024 * 1024);
+    expect(dropped.bufferedBytes as number).toBeLessThan(10 * 1024 * 1024);
+    ws._socket.resume();
+    await Promise.all(reads);
+  }, 30_000);
+});
