@@ -217,7 +217,7 @@ export class WsListener {
     this.trusted = await this.resolveTrusted();
     const server = createServer({ noDelay: true });
     this.server = server;
-    server.on('connection', (socket) => this.onRawConnection(socket));
+    server.on('connection', (socket) => this.guarded(undefined, socket, () => this.onRawConnection(socket)));
     const port = await new Promise<number>((resolve, reject) => {
       const onError = (err: Error): void => reject(err);
       server.once('error', onError);
@@ -304,7 +304,7 @@ export class WsListener {
       this.bySource.set(conn.source, pending);
     }
     pending.add(conn);
-    conn.raw.once('data', (first: Buffer) => this.onFirstBytes(conn, first));
+    conn.raw.once('data', (first: Buffer) => this.guarded(conn, conn.raw, () => this.onFirstBytes(conn, first)));
     conn.raw.resume();
   }
 
@@ -397,16 +397,32 @@ export class WsListener {
    * TLS), and reads the upgrade request while phase is 'head'.
    */
   private countFrom(conn: RawConn, socket: Socket): void {
-    conn.counter = (chunk: Buffer) => {
-      if (conn.phase === 'dead' || conn.phase === 'up') return;
-      conn.bytes += chunk.length;
-      if (conn.bytes > this.opts.preAuthBytesMax) {
-        this.refuse(conn, 'preAuthBytes', { bytes: conn.bytes, preAuthBytesMax: this.opts.preAuthBytesMax });
-        return;
-      }
-      if (conn.phase === 'head') this.readHead(conn, chunk);
-    };
+    conn.counter = (chunk: Buffer) => this.guarded(conn, socket, () => this.count(conn, chunk));
     socket.on('data', conn.counter);
+  }
+
+  private count(conn: RawConn, chunk: Buffer): void {
+    if (conn.phase === 'dead' || conn.phase === 'up') return;
+    conn.bytes += chunk.length;
+    if (conn.bytes > this.opts.preAuthBytesMax) {
+      this.refuse(conn, 'preAuthBytes', { bytes: conn.bytes, preAuthBytesMax: this.opts.preAuthBytesMax });
+      return;
+    }
+    if (conn.phase === 'head') this.readHead(conn, chunk);
+  }
+
+  /**
+   * Runs a socket event's handler: a throw from it would escape to the
+   * process. What slips past is a bug, logged; that connection alone is cut.
+   */
+  private guarded(conn: RawConn | undefined, socket: Socket, fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.log.error({ remote: conn?.remote, err: err instanceof Error ? err.stack : String(err) }, `${this.opts.name} listener handler threw; connection cut`);
+      if (conn !== undefined) this.cut(conn);
+      else socket.destroy();
+    }
   }
 
   private readHead(conn: RawConn, chunk: Buffer): void {

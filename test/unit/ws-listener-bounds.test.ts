@@ -180,6 +180,21 @@ describe.each(RIGS)('%s listener', (name, rig) => {
     expect(r.counters().open).toBe(0);
   });
 
+  it('answers an HTTP request that is not a WebSocket upgrade with 400, and cuts a request head past 8 KiB', async () => {
+    const r = await rig(LOOSE);
+    const plain = await rawTcp(r.port);
+    let answer = '';
+    plain.socket.on('data', (d: Buffer) => (answer += d.toString('latin1')));
+    plain.socket.write('GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
+    await plain.closedAfterMs;
+    expect(answer).toMatch(/^HTTP\/1\.1 400 /);
+    const endless = await rawTcp(r.port, '127.0.0.3');
+    endless.socket.write(`GET / HTTP/1.1\r\nX-Long: ${'a'.repeat(9000)}`);
+    await endless.closedAfterMs;
+    expect(r.counters().badUpgrade).toBe(2);
+    expect(r.counters().open).toBe(0);
+  });
+
   it('a connection that upgrades but never authenticates is cut too (within the time plus the link\'s grace)', async () => {
     const r = await rig({ ...LOOSE, handshakeTimeoutMs: 300 });
     const t0 = performance.now();
