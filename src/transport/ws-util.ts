@@ -1,9 +1,8 @@
 // Small pieces the peer link, the client endpoint and the client library share
 // about running pagepair frames over the `ws` package.
 
-import type { Socket } from 'node:net';
 import type pino from 'pino';
-import { WebSocket, type RawData, type WebSocketServer } from 'ws';
+import { WebSocket, type RawData } from 'ws';
 import { encode, isReplyType, typeOfKind } from '../protocol/codec.js';
 import { REPLY_BIT, type ErrorReply, type Message } from '../protocol/messages.js';
 import { ErrorCode, type ErrorCodeName } from '../errors.js';
@@ -32,13 +31,6 @@ export function messageBytes(data: RawData): Buffer {
   if (Buffer.isBuffer(data)) return data;
   if (Array.isArray(data)) return Buffer.concat(data);
   return Buffer.from(data);
-}
-
-export function describeSocket(socket: Socket | undefined): string {
-  if (socket === undefined) return 'unknown';
-  const host = socket.remoteAddress ?? 'unknown';
-  const port = socket.remotePort ?? 0;
-  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }
 
 /** An ERROR frame answering `requestId` (0 when no request could be read). */
@@ -91,34 +83,6 @@ export function encodeSafely(
       return undefined;
     }
   }
-}
-
-/** Resolves once the server listens; rejects on a bind error (address in use). */
-export function waitListening(wss: WebSocketServer): Promise<{ port: number }> {
-  return new Promise((resolve, reject) => {
-    const onError = (err: Error): void => {
-      wss.off('listening', onListening);
-      reject(err);
-    };
-    const onListening = (): void => {
-      wss.off('error', onError);
-      const addr = wss.address();
-      resolve({ port: addr === null || typeof addr === 'string' ? 0 : addr.port });
-    };
-    wss.once('error', onError);
-    wss.once('listening', onListening);
-  });
-}
-
-/**
- * Closes a server and every connection it accepted. `ws` 8 leaves accepted
- * connections open on close(), and its HTTP server would wait for them.
- */
-export function closeServer(wss: WebSocketServer): Promise<void> {
-  for (const ws of wss.clients) ws.terminate();
-  return new Promise((resolve) => {
-    wss.close(() => resolve());
-  });
 }
 
 /** A side that ends a connection waits this long for the close handshake before cutting the socket. */
