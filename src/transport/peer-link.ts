@@ -3,6 +3,9 @@
 //
 // Both controllers listen; the one with the lower id dials (and re-dials while
 // the link is down), so there is never a race of two links made at once. The
+// listener (ws-listener.ts) bounds what a connection may do before it has
+// authenticated and, with tls.mode on or require, runs it over TLS-PSK with a
+// key derived from the secret; the dialer then dials with TLS too. The
 // handshake (docs/protocol.md) proves to each side that the other knows the
 // pair's secret without sending it: HELLO -> HELLO_REPLY (the listener's
 // nonce) -> AUTH (the dialer's proof) -> AUTH_REPLY (the listener's proof).
@@ -319,6 +322,31 @@ export class PeerLink {
     this.wire(conn);
   }
 
+  /**
+   * The fuzzer's seam (src/testing/fuzz): runs this side's handshake, then
+   * the link, over a ws that is already open, with no listener or socket under
+   * it. dialed: as if this side had dialed it (HELLO goes first).
+   */
+  serveOpenWs(ws: WebSocket, dialed: boolean): void {
+    const conn = this.newConn(ws, dialed, 'in-process');
+    conn.phase = dialed ? 'await-hello-reply' : 'await-hello';
+    if (!dialed) this.handshakes.add(conn);
+    this.wire(conn);
+    if (!dialed) return;
+    this.sendRaw(conn, {
+      kind: 'HELLO',
+      requestId: 0,
+      epoch: 0,
+      sender: this.opts.selfId,
+      flags: 0,
+      protocolVersion: PROTOCOL_VERSION,
+      pairId: this.opts.pairId,
+      controllerId: this.opts.selfId,
+      nonce: conn.ourNonce,
+      pid: this.opts.pid,
+    });
+  }
+
   // -------------------------------------------------------------------------
   // one connection, from open to dead
 
@@ -610,7 +638,7 @@ export class PeerLink {
       // The partner is down or restarting: routine, so say it once per streak.
       this.dialFailures++;
       const level = this.dialFailures === 1 ? 'info' : 'debug';
-      this.log[level]({ remote: conn.remote, err: err.message, failures: this.dialFailures }, 'peer dial failed');
+      this.log[level]({ remote: conn.remote, err: err.message, failures: this.dialFailures, tls: this.dialTls !== undefined }, 'peer dial failed');
       return;
     }
     this.log.warn({ remote: conn.remote, err: err.message, phase: conn.phase }, 'peer socket error');
