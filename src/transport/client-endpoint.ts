@@ -3,6 +3,9 @@
 // requests for the controller and guards the controller against bad input:
 // a bad request gets a typed ERROR and the connection goes on; a frame whose
 // header cannot be trusted gets an ERROR and that connection alone is closed.
+// Before the hello, the listener (ws-listener.ts) bounds each connection (cap,
+// bytes, time, handshakes per address) and takes TLS-PSK keyed by the token;
+// after it, replies a client leaves unread are bounded (replyBytesBufferedMax).
 
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Socket } from 'node:net';
