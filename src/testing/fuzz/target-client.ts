@@ -10,7 +10,8 @@
 import fc from 'fast-check';
 import { PagepairError } from '../../errors.js';
 import { decode, encode, ProtocolError } from '../../protocol/codec.js';
-import { DEFAULT_LIMITS } from '../../protocol/limits.js';
+import { DEFAULT_LIMITS, HARD_LIMITS } from '../../protocol/limits.js';
+import type { Limits } from '../../protocol/limits.js';
 import { PROTOCOL_VERSION, Role } from '../../protocol/messages.js';
 import type { ClientRequest, Message, MessageKind } from '../../protocol/messages.js';
 import { ClientEndpoint } from '../../transport/client-endpoint.js';
@@ -22,6 +23,13 @@ import type { FuzzCase, FuzzTarget, Splits, TargetInstance } from './runner.js';
 
 export const CLIENT_TOKEN = 'fuzz-client-token-0123456789abcdef';
 const PAIR_ID = '6a1e0f4c-9a7b-4c1d-8e2f-0123456789ab';
+
+/**
+ * Strings as long as the hard limit allows: an error that echoes one (in
+ * invalid UTF-8, which grows threefold when decoded) is what once stopped a
+ * controller (issue 11, finding 1).
+ */
+const ENDPOINT_LIMITS: Limits = { ...DEFAULT_LIMITS, stringBytesMax: HARD_LIMITS.stringBytesMax };
 
 const CLIENT_KINDS = ALL_KINDS.filter((k) => k.startsWith('C_') && !k.endsWith('_REPLY')) as MessageKind[];
 
@@ -51,7 +59,7 @@ export const clientCases: fc.Arbitrary<FuzzCase> = fc
     fc.boolean(),
     fc.oneof({ weight: 4, arbitrary: fc.constant(false) }, { weight: 1, arbitrary: fc.constant(true) }),
     frame(helloArb),
-    fc.array(frame(fc.oneof({ weight: 4, arbitrary: anyMessage(CLIENT_KINDS) }, { weight: 1, arbitrary: anyMessage(ALL_KINDS) })), { minLength: 1, maxLength: 3 }),
+    fc.array(frame(fc.oneof({ weight: 4, arbitrary: anyMessage(CLIENT_KINDS, ENDPOINT_LIMITS) }, { weight: 1, arbitrary: anyMessage(ALL_KINDS, ENDPOINT_LIMITS) })), { minLength: 1, maxLength: 3 }),
   )
   .map(([authFirst, slowReader, first, rest]) => {
     const frames = authFirst ? rest : [first, ...rest];
@@ -94,7 +102,7 @@ class ClientInstance implements TargetInstance {
     token: CLIENT_TOKEN,
     controllerId: 2,
     pairId: PAIR_ID,
-    limits: DEFAULT_LIMITS,
+    limits: ENDPOINT_LIMITS,
     inflightMax: 4,
     // Small, so that large reads wait for room and slow readers are dropped within a few frames.
     replyBytesBufferedMax: 1024 * 1024,
