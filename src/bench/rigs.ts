@@ -50,6 +50,8 @@ export interface RigSettings {
   /** Where the temporary configurations and stores live. */
   dir: string;
   progress(line: string): void;
+  /** Controllers with tls.mode "require", clients over TLS. */
+  tls?: boolean;
 }
 
 const READY_TIMEOUT_MS = 30_000;
@@ -107,6 +109,7 @@ interface ControllerSpec {
   letter: 'A' | 'B';
   clientPort: number;
   configPath: string;
+  tls: boolean;
 }
 
 /** The configurations of a single controller or a pair; the default pair's settings, quieter logs. */
@@ -122,12 +125,13 @@ async function writeConfigs(mode: 'single' | 'mirrored', s: RigSettings): Promis
     heartbeatIntervalMs: 100,
     partnerTimeoutMs: 500,
     log: { level: 'warn' },
+    ...(s.tls === true ? { tls: { mode: 'require' } } : {}),
   };
   if (mode === 'single') {
     const clientPort = await freePort();
     const configPath = join(s.dir, 'single.json');
     writeFileSync(configPath, JSON.stringify({ id: 'A', ...common, mirroring: false, listen: { client: { host: '127.0.0.1', port: clientPort } } }, null, 2));
-    return [{ letter: 'A', clientPort, configPath }];
+    return [{ letter: 'A', clientPort, configPath, tls: s.tls === true }];
   }
   const ports = { A: { client: await freePort(), peer: await freePort() }, B: { client: await freePort(), peer: await freePort() } };
   return (['A', 'B'] as const).map((letter) => {
@@ -141,12 +145,12 @@ async function writeConfigs(mode: 'single' | 'mirrored', s: RigSettings): Promis
       arbitration: { preferred: 'A', fenceAction: 'kill' },
     };
     writeFileSync(configPath, JSON.stringify(cfg, null, 2));
-    return { letter, clientPort: ports[letter].client, configPath };
+    return { letter, clientPort: ports[letter].client, configPath, tls: s.tls === true };
   });
 }
 
 function connectTo(spec: ControllerSpec, name: string): Promise<PagepairClient> {
-  return PagepairClient.connect({ host: '127.0.0.1', port: spec.clientPort, token: CLIENT_TOKEN, name, timeoutMs: CLIENT_TIMEOUT_MS });
+  return PagepairClient.connect({ host: '127.0.0.1', port: spec.clientPort, token: CLIENT_TOKEN, tls: spec.tls === true, name, timeoutMs: CLIENT_TIMEOUT_MS });
 }
 
 async function statusOf(spec: ControllerSpec): Promise<ControllerStatus> {

@@ -213,6 +213,7 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchReport> {
     controllerNodeFlags,
     dir,
     progress,
+    tls: opts.tls === true,
   };
   const group = new ChildGroup();
   // Ctrl-C must not leave controllers behind (floors exit with their IPC channel).

@@ -54,6 +54,8 @@ export interface BenchOptions {
   rssOverheadBytesMax?: number;
   /** Before starting, wait up to this long for the machine to be quiet (under 25% busy over 2 s). Default 0. */
   waitQuietSeconds?: number;
+  /** The controllers run with tls.mode "require": clients and the peer link over TLS-PSK (the floors stay plain). */
+  tls?: boolean;
 }
 
 /** One measured run of one cell. */

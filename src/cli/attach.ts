@@ -6,11 +6,12 @@ import { Command, Option } from 'commander';
 import { resolve } from 'node:path';
 import { Attach, fetchAttachStatus, formatAttachStatus } from '../attach/attach.js';
 import type { PathId } from '../attach/paths.js';
-import { parseNbdUrl } from '../client/nbd-client.js';
+import { parseNbdUrl, resolveNbdTls, type NbdTlsChoice, type NbdTlsCredentials } from '../client/nbd-client.js';
 import type { NbdEndpoint } from '../client/nbd-pair-client.js';
 import { PagepairError } from '../errors.js';
 import { loadConfig } from '../runtime/config.js';
 import { createLogger } from '../runtime/logger.js';
+import { NBD_TLS_IDENTITY_HELP, nbdTlsChoice } from './nbd-tls.js';
 import { parsePositiveInt } from './units.js';
 
 interface AttachCliOptions {
@@ -18,6 +19,8 @@ interface AttachCliOptions {
   configB: string;
   aUrl?: string;
   bUrl?: string;
+  tlsPskFile?: string;
+  tlsIdentity?: string;
   listen: string;
   /** false with --no-socket. */
   socket: string | false;
@@ -56,17 +59,26 @@ export function parseListen(text: string): { host: string; port: number } {
 }
 
 /** A controller's NBD endpoint from a URL (its export part is ignored) or from its configuration's listen.nbd. */
-function controllerEndpoint(id: PathId, url: string | undefined, configPath: string): NbdEndpoint {
+function controllerEndpoint(id: PathId, url: string | undefined, configPath: string, tlsChoice: NbdTlsChoice | undefined): NbdEndpoint {
   if (url !== undefined) {
-    const a = parseNbdUrl(url);
-    return 'socketPath' in a ? { id, socketPath: a.socketPath } : { id, host: a.host, port: a.port };
+    // nbds:// takes its key from --tls-psk-file, else from its own ?tls-psk-file.
+    const given = tlsChoice !== undefined ? resolveNbdTls(tlsChoice) : undefined;
+    const secure = url.startsWith('nbds');
+    const a = parseNbdUrl(url, secure && given !== undefined ? { tls: given } : {});
+    const tls = withTls(a.tls ?? given);
+    return 'socketPath' in a ? { id, socketPath: a.socketPath, ...tls } : { id, host: a.host, port: a.port, ...tls };
   }
   const cfg = loadConfig(configPath);
   const nbd = cfg.listen.nbd;
   if (nbd === undefined) throw new PagepairError('BAD_CONFIG', `${configPath} has no listen.nbd: controller ${id} serves no NBD; give --${id.toLowerCase()}-url`, 'listen.nbd');
-  if (nbd.socket !== undefined) return { id, socketPath: nbd.socket };
+  const tls = withTls(resolveNbdTls(tlsChoice, cfg.tls));
+  if (nbd.socket !== undefined) return { id, socketPath: nbd.socket, ...tls };
   const host = nbd.host === '0.0.0.0' ? '127.0.0.1' : nbd.host;
-  return { id, host, port: nbd.port };
+  return { id, host, port: nbd.port, ...tls };
+}
+
+function withTls(tls: NbdTlsCredentials | undefined): { tls?: NbdTlsCredentials } {
+  return tls !== undefined ? { tls } : {};
 }
 
 export function attachCommand(): Command {
@@ -77,8 +89,13 @@ export function attachCommand(): Command {
     .argument('[volumes...]', 'volumes to serve, each NAME or NAME:A / NAME:B to give its preferred controller')
     .option('-a, --config-a <file>', "controller A's configuration, for its NBD address", 'controllers/a.json')
     .option('-b, --config-b <file>', "controller B's configuration, for its NBD address", 'controllers/b.json')
-    .option('--a-url <url>', "controller A's NBD address instead (nbd://host:port or nbd+unix:///?socket=path)")
+    .option('--a-url <url>', "controller A's NBD address instead (nbd://host:port or nbd+unix:///?socket=path; nbds:// and nbds+unix:// for TLS)")
     .option('--b-url <url>', "controller B's NBD address instead")
+    .option(
+      '--tls-psk-file <path>',
+      'reach the controllers over NBD TLS (STARTTLS) with a key from this psktool file (identity:hexkey lines, mode 0600); default: their configuration\'s tls.pskFile when its tls.mode is "require"',
+    )
+    .option('--tls-identity <name>', NBD_TLS_IDENTITY_HELP)
     .option('--listen <host:port>', 'where local NBD clients connect over TCP (loopback only; port 0: any free one)', '127.0.0.1:10899')
     .option('--socket <path>', 'a unix socket to serve on as well', './data/attach.nbd.sock')
     .option('--no-socket', 'serve on TCP only')
@@ -105,7 +122,7 @@ export function attachCommand(): Command {
       const log = createLogger({ level }, { component: 'attach' });
       const socket = opts.socket === false ? undefined : resolve(opts.socket);
       const attach = new Attach({
-        controllers: [controllerEndpoint('A', opts.aUrl, opts.configA), controllerEndpoint('B', opts.bUrl, opts.configB)],
+        controllers: [controllerEndpoint('A', opts.aUrl, opts.configA, nbdTlsChoice(opts)), controllerEndpoint('B', opts.bUrl, opts.configB, nbdTlsChoice(opts))],
         volumes: volumes.map((v) => parseVolumeArg(v, opts.preferred)),
         spread: opts.spread === true,
         holdMs: parsePositiveInt(opts.holdMs, 'hold-ms'),

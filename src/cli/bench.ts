@@ -30,6 +30,7 @@ export interface BenchCliOptions {
   cpuProf?: string;
   quiet?: boolean;
   waitQuiet?: string;
+  tls?: boolean;
 }
 
 function list(text: string, field: string): string[] {
@@ -67,6 +68,7 @@ export function benchOptionsFromCli(raw: BenchCliOptions, progress?: (line: stri
   if (raw.seed !== undefined) o.seed = parsePositiveInt(raw.seed, 'seed');
   if (raw.cpuProf !== undefined) o.cpuProfDir = raw.cpuProf;
   if (raw.waitQuiet !== undefined) o.waitQuietSeconds = parseNumberInRange(raw.waitQuiet, 'wait-quiet', 0, 3600);
+  if (raw.tls === true) o.tls = true;
   if (raw.quiet !== true && progress !== undefined) o.progress = progress;
   return o;
 }
@@ -91,6 +93,7 @@ export function benchCommand(): Command {
     .option('--seed <n>', 'seed of the page choices', '1')
     .option('--cpu-prof <dir>', 'run the controllers under node --cpu-prof, write profiles to <dir> and summarize them')
     .option('--wait-quiet <s>', 'first wait up to <s> seconds for the machine to be under 25% busy')
+    .option('--tls', 'run the controllers with tls.mode "require": clients and the peer link over TLS-PSK (the echo and relay floors stay plain)')
     .option('--quiet', 'no progress lines')
     .action(async (raw: BenchCliOptions) => {
       const report = await runBench(benchOptionsFromCli(raw, (line) => console.error(`bench: ${line}`)));

@@ -23,6 +23,7 @@ import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { checkHistory, type CheckResult } from '../checker/linearizability.js';
 import { PagepairClient, type ControllerAddress } from '../client/client.js';
+import { resolveNbdTls, type NbdTlsChoice } from '../client/nbd-client.js';
 import { Prng } from '../core/prng.js';
 import { PagepairError, isPagepairError } from '../errors.js';
 import type { ControllerStatus } from '../runtime/controller-process.js';
@@ -97,6 +98,13 @@ export interface KillTestOptions {
    */
   transport?: Transport;
   /**
+   * NBD over TLS: both controllers get this key file (tls.pskFile, with
+   * tls.mode "on", or "require" with `tls`), and the NBD load connects with
+   * STARTTLS and a key of it (the identity given, else the file's first).
+   * Needs transport "nbd".
+   */
+  nbdTls?: NbdTlsChoice;
+  /**
    * Clients may hit the same block at the same moment (through A and B at
    * once); reads are then judged by the checker alone. Over NBD a write in
    * flight at a fault is then not sent again (it carries no retry tag, and
@@ -106,6 +114,8 @@ export interface KillTestOptions {
   contend?: boolean;
   /** Operations in flight per client. Default 4. */
   inflight?: number;
+  /** Both controllers with tls.mode "require": the peer link and the load's WebSocket clients over TLS-PSK (WebSocket transport only). */
+  tls?: boolean;
   /** The working set: blocks of blockBytes each (4 KiB random reads and writes over 1024 blocks by default). */
   blocks?: number;
   blockBytes?: number;
@@ -256,7 +266,7 @@ class StatusProbe {
     try {
       if (this.client === null || !this.client.isOpen) {
         this.client = null;
-        this.client = await PagepairClient.connect({ host: this.addr.host, port: this.addr.port, token: this.addr.token, name: 'pagepair-kill-test', timeoutMs });
+        this.client = await PagepairClient.connect({ host: this.addr.host, port: this.addr.port, token: this.addr.token, tls: this.addr.tls === true, name: 'pagepair-kill-test', timeoutMs });
       }
       return (await this.client.status()) as ControllerStatus;
     } catch {
@@ -290,7 +300,7 @@ class RecoveryTimeout extends Error {}
 /** `pagepair verify` over the pair at the end of the run, with its own connections to A and B. */
 async function verifyCopies(addr: Record<Letter, ControllerAddress>): Promise<VerifyResult> {
   const connect = (l: Letter): Promise<PagepairClient> =>
-    PagepairClient.connect({ host: addr[l].host, port: addr[l].port, token: addr[l].token, name: 'pagepair-kill-test-verify', timeoutMs: 5000 });
+    PagepairClient.connect({ host: addr[l].host, port: addr[l].port, token: addr[l].token, tls: addr[l].tls === true, name: 'pagepair-kill-test-verify', timeoutMs: 5000 });
   const [a, b] = await Promise.all([connect('A'), connect('B')]);
   try {
     const allocs = (await a.list()).map((x) => ({ guid: x.guid, name: x.name, pageSizeBytes: x.pageSizeBytes, pageCount: x.pageCount }));
@@ -412,7 +422,17 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
 
   // ---- configuration
   const ports = { aClient: await freePort(), aPeer: await freePort(), bClient: await freePort(), bPeer: await freePort(), proxy: await freePort() };
+  if (opts.tls === true && job.transport === 'nbd') {
+    throw new PagepairError('BAD_FIELD', '--tls runs the WebSocket load over TLS; with --transport nbd NBD would need its own keys (tls.pskFile)', 'tls');
+  }
   const nbd = job.transport === 'nbd' ? { A: await freePort(), B: await freePort() } : null;
+  if (opts.nbdTls !== undefined && (nbd === null || opts.nbdTls.pskFile === undefined)) {
+    throw new PagepairError('BAD_FIELD', 'a TLS key file for NBD (--tls-psk-file) needs --transport nbd', 'tlsPskFile');
+  }
+  // Read now: a bad key file stops the run before anything starts.
+  const nbdTls = opts.nbdTls !== undefined ? resolveNbdTls(opts.nbdTls) : undefined;
+  const nbdTlsFile = opts.nbdTls?.pskFile !== undefined ? resolve(opts.nbdTls.pskFile) : undefined;
+  const nbdTlsPart = nbdTls !== undefined ? { tls: nbdTls } : {};
   const pairId = randomUUID();
   const token = `kill-test-${randomUUID().slice(0, 8)}`;
   const fenceAction = opts.fenceAction ?? (mode === 'partition' ? 'none' : 'kill');
@@ -433,6 +453,9 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
       heartbeatIntervalMs,
       partnerTimeoutMs,
       arbitration: { preferred: 'A', fenceAction },
+      ...(opts.tls === true || nbdTlsFile !== undefined
+        ? { tls: { mode: opts.tls === true ? 'require' : 'on', ...(nbdTlsFile !== undefined ? { pskFile: nbdTlsFile } : {}) } }
+        : {}),
       log: { level: 'info' },
     };
   };
@@ -440,8 +463,8 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
   writeFileSync(paths.A, JSON.stringify(configOf('A'), null, 2));
   writeFileSync(paths.B, JSON.stringify(configOf('B'), null, 2));
   const addr: Record<Letter, ControllerAddress> = {
-    A: { id: 'A', host: HOST, port: ports.aClient, token },
-    B: { id: 'B', host: HOST, port: ports.bClient, token },
+    A: { id: 'A', host: HOST, port: ports.aClient, token, tls: opts.tls === true },
+    B: { id: 'B', host: HOST, port: ports.bClient, token, tls: opts.tls === true },
   };
   const idOf: Record<Letter, 1 | 2> = { A: 1, B: 2 };
   const other = (l: Letter): Letter => (l === 'A' ? 'B' : 'A');
@@ -715,7 +738,7 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
         // A request stuck on a paused controller is retried on the other after this; a cycle that does not recover ends the run anyway.
         client: { requestTimeoutMs: Math.max(1000, 2 * partnerTimeoutMs), retryForMs: recoverTimeoutMs, retryIntervalMs: 10 },
         monitorPollMs: MONITOR_POLL_MS,
-        ...(nbd !== null ? { nbd: [{ id: 'A', host: HOST, port: nbd.A }, { id: 'B', host: HOST, port: nbd.B }] } : {}),
+        ...(nbd !== null ? { nbd: [{ id: 'A', host: HOST, port: nbd.A, ...nbdTlsPart }, { id: 'B', host: HOST, port: nbd.B, ...nbdTlsPart }] } : {}),
         onProgress: progressPrinter(opts.progress ?? print),
         ...(signal !== undefined ? { signal } : {}),
         onStart: (run) => {

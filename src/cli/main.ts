@@ -9,8 +9,9 @@ import { EscapeGuard } from '../runtime/escape-guard.js';
 import { createLogger } from '../runtime/logger.js';
 import { CHECK_EXIT, runCheck } from './check.js';
 import { formatTotals, runKillTest, type KillMode } from './kill-test.js';
+import { NBD_TLS_IDENTITY_HELP, NBD_TLS_PSK_FILE_HELP, nbdTlsChoice } from './nbd-tls.js';
 import { runPair } from './pair.js';
-import { fetchStatus, formatStatus } from './status.js';
+import { CLIENT_TLS_HELP, clientView, fetchStatus, formatStatus } from './status.js';
 import { parseNumberInRange, parsePositiveInt, parseSize } from './units.js';
 import { addWorkloadOptions, jobInputFromCli } from '../workload/cli-options.js';
 import { partnerConfigFor, runWorkloadCommand } from '../workload/command.js';
@@ -93,8 +94,9 @@ program
   .addOption(new Option('--controller <id>', 'which controller to ask: the configured one, or A or B').choices(['self', 'A', 'B']).default('self'))
   .option('--json', 'print the status as JSON')
   .option('--timeout <ms>', 'how long to wait for the controller', '5000')
-  .action(async (opts: { config: string; controller: 'self' | 'A' | 'B'; json?: boolean; timeout: string }) => {
-    const cfg = loadConfig(opts.config);
+  .option('--tls', CLIENT_TLS_HELP)
+  .action(async (opts: { config: string; controller: 'self' | 'A' | 'B'; json?: boolean; timeout: string; tls?: boolean }) => {
+    const cfg = clientView(loadConfig(opts.config), opts.tls);
     const s = await fetchStatus(cfg, opts.controller, parsePositiveInt(opts.timeout, 'timeout'));
     console.log(opts.json ? JSON.stringify(s, null, 2) : formatStatus(s));
   });
@@ -108,9 +110,13 @@ program
   .option('--json', 'print the report as JSON')
   .option('--history <file>', 'also record a history (JSON lines) for the checker, read the working set back at the end, and check the history for lost writes and stale reads (one worker, fresh allocations)')
   .option('--partner-config <file>', "the partner's configuration, for its NBD address with --transport nbd (default: <partner id>.json beside --config, e.g. b.json beside a.json)")
+  .option('--tls', `${CLIENT_TLS_HELP} (the WebSocket transport)`)
+  .option('--tls-psk-file <path>', NBD_TLS_PSK_FILE_HELP)
+  .option('--tls-identity <name>', NBD_TLS_IDENTITY_HELP)
   .action(async (opts: Record<string, unknown>, cmd: Command) => {
     const cfg = loadConfig(String(opts.config));
     const partnerCfg = partnerConfigFor(String(opts.config), cfg, typeof opts.partnerConfig === 'string' ? opts.partnerConfig : undefined);
+    const nbdTls = nbdTlsChoice(opts);
     const r = await runWorkloadCommand({
       cfg,
       ...(partnerCfg !== undefined ? { partnerCfg } : {}),
@@ -119,6 +125,8 @@ program
       ...(typeof opts.out === 'string' ? { out: opts.out } : {}),
       ...(typeof opts.history === 'string' ? { history: opts.history } : {}),
       json: opts.json === true,
+      tls: opts.tls === true,
+      ...(nbdTls !== undefined ? { nbdTls } : {}),
     });
     console.log(r.text);
     process.exitCode = r.exitCode;
@@ -172,6 +180,8 @@ program
   .option('--out <base|dir>', 'write the report to <base>.json and the chart to <base>.svg, or both into a directory (default workload-reports/kill-test-<mode>-<time>)')
   .option('--clients <n>', 'client connections of the load, half starting on each controller', '4')
   .addOption(new Option('--transport <ws|nbd>', "how the load reaches the pair: pagepair's client protocol, or NBD (each controller serves NBD; requests lost with a controller go to the other)").choices(['ws', 'nbd']).default('ws'))
+  .option('--tls-psk-file <path>', 'with --transport nbd: NBD over TLS; both controllers run with tls.mode "on" and this psktool key file (tls.pskFile; identity:hexkey lines, mode 0600), and the NBD load connects with STARTTLS and a key of it')
+  .option('--tls-identity <name>', NBD_TLS_IDENTITY_HELP)
   .option('--contend', 'let clients on A and B hit the same block at the same moment (reads then judged by the checker alone)')
   .option('-i, --inflight <n>', 'operations in flight per client', '4')
   .option('--blocks <n>', 'blocks of the working set', '1024')
@@ -180,6 +190,7 @@ program
   .option('--interval <ms>', 'one step of the progress lines, the time series and the chart, in ms', '500')
   .option('--heartbeat-ms <ms>', 'heartbeatIntervalMs of both controllers', '100')
   .option('--partner-timeout-ms <ms>', 'partnerTimeoutMs of both controllers', '500')
+  .option('--tls', 'run both controllers with tls.mode "require": the peer link and the load over TLS-PSK (--transport ws only)')
   .addOption(new Option('--fence-action <action>', 'arbitration.fenceAction of both (default: kill, none for partitions)').choices(['kill', 'none']))
   .option('--json', 'print the result as JSON (per-cycle lines go to standard error)')
   .action(async (opts: Record<string, string | boolean | undefined>) => {
@@ -197,6 +208,7 @@ program
       ...(typeof opts.out === 'string' ? { out: opts.out } : {}),
       clients: parsePositiveInt(String(opts.clients), 'clients', 1024),
       transport: opts.transport as 'ws' | 'nbd',
+      ...(nbdTlsChoice(opts) !== undefined ? { nbdTls: nbdTlsChoice(opts)! } : {}),
       contend: opts.contend === true,
       inflight: parsePositiveInt(String(opts.inflight), 'inflight', 4096),
       blocks: parsePositiveInt(String(opts.blocks), 'blocks', 1 << 20),
@@ -205,6 +217,7 @@ program
       intervalMs: parseNumberInRange(String(opts.interval), 'interval', 100, 60_000),
       heartbeatIntervalMs: parsePositiveInt(String(opts.heartbeatMs), 'heartbeat-ms', 60_000),
       partnerTimeoutMs: parsePositiveInt(String(opts.partnerTimeoutMs), 'partner-timeout-ms', 600_000),
+      tls: opts.tls === true,
       ...(typeof opts.fenceAction === 'string' ? { fenceAction: opts.fenceAction as 'kill' | 'none' } : {}),
       print: json ? (line) => console.error(line) : (line) => console.log(line),
       note: (line) => console.error(line),

@@ -6,11 +6,23 @@ import type { ControllerConfig } from '../runtime/config.js';
 import type { ControllerStatus } from '../runtime/controller-process.js';
 import { formatBytes, formatDuration } from './units.js';
 
+/** --tls of the tools that connect to a controller. */
+export const CLIENT_TLS_HELP = 'connect with TLS (wss://, TLS-PSK keyed by the client token); always so when the configuration\'s tls.mode is "require"';
+
+/**
+ * The configuration as a client tool sees it: with --tls its clients connect
+ * with TLS, as they must when tls.mode is "require" (the controllers' own
+ * settings are not changed: the tool only reads them).
+ */
+export function clientView(cfg: ControllerConfig, tls: boolean | undefined): ControllerConfig {
+  return tls === true && cfg.tls.mode !== 'require' ? { ...cfg, tls: { ...cfg.tls, mode: 'require' } } : cfg;
+}
+
 export async function fetchStatus(cfg: ControllerConfig, which: 'self' | 'A' | 'B', timeoutMs = 5000): Promise<ControllerStatus> {
-  let addr = { host: cfg.listen.client.host, port: cfg.listen.client.port, token: cfg.clientToken };
+  let addr: { host: string; port: number; token: string; tls?: boolean } = { host: cfg.listen.client.host, port: cfg.listen.client.port, token: cfg.clientToken, tls: cfg.tls.mode === 'require' };
   if (which !== 'self' && which !== cfg.idLetter) {
     if (cfg.partner === null) throw new PagepairError('BAD_FIELD', `${cfg.sourceName} names no partner ${which}`, 'controller');
-    const a = controllerAddresses({ id: cfg.idLetter, clientToken: cfg.clientToken, listen: cfg.listen, partner: { id: cfg.partner.idLetter, client: cfg.partner.client } });
+    const a = controllerAddresses({ id: cfg.idLetter, clientToken: cfg.clientToken, listen: cfg.listen, partner: { id: cfg.partner.idLetter, client: cfg.partner.client }, tls: cfg.tls });
     addr = a.partner;
   } else if (addr.host === '0.0.0.0') {
     addr = { ...addr, host: '127.0.0.1' };
@@ -35,7 +47,9 @@ export function formatStatus(s: ControllerStatus): string {
           (s.partner.lastHeardMsAgo !== null ? `, heard ${s.partner.lastHeardMsAgo} ms ago` : ''),
     ],
     ['listening', `clients ${s.listen.client}${s.listen.peer !== null ? `   peer ${s.listen.peer}` : ''}   (${s.clients} connected)`],
-    ...(s.listen.nbd != null ? [['nbd', `${s.listen.nbd.tcp}/<volume>${s.listen.nbd.socket !== null ? `   nbd+unix:///<volume>?socket=${s.listen.nbd.socket}` : ''}`] as [string, string]] : []),
+    ['tls', tlsText(s.tls)],
+    ['refused', refusedText(s.refused)],
+    ...(s.listen.nbd != null ? [['nbd', `${s.listen.nbd.tcp}/<volume>${s.listen.nbd.socket !== null ? `   ${s.listen.nbd.tcp.startsWith('nbds:') ? 'nbds' : 'nbd'}+unix:///<volume>?socket=${s.listen.nbd.socket}` : ''}`] as [string, string]] : []),
     ['store', s.store],
     ['allocations', String(s.allocations)],
     ['cache', `${s.cachedPages} pages, ${formatBytes(s.cachedBytes)} of ${formatBytes(s.cacheBytesMax)}; RSS ${formatBytes(s.rssBytes)}`],
@@ -79,6 +93,34 @@ export function formatStatus(s: ControllerStatus): string {
   rows.push(['copies', copiesText(s.lastVerify)]);
   if (s.senseCode !== 0) rows.push(['sense code', String(s.senseCode)]);
   return rows.map(([k, v]) => `${k.padEnd(13)} ${v}`).join('\n');
+}
+
+/** The listeners' TLS mode (absent from an older controller's status). */
+export function tlsText(mode: ControllerStatus['tls'] | undefined): string {
+  if (mode === undefined) return 'not reported (an older version)';
+  if (mode === 'off') return 'off: plain connections only';
+  if (mode === 'on') return 'on: TLS-PSK and plain connections';
+  return 'require: TLS-PSK only, plain connections refused';
+}
+
+/** What each WebSocket listener refused since start, by reason: a flood or a misconfigured client shows here. */
+export function refusedText(r: ControllerStatus['refused'] | undefined): string {
+  if (r === undefined) return 'not counted by this controller (an older version)';
+  const one = (name: string, c: NonNullable<ControllerStatus['refused']['client']>): string => {
+    const parts: [string, number][] = [
+      ['over the connection cap', c.overCap],
+      ['pre-auth bytes', c.preAuthBytes],
+      ['handshake timeout', c.handshakeTimeout],
+      ['per-source slots', c.perSource],
+      ['plain under require', c.plainUnderRequire],
+      ['TLS under off', c.tlsUnderOff],
+      ['TLS failed', c.tlsFailed],
+      ['bad upgrade', c.badUpgrade],
+    ];
+    const hits = parts.filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`);
+    return `${name}: ${hits.length === 0 ? 'none' : hits.join(', ')} (${c.open} open, ${c.handshaking} in handshake)`;
+  };
+  return [r.client !== null ? one('clients', r.client) : null, r.peer !== null ? one('peer', r.peer) : null].filter((x) => x !== null).join('; ');
 }
 
 /** Errors that escaped every handler to the process: each is a bug, logged when it happened. */

@@ -9,6 +9,7 @@ import { PagepairClient, controllerAddresses } from '../client/index.js';
 import { PagepairError } from '../errors.js';
 import { PageState, type VerifiedPage } from '../protocol/messages.js';
 import { loadConfig, type ControllerConfig } from '../runtime/config.js';
+import { CLIENT_TLS_HELP, clientView } from './status.js';
 import { parsePositiveInt } from './units.js';
 import { runVerify, type PageFinding, type VerifyAllocation, type VerifyProgress, type VerifyResult, type VerifyTarget } from './verify-run.js';
 
@@ -21,6 +22,7 @@ interface VerifyCliOptions {
   pauseMs: string;
   range?: string;
   timeout: string;
+  tls?: boolean;
 }
 
 /** The `verify` command, ready for program.addCommand(verifyCommand()). */
@@ -42,6 +44,7 @@ export function verifyCommand(): Command {
     .option('--pause-ms <ms>', 'the pause before each re-check', '200')
     .option('--range <pages>', 'pages compared per request (default: limits.headersPerMessageMax of the configuration)')
     .option('--timeout <ms>', 'how long to wait for a controller', '10000')
+    .option('--tls', CLIENT_TLS_HELP)
     .action(async (opts: VerifyCliOptions) => {
       const result = await verifyPair(opts);
       process.exitCode = result.remaining > 0 ? 1 : 0;
@@ -61,7 +64,7 @@ export function clientsTarget(a: PagepairClient, b: PagepairClient): VerifyTarge
 }
 
 async function verifyPair(opts: VerifyCliOptions): Promise<VerifyResult> {
-  const cfg = loadConfig(opts.config);
+  const cfg = clientView(loadConfig(opts.config), opts.tls);
   if (cfg.partner === null) throw new PagepairError('BAD_CONFIG', `${cfg.sourceName} names no partner: verify compares the copies of a mirrored pair`);
   const timeoutMs = parsePositiveInt(opts.timeout, 'timeout', 600_000);
   const rangePages = opts.range === undefined ? cfg.limits.headersPerMessageMax : parsePositiveInt(opts.range, 'range', cfg.limits.headersPerMessageMax);
@@ -106,10 +109,11 @@ async function connectBoth(cfg: ControllerConfig, timeoutMs: number): Promise<[P
     clientToken: cfg.clientToken,
     listen: cfg.listen,
     partner: { id: cfg.partner!.idLetter, client: cfg.partner!.client },
+    tls: cfg.tls,
   }).all;
   // A first: C_VERIFY goes to A, and reads "through A" and "through B" go to the right one.
   const byLetter = [...addrs].sort((x, y) => x.id.localeCompare(y.id));
-  const connected = await Promise.allSettled(byLetter.map((ad) => PagepairClient.connect({ host: ad.host, port: ad.port, token: ad.token, name: 'pagepair-verify', timeoutMs })));
+  const connected = await Promise.allSettled(byLetter.map((ad) => PagepairClient.connect({ host: ad.host, port: ad.port, token: ad.token, tls: ad.tls === true, name: 'pagepair-verify', timeoutMs })));
   const ok = connected.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
   const failed = connected.findIndex((r) => r.status === 'rejected');
   if (failed >= 0) {

@@ -9,6 +9,7 @@ import { PairClient } from '../client/pair-client.js';
 import { PagepairError, isPagepairError } from '../errors.js';
 import type { CListReply } from '../protocol/messages.js';
 import { loadConfig, type ControllerConfig } from '../runtime/config.js';
+import { CLIENT_TLS_HELP, clientView } from './status.js';
 import type { ControllerStatus } from '../runtime/controller-process.js';
 import { formatBytes, parsePositiveInt, parseSize } from './units.js';
 
@@ -53,13 +54,14 @@ export function checkVolumeName(name: string): void {
 
 function addresses(cfg: ControllerConfig): ControllerAddress[] {
   if (cfg.partner === null) {
-    return [{ id: cfg.idLetter, host: dialable(cfg.listen.client.host), port: cfg.listen.client.port, token: cfg.clientToken }];
+    return [{ id: cfg.idLetter, host: dialable(cfg.listen.client.host), port: cfg.listen.client.port, token: cfg.clientToken, ...(cfg.tls.mode === 'require' ? { tls: true } : {}) }];
   }
   return controllerAddresses({
     id: cfg.idLetter,
     clientToken: cfg.clientToken,
     listen: cfg.listen,
     partner: { id: cfg.partner.idLetter, client: cfg.partner.client },
+    tls: cfg.tls,
   }).all;
 }
 
@@ -75,7 +77,7 @@ function pairClient(ctx: VolumeCliContext): Promise<PairClient> {
 
 function unreachable(ctx: VolumeCliContext, err: unknown): PagepairError {
   const where = addresses(ctx.cfg)
-    .map((a) => `${a.id} at ws://${a.host}:${a.port}`)
+    .map((a) => `${a.id} at ${a.tls === true ? 'wss' : 'ws'}://${a.host}:${a.port}`)
     .join(', ');
   const why = err instanceof Error ? err.message : String(err);
   return new PagepairError('NOT_ACTIVE', `no controller answered (${where}, from ${ctx.cfg.sourceName}): ${why}`);
@@ -87,7 +89,7 @@ async function allocations(ctx: VolumeCliContext): Promise<CListReply['allocatio
   for (const addr of addresses(ctx.cfg)) {
     let c: PagepairClient;
     try {
-      c = await PagepairClient.connect({ host: addr.host, port: addr.port, token: addr.token, name: 'pagepair-volume', timeoutMs: ctx.timeoutMs });
+      c = await PagepairClient.connect({ host: addr.host, port: addr.port, token: addr.token, tls: addr.tls === true, name: 'pagepair-volume', timeoutMs: ctx.timeoutMs });
     } catch (err) {
       lastErr = err;
       continue;
@@ -109,7 +111,7 @@ export async function nbdListeners(ctx: VolumeCliContext): Promise<NbdListeners[
   const all = await Promise.all(
     addresses(ctx.cfg).map(async (addr): Promise<NbdListeners> => {
       try {
-        const c = await PagepairClient.connect({ host: addr.host, port: addr.port, token: addr.token, name: 'pagepair-volume', timeoutMs: ctx.timeoutMs });
+        const c = await PagepairClient.connect({ host: addr.host, port: addr.port, token: addr.token, tls: addr.tls === true, name: 'pagepair-volume', timeoutMs: ctx.timeoutMs });
         try {
           const s = (await c.status()) as Partial<ControllerStatus>;
           const nbd = s.listen?.nbd ?? null;
@@ -129,12 +131,13 @@ export async function nbdListeners(ctx: VolumeCliContext): Promise<NbdListeners[
   return all.sort((x, y) => x.controller.localeCompare(y.controller));
 }
 
-/** nbd://host:port/name and nbd+unix:///name?socket=path (the NBD URI forms qemu and libnbd take). */
+/** nbd://host:port/name and nbd+unix:///name?socket=path (the NBD URI forms qemu and libnbd take); nbds:// and nbds+unix:// when the controller requires TLS. */
 export function volumeUrls(name: string, l: NbdListeners): string[] {
   const urls: string[] = [];
   const path = encodeURIComponent(name);
+  const s = l.tcp?.startsWith('nbds://') === true ? 's' : '';
   if (l.tcp !== null) urls.push(`${l.tcp.replace('://0.0.0.0:', '://127.0.0.1:')}/${path}`);
-  if (l.socket !== null) urls.push(`nbd+unix:///${path}?socket=${l.socket}`);
+  if (l.socket !== null) urls.push(`nbd${s}+unix:///${path}?socket=${l.socket}`);
   return urls;
 }
 
@@ -215,7 +218,7 @@ export function formatVolume(v: VolumeInfo): string {
 
 export function formatVolumeList(vs: VolumeInfo[]): string {
   if (vs.length === 0) return 'no volumes (pagepair volume create --name vol0 --size 1GiB makes one)';
-  const rows = [['NAME', 'SIZE', 'PAGE', 'POLICY', 'GUID', 'NBD'], ...vs.map((v) => [v.name, formatBytes(v.sizeBytes), formatBytes(v.pageSizeBytes), v.policy, v.guid, v.nbd.flatMap((x) => x.urls.filter((u) => u.startsWith('nbd://'))).join(' ')])];
+  const rows = [['NAME', 'SIZE', 'PAGE', 'POLICY', 'GUID', 'NBD'], ...vs.map((v) => [v.name, formatBytes(v.sizeBytes), formatBytes(v.pageSizeBytes), v.policy, v.guid, v.nbd.flatMap((x) => x.urls.filter((u) => u.startsWith('nbd://') || u.startsWith('nbds://'))).join(' ')])];
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
   return rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ').trimEnd()).join('\n');
 }
@@ -226,16 +229,18 @@ interface CommonOpts {
   config: string;
   timeout: string;
   json?: boolean;
+  tls?: boolean;
 }
 
 function context(opts: CommonOpts): VolumeCliContext {
-  return { cfg: loadConfig(opts.config), timeoutMs: parsePositiveInt(opts.timeout, 'timeout', 600_000) };
+  return { cfg: clientView(loadConfig(opts.config), opts.tls), timeoutMs: parsePositiveInt(opts.timeout, 'timeout', 600_000) };
 }
 
 function withCommon(cmd: Command): Command {
   return cmd
     .option('-c, --config <file>', "a controller's configuration (JSON); both controllers are reached from it", 'controllers/a.json')
     .option('--timeout <ms>', 'how long to wait for a controller', '5000')
+    .option('--tls', CLIENT_TLS_HELP)
     .option('--json', 'print JSON');
 }
 

@@ -13,8 +13,10 @@ import { Role, type ClientRequest, type Message } from '../protocol/messages.js'
 import { openOrFormatFileStore } from '../store/open.js';
 import type { BlockStore } from '../store/types.js';
 import { ClientEndpoint } from '../transport/client-endpoint.js';
-import { NbdServer } from '../transport/nbd-server.js';
+import { NBD_SERVER_DEFAULT_LIMITS, NbdServer } from '../transport/nbd-server.js';
+import { readPskFile } from '../transport/tls.js';
 import { PeerLink } from '../transport/peer-link.js';
+import type { ListenerCounters } from '../transport/ws-listener.js';
 import type { ControllerConfig } from './config.js';
 import type { EscapeGuard } from './escape-guard.js';
 import { CoreVolumes, NBD_PIECE_BYTES_DEFAULT } from './nbd-volumes.js';
@@ -100,8 +102,34 @@ export interface ControllerStatus extends CoreStatus {
   };
   store: string;
   clients: number;
+  /** tls.mode: "off", "on" (TLS and plain) or "require". */
+  tls: 'off' | 'on' | 'require';
+  /** Connections each WebSocket listener refused or cut, by reason, since start (a flood shows here). */
+  refused: { client: ListenerRefusals | null; peer: ListenerRefusals | null };
   /** Errors that escaped every handler to the process (logged each); 0 unless there is a bug. */
   escapedErrors: number;
+}
+
+/** One listener's refusals (see ws-listener.ts), and its connections now. */
+export type ListenerRefusals = Pick<
+  ListenerCounters,
+  'open' | 'handshaking' | 'overCap' | 'preAuthBytes' | 'handshakeTimeout' | 'perSource' | 'plainUnderRequire' | 'tlsUnderOff' | 'tlsFailed' | 'badUpgrade'
+>;
+
+function refusedOf(c: ListenerCounters | undefined): ListenerRefusals | null {
+  if (c === undefined) return null;
+  return {
+    open: c.open,
+    handshaking: c.handshaking,
+    overCap: c.overCap,
+    preAuthBytes: c.preAuthBytes,
+    handshakeTimeout: c.handshakeTimeout,
+    perSource: c.perSource,
+    plainUnderRequire: c.plainUnderRequire,
+    tlsUnderOff: c.tlsUnderOff,
+    tlsFailed: c.tlsFailed,
+    badUpgrade: c.badUpgrade,
+  };
 }
 
 export interface StartControllerOptions {
@@ -111,6 +139,8 @@ export interface StartControllerOptions {
 
 export async function startController(cfg: ControllerConfig, log: pino.Logger, opts: StartControllerOptions = {}): Promise<RunningController> {
   const startedMs = performance.now();
+  // NBD's TLS keys, read once, before anything is opened: a bad key file stops the start (BAD_CONFIG).
+  const nbdTlsKeys = cfg.listen.nbd !== undefined && cfg.tls.mode !== 'off' && cfg.tls.pskFile !== undefined ? readPskFile(cfg.tls.pskFile) : undefined;
   const storeLog = log.child({ component: 'store' });
   const store = await openOrFormatFileStore(cfg.store.path, {
     pairId: cfg.pairId,
@@ -198,6 +228,14 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger, o
         partner: cfg.partner.peer,
         limits: cfg.limits,
         reconnectMs: cfg.peerReconnectMs,
+        handshakeTimeoutMs: cfg.limits.handshakeTimeoutMs,
+        bounds: {
+          connectionsMax: cfg.limits.peerConnectionsMax,
+          preAuthBytesMax: cfg.limits.preAuthBytesMax,
+          handshakesPerSourceMax: cfg.limits.handshakesPerSourceMax,
+        },
+        bytesBufferedMax: cfg.limits.peerBytesBufferedMax,
+        tlsMode: cfg.tls.mode,
         log: log.child({ component: 'peer' }),
       },
       {
@@ -221,6 +259,9 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger, o
     inflightMax: cfg.limits.inflightPerClientMax,
     replyBytesBufferedMax: cfg.limits.replyBytesBufferedMax,
     connectionsMax: cfg.limits.clientConnectionsMax,
+    helloTimeoutMs: cfg.limits.handshakeTimeoutMs,
+    bounds: { preAuthBytesMax: cfg.limits.preAuthBytesMax, handshakesPerSourceMax: cfg.limits.handshakesPerSourceMax },
+    tlsMode: cfg.tls.mode,
     log: clientLog,
     getRole: () => core.currentRole,
     onRequest: (conn, msg: ClientRequest) => {
@@ -248,8 +289,25 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger, o
       pieceBytes: Math.min(NBD_PIECE_BYTES_DEFAULT, Math.floor(cfg.cache.cacheBytesMax / 4)),
     });
     conns.set(volumes.connId, volumes);
+    // A request never needs more than the in-flight bound allows: the advertised maximum payload follows it down.
+    const payloadBytesMax = Math.max(64 * 1024, Math.min(NBD_SERVER_DEFAULT_LIMITS.payloadBytesMax, cfg.limits.nbdBytesInFlightMax));
     const server = new NbdServer(
-      { host: nbdCfg.host, port: nbdCfg.port, ...(nbdCfg.socket !== undefined ? { socketPath: nbdCfg.socket } : {}), log: log.child({ component: 'nbd' }) },
+      {
+        host: nbdCfg.host,
+        port: nbdCfg.port,
+        ...(nbdCfg.socket !== undefined ? { socketPath: nbdCfg.socket } : {}),
+        limits: {
+          payloadBytesMax,
+          droppedPayloadBytesMax: Math.max(payloadBytesMax, NBD_SERVER_DEFAULT_LIMITS.droppedPayloadBytesMax),
+          bytesInFlightMax: Math.max(payloadBytesMax, cfg.limits.nbdBytesInFlightMax),
+          connectionsMax: cfg.limits.nbdConnectionsMax,
+          handshakeTimeoutMs: cfg.limits.handshakeTimeoutMs,
+          // An option is what a client sends before its export is open (and before TLS): at most preAuthBytesMax, with room for a full export name.
+          optionBytesMax: Math.max(4096 + 64, cfg.limits.preAuthBytesMax),
+        },
+        tls: { mode: cfg.tls.mode, ...(nbdTlsKeys !== undefined ? { keys: nbdTlsKeys } : {}) },
+        log: log.child({ component: 'nbd' }),
+      },
       volumes,
     );
     let port: number;
@@ -264,21 +322,30 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger, o
       const where = `${nbdCfg.host}:${nbdCfg.port}${nbdCfg.socket !== undefined ? ` and ${nbdCfg.socket}` : ''}`;
       throw new PagepairError('IO_ERROR', `${cfg.sourceName}: cannot serve NBD on listen.nbd (${where}): ${err instanceof Error ? err.message : String(err)}`, 'listen.nbd');
     }
-    nbd = { server, volumes, port, listen: { tcp: `nbd://${nbdCfg.host}:${port}`, socket: nbdCfg.socket ?? null } };
+    // Under "require" only a TLS client gets in: the URL says so (the key goes in ?tls-psk-file=).
+    const nbdScheme = cfg.tls.mode === 'require' ? 'nbds' : 'nbd';
+    nbd = { server, volumes, port, listen: { tcp: `${nbdScheme}://${nbdCfg.host}:${port}`, socket: nbdCfg.socket ?? null } };
   }
 
+  // "on" takes both; the URL names the scheme a client needs at least.
+  const wsScheme = cfg.tls.mode === 'require' ? 'wss' : 'ws';
   status = () => ({
     ...core.status(),
     pid: process.pid,
     uptimeMs: Math.round(performance.now() - startedMs),
     rssBytes: process.memoryUsage.rss(),
     listen: {
-      client: `ws://${cfg.listen.client.host}:${clientPort}`,
-      peer: peerPort === null || cfg.listen.peer === null ? null : `ws://${cfg.listen.peer.host}:${peerPort}`,
+      client: `${wsScheme}://${cfg.listen.client.host}:${clientPort}`,
+      peer: peerPort === null || cfg.listen.peer === null ? null : `${wsScheme}://${cfg.listen.peer.host}:${peerPort}`,
       nbd: nbd?.listen ?? null,
     },
     store: cfg.store.path,
     clients: endpoint.connections,
+    tls: cfg.tls.mode,
+    refused: {
+      client: refusedOf(endpoint.listenerCounters),
+      peer: peer?.listenerCounters !== undefined ? refusedOf(peer.listenerCounters) : null,
+    },
     escapedErrors: opts.escapeGuard?.count ?? 0,
   });
 
@@ -290,8 +357,9 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger, o
 
   log.info(
     {
-      clients: `ws://${cfg.listen.client.host}:${clientPort}`,
+      clients: `${wsScheme}://${cfg.listen.client.host}:${clientPort}`,
       peer: peerPort,
+      tls: cfg.tls.mode,
       ...(nbd !== null ? { nbd: nbd.listen.tcp, nbdPort: nbd.port, ...(nbd.listen.socket !== null ? { nbdSocket: nbd.listen.socket } : {}) } : {}),
       role: roleName(core.currentRole),
       pid: process.pid,

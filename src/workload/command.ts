@@ -15,6 +15,8 @@ import { formatBytesPerSec, formatUs, progressPrinter } from './progress.js';
 import { Recording, summarizeCheck } from './recording.js';
 import { attachCheck, defaultReportBase, formatReportSummary, resolveReportBase, writeReportFiles, type WorkloadReport } from './report.js';
 import { controllersFromConfig, nbdEndpointsFromConfigs, runWorkloadJob, type RunHandle } from './runner.js';
+import { resolveNbdTls, type NbdTlsChoice, type NbdTlsCredentials } from '../client/nbd-client.js';
+import type { NbdEndpoint } from '../client/nbd-pair-client.js';
 
 export interface WorkloadCommandOptions {
   cfg: ControllerConfig;
@@ -38,6 +40,10 @@ export interface WorkloadCommandOptions {
   history?: string;
   /** Print the report as JSON at the end instead of the text summary (progress then goes to `note`). */
   json?: boolean;
+  /** WebSocket clients connect with TLS (--tls); they always do when the configuration's tls.mode is "require". */
+  tls?: boolean;
+  /** With --transport nbd: NBD over TLS (STARTTLS) with a key of this file (--tls-psk-file); default the configuration's own when it requires TLS. */
+  nbdTls?: NbdTlsChoice;
   /** Progress lines (default: console.log, or console.error with json). */
   print?: (line: string) => void;
   /** Aborting ends the run early; the report covers what ran. Default: the first SIGINT or SIGTERM. */
@@ -102,7 +108,7 @@ function jobsOf(o: WorkloadCommandOptions): JobSpec[] {
 
 export async function runWorkloadCommand(o: WorkloadCommandOptions): Promise<WorkloadCommandResult> {
   const jobs = jobsOf(o);
-  const controllers = controllersFromConfig(o.cfg);
+  const controllers = controllersFromConfig(o.cfg, o.tls);
   for (const job of jobs) {
     if (job.target === 'both' && controllers.length < 2) {
       throw new PagepairError('BAD_FIELD', `${o.cfg.sourceName} has no partner; use --target ${o.cfg.idLetter}`, 'target');
@@ -153,14 +159,20 @@ export async function runWorkloadCommand(o: WorkloadCommandOptions): Promise<Wor
   return { ...last, runs, text, exitCode };
 }
 
+function withNbdTls(endpoints: NbdEndpoint[], tls: NbdTlsCredentials | undefined): NbdEndpoint[] {
+  return tls === undefined ? endpoints : endpoints.map((e) => ({ ...e, tls }));
+}
+
 async function runOne(o: WorkloadCommandOptions, job: JobSpec, signal: AbortSignal, print: (line: string) => void, several: boolean): Promise<JobRun> {
   const record = o.history !== undefined ? new Recording({ seed: job.seed, job: job.name, summary: 'pagepair workload --history' }) : null;
-  const report = await runWorkloadJob(controllersFromConfig(o.cfg), job, {
+  const report = await runWorkloadJob(controllersFromConfig(o.cfg, o.tls), job, {
     onProgress: progressPrinter(print),
     signal,
     ...(o.onStart !== undefined ? { onStart: o.onStart } : {}),
     ...(record !== null ? { record } : {}),
-    ...(job.transport === 'nbd' ? { nbd: nbdEndpointsFromConfigs(o.partnerCfg !== undefined ? [o.cfg, o.partnerCfg] : [o.cfg]) } : {}),
+    ...(job.transport === 'nbd'
+      ? { nbd: withNbdTls(nbdEndpointsFromConfigs(o.partnerCfg !== undefined ? [o.cfg, o.partnerCfg] : [o.cfg]), resolveNbdTls(o.nbdTls, o.cfg.tls)) }
+      : {}),
   });
   if (record !== null && o.history !== undefined) {
     await record.writeTo(o.history);

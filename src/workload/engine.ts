@@ -188,7 +188,7 @@ export class Engine {
       if (job.transport === 'nbd') return this.openNbd(first, name);
       if (!job.failover) {
         const addr = byId(first);
-        const connect = (): Promise<PagepairClient> => PagepairClient.connect({ host: addr.host, port: addr.port, token: addr.token, name });
+        const connect = (): Promise<PagepairClient> => PagepairClient.connect({ host: addr.host, port: addr.port, token: addr.token, tls: addr.tls === true, name });
         let c = await connect();
         let lastTryMs = 0;
         let closed = false;

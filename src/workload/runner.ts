@@ -66,12 +66,13 @@ const VERSION = (() => {
 })();
 
 /** Both controllers of the pair a configuration names (A first), or the one when it has no partner. */
-export function controllersFromConfig(cfg: ControllerConfig): ControllerAddress[] {
+export function controllersFromConfig(cfg: ControllerConfig, tls?: boolean): ControllerAddress[] {
   const self: ControllerAddress = {
     id: cfg.idLetter,
     host: cfg.listen.client.host === '0.0.0.0' ? '127.0.0.1' : cfg.listen.client.host,
     port: cfg.listen.client.port,
     token: cfg.clientToken,
+    ...(tls === true || cfg.tls.mode === 'require' ? { tls: true } : {}),
   };
   if (cfg.partner === null) return [self];
   const all = controllerAddresses({
@@ -79,7 +80,8 @@ export function controllersFromConfig(cfg: ControllerConfig): ControllerAddress[
     clientToken: cfg.clientToken,
     listen: cfg.listen,
     partner: { id: cfg.partner.idLetter, client: cfg.partner.client },
-  }).all;
+    tls: cfg.tls,
+  }, { tls: tls === true }).all;
   return [...all].sort((a, b) => a.id.localeCompare(b.id));
 }
 
