@@ -10,6 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { PagepairClient } from '../client/client.js';
 import { PagepairError } from '../errors.js';
 import type { ControllerStatus } from '../runtime/controller-process.js';
+import { extentBytes } from '../store/layout.js';
 import type { BenchConnection } from './driver.js';
 import { FloorClient } from './floor-client.js';
 import { frameSizes } from './frames.js';
@@ -115,7 +116,8 @@ interface ControllerSpec {
 /** The configurations of a single controller or a pair; the default pair's settings, quieter logs. */
 async function writeConfigs(mode: 'single' | 'mirrored', s: RigSettings): Promise<ControllerSpec[]> {
   const pairId = randomUUID();
-  const storeBytes = Math.max(256 * 1024 * 1024, 2 * s.workingSetBytes + 64 * 1024 * 1024);
+  // Two slots per page (store format 2), headers included, and room to spare.
+  const storeBytes = Math.max(256 * 1024 * 1024, 2 * extentBytes(4096, Math.ceil(s.workingSetBytes / 4096)) + 64 * 1024 * 1024);
   const common = {
     pairId,
     secret: `bench-peer-secret-${pairId}`,
