@@ -6,7 +6,9 @@
 // touch end to end leave as one vectored write: destaging a run of adjacent
 // pages costs one trip to the thread pool, not one per page. Writes are never
 // merged with one they overlap, so concurrent writes to one range behave as
-// before (in no promised order).
+// before (in no promised order). Reads are gathered the same way: those that
+// touch or overlap are made as one read (a page write reads the page's two
+// slots first, so destaging a run of pages reads the whole run at once).
 
 import { open, type FileHandle } from 'node:fs/promises';
 import { PagepairError, isPagepairError } from '../errors.js';
@@ -24,6 +26,16 @@ export const STORE_FILE_MODE = 0o600;
 /** Buffers in one vectored write (well under IOV_MAX, 1024 on Linux). */
 const IOVECS_MAX = 256;
 
+/** Bytes one gathered read may span. */
+const READ_RUN_BYTES_MAX = 1024 * 1024;
+
+interface QueuedRead {
+  offset: number;
+  length: number;
+  resolve(b: Buffer): void;
+  reject(err: unknown): void;
+}
+
 interface QueuedWrite {
   offset: number;
   parts: readonly Buffer[];
@@ -35,7 +47,8 @@ interface QueuedWrite {
 export class FileDevice implements Device {
   private closed = false;
   private queued: QueuedWrite[] = [];
-  /** Vectored writes under way: close() waits for them. */
+  private queuedReads: QueuedRead[] = [];
+  /** Vectored writes and gathered reads under way: close() waits for them. */
   private readonly writing = new Set<Promise<void>>();
 
   private constructor(
@@ -91,19 +104,73 @@ export class FileDevice implements Device {
     }
   }
 
-  async read(offset: number, length: number): Promise<Buffer> {
-    this.check('read', offset, length);
-    const buf = Buffer.alloc(length);
+  read(offset: number, length: number): Promise<Buffer> {
+    try {
+      this.check('read', offset, length);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return new Promise((resolve, reject) => {
+      if (this.queuedReads.length === 0) setImmediate(() => this.issueQueuedReads());
+      this.queuedReads.push({ offset, length, resolve, reject });
+    });
+  }
+
+  private issueQueuedReads(): void {
+    const all = this.queuedReads;
+    this.queuedReads = [];
+    all.sort((a, b) => a.offset - b.offset);
+    let i = 0;
+    while (i < all.length) {
+      const run = [all[i]!];
+      let end = all[i]!.offset + all[i]!.length;
+      for (i++; i < all.length; i++) {
+        const r = all[i]!;
+        const newEnd = Math.max(end, r.offset + r.length);
+        if (r.offset > end || newEnd - run[0]!.offset > READ_RUN_BYTES_MAX) break;
+        run.push(r);
+        end = newEnd;
+      }
+      void this.readRun(run, end);
+    }
+  }
+
+  private async readRun(run: QueuedRead[], end: number): Promise<void> {
+    const offset = run[0]!.offset;
+    const reading = this.readAt(offset, end - offset);
+    const settled = reading.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.writing.add(settled);
+    let buf: Buffer;
+    try {
+      buf = await reading;
+    } catch (err) {
+      for (const r of run) r.reject(err);
+      return;
+    } finally {
+      this.writing.delete(settled);
+    }
+    // Views of the run's buffer, not copies (see Device.read): the callers
+    // decode them and copy out what they keep.
+    for (const r of run) r.resolve(run.length === 1 ? buf : buf.subarray(r.offset - offset, r.offset - offset + r.length));
+  }
+
+  private async readAt(offset: number, length: number): Promise<Buffer> {
+    if (this.closed) throw new PagepairError('IO_ERROR', `${this.path}: read after close`);
+    const buf = Buffer.allocUnsafeSlow(length);
     let done = 0;
     try {
       while (done < length) {
         const { bytesRead } = await this.handle.read(buf, done, length - done, offset + done);
-        if (bytesRead === 0) break; // past end of file: the rest stays zero
+        if (bytesRead === 0) break; // past end of file: the rest reads as zeros
         done += bytesRead;
       }
     } catch (err) {
       throw ioError(this.path, `read of ${length} bytes at ${offset}`, err);
     }
+    buf.fill(0, done);
     return buf;
   }
 
@@ -189,8 +256,9 @@ export class FileDevice implements Device {
 
   async close(): Promise<void> {
     if (this.closed) return;
-    // Writes asked for before close are made, as they were before batching.
+    // Writes asked for before close are made, as they were before batching; reads too.
     this.issueQueued();
+    this.issueQueuedReads();
     await Promise.allSettled([...this.writing]);
     this.closed = true;
     try {

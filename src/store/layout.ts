@@ -133,26 +133,39 @@ export function copyForSeq(seq: number): 0 | 1 {
 
 /** Slots each page has in its extent: the newest synced version is never overwritten in place. */
 export const PAGE_SLOTS = 2;
+/**
+ * An extent is a row of stripes. A stripe holds slot 0 of some consecutive
+ * pages back to back, then slot 1 of the same pages: so pages destaged
+ * together into the same slot index are written end to end, in one vectored
+ * write, as they were with one slot a page. Each half of a stripe holds as
+ * many slots as fit in this many bytes (at least one).
+ */
+export const STRIPE_HALF_BYTES_MAX = 64 * 1024;
 
 /** Bytes of one page slot: header then data. */
 export function pageSlotBytes(pageSizeBytes: number): number {
   return PAGE_HEADER_BYTES + pageSizeBytes;
 }
 
-/** Bytes of a page's slots together (they lie end to end: one read takes both). */
-export function pageSlotsBytes(pageSizeBytes: number): number {
-  return PAGE_SLOTS * pageSlotBytes(pageSizeBytes);
+/** Pages whose slots share a stripe. */
+export function pagesPerStripe(pageSizeBytes: number): number {
+  return Math.max(1, Math.floor(STRIPE_HALF_BYTES_MAX / pageSlotBytes(pageSizeBytes)));
 }
 
 /** Offset of slot `slot` (0 or 1) of page `page`, relative to the data area. */
 export function pageSlotOffset(dataOffset: number, pageSizeBytes: number, page: number, slot: 0 | 1 = 0): number {
-  return dataOffset + page * pageSlotsBytes(pageSizeBytes) + slot * pageSlotBytes(pageSizeBytes);
+  const perStripe = pagesPerStripe(pageSizeBytes);
+  const slotBytes = pageSlotBytes(pageSizeBytes);
+  const stripe = Math.floor(page / perStripe);
+  return dataOffset + stripe * PAGE_SLOTS * perStripe * slotBytes + (slot * perStripe + (page % perStripe)) * slotBytes;
 }
 
 /** Bytes of the extent an allocation of pageCount pages of pageSizeBytes
- *  occupies in the data area: both slots of every page, rounded up to a block. */
+ *  occupies in the data area: whole stripes (two slots for every page, and
+ *  for every page the last stripe could hold), rounded up to a block. */
 export function extentBytes(pageSizeBytes: number, pageCount: number): number {
-  return roundUpToBlock(pageCount * pageSlotsBytes(pageSizeBytes));
+  const perStripe = pagesPerStripe(pageSizeBytes);
+  return roundUpToBlock(Math.ceil(pageCount / perStripe) * PAGE_SLOTS * perStripe * pageSlotBytes(pageSizeBytes));
 }
 
 // ---------------------------------------------------------------- helpers

@@ -50,7 +50,6 @@ import {
   newestPageSlot,
   pageSlotBytes,
   pageSlotOffset,
-  pageSlotsBytes,
   superblockCopyOffset,
   superblockFormatVersion,
   tableCopyOffset,
@@ -99,7 +98,7 @@ function slotReason(s: PageSlotRead): string {
 
 function slotPage(s: PageSlotRead): StoredPage {
   invariant(s.kind === 'valid', 'a valid slot');
-  // A copy: the cache keeps the page, and should not keep both slots' bytes with it.
+  // A copy: the cache keeps the page, and the slot may be a view of a larger read (Device.read).
   const data = Buffer.allocUnsafeSlow(s.data.length);
   s.data.copy(data);
   return { header: s.header, data };
@@ -239,7 +238,7 @@ export class PageStore implements BlockStore {
   async readPage(loc: PageLocation, page: number): Promise<StoredPage> {
     const at = this.slotsDeviceOffset(loc, page);
     const guid = loc.guid.toLowerCase();
-    const slots = this.decodeSlots(await this.device.read(at, pageSlotsBytes(loc.pageSizeBytes)), guid, page, loc.pageSizeBytes);
+    const slots = await this.readSlots(loc, page, at, guid);
     const newest = newestPageSlot(slots);
     const damaged = slots.find((s): s is Extract<PageSlotRead, { kind: 'invalid' }> => s.kind === 'invalid');
     if (newest === null && slots.every((s) => s.kind === 'invalid')) {
@@ -285,15 +284,14 @@ export class PageStore implements BlockStore {
     let slot = this.unsyncedSlots.get(at)?.slot;
     if (slot === undefined) {
       this.pageCounters.slotReadsBeforeWrite++;
-      const buf = await this.device.read(at, pageSlotsBytes(loc.pageSizeBytes));
-      slot = chooseWriteSlot(this.decodeSlots(buf, loc.guid.toLowerCase(), page, loc.pageSizeBytes));
+      slot = chooseWriteSlot(await this.readSlots(loc, page, at, loc.guid.toLowerCase()));
     }
     // From the moment the write is issued until a sync that began after it
     // settled, this slot holds nothing anyone may count on: the next write of
     // the page goes here again, whatever it reads.
     const entry: UnsyncedSlot = { slot, settledSeq: null };
     this.unsyncedSlots.set(at, entry);
-    const slotAt = at + slot * pageSlotBytes(loc.pageSizeBytes);
+    const slotAt = this.slotDeviceOffset(loc, page, at, slot);
     try {
       if (this.partsDevice !== null) {
         // Header and data go out side by side: no copy of the page. The caller
@@ -311,9 +309,16 @@ export class PageStore implements BlockStore {
     }
   }
 
-  private decodeSlots(buf: Buffer, guid: string, page: number, pageSizeBytes: number): [PageSlotRead, PageSlotRead] {
-    const slotBytes = pageSlotBytes(pageSizeBytes);
-    return [decodePageSlot(buf.subarray(0, slotBytes), guid, page, pageSizeBytes), decodePageSlot(buf.subarray(slotBytes, 2 * slotBytes), guid, page, pageSizeBytes)];
+  /** Both slots of a page, read together (the device gathers the reads of neighbouring pages into one). */
+  private async readSlots(loc: PageLocation, page: number, at: number, guid: string): Promise<[PageSlotRead, PageSlotRead]> {
+    const slotBytes = pageSlotBytes(loc.pageSizeBytes);
+    const [b0, b1] = await Promise.all([this.device.read(at, slotBytes), this.device.read(this.slotDeviceOffset(loc, page, at, 1), slotBytes)]);
+    return [decodePageSlot(b0, guid, page, loc.pageSizeBytes), decodePageSlot(b1, guid, page, loc.pageSizeBytes)];
+  }
+
+  /** Device offset of a page's slot, given that of its slot 0. */
+  private slotDeviceOffset(loc: PageLocation, page: number, slot0At: number, slot: 0 | 1): number {
+    return slot0At + pageSlotOffset(0, loc.pageSizeBytes, page, slot) - pageSlotOffset(0, loc.pageSizeBytes, page, 0);
   }
 
   /**
@@ -340,7 +345,7 @@ export class PageStore implements BlockStore {
     }
   }
 
-  /** Device offset of a page's first slot (its second follows it). */
+  /** Device offset of a page's slot 0 (its slot 1 lies further into the stripe). */
   private slotsDeviceOffset(loc: PageLocation, page: number): number {
     const g = this.geometry;
     const slot = pageSlotOffset(loc.dataOffset, loc.pageSizeBytes, page);
@@ -349,7 +354,7 @@ export class PageStore implements BlockStore {
       page < 0 ||
       loc.dataOffset < 0 ||
       loc.dataOffset % g.blockBytes !== 0 ||
-      slot + pageSlotsBytes(loc.pageSizeBytes) > g.dataBytes
+      pageSlotOffset(loc.dataOffset, loc.pageSizeBytes, page, 1) + pageSlotBytes(loc.pageSizeBytes) > g.dataBytes
     ) {
       throw new PagepairError('OUT_OF_RANGE', `${this.name}: page ${page} of ${loc.guid} at data offset ${loc.dataOffset} lies outside the data area`);
     }

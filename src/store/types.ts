@@ -6,6 +6,9 @@
 /** A range of bytes that can be read, written and made durable. */
 export interface Device {
   readonly sizeBytes: number;
+  /** The bytes at offset. The buffer may be a view of a larger one shared
+   *  with other reads (FileDevice gathers neighbouring reads): copy what is
+   *  kept for long. */
   read(offset: number, length: number): Promise<Buffer>;
   write(offset: number, data: Buffer): Promise<void>;
   /** Make every completed write durable (fdatasync). */
