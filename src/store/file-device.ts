@@ -111,7 +111,7 @@ export class FileDevice implements Device {
       return Promise.reject(err);
     }
     return new Promise((resolve, reject) => {
-      if (this.queuedReads.length === 0) setImmediate(() => this.issueQueuedReads());
+      if (this.queuedReads.length === 0) queueMicrotask(() => this.issueQueuedReads());
       this.queuedReads.push({ offset, length, resolve, reject });
     });
   }

@@ -37,6 +37,7 @@ interface RunReport {
   covered: number;
   fates: { kept: number; dropped: number; torn: number };
   tornSlotsRecovered: number;
+  tornWarnings: number;
 }
 
 async function powerCutRun(seed: number): Promise<RunReport> {
@@ -136,6 +137,11 @@ async function powerCutRun(seed: number): Promise<RunReport> {
     const viaB = await h.run(other.read(al.guid, p * PAGE, PAGE), `read page ${p} through B`);
     expect(viaB.equals(got), `${where}: page ${p} reads differently through B`).toBe(true);
   }
+  // A torn slot is reported once per page by each controller that meets it, at warn.
+  const tornWarnings = h.logs
+    .filter((r) => r.level === 'warn' && r.msg.startsWith('store: a slot of this page is damaged'))
+    .map((r) => `${r.node}${r.incarnation} ${JSON.stringify([(r.obj as { guid: string }).guid, (r.obj as { page: number }).page])}`);
+  expect(new Set(tornWarnings).size, `${where}: a torn slot warned about twice`).toBe(tornWarnings.length);
   expect(h.violations, where).toEqual([]);
   expect(h.errorLogs().map((r) => `${r.node}${r.incarnation}: ${r.msg}`), where).toEqual([]);
   const all = [...history.values()].flat();
@@ -148,6 +154,7 @@ async function powerCutRun(seed: number): Promise<RunReport> {
     covered,
     fates,
     tornSlotsRecovered: h.status('A').counters.tornSlotsRecovered + h.status('B').counters.tornSlotsRecovered,
+    tornWarnings: tornWarnings.length,
   };
 }
 
@@ -171,6 +178,7 @@ describe('a power cut under both controllers loses nothing acknowledged and flus
       expect(sum((r) => r.covered)).toBeGreaterThan(seeds.length);
       expect(sum((r) => r.fates.torn)).toBeGreaterThan(seeds.length / 3);
       expect(sum((r) => r.tornSlotsRecovered)).toBeGreaterThan(0);
+      expect(sum((r) => r.tornWarnings)).toBeGreaterThan(0);
       expect(reports.filter((r) => r.alone).length).toBeGreaterThan(seeds.length / 10);
     }
   }, 600_000);
