@@ -504,7 +504,7 @@ export function decodePageHeader(b: Buffer): PageHeaderDecode {
 
 // ---------------------------------------------------------------- page slots
 //
-// Each page has two slots, end to end. A write goes to the slot that does not
+// Each page has two slots (in stripes: pageSlotOffset). A write goes to the slot that does not
 // hold the newest valid copy (see chooseWriteSlot), so a write torn by a power
 // cut can only damage a copy that a newer, intact one makes redundant, or one
 // written since the last sync. Reads take the valid slot with the highest
