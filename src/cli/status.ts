@@ -89,6 +89,12 @@ export function formatStatus(s: ControllerStatus): string {
         : `${s.counters.ownershipConflicts} ownership conflicts with the partner (pages both claimed, or two contents at one version); see the log`,
     ],
   ];
+  rows.push([
+    'torn slots',
+    s.counters.tornSlotsRecovered === 0
+      ? 'none found'
+      : `${s.counters.tornSlotsRecovered} page reads found one slot damaged (a write cut by a crash) and used the page's other copy; see the log`,
+  ]);
   rows.push(['escaped', escapedText(s.escapedErrors as number | undefined)]);
   rows.push(['copies', copiesText(s.lastVerify)]);
   if (s.senseCode !== 0) rows.push(['sense code', String(s.senseCode)]);
