@@ -280,18 +280,7 @@ export class PeerLink {
     ws.on('open', () => {
       if (conn.phase !== 'await-open') return;
       conn.phase = 'await-hello-reply';
-      this.sendRaw(conn, {
-        kind: 'HELLO',
-        requestId: 0,
-        epoch: 0,
-        sender: this.opts.selfId,
-        flags: 0,
-        protocolVersion: PROTOCOL_VERSION,
-        pairId: this.opts.pairId,
-        controllerId: this.opts.selfId,
-        nonce: conn.ourNonce,
-        pid: this.opts.pid,
-      });
+      this.sendHello(conn);
     });
     this.wire(conn);
   }
@@ -333,6 +322,11 @@ export class PeerLink {
     if (!dialed) this.handshakes.add(conn);
     this.wire(conn);
     if (!dialed) return;
+    this.sendHello(conn);
+  }
+
+  /** The dialer's first frame: who we are and our nonce. */
+  private sendHello(conn: Conn): void {
     this.sendRaw(conn, {
       kind: 'HELLO',
       requestId: 0,
