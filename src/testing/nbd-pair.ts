@@ -52,6 +52,8 @@ export interface NbdPairOptions {
   heartbeatIntervalMs?: number;
   partnerTimeoutMs?: number;
   logLevel?: 'info' | 'warn' | 'error';
+  /** The controllers' tls section (tls.mode and, for NBD, an absolute pskFile); absent: plain. */
+  tls?: { mode: 'off' | 'on' | 'require'; pskFile?: string };
 }
 
 /** One `pagepair start` process, restartable, its output appended to a log file. */
@@ -190,6 +192,7 @@ export class NbdPair {
         partnerTimeoutMs: o.partnerTimeoutMs ?? 500,
         arbitration: { preferred: 'A', fenceAction: 'kill' },
         log: { level: o.logLevel ?? 'info' },
+        ...(o.tls !== undefined ? { tls: o.tls } : {}),
       };
       const configPath = join(o.dir, `${letter.toLowerCase()}.json`);
       writeFileSync(configPath, JSON.stringify(cfg, null, 2));
