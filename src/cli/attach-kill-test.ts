@@ -34,12 +34,12 @@ const COMPARE_CHUNK_BYTES = 4 * 1024 * 1024;
 export interface AttachKillTestOptions {
   /** Cycles of "kill A, restart A, kill B, restart B". Default 10. */
   cycles?: number;
-  /** The volume fio writes once, block by block, then verifies. Default 1 GiB. */
+  /** The volume fio writes once, block by block, then verifies. Default 2 GiB. */
   sizeBytes?: number;
   iodepth?: number;
-  /** fio --rate_iops: keeps fio writing while the kills go on (and leaves CPU for the pair). Default 5000. */
+  /** fio --rate_iops: keeps fio writing while the kills go on (and leaves CPU for the pair). Default 2000. */
   rateIops?: number;
-  /** Pause after the pair is mirrored again before the next kill. Default 1000 ms. */
+  /** Pause after the pair is mirrored again before the next kill. Default 500 ms. */
   settleMs?: number;
   /** fio --randseed. Default 1. */
   seed?: number;
@@ -98,10 +98,10 @@ async function digestOf(url: string, sizeBytes: number): Promise<string> {
 export async function runAttachKillTest(o: AttachKillTestOptions = {}): Promise<AttachKillTestResult> {
   const t0 = performance.now();
   const cycles = o.cycles ?? 10;
-  const sizeBytes = o.sizeBytes ?? 1024 * 1024 * 1024;
+  const sizeBytes = o.sizeBytes ?? 2 * 1024 * 1024 * 1024;
   const iodepth = o.iodepth ?? 32;
-  const rateIops = o.rateIops ?? 5000;
-  const settleMs = o.settleMs ?? 1000;
+  const rateIops = o.rateIops ?? 2000;
+  const settleMs = o.settleMs ?? 500;
   const print = o.print ?? ((line: string) => console.log(line));
   if (sizeBytes % BLOCK_BYTES !== 0 || sizeBytes < 4 * 1024 * 1024) throw new PagepairError('BAD_FIELD', `size must be a multiple of ${BLOCK_BYTES} bytes, at least 4 MiB, got ${sizeBytes}`, 'size');
   const dir = o.dir !== undefined ? resolve(o.dir) : mkdtempSync(join(tmpdir(), 'pagepair-attach-kill-'));
@@ -258,10 +258,10 @@ export function attachKillTestCommand(): Command {
   return new Command('attach-kill-test')
     .description('fio writes crc32c-checked blocks through `pagepair attach` while A and B are killed and restarted in turn; fio must see no error and verify every block')
     .option('--cycles <n>', 'cycles of killing A, then B (each restarted and mirrored again before the next kill)', '10')
-    .option('--size <bytes>', 'the volume fio writes once and verifies (e.g. 1GiB)', '1GiB')
+    .option('--size <bytes>', 'the volume fio writes once and verifies; with --rate-iops it sets how long fio writes, which must outlast the kills', '2GiB')
     .option('--iodepth <n>', 'fio --iodepth', '32')
-    .option('--rate-iops <n>', 'fio --rate_iops: keep fio writing while the kills go on', '5000')
-    .option('--settle-ms <ms>', 'pause after the pair is mirrored again before the next kill', '1000')
+    .option('--rate-iops <n>', 'fio --rate_iops: keep fio writing while the kills go on', '2000')
+    .option('--settle-ms <ms>', 'pause after the pair is mirrored again before the next kill', '500')
     .option('--seed <n>', 'fio --randseed', '1')
     .option('--dir <path>', 'working directory (default: a new temporary one, removed after a pass)')
     .option('--keep', 'keep the working directory after a pass')
