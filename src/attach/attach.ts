@@ -8,7 +8,7 @@
 import { unlink } from 'node:fs/promises';
 import net from 'node:net';
 import type pino from 'pino';
-import { PagepairError } from '../errors.js';
+import { PagepairError } from '../protocol/errors.js';
 import { NbdClient } from '../client/nbd-client.js';
 import type { NbdEndpoint } from '../client/nbd-pair-client.js';
 import type { NbdBackend, NbdVolume } from '../transport/nbd-backend.js';

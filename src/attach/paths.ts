@@ -26,7 +26,7 @@
 
 import { setTimeout as sleep } from 'node:timers/promises';
 import type pino from 'pino';
-import { PagepairError, isPagepairError, type ErrorCodeName } from '../errors.js';
+import { PagepairError, isPagepairError, type ErrorCodeName } from '../protocol/errors.js';
 import { formatNbdUrl, type NbdAddress, type NbdExportInfo } from '../client/nbd-client.js';
 import { endpointAddress, type NbdEndpoint } from '../client/nbd-pair-client.js';
 

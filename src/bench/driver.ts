@@ -7,7 +7,7 @@ import { loadavg } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { build } from 'hdr-histogram-js';
 import { Prng } from '../core/prng.js';
-import { PagepairError } from '../errors.js';
+import { PagepairError } from '../protocol/errors.js';
 import { cpuPerOp, cpuShares, cpuSnapshot, type CpuSnapshot } from './cpu-share.js';
 import { nsToUs } from './stats.js';
 import type { BenchOp, RunResult } from './types.js';

@@ -5,7 +5,7 @@
 // what the controller does.
 
 import { WebSocket } from 'ws';
-import { PagepairError } from '../errors.js';
+import { PagepairError } from '../protocol/errors.js';
 import { HARD_LIMITS } from '../protocol/limits.js';
 import { WS_COMMON, zeroMask } from '../transport/ws-util.js';
 import { floorId, floorMessage, socketOf, TurnCorker } from './floor-wire.js';

@@ -5,7 +5,7 @@
 import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { PagepairError } from '../errors.js';
+import { PagepairError } from '../protocol/errors.js';
 import { CONTROLLER_NODE_FLAGS } from '../runtime/node-flags.js';
 
 const BIN = fileURLToPath(new URL('../../bin/pagepair.js', import.meta.url));

@@ -8,7 +8,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PagepairClient } from '../client/client.js';
-import { PagepairError } from '../errors.js';
+import { PagepairError } from '../protocol/errors.js';
 import type { ControllerStatus } from '../runtime/controller-process.js';
 import { extentBytes } from '../store/layout.js';
 import type { BenchConnection } from './driver.js';

@@ -9,7 +9,7 @@ import { cpus, hostname, loadavg, platform, tmpdir, totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createRequire } from 'node:module';
-import { PagepairError } from '../errors.js';
+import { PagepairError } from '../protocol/errors.js';
 import { readProfile, summarizeProfile } from './cpu-profile.js';
 import { driveRun } from './driver.js';
 import { frameSizes } from './frames.js';

@@ -1,7 +1,7 @@
 // History files on disk: the only part of the checker that touches fs.
 
 import { readFile, rename, writeFile } from 'node:fs/promises';
-import { PagepairError } from '../errors.js';
+import { PagepairError } from '../protocol/errors.js';
 import { parseHistory, type History } from './history.js';
 
 /** Writes beside the target and renames, so a reader never sees half a history. */

@@ -6,7 +6,7 @@
 // This file stays pure (no fs, no clock): the simulator records histories
 // too, with its own clock. Reading and writing files is history-file.ts.
 
-import { PagepairError, invariant } from '../errors.js';
+import { PagepairError, invariant } from '../protocol/errors.js';
 
 export type OpKind = 'write' | 'read';
 

@@ -27,7 +27,7 @@
 // they leave every op with a finite end, which keeps the search small.
 // Reads that did not succeed say nothing and are dropped.
 
-import { PagepairError, invariant } from '../errors.js';
+import { PagepairError, invariant } from '../protocol/errors.js';
 import { validateOp, type HistoryOp } from './history.js';
 
 export type ViolationKind = 'lost-write' | 'stale-read' | 'future-read' | 'phantom-read' | 'not-linearizable';

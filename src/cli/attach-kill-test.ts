@@ -19,10 +19,10 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import pino from 'pino';
 import { Attach } from '../attach/attach.js';
 import { NbdClient } from '../client/nbd-client.js';
-import { PagepairError } from '../errors.js';
+import { PagepairError } from '../protocol/errors.js';
 import { killAllFio, spawnFio, type FioJobReport } from '../testing/fio.js';
 import { NbdPair, storeBytesFor, type Letter } from '../testing/nbd-pair.js';
-import { formatBytes, parsePositiveInt, parseSize } from './units.js';
+import { formatBytes, parsePositiveInt, parseSize } from '../workload/units.js';
 
 const JOB = 'attachkill';
 const BLOCK_BYTES = 4096;

@@ -8,11 +8,11 @@ import { Attach, fetchAttachStatus, formatAttachStatus } from '../attach/attach.
 import type { PathId } from '../attach/paths.js';
 import { parseNbdUrl, resolveNbdTls, type NbdTlsChoice, type NbdTlsCredentials } from '../client/nbd-client.js';
 import type { NbdEndpoint } from '../client/nbd-pair-client.js';
-import { PagepairError } from '../errors.js';
+import { PagepairError } from '../protocol/errors.js';
 import { loadConfig } from '../runtime/config.js';
 import { createLogger } from '../runtime/logger.js';
 import { NBD_TLS_IDENTITY_HELP, nbdTlsChoice } from './nbd-tls.js';
-import { parsePositiveInt } from './units.js';
+import { parsePositiveInt } from '../workload/units.js';
 
 interface AttachCliOptions {
   configA: string;

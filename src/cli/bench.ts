@@ -2,11 +2,11 @@
 // this machine can do, measured side by side in one run (src/bench/).
 
 import { Command, Option } from 'commander';
-import { PagepairError } from '../errors.js';
+import { PagepairError } from '../protocol/errors.js';
 import { formatBench } from '../bench/format.js';
 import { runBench } from '../bench/run.js';
 import { BENCH_CONFIGS, BENCH_OPS, type BenchConfigName, type BenchOp, type BenchOptions, type BenchReport } from '../bench/types.js';
-import { parseNumberInRange, parsePositiveInt, parseSize } from './units.js';
+import { parseNumberInRange, parsePositiveInt, parseSize } from '../workload/units.js';
 
 export { formatBench, runBench };
 export type { BenchOptions, BenchReport };

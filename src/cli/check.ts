@@ -7,7 +7,7 @@
 import { readHistory } from '../checker/history-file.js';
 import type { HistoryHeader, HistoryOp } from '../checker/history.js';
 import { VIOLATION_KINDS, checkHistory, type CheckOptions, type CheckResult } from '../checker/linearizability.js';
-import { isPagepairError } from '../errors.js';
+import { isPagepairError } from '../protocol/errors.js';
 
 export interface RunCheckOptions extends CheckOptions {
   json?: boolean;

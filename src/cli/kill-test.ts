@@ -25,7 +25,7 @@ import { checkHistory, type CheckResult } from '../checker/linearizability.js';
 import { PagepairClient, type ControllerAddress } from '../client/client.js';
 import { resolveNbdTls, type NbdTlsChoice } from '../client/nbd-client.js';
 import { Prng } from '../core/prng.js';
-import { PagepairError, isPagepairError } from '../errors.js';
+import { PagepairError, isPagepairError } from '../protocol/errors.js';
 import type { ControllerStatus } from '../runtime/controller-process.js';
 import { FileDevice } from '../store/file-device.js';
 import { PageStore } from '../store/page-store.js';

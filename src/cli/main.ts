@@ -2,7 +2,7 @@
 
 import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
-import { PagepairError, isPagepairError } from '../errors.js';
+import { PagepairError, isPagepairError } from '../protocol/errors.js';
 import { loadConfig } from '../runtime/config.js';
 import { startController } from '../runtime/controller-process.js';
 import { EscapeGuard } from '../runtime/escape-guard.js';
@@ -12,7 +12,7 @@ import { formatTotals, runKillTest, type KillMode } from './kill-test.js';
 import { NBD_TLS_IDENTITY_HELP, NBD_TLS_PSK_FILE_HELP, nbdTlsChoice } from './nbd-tls.js';
 import { runPair } from './pair.js';
 import { CLIENT_TLS_HELP, clientView, fetchStatus, formatStatus } from './status.js';
-import { parseNumberInRange, parsePositiveInt, parseSize } from './units.js';
+import { parseNumberInRange, parsePositiveInt, parseSize } from '../workload/units.js';
 import { addWorkloadOptions, jobInputFromCli } from '../workload/cli-options.js';
 import { partnerConfigFor, runWorkloadCommand } from '../workload/command.js';
 import { listJobs } from '../workload/job-file.js';

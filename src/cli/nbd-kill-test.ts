@@ -15,10 +15,10 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { PagepairError } from '../errors.js';
+import { PagepairError } from '../protocol/errors.js';
 import { fioVerifyStatePath, killAllFio, readFioVerifyState, runFio, spawnFio, type FioEnd, type FioJobReport, type FioVerifyState } from '../testing/fio.js';
 import { NbdPair, StatusPoller, storeBytesFor, type Letter } from '../testing/nbd-pair.js';
-import { formatBytes, parsePositiveInt, parseSize } from './units.js';
+import { formatBytes, parsePositiveInt, parseSize } from '../workload/units.js';
 
 const JOB = 'nbdkill';
 const BLOCK_BYTES = 4096;

@@ -3,7 +3,7 @@
 // pair (or to the machine) shows as numbers rather than impressions.
 
 import { readFile } from 'node:fs/promises';
-import { PagepairError } from '../errors.js';
+import { PagepairError } from '../protocol/errors.js';
 import { formatBlockSizes, formatDistribution, type JobSpec } from '../workload/job.js';
 import { formatBytesPerSec, formatUs } from '../workload/progress.js';
 import { formatReportSummary, parseReport, type WorkloadReport } from '../workload/report.js';

@@ -1,10 +1,10 @@
 // `pagepair status`: what one controller says of itself and of its partner.
 
 import { PagepairClient, controllerAddresses } from '../client/index.js';
-import { PagepairError } from '../errors.js';
+import { PagepairError } from '../protocol/errors.js';
 import type { ControllerConfig } from '../runtime/config.js';
 import type { ControllerStatus } from '../runtime/controller-process.js';
-import { formatBytes, formatDuration } from './units.js';
+import { formatBytes, formatDuration } from '../workload/units.js';
 
 /** --tls of the tools that connect to a controller. */
 export const CLIENT_TLS_HELP = 'connect with TLS (wss://, TLS-PSK keyed by the client token); always so when the configuration\'s tls.mode is "require"';

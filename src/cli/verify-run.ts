@@ -12,7 +12,7 @@
 import type { VerifiedPage } from '../protocol/messages.js';
 import { VerifyVerdict } from '../protocol/messages.js';
 import { chooseGoodCopy, type GoodCopy } from '../core/verify.js';
-import { isPagepairError } from '../errors.js';
+import { isPagepairError } from '../protocol/errors.js';
 
 export interface VerifyTarget {
   /** C_VERIFY of pages [firstPage, firstPage+pageCount) through either controller. */

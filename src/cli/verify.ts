@@ -6,11 +6,11 @@
 
 import { Command } from 'commander';
 import { PagepairClient, controllerAddresses } from '../client/index.js';
-import { PagepairError } from '../errors.js';
+import { PagepairError } from '../protocol/errors.js';
 import { PageState, type VerifiedPage } from '../protocol/messages.js';
 import { loadConfig, type ControllerConfig } from '../runtime/config.js';
 import { CLIENT_TLS_HELP, clientView } from './status.js';
-import { parsePositiveInt } from './units.js';
+import { parsePositiveInt } from '../workload/units.js';
 import { runVerify, type PageFinding, type VerifyAllocation, type VerifyProgress, type VerifyResult, type VerifyTarget } from './verify-run.js';
 
 interface VerifyCliOptions {

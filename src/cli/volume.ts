@@ -6,12 +6,12 @@
 import { Command, Option } from 'commander';
 import { PagepairClient, controllerAddresses, type ControllerAddress } from '../client/index.js';
 import { PairClient } from '../client/pair-client.js';
-import { PagepairError, isPagepairError } from '../errors.js';
+import { PagepairError, isPagepairError } from '../protocol/errors.js';
 import type { CListReply } from '../protocol/messages.js';
 import { loadConfig, type ControllerConfig } from '../runtime/config.js';
 import { CLIENT_TLS_HELP, clientView } from './status.js';
 import type { ControllerStatus } from '../runtime/controller-process.js';
-import { formatBytes, parsePositiveInt, parseSize } from './units.js';
+import { formatBytes, parsePositiveInt, parseSize } from '../workload/units.js';
 
 /** What a person types as a volume name: also an NBD export name, and a URL path segment as it is. */
 const VOLUME_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;

@@ -5,7 +5,7 @@ import type { CListReply, ClientRequest, Message, MessageKind, VerifiedPage } fr
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import { WebSocket, type RawData } from 'ws';
-import { PagepairError } from '../errors.js';
+import { PagepairError } from '../protocol/errors.js';
 import { decode, encode } from '../protocol/codec.js';
 import { HARD_LIMITS } from '../protocol/limits.js';
 import { PointerMode, PROTOCOL_VERSION, SENDER_CLIENT, type RoleCode } from '../protocol/messages.js';

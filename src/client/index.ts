@@ -9,4 +9,4 @@ export {
   type ControllerAddress,
   type ControllerConfigAddresses,
 } from './client.js';
-export { ErrorCode, PagepairError, isPagepairError, type ErrorCodeName } from '../errors.js';
+export { ErrorCode, PagepairError, isPagepairError, type ErrorCodeName } from '../protocol/errors.js';

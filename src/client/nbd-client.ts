@@ -15,7 +15,7 @@
 
 import net from 'node:net';
 import tls from 'node:tls';
-import { PagepairError, type ErrorCodeName } from '../errors.js';
+import { PagepairError, type ErrorCodeName } from '../protocol/errors.js';
 import { pskClientOptions, readPskFile } from '../transport/tls.js';
 import {
   NBD_INIT_MAGIC_HI,

@@ -10,7 +10,7 @@
 // fails with the error that left its fate unknown.
 
 import { setTimeout as sleep } from 'node:timers/promises';
-import { PagepairError, isPagepairError, type ErrorCodeName } from '../errors.js';
+import { PagepairError, isPagepairError, type ErrorCodeName } from '../protocol/errors.js';
 import { NbdClient, type NbdAddress, type NbdTlsCredentials } from './nbd-client.js';
 
 /** Where one controller serves NBD: TCP or a unix socket (the export name is given per request); with `tls`, over TLS-PSK. */

@@ -9,7 +9,7 @@
 
 import { randomInt } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { PagepairError, isPagepairError, type ErrorCodeName } from '../errors.js';
+import { PagepairError, isPagepairError, type ErrorCodeName } from '../protocol/errors.js';
 import { PagepairClient, type ControllerAddress } from './client.js';
 
 /** Answers after which the same request may succeed elsewhere or a moment later. */

@@ -60,7 +60,7 @@ import {
   type VerifiedPage,
   type WritePage,
 } from '../protocol/messages.js';
-import { ErrorCode, PagepairError, invariant, isPagepairError } from '../errors.js';
+import { ErrorCode, PagepairError, invariant, isPagepairError } from '../protocol/errors.js';
 import type { AllocationRecord, EpochRecord, PageLocation } from '../store/types.js';
 import { extentBytes } from '../store/layout.js';
 import { findExtent } from '../store/extents.js';

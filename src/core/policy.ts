@@ -3,7 +3,7 @@
 // configuration may add more but not redefine these, so that a name means the
 // same thing on both controllers of every pair.
 
-import { PagepairError } from '../errors.js';
+import { PagepairError } from '../protocol/errors.js';
 
 export interface Policy {
   name: string;

@@ -14,8 +14,8 @@
 // again, and decoding hands the CRC of a message's data back (DATA_CRC), so
 // the receiver need not compute it once more.
 
-import { PagepairError } from '../errors.js';
-import type { ErrorCodeName } from '../errors.js';
+import { PagepairError } from './errors.js';
+import type { ErrorCodeName } from './errors.js';
 import { crc32cRange } from './crc32c.js';
 import { clipUtf8 } from './clip.js';
 import { combinesFast, crc32cCombine } from './crc32c-combine.js';

@@ -2,7 +2,7 @@
 // uuid strings ("0123abcd-...."). Every page of every WRITE_PAGE carries one,
 // so both directions are table lookups rather than parsing with regexes.
 
-import { PagepairError } from '../errors.js';
+import { PagepairError } from './errors.js';
 
 export const GUID_BYTES = 16;
 

@@ -4,7 +4,7 @@
 // Pure: HMAC is computation, not I/O.
 
 import { createHmac, timingSafeEqual } from 'node:crypto';
-import { PagepairError } from '../errors.js';
+import { PagepairError } from './errors.js';
 import { guidToBytes } from './guid.js';
 
 export const NONCE_BYTES = 32;

@@ -7,8 +7,8 @@
 // spoken (oldstyle is long gone from clients), with simple replies and,
 // when the client asks, structured replies.
 
-import { PagepairError } from '../errors.js';
-import type { ErrorCodeName } from '../errors.js';
+import { PagepairError } from './errors.js';
+import type { ErrorCodeName } from './errors.js';
 
 // ---------------------------------------------------------------------------
 // Magics. The 64-bit ones are split in two words: no BigInt on the hot path.

@@ -10,7 +10,7 @@
 
 import { readFileSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { PagepairError, isPagepairError } from '../errors.js';
+import { PagepairError, isPagepairError } from '../protocol/errors.js';
 import { resolvePolicies, type Policy, type PolicyInput } from '../core/policy.js';
 import { DEFAULT_LIMITS, HARD_LIMITS, type Limits } from '../protocol/limits.js';
 import { computeGeometry, isUuid, TABLE_ENTRIES_MAX_DEFAULT } from '../store/layout.js';

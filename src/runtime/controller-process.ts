@@ -8,7 +8,7 @@ import { v4 as uuidv4 } from 'uuid';
 import type pino from 'pino';
 import { ControllerCore, roleName, type CoreStatus } from '../core/controller.js';
 import type { CoreConfig, CoreEnv } from '../core/env.js';
-import { PagepairError } from '../errors.js';
+import { PagepairError } from '../protocol/errors.js';
 import { Role, type ClientRequest, type Message } from '../protocol/messages.js';
 import { openOrFormatFileStore } from '../store/open.js';
 import type { BlockStore } from '../store/types.js';

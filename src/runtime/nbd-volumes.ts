@@ -8,7 +8,7 @@
 import { randomInt } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as realSleep } from 'node:timers/promises';
-import { PagepairError, invariant, type ErrorCodeName } from '../errors.js';
+import { PagepairError, invariant, type ErrorCodeName } from '../protocol/errors.js';
 import { Role, SENDER_CLIENT, type ClientRequest, type CListReply, type CRead, type CReadReply, type CWrite, type Message, type RoleCode } from '../protocol/messages.js';
 import type { NbdBackend, NbdRequester, NbdVolume } from '../transport/nbd-backend.js';
 

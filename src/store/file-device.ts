@@ -11,7 +11,7 @@
 // slots first, so destaging a run of pages reads the whole run at once).
 
 import { open, type FileHandle } from 'node:fs/promises';
-import { PagepairError, isPagepairError } from '../errors.js';
+import { PagepairError, isPagepairError } from '../protocol/errors.js';
 import type { Device } from './types.js';
 
 function ioError(path: string, what: string, err: unknown): PagepairError {

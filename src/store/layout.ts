@@ -4,7 +4,7 @@
 // two in step. Every number is little-endian.
 
 import { crc32c } from '../protocol/crc32c.js';
-import { PagepairError, invariant } from '../errors.js';
+import { PagepairError, invariant } from '../protocol/errors.js';
 import { PAGE_HEADER_BYTES } from './types.js';
 import type {
   AllocationRecord,

@@ -2,7 +2,7 @@
 // fail the way real storage fails: a write that errors, a write torn part way,
 // a crash that stops all I/O, and the loss of writes not yet synced.
 
-import { PagepairError } from '../errors.js';
+import { PagepairError } from '../protocol/errors.js';
 import type { Device } from './types.js';
 
 /** A write not yet followed by a completed sync, as a power cut meets it. */

@@ -18,7 +18,7 @@
 // takeover syncs (the epoch record), and open() syncs what an earlier
 // incarnation of this controller left behind.
 
-import { PagepairError, invariant } from '../errors.js';
+import { PagepairError, invariant } from '../protocol/errors.js';
 import { crc32c } from '../protocol/crc32c.js';
 import {
   CONTROLLER_IDS,

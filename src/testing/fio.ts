@@ -10,7 +10,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { PagepairError } from '../errors.js';
+import { PagepairError } from '../protocol/errors.js';
 
 /** Enough for the JSON report of a few jobs with the notes fio prints before it. */
 export const FIO_STDOUT_TAIL_BYTES = 1024 * 1024;

@@ -3,8 +3,8 @@
 // (to complete them in an order it chooses), fail them with a given error, or
 // stop serving.
 
-import { PagepairError } from '../errors.js';
-import type { ErrorCodeName } from '../errors.js';
+import { PagepairError } from '../protocol/errors.js';
+import type { ErrorCodeName } from '../protocol/errors.js';
 import type { NbdBackend, NbdVolume } from '../transport/nbd-backend.js';
 
 export interface MemoryVolumeSpec {

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PagepairClient, type AllocationInfo } from '../client/client.js';
-import { PagepairError } from '../errors.js';
+import { PagepairError } from '../protocol/errors.js';
 import type { ControllerStatus } from '../runtime/controller-process.js';
 import { spawnController } from '../runtime/spawn-controller.js';
 import { extentBytes } from '../store/layout.js';

@@ -12,7 +12,7 @@ import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type pino from 'pino';
 import type { RawData, WebSocket } from 'ws';
-import { isPagepairError, type ErrorCodeName } from '../errors.js';
+import { isPagepairError, type ErrorCodeName } from '../protocol/errors.js';
 import { decode, ProtocolError, typeOfKind } from '../protocol/codec.js';
 import type { Limits } from '../protocol/limits.js';
 import {

@@ -19,7 +19,7 @@ import { lstat, unlink } from 'node:fs/promises';
 import net from 'node:net';
 import tls from 'node:tls';
 import type pino from 'pino';
-import { isPagepairError, PagepairError } from '../errors.js';
+import { isPagepairError, PagepairError } from '../protocol/errors.js';
 import {
   decodeExportName,
   decodeInfoRequest,

@@ -20,7 +20,7 @@ import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type pino from 'pino';
 import { WebSocket, type RawData } from 'ws';
-import { isPagepairError, PagepairError, type ErrorCodeName } from '../errors.js';
+import { isPagepairError, PagepairError, type ErrorCodeName } from '../protocol/errors.js';
 import { decode, isReplyType, ProtocolError, typeOfKind } from '../protocol/codec.js';
 import { isGuid } from '../protocol/guid.js';
 import { authProof, helloProof, NONCE_BYTES, proofMatches } from '../protocol/handshake.js';

@@ -12,7 +12,7 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import type { ConnectionOptions, TlsOptions } from 'node:tls';
-import { PagepairError } from '../errors.js';
+import { PagepairError } from '../protocol/errors.js';
 
 /** TLS 1.2 suites offered with a pre-shared key (1.3 suites need no listing). */
 export const PSK_CIPHERS = 'ECDHE-PSK-CHACHA20-POLY1305:ECDHE-PSK-AES256-CBC-SHA384:PSK-AES256-GCM-SHA384:PSK-AES128-GCM-SHA256:PSK-CHACHA20-POLY1305';

@@ -24,7 +24,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import type pino from 'pino';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { PagepairError } from '../errors.js';
+import { PagepairError } from '../protocol/errors.js';
 import { pskServerOptions, TLS_HANDSHAKE_RECORD } from './tls.js';
 import { WS_COMMON } from './ws-util.js';
 

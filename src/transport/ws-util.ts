@@ -5,7 +5,7 @@ import type pino from 'pino';
 import { WebSocket, type RawData } from 'ws';
 import { encode, isReplyType, typeOfKind } from '../protocol/codec.js';
 import { REPLY_BIT, type ErrorReply, type Message } from '../protocol/messages.js';
-import { ErrorCode, type ErrorCodeName } from '../errors.js';
+import { ErrorCode, type ErrorCodeName } from '../protocol/errors.js';
 import { clipErrorMessage } from '../protocol/clip.js';
 
 /**

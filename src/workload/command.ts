@@ -7,7 +7,7 @@
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { checkHistory } from '../checker/linearizability.js';
-import { PagepairError } from '../errors.js';
+import { PagepairError } from '../protocol/errors.js';
 import { loadConfig, type ControllerConfig } from '../runtime/config.js';
 import { resolveJobs } from './job-file.js';
 import type { JobInput, JobSpec } from './job.js';

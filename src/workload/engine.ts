@@ -13,7 +13,7 @@ import { PagepairClient, type ControllerAddress } from '../client/client.js';
 import { NbdPairClient, type NbdEndpoint } from '../client/nbd-pair-client.js';
 import { PairClient } from '../client/pair-client.js';
 import { Prng } from '../core/prng.js';
-import { PagepairError, invariant, isPagepairError } from '../errors.js';
+import { PagepairError, invariant, isPagepairError } from '../protocol/errors.js';
 import { makePicker, makeSizePicker, type Picker } from './distribution.js';
 import { grainBytes, stripeBytes, type JobSpec } from './job.js';
 import { Ledger } from './ledger.js';

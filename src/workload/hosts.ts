@@ -5,7 +5,7 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { PagepairError } from '../errors.js';
+import { PagepairError } from '../protocol/errors.js';
 import { Engine, type EngineSetup } from './engine.js';
 import type { Recording } from './recording.js';
 import { decodeSample, decodeTotals, type EncodedSample, type EngineTotals, type IntervalSample, type PrefillStats, type ReadBackStats } from './stats.js';

@@ -6,7 +6,7 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { PagepairError } from '../errors.js';
+import { PagepairError } from '../protocol/errors.js';
 import { JOB_FIELDS, validateJob, type JobInput, type JobSpec } from './job.js';
 
 /** scripts/jobs/ of this package; src/workload and dist/workload are both two levels down. */

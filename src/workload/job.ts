@@ -3,8 +3,8 @@
 // is checked here once, so the engine only ever sees a coherent JobSpec and a
 // bad option is refused with its name before anything connects.
 
-import { parseSize } from '../cli/units.js';
-import { PagepairError } from '../errors.js';
+import { parseSize } from './units.js';
+import { PagepairError } from '../protocol/errors.js';
 
 export type Pattern = 'read' | 'write' | 'randread' | 'randwrite' | 'randrw' | 'rw';
 export const PATTERNS: readonly Pattern[] = ['read', 'write', 'randread', 'randwrite', 'randrw', 'rw'];

@@ -6,7 +6,7 @@
 
 import { performance } from 'node:perf_hooks';
 import { PagepairClient, type ControllerAddress } from '../client/client.js';
-import { isPagepairError } from '../errors.js';
+import { isPagepairError } from '../protocol/errors.js';
 
 export type PairEventKind =
   | 'down'

@@ -11,7 +11,7 @@
 import { performance } from 'node:perf_hooks';
 import { HistoryRecorder, type HistoryHeader, type HistoryOp, type OpKind, type OpOutcome } from '../checker/history.js';
 import type { CheckResult } from '../checker/linearizability.js';
-import { invariant, isPagepairError } from '../errors.js';
+import { invariant, isPagepairError } from '../protocol/errors.js';
 import type { ChunkCheck } from './pattern.js';
 import type { HistoryCheckReport } from './report.js';
 import { TimeLog } from './time-log.js';

@@ -6,7 +6,7 @@ import { existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, hostname, platform, release, arch, totalmem } from 'node:os';
 import { basename, dirname, join, sep } from 'node:path';
 import type { Histogram } from 'hdr-histogram-js';
-import { PagepairError } from '../errors.js';
+import { PagepairError } from '../protocol/errors.js';
 import { renderChart } from './chart.js';
 import { describeJob, type JobSpec } from './job.js';
 import type { PairEvent } from './pair-monitor.js';

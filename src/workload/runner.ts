@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { PagepairClient, controllerAddresses, type ControllerAddress } from '../client/client.js';
 import type { NbdEndpoint } from '../client/nbd-pair-client.js';
 import { PairClient } from '../client/pair-client.js';
-import { PagepairError, isPagepairError } from '../errors.js';
+import { PagepairError, isPagepairError } from '../protocol/errors.js';
 import type { ControllerConfig } from '../runtime/config.js';
 import type { EngineClientOptions, EngineSetup, AllocationRef } from './engine.js';
 import { inProcessHost, workerHost, type EngineHost } from './hosts.js';

@@ -1,7 +1,7 @@
 // A worker process: runs one engine for the runner that forked it, and
 // sends its samples and totals back over the IPC channel.
 
-import { isPagepairError } from '../errors.js';
+import { isPagepairError } from '../protocol/errors.js';
 import { Engine } from './engine.js';
 import type { FromWorker, ToWorker } from './hosts.js';
 import { encodeSample, encodeTotals } from './stats.js';

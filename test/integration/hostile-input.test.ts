@@ -9,7 +9,7 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PagepairClient } from '../../src/client/index.js';
-import { ErrorCode } from '../../src/errors.js';
+import { ErrorCode } from '../../src/protocol/errors.js';
 import { decode, encode } from '../../src/protocol/codec.js';
 import { crc32c } from '../../src/protocol/crc32c.js';
 import { authProof } from '../../src/protocol/handshake.js';

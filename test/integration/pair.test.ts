@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { PagepairClient } from '../../src/client/index.js';
 import { decode } from '../../src/protocol/codec.js';
-import { isPagepairError } from '../../src/errors.js';
+import { isPagepairError } from '../../src/protocol/errors.js';
 import { makePairFiles, runCli, startMirroredPair, startProcess, stopPair, waitUntil, type PairFiles, type Proc } from './helpers.js';
 
 let files: PairFiles;

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { PagepairClient } from '../../src/client/index.js';
 import type { CoreStatus } from '../../src/core/controller.js';
-import { isPagepairError } from '../../src/errors.js';
+import { isPagepairError } from '../../src/protocol/errors.js';
 import type { ControllerStatus } from '../../src/runtime/controller-process.js';
 import { makePairFiles, roundValue as value, runCli, seededInts as rng, startMirroredPair, stopPair, type PairFiles, type Proc } from './helpers.js';
 

@@ -6,7 +6,7 @@
 import { writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PagepairClient } from '../../src/client/index.js';
-import { isPagepairError } from '../../src/errors.js';
+import { isPagepairError } from '../../src/protocol/errors.js';
 import { makePairFiles, runCli, startMirroredPair, stopPair, type PairFiles, type Proc } from './helpers.js';
 
 let files: PairFiles;

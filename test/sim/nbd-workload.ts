@@ -32,7 +32,7 @@
 // - nothing is logged at error level and no request fails unexpectedly.
 
 import { checkFinal, type HistoryOp } from '../../src/checker/index.js';
-import { isPagepairError } from '../../src/errors.js';
+import { isPagepairError } from '../../src/protocol/errors.js';
 import { Role } from '../../src/protocol/messages.js';
 import type { PageStore } from '../../src/store/page-store.js';
 import type { PageLocation } from '../../src/store/types.js';

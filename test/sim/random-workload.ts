@@ -39,7 +39,7 @@
 
 import { expect } from 'vitest';
 import { checkFinal, type HistoryOp } from '../../src/checker/index.js';
-import { isPagepairError } from '../../src/errors.js';
+import { isPagepairError } from '../../src/protocol/errors.js';
 import { Role } from '../../src/protocol/messages.js';
 import { PageStore } from '../../src/store/page-store.js';
 import { layCells, readCells, writeBytes, type Cell } from './cells.js';

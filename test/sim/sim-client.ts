@@ -3,7 +3,7 @@
 // event (in order per connection, like a WebSocket), and its reply decoded
 // back, so the client requests and replies travel as bytes too.
 
-import { PagepairError } from '../../src/errors.js';
+import { PagepairError } from '../../src/protocol/errors.js';
 import { decode, encode } from '../../src/protocol/codec.js';
 import type { Limits } from '../../src/protocol/limits.js';
 import { PointerMode, SENDER_CLIENT, type ClientRequest, type Message, type PointerModeCode } from '../../src/protocol/messages.js';

@@ -8,7 +8,7 @@ import pino from 'pino';
 import { describe, expect, it } from 'vitest';
 import { Paths, type PathId, type Upstream } from '../../src/attach/paths.js';
 import type { NbdAddress, NbdExportInfo } from '../../src/client/nbd-client.js';
-import { PagepairError } from '../../src/errors.js';
+import { PagepairError } from '../../src/protocol/errors.js';
 
 const SIZE = 1 << 20;
 const INFO: NbdExportInfo = { sizeBytes: SIZE, transmissionFlags: 0, minimumBytes: 1, preferredBytes: 4096, maximumPayloadBytes: 1 << 20 };

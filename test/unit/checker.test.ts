@@ -10,7 +10,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { HistoryRecorder, checkFinal, checkHistory, historyToJsonl, parseHistory, readHistory, type HistoryOp, type ViolationKind } from '../../src/checker/index.js';
 import { runCheck } from '../../src/cli/check.js';
 import { Prng } from '../../src/core/prng.js';
-import { isPagepairError } from '../../src/errors.js';
+import { isPagepairError } from '../../src/protocol/errors.js';
 
 // ---------------------------------------------------------------------------
 // Building histories by hand

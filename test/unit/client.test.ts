@@ -3,7 +3,7 @@
 
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { controllerAddresses, PagepairClient } from '../../src/client/index.js';
-import { ErrorCode, PagepairError } from '../../src/errors.js';
+import { ErrorCode, PagepairError } from '../../src/protocol/errors.js';
 import { encode, errorReply } from '../../src/protocol/codec.js';
 import { DEFAULT_LIMITS } from '../../src/protocol/limits.js';
 import {

@@ -1,8 +1,8 @@
 import { createHmac } from 'node:crypto';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { ErrorCode, PagepairError } from '../../src/errors.js';
-import type { ErrorCodeName } from '../../src/errors.js';
+import { ErrorCode, PagepairError } from '../../src/protocol/errors.js';
+import type { ErrorCodeName } from '../../src/protocol/errors.js';
 import {
   decode,
   decodeHeader,

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BUILTIN_POLICIES, pageCountFor, resolvePolicies } from '../../src/core/policy.js';
-import { PagepairError } from '../../src/errors.js';
+import { PagepairError } from '../../src/protocol/errors.js';
 import { DEFAULT_LIMITS, HARD_LIMITS } from '../../src/protocol/limits.js';
 import { loadConfig, parseConfig, SHIPPED_CLIENT_TOKENS, SHIPPED_SECRETS } from '../../src/runtime/config.js';
 

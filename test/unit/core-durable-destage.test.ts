@@ -5,7 +5,7 @@
 // the page is written again.
 
 import { describe, expect, it } from 'vitest';
-import { ErrorCode } from '../../src/errors.js';
+import { ErrorCode } from '../../src/protocol/errors.js';
 import { Harness, tagged } from '../sim/harness.js';
 
 const PAGE = 512;

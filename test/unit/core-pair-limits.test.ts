@@ -4,7 +4,7 @@
 // while never losing a dirty page.
 
 import { describe, expect, it } from 'vitest';
-import { isPagepairError } from '../../src/errors.js';
+import { isPagepairError } from '../../src/protocol/errors.js';
 import { DEFAULT_LIMITS } from '../../src/protocol/limits.js';
 import { PointerMode } from '../../src/protocol/messages.js';
 import { Harness, tagged, type Settled } from '../sim/harness.js';

@@ -4,7 +4,7 @@
 // an unused pointer is given back when its lease runs out.
 
 import { describe, expect, it } from 'vitest';
-import { isPagepairError } from '../../src/errors.js';
+import { isPagepairError } from '../../src/protocol/errors.js';
 import { PointerMode } from '../../src/protocol/messages.js';
 import { Harness, tagged, type Settled } from '../sim/harness.js';
 

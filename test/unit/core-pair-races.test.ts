@@ -4,7 +4,7 @@
 
 import { describe, expect, it } from 'vitest';
 import { PointerMode } from '../../src/protocol/messages.js';
-import { isPagepairError } from '../../src/errors.js';
+import { isPagepairError } from '../../src/protocol/errors.js';
 import { Harness, tagged, type Settled } from '../sim/harness.js';
 
 const PAGE = 512;

@@ -10,7 +10,7 @@
 // deferred grant had just given away.
 
 import { describe, expect, it } from 'vitest';
-import { isPagepairError } from '../../src/errors.js';
+import { isPagepairError } from '../../src/protocol/errors.js';
 import { PointerMode } from '../../src/protocol/messages.js';
 import { Harness, tagged, type Tracked } from '../sim/harness.js';
 import type { SimClient } from '../sim/sim-client.js';

@@ -4,7 +4,7 @@
 // crosses the real codec; every run is seeded.
 
 import { describe, expect, it } from 'vitest';
-import { isPagepairError } from '../../src/errors.js';
+import { isPagepairError } from '../../src/protocol/errors.js';
 import type { PageStore } from '../../src/store/page-store.js';
 import { Harness, tagged, type Settled } from '../sim/harness.js';
 import { Prng } from '../sim/prng.js';

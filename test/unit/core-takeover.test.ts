@@ -3,7 +3,7 @@
 
 import { describe, expect, it } from 'vitest';
 import { Harness, tagged } from '../sim/harness.js';
-import { isPagepairError } from '../../src/errors.js';
+import { isPagepairError } from '../../src/protocol/errors.js';
 
 const PAGE = 512;
 

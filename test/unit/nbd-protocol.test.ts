@@ -3,7 +3,7 @@
 // doc/proto.md; bad input always a PagepairError naming the field.
 
 import { describe, expect, it } from 'vitest';
-import { PagepairError } from '../../src/errors.js';
+import { PagepairError } from '../../src/protocol/errors.js';
 import { Prng } from '../../src/core/prng.js';
 import {
   decodeExportName,

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { itWithTools } from '../tools.js';
-import { PagepairError } from '../../src/errors.js';
+import { PagepairError } from '../../src/protocol/errors.js';
 import { NbdCmd, NbdCmdFlag, NbdErrno, NbdFlag, NbdInfo, NbdOpt, NbdRep } from '../../src/protocol/nbd.js';
 import { MemoryNbdBackend } from '../../src/testing/memory-nbd-backend.js';
 import type { MemoryVolumeSpec } from '../../src/testing/memory-nbd-backend.js';

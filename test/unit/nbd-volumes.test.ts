@@ -7,7 +7,7 @@
 // a retry.
 
 import { describe, expect, it } from 'vitest';
-import { ErrorCode, isPagepairError, type ErrorCodeName } from '../../src/errors.js';
+import { ErrorCode, isPagepairError, type ErrorCodeName } from '../../src/protocol/errors.js';
 import { decode } from '../../src/protocol/codec.js';
 import { Role, type ClientRequest, type Message } from '../../src/protocol/messages.js';
 import { CoreVolumes, splitRange, type CoreVolumesOptions } from '../../src/runtime/nbd-volumes.js';

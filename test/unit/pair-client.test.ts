@@ -6,7 +6,7 @@
 import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { PairClient } from '../../src/client/pair-client.js';
-import { PagepairError, type ErrorCodeName } from '../../src/errors.js';
+import { PagepairError, type ErrorCodeName } from '../../src/protocol/errors.js';
 import { errorReply } from '../../src/protocol/codec.js';
 import { DEFAULT_LIMITS } from '../../src/protocol/limits.js';
 import { Role, type ClientRequest } from '../../src/protocol/messages.js';

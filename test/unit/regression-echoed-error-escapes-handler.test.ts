@@ -7,7 +7,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ErrorCode, PagepairError } from '../../src/errors.js';
+import { ErrorCode, PagepairError } from '../../src/protocol/errors.js';
 import { clipErrorMessage, clipUtf8, ERROR_MESSAGE_BYTES_MAX } from '../../src/protocol/clip.js';
 import { decode, encode, typeOfKind } from '../../src/protocol/codec.js';
 import { authProof, helloProof } from '../../src/protocol/handshake.js';

@@ -14,7 +14,7 @@
 // (or start over).
 
 import { describe, expect, it } from 'vitest';
-import { isPagepairError } from '../../src/errors.js';
+import { isPagepairError } from '../../src/protocol/errors.js';
 import { Role } from '../../src/protocol/messages.js';
 import { Harness } from '../sim/harness.js';
 

@@ -10,7 +10,7 @@
 // arbitrating then, and serves no reads) instead of returning what it found.
 
 import { describe, expect, it } from 'vitest';
-import { isPagepairError } from '../../src/errors.js';
+import { isPagepairError } from '../../src/protocol/errors.js';
 import { Role } from '../../src/protocol/messages.js';
 import { Harness, tagged } from '../sim/harness.js';
 

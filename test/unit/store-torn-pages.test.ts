@@ -10,7 +10,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { isPagepairError } from '../../src/errors.js';
+import { isPagepairError } from '../../src/protocol/errors.js';
 import { FileDevice } from '../../src/store/file-device.js';
 import { MAILBOX_BYTES_MIN, encodeSuperblock, pageSlotBytes, pageSlotOffset, superblockCopyOffset } from '../../src/store/layout.js';
 import { MemoryDevice, type PowerCutFate } from '../../src/store/memory-device.js';

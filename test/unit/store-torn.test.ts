@@ -3,7 +3,7 @@
 // matters happened to land, the new one), and the store must stay writable.
 
 import { describe, expect, it } from 'vitest';
-import { PagepairError } from '../../src/errors.js';
+import { PagepairError } from '../../src/protocol/errors.js';
 import { MAILBOX_BYTES_MIN, TABLE_ENTRY_BYTES, TABLE_HEADER_BYTES, copyForSeq, encodeTable, extentBytes, tableCopyOffset } from '../../src/store/layout.js';
 import { MemoryDevice } from '../../src/store/memory-device.js';
 import { PageStore } from '../../src/store/page-store.js';

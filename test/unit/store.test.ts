@@ -2,7 +2,7 @@ import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PagepairError } from '../../src/errors.js';
+import { PagepairError } from '../../src/protocol/errors.js';
 import { extentBytes, extentsOf, findExtent, largestFreeExtentBytes, storeBytesFree } from '../../src/store/extents.js';
 import { FileDevice } from '../../src/store/file-device.js';
 import {

@@ -8,7 +8,7 @@ import { encode } from '../../src/protocol/codec.js';
 import { crc32c } from '../../src/protocol/crc32c.js';
 import { authProof, helloProof } from '../../src/protocol/handshake.js';
 import { DEFAULT_LIMITS } from '../../src/protocol/limits.js';
-import { ErrorCode } from '../../src/errors.js';
+import { ErrorCode } from '../../src/protocol/errors.js';
 import {
   PROTOCOL_VERSION,
   Role,

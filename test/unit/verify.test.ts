@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { chooseGoodCopy, compareCopies } from '../../src/core/verify.js';
 import { PageState, VerifyVerdict, type VerifiedPage } from '../../src/protocol/messages.js';
 import { runVerify, type VerifyAllocation, type VerifyTarget } from '../../src/cli/verify-run.js';
-import { isPagepairError } from '../../src/errors.js';
+import { isPagepairError } from '../../src/protocol/errors.js';
 import { Harness, tagged } from '../sim/harness.js';
 import type { SimClient } from '../sim/sim-client.js';
 import { Prng } from '../sim/prng.js';

@@ -5,7 +5,7 @@
 
 import { describe, expect, it } from 'vitest';
 import { checkHistory } from '../../src/checker/linearizability.js';
-import { PagepairError } from '../../src/errors.js';
+import { PagepairError } from '../../src/protocol/errors.js';
 import { PatternMaker } from '../../src/workload/pattern.js';
 import { Recording, outcomeOf, summarizeCheck } from '../../src/workload/recording.js';
 import { TimeLog } from '../../src/workload/time-log.js';

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { Command } from 'commander';
 import { afterAll, describe, expect, it } from 'vitest';
 import { runKillTest } from '../../src/cli/kill-test.js';
-import { isPagepairError, type PagepairError } from '../../src/errors.js';
+import { isPagepairError, type PagepairError } from '../../src/protocol/errors.js';
 import { loadConfig } from '../../src/runtime/config.js';
 import { runWorkloadCommand } from '../../src/workload/command.js';
 import { addWorkloadOptions, jobInputFromCli } from '../../src/workload/cli-options.js';

@@ -6,7 +6,7 @@
 import { type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PagepairClient, parseControllerUrl } from '../../src/client/client.js';
-import { isPagepairError } from '../../src/errors.js';
+import { isPagepairError } from '../../src/protocol/errors.js';
 import { DEFAULT_LIMITS } from '../../src/protocol/limits.js';
 import { Role, type Message } from '../../src/protocol/messages.js';
 import { ClientEndpoint } from '../../src/transport/client-endpoint.js';

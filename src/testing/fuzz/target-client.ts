@@ -8,7 +8,7 @@
 // socket closes the endpoint holds nothing of it.
 
 import fc from 'fast-check';
-import { PagepairError } from '../../errors.js';
+import { PagepairError } from '../../protocol/errors.js';
 import { decode, encode, ProtocolError } from '../../protocol/codec.js';
 import { DEFAULT_LIMITS, HARD_LIMITS } from '../../protocol/limits.js';
 import type { Limits } from '../../protocol/limits.js';

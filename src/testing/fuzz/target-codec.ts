@@ -7,7 +7,7 @@
 
 import { isDeepStrictEqual } from 'node:util';
 import fc from 'fast-check';
-import { isPagepairError } from '../../errors.js';
+import { isPagepairError } from '../../protocol/errors.js';
 import { decode, encode, FrameDecoder, ProtocolError } from '../../protocol/codec.js';
 import { DEFAULT_LIMITS, HARD_LIMITS } from '../../protocol/limits.js';
 import { FRAME_MAGIC, HEADER_BYTES, PROTOCOL_VERSION } from '../../protocol/messages.js';

@@ -9,7 +9,7 @@
 // down and nothing is left of the connection.
 
 import fc from 'fast-check';
-import { PagepairError } from '../../errors.js';
+import { PagepairError } from '../../protocol/errors.js';
 import { decode, encode, ProtocolError } from '../../protocol/codec.js';
 import { authProof, helloProof } from '../../protocol/handshake.js';
 import { DEFAULT_LIMITS } from '../../protocol/limits.js';

@@ -1,6 +1,6 @@
 // Sizes and durations as people type them: 4096, 4k, 64KiB, 1GiB, 1.5GB.
 
-import { PagepairError } from '../errors.js';
+import { PagepairError } from '../protocol/errors.js';
 
 const SIZE_UNITS: Record<string, number> = {
   '': 1,
