@@ -2,62 +2,52 @@
 // clientSeq), bounded: the most recently touched entries are kept, the
 // longest untouched one goes when the bound is passed.
 //
-// A Map keeps insertion order, so its first key is the oldest; but taking the
-// first key with map.keys().next() walks over every slot deleted since the
-// table was last rebuilt, and at the bound every write deletes one: that made
-// each tagged write cost tens of microseconds. One iterator kept across
-// evictions walks over each deleted slot once.
+// lru-cache does the keeping (O(1) per write, with no walk over deleted
+// slots: a plain Map's "first key" walked over every slot deleted since the
+// table was last rebuilt, tens of microseconds per write at the bound). It
+// is used as a plain bounded map: no TTL, so it reads no clock and starts no
+// timer, and the core stays pure. Lookups (get, has) do not count as a touch:
+// only remember() makes an entry the newest.
 
-export class TagMemory<V> {
-  private readonly map = new Map<string, V>();
-  /** Where eviction goes on from: the oldest live entry is at or after it. */
-  private oldest: Iterator<string> | null = null;
+import { LRUCache } from 'lru-cache';
 
-  constructor(private readonly entriesMax: number) {}
+export class TagMemory<V extends NonNullable<unknown>> {
+  private readonly cache: LRUCache<string, V>;
+
+  constructor(entriesMax: number) {
+    this.cache = new LRUCache<string, V>({ max: entriesMax });
+  }
 
   get size(): number {
-    return this.map.size;
+    return this.cache.size;
   }
 
   get(key: string): V | undefined {
-    return this.map.get(key);
+    return this.cache.peek(key);
   }
 
   has(key: string): boolean {
-    return this.map.has(key);
+    return this.cache.has(key);
   }
 
   /** Stores the entry as the most recently touched one. */
   remember(key: string, value: V): void {
-    this.map.delete(key);
-    this.map.set(key, value);
-    while (this.map.size > this.entriesMax) this.evictOldest();
+    this.cache.set(key, value);
   }
 
   delete(key: string): void {
-    this.map.delete(key);
+    this.cache.delete(key);
   }
 
   clear(): void {
-    this.map.clear();
-    this.oldest = null;
+    this.cache.clear();
   }
 
-  entries(): IterableIterator<[string, V]> {
-    return this.map.entries();
-  }
-
-  private evictOldest(): void {
-    for (;;) {
-      // A Map iterator sees entries added after it was made, and skips deleted ones.
-      this.oldest ??= this.map.keys();
-      const next = this.oldest.next();
-      if (next.done === true) {
-        this.oldest = null;
-        continue;
-      }
-      this.map.delete(next.value);
-      return;
+  /** Oldest first. */
+  *entries(): Generator<[string, V]> {
+    for (const key of this.cache.rkeys()) {
+      const value = this.cache.peek(key);
+      if (value !== undefined) yield [key, value];
     }
   }
 }
