@@ -73,7 +73,7 @@ export interface NbdWorkloadStats {
 /** The harness of the last run, for a debugging session to inspect. */
 export let lastNbdHarness: Harness | undefined;
 
-export const NBD_REPLAY_FILE_DEFAULT = 'test/unit/sim-nbd-random.test.ts';
+export const NBD_REPLAY_FILE_DEFAULT = 'test/sim/sim-nbd-random.test.ts';
 
 export function nbdReplayLine(seed: number, file = NBD_REPLAY_FILE_DEFAULT): string {
   return `SEED=${seed} npx vitest run ${file}`;

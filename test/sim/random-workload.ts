@@ -106,7 +106,7 @@ export interface WorkloadStats {
 
 /** The line that replays one seed with every mode. */
 export function replayLine(seed: number): string {
-  return `SEED=${seed} npx vitest run test/unit/core-pair-random.test.ts`;
+  return `SEED=${seed} npx vitest run test/sim/core-pair-random.test.ts`;
 }
 
 export function modeName(opts: WorkloadOptions): string {

@@ -14,9 +14,9 @@
 
 import { describe, expect, it } from 'vitest';
 import { Role } from '../../src/protocol/messages.js';
-import { Harness, tagged } from '../sim/harness.js';
-import { NbdEndpoint, nbdConnIds } from '../sim/nbd-endpoint.js';
-import { Prng } from '../sim/prng.js';
+import { Harness, tagged } from './harness.js';
+import { NbdEndpoint, nbdConnIds } from './nbd-endpoint.js';
+import { Prng } from './prng.js';
 
 const PAGE = 512;
 

@@ -6,9 +6,9 @@
 import { describe, expect, it } from 'vitest';
 import { isPagepairError } from '../../src/protocol/errors.js';
 import type { PageStore } from '../../src/store/page-store.js';
-import { Harness, tagged, type Settled } from '../sim/harness.js';
-import { Prng } from '../sim/prng.js';
-import type { SimClient } from '../sim/sim-client.js';
+import { Harness, tagged, type Settled } from './harness.js';
+import { Prng } from './prng.js';
+import type { SimClient } from './sim-client.js';
 
 const PAGE = 512; // the simulator's 'tiny' policy
 

@@ -11,7 +11,7 @@
 
 import { describe, expect, it } from 'vitest';
 import { Role } from '../../src/protocol/messages.js';
-import { Harness, tagged } from '../sim/harness.js';
+import { Harness, tagged } from './harness.js';
 
 const PAGE = 512;
 

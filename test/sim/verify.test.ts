@@ -9,9 +9,9 @@ import { chooseGoodCopy, compareCopies } from '../../src/core/verify.js';
 import { PageState, VerifyVerdict, type VerifiedPage } from '../../src/protocol/messages.js';
 import { runVerify, type VerifyAllocation, type VerifyTarget } from '../../src/cli/verify-run.js';
 import { isPagepairError } from '../../src/protocol/errors.js';
-import { Harness, tagged } from '../sim/harness.js';
-import type { SimClient } from '../sim/sim-client.js';
-import { Prng } from '../sim/prng.js';
+import { Harness, tagged } from './harness.js';
+import type { SimClient } from './sim-client.js';
+import { Prng } from './prng.js';
 
 const PAGE = 512;
 const PAGES = 64;

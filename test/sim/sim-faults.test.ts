@@ -9,8 +9,8 @@
 import { describe, expect, it } from 'vitest';
 import { Role } from '../../src/protocol/messages.js';
 import { PageStore } from '../../src/store/page-store.js';
-import { Harness, tagged } from '../sim/harness.js';
-import { runSeed } from '../sim/random-workload.js';
+import { Harness, tagged } from './harness.js';
+import { runSeed } from './random-workload.js';
 
 const PAGE = 512;
 

@@ -11,7 +11,7 @@
 // of the range being written.
 
 import { describe, expect, it } from 'vitest';
-import { Harness, tagged } from '../sim/harness.js';
+import { Harness, tagged } from './harness.js';
 
 const PAGE = 512;
 const CACHE_PAGES = 4;

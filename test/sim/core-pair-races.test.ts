@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import { PointerMode } from '../../src/protocol/messages.js';
 import { isPagepairError } from '../../src/protocol/errors.js';
-import { Harness, tagged, type Settled } from '../sim/harness.js';
+import { Harness, tagged, type Settled } from './harness.js';
 
 const PAGE = 512;
 

@@ -12,7 +12,7 @@
 // the epoch record lands, which opens the same window deterministically.
 
 import { describe, expect, it } from 'vitest';
-import { Harness, tagged } from '../sim/harness.js';
+import { Harness, tagged } from './harness.js';
 
 const PAGE = 512;
 

@@ -5,7 +5,7 @@
 
 import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { lastNbdHarness, runNbdSeed, type NbdWorkloadOptions } from '../sim/nbd-workload.js';
+import { lastNbdHarness, runNbdSeed, type NbdWorkloadOptions } from './nbd-workload.js';
 
 async function fingerprint(seed: number, opts: NbdWorkloadOptions): Promise<string> {
   const hash = createHash('sha256');

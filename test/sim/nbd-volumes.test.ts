@@ -12,7 +12,7 @@ import { decode } from '../../src/protocol/codec.js';
 import { Role, type ClientRequest, type Message } from '../../src/protocol/messages.js';
 import { CoreVolumes, splitRange, type CoreVolumesOptions } from '../../src/runtime/nbd-volumes.js';
 import type { NbdVolume } from '../../src/transport/nbd-backend.js';
-import { Harness, tagged, type NodeName } from '../sim/harness.js';
+import { Harness, tagged, type NodeName } from './harness.js';
 
 const PAGE = 512; // the simulator's 'tiny' policy
 

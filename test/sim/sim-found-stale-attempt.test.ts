@@ -12,7 +12,7 @@
 // destage of the page, which comes to the same.
 
 import { describe, expect, it } from 'vitest';
-import { Harness, tagged } from '../sim/harness.js';
+import { Harness, tagged } from './harness.js';
 
 const PAGE = 512;
 

@@ -1,12 +1,12 @@
 // Seeded random workloads on a simulated pair (test/sim/random-workload.ts).
 // A failure names its seed and mode and the line that replays it:
-//   SEED=<n> npx vitest run test/unit/core-pair-random.test.ts
+//   SEED=<n> npx vitest run test/sim/core-pair-random.test.ts
 // runs that one seed in every mode. PAGEPAIR_SIM_SEEDS raises the seed count
 // for a longer hunt (PAGEPAIR_SIM_FIRST_SEED moves the window), and
 // PAGEPAIR_SIM_TRACE=1 adds the last log records of both cores to a failure.
 
 import { describe, it } from 'vitest';
-import { replayLine, runSeed, type WorkloadOptions } from '../sim/random-workload.js';
+import { replayLine, runSeed, type WorkloadOptions } from './random-workload.js';
 
 const one = process.env.SEED === undefined ? null : Number(process.env.SEED);
 const SEEDS = Number(process.env.PAGEPAIR_SIM_SEEDS ?? 300);

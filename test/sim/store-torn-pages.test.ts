@@ -17,7 +17,7 @@ import { MemoryDevice, type PowerCutFate } from '../../src/store/memory-device.j
 import { openOrFormatFileStore } from '../../src/store/open.js';
 import { PageStore } from '../../src/store/page-store.js';
 import type { PageLocation } from '../../src/store/types.js';
-import { Prng } from '../sim/prng.js';
+import { Prng } from './prng.js';
 
 const PAIR = '5e1d2c3b-4a59-4687-9a0b-1c2d3e4f5a6b';
 const GUID = 'aa0e8400-e29b-41d4-a716-446655440000';

@@ -4,7 +4,7 @@
 
 import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { lastHarness, runSeed, type WorkloadOptions } from '../sim/random-workload.js';
+import { lastHarness, runSeed, type WorkloadOptions } from './random-workload.js';
 
 async function fingerprint(seed: number, opts: WorkloadOptions): Promise<string> {
   const stats = await runSeed(seed, opts);

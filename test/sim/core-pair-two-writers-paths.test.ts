@@ -12,9 +12,9 @@
 import { describe, expect, it } from 'vitest';
 import { isPagepairError } from '../../src/protocol/errors.js';
 import { PointerMode } from '../../src/protocol/messages.js';
-import { Harness, tagged, type Tracked } from '../sim/harness.js';
-import type { SimClient } from '../sim/sim-client.js';
-import { Prng } from '../sim/prng.js';
+import { Harness, tagged, type Tracked } from './harness.js';
+import type { SimClient } from './sim-client.js';
+import { Prng } from './prng.js';
 
 const PAGE = 512;
 const PAGES = 8;

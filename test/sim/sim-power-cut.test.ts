@@ -8,13 +8,13 @@
 // an error. Some runs cut the power while one controller serves alone (the
 // other was killed first), writing through to the store.
 //
-// Replay one seed: POWER_CUT_SEED=<n> npx vitest run test/unit/sim-power-cut.test.ts
+// Replay one seed: POWER_CUT_SEED=<n> npx vitest run test/sim/sim-power-cut.test.ts
 
 import { describe, expect, it } from 'vitest';
 import { Role } from '../../src/protocol/messages.js';
-import { Harness, tagged, type NodeName } from '../sim/harness.js';
-import { Prng } from '../sim/prng.js';
-import type { SimClient } from '../sim/sim-client.js';
+import { Harness, tagged, type NodeName } from './harness.js';
+import { Prng } from './prng.js';
+import type { SimClient } from './sim-client.js';
 
 const PAGE = 512;
 const PAGES = 12;
@@ -52,7 +52,7 @@ async function powerCutRun(seed: number): Promise<RunReport> {
     dirtyLowWatermarkPct: 20,
     storeDelayMaxMs: rng.pick([1, 3, 8]),
   });
-  const where = `seed ${seed}${alone ? ' (alone)' : ''}: POWER_CUT_SEED=${seed} npx vitest run test/unit/sim-power-cut.test.ts`;
+  const where = `seed ${seed}${alone ? ' (alone)' : ''}: POWER_CUT_SEED=${seed} npx vitest run test/sim/sim-power-cut.test.ts`;
   const al = await h.run(h.client('A').allocate('powercut', PAGES * PAGE, 'tiny'));
   let serving: NodeName[] = ['A', 'B'];
   if (alone) {

@@ -7,8 +7,8 @@ import { describe, expect, it } from 'vitest';
 import { isPagepairError } from '../../src/protocol/errors.js';
 import { DEFAULT_LIMITS } from '../../src/protocol/limits.js';
 import { PointerMode } from '../../src/protocol/messages.js';
-import { Harness, tagged, type Settled } from '../sim/harness.js';
-import { Prng } from '../sim/prng.js';
+import { Harness, tagged, type Settled } from './harness.js';
+import { Prng } from './prng.js';
 
 const PAGE = 512;
 

@@ -2,7 +2,7 @@
 // failure) and 3 (no split brain), each checked by killing, pausing or cutting.
 
 import { describe, expect, it } from 'vitest';
-import { Harness, tagged } from '../sim/harness.js';
+import { Harness, tagged } from './harness.js';
 import { isPagepairError } from '../../src/protocol/errors.js';
 
 const PAGE = 512;

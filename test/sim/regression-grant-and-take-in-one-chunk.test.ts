@@ -11,8 +11,8 @@
 // page on, and a mirrored page that breaks the ownership rules is refused.
 
 import { describe, expect, it } from 'vitest';
-import { Harness, tagged } from '../sim/harness.js';
-import { Prng } from '../sim/prng.js';
+import { Harness, tagged } from './harness.js';
+import { Prng } from './prng.js';
 
 const PAGE = 512;
 

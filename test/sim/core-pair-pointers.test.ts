@@ -6,7 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import { isPagepairError } from '../../src/protocol/errors.js';
 import { PointerMode } from '../../src/protocol/messages.js';
-import { Harness, tagged, type Settled } from '../sim/harness.js';
+import { Harness, tagged, type Settled } from './harness.js';
 
 const PAGE = 512;
 

@@ -16,7 +16,7 @@
 import { describe, expect, it } from 'vitest';
 import { isPagepairError } from '../../src/protocol/errors.js';
 import { Role } from '../../src/protocol/messages.js';
-import { Harness } from '../sim/harness.js';
+import { Harness } from './harness.js';
 
 const PAGE = 512;
 /** What a client may hear from a controller that is being taken over: each means "retry". */

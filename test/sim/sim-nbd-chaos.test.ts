@@ -7,15 +7,15 @@
 // maybe-happened writes.
 //
 // A failure names its seed and the line that replays it:
-//   SEED=<n> npx vitest run test/unit/sim-nbd-chaos.test.ts
+//   SEED=<n> npx vitest run test/sim/sim-nbd-chaos.test.ts
 // PAGEPAIR_NBD_SIM_SEEDS changes the seed count (PAGEPAIR_NBD_SIM_FIRST_SEED
 // moves the window); PAGEPAIR_SIM_TRACE=1 adds the last log records of both
 // cores to a failure.
 
 import { describe, it } from 'vitest';
-import { runNbdSeeds, seedChunks } from '../sim/nbd-seeds.js';
+import { runNbdSeeds, seedChunks } from './nbd-seeds.js';
 
-const FILE = 'test/unit/sim-nbd-chaos.test.ts';
+const FILE = 'test/sim/sim-nbd-chaos.test.ts';
 
 describe('NBD on both controllers under cuts, drops, kills and pauses: equal copies, linearizable cells', () => {
   for (const { label, seeds } of seedChunks({ defaultSeeds: 250, firstSeed: 1 })) {

@@ -12,7 +12,7 @@
 import { describe, expect, it } from 'vitest';
 import { Role } from '../../src/protocol/messages.js';
 import { extentBytes } from '../../src/store/layout.js';
-import { Harness } from '../sim/harness.js';
+import { Harness } from './harness.js';
 
 const MiB = 1024 * 1024;
 const EXTENT_BYTES = 64 * MiB;
