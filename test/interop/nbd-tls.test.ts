@@ -15,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NbdClient, type NbdTlsCredentials } from '../../src/client/nbd-client.js';
 import { formatPskLine } from '../../src/transport/tls.js';
 import { itWithTools } from '../tools.js';
-import { killAll, makePairFiles, roundValue as value, runCli, seededInts as rng, startProcess, type PairFiles, type Proc } from './helpers.js';
+import { killAll, makePairFiles, roundValue as value, runCli, seededInts as rng, startProcess, type PairFiles, type Proc } from '../integration/helpers.js';
 
 const MiB = 1024 * 1024;
 const VOLUME = { name: 'tlsvol', sizeBytes: 16 * MiB };

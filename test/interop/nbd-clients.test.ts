@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect } from 'vitest';
 import { itWithTools } from '../tools.js';
-import { killAll, makePairFiles, runCli, startProcess, type PairFiles, type Proc } from './helpers.js';
+import { killAll, makePairFiles, runCli, startProcess, type PairFiles, type Proc } from '../integration/helpers.js';
 
 const MiB = 1024 * 1024;
 /** The volume the small clients use, and the one nbdcopy fills. */
