@@ -7,21 +7,15 @@
 
 import { unlink } from 'node:fs/promises';
 import net from 'node:net';
-import type pino from 'pino';
 import { PagepairError } from '../protocol/errors.js';
 import { NbdClient } from '../client/nbd-client.js';
-import type { NbdEndpoint } from '../client/nbd-pair-client.js';
 import type { NbdBackend, NbdVolume } from '../transport/nbd-backend.js';
 import { NBD_SERVER_DEFAULT_LIMITS, NbdServer, type NbdServerLimits } from '../transport/nbd-server.js';
 import { listenPrivateSocket } from '../transport/unix-socket.js';
-import { Paths, type AttachStatus, type Connect, type PathId } from './paths.js';
+import { Paths, type AttachStatus, type Connect, type PathsOptions } from './paths.js';
 
-export interface AttachOptions {
-  controllers: readonly [NbdEndpoint, NbdEndpoint];
-  volumes: readonly { name: string; preferred: PathId }[];
-  spread: boolean;
-  holdMs: number;
-  reconnectMs: number;
+/** The paths' options (paths.ts), with how a controller is dialled made optional, and the local side. */
+export interface AttachOptions extends Omit<PathsOptions, 'connect'> {
   /** One controller's answer to one request; past it, that path is failed. */
   requestTimeoutMs: number;
   /** Requests on the wire per connection to a controller. */
@@ -31,7 +25,6 @@ export interface AttachOptions {
   /** A unix socket answering status as JSON; absent: none. */
   statusSocket?: string;
   limits?: Partial<NbdServerLimits>;
-  log: pino.Logger;
   /** Tests replace how a controller is dialled. */
   connect?: Connect;
 }
@@ -92,15 +85,7 @@ export class Attach {
           requestTimeoutMs: opts.requestTimeoutMs,
           inflightMax: opts.upstreamInflightMax,
         }));
-    this.paths = new Paths({
-      controllers: opts.controllers,
-      volumes: opts.volumes,
-      spread: opts.spread,
-      holdMs: opts.holdMs,
-      reconnectMs: opts.reconnectMs,
-      connect,
-      log: opts.log,
-    });
+    this.paths = new Paths({ ...opts, connect });
   }
 
   /** Reaches the controllers, learns the volumes, then listens. Resolves with the TCP port. */
