@@ -373,11 +373,15 @@ export class Paths {
     try {
       for (const name of this.volumes.keys()) await this.connection(path, name);
     } catch (err) {
-      path.lastError = err instanceof Error ? err.message : String(err);
+      const message = err instanceof Error ? err.message : String(err);
+      // A volume the controller says does not exist is a configuration error:
+      // logged once, not at every re-dial (every reconnectMs, for as long as it lasts).
+      if (isPagepairError(err) && err.code === 'UNKNOWN_GUID' && message !== path.lastError) {
+        this.opts.log.error({ path: path.id, err: message }, 'attach: controller does not serve a volume');
+      }
+      path.lastError = message;
       if (path.state === 'up') this.pathFailed(path, err);
       else void this.redial(path);
-      // A volume the controller says does not exist is a configuration error, not a path failure.
-      if (isPagepairError(err) && err.code === 'UNKNOWN_GUID') this.opts.log.error({ path: path.id, err: err.message }, 'attach: controller does not serve a volume');
       return;
     }
     if (path.state === 'down') {

@@ -283,4 +283,28 @@ describe('attach paths', () => {
     await expect(paths.start()).rejects.toThrow(/no controller serves vol: A .*refused; B .*refused/);
     await paths.close();
   });
+
+  it('a controller that does not serve a volume is logged once, not at every re-dial', async () => {
+    const a = new FakeController('A', new Map([['vol', Buffer.alloc(SIZE)]]));
+    const b = new FakeController('B', new Map());
+    const errors: string[] = [];
+    const log = { info: () => undefined, warn: () => undefined, error: (_o: unknown, msg: string) => errors.push(msg) } as unknown as pino.Logger;
+    const paths = new Paths({
+      controllers: [
+        { id: 'A', host: '127.0.0.1', port: 1 },
+        { id: 'B', host: '127.0.0.1', port: 2 },
+      ],
+      volumes: [{ name: 'vol', preferred: 'A' }],
+      spread: false,
+      holdMs: 1000,
+      reconnectMs: 5,
+      connect: (addr) => ((addr as { port: number }).port === 1 ? a : b).connect(addr),
+      log,
+    });
+    await paths.start();
+    await wait(100);
+    expect(paths.status().paths.find((p) => p.id === 'B')).toMatchObject({ state: 'down', lastError: 'no export vol' });
+    expect(errors).toEqual(['attach: controller does not serve a volume']);
+    await paths.close();
+  });
 });
