@@ -46,7 +46,10 @@ export function formatBench(report: BenchReport): string {
   out.push(pad('', label, true) + columns.map((c) => ' | ' + pad(`${c.op} x${c.inflight}`, colWidth, true)).join(''));
   out.push(pad('configuration', label, true) + columns.map(() => ' | ' + pad('ops/s', wOps) + pad('p50 µs', wUs) + pad('p99 µs', wUs)).join(''));
   out.push('-'.repeat(label + columns.length * (colWidth + 3)));
-  for (const config of s.configs) {
+  // A row with a note and no figures (Redis when redis-server is missing) shows as its note only.
+  const noted = new Set(report.notes.map((n) => n.row));
+  const shown = s.configs.filter((config) => !noted.has(CONFIG_TITLES[config]) || report.cells.some((c) => c.config === config));
+  for (const config of shown) {
     const cells = columns.map((c) => findCell(report.cells, config, c.op, c.inflight));
     out.push(
       pad(CONFIG_TITLES[config], label, true) +
@@ -78,7 +81,7 @@ export function formatBench(report: BenchReport): string {
     out.push(`errors in ${c.config} ${c.op} x${c.inflight}: ${c.runs.map((r) => r.errors).join('/')} (first: ${first?.firstError ?? '?'})`);
   }
 
-  const cpuRows = s.configs.map((config) => {
+  const cpuRows = shown.map((config) => {
     const values = columns.map((c) => {
       const cell = findCell(report.cells, config, c.op, c.inflight);
       if (cell === undefined || cell.medianServerCpuUsPerOp === null) return '-';
@@ -146,6 +149,7 @@ interface RatioLine {
 
 function ratioLines(report: BenchReport, columns: { op: CellResult['op']; inflight: number }[]): RatioLine[] {
   const has = (config: CellResult['config']): boolean => report.settings.configs.includes(config);
+  const measured = (config: CellResult['config']): boolean => report.cells.some((c) => c.config === config);
   const ops = (config: CellResult['config'], c: { op: CellResult['op']; inflight: number }): number | undefined =>
     findCell(report.cells, config, c.op, c.inflight)?.median.opsPerSec;
   const p50 = (config: CellResult['config'], c: { op: CellResult['op']; inflight: number }): number | undefined =>
@@ -158,6 +162,10 @@ function ratioLines(report: BenchReport, columns: { op: CellResult['op']; inflig
     if (config === 'mirrored' && has('single')) lines.push({ name: `${config} ops/s / single`, values: columns.map((c) => ratio(ops(config, c), ops('single', c))) });
     if (has('relay')) lines.push({ name: `${config} p50 / relay p50`, values: columns.map((c) => ratio(p50(config, c), p50('relay', c))) });
     if (config === 'mirrored' && has('single')) lines.push({ name: `${config} p50 / single p50`, values: columns.map((c) => ratio(p50(config, c), p50('single', c))) });
+    if (config === 'mirrored' && measured('redis')) {
+      lines.push({ name: `${config} ops/s / redis`, values: columns.map((c) => ratio(ops(config, c), ops('redis', c))) });
+      lines.push({ name: `${config} p50 / redis p50`, values: columns.map((c) => ratio(p50(config, c), p50('redis', c))) });
+    }
   }
   return lines;
 }

@@ -56,6 +56,11 @@ export class ChildGroup {
     return this.track(name, child);
   }
 
+  /** Starts another program (redis-server for the Redis row) under the same stop-all. */
+  spawnProgram(name: string, command: string, args: string[]): BenchChild {
+    return this.track(name, spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] }));
+  }
+
   /** Stops every process still running; controllers get graceMs to destage and exit. */
   async stopAll(graceMs: number): Promise<void> {
     await Promise.all([...this.children].map((c) => c.stop(graceMs)));

@@ -14,11 +14,14 @@ import { readProfile, summarizeProfile } from './cpu-profile.js';
 import { driveRun } from './driver.js';
 import { frameSizes } from './frames.js';
 import { ChildGroup } from './processes.js';
+import { findRedisServer, REDIS_MISSING_NOTE, startRedisRig } from './redis-rig.js';
 import { startEchoRig, startPagepairRig, startRelayRig, type Rig, type RigSettings } from './rigs.js';
 import { checkTargets, medianOfRuns, medianServerCpu, memoryCheck } from './stats.js';
 import {
   BENCH_CONFIGS,
   BENCH_OPS,
+  CONFIG_TITLES,
+  WRITE_ONLY_CONFIGS,
   type BenchOptions,
   type BenchReport,
   type CellResult,
@@ -233,13 +236,20 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchReport> {
       progress(`starting ${config}`);
       if (config === 'echo') rigs.push(await startEchoRig(group, rigSettings));
       else if (config === 'relay') rigs.push(await startRelayRig(group, rigSettings));
-      else rigs.push(await startPagepairRig(group, config, rigSettings));
+      else if (config === 'redis') {
+        const bin = findRedisServer();
+        if (bin === null) {
+          notes.push({ row: CONFIG_TITLES.redis, note: REDIS_MISSING_NOTE });
+          progress(`${CONFIG_TITLES.redis}: ${REDIS_MISSING_NOTE}`);
+        } else rigs.push(await startRedisRig(group, rigSettings, bin));
+      } else rigs.push(await startPagepairRig(group, config, rigSettings));
     }
-    const cellsPerRound = rigs.length * settings.ops.length * settings.inflight.length;
+    const opsOf = (rig: Rig): typeof settings.ops => settings.ops.filter((op) => op === 'write' || !WRITE_ONLY_CONFIGS.includes(rig.config));
+    const cellsPerRound = rigs.reduce((sum, rig) => sum + opsOf(rig).length, 0) * settings.inflight.length;
     for (let run = 1; run <= settings.runs; run++) {
       let n = 0;
       for (const rig of rigs) {
-        for (const op of settings.ops) {
+        for (const op of opsOf(rig)) {
           for (const inflight of settings.inflight) {
             n++;
             const count = connectionsFor(inflight, settings.connections);

@@ -58,6 +58,7 @@ export const TARGET_BOUNDS = Object.freeze({
   mirroredOverSingleWritesMin: 0.7,
   mirroredWritesPerSecMin: 40_000,
   cacheHitReadsOverEchoMin: 0.9,
+  mirroredOverRedisWritesMin: 1,
 });
 
 /** The issue's targets, each a ratio or a figure with PASS, MISS, or n/a when a cell it needs was not measured. */
@@ -72,6 +73,21 @@ export function checkTargets(cells: readonly CellResult[]): TargetCheck[] {
   const vsSingle = ratio(get('mirrored', 'write', hi)?.opsPerSec, get('single', 'write', hi)?.opsPerSec);
   const writes = get('mirrored', 'write', hi)?.opsPerSec ?? null;
   const reads = ratio(get('mirrored', 'read', hi)?.opsPerSec, get('echo', 'read', hi)?.opsPerSec);
+  const redis = get('redis', 'write', lo);
+  const vsRedis = ratio(get('mirrored', 'write', lo)?.opsPerSec, redis?.opsPerSec);
+  // Judged only when the Redis row ran: it is skipped where redis-server is not installed.
+  const redisTargets: TargetCheck[] =
+    redis === undefined
+      ? []
+      : [
+          {
+            name: `mirrored writes @${lo} vs Redis`,
+            formula: `mirrored write ops/s @${lo} / Redis SET + WAIT 1 ops/s @${lo}`,
+            value: vsRedis,
+            target: `>= ${b.mirroredOverRedisWritesMin}`,
+            verdict: verdict(vsRedis, '>=', b.mirroredOverRedisWritesMin),
+          },
+        ];
   return [
     {
       name: `mirrored write latency @${lo}`,
@@ -101,6 +117,7 @@ export function checkTargets(cells: readonly CellResult[]): TargetCheck[] {
       target: `>= ${b.cacheHitReadsOverEchoMin}`,
       verdict: verdict(reads, '>=', b.cacheHitReadsOverEchoMin),
     },
+    ...redisTargets,
   ];
 }
 

@@ -4,11 +4,13 @@
 
 import type { ProfileSummary } from './cpu-profile.js';
 
-/** What the benchmark compares, fastest floor first. */
-export type BenchConfigName = 'echo' | 'relay' | 'single' | 'mirrored';
+/** What the benchmark compares, fastest floor first; Redis last, the peer a user might pick instead. */
+export type BenchConfigName = 'echo' | 'relay' | 'single' | 'mirrored' | 'redis';
 export type BenchOp = 'write' | 'read';
 
-export const BENCH_CONFIGS: readonly BenchConfigName[] = ['echo', 'relay', 'single', 'mirrored'];
+export const BENCH_CONFIGS: readonly BenchConfigName[] = ['echo', 'relay', 'single', 'mirrored', 'redis'];
+/** Rows that measure writes only (their read columns stay empty). */
+export const WRITE_ONLY_CONFIGS: readonly BenchConfigName[] = ['redis'];
 export const BENCH_OPS: readonly BenchOp[] = ['write', 'read'];
 
 export const CONFIG_TITLES: Readonly<Record<BenchConfigName, string>> = {
@@ -16,6 +18,7 @@ export const CONFIG_TITLES: Readonly<Record<BenchConfigName, string>> = {
   relay: 'floor: relay c>A>B>A>c',
   single: 'single, mirroring off',
   mirrored: 'mirrored pair',
+  redis: 'Redis SET + WAIT 1',
 };
 
 export interface BenchOptions {
@@ -28,7 +31,7 @@ export interface BenchOptions {
   /** Operations in flight, summed over the connections. Default [1, 32]. */
   inflight?: number[];
   ops?: BenchOp[];
-  /** Which rows to measure. Default all four. */
+  /** Which rows to measure. Default all five (Redis skipped with a note when redis-server is not installed). */
   configs?: BenchConfigName[];
   /** Adds the "mirrored pair with a journal" row (only a note: the journal is not built). */
   journal?: boolean;

@@ -82,7 +82,7 @@ export function benchCommand(): Command {
     .option('--warmup <s>', 'warm-up seconds before each run', '1')
     .option('--inflight <list>', 'operations in flight, comma-separated', '1,32')
     .option('--ops <list>', 'write, read', 'write,read')
-    .option('--configs <list>', 'rows to measure: echo, relay, single, mirrored', 'echo,relay,single,mirrored')
+    .option('--configs <list>', 'rows to measure: echo, relay, single, mirrored, redis (a primary and a replica, SET then WAIT 1; skipped when redis-server is not installed)', 'echo,relay,single,mirrored,redis')
     .option('--block <size>', 'bytes per read or write', '4KiB')
     .option('--working-set <size>', 'bytes the operations range over', '64MiB')
     .option('--cache <size>', "each controller's cacheBytesMax (default: 256MiB, or twice the working set)")

@@ -141,7 +141,7 @@ describe('bench settings', () => {
     expect(s.seconds).toBe(3);
     expect(s.inflight).toEqual([1, 32]);
     expect(s.ops).toEqual(['write', 'read']);
-    expect(s.configs).toEqual(['echo', 'relay', 'single', 'mirrored']);
+    expect(s.configs).toEqual(['echo', 'relay', 'single', 'mirrored', 'redis']);
     expect(s.blockBytes).toBe(4096);
     expect(s.workingSetBytes).toBe(64 * 1024 * 1024);
   });
