@@ -9,64 +9,33 @@ import { JoinFlag, LockOp, MsgType, PageFlag, PageState, PointerMode, REPLY_BIT,
 // ---------------------------------------------------------------------------
 // Type codes
 
-const R = REPLY_BIT;
+/** Every request's name is its MsgType key; ERROR is the one code with no reply. */
+type RequestKind = Exclude<keyof typeof MsgType, 'ERROR'>;
+type CodedKind = keyof typeof MsgType | `${RequestKind}_REPLY`;
 
-/** Every kind's type code; `satisfies` makes the compiler check none is missing. */
-export const TYPE_OF_KIND = {
-  SPACE_REQUEST: MsgType.SPACE_REQUEST,
-  ALLOCATE: MsgType.ALLOCATE,
-  RELEASE: MsgType.RELEASE,
-  LOCK_REQUEST: MsgType.LOCK_REQUEST,
-  READ_HEADER: MsgType.READ_HEADER,
-  WRITE_PAGE: MsgType.WRITE_PAGE,
-  SENSE_REQUEST: MsgType.SENSE_REQUEST,
-  ALLOCATE_READ: MsgType.ALLOCATE_READ,
-  ALLOCATE_WRITE: MsgType.ALLOCATE_WRITE,
-  RELEASE_POINTER: MsgType.RELEASE_POINTER,
-  SPACE_REQUEST_REPLY: MsgType.SPACE_REQUEST | R,
-  ALLOCATE_REPLY: MsgType.ALLOCATE | R,
-  RELEASE_REPLY: MsgType.RELEASE | R,
-  LOCK_REQUEST_REPLY: MsgType.LOCK_REQUEST | R,
-  READ_HEADER_REPLY: MsgType.READ_HEADER | R,
-  WRITE_PAGE_REPLY: MsgType.WRITE_PAGE | R,
-  SENSE_REQUEST_REPLY: MsgType.SENSE_REQUEST | R,
-  ALLOCATE_READ_REPLY: MsgType.ALLOCATE_READ | R,
-  ALLOCATE_WRITE_REPLY: MsgType.ALLOCATE_WRITE | R,
-  RELEASE_POINTER_REPLY: MsgType.RELEASE_POINTER | R,
-  HELLO: MsgType.HELLO,
-  AUTH: MsgType.AUTH,
-  CLIENT_HELLO: MsgType.CLIENT_HELLO,
-  HELLO_REPLY: MsgType.HELLO | R,
-  AUTH_REPLY: MsgType.AUTH | R,
-  CLIENT_HELLO_REPLY: MsgType.CLIENT_HELLO | R,
-  C_ALLOCATE: MsgType.C_ALLOCATE,
-  C_RELEASE: MsgType.C_RELEASE,
-  C_WRITE: MsgType.C_WRITE,
-  C_READ: MsgType.C_READ,
-  C_FLUSH: MsgType.C_FLUSH,
-  C_STATUS: MsgType.C_STATUS,
-  C_LIST: MsgType.C_LIST,
-  C_OPEN_POINTER: MsgType.C_OPEN_POINTER,
-  C_CLOSE_POINTER: MsgType.C_CLOSE_POINTER,
-  C_VERIFY: MsgType.C_VERIFY,
-  C_VERIFY_REPORT: MsgType.C_VERIFY_REPORT,
-  C_TEST_CORRUPT: MsgType.C_TEST_CORRUPT,
-  C_REWRITE: MsgType.C_REWRITE,
-  C_ALLOCATE_REPLY: MsgType.C_ALLOCATE | R,
-  C_RELEASE_REPLY: MsgType.C_RELEASE | R,
-  C_WRITE_REPLY: MsgType.C_WRITE | R,
-  C_READ_REPLY: MsgType.C_READ | R,
-  C_FLUSH_REPLY: MsgType.C_FLUSH | R,
-  C_STATUS_REPLY: MsgType.C_STATUS | R,
-  C_LIST_REPLY: MsgType.C_LIST | R,
-  C_OPEN_POINTER_REPLY: MsgType.C_OPEN_POINTER | R,
-  C_CLOSE_POINTER_REPLY: MsgType.C_CLOSE_POINTER | R,
-  C_VERIFY_REPLY: MsgType.C_VERIFY | R,
-  C_VERIFY_REPORT_REPLY: MsgType.C_VERIFY_REPORT | R,
-  C_TEST_CORRUPT_REPLY: MsgType.C_TEST_CORRUPT | R,
-  C_REWRITE_REPLY: MsgType.C_REWRITE | R,
-  ERROR: MsgType.ERROR,
-} as const satisfies { readonly [K in MessageKind]: number };
+// The compiler checks that the kinds with a code are exactly the message kinds.
+type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
+type Holds<T extends true> = T;
+type KindsAllCoded = Holds<Same<CodedKind, MessageKind>>;
+
+/**
+ * Every kind's type code: a request's is its MsgType code, its reply's that
+ * code | REPLY_BIT. Kept in MsgType's groups (peer paging 0x0_, handshake
+ * 0x2_, client 0x3_), each group's requests then their replies, ERROR last:
+ * the fuzzers draw kinds by their place in this order.
+ */
+export const TYPE_OF_KIND: { readonly [K in MessageKind]: number } = (() => {
+  const requests = (Object.entries(MsgType) as [keyof typeof MsgType, number][]).filter(
+    (e): e is [RequestKind, number] => e[0] !== 'ERROR',
+  );
+  const codes: [CodedKind, number][] = [];
+  for (const group of new Set(requests.map(([, code]) => code >> 4))) {
+    const inGroup = requests.filter(([, code]) => code >> 4 === group);
+    codes.push(...inGroup, ...inGroup.map(([kind, code]): [CodedKind, number] => [`${kind}_REPLY`, code | REPLY_BIT]));
+  }
+  codes.push(['ERROR', MsgType.ERROR]);
+  return Object.fromEntries(codes) as Record<CodedKind, number>;
+})();
 
 /** Indexed by type code; undefined for codes no message uses. */
 export const KIND_OF_TYPE: readonly (MessageKind | undefined)[] = (() => {
