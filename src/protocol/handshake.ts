@@ -10,9 +10,6 @@ import { guidToBytes } from './guid.js';
 export const NONCE_BYTES = 32;
 export const PROOF_BYTES = 32;
 
-const HELLO_LABEL = Buffer.from('pagepair-peer-v1|reply|', 'ascii');
-const AUTH_LABEL = Buffer.from('pagepair-peer-v1|auth|', 'ascii');
-
 function checkNonce(nonce: Uint8Array, field: string): void {
   if (!(nonce instanceof Uint8Array) || nonce.length !== NONCE_BYTES) {
     throw new PagepairError('BAD_FIELD', `${field} must be ${NONCE_BYTES} bytes`, field);
@@ -25,65 +22,34 @@ function checkId(id: number, field: string): void {
   }
 }
 
-function proof(
-  label: Buffer,
-  secret: string,
-  firstNonce: Uint8Array,
-  secondNonce: Uint8Array,
-  dialerId: number,
-  listenerId: number,
-  pairId: string,
-): Buffer {
-  return createHmac('sha256', secret)
-    .update(label)
-    .update(firstNonce)
-    .update(secondNonce)
-    .update(Uint8Array.of(dialerId, listenerId))
-    .update(guidToBytes(pairId, 'pairId'))
-    .digest();
-}
-
 /**
- * The listener's proof, sent in AUTH_REPLY once the dialer's proof (AUTH)
- * checked out: HMAC-SHA256(secret, "pagepair-peer-v1|reply|"
- * ++ dialerNonce ++ listenerNonce ++ u8 dialerId ++ u8 listenerId ++ pairId as 16 bytes).
+ * One side's proof: HMAC-SHA256(secret, label ++ first nonce ++ second nonce
+ * ++ u8 dialerId ++ u8 listenerId ++ pairId as 16 bytes). The two proofs
+ * differ in label and in which nonce comes first, so neither can stand in
+ * for the other.
  */
-export function helloProof(
-  secret: string,
-  pairId: string,
-  dialerId: number,
-  listenerId: number,
-  dialerNonce: Uint8Array,
-  listenerNonce: Uint8Array,
-): Buffer {
-  checkProofArgs(dialerId, listenerId, dialerNonce, listenerNonce);
-  return proof(HELLO_LABEL, secret, dialerNonce, listenerNonce, dialerId, listenerId, pairId);
+function proofOf(label: string, dialerNonceFirst: boolean) {
+  const labelBytes = Buffer.from(label, 'ascii');
+  return (secret: string, pairId: string, dialerId: number, listenerId: number, dialerNonce: Uint8Array, listenerNonce: Uint8Array): Buffer => {
+    checkNonce(dialerNonce, 'dialerNonce');
+    checkNonce(listenerNonce, 'listenerNonce');
+    checkId(dialerId, 'dialerId');
+    checkId(listenerId, 'listenerId');
+    return createHmac('sha256', secret)
+      .update(labelBytes)
+      .update(dialerNonceFirst ? dialerNonce : listenerNonce)
+      .update(dialerNonceFirst ? listenerNonce : dialerNonce)
+      .update(Uint8Array.of(dialerId, listenerId))
+      .update(guidToBytes(pairId, 'pairId'))
+      .digest();
+  };
 }
 
-/**
- * The dialer's proof, sent in AUTH: HMAC-SHA256(secret, "pagepair-peer-v1|auth|"
- * ++ listenerNonce ++ dialerNonce ++ u8 dialerId ++ u8 listenerId ++ pairId as 16 bytes).
- * The nonces come in the other order than in helloProof, so neither proof can
- * stand in for the other.
- */
-export function authProof(
-  secret: string,
-  pairId: string,
-  dialerId: number,
-  listenerId: number,
-  dialerNonce: Uint8Array,
-  listenerNonce: Uint8Array,
-): Buffer {
-  checkProofArgs(dialerId, listenerId, dialerNonce, listenerNonce);
-  return proof(AUTH_LABEL, secret, listenerNonce, dialerNonce, dialerId, listenerId, pairId);
-}
+/** The listener's proof, sent in AUTH_REPLY once the dialer's proof (AUTH) checked out: label "pagepair-peer-v1|reply|", dialerNonce first. */
+export const helloProof = proofOf('pagepair-peer-v1|reply|', true);
 
-function checkProofArgs(dialerId: number, listenerId: number, dialerNonce: Uint8Array, listenerNonce: Uint8Array): void {
-  checkNonce(dialerNonce, 'dialerNonce');
-  checkNonce(listenerNonce, 'listenerNonce');
-  checkId(dialerId, 'dialerId');
-  checkId(listenerId, 'listenerId');
-}
+/** The dialer's proof, sent in AUTH: label "pagepair-peer-v1|auth|", listenerNonce first. */
+export const authProof = proofOf('pagepair-peer-v1|auth|', false);
 
 /** Compares a received proof with the expected one in constant time. */
 export function proofMatches(expected: Uint8Array, received: Uint8Array): boolean {
