@@ -45,27 +45,13 @@ export function writeGuid(guid: unknown, out: Uint8Array, offset: number): boole
 export function readGuid(buf: Uint8Array, offset: number): string {
   const h = BYTE_TO_HEX;
   const b = offset;
+  // One line per group of the uuid: 4, 2, 2, 2 and 6 bytes.
   return (
-    h[buf[b]!]! +
-    h[buf[b + 1]!]! +
-    h[buf[b + 2]!]! +
-    h[buf[b + 3]!]! +
-    '-' +
-    h[buf[b + 4]!]! +
-    h[buf[b + 5]!]! +
-    '-' +
-    h[buf[b + 6]!]! +
-    h[buf[b + 7]!]! +
-    '-' +
-    h[buf[b + 8]!]! +
-    h[buf[b + 9]!]! +
-    '-' +
-    h[buf[b + 10]!]! +
-    h[buf[b + 11]!]! +
-    h[buf[b + 12]!]! +
-    h[buf[b + 13]!]! +
-    h[buf[b + 14]!]! +
-    h[buf[b + 15]!]!
+    h[buf[b]!]! + h[buf[b + 1]!]! + h[buf[b + 2]!]! + h[buf[b + 3]!]! + '-' +
+    h[buf[b + 4]!]! + h[buf[b + 5]!]! + '-' +
+    h[buf[b + 6]!]! + h[buf[b + 7]!]! + '-' +
+    h[buf[b + 8]!]! + h[buf[b + 9]!]! + '-' +
+    h[buf[b + 10]!]! + h[buf[b + 11]!]! + h[buf[b + 12]!]! + h[buf[b + 13]!]! + h[buf[b + 14]!]! + h[buf[b + 15]!]!
   );
 }
 
