@@ -16,7 +16,7 @@ import { FloorClient } from './floor-client.js';
 import { frameSizes } from './frames.js';
 import type { BenchChild, ChildGroup } from './processes.js';
 import type { BenchConfigName, BenchOp } from './types.js';
-import { freePort } from '../testing/free-port.js';
+import { freePort } from '../runtime/free-port.js';
 
 export interface Connected {
   conns: BenchConnection[];

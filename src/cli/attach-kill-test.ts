@@ -20,8 +20,8 @@ import pino from 'pino';
 import { Attach } from '../attach/attach.js';
 import { NbdClient } from '../client/nbd-client.js';
 import { PagepairError } from '../protocol/errors.js';
-import { killAllFio, spawnFio, type FioJobReport } from '../testing/fio.js';
-import { NbdPair, storeBytesFor, type Letter } from '../testing/nbd-pair.js';
+import { killAllFio, spawnFio, type FioJobReport } from '../runtime/fio.js';
+import { NbdPair, storeBytesFor, type Letter } from '../runtime/nbd-pair.js';
 import { formatBytes, parsePositiveInt, parseSize } from '../workload/units.js';
 
 const JOB = 'attachkill';

@@ -14,25 +14,28 @@
 // run's time series, so the chart shows each dip and recovery. Any
 // violation, corrupt read or a pair that does not recover fails the run.
 
-import type { ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { checkHistory, type CheckResult } from '../checker/linearizability.js';
 import { PagepairClient, type ControllerAddress } from '../client/client.js';
-import { resolveNbdTls, type NbdTlsChoice } from '../client/nbd-client.js';
+import { resolveNbdTls, type NbdTlsChoice, type NbdTlsCredentials } from '../client/nbd-client.js';
 import { Prng } from '../core/prng.js';
 import { PagepairError, isPagepairError } from '../protocol/errors.js';
 import type { ControllerStatus } from '../runtime/controller-process.js';
+import { freePort } from '../runtime/free-port.js';
+import { superviseController } from '../runtime/spawn-controller.js';
+import { StatusProbe } from '../runtime/status-probe.js';
+import { Supervised, waitUntil, WaitFailed } from '../runtime/supervisor.js';
+import { TcpProxy } from '../runtime/tcp-proxy.js';
 import { FileDevice } from '../store/file-device.js';
 import { PageStore } from '../store/page-store.js';
 import { runVerify, type VerifyResult } from './verify-run.js';
 import { clientsTarget } from './verify.js';
 import type { MailboxSlot } from '../store/types.js';
-import { TcpProxy } from '../testing/tcp-proxy.js';
 import { validateJob, type JobInput, type JobSpec, type Transport } from '../workload/job.js';
 import { progressPrinter } from '../workload/progress.js';
 import { Recording, summarizeCheck } from '../workload/recording.js';
@@ -49,8 +52,6 @@ import {
   type WorkloadReport,
 } from '../workload/report.js';
 import { runWorkloadJob, type RunHandle } from '../workload/runner.js';
-import { spawnController } from '../runtime/spawn-controller.js';
-import { freePort } from '../testing/free-port.js';
 
 const HOST = '127.0.0.1';
 const POLL_MS = 20;
@@ -177,116 +178,7 @@ export interface KillTestResult {
 }
 
 // ---------------------------------------------------------------------------
-// Processes and probes
-
-class ControllerProcess {
-  private child: ChildProcess | null = null;
-  private exited: Promise<void> = Promise.resolve();
-  starts = 0;
-
-  constructor(
-    readonly letter: Letter,
-    private readonly configPath: string,
-    private readonly logPath: string,
-    private readonly pidPath: string,
-  ) {}
-
-  start(): void {
-    const child = spawnController(this.configPath, this.logPath);
-    this.child = child;
-    this.starts++;
-    this.exited = new Promise((done) => child.once('exit', () => done()));
-    if (child.pid !== undefined) writeFileSync(this.pidPath, `${child.pid}\n`);
-  }
-
-  get pid(): number {
-    return this.child?.pid ?? 0;
-  }
-
-  logTail(lines: number): string {
-    try {
-      const text = readFileSync(this.logPath, 'utf8');
-      return text.trimEnd().split('\n').slice(-lines).map((l) => `    ${l.slice(0, 300)}`).join('\n');
-    } catch {
-      return '    (no log)';
-    }
-  }
-
-  get alive(): boolean {
-    const c = this.child;
-    return c !== null && c.exitCode === null && c.signalCode === null;
-  }
-
-  /** How it ended, once it did. */
-  get exitText(): string {
-    const c = this.child;
-    if (c === null) return 'never started';
-    if (c.signalCode !== null) return `killed by ${c.signalCode}`;
-    if (c.exitCode !== null) return `exited with ${c.exitCode}`;
-    return 'running';
-  }
-
-  signal(sig: NodeJS.Signals): void {
-    if (this.alive) this.child!.kill(sig);
-  }
-
-  /** True when it exited within ms. */
-  async waitExit(ms: number): Promise<boolean> {
-    if (!this.alive) return true;
-    // The timer is cancelled once the process is gone, or it alone would keep this process alive for `ms`.
-    const cancel = new AbortController();
-    const timer = sleep(ms, false, { signal: cancel.signal }).catch(() => false);
-    try {
-      return await Promise.race([this.exited.then(() => true), timer]);
-    } finally {
-      cancel.abort();
-    }
-  }
-
-  /** SIGTERM, then SIGKILL after STOP_WAIT_MS. Never leaves the process behind. */
-  async stop(): Promise<void> {
-    if (!this.alive) return;
-    this.signal('SIGCONT');
-    this.signal('SIGTERM');
-    if (!(await this.waitExit(STOP_WAIT_MS))) {
-      this.signal('SIGKILL');
-      await this.waitExit(STOP_WAIT_MS);
-    }
-  }
-}
-
-/** Asks one controller for its status over a connection kept between polls. */
-class StatusProbe {
-  private client: PagepairClient | null = null;
-
-  constructor(private readonly addr: ControllerAddress) {}
-
-  /** null when the controller does not answer within timeoutMs. */
-  async get(timeoutMs = 1000): Promise<ControllerStatus | null> {
-    try {
-      if (this.client === null || !this.client.isOpen) {
-        this.client = null;
-        this.client = await PagepairClient.connect({ host: this.addr.host, port: this.addr.port, token: this.addr.token, tls: this.addr.tls === true, name: 'pagepair-kill-test', timeoutMs });
-      }
-      return (await this.client.status()) as ControllerStatus;
-    } catch {
-      this.drop();
-      return null;
-    }
-  }
-
-  drop(): void {
-    const c = this.client;
-    this.client = null;
-    void c?.close().catch(() => undefined);
-  }
-
-  async close(): Promise<void> {
-    const c = this.client;
-    this.client = null;
-    await c?.close().catch(() => undefined);
-  }
-}
+// Probes
 
 function median(xs: readonly number[]): number {
   if (xs.length === 0) return 0;
@@ -294,8 +186,6 @@ function median(xs: readonly number[]): number {
   const mid = s.length >> 1;
   return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 }
-
-class RecoveryTimeout extends Error {}
 
 /** `pagepair verify` over the pair at the end of the run, with its own connections to A and B. */
 async function verifyCopies(addr: Record<Letter, ControllerAddress>): Promise<VerifyResult> {
@@ -309,7 +199,6 @@ async function verifyCopies(addr: Record<Letter, ControllerAddress>): Promise<Ve
     await Promise.all([a.close(), b.close()]);
   }
 }
-
 // ---------------------------------------------------------------------------
 // Formatting
 
@@ -365,13 +254,28 @@ function reportStamp(d: Date): string {
 }
 
 // ---------------------------------------------------------------------------
+// The run, step by step: plan it, set up the pair, start it, run the load
+// with the cycles under it, judge the history, compare the quiet pair's
+// copies, tear down, sum up.
 
-export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult> {
-  const heartbeatIntervalMs = opts.heartbeatIntervalMs ?? 100;
-  const partnerTimeoutMs = opts.partnerTimeoutMs ?? 500;
-  const recoverTimeoutMs = opts.recoverTimeoutMs ?? 30_000;
-  const print = opts.print ?? ((line: string) => console.log(line));
-  const note = opts.note ?? (() => undefined);
+/** What the options ask for, checked before anything starts. */
+interface Plan {
+  opts: KillTestOptions;
+  mode: KillMode;
+  job: JobSpec;
+  blocks: number;
+  blockBytes: number;
+  heartbeatIntervalMs: number;
+  partnerTimeoutMs: number;
+  recoverTimeoutMs: number;
+  print: (line: string) => void;
+  note: (line: string) => void;
+  /** The NBD load's TLS credentials (as runWorkloadJob's nbd entries take them), and the key file both controllers get. */
+  nbdTlsPart: { tls?: NbdTlsCredentials };
+  nbdTlsFile: string | undefined;
+}
+
+function planRun(opts: KillTestOptions): Plan {
   const mode = opts.mode;
   if (!['kill', 'pause', 'partition'].includes(mode)) throw new PagepairError('BAD_FIELD', `mode must be kill, pause or partition, got ${String(mode)}`, 'mode');
   if (!Number.isSafeInteger(opts.cycles) || opts.cycles < 1) throw new PagepairError('BAD_FIELD', 'cycles must be at least 1', 'cycles');
@@ -401,38 +305,52 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
   );
   // Neither a time nor a count: the run lasts until the last cycle is done.
   const job: JobSpec = { ...checked, durationS: 0, ops: 0 };
-
-  const madeDir = opts.dir === undefined;
-  const dir = opts.dir !== undefined ? resolve(opts.dir) : mkdtempSync(join(tmpdir(), 'pagepair-kill-'));
-  mkdirSync(dir, { recursive: true });
-  const eventsPath = join(dir, 'events.log');
-  const event = (text: string): void => appendFileSync(eventsPath, `${new Date().toISOString()} ${text}\n`);
-  const signal = opts.signal;
-  // Set when the load stopped under the cycles (the runner failed): they stop too.
-  let loadGone: unknown = null;
-  const checkAbort = (): void => {
-    if (signal?.aborted === true) throw new PagepairError('SHUTTING_DOWN', 'kill test interrupted');
-    if (loadGone !== null) throw new PagepairError('INTERNAL', 'the load stopped', 'workload');
-  };
-  const pause = async (waitMs: number): Promise<void> => {
-    checkAbort();
-    await sleep(waitMs, undefined, signal !== undefined ? { signal } : {}).catch(() => undefined);
-    checkAbort();
-  };
-
-  // ---- configuration
-  const ports = { aClient: await freePort(), aPeer: await freePort(), bClient: await freePort(), bPeer: await freePort(), proxy: await freePort() };
   if (opts.tls === true && job.transport === 'nbd') {
     throw new PagepairError('BAD_FIELD', '--tls runs the WebSocket load over TLS; with --transport nbd NBD would need its own keys (tls.pskFile)', 'tls');
   }
-  const nbd = job.transport === 'nbd' ? { A: await freePort(), B: await freePort() } : null;
-  if (opts.nbdTls !== undefined && (nbd === null || opts.nbdTls.pskFile === undefined)) {
+  if (opts.nbdTls !== undefined && (job.transport !== 'nbd' || opts.nbdTls.pskFile === undefined)) {
     throw new PagepairError('BAD_FIELD', 'a TLS key file for NBD (--tls-psk-file) needs --transport nbd', 'tlsPskFile');
   }
   // Read now: a bad key file stops the run before anything starts.
   const nbdTls = opts.nbdTls !== undefined ? resolveNbdTls(opts.nbdTls) : undefined;
-  const nbdTlsFile = opts.nbdTls?.pskFile !== undefined ? resolve(opts.nbdTls.pskFile) : undefined;
-  const nbdTlsPart = nbdTls !== undefined ? { tls: nbdTls } : {};
+  return {
+    opts,
+    mode,
+    job,
+    blocks,
+    blockBytes,
+    heartbeatIntervalMs: opts.heartbeatIntervalMs ?? 100,
+    partnerTimeoutMs: opts.partnerTimeoutMs ?? 500,
+    recoverTimeoutMs: opts.recoverTimeoutMs ?? 30_000,
+    print: opts.print ?? ((line: string) => console.log(line)),
+    note: opts.note ?? (() => undefined),
+    nbdTlsPart: nbdTls !== undefined ? { tls: nbdTls } : {},
+    nbdTlsFile: opts.nbdTls?.pskFile !== undefined ? resolve(opts.nbdTls.pskFile) : undefined,
+  };
+}
+
+/** The pair on disk, not started: configurations on free ports, the processes, their probes, the proxy of a partition run. */
+interface KillPair {
+  dir: string;
+  /** The directory was made for this run (it is removed after a pass unless kept). */
+  madeDir: boolean;
+  pairId: string;
+  addr: Record<Letter, ControllerAddress>;
+  /** Each controller's NBD port, when the load goes over NBD. */
+  nbd: Record<Letter, number> | null;
+  procs: Record<Letter, Supervised>;
+  probes: Record<Letter, StatusProbe>;
+  /** On A's way to B in partition mode, so cutting it cuts the peer link only. */
+  proxy: TcpProxy | null;
+}
+
+async function setUpPair(plan: Plan): Promise<KillPair> {
+  const { opts, mode } = plan;
+  const madeDir = opts.dir === undefined;
+  const dir = opts.dir !== undefined ? resolve(opts.dir) : mkdtempSync(join(tmpdir(), 'pagepair-kill-'));
+  mkdirSync(dir, { recursive: true });
+  const ports = { aClient: await freePort(), aPeer: await freePort(), bClient: await freePort(), bPeer: await freePort(), proxy: await freePort() };
+  const nbd = plan.job.transport === 'nbd' ? { A: await freePort(), B: await freePort() } : null;
   const pairId = randomUUID();
   const token = `kill-test-${randomUUID().slice(0, 8)}`;
   const fenceAction = opts.fenceAction ?? (mode === 'partition' ? 'none' : 'kill');
@@ -450,92 +368,301 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
       partner: { id: id === 'A' ? 'B' : 'A', client: { host: HOST, port: other.client }, peer: { host: HOST, port: partnerPeer } },
       store: { path: join(dir, 'pair.store'), sizeBytes: 256 * 1024 * 1024 },
       cache: { cacheBytesMax: 64 * 1024 * 1024, dirtyAgeMaxMs: 1000 },
-      heartbeatIntervalMs,
-      partnerTimeoutMs,
+      heartbeatIntervalMs: plan.heartbeatIntervalMs,
+      partnerTimeoutMs: plan.partnerTimeoutMs,
       arbitration: { preferred: 'A', fenceAction },
-      ...(opts.tls === true || nbdTlsFile !== undefined
-        ? { tls: { mode: opts.tls === true ? 'require' : 'on', ...(nbdTlsFile !== undefined ? { pskFile: nbdTlsFile } : {}) } }
+      ...(opts.tls === true || plan.nbdTlsFile !== undefined
+        ? { tls: { mode: opts.tls === true ? 'require' : 'on', ...(plan.nbdTlsFile !== undefined ? { pskFile: plan.nbdTlsFile } : {}) } }
         : {}),
       log: { level: 'info' },
     };
   };
-  const paths = { A: join(dir, 'a.json'), B: join(dir, 'b.json') };
-  writeFileSync(paths.A, JSON.stringify(configOf('A'), null, 2));
-  writeFileSync(paths.B, JSON.stringify(configOf('B'), null, 2));
+  const controller = (l: Letter): Supervised => {
+    const configPath = join(dir, `${l.toLowerCase()}.json`);
+    writeFileSync(configPath, JSON.stringify(configOf(l), null, 2));
+    return superviseController(l, configPath, { file: join(dir, `${l.toLowerCase()}.log`) }, join(dir, `${l}.pid`));
+  };
+  const procs = { A: controller('A'), B: controller('B') };
   const addr: Record<Letter, ControllerAddress> = {
     A: { id: 'A', host: HOST, port: ports.aClient, token, tls: opts.tls === true },
     B: { id: 'B', host: HOST, port: ports.bClient, token, tls: opts.tls === true },
   };
-  const idOf: Record<Letter, 1 | 2> = { A: 1, B: 2 };
-  const other = (l: Letter): Letter => (l === 'A' ? 'B' : 'A');
-
-  const procs: Record<Letter, ControllerProcess> = {
-    A: new ControllerProcess('A', paths.A, join(dir, 'a.log'), join(dir, 'A.pid')),
-    B: new ControllerProcess('B', paths.B, join(dir, 'b.log'), join(dir, 'B.pid')),
+  return {
+    dir,
+    madeDir,
+    pairId,
+    addr,
+    nbd,
+    procs,
+    probes: { A: new StatusProbe(addr.A, 'pagepair-kill-test'), B: new StatusProbe(addr.B, 'pagepair-kill-test') },
+    proxy: mode === 'partition' ? new TcpProxy({ host: HOST, port: ports.bPeer }, { host: HOST, port: ports.proxy }) : null,
   };
-  const probes: Record<Letter, StatusProbe> = { A: new StatusProbe(addr.A), B: new StatusProbe(addr.B) };
-  const proxy = mode === 'partition' ? new TcpProxy({ host: HOST, port: ports.bPeer }, { host: HOST, port: ports.proxy }) : null;
-  const recording = new Recording({ seed: opts.seed, killTest: mode, cycles: opts.cycles, blocks, blockBytes, transport: job.transport, contend: job.contend });
-  let store: PageStore | null = null;
-  let report: WorkloadReport | null = null;
-  let check: CheckResult | null = null;
+}
+
+const ID_OF: Record<Letter, 1 | 2> = { A: 1, B: 2 };
+const otherOf = (l: Letter): Letter => (l === 'A' ? 'B' : 'A');
+
+/** One run of the kill test: the pair, the load's recording, and what the steps found. */
+class KillTestRun {
+  readonly recording: Recording;
+  private readonly mode: KillMode;
+  private readonly eventsPath: string;
+  private store: PageStore | null = null;
+  private report: WorkloadReport | null = null;
+  private check: CheckResult | null = null;
   /** Both controllers' copies of every page compared at the end (null: not reached). */
-  let copies: VerifyResult | null = null;
-  const cycles: CycleResult[] = [];
-  const problems: string[] = [];
-  let historyPath: string | null = null;
+  private copies: VerifyResult | null = null;
+  private historyPath: string | null = null;
+  private readonly cycles: CycleResult[] = [];
+  private readonly problems: string[] = [];
+  /** Set when the load stopped under the cycles (the runner failed): they stop too. */
+  private loadGone: unknown = null;
+  /** A cycle did not recover, or the run was interrupted: the pair is not compared at the end. */
+  failedHard = false;
 
-  const status = (l: Letter, timeoutMs = 1000): Promise<ControllerStatus | null> => probes[l].get(timeoutMs);
+  constructor(
+    private readonly plan: Plan,
+    private readonly pair: KillPair,
+  ) {
+    const { opts, mode, job } = plan;
+    this.mode = mode;
+    this.eventsPath = join(pair.dir, 'events.log');
+    this.recording = new Recording({ seed: opts.seed, killTest: mode, cycles: opts.cycles, blocks: plan.blocks, blockBytes: plan.blockBytes, transport: job.transport, contend: job.contend });
+  }
 
-  /** Polls until probe returns a value; RecoveryTimeout after timeoutMs. */
-  const waitUntil = async <T>(what: string, timeoutMs: number, probe: () => Promise<T | null>): Promise<T> => {
-    const deadline = performance.now() + timeoutMs;
-    for (;;) {
-      checkAbort();
-      const v = await probe();
-      if (v !== null) return v;
-      if (performance.now() > deadline) throw new RecoveryTimeout(`${what}: not within ${timeoutMs} ms`);
-      await pause(POLL_MS);
-    }
+  // ---- helpers of the steps
+
+  private event(text: string): void {
+    appendFileSync(this.eventsPath, `${new Date().toISOString()} ${text}\n`);
+  }
+
+  private checkAbort(): void {
+    if (this.plan.opts.signal?.aborted === true) throw new PagepairError('SHUTTING_DOWN', 'kill test interrupted');
+    if (this.loadGone !== null) throw new PagepairError('INTERNAL', 'the load stopped', 'workload');
+  }
+
+  private readonly pause = async (waitMs: number): Promise<void> => {
+    const signal = this.plan.opts.signal;
+    this.checkAbort();
+    await sleep(waitMs, undefined, signal !== undefined ? { signal } : {}).catch(() => undefined);
+    this.checkAbort();
   };
 
-  /** A controller that died on the way (a crash at start, say) will not come back by waiting. */
-  const mustLive = (l: Letter): void => {
-    if (!procs[l].alive) throw new RecoveryTimeout(`${l} ${procs[l].exitText} while it should be serving; its log ends:\n${procs[l].logTail(8)}`);
-  };
+  private status(l: Letter, timeoutMs = 1000): Promise<ControllerStatus | null> {
+    return this.pair.probes[l].get(timeoutMs);
+  }
 
-  const bothMirrored = async (): Promise<[ControllerStatus, ControllerStatus] | null> => {
-    mustLive('A');
-    mustLive('B');
-    const [a, b] = await Promise.all([status('A'), status('B')]);
+  /** Polls until probe returns a value, while `watch` stay up; WaitFailed after timeoutMs. */
+  private waitFor<T>(what: string, timeoutMs: number, watch: readonly Letter[], probe: () => Promise<T | null>): Promise<T> {
+    return waitUntil(
+      async () => {
+        this.checkAbort();
+        return probe();
+      },
+      { what, timeoutMs, pollMs: POLL_MS, watch: watch.map((l) => this.pair.procs[l]), sleep: this.pause },
+    );
+  }
+
+  private readonly bothMirrored = async (): Promise<[ControllerStatus, ControllerStatus] | null> => {
+    const [a, b] = await Promise.all([this.status('A'), this.status('B')]);
     return a?.role === 'mirrored' && b?.role === 'mirrored' ? [a, b] : null;
   };
 
+  private waitBothMirrored(what: string, timeoutMs: number): Promise<[ControllerStatus, ControllerStatus]> {
+    return this.waitFor(what, timeoutMs, ['A', 'B'], this.bothMirrored);
+  }
+
   /** The store's epoch record must name the survivor and its epoch. */
-  const checkStoreEpoch = async (survivor: Letter, epoch: number): Promise<string | null> => {
+  private async checkStoreEpoch(survivor: Letter, epoch: number): Promise<string | null> {
+    const store = this.store;
     if (store === null) return 'store not open';
     let seen = 'nothing';
     for (let i = 0; i < 10; i++) {
       const mb = await store.readMailbox();
       const rec = mb.epoch;
-      if (rec !== null && rec.epoch === epoch && rec.activeId === idOf[survivor]) return null;
+      if (rec !== null && rec.epoch === epoch && rec.activeId === ID_OF[survivor]) return null;
       seen = rec === null ? 'no epoch record' : `epoch ${rec.epoch}, active ${rec.activeId}`;
-      await pause(POLL_MS);
+      await this.pause(POLL_MS);
     }
     return `store's epoch record shows ${seen}; survivor ${survivor} serves in epoch ${epoch}`;
-  };
+  }
 
-  const slotOf = async (l: Letter): Promise<MailboxSlot | null> => (store === null ? null : ((await store.readMailbox()).slots[idOf[l] - 1] ?? null));
+  private async slotOf(l: Letter): Promise<MailboxSlot | null> {
+    return this.store === null ? null : ((await this.store.readMailbox()).slots[ID_OF[l] - 1] ?? null);
+  }
 
-  const startBoth = (): void => {
+  private async directClient(l: Letter): Promise<PagepairClient | null> {
+    return PagepairClient.connect({ ...this.pair.addr[l], name: 'pagepair-kill-test-probe', timeoutMs: PROBE_READ_TIMEOUT_MS }).catch(() => null);
+  }
+
+  // ---- step: start the pair
+
+  /** Starts both controllers (and the proxy) and waits until they are mirrored; opens the shared store to read its mailbox. */
+  async startPair(): Promise<void> {
+    const { dir, procs, proxy } = this.pair;
+    if (proxy !== null) await proxy.start();
+    this.plan.note(`working directory ${dir}`);
     for (const l of ['A', 'B'] as const) {
       procs[l].start();
-      event(`start ${l} pid ${procs[l].pid}`);
+      this.event(`start ${l} pid ${procs[l].pid}`);
     }
-  };
+    try {
+      await this.waitBothMirrored('both controllers mirrored at start', this.plan.recoverTimeoutMs);
+    } catch (err) {
+      if (err instanceof WaitFailed) throw new PagepairError('TIMEOUT', `${err.message} (logs in ${dir})`);
+      throw err;
+    }
+    this.store = await PageStore.open(await FileDevice.open(join(dir, 'pair.store')), { pairId: this.pair.pairId, name: 'pair.store' });
+  }
 
-  const directClient = async (l: Letter): Promise<PagepairClient | null> =>
-    PagepairClient.connect({ ...addr[l], name: 'pagepair-kill-test-probe', timeoutMs: PROBE_READ_TIMEOUT_MS }).catch(() => null);
+  // ---- step: the load, with the cycles under it
+
+  async runLoad(): Promise<void> {
+    const { opts, job, partnerTimeoutMs, recoverTimeoutMs, nbdTlsPart } = this.plan;
+    const { addr, nbd } = this.pair;
+    const signal = opts.signal;
+    // Settles to the cycles' error (or null), never rejects: nothing waits on it until the run is over.
+    let cyclesDone: Promise<unknown> | null = null;
+    try {
+      this.report = await runWorkloadJob([addr.A, addr.B], job, {
+        record: this.recording,
+        // A request stuck on a paused controller is retried on the other after this; a cycle that does not recover ends the run anyway.
+        client: { requestTimeoutMs: Math.max(1000, 2 * partnerTimeoutMs), retryForMs: recoverTimeoutMs, retryIntervalMs: 10 },
+        monitorPollMs: MONITOR_POLL_MS,
+        ...(nbd !== null ? { nbd: [{ id: 'A', host: HOST, port: nbd.A, ...nbdTlsPart }, { id: 'B', host: HOST, port: nbd.B, ...nbdTlsPart }] } : {}),
+        onProgress: progressPrinter(opts.progress ?? this.plan.print),
+        ...(signal !== undefined ? { signal } : {}),
+        onStart: (run) => {
+          cyclesDone = this.runCycles(run)
+            .then(
+              () => null,
+              (err: unknown) => err,
+            )
+            .finally(() => run.stop());
+        },
+      });
+    } catch (err) {
+      this.loadGone = err;
+      throw err;
+    } finally {
+      // The cycles end with the run (and stop when it failed under them).
+      const cyclesErr = cyclesDone === null ? null : await (cyclesDone as Promise<unknown>);
+      if (cyclesErr !== null && this.loadGone === null) {
+        // Interrupted, the report still tells what ran; anything else is the run's error.
+        if (!isPagepairError(cyclesErr, 'SHUTTING_DOWN')) throw cyclesErr;
+        this.failedHard = true;
+        this.problems.push('interrupted before the last cycle');
+      }
+    }
+  }
+
+  private async runCycles(run: RunHandle): Promise<void> {
+    const { opts, mode, print } = this.plan;
+    const rng = new Prng(opts.seed ^ 0x6b696c6c);
+    for (let cycle = 1; cycle <= opts.cycles; cycle++) {
+      // Partitions always leave B fenced (A is preferred); kills and pauses alternate.
+      const victim: Letter = mode === 'partition' ? 'B' : cycle % 2 === 1 ? 'A' : 'B';
+      const c = await this.runCycle(run, cycle, victim, rng);
+      this.cycles.push(c);
+      print(formatCycle(c));
+      if (c.resyncMs === null) {
+        this.failedHard = true;
+        this.problems.push(`cycle ${cycle} did not recover; stopping`);
+        break;
+      }
+    }
+    // A moment of mirrored service after the last recovery, on the chart too.
+    await this.pause(300);
+  }
+
+  /** One fault, the takeover, the recovery and the resync, measured. */
+  private async runCycle(run: RunHandle, cycle: number, victim: Letter, rng: Prng): Promise<CycleResult> {
+    const { mode } = this;
+    const recording = this.recording;
+    const survivor = otherOf(victim);
+    const res: CycleResult = { cycle, mode, victim, survivor, stallMs: 0, takeoverMs: null, resyncMs: null, epoch: null, ops: 0, errors: 0, problems: [] };
+    await this.pause(500 + rng.below(1501));
+    // In pause mode a connection to the victim made beforehand carries reads sent while it sleeps.
+    const victimReader: PagepairClient | null = mode === 'pause' ? await this.directClient(victim) : null;
+    const t0 = recording.now();
+    try {
+      const recovered = mode === 'partition' ? await this.cutPeerLink(run, res, t0) : await this.hurtVictim(run, res, t0, victimReader);
+      const [ma] = await this.waitBothMirrored(`cycle ${cycle}: both mirrored again`, this.plan.recoverTimeoutMs);
+      res.resyncMs = recording.now() - recovered.from;
+      this.event(`cycle ${cycle}: mirrored again after ${Math.round(res.resyncMs)} ms`);
+      for (const l of [victim, survivor]) run.markRole(l, 'mirrored', 'mirrored', `${l} mirrored again, epoch ${ma.epoch} (${Math.round(res.resyncMs)} ms after the ${recovered.after})`);
+    } catch (err) {
+      if (!(err instanceof WaitFailed)) throw err;
+      res.problems.push(err.message);
+      this.event(err.message);
+      run.mark('note', `cycle ${cycle}: ${err.message.split('\n')[0]!}`);
+    } finally {
+      await victimReader?.close().catch(() => undefined);
+    }
+    const t1 = recording.now();
+    res.stallMs = recording.stallMs(t0, t1);
+    res.ops = recording.completedBetween(t0, t1);
+    res.errors = recording.errorsBetween(t0, t1);
+    return res;
+  }
+
+  /**
+   * Kill or pause mode: SIGKILL or SIGSTOP to the victim, the survivor's
+   * takeover, a paused victim resumed (or found fenced), a dead one
+   * restarted. Resolves with when the resync starts and what it follows.
+   */
+  private async hurtVictim(run: RunHandle, res: CycleResult, t0: number, victimReader: PagepairClient | null): Promise<{ from: number; after: string }> {
+    const { cycle, victim, survivor } = res;
+    const mode = this.mode;
+    const proc = this.pair.procs[victim];
+    const sig = mode === 'kill' ? 'SIGKILL' : 'SIGSTOP';
+    this.event(`cycle ${cycle}: ${sig} ${victim} pid ${proc.pid}`);
+    run.mark(mode, `cycle ${cycle}: ${sig} ${victim} (pid ${proc.pid})`, victim);
+    if (mode === 'kill') await proc.kill();
+    else proc.pause();
+    const st = await this.waitFor(`cycle ${cycle}: ${survivor} taking over`, this.plan.recoverTimeoutMs, [survivor], async () => {
+      const s = await this.status(survivor);
+      return s?.role === 'alone' ? s : null;
+    });
+    const tTakeover = this.recording.now();
+    res.takeoverMs = tTakeover - t0;
+    res.epoch = st.epoch;
+    this.event(`cycle ${cycle}: ${survivor} alone in epoch ${st.epoch} after ${Math.round(res.takeoverMs)} ms`);
+    run.markRole(survivor, 'alone', 'takeover', `${survivor} serves alone, epoch ${st.epoch} (${Math.round(res.takeoverMs)} ms after the ${sig})`);
+    const bad = await this.checkStoreEpoch(survivor, st.epoch);
+    if (bad !== null) res.problems.push(bad);
+    const slotAtTakeover = await this.slotOf(victim);
+    if (slotAtTakeover !== null && slotAtTakeover.epoch >= st.epoch) {
+      res.problems.push(`${victim}'s mailbox slot is in epoch ${slotAtTakeover.epoch}, not older than the survivor's ${st.epoch}`);
+    }
+
+    let resumedAt: number | null = null;
+    if (mode === 'pause') {
+      // With fenceAction "kill" the survivor ends the paused process; give the exit a moment to be seen.
+      await proc.waitExit(300);
+      if (!proc.alive) {
+        res.victimFate = `fenced: ${proc.exitText}`;
+      } else {
+        resumedAt = await this.resume(run, st.epoch, res, tTakeover, victimReader);
+      }
+    }
+
+    // Nothing the victim writes may land after the takeover: its slot must not move either.
+    if (slotAtTakeover !== null && !proc.alive) {
+      const later = await this.slotOf(victim);
+      if (later !== null && later.counter !== slotAtTakeover.counter) {
+        res.problems.push(`${victim}'s mailbox slot moved after takeover (counter ${slotAtTakeover.counter} -> ${later.counter})`);
+      }
+    }
+
+    if (!proc.alive) {
+      await proc.waitExit(STOP_WAIT_MS);
+      proc.start();
+      this.event(`cycle ${cycle}: restarted ${victim} pid ${proc.pid}`);
+      run.mark('restart', `cycle ${cycle}: restarted ${victim} (pid ${proc.pid})`, victim);
+    }
+    return resumedAt !== null ? { from: resumedAt, after: 'SIGCONT' } : { from: this.recording.now(), after: 'restart' };
+  }
 
   /**
    * A paused controller that outlived the takeover (fenceAction "none") is
@@ -545,12 +672,15 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
    * its roles are watched: never 'alone', and back to 'mirrored' only in the
    * survivor's epoch or later. Resolves to the time of the SIGCONT.
    */
-  const resume = async (run: RunHandle, victim: Letter, epoch: number, res: CycleResult, sinceMs: number, reader: PagepairClient | null): Promise<number> => {
+  private async resume(run: RunHandle, epoch: number, res: CycleResult, sinceMs: number, reader: PagepairClient | null): Promise<number> {
+    const { victim } = res;
+    const recording = this.recording;
+    const proc = this.pair.procs[victim];
     // The survivor must have acknowledged writes alone, or the reads would prove nothing.
     const settleUntil = performance.now() + PROBE_SETTLE_MS_MAX;
     let chunks = recording.chunksWrittenSince(sinceMs);
     while (chunks.length < PROBE_READS && performance.now() < settleUntil) {
-      await pause(POLL_MS);
+      await this.pause(POLL_MS);
       chunks = recording.chunksWrittenSince(sinceMs);
     }
     chunks = chunks.slice(0, PROBE_READS);
@@ -563,280 +693,198 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
       });
     const reads = reader === null ? [] : chunks.map((chunk) => recording.probeRead(chunk, readVia(reader), `paused ${victim}`));
     // Let the requests leave this process before the victim wakes.
-    await pause(POLL_MS);
-    event(`cycle ${res.cycle}: SIGCONT ${victim} (${reads.length} reads waiting for it)`);
+    await this.pause(POLL_MS);
+    this.event(`cycle ${res.cycle}: SIGCONT ${victim} (${reads.length} reads waiting for it)`);
     run.mark('resume', `SIGCONT ${victim}: resumed, ${reads.length} reads waiting for it`, victim);
     const resumedAt = recording.now();
-    procs[victim].signal('SIGCONT');
+    proc.resume();
     const answered = (await Promise.all(reads)).filter((v) => v !== null).length;
     const roles: string[] = [];
     const deadline = performance.now() + RESUMED_WATCH_MS;
-    while (performance.now() < deadline && procs[victim].alive) {
-      const s = await status(victim, 500);
+    while (performance.now() < deadline && proc.alive) {
+      const s = await this.status(victim, 500);
       if (s !== null) {
         const seen = `${s.role}@${s.epoch}`;
         if (roles[roles.length - 1] !== seen) roles.push(seen);
         if (s.role === 'alone') res.problems.push(`resumed ${victim} reports 'alone' in epoch ${s.epoch} while its partner serves in epoch ${epoch}`);
         if (s.role === 'mirrored' && s.epoch >= epoch) break;
       }
-      await pause(POLL_MS);
+      await this.pause(POLL_MS);
     }
     res.victimFate =
       `resumed; ${answered} of ${reads.length} reads sent while paused were answered` +
       `${Object.keys(refusals).length > 0 ? ` (refused: ${Object.entries(refusals).map(([k, v]) => `${k} ${v}`).join(', ')})` : ''}; roles ${roles.join(' > ') || 'none seen'}` +
-      (procs[victim].alive ? '' : `; then ${procs[victim].exitText}`);
+      (proc.alive ? '' : `; then ${proc.exitText}`);
     return resumedAt;
-  };
+  }
 
-  const runCycle = async (run: RunHandle, cycle: number, victim: Letter, rng: Prng): Promise<CycleResult> => {
-    const survivor = other(victim);
-    const res: CycleResult = { cycle, mode, victim, survivor, stallMs: 0, takeoverMs: null, resyncMs: null, epoch: null, ops: 0, errors: 0, problems: [] };
-    await pause(500 + rng.below(1501));
-    // In pause mode a connection to the victim made beforehand carries reads sent while it sleeps.
-    const victimReader: PagepairClient | null = mode === 'pause' ? await directClient(victim) : null;
-    const t0 = recording.now();
-    let resumedAt: number | null = null;
-    try {
-      let resyncFrom: number;
-      if (mode === 'kill' || mode === 'pause') {
-        const sig = mode === 'kill' ? 'SIGKILL' : 'SIGSTOP';
-        event(`cycle ${cycle}: ${sig} ${victim} pid ${procs[victim].pid}`);
-        run.mark(mode, `cycle ${cycle}: ${sig} ${victim} (pid ${procs[victim].pid})`, victim);
-        procs[victim].signal(sig);
-        const st = await waitUntil(`cycle ${cycle}: ${survivor} taking over`, recoverTimeoutMs, async () => {
-          mustLive(survivor);
-          const s = await status(survivor);
-          return s?.role === 'alone' ? s : null;
-        });
-        const tTakeover = recording.now();
-        res.takeoverMs = tTakeover - t0;
-        res.epoch = st.epoch;
-        event(`cycle ${cycle}: ${survivor} alone in epoch ${st.epoch} after ${Math.round(res.takeoverMs)} ms`);
-        run.markRole(survivor, 'alone', 'takeover', `${survivor} serves alone, epoch ${st.epoch} (${Math.round(res.takeoverMs)} ms after the ${sig})`);
-        const bad = await checkStoreEpoch(survivor, st.epoch);
-        if (bad !== null) res.problems.push(bad);
-        const slotAtTakeover = await slotOf(victim);
-        if (slotAtTakeover !== null && slotAtTakeover.epoch >= st.epoch) {
-          res.problems.push(`${victim}'s mailbox slot is in epoch ${slotAtTakeover.epoch}, not older than the survivor's ${st.epoch}`);
-        }
-
-        if (mode === 'pause') {
-          // With fenceAction "kill" the survivor ends the paused process; give the exit a moment to be seen.
-          await procs[victim].waitExit(300);
-          if (!procs[victim].alive) {
-            res.victimFate = `fenced: ${procs[victim].exitText}`;
-          } else {
-            resumedAt = await resume(run, victim, st.epoch, res, tTakeover, victimReader);
-          }
-        }
-
-        // Nothing the victim writes may land after the takeover: its slot must not move either.
-        if (slotAtTakeover !== null && !procs[victim].alive) {
-          const later = await slotOf(victim);
-          if (later !== null && later.counter !== slotAtTakeover.counter) {
-            res.problems.push(`${victim}'s mailbox slot moved after takeover (counter ${slotAtTakeover.counter} -> ${later.counter})`);
-          }
-        }
-
-        if (!procs[victim].alive) {
-          await procs[victim].waitExit(STOP_WAIT_MS);
-          procs[victim].start();
-          event(`cycle ${cycle}: restarted ${victim} pid ${procs[victim].pid}`);
-          run.mark('restart', `cycle ${cycle}: restarted ${victim} (pid ${procs[victim].pid})`, victim);
-        }
-        resyncFrom = resumedAt ?? recording.now();
-      } else {
-        event(`cycle ${cycle}: cut the peer link`);
-        run.mark('partition', `cycle ${cycle}: peer link cut (A to B)`);
-        proxy!.cut();
-        let sawBothAlone = false;
-        const [a] = await waitUntil(`cycle ${cycle}: one alone, the other fenced`, recoverTimeoutMs, async () => {
-          mustLive('A');
-          mustLive('B');
-          const [sa, sb] = await Promise.all([status('A'), status('B')]);
-          if (sa?.role === 'alone' && sb?.role === 'alone') sawBothAlone = true;
-          if (sb?.role === 'alone' && !res.problems.includes(NOT_PREFERRED_ALONE)) res.problems.push(NOT_PREFERRED_ALONE);
-          return sa?.role === 'alone' && sb?.role === 'fenced' ? ([sa, sb] as const) : null;
-        });
-        res.takeoverMs = recording.now() - t0;
-        res.epoch = a.epoch;
-        if (sawBothAlone) res.problems.push('both controllers reported alone at once');
-        event(`cycle ${cycle}: A alone in epoch ${a.epoch}, B fenced, after ${Math.round(res.takeoverMs)} ms`);
-        run.markRole('B', 'fenced', 'fenced', `B fenced itself (${Math.round(res.takeoverMs)} ms after the cut)`);
-        run.markRole('A', 'alone', 'takeover', `A serves alone, epoch ${a.epoch} (${Math.round(res.takeoverMs)} ms after the cut)`);
-        const bad = await checkStoreEpoch('A', a.epoch);
-        if (bad !== null) res.problems.push(bad);
-        const fencedSlot = await slotOf('B');
-        await pause(PARTITION_HOLD_MS);
-        const later = await slotOf('B');
-        if (fencedSlot !== null && later !== null && later.counter !== fencedSlot.counter) {
-          res.problems.push(`fenced B wrote its mailbox slot (counter ${fencedSlot.counter} -> ${later.counter})`);
-        }
-        const sb = await status('B');
-        if (sb !== null && sb.role !== 'fenced') res.problems.push(`B left 'fenced' (${sb.role}) while the link was still cut`);
-        event(`cycle ${cycle}: heal the peer link`);
-        run.mark('heal', `cycle ${cycle}: peer link healed`);
-        proxy!.heal();
-        resyncFrom = recording.now();
-      }
-      const [ma] = await waitUntil(`cycle ${cycle}: both mirrored again`, recoverTimeoutMs, bothMirrored);
-      res.resyncMs = recording.now() - resyncFrom;
-      event(`cycle ${cycle}: mirrored again after ${Math.round(res.resyncMs)} ms`);
-      for (const l of [victim, survivor]) run.markRole(l, 'mirrored', 'mirrored', `${l} mirrored again, epoch ${ma.epoch} (${Math.round(res.resyncMs)} ms after the ${mode === 'partition' ? 'heal' : mode === 'pause' && resumedAt !== null ? 'SIGCONT' : 'restart'})`);
-    } catch (err) {
-      if (!(err instanceof RecoveryTimeout)) throw err;
-      res.problems.push(err.message);
-      event(err.message);
-      run.mark('note', `cycle ${cycle}: ${err.message.split('\n')[0]!}`);
-    } finally {
-      await victimReader?.close().catch(() => undefined);
+  /** Partition mode: the peer link cut, A alone and B fenced (never both alone), held, then healed. Resolves with when the resync starts. */
+  private async cutPeerLink(run: RunHandle, res: CycleResult, t0: number): Promise<{ from: number; after: string }> {
+    const { cycle } = res;
+    const proxy = this.pair.proxy!;
+    this.event(`cycle ${cycle}: cut the peer link`);
+    run.mark('partition', `cycle ${cycle}: peer link cut (A to B)`);
+    proxy.cut();
+    let sawBothAlone = false;
+    const [a] = await this.waitFor(`cycle ${cycle}: one alone, the other fenced`, this.plan.recoverTimeoutMs, ['A', 'B'], async () => {
+      const [sa, sb] = await Promise.all([this.status('A'), this.status('B')]);
+      if (sa?.role === 'alone' && sb?.role === 'alone') sawBothAlone = true;
+      if (sb?.role === 'alone' && !res.problems.includes(NOT_PREFERRED_ALONE)) res.problems.push(NOT_PREFERRED_ALONE);
+      return sa?.role === 'alone' && sb?.role === 'fenced' ? ([sa, sb] as const) : null;
+    });
+    res.takeoverMs = this.recording.now() - t0;
+    res.epoch = a.epoch;
+    if (sawBothAlone) res.problems.push('both controllers reported alone at once');
+    this.event(`cycle ${cycle}: A alone in epoch ${a.epoch}, B fenced, after ${Math.round(res.takeoverMs)} ms`);
+    run.markRole('B', 'fenced', 'fenced', `B fenced itself (${Math.round(res.takeoverMs)} ms after the cut)`);
+    run.markRole('A', 'alone', 'takeover', `A serves alone, epoch ${a.epoch} (${Math.round(res.takeoverMs)} ms after the cut)`);
+    const bad = await this.checkStoreEpoch('A', a.epoch);
+    if (bad !== null) res.problems.push(bad);
+    const fencedSlot = await this.slotOf('B');
+    await this.pause(PARTITION_HOLD_MS);
+    const later = await this.slotOf('B');
+    if (fencedSlot !== null && later !== null && later.counter !== fencedSlot.counter) {
+      res.problems.push(`fenced B wrote its mailbox slot (counter ${fencedSlot.counter} -> ${later.counter})`);
     }
-    const t1 = recording.now();
-    res.stallMs = recording.stallMs(t0, t1);
-    res.ops = recording.completedBetween(t0, t1);
-    res.errors = recording.errorsBetween(t0, t1);
-    return res;
-  };
+    const sb = await this.status('B');
+    if (sb !== null && sb.role !== 'fenced') res.problems.push(`B left 'fenced' (${sb.role}) while the link was still cut`);
+    this.event(`cycle ${cycle}: heal the peer link`);
+    run.mark('heal', `cycle ${cycle}: peer link healed`);
+    proxy.heal();
+    return { from: this.recording.now(), after: 'heal' };
+  }
 
-  let failedHard = false;
-  const runCycles = async (run: RunHandle): Promise<void> => {
-    const rng = new Prng(opts.seed ^ 0x6b696c6c);
-    for (let cycle = 1; cycle <= opts.cycles; cycle++) {
-      // Partitions always leave B fenced (A is preferred); kills and pauses alternate.
-      const victim: Letter = mode === 'partition' ? 'B' : cycle % 2 === 1 ? 'A' : 'B';
-      const c = await runCycle(run, cycle, victim, rng);
-      cycles.push(c);
-      print(formatCycle(c));
-      if (c.resyncMs === null) {
-        failedHard = true;
-        problems.push(`cycle ${cycle} did not recover; stopping`);
-        break;
-      }
-    }
-    // A moment of mirrored service after the last recovery, on the chart too.
-    await pause(300);
-  };
+  // ---- step: judge the history
 
-  let reportFiles: { jsonPath: string; svgPath: string } | null = null;
-  try {
-    if (proxy !== null) await proxy.start();
-    note(`working directory ${dir}`);
-    startBoth();
+  /** The history written beside the run and checked; reads that got no answer or corrupt data are problems. */
+  async judgeHistory(): Promise<void> {
+    this.historyPath = join(this.pair.dir, 'history.jsonl');
+    await this.recording.writeTo(this.historyPath);
+    this.check = checkHistory(this.recording.ops());
+    const rb = this.report!.readBack;
+    if (rb !== null && rb.errors > 0) this.problems.push(`${rb.errors} reads of the final read-back got no answer`);
+    if (this.recording.probes.verifyErrors > 0) this.problems.push(`${this.recording.probes.verifyErrors} reads sent to a paused controller returned corrupt data`);
+  }
+
+  // ---- step: compare the quiet pair
+
+  /** Quiet and mirrored, the two must hold the same table and dirty pages, and the same bytes in every page. */
+  async compareCopies(): Promise<void> {
+    let last = '';
     try {
-      await waitUntil('both controllers mirrored at start', recoverTimeoutMs, bothMirrored);
-    } catch (err) {
-      if (err instanceof RecoveryTimeout) throw new PagepairError('TIMEOUT', `${err.message} (logs in ${dir})`);
-      throw err;
-    }
-    store = await PageStore.open(await FileDevice.open(join(dir, 'pair.store')), { pairId, name: 'pair.store' });
-
-    // Settles to the cycles' error (or null), never rejects: nothing waits on it until the run is over.
-    let cyclesDone: Promise<unknown> | null = null;
-    try {
-      report = await runWorkloadJob([addr.A, addr.B], job, {
-        record: recording,
-        // A request stuck on a paused controller is retried on the other after this; a cycle that does not recover ends the run anyway.
-        client: { requestTimeoutMs: Math.max(1000, 2 * partnerTimeoutMs), retryForMs: recoverTimeoutMs, retryIntervalMs: 10 },
-        monitorPollMs: MONITOR_POLL_MS,
-        ...(nbd !== null ? { nbd: [{ id: 'A', host: HOST, port: nbd.A, ...nbdTlsPart }, { id: 'B', host: HOST, port: nbd.B, ...nbdTlsPart }] } : {}),
-        onProgress: progressPrinter(opts.progress ?? print),
-        ...(signal !== undefined ? { signal } : {}),
-        onStart: (run) => {
-          cyclesDone = runCycles(run)
-            .then(
-              () => null,
-              (err: unknown) => err,
-            )
-            .finally(() => run.stop());
-        },
+      await this.waitFor('equal digests when quiet', QUIET_WAIT_MS, ['A', 'B'], async () => {
+        const m = await this.bothMirrored();
+        if (m === null) {
+          last = 'not both mirrored';
+          return null;
+        }
+        const [a, b] = m;
+        last = `table ${a.digests.table} / ${b.digests.table}, dirty ${a.digests.dirty} / ${b.digests.dirty}`;
+        return a.digests.table === b.digests.table && a.digests.dirty === b.digests.dirty ? true : null;
       });
     } catch (err) {
-      loadGone = err;
-      throw err;
-    } finally {
-      // The cycles end with the run (and stop when it failed under them).
-      const cyclesErr = cyclesDone === null ? null : await (cyclesDone as Promise<unknown>);
-      if (cyclesErr !== null && loadGone === null) {
-        // Interrupted, the report still tells what ran; anything else is the run's error.
-        if (!isPagepairError(cyclesErr, 'SHUTTING_DOWN')) throw cyclesErr;
-        failedHard = true;
-        problems.push('interrupted before the last cycle');
-      }
+      if (!(err instanceof WaitFailed)) throw err;
+      this.problems.push(`${err.message} (${last})`);
     }
-
-    historyPath = join(dir, 'history.jsonl');
-    await recording.writeTo(historyPath);
-    check = checkHistory(recording.ops());
-    const rb = report.readBack;
-    if (rb !== null && rb.errors > 0) problems.push(`${rb.errors} reads of the final read-back got no answer`);
-    if (recording.probes.verifyErrors > 0) problems.push(`${recording.probes.verifyErrors} reads sent to a paused controller returned corrupt data`);
-
-    if (!failedHard) {
-      // Quiet and mirrored, the two must hold the same table and the same dirty pages.
-      let last = '';
-      try {
-        await waitUntil('equal digests when quiet', QUIET_WAIT_MS, async () => {
-          const m = await bothMirrored();
-          if (m === null) {
-            last = 'not both mirrored';
-            return null;
-          }
-          const [a, b] = m;
-          last = `table ${a.digests.table} / ${b.digests.table}, dirty ${a.digests.dirty} / ${b.digests.dirty}`;
-          return a.digests.table === b.digests.table && a.digests.dirty === b.digests.dirty ? true : null;
-        });
-      } catch (err) {
-        if (!(err instanceof RecoveryTimeout)) throw err;
-        problems.push(`${err.message} (${last})`);
-      }
-      // Equal digests say nothing of clean pages: compare both copies of every page, as `pagepair verify` does.
-      copies = await verifyCopies(addr);
-      if (copies.remaining > 0) {
-        problems.push(`verify: ${copies.remaining} pages read differently through A and B (first: ${copies.mismatches.slice(0, 3).map((m) => `${m.volume} page ${m.page}`).join(', ')})`);
-      }
-      print(`-- verify: ${copies.pagesChecked} pages compared through A and B, ${copies.remaining} differ${copies.unsettled.length > 0 ? `, ${copies.unsettled.length} busy` : ''}`);
+    // Equal digests say nothing of clean pages: compare both copies of every page, as `pagepair verify` does.
+    const copies = await verifyCopies(this.pair.addr);
+    this.copies = copies;
+    if (copies.remaining > 0) {
+      this.problems.push(`verify: ${copies.remaining} pages read differently through A and B (first: ${copies.mismatches.slice(0, 3).map((m) => `${m.volume} page ${m.page}`).join(', ')})`);
     }
-  } finally {
+    this.plan.print(`-- verify: ${copies.pagesChecked} pages compared through A and B, ${copies.remaining} differ${copies.unsettled.length > 0 ? `, ${copies.unsettled.length} busy` : ''}`);
+  }
+
+  // ---- step: tear down
+
+  /** Closes the probes and the store, stops both controllers and the proxy; nothing is left running. */
+  async tearDown(): Promise<void> {
+    const { probes, procs, proxy } = this.pair;
     await Promise.all([probes.A.close(), probes.B.close()]);
-    await store?.close().catch(() => undefined);
-    await Promise.all([procs.A.stop(), procs.B.stop()]);
+    await this.store?.close().catch(() => undefined);
+    await Promise.all([procs.A.stop(STOP_WAIT_MS), procs.B.stop(STOP_WAIT_MS)]);
     await proxy?.close();
   }
 
-  for (const c of cycles) for (const p of c.problems) problems.push(`cycle ${c.cycle}: ${p}`);
-  const stalls = cycles.map((c) => c.stallMs);
-  const takeovers = cycles.flatMap((c) => (c.takeoverMs === null ? [] : [c.takeoverMs]));
-  const resyncs = cycles.flatMap((c) => (c.resyncMs === null ? [] : [c.resyncMs]));
-  const t = report?.totals ?? null;
-  const verifyErrors = (t?.verifyErrors ?? 0) + (report?.readBack?.verifyErrors ?? 0) + recording.probes.verifyErrors;
-  const totals: KillTestTotals = {
-    cycles: cycles.length,
-    stallMedianMs: median(stalls),
-    stallMaxMs: Math.max(0, ...stalls),
-    takeoverMedianMs: median(takeovers),
-    takeoverMaxMs: Math.max(0, ...takeovers),
-    resyncMedianMs: median(resyncs),
-    resyncMaxMs: Math.max(0, ...resyncs),
-    ops: t?.ops ?? 0,
-    errors: t?.errors ?? 0,
-    writesMaybe: recording.writesMaybe,
-    lostWrites: check?.byKind['lost-write'] ?? 0,
-    staleReads: check?.byKind['stale-read'] ?? 0,
-    violations: check?.violations.length ?? 0,
-    verifyErrors,
-    inconclusiveKeys: check?.inconclusive.length ?? 0,
-  };
-  if (check !== null && check.verdict === 'inconclusive') problems.push(`the checker could not decide ${check.inconclusive.length} keys`);
-  const ok = check !== null && check.verdict === 'linearizable' && totals.verifyErrors === 0 && problems.length === 0 && cycles.length === opts.cycles;
-  const keep = opts.keep === true || !ok || !madeDir;
-  const checkReport = check === null ? null : summarizeCheck(check, keep ? historyPath : null);
+  // ---- step: sum up
 
-  if (report !== null) {
+  /** The totals and the verdict; the report and chart written; the working directory removed after a pass unless kept. */
+  finish(): KillTestResult {
+    const { opts, mode } = this.plan;
+    const { cycles, problems, recording, report, check } = this;
+    for (const c of cycles) for (const p of c.problems) problems.push(`cycle ${c.cycle}: ${p}`);
+    const totals = this.totals();
+    if (check !== null && check.verdict === 'inconclusive') problems.push(`the checker could not decide ${check.inconclusive.length} keys`);
+    const ok = check !== null && check.verdict === 'linearizable' && totals.verifyErrors === 0 && problems.length === 0 && cycles.length === opts.cycles;
+    const keep = opts.keep === true || !ok || !this.pair.madeDir;
+    const checkReport = check === null ? null : summarizeCheck(check, keep ? this.historyPath : null);
+    const reportFiles = report === null ? null : this.writeReport(report, checkReport, totals, ok);
+    if (!keep) rmSync(this.pair.dir, { recursive: true, force: true });
+    const copies = this.copies;
+    return {
+      ok,
+      mode,
+      seed: opts.seed,
+      cycles,
+      totals,
+      check: checkReport,
+      workload:
+        report === null
+          ? null
+          : {
+              summary: report.summary,
+              ops: report.totals.ops,
+              opsPerSec: report.totals.opsPerSec,
+              errors: report.totals.errors,
+              errorCodes: report.totals.errorCodes,
+              verifyErrors: report.totals.verifyErrors,
+              verifyFailures: [...report.totals.verifyFailures, ...(report.readBack?.verifyFailures ?? []), ...recording.probes.verifyFailures].slice(0, 20),
+              readsVerified: report.totals.readsVerified,
+              failovers: report.totals.failovers,
+              readBack: report.readBack,
+            },
+      copies: copies === null ? null : { pagesChecked: copies.pagesChecked, differ: copies.remaining, busy: copies.unsettled.length },
+      problems,
+      dir: keep ? this.pair.dir : null,
+      historyPath: keep ? this.historyPath : null,
+      reportPath: reportFiles?.jsonPath ?? null,
+      chartPath: reportFiles?.svgPath ?? null,
+    };
+  }
+
+  private totals(): KillTestTotals {
+    const { cycles, recording, report, check } = this;
+    const stalls = cycles.map((c) => c.stallMs);
+    const takeovers = cycles.flatMap((c) => (c.takeoverMs === null ? [] : [c.takeoverMs]));
+    const resyncs = cycles.flatMap((c) => (c.resyncMs === null ? [] : [c.resyncMs]));
+    const t = report?.totals ?? null;
+    return {
+      cycles: cycles.length,
+      stallMedianMs: median(stalls),
+      stallMaxMs: Math.max(0, ...stalls),
+      takeoverMedianMs: median(takeovers),
+      takeoverMaxMs: Math.max(0, ...takeovers),
+      resyncMedianMs: median(resyncs),
+      resyncMaxMs: Math.max(0, ...resyncs),
+      ops: t?.ops ?? 0,
+      errors: t?.errors ?? 0,
+      writesMaybe: recording.writesMaybe,
+      lostWrites: check?.byKind['lost-write'] ?? 0,
+      staleReads: check?.byKind['stale-read'] ?? 0,
+      violations: check?.violations.length ?? 0,
+      verifyErrors: (t?.verifyErrors ?? 0) + (report?.readBack?.verifyErrors ?? 0) + recording.probes.verifyErrors,
+      inconclusiveKeys: check?.inconclusive.length ?? 0,
+    };
+  }
+
+  /** The workload report with the checker's verdict and the faults attached, as <out>.json and its chart. */
+  private writeReport(report: WorkloadReport, checkReport: HistoryCheckReport | null, totals: KillTestTotals, ok: boolean): { jsonPath: string; svgPath: string } {
+    const { opts, mode } = this.plan;
     if (checkReport !== null) attachCheck(report, checkReport);
     const faults: FaultsReport = {
       mode,
       seed: opts.seed,
-      cycles,
+      cycles: this.cycles,
       totals: {
         cycles: totals.cycles,
         stallMedianMs: totals.stallMedianMs,
@@ -846,42 +894,26 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
         resyncMedianMs: totals.resyncMedianMs,
         resyncMaxMs: totals.resyncMaxMs,
       },
-      problems,
+      problems: this.problems,
     };
     attachFaults(report, faults);
     // Operations that failed after every retry are maybe-happened writes here, judged by the checker: the verdict is the kill test's.
     report.ok = ok;
     const base = resolveReportBase(opts.out, `workload-reports/kill-test-${mode}-${reportStamp(new Date(report.startedAt))}`);
-    reportFiles = writeReportFiles(report, base);
+    return writeReportFiles(report, base);
   }
-  if (!keep) rmSync(dir, { recursive: true, force: true });
-  return {
-    ok,
-    mode,
-    seed: opts.seed,
-    cycles,
-    totals,
-    check: checkReport,
-    workload:
-      report === null
-        ? null
-        : {
-            summary: report.summary,
-            ops: report.totals.ops,
-            opsPerSec: report.totals.opsPerSec,
-            errors: report.totals.errors,
-            errorCodes: report.totals.errorCodes,
-            verifyErrors: report.totals.verifyErrors,
-            verifyFailures: [...report.totals.verifyFailures, ...(report.readBack?.verifyFailures ?? []), ...recording.probes.verifyFailures].slice(0, 20),
-            readsVerified: report.totals.readsVerified,
-            failovers: report.totals.failovers,
-            readBack: report.readBack,
-          },
-    copies: copies === null ? null : { pagesChecked: copies.pagesChecked, differ: copies.remaining, busy: copies.unsettled.length },
-    problems,
-    dir: keep ? dir : null,
-    historyPath: keep ? historyPath : null,
-    reportPath: reportFiles?.jsonPath ?? null,
-    chartPath: reportFiles?.svgPath ?? null,
-  };
+}
+
+export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult> {
+  const plan = planRun(opts);
+  const run = new KillTestRun(plan, await setUpPair(plan));
+  try {
+    await run.startPair();
+    await run.runLoad();
+    await run.judgeHistory();
+    if (!run.failedHard) await run.compareCopies();
+  } finally {
+    await run.tearDown();
+  }
+  return run.finish();
 }

@@ -16,8 +16,8 @@ import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PagepairError } from '../protocol/errors.js';
-import { fioVerifyStatePath, killAllFio, readFioVerifyState, runFio, spawnFio, type FioEnd, type FioJobReport, type FioVerifyState } from '../testing/fio.js';
-import { NbdPair, StatusPoller, storeBytesFor, type Letter } from '../testing/nbd-pair.js';
+import { fioVerifyStatePath, killAllFio, readFioVerifyState, runFio, spawnFio, type FioEnd, type FioJobReport, type FioVerifyState } from '../runtime/fio.js';
+import { NbdPair, storeBytesFor, type Letter } from '../runtime/nbd-pair.js';
 import { formatBytes, parsePositiveInt, parseSize } from '../workload/units.js';
 
 const JOB = 'nbdkill';
@@ -195,7 +195,7 @@ async function killCycle(pair: NbdPair, victim: Letter, s: CycleSettings): Promi
   await pair.createVolume(survivor, volume, s.sizeBytes);
 
   // The victim's write counter says when enough writes went through it.
-  const poller = new StatusPoller(pair.of(victim));
+  const poller = pair.of(victim).poller();
   const base = (await poller.get())?.counters.clientWrites ?? 0;
   const job = fioJobArgs(pair.of(victim).nbdUrl(volume), s.sizeBytes, s.iodepth, s.seed);
   const writer = spawnFio([...job, '--do_verify=0', '--verify_state_save=1', `--runtime=${WRITE_RUNTIME_S_MAX}`], { cwd: fioDir, ...(s.fioPath !== undefined ? { fioPath: s.fioPath } : {}) });

@@ -1,21 +1,24 @@
-// Start `pagepair start --config <file>` as a child process with the
-// controller's node flags, its output appended to a log file.
+// pagepair's own commands as supervised processes: `pagepair start --config
+// <file>` (a controller) or any other command line of bin/pagepair.js, run
+// with the controller's node flags.
 
-import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { CONTROLLER_NODE_FLAGS } from './node-flags.js';
+import { Supervised, type LogCollection, type ProcessSpec } from './supervisor.js';
 
-const BIN = fileURLToPath(new URL('../../bin/pagepair.js', import.meta.url));
+export const PAGEPAIR_BIN = fileURLToPath(new URL('../../bin/pagepair.js', import.meta.url));
 
-export function spawnController(configPath: string, logPath: string): ChildProcess {
-  const fd = openSync(logPath, 'a');
-  let child: ChildProcess;
-  try {
-    child = spawn(process.execPath, [...CONTROLLER_NODE_FLAGS, BIN, 'start', '--config', configPath], { stdio: ['ignore', fd, fd] });
-  } finally {
-    closeSync(fd); // the child has its own copy
-  }
-  child.on('error', () => undefined); // seen as an exit; callers watch 'exit'
-  return child;
+/** `pagepair <args>` under the controller's node flags. */
+export function pagepairSpec(name: string, args: readonly string[], log: LogCollection, pidFile?: string): ProcessSpec {
+  return { name, args: [...CONTROLLER_NODE_FLAGS, PAGEPAIR_BIN, ...args], log, ...(pidFile !== undefined ? { pidFile } : {}) };
+}
+
+/** A controller: `pagepair start --config <configPath>`. */
+export function controllerSpec(name: string, configPath: string, log: LogCollection, pidFile?: string): ProcessSpec {
+  return pagepairSpec(name, ['start', '--config', configPath], log, pidFile);
+}
+
+/** A controller, supervised, not started yet. */
+export function superviseController(name: string, configPath: string, log: LogCollection, pidFile?: string): Supervised {
+  return new Supervised(controllerSpec(name, configPath, log, pidFile));
 }

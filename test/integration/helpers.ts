@@ -5,15 +5,14 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import { randomUUID } from 'node:crypto';
-import { CONTROLLER_NODE_FLAGS } from '../../src/runtime/node-flags.js';
-import { freePort } from '../../src/testing/free-port.js';
+import { freePort } from '../../src/runtime/free-port.js';
+import { PAGEPAIR_BIN, pagepairSpec } from '../../src/runtime/spawn-controller.js';
+import { killAllSupervised, STOP_GRACE_MS, Supervised } from '../../src/runtime/supervisor.js';
 
 export { freePort };
 
-export const BIN = fileURLToPath(new URL('../../bin/pagepair.js', import.meta.url));
+export const BIN = PAGEPAIR_BIN;
 
 export interface PairFiles {
   dir: string;
@@ -71,7 +70,8 @@ export async function makePairFiles(extra: Record<string, unknown> = {}, opts: {
 
 export interface Proc {
   child: ChildProcess;
-  lines: string[];
+  /** Every line it wrote so far (standard output and error). */
+  lines: readonly string[];
   /** Parsed JSON log records. */
   records(): Record<string, unknown>[];
   waitForLog(pred: (rec: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
@@ -79,65 +79,29 @@ export interface Proc {
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
+/** Processes of runCli and runKillTestCli (those of startProcess are the supervisor's). */
 const running = new Set<ChildProcess>();
 
+/** `pagepair <args>` started, every line it writes kept. */
 export function startProcess(args: string[]): Proc {
-  const child = spawn(process.execPath, [...CONTROLLER_NODE_FLAGS, BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  running.add(child);
-  const lines: string[] = [];
-  const waiters: (() => void)[] = [];
-  for (const s of [child.stdout!, child.stderr!]) {
-    createInterface({ input: s }).on('line', (line) => {
-      lines.push(line);
-      for (const w of waiters.splice(0)) w();
-    });
-  }
-  const exited = new Promise<number | null>((resolve) =>
-    child.on('exit', (code) => {
-      running.delete(child);
-      for (const w of waiters.splice(0)) w();
-      resolve(code);
-    }),
-  );
-  const records = (): Record<string, unknown>[] =>
-    lines.flatMap((l) => {
-      if (!l.startsWith('{')) return [];
-      try {
-        return [JSON.parse(l) as Record<string, unknown>];
-      } catch {
-        return [];
-      }
-    });
+  const p = new Supervised(pagepairSpec(`pagepair ${args.join(' ')}`, args, { keepLines: Number.POSITIVE_INFINITY }));
+  p.start();
   return {
-    child,
-    lines,
-    records,
-    exited,
-    async waitForLog(pred, timeoutMs = 20_000) {
-      const deadline = Date.now() + timeoutMs;
-      for (;;) {
-        const hit = records().find(pred);
-        if (hit !== undefined) return hit;
-        if (child.exitCode !== null) throw new Error(`process exited (${child.exitCode}) before the log line came:\n${lines.slice(-20).join('\n')}`);
-        if (Date.now() > deadline) throw new Error(`log line did not come within ${timeoutMs} ms:\n${lines.slice(-20).join('\n')}`);
-        await new Promise<void>((resolve) => {
-          waiters.push(resolve);
-          setTimeout(resolve, 200);
-        });
-      }
-    },
+    child: p.process!,
+    lines: p.logLines(),
+    records: () => p.records(),
+    waitForLog: (pred, timeoutMs = 20_000) => p.waitForRecord(pred, timeoutMs),
+    exited: p.exited.then(() => p.exitCode),
     async stop(signal = 'SIGTERM') {
-      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-      const t = setTimeout(() => child.kill('SIGKILL'), 15_000);
-      const code = await exited;
-      clearTimeout(t);
-      return code;
+      await p.stop(STOP_GRACE_MS, signal);
+      return p.exitCode;
     },
   };
 }
 
 /** Kill whatever a test file left running. */
 export function killAll(): void {
+  killAllSupervised();
   for (const c of running) c.kill('SIGKILL');
   running.clear();
 }
@@ -159,15 +123,22 @@ export async function stopPair(procs: (Proc | undefined)[] | undefined, files: P
 
 /** Run the CLI to completion; resolves with its exit code and output. */
 export async function runCli(args: string[], timeoutMs = 60_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  return runToEnd(args, { killAfterMs: timeoutMs });
+}
+
+/** `pagepair <args>` to its end, SIGTERM after termAfterMs (when given), SIGKILL after killAfterMs. */
+async function runToEnd(args: readonly string[], o: { termAfterMs?: number; killAfterMs: number }): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [PAGEPAIR_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   running.add(child);
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  const t = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  const term = o.termAfterMs !== undefined ? setTimeout(() => child.kill('SIGTERM'), o.termAfterMs) : undefined;
+  const kill = setTimeout(() => child.kill('SIGKILL'), o.killAfterMs);
   const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
-  clearTimeout(t);
+  clearTimeout(term);
+  clearTimeout(kill);
   running.delete(child);
   return { code, stdout, stderr };
 }
@@ -236,16 +207,7 @@ export async function runKillTestCli(
 ): Promise<{ code: number | null; stdout: string; stderr: string; dir: string }> {
   const dir = mkdtempSync(join(tmpdir(), `pagepair-kt-${label}-`));
   dirs.push(dir);
-  const child = spawn(process.execPath, [BIN, 'kill-test', ...args, '--dir', dir, '--out', join(dir, 'report'), '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
   // SIGTERM lets the kill test stop its controllers; SIGKILL only if it does not.
-  const term = setTimeout(() => child.kill('SIGTERM'), 80_000);
-  const kill = setTimeout(() => child.kill('SIGKILL'), 100_000);
-  const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
-  clearTimeout(term);
-  clearTimeout(kill);
-  return { code, stdout, stderr, dir };
+  const r = await runToEnd(['kill-test', ...args, '--dir', dir, '--out', join(dir, 'report'), '--json'], { termAfterMs: 80_000, killAfterMs: 100_000 });
+  return { ...r, dir };
 }

@@ -6,8 +6,8 @@
 
 import { afterAll, describe, expect } from 'vitest';
 import { formatAttachKillTest, runAttachKillTest } from '../../src/cli/attach-kill-test.js';
-import { killAllFio } from '../../src/testing/fio.js';
-import { killAllPairControllers } from '../../src/testing/nbd-pair.js';
+import { killAllFio } from '../../src/runtime/fio.js';
+import { killAllPairControllers } from '../../src/runtime/nbd-pair.js';
 import { itWithTools } from '../tools.js';
 
 const abort = new AbortController();

@@ -7,8 +7,8 @@
 import { afterAll, describe, expect } from 'vitest';
 import { itWithTools } from '../tools.js';
 import { runNbdKillTest, type NbdKillTestResult } from '../../src/cli/nbd-kill-test.js';
-import { killAllFio, liveFioCount } from '../../src/testing/fio.js';
-import { killAllPairControllers } from '../../src/testing/nbd-pair.js';
+import { killAllFio, liveFioCount } from '../../src/runtime/fio.js';
+import { killAllPairControllers } from '../../src/runtime/nbd-pair.js';
 
 const abort = new AbortController();
 const lines: string[] = [];

@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { fioVerifyStatePath, parseFioJob, readFioVerifyState } from '../../src/testing/fio.js';
+import { fioVerifyStatePath, parseFioJob, readFioVerifyState } from '../../src/runtime/fio.js';
 
 const REPORT = JSON.stringify(
   {

@@ -56,14 +56,6 @@ const KNOWN: readonly { from: string; to: string; until: string }[] = [
   { from: 'src/core/controller.ts', to: 'src/store/layout.ts', until: 'part 2: extents sized by the store' },
   { from: 'src/core/controller.ts', to: 'src/store/extents.ts', until: 'part 2: extents chosen by the store' },
   { from: 'src/core/env.ts', to: 'src/store/types.ts', until: 'part 2: store I/O as effects' },
-  // The kill tests and the bench drive processes through src/testing until one supervisor module serves them all.
-  { from: 'src/cli/kill-test.ts', to: 'src/testing/tcp-proxy.ts', until: 'part 4: one process supervisor' },
-  { from: 'src/cli/kill-test.ts', to: 'src/testing/free-port.ts', until: 'part 4: one process supervisor' },
-  { from: 'src/cli/nbd-kill-test.ts', to: 'src/testing/fio.ts', until: 'part 4: one process supervisor' },
-  { from: 'src/cli/nbd-kill-test.ts', to: 'src/testing/nbd-pair.ts', until: 'part 4: one process supervisor' },
-  { from: 'src/cli/attach-kill-test.ts', to: 'src/testing/fio.ts', until: 'part 4: one process supervisor' },
-  { from: 'src/cli/attach-kill-test.ts', to: 'src/testing/nbd-pair.ts', until: 'part 4: one process supervisor' },
-  { from: 'src/bench/rigs.ts', to: 'src/testing/free-port.ts', until: 'part 4: one process supervisor' },
 ];
 
 function sourceFiles(dir: string): string[] {
