@@ -149,16 +149,21 @@ export interface SpaceReply extends Common {
   storeBytesFree: number;
 }
 
-export interface Allocate extends Common {
-  kind: 'ALLOCATE';
+/** One allocation: what ALLOCATE tells the partner, and what the store's allocation table keeps. */
+export interface AllocationRecord {
   guid: string;
   name: string;
   policy: string;
   pageSizeBytes: number;
   pageCount: number;
+  /** Start of the allocation's extent, relative to the data area. */
   dataOffset: number;
-  reservationId: number;
   createdEpoch: number;
+}
+
+export interface Allocate extends Common, AllocationRecord {
+  kind: 'ALLOCATE';
+  reservationId: number;
 }
 export interface AllocateReply extends Common {
   kind: 'ALLOCATE_REPLY';

@@ -3,6 +3,8 @@
 // layout.ts holds the pure encoding and geometry; page-store.ts the logic over
 // a Device; file-device.ts and memory-device.ts the byte ranges.
 
+import type { AllocationRecord as Allocation } from '../protocol/messages.js';
+
 /** A range of bytes that can be read, written and made durable. */
 export interface Device {
   readonly sizeBytes: number;
@@ -38,17 +40,8 @@ export interface Superblock {
   createdAtMs: number;
 }
 
-/** One allocation as kept in the allocation table. */
-export interface AllocationRecord {
-  guid: string;
-  name: string;
-  policy: string;
-  pageSizeBytes: number;
-  pageCount: number;
-  /** Start of the allocation's extent, relative to the data area. */
-  dataOffset: number;
-  createdEpoch: number;
-}
+/** One allocation as kept in the allocation table: the record ALLOCATE carries. */
+export type AllocationRecord = Allocation;
 
 /** Bytes in front of every page in the data area. */
 export const PAGE_HEADER_BYTES = 64;
