@@ -45,25 +45,10 @@ interface PageHeaderView {
   dirty: boolean;
 }
 
-/** What the checker reads of a core's private state; nothing is changed. */
-interface CoreInsides {
-  allocs: Map<
-    string,
-    {
-      pages: Map<number, { version: number; crc: number; dirty: boolean }>;
-      owner: Uint8Array;
-    }
-  >;
-}
-
-function insides(core: ControllerCore): CoreInsides {
-  return core as unknown as CoreInsides;
-}
-
 /** Cached pages of one allocation: page -> version, CRC, dirty. Empty when the allocation is unknown to the core. */
 export function cachedHeaders(core: ControllerCore, guid: string): Map<number, PageHeaderView> {
   const out = new Map<number, PageHeaderView>();
-  const alloc = insides(core).allocs.get(guid);
+  const alloc = core.allocator.allocs.get(guid);
   if (alloc === undefined) return out;
   for (const [page, cp] of alloc.pages) out.set(page, { version: cp.version, crc: cp.crc, dirty: cp.dirty });
   return out;
@@ -71,7 +56,7 @@ export function cachedHeaders(core: ControllerCore, guid: string): Map<number, P
 
 /** Which controller id each page's owner is, as one core sees it; null when the allocation is unknown. */
 export function ownerView(core: ControllerCore, guid: string): Uint8Array | null {
-  return insides(core).allocs.get(guid)?.owner ?? null;
+  return core.allocator.allocs.get(guid)?.owner ?? null;
 }
 
 function hex(crc: number): string {

@@ -52,9 +52,10 @@ const KNOWN: readonly { from: string; to: string; until: string }[] = [
   // The core awaits store I/O itself until store I/O goes out as effects.
   { from: 'src/core/allocation.ts', to: 'src/store/types.ts', until: 'part 2: store I/O as effects' },
   { from: 'src/core/arbiter.ts', to: 'src/store/types.ts', until: 'part 2: store I/O as effects' },
-  { from: 'src/core/controller.ts', to: 'src/store/types.ts', until: 'part 2: store I/O as effects' },
-  { from: 'src/core/controller.ts', to: 'src/store/layout.ts', until: 'part 2: extents sized by the store' },
-  { from: 'src/core/controller.ts', to: 'src/store/extents.ts', until: 'part 2: extents chosen by the store' },
+  { from: 'src/core/allocator.ts', to: 'src/store/types.ts', until: 'part 2: store I/O as effects' },
+  { from: 'src/core/allocator.ts', to: 'src/store/layout.ts', until: 'part 2: extents sized by the store' },
+  { from: 'src/core/allocator.ts', to: 'src/store/extents.ts', until: 'part 2: extents chosen by the store' },
+  { from: 'src/core/status.ts', to: 'src/store/types.ts', until: 'part 2: store I/O as effects' },
   { from: 'src/core/env.ts', to: 'src/store/types.ts', until: 'part 2: store I/O as effects' },
 ];
 

@@ -1,0 +1,359 @@
+// ROOM allocator
+
+import { Role, type Allocate, type CAllocate, type CRelease, type Release, type SpaceRequest } from '../protocol/messages.js';
+import { PagepairError, invariant } from '../protocol/errors.js';
+import type { AllocationRecord, PageLocation } from '../store/types.js';
+import { extentBytes } from '../store/layout.js';
+import { findExtent } from '../store/extents.js';
+import { newAllocState, recordFields, type AllocState } from './allocation.js';
+import { SetDigest, tableMember } from './digest.js';
+import { unknownGuid } from './shared.js';
+import type { Core } from './context.js';
+
+/** ALLOCATE with this reservation id replays a table entry during a join. */
+export const SYNC_RESERVATION = 0xffff_ffff;
+
+/** How long a reservation waits for its ALLOCATE, on top of the time the coordinator may take to zero the extent. */
+export const RESERVATION_TTL_MS = 10_000;
+
+/**
+ * A slow disk's zeroing rate (32 MiB/s), as bytes per ms: the coordinator
+ * zeroes a new extent (store.clearExtent) between SPACE_REQUEST and ALLOCATE,
+ * or while it handles ALLOCATE, which for a volume of some GiB takes longer
+ * than RESERVATION_TTL_MS or a peer request's timeout.
+ */
+export const ZEROING_BYTES_PER_MS = (32 * 1024 * 1024) / 1000;
+
+/** The time zeroing an extent of `bytes` may take, at the slow disk's rate. */
+export function zeroingAllowanceMs(bytes: number): number {
+  return Math.ceil(bytes / ZEROING_BYTES_PER_MS);
+}
+
+export interface Reservation {
+  id: number;
+  dataOffset: number;
+  bytes: number;
+  expiresMs: number;
+}
+
+export function checkName(name: string): void {
+  if (name.length === 0 || Buffer.byteLength(name) > 64) {
+    throw new PagepairError('BAD_FIELD', 'name must be 1 to 64 bytes of UTF-8', 'name');
+  }
+}
+
+export class Allocator {
+  constructor(private readonly c: Core) {}
+
+  readonly allocs = new Map<string, AllocState>();
+
+  readonly names = new Set<string>();
+
+  tableDigestText: string | null = null;
+
+  tableChain: Promise<unknown> = Promise.resolve();
+
+  readonly reservations = new Map<number, Reservation>();
+
+  private nextReservationId = 1;
+
+  private releaseWaiters: (() => void)[] = [];
+
+  /** Allocations released whose extents may still receive a store write. */
+  readonly draining = new Set<AllocState>();
+
+  /** Controller 1 places extents and writes the table while mirrored; so no two allocations overlap. */
+  /** Alone we own everything; mirrored, a new allocation starts owned by controller 1. */
+  private defaultOwner(): number {
+    return !this.c.cfg.mirroring || this.c.membership.role === Role.ALONE ? this.c.selfId : 1;
+  }
+
+  /** Who places extents and writes the table: alone, ourselves; joining, the side whose state wins; mirrored, controller 1. */
+  isCoordinator(): boolean {
+    if (!this.c.cfg.mirroring || this.c.membership.role === Role.ALONE) return true;
+    if (this.c.joining.current !== null) return this.c.joining.current.authoritative === true;
+    return this.c.selfId === 1 && this.c.membership.role === Role.MIRRORED;
+  }
+
+  async clientAllocate(msg: CAllocate): Promise<AllocationRecord> {
+    this.c.membership.requireWritable();
+    this.refuseDuringResync('allocate');
+    const policy = this.c.cfg.policies.get(msg.policy === '' ? 'default' : msg.policy);
+    if (policy === undefined) {
+      throw new PagepairError('POLICY_UNKNOWN', `no policy named "${msg.policy}" (known: ${[...this.c.cfg.policies.keys()].join(', ')})`, 'policy');
+    }
+    checkName(msg.name);
+    if (this.names.has(msg.name)) throw new PagepairError('DUPLICATE', `an allocation named "${msg.name}" exists`, 'name');
+    if (!Number.isSafeInteger(msg.sizeBytes) || msg.sizeBytes <= 0) {
+      throw new PagepairError('BAD_FIELD', `sizeBytes must be a positive integer, got ${msg.sizeBytes}`, 'sizeBytes');
+    }
+    const pageCount = Math.ceil(msg.sizeBytes / policy.pageSizeBytes);
+    if (pageCount > 0xffff_ffff) throw new PagepairError('TOO_LARGE', `${msg.sizeBytes} bytes is more than 2^32 pages`, 'sizeBytes');
+    const bytes = extentBytes(policy.pageSizeBytes, pageCount);
+    const base = { guid: this.c.env.newGuid(), name: msg.name, policy: policy.name, pageSizeBytes: policy.pageSizeBytes, pageCount, createdEpoch: this.c.membership.epoch };
+    this.names.add(msg.name); // held while we ask, so a second request for the name fails fast
+    let installed = false;
+    try {
+      let record: AllocationRecord;
+      if (!this.c.cfg.mirroring || this.c.membership.role === Role.ALONE) {
+        record = { ...base, dataOffset: this.placeExtent(bytes) };
+      } else if (this.isCoordinator()) {
+        const local = this.reserve(this.placeExtent(bytes), bytes);
+        try {
+          const space = await this.c.requests.request({ kind: 'SPACE_REQUEST', policy: policy.name, pageSizeBytes: policy.pageSizeBytes, pageCount, reserve: true, dataOffset: local.dataOffset });
+          invariant(space.kind === 'SPACE_REQUEST_REPLY', 'space reply');
+          record = { ...base, dataOffset: local.dataOffset };
+          // Zeroed before the partner can learn of it (and a client write there).
+          await this.c.env.store.clearExtent(record.dataOffset, bytes);
+          await this.c.requests.request({ kind: 'ALLOCATE', ...record, reservationId: space.reservationId });
+        } finally {
+          this.reservations.delete(local.id);
+        }
+      } else {
+        const space = await this.c.requests.request({ kind: 'SPACE_REQUEST', policy: policy.name, pageSizeBytes: policy.pageSizeBytes, pageCount, reserve: true, dataOffset: -1 });
+        invariant(space.kind === 'SPACE_REQUEST_REPLY', 'space reply');
+        record = { ...base, dataOffset: space.dataOffset };
+        // The coordinator zeroes the extent before it answers.
+        await this.c.requests.request({ kind: 'ALLOCATE', ...record, reservationId: space.reservationId }, zeroingAllowanceMs(bytes));
+      }
+      if (!this.c.cfg.mirroring || this.c.membership.role === Role.ALONE) await this.c.env.store.clearExtent(record.dataOffset, bytes);
+      // Its extent is zeroed: every page is at version 0, known without reading.
+      this.installAllocation(record, this.defaultOwner(), true);
+      installed = true;
+      if (this.isCoordinator()) await this.persistTable();
+      this.c.env.log.info({ guid: record.guid, name: record.name, policy: record.policy, pageCount, pageSizeBytes: record.pageSizeBytes }, 'allocation created');
+      return record;
+    } finally {
+      if (!installed) this.names.delete(msg.name);
+    }
+  }
+
+  /** Extents in use: allocations, reservations, and released ones a store write may still reach. */
+  private usedExtents(): { dataOffset: number; bytes: number }[] {
+    const used = [...this.allocs.values(), ...this.draining].map((a) => ({ dataOffset: a.record.dataOffset, bytes: extentBytes(a.record.pageSizeBytes, a.record.pageCount) }));
+    for (const r of this.reservations.values()) used.push({ dataOffset: r.dataOffset, bytes: r.bytes });
+    return used;
+  }
+
+  private placeExtent(bytes: number): number {
+    const used = this.usedExtents();
+    const at = findExtent(used, bytes, this.c.env.store.superblock.geometry.dataBytes);
+    if (at < 0) throw new PagepairError('NO_SPACE', `no free extent of ${bytes} bytes in the store`);
+    return at;
+  }
+
+  private reserve(dataOffset: number, bytes: number): Reservation {
+    const r: Reservation = { id: this.nextReservationId++, dataOffset, bytes, expiresMs: this.c.env.nowMs() + RESERVATION_TTL_MS + zeroingAllowanceMs(bytes) };
+    if (this.nextReservationId >= SYNC_RESERVATION) this.nextReservationId = 1;
+    this.reservations.set(r.id, r);
+    return r;
+  }
+
+  onSpaceRequest(req: SpaceRequest): void {
+    const policy = this.c.cfg.policies.get(req.policy);
+    if (policy === undefined) throw new PagepairError('POLICY_UNKNOWN', `no policy named "${req.policy}" here`, 'policy');
+    const bytes = extentBytes(req.pageSizeBytes, req.pageCount);
+    const free = {
+      cacheBytesFree: Math.max(0, this.c.cfg.cacheBytesMax - this.c.cache.bytesDirty),
+      storeBytesFree: this.storeBytesFree(),
+    };
+    if (!req.reserve) {
+      this.c.requests.replyPeer(req, { kind: 'SPACE_REQUEST_REPLY', reservationId: 0, dataOffset: -1, ...free });
+      return;
+    }
+    this.c.membership.requireWritable();
+    let at = req.dataOffset;
+    if (this.isCoordinator()) {
+      if (at !== -1) throw new PagepairError('BAD_FIELD', 'the coordinator places extents; dataOffset must be -1', 'dataOffset');
+      at = this.placeExtent(bytes);
+    } else {
+      if (at < 0) throw new PagepairError('BAD_FIELD', 'dataOffset must be given by the coordinator', 'dataOffset');
+      for (const u of this.usedExtents()) {
+        if (u.dataOffset < at + bytes && at < u.dataOffset + u.bytes) {
+          throw new PagepairError('NO_SPACE', `extent at ${at} overlaps one in use here`, 'dataOffset');
+        }
+      }
+    }
+    const r = this.reserve(at, bytes);
+    this.c.requests.replyPeer(req, { kind: 'SPACE_REQUEST_REPLY', reservationId: r.id, dataOffset: at, ...free });
+  }
+
+  private storeBytesFree(): number {
+    let used = 0;
+    for (const a of this.allocs.values()) used += extentBytes(a.record.pageSizeBytes, a.record.pageCount);
+    return Math.max(0, this.c.env.store.superblock.geometry.dataBytes - used);
+  }
+
+  async onAllocate(req: Allocate): Promise<void> {
+    const record: AllocationRecord = {
+      guid: req.guid,
+      name: req.name,
+      policy: req.policy,
+      pageSizeBytes: req.pageSizeBytes,
+      pageCount: req.pageCount,
+      dataOffset: req.dataOffset,
+      createdEpoch: req.createdEpoch,
+    };
+    if (req.reservationId === SYNC_RESERVATION) {
+      // A join replays the authoritative table.
+      this.c.joining.current?.seenGuids.add(req.guid);
+      const have = this.allocs.get(req.guid);
+      if (have === undefined) {
+        if (this.names.has(req.name)) this.dropByName(req.name);
+        this.installAllocation(record, this.c.partnerId);
+        this.c.env.log.info({ guid: req.guid, name: req.name }, 'allocation received in join');
+        // The coordinator may have died before writing it to the table; the
+        // pair serves it from now on, so it must survive a restart of both.
+        if (this.isCoordinator()) await this.persistTable();
+      }
+      this.c.requests.replyPeer(req, { kind: 'ALLOCATE_REPLY' });
+      return;
+    }
+    this.c.membership.requireWritable();
+    const r = this.reservations.get(req.reservationId);
+    if (r === undefined || r.dataOffset !== req.dataOffset) {
+      throw new PagepairError('BAD_FIELD', `no reservation ${req.reservationId} at offset ${req.dataOffset}`, 'reservationId');
+    }
+    if (this.allocs.has(req.guid)) throw new PagepairError('DUPLICATE', `allocation ${req.guid} exists`, 'guid');
+    if (this.names.has(req.name)) throw new PagepairError('DUPLICATE', `an allocation named "${req.name}" exists`, 'name');
+    if (!this.c.cfg.policies.has(req.policy)) throw new PagepairError('POLICY_UNKNOWN', `no policy named "${req.policy}" here`, 'policy');
+    try {
+      if (this.isCoordinator()) await this.c.env.store.clearExtent(record.dataOffset, extentBytes(record.pageSizeBytes, record.pageCount));
+    } finally {
+      // Held while the extent is zeroed, so that no other allocation is placed over it meanwhile.
+      this.reservations.delete(r.id);
+    }
+    if (this.allocs.has(req.guid) || this.names.has(req.name)) throw new PagepairError('DUPLICATE', `allocation ${req.guid} or its name exists`, 'name');
+    this.installAllocation(record, this.defaultOwner(), true);
+    if (this.isCoordinator()) await this.persistTable();
+    this.c.env.log.info({ guid: record.guid, name: record.name, by: this.c.partnerId }, 'allocation created by partner');
+    this.c.requests.replyPeer(req, { kind: 'ALLOCATE_REPLY' });
+  }
+
+  /** `owner`: who owns its pages at first; both sides must pick the same. */
+  /** `fresh`: a new, zeroed extent, so every page's version (0) is known. */
+  installAllocation(record: AllocationRecord, owner: number = this.defaultOwner(), fresh = false): AllocState {
+    const alloc = newAllocState(record, owner);
+    if (fresh) alloc.knownVersions = new Float64Array(record.pageCount);
+    this.allocs.set(record.guid, alloc);
+    this.names.add(record.name);
+    this.tableDigestText = null;
+    return alloc;
+  }
+
+  async clientRelease(msg: CRelease): Promise<void> {
+    this.c.membership.requireWritable();
+    this.refuseDuringResync('release');
+    const alloc = this.lookup(msg.guid);
+    // Our own store writes to the extent land first; the partner's before it
+    // answers. Only then may the extent go to another allocation.
+    await this.dropAllocation(alloc);
+    try {
+      if (this.c.membership.role === Role.MIRRORED) await this.c.requests.request({ kind: 'RELEASE', guid: msg.guid });
+    } finally {
+      this.draining.delete(alloc);
+    }
+    if (this.isCoordinator()) await this.persistTable();
+    this.c.env.log.info({ guid: msg.guid, name: alloc.record.name }, 'allocation released');
+  }
+
+  async onRelease(req: Release): Promise<void> {
+    const alloc = this.allocs.get(req.guid);
+    if (alloc !== undefined) {
+      await this.dropAllocation(alloc);
+      this.draining.delete(alloc);
+      if (this.isCoordinator()) await this.persistTable();
+      this.c.env.log.info({ guid: req.guid, by: this.c.partnerId }, 'allocation released by partner');
+    }
+    this.c.requests.replyPeer(req, { kind: 'RELEASE_REPLY' });
+  }
+
+  /** The table is being sent to a rejoining partner: changing it now would lose the change on that side. */
+  private refuseDuringResync(what: string): void {
+    if (this.c.joining.current !== null) throw new PagepairError('BUSY', `cannot ${what} while the partner is resyncing; try again shortly`);
+  }
+
+  private dropByName(name: string): void {
+    for (const a of this.allocs.values()) if (a.record.name === name) void this.dropAllocation(a).then(() => this.draining.delete(a));
+  }
+
+  /** Forget an allocation; resolves once no destage of it can still land in the store. */
+  async dropAllocation(alloc: AllocState): Promise<void> {
+    if (!alloc.released) {
+      alloc.released = true;
+      this.draining.add(alloc);
+      this.allocs.delete(alloc.record.guid);
+      this.names.delete(alloc.record.name);
+      this.tableDigestText = null;
+      for (const p of [...alloc.pointers]) this.c.pointers.dropPointer(p);
+      this.c.cache.dropAlloc(alloc);
+      for (const cp of alloc.pages.values()) cp.waiters?.forEach((w) => w());
+      this.c.waits.wakeProgress();
+    }
+    while (alloc.destagesInFlight > 0) await new Promise<void>((resolve) => this.releaseWaiters.push(resolve));
+  }
+
+  wakeReleases(): void {
+    const w = this.releaseWaiters;
+    this.releaseWaiters = [];
+    for (const f of w) f();
+  }
+
+  persistTable(): Promise<void> {
+    const run = this.tableChain.then(async () => {
+      await this.c.membership.ensureLease();
+      await this.c.env.store.writeTable([...this.allocs.values()].map((a) => a.record));
+    });
+    this.tableChain = run.catch(() => undefined);
+    return run.then(() => undefined);
+  }
+
+  // -------------------------------------------------------------------------
+  // Pointers (ALLOCATE_READ, ALLOCATE_WRITE, RELEASE_POINTER)
+
+  tableDigest(): string {
+    if (this.tableDigestText === null) {
+      const d = new SetDigest();
+      for (const a of this.allocs.values()) d.add(tableMember(recordFields(a.record)));
+      this.tableDigestText = d.toString();
+    }
+    return this.tableDigestText;
+  }
+
+  /**
+   * The error for a request whose allocation went away while it waited: a
+   * release is final (UNKNOWN_GUID), but a reset of this controller is not:
+   * the allocation lives on at the partner, so the client retries (NOT_ACTIVE).
+   */
+  goneError(alloc: AllocState): PagepairError {
+    if (alloc.lostInReset) return new PagepairError('NOT_ACTIVE', `controller ${this.c.selfId === 1 ? 'A' : 'B'} was reset while the request waited; retry`);
+    return unknownGuid(alloc.record.guid);
+  }
+
+  lookup(guid: string): AllocState {
+    const a = this.allocs.get(guid);
+    if (a === undefined) throw unknownGuid(guid);
+    return a;
+  }
+
+  checkRange(alloc: AllocState, offset: number, length: number, lengthField: string): void {
+    if (!Number.isSafeInteger(offset) || offset < 0) throw new PagepairError('BAD_FIELD', `offset must be a non-negative integer, got ${offset}`, 'offset');
+    if (!Number.isSafeInteger(length) || length <= 0) throw new PagepairError('BAD_FIELD', `${lengthField} must be at least 1 byte`, lengthField);
+    if (length > this.c.cfg.limits.requestBytesMax) {
+      throw new PagepairError('TOO_LARGE', `${length} bytes is over requestBytesMax ${this.c.cfg.limits.requestBytesMax}`, lengthField);
+    }
+    if (offset + length > alloc.sizeBytes) {
+      throw new PagepairError('OUT_OF_RANGE', `bytes ${offset}..${offset + length - 1} are past the end of ${alloc.record.guid} (${alloc.sizeBytes} bytes)`, 'offset');
+    }
+  }
+
+  checkPageRange(alloc: AllocState, first: number, count: number): void {
+    if (!Number.isSafeInteger(first) || !Number.isSafeInteger(count) || first < 0 || count < 1 || first + count > alloc.record.pageCount) {
+      throw new PagepairError('OUT_OF_RANGE', `pages ${first}+${count} are outside ${alloc.record.guid} (${alloc.record.pageCount} pages)`, 'firstPage');
+    }
+  }
+
+  location(alloc: AllocState): PageLocation {
+    return { guid: alloc.record.guid, dataOffset: alloc.record.dataOffset, pageSizeBytes: alloc.record.pageSizeBytes };
+  }
+}

@@ -1,0 +1,40 @@
+import type { CoreConfig, CoreEnv } from './env.js';
+import type { PageCache } from './page-cache.js';
+import type { PeerOutbox } from './peer-outbox.js';
+import type { CoreCounters } from './status.js';
+import type { Membership } from './membership.js';
+import type { Join } from './join.js';
+import type { PeerRequests } from './peer-requests.js';
+import type { Ownership } from './ownership.js';
+import type { WritePath } from './write-path.js';
+import type { MirrorIn } from './mirror-in.js';
+import type { ReadPath } from './read-path.js';
+import type { RetryTags } from './retry-tags.js';
+import type { Destager } from './destager.js';
+import type { Allocator } from './allocator.js';
+import type { Pointers } from './pointers.js';
+import type { Verifier } from './verifier.js';
+import type { Waits } from './waits.js';
+
+export interface Core {
+  readonly cfg: CoreConfig;
+  readonly env: CoreEnv;
+  readonly cache: PageCache;
+  readonly outbox: PeerOutbox;
+  readonly counters: CoreCounters;
+  readonly selfId: 1 | 2;
+  readonly partnerId: 1 | 2;
+  readonly membership: Membership;
+  readonly joining: Join;
+  readonly requests: PeerRequests;
+  readonly ownership: Ownership;
+  readonly writes: WritePath;
+  readonly mirrorIn: MirrorIn;
+  readonly reads: ReadPath;
+  readonly tags: RetryTags;
+  readonly destager: Destager;
+  readonly allocator: Allocator;
+  readonly pointers: Pointers;
+  readonly verifier: Verifier;
+  readonly waits: Waits;
+}

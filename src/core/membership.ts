@@ -1,0 +1,323 @@
+// ROOM membership
+
+import { PointerMode, Role, SenseReason, type RoleCode, type SenseReply } from '../protocol/messages.js';
+import { PagepairError, invariant } from '../protocol/errors.js';
+import { Arbiter } from './arbiter.js';
+import { roleName } from './status.js';
+import type { Core } from './context.js';
+
+export class Membership {
+  role: RoleCode;
+
+  epoch = 1;
+
+  /** True until the first join since start: our cache may lack the partner's dirty pages. */
+  fresh: boolean;
+
+  linkUp = false;
+
+  stopping = false;
+
+  /** A fenced controller stopping writes nothing, not even its own pages. */
+  stoppingMayDestage = true;
+
+  lastHeartbeatMs = 0;
+
+  partnerLastHeardMs = 0;
+
+  partnerSense: SenseReply | null = null;
+
+  senseCode = 0;
+
+  /** Mailbox heartbeats, the store lease, and arbitration when the partner is lost. */
+  readonly arbiter: Arbiter | null;
+
+  arbitrating = false;
+
+  private mailboxBeatInFlight = false;
+
+  private lastMailboxBeatMs = 0;
+
+  /** The partner said it is shutting down or crashing: it is not coming back by itself. */
+  partnerLeaving = false;
+
+  /** Since when a fresh controller has been without its partner (it arbitrates after partnerTimeoutMs). */
+  loneSinceMs: number;
+
+  /** The allocation table being read again after a reset; a join waits for it. */
+  private tableReload: Promise<void> | null = null;
+
+  /** Grows when we are fenced or reset: store writes asked for before must not happen. */
+  generation = 0;
+
+  constructor(private readonly c: Core) {
+    const cfg = c.cfg;
+    this.fresh = cfg.mirroring;
+    this.role = cfg.mirroring ? Role.STARTING : Role.SINGLE;
+    this.loneSinceMs = c.env.nowMs();
+    this.arbiter = cfg.mirroring
+      ? new Arbiter(
+          {
+            selfId: cfg.selfId,
+            partnerId: cfg.partnerId,
+            preferredId: cfg.preferredId,
+            heartbeatIntervalMs: cfg.heartbeatIntervalMs,
+            partnerTimeoutMs: cfg.partnerTimeoutMs,
+          },
+          {
+            store: c.env.store,
+            nowMs: () => c.env.nowMs(),
+            sleep: (ms) => c.waits.sleep(ms),
+            fencePartner: (pid) => c.env.fencePartner(pid),
+            partnerGone: (pid) => c.env.partnerGone(pid),
+            log: c.env.log,
+          },
+        )
+      : null;
+  }
+
+  peerUp(info: { partnerPid?: number } = {}): void {
+    invariant(this.c.cfg.mirroring, 'peer link on a single controller');
+    this.linkUp = true;
+    this.partnerLeaving = false;
+    this.partnerLastHeardMs = this.c.env.nowMs();
+    this.lastHeartbeatMs = this.c.env.nowMs();
+    this.c.env.log.info({ partnerPid: info.partnerPid ?? 0, role: roleName(this.role), fresh: this.fresh }, 'partner link up');
+    if (this.stopping) return;
+    if (this.role === Role.FENCED && !this.arbitrating) this.resetToFresh('partner is back after we were fenced');
+    // A join waits for a running arbitration to settle who serves, and for
+    // the table a reset reloads.
+    if (!this.arbitrating && this.tableReload === null) this.c.joining.beginJoin();
+  }
+
+  /** Forget every cached page and allocation: what we held may be older than what the partner served alone. */
+  private resetToFresh(why: string): void {
+    for (const alloc of [...this.c.allocator.allocs.values()]) {
+      alloc.released = true;
+      alloc.lostInReset = true;
+      this.c.cache.dropAlloc(alloc);
+      for (const cp of alloc.pages.values()) cp.waiters?.forEach((w) => w());
+    }
+    this.c.allocator.allocs.clear();
+    this.c.allocator.names.clear();
+    this.c.allocator.draining.clear();
+    this.c.allocator.tableDigestText = null;
+    this.c.tags.taggedWrites.clear();
+    const rec = this.arbiter?.epochRecord;
+    if (rec !== undefined && rec !== null && rec.epoch > this.epoch) this.epoch = rec.epoch;
+    this.fresh = true;
+    this.generation++;
+    this.loneSinceMs = this.c.env.nowMs();
+    this.setRole(Role.STARTING, why, { epoch: this.epoch });
+    // Fresh from a reset, we hold what a fresh start holds: the stored table.
+    const generation = this.generation;
+    this.tableReload = this.c.env.store.readTable().then(
+      (table) => {
+        if (this.generation !== generation || !this.fresh) return;
+        for (const record of table.records) if (!this.c.allocator.allocs.has(record.guid) && !this.c.allocator.names.has(record.name)) this.c.allocator.installAllocation(record, 1);
+      },
+      (err: unknown) => this.c.env.log.error({ err: String(err) }, 'could not read the allocation table after a reset'),
+    ).finally(() => {
+      if (this.generation !== generation) return;
+      this.tableReload = null;
+      if (this.linkUp && this.c.joining.current === null && !this.arbitrating && this.fresh && !this.stopping && this.role === Role.STARTING) this.c.joining.beginJoin();
+    });
+  }
+
+  /** Our mailbox heartbeat: keeps the lease and tells the partner we live. */
+  mailboxBeat(now: number): void {
+    const arb = this.arbiter;
+    if (arb === null || this.mailboxBeatInFlight || this.arbitrating || this.role === Role.FENCED) return;
+    if (now - this.lastMailboxBeatMs < this.c.cfg.heartbeatIntervalMs) return;
+    this.lastMailboxBeatMs = now;
+    this.mailboxBeatInFlight = true;
+    const epoch = this.epoch;
+    const generation = this.generation;
+    arb.heartbeat(epoch, this.slotRole(), this.c.env.pid).then(
+      (mailbox) => {
+        this.mailboxBeatInFlight = false;
+        if (this.generation !== generation || !arb.supersededIn(mailbox, this.epoch)) return;
+        const rec = mailbox.epoch!;
+        if (this.fresh) {
+          // We are the one rejoining: carry on under the partner's epoch.
+          this.epoch = rec.epoch;
+        } else if (!this.arbitrating) {
+          this.enterFenced(`the partner took over in epoch ${rec.epoch}`);
+        }
+      },
+      (err: unknown) => {
+        this.mailboxBeatInFlight = false;
+        this.c.env.log.error({ err: String(err) }, 'mailbox heartbeat failed');
+      },
+    );
+  }
+
+  /** What our mailbox slot says we are: a fresh controller holds nothing and contends for nothing. */
+  private slotRole(): RoleCode {
+    return this.fresh ? Role.STARTING : this.role;
+  }
+
+  startArbitration(why: string): void {
+    const arb = this.arbiter;
+    if (arb === null || this.arbitrating || this.stopping) return;
+    this.arbitrating = true;
+    const wasFresh = this.fresh;
+    const previous = this.role;
+    this.setRole(Role.ARBITRATING, `partner lost (${why}); arbitrating through the store`, { partnerLeft: this.partnerLeaving });
+    arb.arbitrate(this.epoch, this.partnerLeaving, this.slotRole(), this.c.env.pid, wasFresh).then(
+      (outcome) => {
+        this.arbitrating = false;
+        if (this.stopping) return;
+        invariant(this.fresh === wasFresh, 'state reset during arbitration');
+        if (outcome.won) this.takeOver(outcome.epoch);
+        else if (wasFresh && outcome.epoch <= this.epoch) {
+          // A fresh controller never takes over from a live partner: it waits for the link.
+          this.setRole(previous, `partner is alive (${outcome.reason}); waiting for the link`);
+        } else {
+          if (wasFresh) {
+            this.epoch = Math.max(this.epoch, outcome.epoch);
+            this.setRole(Role.STARTING, `partner serves in epoch ${outcome.epoch}; waiting for the link`);
+          } else this.enterFenced(outcome.reason);
+        }
+        if (this.linkUp && this.c.joining.current === null) {
+          if (this.role === Role.FENCED) this.resetToFresh('partner link is up; rejoining');
+          if (this.tableReload === null) this.c.joining.beginJoin();
+        }
+        this.c.waits.wakeProgress();
+      },
+      (err: unknown) => {
+        this.arbitrating = false;
+        this.c.env.log.error({ err: String(err) }, 'arbitration failed; fencing ourselves');
+        if (wasFresh) this.setRole(Role.STARTING, 'arbitration failed');
+        else this.enterFenced('arbitration failed');
+      },
+    );
+  }
+
+  /** We serve alone from now on, in a new epoch. */
+  private takeOver(epoch: number): void {
+    const from = this.epoch;
+    this.epoch = epoch;
+    this.fresh = false;
+    for (const alloc of this.c.allocator.allocs.values()) alloc.owner.fill(this.c.selfId);
+    for (const p of [...this.c.pointers.open.values()]) if (p.holderId !== this.c.selfId) this.c.pointers.dropPointer(p);
+    this.setRole(Role.ALONE, 'took over: serving alone, writing through to the store', {
+      fromEpoch: from,
+      epoch,
+      dirtyPages: this.c.cache.dirty.size,
+    });
+    // Everything dirty, the partner's mirrored pages too, goes to the store
+    // now, and our table: it may hold allocations the partner never wrote.
+    this.c.destager.kickDestage();
+    this.c.allocator.persistTable().catch((err: unknown) => this.c.env.log.error({ err: String(err) }, 'takeover: could not write the allocation table'));
+  }
+
+  /** We lost: no client I/O, no store writes, until the partner is back and we rejoin. */
+  enterFenced(reason: string): void {
+    if (this.role === Role.FENCED) return;
+    this.generation++;
+    this.arbiter?.dropLease();
+    this.setRole(Role.FENCED, `fenced: ${reason}`, { epoch: this.epoch });
+    for (const w of this.c.writes.roomWaiters.splice(0)) w.reject(new PagepairError('FENCED', 'controller is fenced'));
+    this.c.waits.wakeProgress();
+  }
+
+  /** The last word to the partner before this process dies of an error. */
+  announceCrash(): void {
+    if (!this.linkUp) return;
+    this.c.joining.sendSense(SenseReason.CRASHING);
+    this.c.requests.flushOutbox();
+  }
+
+  peerDown(reason: string): void {
+    if (!this.linkUp) return;
+    this.linkUp = false;
+    this.c.joining.current = null;
+    this.partnerSense = null;
+    const err = new PagepairError('PARTNER_LOST', `partner link lost: ${reason}`);
+    this.c.outbox.failAll(err);
+    const pending = [...this.c.requests.pendingPeer.values()];
+    this.c.requests.pendingPeer.clear();
+    for (const p of pending) p.reject(err);
+    this.c.ownership.deferredGrants = [];
+    this.c.allocator.reservations.clear();
+    // The partner forgets every pointer with the link, our write pointers'
+    // shadow pages included: committing one later would change our side only.
+    for (const p of [...this.c.pointers.open.values()]) {
+      if (p.holderId !== this.c.selfId || p.mode === PointerMode.WRITE) this.c.pointers.dropPointer(p);
+    }
+    this.c.env.log.warn({ reason, role: roleName(this.role) }, 'partner link down');
+    if (!this.stopping && !this.arbitrating) {
+      if (this.role === Role.MIRRORED || (this.role === Role.JOINING && !this.fresh)) this.startArbitration(reason);
+      else if (this.role === Role.JOINING) {
+        // What a cut-short join gave us may be older than what the partner
+        // serves by the time the link is back: start over empty.
+        this.resetToFresh('partner left before the join finished');
+      }
+      // ALONE stays alone (a rejoining partner went away again); FENCED and STARTING wait.
+    }
+    this.c.waits.wakeProgress();
+  }
+
+  private leaseRenewal: Promise<void> | null = null;
+
+  /** No store write without a lease: a controller that was paused finds out here that it was taken over. */
+  ensureLease(): Promise<void> {
+    const arb = this.arbiter;
+    if (arb === null) return Promise.resolve();
+    if (this.role === Role.FENCED) return Promise.reject(new PagepairError('FENCED', 'controller is fenced; it writes nothing to the store'));
+    if (arb.leaseValid()) return Promise.resolve();
+    const epoch = this.epoch;
+    const generation = this.generation;
+    this.leaseRenewal ??= arb
+      .heartbeat(epoch, this.slotRole(), this.c.env.pid)
+      .then((mailbox) => {
+        // Judged against our epoch now (we may have adopted a newer one meanwhile).
+        if (arb.supersededIn(mailbox, this.epoch)) {
+          // Only the controller we were when we asked is fenced by this answer.
+          if (!this.fresh && this.generation === generation) this.enterFenced(`the partner took over in epoch ${mailbox.epoch?.epoch ?? '?'}`);
+          throw new PagepairError('FENCED', 'the partner took over; this controller writes nothing more');
+        }
+        if (this.generation !== generation) throw new PagepairError('FENCED', 'controller was reset while its lease was renewed');
+      })
+      .finally(() => {
+        this.leaseRenewal = null;
+      });
+    return this.leaseRenewal;
+  }
+
+  announcedRole(): RoleCode {
+    return this.fresh ? Role.STARTING : this.role;
+  }
+
+  setRole(role: RoleCode, why: string, extra: object = {}): void {
+    if (role === this.role) return;
+    const from = roleName(this.role);
+    this.role = role;
+    this.c.env.log.info({ from, to: roleName(role), epoch: this.epoch, ...extra }, why);
+  }
+
+  requireWritable(): void {
+    if (this.role === Role.MIRRORED || this.role === Role.SINGLE || this.role === Role.ALONE) return;
+    this.refuse('writes');
+  }
+
+  /** Reads are served only where every acknowledged write is known: mirrored, alone, or single. */
+  requireReadable(): void {
+    if (this.role === Role.MIRRORED || this.role === Role.SINGLE || this.role === Role.ALONE) return;
+    this.refuse('reads');
+  }
+
+  refuse(what: string): never {
+    if (this.role === Role.STOPPING) throw new PagepairError('SHUTTING_DOWN', 'controller is shutting down');
+    if (this.role === Role.FENCED) throw new PagepairError('FENCED', `controller ${this.c.selfId === 1 ? 'A' : 'B'} is fenced: its partner serves in epoch ${this.epoch} or later`);
+    if (this.role === Role.ARBITRATING) throw new PagepairError('NOT_MIRRORED', `controller lost its partner and is arbitrating; ${what} wait`);
+    if (this.fresh) throw new PagepairError('NOT_ACTIVE', `controller has not joined its partner yet; ${what} wait`);
+    throw new PagepairError('NOT_MIRRORED', `controller is ${roleName(this.role)}; ${what} wait for the partner`);
+  }
+
+  /** Writes are acknowledged once in the store, not in the partner's cache. */
+  writesThrough(): boolean {
+    return this.role === Role.ALONE;
+  }
+}

@@ -1,0 +1,194 @@
+// ROOM ownership
+
+import { LockOp, type LockRequest } from '../protocol/messages.js';
+import { PagepairError, invariant } from '../protocol/errors.js';
+import { overlappingPointer, type AllocState } from './allocation.js';
+import { OWNERSHIP_ROUNDS_MAX, unknownGuid, runs } from './shared.js';
+import type { Core } from './context.js';
+
+export interface DeferredGrant {
+  req: LockRequest;
+  alloc: AllocState;
+}
+
+export interface LocalWrite {
+  alloc: AllocState;
+  first: number;
+  count: number;
+}
+
+export class Ownership {
+  constructor(private readonly c: Core) {}
+
+  readonly activeWrites = new Set<LocalWrite>();
+
+  /** Ranges we are taking from the partner with LOCK_REQUEST TAKEs. */
+  private readonly pendingTakes = new Set<LocalWrite>();
+
+  deferredGrants: DeferredGrant[] = [];
+
+  owns(alloc: AllocState, page: number): boolean {
+    return !this.c.cfg.mirroring || alloc.owner[page] === this.c.selfId;
+  }
+
+  ownsRange(alloc: AllocState, first: number, count: number): boolean {
+    if (!this.c.cfg.mirroring) return true;
+    for (let p = first; p < first + count; p++) if (alloc.owner[p] !== this.c.selfId) return false;
+    return true;
+  }
+
+  async acquireOwnership(alloc: AllocState, first: number, count: number): Promise<void> {
+    if (this.ownsRange(alloc, first, count)) return;
+    const taking: LocalWrite = { alloc, first, count };
+    this.pendingTakes.add(taking);
+    try {
+      for (let round = 0; !this.ownsRange(alloc, first, count); round++) {
+        if (round >= OWNERSHIP_ROUNDS_MAX) throw new PagepairError('BUSY', `could not take pages of ${alloc.record.guid} from the partner`);
+        const wanted = runs(first, count, (p) => alloc.owner[p] !== this.c.selfId);
+        const replies = wanted.map(([f, c]) => {
+          this.c.counters.lockRequestsSent++;
+          // The grant takes effect when its frame is handled, in link order,
+          // not in a promise continuation: a TAKE of the partner's that came
+          // in the same chunk right behind it must find the pages ours.
+          return this.c.requests.request({ kind: 'LOCK_REQUEST', guid: alloc.record.guid, firstPage: f, pageCount: c, op: LockOp.TAKE, ownerGen: 0 }, 0, (r) => {
+            if (r.kind === 'LOCK_REQUEST_REPLY' && r.granted && !alloc.released) this.receiveOwnership(alloc, f, c, r.ownerGen, 'grant');
+          });
+        });
+        await Promise.all(replies);
+        if (alloc.released) throw this.c.allocator.goneError(alloc);
+      }
+    } finally {
+      this.pendingTakes.delete(taking);
+      if (this.deferredGrants.length > 0) this.recheckDeferredGrants();
+    }
+  }
+
+  /**
+   * Hand pages we own to `to`: they get one generation larger than any of
+   * them had, and that generation goes with the grant or GIVE.
+   */
+  moveOwnership(alloc: AllocState, first: number, count: number, to: number): number {
+    let gen = 0;
+    for (let p = first; p < first + count; p++) if (alloc.ownerGen[p]! > gen) gen = alloc.ownerGen[p]!;
+    invariant(gen < 0xffff_ffff, 'ownership generation overflow');
+    gen++;
+    alloc.owner.fill(to, first, first + count);
+    alloc.ownerGen.fill(gen, first, first + count);
+    return gen;
+  }
+
+  /**
+   * Pages the partner handed us (a grant or a GIVE). Only the owner hands a
+   * page on, so a page we own already, or a generation not newer than the one
+   * we know, means the two sides disagree on who owns it: refused, and the
+   * link is made anew (the join settles ownership and contents again).
+   */
+  private receiveOwnership(alloc: AllocState, first: number, count: number, gen: number, what: 'grant' | 'GIVE'): boolean {
+    for (let p = first; p < first + count; p++) {
+      if (alloc.owner[p] === this.c.selfId || gen <= alloc.ownerGen[p]!) {
+        const why = alloc.owner[p] === this.c.selfId ? 'we own it already' : `its generation here is ${alloc.ownerGen[p]}, the ${what} carries ${gen}`;
+        this.ownershipConflict(`partner's ${what} of page ${p} of ${alloc.record.guid}: ${why}`);
+        return false;
+      }
+    }
+    alloc.owner.fill(this.c.selfId, first, first + count);
+    alloc.ownerGen.fill(gen, first, first + count);
+    return true;
+  }
+
+  /**
+   * The two sides disagree on ownership or contents: what we would
+   * acknowledge may differ from the partner's copy. Counted, logged, and the
+   * link is made anew, so that a join settles both again.
+   */
+  private ownershipConflict(why: string): void {
+    this.c.counters.ownershipConflicts++;
+    this.c.env.log.error({ why }, 'ownership conflict with the partner; making the link anew');
+    if (this.c.membership.linkUp) {
+      this.c.env.closePeer(`ownership conflict: ${why}`);
+      this.c.membership.peerDown('ownership conflict');
+    }
+  }
+
+  onLockRequest(req: LockRequest): void {
+    const alloc = this.c.allocator.allocs.get(req.guid);
+    if (alloc === undefined) throw unknownGuid(req.guid);
+    this.c.allocator.checkPageRange(alloc, req.firstPage, req.pageCount);
+    if (req.op === LockOp.GIVE) {
+      if (!this.receiveOwnership(alloc, req.firstPage, req.pageCount, req.ownerGen, 'GIVE')) return;
+      this.c.requests.replyPeer(req, { kind: 'LOCK_REQUEST_REPLY', granted: true, ownerGen: req.ownerGen });
+      return;
+    }
+    this.answerTake(req, alloc);
+  }
+
+  /** Grant a TAKE, refuse it, or keep it for later; on arrival and each time a deferred one is looked at again. */
+  private answerTake(req: LockRequest, alloc: AllocState): void {
+    const conflict = overlappingPointer(alloc, req.firstPage, req.pageCount);
+    if (conflict !== undefined && conflict.holderId === this.c.selfId) {
+      // The pages stay ours while our pointer is open (it may have been
+      // opened while the TAKE waited); a partner that wants them durable (a
+      // flush) gets them destaged by us now instead.
+      this.c.destager.destageRange(alloc, req.firstPage, req.pageCount);
+      this.c.requests.sendPeerError(req, new PagepairError('LOCK_CONFLICT', `pages ${req.firstPage}..${req.firstPage + req.pageCount - 1} are held by pointer ${conflict.id}`));
+      return;
+    }
+    if (!this.ownsRange(alloc, req.firstPage, req.pageCount)) {
+      // Only the owner hands a page on. Pages we do not own are on their way
+      // to the partner (we granted them and it asked again before our grant
+      // arrived) or with it already: it asks again for what it still lacks.
+      this.refuseTake(req);
+      return;
+    }
+    if (this.canGrant(alloc, req.firstPage, req.pageCount)) this.grant(req, alloc);
+    else this.deferredGrants.push({ req, alloc });
+  }
+
+  private refuseTake(req: LockRequest): void {
+    this.c.counters.lockRefusals++;
+    this.c.requests.replyPeer(req, { kind: 'LOCK_REQUEST_REPLY', granted: false, ownerGen: 0 });
+  }
+
+  private canGrant(alloc: AllocState, first: number, count: number): boolean {
+    for (let p = first; p < first + count; p++) {
+      const cp = alloc.pages.get(p);
+      if (cp !== undefined && (cp.mirrorPending > 0 || cp.destagingVersion !== 0)) return false;
+    }
+    // Controller 1 keeps pages its own writes in progress need; controller 2
+    // always yields. One side yielding is what rules out a deadlock when each
+    // holds a page the other's write wants.
+    // Controller 1 also holds back pages of a range it is taking (a flush or a
+    // pointer open takes pages outside activeWrites): giving up one page of
+    // the range while taking the next can go on forever.
+    if (this.c.selfId === 1) {
+      for (const w of this.activeWrites) {
+        if (w.alloc === alloc && w.first < first + count && first < w.first + w.count) return false;
+      }
+      for (const t of this.pendingTakes) {
+        if (t.alloc === alloc && t.first < first + count && first < t.first + t.count) return false;
+      }
+    }
+    return true;
+  }
+
+  private grant(req: LockRequest, alloc: AllocState): void {
+    const ownerGen = this.moveOwnership(alloc, req.firstPage, req.pageCount, this.c.partnerId);
+    this.c.counters.lockGrants++;
+    this.c.requests.replyPeer(req, { kind: 'LOCK_REQUEST_REPLY', granted: true, ownerGen });
+  }
+
+  recheckDeferredGrants(): void {
+    const waiting = this.deferredGrants;
+    this.deferredGrants = [];
+    for (const d of waiting) {
+      if (d.alloc.released || !this.c.allocator.allocs.has(d.req.guid)) {
+        this.c.requests.sendPeerError(d.req, unknownGuid(d.req.guid));
+      } else {
+        this.answerTake(d.req, d.alloc);
+      }
+    }
+  }
+
+  // -------------------------------------------------------------------------
+  // Mirrored pages arriving (WRITE_PAGE)
+}

@@ -1,0 +1,38 @@
+// ROOM tags
+
+import { TagMemory } from './tag-memory.js';
+import type { Core } from './context.js';
+
+/** What we know of a client write by its (clientId, clientSeq). */
+export type TaggedWrite =
+  /** Being applied: a retry waits for the outcome (null: acknowledged). */
+  | { state: 'running'; waiters: ((err: Error | null) => void)[] }
+  /** Acknowledged by us: a retry is answered at once. */
+  | { state: 'done' }
+  /** Applied here (or held as the partner's mirrored copy) but not known
+   *  acknowledged: a retry makes the pages durable, then answers. */
+  | { state: 'held'; guid: string; first: number; count: number };
+
+export const TAGGED_WRITES_MAX = 65_536;
+
+export const TAG_DONE: TaggedWrite = { state: 'done' };
+
+export function tagKey(clientId: number, clientSeq: number): string {
+  return `${clientId}:${clientSeq}`;
+}
+
+export function settleTag(entry: TaggedWrite, err: Error | null): void {
+  if (entry.state !== 'running') return;
+  for (const w of entry.waiters.splice(0)) w(err);
+}
+
+export class RetryTags {
+  constructor(private readonly c: Core) {}
+
+  /** Client writes by (clientId, clientSeq): a retried write is applied once. */
+  readonly taggedWrites = new TagMemory<TaggedWrite>(TAGGED_WRITES_MAX);
+
+  rememberTag(key: string, entry: TaggedWrite): void {
+    this.taggedWrites.remember(key, entry);
+  }
+}

@@ -1,0 +1,120 @@
+// ROOM verifier
+
+import { crc32c } from '../protocol/crc32c.js';
+import { Role, type CTestCorrupt, type CVerifyReport, type PageHeaderInfo, type VerifiedPage } from '../protocol/messages.js';
+import { PagepairError } from '../protocol/errors.js';
+import type { AllocState } from './allocation.js';
+import { listDifferences, pageHeader, sameCopy, storeDecides, type StoreHeader } from './verify.js';
+import { hex } from './shared.js';
+import type { Core } from './context.js';
+
+/** Store reads one verify request has in flight at most. */
+export const VERIFY_STORE_READS_MAX = 64;
+
+export class Verifier {
+  constructor(private readonly c: Core) {}
+
+  /** The last verify run reported (C_VERIFY_REPORT). */
+  lastVerify: { atMs: number; pagesChecked: number; mismatches: number; repaired: number; unsettled: number } | null = null;
+
+  /**
+   * Compares our copy of each page in the range with the partner's and, where
+   * only one side caches a page, with the store's. Our headers are taken as
+   * the partner's READ_HEADER reply is handled: every frame the partner sent
+   * before its answer has been handled by then, and every frame we sent after
+   * asking reaches it after it answered. So a page that changed here between
+   * asking and the answer, or has a mirrored write of ours unanswered, is the
+   * only kind whose two headers may straddle a write: it is listed as busy.
+   */
+  async verifyPages(guid: string, firstPage: number, pageCount: number): Promise<{ pagesChecked: number; pages: VerifiedPage[] }> {
+    const alloc = this.c.allocator.lookup(guid);
+    this.c.allocator.checkPageRange(alloc, firstPage, pageCount);
+    if (pageCount > this.c.cfg.limits.headersPerMessageMax) {
+      throw new PagepairError('LIMIT_EXCEEDED', `verify of ${pageCount} pages is over headersPerMessageMax (${this.c.cfg.limits.headersPerMessageMax})`, 'pageCount');
+    }
+    if (this.c.membership.role !== Role.MIRRORED || !this.c.membership.linkUp) this.c.membership.refuse('verifies');
+    const headers = (): PageHeaderInfo[] => {
+      const out: PageHeaderInfo[] = [];
+      for (let p = firstPage; p < firstPage + pageCount; p++) out.push(pageHeader(alloc.pages.get(p), p));
+      return out;
+    };
+    const asked = headers();
+    let ours: PageHeaderInfo[] = [];
+    const busy = new Uint8Array(pageCount);
+    const reply = await this.c.requests.request({ kind: 'READ_HEADER', guid, firstPage, pageCount }, 0, () => {
+      ours = headers();
+      for (let i = 0; i < pageCount; i++) {
+        if (!sameCopy(asked[i]!, ours[i]!) || (alloc.pages.get(firstPage + i)?.mirrorPending ?? 0) > 0) busy[i] = 1;
+      }
+    });
+    if (reply.kind !== 'READ_HEADER_REPLY' || reply.headers.length !== pageCount) {
+      throw new PagepairError('BAD_FIELD', `partner answered READ_HEADER of ${pageCount} pages with ${reply.kind === 'READ_HEADER_REPLY' ? reply.headers.length : reply.kind}`);
+    }
+    const theirs = reply.headers;
+    const needStore: number[] = [];
+    for (let i = 0; i < pageCount; i++) if (busy[i] === 0 && storeDecides(ours[i]!, theirs[i]!)) needStore.push(i);
+    const stores = await this.storeHeaders(alloc, firstPage, needStore, ours, busy);
+    if (alloc.released) throw this.c.allocator.goneError(alloc);
+    const pages = listDifferences({ firstPage, selfId: this.c.selfId, ours, theirs, busy, stores, owner: alloc.owner });
+    return { pagesChecked: pageCount, pages };
+  }
+
+  /**
+   * The store's header of each page `firstPage + i` for i in `which` (null
+   * where it cannot be read), a bounded number of reads at a time. A page of
+   * ours that changed meanwhile had a write come through: it becomes busy.
+   */
+  private async storeHeaders(alloc: AllocState, firstPage: number, which: number[], ours: PageHeaderInfo[], busy: Uint8Array): Promise<Map<number, StoreHeader | null>> {
+    const stores = new Map<number, StoreHeader | null>();
+    for (let at = 0; at < which.length; at += VERIFY_STORE_READS_MAX) {
+      await Promise.all(
+        which.slice(at, at + VERIFY_STORE_READS_MAX).map(async (i) => {
+          const p = firstPage + i;
+          try {
+            const sp = await this.c.env.store.readPage(this.c.allocator.location(alloc), p);
+            stores.set(i, { version: sp.header.version, crc: sp.header.crc });
+          } catch (err) {
+            this.c.env.log.warn({ guid: alloc.record.guid, page: p, err: String(err) }, 'verify could not read the store\'s copy');
+            stores.set(i, null);
+          }
+          if (!sameCopy(ours[i]!, pageHeader(alloc.pages.get(p), p))) busy[i] = 1;
+        }),
+      );
+    }
+    return stores;
+  }
+
+  /** What the last verify run found (C_VERIFY_REPORT), for status. */
+  recordVerify(r: Pick<CVerifyReport, 'pagesChecked' | 'mismatches' | 'repaired' | 'unsettled'>): void {
+    this.lastVerify = { atMs: this.c.env.nowMs(), pagesChecked: r.pagesChecked, mismatches: r.mismatches, repaired: r.repaired, unsettled: r.unsettled };
+    this.c.env.log.info({ ...this.lastVerify }, 'verify run reported');
+  }
+
+  /**
+   * Test hook: our copy of one page becomes `data`, at the version it has,
+   * and the partner is not told, so the two copies differ on purpose. A page
+   * not cached is staged first. For tests only.
+   */
+  async testCorruptPage(guid: string, page: number, data: Buffer): Promise<{ version: number; crc: number }> {
+    const alloc = this.c.allocator.lookup(guid);
+    this.c.allocator.checkPageRange(alloc, page, 1);
+    if (data.length !== alloc.record.pageSizeBytes) {
+      throw new PagepairError('BAD_FIELD', `test corruption must be one whole page (${alloc.record.pageSizeBytes} bytes), got ${data.length}`, 'data');
+    }
+    const cp = await this.c.reads.readablePage(alloc, page);
+    const crc = crc32c(data);
+    this.c.cache.replaceContents(cp, Buffer.from(data), crc);
+    this.c.env.log.warn({ guid, page, version: cp.version, crc: hex(crc) }, 'test hook: this copy of the page was overwritten, unmirrored');
+    return { version: cp.version, crc };
+  }
+
+  clientTestCorrupt(msg: CTestCorrupt): Promise<{ version: number; crc: number }> {
+    if (this.c.cfg.testHooks !== true) {
+      return Promise.reject(new PagepairError('NOT_ALLOWED', 'C_TEST_CORRUPT is a test hook: this controller\'s configuration does not set testHooks: true'));
+    }
+    return this.testCorruptPage(msg.guid, msg.page, msg.data);
+  }
+
+  // -------------------------------------------------------------------------
+  // Status
+}
