@@ -2,9 +2,10 @@
 // Debian's nbdinfo, nbdcopy, nbdsh (libnbd-bin), qemu-io (qemu-utils), fio,
 // nbd-client and nbdkit. scripts/install-nbd-clients.sh installs them.
 //
-// On a machine without them, `npm test` still passes: those tests are
-// skipped, each title says which program is missing, and one line on stderr
-// per file says how to install them. CI sets PAGEPAIR_REQUIRE_TOOLS=1 (in
+// They all live in test/interop. On a machine without them, `npm test` still
+// passes: those tests are skipped, each title says which program is missing,
+// and test/interop/skipped-notice.ts prints one line per run naming the
+// skipped suite and how to install them. CI sets PAGEPAIR_REQUIRE_TOOLS=1 (in
 // .ci/run, after installing them): there a missing program fails the test
 // instead, so a broken install is never mistaken for a pass.
 
@@ -13,6 +14,9 @@ import { delimiter, join } from 'node:path';
 import { describe, it, type TestFunction } from 'vitest';
 
 export const INSTALL_HINT = 'scripts/install-nbd-clients.sh (as root) installs them';
+
+/** Every program a test in test/interop runs; `itWithTools` takes no other. */
+export const INTEROP_TOOLS = ['qemu-io', 'nbdinfo', 'nbdcopy', 'nbd-client', 'nbdsh', 'fio'] as const;
 
 /** True where a missing program must fail the tests (CI). */
 export const TOOLS_REQUIRED = process.env.PAGEPAIR_REQUIRE_TOOLS === '1';
@@ -42,18 +46,13 @@ export function missingTools(names: readonly string[]): string[] {
   return names.filter((n) => !onPath(n));
 }
 
-const warned = new Set<string>();
-
-/** Whether tests needing `names` must be skipped here; says so once on stderr. */
+/** The reason tests needing `names` are skipped here, or null where they run. */
 function skipFor(names: readonly string[], title: string): string | null {
+  const unknown = names.filter((n) => !(INTEROP_TOOLS as readonly string[]).includes(n));
+  if (unknown.length > 0) throw new Error(`${unknown.join(', ')}: add to INTEROP_TOOLS in test/tools.ts, so a machine without it hears so`);
   const missing = missingTools(names);
   if (missing.length === 0 || TOOLS_REQUIRED) return null;
-  const what = missing.join(', ');
-  if (!warned.has(what)) {
-    warned.add(what);
-    process.stderr.write(`pagepair tests: SKIPPED the tests that need ${what} (not installed): "${title}" and any others; ${INSTALL_HINT}\n`);
-  }
-  return `${title} [skipped: ${what} not installed; ${INSTALL_HINT}]`;
+  return `${title} [skipped: ${missing.join(', ')} not installed; ${INSTALL_HINT}]`;
 }
 
 /** `it`, skipped (with the reason in its title) where a program it runs is missing. */

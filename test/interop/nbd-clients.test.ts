@@ -4,58 +4,36 @@
 // was written against the NBD spec by other people, so what they accept is an
 // outside check of the handshake, the flags and every command.
 
-import { execFile, type ExecFileOptions } from 'node:child_process';
 import { createCipheriv, createHash } from 'node:crypto';
 import { createReadStream, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect } from 'vitest';
 import { itWithTools } from '../tools.js';
-import { killAll, makePairFiles, runCli, startProcess, type PairFiles, type Proc } from '../integration/helpers.js';
+import { stopPair, type PairFiles, type Proc } from '../integration/helpers.js';
+import { WRITABLE_EXPORT, qemuIo, run, startServingPair, tcpUrl, unixUrl } from './clients.js';
 
 const MiB = 1024 * 1024;
 /** The volume the small clients use, and the one nbdcopy fills. */
 const SMALL = { name: 'vol0', sizeBytes: 16 * MiB };
 const DISK = { name: 'disk', sizeBytes: 64 * MiB };
-const OUTPUT_BYTES_MAX = 4 * MiB;
 
 let files: PairFiles;
 let a: Proc;
 let b: Proc;
 let work: string;
 
-interface Ran {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** One client run to its end, bounded in time and in output; never throws, the caller judges. */
-function run(cmd: string, args: string[], timeoutMs: number, extra: ExecFileOptions = {}): Promise<Ran> {
-  return new Promise((resolve) => {
-    execFile(cmd, args, { timeout: timeoutMs, killSignal: 'SIGKILL', maxBuffer: OUTPUT_BYTES_MAX, encoding: 'utf8', ...extra }, (err, stdout, stderr) => {
-      const code = err === null ? 0 : typeof (err as { code?: unknown }).code === 'number' ? ((err as { code: number }).code) : -1;
-      const why = err !== null && code === -1 ? `\n(${err.message})` : '';
-      resolve({ code, stdout: String(stdout), stderr: String(stderr) + why });
-    });
-  });
-}
-
 function tcp(id: 'A' | 'B', volume: string): string {
-  return `nbd://127.0.0.1:${id === 'A' ? files.ports.aNbd : files.ports.bNbd}/${volume}`;
+  return tcpUrl(files, id, volume);
 }
 
 function unix(id: 'A' | 'B', volume: string): string {
-  return `nbd+unix:///${volume}?socket=${id === 'A' ? files.nbdSockets!.a : files.nbdSockets!.b}`;
+  return unixUrl(files, id, volume);
 }
 
-/** qemu-io on one URL; a failed pattern check or any error fails the test with the whole output. */
-async function qemuIo(url: string, commands: string[]): Promise<string> {
-  const args = ['-f', 'raw', '-d', 'unmap', url, ...commands.flatMap((c) => ['-c', c])];
-  const r = await run('qemu-io', args, 30_000);
-  const out = r.stdout + r.stderr;
-  if (r.code !== 0 || /Pattern verification failed|failed:|error/i.test(out)) throw new Error(`qemu-io ${args.join(' ')} exited ${r.code}:\n${out}`);
-  return out;
+/** qemu-io on one URL, discards passed on as unmaps. */
+function qemuIoAt(url: string, commands: string[]): Promise<string> {
+  return qemuIo(['-f', 'raw', '-d', 'unmap', url], commands);
 }
 
 /** fio prints notes ("fio: connected to NBD server") before its JSON; the report is what follows. */
@@ -89,20 +67,11 @@ async function sha256(path: string): Promise<string> {
 describe('real NBD clients on a real pair', () => {
   beforeAll(async () => {
     work = mkdtempSync(join(tmpdir(), 'pagepair-nbd-clients-'));
-    files = await makePairFiles({}, { nbd: true });
-    a = startProcess(['start', '--config', files.a]);
-    b = startProcess(['start', '--config', files.b]);
-    await Promise.all([a, b].map((p) => p.waitForLog((r) => r.msg === 'mirrored with partner', 30_000)));
-    for (const v of [SMALL, DISK]) {
-      const r = await runCli(['volume', 'create', '--name', v.name, '--size', String(v.sizeBytes), '--config', files.a]);
-      expect(r.code, r.stderr).toBe(0);
-    }
+    ({ files, a, b } = await startServingPair({}, [SMALL, DISK]));
   }, 60_000);
 
   afterAll(async () => {
-    await Promise.all([a?.stop(), b?.stop()]);
-    killAll();
-    files?.cleanup();
+    await stopPair([a, b], files);
     if (work !== undefined) rmSync(work, { recursive: true, force: true });
   }, 60_000);
 
@@ -116,14 +85,7 @@ describe('real NBD clients on a real pair', () => {
       expect(info.exports[0]).toMatchObject({
         'export-name': SMALL.name,
         'export-size': SMALL.sizeBytes,
-        is_read_only: false,
-        can_flush: true,
-        can_fua: true,
-        can_trim: true,
-        can_zero: true,
-        can_multi_conn: true,
-        block_size_minimum: 1,
-        block_size_preferred: 4096,
+        ...WRITABLE_EXPORT,
       });
     }
     const list = await run('nbdinfo', ['--list', '--json', `nbd://127.0.0.1:${files.ports.bNbd}`], 20_000);
@@ -149,7 +111,7 @@ describe('real NBD clients on a real pair', () => {
   });
 
   itWithTools(['qemu-io'], 'qemu-io: aligned, unaligned, FUA, write-zeroes, discard and flush through A, read back through B', async () => {
-    await qemuIo(tcp('A', SMALL.name), [
+    await qemuIoAt(tcp('A', SMALL.name), [
       'write -P 0xab 0 1M',
       'write -P 0x11 1000 3333', // unaligned, inside two pages
       'write -P 0x22 1048575 70000', // unaligned, across many pages and past the first MiB
@@ -165,7 +127,7 @@ describe('real NBD clients on a real pair', () => {
       'flush',
     ]);
     // Through B: every byte as A left it (a discard may leave anything; pagepair leaves zeroes).
-    await qemuIo(tcp('B', SMALL.name), [
+    await qemuIoAt(tcp('B', SMALL.name), [
       'read -P 0xab 0 1000',
       'read -P 0x11 1000 3333',
       'read -P 0xab 4333 1044242',
@@ -182,8 +144,8 @@ describe('real NBD clients on a real pair', () => {
       'read -P 0x56 5246976 4k',
     ]);
     // And through A's unix socket, the other way round: B writes, A reads.
-    await qemuIo(unix('B', SMALL.name), ['write -f -P 0x66 6M 12345', 'flush']);
-    await qemuIo(unix('A', SMALL.name), ['read -P 0x66 6M 12345', 'read -P 0x00 6303801 4096']);
+    await qemuIoAt(unix('B', SMALL.name), ['write -f -P 0x66 6M 12345', 'flush']);
+    await qemuIoAt(unix('A', SMALL.name), ['read -P 0x66 6M 12345', 'read -P 0x00 6303801 4096']);
   });
 
   itWithTools(['nbdcopy'], 'nbdcopy: a 64 MiB image in through A and out through B is byte-identical', async () => {

@@ -5,7 +5,6 @@
 // copies equal. The key file is made here: 32 bytes from a fixed seed, one
 // `identity:hex` line, mode 0600, named keys.psk so qemu finds it in its dir.
 
-import { execFile, type ExecFileOptions } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
@@ -15,36 +14,19 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NbdClient, type NbdTlsCredentials } from '../../src/client/nbd-client.js';
 import { formatPskLine } from '../../src/transport/tls.js';
 import { itWithTools } from '../tools.js';
-import { killAll, makePairFiles, roundValue as value, runCli, seededInts as rng, startProcess, type PairFiles, type Proc } from '../integration/helpers.js';
+import { makePairFiles, roundValue as value, runCli, seededInts as rng, startProcess, stopPair, waitUntil, type PairFiles, type Proc } from '../integration/helpers.js';
+import { qemuIo, run, startServingPair } from './clients.js';
 
 const MiB = 1024 * 1024;
 const VOLUME = { name: 'tlsvol', sizeBytes: 16 * MiB };
 const IDENTITY = 'pagepair-it';
 const CREDS: NbdTlsCredentials = { identity: IDENTITY, key: createHash('sha256').update('nbd-tls integration key').digest() };
-const OUTPUT_BYTES_MAX = 4 * MiB;
 
 let keyDir: string;
 let pskFile: string;
 let files: PairFiles;
 let a: Proc;
 let b: Proc;
-
-interface Ran {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** One client run to its end, bounded in time and in output; never throws, the caller judges. */
-function run(cmd: string, args: string[], timeoutMs: number, extra: ExecFileOptions = {}): Promise<Ran> {
-  return new Promise((resolve) => {
-    execFile(cmd, args, { timeout: timeoutMs, killSignal: 'SIGKILL', maxBuffer: OUTPUT_BYTES_MAX, encoding: 'utf8', ...extra }, (err, stdout, stderr) => {
-      const code = err === null ? 0 : typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : -1;
-      const why = err !== null && code === -1 ? `\n(${err.message})` : '';
-      resolve({ code, stdout: String(stdout), stderr: String(stderr) + why });
-    });
-  });
-}
 
 function port(id: 'A' | 'B'): number {
   return id === 'A' ? files.ports.aNbd! : files.ports.bNbd!;
@@ -55,18 +37,14 @@ function nbdsUrl(id: 'A' | 'B', file = pskFile): string {
 }
 
 /** qemu-io over TLS-PSK (its keys.psk in keyDir); a failed pattern check or any error fails the test with the whole output. */
-async function qemuIoTls(id: 'A' | 'B', commands: string[]): Promise<string> {
+function qemuIoTls(id: 'A' | 'B', commands: string[]): Promise<string> {
   const args = [
     '--object',
     `tls-creds-psk,id=tls0,endpoint=client,dir=${keyDir},username=${IDENTITY}`,
     '--image-opts',
     `driver=nbd,host=127.0.0.1,port=${port(id)},export=${VOLUME.name},tls-creds=tls0`,
-    ...commands.flatMap((c) => ['-c', c]),
   ];
-  const r = await run('qemu-io', args, 30_000);
-  const out = r.stdout + r.stderr;
-  if (r.code !== 0 || /Pattern verification failed|failed:|error/i.test(out)) throw new Error(`qemu-io ${args.join(' ')} exited ${r.code}:\n${out}`);
-  return out;
+  return qemuIo(args, commands);
 }
 
 describe('NBD with tls.mode "require" on a real pair', () => {
@@ -74,36 +52,39 @@ describe('NBD with tls.mode "require" on a real pair', () => {
     keyDir = mkdtempSync(join(tmpdir(), 'pagepair-nbd-tls-keys-'));
     pskFile = join(keyDir, 'keys.psk');
     writeFileSync(pskFile, formatPskLine(CREDS.identity, CREDS.key), { mode: 0o600 });
-    files = await makePairFiles({ tls: { mode: 'require', pskFile }, limits: { nbdConnectionsMax: 8, handshakeTimeoutMs: 3000 } }, { nbd: true });
-    a = startProcess(['start', '--config', files.a]);
-    b = startProcess(['start', '--config', files.b]);
-    await Promise.all([a, b].map((p) => p.waitForLog((r) => r.msg === 'mirrored with partner', 30_000)));
-    const r = await runCli(['volume', 'create', '--name', VOLUME.name, '--size', String(VOLUME.sizeBytes), '--config', files.a]);
-    expect(r.code, r.stderr).toBe(0);
+    ({ files, a, b } = await startServingPair({ tls: { mode: 'require', pskFile }, limits: { nbdConnectionsMax: 8, handshakeTimeoutMs: 3000 } }, [VOLUME]));
   }, 60_000);
 
   afterAll(async () => {
-    await Promise.all([a?.stop(), b?.stop()]);
-    killAll();
-    files?.cleanup();
+    await stopPair([a, b], files);
     if (keyDir !== undefined) rmSync(keyDir, { recursive: true, force: true });
   }, 60_000);
 
   it('takes limits.nbdConnectionsMax and limits.handshakeTimeoutMs from the configuration', async () => {
-    const t0 = Date.now();
-    const closedAt = Array.from({ length: 9 }, () => {
+    const from = a.records().length;
+    const timedOut = (r: Record<string, unknown>): boolean => r.msg === 'nbd connection closed' && r.reason === 'no export chosen within 3000 ms';
+    const isClosed = Array.from({ length: 9 }, () => false);
+    const closed = isClosed.map((_, i) => {
       const s = net.connect({ host: '127.0.0.1', port: port('A') });
       s.on('error', () => undefined);
       // Read (and drop) the greeting, so the end of the stream is seen.
       s.resume();
-      return new Promise<number>((resolve) => s.once('close', () => resolve(Date.now())));
+      return new Promise<number>((resolve) =>
+        s.once('close', () => {
+          isClosed[i] = true;
+          resolve(i);
+        }),
+      );
     });
+    // One was over the limit and went at once, while the eight others still sat in the handshake.
+    await Promise.race(closed);
+    expect(isClosed.filter((c) => c)).toHaveLength(1);
+    expect(a.records().slice(from).filter(timedOut)).toHaveLength(0);
     await a.waitForLog((r) => r.msg === 'nbd connection refused: at the connection limit' && r.connectionsMax === 8, 5000);
-    const times = await Promise.all(closedAt);
-    // One was over the limit and went at once; the eight others sat in the handshake until its timeout.
-    expect(times.filter((t) => t - t0 < 1500)).toHaveLength(1);
-    expect(times.filter((t) => t - t0 >= 2500 && t - t0 < 6000)).toHaveLength(8);
-    await a.waitForLog((r) => r.msg === 'nbd connection closed' && r.reason === 'no export chosen within 3000 ms', 5000);
+    // The eight went at the configured handshake timeout, each saying so.
+    await Promise.all(closed);
+    await waitUntil(() => a.records().slice(from).filter(timedOut).length >= 8, 10_000, 'eight handshake timeouts in the log');
+    expect(a.records().slice(from).filter(timedOut)).toHaveLength(8);
   }, 20_000);
 
   itWithTools(['nbdinfo'], 'nbdinfo with nbds:// and the key file reaches A and B (TCP and unix socket); plain nbd:// is refused', async () => {

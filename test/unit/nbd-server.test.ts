@@ -1,28 +1,22 @@
 // The NBD server over an in-memory backend: a raw socket client written here
 // sends what well-behaved clients never would (bad magics, unknown options,
 // requests out of range or oversize) and checks the bytes that come back;
-// then the real clients Debian ships (nbdinfo, qemu-io, nbdcopy, nbd-client)
-// read and write through it, over TCP and the unix socket.
+// the real clients Debian ships read and write through the same server in
+// test/interop/nbd-server-clients.test.ts.
 
-import { execFile as execFileCb, execFileSync } from 'node:child_process';
-import { randomFillSync } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
-import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { itWithTools } from '../tools.js';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { PagepairError } from '../../src/protocol/errors.js';
 import { NbdCmd, NbdCmdFlag, NbdErrno, NbdFlag, NbdInfo, NbdOpt, NbdRep } from '../../src/protocol/nbd.js';
 import { MemoryNbdBackend } from '../../src/testing/memory-nbd-backend.js';
-import type { MemoryVolumeSpec } from '../../src/testing/memory-nbd-backend.js';
 import { NbdServer } from '../../src/transport/nbd-server.js';
-import type { NbdServerLimits } from '../../src/transport/nbd-server.js';
+import { useNbdRig } from './helpers/nbd-rig.js';
 import { captureLog, waitFor } from './transport-helpers.js';
 import type { LogRecord } from './transport-helpers.js';
-
-const execFile = promisify(execFileCb);
 
 const MiB = 1024 * 1024;
 const FLAGS_SIMPLE = NbdFlag.HAS_FLAGS | NbdFlag.SEND_FLUSH | NbdFlag.SEND_FUA | NbdFlag.SEND_TRIM | NbdFlag.SEND_WRITE_ZEROES | NbdFlag.CAN_MULTI_CONN;
@@ -220,34 +214,14 @@ function infoData(name: string, infos: number[]): Buffer {
 // ---------------------------------------------------------------------------
 // Servers made per test, closed after it
 
-interface Rig {
-  server: NbdServer;
-  backend: MemoryNbdBackend;
-  port: number;
-  records: LogRecord[];
+const rig = useNbdRig();
+
+/** The server's one open connection as the server sees it: its flow control, and why it is closing. */
+function onlyConnection(server: NbdServer): { paused: boolean; writeBlocked: boolean; closeReason: string | null } {
+  const conns = [...(server as unknown as { conns: Set<{ paused: boolean; writeBlocked: boolean; closeReason: string | null }> }).conns];
+  expect(conns).toHaveLength(1);
+  return conns[0]!;
 }
-
-const open: NbdServer[] = [];
-
-async function rig(
-  limits: Partial<NbdServerLimits> = {},
-  volumes: MemoryVolumeSpec[] = [
-    { name: 'vol0', sizeBytes: 4 * MiB },
-    { name: 'vol1', sizeBytes: 1 * MiB, pageSizeBytes: 8192 },
-  ],
-  socketPath?: string,
-): Promise<Rig> {
-  const backend = new MemoryNbdBackend(volumes);
-  const { log, records } = captureLog();
-  const server = new NbdServer({ host: '127.0.0.1', port: 0, limits, log, ...(socketPath !== undefined ? { socketPath } : {}) }, backend);
-  open.push(server);
-  const { port } = await server.start();
-  return { server, backend, port, records };
-}
-
-afterEach(async () => {
-  await Promise.all(open.splice(0).map((s) => s.close()));
-});
 
 function closedRecords(records: LogRecord[]): LogRecord[] {
   return records.filter((r) => r.msg === 'nbd connection closed');
@@ -591,12 +565,18 @@ describe('NbdServer transmission', () => {
 
   it('stops reading at the in-flight limit and catches up as requests complete', async () => {
     const { port, backend } = await rig({ inflightPerConnectionMax: 4 });
+    // How many reads the backend held at once, at its busiest.
+    let heldMax = 0;
+    const read = backend.read.bind(backend);
+    backend.read = (volume, offset, length) => {
+      const p = read(volume, offset, length);
+      heldMax = Math.max(heldMax, backend.held.length);
+      return p;
+    };
     const c = await RawNbd.go(port);
     backend.holding = true;
     for (let i = 0; i < 12; i++) c.request(NbdCmd.READ, { cookie: BigInt(i), offset: i * 512, length: 512 });
     await waitFor(() => backend.held.length === 4, 'four held reads');
-    await new Promise((r) => setTimeout(r, 50));
-    expect(backend.held.length).toBe(4);
     const seen = new Set<bigint>();
     while (seen.size < 12) {
       const want = Math.min(4, 12 - seen.size);
@@ -611,16 +591,18 @@ describe('NbdServer transmission', () => {
       expect(backend.held.length).toBeLessThanOrEqual(4);
     }
     expect(backend.calls.length).toBe(12);
+    expect(heldMax).toBe(4);
     c.close();
   });
 
   it('stops reading requests while a client leaves its replies unread', async () => {
-    const { port, backend } = await rig({ replyQueueBytesMax: 64 * 1024 });
+    const { port, backend, server } = await rig({ replyQueueBytesMax: 64 * 1024 });
     const c = await RawNbd.go(port);
     c.socket.pause();
     const count = 1000; // 64 MiB of replies: more than the kernel buffers hold
     for (let i = 0; i < count; i++) c.request(NbdCmd.READ, { cookie: BigInt(i), offset: (i % 64) * 65536, length: 65536 });
-    await new Promise((r) => setTimeout(r, 300));
+    // The server stops reading once its replies are queued past the bound and the socket does not drain.
+    await waitFor(() => onlyConnection(server).writeBlocked && onlyConnection(server).paused, 'the server to stop reading');
     const served = backend.calls.length;
     expect(served).toBeGreaterThan(0);
     expect(served).toBeLessThan(count * 0.6);
@@ -702,13 +684,15 @@ describe('NbdServer transmission', () => {
   });
 
   it('finishes what is in flight after NBD_CMD_DISC, then closes', async () => {
-    const { port, backend, records } = await rig();
+    const { port, backend, records, server } = await rig();
     const c = await RawNbd.go(port);
     backend.holding = true;
     c.request(NbdCmd.WRITE, { cookie: 1n, payload: Buffer.from('last') });
     c.request(NbdCmd.DISC, { cookie: 2n });
     await waitFor(() => backend.held.length === 1, 'the held write');
-    await new Promise((r) => setTimeout(r, 30));
+    // The server has read the DISC, and keeps the connection for the write in flight.
+    await waitFor(() => onlyConnection(server).closeReason === 'client sent NBD_CMD_DISC', 'the DISC read');
+    expect(server.connections).toBe(1);
     expect(c.isClosed).toBe(false);
     backend.releaseAll();
     expect(await c.reply()).toMatchObject({ cookie: 1n, error: 0 });
@@ -810,114 +794,5 @@ describe('NbdServer lifecycle', () => {
     expect(() => new NbdServer({ host: '127.0.0.1', port: 0, log, limits: { inflightPerConnectionMax: 0 } }, backend)).toThrow(
       expect.objectContaining({ code: 'BAD_CONFIG', field: 'inflightPerConnectionMax' }),
     );
-  });
-});
-
-// ---------------------------------------------------------------------------
-// Real clients
-
-async function run(cmd: string, args: string[], timeoutMs = 15_000): Promise<string> {
-  const { stdout, stderr } = await execFile(cmd, args, { timeout: timeoutMs, killSignal: 'SIGKILL' });
-  return stdout + stderr;
-}
-
-describe('NbdServer with real NBD clients', () => {
-  let dir: string;
-  beforeAll(() => {
-    dir = mkdtempSync(join(tmpdir(), 'pagepair-nbd-real-'));
-  });
-  afterAll(() => rmSync(dir, { recursive: true, force: true }));
-
-  itWithTools(['nbdinfo'], 'nbdinfo sees the export, its size and flags; --list sees every export', async () => {
-    const { port } = await rig();
-    const info = JSON.parse(await run('nbdinfo', ['--json', `nbd://127.0.0.1:${port}/vol0`])) as {
-      exports: Record<string, unknown>[];
-    };
-    expect(info.exports[0]).toMatchObject({
-      'export-name': 'vol0',
-      'export-size': 4 * MiB,
-      is_read_only: false,
-      can_flush: true,
-      can_fua: true,
-      can_trim: true,
-      can_zero: true,
-      can_multi_conn: true,
-      block_size_minimum: 1,
-      block_size_preferred: 4096,
-      block_size_maximum: 32 * MiB,
-    });
-    const list = JSON.parse(await run('nbdinfo', ['--list', '--json', `nbd://127.0.0.1:${port}`])) as {
-      exports: { 'export-name': string; 'export-size': number }[];
-    };
-    expect(list.exports.map((e) => [e['export-name'], e['export-size']])).toEqual([
-      ['vol0', 4 * MiB],
-      ['vol1', MiB],
-    ]);
-  });
-
-  itWithTools(['qemu-io'], 'qemu-io writes and reads patterns, aligned and not, with FUA, write-zeroes, discard and flush', async () => {
-    const { port, backend } = await rig();
-    const out = await run('qemu-io', [
-      '-f', 'raw',
-      '-d', 'unmap',
-      `nbd://127.0.0.1:${port}/vol0`,
-      '-c', 'write -P 0xab 0 1M',
-      '-c', 'read -P 0xab 0 1M',
-      '-c', 'write -P 0x11 1000 3333',
-      '-c', 'read -P 0xab 0 1000',
-      '-c', 'read -P 0x11 1000 3333',
-      '-c', 'read -P 0xab 4333 5000',
-      '-c', 'write -f -P 0x22 2M 64k',
-      '-c', 'read -P 0x22 2M 64k',
-      '-c', 'write -z 512k 64k',
-      '-c', 'read -P 0 512k 64k',
-      '-c', 'write -P 0x33 3M 128k',
-      '-c', 'discard 3M 64k',
-      '-c', 'flush',
-      '-c', 'read -P 0x33 3136k 64k',
-    ]);
-    expect(out).not.toMatch(/fail|error/i);
-    expect(out.match(/^wrote /gm)?.length).toBe(5);
-    const vol = backend.bytesOf('vol0');
-    expect(vol.subarray(0, 1000).equals(Buffer.alloc(1000, 0xab))).toBe(true);
-    expect(vol.subarray(1000, 4333).equals(Buffer.alloc(3333, 0x11))).toBe(true);
-    expect(vol[4333]).toBe(0xab);
-    expect(vol.subarray(512 * 1024, 576 * 1024).equals(Buffer.alloc(64 * 1024))).toBe(true);
-    expect(backend.calls.some((c) => c.op === 'write' && c.fua && c.offsetBytes === 2 * MiB)).toBe(true);
-    expect(backend.calls.some((c) => c.op === 'writeZeroes' && c.offsetBytes === 512 * 1024)).toBe(true);
-    expect(backend.calls.some((c) => c.op === 'writeZeroes' && c.offsetBytes === 3 * MiB)).toBe(true);
-    expect(backend.calls.some((c) => c.op === 'flush')).toBe(true);
-  });
-
-  itWithTools(['nbdcopy'], 'nbdcopy copies an image in and out over several connections, byte for byte', async () => {
-    const { port, backend } = await rig();
-    const image = join(dir, 'in.img');
-    const back = join(dir, 'out.img');
-    const bytes = Buffer.alloc(4 * MiB);
-    randomFillSync(bytes);
-    writeFileSync(image, bytes);
-    await run('nbdcopy', [image, `nbd://127.0.0.1:${port}/vol0`]);
-    expect(backend.bytesOf('vol0').equals(bytes)).toBe(true);
-    await run('nbdcopy', [`nbd://127.0.0.1:${port}/vol0`, back]);
-    expect(readFileSync(back).equals(bytes)).toBe(true);
-  });
-
-  itWithTools(['nbd-client'], 'nbd-client -l lists the exports', async () => {
-    const { port } = await rig();
-    const out = await run('nbd-client', ['-l', '127.0.0.1', String(port)]);
-    expect(out).toContain('vol0');
-    expect(out).toContain('vol1');
-  });
-
-  itWithTools(['nbdinfo', 'qemu-io'], 'serves the same volumes over the unix socket', async () => {
-    const path = join(dir, 'nbd.sock');
-    const { backend } = await rig({}, undefined, path);
-    const uri = `nbd+unix:///vol1?socket=${path}`;
-    const info = JSON.parse(await run('nbdinfo', ['--json', uri])) as { exports: Record<string, unknown>[] };
-    expect(info.exports[0]).toMatchObject({ 'export-name': 'vol1', 'export-size': MiB, block_size_preferred: 8192 });
-    const out = await run('qemu-io', ['-f', 'raw', uri, '-c', 'write -P 0x5a 4097 9000', '-c', 'read -P 0x5a 4097 9000']);
-    expect(out).not.toMatch(/fail|error/i);
-    expect(backend.bytesOf('vol1').subarray(4097, 13097).equals(Buffer.alloc(9000, 0x5a))).toBe(true);
-    expect(backend.bytesOf('vol1')[4096]).toBe(0);
   });
 });
