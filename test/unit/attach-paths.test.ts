@@ -5,10 +5,11 @@
 // that comes back is used again.
 
 import pino from 'pino';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { Paths, type PathId, type Upstream } from '../../src/attach/paths.js';
 import type { NbdAddress, NbdExportInfo } from '../../src/client/nbd-client.js';
 import { PagepairError } from '../../src/protocol/errors.js';
+import { waitFor } from './transport-helpers.js';
 
 const SIZE = 1 << 20;
 const INFO: NbdExportInfo = { sizeBytes: SIZE, transmissionFlags: 0, minimumBytes: 1, preferredBytes: 4096, maximumPayloadBytes: 1 << 20 };
@@ -29,6 +30,8 @@ class FakeController {
   readonly held: Held[] = [];
   readonly conns = new Set<FakeUpstream>();
   answered = 0;
+  /** Connections asked for, refused or not. */
+  dials = 0;
 
   constructor(
     readonly id: PathId,
@@ -36,6 +39,7 @@ class FakeController {
   ) {}
 
   connect(address: NbdAddress): Promise<Upstream> {
+    this.dials++;
     if (!this.up) return Promise.reject(new PagepairError('NOT_ACTIVE', `connection to ${this.id} refused`));
     if (!this.disk.has(address.exportName)) return Promise.reject(new PagepairError('UNKNOWN_GUID', `no export ${address.exportName}`));
     const u = new FakeUpstream(this, address.exportName);
@@ -146,7 +150,6 @@ function rig(opts: { holdMs?: number; spread?: boolean; preferred?: PathId } = {
   return { a, b, paths, disk };
 }
 
-const wait = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 describe('attach paths', () => {
   it('sends requests to the preferred controller while it is up', async () => {
@@ -167,8 +170,7 @@ describe('attach paths', () => {
     const writes = Array.from({ length: 32 }, (_, i) => paths.write('vol', i * 4096, Buffer.alloc(4096, i + 1), false));
     const flags = writes.map(() => false);
     writes.forEach((w, i) => void w.then(() => (flags[i] = true)));
-    await wait(20);
-    expect(a.held).toHaveLength(32);
+    await waitFor(() => a.held.length === 32, 'all 32 held by A');
     expect(flags.some((f) => f), 'nothing is acknowledged that no controller acknowledged').toBe(false);
     a.kill();
     await Promise.all(writes);
@@ -204,18 +206,29 @@ describe('attach paths', () => {
   });
 
   it('with both controllers gone, requests are held, then fail with IO_ERROR after holdMs; nothing is acknowledged', async () => {
-    const { a, b, paths } = rig({ holdMs: 300 });
-    await paths.start();
-    a.kill();
-    b.kill();
-    const started = performance.now();
-    const r = paths.write('vol', 0, Buffer.alloc(512, 9), false);
-    await wait(100);
-    expect(paths.status().held).toBe(1);
-    await expect(r).rejects.toMatchObject({ code: 'IO_ERROR' });
-    expect(performance.now() - started).toBeGreaterThanOrEqual(290);
-    expect(paths.status()).toMatchObject({ failedNoPath: 1, held: 0 });
-    await paths.close();
+    // holdMs on a fake clock: held at 299 ms, failed at 300.
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'performance'] });
+    try {
+      const { a, b, paths } = rig({ holdMs: 300 });
+      await paths.start();
+      a.kill();
+      b.kill();
+      const r = paths.write('vol', 0, Buffer.alloc(512, 9), false);
+      let settled = false;
+      r.then(
+        () => (settled = true),
+        () => (settled = true),
+      );
+      await vi.advanceTimersByTimeAsync(299);
+      expect(paths.status().held).toBe(1);
+      expect(settled).toBe(false);
+      await vi.advanceTimersByTimeAsync(1);
+      await expect(r).rejects.toMatchObject({ code: 'IO_ERROR' });
+      expect(paths.status()).toMatchObject({ failedNoPath: 1, held: 0 });
+      await paths.close();
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('a request held with no path is answered when a controller comes back within holdMs', async () => {
@@ -224,7 +237,7 @@ describe('attach paths', () => {
     a.kill();
     b.kill();
     const r = paths.write('vol', 8192, Buffer.alloc(512, 7), false);
-    await wait(100);
+    await waitFor(() => paths.status().held === 1, 'the write held');
     expect(disk.get('vol')![8192]).toBe(0);
     b.up = true;
     await r;
@@ -239,8 +252,7 @@ describe('attach paths', () => {
     a.kill();
     await paths.flush('vol');
     a.up = true;
-    for (let i = 0; i < 100 && paths.status().paths.find((p) => p.id === 'A')!.state !== 'up'; i++) await wait(10);
-    expect(paths.status().paths.find((p) => p.id === 'A')!.state).toBe('up');
+    await waitFor(() => paths.status().paths.find((p) => p.id === 'A')!.state === 'up', 'A up again');
     // No bouncing back on its own: the volume stays on B while B is up.
     await paths.flush('vol');
     expect(b.answered).toBe(2);
@@ -302,7 +314,9 @@ describe('attach paths', () => {
       log,
     });
     await paths.start();
-    await wait(100);
+    // B dialled again and again (every reconnectMs), refusing the volume each time.
+    const from = b.dials;
+    await waitFor(() => b.dials >= from + 5, 'five re-dials of B');
     expect(paths.status().paths.find((p) => p.id === 'B')).toMatchObject({ state: 'down', lastError: 'no export vol' });
     expect(errors).toEqual(['attach: controller does not serve a volume']);
     await paths.close();

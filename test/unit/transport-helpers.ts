@@ -24,14 +24,19 @@ export function captureLog(): { log: pino.Logger; records: LogRecord[] } {
 
 export const WARN = 40;
 
+// Taken before any test fakes the clock, so waiting for an event still works on a fake one.
+const realSetTimeout = globalThis.setTimeout;
+const realNow = performance.now.bind(performance);
+
 export function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
+  return new Promise((resolve) => realSetTimeout(resolve, ms));
 }
 
+/** Polls `cond` until it holds, on the real clock (a test's fake one stands still meanwhile). */
 export async function waitFor(cond: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
+  const deadline = realNow() + timeoutMs;
   while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    if (realNow() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await sleep(10);
   }
 }

@@ -18,7 +18,7 @@ import {
   type WritePage,
 } from '../../src/protocol/messages.js';
 import { PeerLink, type PeerLinkOptions } from '../../src/transport/peer-link.js';
-import { captureLog, RawWs, sleep, waitFor, WARN, type LogRecord } from './transport-helpers.js';
+import { captureLog, RawWs, waitFor, WARN, type LogRecord } from './transport-helpers.js';
 
 const PAIR_ID = '6a1f0c52-8d3e-4b7a-9f21-0c4d5e6f7a8b';
 const OTHER_PAIR_ID = '11111111-2222-4333-8444-555555555555';
@@ -231,8 +231,8 @@ describe('PeerLink', () => {
     const refusal = warnings(b.records).find((r) => r.msg === 'peer handshake refused');
     expect(refusal).toMatchObject({ code: 'AUTH_FAILED' });
     expect(String(refusal?.reason)).toContain(OTHER_PAIR_ID);
-    await waitFor(() => warnings(a.records).some((r) => r.msg === 'peer refused the handshake'), 'dialer told');
-    await sleep(150);
+    // Told, it dials again (every reconnectMs) and is refused again: never up on either side.
+    await waitFor(() => warnings(a.records).filter((r) => r.msg === 'peer refused the handshake').length >= 2, 'dialer told twice');
     expect(a.ups.length + b.ups.length).toBe(0);
   });
 
@@ -253,7 +253,8 @@ describe('PeerLink', () => {
     await waitFor(() => a.downs.length === 1, 'dialer down');
     expect(b.downs).toHaveLength(1);
     // Several re-dials fail while nobody listens; still one onDown.
-    await sleep(200);
+    const from = a.records.length;
+    await waitFor(() => a.records.slice(from).filter((r) => r.msg === 'peer dial failed').length >= 3, 'three failed re-dials');
     expect(a.downs).toHaveLength(1);
     expect(a.link.isUp).toBe(false);
 
@@ -307,7 +308,8 @@ describe('PeerLink', () => {
     expect(raw.received.at(-1)).toMatchObject({ kind: 'ERROR' });
     expect(b.msgs).toEqual([]);
     expect(warnings(b.records).some((r) => r.msg === 'peer link protocol error')).toBe(true);
-    await sleep(50);
+    // Once B has seen the socket close too, nothing is left that could report it down again.
+    await waitFor(() => b.link.listenerCounters!.open === 0, 'the socket closed at B');
     expect(b.downs).toHaveLength(1);
   });
 
