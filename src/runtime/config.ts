@@ -8,13 +8,14 @@
 // directory: `pagepair` is started from the project or data directory, and
 // that is where operators expect relative paths to point.
 
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { PagepairError, isPagepairError } from '../protocol/errors.js';
 import { resolvePolicies, type Policy, type PolicyInput } from '../core/policy.js';
 import { DEFAULT_LIMITS, HARD_LIMITS, type Limits } from '../protocol/limits.js';
 import { computeGeometry, isUuid, TABLE_ENTRIES_MAX_DEFAULT } from '../store/layout.js';
 import { CLIENT_CONNECTIONS_MAX_DEFAULT, REPLY_BYTES_BUFFERED_MAX_DEFAULT } from '../transport/client-endpoint.js';
+import { readOwnerOnlyFile } from '../transport/tls.js';
 
 export type ControllerLetter = 'A' | 'B';
 export type ControllerNumber = 1 | 2;
@@ -210,8 +211,6 @@ export const SHIPPED_CLIENT_TOKENS: readonly string[] = ['default-pair-client-to
 /** Environment variables that override secret and clientToken. */
 export const SECRET_ENV = 'PAGEPAIR_SECRET';
 export const CLIENT_TOKEN_ENV = 'PAGEPAIR_CLIENT_TOKEN';
-/** Permission bits a secretFile or clientTokenFile may not have: any for group or others. */
-const CREDENTIAL_FILE_MODE_FORBIDDEN = 0o077;
 
 // ------------------------------------------------------------ field reader
 
@@ -421,20 +420,10 @@ function credential(
   if (top.has(fileKey)) {
     if (top.has(key)) throw top.error(fileKey, `must not be given with ${key}: give one of them`);
     const path = resolve(cwd, top.str(fileKey, { what: 'a path (a non-empty string)' }));
-    let mode: number;
-    let text: string;
-    try {
-      mode = statSync(path).mode;
-      text = readFileSync(path, 'utf8');
-    } catch (err) {
-      throw top.error(fileKey, `names a file that cannot be read: ${(err as Error).message}`);
-    }
-    if ((mode & CREDENTIAL_FILE_MODE_FORBIDDEN) !== 0) {
-      throw top.error(
-        fileKey,
-        `names ${path}, which other users may open (mode ${(mode & 0o777).toString(8).padStart(4, '0')}); make it the owner's alone: chmod 600 ${path}`,
-      );
-    }
+    const text = readOwnerOnlyFile(path, {
+      unreadable: (reason) => top.error(fileKey, `names a file that cannot be read: ${reason}`),
+      openToOthers: (mode) => top.error(fileKey, `names ${path}, which other users may open (mode ${mode}); make it the owner's alone: chmod 600 ${path}`),
+    });
     const value = text.trim();
     if (value.length < minChars) throw top.error(fileKey, `names ${path}, which must hold at least ${minChars} characters, got ${value.length}`);
     return { value, field: fileKey, from: path };

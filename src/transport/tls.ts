@@ -41,26 +41,37 @@ export function derivePsk(credential: string, label: 'peer' | 'client'): Buffer 
 /** Keys by identity. */
 export type PskKeys = ReadonlyMap<string, Buffer>;
 
+/** Permission bits a file holding a key or a credential may not have: any for group or others. */
+const KEY_FILE_MODE_FORBIDDEN = 0o077;
+
 /**
- * Reads a psktool key file. Refuses a file group or others may read (the keys
- * are the whole of NBD's authentication), and names the line of any bad entry.
+ * The text of a file holding a key, or a credential a key is derived from;
+ * refused when anyone but its owner may open it. The caller words the
+ * refusals: `unreadable` gets the system's reason, `openToOthers` the file's
+ * mode in octal ("0644").
  */
-export function readPskFile(path: string): PskKeys {
+export function readOwnerOnlyFile(path: string, refuse: { unreadable(reason: string): Error; openToOthers(mode: string): Error }): string {
   let mode: number;
   let text: string;
   try {
     mode = statSync(path).mode;
     text = readFileSync(path, 'utf8');
   } catch (err) {
-    throw new PagepairError('BAD_CONFIG', `TLS key file ${path} cannot be read: ${(err as Error).message}`, 'tls.pskFile');
+    throw refuse.unreadable((err as Error).message);
   }
-  if ((mode & 0o077) !== 0) {
-    throw new PagepairError(
-      'BAD_CONFIG',
-      `TLS key file ${path} may be opened by other users (mode ${(mode & 0o777).toString(8).padStart(4, '0')}); chmod 600 ${path}`,
-      'tls.pskFile',
-    );
-  }
+  if ((mode & KEY_FILE_MODE_FORBIDDEN) !== 0) throw refuse.openToOthers((mode & 0o777).toString(8).padStart(4, '0'));
+  return text;
+}
+
+/**
+ * Reads a psktool key file. Refuses a file group or others may read (the keys
+ * are the whole of NBD's authentication), and names the line of any bad entry.
+ */
+export function readPskFile(path: string): PskKeys {
+  const text = readOwnerOnlyFile(path, {
+    unreadable: (reason) => new PagepairError('BAD_CONFIG', `TLS key file ${path} cannot be read: ${reason}`, 'tls.pskFile'),
+    openToOthers: (mode) => new PagepairError('BAD_CONFIG', `TLS key file ${path} may be opened by other users (mode ${mode}); chmod 600 ${path}`, 'tls.pskFile'),
+  });
   return parsePskText(text, path);
 }
 
