@@ -7,7 +7,8 @@
 
 import net from 'node:net';
 import { WebSocket, WebSocketServer } from 'ws';
-import { encode } from '../../protocol/codec.js';
+import { decode, encode } from '../../protocol/codec.js';
+import { authProof } from '../../protocol/handshake.js';
 import { DEFAULT_LIMITS } from '../../protocol/limits.js';
 import { PROTOCOL_VERSION, Role } from '../../protocol/messages.js';
 import type { Message } from '../../protocol/messages.js';
@@ -58,11 +59,28 @@ async function sendRawWs(port: number, messages: readonly Buffer[], splits: Spli
     sock.write(chunk);
     await new Promise((resolve) => setImmediate(resolve));
   }
+  await hangUpAfter(closed, quietMs, () => sock.destroy());
+}
+
+/** Waits for the server to close the connection or for quietMs of quiet, then closes it from this side and waits until it is closed. */
+async function hangUpAfter(closed: Promise<void>, quietMs: number, hangUp: () => void): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
   await Promise.race([closed, new Promise<void>((resolve) => (timer = setTimeout(resolve, quietMs)))]);
   clearTimeout(timer);
-  sock.destroy();
+  hangUp();
   await closed;
+}
+
+/** A ws client connected to the server at port, and the messages it has received so far. */
+async function openWsClient(port: number): Promise<{ ws: WebSocket; got: Buffer[] }> {
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/`, { perMessageDeflate: false });
+  const got: Buffer[] = [];
+  ws.on('message', (d: Buffer) => got.push(d));
+  await new Promise<void>((resolve, reject) => {
+    ws.once('open', () => resolve());
+    ws.once('error', reject);
+  });
+  return { ws, got };
 }
 
 function frames(msgs: readonly Message[]): Buffer[] {
@@ -127,30 +145,18 @@ class PeerE2e implements TargetInstance {
       const ws = await this.nextDialed();
       const closed = new Promise<void>((resolve) => (ws.readyState === WebSocket.CLOSED ? resolve() : ws.once('close', () => resolve())));
       for (const m of messagesOf(c, splits)) if (ws.readyState === WebSocket.OPEN) ws.send(m);
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([closed, new Promise<void>((resolve) => (timer = setTimeout(resolve, 15)))]);
-      clearTimeout(timer);
-      ws.terminate();
-      await closed;
+      await hangUpAfter(closed, 15, () => ws.terminate());
     }
     // No case carries a valid proof over a real socket (the nonces are the links' own): nothing may come up.
     if (this.ups !== before) throw new OracleFailure('the peer link came up without a valid proof');
   }
 
   async stillServes(): Promise<boolean> {
-    const { authProof } = await import('../../protocol/handshake.js');
-    const ws = new WebSocket(`ws://127.0.0.1:${this.port}/`, { perMessageDeflate: false });
-    const got: Buffer[] = [];
-    ws.on('message', (d: Buffer) => got.push(d));
-    await new Promise<void>((resolve, reject) => {
-      ws.once('open', () => resolve());
-      ws.once('error', reject);
-    });
+    const { ws, got } = await openWsClient(this.port);
     const nonce = Buffer.alloc(32, 3);
     const before = this.ups;
     ws.send(encode({ kind: 'HELLO', requestId: 0, epoch: 0, sender: 1, flags: 0, protocolVersion: PROTOCOL_VERSION, pairId: PEER_PAIR_ID, controllerId: 1, nonce, pid: 1 }));
     await waitUntil(() => got.length >= 1, 2000);
-    const { decode } = await import('../../protocol/codec.js');
     const reply = decode(got[0]!);
     if (reply.kind !== 'HELLO_REPLY') return false;
     ws.send(encode({ kind: 'AUTH', requestId: 0, epoch: 0, sender: 1, flags: 0, proof: authProof(PEER_SECRET, PEER_PAIR_ID, 1, 2, nonce, reply.nonce) }));
@@ -203,18 +209,11 @@ class ClientE2e implements TargetInstance {
   }
 
   async stillServes(): Promise<boolean> {
-    const ws = new WebSocket(`ws://127.0.0.1:${this.port}/`, { perMessageDeflate: false });
-    const got: Buffer[] = [];
-    ws.on('message', (d: Buffer) => got.push(d));
-    await new Promise<void>((resolve, reject) => {
-      ws.once('open', () => resolve());
-      ws.once('error', reject);
-    });
+    const { ws, got } = await openWsClient(this.port);
     ws.send(encode({ kind: 'CLIENT_HELLO', requestId: 1, epoch: 0, sender: 0, flags: 0, protocolVersion: PROTOCOL_VERSION, token: CLIENT_TOKEN, clientName: 'e2e' }));
     ws.send(encode({ kind: 'C_STATUS', requestId: 2, epoch: 0, sender: 0, flags: 0 }));
     await waitUntil(() => got.length >= 2, 2000);
     ws.terminate();
-    const { decode } = await import('../../protocol/codec.js');
     return got.length >= 2 && decode(got[0]!).kind === 'CLIENT_HELLO_REPLY' && decode(got[1]!).requestId === 2;
   }
 
@@ -252,11 +251,7 @@ class NbdE2e implements TargetInstance {
       // After a cut the server has answered (STARTTLS waits for its ACK), as a client would wait.
       await new Promise((resolve) => setTimeout(resolve, 1));
     }
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([closed, new Promise<void>((resolve) => (timer = setTimeout(resolve, 15)))]);
-    clearTimeout(timer);
-    sock.destroy();
-    await closed;
+    await hangUpAfter(closed, 15, () => sock.destroy());
     checkHandshakeReplies(Buffer.concat(out));
   }
 

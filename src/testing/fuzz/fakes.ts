@@ -8,12 +8,27 @@ import { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
 import pino from 'pino';
 import type { WebSocket } from 'ws';
+import { decode, ProtocolError } from '../../protocol/codec.js';
+import { DEFAULT_LIMITS } from '../../protocol/limits.js';
+import type { Message } from '../../protocol/messages.js';
 import type { AcceptedConnection } from '../../transport/ws-listener.js';
+import { OracleFailure } from './runner.js';
 
 const CONNECTING = 0;
 const OPEN = 1;
 const CLOSING = 2;
 const CLOSED = 3;
+
+/** The frames `who` sent on ws, decoded; one that does not decode fails the oracle. */
+export function decodeSent(ws: FakeWs, who: string): Message[] {
+  return ws.sent.map((f) => {
+    try {
+      return decode(f, DEFAULT_LIMITS);
+    } catch (err) {
+      throw new OracleFailure(`${who} sent a frame that does not decode: ${err instanceof ProtocolError ? err.message : String(err)}`);
+    }
+  });
+}
 
 /**
  * What a handler under fuzz did with a ws: frames sent, whether and how it

@@ -23,6 +23,14 @@ export interface FuzzCase {
   meta?: unknown;
 }
 
+/** A case of whole messages one after another: their bytes, and where each ends. */
+export function caseOfMessages(messages: readonly Buffer[], label: string, meta: unknown): FuzzCase {
+  const boundaries: number[] = [];
+  let at = 0;
+  for (const m of messages.slice(0, -1)) boundaries.push((at += m.length));
+  return { bytes: Buffer.concat(messages), boundaries, label, meta };
+}
+
 /** Offsets where the byte stream is cut into chunks (or, for messages, where a message is cut in two). */
 export type Splits = readonly number[];
 

@@ -9,16 +9,16 @@
 
 import fc from 'fast-check';
 import { PagepairError } from '../../protocol/errors.js';
-import { decode, encode, ProtocolError } from '../../protocol/codec.js';
+import { encode } from '../../protocol/codec.js';
 import { DEFAULT_LIMITS, HARD_LIMITS } from '../../protocol/limits.js';
 import type { Limits } from '../../protocol/limits.js';
 import { PROTOCOL_VERSION, Role } from '../../protocol/messages.js';
 import type { ClientRequest, Message, MessageKind } from '../../protocol/messages.js';
 import { ClientEndpoint } from '../../transport/client-endpoint.js';
 import type { ClientConn } from '../../transport/client-endpoint.js';
-import { countingLogger, fakeAccepted, FakeWs } from './fakes.js';
+import { countingLogger, decodeSent, fakeAccepted, FakeWs } from './fakes.js';
 import { ALL_KINDS, anyMessage, mutateFrame, mutationsArb } from './frames.js';
-import { messagesOf, OracleFailure } from './runner.js';
+import { caseOfMessages, messagesOf, OracleFailure } from './runner.js';
 import type { FuzzCase, FuzzTarget, Splits, TargetInstance } from './runner.js';
 
 export const CLIENT_TOKEN = 'fuzz-client-token-0123456789abcdef';
@@ -63,11 +63,8 @@ export const clientCases: fc.Arbitrary<FuzzCase> = fc
   )
   .map(([authFirst, slowReader, first, rest]) => {
     const frames = authFirst ? rest : [first, ...rest];
-    const boundaries: number[] = [];
-    let at = 0;
-    for (const f of frames.slice(0, -1)) boundaries.push((at += f.length));
     const meta: ClientMeta = { authFirst, slowReader };
-    return { bytes: Buffer.concat(frames), boundaries, label: `client ${authFirst ? 'after hello' : 'handshake'}${slowReader ? ', slow reader' : ''}, ${frames.length} frames`, meta };
+    return caseOfMessages(frames, `client ${authFirst ? 'after hello' : 'handshake'}${slowReader ? ', slow reader' : ''}, ${frames.length} frames`, meta);
   });
 
 /** The controller's side of a request: some answered, some refused with an echo of the input. */
@@ -125,7 +122,7 @@ class ClientInstance implements TargetInstance {
     ws.slowReader = meta.slowReader;
     if (meta.authFirst) {
       ws.deliver(encode(hello(CLIENT_TOKEN)));
-      if (decodeSent(ws)[0]?.kind !== 'CLIENT_HELLO_REPLY') throw new OracleFailure('a valid CLIENT_HELLO was not answered');
+      if (decodeSent(ws, 'the endpoint')[0]?.kind !== 'CLIENT_HELLO_REPLY') throw new OracleFailure('a valid CLIENT_HELLO was not answered');
     }
     // Frames that arrive after the endpoint started closing are still handed over, as ws does.
     const messages = messagesOf(c, splits);
@@ -135,7 +132,7 @@ class ClientInstance implements TargetInstance {
     const closing = ws.closed;
     ws.settle();
     {
-      const sent = decodeSent(ws);
+      const sent = decodeSent(ws, 'the endpoint');
       if (!meta.authFirst && sent.some((m) => m.kind === 'CLIENT_HELLO_REPLY') && !c.bytes.includes(this.tokenBytes)) {
         throw new OracleFailure('CLIENT_HELLO_REPLY to a connection that never sent the token');
       }
@@ -159,7 +156,7 @@ class ClientInstance implements TargetInstance {
     const ws = this.open();
     ws.deliver(encode(hello(CLIENT_TOKEN)));
     ws.deliver(encode({ kind: 'C_STATUS', requestId: 5, epoch: 0, sender: 0, flags: 0 }));
-    const sent = decodeSent(ws);
+    const sent = decodeSent(ws, 'the endpoint');
     ws.hangUp();
     return sent[0]?.kind === 'CLIENT_HELLO_REPLY' && sent[1]?.kind === 'C_STATUS_REPLY' && sent[1].requestId === 5;
   }
@@ -171,16 +168,6 @@ class ClientInstance implements TargetInstance {
   close(): Promise<void> {
     return this.endpoint.close();
   }
-}
-
-function decodeSent(ws: FakeWs): Message[] {
-  return ws.sent.map((f) => {
-    try {
-      return decode(f, DEFAULT_LIMITS);
-    } catch (err) {
-      throw new OracleFailure(`the endpoint sent a frame that does not decode: ${err instanceof ProtocolError ? err.message : String(err)}`);
-    }
-  });
 }
 
 export const clientTarget: FuzzTarget = {

@@ -14,7 +14,7 @@ import { FRAME_MAGIC, HEADER_BYTES, PROTOCOL_VERSION } from '../../protocol/mess
 import type { Message } from '../../protocol/messages.js';
 import { crc32c } from '../../protocol/crc32c.js';
 import { anyMessage, mutateFrame, mutationsArb } from './frames.js';
-import { chunksOf, OracleFailure } from './runner.js';
+import { caseOfMessages, chunksOf, OracleFailure } from './runner.js';
 import type { FuzzCase, FuzzTarget, Splits, TargetInstance } from './runner.js';
 
 interface CodecMeta {
@@ -40,10 +40,7 @@ const plausibleHeader = fc
   });
 
 function framesCase(frames: Buffer[], label: string, expected: Message[] | null): FuzzCase {
-  const boundaries: number[] = [];
-  let at = 0;
-  for (const f of frames.slice(0, -1)) boundaries.push((at += f.length));
-  return { bytes: Buffer.concat(frames), boundaries, label, meta: { expected } satisfies CodecMeta };
+  return caseOfMessages(frames, label, { expected } satisfies CodecMeta);
 }
 
 export const codecCases: fc.Arbitrary<FuzzCase> = fc.oneof(

@@ -10,15 +10,15 @@
 
 import fc from 'fast-check';
 import { PagepairError } from '../../protocol/errors.js';
-import { decode, encode, ProtocolError } from '../../protocol/codec.js';
+import { encode } from '../../protocol/codec.js';
 import { authProof, helloProof } from '../../protocol/handshake.js';
 import { DEFAULT_LIMITS } from '../../protocol/limits.js';
 import { PROTOCOL_VERSION } from '../../protocol/messages.js';
 import type { Message, MessageKind } from '../../protocol/messages.js';
 import { PeerLink } from '../../transport/peer-link.js';
-import { countingLogger, FakeWs } from './fakes.js';
+import { countingLogger, decodeSent, FakeWs } from './fakes.js';
 import { ALL_KINDS, anyMessage, mutateFrame, mutationsArb } from './frames.js';
-import { messagesOf, OracleFailure } from './runner.js';
+import { caseOfMessages, messagesOf, OracleFailure } from './runner.js';
 import type { FuzzCase, FuzzTarget, Splits, TargetInstance } from './runner.js';
 
 export const PEER_SECRET = 'fuzz-peer-secret-0123456789abcdef';
@@ -60,25 +60,12 @@ function casesFor(side: PeerMeta['side']): fc.Arbitrary<FuzzCase> {
     .tuple(fc.boolean(), frameArb(first), fc.array(frameArb(first), { maxLength: 2 }), fc.array(fc.tuple(anyMessage(ALL_KINDS), fc.option(mutationsArb)), { minLength: 1, maxLength: 3 }))
     .map(([authFirst, head, rest, upFrames]) => {
       const frames = authFirst ? upFrames.map(([m, p]) => (p === null ? encode(m) : mutateFrame(encode(m), p))) : [head, ...rest];
-      const boundaries: number[] = [];
-      let at = 0;
-      for (const f of frames.slice(0, -1)) boundaries.push((at += f.length));
       const meta: PeerMeta = { side, authFirst };
-      return { bytes: Buffer.concat(frames), boundaries, label: `${side}${authFirst ? ' after auth' : ' handshake'}, ${frames.length} frames`, meta };
+      return caseOfMessages(frames, `${side}${authFirst ? ' after auth' : ' handshake'}, ${frames.length} frames`, meta);
     });
 }
 
 export const peerCases: fc.Arbitrary<FuzzCase> = fc.oneof(casesFor('listener'), casesFor('dialer'));
-
-function sentMessages(ws: FakeWs): Message[] {
-  return ws.sent.map((f) => {
-    try {
-      return decode(f, DEFAULT_LIMITS);
-    } catch (err) {
-      throw new OracleFailure(`the link sent a frame that does not decode: ${err instanceof ProtocolError ? err.message : String(err)}`);
-    }
-  });
-}
 
 /** Both sides of the pair, each a PeerLink not listening anywhere: connections come through serveOpenWs. */
 export class PeerRig {
@@ -109,15 +96,15 @@ export class PeerRig {
     if (side === 'listener') {
       const nonce = Buffer.alloc(32, 7);
       ws.deliver(encode({ kind: 'HELLO', requestId: 1, epoch: 0, sender: 1, flags: 0, protocolVersion: PROTOCOL_VERSION, pairId: PEER_PAIR_ID, controllerId: 1, nonce, pid: 1 }));
-      const reply = sentMessages(ws).at(-1);
+      const reply = decodeSent(ws, 'the link').at(-1);
       if (reply?.kind !== 'HELLO_REPLY') return false;
       ws.deliver(encode({ kind: 'AUTH', requestId: 2, epoch: 0, sender: 1, flags: 0, proof: authProof(PEER_SECRET, PEER_PAIR_ID, 1, 2, nonce, reply.nonce) }));
     } else {
-      const hello = sentMessages(ws)[0];
+      const hello = decodeSent(ws, 'the link')[0];
       if (hello?.kind !== 'HELLO') return false;
       const nonce = Buffer.alloc(32, 9);
       ws.deliver(encode({ kind: 'HELLO_REPLY', requestId: 0, epoch: 0, sender: 2, flags: 0, pairId: PEER_PAIR_ID, controllerId: 2, nonce, pid: 2 }));
-      if (sentMessages(ws).at(-1)?.kind !== 'AUTH') return false;
+      if (decodeSent(ws, 'the link').at(-1)?.kind !== 'AUTH') return false;
       ws.deliver(encode({ kind: 'AUTH_REPLY', requestId: 0, epoch: 0, sender: 2, flags: 0, role: 1, proof: helloProof(PEER_SECRET, PEER_PAIR_ID, 1, 2, hello.nonce, nonce) }));
     }
     return this.ups === before + 1;
@@ -153,7 +140,7 @@ class PeerInstance implements TargetInstance {
     ws.settle();
     if (!meta.authFirst && rig.ups !== 0) throw new OracleFailure('the link came up without a valid proof');
     if (rig.ups !== upsBefore) throw new OracleFailure('a second link came up from hostile frames');
-    const sent = sentMessages(ws).slice(sentBefore);
+    const sent = decodeSent(ws, 'the link').slice(sentBefore);
     for (const m of sent) {
       if (meta.authFirst ? m.kind !== 'ERROR' : !SENT_IN_HANDSHAKE.has(m.kind)) throw new OracleFailure(`the link sent ${m.kind} in answer to hostile frames`);
     }
@@ -173,7 +160,7 @@ class PeerInstance implements TargetInstance {
       if (!rig.authenticate(side, ws)) return false;
       // A request the core refuses is answered with a typed ERROR, and the link stays up.
       ws.deliver(encode({ kind: 'RELEASE', requestId: 8, epoch: 1, sender: side === 'listener' ? 1 : 2, flags: 0, guid: PEER_PAIR_ID }));
-      const last = sentMessages(ws).at(-1);
+      const last = decodeSent(ws, 'the link').at(-1);
       if (last?.kind !== 'ERROR' || last.requestId !== 8 || ws.closed) return false;
       ws.hangUp();
       rig.ups = 0;
