@@ -6,7 +6,9 @@
 // pagepair does on top.
 
 import type { Socket } from 'node:net';
-import type { WebSocketServer } from 'ws';
+import { WebSocketServer } from 'ws';
+import { DEFAULT_LIMITS } from '../protocol/limits.js';
+import { WS_COMMON } from '../transport/ws-util.js';
 
 export const FLOOR_HEADER_BYTES = 8;
 
@@ -74,4 +76,37 @@ export function announceFloor(server: WebSocketServer, name: string): void {
     console.error(`${name}: ${err.message}`);
     process.exit(1);
   });
+}
+
+/** One client of a floor: what is sent to it in a turn leaves in one write. */
+export interface FloorSender {
+  send(msg: Buffer): void;
+}
+
+/**
+ * A floor's WebSocket server on a free port of 127.0.0.1: each binary
+ * message goes to onMessage with its client to answer (anything else closes
+ * the connection), and the port is told to the benchmark.
+ */
+export function serveFloor(name: string, onMessage: (data: Buffer, from: FloorSender) => void): WebSocketServer {
+  const server = new WebSocketServer({ ...WS_COMMON, host: '127.0.0.1', port: 0, maxPayload: DEFAULT_LIMITS.frameBytesMax });
+  server.on('connection', (ws) => {
+    const corker = new TurnCorker(socketOf(ws));
+    const from: FloorSender = {
+      send: (msg) => {
+        corker.cork();
+        ws.send(msg, { binary: true });
+      },
+    };
+    ws.on('error', () => ws.terminate());
+    ws.on('message', (data, isBinary) => {
+      if (!isBinary || !Buffer.isBuffer(data)) {
+        ws.close(1003, 'binary messages only');
+        return;
+      }
+      onMessage(data, from);
+    });
+  });
+  announceFloor(server, name);
+  return server;
 }

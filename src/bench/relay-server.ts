@@ -5,10 +5,10 @@
 // so that answers find their client. The partner is an echo floor process.
 // Forked by the benchmark with the partner's port as its argument.
 
-import { WebSocket, WebSocketServer } from 'ws';
-import { DEFAULT_LIMITS, HARD_LIMITS } from '../protocol/limits.js';
+import { WebSocket } from 'ws';
+import { HARD_LIMITS } from '../protocol/limits.js';
 import { WS_COMMON, zeroMask } from '../transport/ws-util.js';
-import { floorId, announceFloor, exitWithBenchmark, socketOf, TurnCorker } from './floor-wire.js';
+import { floorId, exitWithBenchmark, serveFloor, socketOf, TurnCorker, type FloorSender } from './floor-wire.js';
 
 exitWithBenchmark();
 
@@ -19,8 +19,7 @@ if (!Number.isInteger(partnerPort) || partnerPort <= 0) {
 }
 
 interface Waiting {
-  ws: WebSocket;
-  corker: TurnCorker;
+  client: FloorSender;
   clientId: number;
 }
 
@@ -43,28 +42,17 @@ link.on('message', (data) => {
   waiting.delete(relayId);
   // The answer is ours to change: ws handed it over and keeps no reference.
   data.writeUInt32LE(w.clientId, 0);
-  w.corker.cork();
-  w.ws.send(data, { binary: true });
+  w.client.send(data);
 });
 
 link.on('open', () => {
   linkCorker = new TurnCorker(socketOf(link));
-  const server = new WebSocketServer({ ...WS_COMMON, host: '127.0.0.1', port: 0, maxPayload: DEFAULT_LIMITS.frameBytesMax });
-  server.on('connection', (ws) => {
-    const corker = new TurnCorker(socketOf(ws));
-    ws.on('error', () => ws.terminate());
-    ws.on('message', (data, isBinary) => {
-      if (!isBinary || !Buffer.isBuffer(data)) {
-        ws.close(1003, 'binary messages only');
-        return;
-      }
-      const relayId = nextRelayId;
-      nextRelayId = nextRelayId >= 0xffff_ffff ? 1 : nextRelayId + 1;
-      waiting.set(relayId, { ws, corker, clientId: floorId(data) });
-      data.writeUInt32LE(relayId, 0);
-      linkCorker!.cork();
-      link.send(data, { binary: true });
-    });
+  serveFloor('relay floor', (data, client) => {
+    const relayId = nextRelayId;
+    nextRelayId = nextRelayId >= 0xffff_ffff ? 1 : nextRelayId + 1;
+    waiting.set(relayId, { client, clientId: floorId(data) });
+    data.writeUInt32LE(relayId, 0);
+    linkCorker!.cork();
+    link.send(data, { binary: true });
   });
-  announceFloor(server, 'relay floor');
 });

@@ -20,6 +20,7 @@ import pino from 'pino';
 import { Attach } from '../attach/attach.js';
 import { NbdClient } from '../client/nbd-client.js';
 import { PagepairError } from '../protocol/errors.js';
+import { abortOnSignals, addRunDirOptions, linePrinter, printVerdict } from './fault-run-options.js';
 import { killAllFio, spawnFio, type FioJobReport } from '../runtime/fio.js';
 import { NbdPair, storeBytesFor, type Letter } from '../runtime/nbd-pair.js';
 import { formatBytes, parsePositiveInt, parseSize } from '../workload/units.js';
@@ -255,34 +256,29 @@ export function formatAttachKillTest(r: AttachKillTestResult): string {
 }
 
 export function attachKillTestCommand(): Command {
-  return new Command('attach-kill-test')
+  const cmd = new Command('attach-kill-test')
     .description('fio writes crc32c-checked blocks through `pagepair attach` while A and B are killed and restarted in turn; fio must see no error and verify every block')
     .option('--cycles <n>', 'cycles of killing A, then B (each restarted and mirrored again before the next kill)', '10')
     .option('--size <bytes>', 'the volume fio writes once and verifies; with --rate-iops it sets how long fio writes, which must outlast the kills', '2GiB')
     .option('--iodepth <n>', 'fio --iodepth', '32')
     .option('--rate-iops <n>', 'fio --rate_iops: keep fio writing while the kills go on', '2000')
-    .option('--settle-ms <ms>', 'pause after the pair is mirrored again before the next kill', '500')
-    .option('--seed <n>', 'fio --randseed', '1')
-    .option('--dir <path>', 'working directory (default: a new temporary one, removed after a pass)')
-    .option('--keep', 'keep the working directory after a pass')
-    .option('--json', 'print the result as JSON')
-    .action(async (opts: Record<string, string | boolean | undefined>) => {
-      const abort = new AbortController();
-      process.once('SIGINT', () => abort.abort());
-      const json = opts.json === true;
-      const r = await runAttachKillTest({
-        cycles: parsePositiveInt(String(opts.cycles), 'cycles', 1000),
-        sizeBytes: parseSize(String(opts.size), 'size'),
-        iodepth: parsePositiveInt(String(opts.iodepth), 'iodepth', 1024),
-        rateIops: parsePositiveInt(String(opts.rateIops), 'rate-iops'),
-        settleMs: parsePositiveInt(String(opts.settleMs), 'settle-ms'),
-        seed: parsePositiveInt(String(opts.seed), 'seed'),
-        ...(typeof opts.dir === 'string' ? { dir: opts.dir } : {}),
-        keep: opts.keep === true,
-        print: json ? (l) => console.error(l) : (l) => console.log(l),
-        signal: abort.signal,
-      });
-      console.log(json ? JSON.stringify(r, null, 2) : formatAttachKillTest(r));
-      process.exitCode = r.ok ? 0 : 1;
+    .option('--settle-ms <ms>', 'pause after the pair is mirrored again before the next kill', '500');
+  addRunDirOptions(cmd, { help: 'fio --randseed', default: '1' }, 'configurations, store, logs, fio output');
+  return cmd.option('--json', 'print the result as JSON').action(async (opts: Record<string, string | boolean | undefined>) => {
+    const json = opts.json === true;
+    const signal = abortOnSignals();
+    const r = await runAttachKillTest({
+      cycles: parsePositiveInt(String(opts.cycles), 'cycles', 1000),
+      sizeBytes: parseSize(String(opts.size), 'size'),
+      iodepth: parsePositiveInt(String(opts.iodepth), 'iodepth', 1024),
+      rateIops: parsePositiveInt(String(opts.rateIops), 'rate-iops'),
+      settleMs: parsePositiveInt(String(opts.settleMs), 'settle-ms'),
+      seed: parsePositiveInt(String(opts.seed), 'seed'),
+      ...(typeof opts.dir === 'string' ? { dir: opts.dir } : {}),
+      keep: opts.keep === true,
+      print: linePrinter(json),
+      signal,
     });
+    printVerdict(r, json, formatAttachKillTest);
+  });
 }

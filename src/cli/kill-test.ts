@@ -14,6 +14,7 @@
 // run's time series, so the chart shows each dip and recovery. Any
 // violation, corrupt read or a pair that does not recover fails the run.
 
+import { Command, Option } from 'commander';
 import { randomUUID } from 'node:crypto';
 import { appendFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -33,11 +34,14 @@ import { Supervised, waitUntil, WaitFailed } from '../runtime/supervisor.js';
 import { TcpProxy } from '../runtime/tcp-proxy.js';
 import { FileDevice } from '../store/file-device.js';
 import { PageStore } from '../store/page-store.js';
+import { abortOnSignals, addPairTimingOptions, addRunDirOptions, linePrinter, printVerdict, runDirAndTimings } from './fault-run-options.js';
+import { NBD_TLS_IDENTITY_HELP, nbdTlsChoice } from './nbd-tls.js';
 import { runVerify, type VerifyResult } from './verify-run.js';
 import { clientsTarget } from './verify.js';
 import type { MailboxSlot } from '../store/types.js';
 import { validateJob, type JobInput, type JobSpec, type Transport } from '../workload/job.js';
 import { progressPrinter } from '../workload/progress.js';
+import { parseNumberInRange, parsePositiveInt, parseSize } from '../workload/units.js';
 import { Recording, summarizeCheck } from '../workload/recording.js';
 import {
   attachCheck,
@@ -916,4 +920,57 @@ export async function runKillTest(opts: KillTestOptions): Promise<KillTestResult
     await run.tearDown();
   }
   return run.finish();
+}
+
+/** The `kill-test` command, ready for program.addCommand(killTestCommand()). */
+export function killTestCommand(): Command {
+  const cmd = new Command('kill-test')
+    .description('run a real pair under the workload generator, kill, pause or partition it again and again, check the history, and write a workload report and chart')
+    .option('-n, --cycles <n>', 'how many faults', '5')
+    .addOption(new Option('-m, --mode <mode>', 'the fault: SIGKILL, SIGSTOP past the timeout, or a cut peer link').choices(['kill', 'pause', 'partition']).default('kill'));
+  addRunDirOptions(cmd, { help: 'seed of the waits and the workload', default: '1' }, 'configurations, store, logs, history');
+  cmd
+    .option('--out <base|dir>', 'write the report to <base>.json and the chart to <base>.svg, or both into a directory (default workload-reports/kill-test-<mode>-<time>)')
+    .option('--clients <n>', 'client connections of the load, half starting on each controller', '4')
+    .addOption(new Option('--transport <ws|nbd>', "how the load reaches the pair: pagepair's client protocol, or NBD (each controller serves NBD; requests lost with a controller go to the other)").choices(['ws', 'nbd']).default('ws'))
+    .option('--tls-psk-file <path>', 'with --transport nbd: NBD over TLS; both controllers run with tls.mode "on" and this psktool key file (tls.pskFile; identity:hexkey lines, mode 0600), and the NBD load connects with STARTTLS and a key of it')
+    .option('--tls-identity <name>', NBD_TLS_IDENTITY_HELP)
+    .option('--contend', 'let clients on A and B hit the same block at the same moment (reads then judged by the checker alone)')
+    .option('-i, --inflight <n>', 'operations in flight per client', '4')
+    .option('--blocks <n>', 'blocks of the working set', '1024')
+    .option('--block <bytes>', 'bytes per block (random reads and writes of one block)', '4KiB')
+    .option('-r, --read-pct <percent>', 'share of reads', '50')
+    .option('--interval <ms>', 'one step of the progress lines, the time series and the chart, in ms', '500');
+  addPairTimingOptions(cmd);
+  return cmd
+    .option('--tls', 'run both controllers with tls.mode "require": the peer link and the load over TLS-PSK (--transport ws only)')
+    .addOption(new Option('--fence-action <action>', 'arbitration.fenceAction of both (default: kill, none for partitions)').choices(['kill', 'none']))
+    .option('--json', 'print the result as JSON (per-cycle lines go to standard error)')
+    .action(async (opts: Record<string, string | boolean | undefined>) => {
+      const json = opts.json === true;
+      const signal = abortOnSignals();
+      const nbdTls = nbdTlsChoice(opts);
+      const r = await runKillTest({
+        cycles: parsePositiveInt(String(opts.cycles), 'cycles', 100_000),
+        mode: opts.mode as KillMode,
+        seed: parsePositiveInt(String(opts.seed), 'seed', 0xffff_ffff),
+        ...runDirAndTimings(opts),
+        ...(typeof opts.out === 'string' ? { out: opts.out } : {}),
+        clients: parsePositiveInt(String(opts.clients), 'clients', 1024),
+        transport: opts.transport as 'ws' | 'nbd',
+        ...(nbdTls !== undefined ? { nbdTls } : {}),
+        contend: opts.contend === true,
+        inflight: parsePositiveInt(String(opts.inflight), 'inflight', 4096),
+        blocks: parsePositiveInt(String(opts.blocks), 'blocks', 1 << 20),
+        blockBytes: parseSize(String(opts.block), 'block'),
+        readPct: parseNumberInRange(String(opts.readPct), 'read-pct', 0, 100),
+        intervalMs: parseNumberInRange(String(opts.interval), 'interval', 100, 60_000),
+        tls: opts.tls === true,
+        ...(typeof opts.fenceAction === 'string' ? { fenceAction: opts.fenceAction as 'kill' | 'none' } : {}),
+        print: linePrinter(json),
+        note: (line) => console.error(line),
+        signal,
+      });
+      printVerdict(r, json, formatTotals);
+    });
 }

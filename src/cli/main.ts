@@ -8,11 +8,11 @@ import { startController } from '../runtime/controller-process.js';
 import { EscapeGuard } from '../runtime/escape-guard.js';
 import { createLogger } from '../runtime/logger.js';
 import { CHECK_EXIT, runCheck } from './check.js';
-import { formatTotals, runKillTest, type KillMode } from './kill-test.js';
+import { killTestCommand } from './kill-test.js';
 import { NBD_TLS_IDENTITY_HELP, NBD_TLS_PSK_FILE_HELP, nbdTlsChoice } from './nbd-tls.js';
 import { runPair } from './pair.js';
 import { CLIENT_TLS_HELP, clientView, fetchStatus, formatStatus } from './status.js';
-import { parseNumberInRange, parsePositiveInt, parseSize } from '../workload/units.js';
+import { parsePositiveInt } from '../workload/units.js';
 import { addWorkloadOptions, jobInputFromCli } from '../workload/cli-options.js';
 import { partnerConfigFor, runWorkloadCommand } from '../workload/command.js';
 import { listJobs } from '../workload/job-file.js';
@@ -169,64 +169,7 @@ program
     process.exitCode = r.exitCode;
   });
 
-program
-  .command('kill-test')
-  .description('run a real pair under the workload generator, kill, pause or partition it again and again, check the history, and write a workload report and chart')
-  .option('-n, --cycles <n>', 'how many faults', '5')
-  .addOption(new Option('-m, --mode <mode>', 'the fault: SIGKILL, SIGSTOP past the timeout, or a cut peer link').choices(['kill', 'pause', 'partition']).default('kill'))
-  .option('--seed <n>', 'seed of the waits and the workload', '1')
-  .option('--dir <path>', 'working directory: configurations, store, logs, history (default: a new temporary directory)')
-  .option('--keep', 'keep the working directory (it is kept anyway when the test fails)')
-  .option('--out <base|dir>', 'write the report to <base>.json and the chart to <base>.svg, or both into a directory (default workload-reports/kill-test-<mode>-<time>)')
-  .option('--clients <n>', 'client connections of the load, half starting on each controller', '4')
-  .addOption(new Option('--transport <ws|nbd>', "how the load reaches the pair: pagepair's client protocol, or NBD (each controller serves NBD; requests lost with a controller go to the other)").choices(['ws', 'nbd']).default('ws'))
-  .option('--tls-psk-file <path>', 'with --transport nbd: NBD over TLS; both controllers run with tls.mode "on" and this psktool key file (tls.pskFile; identity:hexkey lines, mode 0600), and the NBD load connects with STARTTLS and a key of it')
-  .option('--tls-identity <name>', NBD_TLS_IDENTITY_HELP)
-  .option('--contend', 'let clients on A and B hit the same block at the same moment (reads then judged by the checker alone)')
-  .option('-i, --inflight <n>', 'operations in flight per client', '4')
-  .option('--blocks <n>', 'blocks of the working set', '1024')
-  .option('--block <bytes>', 'bytes per block (random reads and writes of one block)', '4KiB')
-  .option('-r, --read-pct <percent>', 'share of reads', '50')
-  .option('--interval <ms>', 'one step of the progress lines, the time series and the chart, in ms', '500')
-  .option('--heartbeat-ms <ms>', 'heartbeatIntervalMs of both controllers', '100')
-  .option('--partner-timeout-ms <ms>', 'partnerTimeoutMs of both controllers', '500')
-  .option('--tls', 'run both controllers with tls.mode "require": the peer link and the load over TLS-PSK (--transport ws only)')
-  .addOption(new Option('--fence-action <action>', 'arbitration.fenceAction of both (default: kill, none for partitions)').choices(['kill', 'none']))
-  .option('--json', 'print the result as JSON (per-cycle lines go to standard error)')
-  .action(async (opts: Record<string, string | boolean | undefined>) => {
-    const json = opts.json === true;
-    const abort = new AbortController();
-    const onSignal = (): void => abort.abort();
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
-    const r = await runKillTest({
-      cycles: parsePositiveInt(String(opts.cycles), 'cycles', 100_000),
-      mode: opts.mode as KillMode,
-      seed: parsePositiveInt(String(opts.seed), 'seed', 0xffff_ffff),
-      ...(typeof opts.dir === 'string' ? { dir: opts.dir } : {}),
-      keep: opts.keep === true,
-      ...(typeof opts.out === 'string' ? { out: opts.out } : {}),
-      clients: parsePositiveInt(String(opts.clients), 'clients', 1024),
-      transport: opts.transport as 'ws' | 'nbd',
-      ...(nbdTlsChoice(opts) !== undefined ? { nbdTls: nbdTlsChoice(opts)! } : {}),
-      contend: opts.contend === true,
-      inflight: parsePositiveInt(String(opts.inflight), 'inflight', 4096),
-      blocks: parsePositiveInt(String(opts.blocks), 'blocks', 1 << 20),
-      blockBytes: parseSize(String(opts.block), 'block'),
-      readPct: parseNumberInRange(String(opts.readPct), 'read-pct', 0, 100),
-      intervalMs: parseNumberInRange(String(opts.interval), 'interval', 100, 60_000),
-      heartbeatIntervalMs: parsePositiveInt(String(opts.heartbeatMs), 'heartbeat-ms', 60_000),
-      partnerTimeoutMs: parsePositiveInt(String(opts.partnerTimeoutMs), 'partner-timeout-ms', 600_000),
-      tls: opts.tls === true,
-      ...(typeof opts.fenceAction === 'string' ? { fenceAction: opts.fenceAction as 'kill' | 'none' } : {}),
-      print: json ? (line) => console.error(line) : (line) => console.log(line),
-      note: (line) => console.error(line),
-      signal: abort.signal,
-    });
-    if (json) console.log(JSON.stringify(r, null, 2));
-    else console.log(formatTotals(r));
-    process.exitCode = r.ok ? 0 : 1;
-  });
+program.addCommand(killTestCommand());
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   if (isPagepairError(err)) {

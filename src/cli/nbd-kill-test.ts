@@ -16,20 +16,18 @@ import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PagepairError } from '../protocol/errors.js';
+import { abortOnSignals, addPairTimingOptions, addRunDirOptions, linePrinter, printVerdict, runDirAndTimings } from './fault-run-options.js';
 import { fioVerifyStatePath, killAllFio, readFioVerifyState, runFio, spawnFio, type FioEnd, type FioJobReport, type FioVerifyState } from '../runtime/fio.js';
 import { NbdPair, storeBytesFor, type Letter } from '../runtime/nbd-pair.js';
 import { formatBytes, parsePositiveInt, parseSize } from '../workload/units.js';
 
 const JOB = 'nbdkill';
 const BLOCK_BYTES = 4096;
-/** fio gets this long to notice the dead server and end by itself before SIGTERM... */
-const FIO_GRACE_MS = 2000;
-/** ...and this long after SIGTERM before SIGKILL. */
-const FIO_TERM_MS = 3000;
+/** After the kill fio gets graceMs to notice the dead server and end by itself, then SIGTERM and termMs more before SIGKILL. */
+const FIO_STOP = { graceMs: 2000, termMs: 3000 } as const;
 const POLL_MS = 20;
-const TAKEOVER_TIMEOUT_MS = 20_000;
-const REJOIN_TIMEOUT_MS = 60_000;
-const VERIFY_TIMEOUT_MS = 120_000;
+/** The survivor's takeover, the victim's rejoin after its restart, a verify run of fio. */
+const TIMEOUT_MS = { takeover: 20_000, rejoin: 60_000, verify: 120_000 } as const;
 /** A write run that is never killed still ends: fio's runtime limit (not time_based). */
 const WRITE_RUNTIME_S_MAX = 120;
 /** fio errno of a verify failure (EILSEQ), as its JSON report gives it. */
@@ -226,8 +224,8 @@ async function killCycle(pair: NbdPair, victim: Letter, s: CycleSettings): Promi
 
   // The survivor takes over while fio notices that its server is gone.
   const [fioEnd, takeoverMs] = await Promise.all([
-    writer.stop(FIO_GRACE_MS, FIO_TERM_MS),
-    pair.waitRole(survivor, ['alone'], TAKEOVER_TIMEOUT_MS).then(() => performance.now() - killedAt),
+    writer.stop(FIO_STOP.graceMs, FIO_STOP.termMs),
+    pair.waitRole(survivor, ['alone'], TIMEOUT_MS.takeover).then(() => performance.now() - killedAt),
   ]);
   const fioEndAfterKillMs = Math.max(0, (writer.endedMs ?? performance.now()) - killedAt);
   const survivorStatus = await pair.of(survivor).status();
@@ -264,7 +262,7 @@ async function killCycle(pair: NbdPair, victim: Letter, s: CycleSettings): Promi
   let verified = 0;
   let verifyFailures = 0;
   if (state !== null) {
-    const v = await runFio(verifyArgs(pair.of(survivor).nbdUrl(volume)), { cwd: fioDir, timeoutMs: VERIFY_TIMEOUT_MS, ...(s.fioPath !== undefined ? { fioPath: s.fioPath } : {}) });
+    const v = await runFio(verifyArgs(pair.of(survivor).nbdUrl(volume)), { cwd: fioDir, timeoutMs: TIMEOUT_MS.verify, ...(s.fioPath !== undefined ? { fioPath: s.fioPath } : {}) });
     try {
       const r = v.job(JOB);
       verified = r.read.totalIos;
@@ -285,7 +283,7 @@ async function killCycle(pair: NbdPair, victim: Letter, s: CycleSettings): Promi
   if (s.control !== false && state !== null && verified > 0) {
     const ctl = `${volume}-control`;
     await pair.createVolume(survivor, ctl, s.sizeBytes);
-    const v = await runFio(verifyArgs(pair.of(survivor).nbdUrl(ctl)), { cwd: fioDir, timeoutMs: VERIFY_TIMEOUT_MS, ...(s.fioPath !== undefined ? { fioPath: s.fioPath } : {}) });
+    const v = await runFio(verifyArgs(pair.of(survivor).nbdUrl(ctl)), { cwd: fioDir, timeoutMs: TIMEOUT_MS.verify, ...(s.fioPath !== undefined ? { fioPath: s.fioPath } : {}) });
     try {
       const r = v.job(JOB);
       control = { verified: r.read.totalIos, failures: r.totalErrors };
@@ -301,7 +299,7 @@ async function killCycle(pair: NbdPair, victim: Letter, s: CycleSettings): Promi
   // The victim comes back and joins; the pair must be mirrored again.
   const restartT0 = performance.now();
   pair.of(victim).start();
-  await Promise.all([pair.waitRole(victim, ['mirrored'], REJOIN_TIMEOUT_MS), pair.waitRole(survivor, ['mirrored'], REJOIN_TIMEOUT_MS)]);
+  await Promise.all([pair.waitRole(victim, ['mirrored'], TIMEOUT_MS.rejoin), pair.waitRole(survivor, ['mirrored'], TIMEOUT_MS.rejoin)]);
   const rejoinMs = performance.now() - restartT0;
 
   return {
@@ -362,41 +360,30 @@ export function formatNbdKillResult(r: NbdKillTestResult): string {
 
 /** The `nbd-kill-test` command, ready for program.addCommand(nbdKillTestCommand()). */
 export function nbdKillTestCommand(): Command {
-  return new Command('nbd-kill-test')
+  const cmd = new Command('nbd-kill-test')
     .description('fio writes crc32c-checked blocks over NBD through one controller, which is SIGKILLed mid-run; every write fio saw completed is verified through the survivor')
     .addOption(new Option('--victim <which>', 'the controller to kill: A, B, or both one after the other').choices(['A', 'B', 'both']).default('both'))
     .option('--size <size>', "the volume fio writes over (fio's --size)", '64MiB')
     .option('--iodepth <n>', 'fio requests in flight', '32')
     .option('--kill-after <writes>', "kill once the victim acknowledged this many writes (default: a quarter of the volume's 4 KiB blocks)")
-    .option('--seed <n>', "fio's --randseed for the first victim (the next adds 1)", '1')
-    .option('--no-control', 'skip the control run (verify against a zeroed volume, where every block must fail)')
-    .option('--dir <path>', 'working directory: configurations, store, logs, fio state (default: a new temporary directory)')
-    .option('--keep', 'keep the working directory (it is kept anyway when the test fails)')
-    .option('--heartbeat-ms <ms>', 'heartbeatIntervalMs of both controllers', '100')
-    .option('--partner-timeout-ms <ms>', 'partnerTimeoutMs of both controllers', '500')
-    .option('--json', 'print the result as JSON (progress lines go to standard error)')
-    .action(async (raw: Record<string, string | boolean | undefined>) => {
-      const json = raw.json === true;
-      const abort = new AbortController();
-      const onSignal = (): void => abort.abort();
-      process.once('SIGINT', onSignal);
-      process.once('SIGTERM', onSignal);
-      const victim = String(raw.victim);
-      const r = await runNbdKillTest({
-        victims: victim === 'both' ? ['A', 'B'] : [victim as Letter],
-        sizeBytes: parseSize(String(raw.size), 'size'),
-        iodepth: parsePositiveInt(String(raw.iodepth), 'iodepth', 1024),
-        ...(typeof raw.killAfter === 'string' ? { killAfterWrites: parsePositiveInt(raw.killAfter, 'kill-after') } : {}),
-        seed: parsePositiveInt(String(raw.seed), 'seed', 0xffff_ffff),
-        control: raw.control !== false,
-        ...(typeof raw.dir === 'string' ? { dir: raw.dir } : {}),
-        keep: raw.keep === true,
-        heartbeatIntervalMs: parsePositiveInt(String(raw.heartbeatMs), 'heartbeat-ms', 60_000),
-        partnerTimeoutMs: parsePositiveInt(String(raw.partnerTimeoutMs), 'partner-timeout-ms', 600_000),
-        print: json ? (line) => console.error(line) : (line) => console.log(line),
-        signal: abort.signal,
-      });
-      console.log(json ? JSON.stringify(r, null, 2) : formatNbdKillResult(r));
-      process.exitCode = r.ok ? 0 : 1;
+    .option('--no-control', 'skip the control run (verify against a zeroed volume, where every block must fail)');
+  addRunDirOptions(cmd, { help: "fio's --randseed for the first victim (the next adds 1)", default: '1' }, 'configurations, store, logs, fio state');
+  addPairTimingOptions(cmd);
+  return cmd.option('--json', 'print the result as JSON (progress lines go to standard error)').action(async (raw: Record<string, string | boolean | undefined>) => {
+    const json = raw.json === true;
+    const signal = abortOnSignals();
+    const victim = String(raw.victim);
+    const r = await runNbdKillTest({
+      victims: victim === 'both' ? ['A', 'B'] : [victim as Letter],
+      sizeBytes: parseSize(String(raw.size), 'size'),
+      iodepth: parsePositiveInt(String(raw.iodepth), 'iodepth', 1024),
+      ...(typeof raw.killAfter === 'string' ? { killAfterWrites: parsePositiveInt(raw.killAfter, 'kill-after') } : {}),
+      seed: parsePositiveInt(String(raw.seed), 'seed', 0xffff_ffff),
+      control: raw.control !== false,
+      ...runDirAndTimings(raw),
+      print: linePrinter(json),
+      signal,
     });
+    printVerdict(r, json, formatNbdKillResult);
+  });
 }

@@ -1,13 +1,11 @@
 // `pagepair pair` (what `npm start` runs): both controllers of the default
 // pair as child processes, their logs shown as readable lines, until Ctrl-C.
 
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import { loadConfig } from '../runtime/config.js';
-import { CONTROLLER_NODE_FLAGS } from '../runtime/node-flags.js';
+import { superviseController } from '../runtime/spawn-controller.js';
 
-const BIN = fileURLToPath(new URL('../../bin/pagepair.js', import.meta.url));
+/** Lines of each controller's output kept (they are printed as they come). */
+const LINES_KEPT = 100;
 const LEVELS: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO ', 40: 'WARN ', 50: 'ERROR', 60: 'FATAL' };
 const SKIP_KEYS = new Set(['level', 'time', 'pid', 'hostname', 'msg', 'controller', 'component']);
 
@@ -29,35 +27,33 @@ export function prettyLogLine(line: string): string {
 
 export async function runPair(configPaths: [string, string]): Promise<number> {
   const configs = configPaths.map((p) => loadConfig(p));
-  const children: ChildProcess[] = [];
   const listening = new Set<string>();
   /** What each controller's 'controller listening' line says (the real ports, when configured as 0). */
   const listened = new Map<string, Record<string, unknown>>();
   let stopping = false;
+  let allListening: () => void = () => undefined;
+  const started = new Promise<void>((resolveAll) => (allListening = resolveAll));
 
-  const started = new Promise<void>((resolveAll) => {
-    configs.forEach((cfg, i) => {
-      const child = spawn(process.execPath, [...CONTROLLER_NODE_FLAGS, BIN, 'start', '--config', configPaths[i]!], { stdio: ['ignore', 'pipe', 'pipe'] });
-      children.push(child);
-      for (const stream of [child.stdout!, child.stderr!]) {
-        createInterface({ input: stream }).on('line', (line) => {
-          if (line.includes('"controller listening"')) {
-            try {
-              listened.set(cfg.idLetter, JSON.parse(line) as Record<string, unknown>);
-            } catch {
-              // not JSON after all: the addresses come from the configuration
-            }
-            listening.add(cfg.idLetter);
-            if (listening.size === configs.length) resolveAll();
-          }
-          if (line.startsWith('{')) console.log(prettyLogLine(line));
-          else console.log(`${cfg.idLetter} | ${line}`);
-        });
+  const children = configs.map((cfg, i) => {
+    const onLine = (line: string): void => {
+      if (line.includes('"controller listening"')) {
+        try {
+          listened.set(cfg.idLetter, JSON.parse(line) as Record<string, unknown>);
+        } catch {
+          // not JSON after all: the addresses come from the configuration
+        }
+        listening.add(cfg.idLetter);
+        if (listening.size === configs.length) allListening();
       }
-      child.on('exit', (code, signal) => {
-        if (!stopping) console.log(`pagepair: controller ${cfg.idLetter} exited (${signal ?? `code ${code}`})`);
-      });
+      if (line.startsWith('{')) console.log(prettyLogLine(line));
+      else console.log(`${cfg.idLetter} | ${line}`);
+    };
+    const child = superviseController(cfg.idLetter, configPaths[i]!, { keepLines: LINES_KEPT, onLine });
+    child.start();
+    void child.exited.then(() => {
+      if (!stopping) console.log(`pagepair: controller ${cfg.idLetter} ${child.exitText}`);
     });
+    return child;
   });
 
   void started.then(() => {
@@ -83,15 +79,15 @@ export async function runPair(configPaths: [string, string]): Promise<number> {
     console.log('');
   });
 
-  const exited = Promise.all(children.map((c) => new Promise<number>((resolve) => c.on('exit', (code) => resolve(code ?? 1)))));
+  const exited = Promise.all(children.map((c) => c.exited.then(() => c.exitCode ?? 1)));
   const stop = (): void => {
     if (stopping) {
-      for (const c of children) c.kill('SIGKILL');
+      for (const c of children) c.signal('SIGKILL');
       return;
     }
     stopping = true;
     console.log('pagepair: stopping both controllers (Ctrl-C again to kill them)');
-    for (const c of children) c.kill('SIGTERM');
+    for (const c of children) c.signal('SIGTERM');
   };
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
