@@ -19,7 +19,7 @@ import { grainBytes, stripeBytes, type JobSpec } from './job.js';
 import { Ledger } from './ledger.js';
 import { PatternMaker, WRITE_ZERO } from './pattern.js';
 import type { Recording } from './recording.js';
-import { newHistogram, type EngineTotals, type IntervalSample, type PrefillStats, type ReadBackStats } from './stats.js';
+import { errorCounts, newHistogram, type EngineTotals, type IntervalSample, type PrefillStats, type ReadBackStats } from './stats.js';
 
 export interface AllocationRef {
   guid: string;
@@ -437,10 +437,7 @@ export class Engine {
       writeOps: t.writeOps,
       readBytes: t.readBytes,
       writeBytes: t.writeBytes,
-      errors: t.errors,
-      errorCodes: t.errorCodes,
-      verifyErrors: t.verifyErrors,
-      verifyFailures: t.verifyFailures,
+      ...errorCounts(t),
       readsVerified: t.readsVerified,
       failovers: t.failovers,
       endMs: Math.max(t.lastDone, end) - this.t0,
@@ -540,28 +537,9 @@ export class Engine {
     const us = Math.max(1, Math.round((done - started) * 1000));
     const idx = this.intervalOf(done);
     if (idx > this.cur) this.advanceTo(idx);
-    const iv = this.iv;
     const t = this.totals;
-    const measured = done >= this.warmupEnd;
-    if (isRead) {
-      iv.readOps++;
-      iv.readBytes += bytes;
-      iv.readHist.recordValue(us);
-      if (measured) {
-        t.readOps++;
-        t.readBytes += bytes;
-        t.readHist.recordValue(us);
-      }
-    } else {
-      iv.writeOps++;
-      iv.writeBytes += bytes;
-      iv.writeHist.recordValue(us);
-      if (measured) {
-        t.writeOps++;
-        t.writeBytes += bytes;
-        t.writeHist.recordValue(us);
-      }
-    }
+    countOp(this.iv, isRead, bytes, us);
+    if (done >= this.warmupEnd) countOp(t, isRead, bytes, us);
     t.lastDone = done;
     this.recording?.opDone(done);
   }
@@ -677,6 +655,21 @@ export class Engine {
       },
       Math.max(1, next - performance.now() + 1),
     );
+  }
+}
+
+/** Operations counted the same way in an interval and in the measured totals. */
+type OpCounts = Pick<IntervalSample, 'readOps' | 'writeOps' | 'readBytes' | 'writeBytes' | 'readHist' | 'writeHist'>;
+
+function countOp(c: OpCounts, isRead: boolean, bytes: number, us: number): void {
+  if (isRead) {
+    c.readOps++;
+    c.readBytes += bytes;
+    c.readHist.recordValue(us);
+  } else {
+    c.writeOps++;
+    c.writeBytes += bytes;
+    c.writeHist.recordValue(us);
   }
 }
 

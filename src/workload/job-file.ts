@@ -3,11 +3,12 @@
 // object by name, with shared "defaults"). Ready jobs live in scripts/jobs/
 // and are found by name.
 
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { PagepairError } from '../protocol/errors.js';
 import { JOB_FIELDS, validateJob, type JobInput, type JobSpec } from './job.js';
+import { readJsonFile } from './json-file.js';
 
 /** scripts/jobs/ of this package; src/workload and dist/workload are both two levels down. */
 export const JOBS_DIR = fileURLToPath(new URL('../../scripts/jobs/', import.meta.url));
@@ -61,19 +62,7 @@ function fieldsOf(v: unknown, source: string, prefix: string): JobInput {
 }
 
 export function readJobFile(path: string): JobFileEntry[] {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (err) {
-    throw new PagepairError('BAD_FIELD', `cannot read job file ${path}: ${err instanceof Error ? err.message : String(err)}`, 'job');
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (err) {
-    throw new PagepairError('BAD_FIELD', `${path} is not JSON: ${err instanceof Error ? err.message : String(err)}`, 'job');
-  }
-  return parseJobFile(json, path);
+  return parseJobFile(readJsonFile(path, 'job file', 'job'), path);
 }
 
 /** The names of the ready jobs in scripts/jobs/. */

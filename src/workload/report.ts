@@ -11,7 +11,7 @@ import { renderChart } from './chart.js';
 import { describeJob, type JobSpec } from './job.js';
 import type { PairEvent } from './pair-monitor.js';
 import { formatBytes, formatBytesPerSec, formatUs } from './progress.js';
-import { encodeHistogram, mergeInto, newHistogram, summarizeHistogram, type EngineTotals, type LatencySummary, type ReadBackStats } from './stats.js';
+import { encodeHistogram, errorCounts, mergeInto, newHistogram, summarizeHistogram, type EngineTotals, type ErrorCounts, type LatencySummary, type ReadBackStats } from './stats.js';
 import type { IntervalRecord } from './timeseries.js';
 
 export const REPORT_SCHEMA = 'pagepair-workload-report/1';
@@ -33,7 +33,7 @@ export interface LatencyReport extends LatencySummary {
   histogram: string;
 }
 
-export interface ReportTotals {
+export interface ReportTotals extends ErrorCounts {
   ops: number;
   readOps: number;
   writeOps: number;
@@ -45,22 +45,14 @@ export interface ReportTotals {
   bytesPerSec: number;
   readOpsPerSec: number;
   writeOpsPerSec: number;
-  errors: number;
-  errorCodes: Record<string, number>;
-  verifyErrors: number;
-  verifyFailures: string[];
   readsVerified: number;
   failovers: number;
 }
 
 /** The whole working set read back after a recorded run, every block checked against its last acknowledged write. */
-export interface ReadBackReport {
+export interface ReadBackReport extends ErrorCounts {
   reads: number;
   bytes: number;
-  errors: number;
-  errorCodes: Record<string, number>;
-  verifyErrors: number;
-  verifyFailures: string[];
   seconds: number;
 }
 
@@ -188,15 +180,7 @@ export function buildReport(p: ReportParts): WorkloadReport {
   const readBack: ReadBackReport | null =
     rb === null
       ? null
-      : {
-          reads: rb.reads,
-          bytes: rb.bytes,
-          errors: rb.errors,
-          errorCodes: rb.errorCodes,
-          verifyErrors: rb.verifyErrors,
-          verifyFailures: rb.verifyFailures,
-          seconds: Math.round(rb.elapsedMs) / 1000,
-        };
+      : { reads: rb.reads, bytes: rb.bytes, ...errorCounts(rb), seconds: Math.round(rb.elapsedMs) / 1000 };
   const all = newHistogram();
   mergeInto(all, p.readHist);
   mergeInto(all, p.writeHist);
@@ -223,10 +207,7 @@ export function buildReport(p: ReportParts): WorkloadReport {
       bytesPerSec: Math.round(per(m.readBytes + m.writeBytes)),
       readOpsPerSec: per(m.readOps),
       writeOpsPerSec: per(m.writeOps),
-      errors: m.errors,
-      errorCodes: m.errorCodes,
-      verifyErrors: m.verifyErrors,
-      verifyFailures: m.verifyFailures,
+      ...errorCounts(m),
       readsVerified: m.readsVerified,
       failovers: m.failovers,
     },
@@ -278,7 +259,6 @@ function latencyLine(name: string, l: LatencySummary): string {
 /** A run's result in a few lines, fio-like. */
 export function formatReportSummary(r: WorkloadReport): string {
   const t = r.totals;
-  const codes = Object.entries(t.errorCodes);
   const pairEvents = r.events.filter((e) => e.kind !== 'resync-progress');
   const lines = [
     `job ${r.job.name}: ${r.summary}`,
@@ -289,7 +269,7 @@ export function formatReportSummary(r: WorkloadReport): string {
       `  (reads ${Math.round(t.readOpsPerSec).toLocaleString('en-US')}/s, writes ${Math.round(t.writeOpsPerSec).toLocaleString('en-US')}/s)`,
     latencyLine('reads', r.latency.read),
     latencyLine('writes', r.latency.write),
-    `  errors ${t.errors}${codes.length > 0 ? ` (${codes.map(([k, v]) => `${k} ${v}`).join(', ')})` : ''}   verification errors ${t.verifyErrors} of ${t.readsVerified.toLocaleString('en-US')} reads checked   failovers ${t.failovers}`,
+    `  ${errorsText(t)}   verification errors ${t.verifyErrors} of ${t.readsVerified.toLocaleString('en-US')} reads checked   failovers ${t.failovers}`,
     ...t.verifyFailures.map((f) => `  ! ${f}`),
     ...readBackLines(r),
     ...checkLines(r),
@@ -299,12 +279,17 @@ export function formatReportSummary(r: WorkloadReport): string {
   return lines.join('\n');
 }
 
+/** "errors 3 (TIMEOUT 2, FENCED 1)". */
+function errorsText(c: ErrorCounts): string {
+  const codes = Object.entries(c.errorCodes);
+  return `errors ${c.errors}${codes.length > 0 ? ` (${codes.map(([k, v]) => `${k} ${v}`).join(', ')})` : ''}`;
+}
+
 function readBackLines(r: WorkloadReport): string[] {
   const b = r.readBack;
   if (b === null) return [];
-  const codes = Object.entries(b.errorCodes);
   return [
-    `  read back ${formatBytes(b.bytes)} in ${b.reads} reads (${b.seconds.toFixed(1)} s): errors ${b.errors}${codes.length > 0 ? ` (${codes.map(([k, v]) => `${k} ${v}`).join(', ')})` : ''}, verification errors ${b.verifyErrors}`,
+    `  read back ${formatBytes(b.bytes)} in ${b.reads} reads (${b.seconds.toFixed(1)} s): ${errorsText(b)}, verification errors ${b.verifyErrors}`,
     ...b.verifyFailures.map((f) => `  ! ${f}`),
   ];
 }

@@ -74,18 +74,29 @@ export function decodeSample(s: EncodedSample): IntervalSample {
   return { ...s, readHist: decodeHistogram(s.readHist), writeHist: decodeHistogram(s.writeHist) };
 }
 
-/** An engine's totals at the end of its run. */
-export interface EngineTotals<H = Histogram> {
+/** What went wrong: failed operations, by error code, and reads whose bytes were not what was written. */
+export interface ErrorCounts {
+  errors: number;
+  errorCodes: Record<string, number>;
+  verifyErrors: number;
+  verifyFailures: string[];
+}
+
+/** The ErrorCounts of c alone, for a record that lists them in its own place. */
+export function errorCounts(c: ErrorCounts): ErrorCounts {
+  return { errors: c.errors, errorCodes: c.errorCodes, verifyErrors: c.verifyErrors, verifyFailures: c.verifyFailures };
+}
+
+/**
+ * An engine's totals at the end of its run. Its ErrorCounts cover the whole
+ * run, warm-up included: they are about correctness, not speed.
+ */
+export interface EngineTotals<H = Histogram> extends ErrorCounts {
   /** Completed in the measured window (after the warm-up). */
   readOps: number;
   writeOps: number;
   readBytes: number;
   writeBytes: number;
-  /** Whole run, warm-up included: these are about correctness, not speed. */
-  errors: number;
-  errorCodes: Record<string, number>;
-  verifyErrors: number;
-  verifyFailures: string[];
   /** Reads whose bytes were checked. */
   readsVerified: number;
   failovers: number;
@@ -111,12 +122,8 @@ export interface PrefillStats {
 }
 
 /** The read of the whole working set after a recorded run (see Engine.readBack). */
-export interface ReadBackStats {
+export interface ReadBackStats extends ErrorCounts {
   bytes: number;
   reads: number;
-  errors: number;
-  errorCodes: Record<string, number>;
-  verifyErrors: number;
-  verifyFailures: string[];
   elapsedMs: number;
 }
