@@ -129,26 +129,19 @@ export function formatNbdUrl(a: NbdAddress): string {
   return 'socketPath' in a ? `nbd${s}+unix:///${name}?socket=${a.socketPath}` : `nbd${s}://${a.host}:${a.port}/${name}`;
 }
 
-/** The error codes NBD errnos stand for. ESHUTDOWN is what a fenced or stopping pagepair controller answers. */
+/** The error codes NBD errnos stand for (any other: IO_ERROR). ESHUTDOWN is what a fenced or stopping pagepair controller answers. */
+const ERROR_CODE_OF_ERRNO: ReadonlyMap<number, ErrorCodeName> = new Map([
+  [NbdErrno.ESHUTDOWN, 'SHUTTING_DOWN'],
+  [NbdErrno.ENOSPC, 'NO_SPACE'],
+  [NbdErrno.EINVAL, 'BAD_FIELD'],
+  [NbdErrno.EOVERFLOW, 'TOO_LARGE'],
+  [NbdErrno.ENOTSUP, 'UNKNOWN_TYPE'],
+  [NbdErrno.ENOMEM, 'BUSY'],
+  [NbdErrno.EPERM, 'NOT_ACTIVE'],
+]);
+
 export function errorCodeForNbdErrno(errno: number): ErrorCodeName {
-  switch (errno) {
-    case NbdErrno.ESHUTDOWN:
-      return 'SHUTTING_DOWN';
-    case NbdErrno.ENOSPC:
-      return 'NO_SPACE';
-    case NbdErrno.EINVAL:
-      return 'BAD_FIELD';
-    case NbdErrno.EOVERFLOW:
-      return 'TOO_LARGE';
-    case NbdErrno.ENOTSUP:
-      return 'UNKNOWN_TYPE';
-    case NbdErrno.ENOMEM:
-      return 'BUSY';
-    case NbdErrno.EPERM:
-      return 'NOT_ACTIVE';
-    default:
-      return 'IO_ERROR';
-  }
+  return ERROR_CODE_OF_ERRNO.get(errno) ?? 'IO_ERROR';
 }
 
 /** A request the server answered with an error. */
