@@ -7,7 +7,7 @@ import { writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PagepairClient } from '../../src/client/index.js';
 import { isPagepairError } from '../../src/protocol/errors.js';
-import { makePairFiles, runCli, startMirroredPair, stopPair, type PairFiles, type Proc } from './helpers.js';
+import { makePairFiles, runCli, startMirroredPair, stopPair, waitUntil, type PairFiles, type Proc } from './helpers.js';
 
 let files: PairFiles;
 let a: Proc;
@@ -74,7 +74,11 @@ describe('pagepair verify on a real pair', () => {
     // Page 7 clean on both sides first (destaged), so nothing writes it meanwhile.
     await ca.write(guid, 7 * PAGE, fill(7, 'good'));
     await ca.flush(guid);
-    await new Promise((resolve) => setTimeout(resolve, 200));
+    await waitUntil(
+      async () => ((await Promise.all([ca.status(), cb.status()])) as { dirtyPages: number; destageInFlight: number }[]).every((st) => st.dirtyPages === 0 && st.destageInFlight === 0),
+      30_000,
+      'nothing dirty on A and B',
+    );
     const corrupted = await ca.testCorrupt(guid, 7, fill(7, 'bad'));
     expect(corrupted.version).toBeGreaterThan(0);
     expect((await ca.read(guid, 7 * PAGE, PAGE)).equals(fill(7, 'bad'))).toBe(true);

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect } from 'vitest';
 import { itWithTools } from '../tools.js';
 import { useNbdRig } from '../unit/helpers/nbd-rig.js';
-import { WRITABLE_EXPORT, qemuIo, runOk as run } from './clients.js';
+import { WRITABLE_EXPORT, runOk as run } from './clients.js';
 
 const MiB = 1024 * 1024;
 const rig = useNbdRig();

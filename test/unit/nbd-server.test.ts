@@ -14,7 +14,7 @@ import { PagepairError } from '../../src/protocol/errors.js';
 import { NbdCmd, NbdCmdFlag, NbdErrno, NbdFlag, NbdInfo, NbdOpt, NbdRep } from '../../src/protocol/nbd.js';
 import { MemoryNbdBackend } from '../../src/testing/memory-nbd-backend.js';
 import { NbdServer } from '../../src/transport/nbd-server.js';
-import { useNbdRig } from './helpers/nbd-rig.js';
+import { blockedByUnreadReplies, onlyConnection, useNbdRig } from './helpers/nbd-rig.js';
 import { captureLog, waitFor } from './transport-helpers.js';
 import type { LogRecord } from './transport-helpers.js';
 
@@ -215,13 +215,6 @@ function infoData(name: string, infos: number[]): Buffer {
 // Servers made per test, closed after it
 
 const rig = useNbdRig();
-
-/** The server's one open connection as the server sees it: its flow control, and why it is closing. */
-function onlyConnection(server: NbdServer): { paused: boolean; writeBlocked: boolean; closeReason: string | null } {
-  const conns = [...(server as unknown as { conns: Set<{ paused: boolean; writeBlocked: boolean; closeReason: string | null }> }).conns];
-  expect(conns).toHaveLength(1);
-  return conns[0]!;
-}
 
 function closedRecords(records: LogRecord[]): LogRecord[] {
   return records.filter((r) => r.msg === 'nbd connection closed');
@@ -602,7 +595,7 @@ describe('NbdServer transmission', () => {
     const count = 1000; // 64 MiB of replies: more than the kernel buffers hold
     for (let i = 0; i < count; i++) c.request(NbdCmd.READ, { cookie: BigInt(i), offset: (i % 64) * 65536, length: 65536 });
     // The server stops reading once its replies are queued past the bound and the socket does not drain.
-    await waitFor(() => onlyConnection(server).writeBlocked && onlyConnection(server).paused, 'the server to stop reading');
+    await waitFor(() => blockedByUnreadReplies(server), 'the server to stop reading');
     const served = backend.calls.length;
     expect(served).toBeGreaterThan(0);
     expect(served).toBeLessThan(count * 0.6);

@@ -7,35 +7,24 @@ import { type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PagepairClient, parseControllerUrl } from '../../src/client/client.js';
 import { isPagepairError } from '../../src/protocol/errors.js';
-import { DEFAULT_LIMITS } from '../../src/protocol/limits.js';
-import { Role, type Message } from '../../src/protocol/messages.js';
-import { ClientEndpoint } from '../../src/transport/client-endpoint.js';
-import { PeerLink, type PeerLinkOptions } from '../../src/transport/peer-link.js';
+import type { Message } from '../../src/protocol/messages.js';
+import type { ClientEndpoint, ClientEndpointOptions } from '../../src/transport/client-endpoint.js';
+import type { PeerLink, PeerLinkOptions } from '../../src/transport/peer-link.js';
 import type { TlsMode } from '../../src/transport/ws-listener.js';
-import { captureLog, sleep, waitFor, type LogRecord } from './transport-helpers.js';
-
-const PAIR_ID = '6a1f0c52-8d3e-4b7a-9f21-0c4d5e6f7a8b';
-const SECRET = 'pair-secret-for-tls-tests';
-const TOKEN = 'client-token-for-tls-tests';
+import { TOKEN, testClientEndpoint, testPeerLink } from './helpers/endpoints.js';
+import { captureLog, waitFor, type LogRecord } from './transport-helpers.js';
 
 const cleanups: (() => unknown)[] = [];
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-async function endpoint(tlsMode: TlsMode): Promise<{ port: number; ep: ClientEndpoint; records: LogRecord[] }> {
+async function endpoint(tlsMode: TlsMode, extra: Partial<ClientEndpointOptions> = {}): Promise<{ port: number; ep: ClientEndpoint; records: LogRecord[] }> {
   const { log, records } = captureLog();
-  const ep = new ClientEndpoint({
-    host: '127.0.0.1',
-    port: 0,
-    token: TOKEN,
-    controllerId: 1,
-    pairId: PAIR_ID,
-    limits: DEFAULT_LIMITS,
-    inflightMax: 8,
+  const ep = testClientEndpoint({
     tlsMode,
+    ...extra,
     log,
-    getRole: () => Role.MIRRORED,
     onRequest: (conn, msg) => {
       if (msg.kind === 'C_READ') conn.reply({ kind: 'C_READ_REPLY', requestId: msg.requestId, epoch: 1, sender: 1, flags: 0, data: Buffer.alloc(msg.length, 9) } as Message);
     },
@@ -102,20 +91,7 @@ describe('client link TLS', () => {
 
 function peer(opts: Partial<PeerLinkOptions> & { selfId: number; partnerId: number }): { link: PeerLink; records: LogRecord[] } {
   const { log, records } = captureLog();
-  const link = new PeerLink(
-    {
-      pairId: PAIR_ID,
-      secret: SECRET,
-      pid: 2000 + opts.selfId,
-      listen: { host: '127.0.0.1', port: 0 },
-      partner: { host: '127.0.0.1', port: 1 },
-      limits: DEFAULT_LIMITS,
-      reconnectMs: 50,
-      log,
-      ...opts,
-    },
-    { onUp: () => undefined, onDown: () => undefined, onMessage: () => undefined },
-  );
+  const link = testPeerLink({ log, ...opts });
   cleanups.push(() => link.close());
   return { link, records };
 }
@@ -143,8 +119,8 @@ describe('peer link TLS', () => {
     await plain.link.close();
     const wrong = peer({ selfId: 1, partnerId: 2, tlsMode: 'require', secret: 'another-secret', partner: { host: '127.0.0.1', port } });
     await wrong.link.start();
-    await waitFor(() => (b.link.listenerCounters?.tlsFailed ?? 0) >= 1, 'the wrong key refused');
-    await sleep(100);
+    // Refused, it dials again and is refused again: never up.
+    await waitFor(() => (b.link.listenerCounters?.tlsFailed ?? 0) >= 2, 'the wrong key refused twice');
     expect(b.link.isUp).toBe(false);
     expect(b.records.some((r) => r.msg === 'peer connection refused: plain, and tls.mode is "require"')).toBe(true);
   });
@@ -164,25 +140,7 @@ describe('peer link TLS', () => {
 
 describe('client link TLS: the reply bound', () => {
   it('a TLS client that stops reading is dropped past replyBytesBufferedMax, as a plain one is', async () => {
-    const { log, records } = captureLog();
-    const ep = new ClientEndpoint({
-      host: '127.0.0.1',
-      port: 0,
-      token: TOKEN,
-      controllerId: 1,
-      pairId: PAIR_ID,
-      limits: DEFAULT_LIMITS,
-      inflightMax: 256,
-      replyBytesBufferedMax: 8 * 1024 * 1024,
-      tlsMode: 'require',
-      log,
-      getRole: () => Role.MIRRORED,
-      onRequest: (conn, msg) => {
-        if (msg.kind === 'C_READ') conn.reply({ kind: 'C_READ_REPLY', requestId: msg.requestId, epoch: 1, sender: 1, flags: 0, data: Buffer.alloc(msg.length, 9) } as Message);
-      },
-    });
-    const { port } = await ep.start();
-    cleanups.push(() => ep.close());
+    const { port, records } = await endpoint('require', { inflightMax: 256, replyBytesBufferedMax: 8 * 1024 * 1024 });
     const c = await connect(port, { tls: true });
     // Stop reading the TLS socket (and the TCP socket under it).
     const ws = (c as unknown as { ws: { _socket: Socket & { _parent?: Socket } } }).ws;

@@ -2,7 +2,7 @@
 // the unit tests of the server and the real NBD clients in test/interop both
 // stand one up with `rig()`.
 
-import { afterEach } from 'vitest';
+import { afterEach, expect } from 'vitest';
 import { MemoryNbdBackend } from '../../../src/testing/memory-nbd-backend.js';
 import type { MemoryVolumeSpec } from '../../../src/testing/memory-nbd-backend.js';
 import { NbdServer } from '../../../src/transport/nbd-server.js';
@@ -42,4 +42,30 @@ export function useNbdRig(): MakeRig {
     const { port } = await server.start();
     return { server, backend, port, records };
   };
+}
+
+interface ServerSideConnection {
+  paused: boolean;
+  writeBlocked: boolean;
+  /** A request read but waiting for room in flight. */
+  held: unknown;
+  socket: { writableNeedDrain: boolean };
+  closeReason: string | null;
+}
+
+/** The server's one open connection as the server sees it: its flow control, and why it is closing. */
+export function onlyConnection(server: NbdServer): ServerSideConnection {
+  const conns = [...(server as unknown as { conns: Set<ServerSideConnection> }).conns];
+  expect(conns).toHaveLength(1);
+  return conns[0]!;
+}
+
+/**
+ * Whether the server has stopped reading the one connection until its client
+ * reads replies: past the reply queue's bound, or holding a request that
+ * waits for room in flight while the socket waits for a drain.
+ */
+export function blockedByUnreadReplies(server: NbdServer): boolean {
+  const c = onlyConnection(server);
+  return c.paused && (c.writeBlocked || (c.held !== null && c.socket.writableNeedDrain));
 }
