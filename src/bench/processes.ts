@@ -1,14 +1,14 @@
 // Every process the benchmark starts, in one place, so that one call stops
 // them all whatever happened: floors are forked scripts that tell their port
-// over IPC; controllers are `pagepair start` processes.
+// over IPC; controllers are `pagepair start` processes; other programs
+// (redis-server) go under the same stop-all. Each is a supervised process.
 
-import { fork, spawn, type ChildProcess } from 'node:child_process';
-import { createInterface } from 'node:readline';
+import type { ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { PagepairError } from '../protocol/errors.js';
 import { CONTROLLER_NODE_FLAGS } from '../runtime/node-flags.js';
-
-const BIN = fileURLToPath(new URL('../../bin/pagepair.js', import.meta.url));
+import { pagepairSpec } from '../runtime/spawn-controller.js';
+import { Supervised, type ProcessSpec } from '../runtime/supervisor.js';
 
 export { CONTROLLER_NODE_FLAGS };
 const LINES_KEPT = 40;
@@ -18,6 +18,8 @@ export interface BenchChild {
   readonly name: string;
   readonly child: ChildProcess;
   readonly pid: number;
+  /** The process under the supervisor, to wait on while it must stay up. */
+  readonly supervised: Supervised;
   /** The last lines the process wrote, for error messages. */
   lastLines(): string[];
   /** SIGTERM, then SIGKILL after graceMs. */
@@ -32,8 +34,8 @@ export class ChildGroup {
     const path = fileURLToPath(new URL(`./${script}.js`, import.meta.url));
     // Not the benchmark's own node flags (a floor never runs under --cpu-prof
     // or a debugger): the controllers' V8 settings, so the rows compare alike.
-    const child = fork(path, args, { execArgv: [...CONTROLLER_NODE_FLAGS], stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
-    const proc = this.track(name, child);
+    const proc = this.start({ name, args: [...CONTROLLER_NODE_FLAGS, path, ...args], log: { keepLines: LINES_KEPT }, ipc: true });
+    const child = proc.child;
     const port = await new Promise<number>((resolve, reject) => {
       const timer = setTimeout(() => reject(new PagepairError('TIMEOUT', `${name} did not start within ${FLOOR_START_TIMEOUT_MS} ms: ${proc.lastLines().join(' | ')}`)), FLOOR_START_TIMEOUT_MS);
       child.once('message', (m: unknown) => {
@@ -42,9 +44,9 @@ export class ChildGroup {
         if (typeof port === 'number' && port > 0) resolve(port);
         else reject(new PagepairError('INTERNAL', `${name} sent no port`));
       });
-      child.once('exit', (code) => {
+      void proc.supervised.exited.then(() => {
         clearTimeout(timer);
-        reject(new PagepairError('INTERNAL', `${name} exited (${code}) before listening: ${proc.lastLines().join(' | ')}`));
+        reject(new PagepairError('INTERNAL', `${name} ${proc.supervised.exitText} before listening: ${proc.lastLines().join(' | ')}`));
       });
     });
     return { proc, port };
@@ -52,13 +54,12 @@ export class ChildGroup {
 
   /** Starts `pagepair start --config <path>`; nodeFlags go before the script (e.g. --cpu-prof). */
   spawnController(name: string, configPath: string, nodeFlags: string[]): BenchChild {
-    const child = spawn(process.execPath, [...CONTROLLER_NODE_FLAGS, ...nodeFlags, BIN, 'start', '--config', configPath], { stdio: ['ignore', 'pipe', 'pipe'] });
-    return this.track(name, child);
+    return this.start(pagepairSpec(name, ['start', '--config', configPath], { keepLines: LINES_KEPT }, { nodeFlags }));
   }
 
   /** Starts another program (redis-server for the Redis row) under the same stop-all. */
   spawnProgram(name: string, command: string, args: string[]): BenchChild {
-    return this.track(name, spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] }));
+    return this.start({ name, command, args, log: { keepLines: LINES_KEPT } });
   }
 
   /** Stops every process still running; controllers get graceMs to destage and exit. */
@@ -69,32 +70,20 @@ export class ChildGroup {
 
   /** For a signal handler: no waiting. */
   killAllNow(): void {
-    for (const c of this.children) if (c.child.exitCode === null && c.child.signalCode === null) c.child.kill('SIGKILL');
+    for (const c of this.children) c.supervised.signal('SIGKILL');
   }
 
-  private track(name: string, child: ChildProcess): BenchChild {
-    const lines: string[] = [];
-    for (const s of [child.stdout, child.stderr]) {
-      if (s === null) continue;
-      createInterface({ input: s }).on('line', (line) => {
-        lines.push(line);
-        if (lines.length > LINES_KEPT) lines.shift();
-      });
-    }
-    const exited = new Promise<void>((resolve) => {
-      if (child.exitCode !== null || child.signalCode !== null) resolve();
-      else child.once('exit', () => resolve());
-    });
+  private start(spec: ProcessSpec): BenchChild {
+    const p = new Supervised(spec);
+    p.start();
     const proc: BenchChild = {
-      name,
-      child,
-      pid: child.pid ?? 0,
-      lastLines: () => [...lines],
+      name: spec.name,
+      child: p.process!,
+      pid: p.pid,
+      supervised: p,
+      lastLines: () => [...p.logLines()],
       stop: async (graceMs) => {
-        if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
-        const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
-        await exited;
-        clearTimeout(timer);
+        await p.stop(graceMs);
         this.children.delete(proc);
       },
     };

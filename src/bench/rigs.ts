@@ -6,7 +6,6 @@
 import { randomUUID } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { PagepairClient } from '../client/client.js';
 import { PagepairError } from '../protocol/errors.js';
 import type { ControllerStatus } from '../runtime/controller-process.js';
@@ -17,6 +16,7 @@ import { frameSizes } from './frames.js';
 import type { BenchChild, ChildGroup } from './processes.js';
 import type { BenchConfigName, BenchOp } from './types.js';
 import { freePort } from '../runtime/free-port.js';
+import { waitUntil, WaitFailed } from '../runtime/supervisor.js';
 
 export interface Connected {
   conns: BenchConnection[];
@@ -164,24 +164,25 @@ async function statusOf(spec: ControllerSpec): Promise<ControllerStatus> {
   }
 }
 
-async function waitForRole(spec: ControllerSpec, role: string, proc: { lastLines(): string[]; child: { exitCode: number | null } }): Promise<void> {
-  const deadline = Date.now() + READY_TIMEOUT_MS;
+/** Until the controller reports `role`; it must stay up meanwhile. */
+async function waitForRole(spec: ControllerSpec, role: string, proc: BenchChild): Promise<void> {
   let last = 'not reachable';
-  for (;;) {
-    if (proc.child.exitCode !== null) {
-      throw new PagepairError('INTERNAL', `controller ${spec.letter} exited (${proc.child.exitCode}) while starting: ${proc.lastLines().join(' | ')}`);
-    }
+  const probe = async (): Promise<true | null> => {
     try {
       const s = await statusOf(spec);
-      if (s.role === role) return;
+      if (s.role === role) return true;
       last = `role ${s.role}`;
     } catch (err) {
       last = err instanceof Error ? err.message : String(err);
     }
-    if (Date.now() > deadline) {
-      throw new PagepairError('TIMEOUT', `controller ${spec.letter} not ${role} within ${READY_TIMEOUT_MS} ms (${last}): ${proc.lastLines().join(' | ')}`);
-    }
-    await sleep(100);
+    return null;
+  };
+  try {
+    await waitUntil(probe, { what: `controller ${spec.letter} ${role}`, timeoutMs: READY_TIMEOUT_MS, pollMs: 100, watch: [proc.supervised] });
+  } catch (err) {
+    if (!(err instanceof WaitFailed)) throw err;
+    if (err.reason === 'exited') throw new PagepairError('INTERNAL', `while starting, ${err.message}`);
+    throw new PagepairError('TIMEOUT', `${err.message} (${last}): ${proc.lastLines().join(' | ')}`);
   }
 }
 

@@ -8,14 +8,15 @@ import { Supervised, type LogCollection, type ProcessSpec } from './supervisor.j
 
 export const PAGEPAIR_BIN = fileURLToPath(new URL('../../bin/pagepair.js', import.meta.url));
 
-/** `pagepair <args>` under the controller's node flags. */
-export function pagepairSpec(name: string, args: readonly string[], log: LogCollection, pidFile?: string): ProcessSpec {
-  return { name, args: [...CONTROLLER_NODE_FLAGS, PAGEPAIR_BIN, ...args], log, ...(pidFile !== undefined ? { pidFile } : {}) };
+/** `pagepair <args>` under the controller's node flags, and nodeFlags of the caller's after them (--cpu-prof, say). */
+export function pagepairSpec(name: string, args: readonly string[], log: LogCollection, extra: { pidFile?: string; nodeFlags?: readonly string[] } = {}): ProcessSpec {
+  const pidFile = extra.pidFile !== undefined ? { pidFile: extra.pidFile } : {};
+  return { name, args: [...CONTROLLER_NODE_FLAGS, ...(extra.nodeFlags ?? []), PAGEPAIR_BIN, ...args], log, ...pidFile };
 }
 
 /** A controller: `pagepair start --config <configPath>`. */
 export function controllerSpec(name: string, configPath: string, log: LogCollection, pidFile?: string): ProcessSpec {
-  return pagepairSpec(name, ['start', '--config', configPath], log, pidFile);
+  return pagepairSpec(name, ['start', '--config', configPath], log, pidFile !== undefined ? { pidFile } : {});
 }
 
 /** A controller, supervised, not started yet. */

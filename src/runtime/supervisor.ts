@@ -16,6 +16,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 export const STOP_GRACE_MS = 15_000;
 /** How often waitUntil() asks, by default. */
 export const WAIT_POLL_MS = 20;
+/** How long stop() waits at least for a process to end after SIGKILL. */
+const KILL_WAIT_MS = 5000;
 /** How often waitForRecord() looks again when no new line has come (a log file has no line events). */
 const LOG_POLL_MS = 200;
 
@@ -36,6 +38,8 @@ export interface ProcessSpec {
   cwd?: string;
   /** Written with the pid at every start, so a run that dies can still be cleaned up from outside. */
   pidFile?: string;
+  /** An IPC channel to the child (a node script that sends messages, as fork() gives one). */
+  ipc?: boolean;
 }
 
 /** Why a wait ended without what it waited for: the time ran out, or a process it needed ended. */
@@ -155,15 +159,16 @@ export class Supervised {
     const { log } = this.spec;
     const command = this.spec.command ?? process.execPath;
     const cwd = this.spec.cwd !== undefined ? { cwd: this.spec.cwd } : {};
+    const ipc: 'ipc'[] = this.spec.ipc === true ? ['ipc'] : [];
     if ('file' in log) {
       const fd = openSync(log.file, 'a');
       try {
-        return spawn(command, this.spec.args, { ...cwd, stdio: ['ignore', fd, fd] });
+        return spawn(command, this.spec.args, { ...cwd, stdio: ['ignore', fd, fd, ...ipc] });
       } finally {
         closeSync(fd); // the child has its own copy
       }
     }
-    const child = spawn(command, this.spec.args, { ...cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(command, this.spec.args, { ...cwd, stdio: ['ignore', 'pipe', 'pipe', ...ipc] });
     for (const stream of [child.stdout!, child.stderr!]) {
       createInterface({ input: stream }).on('line', (line) => {
         this.kept.push(line);
@@ -249,7 +254,7 @@ export class Supervised {
     this.signal(first);
     if (!(await this.waitExit(graceMs))) {
       this.signal('SIGKILL');
-      await this.waitExit(graceMs);
+      await this.waitExit(Math.max(graceMs, KILL_WAIT_MS));
     }
   }
 

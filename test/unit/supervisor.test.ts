@@ -85,6 +85,23 @@ describe('Supervised', () => {
     expect(p.exitText).toBe('killed by SIGKILL');
   });
 
+  it('stop(0) SIGKILLs at once and still resolves only once the process is gone', async () => {
+    const p = script('now', `process.on('SIGTERM', () => undefined); console.log(JSON.stringify({ msg: 'up' })); setInterval(() => {}, 1000);`);
+    p.start();
+    await p.waitForRecord((r) => r.msg === 'up', 10_000);
+    await p.stop(0);
+    expect(p.alive).toBe(false);
+    expect(p.exitText).toBe('killed by SIGKILL');
+  });
+
+  it('gives the child an IPC channel when asked', async () => {
+    const p = new Supervised({ name: 'ipc', args: ['-e', `process.send({ port: 1234 }); process.on('disconnect', () => process.exit(0));`], log: { keepLines: 10 }, ipc: true });
+    started.push(p);
+    p.start();
+    const m = await new Promise((resolve) => p.process!.once('message', resolve));
+    expect(m).toEqual({ port: 1234 });
+  });
+
   it('stop() ends a paused process too', async () => {
     const p = script('sleeper', SERVER);
     p.start();
