@@ -8,13 +8,11 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { decode, encode } from '../../src/protocol/codec.js';
-import { DEFAULT_LIMITS } from '../../src/protocol/limits.js';
-import { PROTOCOL_VERSION, Role, type Message } from '../../src/protocol/messages.js';
-import { ClientEndpoint, type ClientEndpointOptions } from '../../src/transport/client-endpoint.js';
+import type { Message } from '../../src/protocol/messages.js';
+import type { ClientEndpoint, ClientEndpointOptions } from '../../src/transport/client-endpoint.js';
+import { clientHello, testClientEndpoint } from './helpers/endpoints.js';
 import { captureLog, waitFor, type LogRecord } from './transport-helpers.js';
 
-const PAIR_ID = '6a1f0c52-8d3e-4b7a-9f21-0c4d5e6f7a8b';
-const TOKEN = 'client-token-for-tests';
 const MiB = 1024 * 1024;
 const GUID = '00000000-0000-4000-8000-000000000001';
 
@@ -32,7 +30,7 @@ async function client(port: number): Promise<{ ws: WebSocket; replies: Message[]
     ws.once('open', resolve);
     ws.once('error', reject);
   });
-  ws.send(encode({ kind: 'CLIENT_HELLO', requestId: 1, epoch: 0, sender: 0, flags: 0, protocolVersion: PROTOCOL_VERSION, token: TOKEN, clientName: 't' }));
+  ws.send(encode(clientHello()));
   await waitFor(() => replies.length === 1, 'the hello reply');
   return { ws, replies };
 }
@@ -40,17 +38,9 @@ async function client(port: number): Promise<{ ws: WebSocket; replies: Message[]
 /** An endpoint that answers every read at once (as a cache hit is), with the bound under test. */
 async function readsEndpoint(bounds: Pick<ClientEndpointOptions, 'replyBytesBufferedMax' | 'connectionsMax'>): Promise<{ endpoint: ClientEndpoint; port: number; records: LogRecord[] }> {
   const { log, records } = captureLog();
-  const endpoint = new ClientEndpoint({
-    host: '127.0.0.1',
-    port: 0,
-    token: TOKEN,
-    controllerId: 1,
-    pairId: PAIR_ID,
-    limits: DEFAULT_LIMITS,
-    inflightMax: 8,
+  const endpoint = testClientEndpoint({
     ...bounds,
     log,
-    getRole: () => Role.MIRRORED,
     onRequest: (conn, msg) => {
       if (msg.kind === 'C_READ') conn.reply({ kind: 'C_READ_REPLY', requestId: msg.requestId, epoch: 1, sender: 1, flags: 0, data: Buffer.alloc(msg.length, 7) });
     },

@@ -13,11 +13,10 @@ import {
   type ClientRequest,
   type Message,
 } from '../../src/protocol/messages.js';
-import { ClientEndpoint, type ClientConn } from '../../src/transport/client-endpoint.js';
-import { captureLog, RawWs, waitFor, type LogRecord } from './transport-helpers.js';
+import type { ClientEndpoint, ClientConn } from '../../src/transport/client-endpoint.js';
+import { PAIR_ID, TOKEN, clientHello, testClientEndpoint } from './helpers/endpoints.js';
+import { captureLog, RawWs, rejection, waitFor, type LogRecord } from './transport-helpers.js';
 
-const PAIR_ID = '6a1f0c52-8d3e-4b7a-9f21-0c4d5e6f7a8b';
-const TOKEN = 'client-token-for-tests';
 const UNKNOWN_GUID = '00000000-0000-4000-8000-0000000000ff';
 /** C_FLUSH of this guid is held (never answered) until the test lets it go. */
 const HOLD_GUID = '00000000-0000-4000-8000-00000000aaaa';
@@ -122,17 +121,10 @@ beforeEach(async () => {
   fake = new FakeController();
   const cap = captureLog();
   records = cap.records;
-  endpoint = new ClientEndpoint({
-    host: '127.0.0.1',
-    port: 0,
-    token: TOKEN,
-    controllerId: 1,
-    pairId: PAIR_ID,
-    limits: DEFAULT_LIMITS,
+  endpoint = testClientEndpoint({
     inflightMax: INFLIGHT_MAX,
     helloTimeoutMs: 300,
     log: cap.log,
-    getRole: () => Role.MIRRORED,
     onRequest: (conn, msg) => fake.onRequest(conn, msg),
   });
   ({ port } = await endpoint.start());
@@ -161,29 +153,9 @@ async function rawHello(): Promise<RawWs> {
   const raw = new RawWs(port);
   raws.push(raw);
   await raw.opened;
-  raw.send({
-    kind: 'CLIENT_HELLO',
-    requestId: 1,
-    epoch: 0,
-    sender: 0,
-    flags: 0,
-    protocolVersion: PROTOCOL_VERSION,
-    token: TOKEN,
-    clientName: 'raw',
-  });
+  raw.send({ ...clientHello(), clientName: 'raw' });
   expect(await raw.nth(1)).toMatchObject({ kind: 'CLIENT_HELLO_REPLY' });
   return raw;
-}
-
-async function rejection(p: Promise<unknown>): Promise<PagepairError> {
-  const err = await p.then(
-    () => {
-      throw new Error('expected a rejection');
-    },
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(PagepairError);
-  return err as PagepairError;
 }
 
 /** Deterministic bytes: no randomness in tests. */
@@ -220,16 +192,7 @@ describe('hello', () => {
     const old = new RawWs(port);
     raws.push(old);
     await old.opened;
-    old.send({
-      kind: 'CLIENT_HELLO',
-      requestId: 1,
-      epoch: 0,
-      sender: 0,
-      flags: 0,
-      protocolVersion: PROTOCOL_VERSION + 1,
-      token: TOKEN,
-      clientName: 'future',
-    });
+    old.send({ ...clientHello(), protocolVersion: PROTOCOL_VERSION + 1, clientName: 'future' });
     await old.closed;
     expect(old.received[0]).toMatchObject({ kind: 'ERROR', code: ErrorCode.BAD_VERSION });
 
@@ -251,18 +214,7 @@ describe('hello', () => {
   });
 
   it('rejects with NOT_ACTIVE when nobody listens', async () => {
-    const spare = new ClientEndpoint({
-      host: '127.0.0.1',
-      port: 0,
-      token: TOKEN,
-      controllerId: 2,
-      pairId: PAIR_ID,
-      limits: DEFAULT_LIMITS,
-      inflightMax: 1,
-      log: captureLog().log,
-      getRole: () => Role.ALONE,
-      onRequest: () => undefined,
-    });
+    const spare = testClientEndpoint({ controllerId: 2, inflightMax: 1, log: captureLog().log, getRole: () => Role.ALONE, onRequest: () => undefined });
     const { port: freePort } = await spare.start();
     await spare.close();
     const err = await rejection(PagepairClient.connect({ host: '127.0.0.1', port: freePort, token: TOKEN, timeoutMs: 2000 }));

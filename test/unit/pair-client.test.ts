@@ -8,13 +8,11 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { PairClient } from '../../src/client/pair-client.js';
 import { PagepairError, type ErrorCodeName } from '../../src/protocol/errors.js';
 import { errorReply } from '../../src/protocol/codec.js';
-import { DEFAULT_LIMITS } from '../../src/protocol/limits.js';
-import { Role, type ClientRequest } from '../../src/protocol/messages.js';
-import { ClientEndpoint, type ClientConn } from '../../src/transport/client-endpoint.js';
-import { waitFor } from './transport-helpers.js';
+import type { ClientRequest } from '../../src/protocol/messages.js';
+import type { ClientEndpoint, ClientConn } from '../../src/transport/client-endpoint.js';
+import { TOKEN, testClientEndpoint } from './helpers/endpoints.js';
+import { rejection, waitFor } from './transport-helpers.js';
 
-const PAIR_ID = '6a1f0c52-8d3e-4b7a-9f21-0c4d5e6f7a8b';
-const TOKEN = 'pair-client-test-token';
 const GUID = '00000000-0000-4000-8000-000000000001';
 const PAGES = 4;
 const PAGE_BYTES = 4096;
@@ -32,16 +30,10 @@ class FakeController {
   port = 0;
 
   constructor(readonly id: 1 | 2) {
-    this.endpoint = new ClientEndpoint({
-      host: '127.0.0.1',
-      port: 0,
-      token: TOKEN,
+    this.endpoint = testClientEndpoint({
       controllerId: id,
-      pairId: PAIR_ID,
-      limits: DEFAULT_LIMITS,
       inflightMax: 16,
       log: pino({ level: 'silent' }),
-      getRole: () => Role.MIRRORED,
       onRequest: (conn, msg) => this.onRequest(conn, msg),
     });
   }
@@ -121,17 +113,6 @@ async function connect(opts: { timeoutMs?: number; retryForMs?: number } = {}): 
   });
   clients.push(c);
   return c;
-}
-
-async function rejection(p: Promise<unknown>): Promise<PagepairError> {
-  const err = await p.then(
-    () => {
-      throw new Error('expected a rejection');
-    },
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(PagepairError);
-  return err as PagepairError;
 }
 
 function bytes(n: number, fill: number): Buffer {

@@ -5,22 +5,18 @@
 // handler had no catch either. Here: the clip helper, and each transport
 // answering instead of throwing.
 
-import { randomBytes } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ErrorCode, PagepairError } from '../../src/protocol/errors.js';
 import { clipErrorMessage, clipUtf8, ERROR_MESSAGE_BYTES_MAX } from '../../src/protocol/clip.js';
 import { decode, encode, typeOfKind } from '../../src/protocol/codec.js';
-import { authProof, helloProof } from '../../src/protocol/handshake.js';
 import { DEFAULT_LIMITS } from '../../src/protocol/limits.js';
-import { PROTOCOL_VERSION, Role, SenseReason, type ClientRequest, type ErrorReply, type Message } from '../../src/protocol/messages.js';
-import { ClientEndpoint, type ClientConn } from '../../src/transport/client-endpoint.js';
-import { PeerLink } from '../../src/transport/peer-link.js';
+import { Role, SenseReason, type ClientRequest, type ErrorReply, type Message } from '../../src/protocol/messages.js';
+import type { ClientConn } from '../../src/transport/client-endpoint.js';
+import type { PeerLink } from '../../src/transport/peer-link.js';
 import { Prng } from '../../src/core/prng.js';
+import { authenticateAsPartner, clientHello, testClientEndpoint, testPeerLink } from './helpers/endpoints.js';
 import { captureLog, RawWs, waitFor } from './transport-helpers.js';
 
-const PAIR_ID = '6a1f0c52-8d3e-4b7a-9f21-0c4d5e6f7a8b';
-const TOKEN = 'client-token-for-tests';
-const SECRET = 'pair-secret-for-tests';
 /** What the core's POLICY_UNKNOWN error says of a 1000-byte name of invalid UTF-8. */
 const ECHO = `no policy named "${'\uFFFD'.repeat(1000)}" (known: default)`;
 
@@ -68,16 +64,8 @@ async function endpointWithHeldConn(): Promise<{ raw: RawWs; conn: () => ClientC
   const { log } = captureLog();
   let last: ClientConn | undefined;
   const requests: ClientRequest[] = [];
-  const endpoint = new ClientEndpoint({
-    host: '127.0.0.1',
-    port: 0,
-    token: TOKEN,
-    controllerId: 1,
-    pairId: PAIR_ID,
-    limits: DEFAULT_LIMITS,
-    inflightMax: 8,
+  const endpoint = testClientEndpoint({
     log,
-    getRole: () => Role.MIRRORED,
     // As the core does: the answer comes later, outside the endpoint's try.
     onRequest: (conn, msg) => {
       last = conn;
@@ -89,7 +77,7 @@ async function endpointWithHeldConn(): Promise<{ raw: RawWs; conn: () => ClientC
   const raw = new RawWs(port);
   closers.push(() => raw.terminate());
   await raw.opened;
-  raw.send({ kind: 'CLIENT_HELLO', requestId: 1, epoch: 0, sender: 0, flags: 0, protocolVersion: PROTOCOL_VERSION, token: TOKEN, clientName: 't' });
+  raw.send(clientHello());
   expect((await raw.nth(1)).kind).toBe('CLIENT_HELLO_REPLY');
   return { raw, conn: () => last!, requests };
 }
@@ -124,23 +112,13 @@ describe('client endpoint: a reply that echoes input', () => {
 async function linkWithRawPartner(onMessage: (msg: Message) => void): Promise<{ link: PeerLink; raw: RawWs; ups: number }> {
   const { log } = captureLog();
   const state = { ups: 0 };
-  const link = new PeerLink(
-    { selfId: 2, partnerId: 1, pairId: PAIR_ID, secret: SECRET, pid: 1002, listen: { host: '127.0.0.1', port: 0 }, partner: { host: '127.0.0.1', port: 1 }, limits: DEFAULT_LIMITS, reconnectMs: 50, handshakeTimeoutMs: 2000, log },
-    { onUp: () => state.ups++, onDown: () => undefined, onMessage },
-  );
+  const link = testPeerLink({ selfId: 2, partnerId: 1, handshakeTimeoutMs: 2000, log }, { onUp: () => state.ups++, onMessage });
   const { port } = await link.start();
   closers.push(() => link.close());
   const raw = new RawWs(port);
   closers.push(() => raw.terminate());
-  await raw.opened;
-  const nonce = randomBytes(32);
-  raw.send({ kind: 'HELLO', requestId: 0, epoch: 0, sender: 1, flags: 0, protocolVersion: PROTOCOL_VERSION, pairId: PAIR_ID, controllerId: 1, nonce, pid: 4242 });
-  const hello = await raw.nth(1);
-  if (hello.kind !== 'HELLO_REPLY') throw new Error(`expected HELLO_REPLY, got ${hello.kind}`);
-  raw.send({ kind: 'AUTH', requestId: 0, epoch: 0, sender: 1, flags: 0, proof: authProof(SECRET, PAIR_ID, 1, 2, nonce, hello.nonce) });
-  const auth = await raw.nth(2);
+  const auth = await authenticateAsPartner(raw);
   if (auth.kind !== 'AUTH_REPLY') throw new Error(`expected AUTH_REPLY, got ${auth.kind}`);
-  expect(auth.proof.equals(helloProof(SECRET, PAIR_ID, 1, 2, nonce, hello.nonce))).toBe(true);
   await waitFor(() => link.isUp, 'the link up');
   return { link, raw, get ups() { return state.ups; } };
 }

@@ -5,7 +5,9 @@
 import { Writable } from 'node:stream';
 import pino from 'pino';
 import { WebSocket } from 'ws';
+import { expect } from 'vitest';
 import { decode, encode } from '../../src/protocol/codec.js';
+import { PagepairError } from '../../src/protocol/errors.js';
 import { HARD_LIMITS } from '../../src/protocol/limits.js';
 import type { Message } from '../../src/protocol/messages.js';
 
@@ -39,6 +41,18 @@ export async function waitFor(cond: () => boolean, what: string, timeoutMs = 500
     if (realNow() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await sleep(10);
   }
+}
+
+/** The PagepairError `p` rejects with; fails the test if it resolves or rejects with anything else. */
+export async function rejection(p: Promise<unknown>): Promise<PagepairError> {
+  const err = await p.then(
+    () => {
+      throw new Error('expected a rejection');
+    },
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(PagepairError);
+  return err as PagepairError;
 }
 
 /** A ws connection the test drives frame by frame. */

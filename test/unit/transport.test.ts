@@ -6,23 +6,19 @@ import { randomBytes } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
 import { encode } from '../../src/protocol/codec.js';
 import { crc32c } from '../../src/protocol/crc32c.js';
-import { authProof, helloProof } from '../../src/protocol/handshake.js';
-import { DEFAULT_LIMITS } from '../../src/protocol/limits.js';
 import { ErrorCode } from '../../src/protocol/errors.js';
 import {
-  PROTOCOL_VERSION,
   Role,
   SenseReason,
   type Message,
   type SenseRequest,
   type WritePage,
 } from '../../src/protocol/messages.js';
-import { PeerLink, type PeerLinkOptions } from '../../src/transport/peer-link.js';
+import type { PeerLink, PeerLinkOptions } from '../../src/transport/peer-link.js';
+import { PAIR_ID, SECRET, authenticateAsPartner, testPeerLink } from './helpers/endpoints.js';
 import { captureLog, RawWs, waitFor, WARN, type LogRecord } from './transport-helpers.js';
 
-const PAIR_ID = '6a1f0c52-8d3e-4b7a-9f21-0c4d5e6f7a8b';
 const OTHER_PAIR_ID = '11111111-2222-4333-8444-555555555555';
-const SECRET = 'pair-secret-for-tests';
 
 interface Harness {
   link: PeerLink;
@@ -43,19 +39,8 @@ afterEach(async () => {
 function makeLink(opts: Partial<PeerLinkOptions> & { selfId: number; partnerId: number }): Harness {
   const { log, records } = captureLog();
   const h: Harness = { link: undefined as unknown as PeerLink, ups: [], downs: [], msgs: [], records };
-  h.link = new PeerLink(
-    {
-      pairId: PAIR_ID,
-      secret: SECRET,
-      pid: 1000 + opts.selfId,
-      listen: { host: '127.0.0.1', port: 0 },
-      partner: { host: '127.0.0.1', port: 1 },
-      limits: DEFAULT_LIMITS,
-      reconnectMs: 50,
-      handshakeTimeoutMs: 2000,
-      log,
-      ...opts,
-    },
+  h.link = testPeerLink(
+    { handshakeTimeoutMs: 2000, log, ...opts },
     {
       onUp: (info) => h.ups.push(info),
       onDown: (reason) => h.downs.push(reason),
@@ -90,28 +75,7 @@ function warnings(records: LogRecord[]): LogRecord[] {
 async function rawPartner(port: number, secret: string, opts: { badAuthProof?: boolean } = {}): Promise<RawWs> {
   const raw = new RawWs(port);
   raws.push(raw);
-  await raw.opened;
-  const nonce = randomBytes(32);
-  raw.send({
-    kind: 'HELLO',
-    requestId: 0,
-    epoch: 0,
-    sender: 1,
-    flags: 0,
-    protocolVersion: PROTOCOL_VERSION,
-    pairId: PAIR_ID,
-    controllerId: 1,
-    nonce,
-    pid: 4242,
-  });
-  const reply = await raw.nth(1);
-  if (reply.kind !== 'HELLO_REPLY') throw new Error(`expected HELLO_REPLY, got ${reply.kind}`);
-  // The listener gives no proof before the dialer's (it would be an oracle for the secret).
-  expect('proof' in reply).toBe(false);
-  const proof = opts.badAuthProof ? randomBytes(32) : authProof(secret, PAIR_ID, 1, 2, nonce, reply.nonce);
-  raw.send({ kind: 'AUTH', requestId: 0, epoch: 0, sender: 1, flags: 0, proof });
-  const auth = await raw.nth(2);
-  if (auth.kind === 'AUTH_REPLY') expect(auth.proof.equals(helloProof(secret, PAIR_ID, 1, 2, nonce, reply.nonce))).toBe(true);
+  await authenticateAsPartner(raw, secret, opts);
   return raw;
 }
 

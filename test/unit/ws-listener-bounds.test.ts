@@ -12,16 +12,12 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import WebSocket from 'ws';
 import { crc32c } from '../../src/protocol/crc32c.js';
 import { encode } from '../../src/protocol/codec.js';
-import { DEFAULT_LIMITS } from '../../src/protocol/limits.js';
-import { PROTOCOL_VERSION, Role, type Message, type WritePage } from '../../src/protocol/messages.js';
-import { ClientEndpoint } from '../../src/transport/client-endpoint.js';
-import { PeerLink, type PeerLinkOptions } from '../../src/transport/peer-link.js';
+import { PROTOCOL_VERSION, type Message, type WritePage } from '../../src/protocol/messages.js';
+import type { PeerLink, PeerLinkOptions } from '../../src/transport/peer-link.js';
 import type { ListenerCounters } from '../../src/transport/ws-listener.js';
+import { PAIR_ID, TOKEN, testClientEndpoint, testPeerLink } from './helpers/endpoints.js';
 import { captureLog, sleep, waitFor, type LogRecord } from './transport-helpers.js';
 
-const PAIR_ID = '6a1f0c52-8d3e-4b7a-9f21-0c4d5e6f7a8b';
-const SECRET = 'pair-secret-for-listener-tests';
-const TOKEN = 'client-token-for-listener-tests';
 const KiB = 1024;
 const MiB = 1024 * KiB;
 
@@ -48,19 +44,11 @@ afterEach(async () => {
 async function clientRig(bounds: Bounds): Promise<Rig & { requests: Message[] }> {
   const { log, records } = captureLog();
   const requests: Message[] = [];
-  const endpoint = new ClientEndpoint({
-    host: '127.0.0.1',
-    port: 0,
-    token: TOKEN,
-    controllerId: 1,
-    pairId: PAIR_ID,
-    limits: DEFAULT_LIMITS,
-    inflightMax: 8,
+  const endpoint = testClientEndpoint({
     connectionsMax: bounds.connectionsMax,
     helloTimeoutMs: bounds.handshakeTimeoutMs,
     bounds: { preAuthBytesMax: bounds.preAuthBytesMax, handshakesPerSourceMax: bounds.handshakesPerSourceMax },
     log,
-    getRole: () => Role.MIRRORED,
     onRequest: (conn, msg) => {
       requests.push(msg);
       conn.reply({ kind: 'C_WRITE_REPLY', requestId: msg.requestId, epoch: 1, sender: 1, flags: 0 } as Message);
@@ -73,20 +61,7 @@ async function clientRig(bounds: Bounds): Promise<Rig & { requests: Message[] }>
 
 function peerLink(opts: Partial<PeerLinkOptions> & { selfId: number; partnerId: number }, log = captureLog()): { link: PeerLink; downs: string[]; records: LogRecord[] } {
   const downs: string[] = [];
-  const link = new PeerLink(
-    {
-      pairId: PAIR_ID,
-      secret: SECRET,
-      pid: 1000 + opts.selfId,
-      listen: { host: '127.0.0.1', port: 0 },
-      partner: { host: '127.0.0.1', port: 1 },
-      limits: DEFAULT_LIMITS,
-      reconnectMs: 50,
-      log: log.log,
-      ...opts,
-    },
-    { onUp: () => undefined, onDown: (reason) => downs.push(reason), onMessage: () => undefined },
-  );
+  const link = testPeerLink({ log: log.log, ...opts }, { onDown: (reason) => downs.push(reason) });
   cleanups.push(() => link.close());
   return { link, downs, records: log.records };
 }
@@ -321,17 +296,10 @@ describe('client endpoint: reads held back past replyBytesBufferedMax', () => {
   it('a client asking for 200 reads of 1 MiB and reading nothing has only the bound\'s worth made before it is dropped', async () => {
     const { log, records } = captureLog();
     let handedOn = 0;
-    const endpoint = new ClientEndpoint({
-      host: '127.0.0.1',
-      port: 0,
-      token: TOKEN,
-      controllerId: 1,
-      pairId: PAIR_ID,
-      limits: DEFAULT_LIMITS,
+    const endpoint = testClientEndpoint({
       inflightMax: 256,
       replyBytesBufferedMax: 8 * MiB,
       log,
-      getRole: () => Role.MIRRORED,
       onRequest: (conn, msg) => {
         if (msg.kind !== 'C_READ') return;
         handedOn++;
