@@ -14,7 +14,7 @@ import { PagepairError } from '../../src/protocol/errors.js';
 import { NbdCmd, NbdCmdFlag, NbdErrno, NbdFlag, NbdInfo, NbdOpt, NbdRep } from '../../src/protocol/nbd.js';
 import { MemoryNbdBackend } from '../../src/testing/memory-nbd-backend.js';
 import { NbdServer } from '../../src/transport/nbd-server.js';
-import { blockedByUnreadReplies, onlyConnection, useNbdRig } from './helpers/nbd-rig.js';
+import { blockedByUnreadReplies, heldAtOnce, onlyConnection, useNbdRig } from './helpers/nbd-rig.js';
 import { captureLog, waitFor } from './transport-helpers.js';
 import type { LogRecord } from './transport-helpers.js';
 
@@ -558,14 +558,7 @@ describe('NbdServer transmission', () => {
 
   it('stops reading at the in-flight limit and catches up as requests complete', async () => {
     const { port, backend } = await rig({ inflightPerConnectionMax: 4 });
-    // How many reads the backend held at once, at its busiest.
-    let heldMax = 0;
-    const read = backend.read.bind(backend);
-    backend.read = (volume, offset, length) => {
-      const p = read(volume, offset, length);
-      heldMax = Math.max(heldMax, backend.held.length);
-      return p;
-    };
+    const heldMax = heldAtOnce(backend);
     const c = await RawNbd.go(port);
     backend.holding = true;
     for (let i = 0; i < 12; i++) c.request(NbdCmd.READ, { cookie: BigInt(i), offset: i * 512, length: 512 });
@@ -584,7 +577,7 @@ describe('NbdServer transmission', () => {
       expect(backend.held.length).toBeLessThanOrEqual(4);
     }
     expect(backend.calls.length).toBe(12);
-    expect(heldMax).toBe(4);
+    expect(heldMax()).toBe(4);
     c.close();
   });
 

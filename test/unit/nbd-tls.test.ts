@@ -15,7 +15,7 @@ import { NbdClientFlag, NbdCmd, NbdOpt, NbdRep, NBD_SIMPLE_REPLY_MAGIC } from '.
 import { MemoryNbdBackend } from '../../src/testing/memory-nbd-backend.js';
 import { NbdServer, type NbdServerLimits, type NbdTlsOptions } from '../../src/transport/nbd-server.js';
 import { formatPskLine, pskClientOptions } from '../../src/transport/tls.js';
-import { blockedByUnreadReplies } from './helpers/nbd-rig.js';
+import { blockedByUnreadReplies, heldAtOnce } from './helpers/nbd-rig.js';
 import { captureLog, sleep, waitFor, type LogRecord } from './transport-helpers.js';
 
 const MiB = 1024 * 1024;
@@ -366,14 +366,7 @@ describe('NBD bytes in flight', () => {
     // Each MiB starts with its index, so a reply shows which read it answers.
     const bytes = backend.bytesOf('vol0');
     for (let i = 0; i < READS; i++) bytes[i * READ_BYTES] = (i + 1) & 0xff;
-    // How many reads the backend held at once, at its busiest.
-    let heldAtOnceMax = 0;
-    const read = backend.read.bind(backend);
-    backend.read = (volume, offset, length) => {
-      const p = read(volume, offset, length);
-      heldAtOnceMax = Math.max(heldAtOnceMax, backend.held.length);
-      return p;
-    };
+    const heldAtOnceMax = heldAtOnce(backend);
     backend.holding = true;
     const r = await floodReads(port);
     await waitFor(() => backend.held.length === BOUND / READ_BYTES, 'the backend to hold the first reads');
@@ -392,7 +385,7 @@ describe('NBD bytes in flight', () => {
     }
     expect(heldMax).toBeLessThanOrEqual(BOUND / READ_BYTES);
     // Nothing more came in while it held them, at any moment.
-    expect(heldAtOnceMax).toBe(BOUND / READ_BYTES);
+    expect(heldAtOnceMax()).toBe(BOUND / READ_BYTES);
     expect(server.bytesInFlightPeak).toBeLessThanOrEqual(BOUND + 64 * 1024);
     expect(backend.calls.filter((c) => c.op === 'read')).toHaveLength(READS);
     r.socket.destroy();

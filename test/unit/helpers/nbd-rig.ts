@@ -69,3 +69,15 @@ export function blockedByUnreadReplies(server: NbdServer): boolean {
   const c = onlyConnection(server);
   return c.paused && (c.writeBlocked || (c.held !== null && c.socket.writableNeedDrain));
 }
+
+/** Counts, from now on, the most reads `backend` holds at once; returns a reader of that count. */
+export function heldAtOnce(backend: MemoryNbdBackend): () => number {
+  let most = 0;
+  const read = backend.read.bind(backend);
+  backend.read = (volume, offset, length) => {
+    const p = read(volume, offset, length);
+    most = Math.max(most, backend.held.length);
+    return p;
+  };
+  return () => most;
+}
