@@ -44,10 +44,38 @@ interface QueuedWrite {
   reject(err: unknown): void;
 }
 
+/**
+ * Requests asked for in one turn of the event loop, handed on together,
+ * sorted by offset, when `schedule` calls back (or at once by flush()).
+ */
+class TurnBatch<T extends { offset: number }> {
+  private items: T[] = [];
+
+  constructor(
+    private readonly schedule: (flush: () => void) => void,
+    private readonly issue: (sorted: T[]) => void,
+  ) {}
+
+  add(item: T): void {
+    if (this.items.length === 0) this.schedule(() => this.flush());
+    this.items.push(item);
+  }
+
+  flush(): void {
+    const all = this.items;
+    this.items = [];
+    all.sort((a, b) => a.offset - b.offset);
+    this.issue(all);
+  }
+}
+
 export class FileDevice implements Device {
   private closed = false;
-  private queued: QueuedWrite[] = [];
-  private queuedReads: QueuedRead[] = [];
+  private readonly writes = new TurnBatch<QueuedWrite>(
+    (flush) => setImmediate(flush),
+    (all) => this.issueWrites(all),
+  );
+  private readonly reads = new TurnBatch<QueuedRead>(queueMicrotask, (all) => this.issueReads(all));
   /** Vectored writes and gathered reads under way: close() waits for them. */
   private readonly writing = new Set<Promise<void>>();
 
@@ -105,21 +133,12 @@ export class FileDevice implements Device {
   }
 
   read(offset: number, length: number): Promise<Buffer> {
-    try {
-      this.check('read', offset, length);
-    } catch (err) {
-      return Promise.reject(err);
-    }
-    return new Promise((resolve, reject) => {
-      if (this.queuedReads.length === 0) queueMicrotask(() => this.issueQueuedReads());
-      this.queuedReads.push({ offset, length, resolve, reject });
-    });
+    const refused = this.refusal('read', offset, length);
+    if (refused !== null) return Promise.reject(refused);
+    return new Promise((resolve, reject) => this.reads.add({ offset, length, resolve, reject }));
   }
 
-  private issueQueuedReads(): void {
-    const all = this.queuedReads;
-    this.queuedReads = [];
-    all.sort((a, b) => a.offset - b.offset);
+  private issueReads(all: QueuedRead[]): void {
     let i = 0;
     while (i < all.length) {
       const run = [all[i]!];
@@ -182,21 +201,12 @@ export class FileDevice implements Device {
   writeParts(offset: number, parts: readonly Buffer[]): Promise<void> {
     let bytes = 0;
     for (const p of parts) bytes += p.length;
-    try {
-      this.check('write', offset, bytes);
-    } catch (err) {
-      return Promise.reject(err);
-    }
-    return new Promise((resolve, reject) => {
-      if (this.queued.length === 0) setImmediate(() => this.issueQueued());
-      this.queued.push({ offset, parts, bytes, resolve, reject });
-    });
+    const refused = this.refusal('write', offset, bytes);
+    if (refused !== null) return Promise.reject(refused);
+    return new Promise((resolve, reject) => this.writes.add({ offset, parts, bytes, resolve, reject }));
   }
 
-  private issueQueued(): void {
-    const all = this.queued;
-    this.queued = [];
-    all.sort((a, b) => a.offset - b.offset);
+  private issueWrites(all: QueuedWrite[]): void {
     let i = 0;
     while (i < all.length) {
       const run = [all[i]!];
@@ -246,7 +256,8 @@ export class FileDevice implements Device {
   }
 
   async sync(): Promise<void> {
-    this.check('sync', 0, 0);
+    const refused = this.refusal('sync', 0, 0);
+    if (refused !== null) throw refused;
     try {
       await this.handle.datasync();
     } catch (err) {
@@ -257,8 +268,8 @@ export class FileDevice implements Device {
   async close(): Promise<void> {
     if (this.closed) return;
     // Writes asked for before close are made, as they were before batching; reads too.
-    this.issueQueued();
-    this.issueQueuedReads();
+    this.writes.flush();
+    this.reads.flush();
     await Promise.allSettled([...this.writing]);
     this.closed = true;
     try {
@@ -268,10 +279,12 @@ export class FileDevice implements Device {
     }
   }
 
-  private check(op: string, offset: number, length: number): void {
-    if (this.closed) throw new PagepairError('IO_ERROR', `${this.path}: ${op} after close`);
+  /** Why op cannot be asked for now (after close, or outside the device), or null. */
+  private refusal(op: string, offset: number, length: number): PagepairError | null {
+    if (this.closed) return new PagepairError('IO_ERROR', `${this.path}: ${op} after close`);
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.sizeBytes) {
-      throw new PagepairError('IO_ERROR', `${this.path}: ${op} of ${length} bytes at ${offset} is outside 0..${this.sizeBytes}`);
+      return new PagepairError('IO_ERROR', `${this.path}: ${op} of ${length} bytes at ${offset} is outside 0..${this.sizeBytes}`);
     }
+    return null;
   }
 }
