@@ -10,15 +10,12 @@
 
 import { describe, expect, it } from 'vitest';
 import { Role } from '../../src/protocol/messages.js';
-import { Harness, tagged } from './harness.js';
+import { PAGE, pairWithAllocation, tagged } from './found.js';
 
-const PAGE = 512;
 
 describe('found by the simulator: what a join cut short leaves behind', () => {
   it('a controller whose first join was cut short serves no page older than the acknowledged one', async () => {
-    const h = await Harness.createPair({ seed: 71 });
-    const al = await h.run(h.client('A').allocate('x', 4 * PAGE, 'tiny'));
-    await h.run(h.client('A').write(al.guid, 0, tagged(PAGE, 'old')));
+    const { h, guid } = await pairWithAllocation({ seed: 71 }, tagged(PAGE, 'old'));
 
     // B dies; A takes over, but its store is slow: page 0 stays dirty at A.
     h.a.store.stall('pageWrites');
@@ -34,12 +31,12 @@ describe('found by the simulator: what a join cut short leaves behind', () => {
     // A, alone, writes page 0 again: through to the store, acknowledged.
     h.a.store.unstall();
     const newer = tagged(PAGE, 'new, acknowledged');
-    await h.run(h.client('A').write(al.guid, 0, newer));
+    await h.run(h.client('A').write(guid, 0, newer));
 
     h.heal();
     await h.waitMirrored();
     await h.runUntilQuiet();
     expect(h.status('B').digests, 'B holds dirty pages A does not').toEqual(h.status('A').digests);
-    expect((await h.run(h.client('B').read(al.guid, 0, PAGE))).equals(newer), 'B served the old page').toBe(true);
+    expect((await h.run(h.client('B').read(guid, 0, PAGE))).equals(newer), 'B served the old page').toBe(true);
   });
 });

@@ -16,20 +16,18 @@
 
 import { describe, expect, it } from 'vitest';
 import { Role } from '../../src/protocol/messages.js';
-import { Harness, tagged } from './harness.js';
+import { PAGE, pairWithAllocation, tagged } from './found.js';
 
-const PAGE = 512;
 
 describe('found by the simulator: a controller serving alone, overthrown while its lease holds', () => {
   it('B, preferred and just rejoined, does not take over from A that serves alone; A goes on serving', async () => {
-    const h = await Harness.createPair({ seed: 2, preferred: 'B', fenceKills: false, frameDelayMaxMs: 2, storeDelayMaxMs: 1 });
-    const al = await h.run(h.client('A').allocate('x', 4 * PAGE, 'tiny'));
-    await h.run(h.client('B').write(al.guid, 0, tagged(PAGE, 'b')));
+    const { h, guid } = await pairWithAllocation({ seed: 2, preferred: 'B', fenceKills: false, frameDelayMaxMs: 2, storeDelayMaxMs: 1 });
+    await h.run(h.client('B').write(guid, 0, tagged(PAGE, 'b')));
     await h.advance(150);
 
     // B is paused past the timeout: A serves alone. A flush waits in B's socket.
     h.pause('B');
-    const flush = h.track(h.client('B').flush(al.guid));
+    const flush = h.track(h.client('B').flush(guid));
     await h.runUntil(() => h.a.core.currentRole === Role.ALONE, 'A alone');
     h.resume('B', { timersFirst: false, clientsFirst: true });
     h.heal();
@@ -44,7 +42,7 @@ describe('found by the simulator: a controller serving alone, overthrown while i
     h.cut('partition');
     await h.runUntil(() => h.b.core.currentRole === Role.FENCED || h.b.core.currentRole === Role.ALONE, 'B decided');
     expect(h.b.core.currentRole, 'B does not take over from A serving alone').toBe(Role.FENCED);
-    const w = await h.settle(h.client('A').write(al.guid, PAGE, tagged(PAGE, 'to A, still alone')));
+    const w = await h.settle(h.client('A').write(guid, PAGE, tagged(PAGE, 'to A, still alone')));
     expect(w.ok, 'A still serves').toBe(true);
     await h.advance(1_000);
     expect(flush.settled).toBe(true);

@@ -12,18 +12,14 @@
 // the epoch record lands, which opens the same window deterministically.
 
 import { describe, expect, it } from 'vitest';
-import { Harness, tagged } from './harness.js';
+import { PAGE, pairWithAllocation, tagged } from './found.js';
 
-const PAGE = 512;
 
 describe('found by the simulator: an arbitration that returns after the controller was reset', () => {
   for (const preferred of ['A', 'B'] as const) {
     it(`a link drop healed at once, with a slow store for the winner (${preferred} preferred), loses no allocation and no acknowledged write`, async () => {
-      const h = await Harness.createPair({ seed: 3, preferred });
-      const c = h.client('A');
-      const al = await h.run(c.allocate('x', 4 * PAGE, 'tiny'));
       const data = tagged(PAGE, 'acknowledged');
-      await h.run(c.write(al.guid, 0, data));
+      const { h, guid } = await pairWithAllocation({ seed: 3, preferred }, data);
 
       const records = h.epochRecords.length;
       h.cut('link drop');
@@ -39,7 +35,7 @@ describe('found by the simulator: an arbitration that returns after the controll
       await h.waitMirrored();
 
       expect(h.nodes.map((n) => n.core.status().allocations)).toEqual([1, 1]);
-      const got = await h.settle(h.client('B').read(al.guid, 0, PAGE));
+      const got = await h.settle(h.client('B').read(guid, 0, PAGE));
       expect(got.ok && got.value.equals(data)).toBe(true);
       expect(h.violations).toEqual([]);
     });

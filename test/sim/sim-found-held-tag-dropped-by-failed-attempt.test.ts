@@ -11,30 +11,20 @@
 
 import { describe, expect, it } from 'vitest';
 import { Role } from '../../src/protocol/messages.js';
-import { Harness, tagged } from './harness.js';
-
-const PAGE = 512;
+import { PAGE, RETRIED, pairWithAllocation, tagged, writeWaitingAtB } from './found.js';
 
 describe('found by the simulator: a failed attempt of a write forgets that its retry was applied at the partner', () => {
   it('a write retried after its first attempt failed at the survivor is not applied again over a newer acknowledged write', async () => {
-    const h = await Harness.createPair({ seed: 41 });
-    const al = await h.run(h.client('A').allocate('x', 4 * PAGE, 'tiny'));
-    await h.run(h.client('A').write(al.guid, 0, tagged(PAGE, 'zero')));
-    // A owns page 0. While A destages it (its store is slow), A defers giving it away.
-    h.a.store.stall('pageWrites');
-    h.track(h.client('A').flush(al.guid));
-    await h.advance(5);
-
-    // The write reaches B, which asks A for page 0 and waits.
+    const { h, guid } = await pairWithAllocation({ seed: 41 }, tagged(PAGE, 'zero'));
+    // A owns page 0 and defers giving it away; the write reaches B, which asks A for page 0 and waits.
     const first = tagged(PAGE, 'first');
-    const attemptOnB = h.track(h.client('B').write(al.guid, 0, first, 0, { clientId: 7, clientSeq: 1 }));
-    await h.advance(20);
+    const { attemptOnB } = await writeWaitingAtB(h, guid, first);
     expect(attemptOnB.settled).toBe(false);
 
     // The client retries on A: applied, mirrored to B, acknowledged. Another client overwrites the page.
-    await h.run(h.client('A').write(al.guid, 0, first, 0, { clientId: 7, clientSeq: 1 }));
+    await h.run(h.client('A').write(guid, 0, first, 0, RETRIED));
     const second = tagged(PAGE, 'second');
-    await h.run(h.client('A').write(al.guid, 0, second, 0, { clientId: 8, clientSeq: 1 }));
+    await h.run(h.client('A').write(guid, 0, second, 0, { clientId: 8, clientSeq: 1 }));
 
     // A dies: B's first attempt fails, never applied; B takes over.
     h.kill('A');
@@ -42,8 +32,8 @@ describe('found by the simulator: a failed attempt of a write forgets that its r
     expect(attemptOnB.result?.ok).toBe(false);
 
     // The client retries its write on B with its tag.
-    await h.run(h.client('B').write(al.guid, 0, first, 0, { clientId: 7, clientSeq: 1 }));
-    const now = await h.run(h.client('B').read(al.guid, 0, PAGE));
+    await h.run(h.client('B').write(guid, 0, first, 0, RETRIED));
+    const now = await h.run(h.client('B').read(guid, 0, PAGE));
     expect(now.equals(second), 'the retried write was applied a second time, over a newer acknowledged write').toBe(true);
   });
 });

@@ -12,23 +12,20 @@
 import { describe, expect, it } from 'vitest';
 import { isPagepairError } from '../../src/protocol/errors.js';
 import { Role } from '../../src/protocol/messages.js';
-import { Harness, tagged } from './harness.js';
+import { PAGE, pairWithAllocation, tagged } from './found.js';
 
-const PAGE = 512;
 
 describe('found by the simulator: a read that waited for a mirroring that failed', () => {
   it('a read served while a write was being mirrored never returns bytes that are lost when the mirroring fails', async () => {
-    const h = await Harness.createPair({ seed: 41, preferred: 'A' });
-    const al = await h.run(h.client('A').allocate('x', 4 * PAGE, 'tiny'));
     const before = tagged(PAGE, 'before');
-    await h.run(h.client('A').write(al.guid, 0, before));
+    const { h, guid } = await pairWithAllocation({ seed: 41, preferred: 'A' }, before);
     // Give page 0 to B, so B applies the next write itself.
-    await h.run(h.client('B').write(al.guid, 0, before));
+    await h.run(h.client('B').write(guid, 0, before));
 
     h.hold('B->A', (m) => m.kind === 'WRITE_PAGE');
-    const w = h.track(h.client('B').write(al.guid, 0, tagged(PAGE, 'never acknowledged')));
+    const w = h.track(h.client('B').write(guid, 0, tagged(PAGE, 'never acknowledged')));
     await h.runUntil(() => h.heldKinds('B->A').includes('WRITE_PAGE'), 'B applied the write');
-    const read = h.track(h.client('B').read(al.guid, 0, PAGE));
+    const read = h.track(h.client('B').read(guid, 0, PAGE));
     await h.advance(5);
     h.cut('partition');
     await h.runUntil(() => w.settled && read.settled, 'write and read answered');
@@ -38,7 +35,7 @@ describe('found by the simulator: a read that waited for a mirroring that failed
     await h.runUntil(() => h.a.core.currentRole === Role.ALONE, 'A took over');
     h.heal();
     await h.waitMirrored();
-    const now = await h.run(h.client('A').read(al.guid, 0, PAGE));
+    const now = await h.run(h.client('A').read(guid, 0, PAGE));
     expect(now.equals(before)).toBe(true);
     const r = read.result!;
     if (r.ok) expect(r.value.equals(now), 'the read returned bytes of a write that was then lost').toBe(true);

@@ -12,16 +12,13 @@
 
 import { describe, expect, it } from 'vitest';
 import { Role } from '../../src/protocol/messages.js';
-import { Harness, tagged } from './harness.js';
+import { PAGE, pairWithAllocation, tagged } from './found.js';
 
-const PAGE = 512;
 
 describe('found by the simulator: a join between a reset controller and a restarted one', () => {
   it('keeps the allocations that are in the store', async () => {
-    const h = await Harness.createPair({ seed: 61, preferred: 'B' });
-    const al = await h.run(h.client('A').allocate('x', 4 * PAGE, 'tiny'));
     const data = tagged(PAGE, 'in the store');
-    await h.run(h.client('A').write(al.guid, 0, data));
+    const { h, guid } = await pairWithAllocation({ seed: 61, preferred: 'B' }, data);
     await h.run(h.client('A').flush());
 
     // A partition: B (preferred) takes over, A fences itself.
@@ -34,7 +31,7 @@ describe('found by the simulator: a join between a reset controller and a restar
     await h.waitMirrored();
 
     expect(h.nodes.map((n) => n.core.status().allocations), 'allocations served after the join').toEqual([1, 1]);
-    const got = await h.settle(h.client('B').read(al.guid, 0, PAGE));
+    const got = await h.settle(h.client('B').read(guid, 0, PAGE));
     expect(got.ok && got.value.equals(data)).toBe(true);
   });
 });

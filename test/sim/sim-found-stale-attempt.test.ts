@@ -12,38 +12,28 @@
 // destage of the page, which comes to the same.
 
 import { describe, expect, it } from 'vitest';
-import { Harness, tagged } from './harness.js';
-
-const PAGE = 512;
+import { PAGE, RETRIED, pairWithAllocation, tagged, writeWaitingAtB } from './found.js';
 
 describe('found by the simulator: the first attempt of a retried write, applied late', () => {
   it('a write still waiting for its pages at one controller is not applied after its retry was applied and a newer write acknowledged', async () => {
-    const h = await Harness.createPair({ seed: 31 });
-    const al = await h.run(h.client('A').allocate('x', 4 * PAGE, 'tiny'));
-    await h.run(h.client('A').write(al.guid, 0, tagged(PAGE, 'zero')));
-    // A owns page 0. While A destages it (its store is slow), A defers giving it away.
-    h.a.store.stall('pageWrites');
-    const flush = h.track(h.client('A').flush(al.guid));
-    await h.advance(5);
-
-    // The write reaches B, which asks A for page 0 and waits.
+    const { h, guid } = await pairWithAllocation({ seed: 31 }, tagged(PAGE, 'zero'));
+    // A owns page 0 and defers giving it away; the write reaches B, which asks A for page 0 and waits.
     const first = tagged(PAGE, 'first');
-    const attemptOnB = h.track(h.client('B').write(al.guid, 0, first, 0, { clientId: 7, clientSeq: 1 }));
-    await h.advance(20);
+    const { attemptOnB, flush } = await writeWaitingAtB(h, guid, first);
     expect(attemptOnB.settled).toBe(false);
 
     // The client gives up on B and retries on A: applied, acknowledged. Then it writes the page again.
-    await h.run(h.client('A').write(al.guid, 0, first, 0, { clientId: 7, clientSeq: 1 }));
+    await h.run(h.client('A').write(guid, 0, first, 0, RETRIED));
     const second = tagged(PAGE, 'second');
-    await h.run(h.client('A').write(al.guid, 0, second, 0, { clientId: 7, clientSeq: 2 }));
+    await h.run(h.client('A').write(guid, 0, second, 0, { clientId: 7, clientSeq: 2 }));
 
     // A's store catches up; A gives page 0 to B at last.
     h.a.store.unstall();
     await h.runUntil(() => attemptOnB.settled && flush.settled, 'the first attempt and the flush answered');
     await h.runUntilQuiet();
 
-    const viaA = await h.run(h.client('A').read(al.guid, 0, PAGE));
-    const viaB = await h.run(h.client('B').read(al.guid, 0, PAGE));
+    const viaA = await h.run(h.client('A').read(guid, 0, PAGE));
+    const viaB = await h.run(h.client('B').read(guid, 0, PAGE));
     expect(viaB.equals(viaA)).toBe(true);
     expect(viaA.equals(second), 'the first attempt was applied over the newer acknowledged write').toBe(true);
   });

@@ -13,22 +13,19 @@
 
 import { describe, expect, it } from 'vitest';
 import { Role } from '../../src/protocol/messages.js';
-import { Harness, tagged } from './harness.js';
+import { PAGE, pairWithAllocation, tagged } from './found.js';
 
-const PAGE = 512;
 
 describe('found by the simulator: a destage started before a reset lands after it', () => {
   it('a controller that was taken over while paused writes none of its old pages over the newer ones', async () => {
-    const h = await Harness.createPair({ seed: 1, fenceKills: false, storeDelayMaxMs: 1 });
-    const al = await h.run(h.client('A').allocate('x', 4 * PAGE, 'tiny'));
-    await h.run(h.client('A').write(al.guid, 0, tagged(PAGE, 'old')));
+    const { h, guid } = await pairWithAllocation({ seed: 1, fenceKills: false, storeDelayMaxMs: 1 }, tagged(PAGE, 'old'));
     await h.advance(150);
 
     h.pause('A');
-    const flush = h.track(h.client('A').flush(al.guid));
+    const flush = h.track(h.client('A').flush(guid));
     await h.runUntil(() => h.b.core.currentRole === Role.ALONE, 'B took over');
     const newer = tagged(PAGE, 'new, acknowledged');
-    await h.run(h.client('B').write(al.guid, 0, newer));
+    await h.run(h.client('B').write(guid, 0, newer));
 
     h.resume('A', { timersFirst: false, clientsFirst: true });
     h.heal();
@@ -38,8 +35,8 @@ describe('found by the simulator: a destage started before a reset lands after i
 
     expect(h.violations).toEqual([]);
     const view = await h.openStoreView();
-    const rec = (await view.readTable()).records.find((r) => r.guid === al.guid)!;
-    const stored = await view.readPage({ guid: al.guid, dataOffset: rec.dataOffset, pageSizeBytes: PAGE }, 0);
+    const rec = (await view.readTable()).records.find((r) => r.guid === guid)!;
+    const stored = await view.readPage({ guid, dataOffset: rec.dataOffset, pageSizeBytes: PAGE }, 0);
     expect(stored.data.equals(newer), 'the store holds the old page over the acknowledged one').toBe(true);
   });
 });

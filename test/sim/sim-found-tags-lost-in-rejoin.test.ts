@@ -14,19 +14,17 @@
 
 import { describe, expect, it } from 'vitest';
 import { Role } from '../../src/protocol/messages.js';
-import { Harness, tagged } from './harness.js';
+import { PAGE, pairWithAllocation, tagged } from './found.js';
 
-const PAGE = 512;
 
 describe('found by the simulator: the tags of retried writes across a rejoin', () => {
   it('a write retried with its tag after the partner that held it rejoined and took over is not applied again', async () => {
-    const h = await Harness.createPair({ seed: 21 });
-    const al = await h.run(h.client('A').allocate('x', 4 * PAGE, 'tiny'));
+    const { h, guid } = await pairWithAllocation({ seed: 21 });
 
     // B applies the tagged write and mirrors it to A; B dies before it hears A's reply.
     h.hold('A->B', (m) => m.kind === 'WRITE_PAGE_REPLY');
     const first = tagged(PAGE, 'first');
-    const w = h.track(h.client('B').write(al.guid, 0, first, 0, { clientId: 7, clientSeq: 1 }));
+    const w = h.track(h.client('B').write(guid, 0, first, 0, { clientId: 7, clientSeq: 1 }));
     await h.runUntil(() => h.heldKinds('A->B').includes('WRITE_PAGE_REPLY'), 'A holds the write');
     h.kill('B');
     await h.runUntil(() => w.settled && h.a.core.currentRole === Role.ALONE, 'A took over');
@@ -37,26 +35,25 @@ describe('found by the simulator: the tags of retried writes across a rejoin', (
     h.heal();
     await h.waitMirrored();
     const second = tagged(PAGE, 'second');
-    await h.run(h.client('A').write(al.guid, 0, second, 0, { clientId: 8, clientSeq: 1 }));
+    await h.run(h.client('A').write(guid, 0, second, 0, { clientId: 8, clientSeq: 1 }));
 
     // A goes; B serves alone.
     h.kill('A');
     await h.runUntil(() => h.b.core.currentRole === Role.ALONE, 'B took over');
 
     // The first client retries its write with its tag.
-    await h.run(h.client('B').write(al.guid, 0, first, 0, { clientId: 7, clientSeq: 1 }));
-    const now = await h.run(h.client('B').read(al.guid, 0, PAGE));
+    await h.run(h.client('B').write(guid, 0, first, 0, { clientId: 7, clientSeq: 1 }));
+    const now = await h.run(h.client('B').read(guid, 0, PAGE));
     expect(now.equals(second), 'the retried write was applied a second time, over a newer acknowledged write').toBe(true);
   });
 
   it('a write retried on the controller that lost an arbitration and rejoined, while mirrored, is not applied again', async () => {
-    const h = await Harness.createPair({ seed: 22, preferred: 'B' });
-    const al = await h.run(h.client('A').allocate('x', 4 * PAGE, 'tiny'));
+    const { h, guid } = await pairWithAllocation({ seed: 22, preferred: 'B' });
 
     // B applies the tagged write; the link is cut before A holds it.
     h.hold('B->A', (m) => m.kind === 'WRITE_PAGE');
     const first = tagged(PAGE, 'first');
-    const w = h.track(h.client('B').write(al.guid, 0, first, 0, { clientId: 7, clientSeq: 1 }));
+    const w = h.track(h.client('B').write(guid, 0, first, 0, { clientId: 7, clientSeq: 1 }));
     await h.runUntil(() => h.heldKinds('B->A').includes('WRITE_PAGE'), 'B applied the write');
     h.cut('partition');
     await h.runUntil(() => w.settled && h.b.core.currentRole === Role.ALONE && h.a.core.currentRole === Role.FENCED, 'B took over, A fenced');
@@ -66,11 +63,11 @@ describe('found by the simulator: the tags of retried writes across a rejoin', (
 
     // Another client overwrites the page, acknowledged.
     const second = tagged(PAGE, 'second');
-    await h.run(h.client('B').write(al.guid, 0, second, 0, { clientId: 8, clientSeq: 1 }));
+    await h.run(h.client('B').write(guid, 0, second, 0, { clientId: 8, clientSeq: 1 }));
 
     // The first client retries on A.
-    await h.run(h.client('A').write(al.guid, 0, first, 0, { clientId: 7, clientSeq: 1 }));
-    const now = await h.run(h.client('B').read(al.guid, 0, PAGE));
+    await h.run(h.client('A').write(guid, 0, first, 0, { clientId: 7, clientSeq: 1 }));
+    const now = await h.run(h.client('B').read(guid, 0, PAGE));
     expect(now.equals(second), 'the retried write was applied a second time, over a newer acknowledged write').toBe(true);
   });
 });
