@@ -583,27 +583,36 @@ export function chooseWriteSlot(slots: readonly [PageSlotRead, PageSlotRead]): 0
 //  32 reserved (0) .. 60
 //  60 crc32c of bytes 0..60
 
-const MB_CRC = MAILBOX_SLOT_BYTES - 4;
-const EP_CRC = EPOCH_RECORD_BYTES - 4;
+/** A 64-byte record: its magic, RECORD_VERSION, what `fill` writes, and the CRC of all that in its last 4 bytes. */
+function sealedRecord(magic: string, bytes: number, fill: (b: Buffer) => void): Buffer {
+  const b = Buffer.alloc(bytes);
+  b.write(magic, 0, 'latin1');
+  b.writeUInt32LE(RECORD_VERSION, 4);
+  fill(b);
+  b.writeUInt32LE(crcBefore(b, bytes - 4), bytes - 4);
+  return b;
+}
+
+/** Whether b holds a whole record of sealedRecord's making with this magic: not blank, not torn. */
+function isSealedRecord(b: Buffer, magic: string, bytes: number): boolean {
+  if (b.length < bytes || !hasMagic(b, 0, magic)) return false;
+  return b.readUInt32LE(bytes - 4) === crcBefore(b, bytes - 4) && b.readUInt32LE(4) === RECORD_VERSION;
+}
 
 export function encodeMailboxSlot(s: MailboxSlot): Buffer {
-  const b = Buffer.alloc(MAILBOX_SLOT_BYTES);
-  b.write(MAILBOX_SLOT_MAGIC, 0, 'latin1');
-  b.writeUInt32LE(RECORD_VERSION, 4);
-  b.writeUInt32LE(s.controllerId, 8);
-  b.writeUInt32LE(s.epoch, 12);
-  writeU64(b, 16, s.counter);
-  writeU64(b, 24, s.timeMs);
-  b.writeUInt32LE(s.pid, 32);
-  b.writeUInt32LE(s.role, 36);
-  b.writeUInt32LE(crcBefore(b, MB_CRC), MB_CRC);
-  return b;
+  return sealedRecord(MAILBOX_SLOT_MAGIC, MAILBOX_SLOT_BYTES, (b) => {
+    b.writeUInt32LE(s.controllerId, 8);
+    b.writeUInt32LE(s.epoch, 12);
+    writeU64(b, 16, s.counter);
+    writeU64(b, 24, s.timeMs);
+    b.writeUInt32LE(s.pid, 32);
+    b.writeUInt32LE(s.role, 36);
+  });
 }
 
 /** The slot in b, or null when it is blank, torn or otherwise invalid. */
 export function decodeMailboxSlot(b: Buffer): MailboxSlot | null {
-  if (b.length < MAILBOX_SLOT_BYTES || !hasMagic(b, 0, MAILBOX_SLOT_MAGIC)) return null;
-  if (b.readUInt32LE(MB_CRC) !== crcBefore(b, MB_CRC) || b.readUInt32LE(4) !== RECORD_VERSION) return null;
+  if (!isSealedRecord(b, MAILBOX_SLOT_MAGIC, MAILBOX_SLOT_BYTES)) return null;
   const counter = readU64(b, 16);
   const timeMs = readU64(b, 24);
   if (Number.isNaN(counter) || Number.isNaN(timeMs)) return null;
@@ -618,20 +627,16 @@ export function decodeMailboxSlot(b: Buffer): MailboxSlot | null {
 }
 
 export function encodeEpochRecord(r: EpochRecord): Buffer {
-  const b = Buffer.alloc(EPOCH_RECORD_BYTES);
-  b.write(EPOCH_MAGIC, 0, 'latin1');
-  b.writeUInt32LE(RECORD_VERSION, 4);
-  writeU64(b, 8, r.seq);
-  b.writeUInt32LE(r.epoch, 16);
-  b.writeUInt32LE(r.activeId, 20);
-  writeU64(b, 24, r.timeMs);
-  b.writeUInt32LE(crcBefore(b, EP_CRC), EP_CRC);
-  return b;
+  return sealedRecord(EPOCH_MAGIC, EPOCH_RECORD_BYTES, (b) => {
+    writeU64(b, 8, r.seq);
+    b.writeUInt32LE(r.epoch, 16);
+    b.writeUInt32LE(r.activeId, 20);
+    writeU64(b, 24, r.timeMs);
+  });
 }
 
 export function decodeEpochRecord(b: Buffer): EpochRecord | null {
-  if (b.length < EPOCH_RECORD_BYTES || !hasMagic(b, 0, EPOCH_MAGIC)) return null;
-  if (b.readUInt32LE(EP_CRC) !== crcBefore(b, EP_CRC) || b.readUInt32LE(4) !== RECORD_VERSION) return null;
+  if (!isSealedRecord(b, EPOCH_MAGIC, EPOCH_RECORD_BYTES)) return null;
   const seq = readU64(b, 8);
   const timeMs = readU64(b, 24);
   if (Number.isNaN(seq) || Number.isNaN(timeMs)) return null;
