@@ -19,7 +19,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { parseArgs } from 'node:util';
+import { scriptOptions } from './script-options.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const dist = process.env.PAGEPAIR_DIST ?? path.join(here, '..', 'dist');
@@ -38,18 +38,10 @@ Options:
   -h, --help       this text
 `;
 
-const { values: opt } = parseArgs({
-  options: {
-    size: { type: 'string', default: '256' },
-    repeat: { type: 'string', default: '3' },
-    keep: { type: 'boolean', default: false },
-    help: { type: 'boolean', short: 'h', default: false },
-  },
+const opt = scriptOptions('bench-nbd-tls', HELP, {
+  size: { type: 'string', default: '256' },
+  repeat: { type: 'string', default: '3' },
 });
-if (opt.help) {
-  process.stdout.write(HELP);
-  process.exit(0);
-}
 const sizeBytes = Number(opt.size) * 1024 * 1024;
 const repeat = Number(opt.repeat);
 if (!Number.isInteger(sizeBytes / 1048576) || sizeBytes <= 0 || !Number.isInteger(repeat) || repeat < 1) {

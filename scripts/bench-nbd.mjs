@@ -20,7 +20,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { parseArgs } from 'node:util';
+import { scriptOptions } from './script-options.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.join(here, '..');
@@ -68,32 +68,18 @@ function fail(message) {
 }
 
 function options() {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      options: {
-        seconds: { type: 'string', default: '10' },
-        ramp: { type: 'string', default: '2' },
-        repeat: { type: 'string', default: '3' },
-        size: { type: 'string', default: '64' },
-        inflight: { type: 'string', default: '1,32' },
-        ops: { type: 'string', default: 'randwrite,randread' },
-        servers: { type: 'string', default: 'pagepair,nbdkit,attach' },
-        cache: { type: 'string', default: '256' },
-        seed: { type: 'string', default: '1' },
-        out: { type: 'string' },
-        keep: { type: 'boolean', default: false },
-        help: { type: 'boolean', short: 'h', default: false },
-      },
-      strict: true,
-    }).values;
-  } catch (err) {
-    fail(`${err.message} (run with --help for usage)`);
-  }
-  if (parsed.help) {
-    process.stdout.write(HELP);
-    process.exit(0);
-  }
+  const parsed = scriptOptions('bench-nbd', HELP, {
+    seconds: { type: 'string', default: '10' },
+    ramp: { type: 'string', default: '2' },
+    repeat: { type: 'string', default: '3' },
+    size: { type: 'string', default: '64' },
+    inflight: { type: 'string', default: '1,32' },
+    ops: { type: 'string', default: 'randwrite,randread' },
+    servers: { type: 'string', default: 'pagepair,nbdkit,attach' },
+    cache: { type: 'string', default: '256' },
+    seed: { type: 'string', default: '1' },
+    out: { type: 'string' },
+  });
   const int = (name, min, max) => {
     const v = Number(parsed[name]);
     if (!Number.isInteger(v) || v < min || v > max) fail(`--${name} must be a whole number from ${min} to ${max}, got "${parsed[name]}"`);

@@ -24,7 +24,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { parseArgs } from 'node:util';
+import { scriptOptions } from './script-options.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.join(here, '..');
@@ -45,19 +45,11 @@ Options:
   -h, --help       this text
 `;
 
-const { values: opt } = parseArgs({
-  options: {
-    seconds: { type: 'string', default: '6' },
-    'file-kib': { type: 'string', default: '64' },
-    volume: { type: 'string', default: '256' },
-    keep: { type: 'boolean', default: false },
-    help: { type: 'boolean', short: 'h', default: false },
-  },
+const opt = scriptOptions('host-failover-demo', HELP, {
+  seconds: { type: 'string', default: '6' },
+  'file-kib': { type: 'string', default: '64' },
+  volume: { type: 'string', default: '256' },
 });
-if (opt.help) {
-  process.stdout.write(HELP);
-  process.exit(0);
-}
 const seconds = Number(opt.seconds);
 const fileBytes = Number(opt['file-kib']) * 1024;
 const volumeBytes = Number(opt.volume) * 1024 * 1024;
