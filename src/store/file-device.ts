@@ -71,10 +71,10 @@ class TurnBatch<T extends { offset: number }> {
 
 export class FileDevice implements Device {
   private closed = false;
-  private readonly writes = new TurnBatch<QueuedWrite>(
-    (flush) => setImmediate(flush),
-    (all) => this.issueWrites(all),
-  );
+  // Writes wait for the end of the turn (setImmediate), so the pages of one
+  // destage leave together; reads only for a microtask, so they start on the
+  // turn they were asked for, still gathered with those asked for beside them.
+  private readonly writes = new TurnBatch<QueuedWrite>((flush) => setImmediate(flush), (all) => this.issueWrites(all));
   private readonly reads = new TurnBatch<QueuedRead>(queueMicrotask, (all) => this.issueReads(all));
   /** Vectored writes and gathered reads under way: close() waits for them. */
   private readonly writing = new Set<Promise<void>>();
