@@ -21,7 +21,7 @@ import { Attach } from '../attach/attach.js';
 import { NbdClient } from '../client/nbd-client.js';
 import { PagepairError } from '../protocol/errors.js';
 import { abortOnSignals, addRunDirOptions, linePrinter, printVerdict } from './fault-run-options.js';
-import { killAllFio, spawnFio, type FioJobReport } from '../runtime/fio.js';
+import { fioNbdWriteArgs, killAllFio, spawnFio, type FioJobReport } from '../runtime/fio.js';
 import { NbdPair, storeBytesFor, type Letter } from '../runtime/nbd-pair.js';
 import { formatBytes, parsePositiveInt, parseSize } from '../workload/units.js';
 
@@ -139,18 +139,9 @@ export async function runAttachKillTest(o: AttachKillTestOptions = {}): Promise<
     );
     const fio = spawnFio(
       [
-        `--name=${JOB}`,
-        '--ioengine=nbd',
-        `--uri=nbd+unix:///${VOLUME}?socket=${socket}`,
-        '--rw=randwrite',
-        `--bs=${BLOCK_BYTES}`,
-        `--iodepth=${iodepth}`,
-        `--size=${sizeBytes}`,
-        `--randseed=${o.seed ?? 1}`,
+        ...fioNbdWriteArgs({ name: JOB, uri: `nbd+unix:///${VOLUME}?socket=${socket}`, blockBytes: BLOCK_BYTES, iodepth, sizeBytes, seed: o.seed ?? 1 }),
         `--rate_iops=${rateIops}`,
-        '--verify=crc32c',
         '--do_verify=1',
-        '--output-format=json',
       ],
       { cwd: dir, ...(o.fioPath !== undefined ? { fioPath: o.fioPath } : {}) },
     );
@@ -177,10 +168,7 @@ export async function runAttachKillTest(o: AttachKillTestOptions = {}): Promise<
           await sleep(10);
         }
         if (stallMs < 0) problems.push(`cycle ${cycle}, kill ${victim}: no request was answered by the survivor within ${STALL_TIMEOUT_MS} ms`);
-        const restartAt = performance.now();
-        pair.of(victim).start();
-        await Promise.all([pair.waitRole(victim, ['mirrored'], REJOIN_TIMEOUT_MS), pair.waitRole(victim === 'A' ? 'B' : 'A', ['mirrored'], REJOIN_TIMEOUT_MS)]);
-        const kill = { victim, stallMs, rejoinMs: performance.now() - restartAt };
+        const kill = { victim, stallMs, rejoinMs: await pair.restart(victim, REJOIN_TIMEOUT_MS) };
         kills.push(kill);
         print(`  cycle ${cycle}: killed ${victim}; attach stalled ${stallMs.toFixed(0)} ms; ${victim} mirrored again ${kill.rejoinMs.toFixed(0)} ms after its restart`);
         await sleep(settleMs);

@@ -182,7 +182,7 @@ export interface KillTestResult {
 }
 
 // ---------------------------------------------------------------------------
-// Probes
+// Helpers
 
 function median(xs: readonly number[]): number {
   if (xs.length === 0) return 0;

@@ -17,7 +17,7 @@ import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PagepairError } from '../protocol/errors.js';
 import { abortOnSignals, addPairTimingOptions, addRunDirOptions, linePrinter, printVerdict, runDirAndTimings } from './fault-run-options.js';
-import { fioVerifyStatePath, killAllFio, readFioVerifyState, runFio, spawnFio, type FioEnd, type FioJobReport, type FioVerifyState } from '../runtime/fio.js';
+import { fioNbdWriteArgs, fioVerifyStatePath, killAllFio, readFioVerifyState, runFio, spawnFio, type FioEnd, type FioJobReport, type FioProcess, type FioVerifyState } from '../runtime/fio.js';
 import { NbdPair, storeBytesFor, type Letter } from '../runtime/nbd-pair.js';
 import { formatBytes, parsePositiveInt, parseSize } from '../workload/units.js';
 
@@ -110,18 +110,7 @@ export interface NbdKillTestResult {
 }
 
 function fioJobArgs(url: string, sizeBytes: number, iodepth: number, seed: number): string[] {
-  return [
-    `--name=${JOB}`,
-    '--ioengine=nbd',
-    `--uri=${url}`,
-    '--rw=randwrite',
-    `--bs=${BLOCK_BYTES}`,
-    `--iodepth=${iodepth}`,
-    `--size=${sizeBytes}`,
-    `--randseed=${seed}`,
-    '--verify=crc32c',
-    '--output-format=json',
-  ];
+  return fioNbdWriteArgs({ name: JOB, uri: url, blockBytes: BLOCK_BYTES, iodepth, sizeBytes, seed });
 }
 
 function checkAbort(signal: AbortSignal | undefined): void {
@@ -184,19 +173,81 @@ interface CycleSettings extends NbdKillTestOptions {
   dir: string;
 }
 
+/** One kill: the volume fio writes, fio's directory, and the problems the steps find. */
+interface Cycle {
+  pair: NbdPair;
+  victim: Letter;
+  survivor: Letter;
+  volume: string;
+  fioDir: string;
+  s: CycleSettings;
+  problems: string[];
+}
+
+/** The writes until the kill, the kill, and the survivor's takeover. */
+interface KillSeen {
+  writer: FioProcess;
+  fioEnd: FioEnd;
+  victimWritesAtKill: number;
+  killAtMs: number;
+  fioEndAfterKillMs: number;
+  takeoverMs: number;
+  survivorEpoch: number;
+}
+
 async function killCycle(pair: NbdPair, victim: Letter, s: CycleSettings): Promise<NbdKillCycle> {
   const survivor: Letter = victim === 'A' ? 'B' : 'A';
   const volume = `kill-${victim.toLowerCase()}`;
-  const problems: string[] = [];
-  const fioDir = join(s.dir, `fio-${victim.toLowerCase()}`);
-  mkdirSync(fioDir, { recursive: true });
+  const c: Cycle = { pair, victim, survivor, volume, fioDir: join(s.dir, `fio-${victim.toLowerCase()}`), s, problems: [] };
+  mkdirSync(c.fioDir, { recursive: true });
   await pair.createVolume(survivor, volume, s.sizeBytes);
 
+  const k = await writeAndKill(c);
+  const { written, state } = readWriteRun(c, k);
+  const writesCompleted = written === null ? 0 : Math.floor(written.write.ioBytes / BLOCK_BYTES);
+  const v = state === null ? { verified: 0, verifyFailures: 0, verifyMs: 0 } : await verifyThroughSurvivor(c, state, writesCompleted);
+  const control = s.control !== false && state !== null && v.verified > 0 ? await controlRun(c) : null;
+  // The victim comes back and joins; the pair must be mirrored again.
+  const rejoinMs = await pair.restart(victim, TIMEOUT_MS.rejoin);
+
+  return {
+    victim,
+    survivor,
+    volume,
+    seed: s.seed,
+    blocks: s.blocks,
+    victimWritesAtKill: k.victimWritesAtKill,
+    killAtMs: k.killAtMs,
+    writesCompleted,
+    writesIssued: written?.write.totalIos ?? 0,
+    writeError: written?.error ?? 0,
+    fioEnd: k.fioEnd,
+    fioEndAfterKillMs: k.fioEndAfterKillMs,
+    fioStderrBytes: k.writer.stderrBytes,
+    state: state === null ? null : { writesIssued: state.writesIssued, depth: state.depth },
+    takeoverMs: k.takeoverMs,
+    survivorEpoch: k.survivorEpoch,
+    verified: v.verified,
+    verifyFailures: v.verifyFailures,
+    verifyMs: v.verifyMs,
+    control,
+    rejoinMs,
+    problems: c.problems,
+  };
+}
+
+function fioPathOf(s: CycleSettings): { fioPath?: string } {
+  return s.fioPath !== undefined ? { fioPath: s.fioPath } : {};
+}
+
+/** fio writes through the victim, saving which writes it saw complete; SIGKILL once the victim counted enough; the survivor takes over. */
+async function writeAndKill(c: Cycle): Promise<KillSeen> {
+  const { pair, victim, survivor, s, problems } = c;
   // The victim's write counter says when enough writes went through it.
   const poller = pair.of(victim).poller();
   const base = (await poller.get())?.counters.clientWrites ?? 0;
-  const job = fioJobArgs(pair.of(victim).nbdUrl(volume), s.sizeBytes, s.iodepth, s.seed);
-  const writer = spawnFio([...job, '--do_verify=0', '--verify_state_save=1', `--runtime=${WRITE_RUNTIME_S_MAX}`], { cwd: fioDir, ...(s.fioPath !== undefined ? { fioPath: s.fioPath } : {}) });
+  const job = fioJobArgs(pair.of(victim).nbdUrl(c.volume), s.sizeBytes, s.iodepth, s.seed);
+  const writer = spawnFio([...job, '--do_verify=0', '--verify_state_save=1', `--runtime=${WRITE_RUNTIME_S_MAX}`], { cwd: c.fioDir, ...fioPathOf(s) });
   let victimWritesAtKill = 0;
   const deadlineMs = s.killDeadlineMs ?? 30_000;
   try {
@@ -230,102 +281,79 @@ async function killCycle(pair: NbdPair, victim: Letter, s: CycleSettings): Promi
   const fioEndAfterKillMs = Math.max(0, (writer.endedMs ?? performance.now()) - killedAt);
   const survivorStatus = await pair.of(survivor).status();
   if (survivorStatus?.role !== 'alone') problems.push(`${survivor} is not serving alone before the verify (role ${survivorStatus?.role ?? 'unknown'})`);
+  return { writer, fioEnd, victimWritesAtKill, killAtMs, fioEndAfterKillMs, takeoverMs, survivorEpoch: survivorStatus?.epoch ?? 0 };
+}
 
+/** fio's report of the write run and the verify state it saved. */
+function readWriteRun(c: Cycle, k: KillSeen): { written: FioJobReport | null; state: FioVerifyState | null } {
   let written: FioJobReport | null = null;
   try {
-    written = writer.job(JOB);
+    written = k.writer.job(JOB);
   } catch (err) {
-    problems.push(`the write run: ${err instanceof Error ? err.message : String(err)}`);
+    c.problems.push(`the write run: ${err instanceof Error ? err.message : String(err)}`);
   }
-  writeFileSync(join(fioDir, 'write.stderr.txt'), writer.stderrTailText);
-  const state = readFioVerifyState(fioVerifyStatePath(fioDir, JOB));
-  if (state === null) problems.push(`fio left no verify state (${fioVerifyStatePath(fioDir, JOB)}); it ended by ${fioEnd}`);
-  if (written !== null && written.error === 0) problems.push('fio saw no error: the kill came after its last write');
-  const writesCompleted = written === null ? 0 : Math.floor(written.write.ioBytes / BLOCK_BYTES);
+  writeFileSync(join(c.fioDir, 'write.stderr.txt'), k.writer.stderrTailText);
+  const state = readFioVerifyState(fioVerifyStatePath(c.fioDir, JOB));
+  if (state === null) c.problems.push(`fio left no verify state (${fioVerifyStatePath(c.fioDir, JOB)}); it ended by ${k.fioEnd}`);
+  if (written !== null && written.error === 0) c.problems.push('fio saw no error: the kill came after its last write');
+  return { written, state };
+}
 
-  // Verify through the survivor: the same job, reading instead of writing, as
-  // far as the saved state says writes had completed. The state must not be
-  // saved again (a verify-only run would overwrite it with its own count).
-  // One read in flight: fio decides at each read's issue whether it still
-  // lies among the writes known complete, by counting the reads completed so
-  // far; with more in flight it counts too few and reads on into the writes
-  // that were in flight at the kill, which were never acknowledged.
-  const verifyArgs = (url: string): string[] => [
-    ...fioJobArgs(url, s.sizeBytes, 1, s.seed),
-    '--verify_only',
-    '--do_verify=1',
-    '--verify_state_load=1',
-    '--verify_state_save=0',
-    '--continue_on_error=verify',
-  ];
+/**
+ * The same job, reading instead of writing, as far as the saved state says
+ * writes had completed. The state must not be saved again (a verify-only run
+ * would overwrite it with its own count). One read in flight: fio decides at
+ * each read's issue whether it still lies among the writes known complete,
+ * by counting the reads completed so far; with more in flight it counts too
+ * few and reads on into the writes that were in flight at the kill, which
+ * were never acknowledged.
+ */
+function verifyArgs(url: string, s: CycleSettings): string[] {
+  return [...fioJobArgs(url, s.sizeBytes, 1, s.seed), '--verify_only', '--do_verify=1', '--verify_state_load=1', '--verify_state_save=0', '--continue_on_error=verify'];
+}
+
+/** Every write fio saw completed, read back through the survivor: each must carry its checksum. */
+async function verifyThroughSurvivor(c: Cycle, state: FioVerifyState, writesCompleted: number): Promise<{ verified: number; verifyFailures: number; verifyMs: number }> {
+  const { pair, survivor, s, problems } = c;
   const verifyT0 = performance.now();
   let verified = 0;
   let verifyFailures = 0;
-  if (state !== null) {
-    const v = await runFio(verifyArgs(pair.of(survivor).nbdUrl(volume)), { cwd: fioDir, timeoutMs: TIMEOUT_MS.verify, ...(s.fioPath !== undefined ? { fioPath: s.fioPath } : {}) });
-    try {
-      const r = v.job(JOB);
-      verified = r.read.totalIos;
-      verifyFailures = r.totalErrors + (r.error !== 0 && r.error !== EILSEQ ? 1 : 0);
-      if (r.error !== 0 && r.error !== EILSEQ) problems.push(`the verify run stopped on errno ${r.error}: ${v.stderrTailText.trim().split('\n').slice(-3).join(' | ')}`);
-    } catch (err) {
-      problems.push(`the verify run: ${err instanceof Error ? err.message : String(err)}`);
-    }
-    if (verifyFailures > 0) problems.push(`${verifyFailures} acknowledged writes did not read back through ${survivor}: ${v.stderrTailText.trim().split('\n').slice(-3).join(' | ')}`);
-    // fio verifies every write it issued before the last `depth`, and of those the ones recorded as completed.
-    if (verified < Math.max(1, writesCompleted - s.iodepth)) problems.push(`the verify read ${verified} blocks; fio had completed ${writesCompleted} writes`);
-    if (state !== null && verified > state.writesIssued) problems.push(`the verify read ${verified} blocks, more than the ${state.writesIssued} writes fio had issued`);
-    writeFileSync(join(fioDir, 'verify.stderr.txt'), v.stderrTailText);
+  const v = await runFio(verifyArgs(pair.of(survivor).nbdUrl(c.volume), s), { cwd: c.fioDir, timeoutMs: TIMEOUT_MS.verify, ...fioPathOf(s) });
+  const lastWords = (): string => v.stderrTailText.trim().split('\n').slice(-3).join(' | ');
+  try {
+    const r = v.job(JOB);
+    verified = r.read.totalIos;
+    verifyFailures = r.totalErrors + (r.error !== 0 && r.error !== EILSEQ ? 1 : 0);
+    if (r.error !== 0 && r.error !== EILSEQ) problems.push(`the verify run stopped on errno ${r.error}: ${lastWords()}`);
+  } catch (err) {
+    problems.push(`the verify run: ${err instanceof Error ? err.message : String(err)}`);
   }
-  const verifyMs = performance.now() - verifyT0;
+  if (verifyFailures > 0) problems.push(`${verifyFailures} acknowledged writes did not read back through ${survivor}: ${lastWords()}`);
+  // fio verifies every write it issued before the last `depth`, and of those the ones recorded as completed.
+  if (verified < Math.max(1, writesCompleted - s.iodepth)) problems.push(`the verify read ${verified} blocks; fio had completed ${writesCompleted} writes`);
+  if (verified > state.writesIssued) problems.push(`the verify read ${verified} blocks, more than the ${state.writesIssued} writes fio had issued`);
+  writeFileSync(join(c.fioDir, 'verify.stderr.txt'), v.stderrTailText);
+  return { verified, verifyFailures, verifyMs: performance.now() - verifyT0 };
+}
 
+/** The same verify against a fresh, zeroed volume, where every block must fail: proof that the verify would see a loss. */
+async function controlRun(c: Cycle): Promise<NbdKillControl | null> {
+  const { pair, survivor, s, problems } = c;
+  const ctl = `${c.volume}-control`;
   let control: NbdKillControl | null = null;
-  if (s.control !== false && state !== null && verified > 0) {
-    const ctl = `${volume}-control`;
-    await pair.createVolume(survivor, ctl, s.sizeBytes);
-    const v = await runFio(verifyArgs(pair.of(survivor).nbdUrl(ctl)), { cwd: fioDir, timeoutMs: TIMEOUT_MS.verify, ...(s.fioPath !== undefined ? { fioPath: s.fioPath } : {}) });
-    try {
-      const r = v.job(JOB);
-      control = { verified: r.read.totalIos, failures: r.totalErrors };
-      if (control.failures < control.verified || control.verified === 0) {
-        problems.push(`control: only ${control.failures} of ${control.verified} blocks failed on a zeroed volume; the verify cannot see losses`);
-      }
-    } catch (err) {
-      problems.push(`the control run: ${err instanceof Error ? err.message : String(err)}`);
+  await pair.createVolume(survivor, ctl, s.sizeBytes);
+  const v = await runFio(verifyArgs(pair.of(survivor).nbdUrl(ctl), s), { cwd: c.fioDir, timeoutMs: TIMEOUT_MS.verify, ...fioPathOf(s) });
+  try {
+    const r = v.job(JOB);
+    control = { verified: r.read.totalIos, failures: r.totalErrors };
+    if (control.failures < control.verified || control.verified === 0) {
+      problems.push(`control: only ${control.failures} of ${control.verified} blocks failed on a zeroed volume; the verify cannot see losses`);
     }
-    await pair.deleteVolume(survivor, ctl);
+  } catch (err) {
+    problems.push(`the control run: ${err instanceof Error ? err.message : String(err)}`);
   }
-
-  // The victim comes back and joins; the pair must be mirrored again.
-  const restartT0 = performance.now();
-  pair.of(victim).start();
-  await Promise.all([pair.waitRole(victim, ['mirrored'], TIMEOUT_MS.rejoin), pair.waitRole(survivor, ['mirrored'], TIMEOUT_MS.rejoin)]);
-  const rejoinMs = performance.now() - restartT0;
-
-  return {
-    victim,
-    survivor,
-    volume,
-    seed: s.seed,
-    blocks: s.blocks,
-    victimWritesAtKill,
-    killAtMs,
-    writesCompleted,
-    writesIssued: written?.write.totalIos ?? 0,
-    writeError: written?.error ?? 0,
-    fioEnd,
-    fioEndAfterKillMs,
-    fioStderrBytes: writer.stderrBytes,
-    state: state === null ? null : { writesIssued: state.writesIssued, depth: state.depth },
-    takeoverMs,
-    survivorEpoch: survivorStatus?.epoch ?? 0,
-    verified,
-    verifyFailures,
-    verifyMs,
-    control,
-    rejoinMs,
-    problems,
-  };
+  await pair.deleteVolume(survivor, ctl);
+  return control;
 }
 
 function n(x: number): string {

@@ -186,6 +186,33 @@ export class FioProcess {
   }
 }
 
+/** What the kill tests' fio job writes: random blocks over an NBD export, each carrying a crc32c of itself. */
+export interface FioNbdWriteJob {
+  name: string;
+  /** The export, as fio's nbd engine takes it (nbd://host:port/name or nbd+unix:///name?socket=path). */
+  uri: string;
+  blockBytes: number;
+  iodepth: number;
+  sizeBytes: number;
+  seed: number;
+}
+
+/** fio's arguments for that job, its report as JSON; a caller adds what its run does with the checksums. */
+export function fioNbdWriteArgs(j: FioNbdWriteJob): string[] {
+  return [
+    `--name=${j.name}`,
+    '--ioengine=nbd',
+    `--uri=${j.uri}`,
+    '--rw=randwrite',
+    `--bs=${j.blockBytes}`,
+    `--iodepth=${j.iodepth}`,
+    `--size=${j.sizeBytes}`,
+    `--randseed=${j.seed}`,
+    '--verify=crc32c',
+    '--output-format=json',
+  ];
+}
+
 /** Starts fio with these arguments. */
 export function spawnFio(args: readonly string[], opts: FioSpawnOptions): FioProcess {
   return new FioProcess(args, opts);

@@ -133,7 +133,7 @@ export class NbdPair {
     pair.a.start();
     pair.b.start();
     try {
-      await Promise.all([pair.waitRole('A', ['mirrored'], readyTimeoutMs), pair.waitRole('B', ['mirrored'], readyTimeoutMs)]);
+      await pair.waitMirrored(readyTimeoutMs);
     } catch (err) {
       await pair.stop();
       throw err;
@@ -163,6 +163,19 @@ export class NbdPair {
       if (!(err instanceof WaitFailed) || err.reason !== 'timeout') throw err;
       throw new WaitFailed(`${err.message} (${last}):\n${c.logTail()}`, 'timeout');
     }
+    return performance.now() - t0;
+  }
+
+  /** Until both report mirrored. */
+  async waitMirrored(timeoutMs: number): Promise<void> {
+    await Promise.all([this.waitRole('A', ['mirrored'], timeoutMs), this.waitRole('B', ['mirrored'], timeoutMs)]);
+  }
+
+  /** Starts `letter` again (after a kill) and resolves with the ms until both are mirrored. */
+  async restart(letter: Letter, timeoutMs: number): Promise<number> {
+    const t0 = performance.now();
+    this.of(letter).start();
+    await this.waitMirrored(timeoutMs);
     return performance.now() - t0;
   }
 
