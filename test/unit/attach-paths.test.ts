@@ -131,25 +131,30 @@ class FakeUpstream implements Upstream {
   }
 }
 
-function rig(opts: { holdMs?: number; spread?: boolean; preferred?: PathId } = {}) {
-  const disk = new Map([['vol', Buffer.alloc(SIZE)]]);
-  const a = new FakeController('A', disk);
-  const b = new FakeController('B', disk);
-  const paths = new Paths({
+/** Paths for volume "vol" over the fakes a (port 1) and b (port 2), re-dialling every 10 ms unless told, logging nothing unless given a log. */
+function pathsOver(a: FakeController, b: FakeController, opts: { holdMs: number; reconnectMs?: number; spread?: boolean; preferred?: PathId; log?: pino.Logger }): Paths {
+  return new Paths({
     controllers: [
       { id: 'A', host: '127.0.0.1', port: 1 },
       { id: 'B', host: '127.0.0.1', port: 2 },
     ],
     volumes: [{ name: 'vol', preferred: opts.preferred ?? 'A' }],
     spread: opts.spread ?? false,
-    holdMs: opts.holdMs ?? 2000,
-    reconnectMs: 10,
+    holdMs: opts.holdMs,
+    reconnectMs: opts.reconnectMs ?? 10,
     connect: (addr) => ((addr as { port: number }).port === 1 ? a : b).connect(addr),
-    log: pino({ level: 'silent' }),
+    log: opts.log ?? pino({ level: 'silent' }),
   });
-  return { a, b, paths, disk };
 }
 
+/** Both fakes over one disk, and paths over them. */
+function rig(opts: { holdMs?: number; spread?: boolean; preferred?: PathId } = {}) {
+  const disk = new Map([['vol', Buffer.alloc(SIZE)]]);
+  const a = new FakeController('A', disk);
+  const b = new FakeController('B', disk);
+  const paths = pathsOver(a, b, { ...opts, holdMs: opts.holdMs ?? 2000 });
+  return { a, b, paths, disk };
+}
 
 describe('attach paths', () => {
   it('sends requests to the preferred controller while it is up', async () => {
@@ -280,18 +285,7 @@ describe('attach paths', () => {
     const { a, b } = rig();
     a.kill();
     b.kill();
-    const paths = new Paths({
-      controllers: [
-        { id: 'A', host: '127.0.0.1', port: 1 },
-        { id: 'B', host: '127.0.0.1', port: 2 },
-      ],
-      volumes: [{ name: 'vol', preferred: 'A' }],
-      spread: false,
-      holdMs: 100,
-      reconnectMs: 10,
-      connect: (addr) => ((addr as { port: number }).port === 1 ? a : b).connect(addr),
-      log: pino({ level: 'silent' }),
-    });
+    const paths = pathsOver(a, b, { holdMs: 100 });
     await expect(paths.start()).rejects.toThrow(/no controller serves vol: A .*refused; B .*refused/);
     await paths.close();
   });
@@ -301,18 +295,7 @@ describe('attach paths', () => {
     const b = new FakeController('B', new Map());
     const errors: string[] = [];
     const log = { info: () => undefined, warn: () => undefined, error: (_o: unknown, msg: string) => errors.push(msg) } as unknown as pino.Logger;
-    const paths = new Paths({
-      controllers: [
-        { id: 'A', host: '127.0.0.1', port: 1 },
-        { id: 'B', host: '127.0.0.1', port: 2 },
-      ],
-      volumes: [{ name: 'vol', preferred: 'A' }],
-      spread: false,
-      holdMs: 1000,
-      reconnectMs: 5,
-      connect: (addr) => ((addr as { port: number }).port === 1 ? a : b).connect(addr),
-      log,
-    });
+    const paths = pathsOver(a, b, { holdMs: 1000, reconnectMs: 5, log });
     await paths.start();
     // B dialled again and again (every reconnectMs), refusing the volume each time.
     const from = b.dials;
