@@ -2,7 +2,7 @@
 // floors and to the unmirrored controller, the targets, memory, and how busy
 // the machine was.
 
-import { formatProfile } from './cpu-profile.js';
+import { formatProfile, WORK_KINDS } from './cpu-profile.js';
 import { findCell, median, ratio } from './stats.js';
 import { CONFIG_TITLES, type BenchReport, type CellResult } from './types.js';
 
@@ -135,11 +135,48 @@ export function formatBench(report: BenchReport): string {
         (Math.max(...others) >= 10 ? ' (figures from a shared machine: compare ratios, not absolutes)' : ''),
     );
   }
+  out.push(...formatPerOp(report, label));
   for (const p of report.profiles) {
     out.push('');
     out.push(formatProfile(`CPU profile of ${p.process} while measured (pid ${p.pid}, ${p.file})`, p.summary, 15));
   }
   return out.join('\n');
+}
+
+/**
+ * The profiled CPU of each operation by kind of work, the row's processes
+ * added up (both controllers of the pair), one column per cell. V8 samples
+ * on the wall clock: time a process waited for a core inside a call counts
+ * to that call, so on a busy machine the syscall lines run high.
+ */
+function formatPerOp(report: BenchReport, label: number): string[] {
+  const out: string[] = [];
+  const rows = [...new Set(report.profiles.map((p) => p.process.split(' ')[0]!))];
+  for (const row of rows) {
+    const procs = report.profiles.filter((p) => p.process.split(' ')[0] === row && p.perOp !== undefined);
+    if (procs.length === 0) continue;
+    const cols = procs[0]!.perOp!.map((c) => ({ op: c.op, inflight: c.inflight, ops: c.ops }));
+    const sum = (kind: (typeof WORK_KINDS)[number] | null, col: { op: string; inflight: number }, only?: (typeof procs)[number]): number => {
+      let total = 0;
+      for (const p of only === undefined ? procs : [only]) {
+        const c = p.perOp!.find((x) => x.op === col.op && x.inflight === col.inflight);
+        if (c === undefined) continue;
+        for (const [k, us] of Object.entries(c.usPerOp)) if (kind === null || k === kind) total += us;
+      }
+      return total;
+    };
+    out.push('');
+    out.push(`profiled CPU µs per operation, ${procs.map((p) => p.process).join(' + ')} (V8 samples wall time: on a busy machine the syscall lines include waiting for a core)`);
+    out.push(pad('kind of work', label, true) + cols.map((c) => ' | ' + pad(`${c.op} x${c.inflight}`, 11)).join(''));
+    for (const kind of WORK_KINDS) {
+      const values = cols.map((c) => sum(kind, c));
+      if (values.every((v) => v < 0.05)) continue;
+      out.push(pad(kind, label, true) + values.map((v) => ' | ' + pad(v.toFixed(1), 11)).join(''));
+    }
+    for (const p of procs) out.push(pad(`all: ${p.process}`, label, true) + cols.map((c) => ' | ' + pad(sum(null, c, p).toFixed(1), 11)).join(''));
+    out.push(pad('all', label, true) + cols.map((c) => ' | ' + pad(sum(null, c).toFixed(1), 11)).join(''));
+  }
+  return out;
 }
 
 interface RatioLine {

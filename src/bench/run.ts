@@ -10,7 +10,7 @@ import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createRequire } from 'node:module';
 import { PagepairError } from '../protocol/errors.js';
-import { readProfile, summarizeProfile } from './cpu-profile.js';
+import { readProfile, summarizeProfile, workByWindow, type CpuProfile } from './cpu-profile.js';
 import { driveRun } from './driver.js';
 import { frameSizes } from './frames.js';
 import { ChildGroup } from './processes.js';
@@ -27,6 +27,8 @@ import {
   type CellResult,
   type ControllerMemory,
   type MachineInfo,
+  type BenchOp,
+  type ProfilePerOp,
   type RunResult,
 } from './types.js';
 
@@ -189,6 +191,21 @@ function fmtRunLine(r: RunResult): string {
   return `${r.opsPerSec.toLocaleString('en-US')} ops/s, p50 ${r.p50Us} µs, p99 ${r.p99Us} µs, machine ${r.machineBusyPct}% busy${others}${cpu !== '' ? `; CPU µs/op: ${cpu}` : ''}${err}`;
 }
 
+/** A process's profiled CPU per operation of each cell of its row, by kind of work. */
+function perOpOf(profile: CpuProfile, entries: { cell: { op: BenchOp; inflight: number }; runs: RunResult[] }[]): ProfilePerOp[] {
+  const byWindow = workByWindow(profile, entries.flatMap((e) => e.runs.map((r) => r.windowMonotonicUs)));
+  let w = 0;
+  return entries.map(({ cell, runs }) => {
+    const ops = runs.reduce((sum, r) => sum + r.ops, 0);
+    const usPerOp: ProfilePerOp['usPerOp'] = {};
+    for (let i = 0; i < runs.length; i++, w++) {
+      for (const [kind, us] of byWindow[w]!) usPerOp[kind] = (usPerOp[kind] ?? 0) + us;
+    }
+    for (const kind of Object.keys(usPerOp) as (keyof typeof usPerOp)[]) usPerOp[kind] = ops > 0 ? Math.round((10 * usPerOp[kind]!) / ops) / 10 : 0;
+    return { op: cell.op, inflight: cell.inflight, ops, usPerOp };
+  });
+}
+
 export async function runBench(opts: BenchOptions = {}): Promise<BenchReport> {
   const settings = benchSettings(opts);
   const progress = opts.progress ?? ((): void => undefined);
@@ -324,8 +341,10 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchReport> {
         }
         const path = join(settings.cpuProfDir, file);
         // Only while this row was measured: start-up, pre-writes and flushes stay out.
-        const windows = [...runsOf.values()].filter((e) => e.cell.config === rig.config).flatMap((e) => e.runs.map((r) => r.windowMonotonicUs));
-        profiles.push({ process: p.name, pid: p.pid, file: path, summary: summarizeProfile(readProfile(path), 25, windows) });
+        const entries = [...runsOf.values()].filter((e) => e.cell.config === rig.config);
+        const windows = entries.flatMap((e) => e.runs.map((r) => r.windowMonotonicUs));
+        const profile = readProfile(path);
+        profiles.push({ process: p.name, pid: p.pid, file: path, summary: summarizeProfile(profile, 25, windows), perOp: perOpOf(profile, entries) });
       }
     }
   }

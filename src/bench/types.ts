@@ -2,7 +2,7 @@
 // Kept apart from the code that runs it so the statistics and the formatting
 // can be tested without starting a process.
 
-import type { ProfileSummary } from './cpu-profile.js';
+import type { ProfileSummary, WorkKind } from './cpu-profile.js';
 
 /** What the benchmark compares, fastest floor first; Redis last, the peer a user might pick instead. */
 export type BenchConfigName = 'echo' | 'relay' | 'single' | 'mirrored' | 'redis';
@@ -150,6 +150,15 @@ export interface MachineInfo {
   waitedForQuietSeconds: number;
 }
 
+/** One process's profiled CPU per operation of one cell, by kind of work (µs; idle left out). */
+export interface ProfilePerOp {
+  op: BenchOp;
+  inflight: number;
+  /** Operations measured over the cell's runs. */
+  ops: number;
+  usPerOp: Partial<Record<WorkKind, number>>;
+}
+
 export interface BenchReport {
   version: 1;
   startedAt: string;
@@ -178,5 +187,5 @@ export interface BenchReport {
   /** Rows that were asked for and could not be measured, with why. */
   notes: { row: string; note: string }[];
   /** With cpuProfDir: where each controller process spent its time over the whole run. */
-  profiles: { process: string; pid: number; file: string; summary: ProfileSummary }[];
+  profiles: { process: string; pid: number; file: string; summary: ProfileSummary; perOp?: ProfilePerOp[] }[];
 }
