@@ -4,6 +4,9 @@
 // PAGEPAIR_DIST=<dir> points at another build. Each figure comes with a
 // baseline measured in the same run (a plain 4 KiB copy, zlib's native
 // CRC-32), so numbers from different machines can be compared as ratios.
+// The last block is the codec work of one mirrored 4 KiB write, frame by
+// frame as the controllers do it (C_WRITE in at A with its data CRC kept,
+// WRITE_PAGE out to B reusing it, the two replies), in ns per frame.
 
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
@@ -13,7 +16,7 @@ import zlib from 'node:zlib';
 const here = path.dirname(fileURLToPath(import.meta.url));
 const dist = process.env.PAGEPAIR_DIST ?? path.join(here, '..', 'dist');
 const load = (file) => import(pathToFileURL(path.join(dist, 'protocol', file)).href);
-const { encode, decode, FrameDecoder } = await load('codec.js');
+const { encode, decode, FrameDecoder, DATA_CRC } = await load('codec.js');
 const { crc32c } = await load('crc32c.js');
 
 const frames = Number(process.argv[2] ?? 100_000);
@@ -40,6 +43,7 @@ const message = (i) => ({
       pointerId: 0,
       clientId: 0,
       clientSeq: 0,
+      ownerGen: 0,
       data: pages[i & 63],
     },
   ],
@@ -85,6 +89,44 @@ const streamMb = time('FrameDecoder, 64 KiB chunks', streamRounds, stream.length
   for (const c of chunks) n += d.push(c).length;
   if (n !== 1024) throw new Error(`decoded ${n} frames`);
 });
+
+// One mirrored write's frames, as the controllers build and read them.
+const common = (i) => ({ requestId: i >>> 0, epoch: 3, sender: 1, flags: 0 });
+const cWrite = (i) => ({ kind: 'C_WRITE', ...common(i), guid: GUID, offset: (i & 0xffff) * PAGE_BYTES, pointerId: 0, clientId: 7, clientSeq: i + 1, data: pages[i & 63] });
+const cWrites = Array.from({ length: 64 }, (_, i) => encode(cWrite(i)));
+const decodedCWrites = cWrites.map((f) => decode(f, undefined, { dataCrc: true }));
+// A's WRITE_PAGE carries the page the client sent, with the CRC decode handed back.
+const mirrored = (i) => {
+  const w = decodedCWrites[i & 63];
+  const m = message(i);
+  m.pages[0].data = w.data;
+  m.pages[0].crc = w[DATA_CRC];
+  return m;
+};
+const smallReplies = [
+  ['WRITE_PAGE_REPLY', (i) => ({ kind: 'WRITE_PAGE_REPLY', ...common(i), sender: 2, count: 1 })],
+  ['C_WRITE_REPLY', (i) => ({ kind: 'C_WRITE_REPLY', ...common(i) })],
+];
+function nsEach(label, n, fn) {
+  for (let i = 0; i < Math.min(n, 5000); i++) fn(i);
+  const start = process.hrtime.bigint();
+  for (let i = 0; i < n; i++) fn(i);
+  const ns = Number(process.hrtime.bigint() - start) / n;
+  console.log(`  ${label.padEnd(44)} ${ns.toFixed(0).padStart(7)} ns`);
+  return ns;
+}
+console.log('\none mirrored 4 KiB write, frame by frame:');
+let perWrite = 0;
+perWrite += nsEach('A: decode C_WRITE (data CRC kept)', frames, (i) => decode(cWrites[i & 63], undefined, { dataCrc: true }));
+perWrite += nsEach('A: encode WRITE_PAGE (known page CRC)', frames, (i) => encode(mirrored(i)));
+const mirroredFrames = Array.from({ length: 64 }, (_, i) => encode(mirrored(i)));
+perWrite += nsEach('B: decode WRITE_PAGE', frames, (i) => decode(mirroredFrames[i & 63]));
+for (const [kind, make] of smallReplies) {
+  const framesOf = Array.from({ length: 64 }, (_, i) => encode(make(i)));
+  perWrite += nsEach(`${kind === 'WRITE_PAGE_REPLY' ? 'B' : 'A'}: encode ${kind}`, frames, (i) => encode(make(i)));
+  perWrite += nsEach(`${kind === 'WRITE_PAGE_REPLY' ? 'A' : 'client'}: decode ${kind}`, frames, (i) => decode(framesOf[i & 63]));
+}
+console.log(`  ${'codec work per mirrored write (both sides)'.padEnd(44)} ${perWrite.toFixed(0).padStart(7)} ns`);
 
 console.log('\nratios to the copy baseline (higher is better):');
 const ratio = (mb) => (mb / copyMb).toFixed(3);
