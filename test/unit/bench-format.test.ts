@@ -4,6 +4,7 @@ import { benchSettings, JOURNAL_NOTE } from '../../src/bench/run.js';
 import { checkTargets, medianOfRuns, medianServerCpu, memoryCheck } from '../../src/bench/stats.js';
 import { summarizeProfile, type CpuProfile } from '../../src/bench/cpu-profile.js';
 import type { BenchConfigName, BenchOp, BenchReport, CellResult, RunResult } from '../../src/bench/types.js';
+import { refusedField } from './helpers/refused-field.js';
 
 const MiB = 1024 * 1024;
 
@@ -60,23 +61,23 @@ function report(cells: CellResult[], journal = false): BenchReport {
   };
 }
 
+/** [ops a second, p50 µs, errors?] of one configuration's cells: write at 1 and 32 in flight, then read at 1 and 32. */
+type Row = [opsPerSec: number, p50Us: number, errors?: number];
+
+function cellsOf(config: BenchConfigName, w1: Row, w32: Row, r1: Row, r32: Row): CellResult[] {
+  return [
+    cell(config, 'write', 1, ...w1),
+    cell(config, 'write', 32, ...w32),
+    cell(config, 'read', 1, ...r1),
+    cell(config, 'read', 32, ...r32),
+  ];
+}
+
 const FULL = [
-  cell('echo', 'write', 1, 15_000, 60),
-  cell('echo', 'write', 32, 45_000, 670),
-  cell('echo', 'read', 1, 15_500, 58),
-  cell('echo', 'read', 32, 46_000, 650),
-  cell('relay', 'write', 1, 7_000, 130),
-  cell('relay', 'write', 32, 30_000, 1000),
-  cell('relay', 'read', 1, 7_100, 128),
-  cell('relay', 'read', 32, 31_000, 990),
-  cell('single', 'write', 1, 9_000, 100),
-  cell('single', 'write', 32, 40_000, 780),
-  cell('single', 'read', 1, 9_500, 95),
-  cell('single', 'read', 32, 42_000, 740),
-  cell('mirrored', 'write', 1, 5_000, 180),
-  cell('mirrored', 'write', 32, 30_000, 1050, 2),
-  cell('mirrored', 'read', 1, 9_400, 96),
-  cell('mirrored', 'read', 32, 42_000, 745),
+  ...cellsOf('echo', [15_000, 60], [45_000, 670], [15_500, 58], [46_000, 650]),
+  ...cellsOf('relay', [7_000, 130], [30_000, 1000], [7_100, 128], [31_000, 990]),
+  ...cellsOf('single', [9_000, 100], [40_000, 780], [9_500, 95], [42_000, 740]),
+  ...cellsOf('mirrored', [5_000, 180], [30_000, 1050, 2], [9_400, 96], [42_000, 745]),
 ];
 
 describe('formatBench', () => {
@@ -141,14 +142,7 @@ describe('benchOptionsFromCli', () => {
   });
 
   it('refuses 0 in flight, unknown operations, negative sizes, with the option named', () => {
-    const field = (raw: Parameters<typeof benchOptionsFromCli>[0]): string | undefined => {
-      try {
-        benchOptionsFromCli(raw);
-        return undefined;
-      } catch (err) {
-        return (err as { field?: string }).field;
-      }
-    };
+    const field = (raw: Parameters<typeof benchOptionsFromCli>[0]): string | undefined => refusedField(() => benchOptionsFromCli(raw));
     expect(field({ inflight: '1,0' })).toBe('inflight');
     expect(field({ inflight: ',' })).toBe('inflight');
     expect(field({ ops: 'write,append' })).toBe('ops');

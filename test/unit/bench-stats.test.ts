@@ -4,6 +4,7 @@ import { checkTargets, median, medianOfRuns, medianServerCpu, memoryCheck, nsToU
 import { frameSizes } from '../../src/bench/frames.js';
 import { cpuPerOp, cpuShares, type CpuSnapshot } from '../../src/bench/cpu-share.js';
 import type { BenchConfigName, BenchOp, CellResult, RunResult } from '../../src/bench/types.js';
+import { refusedField } from './helpers/refused-field.js';
 
 function run(opsPerSec: number, p50Us: number, p99Us: number): RunResult {
   return {
@@ -147,14 +148,7 @@ describe('bench settings', () => {
   });
 
   it('refuses what makes no sense, naming the option', () => {
-    const field = (o: Parameters<typeof benchSettings>[0]): string | undefined => {
-      try {
-        benchSettings(o);
-        return undefined;
-      } catch (err) {
-        return (err as { field?: string }).field;
-      }
-    };
+    const field = (o: Parameters<typeof benchSettings>[0]): string | undefined => refusedField(() => benchSettings(o));
     expect(field({ inflight: [0] })).toBe('inflight');
     expect(field({ inflight: [] })).toBe('inflight');
     expect(field({ runs: 0 })).toBe('runs');

@@ -1,11 +1,11 @@
-import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { chmod, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { BUILTIN_POLICIES, pageCountFor, resolvePolicies } from '../../src/core/policy.js';
 import { PagepairError } from '../../src/protocol/errors.js';
 import { DEFAULT_LIMITS, HARD_LIMITS } from '../../src/protocol/limits.js';
 import { loadConfig, parseConfig, SHIPPED_CLIENT_TOKENS, SHIPPED_SECRETS } from '../../src/runtime/config.js';
+import { useTempDir } from './helpers/temp-dir.js';
 
 const SRC = 'controllers/a.json';
 
@@ -233,27 +233,21 @@ describe('parseConfig', () => {
 });
 
 describe('loadConfig', () => {
-  let dir: string;
-  beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'pagepair-config-'));
-  });
-  afterAll(async () => {
-    await rm(dir, { recursive: true, force: true });
-  });
+  const tmp = useTempDir('pagepair-config-');
 
   it('reads a file and names it in errors', async () => {
-    const good = join(dir, 'a.json');
+    const good = join(tmp.path, 'a.json');
     await writeFile(good, JSON.stringify(minimal()));
-    expect(loadConfig(good, { cwd: dir }).store.path).toBe(join(dir, 'data/pair.store'));
+    expect(loadConfig(good, { cwd: tmp.path }).store.path).toBe(join(tmp.path, 'data/pair.store'));
 
-    const typo = join(dir, 'typo.json');
+    const typo = join(tmp.path, 'typo.json');
     await writeFile(typo, JSON.stringify({ ...minimal(), cache: { cacheBytesMax: -5 } }));
     expect(() => loadConfig(typo)).toThrow(`${typo}: cache.cacheBytesMax must be an integer`);
 
-    const broken = join(dir, 'broken.json');
+    const broken = join(tmp.path, 'broken.json');
     await writeFile(broken, '{ "id": "A", ');
     expect(() => loadConfig(broken)).toThrow(new RegExp(`^${broken.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: not valid JSON`));
-    expect(() => loadConfig(join(dir, 'missing.json'))).toThrow(/cannot read/);
+    expect(() => loadConfig(join(tmp.path, 'missing.json'))).toThrow(/cannot read/);
   });
 });
 
@@ -437,16 +431,10 @@ describe('secrets and tokens', () => {
   const SHIPPED_SECRET = 'change-me: shared peer secret of the default pair';
   const SHIPPED_TOKEN = 'default-pair-client-token';
   const NO_ENV = {};
-  let dir: string;
-  beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'pagepair-secrets-'));
-  });
-  afterAll(async () => {
-    await rm(dir, { recursive: true, force: true });
-  });
+  const tmp = useTempDir('pagepair-secrets-');
 
   function parse(c: Record<string, any>, env: NodeJS.ProcessEnv = NO_ENV) {
-    return parseConfig(c, SRC, { cwd: dir, env });
+    return parseConfig(c, SRC, { cwd: tmp.path, env });
   }
 
   function refused(c: Record<string, any>, env: NodeJS.ProcessEnv = NO_ENV): PagepairError {
@@ -461,7 +449,7 @@ describe('secrets and tokens', () => {
   }
 
   async function credentialFile(name: string, text: string, mode: number): Promise<string> {
-    const path = join(dir, name);
+    const path = join(tmp.path, name);
     await writeFile(path, text);
     await chmod(path, mode);
     return path;

@@ -3,14 +3,14 @@
 // a directory made for it or for a socket, and the socket itself are the
 // owner's alone, whatever the umask lets through.
 
-import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import net from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { listenPrivateSocket } from '../../src/transport/unix-socket.js';
 import { FileDevice } from '../../src/store/file-device.js';
 import { openOrFormatFileStore } from '../../src/store/open.js';
+import { useTempDir } from './helpers/temp-dir.js';
 
 const MiB = 1024 * 1024;
 const PAIR = '5d1e8a3c-2b4f-4c6d-9e8f-0a1b2c3d4e5f';
@@ -20,21 +20,15 @@ async function modeOf(path: string): Promise<number> {
 }
 
 describe('file modes', () => {
-  let dir: string;
-  beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'pagepair-modes-'));
-  });
-  afterAll(async () => {
-    await rm(dir, { recursive: true, force: true });
-  });
+  const tmp = useTempDir('pagepair-modes-');
 
   it('a new store file is 0600 and a directory made for it 0700', async () => {
-    const path = join(dir, 'made', 'by', 'the-controller', 'pair.store');
+    const path = join(tmp.path, 'made', 'by', 'the-controller', 'pair.store');
     const store = await openOrFormatFileStore(path, { pairId: PAIR, sizeBytes: 16 * MiB, nowMs: 1 });
     try {
       expect((await modeOf(path)).toString(8)).toBe('600');
-      expect((await modeOf(join(dir, 'made', 'by', 'the-controller'))).toString(8)).toBe('700');
-      expect((await modeOf(join(dir, 'made'))).toString(8)).toBe('700');
+      expect((await modeOf(join(tmp.path, 'made', 'by', 'the-controller'))).toString(8)).toBe('700');
+      expect((await modeOf(join(tmp.path, 'made'))).toString(8)).toBe('700');
     } finally {
       await store.close();
     }
@@ -42,7 +36,7 @@ describe('file modes', () => {
 
   it('FileDevice.create makes the file 0600, exclusive or not', async () => {
     for (const exclusive of [true, false]) {
-      const path = join(dir, `device-${exclusive}.bin`);
+      const path = join(tmp.path, `device-${exclusive}.bin`);
       const d = await FileDevice.create(path, MiB, { exclusive });
       await d.close();
       expect((await modeOf(path)).toString(8)).toBe('600');
@@ -50,13 +44,13 @@ describe('file modes', () => {
   });
 
   it('a unix socket is 0600 in a directory made 0700, and still serves its owner', async () => {
-    const socketPath = join(dir, 'run', 'a.nbd.sock');
+    const socketPath = join(tmp.path, 'run', 'a.nbd.sock');
     const server = net.createServer((s) => s.end('hello'));
     await listenPrivateSocket(server, socketPath);
     try {
       expect((await stat(socketPath)).isSocket()).toBe(true);
       expect((await modeOf(socketPath)).toString(8)).toBe('600');
-      expect((await modeOf(join(dir, 'run'))).toString(8)).toBe('700');
+      expect((await modeOf(join(tmp.path, 'run'))).toString(8)).toBe('700');
       const got = await new Promise<string>((resolve, reject) => {
         const c = net.connect({ path: socketPath });
         let text = '';

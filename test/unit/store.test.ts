@@ -1,7 +1,6 @@
-import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { PagepairError } from '../../src/protocol/errors.js';
 import { extentBytes, extentsOf, findExtent, largestFreeExtentBytes, storeBytesFree } from '../../src/store/extents.js';
 import { FileDevice } from '../../src/store/file-device.js';
@@ -15,12 +14,12 @@ import {
   mailboxSlotOffset,
   pageSlotOffset,
   pagesPerStripe,
-  tableCopyOffset,
-} from '../../src/store/layout.js';
+  tableCopyOffset } from '../../src/store/layout.js';
 import { MemoryDevice } from '../../src/store/memory-device.js';
 import { openOrFormatFileStore } from '../../src/store/open.js';
 import { PageStore } from '../../src/store/page-store.js';
 import { PAGE_HEADER_BYTES, type AllocationRecord, type PageLocation } from '../../src/store/types.js';
+import { useTempDir } from './helpers/temp-dir.js';
 
 const PAIR = '0b8e4a52-3c1f-4d2e-9a61-5f0c7d8e9a10';
 const OTHER_PAIR = '7c2d1e0f-aaaa-4bbb-8ccc-0123456789ab';
@@ -512,16 +511,10 @@ describe('extents', () => {
 });
 
 describe('file device and openOrFormatFileStore', () => {
-  let dir: string;
-  beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'pagepair-store-'));
-  });
-  afterAll(async () => {
-    await rm(dir, { recursive: true, force: true });
-  });
+  const tmp = useTempDir('pagepair-store-');
 
   it('creates a sparse file of the size asked and reads zeros past its end', async () => {
-    const path = join(dir, 'dev.bin');
+    const path = join(tmp.path, 'dev.bin');
     const d = await FileDevice.create(path, 3 * MiB);
     expect((await stat(path)).size).toBe(3 * MiB);
     await d.write(4096, Buffer.from('hello'));
@@ -535,11 +528,11 @@ describe('file device and openOrFormatFileStore', () => {
     expect(err.message).toContain(path);
     await longer.close();
     await expect(FileDevice.create(path, MiB)).rejects.toMatchObject({ code: 'EEXIST' });
-    await expectCode(FileDevice.open(join(dir, 'missing.bin')), 'IO_ERROR');
+    await expectCode(FileDevice.open(join(tmp.path, 'missing.bin')), 'IO_ERROR');
   });
 
   it('gathers reads asked for together, overlapping or touching, and each gets its own bytes', async () => {
-    const path = join(dir, 'gather.bin');
+    const path = join(tmp.path, 'gather.bin');
     const d = await FileDevice.create(path, 2 * MiB);
     const content = pattern(2 * MiB, 42);
     await d.write(0, content);
@@ -557,7 +550,7 @@ describe('file device and openOrFormatFileStore', () => {
   });
 
   it('two controllers racing on a new path both open the same store', async () => {
-    const path = join(dir, 'race', 'deeper', 'pair.store');
+    const path = join(tmp.path, 'race', 'deeper', 'pair.store');
     const opts = { pairId: PAIR, sizeBytes: 8 * MiB, nowMs: 1234, tableEntriesMax: 128 };
     const [a, b] = await Promise.all([openOrFormatFileStore(path, opts), openOrFormatFileStore(path, { ...opts, nowMs: 5678 })]);
     expect(a.superblock).toEqual(b.superblock);
@@ -576,7 +569,7 @@ describe('file device and openOrFormatFileStore', () => {
   });
 
   it('gives up on a file that never gets a superblock, naming the path', async () => {
-    const path = join(dir, 'empty.store');
+    const path = join(tmp.path, 'empty.store');
     await writeFile(path, Buffer.alloc(MiB));
     const t0 = Date.now();
     const err = await expectCode(openOrFormatFileStore(path, { pairId: PAIR, sizeBytes: 8 * MiB, nowMs: 0, waitMs: 300 }), 'STORE_CORRUPT');
