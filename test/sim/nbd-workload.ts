@@ -40,6 +40,7 @@ import type { NbdVolume } from '../../src/transport/nbd-backend.js';
 import { decodeCell, layCells, readCells, writeBytes, type Cell } from './cells.js';
 import { checkCopies, describeMismatches } from './copies-checker.js';
 import { Harness, type NodeName } from './harness.js';
+import { shownViolations } from './history-text.js';
 import { ConnectionLost, NbdEndpoint, nbdConnIds, type NbdEndpointOptions } from './nbd-endpoint.js';
 import { Prng } from './prng.js';
 import { injectFault } from './faults.js';
@@ -530,15 +531,7 @@ export async function runNbdSeed(seed: number, opts: NbdWorkloadOptions = {}): P
   if (h.violations.length > 0) failures.push(`invariants:\n  ${h.violations.join('\n  ')}`);
   const result = checkFinal(history, finals);
   if (result.verdict !== 'linearizable') {
-    const shown = result.violations
-      .slice(0, 3)
-      .map((v) => {
-        const ops = history
-          .filter((o) => o.key === v.key)
-          .map((o) => `    #${o.id} p${o.process} ${o.kind} ${o.value} ${o.startMs.toFixed(3)}..${o.endMs?.toFixed(3) ?? '?'} ${o.outcome}`);
-        return `  ${v.kind} on ${v.key}: ${v.explanation}\n${ops.join('\n')}\n    final ${finals.get(v.key)}`;
-      })
-      .join('\n');
+    const shown = shownViolations(result, history, finals, '  ');
     failures.push(`history check: ${result.verdict}, ${result.violations.length} violations ${JSON.stringify(result.byKind)}\n${shown}`);
   }
 

@@ -45,6 +45,7 @@ import { PageStore } from '../../src/store/page-store.js';
 import { layCells, readCells, writeBytes, type Cell } from './cells.js';
 import { checkCopies, describeMismatches } from './copies-checker.js';
 import { Harness, type NodeName } from './harness.js';
+import { shownViolations } from './history-text.js';
 import { Prng } from './prng.js';
 import { injectFault } from './faults.js';
 import type { AllocationInfo, SimClient } from './sim-client.js';
@@ -444,15 +445,7 @@ export async function runSeed(seed: number, opts: WorkloadOptions = {}): Promise
   expect(h.violations, fail(`invariants:\n${h.violations.join('\n')}\n`)).toEqual([]);
   if (opts.plant === 'stale-read') plantStaleRead(history);
   const result = checkFinal(history, finals);
-  const shown = result.violations
-    .slice(0, 3)
-    .map((v) => {
-      const ops = history
-        .filter((o) => o.key === v.key)
-        .map((o) => `  #${o.id} p${o.process} ${o.kind} ${o.value} ${o.startMs.toFixed(3)}..${o.endMs?.toFixed(3) ?? '?'} ${o.outcome}`);
-      return `${v.kind} on ${v.key}: ${v.explanation}\n${ops.join('\n')}\n  final ${finals.get(v.key)}`;
-    })
-    .join('\n');
+  const shown = shownViolations(result, history, finals);
   expect(result.verdict, fail(`history check: ${result.violations.length} violations ${JSON.stringify(result.byKind)}\n${shown}`)).toBe('linearizable');
 
   await h.run(finalConns.on('B').flush());
