@@ -2,8 +2,8 @@
 // two side by side with the ratio b/a of every figure, so a change to the
 // pair (or to the machine) shows as numbers rather than impressions.
 
-import { readFile } from 'node:fs/promises';
 import { PagepairError } from '../protocol/errors.js';
+import { readJsonFile } from '../workload/json-file.js';
 import { formatBlockSizes, formatDistribution, type JobSpec } from '../workload/job.js';
 import { formatBytesPerSec, formatUs } from '../workload/progress.js';
 import { formatReportSummary, parseReport, type WorkloadReport } from '../workload/report.js';
@@ -24,19 +24,7 @@ export interface ComparisonRow {
 }
 
 export async function loadReport(path: string): Promise<WorkloadReport> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (err) {
-    throw new PagepairError('BAD_FIELD', `cannot read report ${path}: ${err instanceof Error ? err.message : String(err)}`, 'report');
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (err) {
-    throw new PagepairError('BAD_FIELD', `${path} is not JSON: ${err instanceof Error ? err.message : String(err)}`, 'report');
-  }
-  return parseReport(json, path);
+  return parseReport(readJsonFile(path, 'report', 'report'), path);
 }
 
 export function compareReports(a: WorkloadReport, b: WorkloadReport): ComparisonRow[] {
