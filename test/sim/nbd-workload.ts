@@ -32,7 +32,6 @@
 // - nothing is logged at error level and no request fails unexpectedly.
 
 import { checkFinal, type HistoryOp } from '../../src/checker/index.js';
-import { isPagepairError } from '../../src/protocol/errors.js';
 import { Role } from '../../src/protocol/messages.js';
 import type { PageStore } from '../../src/store/page-store.js';
 import type { PageLocation } from '../../src/store/types.js';
@@ -41,7 +40,8 @@ import { decodeCell, layCells, readCells, writeBytes, type Cell } from './cells.
 import { checkCopies, describeMismatches } from './copies-checker.js';
 import { Harness, type NodeName } from './harness.js';
 import { shownViolations } from './history-text.js';
-import { ConnectionLost, NbdEndpoint, nbdConnIds, type NbdEndpointOptions } from './nbd-endpoint.js';
+import { RETRYABLE, codeOf, drawPairOptions, drawTiming } from './workload-common.js';
+import { NbdEndpoint, nbdConnIds, type NbdEndpointOptions } from './nbd-endpoint.js';
 import { Prng } from './prng.js';
 import { injectFault } from './faults.js';
 import type { AllocationInfo, SimClient } from './sim-client.js';
@@ -83,37 +83,18 @@ export function nbdReplayLine(seed: number, file = NBD_REPLAY_FILE_DEFAULT): str
 /** A write value no write wrote: a read of garbage records it, and the checker calls it a phantom. */
 const GARBAGE_BASE = 0x7fff_0000;
 
-/** Endpoint answers after which the request may succeed on the other controller or a moment later. */
-const RETRYABLE = new Set(['NOT_ACTIVE', 'FENCED', 'NOT_MIRRORED', 'PARTNER_LOST', 'SHUTTING_DOWN', 'TIMEOUT', 'BUSY', 'STALE_EPOCH', 'CONNECTION_LOST']);
-
-function codeOf(err: unknown): string {
-  if (err instanceof ConnectionLost) return 'CONNECTION_LOST';
-  if (isPagepairError(err)) return err.code;
-  const text = String(err);
-  return /connection to [AB] (lost|is closed)/.test(text) ? 'CONNECTION_LOST' : `untyped: ${text}`;
-}
-
 export async function runNbdSeed(seed: number, opts: NbdWorkloadOptions = {}): Promise<NbdWorkloadStats> {
   const chaos = opts.chaos ?? false;
   const faults = opts.faults ?? NBD_FAULTS;
   const rng = new Prng(seed ^ 0x4e42_4400);
-  const timing = rng.pick([
-    { heartbeatIntervalMs: 100, partnerTimeoutMs: 600 },
-    { heartbeatIntervalMs: 50, partnerTimeoutMs: 300 },
-  ]);
+  const timing = drawTiming(rng);
   const pageBytes = rng.pick([512, 1024]);
   const policy = pageBytes === 512 ? 'tiny' : 'small';
   const pagesPerAlloc = rng.pick([3, 6, 10]);
   const allocCount = rng.pick([1, 2]);
   const h = await Harness.createPair({
     seed,
-    frameDelayMaxMs: rng.int(4),
-    storeDelayMaxMs: rng.int(5),
-    clientDelayMaxMs: rng.int(3),
-    dirtyAgeMaxMs: rng.pick([30, 300, 3_600_000]),
-    destageConcurrency: rng.pick([1, 4, 8]),
-    cacheBytesMax: rng.pick([16, 64]) * pageBytes,
-    preferred: rng.pick(['A', 'B'] as const),
+    ...drawPairOptions(rng, { frameDelayMaxMs: 4, dirtyAgesMs: [30, 300, 3_600_000], cachePages: [16, 64], pageBytes }),
     ...timing,
   });
   lastNbdHarness = h;

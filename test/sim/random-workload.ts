@@ -39,13 +39,13 @@
 
 import { expect } from 'vitest';
 import { checkFinal, type HistoryOp } from '../../src/checker/index.js';
-import { isPagepairError } from '../../src/protocol/errors.js';
 import { Role } from '../../src/protocol/messages.js';
 import { PageStore } from '../../src/store/page-store.js';
 import { layCells, readCells, writeBytes, type Cell } from './cells.js';
 import { checkCopies, describeMismatches } from './copies-checker.js';
 import { Harness, type NodeName } from './harness.js';
 import { shownViolations } from './history-text.js';
+import { RETRYABLE, codeOf, drawPairOptions, drawTiming } from './workload-common.js';
 import { Prng } from './prng.js';
 import { injectFault } from './faults.js';
 import type { AllocationInfo, SimClient } from './sim-client.js';
@@ -83,16 +83,8 @@ export interface WorkloadOptions {
 /** The harness of the last run, for a debugging session to inspect. */
 export let lastHarness: Harness | undefined;
 
-/** Answers after which the same request may succeed on the other controller or a moment later (as PairClient). */
-const RETRYABLE = new Set(['NOT_ACTIVE', 'FENCED', 'NOT_MIRRORED', 'PARTNER_LOST', 'SHUTTING_DOWN', 'TIMEOUT', 'BUSY', 'STALE_EPOCH', 'CONNECTION_LOST']);
-/** ...and after which "not here" is the likely reason: try the other one. */
+/** Answers after which "not here" is the likely reason: try the other one (RETRYABLE ones may also succeed a moment later). */
 const SWITCH = new Set(['NOT_ACTIVE', 'FENCED', 'SHUTTING_DOWN', 'CONNECTION_LOST', 'TIMEOUT']);
-
-function codeOf(err: unknown): string {
-  if (isPagepairError(err)) return err.code;
-  const text = String(err);
-  return /connection to [AB] (lost|is closed)/.test(text) ? 'CONNECTION_LOST' : `untyped: ${text}`;
-}
 
 export interface WorkloadStats {
   disruptions: Partial<Record<FaultKind | 'second', number>>;
@@ -124,20 +116,11 @@ export async function runSeed(seed: number, opts: WorkloadOptions = {}): Promise
   const faults = opts.faults ?? ALL_FAULTS;
   if (chaos && single) throw new Error('chaos needs a pair');
   const rng = new Prng(seed ^ 0x5eed);
-  const timing = rng.pick([
-    { heartbeatIntervalMs: 100, partnerTimeoutMs: 600 },
-    { heartbeatIntervalMs: 50, partnerTimeoutMs: 300 },
-  ]);
+  const timing = drawTiming(rng);
   const h = await Harness.createPair({
     seed,
-    frameDelayMaxMs: rng.int(5),
-    storeDelayMaxMs: rng.int(5),
-    clientDelayMaxMs: rng.int(3),
-    dirtyAgeMaxMs: rng.pick([50, 400, 3_600_000]),
-    destageConcurrency: rng.pick([1, 4, 8]),
-    cacheBytesMax: rng.pick([64, 256]) * PAGE,
+    ...drawPairOptions(rng, { frameDelayMaxMs: 5, dirtyAgesMs: [50, 400, 3_600_000], cachePages: [64, 256], pageBytes: PAGE }),
     mirroring: !single,
-    preferred: rng.pick(['A', 'B'] as const),
     fenceKills,
     ...timing,
     // Only a fence action that kills a paused controller stops the writes it had queued in its thread pool.

@@ -1,0 +1,44 @@
+// What the client workload (random-workload.ts) and the NBD workload
+// (nbd-workload.ts) share: how an answer is named, which answers a client
+// retries, and how a seed draws the pair's timing. The draws keep their
+// order, so every seed runs as it did.
+
+import { isPagepairError } from '../../src/protocol/errors.js';
+import type { NodeName, SimOptions } from './harness.js';
+import { ConnectionLost } from './nbd-endpoint.js';
+import type { Prng } from './prng.js';
+
+/** Answers after which the same request may succeed on the other controller or a moment later (as PairClient). */
+export const RETRYABLE = new Set(['NOT_ACTIVE', 'FENCED', 'NOT_MIRRORED', 'PARTNER_LOST', 'SHUTTING_DOWN', 'TIMEOUT', 'BUSY', 'STALE_EPOCH', 'CONNECTION_LOST']);
+
+/** The error code of an answer; CONNECTION_LOST for a lost connection, "untyped: …" for anything else. */
+export function codeOf(err: unknown): string {
+  if (err instanceof ConnectionLost) return 'CONNECTION_LOST';
+  if (isPagepairError(err)) return err.code;
+  const text = String(err);
+  return /connection to [AB] (lost|is closed)/.test(text) ? 'CONNECTION_LOST' : `untyped: ${text}`;
+}
+
+/** The heartbeat and the partner timeout of a seed: one of two pairs. */
+export function drawTiming(rng: Prng): { heartbeatIntervalMs: number; partnerTimeoutMs: number } {
+  return rng.pick([
+    { heartbeatIntervalMs: 100, partnerTimeoutMs: 600 },
+    { heartbeatIntervalMs: 50, partnerTimeoutMs: 300 },
+  ]);
+}
+
+/** The delays, the destager and the cache of a seed's pair, and which controller is preferred, drawn in that order. */
+export function drawPairOptions(
+  rng: Prng,
+  o: { frameDelayMaxMs: number; dirtyAgesMs: readonly number[]; cachePages: readonly number[]; pageBytes: number },
+): Required<Pick<SimOptions, 'frameDelayMaxMs' | 'storeDelayMaxMs' | 'clientDelayMaxMs' | 'dirtyAgeMaxMs' | 'destageConcurrency' | 'cacheBytesMax'>> & { preferred: NodeName } {
+  return {
+    frameDelayMaxMs: rng.int(o.frameDelayMaxMs),
+    storeDelayMaxMs: rng.int(5),
+    clientDelayMaxMs: rng.int(3),
+    dirtyAgeMaxMs: rng.pick(o.dirtyAgesMs),
+    destageConcurrency: rng.pick([1, 4, 8]),
+    cacheBytesMax: rng.pick(o.cachePages) * o.pageBytes,
+    preferred: rng.pick(['A', 'B'] as const),
+  };
+}
