@@ -8,6 +8,7 @@ import { isPagepairError } from '../../src/protocol/errors.js';
 import { DEFAULT_LIMITS } from '../../src/protocol/limits.js';
 import { PointerMode } from '../../src/protocol/messages.js';
 import { Harness, tagged, type Settled } from './harness.js';
+import { pairWithClients } from './pair-steps.js';
 import { Prng } from './prng.js';
 
 const PAGE = 512;
@@ -20,9 +21,7 @@ function codeOf<T>(r: Settled<T>): string {
 describe('typed errors', () => {
   it('bad requests get stable codes through either controller', async () => {
     // The cores allow 16 KiB per request; the client wire lets bigger ones through to them.
-    const h = await Harness.createPair({ seed: 91, limits: { requestBytesMax: 16 * 1024 }, clientWireLimits: DEFAULT_LIMITS });
-    const ca = h.client('A');
-    const cb = h.client('B');
+    const { h, ca, cb } = await pairWithClients({ seed: 91, limits: { requestBytesMax: 16 * 1024 }, clientWireLimits: DEFAULT_LIMITS });
     const x = await h.run(ca.allocate('errs', 64 * PAGE, 'tiny'));
     const unknown = '00000000-0000-4000-8000-00000000beef';
     for (const c of [ca, cb]) {
@@ -51,9 +50,7 @@ describe('typed errors', () => {
   });
 
   it('a cut link: both refuse I/O while arbitrating, then the preferred A serves alone and B is fenced until it rejoins', async () => {
-    const h = await Harness.createPair({ seed: 92 });
-    const ca = h.client('A');
-    const cb = h.client('B');
+    const { h, ca, cb } = await pairWithClients({ seed: 92 });
     const x = await h.run(ca.allocate('down', 4 * PAGE, 'tiny'));
     await h.run(cb.write(x.guid, 0, tagged(PAGE, 'before-cut')));
     h.cut();
@@ -82,9 +79,7 @@ describe('typed errors', () => {
   });
 
   it('a write cut off in flight fails, and the pair agrees on the page after the heal', async () => {
-    const h = await Harness.createPair({ seed: 93 });
-    const ca = h.client('A');
-    const cb = h.client('B');
+    const { h, ca, cb } = await pairWithClients({ seed: 93 });
     const x = await h.run(ca.allocate('inflight', 4 * PAGE, 'tiny'));
     await h.run(ca.write(x.guid, 0, tagged(PAGE, 'old')));
     h.hold('A->B', (m) => m.kind === 'WRITE_PAGE');

@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { isPagepairError } from '../../src/protocol/errors.js';
 import { PointerMode } from '../../src/protocol/messages.js';
 import { Harness, tagged, type Settled } from './harness.js';
+import { pairWithClients } from './pair-steps.js';
 
 const PAGE = 512;
 
@@ -16,9 +17,7 @@ function codeOf<T>(r: Settled<T>): string {
 }
 
 async function setup(seed: number, extra: Parameters<typeof Harness.createPair>[0] extends infer O ? Partial<O> : never = {}) {
-  const h = await Harness.createPair({ seed, ...extra });
-  const ca = h.client('A');
-  const cb = h.client('B');
+  const { h, ca, cb } = await pairWithClients({ seed, ...extra });
   const x = await h.run(ca.allocate('ptr', 8 * PAGE, 'tiny'));
   const base = tagged(8 * PAGE, 'base');
   await h.run(ca.write(x.guid, 0, base));
@@ -103,9 +102,7 @@ describe('write pointers', () => {
 
 describe('read pointers', () => {
   it('pin their pages in both caches while other reads sweep the cache', async () => {
-    const h = await Harness.createPair({ seed: 76, cacheBytesMax: 16 * PAGE });
-    const ca = h.client('A');
-    const cb = h.client('B');
+    const { h, ca, cb } = await pairWithClients({ seed: 76, cacheBytesMax: 16 * PAGE });
     const x = await h.run(ca.allocate('pinned', 64 * PAGE, 'tiny'));
     await h.run(ca.write(x.guid, 0, tagged(4 * PAGE, 'pinned')));
     await h.run(ca.flush());

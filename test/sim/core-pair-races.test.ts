@@ -6,6 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { PointerMode } from '../../src/protocol/messages.js';
 import { isPagepairError } from '../../src/protocol/errors.js';
 import { Harness, tagged, type Settled } from './harness.js';
+import { pairWithClients, restartBoth } from './pair-steps.js';
 
 const PAGE = 512;
 
@@ -16,9 +17,7 @@ function codeOf<T>(r: Settled<T>): string {
 
 describe('lock requests that cross', () => {
   it('a flush on A taking a page while B asks for it twice leaves one owner', async () => {
-    const h = await Harness.createPair({ seed: 81, frameDelayMaxMs: 1 });
-    const ca = h.client('A');
-    const cb = h.client('B');
+    const { h, ca, cb } = await pairWithClients({ seed: 81, frameDelayMaxMs: 1 });
     const cb2 = h.client('B');
     const x = await h.run(ca.allocate('cross', 4 * PAGE, 'tiny'));
     await h.run(ca.write(x.guid, 0, tagged(PAGE, 'v1')));
@@ -85,9 +84,7 @@ describe('write pointers across a link flap', () => {
 
 describe('a destage in flight when the link comes back', () => {
   it('cannot land over a newer version the new owner destaged', async () => {
-    const h = await Harness.createPair({ seed: 84 });
-    const ca = h.client('A');
-    const cb = h.client('B');
+    const { h, ca, cb } = await pairWithClients({ seed: 84 });
     const x = await h.run(ca.allocate('late', 2 * PAGE, 'tiny'));
     await h.run(cb.write(x.guid, 0, tagged(PAGE, 'b-v1'))); // B owns page 0 now
     await h.runUntilQuiet();
@@ -140,10 +137,7 @@ describe('an allocation the coordinator learns in a join', () => {
     await h.run(cb.flush());
     await h.runUntilQuiet();
     // ...so after both restart it must still be there.
-    await h.restart('A');
-    await h.restart('B');
-    h.heal();
-    await h.waitMirrored();
+    await restartBoth(h);
     const ca = h.client('A');
     expect((await h.run(ca.list())).map((e) => e.name)).toEqual(['orphan']);
     expect(await h.run(ca.read(guid, 0, PAGE))).toEqual(tagged(PAGE, 'kept'));
@@ -156,9 +150,7 @@ describe('an extent freed while a destage to it is in flight', () => {
   // in the new allocation's slots and reads failed CHECKSUM_MISMATCH. Released
   // extents now count as used until both sides' writes to them have landed.
   it('is not handed to a new allocation before the old write landed', async () => {
-    const h = await Harness.createPair({ seed: 86 });
-    const ca = h.client('A');
-    const cb = h.client('B');
+    const { h, ca, cb } = await pairWithClients({ seed: 86 });
     const x = await h.run(ca.allocate('old', 8 * 1024, 'small'));
     await h.run(ca.write(x.guid, 0, tagged(8 * 1024, 'old-bytes')));
     h.a.store.stall('pageWrites');
@@ -193,10 +185,7 @@ describe('allocations made at once through both controllers', () => {
     for (let i = 1; i < extents.length; i++) expect(extents[i]![0]).toBeGreaterThanOrEqual(extents[i - 1]![1]);
     await h.run(Promise.all(made.map((m, i) => clients[(i + 1) % 4]!.write(m.guid, 0, tagged(m.pageSizeBytes * m.pageCount, `data-${i}`)))));
     await h.run(clients[1]!.flush());
-    await h.restart('A');
-    await h.restart('B');
-    h.heal();
-    await h.waitMirrored();
+    await restartBoth(h);
     const ca = h.client('A');
     for (const [i, m] of made.entries()) expect(await h.run(ca.read(m.guid, 0, m.pageSizeBytes * m.pageCount))).toEqual(tagged(m.pageSizeBytes * m.pageCount, `data-${i}`));
   });
@@ -208,9 +197,7 @@ describe('a partner request that times out on a live link', () => {
   // destage lands), leaving the tables different while both said mirrored.
   // A timeout on a live link now takes the link down, and the pair rejoins.
   it('does not leave the two allocation tables different', async () => {
-    const h = await Harness.createPair({ seed: 89, peerRequestTimeoutMs: 1000 });
-    const ca = h.client('A');
-    const cb = h.client('B');
+    const { h, ca, cb } = await pairWithClients({ seed: 89, peerRequestTimeoutMs: 1000 });
     const x = await h.run(ca.allocate('slow', 4 * PAGE, 'tiny'));
     await h.run(cb.write(x.guid, 0, tagged(PAGE, 'b-owned'))); // B owns page 0
     h.b.store.stall('pageWrites');

@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { isPagepairError } from '../../src/protocol/errors.js';
 import type { PageStore } from '../../src/store/page-store.js';
 import { Harness, tagged, type Settled } from './harness.js';
+import { pairWithClients, restartBoth } from './pair-steps.js';
 import { Prng } from './prng.js';
 import type { SimClient } from './sim-client.js';
 
@@ -42,9 +43,7 @@ describe('core pair: mirrored basics', () => {
   });
 
   it('allocate and write through A, read through B, and the reverse; both list both', async () => {
-    const h = await Harness.createPair({ seed: 2 });
-    const ca = h.client('A');
-    const cb = h.client('B');
+    const { h, ca, cb } = await pairWithClients({ seed: 2 });
     const x = await h.run(ca.allocate('x', 8 * PAGE, 'tiny'));
     expect(x).toMatchObject({ pageSizeBytes: PAGE, pageCount: 8 });
     const data = tagged(8 * PAGE, 'from-A');
@@ -67,9 +66,7 @@ describe('core pair: mirrored basics', () => {
   });
 
   it('partial, unaligned writes spanning pages read back right through both', async () => {
-    const h = await Harness.createPair({ seed: 3 });
-    const ca = h.client('A');
-    const cb = h.client('B');
+    const { h, ca, cb } = await pairWithClients({ seed: 3 });
     const x = await h.run(ca.allocate('partial', 10 * PAGE, 'tiny'));
     const model = Buffer.alloc(10 * PAGE);
     const writes: [SimClient, number, number][] = [
@@ -135,9 +132,7 @@ describe('core pair: the same pages written through both controllers', () => {
 
 describe('core pair: mirrored acknowledgement', () => {
   it('a write through A is answered only once B holds the page; reads through A wait for it too', async () => {
-    const h = await Harness.createPair({ seed: 21 });
-    const ca = h.client('A');
-    const cb = h.client('B');
+    const { h, ca, cb } = await pairWithClients({ seed: 21 });
     const x = await h.run(ca.allocate('ack', 4 * PAGE, 'tiny'));
     const before = tagged(4 * PAGE, 'before');
     await h.run(ca.write(x.guid, 0, before));
@@ -165,9 +160,7 @@ describe('core pair: mirrored acknowledgement', () => {
   });
 
   it('an allocation through B is answered only after A recorded it', async () => {
-    const h = await Harness.createPair({ seed: 22 });
-    const ca = h.client('A');
-    const cb = h.client('B');
+    const { h, ca, cb } = await pairWithClients({ seed: 22 });
     h.hold('B->A', (m) => m.kind === 'ALLOCATE');
     const alloc = h.track(cb.allocate('held', 4 * PAGE, 'tiny'));
     await h.advance(100);
@@ -181,9 +174,7 @@ describe('core pair: mirrored acknowledgement', () => {
 
 describe('core pair: flush and destage', () => {
   it('C_FLUSH through A cleans every page on both sides and the store holds the newest versions', async () => {
-    const h = await Harness.createPair({ seed: 31 });
-    const ca = h.client('A');
-    const cb = h.client('B');
+    const { h, ca, cb } = await pairWithClients({ seed: 31 });
     const x = await h.run(ca.allocate('fx', 6 * PAGE, 'tiny'));
     const y = await h.run(cb.allocate('fy', 6 * 1024, 'small'));
     const expected = new Map<string, { version: number; data: Buffer }>();
@@ -220,9 +211,7 @@ describe('core pair: flush and destage', () => {
   });
 
   it('pages older than dirtyAgeMaxMs are destaged on ticks; both sides end clean', async () => {
-    const h = await Harness.createPair({ seed: 32, dirtyAgeMaxMs: 300 });
-    const ca = h.client('A');
-    const cb = h.client('B');
+    const { h, ca, cb } = await pairWithClients({ seed: 32, dirtyAgeMaxMs: 300 });
     const x = await h.run(ca.allocate('aged', 8 * PAGE, 'tiny'));
     for (let p = 0; p < 8; p++) await h.run((p % 2 === 0 ? ca : cb).write(x.guid, p * PAGE, tagged(PAGE, `aged${p}`)));
     await h.runUntilQuiet();
@@ -255,10 +244,7 @@ describe('core pair: restart and rejoin', () => {
     await h.run(cb.flush());
     await h.runUntilQuiet();
 
-    await h.restart('A');
-    await h.restart('B');
-    h.heal();
-    await h.waitMirrored();
+    await restartBoth(h);
     ca = h.client('A');
     const cb2 = h.client('B');
     for (const c of [ca, cb2]) {
@@ -270,9 +256,7 @@ describe('core pair: restart and rejoin', () => {
   });
 
   it('B restarted without a flush gets the dirty pages from A in the join', async () => {
-    const h = await Harness.createPair({ seed: 42 });
-    const ca = h.client('A');
-    const cb = h.client('B');
+    const { h, ca, cb } = await pairWithClients({ seed: 42 });
     const x = await h.run(ca.allocate('rejoin', 6 * PAGE, 'tiny'));
     const model = Buffer.alloc(6 * PAGE);
     for (let p = 0; p < 6; p++) {
@@ -314,9 +298,7 @@ describe('core pair: restart and rejoin', () => {
 
 describe('core pair: release', () => {
   it('release through B drops it on A; later reads get UNKNOWN_GUID; a reused extent reads zeros', async () => {
-    const h = await Harness.createPair({ seed: 51 });
-    const ca = h.client('A');
-    const cb = h.client('B');
+    const { h, ca, cb } = await pairWithClients({ seed: 51 });
     const x = await h.run(ca.allocate('gone', 8 * PAGE, 'tiny'));
     await h.run(ca.write(x.guid, 0, tagged(8 * PAGE, 'old-data')));
     await h.run(ca.flush());
@@ -339,9 +321,7 @@ describe('core pair: release', () => {
   });
 
   it('an extent reused with another page size reads zeros, not a checksum error', async () => {
-    const h = await Harness.createPair({ seed: 52 });
-    const ca = h.client('A');
-    const cb = h.client('B');
+    const { h, ca, cb } = await pairWithClients({ seed: 52 });
     const x = await h.run(ca.allocate('big-pages', 4 * 1024, 'small'));
     await h.run(ca.write(x.guid, 0, tagged(4 * 1024, 'old-small-pages')));
     await h.run(ca.flush());
