@@ -1,9 +1,10 @@
 // An allocation as the core keeps it: the table record, its cached pages,
 // which controller may write each page, and the pointers open on it.
 
-import type { AllocationRecord } from '../store/types.js';
+import type { AllocationRecord } from '../protocol/messages.js';
 import type { PointerModeCode } from '../protocol/messages.js';
 import type { CachePage } from './page-cache.js';
+import type { Future } from './tasks.js';
 import { guidToBytes } from './digest.js';
 
 export interface PointerState {
@@ -40,7 +41,7 @@ export interface AllocState {
   readonly ownerGen: Uint32Array;
   readonly pointers: Set<PointerState>;
   /** Store reads in flight; superseded when a newer version arrives meanwhile. */
-  readonly staging: Map<number, { promise: Promise<CachePage>; superseded: boolean }>;
+  readonly staging: Map<number, { future: Future<CachePage>; superseded: boolean }>;
   destagesInFlight: number;
   released: boolean;
   /** Released because this controller reset itself, not by a client: it lives on at the partner. */

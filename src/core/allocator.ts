@@ -1,14 +1,17 @@
-// ROOM allocator
+// Allocations: creating one (SPACE_REQUEST reserves an extent at both, the
+// coordinator zeroes it, ALLOCATE installs it at both), releasing one once
+// no store write of it can still land, the allocation table kept in the
+// store, and the checks every request makes of a guid and a range.
 
 import { Role, type Allocate, type CAllocate, type CRelease, type Release, type SpaceRequest } from '../protocol/messages.js';
 import { PagepairError, invariant } from '../protocol/errors.js';
-import type { AllocationRecord, PageLocation } from '../store/types.js';
-import { extentBytes } from '../store/layout.js';
-import { findExtent } from '../store/extents.js';
+import type { AllocationRecord } from '../protocol/messages.js';
+import type { PageLocation } from '../protocol/store-records.js';
 import { newAllocState, recordFields, type AllocState } from './allocation.js';
 import { SetDigest, tableMember } from './digest.js';
 import { unknownGuid } from './shared.js';
 import type { Core } from './context.js';
+import { settle, wait, type Future, type Task } from './tasks.js';
 
 /** ALLOCATE with this reservation id replays a table entry during a join. */
 export const SYNC_RESERVATION = 0xffff_ffff;
@@ -43,24 +46,42 @@ export function checkName(name: string): void {
 }
 
 export class Allocator {
-  constructor(private readonly c: Core) {}
-
   readonly allocs = new Map<string, AllocState>();
-
   readonly names = new Set<string>();
-
   tableDigestText: string | null = null;
-
-  tableChain: Promise<unknown> = Promise.resolve();
-
-  readonly reservations = new Map<number, Reservation>();
-
+  /** The last table write asked for; each waits for the one before. */
+  private tableChain: Future<void> | null = null;
+  private readonly reservations = new Map<number, Reservation>();
   private nextReservationId = 1;
-
-  private releaseWaiters: (() => void)[] = [];
-
+  private releaseWaiters: Future<void>[] = [];
   /** Allocations released whose extents may still receive a store write. */
   readonly draining = new Set<AllocState>();
+
+  constructor(private readonly c: Core) {}
+
+  /** The link is gone: reservations made for the partner's requests go with it. */
+  linkDown(): void {
+    this.reservations.clear();
+  }
+
+  expireReservations(now: number): void {
+    for (const [id, r] of this.reservations) if (r.expiresMs < now) this.reservations.delete(id);
+  }
+
+  /** What C_LIST answers: at most `max` allocations. */
+  list(max: number): { guid: string; name: string; policy: string; pageSizeBytes: number; pageCount: number }[] {
+    return [...this.allocs.values()].slice(0, max).map((a) => ({
+      guid: a.record.guid,
+      name: a.record.name,
+      policy: a.record.policy,
+      pageSizeBytes: a.record.pageSizeBytes,
+      pageCount: a.record.pageCount,
+    }));
+  }
+
+  private extentBytes(pageSizeBytes: number, pageCount: number): number {
+    return this.c.cfg.store.extentBytes(pageSizeBytes, pageCount);
+  }
 
   /** Controller 1 places extents and writes the table while mirrored; so no two allocations overlap. */
   /** Alone we own everything; mirrored, a new allocation starts owned by controller 1. */
@@ -75,7 +96,7 @@ export class Allocator {
     return this.c.selfId === 1 && this.c.membership.role === Role.MIRRORED;
   }
 
-  async clientAllocate(msg: CAllocate): Promise<AllocationRecord> {
+  *clientAllocate(msg: CAllocate): Task<AllocationRecord> {
     this.c.membership.requireWritable();
     this.refuseDuringResync('allocate');
     const policy = this.c.cfg.policies.get(msg.policy === '' ? 'default' : msg.policy);
@@ -89,7 +110,7 @@ export class Allocator {
     }
     const pageCount = Math.ceil(msg.sizeBytes / policy.pageSizeBytes);
     if (pageCount > 0xffff_ffff) throw new PagepairError('TOO_LARGE', `${msg.sizeBytes} bytes is more than 2^32 pages`, 'sizeBytes');
-    const bytes = extentBytes(policy.pageSizeBytes, pageCount);
+    const bytes = this.extentBytes(policy.pageSizeBytes, pageCount);
     const base = { guid: this.c.env.newGuid(), name: msg.name, policy: policy.name, pageSizeBytes: policy.pageSizeBytes, pageCount, createdEpoch: this.c.membership.epoch };
     this.names.add(msg.name); // held while we ask, so a second request for the name fails fast
     let installed = false;
@@ -100,27 +121,27 @@ export class Allocator {
       } else if (this.isCoordinator()) {
         const local = this.reserve(this.placeExtent(bytes), bytes);
         try {
-          const space = await this.c.requests.request({ kind: 'SPACE_REQUEST', policy: policy.name, pageSizeBytes: policy.pageSizeBytes, pageCount, reserve: true, dataOffset: local.dataOffset });
+          const space = yield* wait(this.c.requests.request({ kind: 'SPACE_REQUEST', policy: policy.name, pageSizeBytes: policy.pageSizeBytes, pageCount, reserve: true, dataOffset: local.dataOffset }));
           invariant(space.kind === 'SPACE_REQUEST_REPLY', 'space reply');
           record = { ...base, dataOffset: local.dataOffset };
           // Zeroed before the partner can learn of it (and a client write there).
-          await this.c.env.store.clearExtent(record.dataOffset, bytes);
-          await this.c.requests.request({ kind: 'ALLOCATE', ...record, reservationId: space.reservationId });
+          yield* wait(this.c.io.run({ kind: 'clearExtent', dataOffset: record.dataOffset, bytes }));
+          yield* wait(this.c.requests.request({ kind: 'ALLOCATE', ...record, reservationId: space.reservationId }));
         } finally {
           this.reservations.delete(local.id);
         }
       } else {
-        const space = await this.c.requests.request({ kind: 'SPACE_REQUEST', policy: policy.name, pageSizeBytes: policy.pageSizeBytes, pageCount, reserve: true, dataOffset: -1 });
+        const space = yield* wait(this.c.requests.request({ kind: 'SPACE_REQUEST', policy: policy.name, pageSizeBytes: policy.pageSizeBytes, pageCount, reserve: true, dataOffset: -1 }));
         invariant(space.kind === 'SPACE_REQUEST_REPLY', 'space reply');
         record = { ...base, dataOffset: space.dataOffset };
         // The coordinator zeroes the extent before it answers.
-        await this.c.requests.request({ kind: 'ALLOCATE', ...record, reservationId: space.reservationId }, zeroingAllowanceMs(bytes));
+        yield* wait(this.c.requests.request({ kind: 'ALLOCATE', ...record, reservationId: space.reservationId }, zeroingAllowanceMs(bytes)));
       }
-      if (!this.c.cfg.mirroring || this.c.membership.role === Role.ALONE) await this.c.env.store.clearExtent(record.dataOffset, bytes);
+      if (!this.c.cfg.mirroring || this.c.membership.role === Role.ALONE) yield* wait(this.c.io.run({ kind: 'clearExtent', dataOffset: record.dataOffset, bytes }));
       // Its extent is zeroed: every page is at version 0, known without reading.
       this.installAllocation(record, this.defaultOwner(), true);
       installed = true;
-      if (this.isCoordinator()) await this.persistTable();
+      if (this.isCoordinator()) yield* wait(this.persistTable());
       this.c.env.log.info({ guid: record.guid, name: record.name, policy: record.policy, pageCount, pageSizeBytes: record.pageSizeBytes }, 'allocation created');
       return record;
     } finally {
@@ -130,14 +151,14 @@ export class Allocator {
 
   /** Extents in use: allocations, reservations, and released ones a store write may still reach. */
   private usedExtents(): { dataOffset: number; bytes: number }[] {
-    const used = [...this.allocs.values(), ...this.draining].map((a) => ({ dataOffset: a.record.dataOffset, bytes: extentBytes(a.record.pageSizeBytes, a.record.pageCount) }));
+    const used = [...this.allocs.values(), ...this.draining].map((a) => ({ dataOffset: a.record.dataOffset, bytes: this.extentBytes(a.record.pageSizeBytes, a.record.pageCount) }));
     for (const r of this.reservations.values()) used.push({ dataOffset: r.dataOffset, bytes: r.bytes });
     return used;
   }
 
   private placeExtent(bytes: number): number {
     const used = this.usedExtents();
-    const at = findExtent(used, bytes, this.c.env.store.superblock.geometry.dataBytes);
+    const at = this.c.cfg.store.findExtent(used, bytes);
     if (at < 0) throw new PagepairError('NO_SPACE', `no free extent of ${bytes} bytes in the store`);
     return at;
   }
@@ -152,7 +173,7 @@ export class Allocator {
   onSpaceRequest(req: SpaceRequest): void {
     const policy = this.c.cfg.policies.get(req.policy);
     if (policy === undefined) throw new PagepairError('POLICY_UNKNOWN', `no policy named "${req.policy}" here`, 'policy');
-    const bytes = extentBytes(req.pageSizeBytes, req.pageCount);
+    const bytes = this.extentBytes(req.pageSizeBytes, req.pageCount);
     const free = {
       cacheBytesFree: Math.max(0, this.c.cfg.cacheBytesMax - this.c.cache.bytesDirty),
       storeBytesFree: this.storeBytesFree(),
@@ -180,11 +201,11 @@ export class Allocator {
 
   private storeBytesFree(): number {
     let used = 0;
-    for (const a of this.allocs.values()) used += extentBytes(a.record.pageSizeBytes, a.record.pageCount);
-    return Math.max(0, this.c.env.store.superblock.geometry.dataBytes - used);
+    for (const a of this.allocs.values()) used += this.extentBytes(a.record.pageSizeBytes, a.record.pageCount);
+    return Math.max(0, this.c.cfg.store.dataBytes - used);
   }
 
-  async onAllocate(req: Allocate): Promise<void> {
+  *onAllocate(req: Allocate): Task<void> {
     const record: AllocationRecord = {
       guid: req.guid,
       name: req.name,
@@ -204,7 +225,7 @@ export class Allocator {
         this.c.env.log.info({ guid: req.guid, name: req.name }, 'allocation received in join');
         // The coordinator may have died before writing it to the table; the
         // pair serves it from now on, so it must survive a restart of both.
-        if (this.isCoordinator()) await this.persistTable();
+        if (this.isCoordinator()) yield* wait(this.persistTable());
       }
       this.c.requests.replyPeer(req, { kind: 'ALLOCATE_REPLY' });
       return;
@@ -218,14 +239,14 @@ export class Allocator {
     if (this.names.has(req.name)) throw new PagepairError('DUPLICATE', `an allocation named "${req.name}" exists`, 'name');
     if (!this.c.cfg.policies.has(req.policy)) throw new PagepairError('POLICY_UNKNOWN', `no policy named "${req.policy}" here`, 'policy');
     try {
-      if (this.isCoordinator()) await this.c.env.store.clearExtent(record.dataOffset, extentBytes(record.pageSizeBytes, record.pageCount));
+      if (this.isCoordinator()) yield* wait(this.c.io.run({ kind: 'clearExtent', dataOffset: record.dataOffset, bytes: this.extentBytes(record.pageSizeBytes, record.pageCount) }));
     } finally {
       // Held while the extent is zeroed, so that no other allocation is placed over it meanwhile.
       this.reservations.delete(r.id);
     }
     if (this.allocs.has(req.guid) || this.names.has(req.name)) throw new PagepairError('DUPLICATE', `allocation ${req.guid} or its name exists`, 'name');
     this.installAllocation(record, this.defaultOwner(), true);
-    if (this.isCoordinator()) await this.persistTable();
+    if (this.isCoordinator()) yield* wait(this.persistTable());
     this.c.env.log.info({ guid: record.guid, name: record.name, by: this.c.partnerId }, 'allocation created by partner');
     this.c.requests.replyPeer(req, { kind: 'ALLOCATE_REPLY' });
   }
@@ -241,28 +262,28 @@ export class Allocator {
     return alloc;
   }
 
-  async clientRelease(msg: CRelease): Promise<void> {
+  *clientRelease(msg: CRelease): Task<void> {
     this.c.membership.requireWritable();
     this.refuseDuringResync('release');
     const alloc = this.lookup(msg.guid);
     // Our own store writes to the extent land first; the partner's before it
     // answers. Only then may the extent go to another allocation.
-    await this.dropAllocation(alloc);
+    yield* this.dropAllocation(alloc);
     try {
-      if (this.c.membership.role === Role.MIRRORED) await this.c.requests.request({ kind: 'RELEASE', guid: msg.guid });
+      if (this.c.membership.role === Role.MIRRORED) yield* wait(this.c.requests.request({ kind: 'RELEASE', guid: msg.guid }));
     } finally {
       this.draining.delete(alloc);
     }
-    if (this.isCoordinator()) await this.persistTable();
+    if (this.isCoordinator()) yield* wait(this.persistTable());
     this.c.env.log.info({ guid: msg.guid, name: alloc.record.name }, 'allocation released');
   }
 
-  async onRelease(req: Release): Promise<void> {
+  *onRelease(req: Release): Task<void> {
     const alloc = this.allocs.get(req.guid);
     if (alloc !== undefined) {
-      await this.dropAllocation(alloc);
+      yield* this.dropAllocation(alloc);
       this.draining.delete(alloc);
-      if (this.isCoordinator()) await this.persistTable();
+      if (this.isCoordinator()) yield* wait(this.persistTable());
       this.c.env.log.info({ guid: req.guid, by: this.c.partnerId }, 'allocation released by partner');
     }
     this.c.requests.replyPeer(req, { kind: 'RELEASE_REPLY' });
@@ -274,11 +295,13 @@ export class Allocator {
   }
 
   private dropByName(name: string): void {
-    for (const a of this.allocs.values()) if (a.record.name === name) void this.dropAllocation(a).then(() => this.draining.delete(a));
+    for (const a of this.allocs.values()) {
+      if (a.record.name === name) this.c.tasks.spawn(this.dropAllocation(a)).onDone(() => this.draining.delete(a));
+    }
   }
 
-  /** Forget an allocation; resolves once no destage of it can still land in the store. */
-  async dropAllocation(alloc: AllocState): Promise<void> {
+  /** Forget an allocation; done once no destage of it can still land in the store. */
+  *dropAllocation(alloc: AllocState): Task<void> {
     if (!alloc.released) {
       alloc.released = true;
       this.draining.add(alloc);
@@ -290,26 +313,36 @@ export class Allocator {
       for (const cp of alloc.pages.values()) cp.waiters?.forEach((w) => w());
       this.c.waits.wakeProgress();
     }
-    while (alloc.destagesInFlight > 0) await new Promise<void>((resolve) => this.releaseWaiters.push(resolve));
+    while (alloc.destagesInFlight > 0) {
+      const landed = this.c.tasks.future<void>();
+      this.releaseWaiters.push(landed);
+      yield* wait(landed);
+    }
   }
 
   wakeReleases(): void {
     const w = this.releaseWaiters;
     this.releaseWaiters = [];
-    for (const f of w) f();
+    for (const f of w) f.resolve();
   }
 
-  persistTable(): Promise<void> {
-    const run = this.tableChain.then(async () => {
-      await this.c.membership.ensureLease();
-      await this.c.env.store.writeTable([...this.allocs.values()].map((a) => a.record));
-    });
-    this.tableChain = run.catch(() => undefined);
-    return run.then(() => undefined);
+  /** Write the table as it is when the write before has ended. */
+  persistTable(): Future<void> {
+    const run = this.c.tasks.spawn(this.writeTable(this.tableChain));
+    this.tableChain = run;
+    return run;
   }
 
-  // -------------------------------------------------------------------------
-  // Pointers (ALLOCATE_READ, ALLOCATE_WRITE, RELEASE_POINTER)
+  /** Settles when the last table write asked for has ended. */
+  tableWritten(): Future<void> {
+    return this.tableChain ?? this.c.tasks.resolved(undefined);
+  }
+
+  private *writeTable(before: Future<void> | null): Task<void> {
+    if (before !== null) yield* settle(before);
+    yield* wait(this.c.membership.ensureLease());
+    yield* wait(this.c.io.run({ kind: 'writeTable', records: [...this.allocs.values()].map((a) => a.record) }));
+  }
 
   tableDigest(): string {
     if (this.tableDigestText === null) {

@@ -20,8 +20,10 @@
 // was paused finds its lease expired, and reads the epoch record before it
 // writes anything again.
 
-import type { BlockStore, EpochRecord, Mailbox } from '../store/types.js';
+import type { EpochRecord, Mailbox } from '../protocol/store-records.js';
 import type { CoreLog } from './env.js';
+import type { IoKind, IoOp, IoResults } from './io.js';
+import { wait, type Future, type Task } from './tasks.js';
 import { Role } from '../protocol/messages.js';
 
 export interface ArbiterConfig {
@@ -37,13 +39,10 @@ export type ArbitrationOutcome =
   | { won: false; epoch: number; activeId: number; reason: string };
 
 export interface ArbiterIo {
-  store: BlockStore;
+  /** A store operation, or a fence action on the partner (fencePartner, partnerGone), as an effect. */
+  run<K extends IoKind>(op: Extract<IoOp, { kind: K }>): Future<IoResults[K]>;
   nowMs(): number;
-  sleep(ms: number): Promise<void>;
-  /** Fence the partner (e.g. kill its pid). Resolves true when it is known stopped. */
-  fencePartner(pid: number): Promise<boolean>;
-  /** True only when the partner's process is known gone (a pair on one machine can tell). */
-  partnerGone(pid: number): Promise<boolean>;
+  sleep(ms: number): Future<void>;
   log: CoreLog;
 }
 
@@ -87,10 +86,10 @@ export class Arbiter {
    * from the moment the write was issued, and only if the epoch record does
    * not name the partner in a newer epoch than ours.
    */
-  async heartbeat(epoch: number, role: number, pid: number): Promise<Mailbox> {
+  *heartbeat(epoch: number, role: number, pid: number): Task<Mailbox> {
     const issuedMs = this.io.nowMs();
-    await this.io.store.writeMailboxSlot({ controllerId: this.cfg.selfId, epoch, counter: ++this.counter, timeMs: Math.floor(issuedMs), pid, role });
-    const mailbox = await this.io.store.readMailbox();
+    yield* wait(this.io.run({ kind: 'writeMailboxSlot', slot: { controllerId: this.cfg.selfId, epoch, counter: ++this.counter, timeMs: Math.floor(issuedMs), pid, role } }));
+    const mailbox = yield* wait(this.io.run({ kind: 'readMailbox' }));
     this.lastEpoch = mailbox.epoch;
     const slot = mailbox.slots[this.cfg.partnerId - 1] ?? null;
     // Only the beats of a partner that holds state count; a just-started one contends for nothing.
@@ -114,16 +113,16 @@ export class Arbiter {
    * The link to the partner is gone; decide who carries on.
    * `partnerLeft`: it told us it is shutting down or crashing.
    */
-  async arbitrate(epoch: number, partnerLeftAtStart: boolean, role: number, pid: number, fresh = false): Promise<ArbitrationOutcome> {
+  *arbitrate(epoch: number, partnerLeftAtStart: boolean, role: number, pid: number, fresh = false): Task<ArbitrationOutcome> {
     let partnerLeft = partnerLeftAtStart;
     const started = this.io.nowMs();
-    let mailbox = await this.heartbeat(epoch, role, pid);
+    let mailbox = yield* this.heartbeat(epoch, role, pid);
     if (this.supersededIn(mailbox, epoch)) return this.lost(mailbox, 'partner already took over');
     const partnerStart = mailbox.slots[this.cfg.partnerId - 1] ?? null;
     const preferred = this.cfg.selfId === this.cfg.preferredId;
     // A partner whose process is gone will not come back by itself: no need
     // to watch its slot for a whole timeout (a kill -9 on one machine).
-    if (!partnerLeft && partnerStart !== null && partnerStart.pid > 0 && (await this.io.partnerGone(partnerStart.pid))) {
+    if (!partnerLeft && partnerStart !== null && partnerStart.pid > 0 && (yield* wait(this.io.run({ kind: 'partnerGone', pid: partnerStart.pid })))) {
       this.io.log.info({ partnerPid: partnerStart.pid }, 'arbitration: the partner process is gone');
       partnerLeft = true;
     }
@@ -139,8 +138,8 @@ export class Arbiter {
       return now - this.partnerChangedMs >= this.cfg.partnerTimeoutMs || now - started >= this.cfg.partnerTimeoutMs;
     };
     while (!silentLongEnough()) {
-      await this.io.sleep(this.cfg.heartbeatIntervalMs);
-      mailbox = await this.heartbeat(epoch, role, pid);
+      yield* wait(this.io.sleep(this.cfg.heartbeatIntervalMs));
+      mailbox = yield* this.heartbeat(epoch, role, pid);
       if (this.supersededIn(mailbox, epoch)) return this.lost(mailbox, 'partner took over');
       const slot = mailbox.slots[this.cfg.partnerId - 1] ?? null;
       if (!partnerLeft && slot !== null && (partnerStart === null || slot.counter !== partnerStart.counter)) {
@@ -168,8 +167,8 @@ export class Arbiter {
       // Let a preferred partner that also thinks us dead write first.
       const extraUntil = this.io.nowMs() + Math.floor(this.cfg.partnerTimeoutMs / 2);
       while (this.io.nowMs() < extraUntil) {
-        await this.io.sleep(this.cfg.heartbeatIntervalMs);
-        mailbox = await this.heartbeat(epoch, role, pid);
+        yield* wait(this.io.sleep(this.cfg.heartbeatIntervalMs));
+        mailbox = yield* this.heartbeat(epoch, role, pid);
         if (this.supersededIn(mailbox, epoch)) return this.lost(mailbox, 'partner took over');
       }
     }
@@ -181,20 +180,20 @@ export class Arbiter {
     // A partner seen alive fences itself on reading the epoch record; one that
     // went silent may only be paused, so it is stopped from outside.
     if (!advanced && partnerPid > 0) {
-      const fenced = await this.io.fencePartner(partnerPid);
+      const fenced = yield* wait(this.io.run({ kind: 'fencePartner', pid: partnerPid }));
       this.io.log.info({ partnerPid, fenced }, 'arbitration: fence action on the partner');
     }
     const current = mailbox.epoch?.epoch ?? epoch;
     const next = Math.max(epoch, current) + 1;
-    await this.io.store.writeEpochRecord({ epoch: next, activeId: this.cfg.selfId, timeMs: Math.floor(this.io.nowMs()) });
-    mailbox = await this.heartbeat(next, role, pid);
+    yield* wait(this.io.run({ kind: 'writeEpochRecord', rec: { epoch: next, activeId: this.cfg.selfId, timeMs: Math.floor(this.io.nowMs()) } }));
+    mailbox = yield* this.heartbeat(next, role, pid);
     let lostWhy = this.stillOurs(mailbox, next);
     if (lostWhy !== null) return this.lost(mailbox, lostWhy);
     if (alive) {
       // A live partner may still hold a lease from before our epoch record:
       // it serves nothing once that runs out, so we serve only after.
-      await this.io.sleep(this.leaseMs + this.cfg.heartbeatIntervalMs);
-      mailbox = await this.heartbeat(next, role, pid);
+      yield* wait(this.io.sleep(this.leaseMs + this.cfg.heartbeatIntervalMs));
+      mailbox = yield* this.heartbeat(next, role, pid);
       lostWhy = this.stillOurs(mailbox, next);
       if (lostWhy !== null) return this.lost(mailbox, lostWhy);
     }
@@ -218,8 +217,8 @@ export class Arbiter {
   }
 
   /** Record that the pair is mirrored again in `epoch` (activeId 0: both serve). */
-  async recordMirrored(epoch: number): Promise<void> {
-    await this.io.store.writeEpochRecord({ epoch, activeId: 0, timeMs: Math.floor(this.io.nowMs()) });
+  *recordMirrored(epoch: number): Task<void> {
+    yield* wait(this.io.run({ kind: 'writeEpochRecord', rec: { epoch, activeId: 0, timeMs: Math.floor(this.io.nowMs()) } }));
   }
 
   private lost(mailbox: Mailbox, reason: string): ArbitrationOutcome {

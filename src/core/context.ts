@@ -1,29 +1,40 @@
-import type { CoreConfig, CoreEnv } from './env.js';
-import type { PageCache } from './page-cache.js';
-import type { PeerOutbox } from './peer-outbox.js';
-import type { CoreCounters } from './status.js';
-import type { Membership } from './membership.js';
-import type { Join } from './join.js';
-import type { PeerRequests } from './peer-requests.js';
-import type { Ownership } from './ownership.js';
-import type { WritePath } from './write-path.js';
-import type { MirrorIn } from './mirror-in.js';
-import type { ReadPath } from './read-path.js';
-import type { RetryTags } from './retry-tags.js';
-import type { Destager } from './destager.js';
-import type { Allocator } from './allocator.js';
-import type { Pointers } from './pointers.js';
-import type { Verifier } from './verifier.js';
-import type { Waits } from './waits.js';
+// The hub of the core: what every room reaches the others through. Each
+// room is a class with one job (the file it lives in says which), given this
+// hub at construction; ControllerCore (controller.ts) extends it with the
+// events the runtime calls, and routes each to the room whose job it is.
 
-export interface Core {
-  readonly cfg: CoreConfig;
-  readonly env: CoreEnv;
-  readonly cache: PageCache;
-  readonly outbox: PeerOutbox;
-  readonly counters: CoreCounters;
+import type { CoreConfig, CoreEnv } from './env.js';
+import { PageCache } from './page-cache.js';
+import { PeerOutbox } from './peer-outbox.js';
+import { newCounters, type CoreCounters } from './status.js';
+import { Scheduler } from './tasks.js';
+import { StoreIo } from './io.js';
+import { Membership } from './membership.js';
+import { Join } from './join.js';
+import { PeerRequests } from './peer-requests.js';
+import { Ownership } from './ownership.js';
+import { WritePath } from './write-path.js';
+import { MirrorIn } from './mirror-in.js';
+import { ReadPath } from './read-path.js';
+import { RetryTags } from './retry-tags.js';
+import { Destager } from './destager.js';
+import { Allocator } from './allocator.js';
+import { Pointers } from './pointers.js';
+import { Verifier } from './verifier.js';
+import { Waits } from './waits.js';
+
+export class CoreRooms {
   readonly selfId: 1 | 2;
   readonly partnerId: 1 | 2;
+  readonly cache: PageCache;
+  /** Every frame to the partner leaves through it, in order. */
+  readonly outbox: PeerOutbox;
+  readonly counters: CoreCounters = newCounters();
+  /** Runs the core's tasks; every event is one turn of it. */
+  readonly tasks: Scheduler;
+  /** Store operations in flight, as effects. */
+  readonly io: StoreIo;
+
   readonly membership: Membership;
   readonly joining: Join;
   readonly requests: PeerRequests;
@@ -37,4 +48,32 @@ export interface Core {
   readonly pointers: Pointers;
   readonly verifier: Verifier;
   readonly waits: Waits;
+
+  constructor(
+    readonly cfg: CoreConfig,
+    readonly env: CoreEnv,
+  ) {
+    this.selfId = cfg.selfId;
+    this.partnerId = cfg.partnerId;
+    this.cache = new PageCache(cfg.cacheBytesMax);
+    this.outbox = new PeerOutbox(cfg.limits, () => env.requestFlush());
+    this.tasks = new Scheduler((err) => env.log.error({ err: err instanceof Error ? err.stack : String(err) }, 'internal error in a core task'));
+    this.io = new StoreIo(this);
+    this.waits = new Waits(this);
+    this.membership = new Membership(this);
+    this.joining = new Join(this);
+    this.requests = new PeerRequests(this);
+    this.ownership = new Ownership(this);
+    this.writes = new WritePath(this);
+    this.mirrorIn = new MirrorIn(this);
+    this.reads = new ReadPath(this);
+    this.tags = new RetryTags();
+    this.destager = new Destager(this);
+    this.allocator = new Allocator(this);
+    this.pointers = new Pointers(this);
+    this.verifier = new Verifier(this);
+  }
 }
+
+/** What a room sees of the others. */
+export type Core = CoreRooms;

@@ -1,10 +1,15 @@
 // The memory manager of one controller, as a pure state machine.
 //
 // Events come in as method calls (a client request, a partner frame, the link
-// going up or down, a tick); effects go out through CoreEnv (frames to send,
-// replies, store reads and writes). Nothing here touches sockets, files,
-// timers or the wall clock, so two cores can run paired in one process over a
-// simulated network and store.
+// going up or down, a store operation's outcome, a tick); effects go out
+// through CoreEnv (frames to send, replies, store operations). Nothing here
+// touches sockets, files, timers or the wall clock, and nothing awaits: the
+// core's long operations are tasks resumed by its events (tasks.ts), so two
+// cores can run paired in one process over a simulated network and store,
+// with every frame and store operation ordered, delayed or failed by seed.
+//
+// This file routes each event to the room whose job it is (context.ts lists
+// them); each event is handled in one turn of the task scheduler.
 //
 // The rules that keep the pair equivalent:
 // - A page is written only by the controller that owns it; ownership moves by
@@ -18,81 +23,29 @@
 // - The owner destages; the partner then hears "clean at version v".
 
 import { LockOp, MsgType, Role, SenseReason, type ClientRequest, type Message, type PeerRequest, type RoleCode } from '../protocol/messages.js';
-import { PagepairError } from '../protocol/errors.js';
-import { PageCache } from './page-cache.js';
-import { PeerOutbox } from './peer-outbox.js';
-import type { CoreConfig, CoreEnv } from './env.js';
-import type { Core } from './context.js';
-import { Membership } from './membership.js';
-import { Join } from './join.js';
-import { PeerRequests } from './peer-requests.js';
-import { Ownership } from './ownership.js';
-import { WritePath } from './write-path.js';
-import { MirrorIn } from './mirror-in.js';
-import { ReadPath } from './read-path.js';
-import { RetryTags } from './retry-tags.js';
-import { Destager } from './destager.js';
-import { Allocator } from './allocator.js';
-import { Pointers } from './pointers.js';
-import { Verifier } from './verifier.js';
-import { Waits } from './waits.js';
-import { coreStatus, newCounters, roleName, type CoreCounters, type CoreStatus } from './status.js';
+import { CoreRooms } from './context.js';
+import { wait, settle, type Future, type Task } from './tasks.js';
+import type { IoOutcome } from './io.js';
+import type { VerifyResult } from './verifier.js';
+import { coreStatus, roleName, type CoreCounters, type CoreStatus } from './status.js';
 import { runs } from './shared.js';
 
 export { roleName, type CoreCounters, type CoreStatus };
+export type { IoOp, IoOutcome, IoResults } from './io.js';
 
-export class ControllerCore implements Core {
-  readonly selfId: 1 | 2;
-  readonly partnerId: 1 | 2;
-  readonly cache: PageCache;
-  readonly outbox: PeerOutbox;
-  readonly counters: CoreCounters = newCounters();
-
-  readonly membership: Membership;
-  readonly joining: Join;
-  readonly requests: PeerRequests;
-  readonly ownership: Ownership;
-  readonly writes: WritePath;
-  readonly mirrorIn: MirrorIn;
-  readonly reads: ReadPath;
-  readonly tags: RetryTags;
-  readonly destager: Destager;
-  readonly allocator: Allocator;
-  readonly pointers: Pointers;
-  readonly verifier: Verifier;
-  readonly waits: Waits;
-
-  constructor(
-    readonly cfg: CoreConfig,
-    readonly env: CoreEnv,
-  ) {
-    this.selfId = cfg.selfId;
-    this.partnerId = cfg.partnerId;
-    this.cache = new PageCache(cfg.cacheBytesMax);
-    this.outbox = new PeerOutbox(cfg.limits, () => env.requestFlush());
-    this.waits = new Waits(this);
-    this.membership = new Membership(this);
-    this.joining = new Join(this);
-    this.requests = new PeerRequests(this);
-    this.ownership = new Ownership(this);
-    this.writes = new WritePath(this);
-    this.mirrorIn = new MirrorIn(this);
-    this.reads = new ReadPath(this);
-    this.tags = new RetryTags(this);
-    this.destager = new Destager(this);
-    this.allocator = new Allocator(this);
-    this.pointers = new Pointers(this);
-    this.verifier = new Verifier(this);
-  }
-
+export class ControllerCore extends CoreRooms {
   // -------------------------------------------------------------------------
   // Lifecycle
 
   /** Load the allocation table and epoch from the store. Call once, first. */
-  async start(): Promise<void> {
-    const mailbox = await this.env.store.readMailbox();
+  start(): Promise<void> {
+    return this.outcome(this.startTask());
+  }
+
+  private *startTask(): Task<void> {
+    const mailbox = yield* wait(this.io.run({ kind: 'readMailbox' }));
     if (mailbox.epoch !== null) this.membership.epoch = mailbox.epoch.epoch;
-    const table = await this.env.store.readTable();
+    const table = yield* wait(this.io.run({ kind: 'readTable' }));
     for (const record of table.records) this.allocator.installAllocation(record);
     this.env.log.info(
       { role: roleName(this.membership.role), epoch: this.membership.epoch, allocations: this.allocator.allocs.size, tableSeq: table.seq },
@@ -101,125 +54,103 @@ export class ControllerCore implements Core {
   }
 
   /** Destage what we own, hand our pages to a live partner, say goodbye. */
-  async shutdown(timeoutMs = 10_000): Promise<void> {
-    if (this.membership.stopping) return;
-    this.membership.stopping = true;
+  shutdown(timeoutMs = 10_000): Promise<void> {
+    if (this.membership.stopping) return Promise.resolve();
+    return this.outcome(this.shutdownTask(timeoutMs));
+  }
+
+  private *shutdownTask(timeoutMs: number): Task<void> {
+    const m = this.membership;
+    m.stopping = true;
     // Only a controller that serves may write what it holds to the store.
-    this.membership.stoppingMayDestage = this.membership.role === Role.MIRRORED || this.membership.role === Role.ALONE || this.membership.role === Role.SINGLE;
-    this.membership.setRole(Role.STOPPING, 'shutting down');
+    m.stoppingMayDestage = m.role === Role.MIRRORED || m.role === Role.ALONE || m.role === Role.SINGLE;
+    m.setRole(Role.STOPPING, 'shutting down');
     const deadline = this.env.nowMs() + timeoutMs;
-    const wasMirrored = this.membership.linkUp && this.joining.current === null && this.membership.stoppingMayDestage;
-    this.destager.flushDemand++;
-    try {
-      while (this.membership.stoppingMayDestage && this.env.nowMs() < deadline) {
-        const left = [...this.cache.dirty].filter((cp) => this.ownership.owns(cp.alloc, cp.page) && !cp.alloc.released);
-        if (left.length === 0 && this.destager.destagesInFlight === 0) break;
-        this.destager.kickDestage();
-        await this.waits.waitForProgress();
-      }
-    } finally {
-      this.destager.flushDemand--;
-    }
-    const left = [...this.cache.dirty].filter((cp) => this.ownership.owns(cp.alloc, cp.page)).length;
+    const wasMirrored = m.linkUp && this.joining.current === null && m.stoppingMayDestage;
+    const left = yield* this.destager.drainOwn(() => m.stoppingMayDestage && this.env.nowMs() < deadline);
     if (left > 0) this.env.log.warn({ dirtyPages: left }, 'shutdown: pages still dirty');
-    if (this.cfg.mirroring && this.membership.linkUp && wasMirrored) {
-      const gives: Promise<unknown>[] = [];
+    if (this.cfg.mirroring && m.linkUp && wasMirrored) {
+      const gives: Future<unknown>[] = [];
       for (const alloc of this.allocator.allocs.values()) {
         for (const [first, count] of runs(0, alloc.record.pageCount, (p) => alloc.owner[p] === this.selfId)) {
           const ownerGen = this.ownership.moveOwnership(alloc, first, count, this.partnerId);
-          gives.push(this.requests.request({ kind: 'LOCK_REQUEST', guid: alloc.record.guid, firstPage: first, pageCount: count, op: LockOp.GIVE, ownerGen }).catch(() => undefined));
+          gives.push(this.requests.request({ kind: 'LOCK_REQUEST', guid: alloc.record.guid, firstPage: first, pageCount: count, op: LockOp.GIVE, ownerGen }));
         }
       }
-      await Promise.all(gives);
+      for (const g of gives) yield* settle(g);
       this.joining.sendSense(SenseReason.SHUTTING_DOWN);
     }
-    await this.allocator.tableChain.catch(() => undefined);
-    await this.env.store.sync();
+    yield* settle(this.allocator.tableWritten());
+    yield* wait(this.io.run({ kind: 'sync' }));
     this.env.log.info({ dirtyPagesLeft: left }, 'memory manager stopped');
+  }
+
+  /** A task's outcome as a promise, for the runtime; the task itself runs in a turn. */
+  private outcome<T>(task: Task<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => this.tasks.turn(() => this.tasks.spawn(task).onDone(resolve, reject)));
   }
 
   // -------------------------------------------------------------------------
   // Events from the runtime
 
   tick(): void {
-    const now = this.env.nowMs();
-    if (this.waits.timers.length > 0) {
-      const due = this.waits.timers.filter((t) => t.atMs <= now);
-      if (due.length > 0) {
-        this.waits.timers = this.waits.timers.filter((t) => t.atMs > now);
-        for (const t of due) t.resolve();
+    this.tasks.turn(() => {
+      const now = this.env.nowMs();
+      this.waits.fireTimers(now);
+      this.membership.tick(now);
+      if (this.requests.expire(now) && this.membership.linkUp) {
+        // The partner may still apply what it did not answer; only a fresh join
+        // puts the two sides back in step.
+        this.env.closePeer('a partner request timed out');
+        this.membership.peerDown('a partner request timed out');
       }
-    }
-    if (this.membership.linkUp && now - this.membership.lastHeartbeatMs >= this.cfg.heartbeatIntervalMs) {
-      this.membership.lastHeartbeatMs = now;
-      this.joining.sendSense(SenseReason.HEARTBEAT);
-    }
-    if (this.membership.linkUp && now - this.membership.partnerLastHeardMs > this.cfg.partnerTimeoutMs) {
-      this.env.log.warn({ silentMs: Math.round(now - this.membership.partnerLastHeardMs) }, 'partner silent; dropping the link');
-      this.env.closePeer(`partner silent for ${Math.round(now - this.membership.partnerLastHeardMs)} ms`);
-      this.membership.peerDown('partner silent');
-    }
-    this.membership.mailboxBeat(now);
-    if (this.membership.fresh && !this.membership.linkUp && !this.membership.arbitrating && !this.membership.stopping && this.membership.role === Role.STARTING && now - this.membership.loneSinceMs > this.cfg.partnerTimeoutMs) {
-      // No partner in sight since we started: find out through the store whether it is gone.
-      this.membership.loneSinceMs = now;
-      this.membership.startArbitration('no partner since start');
-    }
-    let timedOut = false;
-    for (const [id, p] of this.requests.pendingPeer) {
-      const timeoutMs = this.cfg.peerRequestTimeoutMs + p.extraTimeoutMs;
-      if (now - p.sentMs > timeoutMs) {
-        this.requests.pendingPeer.delete(id);
-        p.reject(new PagepairError('TIMEOUT', `partner did not answer ${p.kind} within ${timeoutMs} ms`));
-        timedOut = true;
-      }
-    }
-    if (timedOut && this.membership.linkUp) {
-      // The partner may still apply what it did not answer; only a fresh join
-      // puts the two sides back in step.
-      this.env.closePeer('a partner request timed out');
-      this.membership.peerDown('a partner request timed out');
-    }
-    for (const [id, r] of this.allocator.reservations) if (r.expiresMs < now) this.allocator.reservations.delete(id);
-    for (const p of [...this.pointers.open.values()]) {
-      if (p.holderId === this.selfId && now - p.lastUsedMs > this.cfg.pointerLeaseMs) {
-        this.env.log.warn({ pointerId: p.id, guid: p.alloc.record.guid }, 'pointer lease ran out; giving it back');
-        void this.pointers.closePointer(p, false).catch(() => undefined);
-      }
-    }
-    if (this.writes.roomWaiters.length > 0) this.writes.serveRoomWaiters();
-    this.destager.kickDestage();
-    // Flushes and shutdown re-check on every tick too, so none waits on an event that never comes.
-    if (this.destager.flushDemand > 0) this.waits.wakeProgress();
+      this.allocator.expireReservations(now);
+      this.pointers.expireLeases(now);
+      this.writes.serveRoomWaiters();
+      this.destager.kickDestage();
+      // Flushes and shutdown re-check on every tick too, so none waits on an event that never comes.
+      if (this.destager.flushDemand > 0) this.waits.wakeProgress();
+    });
+  }
+
+  /** A store operation asked for by startIo ended. */
+  onIoDone(id: number, outcome: IoOutcome): void {
+    this.tasks.turn(() => this.io.done(id, outcome));
   }
 
   peerUp(info: { partnerPid?: number } = {}): void {
-    this.membership.peerUp(info);
+    this.tasks.turn(() => this.membership.peerUp(info));
   }
 
   peerDown(reason: string): void {
-    this.membership.peerDown(reason);
+    this.tasks.turn(() => this.membership.peerDown(reason));
   }
 
   /** The last word to the partner before this process dies of an error. */
   announceCrash(): void {
-    this.membership.announceCrash();
+    this.tasks.turn(() => this.membership.announceCrash());
   }
 
   /** Send every queued frame to the partner. The runtime calls it after requestFlush. */
   flushOutbox(): void {
-    this.requests.flushOutbox();
+    this.tasks.turn(() => this.requests.flushOutbox());
   }
 
   onClientGone(connId: number): void {
-    for (const p of [...this.pointers.open.values()]) {
-      if (p.holderId === this.selfId && p.connId === connId) void this.pointers.closePointer(p, false).catch(() => undefined);
-    }
+    this.tasks.turn(() => this.pointers.clientGone(connId));
   }
 
   onClientRequest(connId: number, msg: ClientRequest): void {
+    this.tasks.turn(() => this.clientRequest(connId, msg));
+  }
+
+  onPeerMessage(msg: Message): void {
+    this.tasks.turn(() => this.peerMessage(msg));
+  }
+
+  private clientRequest(connId: number, msg: ClientRequest): void {
     // The hot paths: a write whose pages are all in hand and a read of cached
-    // pages are served without a promise; anything else goes the long way.
+    // pages are served at once; anything else goes the long way, as a task.
     if (msg.kind === 'C_WRITE') {
       if (this.writes.writeNow(connId, msg)) return;
     } else if (msg.kind === 'C_READ') {
@@ -230,73 +161,45 @@ export class ControllerCore implements Core {
       }
     }
     const done = (reply: Message): void => this.env.replyClient(connId, reply);
-    const fail = (err: unknown): void => {
-      const e = this.requests.asTyped(err, msg.kind);
-      done(this.requests.errorFrame(msg.requestId, MsgType[msg.kind], e));
-    };
+    const fail = (err: unknown): void => done(this.requests.errorFrame(msg.requestId, MsgType[msg.kind], this.requests.asTyped(err, msg.kind)));
+    const reply = this.requests.reply.bind(this.requests, msg);
+    const run = <T>(task: Task<T>, answer: (value: T) => Message): void => this.tasks.spawn(task).onDone((v) => done(answer(v)), fail);
     try {
       switch (msg.kind) {
         case 'C_WRITE':
-          this.writes.clientWrite(connId, msg).then(() => done(this.writes.writeReply(msg)), fail);
-          return;
+          return run(this.writes.clientWrite(connId, msg), () => this.writes.writeReply(msg));
         case 'C_READ':
-          this.reads.clientRead(connId, msg).then((data) => done(this.reads.readReply(msg, data)), fail);
-          return;
+          return run(this.reads.clientRead(connId, msg), (data) => this.reads.readReply(msg, data));
         case 'C_ALLOCATE':
-          this.allocator.clientAllocate(msg).then(
-            (r) => done(this.requests.reply(msg, { kind: 'C_ALLOCATE_REPLY', guid: r.guid, pageSizeBytes: r.pageSizeBytes, pageCount: r.pageCount })),
-            fail,
-          );
-          return;
+          return run(this.allocator.clientAllocate(msg), (r) => reply({ kind: 'C_ALLOCATE_REPLY', guid: r.guid, pageSizeBytes: r.pageSizeBytes, pageCount: r.pageCount }));
         case 'C_RELEASE':
-          this.allocator.clientRelease(msg).then(() => done(this.requests.reply(msg, { kind: 'C_RELEASE_REPLY' })), fail);
-          return;
+          return run(this.allocator.clientRelease(msg), () => reply({ kind: 'C_RELEASE_REPLY' }));
         case 'C_FLUSH':
-          this.destager.clientFlush(msg).then((pages) => done(this.requests.reply(msg, { kind: 'C_FLUSH_REPLY', pages })), fail);
-          return;
+          return run(this.destager.clientFlush(msg), (pages) => reply({ kind: 'C_FLUSH_REPLY', pages }));
         case 'C_STATUS':
-          done(this.requests.reply(msg, { kind: 'C_STATUS_REPLY', json: JSON.stringify(this.status()) }));
-          return;
+          return done(reply({ kind: 'C_STATUS_REPLY', json: JSON.stringify(this.status()) }));
         case 'C_LIST':
-          done(
-            this.requests.reply(msg, {
-              kind: 'C_LIST_REPLY',
-              allocations: [...this.allocator.allocs.values()].slice(0, this.cfg.limits.listEntriesMax).map((a) => ({
-                guid: a.record.guid,
-                name: a.record.name,
-                policy: a.record.policy,
-                pageSizeBytes: a.record.pageSizeBytes,
-                pageCount: a.record.pageCount,
-              })),
-            }),
-          );
-          return;
+          return done(reply({ kind: 'C_LIST_REPLY', allocations: this.allocator.list(this.cfg.limits.listEntriesMax) }));
         case 'C_OPEN_POINTER':
-          this.pointers.clientOpenPointer(connId, msg).then((pointerId) => done(this.requests.reply(msg, { kind: 'C_OPEN_POINTER_REPLY', pointerId })), fail);
-          return;
+          return run(this.pointers.clientOpenPointer(connId, msg), (pointerId) => reply({ kind: 'C_OPEN_POINTER_REPLY', pointerId }));
         case 'C_CLOSE_POINTER':
-          this.pointers.clientClosePointer(connId, msg).then((pages) => done(this.requests.reply(msg, { kind: 'C_CLOSE_POINTER_REPLY', pages })), fail);
-          return;
+          return run(this.pointers.clientClosePointer(connId, msg), (pages) => reply({ kind: 'C_CLOSE_POINTER_REPLY', pages }));
         case 'C_VERIFY':
-          this.verifier.verifyPages(msg.guid, msg.firstPage, msg.pageCount).then((r) => done(this.requests.reply(msg, { kind: 'C_VERIFY_REPLY', ...r })), fail);
-          return;
+          return run(this.verifier.verifyPages(msg.guid, msg.firstPage, msg.pageCount), (r) => reply({ kind: 'C_VERIFY_REPLY', ...r }));
         case 'C_VERIFY_REPORT':
           this.verifier.recordVerify(msg);
-          done(this.requests.reply(msg, { kind: 'C_VERIFY_REPORT_REPLY' }));
-          return;
+          return done(reply({ kind: 'C_VERIFY_REPORT_REPLY' }));
         case 'C_TEST_CORRUPT':
-          this.verifier.clientTestCorrupt(msg).then((r) => done(this.requests.reply(msg, { kind: 'C_TEST_CORRUPT_REPLY', ...r })), fail);
-          return;
+          return run(this.verifier.clientTestCorrupt(msg), (r) => reply({ kind: 'C_TEST_CORRUPT_REPLY', ...r }));
         case 'C_REWRITE':
-          this.writes.clientRewrite(msg).then((r) => done(this.requests.reply(msg, { kind: 'C_REWRITE_REPLY', ...r })), fail);
-          return;
+          return run(this.writes.clientRewrite(msg), (r) => reply({ kind: 'C_REWRITE_REPLY', ...r }));
       }
     } catch (err) {
       fail(err);
     }
   }
 
-  onPeerMessage(msg: Message): void {
+  private peerMessage(msg: Message): void {
     this.membership.partnerLastHeardMs = this.env.nowMs();
     if (msg.kind === 'ERROR' || msg.kind.endsWith('_REPLY')) {
       this.requests.onPeerReply(msg);
@@ -307,59 +210,31 @@ export class ControllerCore implements Core {
       this.env.log.warn({ kind: msg.kind }, 'partner sent a frame that is not a paging message');
       return;
     }
-    if (req.epoch > this.membership.epoch) {
-      if (this.membership.fresh) {
-        // Rejoining a partner that served alone: its epoch is ours from now on.
-        this.env.log.info({ from: this.membership.epoch, to: req.epoch }, 'adopting the partner\'s epoch');
-        this.membership.epoch = req.epoch;
-      } else if (this.membership.arbitrating) {
-        // Our arbitration is deciding right now (the newer epoch may be the
-        // one it just wrote); its outcome settles who serves, not this frame.
-      } else {
-        this.membership.enterFenced(`partner speaks in epoch ${req.epoch}, ours is ${this.membership.epoch}`);
-        this.env.closePeer('partner is in a newer epoch');
-        this.membership.peerDown('partner is in a newer epoch');
-        return;
-      }
-    }
-    // A SENSE from an older epoch is still news (a restarted partner says hello with it).
-    if (req.epoch < this.membership.epoch && req.kind !== 'SENSE_REQUEST') {
-      this.requests.sendPeerError(req, new PagepairError('STALE_EPOCH', `${req.kind} from epoch ${req.epoch}, current epoch is ${this.membership.epoch}`));
-      return;
-    }
+    if (!this.membership.checkEpoch(req)) return;
     const fail = (err: unknown): void => this.requests.sendPeerError(req, this.requests.asTyped(err, req.kind));
+    const run = (task: Task<void>): void => this.tasks.spawn(task).onDone(() => undefined, fail);
     try {
       switch (req.kind) {
         case 'WRITE_PAGE':
-          this.mirrorIn.onWritePage(req);
-          return;
+          return this.mirrorIn.onWritePage(req);
         case 'SENSE_REQUEST':
-          this.joining.onSense(req);
-          return;
+          return this.joining.onSense(req);
         case 'LOCK_REQUEST':
-          this.ownership.onLockRequest(req);
-          return;
+          return this.ownership.onLockRequest(req);
         case 'SPACE_REQUEST':
-          this.allocator.onSpaceRequest(req);
-          return;
+          return this.allocator.onSpaceRequest(req);
         case 'ALLOCATE':
-          this.allocator.onAllocate(req).catch(fail);
-          return;
+          return run(this.allocator.onAllocate(req));
         case 'RELEASE':
-          this.allocator.onRelease(req).catch(fail);
-          return;
+          return run(this.allocator.onRelease(req));
         case 'READ_HEADER':
-          this.joining.onReadHeader(req);
-          return;
+          return this.joining.onReadHeader(req);
         case 'ALLOCATE_READ':
-          this.pointers.onAllocateRead(req).catch(fail);
-          return;
+          return run(this.pointers.onAllocateRead(req));
         case 'ALLOCATE_WRITE':
-          this.pointers.onAllocateWrite(req);
-          return;
+          return this.pointers.onAllocateWrite(req);
         case 'RELEASE_POINTER':
-          this.pointers.onReleasePointer(req);
-          return;
+          return this.pointers.onReleasePointer(req);
       }
     } catch (err) {
       fail(err);
@@ -383,12 +258,12 @@ export class ControllerCore implements Core {
   }
 
   /** Both copies of each page in the range compared (see Verifier). */
-  verifyPages(guid: string, firstPage: number, pageCount: number): ReturnType<Verifier['verifyPages']> {
-    return this.verifier.verifyPages(guid, firstPage, pageCount);
+  verifyPages(guid: string, firstPage: number, pageCount: number): Promise<VerifyResult> {
+    return this.outcome(this.verifier.verifyPages(guid, firstPage, pageCount));
   }
 
   /** Test hook: our copy of one page differs from the partner's on purpose (see Verifier). */
-  testCorruptPage(guid: string, page: number, data: Buffer): ReturnType<Verifier['testCorruptPage']> {
-    return this.verifier.testCorruptPage(guid, page, data);
+  testCorruptPage(guid: string, page: number, data: Buffer): Promise<{ version: number; crc: number }> {
+    return this.outcome(this.verifier.testCorruptPage(guid, page, data));
   }
 }

@@ -1,4 +1,7 @@
-// ROOM destager
+// The destager: dirty pages we own go to the store (with their dirty
+// neighbours, in one go), are synced in groups, and become clean here and at
+// the partner ("clean at version v"). Writes made alone go through to the
+// store before they are answered; a flush waits until its pages are durable.
 
 import { PageFlag, Role, type CFlush } from '../protocol/messages.js';
 import { ErrorCode, PagepairError, isPagepairError } from '../protocol/errors.js';
@@ -6,6 +9,7 @@ import type { AllocState } from './allocation.js';
 import type { CachePage } from './page-cache.js';
 import { EMPTY, pageRuns } from './shared.js';
 import type { Core } from './context.js';
+import { settle, wait, type Future, type Task } from './tasks.js';
 
 /** Above this many pages left, a flush re-checks per tick instead of per destage. */
 export const FLUSH_RECHECK_PAGES = 256;
@@ -26,69 +30,84 @@ export interface StoreWrite {
 }
 
 export class Destager {
-  constructor(private readonly c: Core) {}
-
   destagesInFlight = 0;
-
-  private drainingDirty = false;
-
+  /** Flushes (and a shutdown) waiting: destage now, whatever the pages' age. */
   flushDemand = 0;
-
+  private drainingDirty = false;
   /** Store writes of a page are chained so they land in version order. */
-  private readonly pageWrites = new Map<CachePage, Promise<void>>();
-
-  private syncWaiters: { resolve(): void; reject(err: Error): void }[] = [];
-
+  private readonly pageWrites = new Map<CachePage, Future<void>>();
+  private syncWaiters: Future<void>[] = [];
   private syncRunning = false;
 
-  /** Store, sync, and mark clean the pages of a write made alone; resolves when all are durable. */
-  async writeThrough(writes: StoreWrite[]): Promise<void> {
-    await Promise.all(writes.map((w) => this.storeWritePage(w.cp, w.version, w.data, w.crc)));
-    await this.syncSoon();
+  constructor(private readonly c: Core) {}
+
+  /** Store, sync, and mark clean the pages of a write made alone; done when all are durable. */
+  *writeThrough(writes: StoreWrite[]): Task<void> {
+    yield* wait(this.c.tasks.all(writes.map((w) => this.storeWritePage(w.cp, w.version, w.data, w.crc))));
+    yield* wait(this.syncSoon());
     for (const w of writes) this.pageStored(w.cp, w.version, w.crc);
+  }
+
+  /** Destage what we own until nothing is left or keepGoing says stop; the pages we own still dirty. */
+  *drainOwn(keepGoing: () => boolean): Task<number> {
+    this.flushDemand++;
+    try {
+      while (keepGoing()) {
+        const left = [...this.c.cache.dirty].filter((cp) => this.c.ownership.owns(cp.alloc, cp.page) && !cp.alloc.released);
+        if (left.length === 0 && this.destagesInFlight === 0) break;
+        this.kickDestage();
+        yield* wait(this.c.waits.progress());
+      }
+    } finally {
+      this.flushDemand--;
+    }
+    return [...this.c.cache.dirty].filter((cp) => this.c.ownership.owns(cp.alloc, cp.page)).length;
   }
 
   /**
    * Write one page version to the store. Writes of one page are chained so
    * they land in version order, and none starts without a valid lease.
    */
-  private storeWritePage(cp: CachePage, version: number, data: Buffer, crc: number, syncAfter = false): Promise<void> {
+  private storeWritePage(cp: CachePage, version: number, data: Buffer, crc: number, syncAfter = false): Future<void> {
     const alloc = cp.alloc;
     alloc.destagesInFlight++;
     this.destagesInFlight++;
     cp.destagingVersion = version;
-    const prev = this.pageWrites.get(cp) ?? Promise.resolve();
-    const generation = this.c.membership.generation;
-    const run = prev.then(async () => {
-      await this.c.membership.ensureLease();
-      // Fenced or reset while the write waited: what we held is no longer
-      // ours to write, even if the lease was renewed in the new epoch.
-      if (this.c.membership.generation !== generation || alloc.released) throw new PagepairError('FENCED', 'controller was fenced or reset; the page is not written');
-      await this.c.env.store.writePage(this.c.allocator.location(alloc), cp.page, version, this.c.membership.epoch, data, crc);
-      // Part of the write as far as the page is concerned: until the store
-      // has synced it, the page is still being destaged (it is not clean,
-      // not granted away, not written again).
-      if (syncAfter) await this.syncSoon();
-    });
-    const settled = run.then(
-      () => undefined,
-      () => undefined,
+    const prev = this.pageWrites.get(cp) ?? null;
+    const run = this.c.tasks.spawn(this.writePage(prev, cp, version, data, crc, syncAfter, this.c.membership.generation));
+    this.pageWrites.set(cp, run);
+    // After those who wait for this write (a destage marks the page clean
+    // first): only then is the page no longer being destaged.
+    run.whenSettled(() =>
+      this.c.tasks.defer(() => {
+        alloc.destagesInFlight--;
+        this.destagesInFlight--;
+        if (this.pageWrites.get(cp) === run) {
+          this.pageWrites.delete(cp);
+          cp.destagingVersion = 0;
+        }
+        if (alloc.destagesInFlight === 0 && alloc.released) this.c.allocator.wakeReleases();
+        this.c.ownership.recheckDeferredGrants();
+        this.c.waits.wakeProgress();
+        this.c.writes.serveRoomWaiters();
+        this.kickDestage();
+      }),
     );
-    this.pageWrites.set(cp, settled);
-    void settled.then(() => {
-      alloc.destagesInFlight--;
-      this.destagesInFlight--;
-      if (this.pageWrites.get(cp) === settled) {
-        this.pageWrites.delete(cp);
-        cp.destagingVersion = 0;
-      }
-      if (alloc.destagesInFlight === 0 && alloc.released) this.c.allocator.wakeReleases();
-      if (this.c.ownership.deferredGrants.length > 0) this.c.ownership.recheckDeferredGrants();
-      this.c.waits.wakeProgress();
-      this.c.writes.serveRoomWaiters();
-      this.kickDestage();
-    });
     return run;
+  }
+
+  private *writePage(prev: Future<void> | null, cp: CachePage, version: number, data: Buffer, crc: number, syncAfter: boolean, generation: number): Task<void> {
+    if (prev !== null) yield* settle(prev);
+    const alloc = cp.alloc;
+    yield* wait(this.c.membership.ensureLease());
+    // Fenced or reset while the write waited: what we held is no longer
+    // ours to write, even if the lease was renewed in the new epoch.
+    if (this.c.membership.generation !== generation || alloc.released) throw new PagepairError('FENCED', 'controller was fenced or reset; the page is not written');
+    yield* wait(this.c.io.run({ kind: 'writePage', loc: this.c.allocator.location(alloc), page: cp.page, version, epoch: this.c.membership.epoch, data, crc }));
+    // Part of the write as far as the page is concerned: until the store
+    // has synced it, the page is still being destaged (it is not clean,
+    // not granted away, not written again).
+    if (syncAfter) yield* wait(this.syncSoon());
   }
 
   /**
@@ -110,27 +129,29 @@ export class Destager {
   }
 
   /** Group commit: every caller waiting here shares the next sync of the store. */
-  private syncSoon(): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.syncWaiters.push({ resolve, reject });
-      if (!this.syncRunning) this.runSync();
-    });
+  private syncSoon(): Future<void> {
+    const f = this.c.tasks.future<void>();
+    this.syncWaiters.push(f);
+    if (!this.syncRunning) this.runSync();
+    return f;
   }
 
   private runSync(): void {
     this.syncRunning = true;
     const batch = this.syncWaiters;
     this.syncWaiters = [];
-    this.c.env.store.sync().then(
+    const sync = this.c.io.run({ kind: 'sync' });
+    sync.onDone(
       () => {
         for (const w of batch) w.resolve();
       },
-      (err: unknown) => {
+      (err) => {
+        // A failed sync is IO_ERROR (io.ts), and never taken for a good one.
         this.c.membership.senseCode = ErrorCode.IO_ERROR;
-        const e = new PagepairError('IO_ERROR', `store sync failed: ${String(err)}`);
-        for (const w of batch) w.reject(e);
+        for (const w of batch) w.reject(err);
       },
-    ).finally(() => {
+    );
+    sync.whenSettled(() => {
       this.syncRunning = false;
       if (this.syncWaiters.length > 0) this.runSync();
     });
@@ -163,7 +184,7 @@ export class Destager {
     if (dirtyBytes > this.highWatermarkBytes()) this.drainingDirty = true;
     else if (dirtyBytes <= (this.c.cfg.cacheBytesMax * this.c.cfg.dirtyLowWatermarkPct) / 100) this.drainingDirty = false;
     // Alone, nothing waits in the cache: the partner's mirrored pages go to the store at once.
-    const urgent = this.drainingDirty || this.flushDemand > 0 || this.c.writes.roomWaiters.length > 0 || this.c.membership.role === Role.ALONE;
+    const urgent = this.drainingDirty || this.flushDemand > 0 || this.c.writes.waitingForRoom > 0 || this.c.membership.role === Role.ALONE;
     const now = this.c.env.nowMs();
     let scanned = 0;
     for (const cp of this.c.cache.dirty) {
@@ -217,12 +238,12 @@ export class Destager {
     const version = cp.version;
     const crc = cp.crc;
     const alloc = cp.alloc;
-    this.storeWritePage(cp, version, cp.data, crc, true).then(
+    this.storeWritePage(cp, version, cp.data, crc, true).onDone(
       () => {
         this.c.counters.pagesDestaged++;
         this.pageStored(cp, version, crc);
       },
-      (err: unknown) => {
+      (err) => {
         if (isPagepairError(err, 'FENCED')) return;
         this.c.counters.destageErrors++;
         this.c.membership.senseCode = ErrorCode.IO_ERROR;
@@ -231,11 +252,11 @@ export class Destager {
     );
   }
 
-  async clientFlush(msg: CFlush): Promise<number> {
+  *clientFlush(msg: CFlush): Task<number> {
     this.c.membership.requireWritable();
     const allocs = new Set(msg.guid === '' ? this.c.allocator.allocs.values() : [this.c.allocator.lookup(msg.guid)]);
     const targets = this.dirtyTargets((cp) => allocs.has(cp.alloc));
-    await this.flushTargets(targets);
+    yield* this.flushTargets(targets);
     return targets.length;
   }
 
@@ -245,8 +266,8 @@ export class Destager {
     return targets;
   }
 
-  /** Resolves once the store holds every target page at its version or newer, synced (see the end). */
-  async flushTargets(targets: FlushTarget[]): Promise<void> {
+  /** Done once the store holds every target page at its version or newer, synced (see the end). */
+  *flushTargets(targets: FlushTarget[]): Task<void> {
     this.flushDemand++;
     try {
       // Give up only when nothing moved for a whole request timeout.
@@ -266,23 +287,14 @@ export class Destager {
         if (this.c.cfg.mirroring) {
           const byAlloc = new Map<AllocState, number[]>();
           for (const t of left) if (!this.c.ownership.owns(t.cp.alloc, t.cp.page)) byAlloc.set(t.cp.alloc, [...(byAlloc.get(t.cp.alloc) ?? []), t.cp.page]);
-          await Promise.all(
-            [...byAlloc].flatMap(([alloc, pages]) =>
-              pageRuns(pages).map(([f, c]) =>
-                this.c.ownership.acquireOwnership(alloc, f, c).catch((err: unknown) => {
-                  // Pages under the partner's pointer stay the partner's: it
-                  // destages them itself (by age), and we hear "clean at v".
-                  if (!isPagepairError(err, 'LOCK_CONFLICT')) throw err;
-                }),
-              ),
-            ),
-          );
+          const takes = [...byAlloc].flatMap(([alloc, pages]) => pageRuns(pages).map(([f, c]) => this.c.tasks.spawn(this.takeToFlush(alloc, f, c))));
+          yield* wait(this.c.tasks.all(takes));
         }
         this.kickDestage();
         // Many pages left: look again once per tick, not after every single
         // destage (that made a large flush quadratic).
-        if (left.length > FLUSH_RECHECK_PAGES) await this.c.waits.sleep(1);
-        else await this.c.waits.waitForProgress();
+        if (left.length > FLUSH_RECHECK_PAGES) yield* wait(this.c.waits.sleep(1));
+        else yield* wait(this.c.waits.progress());
       }
     } finally {
       this.flushDemand--;
@@ -292,8 +304,16 @@ export class Destager {
     // it sends "clean at v"), so every target is durable already.
   }
 
-  // -------------------------------------------------------------------------
-  // Allocations (SPACE_REQUEST, ALLOCATE, RELEASE)
+  /** Pages the partner owns, taken so that we destage them. */
+  private *takeToFlush(alloc: AllocState, first: number, count: number): Task<void> {
+    try {
+      yield* this.c.ownership.acquireOwnership(alloc, first, count);
+    } catch (err) {
+      // Pages under the partner's pointer stay the partner's: it destages
+      // them itself (by age), and we hear "clean at v".
+      if (!isPagepairError(err, 'LOCK_CONFLICT')) throw err;
+    }
+  }
 
   /** Dirty pages we own and would destage now or when they age. */
   destageQueueLength(): number {
@@ -301,7 +321,4 @@ export class Destager {
     for (const cp of this.c.cache.dirty) if (this.c.ownership.owns(cp.alloc, cp.page) && cp.destagingVersion === 0) n++;
     return n;
   }
-
-  // -------------------------------------------------------------------------
-  // Plumbing
 }

@@ -4,7 +4,9 @@
 
 import type { Message } from '../protocol/messages.js';
 import type { Limits } from '../protocol/limits.js';
-import type { BlockStore } from '../store/types.js';
+import type { IoOp } from './io.js';
+
+export type { IoOp, IoOutcome } from './io.js';
 import type { Policy } from './policy.js';
 
 /** pino-shaped, so the runtime can pass a pino child logger straight in. */
@@ -29,15 +31,24 @@ export interface CoreEnv {
   /** Drop the peer link (the partner went silent, or a request to it timed
    *  out): peerDown follows, and the transport dials again. */
   closePeer(reason: string): void;
-  /** Stop the partner from outside (the configured fence action). Resolves
-   *  true when it is known stopped, false when there is no action or it failed. */
-  fencePartner(pid: number): Promise<boolean>;
-  /** True only when the partner's process is known to be gone (it can be checked on one machine). */
-  partnerGone(pid: number): Promise<boolean>;
+  /**
+   * Carry out a store operation (or a fence action, see IoOp) and answer with
+   * core.onIoDone(id, outcome) later, never from inside this call.
+   */
+  startIo(id: number, op: IoOp): void;
   /** This process's id, recorded in the mailbox for the partner's fence action. */
   pid: number;
-  store: BlockStore;
   log: CoreLog;
+}
+
+/** What the core must know of the store's layout to place allocations. */
+export interface StoreLayout {
+  /** Bytes of the data area, where allocations' extents lie. */
+  dataBytes: number;
+  /** Bytes an allocation of pageCount pages of pageSizeBytes takes in the data area. */
+  extentBytes(pageSizeBytes: number, pageCount: number): number;
+  /** The data-area offset of a free extent of `bytes` among those used, or -1. */
+  findExtent(used: readonly { dataOffset: number; bytes: number }[], bytes: number): number;
 }
 
 export interface CoreConfig {
@@ -64,6 +75,7 @@ export interface CoreConfig {
   /** A write that finds the cache full of dirty pages waits this long, then CACHE_FULL. */
   cacheFullWaitMs: number;
   limits: Limits;
+  store: StoreLayout;
   policies: ReadonlyMap<string, Policy>;
   /** Test hooks served (C_TEST_CORRUPT); absent or false: refused with NOT_ALLOWED. */
   testHooks?: boolean;

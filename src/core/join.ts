@@ -1,4 +1,8 @@
-// ROOM join
+// The join after the link comes up, and health (SENSE_REQUEST). Both sides
+// decide on the same frame whose state wins; that side replays its table
+// (ALLOCATE) and both send the dirty pages the other lacks (READ_HEADER, then
+// WRITE_PAGE marked RESYNC), paced, and which client writes they applied.
+// When both have pushed, the pair is mirrored again.
 
 import { JoinFlag, PageFlag, PageState, Role, SenseReason, type PageHeaderInfo, type ReadHeader, type SenseRequest } from '../protocol/messages.js';
 import { PagepairError } from '../protocol/errors.js';
@@ -7,6 +11,7 @@ import { pageHeader } from './verify.js';
 import { EMPTY, ZERO_GUID, pageRuns } from './shared.js';
 import { SYNC_RESERVATION } from './allocator.js';
 import type { Core } from './context.js';
+import { wait, type Future, type Task } from './tasks.js';
 
 /** Pages a resync sends between pauses of its pacing. */
 export const RESYNC_CHUNK_PAGES = 64;
@@ -23,9 +28,10 @@ export interface JoinState {
 }
 
 export class Join {
-  constructor(private readonly c: Core) {}
-
+  /** The join in progress, or null. */
   current: JoinState | null = null;
+
+  constructor(private readonly c: Core) {}
 
   beginJoin(): void {
     this.current = {
@@ -48,12 +54,9 @@ export class Join {
   }
 
   sendSense(reason: SenseRequest['reason']): void {
-    this.c.requests.request({ kind: 'SENSE_REQUEST', role: this.c.membership.announcedRole(), reason, joinFlags: this.joinFlags() }).then(
-      (r) => {
-        if (r.kind === 'SENSE_REQUEST_REPLY') this.c.membership.partnerSense = r;
-      },
-      () => undefined,
-    );
+    this.c.requests.request({ kind: 'SENSE_REQUEST', role: this.c.membership.announcedRole(), reason, joinFlags: this.joinFlags() }).onDone((r) => {
+      if (r.kind === 'SENSE_REQUEST_REPLY') this.c.membership.partnerSense = r;
+    });
   }
 
   onSense(req: SenseRequest): void {
@@ -77,17 +80,18 @@ export class Join {
       if ((req.joinFlags & JoinFlag.PUSH_DONE) !== 0 && join.authoritative !== undefined && !join.partnerDone) {
         join.partnerDone = true;
         if (!join.authoritative) {
-          const drops: Promise<void>[] = [];
+          const drops: Future<void>[] = [];
           for (const a of [...this.c.allocator.allocs.values()]) {
             if (!join.seenGuids.has(a.record.guid)) {
               this.c.env.log.warn({ guid: a.record.guid, name: a.record.name }, 'join: allocation unknown to the partner; dropped');
-              drops.push(this.c.allocator.dropAllocation(a).then(() => void this.c.allocator.draining.delete(a)));
+              drops.push(this.c.tasks.spawn(this.dropUnknown(a)));
             }
           }
           if (drops.length > 0 && this.c.allocator.isCoordinator()) {
-            Promise.all(drops)
-              .then(() => this.c.allocator.persistTable())
-              .catch((err: unknown) => this.c.env.log.error({ err: String(err) }, 'join: could not write the allocation table'));
+            this.c.tasks.spawn(this.persistAfter(drops)).onDone(
+              () => undefined,
+              (err) => this.c.env.log.error({ err: String(err) }, 'join: could not write the allocation table'),
+            );
           }
         }
         this.maybeFinishJoin();
@@ -111,8 +115,19 @@ export class Join {
     });
   }
 
+  /** An allocation the partner's state does not have: dropped here too. */
+  private *dropUnknown(alloc: AllocState): Task<void> {
+    yield* this.c.allocator.dropAllocation(alloc);
+    this.c.allocator.draining.delete(alloc);
+  }
+
+  private *persistAfter(drops: Future<void>[]): Task<void> {
+    yield* wait(this.c.tasks.all(drops));
+    yield* wait(this.c.allocator.persistTable());
+  }
+
   private pushJoinState(join: JoinState): void {
-    this.runJoinPush(join).then(
+    this.c.tasks.spawn(this.runJoinPush(join)).onDone(
       () => {
         if (this.current !== join) return;
         join.pushDone = true;
@@ -121,41 +136,41 @@ export class Join {
         this.sendSense(SenseReason.HEARTBEAT);
         this.maybeFinishJoin();
       },
-      (err: unknown) => this.c.env.log.warn({ err: String(err) }, 'join push failed; waiting for the link to come back'),
+      (err) => this.c.env.log.warn({ err: String(err) }, 'join push failed; waiting for the link to come back'),
     );
   }
 
-  private async runJoinPush(join: JoinState): Promise<void> {
-    const sends: Promise<unknown>[] = [];
+  private *runJoinPush(join: JoinState): Task<void> {
+    const sends: Future<unknown>[] = [];
     if (join.authoritative) {
       for (const a of this.c.allocator.allocs.values()) sends.push(this.c.requests.request({ kind: 'ALLOCATE', ...a.record, reservationId: SYNC_RESERVATION }));
     }
-    await Promise.all(sends);
+    yield* wait(this.c.tasks.all(sends));
     const byAlloc = new Map<AllocState, number[]>();
     for (const cp of this.c.cache.dirty) byAlloc.set(cp.alloc, [...(byAlloc.get(cp.alloc) ?? []), cp.page]);
     // One range at a time, paced, so clients keep their speed during a resync.
     for (const [alloc, pages] of byAlloc) {
       for (const [first, count] of pageRuns(pages.sort((x, y) => x - y), this.c.cfg.limits.headersPerMessageMax)) {
         if (this.current !== join) return;
-        await this.pushDiffering(join, alloc, first, count);
+        yield* this.pushDiffering(join, alloc, first, count);
       }
     }
     // Which client writes we applied: the partner may be asked to retry one.
-    await this.pushTags(join);
+    yield* this.pushTags(join);
     // A store write we started before the link dropped must land before the
     // partner, owning every page now, can write and destage a newer version;
     // the partner finishes its join only after our push is done. (When our
     // state wins we keep every page, and the partner writes none.)
-    if (!join.authoritative) await this.destagesDrained();
+    if (!join.authoritative) yield* this.destagesDrained();
   }
 
-  private async destagesDrained(): Promise<void> {
-    while (this.c.destager.destagesInFlight > 0) await this.c.waits.waitForProgress();
+  private *destagesDrained(): Task<void> {
+    while (this.c.destager.destagesInFlight > 0) yield* wait(this.c.waits.progress());
   }
 
   /** Compare headers with the partner and send the dirty pages it lacks. */
-  private async pushDiffering(join: JoinState, alloc: AllocState, first: number, count: number): Promise<void> {
-    const r = await this.c.requests.request({ kind: 'READ_HEADER', guid: alloc.record.guid, firstPage: first, pageCount: count });
+  private *pushDiffering(join: JoinState, alloc: AllocState, first: number, count: number): Task<void> {
+    const r = yield* wait(this.c.requests.request({ kind: 'READ_HEADER', guid: alloc.record.guid, firstPage: first, pageCount: count }));
     if (r.kind !== 'READ_HEADER_REPLY' || alloc.released) return;
     const behind: PageHeaderInfo[] = [];
     for (const h of r.headers) {
@@ -186,14 +201,14 @@ export class Join {
         );
         sent++;
       }
-      if (sent > 0) await op.done;
+      if (sent > 0) yield* wait(op.done);
       join.pagesSent += Math.min(RESYNC_CHUNK_PAGES, behind.length - i);
       if (join.pagesSent % (RESYNC_CHUNK_PAGES * 64) === 0) this.c.env.log.info({ pagesSent: join.pagesSent, pagesToSend: join.pagesToSend }, 'resync progress');
-      await this.c.waits.sleep((RESYNC_CHUNK_PAGES * 1000) / this.c.cfg.resyncPagesPerSecMax);
+      yield* wait(this.c.waits.sleep((RESYNC_CHUNK_PAGES * 1000) / this.c.cfg.resyncPagesPerSecMax));
     }
   }
 
-  private async pushTags(join: JoinState): Promise<void> {
+  private *pushTags(join: JoinState): Task<void> {
     const op = this.c.writes.mirrorOp();
     let sent = 0;
     for (const [key, t] of this.c.tags.taggedWrites.entries()) {
@@ -204,7 +219,7 @@ export class Join {
       this.c.outbox.pushPage({ guid, page, version: 0, crc: 0, epoch: this.c.membership.epoch, pageFlags: PageFlag.TAG_ONLY, pointerId: 0, clientId, clientSeq, ownerGen: 0, data: EMPTY }, op.op);
       sent++;
     }
-    if (sent > 0) await op.done;
+    if (sent > 0) yield* wait(op.done);
   }
 
   onReadHeader(req: ReadHeader): void {
@@ -226,7 +241,10 @@ export class Join {
     // The store's epoch record says again that both serve (activeId 0).
     const rec = this.c.membership.arbiter?.epochRecord;
     if (join.authoritative && this.c.membership.arbiter !== null && (rec === null || rec === undefined || rec.activeId !== 0 || rec.epoch !== this.c.membership.epoch)) {
-      this.c.membership.arbiter.recordMirrored(this.c.membership.epoch).catch((err: unknown) => this.c.env.log.error({ err: String(err) }, 'could not write the epoch record'));
+      this.c.tasks.spawn(this.c.membership.arbiter.recordMirrored(this.c.membership.epoch)).onDone(
+        () => undefined,
+        (err) => this.c.env.log.error({ err: String(err) }, 'could not write the epoch record'),
+      );
     }
     this.c.membership.setRole(Role.MIRRORED, 'mirrored with partner', {
       allocations: this.c.allocator.allocs.size,
@@ -236,7 +254,4 @@ export class Join {
     });
     this.c.waits.wakeProgress();
   }
-
-  // -------------------------------------------------------------------------
-  // Verify (C_VERIFY): do both copies of each page read the same?
 }

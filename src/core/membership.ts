@@ -1,10 +1,14 @@
-// ROOM membership
+// Membership: which role this controller plays in the pair and in which
+// epoch, the link to the partner coming and going, heartbeats (on the link
+// and in the store's mailbox), the store lease, and arbitration when the
+// partner is lost: take over, wait for the link, or fence ourselves.
 
-import { PointerMode, Role, SenseReason, type RoleCode, type SenseReply } from '../protocol/messages.js';
+import { Role, SenseReason, type PeerRequest, type RoleCode, type SenseReply } from '../protocol/messages.js';
 import { PagepairError, invariant } from '../protocol/errors.js';
 import { Arbiter } from './arbiter.js';
 import { roleName } from './status.js';
 import type { Core } from './context.js';
+import type { Future, Task } from './tasks.js';
 
 export class Membership {
   role: RoleCode;
@@ -45,7 +49,7 @@ export class Membership {
   loneSinceMs: number;
 
   /** The allocation table being read again after a reset; a join waits for it. */
-  private tableReload: Promise<void> | null = null;
+  private tableReload: Future<unknown> | null = null;
 
   /** Grows when we are fenced or reset: store writes asked for before must not happen. */
   generation = 0;
@@ -65,15 +69,60 @@ export class Membership {
             partnerTimeoutMs: cfg.partnerTimeoutMs,
           },
           {
-            store: c.env.store,
+            run: (op) => c.io.run(op),
             nowMs: () => c.env.nowMs(),
             sleep: (ms) => c.waits.sleep(ms),
-            fencePartner: (pid) => c.env.fencePartner(pid),
-            partnerGone: (pid) => c.env.partnerGone(pid),
             log: c.env.log,
           },
         )
       : null;
+  }
+
+  /** Heartbeats on the link and in the mailbox; a silent partner dropped; a lone fresh start arbitrates. */
+  tick(now: number): void {
+    if (this.linkUp && now - this.lastHeartbeatMs >= this.c.cfg.heartbeatIntervalMs) {
+      this.lastHeartbeatMs = now;
+      this.c.joining.sendSense(SenseReason.HEARTBEAT);
+    }
+    if (this.linkUp && now - this.partnerLastHeardMs > this.c.cfg.partnerTimeoutMs) {
+      this.c.env.log.warn({ silentMs: Math.round(now - this.partnerLastHeardMs) }, 'partner silent; dropping the link');
+      this.c.env.closePeer(`partner silent for ${Math.round(now - this.partnerLastHeardMs)} ms`);
+      this.peerDown('partner silent');
+    }
+    this.mailboxBeat(now);
+    if (this.fresh && !this.linkUp && !this.arbitrating && !this.stopping && this.role === Role.STARTING && now - this.loneSinceMs > this.c.cfg.partnerTimeoutMs) {
+      // No partner in sight since we started: find out through the store whether it is gone.
+      this.loneSinceMs = now;
+      this.startArbitration('no partner since start');
+    }
+  }
+
+  /**
+   * A frame from the partner in another epoch. False: it must not be
+   * handled (we were fenced by it, or it is stale and was refused).
+   */
+  checkEpoch(req: PeerRequest): boolean {
+    if (req.epoch > this.epoch) {
+      if (this.fresh) {
+        // Rejoining a partner that served alone: its epoch is ours from now on.
+        this.c.env.log.info({ from: this.epoch, to: req.epoch }, 'adopting the partner\'s epoch');
+        this.epoch = req.epoch;
+      } else if (this.arbitrating) {
+        // Our arbitration is deciding right now (the newer epoch may be the
+        // one it just wrote); its outcome settles who serves, not this frame.
+      } else {
+        this.enterFenced(`partner speaks in epoch ${req.epoch}, ours is ${this.epoch}`);
+        this.c.env.closePeer('partner is in a newer epoch');
+        this.peerDown('partner is in a newer epoch');
+        return false;
+      }
+    }
+    // A SENSE from an older epoch is still news (a restarted partner says hello with it).
+    if (req.epoch < this.epoch && req.kind !== 'SENSE_REQUEST') {
+      this.c.requests.sendPeerError(req, new PagepairError('STALE_EPOCH', `${req.kind} from epoch ${req.epoch}, current epoch is ${this.epoch}`));
+      return false;
+    }
+    return true;
   }
 
   peerUp(info: { partnerPid?: number } = {}): void {
@@ -111,13 +160,16 @@ export class Membership {
     this.setRole(Role.STARTING, why, { epoch: this.epoch });
     // Fresh from a reset, we hold what a fresh start holds: the stored table.
     const generation = this.generation;
-    this.tableReload = this.c.env.store.readTable().then(
+    const reload = this.c.io.run({ kind: 'readTable' });
+    this.tableReload = reload;
+    reload.onDone(
       (table) => {
         if (this.generation !== generation || !this.fresh) return;
         for (const record of table.records) if (!this.c.allocator.allocs.has(record.guid) && !this.c.allocator.names.has(record.name)) this.c.allocator.installAllocation(record, 1);
       },
-      (err: unknown) => this.c.env.log.error({ err: String(err) }, 'could not read the allocation table after a reset'),
-    ).finally(() => {
+      (err) => this.c.env.log.error({ err: String(err) }, 'could not read the allocation table after a reset'),
+    );
+    reload.whenSettled(() => {
       if (this.generation !== generation) return;
       this.tableReload = null;
       if (this.linkUp && this.c.joining.current === null && !this.arbitrating && this.fresh && !this.stopping && this.role === Role.STARTING) this.c.joining.beginJoin();
@@ -133,7 +185,7 @@ export class Membership {
     this.mailboxBeatInFlight = true;
     const epoch = this.epoch;
     const generation = this.generation;
-    arb.heartbeat(epoch, this.slotRole(), this.c.env.pid).then(
+    this.c.tasks.spawn(arb.heartbeat(epoch, this.slotRole(), this.c.env.pid)).onDone(
       (mailbox) => {
         this.mailboxBeatInFlight = false;
         if (this.generation !== generation || !arb.supersededIn(mailbox, this.epoch)) return;
@@ -145,7 +197,7 @@ export class Membership {
           this.enterFenced(`the partner took over in epoch ${rec.epoch}`);
         }
       },
-      (err: unknown) => {
+      (err) => {
         this.mailboxBeatInFlight = false;
         this.c.env.log.error({ err: String(err) }, 'mailbox heartbeat failed');
       },
@@ -164,7 +216,7 @@ export class Membership {
     const wasFresh = this.fresh;
     const previous = this.role;
     this.setRole(Role.ARBITRATING, `partner lost (${why}); arbitrating through the store`, { partnerLeft: this.partnerLeaving });
-    arb.arbitrate(this.epoch, this.partnerLeaving, this.slotRole(), this.c.env.pid, wasFresh).then(
+    this.c.tasks.spawn(arb.arbitrate(this.epoch, this.partnerLeaving, this.slotRole(), this.c.env.pid, wasFresh)).onDone(
       (outcome) => {
         this.arbitrating = false;
         if (this.stopping) return;
@@ -185,7 +237,7 @@ export class Membership {
         }
         this.c.waits.wakeProgress();
       },
-      (err: unknown) => {
+      (err) => {
         this.arbitrating = false;
         this.c.env.log.error({ err: String(err) }, 'arbitration failed; fencing ourselves');
         if (wasFresh) this.setRole(Role.STARTING, 'arbitration failed');
@@ -209,7 +261,10 @@ export class Membership {
     // Everything dirty, the partner's mirrored pages too, goes to the store
     // now, and our table: it may hold allocations the partner never wrote.
     this.c.destager.kickDestage();
-    this.c.allocator.persistTable().catch((err: unknown) => this.c.env.log.error({ err: String(err) }, 'takeover: could not write the allocation table'));
+    this.c.allocator.persistTable().onDone(
+      () => undefined,
+      (err) => this.c.env.log.error({ err: String(err) }, 'takeover: could not write the allocation table'),
+    );
   }
 
   /** We lost: no client I/O, no store writes, until the partner is back and we rejoin. */
@@ -218,7 +273,7 @@ export class Membership {
     this.generation++;
     this.arbiter?.dropLease();
     this.setRole(Role.FENCED, `fenced: ${reason}`, { epoch: this.epoch });
-    for (const w of this.c.writes.roomWaiters.splice(0)) w.reject(new PagepairError('FENCED', 'controller is fenced'));
+    this.c.writes.failRoomWaiters(new PagepairError('FENCED', 'controller is fenced'));
     this.c.waits.wakeProgress();
   }
 
@@ -235,17 +290,10 @@ export class Membership {
     this.c.joining.current = null;
     this.partnerSense = null;
     const err = new PagepairError('PARTNER_LOST', `partner link lost: ${reason}`);
-    this.c.outbox.failAll(err);
-    const pending = [...this.c.requests.pendingPeer.values()];
-    this.c.requests.pendingPeer.clear();
-    for (const p of pending) p.reject(err);
-    this.c.ownership.deferredGrants = [];
-    this.c.allocator.reservations.clear();
-    // The partner forgets every pointer with the link, our write pointers'
-    // shadow pages included: committing one later would change our side only.
-    for (const p of [...this.c.pointers.open.values()]) {
-      if (p.holderId !== this.c.selfId || p.mode === PointerMode.WRITE) this.c.pointers.dropPointer(p);
-    }
+    this.c.requests.failAll(err);
+    this.c.ownership.linkDown();
+    this.c.allocator.linkDown();
+    this.c.pointers.linkDown();
     this.c.env.log.warn({ reason, role: roleName(this.role) }, 'partner link down');
     if (!this.stopping && !this.arbitrating) {
       if (this.role === Role.MIRRORED || (this.role === Role.JOINING && !this.fresh)) this.startArbitration(reason);
@@ -259,31 +307,31 @@ export class Membership {
     this.c.waits.wakeProgress();
   }
 
-  private leaseRenewal: Promise<void> | null = null;
+  private leaseRenewal: Future<void> | null = null;
 
   /** No store write without a lease: a controller that was paused finds out here that it was taken over. */
-  ensureLease(): Promise<void> {
+  ensureLease(): Future<void> {
     const arb = this.arbiter;
-    if (arb === null) return Promise.resolve();
-    if (this.role === Role.FENCED) return Promise.reject(new PagepairError('FENCED', 'controller is fenced; it writes nothing to the store'));
-    if (arb.leaseValid()) return Promise.resolve();
-    const epoch = this.epoch;
-    const generation = this.generation;
-    this.leaseRenewal ??= arb
-      .heartbeat(epoch, this.slotRole(), this.c.env.pid)
-      .then((mailbox) => {
-        // Judged against our epoch now (we may have adopted a newer one meanwhile).
-        if (arb.supersededIn(mailbox, this.epoch)) {
-          // Only the controller we were when we asked is fenced by this answer.
-          if (!this.fresh && this.generation === generation) this.enterFenced(`the partner took over in epoch ${mailbox.epoch?.epoch ?? '?'}`);
-          throw new PagepairError('FENCED', 'the partner took over; this controller writes nothing more');
-        }
-        if (this.generation !== generation) throw new PagepairError('FENCED', 'controller was reset while its lease was renewed');
-      })
-      .finally(() => {
-        this.leaseRenewal = null;
-      });
+    if (arb === null) return this.c.tasks.resolved(undefined);
+    if (this.role === Role.FENCED) return this.c.tasks.failed(new PagepairError('FENCED', 'controller is fenced; it writes nothing to the store'));
+    if (arb.leaseValid()) return this.c.tasks.resolved(undefined);
+    this.leaseRenewal ??= this.c.tasks.spawn(this.renewLease(arb, this.epoch, this.generation));
     return this.leaseRenewal;
+  }
+
+  private *renewLease(arb: Arbiter, epoch: number, generation: number): Task<void> {
+    try {
+      const mailbox = yield* arb.heartbeat(epoch, this.slotRole(), this.c.env.pid);
+      // Judged against our epoch now (we may have adopted a newer one meanwhile).
+      if (arb.supersededIn(mailbox, this.epoch)) {
+        // Only the controller we were when we asked is fenced by this answer.
+        if (!this.fresh && this.generation === generation) this.enterFenced(`the partner took over in epoch ${mailbox.epoch?.epoch ?? '?'}`);
+        throw new PagepairError('FENCED', 'the partner took over; this controller writes nothing more');
+      }
+      if (this.generation !== generation) throw new PagepairError('FENCED', 'controller was reset while its lease was renewed');
+    } finally {
+      this.leaseRenewal = null;
+    }
   }
 
   announcedRole(): RoleCode {

@@ -1,4 +1,7 @@
-// ROOM mirrorIn
+// Mirrored pages arriving (WRITE_PAGE): the partner's writes applied to our
+// copy, checked first against the ownership rules (a page arrives only from
+// its owner, under the generation both know, never older than ours), plus
+// "clean at v", pointer shadows, and the tags of client writes it applied.
 
 import { PageFlag, PointerMode, Role, type PageWrite, type WritePage } from '../protocol/messages.js';
 import { PagepairError } from '../protocol/errors.js';
@@ -122,7 +125,4 @@ export class MirrorIn {
     this.c.env.log.warn({ guid: pw.guid, page: pw.page, version: pw.version }, 'join: the partner holds other bytes at this version; its copy wins');
     return true;
   }
-
-  // -------------------------------------------------------------------------
-  // Reads and staging
 }

@@ -1,10 +1,14 @@
-// ROOM ownership
+// Page ownership: only a page's owner writes and destages it. Ownership
+// moves by LOCK_REQUEST (TAKE asks, GIVE hands over); a grant waits until our
+// own writes and destages of the pages are done, and controller 2 yields
+// when both want the same pages, so two writers never deadlock.
 
 import { LockOp, type LockRequest } from '../protocol/messages.js';
 import { PagepairError, invariant } from '../protocol/errors.js';
 import { overlappingPointer, type AllocState } from './allocation.js';
 import { OWNERSHIP_ROUNDS_MAX, unknownGuid, runs } from './shared.js';
 import type { Core } from './context.js';
+import { wait, type Task } from './tasks.js';
 
 export interface DeferredGrant {
   req: LockRequest;
@@ -18,14 +22,19 @@ export interface LocalWrite {
 }
 
 export class Ownership {
-  constructor(private readonly c: Core) {}
-
+  /** Client writes in progress here, by range. */
   readonly activeWrites = new Set<LocalWrite>();
-
   /** Ranges we are taking from the partner with LOCK_REQUEST TAKEs. */
   private readonly pendingTakes = new Set<LocalWrite>();
+  /** The partner's TAKEs we hold until our writes and destages of the pages are done. */
+  private deferredGrants: DeferredGrant[] = [];
 
-  deferredGrants: DeferredGrant[] = [];
+  constructor(private readonly c: Core) {}
+
+  /** The link is gone: the partner's TAKEs we held are forgotten with it. */
+  linkDown(): void {
+    this.deferredGrants = [];
+  }
 
   owns(alloc: AllocState, page: number): boolean {
     return !this.c.cfg.mirroring || alloc.owner[page] === this.c.selfId;
@@ -37,7 +46,7 @@ export class Ownership {
     return true;
   }
 
-  async acquireOwnership(alloc: AllocState, first: number, count: number): Promise<void> {
+  *acquireOwnership(alloc: AllocState, first: number, count: number): Task<void> {
     if (this.ownsRange(alloc, first, count)) return;
     const taking: LocalWrite = { alloc, first, count };
     this.pendingTakes.add(taking);
@@ -48,18 +57,18 @@ export class Ownership {
         const replies = wanted.map(([f, c]) => {
           this.c.counters.lockRequestsSent++;
           // The grant takes effect when its frame is handled, in link order,
-          // not in a promise continuation: a TAKE of the partner's that came
+          // not when this task resumes: a TAKE of the partner's that came
           // in the same chunk right behind it must find the pages ours.
           return this.c.requests.request({ kind: 'LOCK_REQUEST', guid: alloc.record.guid, firstPage: f, pageCount: c, op: LockOp.TAKE, ownerGen: 0 }, 0, (r) => {
             if (r.kind === 'LOCK_REQUEST_REPLY' && r.granted && !alloc.released) this.receiveOwnership(alloc, f, c, r.ownerGen, 'grant');
           });
         });
-        await Promise.all(replies);
+        yield* wait(this.c.tasks.all(replies));
         if (alloc.released) throw this.c.allocator.goneError(alloc);
       }
     } finally {
       this.pendingTakes.delete(taking);
-      if (this.deferredGrants.length > 0) this.recheckDeferredGrants();
+      this.recheckDeferredGrants();
     }
   }
 
@@ -177,7 +186,9 @@ export class Ownership {
     this.c.requests.replyPeer(req, { kind: 'LOCK_REQUEST_REPLY', granted: true, ownerGen });
   }
 
+  /** The TAKEs held back, looked at again (a write or destage of ours ended). */
   recheckDeferredGrants(): void {
+    if (this.deferredGrants.length === 0) return;
     const waiting = this.deferredGrants;
     this.deferredGrants = [];
     for (const d of waiting) {
@@ -188,7 +199,4 @@ export class Ownership {
       }
     }
   }
-
-  // -------------------------------------------------------------------------
-  // Mirrored pages arriving (WRITE_PAGE)
 }

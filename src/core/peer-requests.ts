@@ -1,14 +1,18 @@
-// ROOM requests
+// Requests to the partner and what answers them: request ids, the replies
+// awaited (each a Future, with a timeout counted by tick), replies and errors
+// framed for the partner and for clients, and the outbox flushed onto the
+// link (WRITE_PAGE frames settle the pages they carry when answered).
 
 import { MsgType, type ClientReply, type ClientRequest, type Message, type PeerReply, type PeerRequest, type WritePage } from '../protocol/messages.js';
 import { ErrorCode, PagepairError, isPagepairError } from '../protocol/errors.js';
 import { settleOp } from './peer-outbox.js';
 import type { DistributiveOmit } from './shared.js';
 import type { Core } from './context.js';
+import type { Future } from './tasks.js';
 
 export interface PendingPeer {
   kind: PeerRequest['kind'];
-  /** Run as the reply's frame is handled, before any promise continuation: for what must take effect in link order. */
+  /** Run as the reply's frame is handled, before any task resumes: for what must take effect in link order. */
   onReply: ((reply: PeerReply) => void) | undefined;
   sentMs: number;
   /** Beyond peerRequestTimeoutMs: work the partner does before it answers (zeroing an extent). */
@@ -18,11 +22,10 @@ export interface PendingPeer {
 }
 
 export class PeerRequests {
-  constructor(private readonly c: Core) {}
-
   private nextRequestId = 1;
+  private readonly pendingPeer = new Map<number, PendingPeer>();
 
-  readonly pendingPeer = new Map<number, PendingPeer>();
+  constructor(private readonly c: Core) {}
 
   /** Send every queued frame to the partner. The runtime calls it after requestFlush. */
   flushOutbox(): void {
@@ -74,13 +77,42 @@ export class PeerRequests {
     body: DistributiveOmit<PeerRequest, 'requestId' | 'epoch' | 'sender' | 'flags'>,
     extraTimeoutMs = 0,
     onReply?: (reply: PeerReply) => void,
-  ): Promise<PeerReply> {
-    if (!this.c.membership.linkUp) return Promise.reject(new PagepairError('NOT_MIRRORED', 'partner link is down'));
+  ): Future<PeerReply> {
+    if (!this.c.membership.linkUp) return this.c.tasks.failed(new PagepairError('NOT_MIRRORED', 'partner link is down'));
     const msg = this.frame<PeerRequest>(body);
-    return new Promise<PeerReply>((resolve, reject) => {
-      this.pendingPeer.set(msg.requestId, { kind: msg.kind, sentMs: this.c.env.nowMs(), extraTimeoutMs, onReply, resolve, reject });
-      this.c.outbox.push(msg);
+    const reply = this.c.tasks.future<PeerReply>();
+    this.pendingPeer.set(msg.requestId, {
+      kind: msg.kind,
+      sentMs: this.c.env.nowMs(),
+      extraTimeoutMs,
+      onReply,
+      resolve: (r) => reply.resolve(r),
+      reject: (err) => reply.reject(err),
     });
+    this.c.outbox.push(msg);
+    return reply;
+  }
+
+  /** Fail the requests unanswered past their timeout; true if any was. */
+  expire(now: number): boolean {
+    let timedOut = false;
+    for (const [id, p] of this.pendingPeer) {
+      const timeoutMs = this.c.cfg.peerRequestTimeoutMs + p.extraTimeoutMs;
+      if (now - p.sentMs > timeoutMs) {
+        this.pendingPeer.delete(id);
+        p.reject(new PagepairError('TIMEOUT', `partner did not answer ${p.kind} within ${timeoutMs} ms`));
+        timedOut = true;
+      }
+    }
+    return timedOut;
+  }
+
+  /** The link is gone: every frame queued and every request unanswered fails with err. */
+  failAll(err: Error): void {
+    this.c.outbox.failAll(err);
+    const pending = [...this.pendingPeer.values()];
+    this.pendingPeer.clear();
+    for (const p of pending) p.reject(err);
   }
 
   onPeerReply(msg: Message): void {

@@ -1,4 +1,8 @@
-// ROOM pointers
+// Pointers: a client holds a range of pages open to read (pinned in the
+// cache) or to write (shadow pages, mirrored to the partner as they are
+// written and installed at both on commit). ALLOCATE_READ, ALLOCATE_WRITE and
+// RELEASE_POINTER tell the partner; a pointer not used within its lease, or
+// whose client went away, is given back.
 
 import { crc32c } from '../protocol/crc32c.js';
 import { PageFlag, PointerMode, Role, type AllocateRead, type AllocateWrite, type CClosePointer, type COpenPointer, type CWrite, type ReleasePointer } from '../protocol/messages.js';
@@ -8,15 +12,43 @@ import type { CachePage } from './page-cache.js';
 import { OWNERSHIP_ROUNDS_MAX, overlay } from './shared.js';
 import type { StoreWrite } from './destager.js';
 import type { Core } from './context.js';
+import { settle, wait, type Task } from './tasks.js';
 
 export class Pointers {
-  constructor(private readonly c: Core) {}
-
   readonly open = new Map<number, PointerState>();
-
   private nextPointerSeq = 1;
 
-  async clientOpenPointer(connId: number, msg: COpenPointer): Promise<number> {
+  constructor(private readonly c: Core) {}
+
+  /**
+   * The link is gone. The partner forgets every pointer with it, our write
+   * pointers' shadow pages included: committing one later would change our
+   * side only.
+   */
+  linkDown(): void {
+    for (const p of [...this.open.values()]) {
+      if (p.holderId !== this.c.selfId || p.mode === PointerMode.WRITE) this.dropPointer(p);
+    }
+  }
+
+  /** Pointers of ours unused past pointerLeaseMs are given back. */
+  expireLeases(now: number): void {
+    for (const p of [...this.open.values()]) {
+      if (p.holderId === this.c.selfId && now - p.lastUsedMs > this.c.cfg.pointerLeaseMs) {
+        this.c.env.log.warn({ pointerId: p.id, guid: p.alloc.record.guid }, 'pointer lease ran out; giving it back');
+        this.c.tasks.spawn(this.closePointer(p, false));
+      }
+    }
+  }
+
+  /** A client connection closed: its pointers are given back. */
+  clientGone(connId: number): void {
+    for (const p of [...this.open.values()]) {
+      if (p.holderId === this.c.selfId && p.connId === connId) this.c.tasks.spawn(this.closePointer(p, false));
+    }
+  }
+
+  *clientOpenPointer(connId: number, msg: COpenPointer): Task<number> {
     const alloc = this.c.allocator.lookup(msg.guid);
     this.c.allocator.checkPageRange(alloc, msg.firstPage, msg.pageCount);
     const bytes = msg.pageCount * alloc.record.pageSizeBytes;
@@ -55,14 +87,14 @@ export class Pointers {
       // here, and a pointer on pages we do not own would write them.
       for (let round = 0; ; round++) {
         if (round >= OWNERSHIP_ROUNDS_MAX) throw new PagepairError('BUSY', `write pointer on ${alloc.record.guid} kept losing its pages to the partner`);
-        if (this.c.cfg.mirroring) await this.c.ownership.acquireOwnership(alloc, msg.firstPage, msg.pageCount);
+        if (this.c.cfg.mirroring) yield* this.c.ownership.acquireOwnership(alloc, msg.firstPage, msg.pageCount);
         if (alloc.released) throw this.c.allocator.goneError(alloc);
         checkConflict();
         if (this.c.ownership.ownsRange(alloc, msg.firstPage, msg.pageCount)) break;
       }
       this.registerPointer(pointer);
       try {
-        if (pointer.mirrored) await this.c.requests.request({ kind: 'ALLOCATE_WRITE', guid: alloc.record.guid, firstPage: msg.firstPage, pageCount: msg.pageCount, pointerId: id });
+        if (pointer.mirrored) yield* wait(this.c.requests.request({ kind: 'ALLOCATE_WRITE', guid: alloc.record.guid, firstPage: msg.firstPage, pageCount: msg.pageCount, pointerId: id }));
       } catch (err) {
         this.dropPointer(pointer);
         throw err;
@@ -70,9 +102,9 @@ export class Pointers {
     } else {
       this.registerPointer(pointer);
       try {
-        await this.pinRange(pointer);
+        yield* this.pinRange(pointer);
         if (pointer.mirrored) {
-          await this.c.requests.request({ kind: 'ALLOCATE_READ', guid: alloc.record.guid, firstPage: msg.firstPage, pageCount: msg.pageCount, pointerId: id });
+          yield* wait(this.c.requests.request({ kind: 'ALLOCATE_READ', guid: alloc.record.guid, firstPage: msg.firstPage, pageCount: msg.pageCount, pointerId: id }));
         }
       } catch (err) {
         this.dropPointer(pointer);
@@ -82,9 +114,9 @@ export class Pointers {
     return id;
   }
 
-  private async pinRange(pointer: PointerState): Promise<void> {
+  private *pinRange(pointer: PointerState): Task<void> {
     for (let p = pointer.firstPage; p < pointer.firstPage + pointer.pageCount; p++) {
-      const cp = await this.c.reads.readablePage(pointer.alloc, p);
+      const cp = yield* this.c.reads.readablePage(pointer.alloc, p);
       if (!this.open.has(pointer.id)) return; // dropped meanwhile
       this.c.cache.pin(cp);
       pointer.pinned.push(cp);
@@ -110,7 +142,7 @@ export class Pointers {
     for (const cp of p.pinned) this.c.cache.unpin(cp);
     p.pinned.length = 0;
     p.shadows.clear();
-    if (this.c.ownership.deferredGrants.length > 0) this.c.ownership.recheckDeferredGrants();
+    this.c.ownership.recheckDeferredGrants();
   }
 
   myPointer(connId: number, pointerId: number, alloc?: AllocState): PointerState {
@@ -121,14 +153,14 @@ export class Pointers {
     return p;
   }
 
-  async pointerWrite(connId: number, msg: CWrite, alloc: AllocState, first: number, count: number): Promise<void> {
+  *pointerWrite(connId: number, msg: CWrite, alloc: AllocState, first: number, count: number): Task<void> {
     const p = this.myPointer(connId, msg.pointerId, alloc);
     if (p.mode !== PointerMode.WRITE) throw new PagepairError('LOCK_CONFLICT', `pointer ${p.id} is a read pointer`, 'pointerId');
     if (first < p.firstPage || first + count > p.firstPage + p.pageCount) {
       throw new PagepairError('OUT_OF_RANGE', `write reaches outside pointer ${p.id}`, 'offset');
     }
     p.lastUsedMs = this.c.env.nowMs();
-    await this.c.reads.stageRange(alloc, first, count);
+    yield* this.c.reads.stageRange(alloc, first, count);
     if (this.open.get(p.id) !== p) throw new PagepairError('POINTER_UNKNOWN', `pointer ${p.id} was given back`, 'pointerId');
     const ps = alloc.record.pageSizeBytes;
     // Only a pointer the partner knows of has shadow pages there.
@@ -147,22 +179,22 @@ export class Pointers {
         );
       }
     }
-    if (op !== null) await op.done;
+    if (op !== null) yield* wait(op.done);
   }
 
-  async clientClosePointer(connId: number, msg: CClosePointer): Promise<number> {
-    return this.closePointer(this.myPointer(connId, msg.pointerId), msg.commit);
+  *clientClosePointer(connId: number, msg: CClosePointer): Task<number> {
+    return yield* this.closePointer(this.myPointer(connId, msg.pointerId), msg.commit);
   }
 
-  async closePointer(p: PointerState, commit: boolean): Promise<number> {
+  *closePointer(p: PointerState, commit: boolean): Task<number> {
     if (p.mode === PointerMode.READ) {
       this.dropPointer(p);
-      if (p.mirrored && this.c.membership.linkUp) await this.c.requests.request({ kind: 'RELEASE_POINTER', pointerId: p.id, commit: false }).catch(() => undefined);
+      if (p.mirrored && this.c.membership.linkUp) yield* settle(this.c.requests.request({ kind: 'RELEASE_POINTER', pointerId: p.id, commit: false }));
       return 0;
     }
     if (!commit || p.shadows.size === 0) {
       this.dropPointer(p);
-      if (p.mirrored && this.c.membership.linkUp) await this.c.requests.request({ kind: 'RELEASE_POINTER', pointerId: p.id, commit: false });
+      if (p.mirrored && this.c.membership.linkUp) yield* wait(this.c.requests.request({ kind: 'RELEASE_POINTER', pointerId: p.id, commit: false }));
       return 0;
     }
     this.c.membership.requireWritable();
@@ -189,22 +221,22 @@ export class Pointers {
       }
     }
     try {
-      if (p.mirrored) await this.c.requests.request({ kind: 'RELEASE_POINTER', pointerId: p.id, commit: true });
-      else if (plain !== null) await plain.done;
-      if (through) await this.c.destager.writeThrough(toStore);
+      if (p.mirrored) yield* wait(this.c.requests.request({ kind: 'RELEASE_POINTER', pointerId: p.id, commit: true }));
+      else if (plain !== null) yield* wait(plain.done);
+      if (through) yield* this.c.destager.writeThrough(toStore);
     } finally {
       for (const cp of touched) this.c.writes.mirrorSettled(cp);
-      if (this.c.ownership.deferredGrants.length > 0) this.c.ownership.recheckDeferredGrants();
+      this.c.ownership.recheckDeferredGrants();
     }
     return shadows.length;
   }
 
-  async onAllocateRead(req: AllocateRead): Promise<void> {
+  *onAllocateRead(req: AllocateRead): Task<void> {
     const alloc = this.c.allocator.lookup(req.guid);
     this.c.allocator.checkPageRange(alloc, req.firstPage, req.pageCount);
     const pointer = this.partnerPointer(req.pointerId, PointerMode.READ, alloc, req.firstPage, req.pageCount);
     this.registerPointer(pointer);
-    await this.pinRange(pointer);
+    yield* this.pinRange(pointer);
     this.c.requests.replyPeer(req, { kind: 'ALLOCATE_READ_REPLY', pointerId: req.pointerId });
   }
 
@@ -244,7 +276,4 @@ export class Pointers {
     this.dropPointer(p);
     this.c.requests.replyPeer(req, { kind: 'RELEASE_POINTER_REPLY', pages });
   }
-
-  // -------------------------------------------------------------------------
-  // Health (SENSE_REQUEST) and the join after the link comes up
 }

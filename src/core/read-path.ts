@@ -1,4 +1,7 @@
-// ROOM readPath
+// The read path: a read of cached, settled pages answered at once (readNow),
+// else as a task that stages pages from the store and waits out a write of
+// ours still in flight to the partner, so no read sees what the partner does
+// not hold.
 
 import { setDataCrc } from '../protocol/codec.js';
 import { Role, type ClientReply, type CRead } from '../protocol/messages.js';
@@ -6,7 +9,9 @@ import { PagepairError } from '../protocol/errors.js';
 import type { AllocState, PointerState } from './allocation.js';
 import type { CachePage } from './page-cache.js';
 import { knownVersion } from './shared.js';
+import type { StoredPage } from '../protocol/store-records.js';
 import type { Core } from './context.js';
+import { wait, type Future, type Task } from './tasks.js';
 
 /** Pages whose torn store slot is logged one by one; past this, only counted (tornSlotsRecovered). */
 export const TORN_SLOTS_LOGGED_MAX = 1024;
@@ -66,17 +71,14 @@ export class ReadPath {
     return { kind: 'C_READ_REPLY', requestId: req.requestId, epoch: this.c.membership.epoch, sender: this.c.selfId, flags: 0, data };
   }
 
-  // -------------------------------------------------------------------------
-  // Client writes
-
-  async clientRead(connId: number, msg: CRead): Promise<Buffer> {
+  *clientRead(connId: number, msg: CRead): Task<Buffer> {
     this.c.membership.requireReadable();
     const alloc = this.c.allocator.lookup(msg.guid);
     this.c.allocator.checkRange(alloc, msg.offset, msg.length, 'length');
     // A controller that was paused may have been taken over meanwhile: it
     // serves no read from its cache until the store says it still may.
     if (this.c.membership.arbiter !== null && !this.c.membership.arbiter.leaseValid()) {
-      await this.c.membership.ensureLease();
+      yield* wait(this.c.membership.ensureLease());
       this.c.membership.requireReadable();
       if (alloc.released) throw this.c.allocator.goneError(alloc);
     }
@@ -96,7 +98,7 @@ export class ReadPath {
     const out = Buffer.allocUnsafe(msg.length);
     for (let p = first; p <= last; p++) {
       const shadow = pointer?.shadows.get(p);
-      const data = shadow !== undefined ? shadow.data : (await this.readablePage(alloc, p)).data;
+      const data = shadow !== undefined ? shadow.data : (yield* this.readablePage(alloc, p)).data;
       const pageStart = p * ps;
       const from = Math.max(msg.offset, pageStart);
       const to = Math.min(msg.offset + msg.length, pageStart + ps);
@@ -106,13 +108,13 @@ export class ReadPath {
   }
 
   /** A page whose contents the partner holds too: cached, and no write of it in flight. */
-  async readablePage(alloc: AllocState, page: number): Promise<CachePage> {
+  *readablePage(alloc: AllocState, page: number): Task<CachePage> {
     for (;;) {
-      const cp = this.c.cache.get(alloc, page) ?? (await this.stagePage(alloc, page));
+      const cp = this.c.cache.get(alloc, page) ?? (yield* wait(this.stagePage(alloc, page)));
       if (cp.mirrorPending === 0) return cp;
-      await new Promise<void>((resolve) => {
-        (cp.waiters ??= []).push(resolve);
-      });
+      const settled = this.c.tasks.future<void>();
+      (cp.waiters ??= []).push(() => settled.resolve());
+      yield* wait(settled);
       if (alloc.released) throw this.c.allocator.goneError(alloc);
       // The write we waited for may have failed (the link dropped): then we
       // are arbitrating, and what we hold may not survive it.
@@ -120,10 +122,10 @@ export class ReadPath {
     }
   }
 
-  async stageRange(alloc: AllocState, first: number, count: number): Promise<void> {
-    const waits: Promise<CachePage>[] = [];
+  *stageRange(alloc: AllocState, first: number, count: number): Task<void> {
+    const waits: Future<CachePage>[] = [];
     for (let p = first; p < first + count; p++) if (!alloc.pages.has(p)) waits.push(this.stagePage(alloc, p));
-    if (waits.length > 0) await Promise.all(waits);
+    if (waits.length > 0) yield* wait(this.c.tasks.all(waits));
   }
 
   /**
@@ -131,19 +133,23 @@ export class ReadPath {
    * cannot evict the first. Pages the write covers whole and whose version is
    * known are not read at all.
    */
-  async stageAndPin(alloc: AllocState, first: number, count: number, pinned: CachePage[], wholePages: (page: number) => boolean): Promise<void> {
+  *stageAndPin(alloc: AllocState, first: number, count: number, pinned: CachePage[], wholePages: (page: number) => boolean): Task<void> {
     const pin = (cp: CachePage): void => {
       if (pinned.includes(cp)) return;
       this.c.cache.pin(cp);
       pinned.push(cp);
     };
-    const waits: Promise<void>[] = [];
+    const waits: Future<void>[] = [];
     for (let p = first; p < first + count; p++) {
       const cp = alloc.pages.get(p);
       if (cp !== undefined) pin(cp);
-      else if (!(wholePages(p) && !Number.isNaN(knownVersion(alloc, p)))) waits.push(this.stagePage(alloc, p).then(pin));
+      else if (!(wholePages(p) && !Number.isNaN(knownVersion(alloc, p)))) waits.push(this.c.tasks.spawn(this.stageThen(alloc, p, pin)));
     }
-    if (waits.length > 0) await Promise.all(waits);
+    if (waits.length > 0) yield* wait(this.c.tasks.all(waits));
+  }
+
+  private *stageThen(alloc: AllocState, page: number, then: (cp: CachePage) => void): Task<void> {
+    then(yield* wait(this.stagePage(alloc, page)));
   }
 
   /** Every page is cached, or is overwritten whole with a known version. */
@@ -154,33 +160,35 @@ export class ReadPath {
     return true;
   }
 
-  private stagePage(alloc: AllocState, page: number): Promise<CachePage> {
+  /** The page read from the store into the cache; one read at a time per page. */
+  private stagePage(alloc: AllocState, page: number): Future<CachePage> {
     const cached = alloc.pages.get(page);
-    if (cached !== undefined) return Promise.resolve(cached);
+    if (cached !== undefined) return this.c.tasks.resolved(cached);
     const inFlight = alloc.staging.get(page);
-    if (inFlight !== undefined) return inFlight.promise;
-    const entry = { promise: null as unknown as Promise<CachePage>, superseded: false };
-    entry.promise = this.c.env.store.readPage(this.c.allocator.location(alloc), page).then(
-      (sp) => {
-        alloc.staging.delete(page);
-        if (alloc.released) throw this.c.allocator.goneError(alloc);
-        const now = alloc.pages.get(page);
-        if (now !== undefined) return now;
-        // A newer version arrived and left again while we read: read anew.
-        if (entry.superseded) return this.stagePage(alloc, page);
-        this.c.counters.pagesStaged++;
-        if (sp.tornSlot !== undefined) this.noteTornSlot(alloc, page, sp.header.version, sp.tornSlot);
-        const cp = this.c.cache.insertClean(alloc, page, sp.header.version, sp.header.crc, sp.header.epoch, sp.data);
-        cp.storeVersion = sp.header.version;
-        return cp;
-      },
-      (err: unknown) => {
-        alloc.staging.delete(page);
-        throw err;
-      },
-    );
+    if (inFlight !== undefined) return inFlight.future;
+    const entry = { future: null as unknown as Future<CachePage>, superseded: false };
+    entry.future = this.c.tasks.spawn(this.stage(alloc, page, entry));
     alloc.staging.set(page, entry);
-    return entry.promise;
+    return entry.future;
+  }
+
+  private *stage(alloc: AllocState, page: number, entry: { superseded: boolean }): Task<CachePage> {
+    let sp: StoredPage;
+    try {
+      sp = yield* wait(this.c.io.run({ kind: 'readPage', loc: this.c.allocator.location(alloc), page }));
+    } finally {
+      alloc.staging.delete(page);
+    }
+    if (alloc.released) throw this.c.allocator.goneError(alloc);
+    const now = alloc.pages.get(page);
+    if (now !== undefined) return now;
+    // A newer version arrived and left again while we read: read anew.
+    if (entry.superseded) return yield* wait(this.stagePage(alloc, page));
+    this.c.counters.pagesStaged++;
+    if (sp.tornSlot !== undefined) this.noteTornSlot(alloc, page, sp.header.version, sp.tornSlot);
+    const cp = this.c.cache.insertClean(alloc, page, sp.header.version, sp.header.crc, sp.header.epoch, sp.data);
+    cp.storeVersion = sp.header.version;
+    return cp;
   }
 
   /** A staged page's newer store slot was damaged (a torn write) and the older copy came back instead. */
@@ -196,7 +204,4 @@ export class ReadPath {
     const s = alloc.staging.get(page);
     if (s !== undefined) s.superseded = true;
   }
-
-  // -------------------------------------------------------------------------
-  // Destaging
 }

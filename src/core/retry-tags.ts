@@ -1,7 +1,8 @@
-// ROOM tags
+// Retry tags: what we know of each client write by (clientId, clientSeq), so
+// that a retried write is applied once, whichever controller the retry goes
+// to, and is answered as the first attempt was.
 
 import { TagMemory } from './tag-memory.js';
-import type { Core } from './context.js';
 
 /** What we know of a client write by its (clientId, clientSeq). */
 export type TaggedWrite =
@@ -27,8 +28,6 @@ export function settleTag(entry: TaggedWrite, err: Error | null): void {
 }
 
 export class RetryTags {
-  constructor(private readonly c: Core) {}
-
   /** Client writes by (clientId, clientSeq): a retried write is applied once. */
   readonly taggedWrites = new TagMemory<TaggedWrite>(TAGGED_WRITES_MAX);
 

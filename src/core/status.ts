@@ -2,7 +2,7 @@
 // status document `pagepair status` and the tests read.
 
 import { Role, type RoleCode } from '../protocol/messages.js';
-import type { EpochRecord } from '../store/types.js';
+import type { EpochRecord } from '../protocol/store-records.js';
 import type { Core } from './context.js';
 
 export interface CoreCounters {

@@ -1,28 +1,43 @@
-// ROOM waits
+// Waiting inside the core: timers fired by tick() (virtual in the simulator)
+// and "something moved" for the loops of flush and shutdown, which look
+// again whenever a store write, a mirrored page or a role change lands.
 
 import type { Core } from './context.js';
+import type { Future } from './tasks.js';
 
 export class Waits {
+  private progressWaiters: Future<void>[] = [];
+  private timers: { atMs: number; done: Future<void> }[] = [];
+
   constructor(private readonly c: Core) {}
 
-  private progressWaiters: (() => void)[] = [];
-
-  /** Timers of the core itself, fired by tick(): virtual in the simulator. */
-  timers: { atMs: number; resolve: () => void }[] = [];
-
-  /** Resolves after ms of core time (fired by tick). */
-  sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => this.timers.push({ atMs: this.c.env.nowMs() + ms, resolve }));
+  /** Settles after ms of core time (fired by tick). */
+  sleep(ms: number): Future<void> {
+    const done = this.c.tasks.future<void>();
+    this.timers.push({ atMs: this.c.env.nowMs() + ms, done });
+    return done;
   }
 
-  waitForProgress(): Promise<void> {
-    return new Promise((resolve) => this.progressWaiters.push(resolve));
+  /** Fire the timers that are due. */
+  fireTimers(now: number): void {
+    if (this.timers.length === 0) return;
+    const due = this.timers.filter((t) => t.atMs <= now);
+    if (due.length === 0) return;
+    this.timers = this.timers.filter((t) => t.atMs > now);
+    for (const t of due) t.done.resolve();
+  }
+
+  /** Settles at the next wakeProgress. */
+  progress(): Future<void> {
+    const f = this.c.tasks.future<void>();
+    this.progressWaiters.push(f);
+    return f;
   }
 
   wakeProgress(): void {
     if (this.progressWaiters.length === 0) return;
     const w = this.progressWaiters;
     this.progressWaiters = [];
-    for (const f of w) f();
+    for (const f of w) f.resolve();
   }
 }

@@ -1,4 +1,8 @@
-// ROOM writePath
+// The write path: a client write applied at once when everything is in hand
+// (writeNow, no task at all), else the long way as a task: own the pages,
+// have room and the old contents of partly written pages, apply, and answer
+// once the partner holds the pages (or, alone, the store does). Retried
+// writes are applied once (retry-tags.ts).
 
 import { crc32c } from '../protocol/crc32c.js';
 import { DATA_CRC, type WithDataCrc } from '../protocol/codec.js';
@@ -12,6 +16,7 @@ import type { LocalWrite } from './ownership.js';
 import type { StoreWrite } from './destager.js';
 import { TAG_DONE, type TaggedWrite, settleTag, tagKey } from './retry-tags.js';
 import type { Core } from './context.js';
+import { wait, type Future, type Task } from './tasks.js';
 
 /** How far a write got: applied here, or skipped because a retry of it was applied at the partner. */
 export interface WriteProgress {
@@ -22,8 +27,7 @@ export interface WriteProgress {
 export interface RoomWaiter {
   bytes: number;
   deadlineMs: number;
-  resolve(): void;
-  reject(err: Error): void;
+  done: Future<void>;
 }
 
 /** A client write applied at once, waiting for the partner's answer to its pages. */
@@ -48,16 +52,31 @@ export class MirroredWrite implements MirrorOp {
   }
 
   reject(err: Error): void {
-    // Failures are handled a turn later, as the long way does: the link may be
-    // going down right now, and that must finish first.
-    void Promise.resolve().then(() => this.core.mirroredWriteSettled(this, err));
+    // Failures are handled after the current event, as the long way does: the
+    // link may be going down right now, and that must finish first.
+    this.core.later(() => this.core.mirroredWriteSettled(this, err));
   }
 }
 
 export class WritePath {
+  private roomWaiters: RoomWaiter[] = [];
+
   constructor(private readonly c: Core) {}
 
-  roomWaiters: RoomWaiter[] = [];
+  /** Writes waiting for room in the cache. */
+  get waitingForRoom(): number {
+    return this.roomWaiters.length;
+  }
+
+  /** Run fn after the event being handled. */
+  later(fn: () => void): void {
+    this.c.tasks.defer(fn);
+  }
+
+  /** Fail every write waiting for room (we were fenced). */
+  failRoomWaiters(err: Error): void {
+    for (const w of this.roomWaiters.splice(0)) w.done.reject(err);
+  }
 
   /**
    * Applies a plain write at once when nothing has to be waited for: the
@@ -177,7 +196,7 @@ export class WritePath {
 
   /** What the end of every write does: deferred grants may go now, and destaging may have to start. */
   private afterWrite(): void {
-    if (this.c.ownership.deferredGrants.length > 0) this.c.ownership.recheckDeferredGrants();
+    this.c.ownership.recheckDeferredGrants();
     if (this.c.cache.bytesDirty > this.c.destager.highWatermarkBytes()) this.c.destager.kickDestage();
   }
 
@@ -185,7 +204,7 @@ export class WritePath {
     return { kind: 'C_WRITE_REPLY', requestId: req.requestId, epoch: this.c.membership.epoch, sender: this.c.selfId, flags: 0 };
   }
 
-  async clientWrite(connId: number, msg: CWrite): Promise<void> {
+  *clientWrite(connId: number, msg: CWrite): Task<void> {
     this.c.membership.requireWritable();
     const alloc = this.c.allocator.lookup(msg.guid);
     this.c.allocator.checkRange(alloc, msg.offset, msg.data.length, 'data');
@@ -195,7 +214,7 @@ export class WritePath {
     this.c.counters.clientWrites++;
     this.c.counters.bytesWritten += msg.data.length;
     if (msg.pointerId !== 0) {
-      await this.c.pointers.pointerWrite(connId, msg, alloc, first, count);
+      yield* this.c.pointers.pointerWrite(connId, msg, alloc, first, count);
       return;
     }
     const conflict = overlappingPointer(alloc, first, count);
@@ -206,7 +225,7 @@ export class WritePath {
     const end = msg.offset + msg.data.length;
     const whole = (page: number): boolean => page * ps >= msg.offset && (page + 1) * ps <= end;
     if (msg.clientId === 0) {
-      await this.writePages(alloc, first, count, compose, null, { applied: false, suppressed: false }, whole);
+      yield* this.writePages(alloc, first, count, compose, null, { applied: false, suppressed: false }, whole);
       return;
     }
     const key = tagKey(msg.clientId, msg.clientSeq);
@@ -214,22 +233,24 @@ export class WritePath {
     if (known !== undefined) {
       // A retry of a write we have seen: never apply it a second time.
       if (known.state === 'running') {
-        await new Promise<void>((resolve, reject) => known.waiters.push((err) => (err === null ? resolve() : reject(err))));
+        const outcome = this.c.tasks.future<void>();
+        known.waiters.push((err) => (err === null ? outcome.resolve() : outcome.reject(err)));
+        yield* wait(outcome);
       } else if (known.state === 'held') {
-        await this.makeDurable(alloc, first, count);
+        yield* this.makeDurable(alloc, first, count);
         this.c.tags.rememberTag(key, TAG_DONE);
       }
       return;
     }
     const progress: WriteProgress = { applied: false, suppressed: false };
-    const done = this.writePages(alloc, first, count, compose, { clientId: msg.clientId, clientSeq: msg.clientSeq }, progress, whole);
+    const done = this.c.tasks.spawn(this.writePages(alloc, first, count, compose, { clientId: msg.clientId, clientSeq: msg.clientSeq }, progress, whole));
     const running: TaggedWrite = { state: 'running', waiters: [] };
     this.c.tags.rememberTag(key, running);
     try {
-      await done;
+      yield* wait(done);
       // Not applied here because the partner's mirrored pages say a retry of
       // it was: alone, those pages must reach the store before the answer.
-      if (progress.suppressed) await this.makeDurable(alloc, first, count);
+      if (progress.suppressed) yield* this.makeDurable(alloc, first, count);
       this.c.tags.rememberTag(key, TAG_DONE);
       settleTag(running, null);
     } catch (err) {
@@ -244,9 +265,9 @@ export class WritePath {
   }
 
   /** A write we hold is as safe as an acknowledged one: mirrored, or in the store when alone. */
-  private async makeDurable(alloc: AllocState, first: number, count: number): Promise<void> {
+  private *makeDurable(alloc: AllocState, first: number, count: number): Task<void> {
     if (!this.c.membership.writesThrough()) return;
-    await this.c.destager.flushTargets(this.c.destager.dirtyTargets((cp) => cp.alloc === alloc && cp.page >= first && cp.page < first + count));
+    yield* this.c.destager.flushTargets(this.c.destager.dirtyTargets((cp) => cp.alloc === alloc && cp.page >= first && cp.page < first + count));
   }
 
   /**
@@ -254,7 +275,7 @@ export class WritePath {
    * where the write is partial, apply, then resolve once the partner holds
    * them (mirrored) or the store does (alone).
    */
-  private async writePages(
+  private *writePages(
     alloc: AllocState,
     first: number,
     count: number,
@@ -262,7 +283,7 @@ export class WritePath {
     tag: { clientId: number; clientSeq: number } | null,
     progress: WriteProgress,
     wholePages: (page: number) => boolean = () => false,
-  ): Promise<void> {
+  ): Task<void> {
     const bytes = count * alloc.record.pageSizeBytes;
     if (bytes > this.c.cfg.cacheBytesMax / 2) {
       throw new PagepairError('TOO_LARGE', `a write of ${count} pages (${bytes} bytes) does not fit half the cache (${this.c.cfg.cacheBytesMax} bytes)`, 'data');
@@ -274,9 +295,9 @@ export class WritePath {
     try {
       for (let round = 0; ; round++) {
         if (round >= OWNERSHIP_ROUNDS_MAX) throw new PagepairError('BUSY', `write to ${alloc.record.guid} kept losing its pages to the partner`);
-        if (this.c.cfg.mirroring) await this.c.ownership.acquireOwnership(alloc, first, count);
-        await this.waitForRoom(this.missingBytes(alloc, first, count));
-        await this.c.reads.stageAndPin(alloc, first, count, pinned, wholePages);
+        if (this.c.cfg.mirroring) yield* this.c.ownership.acquireOwnership(alloc, first, count);
+        yield* wait(this.waitForRoom(this.missingBytes(alloc, first, count)));
+        yield* this.c.reads.stageAndPin(alloc, first, count, pinned, wholePages);
         if (alloc.released) throw this.c.allocator.goneError(alloc);
         this.c.membership.requireWritable();
         if (!this.c.ownership.ownsRange(alloc, first, count) || !this.c.reads.readyRange(alloc, first, count, wholePages)) continue;
@@ -317,13 +338,14 @@ export class WritePath {
         if (mirror !== null) this.c.counters.pagesMirroredOut += count;
         if (through) {
           // Alone, the store is the second copy; a partner still catching up gets the pages too, but is not waited for.
-          if (mirror !== null) mirror.done.catch(() => undefined);
-          await this.c.destager.writeThrough(toStore);
+          yield* this.c.destager.writeThrough(toStore);
         } else if (mirror !== null) {
-          await mirror.done.catch((err: unknown) => {
+          try {
+            yield* wait(mirror.done);
+          } catch (err) {
             this.onMirrorRefused(err);
             throw err;
-          });
+          }
         }
         return;
       }
@@ -331,8 +353,7 @@ export class WritePath {
       this.c.ownership.activeWrites.delete(op);
       for (const cp of touched) this.mirrorSettled(cp);
       for (const cp of pinned) this.c.cache.unpin(cp);
-      if (this.c.ownership.deferredGrants.length > 0) this.c.ownership.recheckDeferredGrants();
-      if (this.c.cache.bytesDirty > this.c.destager.highWatermarkBytes()) this.c.destager.kickDestage();
+      this.afterWrite();
     }
   }
 
@@ -343,21 +364,19 @@ export class WritePath {
     return missing * alloc.record.pageSizeBytes;
   }
 
-  /** Resolves once `bytes` more fit in the cache; CACHE_FULL after cacheFullWaitMs. */
-  private waitForRoom(bytes: number): Promise<void> {
-    if (bytes === 0 || this.c.cache.makeRoom(bytes)) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      this.roomWaiters.push({ bytes, deadlineMs: this.c.env.nowMs() + this.c.cfg.cacheFullWaitMs, resolve, reject });
-      this.c.destager.kickDestage();
-    });
+  /** Settles once `bytes` more fit in the cache; CACHE_FULL after cacheFullWaitMs. */
+  private waitForRoom(bytes: number): Future<void> {
+    if (bytes === 0 || this.c.cache.makeRoom(bytes)) return this.c.tasks.resolved(undefined);
+    const done = this.c.tasks.future<void>();
+    this.roomWaiters.push({ bytes, deadlineMs: this.c.env.nowMs() + this.c.cfg.cacheFullWaitMs, done });
+    this.c.destager.kickDestage();
+    return done;
   }
 
-  mirrorOp(): { op: MirrorOp; done: Promise<void> } {
-    let op!: MirrorOp;
-    const done = new Promise<void>((resolve, reject) => {
-      op = newMirrorOp(resolve, reject);
-    });
-    return { op, done };
+  /** Pages sent to the partner together: `done` settles when it has answered for all of them. */
+  mirrorOp(): { op: MirrorOp; done: Future<void> } {
+    const done = this.c.tasks.future<void>();
+    return { op: newMirrorOp(() => done.resolve(), (err) => done.reject(err)), done };
   }
 
   mirrorSettled(cp: CachePage): void {
@@ -369,9 +388,6 @@ export class WritePath {
     }
   }
 
-  // -------------------------------------------------------------------------
-  // Ownership (LOCK_REQUEST)
-
   /**
    * Verify's repair (C_REWRITE): our copy of the page, as a read through us
    * returns it, written again as a new version by the ordinary write path,
@@ -379,13 +395,13 @@ export class WritePath {
    * write is applied, not before: a client write that lands meanwhile is
    * what both sides keep.
    */
-  async clientRewrite(msg: CRewrite): Promise<{ version: number; crc: number }> {
+  *clientRewrite(msg: CRewrite): Task<{ version: number; crc: number }> {
     this.c.membership.requireWritable();
     const alloc = this.c.allocator.lookup(msg.guid);
     this.c.allocator.checkPageRange(alloc, msg.page, 1);
     const conflict = overlappingPointer(alloc, msg.page, 1);
     if (conflict !== undefined) throw new PagepairError('LOCK_CONFLICT', `page ${msg.page} of ${alloc.record.guid} is held by pointer ${conflict.id}`);
-    await this.writePages(alloc, msg.page, 1, (_page, current) => Buffer.from(current), null, { applied: false, suppressed: false });
+    yield* this.writePages(alloc, msg.page, 1, (_page, current) => Buffer.from(current), null, { applied: false, suppressed: false });
     const cp = alloc.pages.get(msg.page);
     return cp === undefined ? { version: knownVersion(alloc, msg.page), crc: 0 } : { version: cp.version, crc: cp.crc };
   }
@@ -395,8 +411,8 @@ export class WritePath {
     const now = this.c.env.nowMs();
     const keep: RoomWaiter[] = [];
     for (const w of this.roomWaiters) {
-      if (this.c.cache.makeRoom(w.bytes)) w.resolve();
-      else if (now > w.deadlineMs) w.reject(new PagepairError('CACHE_FULL', `no room for ${w.bytes} bytes after ${this.c.cfg.cacheFullWaitMs} ms`));
+      if (this.c.cache.makeRoom(w.bytes)) w.done.resolve();
+      else if (now > w.deadlineMs) w.done.reject(new PagepairError('CACHE_FULL', `no room for ${w.bytes} bytes after ${this.c.cfg.cacheFullWaitMs} ms`));
       else keep.push(w);
     }
     this.roomWaiters = keep;

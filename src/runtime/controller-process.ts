@@ -11,7 +11,7 @@ import type { CoreConfig, CoreEnv } from '../core/env.js';
 import { PagepairError } from '../protocol/errors.js';
 import { Role, type ClientRequest, type Message } from '../protocol/messages.js';
 import { openOrFormatFileStore } from '../store/open.js';
-import type { BlockStore } from '../store/types.js';
+import { runIo, storeLayout, type FenceActions } from './store-io.js';
 import { ClientEndpoint } from '../transport/client-endpoint.js';
 import { NBD_SERVER_DEFAULT_LIMITS, NbdServer } from '../transport/nbd-server.js';
 import { readPskFile } from '../transport/tls.js';
@@ -176,6 +176,11 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger, o
     limits: cfg.limits,
     policies: cfg.policies,
     testHooks: cfg.testHooks,
+    store: storeLayout(store),
+  };
+  const fence: FenceActions = {
+    fencePartner: (pid) => (cfg.arbitration.fenceAction === 'kill' ? killPartner(pid, log) : Promise.resolve(false)),
+    partnerGone: (pid) => (cfg.arbitration.fenceAction === 'kill' ? pagepairProcessGone(pid) : Promise.resolve(false)),
   };
 
   const env: CoreEnv = {
@@ -191,10 +196,10 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger, o
     nowMs: () => performance.now(),
     newGuid: () => uuidv4(),
     closePeer: (reason) => peer?.drop(reason),
-    fencePartner: (pid) => (cfg.arbitration.fenceAction === 'kill' ? killPartner(pid, log) : Promise.resolve(false)),
-    partnerGone: (pid) => (cfg.arbitration.fenceAction === 'kill' ? pagepairProcessGone(pid) : Promise.resolve(false)),
+    startIo: (id, op) => {
+      void runIo(store, fence, op).then((outcome) => core.onIoDone(id, outcome));
+    },
     pid: process.pid,
-    store: store as BlockStore,
     log: log.child({ component: 'core' }),
   };
   const core = new ControllerCore(coreCfg, env);

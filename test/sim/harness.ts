@@ -28,6 +28,7 @@ import { PageStore } from '../../src/store/page-store.js';
 import { Prng } from './prng.js';
 import { Scheduler } from './scheduler.js';
 import { SimClient } from './sim-client.js';
+import { runIo, storeLayout, type FenceActions } from '../../src/runtime/store-io.js';
 import { SimStore, TearableDevice, type Landing, type StoreWriteKind } from './sim-store.js';
 
 export type NodeName = 'A' | 'B';
@@ -639,6 +640,7 @@ export class Harness {
       cacheFullWaitMs: this.opts.cacheFullWaitMs ?? 5_000,
       limits: this.limits,
       policies: this.policies,
+      store: storeLayout(store),
     };
     const node: SimNode = {
       name,
@@ -691,6 +693,14 @@ export class Harness {
         // The runtime's dialer dials again after peerReconnectMs.
         this.scheduleRedial();
       },
+      startIo: (ioId, op) => {
+        // The store completes each operation after a delay drawn by seed (SimStore).
+        void runIo(store, fence, op).then((outcome) => node.core.onIoDone(ioId, outcome));
+      },
+      pid: pidOf(name, incarnation),
+      log: this.makeLog(name, incarnation),
+    };
+    const fence: FenceActions = {
       fencePartner: (pid) => {
         if (!current() || this.opts.fenceKills === false) return Promise.resolve(false);
         const victim = this.nodes.find((n) => pidOf(n.name, n.incarnation) === pid);
@@ -705,9 +715,6 @@ export class Harness {
         const n = this.nodes.find((x) => pidOf(x.name, x.incarnation) === pid);
         return Promise.resolve(n === undefined || !n.alive);
       },
-      pid: pidOf(name, incarnation),
-      store,
-      log: this.makeLog(name, incarnation),
     };
     node.core = new ControllerCore(cfg, env);
     return node;

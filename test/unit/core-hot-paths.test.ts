@@ -5,6 +5,7 @@
 
 import { describe, expect, it } from 'vitest';
 import { ControllerCore } from '../../src/core/controller.js';
+import { runIo, storeLayout } from '../../src/runtime/store-io.js';
 import type { CoreConfig, CoreEnv } from '../../src/core/env.js';
 import { resolvePolicies } from '../../src/core/policy.js';
 import { DEFAULT_LIMITS } from '../../src/protocol/limits.js';
@@ -70,7 +71,9 @@ async function singleCore(): Promise<{ core: ControllerCore; replies: Message[];
     cacheFullWaitMs: 1000,
     limits: DEFAULT_LIMITS,
     policies: resolvePolicies([]),
+    store: storeLayout(store),
   };
+  const fence = { fencePartner: () => Promise.resolve(false), partnerGone: () => Promise.resolve(false) };
   const env: CoreEnv = {
     sendPeer: () => undefined,
     replyClient: (_connId, msg) => replies.push(msg),
@@ -78,10 +81,8 @@ async function singleCore(): Promise<{ core: ControllerCore; replies: Message[];
     nowMs: () => now,
     newGuid: () => '00000000-0000-4000-8000-000000000001',
     closePeer: () => undefined,
-    fencePartner: () => Promise.resolve(false),
-    partnerGone: () => Promise.resolve(false),
+    startIo: (id, op) => void runIo(store, fence, op).then((outcome) => core.onIoDone(id, outcome)),
     pid: 1,
-    store,
     log: { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined },
   };
   const core = new ControllerCore(cfg, env);

@@ -49,14 +49,6 @@ export function ruleBroken(imp: Import): string | null {
 
 /** Imports that break a rule today, each with the part of issue 13 that removes it. */
 const KNOWN: readonly { from: string; to: string; until: string }[] = [
-  // The core awaits store I/O itself until store I/O goes out as effects.
-  { from: 'src/core/allocation.ts', to: 'src/store/types.ts', until: 'part 2: store I/O as effects' },
-  { from: 'src/core/arbiter.ts', to: 'src/store/types.ts', until: 'part 2: store I/O as effects' },
-  { from: 'src/core/allocator.ts', to: 'src/store/types.ts', until: 'part 2: store I/O as effects' },
-  { from: 'src/core/allocator.ts', to: 'src/store/layout.ts', until: 'part 2: extents sized by the store' },
-  { from: 'src/core/allocator.ts', to: 'src/store/extents.ts', until: 'part 2: extents chosen by the store' },
-  { from: 'src/core/status.ts', to: 'src/store/types.ts', until: 'part 2: store I/O as effects' },
-  { from: 'src/core/env.ts', to: 'src/store/types.ts', until: 'part 2: store I/O as effects' },
 ];
 
 function sourceFiles(dir: string): string[] {
