@@ -40,7 +40,7 @@ import { decodeCell, layCells, readCells, writeBytes, type Cell } from './cells.
 import { checkCopies, describeMismatches } from './copies-checker.js';
 import { Harness, type NodeName } from './harness.js';
 import { shownViolations } from './history-text.js';
-import { RETRYABLE, codeOf, drawPairOptions, drawTiming } from './workload-common.js';
+import { RETRYABLE, codeOf, drawPairOptions, drawTiming, traceOf } from './workload-common.js';
 import { NbdEndpoint, nbdConnIds, type NbdEndpointOptions } from './nbd-endpoint.js';
 import { Prng } from './prng.js';
 import { injectFault } from './faults.js';
@@ -99,13 +99,7 @@ export async function runNbdSeed(seed: number, opts: NbdWorkloadOptions = {}): P
   });
   lastNbdHarness = h;
   const mode = chaos ? `NBD chaos${faults.length === NBD_FAULTS.length ? '' : ` [${faults.join(',')}]`}` : 'NBD, no faults';
-  const trace = (): string =>
-    process.env.PAGEPAIR_SIM_TRACE
-      ? `\n${h.logs
-          .slice(-Number(process.env.PAGEPAIR_SIM_TRACE_LINES ?? 150))
-          .map((l) => `${l.atMs} ${l.node}${l.incarnation} ${l.level} ${l.msg} ${JSON.stringify(l.obj)}`)
-          .join('\n')}`
-      : '\n(PAGEPAIR_SIM_TRACE=1 prints the last log records)';
+  const trace = (): string => traceOf(h);
   const tracing = process.env.PAGEPAIR_SIM_TRACE !== undefined;
   /** With tracing, a line in the harness log: what a client asked and heard, among the cores' records. */
   const note = (name: NodeName, msg: string): void => {

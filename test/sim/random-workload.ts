@@ -45,7 +45,7 @@ import { layCells, readCells, writeBytes, type Cell } from './cells.js';
 import { checkCopies, describeMismatches } from './copies-checker.js';
 import { Harness, type NodeName } from './harness.js';
 import { shownViolations } from './history-text.js';
-import { RETRYABLE, codeOf, drawPairOptions, drawTiming } from './workload-common.js';
+import { RETRYABLE, codeOf, drawPairOptions, drawTiming, traceOf } from './workload-common.js';
 import { Prng } from './prng.js';
 import { injectFault } from './faults.js';
 import type { AllocationInfo, SimClient } from './sim-client.js';
@@ -129,13 +129,7 @@ export async function runSeed(seed: number, opts: WorkloadOptions = {}): Promise
   lastHarness = h;
   const mode = modeName(opts);
   // PAGEPAIR_SIM_TRACE=1 adds the last log records of both cores to a failure.
-  const trace = (): string =>
-    process.env.PAGEPAIR_SIM_TRACE
-      ? `\n${h.logs
-          .slice(-Number(process.env.PAGEPAIR_SIM_TRACE_LINES ?? 150))
-          .map((l) => `${l.atMs} ${l.node}${l.incarnation} ${l.level} ${l.msg} ${JSON.stringify(l.obj)}`)
-          .join('\n')}`
-      : '\n(PAGEPAIR_SIM_TRACE=1 prints the last log records)';
+  const trace = (): string => traceOf(h);
   const tracing = process.env.PAGEPAIR_SIM_TRACE !== undefined;
   const fail = (what: string): string => `${what} (seed ${seed}, ${mode}; ${h.describe()}; ${h.incarnations()}; replay: ${replayLine(seed)})${trace()}`;
 

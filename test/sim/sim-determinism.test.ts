@@ -5,15 +5,14 @@
 import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { lastHarness, runSeed, type WorkloadOptions } from './random-workload.js';
+import { hashRun } from './workload-common.js';
 
 async function fingerprint(seed: number, opts: WorkloadOptions): Promise<string> {
   const stats = await runSeed(seed, opts);
   const h = lastHarness!;
   const hash = createHash('sha256');
   hash.update(JSON.stringify(stats));
-  hash.update(`${h.sched.steps} ${h.nowMs}`);
-  for (const l of h.logs) hash.update(`${l.atMs} ${l.node}${l.incarnation} ${l.level} ${l.msg} ${JSON.stringify(l.obj)}\n`);
-  hash.update(h.device.snapshot());
+  hashRun(hash, h);
   return hash.digest('hex');
 }
 

@@ -6,6 +6,7 @@
 import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { lastNbdHarness, runNbdSeed, type NbdWorkloadOptions } from './nbd-workload.js';
+import { hashRun } from './workload-common.js';
 
 async function fingerprint(seed: number, opts: NbdWorkloadOptions): Promise<string> {
   const hash = createHash('sha256');
@@ -15,9 +16,7 @@ async function fingerprint(seed: number, opts: NbdWorkloadOptions): Promise<stri
     hash.update(`failed: ${err instanceof Error ? err.message : String(err)}`);
   }
   const h = lastNbdHarness!;
-  hash.update(`${h.sched.steps} ${h.nowMs}`);
-  for (const l of h.logs) hash.update(`${l.atMs} ${l.node}${l.incarnation} ${l.level} ${l.msg} ${JSON.stringify(l.obj)}\n`);
-  hash.update(h.device.snapshot());
+  hashRun(hash, h);
   return hash.digest('hex');
 }
 

@@ -3,8 +3,9 @@
 // retries, and how a seed draws the pair's timing. The draws keep their
 // order, so every seed runs as it did.
 
+import type { Hash } from 'node:crypto';
 import { isPagepairError } from '../../src/protocol/errors.js';
-import type { NodeName, SimOptions } from './harness.js';
+import type { Harness, NodeName, SimOptions } from './harness.js';
 import { ConnectionLost } from './nbd-endpoint.js';
 import type { Prng } from './prng.js';
 
@@ -41,4 +42,21 @@ export function drawPairOptions(
     cacheBytesMax: rng.pick(o.cachePages) * o.pageBytes,
     preferred: rng.pick(['A', 'B'] as const),
   };
+}
+
+/** The last log records of both cores, for a failure's message, where PAGEPAIR_SIM_TRACE is set (PAGEPAIR_SIM_TRACE_LINES of them, 150 unless told); else how to get them. */
+export function traceOf(h: Harness): string {
+  return process.env.PAGEPAIR_SIM_TRACE
+    ? `\n${h.logs
+        .slice(-Number(process.env.PAGEPAIR_SIM_TRACE_LINES ?? 150))
+        .map((l) => `${l.atMs} ${l.node}${l.incarnation} ${l.level} ${l.msg} ${JSON.stringify(l.obj)}`)
+        .join('\n')}`
+    : '\n(PAGEPAIR_SIM_TRACE=1 prints the last log records)';
+}
+
+/** Adds to `hash` what a run of `h` did: its steps, its virtual time, every log record and the store's bytes. */
+export function hashRun(hash: Hash, h: Harness): void {
+  hash.update(`${h.sched.steps} ${h.nowMs}`);
+  for (const l of h.logs) hash.update(`${l.atMs} ${l.node}${l.incarnation} ${l.level} ${l.msg} ${JSON.stringify(l.obj)}\n`);
+  hash.update(h.device.snapshot());
 }
