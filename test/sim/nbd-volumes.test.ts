@@ -12,7 +12,7 @@ import { decode } from '../../src/protocol/codec.js';
 import { Role, type ClientRequest, type Message } from '../../src/protocol/messages.js';
 import { CoreVolumes, splitRange, type CoreVolumesOptions } from '../../src/runtime/nbd-volumes.js';
 import type { NbdVolume } from '../../src/transport/nbd-backend.js';
-import { Harness, tagged, type NodeName } from './harness.js';
+import { Harness, tagged, type NodeName, type SimOptions } from './harness.js';
 
 const PAGE = 512; // the simulator's 'tiny' policy
 
@@ -42,6 +42,15 @@ function volumeOf(b: CoreVolumes, name: string): NbdVolume {
   const v = b.findVolume(name);
   if (v === undefined) throw new Error(`no volume ${name}`);
   return v;
+}
+
+/** A pair (`opts`), an NBD backend on A and one on B, and volume `name` of `pages` pages allocated through A, as A's backend sees it. */
+async function pairWithVolume(opts: SimOptions, name: string, pages: number): Promise<{ h: Harness; na: CoreVolumes; nb: CoreVolumes; va: NbdVolume }> {
+  const h = await Harness.createPair(opts);
+  const na = backendOn(h, 'A');
+  const nb = backendOn(h, 'B');
+  await h.run(h.client('A').allocate(name, pages * PAGE, 'tiny'));
+  return { h, na, nb, va: volumeOf(na, name) };
 }
 
 async function storedBytes(h: Harness, name: string, offset: number, length: number): Promise<Buffer> {
@@ -92,11 +101,7 @@ describe('NBD volumes over a paired core', () => {
   });
 
   it('writes through A, split in whole-page pieces, and reads the same bytes through B; unaligned both ways', async () => {
-    const h = await Harness.createPair({ seed: 502 });
-    const na = backendOn(h, 'A');
-    const nb = backendOn(h, 'B');
-    await h.run(h.client('A').allocate('v', 64 * PAGE, 'tiny'));
-    const va = volumeOf(na, 'v');
+    const { h, na, nb, va } = await pairWithVolume({ seed: 502 }, 'v', 64);
     const vb = volumeOf(nb, 'v');
 
     const data = tagged(13 * PAGE + 77, 'nbd-A');
@@ -119,11 +124,7 @@ describe('NBD volumes over a paired core', () => {
   });
 
   it('zeroes a range (write-zeroes and trim) across pages, leaving its neighbours', async () => {
-    const h = await Harness.createPair({ seed: 503 });
-    const na = backendOn(h, 'A');
-    const nb = backendOn(h, 'B');
-    await h.run(h.client('A').allocate('z', 32 * PAGE, 'tiny'));
-    const va = volumeOf(na, 'z');
+    const { h, na, nb, va } = await pairWithVolume({ seed: 503 }, 'z', 32);
     const full = tagged(32 * PAGE, 'before-zero');
     await h.run(na.write(va, 0, full, false));
     await h.run(nb.writeZeroes(volumeOf(nb, 'z'), 2 * PAGE + 3, 20 * PAGE, false));
@@ -134,11 +135,7 @@ describe('NBD volumes over a paired core', () => {
   });
 
   it('a FUA write is in the store when it resolves; a flush through B stores what A wrote', async () => {
-    const h = await Harness.createPair({ seed: 504 });
-    const na = backendOn(h, 'A');
-    const nb = backendOn(h, 'B');
-    await h.run(h.client('A').allocate('f', 16 * PAGE, 'tiny'));
-    const va = volumeOf(na, 'f');
+    const { h, na, nb, va } = await pairWithVolume({ seed: 504 }, 'f', 16);
 
     const fua = tagged(3 * PAGE, 'fua');
     await h.run(na.write(va, PAGE + 10, fua, true));
