@@ -139,11 +139,14 @@ export class Supervised {
         for (const w of [...this.lineWaiters]) w();
         done();
       };
-      child.once('exit', (code, sig) => {
+      const onEnd = (code: number | null, sig: NodeJS.Signals | null): void => {
         this.exitCodeSeen = code;
         this.exitSignalSeen = sig;
         ended();
-      });
+      };
+      // Output kept in memory: 'close' comes once its pipes are drained too, so every line it wrote is in before it counts as ended.
+      if ('file' in this.spec.log) child.once('exit', onEnd);
+      else child.once('close', onEnd);
       // A program that cannot start emits 'error' and may never emit 'exit'.
       child.once('error', (err) => {
         if (child.pid === undefined) {
