@@ -20,6 +20,17 @@ async function controller(): Promise<{ server: NbdServer; backend: MemoryNbdBack
   return { server, backend, port };
 }
 
+type Controller = Awaited<ReturnType<typeof controller>>;
+
+/** Two controllers, and a client of both (A first) with `opts`, closed after the test. */
+async function pairClient(opts: Omit<ConstructorParameters<typeof NbdPairClient>[0], 'endpoints'> = {}): Promise<{ a: Controller; b: Controller; c: NbdPairClient }> {
+  const a = await controller();
+  const b = await controller();
+  const c = new NbdPairClient({ endpoints: [{ id: 'A', host: '127.0.0.1', port: a.port }, { id: 'B', host: '127.0.0.1', port: b.port }], ...opts });
+  clients.push(c);
+  return { a, b, c };
+}
+
 function cutAll(server: NbdServer): void {
   for (const conn of (server as unknown as { conns: Set<{ destroy(r: string): void }> }).conns) conn.destroy('test cut');
 }
@@ -31,10 +42,7 @@ afterEach(async () => {
 
 describe('NbdPairClient', () => {
   it('sends to the first controller while it answers', async () => {
-    const a = await controller();
-    const b = await controller();
-    const c = new NbdPairClient({ endpoints: [{ id: 'A', host: '127.0.0.1', port: a.port }, { id: 'B', host: '127.0.0.1', port: b.port }] });
-    clients.push(c);
+    const { a, b, c } = await pairClient();
     await c.write('vol', 0, Buffer.alloc(4096, 1));
     expect((await c.read('vol', 0, 4096))[0]).toBe(1);
     expect(c.currentController).toBe('A');
@@ -43,14 +51,8 @@ describe('NbdPairClient', () => {
   });
 
   it('resends what was in flight on a lost connection to the other controller, and stays there', async () => {
-    const a = await controller();
-    const b = await controller();
     const switches: string[] = [];
-    const c = new NbdPairClient({
-      endpoints: [{ id: 'A', host: '127.0.0.1', port: a.port }, { id: 'B', host: '127.0.0.1', port: b.port }],
-      onSwitch: (s) => switches.push(`${s.from}>${s.to}`),
-    });
-    clients.push(c);
+    const { a, b, c } = await pairClient({ onSwitch: (s) => switches.push(`${s.from}>${s.to}`) });
     await c.open('vol');
     a.backend.holding = true;
     const writes = [0, 1, 2].map((i) => c.write('vol', i * 4096, Buffer.alloc(4096, 10 + i)));
@@ -67,10 +69,7 @@ describe('NbdPairClient', () => {
   });
 
   it('with resendWrites false, a write that may have landed fails instead of going again; reads still move, and so do later writes', async () => {
-    const a = await controller();
-    const b = await controller();
-    const c = new NbdPairClient({ endpoints: [{ id: 'A', host: '127.0.0.1', port: a.port }, { id: 'B', host: '127.0.0.1', port: b.port }], resendWrites: false });
-    clients.push(c);
+    const { a, b, c } = await pairClient({ resendWrites: false });
     await c.open('vol');
     a.backend.holding = true;
     const w = c.write('vol', 0, Buffer.alloc(4096, 5));
@@ -86,10 +85,7 @@ describe('NbdPairClient', () => {
   });
 
   it('takes ESHUTDOWN (a fenced or stopping controller) as "go to the other one"', async () => {
-    const a = await controller();
-    const b = await controller();
-    const c = new NbdPairClient({ endpoints: [{ id: 'A', host: '127.0.0.1', port: a.port }, { id: 'B', host: '127.0.0.1', port: b.port }] });
-    clients.push(c);
+    const { a, b, c } = await pairClient();
     a.backend.failWith('FENCED');
     await c.write('vol', 512, Buffer.from('moved'));
     expect(b.backend.bytesOf('vol').subarray(512, 517).toString()).toBe('moved');
@@ -97,10 +93,7 @@ describe('NbdPairClient', () => {
   });
 
   it('moves on from a controller that does not answer in time', async () => {
-    const a = await controller();
-    const b = await controller();
-    const c = new NbdPairClient({ endpoints: [{ id: 'A', host: '127.0.0.1', port: a.port }, { id: 'B', host: '127.0.0.1', port: b.port }], timeoutMs: 150 });
-    clients.push(c);
+    const { a, b, c } = await pairClient({ timeoutMs: 150 });
     await c.open('vol');
     a.backend.holding = true;
     expect((await c.read('vol', 0, 16)).length).toBe(16);
@@ -109,10 +102,7 @@ describe('NbdPairClient', () => {
   });
 
   it('does not retry an error that is the answer (an unknown export, EIO)', async () => {
-    const a = await controller();
-    const b = await controller();
-    const c = new NbdPairClient({ endpoints: [{ id: 'A', host: '127.0.0.1', port: a.port }, { id: 'B', host: '127.0.0.1', port: b.port }] });
-    clients.push(c);
+    const { a, b, c } = await pairClient();
     await expect(c.read('nope', 0, 1)).rejects.toMatchObject({ code: 'UNKNOWN_GUID' });
     a.backend.failWith('IO_ERROR');
     await expect(c.write('vol', 0, Buffer.alloc(1))).rejects.toMatchObject({ code: 'IO_ERROR' });
