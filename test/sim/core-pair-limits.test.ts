@@ -4,19 +4,13 @@
 // while never losing a dirty page.
 
 import { describe, expect, it } from 'vitest';
-import { isPagepairError } from '../../src/protocol/errors.js';
 import { DEFAULT_LIMITS } from '../../src/protocol/limits.js';
 import { PointerMode } from '../../src/protocol/messages.js';
-import { Harness, tagged, type Settled } from './harness.js';
-import { pairWithClients } from './pair-steps.js';
+import { Harness, tagged } from './harness.js';
+import { codeOf, pairWithClients } from './pair-steps.js';
 import { Prng } from './prng.js';
 
 const PAGE = 512;
-
-function codeOf<T>(r: Settled<T>): string {
-  if (r.ok) return 'ok';
-  return isPagepairError(r.error) ? r.error.code : `untyped: ${r.error.message}`;
-}
 
 describe('typed errors', () => {
   it('bad requests get stable codes through either controller', async () => {

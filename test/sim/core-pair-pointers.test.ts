@@ -4,17 +4,11 @@
 // an unused pointer is given back when its lease runs out.
 
 import { describe, expect, it } from 'vitest';
-import { isPagepairError } from '../../src/protocol/errors.js';
 import { PointerMode } from '../../src/protocol/messages.js';
-import { Harness, tagged, type Settled } from './harness.js';
-import { pairWithClients } from './pair-steps.js';
+import { Harness, tagged } from './harness.js';
+import { codeOf, pairWithClients } from './pair-steps.js';
 
 const PAGE = 512;
-
-function codeOf<T>(r: Settled<T>): string {
-  if (r.ok) return 'ok';
-  return isPagepairError(r.error) ? r.error.code : `untyped: ${r.error.message}`;
-}
 
 async function setup(seed: number, extra: Parameters<typeof Harness.createPair>[0] extends infer O ? Partial<O> : never = {}) {
   const { h, ca, cb } = await pairWithClients({ seed, ...extra });

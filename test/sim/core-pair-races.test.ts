@@ -4,16 +4,10 @@
 
 import { describe, expect, it } from 'vitest';
 import { PointerMode } from '../../src/protocol/messages.js';
-import { isPagepairError } from '../../src/protocol/errors.js';
-import { Harness, tagged, type Settled } from './harness.js';
-import { pairWithClients, restartBoth } from './pair-steps.js';
+import { Harness, tagged } from './harness.js';
+import { codeOf, pairWithClients, restartBoth } from './pair-steps.js';
 
 const PAGE = 512;
-
-function codeOf<T>(r: Settled<T>): string {
-  if (r.ok) return 'ok';
-  return isPagepairError(r.error) ? r.error.code : `untyped: ${r.error.message}`;
-}
 
 describe('lock requests that cross', () => {
   it('a flush on A taking a page while B asks for it twice leaves one owner', async () => {

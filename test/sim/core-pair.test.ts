@@ -4,10 +4,9 @@
 // crosses the real codec; every run is seeded.
 
 import { describe, expect, it } from 'vitest';
-import { isPagepairError } from '../../src/protocol/errors.js';
 import type { PageStore } from '../../src/store/page-store.js';
-import { Harness, tagged, type Settled } from './harness.js';
-import { pairWithClients, restartBoth } from './pair-steps.js';
+import { Harness, tagged } from './harness.js';
+import { codeOf, pairWithClients, restartBoth } from './pair-steps.js';
 import { Prng } from './prng.js';
 import type { SimClient } from './sim-client.js';
 
@@ -19,11 +18,6 @@ async function expectEqualDigestsWhenQuiet(h: Harness): Promise<void> {
   const b = h.status('B');
   expect(a.digests, `digests (${h.describe()})`).toEqual(b.digests);
   expect(a.dirtyPages).toBe(b.dirtyPages);
-}
-
-function codeOf<T>(r: Settled<T>): string {
-  if (r.ok) return 'ok';
-  return isPagepairError(r.error) ? r.error.code : `untyped: ${r.error.message}`;
 }
 
 async function storedPage(view: PageStore, name: string, page: number): Promise<{ version: number; data: Buffer }> {

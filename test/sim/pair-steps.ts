@@ -1,6 +1,7 @@
 // Steps the simulator's pair tests take again and again.
 
-import { Harness, type SimOptions } from './harness.js';
+import { isPagepairError } from '../../src/protocol/errors.js';
+import { Harness, type Settled, type SimOptions } from './harness.js';
 import type { SimClient } from './sim-client.js';
 
 /** A simulated pair (`opts`) and a client on each controller. */
@@ -15,4 +16,10 @@ export async function restartBoth(h: Harness): Promise<void> {
   await h.restart('B');
   h.heal();
   await h.waitMirrored();
+}
+
+/** How a request settled: "ok", its error's code, or "untyped: …". */
+export function codeOf<T>(r: Settled<T>): string {
+  if (r.ok) return 'ok';
+  return isPagepairError(r.error) ? r.error.code : `untyped: ${r.error.message}`;
 }
