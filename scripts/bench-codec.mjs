@@ -32,21 +32,7 @@ const message = (i) => ({
   epoch: 3,
   sender: 1,
   flags: 0,
-  pages: [
-    {
-      guid: GUID,
-      page: i & 0xffff,
-      version: i + 1,
-      crc: crcs[i & 63],
-      epoch: 3,
-      pageFlags: 0,
-      pointerId: 0,
-      clientId: 0,
-      clientSeq: 0,
-      ownerGen: 0,
-      data: pages[i & 63],
-    },
-  ],
+  pages: [{ guid: GUID, page: i & 0xffff, version: i + 1, crc: crcs[i & 63], epoch: 3, pageFlags: 0, pointerId: 0, clientId: 0, clientSeq: 0, ownerGen: 0, data: pages[i & 63] }],
 });
 
 function time(label, n, bytesEach, fn) {
