@@ -13,8 +13,8 @@ import WebSocket from 'ws';
 import { PagepairClient } from '../../src/client/index.js';
 import { encode } from '../../src/protocol/codec.js';
 import { PROTOCOL_VERSION } from '../../src/protocol/messages.js';
-import type { ControllerStatus } from '../../src/runtime/controller-process.js';
 import { makePairFiles, seededInts, startMirroredPair, stopPair, waitUntil, type PairFiles, type Proc } from './helpers.js';
+import { statusOf } from './controller-status.js';
 
 const MiB = 1024 * 1024;
 /** The bound the README states: measured peak about a third of it (see the test's output). */
@@ -37,15 +37,6 @@ afterAll(() => stopPair(procs ?? [], files), 60_000);
 function rssOf(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   return m === null ? 0 : Number(m[1]) * 1024;
-}
-
-async function statusOf(port: number): Promise<ControllerStatus> {
-  const c = await PagepairClient.connect({ host: '127.0.0.1', port, token: files.token, timeoutMs: 10_000 });
-  try {
-    return (await c.status()) as ControllerStatus;
-  } finally {
-    await c.close();
-  }
 }
 
 const rand = seededInts(20261204);
@@ -139,7 +130,7 @@ async function slowReader(guid: string): Promise<void> {
 
 describe('a flood on every listener', () => {
   it(`keeps serving, and its RSS stays under ${RSS_BOUND_BYTES / MiB} MiB`, async () => {
-    const before = await statusOf(files.ports.aClient);
+    const before = await statusOf(files, files.ports.aClient);
     const pid = before.pid;
     const baseline = rssOf(pid);
     let peak = baseline;
@@ -181,7 +172,7 @@ describe('a flood on every listener', () => {
       await c.close();
     }
     if (only.includes('slow')) await waitUntil(() => slowDropped(), 10_000, 'the slow reader dropped');
-    const after = await statusOf(files.ports.aClient);
+    const after = await statusOf(files, files.ports.aClient);
     const refused = after.refused;
     console.log(
       `flood: ${3 * CONNECTIONS_PER_LISTENER} connections in ${Math.round(floodMs)} ms; RSS baseline ${(baseline / MiB).toFixed(1)} MiB, peak ${(peak / MiB).toFixed(1)} MiB (bound ${RSS_BOUND_BYTES / MiB} MiB); ` +
@@ -200,7 +191,7 @@ describe('a flood on every listener', () => {
     expect(refused.peer!.overCap).toBeGreaterThan(0);
     // Nothing of the flood is left open (A dials B: the link is on B's peer port, not A's; the one client is this status request).
     await waitUntil(async () => {
-      const s = await statusOf(files.ports.aClient);
+      const s = await statusOf(files, files.ports.aClient);
       return s.refused.client!.open <= 1 && s.refused.peer!.open === 0;
     }, 10_000, 'the flood connections gone');
   }, 240_000);

@@ -8,8 +8,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { PagepairClient } from '../../src/client/index.js';
-import type { ControllerStatus } from '../../src/runtime/controller-process.js';
 import { makePairFiles, startMirroredPair, startProcess, stopPair, type PairFiles, type Proc } from './helpers.js';
+import { statusOf } from './controller-status.js';
 
 let files: PairFiles;
 let procs: [Proc, Proc];
@@ -41,15 +41,6 @@ function hold(port: number, from: string): Promise<WebSocket | null> {
   });
 }
 
-async function statusOf(port: number): Promise<ControllerStatus> {
-  const c = await PagepairClient.connect({ host: '127.0.0.1', port, token: files.token, timeoutMs: 5000 });
-  try {
-    return (await c.status()) as ControllerStatus;
-  } finally {
-    await c.close();
-  }
-}
-
 describe('a stranger holding handshakes on the peer port', () => {
   it('does not keep a restarted partner out: A is killed, started again, and the pair is mirrored again while the stranger holds them', async () => {
     // Twice the cap's worth of attempts, PER_SOURCE + 2 from each address: past the per-source slots the oldest gives way, past the cap the door is shut.
@@ -59,7 +50,7 @@ describe('a stranger holding handshakes on the peer port', () => {
       if (ws !== null) held.push(ws);
     }
     const open = (): WebSocket[] => held.filter((ws) => ws.readyState === WebSocket.OPEN);
-    const before = await statusOf(files.ports.bClient);
+    const before = await statusOf(files, files.ports.bClient, 5000);
     expect(before.refused.peer).not.toBeNull();
     // Every place on B's peer port but the link's own is the stranger's.
     expect(before.refused.peer!.open).toBe(PEER_CONNECTIONS_MAX);
@@ -78,7 +69,7 @@ describe('a stranger holding handshakes on the peer port', () => {
 
     // The stranger still holds all but the one that gave way to the partner.
     expect(open().length).toBeGreaterThanOrEqual(heldBefore - 1);
-    const after = await statusOf(files.ports.bClient);
+    const after = await statusOf(files, files.ports.bClient, 5000);
     expect(after.role).toBe('mirrored');
     expect(after.refused.peer!.handshaking).toBeGreaterThanOrEqual(PEER_CONNECTIONS_MAX - 2);
 
