@@ -4,24 +4,17 @@
 // and A's and B's copies must be the same. `pagepair attach-kill-test` runs
 // the full 10 cycles (README).
 
-import { afterAll, describe, expect } from 'vitest';
+import { describe, expect } from 'vitest';
 import { formatAttachKillTest, runAttachKillTest } from '../../src/cli/attach-kill-test.js';
-import { killAllFio } from '../../src/runtime/fio.js';
-import { killAllPairControllers } from '../../src/runtime/nbd-pair.js';
 import { itWithTools } from '../tools.js';
+import { useKillRunCleanup } from './kill-runs.js';
 
-const abort = new AbortController();
-
-afterAll(() => {
-  abort.abort();
-  killAllFio();
-  killAllPairControllers();
-});
+const signal = useKillRunCleanup();
 
 describe('attach-kill-test: fio through attach while the controllers are killed', () => {
   itWithTools(['fio'], 'fio sees no error and verifies every block; the survivor answers attach after every kill', async () => {
     const lines: string[] = [];
-    const r = await runAttachKillTest({ cycles: 1, sizeBytes: 96 * 1024 * 1024, rateIops: 4000, settleMs: 300, print: (l) => lines.push(l), signal: abort.signal });
+    const r = await runAttachKillTest({ cycles: 1, sizeBytes: 96 * 1024 * 1024, rateIops: 4000, settleMs: 300, print: (l) => lines.push(l), signal });
     const why = `${lines.join('\n')}\n${formatAttachKillTest(r)}`;
     expect(r.problems, why).toEqual([]);
     expect(r.ok).toBe(true);

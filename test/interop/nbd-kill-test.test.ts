@@ -4,26 +4,20 @@
 // killing A and then B. A control verify against a zeroed volume must fail
 // on every block, so a survivor that lost writes would fail this test.
 
-import { afterAll, describe, expect } from 'vitest';
+import { describe, expect } from 'vitest';
 import { itWithTools } from '../tools.js';
 import { runNbdKillTest, type NbdKillTestResult } from '../../src/cli/nbd-kill-test.js';
-import { killAllFio, liveFioCount } from '../../src/runtime/fio.js';
-import { killAllPairControllers } from '../../src/runtime/nbd-pair.js';
+import { liveFioCount } from '../../src/runtime/fio.js';
+import { useKillRunCleanup } from './kill-runs.js';
 
-const abort = new AbortController();
+const signal = useKillRunCleanup();
 const lines: string[] = [];
-
-afterAll(() => {
-  abort.abort();
-  killAllFio();
-  killAllPairControllers();
-});
 
 describe('nbd-kill-test: fio through a controller that is SIGKILLed', () => {
   itWithTools(['fio'], 'verifies every completed write through the survivor, killing A and then B', async () => {
     let r: NbdKillTestResult;
     try {
-      r = await runNbdKillTest({ victims: ['A', 'B'], sizeBytes: 64 * 1024 * 1024, iodepth: 32, seed: 7, print: (l) => lines.push(l), signal: abort.signal });
+      r = await runNbdKillTest({ victims: ['A', 'B'], sizeBytes: 64 * 1024 * 1024, iodepth: 32, seed: 7, print: (l) => lines.push(l), signal });
     } finally {
       expect(liveFioCount()).toBe(0);
     }
