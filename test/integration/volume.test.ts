@@ -71,33 +71,25 @@ describe('volumes and NBD on a real pair', () => {
   });
 
   it('refuses bad input with errors that name it', async () => {
-    const dup = await runCli(['volume', 'create', '--name', 'vol0', '--size', '1MiB', '--config', files.b]);
-    expect(dup.code).toBe(1);
-    expect(dup.stderr).toContain('DUPLICATE: a volume named "vol0" exists already');
-
-    const size = await runCli(['volume', 'create', '--name', 'x', '--size', '12XB', '--config', files.a]);
-    expect(size.code).toBe(2);
-    expect(size.stderr).toContain('size must be a size such as 4096, 64KiB or 1GiB, got "12XB"');
-
-    const policy = await runCli(['volume', 'create', '--name', 'x', '--size', '1MiB', '--policy', 'nope', '--config', files.a]);
-    expect(policy.code).toBe(1);
-    expect(policy.stderr).toMatch(/POLICY_UNKNOWN: --policy: no policy named "nope" .*known: default/);
-
-    const huge = await runCli(['volume', 'create', '--name', 'huge', '--size', '1TiB', '--config', files.a]);
-    expect(huge.code).toBe(1);
-    expect(huge.stderr).toContain('NO_SPACE: no room for 1.0 TiB in the store');
-
-    const name = await runCli(['volume', 'create', '--name', 'a b', '--size', '1MiB', '--config', files.a]);
-    expect(name.code).toBe(2);
-    expect(name.stderr).toContain('--name must be 1 to 64 letters');
+    // Each command, the exit code it must end with, and what its error must say.
+    const refusals: [string[], number, string | RegExp][] = [
+      [['volume', 'create', '--name', 'vol0', '--size', '1MiB', '--config', files.b], 1, 'DUPLICATE: a volume named "vol0" exists already'],
+      [['volume', 'create', '--name', 'x', '--size', '12XB', '--config', files.a], 2, 'size must be a size such as 4096, 64KiB or 1GiB, got "12XB"'],
+      [['volume', 'create', '--name', 'x', '--size', '1MiB', '--policy', 'nope', '--config', files.a], 1, /POLICY_UNKNOWN: --policy: no policy named "nope" .*known: default/],
+      [['volume', 'create', '--name', 'huge', '--size', '1TiB', '--config', files.a], 1, 'NO_SPACE: no room for 1.0 TiB in the store'],
+      [['volume', 'create', '--name', 'a b', '--size', '1MiB', '--config', files.a], 2, '--name must be 1 to 64 letters'],
+      [['volume', 'delete', 'no-such-volume', '--config', files.a], 1, 'no volume named "no-such-volume"'],
+    ];
+    for (const [args, code, says] of refusals) {
+      const r = await runCli(args);
+      expect(r.code, args.join(' ')).toBe(code);
+      if (typeof says === 'string') expect(r.stderr).toContain(says);
+      else expect(r.stderr).toMatch(says);
+    }
 
     const missing = await runCli(['volume', 'create', '--name', 'x', '--config', files.a]);
     expect(missing.code).not.toBe(0);
     expect(missing.stderr).toContain("required option '-s, --size <size>' not specified");
-
-    const unknown = await runCli(['volume', 'delete', 'no-such-volume', '--config', files.a]);
-    expect(unknown.code).toBe(1);
-    expect(unknown.stderr).toContain('no volume named "no-such-volume"');
 
     for (const sub of ['create', 'list', 'delete']) {
       const help = await runCli(['volume', sub, '--help']);

@@ -459,15 +459,8 @@ describe('encoders', () => {
 
 describe('nbdErrnoFor', () => {
   it('maps pagepair error codes to NBD errors', () => {
-    expect(nbdErrnoFor('NO_SPACE')).toBe(28);
-    expect(nbdErrnoFor('OUT_OF_RANGE')).toBe(22);
-    expect(nbdErrnoFor('BAD_FIELD')).toBe(22);
-    expect(nbdErrnoFor('TOO_LARGE')).toBe(22);
-    expect(nbdErrnoFor('FENCED')).toBe(108);
-    expect(nbdErrnoFor('NOT_ACTIVE')).toBe(108);
-    expect(nbdErrnoFor('SHUTTING_DOWN')).toBe(108);
-    expect(nbdErrnoFor('IO_ERROR')).toBe(5);
-    expect(nbdErrnoFor('CHECKSUM_MISMATCH')).toBe(5);
-    expect(nbdErrnoFor('INTERNAL')).toBe(5);
+    const expected = { NO_SPACE: 28, OUT_OF_RANGE: 22, BAD_FIELD: 22, TOO_LARGE: 22, FENCED: 108, NOT_ACTIVE: 108, SHUTTING_DOWN: 108, IO_ERROR: 5, CHECKSUM_MISMATCH: 5, INTERNAL: 5 } as const;
+    const got = Object.fromEntries(Object.keys(expected).map((code) => [code, nbdErrnoFor(code as keyof typeof expected)]));
+    expect(got).toEqual(expected);
   });
 });
