@@ -40,7 +40,7 @@ import { decodeCell, layCells, readCells, writeBytes, type Cell } from './cells.
 import { checkCopies, describeMismatches } from './copies-checker.js';
 import { Harness, type NodeName } from './harness.js';
 import { shownViolations } from './history-text.js';
-import { RETRYABLE, codeOf, drawPairOptions, drawTiming, traceOf } from './workload-common.js';
+import { RETRYABLE, codeOf, drawPairOptions, drawTiming, simNote, traceOf } from './workload-common.js';
 import { NbdEndpoint, nbdConnIds, type NbdEndpointOptions } from './nbd-endpoint.js';
 import { Prng } from './prng.js';
 import { injectFault } from './faults.js';
@@ -103,7 +103,7 @@ export async function runNbdSeed(seed: number, opts: NbdWorkloadOptions = {}): P
   const tracing = process.env.PAGEPAIR_SIM_TRACE !== undefined;
   /** With tracing, a line in the harness log: what a client asked and heard, among the cores' records. */
   const note = (name: NodeName, msg: string): void => {
-    if (tracing) h.logs.push({ node: name, incarnation: h.node(name).incarnation, atMs: h.nowMs, level: 'info', msg: `sim: ${msg}`, obj: {} });
+    if (tracing) simNote(h, name, msg);
   };
   const where = (): string => `seed ${seed}, ${mode}; ${h.describe()}; ${h.incarnations()}; replay: ${nbdReplayLine(seed, opts.replayFile)}`;
 
@@ -468,7 +468,7 @@ export async function runNbdSeed(seed: number, opts: NbdWorkloadOptions = {}): P
       const fault = my.pick(faults);
       const name: NodeName = my.chance(0.5) ? 'A' : 'B';
       stats.faults++;
-      h.logs.push({ node: name, incarnation: h.node(name).incarnation, atMs: h.nowMs, level: 'info', msg: `sim: chaos: ${fault} of ${name}`, obj: {} });
+      simNote(h, name, `chaos: ${fault} of ${name}`);
       await injectFault(h, my, fault, name, timeout, () => my.pick([my.int(50), my.int(timeout), timeout + my.int(2 * timeout)]));
       await recover(my, `after ${fault} of ${name}`);
     }

@@ -45,7 +45,7 @@ import { layCells, readCells, writeBytes, type Cell } from './cells.js';
 import { checkCopies, describeMismatches } from './copies-checker.js';
 import { Harness, type NodeName } from './harness.js';
 import { shownViolations } from './history-text.js';
-import { RETRYABLE, codeOf, drawPairOptions, drawTiming, traceOf } from './workload-common.js';
+import { RETRYABLE, codeOf, drawPairOptions, drawTiming, simNote, traceOf } from './workload-common.js';
 import { Prng } from './prng.js';
 import { injectFault } from './faults.js';
 import type { AllocationInfo, SimClient } from './sim-client.js';
@@ -307,7 +307,7 @@ export async function runSeed(seed: number, opts: WorkloadOptions = {}): Promise
         const joining = h.nodes.find((n) => n.alive && n.core.currentRole !== Role.ALONE && h.nodes.some((m) => m !== n && m.core.currentRole === Role.ALONE));
         if (joining !== undefined && !mirrored()) {
           count('second');
-          h.logs.push({ node: joining.name, incarnation: joining.incarnation, atMs: h.nowMs, level: 'info', msg: `sim: chaos: second fault on ${joining.name}`, obj: {} });
+          simNote(h, joining.name, `chaos: second fault on ${joining.name}`);
           if (my.chance(0.5)) {
             h.kill(joining.name);
             continue;
@@ -331,7 +331,7 @@ export async function runSeed(seed: number, opts: WorkloadOptions = {}): Promise
       const fault = my.pick(faults);
       const name: NodeName = my.chance(0.5) ? 'A' : 'B';
       count(fault);
-      h.logs.push({ node: name, incarnation: h.node(name).incarnation, atMs: h.nowMs, level: 'info', msg: `sim: chaos: ${fault} of ${name}`, obj: {} });
+      simNote(h, name, `chaos: ${fault} of ${name}`);
       switch (fault) {
         case 'cut':
         case 'drop':

@@ -5,7 +5,7 @@
 import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { lastHarness, runSeed, type WorkloadOptions } from './random-workload.js';
-import { hashRun } from './workload-common.js';
+import { hashRun, itReplaysEachSeed } from './workload-common.js';
 
 async function fingerprint(seed: number, opts: WorkloadOptions): Promise<string> {
   const stats = await runSeed(seed, opts);
@@ -22,15 +22,7 @@ describe('simulator: a seed replays exactly', () => {
     ['chaos', { chaos: true, opsPerActor: 16 }],
     ['chaos without fence kills', { chaos: true, fenceKills: false, opsPerActor: 16 }],
   ];
-  for (const [name, opts] of modes) {
-    it(`${name}: two runs of one seed are identical`, async () => {
-      for (const seed of [2, 5, 8]) {
-        const first = await fingerprint(seed, opts);
-        const second = await fingerprint(seed, opts);
-        expect(second, `seed ${seed}`).toBe(first);
-      }
-    });
-  }
+  itReplaysEachSeed(modes, [2, 5, 8], fingerprint);
 
   it('different seeds make different runs', async () => {
     expect(await fingerprint(2, { chaos: true })).not.toBe(await fingerprint(3, { chaos: true }));

@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { lastNbdHarness, runNbdSeed, type NbdWorkloadOptions } from './nbd-workload.js';
-import { hashRun } from './workload-common.js';
+import { hashRun, itReplaysEachSeed } from './workload-common.js';
 
 async function fingerprint(seed: number, opts: NbdWorkloadOptions): Promise<string> {
   const hash = createHash('sha256');
@@ -25,15 +25,7 @@ describe('NBD simulator: a seed replays exactly', () => {
     ['no faults', {}],
     ['chaos', { chaos: true, opsPerActor: 16 }],
   ];
-  for (const [name, opts] of modes) {
-    it(`${name}: two runs of one seed are identical`, async () => {
-      for (const seed of [2, 9]) {
-        const first = await fingerprint(seed, opts);
-        const second = await fingerprint(seed, opts);
-        expect(second, `seed ${seed}`).toBe(first);
-      }
-    });
-  }
+  itReplaysEachSeed(modes, [2, 9], fingerprint);
 
   it('different seeds make different runs', async () => {
     expect(await fingerprint(2, {})).not.toBe(await fingerprint(3, {}));

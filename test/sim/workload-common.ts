@@ -4,6 +4,7 @@
 // order, so every seed runs as it did.
 
 import type { Hash } from 'node:crypto';
+import { expect, it } from 'vitest';
 import { isPagepairError } from '../../src/protocol/errors.js';
 import type { Harness, NodeName, SimOptions } from './harness.js';
 import { ConnectionLost } from './nbd-endpoint.js';
@@ -59,4 +60,22 @@ export function hashRun(hash: Hash, h: Harness): void {
   hash.update(`${h.sched.steps} ${h.nowMs}`);
   for (const l of h.logs) hash.update(`${l.atMs} ${l.node}${l.incarnation} ${l.level} ${l.msg} ${JSON.stringify(l.obj)}\n`);
   hash.update(h.device.snapshot());
+}
+
+/** For each mode, a test that runs each of `seeds` twice and finds both runs' fingerprints the same. */
+export function itReplaysEachSeed<O>(modes: readonly [string, O][], seeds: readonly number[], fingerprint: (seed: number, opts: O) => Promise<string>): void {
+  for (const [name, opts] of modes) {
+    it(`${name}: two runs of one seed are identical`, async () => {
+      for (const seed of seeds) {
+        const first = await fingerprint(seed, opts);
+        const second = await fingerprint(seed, opts);
+        expect(second, `seed ${seed}`).toBe(first);
+      }
+    });
+  }
+}
+
+/** A line in the harness's log, among the cores' records: "sim: <msg>", as `name` at the virtual time now. */
+export function simNote(h: Harness, name: NodeName, msg: string): void {
+  h.logs.push({ node: name, incarnation: h.node(name).incarnation, atMs: h.nowMs, level: 'info', msg: `sim: ${msg}`, obj: {} });
 }
