@@ -63,11 +63,11 @@ export class ControllerCore extends CoreRooms {
     const m = this.membership;
     m.stopping = true;
     // Only a controller that serves may write what it holds to the store.
-    m.stoppingMayDestage = m.role === Role.MIRRORED || m.role === Role.ALONE || m.role === Role.SINGLE;
-    m.setRole(Role.STOPPING, 'shutting down');
+    const serving = m.role === Role.MIRRORED || m.role === Role.ALONE || m.role === Role.SINGLE;
+    m.enter({ role: Role.STOPPING, mayDestage: serving }, 'shutting down');
     const deadline = this.env.nowMs() + timeoutMs;
-    const wasMirrored = m.linkUp && this.joining.current === null && m.stoppingMayDestage;
-    const left = yield* this.destager.drainOwn(() => m.stoppingMayDestage && this.env.nowMs() < deadline);
+    const wasMirrored = m.linkUp && this.joining.current === null && serving;
+    const left = yield* this.destager.drainOwn(() => m.mayDestageWhileStopping() && this.env.nowMs() < deadline);
     if (left > 0) this.env.log.warn({ dirtyPages: left }, 'shutdown: pages still dirty');
     if (this.cfg.mirroring && m.linkUp && wasMirrored) {
       const gives: Future<unknown>[] = [];

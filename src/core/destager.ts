@@ -172,7 +172,7 @@ export class Destager {
       case Role.MIRRORED:
         return this.c.membership.linkUp && this.c.joining.current === null;
       case Role.STOPPING:
-        return this.c.membership.stoppingMayDestage;
+        return this.c.membership.mayDestageWhileStopping();
       default:
         return false;
     }

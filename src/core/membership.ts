@@ -10,8 +10,23 @@ import { roleName } from './status.js';
 import type { Core } from './context.js';
 import type { Future, Task } from './tasks.js';
 
+/**
+ * The role this controller plays, with what only that role needs: a fresh
+ * controller waiting for its partner counts how long it has been alone; an
+ * arbitration knows what it interrupted; a shutdown knows whether it may
+ * still write to the store.
+ */
+export type RoleState =
+  | { readonly role: typeof Role.STARTING; /** Since when no partner has been in sight (it arbitrates after partnerTimeoutMs). */ loneSinceMs: number }
+  | { readonly role: typeof Role.ARBITRATING; /** The role the partner's loss interrupted. */ readonly previous: RoleState; readonly wasFresh: boolean }
+  | { readonly role: typeof Role.STOPPING; /** Only a controller that served may write what it holds to the store. */ readonly mayDestage: boolean }
+  | { readonly role: typeof Role.SINGLE | typeof Role.JOINING | typeof Role.MIRRORED | typeof Role.ALONE | typeof Role.FENCED };
+
+/** The roles that hold nothing of their own. */
+type PlainRole = typeof Role.SINGLE | typeof Role.JOINING | typeof Role.MIRRORED | typeof Role.ALONE | typeof Role.FENCED;
+
 export class Membership {
-  role: RoleCode;
+  private state: RoleState;
 
   epoch = 1;
 
@@ -21,9 +36,6 @@ export class Membership {
   linkUp = false;
 
   stopping = false;
-
-  /** A fenced controller stopping writes nothing, not even its own pages. */
-  stoppingMayDestage = true;
 
   lastHeartbeatMs = 0;
 
@@ -45,9 +57,6 @@ export class Membership {
   /** The partner said it is shutting down or crashing: it is not coming back by itself. */
   partnerLeaving = false;
 
-  /** Since when a fresh controller has been without its partner (it arbitrates after partnerTimeoutMs). */
-  loneSinceMs: number;
-
   /** The allocation table being read again after a reset; a join waits for it. */
   private tableReload: Future<unknown> | null = null;
 
@@ -57,8 +66,7 @@ export class Membership {
   constructor(private readonly c: Core) {
     const cfg = c.cfg;
     this.fresh = cfg.mirroring;
-    this.role = cfg.mirroring ? Role.STARTING : Role.SINGLE;
-    this.loneSinceMs = c.env.nowMs();
+    this.state = cfg.mirroring ? { role: Role.STARTING, loneSinceMs: c.env.nowMs() } : { role: Role.SINGLE };
     this.arbiter = cfg.mirroring
       ? new Arbiter(
           {
@@ -90,9 +98,10 @@ export class Membership {
       this.peerDown('partner silent');
     }
     this.mailboxBeat(now);
-    if (this.fresh && !this.linkUp && !this.arbitrating && !this.stopping && this.role === Role.STARTING && now - this.loneSinceMs > this.c.cfg.partnerTimeoutMs) {
+    const s = this.state;
+    if (s.role === Role.STARTING && this.fresh && !this.linkUp && !this.arbitrating && !this.stopping && now - s.loneSinceMs > this.c.cfg.partnerTimeoutMs) {
       // No partner in sight since we started: find out through the store whether it is gone.
-      this.loneSinceMs = now;
+      s.loneSinceMs = now;
       this.startArbitration('no partner since start');
     }
   }
@@ -156,8 +165,7 @@ export class Membership {
     if (rec !== undefined && rec !== null && rec.epoch > this.epoch) this.epoch = rec.epoch;
     this.fresh = true;
     this.generation++;
-    this.loneSinceMs = this.c.env.nowMs();
-    this.setRole(Role.STARTING, why, { epoch: this.epoch });
+    this.enter({ role: Role.STARTING, loneSinceMs: this.c.env.nowMs() }, why, { epoch: this.epoch });
     // Fresh from a reset, we hold what a fresh start holds: the stored table.
     const generation = this.generation;
     const reload = this.c.io.run({ kind: 'readTable' });
@@ -214,8 +222,10 @@ export class Membership {
     if (arb === null || this.arbitrating || this.stopping) return;
     this.arbitrating = true;
     const wasFresh = this.fresh;
-    const previous = this.role;
-    this.setRole(Role.ARBITRATING, `partner lost (${why}); arbitrating through the store`, { partnerLeft: this.partnerLeaving });
+    const previous = this.state;
+    this.enter({ role: Role.ARBITRATING, previous, wasFresh }, `partner lost (${why}); arbitrating through the store`, { partnerLeft: this.partnerLeaving });
+    // A fresh controller that does not win waits for the link again, still counting since when it is alone.
+    const starting = (): RoleState => ({ role: Role.STARTING, loneSinceMs: previous.role === Role.STARTING ? previous.loneSinceMs : this.c.env.nowMs() });
     this.c.tasks.spawn(arb.arbitrate(this.epoch, this.partnerLeaving, this.slotRole(), this.c.env.pid, wasFresh)).onDone(
       (outcome) => {
         this.arbitrating = false;
@@ -224,11 +234,11 @@ export class Membership {
         if (outcome.won) this.takeOver(outcome.epoch);
         else if (wasFresh && outcome.epoch <= this.epoch) {
           // A fresh controller never takes over from a live partner: it waits for the link.
-          this.setRole(previous, `partner is alive (${outcome.reason}); waiting for the link`);
+          this.enter(previous, `partner is alive (${outcome.reason}); waiting for the link`);
         } else {
           if (wasFresh) {
             this.epoch = Math.max(this.epoch, outcome.epoch);
-            this.setRole(Role.STARTING, `partner serves in epoch ${outcome.epoch}; waiting for the link`);
+            this.enter(starting(), `partner serves in epoch ${outcome.epoch}; waiting for the link`);
           } else this.enterFenced(outcome.reason);
         }
         if (this.linkUp && this.c.joining.current === null) {
@@ -240,7 +250,7 @@ export class Membership {
       (err) => {
         this.arbitrating = false;
         this.c.env.log.error({ err: String(err) }, 'arbitration failed; fencing ourselves');
-        if (wasFresh) this.setRole(Role.STARTING, 'arbitration failed');
+        if (wasFresh) this.enter(starting(), 'arbitration failed');
         else this.enterFenced('arbitration failed');
       },
     );
@@ -338,11 +348,25 @@ export class Membership {
     return this.fresh ? Role.STARTING : this.role;
   }
 
-  setRole(role: RoleCode, why: string, extra: object = {}): void {
-    if (role === this.role) return;
-    const from = roleName(this.role);
-    this.role = role;
-    this.c.env.log.info({ from, to: roleName(role), epoch: this.epoch, ...extra }, why);
+  get role(): RoleCode {
+    return this.state.role;
+  }
+
+  /** Take a role that holds nothing of its own; nothing happens when it is ours already. */
+  setRole(role: PlainRole, why: string, extra: object = {}): void {
+    if (role !== this.state.role) this.enter({ role }, why, extra);
+  }
+
+  /** Take a role with what it holds; logged when the role changes. */
+  enter(state: RoleState, why: string, extra: object = {}): void {
+    const from = this.state.role;
+    this.state = state;
+    if (from !== state.role) this.c.env.log.info({ from: roleName(from), to: roleName(state.role), epoch: this.epoch, ...extra }, why);
+  }
+
+  /** Shutting down: whether this controller may still write what it holds to the store. */
+  mayDestageWhileStopping(): boolean {
+    return this.state.role === Role.STOPPING && this.state.mayDestage;
   }
 
   requireWritable(): void {
