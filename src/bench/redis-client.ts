@@ -1,11 +1,11 @@
 // The bench's Redis client: one TCP connection, commands pipelined, replies
 // matched to requests in order (Redis answers each connection in order).
 // Like the pagepair client it sends everything issued in one event-loop turn
-// in one write, and allocates one buffer per request.
+// in one write, and allocates one buffer and one promise per write.
 
 import { connect, type Socket } from 'node:net';
 import { PagepairError } from '../protocol/errors.js';
-import { encodeCommand, RespError, RespParser, type RespValue } from './redis-resp.js';
+import { encodeCommand, encodeSetAndWait, RespError, RespParser, type RespValue } from './redis-resp.js';
 
 interface Waiter {
   resolve(v: RespValue): void;
@@ -78,9 +78,21 @@ export class RedisClient {
    * SET key value, then WAIT 1 0 in the same write: resolves once the replica
    * holds this write (and every earlier one on this connection).
    */
-  async setAndWait(key: string, value: Buffer): Promise<void> {
-    const [, acked] = await Promise.all([this.send(encodeCommand(['SET', key, value])), this.send(WAIT_ONE)]);
-    if (typeof acked !== 'number' || acked < 1) throw new PagepairError('NOT_MIRRORED', `WAIT 1 0 answered ${String(acked)}`);
+  setAndWait(key: string, value: Buffer): Promise<void> {
+    if (this.closed !== null) return Promise.reject(this.closed);
+    return new Promise<void>((resolve, reject) => {
+      let setFailed: Error | null = null;
+      this.waiting.push({ resolve: ignore, reject: (err) => (setFailed = err) });
+      this.waiting.push({
+        resolve: (acked) => {
+          if (setFailed !== null) reject(setFailed);
+          else if (typeof acked !== 'number' || acked < 1) reject(new PagepairError('NOT_MIRRORED', `WAIT 1 0 answered ${String(acked)}`));
+          else resolve();
+        },
+        reject,
+      });
+      this.write(encodeSetAndWait(key, value));
+    });
   }
 
   close(): Promise<void> {
@@ -99,16 +111,21 @@ export class RedisClient {
     if (this.closed !== null) return Promise.reject(this.closed);
     return new Promise<RespValue>((resolve, reject) => {
       this.waiting.push({ resolve, reject });
-      if (!this.corked) {
-        this.corked = true;
-        this.socket.cork();
-        setImmediate(() => {
-          this.corked = false;
-          this.socket.uncork();
-        });
-      }
-      this.socket.write(bytes);
+      this.write(bytes);
     });
+  }
+
+  /** Everything written in one event-loop turn leaves in one write. */
+  private write(bytes: Buffer): void {
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      setImmediate(() => {
+        this.corked = false;
+        this.socket.uncork();
+      });
+    }
+    this.socket.write(bytes);
   }
 
   private fail(err: Error): void {
@@ -120,4 +137,4 @@ export class RedisClient {
   }
 }
 
-const WAIT_ONE = encodeCommand(['WAIT', '1', '0']);
+function ignore(): void {}

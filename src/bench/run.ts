@@ -258,7 +258,16 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchReport> {
         if (bin === null) {
           notes.push({ row: CONFIG_TITLES.redis, note: REDIS_MISSING_NOTE });
           progress(`${CONFIG_TITLES.redis}: ${REDIS_MISSING_NOTE}`);
-        } else rigs.push(await startRedisRig(group, rigSettings, bin));
+        } else {
+          // Redis is the comparison, not the subject: a server that will not start costs its row only.
+          try {
+            rigs.push(await startRedisRig(group, rigSettings, bin));
+          } catch (err) {
+            const note = `skipped: ${bin} did not start (${err instanceof Error ? err.message : String(err)})`;
+            notes.push({ row: CONFIG_TITLES.redis, note });
+            progress(`${CONFIG_TITLES.redis}: ${note}`);
+          }
+        }
       } else rigs.push(await startPagepairRig(group, config, rigSettings));
     }
     const opsOf = (rig: Rig): typeof settings.ops => settings.ops.filter((op) => op === 'write' || !WRITE_ONLY_CONFIGS.includes(rig.config));

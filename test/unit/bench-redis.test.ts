@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { formatBench } from '../../src/bench/format.js';
 import { RedisClient } from '../../src/bench/redis-client.js';
-import { encodeCommand, parseValue, RespError, RespParser, RespProtocolError, type RespValue } from '../../src/bench/redis-resp.js';
+import { encodeCommand, encodeSetAndWait, parseValue, RespError, RespParser, RespProtocolError, type RespValue } from '../../src/bench/redis-resp.js';
 import { findRedisServer, REDIS_MISSING_NOTE, redisArgs } from '../../src/bench/redis-rig.js';
 import { runBench } from '../../src/bench/run.js';
 import { checkTargets, medianOfRuns, medianServerCpu } from '../../src/bench/stats.js';
@@ -20,6 +20,12 @@ describe('RESP encoder', () => {
     expect(cmd.subarray(28, 32)).toEqual(value);
     expect(cmd.subarray(32).toString('latin1')).toBe('\r\n');
     expect(encodeCommand(['PING']).toString('latin1')).toBe('*1\r\n$4\r\nPING\r\n');
+  });
+
+  it('writes SET then WAIT 1 0 in one buffer, the same bytes as the two commands', () => {
+    const value = Buffer.alloc(4096, 0x0d);
+    expect(encodeSetAndWait('bench:42', value)).toEqual(Buffer.concat([encodeCommand(['SET', 'bench:42', value]), encodeCommand(['WAIT', '1', '0'])]));
+    expect(encodeSetAndWait('é', Buffer.alloc(0))).toEqual(Buffer.concat([encodeCommand(['SET', 'é', Buffer.alloc(0)]), encodeCommand(['WAIT', '1', '0'])]));
   });
 
   it('counts bytes, not characters', () => {
@@ -61,6 +67,9 @@ describe('RESP parser', () => {
     expect(() => parseValue(Buffer.from(':1x\r\n'), 0)).toThrow(RespProtocolError);
     expect(() => parseValue(Buffer.from('$3\r\nabcd\r\n'), 0)).toThrow(RespProtocolError);
     expect(() => parseValue(Buffer.from('$-2\r\n'), 0)).toThrow(RespProtocolError);
+    expect(() => parseValue(Buffer.from(':-\r\n'), 0)).toThrow(RespProtocolError);
+    expect(() => parseValue(Buffer.from(':99999999999999999999\r\n'), 0)).toThrow(RespProtocolError);
+    expect(parseValue(Buffer.from(':9007199254740991\r\n'), 0)?.value).toBe(Number.MAX_SAFE_INTEGER);
   });
 });
 
