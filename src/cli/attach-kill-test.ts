@@ -18,10 +18,11 @@ import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pino from 'pino';
 import { Attach } from '../attach/attach.js';
+import { median } from '../bench/stats.js';
 import { NbdClient } from '../client/nbd-client.js';
 import { PagepairError } from '../protocol/errors.js';
 import { abortOnSignals, addRunDirOptions, linePrinter, printVerdict } from './fault-run-options.js';
-import { fioNbdWriteArgs, killAllFio, spawnFio, type FioJobReport } from '../runtime/fio.js';
+import { fioNbdWriteArgs, killAllFio, spawnFio, type FioJobReport, type FioProcess } from '../runtime/fio.js';
 import { NbdPair, storeBytesFor, type Letter } from '../runtime/nbd-pair.js';
 import { formatBytes, parsePositiveInt, parseSize } from '../workload/units.js';
 
@@ -74,13 +75,6 @@ export interface AttachKillTestResult {
   dir: string | null;
 }
 
-function median(xs: readonly number[]): number | null {
-  if (xs.length === 0) return null;
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-
 function checkAbort(signal: AbortSignal | undefined): void {
   if (signal?.aborted === true) throw new PagepairError('SHUTTING_DOWN', 'attach-kill-test interrupted');
 }
@@ -96,14 +90,29 @@ async function digestOf(url: string, sizeBytes: number): Promise<string> {
   }
 }
 
+/** The settings of a run, defaults filled in. */
+interface Settings {
+  cycles: number;
+  sizeBytes: number;
+  iodepth: number;
+  rateIops: number;
+  settleMs: number;
+  print: (line: string) => void;
+  o: AttachKillTestOptions;
+}
+
 export async function runAttachKillTest(o: AttachKillTestOptions = {}): Promise<AttachKillTestResult> {
   const t0 = performance.now();
-  const cycles = o.cycles ?? 10;
-  const sizeBytes = o.sizeBytes ?? 2 * 1024 * 1024 * 1024;
-  const iodepth = o.iodepth ?? 32;
-  const rateIops = o.rateIops ?? 2000;
-  const settleMs = o.settleMs ?? 500;
-  const print = o.print ?? ((line: string) => console.log(line));
+  const s: Settings = {
+    cycles: o.cycles ?? 10,
+    sizeBytes: o.sizeBytes ?? 2 * 1024 * 1024 * 1024,
+    iodepth: o.iodepth ?? 32,
+    rateIops: o.rateIops ?? 2000,
+    settleMs: o.settleMs ?? 500,
+    print: o.print ?? ((line: string) => console.log(line)),
+    o,
+  };
+  const { sizeBytes } = s;
   if (sizeBytes % BLOCK_BYTES !== 0 || sizeBytes < 4 * 1024 * 1024) throw new PagepairError('BAD_FIELD', `size must be a multiple of ${BLOCK_BYTES} bytes, at least 4 MiB, got ${sizeBytes}`, 'size');
   const dir = o.dir !== undefined ? resolve(o.dir) : mkdtempSync(join(tmpdir(), 'pagepair-attach-kill-'));
   mkdirSync(dir, { recursive: true });
@@ -119,85 +128,28 @@ export async function runAttachKillTest(o: AttachKillTestOptions = {}): Promise<
     pair = await NbdPair.start({ dir, storeBytes: storeBytesFor([sizeBytes]), cacheBytesMax: 64 * 1024 * 1024 });
     await pair.createVolume('A', VOLUME, sizeBytes);
     const socket = join(dir, 'attach.sock');
-    attach = new Attach({
-      controllers: [
-        { id: 'A', host: '127.0.0.1', port: pair.a.nbdPort },
-        { id: 'B', host: '127.0.0.1', port: pair.b.nbdPort },
-      ],
-      volumes: [{ name: VOLUME, preferred: 'A' }],
-      spread: false,
-      holdMs: 30_000,
-      reconnectMs: 100,
-      requestTimeoutMs: 5000,
-      upstreamInflightMax: 128,
-      listen: { host: '127.0.0.1', port: 0, socket },
-      log: pino({ level: 'info' }, pino.destination({ dest: join(dir, 'attach.log'), sync: false, mkdir: true })),
-    });
-    await attach.start();
-    print(
-      `attach-kill-test: pair in ${dir}; fio randwrite ${BLOCK_BYTES} B blocks through attach, iodepth ${iodepth}, ${rateIops} IOPS, ${formatBytes(sizeBytes)} written once then verified; ${cycles} cycles of killing A then B`,
+    attach = await startAttach(pair, dir, socket);
+    s.print(
+      `attach-kill-test: pair in ${dir}; fio randwrite ${BLOCK_BYTES} B blocks through attach, iodepth ${s.iodepth}, ${s.rateIops} IOPS, ${formatBytes(sizeBytes)} written once then verified; ${s.cycles} cycles of killing A then B`,
     );
     const fio = spawnFio(
       [
-        ...fioNbdWriteArgs({ name: JOB, uri: `nbd+unix:///${VOLUME}?socket=${socket}`, blockBytes: BLOCK_BYTES, iodepth, sizeBytes, seed: o.seed ?? 1 }),
-        `--rate_iops=${rateIops}`,
+        ...fioNbdWriteArgs({ name: JOB, uri: `nbd+unix:///${VOLUME}?socket=${socket}`, blockBytes: BLOCK_BYTES, iodepth: s.iodepth, sizeBytes, seed: o.seed ?? 1 }),
+        `--rate_iops=${s.rateIops}`,
         '--do_verify=1',
       ],
       { cwd: dir, ...(o.fioPath !== undefined ? { fioPath: o.fioPath } : {}) },
     );
-    const answered = (): number => attach!.status().paths.reduce((n, p) => n + p.answered, 0);
+    const a = attach;
+    const answered = (): number => a.status().paths.reduce((n, p) => n + p.answered, 0);
     while (answered() < 1000 && fio.running) await sleep(20);
 
-    outer: for (let cycle = 1; cycle <= cycles; cycle++) {
-      for (const victim of ['A', 'B'] as const) {
-        checkAbort(o.signal);
-        if (!fio.running) {
-          problems.push(`fio ended during cycle ${cycle}, before the kills did: give a larger --size or a lower --rate-iops`);
-          break outer;
-        }
-        const before = attach.status().stallsMs.length;
-        const killedAt = performance.now();
-        await pair.of(victim).kill();
-        let stallMs = -1;
-        while (performance.now() - killedAt < STALL_TIMEOUT_MS) {
-          const s = attach.status();
-          if (s.stallsMs.length > before) {
-            stallMs = s.stallsMs[s.stallsMs.length - 1]!;
-            break;
-          }
-          await sleep(10);
-        }
-        if (stallMs < 0) problems.push(`cycle ${cycle}, kill ${victim}: no request was answered by the survivor within ${STALL_TIMEOUT_MS} ms`);
-        const kill = { victim, stallMs, rejoinMs: await pair.restart(victim, REJOIN_TIMEOUT_MS) };
-        kills.push(kill);
-        print(`  cycle ${cycle}: killed ${victim}; attach stalled ${stallMs.toFixed(0)} ms; ${victim} mirrored again ${kill.rejoinMs.toFixed(0)} ms after its restart`);
-        await sleep(settleMs);
-      }
-    }
-    // fio writes what is left, then reads every block back through attach.
-    const remainingS = Math.ceil(sizeBytes / BLOCK_BYTES / rateIops) + 300;
-    if (!(await fio.waitMs(remainingS * 1000))) {
-      problems.push(`fio did not finish within ${remainingS} s of the last kill`);
-      await fio.stop(0, 3000);
-    }
-    try {
-      fioReport = fio.job(JOB);
-    } catch (err) {
-      problems.push(`fio: ${err instanceof Error ? err.message : String(err)}`);
-    }
-    if (fioReport !== null) {
-      if (fioReport.error !== 0) problems.push(`fio stopped on errno ${fioReport.error}: ${fio.stderrTailText.trim().split('\n').slice(-3).join(' | ')}`);
-      if (fioReport.totalErrors !== 0) problems.push(`fio counted ${fioReport.totalErrors} errors`);
-      const blocks = sizeBytes / BLOCK_BYTES;
-      if (fioReport.write.totalIos < blocks) problems.push(`fio wrote ${fioReport.write.totalIos} of ${blocks} blocks`);
-      if (fioReport.read.totalIos < blocks) problems.push(`fio verified ${fioReport.read.totalIos} of ${blocks} blocks`);
-    }
-    const st = attach.status();
+    await killCycles(pair, a, fio, s, kills, problems);
+    fioReport = await fioToItsEnd(fio, s, problems);
+    const st = a.status();
     attachTotals = { failovers: st.failovers, resent: st.resent, failedNoPath: st.failedNoPath, longestRequestStallMs: st.longestRequestStallMs };
     if (st.failedNoPath > 0) problems.push(`${st.failedNoPath} requests failed for want of a controller`);
-    const [da, db] = await Promise.all([digestOf(pair.a.nbdUrl(VOLUME), sizeBytes), digestOf(pair.b.nbdUrl(VOLUME), sizeBytes)]);
-    copiesEqual = da === db;
-    if (!copiesEqual) problems.push(`A's and B's copies of ${VOLUME} differ (sha256 ${da.slice(0, 16)}… and ${db.slice(0, 16)}…)`);
+    copiesEqual = await copiesAreEqual(pair, sizeBytes, problems);
   } catch (err) {
     problems.push(err instanceof Error ? err.message : String(err));
   } finally {
@@ -205,11 +157,11 @@ export async function runAttachKillTest(o: AttachKillTestOptions = {}): Promise<
     await attach?.close().catch(() => undefined);
     await pair?.stop();
   }
-  const stalls = kills.map((k) => k.stallMs).filter((s) => s >= 0);
-  const stallMedianMs = median(stalls);
+  const stalls = kills.map((k) => k.stallMs).filter((ms) => ms >= 0);
+  const stallMedianMs = stalls.length === 0 ? null : median(stalls);
   const stallMaxMs = stalls.length === 0 ? null : Math.max(...stalls);
   if (stallMedianMs !== null && stallMedianMs >= 1000) problems.push(`the median stall is ${stallMedianMs.toFixed(0)} ms, 1 s or more`);
-  if (kills.length < 2 * cycles && problems.length === 0) problems.push(`only ${kills.length} of ${2 * cycles} kills were made`);
+  if (kills.length < 2 * s.cycles && problems.length === 0) problems.push(`only ${kills.length} of ${2 * s.cycles} kills were made`);
   const ok = problems.length === 0;
   const kept = !ok || o.keep === true;
   if (!kept) rmSync(dir, { recursive: true, force: true });
@@ -228,6 +180,85 @@ export async function runAttachKillTest(o: AttachKillTestOptions = {}): Promise<
     elapsedMs: performance.now() - t0,
     dir: kept ? dir : null,
   };
+}
+
+/** `pagepair attach` in this process, serving the volume on a unix socket, A preferred. */
+async function startAttach(pair: NbdPair, dir: string, socket: string): Promise<Attach> {
+  const attach = new Attach({
+    controllers: [
+      { id: 'A', host: '127.0.0.1', port: pair.a.nbdPort },
+      { id: 'B', host: '127.0.0.1', port: pair.b.nbdPort },
+    ],
+    volumes: [{ name: VOLUME, preferred: 'A' }],
+    spread: false,
+    holdMs: 30_000,
+    reconnectMs: 100,
+    requestTimeoutMs: 5000,
+    upstreamInflightMax: 128,
+    listen: { host: '127.0.0.1', port: 0, socket },
+    log: pino({ level: 'info' }, pino.destination({ dest: join(dir, 'attach.log'), sync: false, mkdir: true })),
+  });
+  await attach.start();
+  return attach;
+}
+
+/** Cycle after cycle, A then B SIGKILLed while fio writes; each kill's stall as attach saw it, then the restart until both are mirrored. */
+async function killCycles(pair: NbdPair, attach: Attach, fio: FioProcess, s: Settings, kills: AttachKill[], problems: string[]): Promise<void> {
+  for (let cycle = 1; cycle <= s.cycles; cycle++) {
+    for (const victim of ['A', 'B'] as const) {
+      checkAbort(s.o.signal);
+      if (!fio.running) {
+        problems.push(`fio ended during cycle ${cycle}, before the kills did: give a larger --size or a lower --rate-iops`);
+        return;
+      }
+      const before = attach.status().stallsMs.length;
+      const killedAt = performance.now();
+      await pair.of(victim).kill();
+      let stallMs = -1;
+      while (performance.now() - killedAt < STALL_TIMEOUT_MS) {
+        const st = attach.status();
+        if (st.stallsMs.length > before) {
+          stallMs = st.stallsMs[st.stallsMs.length - 1]!;
+          break;
+        }
+        await sleep(10);
+      }
+      if (stallMs < 0) problems.push(`cycle ${cycle}, kill ${victim}: no request was answered by the survivor within ${STALL_TIMEOUT_MS} ms`);
+      const kill = { victim, stallMs, rejoinMs: await pair.restart(victim, REJOIN_TIMEOUT_MS) };
+      kills.push(kill);
+      s.print(`  cycle ${cycle}: killed ${victim}; attach stalled ${stallMs.toFixed(0)} ms; ${victim} mirrored again ${kill.rejoinMs.toFixed(0)} ms after its restart`);
+      await sleep(s.settleMs);
+    }
+  }
+}
+
+/** fio writes what is left, then reads every block back through attach; its report, with what it saw wrong as problems. */
+async function fioToItsEnd(fio: FioProcess, s: Settings, problems: string[]): Promise<FioJobReport | null> {
+  const remainingS = Math.ceil(s.sizeBytes / BLOCK_BYTES / s.rateIops) + 300;
+  if (!(await fio.waitMs(remainingS * 1000))) {
+    problems.push(`fio did not finish within ${remainingS} s of the last kill`);
+    await fio.stop(0, 3000);
+  }
+  let report: FioJobReport;
+  try {
+    report = fio.job(JOB);
+  } catch (err) {
+    problems.push(`fio: ${err instanceof Error ? err.message : String(err)}`);
+    return null;
+  }
+  if (report.error !== 0) problems.push(`fio stopped on errno ${report.error}: ${fio.stderrTailText.trim().split('\n').slice(-3).join(' | ')}`);
+  if (report.totalErrors !== 0) problems.push(`fio counted ${report.totalErrors} errors`);
+  const blocks = s.sizeBytes / BLOCK_BYTES;
+  if (report.write.totalIos < blocks) problems.push(`fio wrote ${report.write.totalIos} of ${blocks} blocks`);
+  if (report.read.totalIos < blocks) problems.push(`fio verified ${report.read.totalIos} of ${blocks} blocks`);
+  return report;
+}
+
+/** A's and B's copies of the volume, read directly from each, must be the same bytes. */
+async function copiesAreEqual(pair: NbdPair, sizeBytes: number, problems: string[]): Promise<boolean> {
+  const [da, db] = await Promise.all([digestOf(pair.a.nbdUrl(VOLUME), sizeBytes), digestOf(pair.b.nbdUrl(VOLUME), sizeBytes)]);
+  if (da !== db) problems.push(`A's and B's copies of ${VOLUME} differ (sha256 ${da.slice(0, 16)}… and ${db.slice(0, 16)}…)`);
+  return da === db;
 }
 
 export function formatAttachKillTest(r: AttachKillTestResult): string {

@@ -21,6 +21,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { median } from '../bench/stats.js';
 import { checkHistory, type CheckResult } from '../checker/linearizability.js';
 import { PagepairClient, type ControllerAddress } from '../client/client.js';
 import { resolveNbdTls, type NbdTlsChoice, type NbdTlsCredentials } from '../client/nbd-client.js';
@@ -184,11 +185,9 @@ export interface KillTestResult {
 // ---------------------------------------------------------------------------
 // Helpers
 
-function median(xs: readonly number[]): number {
-  if (xs.length === 0) return 0;
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+/** The median, 0 for none. */
+function medianOr0(xs: readonly number[]): number {
+  return xs.length === 0 ? 0 : median(xs);
 }
 
 /** `pagepair verify` over the pair at the end of the run, with its own connections to A and B. */
@@ -864,11 +863,11 @@ class KillTestRun {
     const t = report?.totals ?? null;
     return {
       cycles: cycles.length,
-      stallMedianMs: median(stalls),
+      stallMedianMs: medianOr0(stalls),
       stallMaxMs: Math.max(0, ...stalls),
-      takeoverMedianMs: median(takeovers),
+      takeoverMedianMs: medianOr0(takeovers),
       takeoverMaxMs: Math.max(0, ...takeovers),
-      resyncMedianMs: median(resyncs),
+      resyncMedianMs: medianOr0(resyncs),
       resyncMaxMs: Math.max(0, ...resyncs),
       ops: t?.ops ?? 0,
       errors: t?.errors ?? 0,
