@@ -29,6 +29,7 @@ import { Prng } from './prng.js';
 import { Scheduler } from './scheduler.js';
 import { SimClient } from './sim-client.js';
 import { runIo, storeLayout, type FenceActions } from '../../src/runtime/store-io.js';
+import type { IoKind } from '../../src/core/io.js';
 import { SimStore, TearableDevice, type Landing, type StoreWriteKind } from './sim-store.js';
 
 export type NodeName = 'A' | 'B';
@@ -179,6 +180,12 @@ export class Harness {
   private readonly storeRng: Prng;
   private readonly guidRng: Prng;
   private readonly pauseRng: Prng;
+  /** Draws which store operations fail while failStoreOps is on: a stream of its own, so other streams stay as they were. */
+  private readonly storeFaultRng: Prng;
+  /** Per controller: the store operations refused with EIO, and how often (failStoreOps). */
+  private readonly storeFaults = new Map<NodeName, { kinds: ReadonlySet<IoKind>; rate: number }>();
+  /** Store operations failed on purpose so far. */
+  storeFaultsInjected = 0;
   private linkIsUp = false;
   /** cut() partitions the link until heal(); a drop by a core is redialled. */
   private partitioned = false;
@@ -209,6 +216,7 @@ export class Harness {
     this.guidRng = this.rng.fork();
     // Forked last, so that the streams above stay what they were before pauses existed.
     this.pauseRng = this.rng.fork();
+    this.storeFaultRng = new Prng((opts.seed ^ 0x5e1f_0e10) >>> 0);
     this.device = device;
     this.tearable = new TearableDevice(device);
     this.limits = { ...DEFAULT_LIMITS, ...opts.limits };
@@ -510,6 +518,16 @@ export class Harness {
   }
 
   /** Forget a crash armed with crashAtNextWrite that has not happened. */
+  /**
+   * From now on, each store operation of `kinds` that `name`'s core asks for
+   * fails with EIO with probability `rate` (drawn by seed), before it reaches
+   * the device; null stops it.
+   */
+  failStoreOps(name: NodeName, spec: { kinds: readonly IoKind[]; rate: number } | null): void {
+    if (spec === null) this.storeFaults.delete(name);
+    else this.storeFaults.set(name, { kinds: new Set(spec.kinds), rate: spec.rate });
+  }
+
   disarmCrash(name: NodeName): void {
     this.node(name).store.disarmCrash();
   }
@@ -694,6 +712,14 @@ export class Harness {
         this.scheduleRedial();
       },
       startIo: (ioId, op) => {
+        const fault = this.storeFaults.get(name);
+        if (fault !== undefined && fault.kinds.has(op.kind) && this.storeFaultRng.chance(fault.rate)) {
+          // Refused before it reaches the device, after a delay drawn by seed.
+          this.storeFaultsInjected++;
+          const error = new Error(`simulated EIO on ${op.kind}`);
+          this.sched.after(this.storeFaultRng.int(3), `${name} store ${op.kind} fails`, () => this.deliver(node, 'store faults', () => node.core.onIoDone(ioId, { ok: false, error })));
+          return;
+        }
         // The store completes each operation after a delay drawn by seed (SimStore).
         void runIo(store, fence, op).then((outcome) => node.core.onIoDone(ioId, outcome));
       },
