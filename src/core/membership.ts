@@ -27,41 +27,30 @@ type PlainRole = typeof Role.SINGLE | typeof Role.JOINING | typeof Role.MIRRORED
 
 export class Membership {
   private state: RoleState;
-
   epoch = 1;
-
   /** True until the first join since start: our cache may lack the partner's dirty pages. */
   fresh: boolean;
-
   linkUp = false;
-
+  /** Shutting down (the role may be FENCED meanwhile, but we never serve again). */
   stopping = false;
-
   lastHeartbeatMs = 0;
-
   partnerLastHeardMs = 0;
-
+  /** The partner's answer to our last heartbeat. */
   partnerSense: SenseReply | null = null;
-
   senseCode = 0;
-
   /** Mailbox heartbeats, the store lease, and arbitration when the partner is lost. */
   readonly arbiter: Arbiter | null;
-
+  /** An arbitration is running (it may outlive the ARBITRATING role when we are stopped meanwhile). */
   arbitrating = false;
-
   private mailboxBeatInFlight = false;
-
   private lastMailboxBeatMs = 0;
-
   /** The partner said it is shutting down or crashing: it is not coming back by itself. */
   partnerLeaving = false;
-
   /** The allocation table being read again after a reset; a join waits for it. */
   private tableReload: Future<unknown> | null = null;
-
   /** Grows when we are fenced or reset: store writes asked for before must not happen. */
   generation = 0;
+  private leaseRenewal: Future<void> | null = null;
 
   constructor(private readonly c: Core) {
     const cfg = c.cfg;
@@ -316,8 +305,6 @@ export class Membership {
     }
     this.c.waits.wakeProgress();
   }
-
-  private leaseRenewal: Future<void> | null = null;
 
   /** No store write without a lease: a controller that was paused finds out here that it was taken over. */
   ensureLease(): Future<void> {

@@ -17,10 +17,10 @@ import { wait, type Future, type Task } from './tasks.js';
 export const TORN_SLOTS_LOGGED_MAX = 1024;
 
 export class ReadPath {
-  constructor(private readonly c: Core) {}
-
   /** Pages ("guid:page") whose torn store slot was logged already: once per page (bounded). */
   private readonly tornSlotsLogged = new Set<string>();
+
+  constructor(private readonly c: Core) {}
 
   /**
    * The reply to a read served from the cache at once, or null: not every

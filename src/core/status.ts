@@ -1,7 +1,7 @@
 // What a controller tells about itself: the counters the rooms keep, and the
 // status document `pagepair status` and the tests read.
 
-import { Role, type RoleCode } from '../protocol/messages.js';
+import { Role } from '../protocol/messages.js';
 import type { EpochRecord } from '../protocol/store-records.js';
 import type { Core } from './context.js';
 

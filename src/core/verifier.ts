@@ -22,10 +22,10 @@ export interface VerifyResult {
 }
 
 export class Verifier {
-  constructor(private readonly c: Core) {}
-
   /** The last verify run reported (C_VERIFY_REPORT). */
   lastVerify: { atMs: number; pagesChecked: number; mismatches: number; repaired: number; unsettled: number } | null = null;
+
+  constructor(private readonly c: Core) {}
 
   /**
    * Compares our copy of each page in the range with the partner's and, where
