@@ -101,15 +101,18 @@ function nsEach(label, n, fn) {
   console.log(`  ${label.padEnd(44)} ${ns.toFixed(0).padStart(7)} ns`);
   return ns;
 }
-console.log('\none mirrored 4 KiB write, frame by frame:');
+// The controllers encode into frames from their pool, given back once the socket has written them.
+const { FRAMES } = await import(pathToFileURL(path.join(dist, 'transport', 'frame-pool.js')).href);
+const pooled = (msg) => FRAMES.give(encode(msg, FRAMES.take));
+console.log('\none mirrored 4 KiB write, frame by frame (encoded into pooled frames, as the controllers do):');
 let perWrite = 0;
 perWrite += nsEach('A: decode C_WRITE (data CRC kept)', frames, (i) => decode(cWrites[i & 63], undefined, { dataCrc: true }));
-perWrite += nsEach('A: encode WRITE_PAGE (known page CRC)', frames, (i) => encode(mirrored(i)));
+perWrite += nsEach('A: encode WRITE_PAGE (known page CRC)', frames, (i) => pooled(mirrored(i)));
 const mirroredFrames = Array.from({ length: 64 }, (_, i) => encode(mirrored(i)));
 perWrite += nsEach('B: decode WRITE_PAGE', frames, (i) => decode(mirroredFrames[i & 63]));
 for (const [kind, make] of smallReplies) {
   const framesOf = Array.from({ length: 64 }, (_, i) => encode(make(i)));
-  perWrite += nsEach(`${kind === 'WRITE_PAGE_REPLY' ? 'B' : 'A'}: encode ${kind}`, frames, (i) => encode(make(i)));
+  perWrite += nsEach(`${kind === 'WRITE_PAGE_REPLY' ? 'B' : 'A'}: encode ${kind}`, frames, (i) => pooled(make(i)));
   perWrite += nsEach(`${kind === 'WRITE_PAGE_REPLY' ? 'A' : 'client'}: decode ${kind}`, frames, (i) => decode(framesOf[i & 63]));
 }
 console.log(`  ${'codec work per mirrored write (both sides)'.padEnd(44)} ${perWrite.toFixed(0).padStart(7)} ns`);
