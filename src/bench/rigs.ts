@@ -16,6 +16,7 @@ import { frameSizes } from './frames.js';
 import type { BenchChild, ChildGroup } from './processes.js';
 import type { BenchConfigName, BenchOp } from './types.js';
 import { freePort } from '../runtime/free-port.js';
+import { freePairPorts, pairPlacement } from '../runtime/local-pair.js';
 import { waitUntil, WaitFailed } from '../runtime/supervisor.js';
 
 export interface Connected {
@@ -135,17 +136,10 @@ async function writeConfigs(mode: 'single' | 'mirrored', s: RigSettings): Promis
     writeFileSync(configPath, JSON.stringify({ id: 'A', ...common, mirroring: false, listen: { client: { host: '127.0.0.1', port: clientPort } } }, null, 2));
     return [{ letter: 'A', clientPort, configPath, tls: s.tls === true }];
   }
-  const ports = { A: { client: await freePort(), peer: await freePort() }, B: { client: await freePort(), peer: await freePort() } };
+  const ports = await freePairPorts();
   return (['A', 'B'] as const).map((letter) => {
-    const other = letter === 'A' ? 'B' : 'A';
     const configPath = join(s.dir, `mirrored-${letter.toLowerCase()}.json`);
-    const cfg = {
-      id: letter,
-      ...common,
-      listen: { client: { host: '127.0.0.1', port: ports[letter].client }, peer: { host: '127.0.0.1', port: ports[letter].peer } },
-      partner: { id: other, client: { host: '127.0.0.1', port: ports[other].client }, peer: { host: '127.0.0.1', port: ports[other].peer } },
-      arbitration: { preferred: 'A', fenceAction: 'kill' },
-    };
+    const cfg = { ...pairPlacement(letter, ports), ...common, arbitration: { preferred: 'A', fenceAction: 'kill' } };
     writeFileSync(configPath, JSON.stringify(cfg, null, 2));
     return { letter, clientPort: ports[letter].client, configPath, tls: s.tls === true };
   });

@@ -29,6 +29,7 @@ import { Prng } from '../core/prng.js';
 import { PagepairError, isPagepairError } from '../protocol/errors.js';
 import type { ControllerStatus } from '../runtime/controller-process.js';
 import { freePort } from '../runtime/free-port.js';
+import { freePairPorts, LOCAL_HOST, pairPlacement } from '../runtime/local-pair.js';
 import { superviseController } from '../runtime/spawn-controller.js';
 import { StatusProbe } from '../runtime/status-probe.js';
 import { Supervised, waitUntil, WaitFailed } from '../runtime/supervisor.js';
@@ -58,7 +59,7 @@ import {
 } from '../workload/report.js';
 import { runWorkloadJob, type RunHandle } from '../workload/runner.js';
 
-const HOST = '127.0.0.1';
+const HOST = LOCAL_HOST;
 const POLL_MS = 20;
 const STOP_WAIT_MS = 10_000;
 /** How long a resumed (SIGCONT) controller is watched before it is restarted anyway. */
@@ -352,34 +353,28 @@ async function setUpPair(plan: Plan): Promise<KillPair> {
   const madeDir = opts.dir === undefined;
   const dir = opts.dir !== undefined ? resolve(opts.dir) : mkdtempSync(join(tmpdir(), 'pagepair-kill-'));
   mkdirSync(dir, { recursive: true });
-  const ports = { aClient: await freePort(), aPeer: await freePort(), bClient: await freePort(), bPeer: await freePort(), proxy: await freePort() };
-  const nbd = plan.job.transport === 'nbd' ? { A: await freePort(), B: await freePort() } : null;
+  const ports = await freePairPorts({ nbd: plan.job.transport === 'nbd' });
+  const proxyPort = await freePort();
+  const nbd = plan.job.transport === 'nbd' ? { A: ports.A.nbd!, B: ports.B.nbd! } : null;
   const pairId = randomUUID();
   const token = `kill-test-${randomUUID().slice(0, 8)}`;
   const fenceAction = opts.fenceAction ?? (mode === 'partition' ? 'none' : 'kill');
-  const configOf = (id: Letter): Record<string, unknown> => {
-    const self = id === 'A' ? { client: ports.aClient, peer: ports.aPeer } : { client: ports.bClient, peer: ports.bPeer };
-    const other = id === 'A' ? { client: ports.bClient, peer: ports.bPeer } : { client: ports.aClient, peer: ports.aPeer };
+  const configOf = (id: Letter): Record<string, unknown> => ({
     // A dials B: in partition mode A's way to B runs through the proxy, so cutting it cuts the peer link only.
-    const partnerPeer = id === 'A' && mode === 'partition' ? ports.proxy : other.peer;
-    return {
-      id,
-      pairId,
-      secret: `kill-test-peer-secret-${pairId}`,
-      clientToken: token,
-      listen: { client: { host: HOST, port: self.client }, peer: { host: HOST, port: self.peer }, ...(nbd !== null ? { nbd: { host: HOST, port: nbd[id] } } : {}) },
-      partner: { id: id === 'A' ? 'B' : 'A', client: { host: HOST, port: other.client }, peer: { host: HOST, port: partnerPeer } },
-      store: { path: join(dir, 'pair.store'), sizeBytes: 256 * 1024 * 1024 },
-      cache: { cacheBytesMax: 64 * 1024 * 1024, dirtyAgeMaxMs: 1000 },
-      heartbeatIntervalMs: plan.heartbeatIntervalMs,
-      partnerTimeoutMs: plan.partnerTimeoutMs,
-      arbitration: { preferred: 'A', fenceAction },
-      ...(opts.tls === true || plan.nbdTlsFile !== undefined
-        ? { tls: { mode: opts.tls === true ? 'require' : 'on', ...(plan.nbdTlsFile !== undefined ? { pskFile: plan.nbdTlsFile } : {}) } }
-        : {}),
-      log: { level: 'info' },
-    };
-  };
+    ...pairPlacement(id, ports, id === 'A' && mode === 'partition' ? { partnerPeerPort: proxyPort } : {}),
+    pairId,
+    secret: `kill-test-peer-secret-${pairId}`,
+    clientToken: token,
+    store: { path: join(dir, 'pair.store'), sizeBytes: 256 * 1024 * 1024 },
+    cache: { cacheBytesMax: 64 * 1024 * 1024, dirtyAgeMaxMs: 1000 },
+    heartbeatIntervalMs: plan.heartbeatIntervalMs,
+    partnerTimeoutMs: plan.partnerTimeoutMs,
+    arbitration: { preferred: 'A', fenceAction },
+    ...(opts.tls === true || plan.nbdTlsFile !== undefined
+      ? { tls: { mode: opts.tls === true ? 'require' : 'on', ...(plan.nbdTlsFile !== undefined ? { pskFile: plan.nbdTlsFile } : {}) } }
+      : {}),
+    log: { level: 'info' },
+  });
   const controller = (l: Letter): Supervised => {
     const configPath = join(dir, `${l.toLowerCase()}.json`);
     writeFileSync(configPath, JSON.stringify(configOf(l), null, 2));
@@ -387,8 +382,8 @@ async function setUpPair(plan: Plan): Promise<KillPair> {
   };
   const procs = { A: controller('A'), B: controller('B') };
   const addr: Record<Letter, ControllerAddress> = {
-    A: { id: 'A', host: HOST, port: ports.aClient, token, tls: opts.tls === true },
-    B: { id: 'B', host: HOST, port: ports.bClient, token, tls: opts.tls === true },
+    A: { id: 'A', host: HOST, port: ports.A.client, token, tls: opts.tls === true },
+    B: { id: 'B', host: HOST, port: ports.B.client, token, tls: opts.tls === true },
   };
   return {
     dir,
@@ -398,7 +393,7 @@ async function setUpPair(plan: Plan): Promise<KillPair> {
     nbd,
     procs,
     probes: { A: new StatusProbe(addr.A, 'pagepair-kill-test'), B: new StatusProbe(addr.B, 'pagepair-kill-test') },
-    proxy: mode === 'partition' ? new TcpProxy({ host: HOST, port: ports.bPeer }, { host: HOST, port: ports.proxy }) : null,
+    proxy: mode === 'partition' ? new TcpProxy({ host: HOST, port: ports.B.peer }, { host: HOST, port: proxyPort }) : null,
   };
 }
 

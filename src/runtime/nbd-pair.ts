@@ -12,18 +12,18 @@ import { PagepairClient, type AllocationInfo, type ControllerAddress } from '../
 import { PagepairError } from '../protocol/errors.js';
 import { extentBytes } from '../store/layout.js';
 import type { ControllerStatus } from './controller-process.js';
-import { freePort } from './free-port.js';
+import { freePairPorts, LOCAL_HOST, pairPlacement, type PairLetter } from './local-pair.js';
 import { controllerSpec } from './spawn-controller.js';
 import { StatusProbe } from './status-probe.js';
 import { killAllSupervised, Supervised, waitUntil, WaitFailed } from './supervisor.js';
 
-const HOST = '127.0.0.1';
+const HOST = LOCAL_HOST;
 const TOKEN = 'nbd-pair-client-token';
 const STATUS_TIMEOUT_MS = 1000;
 const STOP_WAIT_MS = 15_000;
 const VOLUME_TIMEOUT_MS = 30_000;
 
-export type Letter = 'A' | 'B';
+export type Letter = PairLetter;
 
 /** Room in a store beside its volumes' extents: the superblock, table, mailbox and some slack. */
 const STORE_METADATA_SLACK_BYTES = 64 * 1024 * 1024;
@@ -100,23 +100,13 @@ export class NbdPair {
   /** Writes the configurations and starts both controllers; resolves once both are mirrored. */
   static async start(o: NbdPairOptions, readyTimeoutMs = 60_000): Promise<NbdPair> {
     const pairId = randomUUID();
-    const ports = {
-      A: { client: await freePort(), peer: await freePort(), nbd: await freePort() },
-      B: { client: await freePort(), peer: await freePort(), nbd: await freePort() },
-    };
+    const ports = await freePairPorts({ nbd: true });
     const controllers = (['A', 'B'] as const).map((letter) => {
-      const other: Letter = letter === 'A' ? 'B' : 'A';
       const cfg = {
-        id: letter,
+        ...pairPlacement(letter, ports),
         pairId,
         secret: `nbd-pair-peer-secret-${pairId}`,
         clientToken: TOKEN,
-        listen: {
-          client: { host: HOST, port: ports[letter].client },
-          peer: { host: HOST, port: ports[letter].peer },
-          nbd: { host: HOST, port: ports[letter].nbd },
-        },
-        partner: { id: other, client: { host: HOST, port: ports[other].client }, peer: { host: HOST, port: ports[other].peer } },
         store: { path: join(o.dir, 'pair.store'), sizeBytes: o.storeBytes },
         cache: { cacheBytesMax: o.cacheBytesMax },
         heartbeatIntervalMs: o.heartbeatIntervalMs ?? 100,
@@ -127,7 +117,7 @@ export class NbdPair {
       };
       const configPath = join(o.dir, `${letter.toLowerCase()}.json`);
       writeFileSync(configPath, JSON.stringify(cfg, null, 2));
-      return new PairController(letter, configPath, ports[letter].client, ports[letter].nbd, join(o.dir, `${letter.toLowerCase()}.log`));
+      return new PairController(letter, configPath, ports[letter].client, ports[letter].nbd!, join(o.dir, `${letter.toLowerCase()}.log`));
     });
     const pair = new NbdPair(o.dir, controllers[0]!, controllers[1]!);
     pair.a.start();

@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { freePort } from '../../src/runtime/free-port.js';
+import { freePairPorts, pairPlacement } from '../../src/runtime/local-pair.js';
 import { PAGEPAIR_BIN, pagepairSpec } from '../../src/runtime/spawn-controller.js';
 import { killAllSupervised, STOP_GRACE_MS, Supervised } from '../../src/runtime/supervisor.js';
 
@@ -30,37 +31,28 @@ export interface PairFiles {
 /** opts.nbd: each controller serves NBD too, on a free port and a unix socket in the directory. */
 export async function makePairFiles(extra: Record<string, unknown> = {}, opts: { nbd?: boolean } = {}): Promise<PairFiles> {
   const dir = mkdtempSync(join(tmpdir(), 'pagepair-it-'));
-  const ports: PairFiles['ports'] = { aClient: await freePort(), aPeer: await freePort(), bClient: await freePort(), bPeer: await freePort() };
+  const p = await freePairPorts({ nbd: opts.nbd === true });
+  const ports: PairFiles['ports'] = { aClient: p.A.client, aPeer: p.A.peer, bClient: p.B.client, bPeer: p.B.peer };
   const nbdSockets = opts.nbd === true ? { a: join(dir, 'a.nbd.sock'), b: join(dir, 'b.nbd.sock') } : undefined;
   if (opts.nbd === true) {
-    ports.aNbd = await freePort();
-    ports.bNbd = await freePort();
+    ports.aNbd = p.A.nbd!;
+    ports.bNbd = p.B.nbd!;
   }
   const pairId = randomUUID();
   const token = 'integration-client-token';
-  const configOf = (id: 'A' | 'B', overrides: Record<string, unknown> = {}): Record<string, unknown> => {
-    const self = id === 'A' ? { client: ports.aClient, peer: ports.aPeer } : { client: ports.bClient, peer: ports.bPeer };
-    const other = id === 'A' ? { client: ports.bClient, peer: ports.bPeer } : { client: ports.aClient, peer: ports.aPeer };
-    return {
-      id,
-      pairId,
-      secret: 'integration-peer-secret-0123456789',
-      clientToken: token,
-      listen: {
-        client: { host: '127.0.0.1', port: self.client },
-        peer: { host: '127.0.0.1', port: self.peer },
-        ...(nbdSockets !== undefined ? { nbd: { host: '127.0.0.1', port: id === 'A' ? ports.aNbd : ports.bNbd, socket: id === 'A' ? nbdSockets.a : nbdSockets.b } } : {}),
-      },
-      partner: { id: id === 'A' ? 'B' : 'A', client: { host: '127.0.0.1', port: other.client }, peer: { host: '127.0.0.1', port: other.peer } },
-      store: { path: join(dir, 'pair.store'), sizeBytes: 256 * 1024 * 1024 },
-      cache: { cacheBytesMax: 32 * 1024 * 1024, dirtyAgeMaxMs: 500 },
-      heartbeatIntervalMs: 100,
-      partnerTimeoutMs: 600,
-      log: { level: 'info' },
-      ...extra,
-      ...overrides,
-    };
-  };
+  const configOf = (id: 'A' | 'B', overrides: Record<string, unknown> = {}): Record<string, unknown> => ({
+    ...pairPlacement(id, p, nbdSockets !== undefined ? { nbdSocket: id === 'A' ? nbdSockets.a : nbdSockets.b } : {}),
+    pairId,
+    secret: 'integration-peer-secret-0123456789',
+    clientToken: token,
+    store: { path: join(dir, 'pair.store'), sizeBytes: 256 * 1024 * 1024 },
+    cache: { cacheBytesMax: 32 * 1024 * 1024, dirtyAgeMaxMs: 500 },
+    heartbeatIntervalMs: 100,
+    partnerTimeoutMs: 600,
+    log: { level: 'info' },
+    ...extra,
+    ...overrides,
+  });
   const a = join(dir, 'a.json');
   const b = join(dir, 'b.json');
   writeFileSync(a, JSON.stringify(configOf('A')));
