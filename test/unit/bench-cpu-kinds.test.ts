@@ -1,5 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { workByWindow, workKindOf, type CpuProfile } from '../../src/bench/cpu-profile.js';
+import { formatBench } from '../../src/bench/format.js';
+import { benchSettings } from '../../src/bench/run.js';
+import type { BenchReport } from '../../src/bench/types.js';
 
 const at = (functionName: string, url = ''): { functionName: string; url: string } => ({ functionName, url });
 const DIST = 'file:///work/main/dist';
@@ -46,5 +49,42 @@ describe('kinds of work in a CPU profile', () => {
     ]);
     expect(Object.fromEntries(first!)).toEqual({ 'codec (encode/decode)': 10, core: 10 });
     expect(Object.fromEntries(second!)).toEqual({ 'codec (encode/decode)': 10, core: 0 });
+  });
+});
+
+describe('the per-operation table', () => {
+  it('adds up the pair’s controllers by kind of work, one column per cell', () => {
+    const summary = { totalMs: 1, idleMs: 0, busyMs: 1, functions: [], files: [] };
+    const proc = (name: string, core: number, codec: number): BenchReport['profiles'][number] => ({
+      process: name,
+      pid: 1,
+      file: `/tmp/${name}.cpuprofile`,
+      summary,
+      perOp: [
+        { op: 'write', inflight: 1, ops: 100, usPerOp: { core, 'codec (encode/decode)': codec } },
+        { op: 'write', inflight: 32, ops: 1000, usPerOp: { core: core / 2 } },
+      ],
+    });
+    const report: BenchReport = {
+      version: 1,
+      startedAt: '',
+      finishedAt: '',
+      settings: { ...benchSettings({ ops: ['write'], configs: ['mirrored'] }), cpuProfDir: '/tmp' },
+      machine: { hostname: 'h', platform: 'linux', cpus: 2, cpuModel: 'cpu', totalMemBytes: 1, node: 'v20', ws: '8', loadAvgStart: [], loadAvgEnd: [], busyBeforeStartPct: 0, waitedForQuietSeconds: 0 },
+      cells: [],
+      targets: [],
+      memory: [],
+      notes: [],
+      profiles: [proc('mirrored controller A', 20, 5), proc('mirrored controller B', 10, 4)],
+    };
+    const lines = formatBench(report).split('\n');
+    expect(lines.find((l) => l.startsWith('profiled CPU µs per operation'))).toContain('mirrored controller A + mirrored controller B');
+    expect(lines.find((l) => l.startsWith('kind of work'))).toMatch(/write x1\s+\|\s+write x32/);
+    expect(lines.find((l) => l.startsWith('core '))).toMatch(/\|\s+30\.0\s+\|\s+15\.0$/);
+    expect(lines.find((l) => l.startsWith('codec'))).toMatch(/\|\s+9\.0\s+\|\s+0\.0$/);
+    expect(lines.find((l) => l.startsWith('all: mirrored controller B'))).toMatch(/\|\s+14\.0\s+\|\s+5\.0$/);
+    expect(lines.find((l) => l.startsWith('all  '))).toMatch(/\|\s+39\.0\s+\|\s+15\.0$/);
+    // Kinds with nothing in any column stay out.
+    expect(lines.some((l) => l.startsWith('ws framing'))).toBe(false);
   });
 });
