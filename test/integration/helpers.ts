@@ -9,7 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { freePort } from '../../src/runtime/free-port.js';
 import { freePairPorts, pairPlacement } from '../../src/runtime/local-pair.js';
 import { PAGEPAIR_BIN, pagepairSpec } from '../../src/runtime/spawn-controller.js';
-import { killAllSupervised, STOP_GRACE_MS, Supervised } from '../../src/runtime/supervisor.js';
+import { killAllSupervised, STOP_GRACE_MS, Supervised, waitUntil as pollUntil } from '../../src/runtime/supervisor.js';
 
 export { freePort };
 
@@ -135,12 +135,9 @@ async function runToEnd(args: readonly string[], o: { termAfterMs?: number; kill
   return { code, stdout, stderr };
 }
 
+/** Polls pred every 100 ms until it holds; throws naming `what` after timeoutMs. */
 export async function waitUntil(pred: () => Promise<boolean> | boolean, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await pred())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  await pollUntil(async () => ((await pred()) ? true : null), { what, timeoutMs, pollMs: 100 });
 }
 
 /** Bytes that say which round and which writer they come from (the two-writer tests). */
