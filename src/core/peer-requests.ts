@@ -5,20 +5,22 @@
 
 import { MsgType, type ClientReply, type ClientRequest, type Message, type PeerReply, type PeerRequest, type WritePage } from '../protocol/messages.js';
 import { ErrorCode, PagepairError, isPagepairError } from '../protocol/errors.js';
-import { settleOp } from './peer-outbox.js';
+import { settleOp, type MirrorOp } from './peer-outbox.js';
 import type { DistributiveOmit } from './shared.js';
 import type { Core } from './context.js';
 import type { Future } from './tasks.js';
 
-export interface PendingPeer {
+/** A frame to the partner waiting for its answer. */
+interface PendingPeer {
   kind: PeerRequest['kind'];
-  /** Run as the reply's frame is handled, before any task resumes: for what must take effect in link order. */
-  onReply: ((reply: PeerReply) => void) | undefined;
   sentMs: number;
   /** Beyond peerRequestTimeoutMs: work the partner does before it answers (zeroing an extent). */
   extraTimeoutMs: number;
-  resolve(reply: PeerReply): void;
-  reject(err: Error): void;
+  /** Run as the reply's frame is handled, before any task resumes: for what must take effect in link order. */
+  onReply: ((reply: PeerReply) => void) | undefined;
+  /** A request's answer; null for a WRITE_PAGE frame, which settles its pages' ops instead. */
+  reply: Future<PeerReply> | null;
+  ops: MirrorOp[] | null;
 }
 
 export class PeerRequests {
@@ -38,18 +40,7 @@ export class PeerRequests {
     for (const { msg, ops } of frames) {
       if (ops !== null) {
         const requestId = msg.requestId;
-        this.pendingPeer.set(requestId, {
-          kind: 'WRITE_PAGE',
-          sentMs: this.c.env.nowMs(),
-          extraTimeoutMs: 0,
-          onReply: undefined,
-          resolve: () => {
-            for (const op of ops) settleOp(op, null);
-          },
-          reject: (err: Error) => {
-            for (const op of ops) settleOp(op, err);
-          },
-        });
+        this.pendingPeer.set(requestId, { kind: 'WRITE_PAGE', sentMs: this.c.env.nowMs(), extraTimeoutMs: 0, onReply: undefined, reply: null, ops });
       }
       this.c.env.sendPeer(msg);
     }
@@ -81,14 +72,7 @@ export class PeerRequests {
     if (!this.c.membership.linkUp) return this.c.tasks.failed(new PagepairError('NOT_MIRRORED', 'partner link is down'));
     const msg = this.frame<PeerRequest>(body);
     const reply = this.c.tasks.future<PeerReply>();
-    this.pendingPeer.set(msg.requestId, {
-      kind: msg.kind,
-      sentMs: this.c.env.nowMs(),
-      extraTimeoutMs,
-      onReply,
-      resolve: (r) => reply.resolve(r),
-      reject: (err) => reply.reject(err),
-    });
+    this.pendingPeer.set(msg.requestId, { kind: msg.kind, sentMs: this.c.env.nowMs(), extraTimeoutMs, onReply, reply, ops: null });
     this.c.outbox.push(msg);
     return reply;
   }
@@ -100,7 +84,7 @@ export class PeerRequests {
       const timeoutMs = this.c.cfg.peerRequestTimeoutMs + p.extraTimeoutMs;
       if (now - p.sentMs > timeoutMs) {
         this.pendingPeer.delete(id);
-        p.reject(new PagepairError('TIMEOUT', `partner did not answer ${p.kind} within ${timeoutMs} ms`));
+        fail(p, new PagepairError('TIMEOUT', `partner did not answer ${p.kind} within ${timeoutMs} ms`));
         timedOut = true;
       }
     }
@@ -112,7 +96,7 @@ export class PeerRequests {
     this.c.outbox.failAll(err);
     const pending = [...this.pendingPeer.values()];
     this.pendingPeer.clear();
-    for (const p of pending) p.reject(err);
+    for (const p of pending) fail(p, err);
   }
 
   onPeerReply(msg: Message): void {
@@ -122,11 +106,13 @@ export class PeerRequests {
       return;
     }
     this.pendingPeer.delete(msg.requestId);
-    if (msg.kind === 'ERROR') pending.reject(PagepairError.fromWire(msg.code, `partner: ${msg.message}`));
-    else {
-      pending.onReply?.(msg as PeerReply);
-      pending.resolve(msg as PeerReply);
+    if (msg.kind === 'ERROR') {
+      fail(pending, PagepairError.fromWire(msg.code, `partner: ${msg.message}`));
+      return;
     }
+    pending.onReply?.(msg as PeerReply);
+    if (pending.reply !== null) pending.reply.resolve(msg as PeerReply);
+    if (pending.ops !== null) for (const op of pending.ops) settleOp(op, null);
   }
 
   replyPeer(req: PeerRequest, body: DistributiveOmit<PeerReply, 'requestId' | 'epoch' | 'sender' | 'flags'>): void {
@@ -163,4 +149,9 @@ export class PeerRequests {
     this.c.env.log.error({ kind, err: err instanceof Error ? err.stack : String(err) }, 'internal error serving a request');
     return new PagepairError('INTERNAL', `internal error serving ${kind}`);
   }
+}
+
+function fail(p: PendingPeer, err: Error): void {
+  if (p.reply !== null) p.reply.reject(err);
+  if (p.ops !== null) for (const op of p.ops) settleOp(op, err);
 }

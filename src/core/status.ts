@@ -131,16 +131,8 @@ export function coreStatus(core: Core): CoreStatus {
   };
 }
 
-const ROLE_NAMES: Record<number, string> = {
-  [Role.STARTING]: 'starting',
-  [Role.MIRRORED]: 'mirrored',
-  [Role.ALONE]: 'alone',
-  [Role.FENCED]: 'fenced',
-  [Role.JOINING]: 'joining',
-  [Role.STOPPING]: 'stopping',
-  [Role.SINGLE]: 'single',
-  [Role.ARBITRATING]: 'arbitrating',
-};
+/** Each role's name: its key in Role, in lower case ("mirrored", "alone", ...). */
+const ROLE_NAMES: Record<number, string> = Object.fromEntries(Object.entries(Role).map(([key, code]) => [code, key.toLowerCase()]));
 
 export function roleName(role: number): string {
   return ROLE_NAMES[role] ?? `role-${role}`;

@@ -32,28 +32,17 @@ export function runIo(store: BlockStore, fence: FenceActions, op: IoOp): Promise
 
 function start(store: BlockStore, fence: FenceActions, op: IoOp): Promise<unknown> {
   switch (op.kind) {
-    case 'readPage':
-      return store.readPage(op.loc, op.page);
-    case 'writePage':
-      return store.writePage(op.loc, op.page, op.version, op.epoch, op.data, op.crc);
-    case 'clearExtent':
-      return store.clearExtent(op.dataOffset, op.bytes);
-    case 'readTable':
-      return store.readTable();
-    case 'writeTable':
-      return store.writeTable(op.records);
-    case 'readMailbox':
-      return store.readMailbox();
-    case 'writeMailboxSlot':
-      return store.writeMailboxSlot(op.slot);
-    case 'writeEpochRecord':
-      return store.writeEpochRecord(op.rec);
-    case 'sync':
-      return store.sync();
-    case 'fencePartner':
-      return fence.fencePartner(op.pid);
-    case 'partnerGone':
-      return fence.partnerGone(op.pid);
+    case 'readPage': return store.readPage(op.loc, op.page);
+    case 'writePage': return store.writePage(op.loc, op.page, op.version, op.epoch, op.data, op.crc);
+    case 'clearExtent': return store.clearExtent(op.dataOffset, op.bytes);
+    case 'readTable': return store.readTable();
+    case 'writeTable': return store.writeTable(op.records);
+    case 'readMailbox': return store.readMailbox();
+    case 'writeMailboxSlot': return store.writeMailboxSlot(op.slot);
+    case 'writeEpochRecord': return store.writeEpochRecord(op.rec);
+    case 'sync': return store.sync();
+    case 'fencePartner': return fence.fencePartner(op.pid);
+    case 'partnerGone': return fence.partnerGone(op.pid);
   }
 }
 

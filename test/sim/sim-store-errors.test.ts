@@ -215,34 +215,27 @@ async function runFlushSeed(seed: number): Promise<{ flushes: number; failedFlus
   return { flushes, failedFlushes, injected: h.storeFaultsInjected };
 }
 
+/** Every seed run in turn, their figures summed. */
+async function overSeeds<K extends string>(run: (seed: number) => Promise<Record<K, number>>): Promise<Record<K, number>> {
+  const sum = {} as Record<K, number>;
+  for (let seed = FIRST_SEED; seed < FIRST_SEED + SEEDS; seed++) {
+    for (const [k, v] of Object.entries(await run(seed)) as [K, number][]) sum[k] = (sum[k] ?? 0) + v;
+  }
+  return sum;
+}
+
 describe('store operations failed by seed: nothing acknowledged is lost, both copies stay equal', () => {
   it(`seeds ${FIRST_SEED}..${FIRST_SEED + SEEDS - 1}: page writes, syncs and page reads refused with EIO under two writers`, async () => {
-    let injected = 0;
-    let ioErrors = 0;
-    let acked = 0;
-    for (let seed = FIRST_SEED; seed < FIRST_SEED + SEEDS; seed++) {
-      const r = await runSeed(seed);
-      injected += r.injected;
-      ioErrors += r.ioErrors;
-      acked += r.acked;
-    }
-    // The faults did happen, and reached clients now and then.
+    const { injected, ioErrors, acked } = await overSeeds(runSeed);
     console.log(`store errors: ${injected} operations failed on purpose, ${ioErrors} requests answered IO_ERROR, ${acked} writes acknowledged`);
+    // The faults did happen, and reached clients now and then.
     expect(injected).toBeGreaterThan(SEEDS);
     expect(ioErrors).toBeGreaterThan(0);
     expect(acked).toBeGreaterThan(SEEDS * 40);
   }, 600_000);
 
   it(`seeds ${FIRST_SEED}..${FIRST_SEED + SEEDS - 1}: a flush answered while syncs and page writes fail survives a power cut`, async () => {
-    let flushes = 0;
-    let failedFlushes = 0;
-    let injected = 0;
-    for (let seed = FIRST_SEED; seed < FIRST_SEED + SEEDS; seed++) {
-      const r = await runFlushSeed(seed);
-      flushes += r.flushes;
-      failedFlushes += r.failedFlushes;
-      injected += r.injected;
-    }
+    const { injected, flushes, failedFlushes } = await overSeeds(runFlushSeed);
     // A flush waits out failed destages and syncs (they are tried again), so few or none are refused.
     console.log(`store errors and power cuts: ${injected} operations failed on purpose, ${flushes} flushes answered, ${failedFlushes} refused with IO_ERROR`);
     expect(injected).toBeGreaterThan(SEEDS);
