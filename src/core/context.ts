@@ -57,7 +57,10 @@ export class CoreRooms {
     this.partnerId = cfg.partnerId;
     this.cache = new PageCache(cfg.cacheBytesMax);
     this.outbox = new PeerOutbox(cfg.limits, () => env.requestFlush());
-    this.tasks = new Scheduler((err) => env.log.error({ err: err instanceof Error ? err.stack : String(err) }, 'internal error in a core task'));
+    this.tasks = new Scheduler((err) => {
+      env.log.error({ err: err instanceof Error ? err.stack : String(err) }, 'internal error in a core task');
+      env.taskFault?.(err);
+    });
     this.io = new StoreIo(this);
     this.waits = new Waits(this);
     this.membership = new Membership(this);

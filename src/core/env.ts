@@ -36,6 +36,12 @@ export interface CoreEnv {
    * core.onIoDone(id, outcome) later, never from inside this call.
    */
   startIo(id: number, op: IoOp): void;
+  /**
+   * A callback the core ran after a Future settled threw (a bug): it was
+   * logged, and the core serves on. The runtime counts it with the errors
+   * that escaped every handler (optional).
+   */
+  taskFault?(err: unknown): void;
   /** This process's id, recorded in the mailbox for the partner's fence action. */
   pid: number;
   log: CoreLog;

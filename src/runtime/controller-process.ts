@@ -199,6 +199,7 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger, o
     startIo: (id, op) => {
       void runIo(store, fence, op).then((outcome) => core.onIoDone(id, outcome));
     },
+    taskFault: (err) => opts.escapeGuard?.record('taskFault', err),
     pid: process.pid,
     log: log.child({ component: 'core' }),
   };

@@ -24,7 +24,8 @@ export interface EscapeGuardOptions {
 }
 
 export interface EscapedError {
-  event: 'uncaughtException' | 'unhandledRejection';
+  /** taskFault: a callback in the core's task queue threw (the core's own unhandled rejection). */
+  event: 'uncaughtException' | 'unhandledRejection' | 'taskFault';
   message: string;
   atMs: number;
 }
