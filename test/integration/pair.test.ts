@@ -18,6 +18,15 @@ async function connect(id: 'A' | 'B'): Promise<PagepairClient> {
   return PagepairClient.connect({ host: '127.0.0.1', port: id === 'A' ? files.ports.aClient : files.ports.bClient, token: files.token });
 }
 
+/** Allocation `name` of `bytes` made through `id`, `data` written at its start and flushed; the client stays open. */
+async function flushedThrough(id: 'A' | 'B', name: string, bytes: number, data: Buffer): Promise<{ c: PagepairClient; alloc: { guid: string } }> {
+  const c = await connect(id);
+  const alloc = await c.allocate(name, bytes);
+  await c.write(alloc.guid, 0, data);
+  await c.flush(alloc.guid);
+  return { c, alloc };
+}
+
 interface StatusJson {
   role: string;
   dirtyPages: number;
@@ -173,11 +182,8 @@ describe('a real pair on 127.0.0.1', () => {
   });
 
   it('keeps every allocation and byte across a stop and restart of both controllers', async () => {
-    const c = await connect('A');
-    const alloc = await c.allocate('it-restart', 256 * 4096);
     const flushed = pattern(21, 100 * 4096);
-    await c.write(alloc.guid, 0, flushed);
-    await c.flush(alloc.guid);
+    const { c, alloc } = await flushedThrough('A', 'it-restart', 256 * 4096, flushed);
     // Written after the flush: a clean shutdown destages it.
     const later = pattern(22, 10 * 4096 + 17);
     await c.write(alloc.guid, 200 * 4096, later);
@@ -202,11 +208,8 @@ describe('a real pair on 127.0.0.1', () => {
   }, 90_000);
 
   it('keeps what was flushed when both controllers are killed with SIGKILL and started again', async () => {
-    const c = await connect('B');
-    const alloc = await c.allocate('it-kill', 64 * 4096);
     const data = pattern(31, 64 * 4096);
-    await c.write(alloc.guid, 0, data);
-    await c.flush(alloc.guid);
+    const { c, alloc } = await flushedThrough('B', 'it-kill', 64 * 4096, data);
     await c.close();
 
     await Promise.all([a.stop('SIGKILL'), b.stop('SIGKILL')]);
