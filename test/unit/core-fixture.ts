@@ -8,7 +8,8 @@ import { ControllerCore } from '../../src/core/controller.js';
 import type { CoreConfig, CoreEnv, IoOp } from '../../src/core/env.js';
 import { resolvePolicies } from '../../src/core/policy.js';
 import { DEFAULT_LIMITS } from '../../src/protocol/limits.js';
-import { SENDER_CLIENT, type ClientRequest, type Message } from '../../src/protocol/messages.js';
+import { ErrorCode, type ErrorCodeName } from '../../src/protocol/errors.js';
+import { JoinFlag, Role, SENDER_CLIENT, SenseReason, type ClientRequest, type Message, type PeerRequest } from '../../src/protocol/messages.js';
 import { MemoryDevice } from '../../src/store/memory-device.js';
 import { PageStore } from '../../src/store/page-store.js';
 import { runIo, storeLayout } from '../../src/runtime/store-io.js';
@@ -141,4 +142,170 @@ export async function coreFixture(opts: FixtureOptions = {}): Promise<CoreFixtur
   await fixture.settleIo();
   await started;
   return fixture;
+}
+
+// ---------------------------------------------------------------------------
+// Helpers for the room tests: a client's allocation, reads and writes, and a
+// partner played by hand.
+
+export const CONN = 7;
+
+/** Let the runtime's async hop run (a promise the core handed out settles). */
+export function hop(): Promise<void> {
+  return new Promise((r) => setImmediate(r));
+}
+
+/** The last reply to the client request `req`, or undefined. */
+export function replyTo(f: CoreFixture, req: { requestId: number }): Message | undefined {
+  for (let i = f.replies.length - 1; i >= 0; i--) if (f.replies[i]!.msg.requestId === req.requestId) return f.replies[i]!.msg;
+  return undefined;
+}
+
+/** The error code name an ERROR frame carries. */
+export function errorName(msg: Message | undefined): ErrorCodeName | undefined {
+  if (msg?.kind !== 'ERROR') return undefined;
+  return (Object.entries(ErrorCode) as [ErrorCodeName, number][]).find(([, n]) => n === msg.code)?.[0];
+}
+
+export function clientWrite(f: CoreFixture, guid: string, offset: number, data: Buffer, extra: Record<string, unknown> = {}): ClientRequest {
+  const req = f.request({ kind: 'C_WRITE', guid, offset, pointerId: 0, clientId: 0, clientSeq: 0, data, ...extra });
+  f.core.onClientRequest(CONN, req);
+  return req;
+}
+
+export function clientRead(f: CoreFixture, guid: string, offset: number, length: number, extra: Record<string, unknown> = {}): ClientRequest {
+  const req = f.request({ kind: 'C_READ', guid, offset, length, pointerId: 0, ...extra });
+  f.core.onClientRequest(CONN, req);
+  return req;
+}
+
+/** The data of a C_READ_REPLY (throws on anything else). */
+export function readData(msg: Message | undefined): Buffer {
+  if (msg?.kind !== 'C_READ_REPLY') throw new Error(`expected C_READ_REPLY, got ${JSON.stringify(msg)}`);
+  return msg.data;
+}
+
+/** A partner played by hand: it sends requests and replies to the core under test. */
+export class HandPartner {
+  readonly id: 1 | 2;
+  private nextRequestId = 1_000_000;
+  /** Kinds of the core's requests the partner answers by itself in pump(). */
+  auto = new Set<PeerRequest['kind']>(['SENSE_REQUEST', 'WRITE_PAGE', 'SPACE_REQUEST', 'ALLOCATE', 'RELEASE', 'RELEASE_POINTER', 'ALLOCATE_READ', 'ALLOCATE_WRITE']);
+  /** The core's requests not answered by pump(), oldest first. */
+  readonly held: Message[] = [];
+  /** Every frame the core sent, in order. */
+  readonly seen: Message[] = [];
+
+  constructor(readonly f: CoreFixture) {
+    this.id = f.core.partnerId;
+  }
+
+  header(requestId = this.nextRequestId++): { requestId: number; epoch: number; sender: number; flags: number } {
+    return { requestId, epoch: this.f.core.currentEpoch, sender: this.id, flags: 0 };
+  }
+
+  /** A request from the partner, handled by the core now. */
+  send(body: Record<string, unknown>, header: Partial<{ epoch: number; requestId: number }> = {}): Message {
+    const msg = { ...this.header(), ...header, ...body } as unknown as Message;
+    this.f.core.onPeerMessage(msg);
+    return msg;
+  }
+
+  /** The partner's reply to the core's request `to`. */
+  reply(to: Message, body: Record<string, unknown>): void {
+    this.f.core.onPeerMessage({ ...this.header(to.requestId), ...body } as unknown as Message);
+  }
+
+  /** The partner refuses the core's request `to`. */
+  refuse(to: Message, code: ErrorCodeName, message = 'refused by hand'): void {
+    this.reply(to, { kind: 'ERROR', code: ErrorCode[code], requestType: 0, message });
+  }
+
+  /** What a partner that agrees answers to each request. */
+  answer(to: Message): void {
+    switch (to.kind) {
+      case 'SENSE_REQUEST':
+        return this.reply(to, { kind: 'SENSE_REQUEST_REPLY', role: Role.MIRRORED, senseCode: 0, allocations: 0, cachedPages: 0, dirtyPages: 0, destageQueue: 0, tableDigest: '0', dirtyDigest: '0' });
+      case 'WRITE_PAGE':
+        return this.reply(to, { kind: 'WRITE_PAGE_REPLY', count: to.pages.length });
+      case 'SPACE_REQUEST':
+        return this.reply(to, { kind: 'SPACE_REQUEST_REPLY', reservationId: 77, dataOffset: to.dataOffset, cacheBytesFree: 1 << 20, storeBytesFree: 1 << 24 });
+      case 'ALLOCATE':
+        return this.reply(to, { kind: 'ALLOCATE_REPLY' });
+      case 'RELEASE':
+        return this.reply(to, { kind: 'RELEASE_REPLY' });
+      case 'RELEASE_POINTER':
+        return this.reply(to, { kind: 'RELEASE_POINTER_REPLY', pages: 0 });
+      case 'ALLOCATE_READ':
+        return this.reply(to, { kind: 'ALLOCATE_READ_REPLY', pointerId: to.pointerId });
+      case 'ALLOCATE_WRITE':
+        return this.reply(to, { kind: 'ALLOCATE_WRITE_REPLY', pointerId: to.pointerId });
+      case 'LOCK_REQUEST':
+        return this.reply(to, { kind: 'LOCK_REQUEST_REPLY', granted: true, ownerGen: to.op === 2 ? to.ownerGen : 1 });
+      default:
+        throw new Error(`the hand partner does not answer ${to.kind}`);
+    }
+  }
+
+  /**
+   * Flush the core's frames, answer those of the `auto` kinds (others wait in
+   * `held`), carry out the store operations, until nothing moves.
+   */
+  async pump(rounds = 50): Promise<void> {
+    for (let i = 0; i < rounds; i++) {
+      const frames = this.f.flush();
+      this.seen.push(...frames);
+      for (const m of frames) {
+        if (m.kind === 'ERROR' || m.kind.endsWith('_REPLY')) continue;
+        if (this.auto.has(m.kind as PeerRequest['kind'])) this.answer(m);
+        else this.held.push(m);
+      }
+      const io = this.f.pending.length > 0;
+      await this.f.settleIo();
+      if (frames.length === 0 && !io) return;
+    }
+  }
+
+  /** The held request of `kind`, taken out of `held`. */
+  take(kind: Message['kind']): Message {
+    const i = this.held.findIndex((m) => m.kind === kind);
+    if (i < 0) throw new Error(`no held ${kind} (held: ${this.held.map((m) => m.kind).join(', ') || 'none'})`);
+    return this.held.splice(i, 1)[0]!;
+  }
+
+  /** Frames of `kind` the core sent (replies included). */
+  sentOf<K extends Message['kind']>(kind: K): Extract<Message, { kind: K }>[] {
+    return this.seen.filter((m) => m.kind === kind) as Extract<Message, { kind: K }>[];
+  }
+
+  /** The link comes up and both sides join, each fresh: controller 1's state wins. */
+  async join(): Promise<void> {
+    this.f.core.peerUp({ partnerPid: 4242 });
+    await this.pump();
+    this.send({ kind: 'SENSE_REQUEST', role: Role.STARTING, reason: SenseReason.HEARTBEAT, joinFlags: JoinFlag.JOINING | JoinFlag.FRESH });
+    await this.pump();
+    this.send({ kind: 'SENSE_REQUEST', role: Role.STARTING, reason: SenseReason.HEARTBEAT, joinFlags: JoinFlag.JOINING | JoinFlag.FRESH | JoinFlag.PUSH_DONE });
+    await this.pump();
+  }
+}
+
+/** A client allocation of `pages` pages; its guid. The partner, when given, answers what the core asks. */
+export async function allocate(f: CoreFixture, name: string, pages: number, partner?: HandPartner): Promise<string> {
+  const req = f.request({ kind: 'C_ALLOCATE', name, policy: '', sizeBytes: pages * PAGE });
+  f.core.onClientRequest(CONN, req);
+  if (partner !== undefined) await partner.pump();
+  else await f.settleIo();
+  await hop();
+  const r = replyTo(f, req);
+  if (r?.kind !== 'C_ALLOCATE_REPLY') throw new Error(`allocate answered ${JSON.stringify(r)}`);
+  return r.guid;
+}
+
+/** A core of controller `selfId`, mirroring, joined with a hand partner (both fresh). */
+export async function joinedCore(opts: FixtureOptions = {}): Promise<{ f: CoreFixture; partner: HandPartner }> {
+  const f = await coreFixture({ ...opts, mirroring: true });
+  const partner = new HandPartner(f);
+  await partner.join();
+  if (f.core.currentRole !== Role.MIRRORED) throw new Error(`join did not end mirrored: role ${f.core.currentRole}`);
+  return { f, partner };
 }
