@@ -309,3 +309,23 @@ export async function joinedCore(opts: FixtureOptions = {}): Promise<{ f: CoreFi
   if (f.core.currentRole !== Role.MIRRORED) throw new Error(`join did not end mirrored: role ${f.core.currentRole}`);
   return { f, partner };
 }
+
+/**
+ * The partner, as the coordinator, creates an allocation at the core
+ * (SPACE_REQUEST, then ALLOCATE), the way controller 1 does at controller 2.
+ */
+export function partnerAllocates(partner: HandPartner, name: string, pages: number, guid = '00000000-0000-4000-8000-0000000000aa'): string {
+  const f = partner.f;
+  partner.send({ kind: 'SPACE_REQUEST', policy: 'default', pageSizeBytes: PAGE, pageCount: pages, reserve: true, dataOffset: 0 });
+  const space = f.flush().find((m) => m.kind === 'SPACE_REQUEST_REPLY' || m.kind === 'ERROR');
+  if (space?.kind !== 'SPACE_REQUEST_REPLY') throw new Error(`SPACE_REQUEST answered ${JSON.stringify(space)}`);
+  partner.send({ kind: 'ALLOCATE', guid, name, policy: 'default', pageSizeBytes: PAGE, pageCount: pages, dataOffset: space.dataOffset, createdEpoch: f.core.currentEpoch, reservationId: space.reservationId });
+  const done = f.flush().find((m) => m.kind === 'ALLOCATE_REPLY' || m.kind === 'ERROR');
+  if (done?.kind !== 'ALLOCATE_REPLY') throw new Error(`ALLOCATE answered ${JSON.stringify(done)}`);
+  return guid;
+}
+
+/** The frames of `kind` among `frames`. */
+export function framesOf<K extends Message['kind']>(frames: Message[], kind: K): Extract<Message, { kind: K }>[] {
+  return frames.filter((m) => m.kind === kind) as Extract<Message, { kind: K }>[];
+}
