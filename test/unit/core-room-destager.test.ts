@@ -1,0 +1,133 @@
+// The destager: dirty pages go to the store when due, with their dirty
+// neighbours in one go, a bounded number at a time; one sync serves the
+// writes that land while it waits; a page is clean only after a sync that
+// followed its write succeeded (a failed write or sync leaves it dirty and
+// it is written again); the partner hears "clean at v"; a flush is answered
+// once its pages are durable.
+
+import { describe, expect, it } from 'vitest';
+import { PageFlag } from '../../src/protocol/messages.js';
+import { CONN, allocate, clientWrite, coreFixture, hop, joinedCore, PAGE, replyTo, type CoreFixture } from './core-fixture.js';
+
+function writePages(f: CoreFixture, guid: string, pages: number[], fill = 1): void {
+  for (const p of pages) clientWrite(f, guid, p * PAGE, Buffer.alloc(PAGE, fill));
+}
+
+/** Pages of the store writes waiting. */
+function pagesBeingWritten(f: CoreFixture): number[] {
+  return f.pending.flatMap((p) => (p.op.kind === 'writePage' ? [p.op.page] : []));
+}
+
+const syncs = (f: CoreFixture): number => f.pending.filter((p) => p.op.kind === 'sync').length;
+
+describe('destager', () => {
+  it('writes nothing before a page is due, then the due page with its dirty neighbours', async () => {
+    const f = await coreFixture();
+    const guid = await allocate(f, 'v', 16);
+    writePages(f, guid, [0]);
+    f.setNow(900);
+    writePages(f, guid, [1, 5]);
+    f.setNow(999);
+    f.core.tick();
+    expect(pagesBeingWritten(f)).toEqual([]);
+    f.setNow(1000);
+    f.core.tick();
+    // Page 1 is not due yet, but lies next to page 0; page 5 waits for its time.
+    expect(pagesBeingWritten(f)).toEqual([0, 1]);
+  });
+
+  it('has at most destageConcurrency page writes in flight', async () => {
+    const f = await coreFixture();
+    const guid = await allocate(f, 'v', 16);
+    writePages(f, guid, [0, 2, 4, 6, 8, 10]);
+    f.setNow(5000);
+    f.core.tick();
+    expect(pagesBeingWritten(f)).toHaveLength(f.core.cfg.destageConcurrency);
+  });
+
+  it('shares one sync among the destages that land while it waits, and marks pages clean only after it', async () => {
+    const f = await coreFixture();
+    const guid = await allocate(f, 'v', 16);
+    writePages(f, guid, [0, 2, 4]);
+    f.setNow(5000);
+    f.core.tick();
+    expect(pagesBeingWritten(f)).toEqual([0, 2, 4]);
+    await f.runOne('writePage');
+    expect(syncs(f)).toBe(1);
+    await f.runOne('writePage');
+    await f.runOne('writePage');
+    // Both later writes wait for the next sync: still one in flight.
+    expect(syncs(f)).toBe(1);
+    expect(f.core.status().dirtyPages).toBe(3);
+    await f.runOne('sync');
+    expect(f.core.status().dirtyPages).toBe(2);
+    expect(syncs(f)).toBe(1);
+    await f.runOne('sync');
+    expect(f.core.status().dirtyPages).toBe(0);
+    expect(f.core.counters.pagesDestaged).toBe(3);
+    expect(f.pending).toEqual([]);
+  });
+
+  it('a failed page write leaves the page dirty, is counted, and the page is written again', async () => {
+    const f = await coreFixture();
+    const guid = await allocate(f, 'v', 4);
+    writePages(f, guid, [1], 0x42);
+    f.setNow(5000);
+    f.core.tick();
+    f.failOne('writePage');
+    expect(f.core.counters.destageErrors).toBe(1);
+    expect(f.core.status().dirtyPages).toBe(1);
+    expect(f.core.status().senseCode).not.toBe(0);
+    expect(pagesBeingWritten(f)).toEqual([1]);
+    await f.settleIo();
+    expect(f.core.status().dirtyPages).toBe(0);
+    expect((await f.store.readPage(f.core.allocator.location(f.core.allocator.allocs.get(guid)!), 1)).data).toEqual(Buffer.alloc(PAGE, 0x42));
+  });
+
+  it('a failed sync is never taken for success: the page stays dirty and a flush is not answered', async () => {
+    const f = await coreFixture();
+    const guid = await allocate(f, 'v', 4);
+    writePages(f, guid, [0]);
+    const flush = f.request({ kind: 'C_FLUSH', guid });
+    f.core.onClientRequest(CONN, flush);
+    // A flush destages at once, whatever the pages' age.
+    expect(pagesBeingWritten(f)).toEqual([0]);
+    await f.runOne('writePage');
+    f.failOne('sync');
+    expect(f.core.status().dirtyPages).toBe(1);
+    expect(f.core.allocator.allocs.get(guid)!.pages.get(0)!.storeVersion).toBe(0);
+    expect(f.core.counters.destageErrors).toBe(1);
+    await hop();
+    expect(replyTo(f, flush)).toBeUndefined();
+    // Written and synced again: now the flush is answered.
+    f.core.tick();
+    await f.settleIo();
+    await hop();
+    expect(replyTo(f, flush)).toMatchObject({ kind: 'C_FLUSH_REPLY', pages: 1 });
+    expect(f.core.status().dirtyPages).toBe(0);
+  });
+
+  it('mirrored: a page the partner has not answered for is not destaged; once stored, the partner hears "clean at v"', async () => {
+    // The partner never counts as silent here.
+    const { f, partner } = await joinedCore({ config: { partnerTimeoutMs: 1_000_000 } });
+    const guid = await allocate(f, 'v', 4, partner);
+    partner.auto.delete('WRITE_PAGE');
+    clientWrite(f, guid, 0, Buffer.alloc(PAGE, 3));
+    await partner.pump();
+    const mirrored = partner.take('WRITE_PAGE');
+    f.setNow(5000);
+    f.core.tick();
+    await partner.pump();
+    expect(partner.sentOf('WRITE_PAGE').flatMap((m) => m.pages).filter((p) => p.pageFlags === PageFlag.CLEAN_AT)).toEqual([]);
+    expect(f.core.counters.pagesDestaged).toBe(0);
+    partner.answer(mirrored);
+    partner.auto.add('WRITE_PAGE');
+    f.setNow(5100);
+    f.core.tick();
+    await partner.pump();
+    expect(f.core.counters.pagesDestaged).toBe(1);
+    const clean = partner.sentOf('WRITE_PAGE').flatMap((m) => m.pages).filter((p) => p.pageFlags === PageFlag.CLEAN_AT);
+    expect(clean).toEqual([expect.objectContaining({ guid, page: 0, version: 1 })]);
+    expect(f.closed).toEqual([]);
+  });
+});
