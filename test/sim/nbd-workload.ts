@@ -40,7 +40,7 @@ import { decodeCell, layCells, readCells, writeBytes, type Cell } from './cells.
 import { checkCopies, describeMismatches } from './copies-checker.js';
 import { Harness, type NodeName } from './harness.js';
 import { shownViolations } from './history-text.js';
-import { RETRYABLE, codeOf, drawPairOptions, drawTiming, simNote, traceOf } from './workload-common.js';
+import { RETRYABLE, chaosRounds, codeOf, drawPairOptions, drawTiming, simNote, traceOf } from './workload-common.js';
 import { NbdEndpoint, nbdConnIds, type NbdEndpointOptions } from './nbd-endpoint.js';
 import { Prng } from './prng.js';
 import { injectFault } from './faults.js';
@@ -462,16 +462,11 @@ export async function runNbdSeed(seed: number, opts: NbdWorkloadOptions = {}): P
   const chaosActor = async (): Promise<void> => {
     const my = new Prng(seed * 7 + 5);
     const timeout = timing.partnerTimeoutMs;
-    while (actorsLeft > 0) {
-      await h.sleep(10 + my.int(60));
-      if (actorsLeft === 0) break;
-      const fault = my.pick(faults);
-      const name: NodeName = my.chance(0.5) ? 'A' : 'B';
+    await chaosRounds(h, my, faults, 60, () => actorsLeft > 0, async (fault, name) => {
       stats.faults++;
-      simNote(h, name, `chaos: ${fault} of ${name}`);
       await injectFault(h, my, fault, name, timeout, () => my.pick([my.int(50), my.int(timeout), timeout + my.int(2 * timeout)]));
       await recover(my, `after ${fault} of ${name}`);
-    }
+    });
   };
 
   const work: Promise<void>[] = [];

@@ -45,7 +45,7 @@ import { layCells, readCells, writeBytes, type Cell } from './cells.js';
 import { checkCopies, describeMismatches } from './copies-checker.js';
 import { Harness, type NodeName } from './harness.js';
 import { shownViolations } from './history-text.js';
-import { RETRYABLE, codeOf, drawPairOptions, drawTiming, simNote, traceOf } from './workload-common.js';
+import { RETRYABLE, chaosRounds, codeOf, drawPairOptions, drawTiming, simNote, traceOf } from './workload-common.js';
 import { Prng } from './prng.js';
 import { injectFault } from './faults.js';
 import type { AllocationInfo, SimClient } from './sim-client.js';
@@ -325,13 +325,8 @@ export async function runSeed(seed: number, opts: WorkloadOptions = {}): Promise
   const chaosActor = async (): Promise<void> => {
     const my = new Prng(seed * 7 + 3);
     const timeout = timing.partnerTimeoutMs;
-    while (actorsLeft > 0) {
-      await h.sleep(10 + my.int(80));
-      if (actorsLeft === 0) break;
-      const fault = my.pick(faults);
-      const name: NodeName = my.chance(0.5) ? 'A' : 'B';
+    await chaosRounds(h, my, faults, 80, () => actorsLeft > 0, async (fault, name) => {
       count(fault);
-      simNote(h, name, `chaos: ${fault} of ${name}`);
       switch (fault) {
         case 'cut':
         case 'drop':
@@ -380,7 +375,7 @@ export async function runSeed(seed: number, opts: WorkloadOptions = {}): Promise
         }
       }
       await recover(my, `after ${fault} of ${name}`, my.chance(0.3));
-    }
+    });
   };
 
   const work: Promise<void>[] = [];

@@ -2,18 +2,13 @@
 // same steps, logs the same records at the same virtual times, and ends with
 // the same store bytes. Without this, SEED=<n> would not replay a failure.
 
-import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { lastHarness, runSeed, type WorkloadOptions } from './random-workload.js';
-import { hashRun, itReplaysEachSeed } from './workload-common.js';
+import { fingerprintRun, itReplaysEachSeed } from './workload-common.js';
 
 async function fingerprint(seed: number, opts: WorkloadOptions): Promise<string> {
   const stats = await runSeed(seed, opts);
-  const h = lastHarness!;
-  const hash = createHash('sha256');
-  hash.update(JSON.stringify(stats));
-  hashRun(hash, h);
-  return hash.digest('hex');
+  return fingerprintRun(JSON.stringify(stats), lastHarness!);
 }
 
 describe('simulator: a seed replays exactly', () => {

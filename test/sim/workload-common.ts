@@ -3,7 +3,7 @@
 // retries, and how a seed draws the pair's timing. The draws keep their
 // order, so every seed runs as it did.
 
-import type { Hash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { expect, it } from 'vitest';
 import { isPagepairError } from '../../src/protocol/errors.js';
 import type { Harness, NodeName, SimOptions } from './harness.js';
@@ -55,11 +55,14 @@ export function traceOf(h: Harness): string {
     : '\n(PAGEPAIR_SIM_TRACE=1 prints the last log records)';
 }
 
-/** Adds to `hash` what a run of `h` did: its steps, its virtual time, every log record and the store's bytes. */
-export function hashRun(hash: Hash, h: Harness): void {
+/** A digest of a run: `outcome` (its result as text), then what `h` did: its steps, its virtual time, every log record and the store's bytes. */
+export function fingerprintRun(outcome: string, h: Harness): string {
+  const hash = createHash('sha256');
+  hash.update(outcome);
   hash.update(`${h.sched.steps} ${h.nowMs}`);
   for (const l of h.logs) hash.update(`${l.atMs} ${l.node}${l.incarnation} ${l.level} ${l.msg} ${JSON.stringify(l.obj)}\n`);
   hash.update(h.device.snapshot());
+  return hash.digest('hex');
 }
 
 /** For each mode, a test that runs each of `seeds` twice and finds both runs' fingerprints the same. */
@@ -78,4 +81,20 @@ export function itReplaysEachSeed<O>(modes: readonly [string, O][], seeds: reado
 /** A line in the harness's log, among the cores' records: "sim: <msg>", as `name` at the virtual time now. */
 export function simNote(h: Harness, name: NodeName, msg: string): void {
   h.logs.push({ node: name, incarnation: h.node(name).incarnation, atMs: h.nowMs, level: 'info', msg: `sim: ${msg}`, obj: {} });
+}
+
+/**
+ * The chaos actor's rounds while `running()`: a pause of 10 ms plus up to
+ * `gapMaxMs`, then a fault of `faults` on A or B (drawn by `my`, in that
+ * order), noted in the log, and `inject` to make it happen and recover.
+ */
+export async function chaosRounds<F extends string>(h: Harness, my: Prng, faults: readonly F[], gapMaxMs: number, running: () => boolean, inject: (fault: F, name: NodeName) => Promise<void>): Promise<void> {
+  while (running()) {
+    await h.sleep(10 + my.int(gapMaxMs));
+    if (!running()) break;
+    const fault = my.pick(faults);
+    const name: NodeName = my.chance(0.5) ? 'A' : 'B';
+    simNote(h, name, `chaos: ${fault} of ${name}`);
+    await inject(fault, name);
+  }
 }
