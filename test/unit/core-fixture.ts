@@ -9,7 +9,7 @@ import type { CoreConfig, CoreEnv, IoOp } from '../../src/core/env.js';
 import { resolvePolicies } from '../../src/core/policy.js';
 import { DEFAULT_LIMITS } from '../../src/protocol/limits.js';
 import { ErrorCode, type ErrorCodeName } from '../../src/protocol/errors.js';
-import { JoinFlag, Role, SENDER_CLIENT, SenseReason, type ClientRequest, type Message, type PeerRequest } from '../../src/protocol/messages.js';
+import { JoinFlag, Role, SENDER_CLIENT, SenseReason, type AllocationRecord, type ClientRequest, type Message, type PeerRequest } from '../../src/protocol/messages.js';
 import { MemoryDevice } from '../../src/store/memory-device.js';
 import { PageStore } from '../../src/store/page-store.js';
 import { runIo, storeLayout } from '../../src/runtime/store-io.js';
@@ -58,6 +58,8 @@ export interface FixtureOptions {
   mirroring?: boolean;
   cacheBytesMax?: number;
   config?: Partial<CoreConfig>;
+  /** Allocations in the store's table before the core starts (as left by an earlier run). */
+  table?: AllocationRecord[];
 }
 
 let nextRequestId = 1;
@@ -66,6 +68,7 @@ let nextRequestId = 1;
 export async function coreFixture(opts: FixtureOptions = {}): Promise<CoreFixture> {
   const device = new MemoryDevice(16 * 1024 * 1024);
   const store = await PageStore.format(device, { pairId: PAIR_ID, tableEntriesMax: 16, nowMs: 0 });
+  if (opts.table !== undefined) await store.writeTable(opts.table);
   const selfId = opts.selfId ?? 1;
   let now = 0;
   const pending: PendingIo[] = [];
@@ -249,9 +252,10 @@ export class HandPartner {
 
   /**
    * Flush the core's frames, answer those of the `auto` kinds (others wait in
-   * `held`), carry out the store operations, until nothing moves.
+   * `held`), carry out the store operations (unless `io` is false), until
+   * nothing moves.
    */
-  async pump(rounds = 50): Promise<void> {
+  async pump(rounds = 50, io = true): Promise<void> {
     for (let i = 0; i < rounds; i++) {
       const frames = this.f.flush();
       this.seen.push(...frames);
@@ -260,9 +264,9 @@ export class HandPartner {
         if (this.auto.has(m.kind as PeerRequest['kind'])) this.answer(m);
         else this.held.push(m);
       }
-      const io = this.f.pending.length > 0;
-      await this.f.settleIo();
-      if (frames.length === 0 && !io) return;
+      const ran = io && this.f.pending.length > 0;
+      if (io) await this.f.settleIo();
+      if (frames.length === 0 && !ran) return;
     }
   }
 
