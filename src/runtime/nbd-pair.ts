@@ -1,8 +1,9 @@
 // A pair of its own for the tools that drive real NBD clients against real
-// controllers (the NBD kill test, the NBD benchmark): temporary configurations
-// on free 127.0.0.1 ports in a working directory, both `pagepair start`
-// processes with their output in log files, status probes, SIGKILL and
-// restart of one controller, volumes, and a stop that leaves nothing behind.
+// controllers (the NBD and attach kill tests, the NBD benchmark, the host
+// failover demo): temporary configurations on free 127.0.0.1 ports in a
+// working directory, both `pagepair start` processes supervised with their
+// output in log files, status probes, SIGKILL and restart of one controller,
+// volumes, and a stop that leaves nothing behind.
 
 import { randomUUID } from 'node:crypto';
 import { writeFileSync } from 'node:fs';

@@ -261,7 +261,7 @@ export class Supervised {
     }
   }
 
-  /** The lines it wrote: those kept in memory, or those of its log file (all starts). */
+  /** The lines it wrote, over all its starts: the last keepLines kept in memory, or those of its log file. */
   logLines(): readonly string[] {
     if (!('file' in this.spec.log)) return this.kept;
     try {
