@@ -3,7 +3,7 @@
 // can import it. docs/formats.md describes the same bytes in prose; keep the
 // two in step. Every number is little-endian.
 
-import { crc32c } from '../protocol/crc32c.js';
+import { crc32c, crc32cRange } from '../protocol/crc32c.js';
 import { PagepairError, invariant } from '../protocol/errors.js';
 import { PAGE_HEADER_BYTES } from './types.js';
 import type {
@@ -182,6 +182,21 @@ export function uuidToBytes(uuid: string, field: string): Buffer {
   return Buffer.from(uuid.replace(/-/g, ''), 'hex');
 }
 
+/** The last guids whose bytes a page header was written with: every page write would parse its guid again. */
+const guidBytesSeen = new Map<string, Buffer>();
+const GUID_BYTES_SEEN_MAX = 256;
+
+/** uuidToBytes for a page header's guid, remembered (the caller copies the bytes, never changes them). */
+function guidBytes(guid: string): Buffer {
+  let b = guidBytesSeen.get(guid);
+  if (b === undefined) {
+    b = uuidToBytes(guid, 'guid');
+    if (guidBytesSeen.size >= GUID_BYTES_SEEN_MAX) guidBytesSeen.clear();
+    guidBytesSeen.set(guid, b);
+  }
+  return b;
+}
+
 /** Lower-case canonical uuid text of 16 bytes. */
 export function bytesToUuid(b: Uint8Array): string {
   const h = Buffer.from(b.buffer, b.byteOffset, 16).toString('hex');
@@ -193,19 +208,26 @@ export function isAllZero(b: Uint8Array): boolean {
   return true;
 }
 
+const TWO_32 = 2 ** 32;
+/** The high 32 bits of a u64 at most Number.MAX_SAFE_INTEGER (2^53 - 1). */
+const SAFE_HIGH_MAX = 0x1f_ffff;
+
+/** A little-endian u64, as two 32-bit halves (no BigInt per field). */
 function readU64(b: Buffer, off: number): number {
-  const v = b.readBigUInt64LE(off);
+  const high = b.readUInt32LE(off + 4);
   // A u64 past 2^53 cannot be one we wrote: treat it like a bad checksum.
-  return v > BigInt(Number.MAX_SAFE_INTEGER) ? Number.NaN : Number(v);
+  return high > SAFE_HIGH_MAX ? Number.NaN : high * TWO_32 + b.readUInt32LE(off);
 }
 
 function writeU64(b: Buffer, off: number, v: number): void {
   invariant(Number.isSafeInteger(v) && v >= 0, `u64 field is a safe non-negative integer (${v})`);
-  b.writeBigUInt64LE(BigInt(v), off);
+  b.writeUInt32LE(v % TWO_32, off);
+  b.writeUInt32LE(Math.floor(v / TWO_32), off + 4);
 }
 
+/** Whether the 4 bytes at off spell `magic` (ASCII), compared byte by byte. */
 function hasMagic(b: Buffer, off: number, magic: string): boolean {
-  return b.toString('latin1', off, off + 4) === magic;
+  return b[off] === magic.charCodeAt(0) && b[off + 1] === magic.charCodeAt(1) && b[off + 2] === magic.charCodeAt(2) && b[off + 3] === magic.charCodeAt(3);
 }
 
 /** CRC32C of b[0, crcOffset) — the record's checksum sits right after what it covers. */
@@ -456,17 +478,19 @@ export function decodeTable(
 
 const PH_CRC = 44;
 
+const ZERO_CRC_FIELD = Buffer.alloc(4);
+
+/** CRC32C of the header's 64 bytes with its own CRC field taken as zero (no copy of the header). */
 function pageHeaderCrc(b: Buffer): number {
-  const copy = Buffer.from(b.subarray(0, PAGE_HEADER_BYTES));
-  copy.writeUInt32LE(0, PH_CRC);
-  return crc32c(copy);
+  const before = crc32cRange(b, 0, PH_CRC);
+  return crc32cRange(b, PH_CRC + 4, PAGE_HEADER_BYTES, crc32c(ZERO_CRC_FIELD, before));
 }
 
 export function encodePageHeader(h: StoredPageHeader, dataLength: number, out?: Buffer): Buffer {
   const b = out ?? Buffer.alloc(PAGE_HEADER_BYTES);
   b.fill(0, 0, PAGE_HEADER_BYTES);
   b.write(PAGE_MAGIC, 0, 'latin1');
-  uuidToBytes(h.guid, 'guid').copy(b, 4);
+  guidBytes(h.guid).copy(b, 4);
   b.writeUInt32LE(h.page, 20);
   writeU64(b, 24, h.version);
   b.writeUInt32LE(h.epoch, 32);
