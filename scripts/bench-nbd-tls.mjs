@@ -73,7 +73,7 @@ function nbdcopy(args) {
   );
 }
 
-const { NbdPair, storeBytesFor } = await load('testing/nbd-pair.js');
+const { NbdPair, storeBytesFor } = await load('runtime/nbd-pair.js');
 const { formatPskLine } = await load('transport/tls.js');
 const dir = mkdtempSync(path.join(os.tmpdir(), 'pagepair-bench-nbd-tls-'));
 const pskFile = path.join(dir, 'nbd.psk');

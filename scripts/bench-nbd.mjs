@@ -26,7 +26,7 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.join(here, '..');
 const dist = process.env.PAGEPAIR_DIST ?? path.join(root, 'dist');
 const load = (file) => import(pathToFileURL(path.join(dist, file)).href);
-const { freePort } = await load('testing/free-port.js');
+const { freePort } = await load('runtime/free-port.js');
 
 const HELP = `Usage: node scripts/bench-nbd.mjs [options]
 
@@ -283,8 +283,8 @@ function fmtRatio(x) {
 
 async function main() {
   const o = options();
-  const { NbdPair, storeBytesFor } = await load('testing/nbd-pair.js');
-  const { runFio, killAllFio } = await load('testing/fio.js');
+  const { NbdPair, storeBytesFor } = await load('runtime/nbd-pair.js');
+  const { runFio, killAllFio } = await load('runtime/fio.js');
   const dir = mkdtempSync(path.join(os.tmpdir(), 'pagepair-bench-nbd-'));
   const note = (line) => console.error(`bench-nbd: ${line}`);
   const started = new Date();

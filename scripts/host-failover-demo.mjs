@@ -79,7 +79,7 @@ if (!existsSync(path.join(dist, 'attach', 'attach.js'))) {
   process.exit(2);
 }
 
-const { NbdPair, storeBytesFor } = await load('testing/nbd-pair.js');
+const { NbdPair, storeBytesFor } = await load('runtime/nbd-pair.js');
 const say = (line) => process.stdout.write(`${line}\n`);
 const dir = mkdtempSync(path.join(os.tmpdir(), 'pagepair-host-demo-'));
 const children = [];
