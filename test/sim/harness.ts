@@ -754,7 +754,9 @@ export class Harness {
         if (level === 'debug' && !keepDebug) return;
         this.logs.push({ node, incarnation, atMs: this.sched.nowMs, level, msg, obj });
         // The two sides disagreeing on who owns a page, or on a page's bytes at one version, never happens when all is well.
-        if (level === 'error' && (msg.startsWith('ownership conflict') || msg.startsWith('refused a mirrored page'))) {
+        // Nor does a callback of the core's task queue throw (tasks.ts), nor a request fail inside the core.
+        const bug = msg.startsWith('internal error');
+        if (level === 'error' && (bug || msg.startsWith('ownership conflict') || msg.startsWith('refused a mirrored page'))) {
           this.violations.push(`${node}${incarnation} at ${this.sched.nowMs} ms: ${msg} ${JSON.stringify(obj)}`);
         }
       };
