@@ -42,6 +42,19 @@ describe('allocator', () => {
     expect(f.replies.at(-1)?.msg).toMatchObject({ kind: 'C_READ_REPLY', data: Buffer.alloc(8) });
   });
 
+  it('lists its allocations (C_LIST)', async () => {
+    const f = await coreFixture();
+    const a = await allocate(f, 'a', 1);
+    const b = await allocate(f, 'b', 3);
+    expect(await ask(f, { kind: 'C_LIST' })).toMatchObject({
+      kind: 'C_LIST_REPLY',
+      allocations: [
+        { guid: a, name: 'a', policy: 'default', pageSizeBytes: PAGE, pageCount: 1 },
+        { guid: b, name: 'b', policy: 'default', pageSizeBytes: PAGE, pageCount: 3 },
+      ],
+    });
+  });
+
   it('refuses bad names, sizes and policies', async () => {
     const f = await coreFixture();
     expect(errorName(await alloc(f, '', PAGE))).toBe('BAD_FIELD');
