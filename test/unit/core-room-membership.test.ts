@@ -120,6 +120,23 @@ describe('membership', () => {
     expect(writeRefusal(single)).toEqual({ code: 'SHUTTING_DOWN', message: 'controller is shutting down' });
   });
 
+  it('a controller whose lease ran out reads nothing from its cache until the store says it still serves; taken over, it is fenced', async () => {
+    const { f, partner } = await joinedCore({ config: { partnerTimeoutMs: 1_000_000 } });
+    const guid = await allocate(f, 'v', 2, partner);
+    clientWrite(f, guid, 0, Buffer.alloc(PAGE, 1));
+    await partner.pump();
+    // Paused past its lease; meanwhile the partner took over in epoch 2.
+    f.setNow(f.core.membership.arbiter!.leaseMs + 10_000);
+    expect(f.core.status().lease?.valid).toBe(false);
+    await f.store.writeEpochRecord({ epoch: 2, activeId: 2, timeMs: 0 });
+    const r = clientRead(f, guid, 0, 4);
+    expect(replyTo(f, r)).toBeUndefined();
+    expect(f.pending.map((p) => p.op.kind)).toEqual(['writeMailboxSlot']);
+    await f.settleIo();
+    expect(errorName(replyTo(f, r))).toBe('FENCED');
+    expect(f.core.currentRole).toBe(Role.FENCED);
+  });
+
   it('a partner that says it is shutting down is known to be leaving', async () => {
     const { f, partner } = await joinedCore();
     expect(f.core.membership.partnerLeaving).toBe(false);

@@ -125,6 +125,27 @@ describe('ownership', () => {
     expect(f.core.allocator.allocs.get(guid)!.owner[0]).toBe(2);
   });
 
+  it('a TAKE waits while the owner destages the pages, until the store has synced them', async () => {
+    const { f, partner } = await joinedCore({ config: { partnerTimeoutMs: 1_000_000 } });
+    const guid = await allocate(f, 'v', 4, partner);
+    clientWrite(f, guid, 0, Buffer.alloc(PAGE, 4));
+    await partner.pump();
+    f.setNow(5000);
+    f.core.tick();
+    await partner.pump(50, false);
+    await f.runOne('writeMailboxSlot');
+    await f.runOne('readMailbox');
+    // The lease renewed, the page write goes out; the partner asks for the page meanwhile.
+    expect(f.pending.map((p) => p.op.kind)).toContain('writePage');
+    lock(partner, guid, 0, 1, LockOp.TAKE);
+    expect(lockReplies(f.flush())).toEqual([]);
+    await f.runOne('writePage');
+    expect(lockReplies(f.flush())).toEqual([]);
+    await f.runOne('sync');
+    expect(lockReplies(f.flush())).toEqual([expect.objectContaining({ granted: true, ownerGen: 1 })]);
+    expect(f.core.counters.pagesDestaged).toBe(1);
+  });
+
   it('controller 2 grants a TAKE even while its own write of the pages is under way', async () => {
     const { f, partner } = await joinedCore({ selfId: 2 });
     const guid = partnerAllocates(partner, 'v', 4);
