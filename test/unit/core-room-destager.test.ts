@@ -6,7 +6,8 @@
 // once its pages are durable.
 
 import { describe, expect, it } from 'vitest';
-import { PageFlag } from '../../src/protocol/messages.js';
+import { crc32c } from '../../src/protocol/crc32c.js';
+import { LockOp, PageFlag } from '../../src/protocol/messages.js';
 import { CONN, allocate, clientWrite, coreFixture, hop, joinedCore, PAGE, replyTo, type CoreFixture } from './core-fixture.js';
 
 function writePages(f: CoreFixture, guid: string, pages: number[], fill = 1): void {
@@ -129,5 +130,27 @@ describe('destager', () => {
     const clean = partner.sentOf('WRITE_PAGE').flatMap((m) => m.pages).filter((p) => p.pageFlags === PageFlag.CLEAN_AT);
     expect(clean).toEqual([expect.objectContaining({ guid, page: 0, version: 1 })]);
     expect(f.closed).toEqual([]);
+  });
+
+  it("mirrored: a flush takes the partner's dirty pages to destage them itself", async () => {
+    const { f, partner } = await joinedCore({ config: { partnerTimeoutMs: 1_000_000 } });
+    const guid = await allocate(f, 'v', 4, partner);
+    // The partner takes page 1 and writes it: dirty here as its mirrored copy.
+    partner.send({ kind: 'LOCK_REQUEST', guid, firstPage: 1, pageCount: 1, op: LockOp.TAKE, ownerGen: 0 });
+    const data = Buffer.alloc(PAGE, 0x2f);
+    partner.send({ kind: 'WRITE_PAGE', pages: [{ guid, page: 1, version: 1, crc: crc32c(data), epoch: 1, pageFlags: 0, pointerId: 0, clientId: 0, clientSeq: 0, ownerGen: 1, data }] });
+    await partner.pump();
+    partner.auto.delete('LOCK_REQUEST');
+    const flush = f.request({ kind: 'C_FLUSH', guid });
+    f.core.onClientRequest(CONN, flush);
+    await partner.pump();
+    const take = partner.take('LOCK_REQUEST');
+    expect(take).toMatchObject({ op: LockOp.TAKE, firstPage: 1, pageCount: 1 });
+    expect(pagesBeingWritten(f)).toEqual([]);
+    partner.reply(take, { kind: 'LOCK_REQUEST_REPLY', granted: true, ownerGen: 2 });
+    await partner.pump();
+    await hop();
+    expect(replyTo(f, flush)).toMatchObject({ kind: 'C_FLUSH_REPLY', pages: 1 });
+    expect((await f.store.readPage(f.core.allocator.location(f.core.allocator.allocs.get(guid)!), 1)).data).toEqual(data);
   });
 });
