@@ -137,6 +137,26 @@ describe('membership', () => {
     expect(f.core.currentRole).toBe(Role.FENCED);
   });
 
+  it('fenced, and the partner back: forgets its cache, reloads the table from the store, and joins afresh', async () => {
+    const { f, partner } = await joinedCore();
+    const guid = await allocate(f, 'v', 2, partner);
+    clientWrite(f, guid, 0, Buffer.alloc(PAGE, 1));
+    await partner.pump();
+    expect(f.core.status().dirtyPages).toBe(1);
+    partner.send({ kind: 'SENSE_REQUEST', role: Role.ALONE, reason: SenseReason.HEARTBEAT, joinFlags: 0 }, { epoch: 2 });
+    expect(f.core.currentRole).toBe(Role.FENCED);
+    f.core.peerUp();
+    expect(f.core.currentRole).toBe(Role.STARTING);
+    expect(f.core.membership.fresh).toBe(true);
+    expect(f.core.allocator.allocs.size).toBe(0);
+    expect(f.core.status().dirtyPages).toBe(0);
+    expect(f.pending.map((p) => p.op.kind)).toEqual(['readTable']);
+    await partner.pump();
+    expect([...f.core.allocator.allocs.keys()]).toEqual([guid]);
+    expect(f.core.currentRole).toBe(Role.JOINING);
+    expect(partner.sentOf('SENSE_REQUEST').at(-1)?.joinFlags).toBe(JoinFlag.JOINING | JoinFlag.FRESH);
+  });
+
   it('a partner that says it is shutting down is known to be leaving', async () => {
     const { f, partner } = await joinedCore();
     expect(f.core.membership.partnerLeaving).toBe(false);
