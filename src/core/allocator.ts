@@ -32,10 +32,13 @@ export function zeroingAllowanceMs(bytes: number): number {
   return Math.ceil(bytes / ZEROING_BYTES_PER_MS);
 }
 
+/** An extent held for an allocation being made: ours (held until it is installed) or the partner's (until its ALLOCATE, or a timeout). */
 export interface Reservation {
   id: number;
   dataOffset: number;
   bytes: number;
+  /** Reserved for the partner's SPACE_REQUEST: it lapses at expiresMs, or when the link goes. */
+  forPartner: boolean;
   expiresMs: number;
 }
 
@@ -61,11 +64,12 @@ export class Allocator {
 
   /** The link is gone: reservations made for the partner's requests go with it. */
   linkDown(): void {
-    this.reservations.clear();
+    for (const [id, r] of this.reservations) if (r.forPartner) this.reservations.delete(id);
   }
 
+  /** The partner's reservations whose ALLOCATE never came. Ours last until their allocation is installed or fails. */
   expireReservations(now: number): void {
-    for (const [id, r] of this.reservations) if (r.expiresMs < now) this.reservations.delete(id);
+    for (const [id, r] of this.reservations) if (r.forPartner && r.expiresMs < now) this.reservations.delete(id);
   }
 
   /** What C_LIST answers: at most `max` allocations. */
@@ -114,22 +118,22 @@ export class Allocator {
     const base = { guid: this.c.env.newGuid(), name: msg.name, policy: policy.name, pageSizeBytes: policy.pageSizeBytes, pageCount, createdEpoch: this.c.membership.epoch };
     this.names.add(msg.name); // held while we ask, so a second request for the name fails fast
     let installed = false;
+    // Where we place the extent ourselves, it is held until the allocation is
+    // installed: another allocation made meanwhile must not be placed over it.
+    let local: Reservation | null = null;
     try {
       let record: AllocationRecord;
       if (!this.c.cfg.mirroring || this.c.membership.role === Role.ALONE) {
-        record = { ...base, dataOffset: this.placeExtent(bytes) };
+        local = this.reserve(this.placeExtent(bytes), bytes, false);
+        record = { ...base, dataOffset: local.dataOffset };
       } else if (this.isCoordinator()) {
-        const local = this.reserve(this.placeExtent(bytes), bytes);
-        try {
-          const space = yield* wait(this.c.requests.request({ kind: 'SPACE_REQUEST', policy: policy.name, pageSizeBytes: policy.pageSizeBytes, pageCount, reserve: true, dataOffset: local.dataOffset }));
-          invariant(space.kind === 'SPACE_REQUEST_REPLY', 'space reply');
-          record = { ...base, dataOffset: local.dataOffset };
-          // Zeroed before the partner can learn of it (and a client write there).
-          yield* wait(this.c.io.run({ kind: 'clearExtent', dataOffset: record.dataOffset, bytes }));
-          yield* wait(this.c.requests.request({ kind: 'ALLOCATE', ...record, reservationId: space.reservationId }));
-        } finally {
-          this.reservations.delete(local.id);
-        }
+        local = this.reserve(this.placeExtent(bytes), bytes, false);
+        const space = yield* wait(this.c.requests.request({ kind: 'SPACE_REQUEST', policy: policy.name, pageSizeBytes: policy.pageSizeBytes, pageCount, reserve: true, dataOffset: local.dataOffset }));
+        invariant(space.kind === 'SPACE_REQUEST_REPLY', 'space reply');
+        record = { ...base, dataOffset: local.dataOffset };
+        // Zeroed before the partner can learn of it (and a client write there).
+        yield* wait(this.c.io.run({ kind: 'clearExtent', dataOffset: record.dataOffset, bytes }));
+        yield* wait(this.c.requests.request({ kind: 'ALLOCATE', ...record, reservationId: space.reservationId }));
       } else {
         const space = yield* wait(this.c.requests.request({ kind: 'SPACE_REQUEST', policy: policy.name, pageSizeBytes: policy.pageSizeBytes, pageCount, reserve: true, dataOffset: -1 }));
         invariant(space.kind === 'SPACE_REQUEST_REPLY', 'space reply');
@@ -145,6 +149,7 @@ export class Allocator {
       this.c.env.log.info({ guid: record.guid, name: record.name, policy: record.policy, pageCount, pageSizeBytes: record.pageSizeBytes }, 'allocation created');
       return record;
     } finally {
+      if (local !== null) this.reservations.delete(local.id);
       if (!installed) this.names.delete(msg.name);
     }
   }
@@ -163,8 +168,9 @@ export class Allocator {
     return at;
   }
 
-  private reserve(dataOffset: number, bytes: number): Reservation {
-    const r: Reservation = { id: this.nextReservationId++, dataOffset, bytes, expiresMs: this.c.env.nowMs() + RESERVATION_TTL_MS + zeroingAllowanceMs(bytes) };
+  private reserve(dataOffset: number, bytes: number, forPartner: boolean): Reservation {
+    const expiresMs = forPartner ? this.c.env.nowMs() + RESERVATION_TTL_MS + zeroingAllowanceMs(bytes) : Number.POSITIVE_INFINITY;
+    const r: Reservation = { id: this.nextReservationId++, dataOffset, bytes, forPartner, expiresMs };
     if (this.nextReservationId >= SYNC_RESERVATION) this.nextReservationId = 1;
     this.reservations.set(r.id, r);
     return r;
@@ -195,7 +201,7 @@ export class Allocator {
         }
       }
     }
-    const r = this.reserve(at, bytes);
+    const r = this.reserve(at, bytes, true);
     this.c.requests.replyPeer(req, { kind: 'SPACE_REQUEST_REPLY', reservationId: r.id, dataOffset: at, ...free });
   }
 
@@ -232,7 +238,7 @@ export class Allocator {
     }
     this.c.membership.requireWritable();
     const r = this.reservations.get(req.reservationId);
-    if (r === undefined || r.dataOffset !== req.dataOffset) {
+    if (r === undefined || !r.forPartner || r.dataOffset !== req.dataOffset) {
       throw new PagepairError('BAD_FIELD', `no reservation ${req.reservationId} at offset ${req.dataOffset}`, 'reservationId');
     }
     if (this.allocs.has(req.guid)) throw new PagepairError('DUPLICATE', `allocation ${req.guid} exists`, 'guid');
