@@ -30,7 +30,14 @@ export interface StoreWrite {
 }
 
 export class Destager {
+  /** Store writes of pages not yet settled, their syncs included (a page is being destaged until then). */
   destagesInFlight = 0;
+  /**
+   * Page writes issued and not yet landed: what destageConcurrency bounds. A
+   * written page waiting for its group sync holds no slot, so the pages
+   * written meanwhile share the next sync.
+   */
+  private writesInFlight = 0;
   /** Flushes (and a shutdown) waiting: destage now, whatever the pages' age. */
   flushDemand = 0;
   private drainingDirty = false;
@@ -56,6 +63,7 @@ export class Destager {
         const left = [...this.c.cache.dirty].filter((cp) => this.c.ownership.owns(cp.alloc, cp.page) && !cp.alloc.released);
         if (left.length === 0 && this.destagesInFlight === 0) break;
         this.kickDestage();
+        this.destagePages(left);
         yield* wait(this.c.waits.progress());
       }
     } finally {
@@ -72,6 +80,7 @@ export class Destager {
     const alloc = cp.alloc;
     alloc.destagesInFlight++;
     this.destagesInFlight++;
+    this.writesInFlight++;
     cp.destagingVersion = version;
     const prev = this.pageWrites.get(cp) ?? null;
     const run = this.c.tasks.spawn(this.writePage(prev, cp, version, data, crc, syncAfter, this.c.membership.generation));
@@ -97,13 +106,19 @@ export class Destager {
   }
 
   private *writePage(prev: Future<void> | null, cp: CachePage, version: number, data: Buffer, crc: number, syncAfter: boolean, generation: number): Task<void> {
-    if (prev !== null) yield* settle(prev);
     const alloc = cp.alloc;
-    yield* wait(this.c.membership.ensureLease());
-    // Fenced or reset while the write waited: what we held is no longer
-    // ours to write, even if the lease was renewed in the new epoch.
-    if (this.c.membership.generation !== generation || alloc.released) throw new PagepairError('FENCED', 'controller was fenced or reset; the page is not written');
-    yield* wait(this.c.io.run({ kind: 'writePage', loc: this.c.allocator.location(alloc), page: cp.page, version, epoch: this.c.membership.epoch, data, crc }));
+    try {
+      if (prev !== null) yield* settle(prev);
+      yield* wait(this.c.membership.ensureLease());
+      // Fenced or reset while the write waited: what we held is no longer
+      // ours to write, even if the lease was renewed in the new epoch.
+      if (this.c.membership.generation !== generation || alloc.released) throw new PagepairError('FENCED', 'controller was fenced or reset; the page is not written');
+      yield* wait(this.c.io.run({ kind: 'writePage', loc: this.c.allocator.location(alloc), page: cp.page, version, epoch: this.c.membership.epoch, data, crc }));
+    } finally {
+      this.writesInFlight--;
+    }
+    // The write landed: its slot goes to the next pages while this one waits for a sync.
+    this.kickDestage();
     // Part of the write as far as the page is concerned: until the store
     // has synced it, the page is still being destaged (it is not clean,
     // not granted away, not written again).
@@ -179,7 +194,7 @@ export class Destager {
   }
 
   kickDestage(): void {
-    if (this.destagesInFlight >= this.c.cfg.destageConcurrency || this.c.cache.dirty.size === 0 || !this.mayDestage()) return;
+    if (this.writesInFlight >= this.c.cfg.destageConcurrency || this.c.cache.dirty.size === 0 || !this.mayDestage()) return;
     const dirtyBytes = this.c.cache.bytesDirty;
     if (dirtyBytes > this.highWatermarkBytes()) this.drainingDirty = true;
     else if (dirtyBytes <= (this.c.cfg.cacheBytesMax * this.c.cfg.dirtyLowWatermarkPct) / 100) this.drainingDirty = false;
@@ -188,7 +203,7 @@ export class Destager {
     const now = this.c.env.nowMs();
     let scanned = 0;
     for (const cp of this.c.cache.dirty) {
-      if (this.destagesInFlight >= this.c.cfg.destageConcurrency || ++scanned > 4096) break;
+      if (this.writesInFlight >= this.c.cfg.destageConcurrency || ++scanned > 4096) break;
       if (!urgent && now - cp.dirtySinceMs < this.c.cfg.dirtyAgeMaxMs) break;
       if (cp.destagingVersion !== 0 || cp.mirrorPending > 0 || cp.alloc.released) continue;
       if (!this.c.ownership.owns(cp.alloc, cp.page)) continue;
@@ -291,6 +306,7 @@ export class Destager {
           yield* wait(this.c.tasks.all(takes));
         }
         this.kickDestage();
+        this.destagePages(left.map((t) => t.cp));
         // Many pages left: look again once per tick, not after every single
         // destage (that made a large flush quadratic).
         if (left.length > FLUSH_RECHECK_PAGES) yield* wait(this.c.waits.sleep(1));
@@ -302,6 +318,20 @@ export class Destager {
     // No sync of our own here: a page's storeVersion moves only after a sync
     // that followed its write (destage, write-through; at the partner before
     // it sends "clean at v"), so every target is durable already.
+  }
+
+  /**
+   * Destage these pages (those we own, dirty and not being written) now,
+   * whatever their age and place in the dirty order: a flush's or a
+   * shutdown's own pages may sit behind more of the partner's dirty pages
+   * than kickDestage looks at in one go.
+   */
+  private destagePages(pages: readonly CachePage[]): void {
+    if (!this.mayDestage()) return;
+    for (const cp of pages) {
+      if (this.writesInFlight >= this.c.cfg.destageConcurrency) return;
+      if (cp.dirty && !cp.alloc.released && this.destageable(cp.alloc, cp.page) && cp.alloc.pages.get(cp.page) === cp) this.destageWithNeighbours(cp);
+    }
   }
 
   /** Pages the partner owns, taken so that we destage them. */
