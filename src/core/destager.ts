@@ -30,14 +30,8 @@ export interface StoreWrite {
 }
 
 export class Destager {
-  /** Store writes of pages not yet settled, their syncs included (a page is being destaged until then). */
+  /** Store writes of pages not yet settled, their syncs included (what destageConcurrency bounds). */
   destagesInFlight = 0;
-  /**
-   * Page writes issued and not yet landed: what destageConcurrency bounds. A
-   * written page waiting for its group sync holds no slot, so the pages
-   * written meanwhile share the next sync.
-   */
-  private writesInFlight = 0;
   /** Flushes (and a shutdown) waiting: destage now, whatever the pages' age. */
   flushDemand = 0;
   private drainingDirty = false;
@@ -80,7 +74,6 @@ export class Destager {
     const alloc = cp.alloc;
     alloc.destagesInFlight++;
     this.destagesInFlight++;
-    this.writesInFlight++;
     cp.destagingVersion = version;
     const prev = this.pageWrites.get(cp) ?? null;
     const run = this.c.tasks.spawn(this.writePage(prev, cp, version, data, crc, syncAfter, this.c.membership.generation));
@@ -107,18 +100,12 @@ export class Destager {
 
   private *writePage(prev: Future<void> | null, cp: CachePage, version: number, data: Buffer, crc: number, syncAfter: boolean, generation: number): Task<void> {
     const alloc = cp.alloc;
-    try {
-      if (prev !== null) yield* settle(prev);
-      yield* wait(this.c.membership.ensureLease());
-      // Fenced or reset while the write waited: what we held is no longer
-      // ours to write, even if the lease was renewed in the new epoch.
-      if (this.c.membership.generation !== generation || alloc.released) throw new PagepairError('FENCED', 'controller was fenced or reset; the page is not written');
-      yield* wait(this.c.io.run({ kind: 'writePage', loc: this.c.allocator.location(alloc), page: cp.page, version, epoch: this.c.membership.epoch, data, crc }));
-    } finally {
-      this.writesInFlight--;
-    }
-    // The write landed: its slot goes to the next pages while this one waits for a sync.
-    this.kickDestage();
+    if (prev !== null) yield* settle(prev);
+    yield* wait(this.c.membership.ensureLease());
+    // Fenced or reset while the write waited: what we held is no longer
+    // ours to write, even if the lease was renewed in the new epoch.
+    if (this.c.membership.generation !== generation || alloc.released) throw new PagepairError('FENCED', 'controller was fenced or reset; the page is not written');
+    yield* wait(this.c.io.run({ kind: 'writePage', loc: this.c.allocator.location(alloc), page: cp.page, version, epoch: this.c.membership.epoch, data, crc }));
     // Part of the write as far as the page is concerned: until the store
     // has synced it, the page is still being destaged (it is not clean,
     // not granted away, not written again).
@@ -194,7 +181,7 @@ export class Destager {
   }
 
   kickDestage(): void {
-    if (this.writesInFlight >= this.c.cfg.destageConcurrency || this.c.cache.dirty.size === 0 || !this.mayDestage()) return;
+    if (this.destagesInFlight >= this.c.cfg.destageConcurrency || this.c.cache.dirty.size === 0 || !this.mayDestage()) return;
     const dirtyBytes = this.c.cache.bytesDirty;
     if (dirtyBytes > this.highWatermarkBytes()) this.drainingDirty = true;
     else if (dirtyBytes <= (this.c.cfg.cacheBytesMax * this.c.cfg.dirtyLowWatermarkPct) / 100) this.drainingDirty = false;
@@ -203,7 +190,7 @@ export class Destager {
     const now = this.c.env.nowMs();
     let scanned = 0;
     for (const cp of this.c.cache.dirty) {
-      if (this.writesInFlight >= this.c.cfg.destageConcurrency || ++scanned > 4096) break;
+      if (this.destagesInFlight >= this.c.cfg.destageConcurrency || ++scanned > 4096) break;
       if (!urgent && now - cp.dirtySinceMs < this.c.cfg.dirtyAgeMaxMs) break;
       if (cp.destagingVersion !== 0 || cp.mirrorPending > 0 || cp.alloc.released) continue;
       if (!this.c.ownership.owns(cp.alloc, cp.page)) continue;
@@ -329,7 +316,7 @@ export class Destager {
   private destagePages(pages: readonly CachePage[]): void {
     if (!this.mayDestage()) return;
     for (const cp of pages) {
-      if (this.writesInFlight >= this.c.cfg.destageConcurrency) return;
+      if (this.destagesInFlight >= this.c.cfg.destageConcurrency) return;
       if (cp.dirty && !cp.alloc.released && this.destageable(cp.alloc, cp.page) && cp.alloc.pages.get(cp.page) === cp) this.destageWithNeighbours(cp);
     }
   }
