@@ -4,7 +4,7 @@
 // a Device; file-device.ts and memory-device.ts the byte ranges.
 
 import type { AllocationRecord as Allocation } from '../protocol/messages.js';
-import type { StoredPageHeader, StoredPage, MailboxSlot, EpochRecord, Mailbox, PageLocation } from '../protocol/store-records.js';
+import type { StoredPage, MailboxSlot, EpochRecord, Mailbox, PageLocation } from '../protocol/store-records.js';
 
 /** A range of bytes that can be read, written and made durable. */
 export interface Device {

@@ -50,6 +50,17 @@ function valueOf(writer: NodeName, page: number, bytes: Buffer): number | null {
   return bytes.equals(stamp(writer, page, v)) ? v : null;
 }
 
+/** Where each writer's half of a page starts: A writes the first half, B the second. */
+function offset(writer: NodeName, page: number): number {
+  return page * PAGE + (writer === 'A' ? 0 : HALF);
+}
+
+/** Store operations of one controller or both (drawn by seed) fail from now on: kinds drawn from `choices`, at a drawn rate. */
+function failSomeStoreOps(h: Harness, rng: Prng, choices: IoKind[][]): void {
+  const on: NodeName[] = rng.pick([['A'], ['B'], ['A', 'B']]);
+  for (const name of on) h.failStoreOps(name, { kinds: rng.pick(choices), rate: 0.2 + 0.6 * rng.next() });
+}
+
 /** The failures a write or read may meet here: the store's (and nothing else). */
 function storeError(err: unknown): boolean {
   return isPagepairError(err, 'IO_ERROR');
@@ -60,9 +71,7 @@ async function runSeed(seed: number): Promise<{ injected: number; ioErrors: numb
   const h = await Harness.createPair({ seed, dirtyAgeMaxMs: 5 + rng.int(40), cacheBytesMax: 8 * PAGE + rng.int(16) * PAGE, storeDelayMaxMs: 3 });
   const setup = h.client('A');
   const al = await h.run(setup.allocate('errors', PAGES * PAGE, 'tiny'));
-  const kinds: IoKind[][] = [['writePage'], ['sync'], ['readPage'], ['writePage', 'sync', 'readPage']];
-  const on: NodeName[] = rng.pick([['A'], ['B'], ['A', 'B']]);
-  for (const name of on) h.failStoreOps(name, { kinds: rng.pick(kinds), rate: 0.2 + 0.6 * rng.next() });
+  failSomeStoreOps(h, rng, [['writePage'], ['sync'], ['readPage'], ['writePage', 'sync', 'readPage']]);
 
   const cells: Record<NodeName, Cell[]> = {
     A: Array.from({ length: PAGES }, () => ({ acked: 0, maybe: new Set<number>() })),
@@ -71,7 +80,6 @@ async function runSeed(seed: number): Promise<{ injected: number; ioErrors: numb
   const problems: string[] = [];
   let ioErrors = 0;
   let acked = 0;
-  const offset = (writer: NodeName, page: number): number => page * PAGE + (writer === 'A' ? 0 : HALF);
 
   const writer = async (name: NodeName, c: SimClient): Promise<void> => {
     const my = new Prng(seed * 97 + (name === 'A' ? 1 : 2));
@@ -152,15 +160,13 @@ async function runFlushSeed(seed: number): Promise<{ flushes: number; failedFlus
   // Pages are destaged only when a flush asks (or the cache fills): what a failed sync leaves unsynced stays so.
   const h = await Harness.createPair({ seed, dirtyAgeMaxMs: 3_600_000, cacheBytesMax: 64 * PAGE, storeDelayMaxMs: 3 });
   const al = await h.run(h.client('A').allocate('flushes', PAGES * PAGE, 'tiny'));
-  const on: NodeName[] = rng.pick([['A'], ['B'], ['A', 'B']]);
-  for (const name of on) h.failStoreOps(name, { kinds: rng.pick([['sync'], ['writePage'], ['writePage', 'sync']]), rate: 0.2 + 0.6 * rng.next() });
+  failSomeStoreOps(h, rng, [['sync'], ['writePage'], ['writePage', 'sync']]);
   // Per writer and page: the value a successful flush made durable, and every value tried since.
   const durable: Record<NodeName, number[]> = { A: new Array<number>(PAGES).fill(0), B: new Array<number>(PAGES).fill(0) };
   const since: Record<NodeName, Set<number>[]> = { A: Array.from({ length: PAGES }, () => new Set<number>()), B: Array.from({ length: PAGES }, () => new Set<number>()) };
   const problems: string[] = [];
   let flushes = 0;
   let failedFlushes = 0;
-  const offset = (writer: NodeName, page: number): number => page * PAGE + (writer === 'A' ? 0 : HALF);
   const writer = async (name: NodeName, c: SimClient): Promise<void> => {
     const my = new Prng(seed * 53 + (name === 'A' ? 1 : 2));
     const acked = new Array<number>(PAGES).fill(0);

@@ -64,6 +64,30 @@ export interface FixtureOptions {
 
 let nextRequestId = 1;
 
+/** A core's configuration for tests: small and quick, over `store`'s layout. */
+export function testCoreConfig(store: PageStore, over: { selfId: 1 | 2; mirroring: boolean; cacheBytesMax: number }): CoreConfig {
+  return {
+    selfId: over.selfId,
+    partnerId: over.selfId === 1 ? 2 : 1,
+    mirroring: over.mirroring,
+    cacheBytesMax: over.cacheBytesMax,
+    dirtyHighWatermarkPct: 60,
+    dirtyLowWatermarkPct: 30,
+    dirtyAgeMaxMs: 1000,
+    destageConcurrency: 4,
+    heartbeatIntervalMs: 100,
+    partnerTimeoutMs: 500,
+    preferredId: 1,
+    resyncPagesPerSecMax: 1000,
+    peerRequestTimeoutMs: 10_000,
+    pointerLeaseMs: 60_000,
+    cacheFullWaitMs: 1000,
+    limits: DEFAULT_LIMITS,
+    policies: resolvePolicies([]),
+    store: storeLayout(store),
+  };
+}
+
 /** A started core (its table and mailbox read) over a fresh store. */
 export async function coreFixture(opts: FixtureOptions = {}): Promise<CoreFixture> {
   const device = new MemoryDevice(16 * 1024 * 1024);
@@ -78,24 +102,8 @@ export async function coreFixture(opts: FixtureOptions = {}): Promise<CoreFixtur
   const closed: string[] = [];
   const line = (level: LogLine['level']) => (obj: object, msg = ''): void => void log.push({ level, msg, obj });
   const cfg: CoreConfig = {
-    selfId,
-    partnerId: selfId === 1 ? 2 : 1,
-    mirroring: opts.mirroring ?? false,
-    cacheBytesMax: opts.cacheBytesMax ?? 1024 * 1024,
-    dirtyHighWatermarkPct: 60,
-    dirtyLowWatermarkPct: 30,
-    dirtyAgeMaxMs: 1000,
-    destageConcurrency: 4,
-    heartbeatIntervalMs: 100,
-    partnerTimeoutMs: 500,
-    preferredId: 1,
+    ...testCoreConfig(store, { selfId, mirroring: opts.mirroring ?? false, cacheBytesMax: opts.cacheBytesMax ?? 1024 * 1024 }),
     resyncPagesPerSecMax: 100_000,
-    peerRequestTimeoutMs: 10_000,
-    pointerLeaseMs: 60_000,
-    cacheFullWaitMs: 1000,
-    limits: DEFAULT_LIMITS,
-    policies: resolvePolicies([]),
-    store: storeLayout(store),
     testHooks: true,
     ...opts.config,
   };

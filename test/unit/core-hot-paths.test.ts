@@ -5,10 +5,9 @@
 
 import { describe, expect, it } from 'vitest';
 import { ControllerCore } from '../../src/core/controller.js';
-import { runIo, storeLayout } from '../../src/runtime/store-io.js';
-import type { CoreConfig, CoreEnv } from '../../src/core/env.js';
-import { resolvePolicies } from '../../src/core/policy.js';
-import { DEFAULT_LIMITS } from '../../src/protocol/limits.js';
+import { runIo } from '../../src/runtime/store-io.js';
+import { testCoreConfig } from './core-fixture.js';
+import type { CoreEnv } from '../../src/core/env.js';
 import { SENDER_CLIENT, type ClientRequest, type Message } from '../../src/protocol/messages.js';
 import { MemoryDevice } from '../../src/store/memory-device.js';
 import { PageStore } from '../../src/store/page-store.js';
@@ -53,26 +52,7 @@ async function singleCore(): Promise<{ core: ControllerCore; replies: Message[];
   const { store, held, holding } = holdingStore(inner);
   const replies: Message[] = [];
   let now = 0;
-  const cfg: CoreConfig = {
-    selfId: 1,
-    partnerId: 2,
-    mirroring: false,
-    cacheBytesMax: 4 * 1024 * 1024,
-    dirtyHighWatermarkPct: 60,
-    dirtyLowWatermarkPct: 30,
-    dirtyAgeMaxMs: 1000,
-    destageConcurrency: 4,
-    heartbeatIntervalMs: 100,
-    partnerTimeoutMs: 500,
-    preferredId: 1,
-    resyncPagesPerSecMax: 1000,
-    peerRequestTimeoutMs: 10_000,
-    pointerLeaseMs: 60_000,
-    cacheFullWaitMs: 1000,
-    limits: DEFAULT_LIMITS,
-    policies: resolvePolicies([]),
-    store: storeLayout(store),
-  };
+  const cfg = testCoreConfig(inner, { selfId: 1, mirroring: false, cacheBytesMax: 4 * 1024 * 1024 });
   const fence = { fencePartner: () => Promise.resolve(false), partnerGone: () => Promise.resolve(false) };
   const env: CoreEnv = {
     sendPeer: () => undefined,
