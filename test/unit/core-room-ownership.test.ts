@@ -15,6 +15,27 @@ function lockReplies(frames: Message[]) {
   return framesOf(frames, 'LOCK_REQUEST_REPLY');
 }
 
+/** The partner took page 0; a client write of it through controller 1 now waits for the partner to answer its TAKE (by hand). */
+async function writeWaitingForPage0(): Promise<{ f: Awaited<ReturnType<typeof joinedCore>>['f']; partner: HandPartner; w: Message }> {
+  const { f, partner } = await joinedCore();
+  const guid = await allocate(f, 'v', 4, partner);
+  lock(partner, guid, 0, 1, LockOp.TAKE);
+  f.flush();
+  partner.auto.delete('LOCK_REQUEST');
+  const w = clientWrite(f, guid, 0, Buffer.alloc(PAGE, 3));
+  await partner.pump();
+  return { f, partner, w };
+}
+
+/** Controller 1 joined with a hand partner, a 4-page allocation, and the partner holding pages 0 and 1 (TAKE granted, generation 1). */
+async function partnerTookPages01(): Promise<{ f: Awaited<ReturnType<typeof joinedCore>>['f']; partner: Awaited<ReturnType<typeof joinedCore>>['partner']; guid: string }> {
+  const { f, partner } = await joinedCore();
+  const guid = await allocate(f, 'v', 4, partner);
+  lock(partner, guid, 0, 2, LockOp.TAKE);
+  f.flush();
+  return { f, partner, guid };
+}
+
 describe('ownership', () => {
   it('the owner grants an idle TAKE: the pages move with a newer generation', async () => {
     const { f, partner } = await joinedCore();
@@ -29,10 +50,7 @@ describe('ownership', () => {
   });
 
   it('a TAKE of pages we do not own is answered "not granted"', async () => {
-    const { f, partner } = await joinedCore();
-    const guid = await allocate(f, 'v', 4, partner);
-    lock(partner, guid, 0, 2, LockOp.TAKE);
-    f.flush();
+    const { f, partner, guid } = await partnerTookPages01();
     lock(partner, guid, 1, 2, LockOp.TAKE);
     expect(lockReplies(f.flush())).toEqual([expect.objectContaining({ granted: false, ownerGen: 0 })]);
     expect(f.core.counters.lockRefusals).toBe(1);
@@ -41,10 +59,7 @@ describe('ownership', () => {
   });
 
   it('a GIVE with a newer generation hands the pages back', async () => {
-    const { f, partner } = await joinedCore();
-    const guid = await allocate(f, 'v', 4, partner);
-    lock(partner, guid, 0, 2, LockOp.TAKE);
-    f.flush();
+    const { f, partner, guid } = await partnerTookPages01();
     lock(partner, guid, 0, 2, LockOp.GIVE, 2);
     expect(lockReplies(f.flush())).toEqual([expect.objectContaining({ granted: true, ownerGen: 2 })]);
     const alloc = f.core.allocator.allocs.get(guid)!;
@@ -54,10 +69,7 @@ describe('ownership', () => {
   });
 
   it('a GIVE whose generation is not newer is refused as an ownership conflict, and the link is made anew', async () => {
-    const { f, partner } = await joinedCore();
-    const guid = await allocate(f, 'v', 4, partner);
-    lock(partner, guid, 0, 2, LockOp.TAKE);
-    f.flush();
+    const { f, partner, guid } = await partnerTookPages01();
     lock(partner, guid, 0, 2, LockOp.GIVE, 1);
     expect(lockReplies(f.flush())).toEqual([]);
     expect(f.core.counters.ownershipConflicts).toBe(1);
@@ -75,13 +87,7 @@ describe('ownership', () => {
   });
 
   it('a grant of our TAKE that is not newer than the generation we know is an ownership conflict', async () => {
-    const { f, partner } = await joinedCore();
-    const guid = await allocate(f, 'v', 4, partner);
-    lock(partner, guid, 0, 1, LockOp.TAKE);
-    f.flush();
-    partner.auto.delete('LOCK_REQUEST');
-    const w = clientWrite(f, guid, 0, Buffer.alloc(PAGE, 3));
-    await partner.pump();
+    const { f, partner, w } = await writeWaitingForPage0();
     const take = partner.take('LOCK_REQUEST');
     expect(take).toMatchObject({ op: LockOp.TAKE, firstPage: 0, pageCount: 1 });
     partner.reply(take, { kind: 'LOCK_REQUEST_REPLY', granted: true, ownerGen: 1 });
@@ -92,13 +98,7 @@ describe('ownership', () => {
   });
 
   it('a newer grant lets our write go on, and its WRITE_PAGE carries the new generation', async () => {
-    const { f, partner } = await joinedCore();
-    const guid = await allocate(f, 'v', 4, partner);
-    lock(partner, guid, 0, 1, LockOp.TAKE);
-    f.flush();
-    partner.auto.delete('LOCK_REQUEST');
-    const w = clientWrite(f, guid, 0, Buffer.alloc(PAGE, 3));
-    await partner.pump();
+    const { f, partner, w } = await writeWaitingForPage0();
     partner.reply(partner.take('LOCK_REQUEST'), { kind: 'LOCK_REQUEST_REPLY', granted: true, ownerGen: 2 });
     await partner.pump();
     expect(replyTo(f, w)?.kind).toBe('C_WRITE_REPLY');
