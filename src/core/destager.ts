@@ -32,6 +32,13 @@ export interface StoreWrite {
 export class Destager {
   /** Store writes of pages not yet settled, their syncs included (what destageConcurrency bounds). */
   destagesInFlight = 0;
+  /**
+   * Grows whenever pages may have been written to the store by the partner
+   * while we held them as ours without knowing (a join settles ownership
+   * anew, a takeover, a reset): a page's slotsOursAt counts only under the
+   * trust it was recorded in. Pages we give away forget theirs (ownership.ts).
+   */
+  private slotTrust = 0;
   /** Flushes (and a shutdown) waiting: destage now, whatever the pages' age. */
   flushDemand = 0;
   private drainingDirty = false;
@@ -41,6 +48,11 @@ export class Destager {
   private syncRunning = false;
 
   constructor(private readonly c: Core) {}
+
+  /** Pages may have been written by the partner behind our back (a join, a takeover, a reset): no page's slot memory is trusted any more. */
+  distrustSlots(): void {
+    this.slotTrust++;
+  }
 
   /** Store, sync, and mark clean the pages of a write made alone; done when all are durable. */
   *writeThrough(writes: StoreWrite[]): Task<void> {
@@ -105,7 +117,11 @@ export class Destager {
     // Fenced or reset while the write waited: what we held is no longer
     // ours to write, even if the lease was renewed in the new epoch.
     if (this.c.membership.generation !== generation || alloc.released) throw new PagepairError('FENCED', 'controller was fenced or reset; the page is not written');
-    yield* wait(this.c.io.run({ kind: 'writePage', loc: this.c.allocator.location(alloc), page: cp.page, version, epoch: this.c.membership.epoch, data, crc }));
+    const trust = this.slotTrust;
+    const slotsOurs = cp.slotsOursAt === trust;
+    yield* wait(this.c.io.run({ kind: 'writePage', loc: this.c.allocator.location(alloc), page: cp.page, version, epoch: this.c.membership.epoch, data, crc, slotsOurs }));
+    // The store knows which slot it wrote; nobody else writes the page while it stays ours.
+    if (this.slotTrust === trust && this.c.ownership.owns(alloc, cp.page)) cp.slotsOursAt = trust;
     // Part of the write as far as the page is concerned: until the store
     // has synced it, the page is still being destaged (it is not clean,
     // not granted away, not written again).

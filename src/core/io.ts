@@ -34,7 +34,8 @@ export interface IoResults {
 
 export type IoOp =
   | { kind: 'readPage'; loc: PageLocation; page: number }
-  | { kind: 'writePage'; loc: PageLocation; page: number; version: number; epoch: number; data: Buffer; crc: number }
+  /** slotsOurs: nobody else has written the page to the store since we last did (the store may then skip reading its slots). */
+  | { kind: 'writePage'; loc: PageLocation; page: number; version: number; epoch: number; data: Buffer; crc: number; slotsOurs: boolean }
   | { kind: 'clearExtent'; dataOffset: number; bytes: number }
   | { kind: 'readTable' }
   | { kind: 'writeTable'; records: AllocationRecord[] }

@@ -74,6 +74,8 @@ export class Join {
           alloc.owner.fill(join.authoritative ? this.c.selfId : this.c.partnerId);
           alloc.ownerGen.fill(0);
         }
+        // The partner may have written any page to the store while we were apart.
+        this.c.destager.distrustSlots();
         this.c.env.log.info({ authoritative: join.authoritative, partnerFresh }, 'join: pushing state to partner');
         this.pushJoinState(join);
       }

@@ -154,6 +154,7 @@ export class Membership {
     if (rec !== undefined && rec !== null && rec.epoch > this.epoch) this.epoch = rec.epoch;
     this.fresh = true;
     this.generation++;
+    this.c.destager.distrustSlots();
     this.enter({ role: Role.STARTING, loneSinceMs: this.c.env.nowMs() }, why, { epoch: this.epoch });
     // Fresh from a reset, we hold what a fresh start holds: the stored table.
     const generation = this.generation;
@@ -251,6 +252,8 @@ export class Membership {
     this.epoch = epoch;
     this.fresh = false;
     for (const alloc of this.c.allocator.allocs.values()) alloc.owner.fill(this.c.selfId);
+    // The partner wrote its pages to the store until it was lost.
+    this.c.destager.distrustSlots();
     for (const p of [...this.c.pointers.open.values()]) if (p.holderId !== this.c.selfId) this.c.pointers.dropPointer(p);
     this.setRole(Role.ALONE, 'took over: serving alone, writing through to the store', {
       fromEpoch: from,

@@ -21,6 +21,14 @@ export interface LocalWrite {
   count: number;
 }
 
+/** The pages change hands: the partner may write them to the store, so what we know of their slots lapses. */
+function forgetStoreSlots(alloc: AllocState, first: number, count: number): void {
+  for (let p = first; p < first + count; p++) {
+    const cp = alloc.pages.get(p);
+    if (cp !== undefined) cp.slotsOursAt = -1;
+  }
+}
+
 export class Ownership {
   /** Client writes in progress here, by range. */
   readonly activeWrites = new Set<LocalWrite>();
@@ -83,6 +91,7 @@ export class Ownership {
     gen++;
     alloc.owner.fill(to, first, first + count);
     alloc.ownerGen.fill(gen, first, first + count);
+    forgetStoreSlots(alloc, first, count);
     return gen;
   }
 
@@ -102,6 +111,7 @@ export class Ownership {
     }
     alloc.owner.fill(this.c.selfId, first, first + count);
     alloc.ownerGen.fill(gen, first, first + count);
+    forgetStoreSlots(alloc, first, count);
     return true;
   }
 

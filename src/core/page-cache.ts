@@ -31,6 +31,13 @@ export interface CachePage {
   storeVersion: number;
   /** Version being written to the store, 0 when no destage is in flight. */
   destagingVersion: number;
+  /**
+   * The store-slot trust (Destager.slotTrust) under which we last wrote the
+   * page to the store, -1 when we have not since the page became ours: while
+   * it equals the current one, nobody else has written the page since, and
+   * the store may choose its slot without reading.
+   */
+  slotsOursAt: number;
   /** Our WRITE_PAGEs of this page the partner has not yet answered. */
   mirrorPending: number;
   /** Read pointers and writes in progress that need the page to stay. */
@@ -276,6 +283,7 @@ export class PageCache {
       dirtySinceMs: 0,
       storeVersion: 0,
       destagingVersion: 0,
+      slotsOursAt: -1,
       mirrorPending: 0,
       pins: 0,
       dataLent: false,

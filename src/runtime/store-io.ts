@@ -33,7 +33,7 @@ export function runIo(store: BlockStore, fence: FenceActions, op: IoOp): Promise
 function start(store: BlockStore, fence: FenceActions, op: IoOp): Promise<unknown> {
   switch (op.kind) {
     case 'readPage': return store.readPage(op.loc, op.page);
-    case 'writePage': return store.writePage(op.loc, op.page, op.version, op.epoch, op.data, op.crc);
+    case 'writePage': return store.writePage(op.loc, op.page, op.version, op.epoch, op.data, op.crc, op.slotsOurs);
     case 'clearExtent': return store.clearExtent(op.dataOffset, op.bytes);
     case 'readTable': return store.readTable();
     case 'writeTable': return store.writeTable(op.records);

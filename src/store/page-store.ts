@@ -17,6 +17,13 @@
 // reads them to choose a slot: the core syncs before it gives a page away, a
 // takeover syncs (the epoch record), and open() syncs what an earlier
 // incarnation of this controller left behind.
+//
+// The read can be spared: this store remembers, per page, the slot its last
+// write went to once a sync after it completed (that slot then holds the
+// newest synced copy, as long as nobody else wrote the page since). Only the
+// caller knows that nobody did (the core: the page stayed ours since our last
+// write of it), so a write uses the memory only when told it may
+// (`slotsOurs`); otherwise it reads, as above.
 
 import { PagepairError, invariant } from '../protocol/errors.js';
 import { crc32c } from '../protocol/crc32c.js';
@@ -132,7 +139,12 @@ interface UnsyncedSlot {
   slot: 0 | 1;
   /** Order in which the write settled; null while it is under way. */
   settledSeq: number | null;
+  /** The write landed whole (a failed one may have landed in part). */
+  ok: boolean;
 }
+
+/** Pages whose last synced slot is remembered, at most; past it the memory starts again (reads choose). */
+const SYNCED_SLOTS_MAX = 1 << 20;
 
 export class PageStore implements BlockStore {
   readonly pageCounters: PageStoreCounters = { tornSlotsFound: 0, slotReadsBeforeWrite: 0 };
@@ -141,6 +153,8 @@ export class PageStore implements BlockStore {
   /** By device offset of a page's slots: the slot written since the last completed sync. */
   private readonly unsyncedSlots = new Map<number, UnsyncedSlot>();
   private writesSettled = 0;
+  /** By device offset of a page's slots: the slot this store's last write went to, synced since. */
+  private readonly syncedSlots = new Map<number, 0 | 1>();
   /** By device offset of a page's slots: the last write of it under way here (writes of a page go one at a time). */
   private readonly pageWriteChains = new Map<number, Promise<void>>();
 
@@ -256,7 +270,7 @@ export class PageStore implements BlockStore {
   /** Writes header and data as one device write, into the slot the rule
    *  chooses (the top of this file). crc, when given, is trusted to be the
    *  CRC32C of data (the cache already knows it). Not synced. */
-  async writePage(loc: PageLocation, page: number, version: number, epoch: number, data: Buffer, crc?: number): Promise<void> {
+  async writePage(loc: PageLocation, page: number, version: number, epoch: number, data: Buffer, crc?: number, slotsOurs = false): Promise<void> {
     if (data.length !== loc.pageSizeBytes) {
       throw new PagepairError('BAD_FIELD', `page ${page} of ${loc.guid}: ${data.length} data bytes for a ${loc.pageSizeBytes}-byte page`, 'data');
     }
@@ -268,7 +282,7 @@ export class PageStore implements BlockStore {
     // Choosing a slot and writing it is one step per page: a second write of
     // the page waits, so that it sees the slot this one took.
     const prev = this.pageWriteChains.get(at) ?? Promise.resolve();
-    const run = prev.then(() => this.writeSlot(loc, page, at, header, data));
+    const run = prev.then(() => this.writeSlot(loc, page, at, header, data, slotsOurs));
     const settled = run.then(
       () => undefined,
       () => undefined,
@@ -280,8 +294,13 @@ export class PageStore implements BlockStore {
     return run;
   }
 
-  private async writeSlot(loc: PageLocation, page: number, at: number, header: StoredPageHeader, data: Buffer): Promise<void> {
+  private async writeSlot(loc: PageLocation, page: number, at: number, header: StoredPageHeader, data: Buffer, slotsOurs: boolean): Promise<void> {
     let slot = this.unsyncedSlots.get(at)?.slot;
+    if (slot === undefined && slotsOurs) {
+      // Nobody wrote the page since our last synced write: that slot holds the newest synced copy.
+      const synced = this.syncedSlots.get(at);
+      if (synced !== undefined) slot = synced === 0 ? 1 : 0;
+    }
     if (slot === undefined) {
       this.pageCounters.slotReadsBeforeWrite++;
       slot = chooseWriteSlot(await this.readSlots(loc, page, at, loc.guid.toLowerCase()));
@@ -289,7 +308,7 @@ export class PageStore implements BlockStore {
     // From the moment the write is issued until a sync that began after it
     // settled, this slot holds nothing anyone may count on: the next write of
     // the page goes here again, whatever it reads.
-    const entry: UnsyncedSlot = { slot, settledSeq: null };
+    const entry: UnsyncedSlot = { slot, settledSeq: null, ok: false };
     this.unsyncedSlots.set(at, entry);
     const slotAt = this.slotDeviceOffset(loc, page, at, slot);
     try {
@@ -297,12 +316,13 @@ export class PageStore implements BlockStore {
         // Header and data go out side by side: no copy of the page. The caller
         // does not change data in place while the write is under way.
         await this.partsDevice.writeParts(slotAt, [encodePageHeader(header, data.length, Buffer.allocUnsafe(PAGE_HEADER_BYTES)), data]);
-        return;
+      } else {
+        const buf = Buffer.allocUnsafe(pageSlotBytes(loc.pageSizeBytes));
+        encodePageHeader(header, data.length, buf);
+        data.copy(buf, PAGE_HEADER_BYTES);
+        await this.device.write(slotAt, buf);
       }
-      const buf = Buffer.allocUnsafe(pageSlotBytes(loc.pageSizeBytes));
-      encodePageHeader(header, data.length, buf);
-      data.copy(buf, PAGE_HEADER_BYTES);
-      await this.device.write(slotAt, buf);
+      entry.ok = true;
     } finally {
       // Failed writes too: part of one may have landed.
       entry.settledSeq = ++this.writesSettled;
@@ -341,6 +361,8 @@ export class PageStore implements BlockStore {
     if (dataOffset < 0 || bytes < 0 || dataOffset % g.blockBytes !== 0 || dataOffset + bytes > g.dataBytes) {
       throw new PagepairError('OUT_OF_RANGE', `${this.name}: extent ${dataOffset}+${bytes} is not a block-aligned range of the data area`);
     }
+    // Zeroed slots are no slot's newest copy any more.
+    this.syncedSlots.clear();
     const used = (await this.readTable()).dataUsedBytes ?? g.dataBytes;
     const end = Math.min(dataOffset + bytes, used);
     if (end <= dataOffset) return;
@@ -474,7 +496,14 @@ export class PageStore implements BlockStore {
   private async syncDevice(): Promise<void> {
     const upTo = this.writesSettled;
     await this.device.sync();
-    for (const [at, e] of this.unsyncedSlots) if (e.settledSeq !== null && e.settledSeq <= upTo) this.unsyncedSlots.delete(at);
+    if (this.syncedSlots.size >= SYNCED_SLOTS_MAX) this.syncedSlots.clear();
+    for (const [at, e] of this.unsyncedSlots) {
+      if (e.settledSeq === null || e.settledSeq > upTo) continue;
+      this.unsyncedSlots.delete(at);
+      // A failed write may have torn its slot: the next write reads both.
+      if (e.ok) this.syncedSlots.set(at, e.slot);
+      else this.syncedSlots.delete(at);
+    }
   }
 
   close(): Promise<void> {

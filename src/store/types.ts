@@ -55,7 +55,8 @@ export interface BlockStore {
    *  with the higher version. A never-written page (or one left by an
    *  allocation since released) reads as version 0, all zeros. */
   readPage(loc: PageLocation, page: number): Promise<StoredPage>;
-  writePage(loc: PageLocation, page: number, version: number, epoch: number, data: Buffer, crc?: number): Promise<void>;
+  /** slotsOurs: nobody else has written the page since this store last did (see page-store.ts): the slot may be chosen without reading. */
+  writePage(loc: PageLocation, page: number, version: number, epoch: number, data: Buffer, crc?: number, slotsOurs?: boolean): Promise<void>;
   /** Zero an extent of the data area, so a new allocation there cannot meet
    *  page bytes of a released one where its page headers will sit. Parts no
    *  allocation ever used may be left as they are (never written: zero). */

@@ -126,9 +126,9 @@ export class SimStore implements BlockStore {
     return this.complete('read', `readPage ${page}`, () => this.inner.readPage(loc, page));
   }
 
-  writePage(loc: PageLocation, page: number, version: number, epoch: number, data: Buffer, crc?: number): Promise<void> {
+  writePage(loc: PageLocation, page: number, version: number, epoch: number, data: Buffer, crc?: number, slotsOurs?: boolean): Promise<void> {
     this.counters.pageWrites++;
-    return this.complete('page', `writePage ${page} v${version}`, () => this.inner.writePage(loc, page, version, epoch, data, crc), {
+    return this.complete('page', `writePage ${page} v${version}`, () => this.inner.writePage(loc, page, version, epoch, data, crc, slotsOurs), {
       writerEpoch: epoch,
       page: { guid: loc.guid, page, version },
     });

@@ -253,6 +253,39 @@ describe('pages', () => {
     expect(raw.toString('latin1')).toBe('PGPG');
   });
 
+  it('chooses the slot without reading only when told nobody else wrote the page, and only from a write a sync made durable', async () => {
+    const { dev, store } = await newStore();
+    const reads = (): number => store.pageCounters.slotReadsBeforeWrite;
+    await store.writePage(loc, 6, 1, 1, pattern(4096, 1), undefined, true);
+    expect(reads()).toBe(1); // nothing remembered yet
+    await store.sync();
+    await store.writePage(loc, 6, 2, 1, pattern(4096, 2), undefined, true);
+    expect(reads()).toBe(1); // the other slot than the synced copy's, unread
+    await store.sync();
+    await store.writePage(loc, 6, 3, 1, pattern(4096, 3), undefined, false);
+    expect(reads()).toBe(2); // not told: it reads
+    await store.sync();
+    expect((await store.readPage(loc, 6)).header.version).toBe(3);
+    // Told again: it writes the slot that does not hold version 3, so both copies stand.
+    await store.writePage(loc, 6, 4, 1, pattern(4096, 4), undefined, true);
+    expect(reads()).toBe(2);
+    const slots = [0, 1].map((slot) => store.geometry.dataOffset + pageSlotOffset(8192, 4096, 6, slot as 0 | 1));
+    const versions = await Promise.all(slots.map(async (at) => (await dev.read(at + 24, 8)).readUInt32LE(0)));
+    expect(versions.sort()).toEqual([3, 4]);
+    // A failed write is not remembered: after the next sync the write reads again.
+    await store.sync();
+    dev.failNextWrite();
+    await expect(store.writePage(loc, 6, 5, 1, pattern(4096, 5), undefined, true)).rejects.toThrow();
+    await store.sync();
+    await store.writePage(loc, 6, 5, 1, pattern(4096, 5), undefined, true);
+    expect(reads()).toBe(3);
+    await store.sync();
+    // Zeroing an extent forgets what was remembered: the next write reads.
+    await store.clearExtent(0, BLOCK_BYTES);
+    await store.writePage(loc, 6, 6, 1, pattern(4096, 6), undefined, true);
+    expect(reads()).toBe(4);
+  });
+
   it('reports a data bit flip in both slots as CHECKSUM_MISMATCH naming guid and page', async () => {
     const { dev, store } = await newStore();
     await store.writePage(loc, 5, 1, 1, pattern(4096, 2));
