@@ -153,4 +153,31 @@ describe('destager', () => {
     expect(replyTo(f, flush)).toMatchObject({ kind: 'C_FLUSH_REPLY', pages: 1 });
     expect((await f.store.readPage(f.core.allocator.location(f.core.allocator.allocs.get(guid)!), 1)).data).toEqual(data);
   });
+
+  it('tells the store a page stayed ours since our last write of it (slotsOurs), and stops once it changed hands', async () => {
+    const { f, partner } = await joinedCore({ config: { partnerTimeoutMs: 1_000_000 } });
+    const guid = await allocate(f, 'v', 4, partner);
+    /** Write page 0 through us, flush it, and say what the store write was told. */
+    const writeAndFlush = async (fill: number): Promise<boolean> => {
+      clientWrite(f, guid, 0, Buffer.alloc(PAGE, fill));
+      await partner.pump();
+      f.core.onClientRequest(CONN, f.request({ kind: 'C_FLUSH', guid }));
+      await partner.pump(50, false); // store operations stay pending, to be looked at
+      const op = f.pending.find((p) => p.op.kind === 'writePage')?.op;
+      await f.settleIo();
+      await partner.pump();
+      if (op?.kind !== 'writePage') throw new Error('no page write');
+      return op.slotsOurs;
+    };
+    expect(await writeAndFlush(1)).toBe(false); // never written by us
+    expect(await writeAndFlush(2)).toBe(true); // ours since our last write
+    // The partner takes page 0 and gives it back: it may have written it meanwhile.
+    partner.send({ kind: 'LOCK_REQUEST', guid, firstPage: 0, pageCount: 1, op: LockOp.TAKE, ownerGen: 0 });
+    partner.send({ kind: 'LOCK_REQUEST', guid, firstPage: 0, pageCount: 1, op: LockOp.GIVE, ownerGen: 2 });
+    await partner.pump();
+    expect(f.core.allocator.allocs.get(guid)!.owner[0]).toBe(1);
+    expect(await writeAndFlush(3)).toBe(false);
+    expect(await writeAndFlush(4)).toBe(true);
+    expect((await f.store.readPage(f.core.allocator.location(f.core.allocator.allocs.get(guid)!), 0)).data).toEqual(Buffer.alloc(PAGE, 4));
+  });
 });
