@@ -1,0 +1,103 @@
+// The label at the start of every device of a pool (issue 14): which pool it
+// belongs to, which slot it fills, how many devices the pool has, its layout,
+// and the pool's generation, which grows whenever a device leaves or joins
+// the pool. A device whose label names another pool, another slot or an
+// older generation is refused at open: a wrong, reordered or stale device
+// never serves reads.
+//
+// Two copies, in the first two 4 KiB blocks, each with a CRC32C; the one
+// with the higher generation (and a good CRC) wins, so a label write torn by
+// a crash leaves the other. The pool's data starts after them
+// (POOL_LABEL_AREA_BYTES).
+
+import { crc32c } from '../protocol/crc32c.js';
+import { PagepairError } from '../protocol/errors.js';
+import { bytesToUuid, isUuid, uuidToBytes } from './layout.js';
+
+export const POOL_LABEL_MAGIC = 'PGPL';
+export const POOL_LABEL_VERSION = 1;
+/** Two label copies of one block each; the pool's bytes start here on every device. */
+export const POOL_LABEL_AREA_BYTES = 2 * 4096;
+const LABEL_BYTES = 64;
+
+export type PoolLayout = 'mirror';
+
+export interface PoolLabel {
+  poolId: string;
+  layout: PoolLayout;
+  /** This device's place in the pool, 0-based. */
+  slot: number;
+  devices: number;
+  /** Grows whenever a device leaves or joins: a device with an older one is stale. */
+  generation: number;
+  /** Bytes of the pool's data area on this device (after the labels). */
+  dataBytes: number;
+}
+
+const LAYOUT_CODES: Record<PoolLayout, number> = { mirror: 1 };
+
+//  0 magic "PGPL" | 4 u16 version | 6 u8 layout | 7 u8 slot | 8 u8 devices | 9..12 zero
+// 12 u32 generation low | 16 u32 generation high | 20 uuid poolId (16) | 36 u32 dataBytes low
+// 40 u32 dataBytes high | 44..60 zero | 60 u32 CRC32C of bytes 0..60
+
+export function encodePoolLabel(l: PoolLabel): Buffer {
+  if (!isUuid(l.poolId)) throw new PagepairError('BAD_FIELD', `poolId must be a uuid, got ${JSON.stringify(l.poolId)}`, 'poolId');
+  if (!Number.isInteger(l.devices) || l.devices < 1 || l.devices > 255) throw new PagepairError('BAD_FIELD', `a pool has 1 to 255 devices, got ${l.devices}`, 'devices');
+  if (!Number.isInteger(l.slot) || l.slot < 0 || l.slot >= l.devices) throw new PagepairError('BAD_FIELD', `slot ${l.slot} is not one of the pool's ${l.devices}`, 'slot');
+  if (!Number.isSafeInteger(l.generation) || l.generation < 1) throw new PagepairError('BAD_FIELD', `generation must be a positive integer, got ${l.generation}`, 'generation');
+  if (!Number.isSafeInteger(l.dataBytes) || l.dataBytes < 0) throw new PagepairError('BAD_FIELD', `dataBytes must be a non-negative integer, got ${l.dataBytes}`, 'dataBytes');
+  const b = Buffer.alloc(LABEL_BYTES);
+  b.write(POOL_LABEL_MAGIC, 0, 'latin1');
+  b.writeUInt16LE(POOL_LABEL_VERSION, 4);
+  b.writeUInt8(LAYOUT_CODES[l.layout], 6);
+  b.writeUInt8(l.slot, 7);
+  b.writeUInt8(l.devices, 8);
+  writeU53(b, 12, l.generation);
+  uuidToBytes(l.poolId, 'poolId').copy(b, 20);
+  writeU53(b, 36, l.dataBytes);
+  b.writeUInt32LE(crc32c(b.subarray(0, 60)), 60);
+  return b;
+}
+
+/** The label in `b`, or why it is not one. */
+export function decodePoolLabel(b: Buffer): PoolLabel | string {
+  if (b.length < LABEL_BYTES) return 'short read';
+  if (b.toString('latin1', 0, 4) !== POOL_LABEL_MAGIC) return 'no pool label';
+  if (b.readUInt32LE(60) !== crc32c(b.subarray(0, 60))) return 'label checksum mismatch';
+  const version = b.readUInt16LE(4);
+  if (version !== POOL_LABEL_VERSION) return `label version ${version}, this build reads ${POOL_LABEL_VERSION}`;
+  const layout = (Object.keys(LAYOUT_CODES) as PoolLayout[]).find((k) => LAYOUT_CODES[k] === b.readUInt8(6));
+  if (layout === undefined) return `unknown layout code ${b.readUInt8(6)}`;
+  return {
+    poolId: bytesToUuid(b.subarray(20, 36)),
+    layout,
+    slot: b.readUInt8(7),
+    devices: b.readUInt8(8),
+    generation: readU53(b, 12),
+    dataBytes: readU53(b, 36),
+  };
+}
+
+/** Of a device's two label copies, the valid one with the higher generation, or why neither is. */
+export function newestPoolLabel(copy0: Buffer, copy1: Buffer): PoolLabel | string {
+  const a = decodePoolLabel(copy0);
+  const b = decodePoolLabel(copy1);
+  if (typeof a === 'string' && typeof b === 'string') return a === b ? a : `copy 0: ${a}; copy 1: ${b}`;
+  if (typeof a === 'string') return b;
+  if (typeof b === 'string') return a;
+  return b.generation > a.generation ? b : a;
+}
+
+/** Which copy a label of `generation` is written to: they alternate, so the other keeps the one before. */
+export function labelCopyFor(generation: number): 0 | 1 {
+  return generation % 2 === 0 ? 0 : 1;
+}
+
+function writeU53(b: Buffer, off: number, v: number): void {
+  b.writeUInt32LE(v % 2 ** 32, off);
+  b.writeUInt32LE(Math.floor(v / 2 ** 32), off + 4);
+}
+
+function readU53(b: Buffer, off: number): number {
+  return b.readUInt32LE(off + 4) * 2 ** 32 + b.readUInt32LE(off);
+}
