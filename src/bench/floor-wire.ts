@@ -9,6 +9,9 @@ import type { Socket } from 'node:net';
 import { WebSocketServer } from 'ws';
 import { DEFAULT_LIMITS } from '../protocol/limits.js';
 import { WS_COMMON } from '../transport/ws-util.js';
+import { TurnCorker } from '../transport/turn-corker.js';
+
+export { TurnCorker };
 
 export const FLOOR_HEADER_BYTES = 8;
 
@@ -31,28 +34,6 @@ export function floorId(msg: Buffer): number {
 
 export function floorReplyBytes(msg: Buffer): number {
   return msg.readUInt32LE(4);
-}
-
-/**
- * Corks a socket until the end of this event-loop turn, so that every message
- * sent in the turn leaves in one write: what the pagepair client and
- * controller do with theirs.
- */
-export class TurnCorker {
-  private corked = false;
-
-  constructor(private readonly socket: Socket | undefined) {}
-
-  cork(): void {
-    const socket = this.socket;
-    if (this.corked || socket === undefined) return;
-    this.corked = true;
-    socket.cork();
-    setImmediate(() => {
-      this.corked = false;
-      socket.uncork();
-    });
-  }
 }
 
 /** The socket under a ws connection (ws keeps it private). */

@@ -6,6 +6,7 @@
 import { connect, type Socket } from 'node:net';
 import { PagepairError } from '../protocol/errors.js';
 import { encodeCommand, encodeSetAndWait, RespError, RespParser, type RespValue } from './redis-resp.js';
+import { TurnCorker } from '../transport/turn-corker.js';
 
 interface Waiter {
   resolve(v: RespValue): void;
@@ -16,10 +17,11 @@ export class RedisClient {
   private readonly parser = new RespParser();
   private readonly waiting: Waiter[] = [];
   private head = 0;
-  private corked = false;
+  private readonly corker: TurnCorker;
   private closed: Error | null = null;
 
   private constructor(private readonly socket: Socket) {
+    this.corker = new TurnCorker(socket);
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => {
       let replies: RespValue[];
@@ -117,14 +119,7 @@ export class RedisClient {
 
   /** Everything written in one event-loop turn leaves in one write. */
   private write(bytes: Buffer): void {
-    if (!this.corked) {
-      this.corked = true;
-      this.socket.cork();
-      setImmediate(() => {
-        this.corked = false;
-        this.socket.uncork();
-      });
-    }
+    this.corker.cork();
     this.socket.write(bytes);
   }
 

@@ -12,6 +12,7 @@ import { PointerMode, PROTOCOL_VERSION, SENDER_CLIENT, type RoleCode } from '../
 import { FRAMES } from '../transport/frame-pool.js';
 import { CLIENT_PSK_IDENTITY, derivePsk, pskClientOptions } from '../transport/tls.js';
 import { closeGracefully, messageBytes, WS_COMMON, zeroMask } from '../transport/ws-util.js';
+import { TurnCorker } from '../transport/turn-corker.js';
 
 export interface ClientOptions {
   host: string;
@@ -92,7 +93,8 @@ export class PagepairClient {
   private readonly timeoutMs: number;
   private readonly pending = new Map<number, Pending>();
   private sweepTimer: NodeJS.Timeout | undefined;
-  private corked = false;
+  /** Requests sent in one turn of the event loop leave in one write. */
+  private readonly corker: TurnCorker;
   /** Requests held back while inflightMax are pending. */
   private readonly waiting: Pending[] = [];
   private lastRequestId: number;
@@ -103,6 +105,7 @@ export class PagepairClient {
 
   private constructor(ws: WebSocket, timeoutMs: number, hello: ReplyOf<'CLIENT_HELLO_REPLY'>) {
     this.ws = ws;
+    this.corker = new TurnCorker((ws as unknown as { _socket?: Socket })._socket);
     this.timeoutMs = timeoutMs;
     this.controllerId = hello.controllerId;
     this.pairId = hello.pairId;
@@ -375,21 +378,10 @@ export class PagepairClient {
     p.deadlineMs = Date.now() + this.timeoutMs;
     this.pending.set(p.requestId, p);
     this.armSweep();
-    this.corkForThisTurn();
+    this.corker.cork();
     this.ws.send(frame, SEND_BINARY, FRAMES.giveBackAfter(frame));
   }
 
-  /** Requests sent in one turn of the event loop leave in one write. */
-  private corkForThisTurn(): void {
-    const socket = (this.ws as unknown as { _socket?: Socket })._socket;
-    if (this.corked || socket === undefined) return;
-    this.corked = true;
-    socket.cork();
-    setImmediate(() => {
-      this.corked = false;
-      socket.uncork();
-    });
-  }
 
   /** One timer for every pending request's deadline, not one timer each. */
   private armSweep(): void {

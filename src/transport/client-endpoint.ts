@@ -15,6 +15,7 @@ import type { RawData, WebSocket } from 'ws';
 import { isPagepairError, type ErrorCodeName } from '../protocol/errors.js';
 import { decode, ProtocolError, typeOfKind } from '../protocol/codec.js';
 import type { Limits } from '../protocol/limits.js';
+import { TurnCorker } from './turn-corker.js';
 import {
   PROTOCOL_VERSION,
   type ClientRequest,
@@ -136,7 +137,7 @@ class EndpointConn implements ClientConn {
   onReplied: (() => void) | undefined;
   handingOn = false;
 
-  private corked = false;
+  private readonly corker: TurnCorker;
 
   constructor(
     readonly id: number,
@@ -146,7 +147,9 @@ class EndpointConn implements ClientConn {
     private readonly socket: Socket,
     private readonly log: pino.Logger,
     private readonly replyBytesBufferedMax: number,
-  ) {}
+  ) {
+    this.corker = new TurnCorker(socket);
+  }
 
   reply(msg: Message): void {
     // Every reply answers one request the endpoint counted in.
@@ -158,14 +161,7 @@ class EndpointConn implements ClientConn {
     }
     if (this.closed) return;
     // Replies made in one turn of the event loop leave in one write.
-    if (!this.corked) {
-      this.corked = true;
-      this.socket.cork();
-      setImmediate(() => {
-        this.corked = false;
-        this.socket.uncork();
-      });
-    }
+    this.corker.cork();
     // A reply that cannot be encoded (an echo of input too long for a string
     // field) must not throw into the core: it goes as a short ERROR.
     const frame = encodeSafely(msg, this.sender, this.log, FRAMES.take);
