@@ -6,7 +6,17 @@
 
 import { describe, expect, it } from 'vitest';
 import { crc32c } from '../../src/protocol/crc32c.js';
-import { allocate, clientRead, clientWrite, coreFixture, errorName, hop, joinedCore, PAGE, readData, replyTo } from './core-fixture.js';
+import { allocate, clientRead, clientWrite, coreFixture, errorName, hop, joinedCore, PAGE, readData, replyTo, type CoreFixture } from './core-fixture.js';
+import type { ClientRequest } from '../../src/protocol/messages.js';
+
+/** A cache of four pages filled with dirty ones, and a write of a fifth page that needs room. */
+async function writeIntoFullCache(): Promise<{ f: CoreFixture; w: ClientRequest }> {
+  const f = await coreFixture({ cacheBytesMax: 4 * PAGE });
+  const guid = await allocate(f, 'v', 8);
+  clientWrite(f, guid, 0, Buffer.alloc(2 * PAGE, 1));
+  clientWrite(f, guid, 2 * PAGE, Buffer.alloc(2 * PAGE, 2));
+  return { f, w: clientWrite(f, guid, 4 * PAGE, Buffer.alloc(PAGE, 3)) };
+}
 
 describe('write path', () => {
   it('single controller: a write of pages in hand is answered before onClientRequest returns, and reads back', async () => {
@@ -55,11 +65,7 @@ describe('write path', () => {
   });
 
   it('a write finding the cache full of dirty pages waits for room and goes on when a destage frees some', async () => {
-    const f = await coreFixture({ cacheBytesMax: 4 * PAGE });
-    const guid = await allocate(f, 'v', 8);
-    clientWrite(f, guid, 0, Buffer.alloc(2 * PAGE, 1));
-    clientWrite(f, guid, 2 * PAGE, Buffer.alloc(2 * PAGE, 2));
-    const w = clientWrite(f, guid, 4 * PAGE, Buffer.alloc(PAGE, 3));
+    const { f, w } = await writeIntoFullCache();
     expect(replyTo(f, w)).toBeUndefined();
     expect(f.core.writes.waitingForRoom).toBe(1);
     await f.settleIo();
@@ -68,11 +74,7 @@ describe('write path', () => {
   });
 
   it('... and fails with CACHE_FULL when no room comes within cacheFullWaitMs', async () => {
-    const f = await coreFixture({ cacheBytesMax: 4 * PAGE });
-    const guid = await allocate(f, 'v', 8);
-    clientWrite(f, guid, 0, Buffer.alloc(2 * PAGE, 1));
-    clientWrite(f, guid, 2 * PAGE, Buffer.alloc(2 * PAGE, 2));
-    const w = clientWrite(f, guid, 4 * PAGE, Buffer.alloc(PAGE, 3));
+    const { f, w } = await writeIntoFullCache();
     // The destages it set going never end.
     f.setNow(f.core.cfg.cacheFullWaitMs);
     f.core.tick();
