@@ -24,6 +24,7 @@ import { decode, encode } from '../../src/protocol/codec.js';
 import { DEFAULT_LIMITS, type Limits } from '../../src/protocol/limits.js';
 import { Role, type ClientRequest, type Message, type MessageKind } from '../../src/protocol/messages.js';
 import { MemoryDevice, type PowerCutFate } from '../../src/store/memory-device.js';
+import type { Device } from '../../src/store/types.js';
 import { PageStore } from '../../src/store/page-store.js';
 import { Prng } from './prng.js';
 import { Scheduler } from './scheduler.js';
@@ -44,8 +45,21 @@ export const SIM_POLICIES: PolicyInput[] = [
   { name: 'small', dataStructureBytes: 1024, pageSizeBytes: 1024 },
 ];
 
+/**
+ * Each controller's store over a device of its own (a pool object over
+ * member devices the two share) instead of the one MemoryDevice. Power cuts
+ * and torn writes of the one device do not apply then.
+ */
+export interface NodeDevices {
+  /** The device the store is formatted on, before the controllers start. */
+  format(): Promise<Device>;
+  /** A controller's device, opened anew at each start ('view': openStoreView's). */
+  open(name: NodeName | 'view', incarnation: number): Promise<Device>;
+}
+
 export interface SimOptions {
   seed: number;
+  nodeDevices?: NodeDevices;
   /** false: one controller (A) alone, nothing mirrored. */
   mirroring?: boolean;
   /** Bring the link up and wait for both to be mirrored before returning (default true). */
@@ -228,7 +242,7 @@ export class Harness {
   /** Two cores over one fresh store; paired and mirrored unless opts.pair is false. */
   static async createPair(opts: SimOptions): Promise<Harness> {
     const device = new MemoryDevice(opts.deviceBytes ?? 8 * MiB);
-    await PageStore.format(device, { pairId: PAIR_ID, tableEntriesMax: 64, nowMs: 0 });
+    await PageStore.format(opts.nodeDevices === undefined ? device : await opts.nodeDevices.format(), { pairId: PAIR_ID, tableEntriesMax: 64, nowMs: 0 });
     const h = new Harness(opts, device);
     const mirroring = opts.mirroring ?? true;
     const names: NodeName[] = mirroring ? ['A', 'B'] : ['A'];
@@ -624,7 +638,8 @@ export class Harness {
   }
 
   /** A third, independent view of the store: what a restarted controller would read. */
-  openStoreView(): Promise<PageStore> {
+  async openStoreView(): Promise<PageStore> {
+    if (this.opts.nodeDevices !== undefined) return PageStore.open(await this.opts.nodeDevices.open('view', 0));
     return PageStore.open(this.device);
   }
 
@@ -637,8 +652,9 @@ export class Harness {
   private async makeNode(name: NodeName, incarnation: number): Promise<SimNode> {
     const id: 1 | 2 = name === 'A' ? 1 : 2;
     const mirroring = this.opts.mirroring ?? true;
-    const inner = await PageStore.open(this.tearable, { pairId: PAIR_ID, name: `store-${name}` });
-    const store = new SimStore(inner, this.sched, this.storeRng, this.opts.storeDelayMaxMs ?? 2, name, this.tearable);
+    const own = this.opts.nodeDevices === undefined ? null : await this.opts.nodeDevices.open(name, incarnation);
+    const inner = await PageStore.open(own ?? this.tearable, { pairId: PAIR_ID, name: `store-${name}` });
+    const store = new SimStore(inner, this.sched, this.storeRng, this.opts.storeDelayMaxMs ?? 2, name, own === null ? this.tearable : null);
     store.deferLandingWhilePaused = this.opts.deferLandingWhilePaused ?? false;
     const cfg: CoreConfig = {
       selfId: id,
