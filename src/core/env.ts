@@ -55,6 +55,12 @@ export interface StoreLayout {
   extentBytes(pageSizeBytes: number, pageCount: number): number;
   /** The data-area offset of a free extent of `bytes` among those used, or -1. */
   findExtent(used: readonly { dataOffset: number; bytes: number }[], bytes: number): number;
+  /**
+   * Pages of this size that must have one owner at a time, in aligned groups
+   * from an allocation's first page, because their bytes share a parity row
+   * of the store (1 on a file or a mirror: any page may move alone).
+   */
+  lockGroupPages(pageSizeBytes: number): number;
 }
 
 export interface CoreConfig {

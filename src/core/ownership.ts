@@ -54,7 +54,35 @@ export class Ownership {
     return true;
   }
 
-  *acquireOwnership(alloc: AllocState, first: number, count: number): Task<void> {
+  /**
+   * Pages of alloc that move together: on a store whose parity rows hold
+   * several pages, a page's whole group, so that the two controllers never
+   * write one row at once (each would compute its parity from the other's
+   * old bytes). 1 elsewhere.
+   */
+  lockGroupPages(alloc: AllocState): number {
+    return this.c.cfg.store.lockGroupPages(alloc.record.pageSizeBytes);
+  }
+
+  /** [first, first + count) widened to whole lock groups, within the allocation. */
+  groupRange(alloc: AllocState, first: number, count: number): [number, number] {
+    const g = this.lockGroupPages(alloc);
+    if (g <= 1) return [first, count];
+    const from = Math.floor(first / g) * g;
+    const to = Math.min(Math.ceil((first + count) / g) * g, alloc.record.pageCount);
+    return [from, to - from];
+  }
+
+  /** A range the partner asks for or hands over must be whole lock groups. */
+  private checkGroupRange(alloc: AllocState, first: number, count: number): void {
+    const [from, n] = this.groupRange(alloc, first, count);
+    if (from !== first || n !== count) {
+      throw new PagepairError('BAD_FIELD', `pages ${first}..${first + count - 1} of ${alloc.record.guid} are not whole lock groups of ${this.lockGroupPages(alloc)} pages (their store rows would have two writers)`, 'firstPage');
+    }
+  }
+
+  *acquireOwnership(alloc: AllocState, wantFirst: number, wantCount: number): Task<void> {
+    const [first, count] = this.groupRange(alloc, wantFirst, wantCount);
     if (this.ownsRange(alloc, first, count)) return;
     const taking: LocalWrite = { alloc, first, count };
     this.pendingTakes.add(taking);
@@ -133,6 +161,7 @@ export class Ownership {
     const alloc = this.c.allocator.allocs.get(req.guid);
     if (alloc === undefined) throw unknownGuid(req.guid);
     this.c.allocator.checkPageRange(alloc, req.firstPage, req.pageCount);
+    this.checkGroupRange(alloc, req.firstPage, req.pageCount);
     if (req.op === LockOp.GIVE) {
       if (!this.receiveOwnership(alloc, req.firstPage, req.pageCount, req.ownerGen, 'GIVE')) return;
       this.c.requests.replyPeer(req, { kind: 'LOCK_REQUEST_REPLY', granted: true, ownerGen: req.ownerGen });

@@ -5,7 +5,7 @@
 
 import type { IoOp, IoOutcome, StoreLayout } from '../core/env.js';
 import type { BlockStore } from '../store/types.js';
-import { extentBytes } from '../store/layout.js';
+import { extentBytes, lockGroupPages } from '../store/layout.js';
 import { findExtent } from '../store/extents.js';
 
 /** What a fence action does (the configured one, or nothing). */
@@ -48,10 +48,11 @@ function start(store: BlockStore, fence: FenceActions, op: IoOp): Promise<unknow
 
 /** The layout facts the core places allocations by, from a store's superblock. */
 export function storeLayout(store: BlockStore): StoreLayout {
-  const dataBytes = store.superblock.geometry.dataBytes;
+  const { dataBytes, alignBytes } = store.superblock.geometry;
   return {
     dataBytes,
-    extentBytes,
-    findExtent: (used, bytes) => findExtent(used, bytes, dataBytes),
+    extentBytes: (pageSizeBytes, pageCount) => extentBytes(pageSizeBytes, pageCount, alignBytes),
+    findExtent: (used, bytes) => findExtent(used, bytes, dataBytes, alignBytes),
+    lockGroupPages: (pageSizeBytes) => lockGroupPages(pageSizeBytes, alignBytes),
   };
 }

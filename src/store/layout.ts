@@ -61,6 +61,13 @@ export interface GeometryOptions {
   deviceBytes: number;
   tableEntriesMax?: number;
   mailboxBytes?: number;
+  /**
+   * What the data area and every extent start on, and what an extent's
+   * stripes are padded to (BLOCK_BYTES unless the device is a parity pool:
+   * then its row, so that the pages sharing a row are one stripe of one
+   * allocation, and the metadata before the data area sits in no row).
+   */
+  alignBytes?: number;
 }
 
 /** Lays the areas out on a device of deviceBytes. Throws BAD_CONFIG when the
@@ -78,15 +85,19 @@ export function computeGeometry(opts: GeometryOptions): Geometry {
       'mailboxBytes',
     );
   }
+  const alignBytes = opts.alignBytes ?? BLOCK_BYTES;
+  if (!Number.isSafeInteger(alignBytes) || alignBytes < BLOCK_BYTES || alignBytes % BLOCK_BYTES !== 0 || alignBytes > 0xffff_f000) {
+    throw new PagepairError('BAD_CONFIG', `alignBytes must be a multiple of ${BLOCK_BYTES} below 4 GiB, got ${alignBytes}`, 'alignBytes');
+  }
   const superblockCopyBytes = BLOCK_BYTES;
   const mailboxOffset = 2 * superblockCopyBytes;
   const tableOffset = mailboxOffset + mailboxBytes;
   const tableCopyBytes = tableCopyBytesFor(tableEntriesMax);
-  const dataOffset = tableOffset + 2 * tableCopyBytes;
-  // The data area ends on a block boundary so that every extent, which is
-  // block-rounded, fits whole.
-  const dataBytes = Math.floor((opts.deviceBytes - dataOffset) / BLOCK_BYTES) * BLOCK_BYTES;
-  if (!Number.isSafeInteger(opts.deviceBytes) || dataBytes < BLOCK_BYTES) {
+  const dataOffset = roundUpToBlock(tableOffset + 2 * tableCopyBytes, alignBytes);
+  // The data area ends on an alignment boundary so that every extent, which
+  // is rounded to it, fits whole.
+  const dataBytes = Math.floor((opts.deviceBytes - dataOffset) / alignBytes) * alignBytes;
+  if (!Number.isSafeInteger(opts.deviceBytes) || dataBytes < alignBytes) {
     throw new PagepairError(
       'BAD_CONFIG',
       `a store of ${opts.deviceBytes} bytes leaves no data area (metadata takes ${dataOffset} bytes)`,
@@ -103,6 +114,7 @@ export function computeGeometry(opts: GeometryOptions): Geometry {
     tableEntriesMax,
     dataOffset,
     dataBytes,
+    alignBytes,
   };
 }
 
@@ -147,25 +159,69 @@ export function pageSlotBytes(pageSizeBytes: number): number {
   return PAGE_HEADER_BYTES + pageSizeBytes;
 }
 
+/** How pages of one size lie in their extent's stripes. */
+export interface StripeShape {
+  /** Pages whose slots share a stripe. */
+  perStripe: number;
+  /** Bytes from one stripe's start to the next. */
+  pitchBytes: number;
+}
+
+const shapes = new Map<number, StripeShape>();
+
+/**
+ * The stripe shape for pages of pageSizeBytes in a store aligned to
+ * alignBytes. At BLOCK_BYTES (a file, a mirror) stripes lie back to back,
+ * each as many slot pairs as fit in STRIPE_HALF_BYTES_MAX a half. Aligned to
+ * a parity row, a stripe is padded to whole rows and holds as many pages as
+ * fit there: its pages share rows with no other stripe, so whoever owns them
+ * is the only writer of those rows.
+ */
+export function stripeShape(pageSizeBytes: number, alignBytes: number = BLOCK_BYTES): StripeShape {
+  const key = pageSizeBytes * 0x1_0000_0000 + alignBytes;
+  let shape = shapes.get(key);
+  if (shape === undefined) {
+    const slotBytes = pageSlotBytes(pageSizeBytes);
+    const packed = Math.max(1, Math.floor(STRIPE_HALF_BYTES_MAX / slotBytes));
+    if (alignBytes <= BLOCK_BYTES) {
+      shape = { perStripe: packed, pitchBytes: PAGE_SLOTS * packed * slotBytes };
+    } else {
+      const pitchBytes = roundUpToBlock(PAGE_SLOTS * packed * slotBytes, alignBytes);
+      shape = { perStripe: Math.floor(pitchBytes / (PAGE_SLOTS * slotBytes)), pitchBytes };
+    }
+    if (shapes.size > 1024) shapes.clear();
+    shapes.set(key, shape);
+  }
+  return shape;
+}
+
 /** Pages whose slots share a stripe. */
-export function pagesPerStripe(pageSizeBytes: number): number {
-  return Math.max(1, Math.floor(STRIPE_HALF_BYTES_MAX / pageSlotBytes(pageSizeBytes)));
+export function pagesPerStripe(pageSizeBytes: number, alignBytes: number = BLOCK_BYTES): number {
+  return stripeShape(pageSizeBytes, alignBytes).perStripe;
+}
+
+/**
+ * Pages that must have one owner at a time, because their bytes share a
+ * parity row: a stripe's pages when the store is aligned to rows, else 1.
+ */
+export function lockGroupPages(pageSizeBytes: number, alignBytes: number = BLOCK_BYTES): number {
+  return alignBytes <= BLOCK_BYTES ? 1 : pagesPerStripe(pageSizeBytes, alignBytes);
 }
 
 /** Offset of slot `slot` (0 or 1) of page `page`, relative to the data area. */
-export function pageSlotOffset(dataOffset: number, pageSizeBytes: number, page: number, slot: 0 | 1 = 0): number {
-  const perStripe = pagesPerStripe(pageSizeBytes);
+export function pageSlotOffset(dataOffset: number, pageSizeBytes: number, page: number, slot: 0 | 1 = 0, alignBytes: number = BLOCK_BYTES): number {
+  const { perStripe, pitchBytes } = stripeShape(pageSizeBytes, alignBytes);
   const slotBytes = pageSlotBytes(pageSizeBytes);
   const stripe = Math.floor(page / perStripe);
-  return dataOffset + stripe * PAGE_SLOTS * perStripe * slotBytes + (slot * perStripe + (page % perStripe)) * slotBytes;
+  return dataOffset + stripe * pitchBytes + (slot * perStripe + (page % perStripe)) * slotBytes;
 }
 
 /** Bytes of the extent an allocation of pageCount pages of pageSizeBytes
  *  occupies in the data area: whole stripes (two slots for every page, and
- *  for every page the last stripe could hold), rounded up to a block. */
-export function extentBytes(pageSizeBytes: number, pageCount: number): number {
-  const perStripe = pagesPerStripe(pageSizeBytes);
-  return roundUpToBlock(Math.ceil(pageCount / perStripe) * PAGE_SLOTS * perStripe * pageSlotBytes(pageSizeBytes));
+ *  for every page the last stripe could hold), rounded up to the alignment. */
+export function extentBytes(pageSizeBytes: number, pageCount: number, alignBytes: number = BLOCK_BYTES): number {
+  const { perStripe, pitchBytes } = stripeShape(pageSizeBytes, alignBytes);
+  return roundUpToBlock(Math.ceil(pageCount / perStripe) * pitchBytes, alignBytes);
 }
 
 // ---------------------------------------------------------------- helpers
@@ -251,7 +307,8 @@ function crcBefore(b: Buffer, crcOffset: number): number {
 //  72 dataOffset u64
 //  80 dataBytes u64
 //  88 createdAtMs u64
-//  96 reserved (0) .. 124
+//  96 alignBytes u32 (0: BLOCK_BYTES)
+// 100 reserved (0) .. 124
 // 124 crc32c of bytes 0..124
 
 const SB_CRC = SUPERBLOCK_RECORD_BYTES - 4;
@@ -272,6 +329,9 @@ export function encodeSuperblock(sb: Superblock): Buffer {
   writeU64(b, 72, g.dataOffset);
   writeU64(b, 80, g.dataBytes);
   writeU64(b, 88, sb.createdAtMs);
+  // 0 for BLOCK_BYTES: a store not aligned to rows keeps the bytes it had
+  // before the field existed.
+  b.writeUInt32LE(g.alignBytes === BLOCK_BYTES ? 0 : g.alignBytes, 96);
   b.writeUInt32LE(crcBefore(b, SB_CRC), SB_CRC);
   return b;
 }
@@ -305,6 +365,7 @@ export function decodeSuperblock(b: Buffer): Superblock | string {
     tableEntriesMax: b.readUInt32LE(64),
     dataOffset: readU64(b, 72),
     dataBytes: readU64(b, 80),
+    alignBytes: b.readUInt32LE(96) === 0 ? BLOCK_BYTES : b.readUInt32LE(96),
   };
   // The checksum proves the bytes are the ones written; this proves they were
   // written by this version's layout rules, which the rest of the code assumes.
@@ -314,6 +375,7 @@ export function decodeSuperblock(b: Buffer): Superblock | string {
       deviceBytes: geometry.dataOffset + geometry.dataBytes,
       tableEntriesMax: geometry.tableEntriesMax,
       mailboxBytes: geometry.mailboxBytes,
+      alignBytes: geometry.alignBytes,
     });
   } catch {
     return 'geometry fields are inconsistent';

@@ -65,6 +65,7 @@ import {
 } from './layout.js';
 import { PAGE_HEADER_BYTES } from './types.js';
 import type { PageSlotRead } from './layout.js';
+import type { Pool } from './pool.js';
 import type {
   AllocationRecord,
   BlockStore,
@@ -86,6 +87,8 @@ export interface FormatOptions {
   nowMs: number;
   /** Names the store in error messages (a file path). */
   name?: string;
+  /** See GeometryOptions.alignBytes. On a parity pool it defaults to the pool's row. */
+  alignBytes?: number;
 }
 
 export interface OpenOptions {
@@ -109,6 +112,29 @@ function slotPage(s: PageSlotRead): StoredPage {
   const data = Buffer.allocUnsafeSlow(s.data.length);
   s.data.copy(data);
   return { header: s.header, data };
+}
+
+/** The parity row of a pool device (bytes whose writers must be one), 0 for anything else. */
+function poolRowBytes(device: Device): number {
+  const rowBytes = (device as Partial<Pool>).rowBytes;
+  return typeof rowBytes === 'number' ? rowBytes : 0;
+}
+
+/**
+ * On a parity pool, the metadata both controllers write at once must lie in
+ * the pool's mirrored prefix, and every stripe on whole rows; a store laid
+ * out otherwise would let the two controllers write one row at once.
+ */
+function checkPoolFit(device: Device, g: Geometry, name: string): void {
+  const rowBytes = poolRowBytes(device);
+  if (rowBytes === 0) return;
+  const prefix = (device as Pool).mirroredPrefixBytes;
+  if (g.alignBytes % rowBytes !== 0) {
+    throw new PagepairError('STORE_MISMATCH', `${name}: the store is aligned to ${g.alignBytes} bytes, not to the pool's ${rowBytes}-byte rows`);
+  }
+  if (g.dataOffset > prefix) {
+    throw new PagepairError('STORE_MISMATCH', `${name}: the store's metadata takes ${g.dataOffset} bytes, more than the pool's ${prefix}-byte mirrored prefix (create the pool with a larger prefix)`);
+  }
 }
 
 function hasWriteParts(device: Device): device is PartsDevice {
@@ -185,7 +211,11 @@ export class PageStore implements BlockStore {
     const geometryOpts: Parameters<typeof computeGeometry>[0] = { deviceBytes: device.sizeBytes };
     if (opts.tableEntriesMax !== undefined) geometryOpts.tableEntriesMax = opts.tableEntriesMax;
     if (opts.mailboxBytes !== undefined) geometryOpts.mailboxBytes = opts.mailboxBytes;
+    const rowBytes = poolRowBytes(device);
+    const alignBytes = opts.alignBytes ?? (rowBytes > 0 ? rowBytes : undefined);
+    if (alignBytes !== undefined) geometryOpts.alignBytes = alignBytes;
     const geometry = computeGeometry(geometryOpts);
+    checkPoolFit(device, geometry, name);
     const superblock: Superblock = {
       formatVersion: FORMAT_VERSION,
       pairId: bytesToUuid(uuidToBytes(opts.pairId, 'pairId')),
@@ -244,6 +274,7 @@ export class PageStore implements BlockStore {
     // become durable now, before any slot is chosen by reading them (see the
     // top of this file). A store opened only to be read pays one cheap sync.
     await device.sync();
+    checkPoolFit(device, sb.geometry, name);
     return new PageStore(device, sb, valid, name);
   }
 
@@ -344,7 +375,8 @@ export class PageStore implements BlockStore {
 
   /** Device offset of a page's slot, given that of its slot 0. */
   private slotDeviceOffset(loc: PageLocation, page: number, slot0At: number, slot: 0 | 1): number {
-    return slot0At + pageSlotOffset(0, loc.pageSizeBytes, page, slot) - pageSlotOffset(0, loc.pageSizeBytes, page, 0);
+    const align = this.geometry.alignBytes;
+    return slot0At + pageSlotOffset(0, loc.pageSizeBytes, page, slot, align) - pageSlotOffset(0, loc.pageSizeBytes, page, 0, align);
   }
 
   /**
@@ -358,8 +390,8 @@ export class PageStore implements BlockStore {
    */
   async clearExtent(dataOffset: number, bytes: number): Promise<void> {
     const g = this.geometry;
-    if (dataOffset < 0 || bytes < 0 || dataOffset % g.blockBytes !== 0 || dataOffset + bytes > g.dataBytes) {
-      throw new PagepairError('OUT_OF_RANGE', `${this.name}: extent ${dataOffset}+${bytes} is not a block-aligned range of the data area`);
+    if (dataOffset < 0 || bytes < 0 || dataOffset % g.alignBytes !== 0 || dataOffset + bytes > g.dataBytes) {
+      throw new PagepairError('OUT_OF_RANGE', `${this.name}: extent ${dataOffset}+${bytes} is not an aligned range of the data area`);
     }
     // Zeroed slots are no slot's newest copy any more.
     this.syncedSlots.clear();
@@ -376,13 +408,13 @@ export class PageStore implements BlockStore {
   /** Device offset of a page's slot 0 (its slot 1 lies further into the stripe). */
   private slotsDeviceOffset(loc: PageLocation, page: number): number {
     const g = this.geometry;
-    const slot = pageSlotOffset(loc.dataOffset, loc.pageSizeBytes, page);
+    const slot = pageSlotOffset(loc.dataOffset, loc.pageSizeBytes, page, 0, g.alignBytes);
     if (
       !Number.isSafeInteger(page) ||
       page < 0 ||
       loc.dataOffset < 0 ||
-      loc.dataOffset % g.blockBytes !== 0 ||
-      pageSlotOffset(loc.dataOffset, loc.pageSizeBytes, page, 1) + pageSlotBytes(loc.pageSizeBytes) > g.dataBytes
+      loc.dataOffset % g.alignBytes !== 0 ||
+      pageSlotOffset(loc.dataOffset, loc.pageSizeBytes, page, 1, g.alignBytes) + pageSlotBytes(loc.pageSizeBytes) > g.dataBytes
     ) {
       throw new PagepairError('OUT_OF_RANGE', `${this.name}: page ${page} of ${loc.guid} at data offset ${loc.dataOffset} lies outside the data area`);
     }
@@ -420,7 +452,7 @@ export class PageStore implements BlockStore {
     const seq = current + 1;
     // Only grows: a released extent's bytes stay behind in the store.
     let used = dataUsedBytes ?? this.geometry.dataBytes;
-    for (const r of records) used = Math.max(used, r.dataOffset + extentBytes(r.pageSizeBytes, r.pageCount));
+    for (const r of records) used = Math.max(used, r.dataOffset + extentBytes(r.pageSizeBytes, r.pageCount, this.geometry.alignBytes));
     const buf = encodeTable(seq, records, this.geometry.tableEntriesMax, used);
     invariant(buf.length <= this.geometry.tableCopyBytes, 'table fits its copy');
     await this.device.write(tableCopyOffset(this.geometry, copyForSeq(seq)), buf);

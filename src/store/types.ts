@@ -32,6 +32,8 @@ export interface Geometry {
   tableEntriesMax: number;
   dataOffset: number;
   dataBytes: number;
+  /** What the data area, extents and stripes are aligned to: BLOCK_BYTES, or a parity pool's row. */
+  alignBytes: number;
 }
 
 export interface Superblock {

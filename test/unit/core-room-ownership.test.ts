@@ -5,6 +5,7 @@
 
 import { describe, expect, it } from 'vitest';
 import { LockOp, type Message } from '../../src/protocol/messages.js';
+import { ErrorCode } from '../../src/protocol/errors.js';
 import { allocate, clientWrite, framesOf, joinedCore, PAGE, partnerAllocates, replyTo, type HandPartner } from './core-fixture.js';
 
 function lock(partner: HandPartner, guid: string, firstPage: number, pageCount: number, op: number, ownerGen = 0): Message {
@@ -160,5 +161,46 @@ describe('ownership', () => {
     await partner.pump();
     expect(partner.take('LOCK_REQUEST')).toMatchObject({ op: LockOp.TAKE, firstPage: 0, pageCount: 1 });
     expect(replyTo(f, w)).toBeUndefined();
+  });
+});
+
+describe('ownership in lock groups (a store whose parity rows hold several pages)', () => {
+  /** Controller 1, joined, whose store says pages move in groups of 4; an 8-page allocation, all ours. */
+  async function grouped(): Promise<{ f: Awaited<ReturnType<typeof joinedCore>>['f']; partner: HandPartner; guid: string }> {
+    const { f, partner } = await joinedCore();
+    (f.core.cfg.store as { lockGroupPages(pageSizeBytes: number): number }).lockGroupPages = () => 4;
+    const guid = await allocate(f, 'v', 8, partner);
+    return { f, partner, guid };
+  }
+
+  it('a TAKE of part of a group is refused with BAD_FIELD, and nothing moves', async () => {
+    const { f, partner, guid } = await grouped();
+    const take = lock(partner, guid, 1, 2, LockOp.TAKE);
+    const out = f.flush();
+    expect(lockReplies(out)).toEqual([]);
+    expect(out).toContainEqual(expect.objectContaining({ kind: 'ERROR', requestId: take.requestId, code: ErrorCode.BAD_FIELD }));
+    expect([...f.core.allocator.allocs.get(guid)!.owner]).toEqual([1, 1, 1, 1, 1, 1, 1, 1]);
+  });
+
+  it('a TAKE of whole groups is granted', async () => {
+    const { f, partner, guid } = await grouped();
+    lock(partner, guid, 4, 4, LockOp.TAKE);
+    expect(lockReplies(f.flush())).toEqual([expect.objectContaining({ granted: true, ownerGen: 1 })]);
+    expect([...f.core.allocator.allocs.get(guid)!.owner]).toEqual([1, 1, 1, 1, 2, 2, 2, 2]);
+  });
+
+  it('a write of one page of the partner takes its whole group', async () => {
+    const { f, partner, guid } = await grouped();
+    lock(partner, guid, 0, 8, LockOp.TAKE);
+    f.flush();
+    partner.auto.delete('LOCK_REQUEST');
+    const w = clientWrite(f, guid, 5 * PAGE, Buffer.alloc(PAGE, 9));
+    await partner.pump();
+    const take = partner.take('LOCK_REQUEST');
+    expect(take).toMatchObject({ op: LockOp.TAKE, firstPage: 4, pageCount: 4 });
+    partner.reply(take, { kind: 'LOCK_REQUEST_REPLY', granted: true, ownerGen: 2 });
+    await partner.pump();
+    expect(replyTo(f, w)?.kind).toBe('C_WRITE_REPLY');
+    expect([...f.core.allocator.allocs.get(guid)!.owner]).toEqual([2, 2, 2, 2, 1, 1, 1, 1]);
   });
 });
