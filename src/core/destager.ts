@@ -49,6 +49,35 @@ export class Destager {
 
   constructor(private readonly c: Core) {}
 
+  /**
+   * The partner was taken over while it may have been writing pages it
+   * owned (they are dirty here until it says they are clean) and the
+   * metadata: on a pool its write may have reached some members and not the
+   * others. The store makes their redundancy agree with the data again;
+   * our own writes there need not wait (a parity row's parity is always
+   * computed afresh from its data, a mirror's copies chunk by chunk), but
+   * until this is done a member failing would rebuild those rows wrong.
+   * Collect before ownership moves.
+   */
+  repairAfterPartner(): void {
+    if (!this.c.cfg.store.repairsAfterWriter) return;
+    const byAlloc = new Map<AllocState, number[]>();
+    for (const cp of this.c.cache.dirty) {
+      if (cp.alloc.released || cp.alloc.owner[cp.page] !== this.c.partnerId) continue;
+      let pages = byAlloc.get(cp.alloc);
+      if (pages === undefined) byAlloc.set(cp.alloc, (pages = []));
+      pages.push(cp.page);
+    }
+    const pages = [...byAlloc].flatMap(([alloc, ps]) =>
+      pageRuns(ps.sort((a, b) => a - b)).map(([first, count]) => ({ loc: this.c.allocator.location(alloc), first, count })),
+    );
+    this.c.counters.partnerRepairs++;
+    this.c.io.run({ kind: 'repairAfterWriter', pages }).onDone(
+      (bytes) => this.c.env.log.info({ ranges: pages.length, bytes }, 'takeover: the pool agrees again where the partner was writing'),
+      (err) => this.c.env.log.error({ err: String(err) }, 'takeover: could not repair the pool where the partner was writing'),
+    );
+  }
+
   /** Pages may have been written by the partner behind our back (a join, a takeover, a reset): no page's slot memory is trusted any more. */
   distrustSlots(): void {
     this.slotTrust++;

@@ -61,6 +61,12 @@ export interface StoreLayout {
    * of the store (1 on a file or a mirror: any page may move alone).
    */
   lockGroupPages(pageSizeBytes: number): number;
+  /**
+   * The store keeps redundancy (a pool) that a writer dying mid-write can
+   * leave disagreeing with its data: a survivor asks for repairAfterWriter
+   * over what the partner may have been writing.
+   */
+  repairsAfterWriter: boolean;
 }
 
 export interface CoreConfig {

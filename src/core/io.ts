@@ -18,6 +18,8 @@ export interface IoResults {
   writePage: void;
   /** Zero an extent of the data area for a new allocation. */
   clearExtent: void;
+  /** Bytes gone over. */
+  repairAfterWriter: number;
   readTable: { seq: number; records: AllocationRecord[] };
   /** The table's new sequence number. */
   writeTable: number;
@@ -37,6 +39,8 @@ export type IoOp =
   /** slotsOurs: nobody else has written the page to the store since we last did (the store may then skip reading its slots). */
   | { kind: 'writePage'; loc: PageLocation; page: number; version: number; epoch: number; data: Buffer; crc: number; slotsOurs: boolean }
   | { kind: 'clearExtent'; dataOffset: number; bytes: number }
+  /** The partner died: its writes in flight to these pages (and the metadata) may have reached only part of the pool. */
+  | { kind: 'repairAfterWriter'; pages: { loc: PageLocation; first: number; count: number }[] }
   | { kind: 'readTable' }
   | { kind: 'writeTable'; records: AllocationRecord[] }
   | { kind: 'readMailbox' }

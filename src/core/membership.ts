@@ -251,6 +251,7 @@ export class Membership {
     const from = this.epoch;
     this.epoch = epoch;
     this.fresh = false;
+    this.c.destager.repairAfterPartner();
     for (const alloc of this.c.allocator.allocs.values()) alloc.owner.fill(this.c.selfId);
     // The partner wrote its pages to the store until it was lost.
     this.c.destager.distrustSlots();

@@ -28,6 +28,8 @@ export interface CoreCounters {
   ownershipConflicts: number;
   /** Pages a join's resync found at one version with two contents, settled by the side whose state won. */
   resyncContentConflicts: number;
+  /** Takeovers after which the pool was asked to agree again where the partner had been writing. */
+  partnerRepairs: number;
 }
 
 export function newCounters(): CoreCounters {
@@ -49,6 +51,7 @@ export function newCounters(): CoreCounters {
     lockRefusals: 0,
     ownershipConflicts: 0,
     resyncContentConflicts: 0,
+    partnerRepairs: 0,
   };
 }
 

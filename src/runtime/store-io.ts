@@ -35,6 +35,7 @@ function start(store: BlockStore, fence: FenceActions, op: IoOp): Promise<unknow
     case 'readPage': return store.readPage(op.loc, op.page);
     case 'writePage': return store.writePage(op.loc, op.page, op.version, op.epoch, op.data, op.crc, op.slotsOurs);
     case 'clearExtent': return store.clearExtent(op.dataOffset, op.bytes);
+    case 'repairAfterWriter': return store.repairAfterWriter(op.pages);
     case 'readTable': return store.readTable();
     case 'writeTable': return store.writeTable(op.records);
     case 'readMailbox': return store.readMailbox();
@@ -54,5 +55,6 @@ export function storeLayout(store: BlockStore): StoreLayout {
     extentBytes: (pageSizeBytes, pageCount) => extentBytes(pageSizeBytes, pageCount, alignBytes),
     findExtent: (used, bytes) => findExtent(used, bytes, dataBytes, alignBytes),
     lockGroupPages: (pageSizeBytes) => lockGroupPages(pageSizeBytes, alignBytes),
+    repairsAfterWriter: store.pooled,
   };
 }

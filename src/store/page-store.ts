@@ -66,6 +66,7 @@ import {
 import { PAGE_HEADER_BYTES } from './types.js';
 import type { PageSlotRead } from './layout.js';
 import type { Pool } from './pool.js';
+import { stripeShape } from './layout.js';
 import type {
   AllocationRecord,
   BlockStore,
@@ -75,6 +76,7 @@ import type {
   Mailbox,
   MailboxSlot,
   PageLocation,
+  PageRange,
   StoredPage,
   StoredPageHeader,
   Superblock,
@@ -428,6 +430,36 @@ export class PageStore implements BlockStore {
       this.zeroPageCrcs.set(pageSizeBytes, crc);
     }
     return { header: { guid, page, version: 0, epoch: 0, crc }, data: Buffer.alloc(pageSizeBytes) };
+  }
+
+  get pooled(): boolean {
+    return typeof (this.device as Partial<Pool>).repairRange === 'function';
+  }
+
+  async repairAfterWriter(pages: readonly PageRange[]): Promise<number> {
+    const pool = this.device as Partial<Pool>;
+    if (typeof pool.repairRange !== 'function') return 0;
+    const g = this.geometry;
+    // The superblock, mailbox and table: the dead writer's heartbeat slot,
+    // epoch record or table write may have reached some members only.
+    await pool.repairRange(0, g.dataOffset);
+    let bytes = g.dataOffset;
+    // Then every stripe holding one of the pages (its rows hold no other
+    // pages), each once.
+    const stripes = new Map<number, number>();
+    for (const r of pages) {
+      const { perStripe, pitchBytes } = stripeShape(r.loc.pageSizeBytes, g.alignBytes);
+      for (let s = Math.floor(r.first / perStripe); s <= Math.floor((r.first + r.count - 1) / perStripe); s++) {
+        const at = r.loc.dataOffset + s * pitchBytes;
+        if (at < g.dataBytes) stripes.set(at, Math.min(pitchBytes, g.dataBytes - at));
+      }
+    }
+    for (const [at, length] of stripes) {
+      await pool.repairRange(g.dataOffset + at, length);
+      bytes += length;
+    }
+    await this.syncDevice();
+    return bytes;
   }
 
   // ------------------------------------------------------------ allocation table

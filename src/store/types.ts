@@ -19,6 +19,13 @@ export interface Device {
   close(): Promise<void>;
 }
 
+/** Pages first..first+count-1 of the allocation at loc. */
+export interface PageRange {
+  loc: PageLocation;
+  first: number;
+  count: number;
+}
+
 /** Where each area of the store lives, in bytes from the start of the device. */
 export interface Geometry {
   blockBytes: number; // 4096
@@ -53,6 +60,8 @@ export type { StoredPageHeader, StoredPage, MailboxSlot, EpochRecord, Mailbox, P
 
 export interface BlockStore {
   readonly superblock: Superblock;
+  /** Over a pool: redundancy a writer dying mid-write can leave disagreeing (repairAfterWriter). */
+  readonly pooled: boolean;
   /** Reads a page and checks its checksums: of its two slots, the valid one
    *  with the higher version. A never-written page (or one left by an
    *  allocation since released) reads as version 0, all zeros. */
@@ -69,6 +78,13 @@ export interface BlockStore {
   readMailbox(): Promise<Mailbox>;
   writeMailboxSlot(slot: MailboxSlot): Promise<void>;
   writeEpochRecord(rec: Omit<EpochRecord, 'seq'>): Promise<EpochRecord>;
+  /**
+   * A writer died (the partner, taken over): make the redundancy of what it
+   * may have been writing agree with the data again, before anyone relies on
+   * it. On a pool: the metadata area and the stripes of the pages in
+   * `pages`; elsewhere nothing. Resolves with the bytes gone over.
+   */
+  repairAfterWriter(pages: readonly PageRange[]): Promise<number>;
   sync(): Promise<void>;
   close(): Promise<void>;
 }

@@ -18,6 +18,7 @@ import type {
   Mailbox,
   MailboxSlot,
   PageLocation,
+  PageRange,
   StoredPage,
   Superblock,
 } from '../../src/store/types.js';
@@ -101,6 +102,10 @@ export class SimStore implements BlockStore {
     return this.inner.superblock;
   }
 
+  get pooled(): boolean {
+    return this.inner.pooled;
+  }
+
   /** The next write of one of `crash.kinds` crashes the controller as it lands. */
   armCrash(crash: ArmedCrash): void {
     this.armed = crash;
@@ -136,6 +141,10 @@ export class SimStore implements BlockStore {
 
   clearExtent(dataOffset: number, bytes: number): Promise<void> {
     return this.complete('clear', 'clearExtent', () => this.inner.clearExtent(dataOffset, bytes));
+  }
+
+  repairAfterWriter(pages: readonly PageRange[]): Promise<number> {
+    return this.complete('read', 'repairAfterWriter', () => this.inner.repairAfterWriter(pages));
   }
 
   readTable(): Promise<{ seq: number; records: AllocationRecord[] }> {

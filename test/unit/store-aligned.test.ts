@@ -125,3 +125,38 @@ describe('a store over a parity pool', () => {
     expect(isPagepairError(err, 'STORE_MISMATCH')).toBe(true);
   });
 });
+
+describe('repairAfterWriter', () => {
+  it('on a pool, repairs the metadata and each stripe of the pages once; on a file, nothing', async () => {
+    const row = 2 * 64 * KiB;
+    const prefix = computeGeometry({ deviceBytes: 64 * MiB, tableEntriesMax: 16, alignBytes: row }).dataOffset;
+    const calls: [number, number][] = [];
+    const pool = Object.assign(fakePool(64 * MiB, row, prefix), {
+      repairRange: (offset: number, length: number) => {
+        calls.push([offset, length]);
+        return Promise.resolve();
+      },
+    });
+    const store = await PageStore.format(pool, { pairId: PAIR, nowMs: 0, tableEntriesMax: 16 });
+    expect(store.pooled).toBe(true);
+    const { perStripe, pitchBytes } = stripeShape(4096, row);
+    const loc = { guid: '00000000-0000-4000-8000-000000000001', dataOffset: 3 * row, pageSizeBytes: 4096 };
+    // Pages 0..1 and perStripe share stripes 0 and 1; page 1 again is no new stripe.
+    const bytes = await store.repairAfterWriter([
+      { loc, first: 0, count: 2 },
+      { loc, first: 1, count: 1 },
+      { loc, first: perStripe, count: 1 },
+    ]);
+    const d = store.superblock.geometry.dataOffset;
+    expect(calls).toEqual([
+      [0, d],
+      [d + 3 * row, pitchBytes],
+      [d + 3 * row + pitchBytes, pitchBytes],
+    ]);
+    expect(bytes).toBe(d + 2 * pitchBytes);
+
+    const plain = await PageStore.format(new MemoryDevice(8 * MiB), { pairId: PAIR, nowMs: 0 });
+    expect(plain.pooled).toBe(false);
+    expect(await plain.repairAfterWriter([{ loc, first: 0, count: 1 }])).toBe(0);
+  });
+});
