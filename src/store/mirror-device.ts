@@ -1,44 +1,54 @@
-// A Device over N devices holding the same bytes (issue 14, the mirror
-// layout; first step: not yet reachable from the configuration). Each
-// member starts with a pool label (pool-label.ts); the pool's bytes follow.
+// A pool over N devices holding the same bytes (issue 14, the mirror
+// layout). Each member starts with a pool label (pool-label.ts); the pool's
+// bytes follow. It is a Pool (pool.ts) with no rows: any bytes may be
+// written independently, and nothing needs a mirrored prefix (rowBytes and
+// mirroredPrefixBytes are 0; everything is copies anyway).
 //
-// - A write goes to every healthy member and succeeds when one of them took
-//   it. A member that fails is marked failed, and the pool's generation is
-//   written (and synced) to the members left before that write is answered:
-//   a failed member that comes back later is seen to be stale and is not
-//   trusted, however long it was away.
+// - A write goes to every healthy member (and to one being rebuilt) and
+//   succeeds when one healthy member took it. A member that fails is marked
+//   failed, and the pool's generation is written (and synced) to the members
+//   left before that write is answered: a failed member that comes back
+//   later is seen to be stale and is not trusted, however long it was away.
 // - A read goes to the healthy members in turn; one that fails is marked
-//   failed and the next is tried.
+//   failed and the next is tried. A member being rebuilt serves no reads.
 // - A sync syncs every healthy member; members that fail it are marked failed.
 // - Opening checks every label: another pool, another layout, a member in
 //   another slot or a pool of another size is refused with a message naming
 //   the device; a member with an older generation opens as stale (unused).
-//
-// Not built yet: replacing a device and rebuilding it, scrub, parity
-// layouts, remote (NBD) members, and `pagepair status` showing the pool.
+// - refresh() reads every label again, so a member the partner's object
+//   failed is not used by this one either.
+// - repairRange and scrub copy "the first healthy member" over the others:
+//   a mirror has no way to tell which copy is right (unlike a page, whose
+//   CRC says), so slot order decides.
+// - replace() labels the new device as being rebuilt (generation 0, older
+//   than any pool: a crash leaves it stale), sends writes to it, copies
+//   every chunk from a healthy member, then writes the next generation to
+//   every member including it. Each chunk's copy holds its range exclusive
+//   against this object's writes (range-lock.ts); the partner's object
+//   does not know of the rebuild, so both must not write during one until
+//   pool-generation sharing tells the partner (not built here).
 
 import { randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { PagepairError } from '../protocol/errors.js';
 import { POOL_LABEL_AREA_BYTES, encodePoolLabel, labelCopyFor, newestPoolLabel, type PoolLabel } from './pool-label.js';
+import type { MemberState, MemberStatus, Pool, PoolMember, PoolStatus, ProgressOptions, ScrubReport } from './pool.js';
+import { RangeLock } from './range-lock.js';
 import type { Device } from './types.js';
 
-export interface PoolDevice {
-  /** What messages call it (a path, later a URI). */
-  name: string;
-  device: Device;
+export type { MemberState, MemberStatus } from './pool.js';
+/** The name this file used before pool.ts: a member device as given. */
+export type PoolDevice = PoolMember;
+
+/** Bytes one step of a rebuild, scrub or repair copies or compares. */
+export const MIRROR_COPY_CHUNK_BYTES_DEFAULT = 1024 * 1024;
+
+export interface MirrorOptions {
+  /** Bytes one step of a rebuild, scrub or repair handles (a multiple of 4096). */
+  copyChunkBytes?: number;
 }
 
-export type MemberState = 'healthy' | 'failed' | 'stale';
-
-export interface MemberStatus {
-  slot: number;
-  name: string;
-  state: MemberState;
-  /** Why it is not healthy. */
-  reason: string | null;
-}
-
-interface Member extends PoolDevice {
+interface Member extends PoolMember {
   slot: number;
   state: MemberState;
   reason: string | null;
@@ -52,43 +62,64 @@ function hasWriteParts(d: Device): d is Device & PartsCapable {
   return typeof (d as Partial<PartsCapable>).writeParts === 'function';
 }
 
-export class MirrorDevice implements Device {
+async function readLabel(d: Device): Promise<PoolLabel | string> {
+  const [c0, c1] = await Promise.all([d.read(0, 64), d.read(4096, 64)]);
+  return newestPoolLabel(Buffer.from(c0), Buffer.from(c1));
+}
+
+function staleReason(labelGeneration: number, generation: number): string {
+  return labelGeneration === 0 ? 'stale: a rebuild onto it did not finish' : `stale: pool generation ${labelGeneration}, the others are at ${generation}`;
+}
+
+export class MirrorDevice implements Pool {
   readonly sizeBytes: number;
+  readonly layout = 'mirror' as const;
+  readonly rowBytes = 0;
+  readonly mirroredPrefixBytes = 0;
+  private gen: number;
   private nextRead = 0;
   /** Label writes after a member failed, one at a time. */
   private labelChain: Promise<void> = Promise.resolve();
+  private readonly locks = new RangeLock();
+  private rebuild: { slot: number; doneBytes: number; totalBytes: number; run: Promise<void> } | null = null;
+  private closing = false;
+  private readonly copyChunkBytes: number;
 
   private constructor(
     private readonly members: Member[],
     readonly poolId: string,
-    private generation: number,
+    generation: number,
+    opts: MirrorOptions,
   ) {
+    this.gen = generation;
     this.sizeBytes = Math.min(...members.map((m) => m.device.sizeBytes)) - POOL_LABEL_AREA_BYTES;
+    const chunk = opts.copyChunkBytes ?? MIRROR_COPY_CHUNK_BYTES_DEFAULT;
+    if (!Number.isSafeInteger(chunk) || chunk < 4096 || chunk % 4096 !== 0) {
+      throw new PagepairError('BAD_CONFIG', `copyChunkBytes must be a multiple of 4096, got ${chunk}`, 'copyChunkBytes');
+    }
+    this.copyChunkBytes = chunk;
   }
 
   /** Label `devices` as a new mirror pool (generation 1) and open it. Whatever they held is the pool's now. */
-  static async create(devices: readonly PoolDevice[], poolId: string = randomUUID()): Promise<MirrorDevice> {
+  static async create(devices: readonly PoolMember[], poolId: string = randomUUID(), opts: MirrorOptions = {}): Promise<MirrorDevice> {
     if (devices.length < 2) throw new PagepairError('BAD_CONFIG', `a mirror pool needs 2 devices or more, got ${devices.length}`, 'devices');
     const dataBytes = Math.min(...devices.map((d) => d.device.sizeBytes)) - POOL_LABEL_AREA_BYTES;
     if (dataBytes <= 0) throw new PagepairError('BAD_CONFIG', `the smallest device (${Math.min(...devices.map((d) => d.device.sizeBytes))} bytes) has no room after the pool labels`, 'devices');
     await Promise.all(
       devices.map(async (d, slot) => {
+        // Both copies: an older label of this pool left in the other copy must not outrank this one.
         const label = encodePoolLabel({ poolId, layout: 'mirror', slot, devices: devices.length, generation: 1, dataBytes });
         await d.device.write(labelCopyFor(1) * 4096, label);
+        await d.device.write(labelCopyFor(0) * 4096, Buffer.alloc(4096));
         await d.device.sync();
       }),
     );
-    return MirrorDevice.open(devices);
+    return MirrorDevice.open(devices, opts);
   }
 
   /** Open a mirror pool from its devices, in slot order. */
-  static async open(devices: readonly PoolDevice[]): Promise<MirrorDevice> {
-    const labels = await Promise.all(
-      devices.map(async (d) => {
-        const [c0, c1] = await Promise.all([d.device.read(0, 64), d.device.read(4096, 64)]);
-        return newestPoolLabel(Buffer.from(c0), Buffer.from(c1));
-      }),
-    );
+  static async open(devices: readonly PoolMember[], opts: MirrorOptions = {}): Promise<MirrorDevice> {
+    const labels = await Promise.all(devices.map((d) => readLabel(d.device)));
     const first = labels.find((l): l is PoolLabel => typeof l !== 'string');
     if (first === undefined) throw new PagepairError('STORE_MISMATCH', `no device holds a pool label: ${devices.map((d, i) => `${d.name}: ${labels[i]}`).join('; ')}`, 'devices');
     const generation = Math.max(...labels.map((l) => (typeof l === 'string' ? 0 : l.generation)));
@@ -100,24 +131,88 @@ export class MirrorDevice implements Device {
       if (l.devices !== devices.length) throw new PagepairError('STORE_MISMATCH', `device ${d.name} is one of a pool of ${l.devices} devices, ${devices.length} were given`, 'devices');
       if (l.slot !== slot) throw new PagepairError('STORE_MISMATCH', `device ${d.name} fills slot ${l.slot} of the pool, it was given as slot ${slot}: list the devices in slot order`, 'devices');
       const stale = l.generation < generation;
-      return { ...d, slot, state: stale ? 'stale' : 'healthy', reason: stale ? `stale: pool generation ${l.generation}, the others are at ${generation}` : null };
+      return { ...d, slot, state: stale ? 'stale' : 'healthy', reason: stale ? staleReason(l.generation, generation) : null };
     });
     if (!members.some((m) => m.state === 'healthy')) throw new PagepairError('IO_ERROR', 'no device of the pool is current', 'devices');
-    return new MirrorDevice(members, first.poolId, generation);
+    return new MirrorDevice(members, first.poolId, generation, opts);
   }
 
-  /** Each member's slot, name and state. */
-  status(): MemberStatus[] {
-    return this.members.map((m) => ({ slot: m.slot, name: m.name, state: m.state, reason: m.reason }));
+  get generation(): number {
+    return this.gen;
   }
 
+  /** The name this class used before it was a Pool. */
   get poolGeneration(): number {
-    return this.generation;
+    return this.gen;
   }
 
   /** Serving with fewer devices than it has. */
   get degraded(): boolean {
     return this.members.some((m) => m.state !== 'healthy');
+  }
+
+  status(): PoolStatus {
+    const healthy = this.members.filter((m) => m.state === 'healthy').length;
+    return {
+      poolId: this.poolId,
+      layout: 'mirror',
+      generation: this.gen,
+      chunkBytes: 0,
+      sizeBytes: this.sizeBytes,
+      members: this.members.map((m): MemberStatus => ({ slot: m.slot, name: m.name, state: m.state, reason: m.reason })),
+      degraded: this.degraded,
+      failuresTolerated: Math.max(0, healthy - 1),
+      rebuild: this.rebuild === null ? null : { slot: this.rebuild.slot, doneBytes: this.rebuild.doneBytes, totalBytes: this.rebuild.totalBytes },
+    };
+  }
+
+  async refresh(): Promise<number> {
+    await this.labelChain;
+    const labels = await Promise.all(
+      this.members.map(async (m) => {
+        try {
+          return await readLabel(m.device);
+        } catch (err) {
+          return `label read failed: ${String(err)}`;
+        }
+      }),
+    );
+    const newest = Math.max(this.gen, ...labels.map((l) => (typeof l === 'string' || l.poolId !== this.poolId ? 0 : l.generation)));
+    const movedOn = newest > this.gen;
+    this.members.forEach((m, i) => {
+      const l = labels[i]!;
+      // Ours to fill: its label says "being rebuilt" until we are done.
+      if (m.state === 'rebuilding') return;
+      const wrong =
+        typeof l === 'string'
+          ? l
+          : l.poolId !== this.poolId
+            ? `now labelled for pool ${l.poolId}`
+            : l.layout !== 'mirror' || l.slot !== m.slot || l.devices !== this.members.length
+              ? `now labelled as slot ${l.slot} of a ${l.devices}-device ${l.layout} pool`
+              : null;
+      if (wrong !== null) {
+        if (m.state === 'healthy') {
+          m.state = 'failed';
+          m.reason = wrong;
+        }
+        return;
+      }
+      const label = l as PoolLabel;
+      if (label.generation < newest) {
+        if (m.state === 'healthy') {
+          m.state = 'stale';
+          m.reason = staleReason(label.generation, newest);
+        }
+      } else if (movedOn && m.state !== 'healthy') {
+        // Someone else moved the pool on with this member in it (a rebuild finished elsewhere): it is current again.
+        m.state = 'healthy';
+        m.reason = null;
+      }
+    });
+    this.gen = newest;
+    if (!this.members.some((m) => m.state === 'healthy')) throw this.noneLeft('refresh');
+    return this.gen;
   }
 
   async read(offset: number, length: number): Promise<Buffer> {
@@ -141,34 +236,202 @@ export class MirrorDevice implements Device {
   }
 
   async writeParts(offset: number, parts: readonly Buffer[]): Promise<void> {
-    this.checkRange(offset, parts.reduce((n, p) => n + p.length, 0));
-    await this.onEach('write', (m) => (hasWriteParts(m.device) ? m.device.writeParts(POOL_LABEL_AREA_BYTES + offset, parts) : m.device.write(POOL_LABEL_AREA_BYTES + offset, Buffer.concat(parts))));
+    const length = parts.reduce((n, p) => n + p.length, 0);
+    this.checkRange(offset, length);
+    const release = await this.locks.acquire(offset, length, false);
+    try {
+      await this.onEach('write', (m) => (hasWriteParts(m.device) ? m.device.writeParts(POOL_LABEL_AREA_BYTES + offset, parts) : m.device.write(POOL_LABEL_AREA_BYTES + offset, Buffer.concat(parts))), true);
+    } finally {
+      release();
+    }
   }
 
   sync(): Promise<void> {
-    return this.onEach('sync', (m) => m.device.sync());
+    return this.onEach('sync', (m) => m.device.sync(), true);
+  }
+
+  async repairRange(offset: number, length: number): Promise<void> {
+    this.checkRange(offset, length);
+    for (let at = offset; at < offset + length; at += this.copyChunkBytes) {
+      const n = Math.min(this.copyChunkBytes, offset + length - at);
+      await this.compareChunk(at, n, true);
+    }
+  }
+
+  async scrub(opts: ProgressOptions & { repair: boolean }): Promise<ScrubReport> {
+    const report: ScrubReport = { bytesChecked: 0, mismatches: 0, repaired: 0, unreadable: 0 };
+    const pace = new Pacer(opts.rateBytesPerSec ?? 0);
+    for (let at = 0; at < this.sizeBytes; at += this.copyChunkBytes) {
+      opts.signal?.throwIfAborted();
+      this.checkOpen('scrub');
+      const n = Math.min(this.copyChunkBytes, this.sizeBytes - at);
+      const outcome = await this.compareChunk(at, n, opts.repair);
+      if (outcome === 'unreadable') report.unreadable++;
+      else if (outcome !== 'same') {
+        report.mismatches++;
+        if (outcome === 'repaired') report.repaired++;
+      }
+      report.bytesChecked += n;
+      opts.onProgress?.(report.bytesChecked, this.sizeBytes);
+      await pace.after(n, opts.signal);
+    }
+    return report;
+  }
+
+  async replace(slot: number, member: PoolMember, opts: ProgressOptions = {}): Promise<void> {
+    this.checkOpen('replace');
+    if (!Number.isInteger(slot) || slot < 0 || slot >= this.members.length) {
+      throw new PagepairError('BAD_FIELD', `pool ${this.poolId} has slots 0..${this.members.length - 1}, not ${slot}`, 'slot');
+    }
+    if (this.rebuild !== null) throw new PagepairError('BUSY', `pool ${this.poolId}: slot ${this.rebuild.slot} is being rebuilt; one rebuild at a time`, 'slot');
+    if (member.device.sizeBytes < POOL_LABEL_AREA_BYTES + this.sizeBytes) {
+      throw new PagepairError('BAD_CONFIG', `device ${member.name} has ${member.device.sizeBytes} bytes; the pool needs ${POOL_LABEL_AREA_BYTES + this.sizeBytes}`, 'devices');
+    }
+    const old = this.members[slot]!;
+    const others = this.members.filter((m) => m !== old && m.state === 'healthy');
+    if (others.length === 0) throw new PagepairError('IO_ERROR', `pool ${this.poolId}: no other member is healthy to rebuild slot ${slot} from`, 'slot');
+    // A healthy member taken out misses every write from now on: the generation moves past it first.
+    if (old.state === 'healthy') await this.fail(old, `replaced by ${member.name}`);
+    // Being rebuilt: generation 0 in both copies, older than any pool, so a crash leaves it stale.
+    const rebuilding = encodePoolLabel({ poolId: this.poolId, layout: 'mirror', slot, devices: this.members.length, generation: 0, dataBytes: this.sizeBytes });
+    await member.device.write(0, rebuilding);
+    await member.device.write(4096, rebuilding);
+    await member.device.sync();
+
+    const fresh: Member = { name: member.name, device: member.device, slot, state: 'rebuilding', reason: 'being rebuilt' };
+    this.members[slot] = fresh;
+    if (old.device !== member.device) await old.device.close().catch(() => undefined);
+    const rebuild = { slot, doneBytes: 0, totalBytes: this.sizeBytes, run: Promise.resolve() };
+    this.rebuild = rebuild;
+    const run = this.fill(fresh, rebuild, opts);
+    rebuild.run = run.catch(() => undefined);
+    try {
+      await run;
+    } catch (err) {
+      if (fresh.state === 'rebuilding') {
+        fresh.state = 'failed';
+        fresh.reason = `rebuild stopped at ${rebuild.doneBytes} of ${rebuild.totalBytes} bytes: ${err instanceof Error ? err.message : String(err)}`;
+      }
+      throw err;
+    } finally {
+      this.rebuild = null;
+    }
   }
 
   async close(): Promise<void> {
+    this.closing = true;
+    // A rebuild under way stops at its next chunk and leaves its device labelled as unfinished.
+    await this.rebuild?.run;
     await this.labelChain;
     await Promise.all(this.members.map((m) => m.device.close().catch(() => undefined)));
   }
 
-  /** Run op on every healthy member; the members it fails on are marked failed (durably) before this settles. */
-  private async onEach(what: string, op: (m: Member) => Promise<void>): Promise<void> {
-    const healthy = this.members.filter((m) => m.state === 'healthy');
-    const results = await Promise.allSettled(healthy.map(op));
+  /** Copy every chunk onto `fresh` from a healthy member, then make it a current member. */
+  private async fill(fresh: Member, progress: { doneBytes: number; totalBytes: number }, opts: ProgressOptions): Promise<void> {
+    const pace = new Pacer(opts.rateBytesPerSec ?? 0);
+    for (let at = 0; at < this.sizeBytes; at += this.copyChunkBytes) {
+      opts.signal?.throwIfAborted();
+      this.checkOpen('rebuild');
+      const n = Math.min(this.copyChunkBytes, this.sizeBytes - at);
+      const release = await this.locks.acquire(at, n, true);
+      try {
+        const data = await this.readChunk(at, n);
+        if (data === null) throw this.noneLeft('read');
+        await fresh.device.write(POOL_LABEL_AREA_BYTES + at, data);
+      } catch (err) {
+        if (fresh.state !== 'rebuilding') throw new PagepairError('IO_ERROR', `pool ${this.poolId}: ${fresh.name} ${fresh.reason ?? fresh.state}`);
+        throw err;
+      } finally {
+        release();
+      }
+      // A write to it that failed meanwhile stops the rebuild too.
+      if (fresh.state !== 'rebuilding') throw new PagepairError('IO_ERROR', `pool ${this.poolId}: ${fresh.name} ${fresh.reason ?? fresh.state}`);
+      progress.doneBytes += n;
+      opts.onProgress?.(progress.doneBytes, progress.totalBytes);
+      await pace.after(n, opts.signal);
+    }
+    await fresh.device.sync();
+    // Whole and durable: it serves reads from now on, and the next generation names it current.
+    this.checkOpen('rebuild');
+    fresh.state = 'healthy';
+    fresh.reason = null;
+    const run = this.labelChain.then(() => this.writeGeneration());
+    this.labelChain = run.catch(() => undefined);
+    await run;
+    if (fresh.state !== 'healthy') throw new PagepairError('IO_ERROR', `pool ${this.poolId}: ${fresh.name} ${fresh.reason ?? fresh.state}`);
+  }
+
+  /** The chunk as the first healthy member that can read it has it, or null. */
+  private async readChunk(at: number, n: number): Promise<Buffer | null> {
+    for (const m of this.members) {
+      if (m.state !== 'healthy') continue;
+      try {
+        return Buffer.from(await m.device.read(POOL_LABEL_AREA_BYTES + at, n));
+      } catch (err) {
+        await this.fail(m, `read failed: ${String(err)}`);
+      }
+    }
+    return null;
+  }
+
+  /** Compare a chunk on every healthy member with the first's copy; with repair, write that copy over the others'. */
+  private async compareChunk(at: number, n: number, repair: boolean): Promise<'same' | 'differs' | 'repaired' | 'unreadable'> {
+    const release = await this.locks.acquire(at, n, true);
+    try {
+      const copies: { m: Member; data: Buffer }[] = [];
+      for (const m of this.members) {
+        if (m.state !== 'healthy') continue;
+        try {
+          copies.push({ m, data: Buffer.from(await m.device.read(POOL_LABEL_AREA_BYTES + at, n)) });
+        } catch (err) {
+          await this.fail(m, `read failed: ${String(err)}`);
+        }
+      }
+      if (copies.length === 0) return 'unreadable';
+      const first = copies[0]!;
+      const differing = copies.slice(1).filter((c) => !c.data.equals(first.data));
+      if (differing.length === 0) return 'same';
+      if (!repair) return 'differs';
+      const results = await Promise.allSettled(differing.map((c) => c.m.device.write(POOL_LABEL_AREA_BYTES + at, first.data)));
+      for (let i = 0; i < differing.length; i++) {
+        const r = results[i]!;
+        if (r.status === 'rejected') await this.fail(differing[i]!.m, `repair write failed: ${String(r.reason)}`);
+      }
+      return 'repaired';
+    } finally {
+      release();
+    }
+  }
+
+  /**
+   * Run op on every healthy member (and, with toRebuilding, on one being
+   * rebuilt); the members it fails on are marked failed (durably) before
+   * this settles. It succeeds when a healthy member took it.
+   */
+  private async onEach(what: string, op: (m: Member) => Promise<void>, toRebuilding: boolean): Promise<void> {
+    const targets = this.members.filter((m) => m.state === 'healthy' || (toRebuilding && m.state === 'rebuilding'));
+    const results = await Promise.allSettled(targets.map(op));
     let ok = 0;
-    for (let i = 0; i < healthy.length; i++) {
+    for (let i = 0; i < targets.length; i++) {
       const r = results[i]!;
-      if (r.status === 'fulfilled') ok++;
-      else await this.fail(healthy[i]!, `${what} failed: ${String(r.reason)}`);
+      const m = targets[i]!;
+      if (r.status === 'fulfilled') {
+        if (m.state === 'healthy') ok++;
+      } else {
+        await this.fail(m, `${what} failed: ${String(r.reason)}`);
+      }
     }
     if (ok === 0) throw this.noneLeft(what);
   }
 
-  /** Mark a member failed and write the next generation to the members left (synced) before going on. */
+  /** Mark a member failed; a healthy one's leaving writes the next generation to the members left (synced) before going on. */
   private fail(m: Member, reason: string): Promise<void> {
+    if (m.state === 'rebuilding') {
+      // Its label already says it is not current: nothing to write.
+      m.state = 'failed';
+      m.reason = reason;
+      return Promise.resolve();
+    }
     if (m.state !== 'healthy') return this.labelChain;
     m.state = 'failed';
     m.reason = reason;
@@ -179,7 +442,7 @@ export class MirrorDevice implements Device {
 
   private async writeGeneration(): Promise<void> {
     for (;;) {
-      const generation = this.generation + 1;
+      const generation = this.gen + 1;
       const left = this.members.filter((m) => m.state === 'healthy');
       if (left.length === 0) return;
       const results = await Promise.allSettled(
@@ -189,7 +452,7 @@ export class MirrorDevice implements Device {
           await m.device.sync();
         }),
       );
-      this.generation = generation;
+      this.gen = generation;
       // A member that cannot take the label fails too, and the next generation names it stale.
       let failedNow = 0;
       results.forEach((r, i) => {
@@ -207,9 +470,29 @@ export class MirrorDevice implements Device {
     return new PagepairError('IO_ERROR', `pool ${this.poolId}: ${what} failed on every device (${this.members.map((m) => `${m.name}: ${m.reason ?? m.state}`).join('; ')})`);
   }
 
+  private checkOpen(what: string): void {
+    if (this.closing) throw new PagepairError('SHUTTING_DOWN', `pool ${this.poolId}: closed during ${what}`);
+  }
+
   private checkRange(offset: number, length: number): void {
     if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0 || offset + length > this.sizeBytes) {
       throw new PagepairError('OUT_OF_RANGE', `pool ${this.poolId}: ${length} bytes at ${offset} are outside its ${this.sizeBytes} bytes`);
     }
+  }
+}
+
+/** Holds a copy to rateBytesPerSec by sleeping when it runs ahead (0: no limit). */
+class Pacer {
+  private readonly startMs = performance.now();
+  private bytes = 0;
+
+  constructor(private readonly rateBytesPerSec: number) {}
+
+  async after(bytes: number, signal: AbortSignal | undefined): Promise<void> {
+    if (this.rateBytesPerSec <= 0) return;
+    this.bytes += bytes;
+    const dueMs = (this.bytes / this.rateBytesPerSec) * 1000;
+    const aheadMs = dueMs - (performance.now() - this.startMs);
+    if (aheadMs > 1) await sleep(aheadMs, undefined, signal === undefined ? {} : { signal });
   }
 }

@@ -2,12 +2,14 @@
 // reordered or stale device; writes to every member; a failing member marked
 // failed, with the pool's generation made durable on the others before the
 // write is answered; reads served by the members left; a block store
-// formatted over the pool.
+// formatted over the pool; refresh, repair, scrub and replace (the Pool
+// interface).
 
 import { describe, expect, it } from 'vitest';
 import { isPagepairError } from '../../src/protocol/errors.js';
 import { MemoryDevice } from '../../src/store/memory-device.js';
-import { MirrorDevice, type PoolDevice } from '../../src/store/mirror-device.js';
+import { MirrorDevice } from '../../src/store/mirror-device.js';
+import type { PoolMember, PoolStatus } from '../../src/store/pool.js';
 import { PageStore } from '../../src/store/page-store.js';
 import { POOL_LABEL_AREA_BYTES, encodePoolLabel, newestPoolLabel, type PoolLabel } from '../../src/store/pool-label.js';
 import type { Device } from '../../src/store/types.js';
@@ -15,9 +17,16 @@ import type { Device } from '../../src/store/types.js';
 const MiB = 1024 * 1024;
 const POOL = '4b2a9c1e-7d3f-4e8a-9b6c-2f1e0d3c4b5a';
 
-/** A memory device whose next read fails when asked to. */
+/** A memory device whose next read fails when asked to, and whose writes may take a turn of the event loop each. */
 class FlakyDevice extends MemoryDevice {
   failReads = 0;
+  slowWrites = false;
+  private writesSeen = 0;
+  override async write(offset: number, data: Buffer): Promise<void> {
+    // 0, 1 or 2 turns, in turn: a write asked for later may land first.
+    if (this.slowWrites) for (let i = this.writesSeen++ % 3; i < 2; i++) await new Promise((r) => setImmediate(r));
+    return super.write(offset, data);
+  }
   override read(offset: number, length: number): Promise<Buffer> {
     if (this.failReads > 0) {
       this.failReads--;
@@ -27,7 +36,7 @@ class FlakyDevice extends MemoryDevice {
   }
 }
 
-function devices(n: number, bytes = 4 * MiB): { devs: FlakyDevice[]; pool: PoolDevice[] } {
+function devices(n: number, bytes = 4 * MiB): { devs: FlakyDevice[]; pool: PoolMember[] } {
   const devs = Array.from({ length: n }, () => new FlakyDevice(bytes));
   return { devs, pool: devs.map((device, i) => ({ name: `dev${i}`, device })) };
 }
@@ -57,7 +66,7 @@ describe('mirror pool device', () => {
     await m.sync();
     for (const d of devs) expect((await d.read(POOL_LABEL_AREA_BYTES + 8192, 4096)).equals(data)).toBe(true);
     for (let i = 0; i < 3; i++) expect((await m.read(8192, 4096)).equals(data)).toBe(true);
-    expect(m.status().map((s) => s.state)).toEqual(['healthy', 'healthy', 'healthy']);
+    expect(m.status().members.map((s) => s.state)).toEqual(['healthy', 'healthy', 'healthy']);
     expect(await code(m.read(m.sizeBytes - 10, 20))).toMatch(/^OUT_OF_RANGE/);
   });
 
@@ -67,7 +76,7 @@ describe('mirror pool device', () => {
     devs[1]!.failNextWrite();
     await m.write(0, Buffer.alloc(512, 1));
     expect(m.degraded).toBe(true);
-    expect(m.status()[1]).toMatchObject({ state: 'failed', reason: expect.stringContaining('write failed') });
+    expect(m.status().members[1]).toMatchObject({ state: 'failed', reason: expect.stringContaining('write failed') });
     expect((await labelOf(devs[0]!)).generation).toBe(2);
     expect((await labelOf(devs[1]!)).generation).toBe(1);
     // Reads and writes go on with the member left.
@@ -75,8 +84,8 @@ describe('mirror pool device', () => {
     expect((await m.read(0, 1024)).equals(Buffer.concat([Buffer.alloc(512, 1), Buffer.alloc(512, 2)]))).toBe(true);
     // Opened again, the failed member is stale: it missed writes, and serves none.
     const again = await MirrorDevice.open(pool);
-    expect(again.status().map((s) => s.state)).toEqual(['healthy', 'stale']);
-    expect(again.status()[1]!.reason).toMatch(/stale: pool generation 1, the others are at 2/);
+    expect(again.status().members.map((s) => s.state)).toEqual(['healthy', 'stale']);
+    expect(again.status().members[1]!.reason).toMatch(/stale: pool generation 1, the others are at 2/);
     for (let i = 0; i < 4; i++) expect((await again.read(512, 512)).equals(Buffer.alloc(512, 2))).toBe(true);
   });
 
@@ -88,7 +97,7 @@ describe('mirror pool device', () => {
     devs[1]!.failReads = 0;
     // Reads take turns: whichever member's read fails, the other answers.
     for (let i = 0; i < 2; i++) expect((await m.read(0, 100)).equals(Buffer.alloc(100, 7))).toBe(true);
-    expect(m.status()[0]).toMatchObject({ state: 'failed', reason: expect.stringContaining('read failed') });
+    expect(m.status().members[0]).toMatchObject({ state: 'failed', reason: expect.stringContaining('read failed') });
   });
 
   it('fails with IO_ERROR, naming every device, when no member takes a write', async () => {
@@ -133,6 +142,109 @@ describe('mirror pool device', () => {
     devs[0]!.failReads = 1000;
     const page = await store.readPage(loc, 3);
     expect(page.data.equals(Buffer.alloc(4096, 0x42))).toBe(true);
-    expect(m.status().map((s) => s.state)).toEqual(['failed', 'healthy']);
+    expect(m.status().members.map((s) => s.state)).toEqual(['failed', 'healthy']);
+  });
+
+  it('refresh() sees a failure another object over the same devices wrote: the member is stale there too', async () => {
+    const { devs, pool } = devices(2);
+    const a = await MirrorDevice.create(pool, POOL);
+    const b = await MirrorDevice.open(pool);
+    devs[1]!.failNextWrite();
+    await a.write(0, Buffer.alloc(512, 9));
+    expect(a.generation).toBe(2);
+    expect(b.status()).toMatchObject({ generation: 1, degraded: false, failuresTolerated: 1 });
+    expect(await b.refresh()).toBe(2);
+    expect(b.status()).toMatchObject({ generation: 2, degraded: true, failuresTolerated: 0, layout: 'mirror', rebuild: null });
+    expect(b.status().members[1]).toMatchObject({ state: 'stale', reason: 'stale: pool generation 1, the others are at 2' });
+    // b no longer writes the stale member.
+    await b.write(4096, Buffer.alloc(512, 3));
+    expect((await devs[1]!.read(POOL_LABEL_AREA_BYTES + 4096, 512)).equals(Buffer.alloc(512))).toBe(true);
+    // A label gone from a member fails it at the next refresh.
+    await devs[0]!.write(0, Buffer.alloc(8192));
+    const c = await MirrorDevice.create(devices(3).pool, POOL);
+    await c.refresh();
+    expect(c.status().degraded).toBe(false);
+  });
+
+  it('repairRange and scrub find a difference written to one member behind the pool, and repair copies the first healthy member over it', async () => {
+    const { devs, pool } = devices(3);
+    const m = await MirrorDevice.create(pool, POOL, { copyChunkBytes: 64 * 1024 });
+    await m.write(0, Buffer.alloc(m.sizeBytes, 0x11));
+    await devs[2]!.write(POOL_LABEL_AREA_BYTES + 200_000, Buffer.alloc(10, 0xee));
+    await devs[1]!.write(POOL_LABEL_AREA_BYTES + 3 * MiB, Buffer.alloc(1, 0xee));
+    const progress: number[] = [];
+    const found = await m.scrub({ repair: false, onProgress: (done, total) => progress.push(done / total) });
+    expect(found).toEqual({ bytesChecked: m.sizeBytes, mismatches: 2, repaired: 0, unreadable: 0 });
+    expect(progress.at(-1)).toBe(1);
+    // repairRange over the first difference only.
+    await m.repairRange(190_000, 20_000);
+    expect((await devs[2]!.read(POOL_LABEL_AREA_BYTES + 200_000, 10)).equals(Buffer.alloc(10, 0x11))).toBe(true);
+    expect(await m.scrub({ repair: true })).toEqual({ bytesChecked: m.sizeBytes, mismatches: 1, repaired: 1, unreadable: 0 });
+    expect(await m.scrub({ repair: false })).toMatchObject({ mismatches: 0 });
+    for (const d of devs) expect((await d.read(POOL_LABEL_AREA_BYTES, m.sizeBytes)).equals(Buffer.alloc(m.sizeBytes, 0x11))).toBe(true);
+    // The rate limit holds a scrub back: 4 MiB at 40 MiB/s is at least ~100 ms.
+    const t0 = performance.now();
+    await m.scrub({ repair: false, rateBytesPerSec: 40 * MiB });
+    expect(performance.now() - t0).toBeGreaterThan(80);
+  });
+
+  it('replace() rebuilds onto a new device while writes go on: every member ends equal and a scrub finds nothing', async () => {
+    const { devs, pool } = devices(2);
+    const m = await MirrorDevice.create(pool, POOL, { copyChunkBytes: 64 * 1024 });
+    await m.write(0, Buffer.alloc(m.sizeBytes, 0x21));
+    devs[1]!.failNextWrite();
+    await m.write(0, Buffer.alloc(4096, 0x22));
+    expect(m.status().members[1]!.state).toBe('failed');
+    const spare = new FlakyDevice(4 * MiB);
+    spare.slowWrites = true;
+    const seen: PoolStatus[] = [];
+    let writes = 0;
+    let stop = false;
+    // Four writers aiming at the chunk being copied and the next one, each at
+    // blocks of its own (writes to one block at once land in no promised order,
+    // on a file as on a pool).
+    const writers = Array.from({ length: 4 }, async (_, w) => {
+      for (let i = 0; !stop; i++) {
+        const done = m.status().rebuild?.doneBytes ?? 0;
+        const at = Math.min(m.sizeBytes - 4096 * (4 - w), done + (((i * 5) % 8) * 4 + w) * 4096);
+        await m.write(at, Buffer.alloc(4096, w * 60 + (i % 60) + 1));
+        writes++;
+        await new Promise((r) => setImmediate(r));
+      }
+    });
+    await m.replace(1, { name: 'spare', device: spare }, { onProgress: () => seen.push(m.status()) });
+    stop = true;
+    await Promise.all(writers);
+    expect(writes).toBeGreaterThan(100);
+    expect(seen.length).toBe(Math.ceil(m.sizeBytes / (64 * 1024)));
+    expect(seen[0]!.members[1]).toMatchObject({ name: 'spare', state: 'rebuilding' });
+    expect(seen[0]!.rebuild).toMatchObject({ slot: 1, totalBytes: m.sizeBytes });
+    expect(m.status()).toMatchObject({ degraded: false, rebuild: null, failuresTolerated: 1 });
+    expect(m.status().members[1]).toMatchObject({ name: 'spare', state: 'healthy', reason: null });
+    expect(await m.scrub({ repair: false })).toMatchObject({ mismatches: 0, unreadable: 0 });
+    expect((await devs[0]!.read(POOL_LABEL_AREA_BYTES, m.sizeBytes)).equals(await spare.read(POOL_LABEL_AREA_BYTES, m.sizeBytes))).toBe(true);
+    // The generation moved past the failure and past the rebuild, on both members.
+    expect((await labelOf(devs[0]!)).generation).toBe(3);
+    expect((await labelOf(spare)).generation).toBe(3);
+    const again = await MirrorDevice.open([pool[0]!, { name: 'spare', device: spare }]);
+    expect(again.status().members.map((s) => s.state)).toEqual(['healthy', 'healthy']);
+  });
+
+  it('a rebuild cut short (the pool closed mid-way) leaves the new device stale at the next open', async () => {
+    const { devs, pool } = devices(2);
+    const m = await MirrorDevice.create(pool, POOL, { copyChunkBytes: 64 * 1024 });
+    devs[1]!.failNextWrite();
+    await m.write(0, Buffer.alloc(4096, 0x31));
+    const spare = new FlakyDevice(4 * MiB);
+    spare.slowWrites = true;
+    let chunks = 0;
+    const rebuilding = m.replace(1, { name: 'spare', device: spare }, { onProgress: () => chunks++ });
+    while (chunks < 5) await new Promise((r) => setImmediate(r));
+    await m.close();
+    expect(await code(rebuilding)).toMatch(/^SHUTTING_DOWN/);
+    expect((await labelOf(spare)).generation).toBe(0);
+    const again = await MirrorDevice.open([pool[0]!, { name: 'spare', device: spare }]);
+    expect(again.status().members[1]).toMatchObject({ state: 'stale', reason: 'stale: a rebuild onto it did not finish' });
+    expect(again.degraded).toBe(true);
   });
 });

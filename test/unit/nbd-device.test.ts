@@ -64,7 +64,7 @@ describe('NBD export as a device', () => {
     await store.writePage(loc, 2, 1, 1, Buffer.alloc(4096, 0x22));
     await store.sync();
     expect(pool.degraded).toBe(true);
-    expect(pool.status().map((s) => s.state)).toEqual(['healthy', 'failed']);
+    expect(pool.status().members.map((s) => s.state)).toEqual(['healthy', 'failed']);
     expect((await store.readPage(loc, 1)).data.equals(Buffer.alloc(4096, 0x11))).toBe(true);
     expect((await store.readPage(loc, 2)).data.equals(Buffer.alloc(4096, 0x22))).toBe(true);
   });
