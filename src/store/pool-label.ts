@@ -5,6 +5,11 @@
 // older generation is refused at open: a wrong, reordered or stale device
 // never serves reads.
 //
+// A parity layout's label also holds its chunk size and how many of the
+// pool's first bytes are plain copies on every member (the mirrored prefix);
+// a mirror writes 0 there. A device being rebuilt carries generation 0 until
+// the rebuild is whole: older than any pool, so a crash leaves it stale.
+//
 // Two copies, in the first two 4 KiB blocks, each with a CRC32C; the one
 // with the higher generation (and a good CRC) wins, so a label write torn by
 // a crash leaves the other. The pool's data starts after them
@@ -20,7 +25,7 @@ export const POOL_LABEL_VERSION = 1;
 export const POOL_LABEL_AREA_BYTES = 2 * 4096;
 const LABEL_BYTES = 64;
 
-export type PoolLayout = 'mirror';
+export type PoolLayout = 'mirror' | 'parity' | 'parity2';
 
 export interface PoolLabel {
   poolId: string;
@@ -28,24 +33,34 @@ export interface PoolLabel {
   /** This device's place in the pool, 0-based. */
   slot: number;
   devices: number;
-  /** Grows whenever a device leaves or joins: a device with an older one is stale. */
+  /** Grows whenever a device leaves or joins: a device with an older one is stale. 0: being rebuilt. */
   generation: number;
   /** Bytes of the pool's data area on this device (after the labels). */
   dataBytes: number;
+  /** Bytes of one chunk of a parity row; 0 (or absent) for a mirror. */
+  chunkBytes?: number;
+  /** The pool's first bytes, plain copies on every member; 0 (or absent) for a mirror. */
+  mirroredPrefixBytes?: number;
 }
 
-const LAYOUT_CODES: Record<PoolLayout, number> = { mirror: 1 };
+const LAYOUT_CODES: Record<PoolLayout, number> = { mirror: 1, parity: 2, parity2: 3 };
 
 //  0 magic "PGPL" | 4 u16 version | 6 u8 layout | 7 u8 slot | 8 u8 devices | 9..12 zero
 // 12 u32 generation low | 16 u32 generation high | 20 uuid poolId (16) | 36 u32 dataBytes low
-// 40 u32 dataBytes high | 44..60 zero | 60 u32 CRC32C of bytes 0..60
+// 40 u32 dataBytes high | 44 u32 chunkBytes | 48 u32 mirroredPrefixBytes low
+// 52 u32 mirroredPrefixBytes high | 56..60 zero | 60 u32 CRC32C of bytes 0..60
+// (44..56 were zero before the parity layouts: a mirror label reads as chunk 0, prefix 0.)
 
 export function encodePoolLabel(l: PoolLabel): Buffer {
   if (!isUuid(l.poolId)) throw new PagepairError('BAD_FIELD', `poolId must be a uuid, got ${JSON.stringify(l.poolId)}`, 'poolId');
   if (!Number.isInteger(l.devices) || l.devices < 1 || l.devices > 255) throw new PagepairError('BAD_FIELD', `a pool has 1 to 255 devices, got ${l.devices}`, 'devices');
   if (!Number.isInteger(l.slot) || l.slot < 0 || l.slot >= l.devices) throw new PagepairError('BAD_FIELD', `slot ${l.slot} is not one of the pool's ${l.devices}`, 'slot');
-  if (!Number.isSafeInteger(l.generation) || l.generation < 1) throw new PagepairError('BAD_FIELD', `generation must be a positive integer, got ${l.generation}`, 'generation');
+  if (!Number.isSafeInteger(l.generation) || l.generation < 0) throw new PagepairError('BAD_FIELD', `generation must be a non-negative integer, got ${l.generation}`, 'generation');
   if (!Number.isSafeInteger(l.dataBytes) || l.dataBytes < 0) throw new PagepairError('BAD_FIELD', `dataBytes must be a non-negative integer, got ${l.dataBytes}`, 'dataBytes');
+  const chunkBytes = l.chunkBytes ?? 0;
+  const prefixBytes = l.mirroredPrefixBytes ?? 0;
+  if (!Number.isInteger(chunkBytes) || chunkBytes < 0 || chunkBytes > 0xffff_ffff) throw new PagepairError('BAD_FIELD', `chunkBytes must fit 32 bits, got ${chunkBytes}`, 'chunkBytes');
+  if (!Number.isSafeInteger(prefixBytes) || prefixBytes < 0) throw new PagepairError('BAD_FIELD', `mirroredPrefixBytes must be a non-negative integer, got ${prefixBytes}`, 'mirroredPrefixBytes');
   const b = Buffer.alloc(LABEL_BYTES);
   b.write(POOL_LABEL_MAGIC, 0, 'latin1');
   b.writeUInt16LE(POOL_LABEL_VERSION, 4);
@@ -55,6 +70,8 @@ export function encodePoolLabel(l: PoolLabel): Buffer {
   writeU53(b, 12, l.generation);
   uuidToBytes(l.poolId, 'poolId').copy(b, 20);
   writeU53(b, 36, l.dataBytes);
+  b.writeUInt32LE(chunkBytes, 44);
+  writeU53(b, 48, prefixBytes);
   b.writeUInt32LE(crc32c(b.subarray(0, 60)), 60);
   return b;
 }
@@ -75,6 +92,8 @@ export function decodePoolLabel(b: Buffer): PoolLabel | string {
     devices: b.readUInt8(8),
     generation: readU53(b, 12),
     dataBytes: readU53(b, 36),
+    chunkBytes: b.readUInt32LE(44),
+    mirroredPrefixBytes: readU53(b, 48),
   };
 }
 
