@@ -32,6 +32,7 @@ export async function writePoolLabel(device: Device, generation: number, label: 
  * Write `generation` to every healthy member, synced. A member that cannot
  * take it is marked failed, and the generation after names it stale: the
  * loop ends when every member left holds the last one. Resolves with it.
+ * Each member that stops being healthy moves the generation on once.
  */
 export async function writeGeneration(members: readonly SlotMember[], generation: number, labelFor: (m: SlotMember, generation: number) => Buffer): Promise<number> {
   for (;;) {
@@ -42,6 +43,8 @@ export async function writeGeneration(members: readonly SlotMember[], generation
     results.forEach((r, i) => {
       if (r.status === 'fulfilled') return;
       const m = left[i]!;
+      // Marked failed meanwhile (by an operation of its own): whoever marked it moves the generation on.
+      if (m.state !== 'healthy') return;
       m.state = 'failed';
       m.reason = `label write failed: ${String(r.reason)}`;
       failedNow++;
