@@ -23,6 +23,7 @@ import { nbdKillTestCommand } from './nbd-kill-test.js';
 import { verifyCommand } from './verify.js';
 import { attachCommand } from './attach.js';
 import { attachKillTestCommand } from './attach-kill-test.js';
+import { poolCommand } from './pool.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -140,6 +141,7 @@ program.addCommand(nbdKillTestCommand());
 program.addCommand(verifyCommand());
 program.addCommand(attachCommand());
 program.addCommand(attachKillTestCommand());
+program.addCommand(poolCommand());
 
 program
   .command('report')

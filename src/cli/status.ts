@@ -5,6 +5,7 @@ import { PagepairError } from '../protocol/errors.js';
 import type { ControllerConfig } from '../runtime/config.js';
 import type { ControllerStatus } from '../runtime/controller-process.js';
 import { formatBytes, formatDuration } from '../workload/units.js';
+import { poolLines } from './pool.js';
 
 /** --tls of the tools that connect to a controller. */
 export const CLIENT_TLS_HELP = 'connect with TLS (wss://, TLS-PSK keyed by the client token); always so when the configuration\'s tls.mode is "require"';
@@ -51,6 +52,8 @@ export function formatStatus(s: ControllerStatus): string {
     ['refused', refusedText(s.refused)],
     ...(s.listen.nbd != null ? [['nbd', `${s.listen.nbd.tcp}/<volume>${s.listen.nbd.socket !== null ? `   ${s.listen.nbd.tcp.startsWith('nbds:') ? 'nbds' : 'nbd'}+unix:///<volume>?socket=${s.listen.nbd.socket}` : ''}`] as [string, string]] : []),
     ['store', s.store],
+    // A controller of an older version, or over one file, reports no pool.
+    ...(s.pool != null ? poolLines(s.pool) : []),
     ['allocations', String(s.allocations)],
     ['cache', `${s.cachedPages} pages, ${formatBytes(s.cachedBytes)} of ${formatBytes(s.cacheBytesMax)}; RSS ${formatBytes(s.rssBytes)}`],
     ['dirty', `${s.dirtyPages} pages, ${formatBytes(s.dirtyBytes)}`],

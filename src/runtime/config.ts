@@ -13,7 +13,10 @@ import { resolve } from 'node:path';
 import { PagepairError, isPagepairError } from '../protocol/errors.js';
 import { resolvePolicies, type Policy, type PolicyInput } from '../core/policy.js';
 import { DEFAULT_LIMITS, HARD_LIMITS, type Limits } from '../protocol/limits.js';
+import { formatNbdUrl, parseNbdUrl } from '../client/nbd-client.js';
 import { computeGeometry, isUuid, TABLE_ENTRIES_MAX_DEFAULT } from '../store/layout.js';
+import type { PoolLayout } from '../store/pool.js';
+import { POOL_CHUNK_BYTES_DEFAULT, POOL_DEVICES_MAX, POOL_LAYOUTS, planPool, poolDevicesMin } from '../store/pool-plan.js';
 import { CLIENT_CONNECTIONS_MAX_DEFAULT, REPLY_BYTES_BUFFERED_MAX_DEFAULT } from '../transport/client-endpoint.js';
 import { readOwnerOnlyFile } from '../transport/tls.js';
 
@@ -44,10 +47,36 @@ export interface PartnerConfig {
 }
 
 export interface StoreConfig {
-  /** Absolute. */
-  path: string;
+  /** Absolute; null when the store is over a pool (pool). */
+  path: string | null;
+  /** store.pool: the store over several devices (issue 14); null for one file (path). */
+  pool: PoolConfig | null;
+  /** Size of a newly created store file (path only; a pool's size follows from its devices). */
   sizeBytes: number;
   tableEntriesMax: number;
+}
+
+/** A member of a pool as configured: a file (absolute path) or a remote NBD export. */
+export type PoolDeviceConfig = { kind: 'file'; path: string } | { kind: 'nbd'; uri: string };
+
+export interface PoolConfig {
+  layout: PoolLayout;
+  /** Parity layouts: bytes of one chunk (a multiple of 4096); 0 for a mirror. */
+  chunkBytes: number;
+  /** In slot order. */
+  devices: PoolDeviceConfig[];
+  /** Size of a file device created fresh (an existing one keeps its own). */
+  deviceBytes: number;
+}
+
+/** How messages and status name a store: its file, or its pool's layout and devices. */
+export function storeName(store: StoreConfig): string {
+  if (store.pool === null) return store.path ?? 'store';
+  return `${store.pool.layout} pool of ${store.pool.devices.map(poolDeviceName).join(', ')}`;
+}
+
+export function poolDeviceName(d: PoolDeviceConfig): string {
+  return d.kind === 'file' ? d.path : d.uri;
 }
 
 export interface CacheConfig {
@@ -431,6 +460,61 @@ function credential(
   return { value: top.str(key, { minChars }), field: key };
 }
 
+const NBD_SCHEMES = ['nbd:', 'nbds:', 'nbd+unix:', 'nbds+unix:'];
+
+/**
+ * store.pool: the layout, its chunk size, the devices in slot order (paths,
+ * resolved like store.path, or NBD URIs) and the size of file devices made
+ * fresh. Each device is named by its index in messages.
+ */
+function poolConfig(sf: Fields, cwd: string, tableEntriesMax: number): PoolConfig {
+  const pf = sf.obj('pool', ['layout', 'chunkBytes', 'devices', 'deviceBytes'], false);
+  const layout = pf.oneOf<PoolLayout>('layout', POOL_LAYOUTS);
+  if (layout === 'mirror' && pf.has('chunkBytes')) throw pf.error('store.pool.chunkBytes', 'applies to the parity layouts only: a mirror has no chunks');
+  const chunkBytes = layout === 'mirror' ? 0 : pf.int('chunkBytes', 4096, 0xffff_f000, POOL_CHUNK_BYTES_DEFAULT);
+  if (chunkBytes % 4096 !== 0) throw pf.error('store.pool.chunkBytes', `must be a multiple of 4096, got ${chunkBytes}`);
+  const deviceBytes = pf.int('deviceBytes', 1, Number.MAX_SAFE_INTEGER, CONFIG_DEFAULTS.storeSizeBytes);
+  const min = poolDevicesMin(layout);
+  const given = pf.raw('devices');
+  const raw: unknown[] = Array.isArray(given) ? given : pf.fail('devices', `a list of ${min} or more device paths or nbd:// URIs`);
+  if (raw.length < min || raw.length > POOL_DEVICES_MAX) {
+    throw pf.error('store.pool.devices', `must list ${min} to ${POOL_DEVICES_MAX} devices for a ${layout} pool, got ${raw.length}`);
+  }
+  const seen = new Map<string, number>();
+  const devices = raw.map((v: unknown, i: number): PoolDeviceConfig => {
+    const field = `store.pool.devices[${i}]`;
+    if (typeof v !== 'string' || v.length === 0) throw pf.error(field, `must be a path or an nbd:// URI (a non-empty string), got ${show(v)}`);
+    const scheme = /^([a-z][a-z0-9+.-]*:)\/\//i.exec(v)?.[1]?.toLowerCase();
+    let d: PoolDeviceConfig;
+    let key: string;
+    if (scheme !== undefined) {
+      if (!NBD_SCHEMES.includes(scheme)) throw pf.error(field, `names a ${scheme}// device: only paths and nbd://, nbds://, nbd+unix://, nbds+unix:// URIs are devices`);
+      try {
+        key = formatNbdUrl(parseNbdUrl(v));
+      } catch (err) {
+        if (!isPagepairError(err)) throw err;
+        throw pf.error(field, `is not a usable NBD URI: ${err.message}`);
+      }
+      d = { kind: 'nbd', uri: v };
+    } else {
+      d = { kind: 'file', path: resolve(cwd, v) };
+      key = d.path;
+    }
+    const before = seen.get(key);
+    if (before !== undefined) throw pf.error(field, `names the same device as store.pool.devices[${before}] (${key}): each device fills one slot`);
+    seen.set(key, i);
+    return d;
+  });
+  try {
+    planPool({ layout, devices: devices.length, chunkBytes: chunkBytes === 0 ? POOL_CHUNK_BYTES_DEFAULT : chunkBytes, deviceBytes, tableEntriesMax });
+  } catch (err) {
+    if (!isPagepairError(err)) throw err;
+    const field = err.field === 'chunkBytes' ? 'store.pool.chunkBytes' : 'store.pool.deviceBytes';
+    throw pf.error(field, `does not fit: ${err.message}`);
+  }
+  return { layout, chunkBytes, devices, deviceBytes };
+}
+
 /** The first listener another machine may reach, if any. */
 function offLoopback(listeners: readonly [field: string, host: string][]): [string, string] | undefined {
   return listeners.find(([, host]) => !isLoopback(host));
@@ -480,17 +564,27 @@ export function parseConfig(json: unknown, sourceName: string, opts: { cwd?: str
     partner = { idLetter: partnerLetter, idNumber: letterToNumber(partnerLetter), client, peer };
   }
 
-  const sf = top.obj('store', ['path', 'sizeBytes', 'tableEntriesMax'], false);
-  const store: StoreConfig = {
-    path: resolve(cwd, sf.str('path')),
-    sizeBytes: sf.int('sizeBytes', 1, Number.MAX_SAFE_INTEGER, CONFIG_DEFAULTS.storeSizeBytes),
-    tableEntriesMax: sf.int('tableEntriesMax', 1, 1_000_000, CONFIG_DEFAULTS.tableEntriesMax),
-  };
-  try {
-    computeGeometry({ deviceBytes: store.sizeBytes, tableEntriesMax: store.tableEntriesMax });
-  } catch (err) {
-    if (!isPagepairError(err)) throw err;
-    throw sf.error('store.sizeBytes', `is too small: ${err.message}`);
+  const sf = top.obj('store', ['path', 'pool', 'sizeBytes', 'tableEntriesMax'], false);
+  if (sf.has('path') && sf.has('pool')) throw sf.error('store.pool', 'must not be given with store.path: the store is one file (path) or a pool of devices (pool)');
+  if (!sf.has('path') && !sf.has('pool')) sf.fail('path', 'a path (a non-empty string), or give store.pool instead');
+  const tableEntriesMax = sf.int('tableEntriesMax', 1, 1_000_000, CONFIG_DEFAULTS.tableEntriesMax);
+  let store: StoreConfig;
+  if (sf.has('pool')) {
+    if (sf.has('sizeBytes')) throw sf.error('store.sizeBytes', "must not be given with store.pool: a pool's size follows from its devices (store.pool.deviceBytes sizes file devices created fresh)");
+    store = { path: null, pool: poolConfig(sf, cwd, tableEntriesMax), sizeBytes: 0, tableEntriesMax };
+  } else {
+    store = {
+      path: resolve(cwd, sf.str('path')),
+      pool: null,
+      sizeBytes: sf.int('sizeBytes', 1, Number.MAX_SAFE_INTEGER, CONFIG_DEFAULTS.storeSizeBytes),
+      tableEntriesMax,
+    };
+    try {
+      computeGeometry({ deviceBytes: store.sizeBytes, tableEntriesMax: store.tableEntriesMax });
+    } catch (err) {
+      if (!isPagepairError(err)) throw err;
+      throw sf.error('store.sizeBytes', `is too small: ${err.message}`);
+    }
   }
 
   const cf = top.obj(

@@ -8,16 +8,19 @@ import { v4 as uuidv4 } from 'uuid';
 import type pino from 'pino';
 import { ControllerCore, roleName, type CoreStatus } from '../core/controller.js';
 import type { CoreConfig, CoreEnv } from '../core/env.js';
-import { PagepairError } from '../protocol/errors.js';
+import { PagepairError, invariant } from '../protocol/errors.js';
 import { Role, type ClientRequest, type Message } from '../protocol/messages.js';
 import { openOrFormatFileStore } from '../store/open.js';
+import { openOrCreatePoolStore } from '../store/open-pool.js';
+import type { PageStore } from '../store/page-store.js';
+import type { Pool, PoolStatus } from '../store/pool.js';
 import { runIo, storeLayout, type FenceActions } from './store-io.js';
 import { ClientEndpoint } from '../transport/client-endpoint.js';
 import { NBD_SERVER_DEFAULT_LIMITS, NbdServer } from '../transport/nbd-server.js';
 import { readPskFile } from '../transport/tls.js';
 import { PeerLink } from '../transport/peer-link.js';
 import type { ListenerCounters } from '../transport/ws-listener.js';
-import type { ControllerConfig } from './config.js';
+import { storeName, type ControllerConfig } from './config.js';
 import type { EscapeGuard } from './escape-guard.js';
 import { CoreVolumes, NBD_PIECE_BYTES_DEFAULT } from './nbd-volumes.js';
 
@@ -100,7 +103,10 @@ export interface ControllerStatus extends CoreStatus {
     /** tcp: "nbd://host:port"; socket: the unix socket path, if any. */
     nbd: { tcp: string; socket: string | null } | null;
   };
+  /** The store file, or the pool's layout and devices. */
   store: string;
+  /** The pool under the store (store.pool), as this controller's pool object sees it; null over one file. */
+  pool: PoolStatus | null;
   clients: number;
   /** tls.mode: "off", "on" (TLS and plain) or "require". */
   tls: 'off' | 'on' | 'require';
@@ -132,6 +138,26 @@ function refusedOf(c: ListenerCounters | undefined): ListenerRefusals | null {
   };
 }
 
+/** The store as configured: one file (store.path), or a pool of devices (store.pool) with the store over it. */
+async function openStore(cfg: ControllerConfig, storeLog: pino.Logger): Promise<{ store: PageStore; pool: Pool | null }> {
+  if (cfg.store.pool !== null) {
+    return openOrCreatePoolStore(cfg.store.pool, {
+      pairId: cfg.pairId,
+      nowMs: Date.now(),
+      tableEntriesMax: cfg.store.tableEntriesMax,
+      onEvent: (what, detail) => storeLog.info(detail, what),
+    });
+  }
+  invariant(cfg.store.path !== null, 'a store without a pool has a path');
+  const store = await openOrFormatFileStore(cfg.store.path, {
+    pairId: cfg.pairId,
+    sizeBytes: cfg.store.sizeBytes,
+    nowMs: Date.now(),
+    tableEntriesMax: cfg.store.tableEntriesMax,
+  });
+  return { store, pool: null };
+}
+
 export interface StartControllerOptions {
   /** The process-level guard counting escaped errors, shown in status. */
   escapeGuard?: EscapeGuard;
@@ -142,13 +168,8 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger, o
   // NBD's TLS keys, read once, before anything is opened: a bad key file stops the start (BAD_CONFIG).
   const nbdTlsKeys = cfg.listen.nbd !== undefined && cfg.tls.mode !== 'off' && cfg.tls.pskFile !== undefined ? readPskFile(cfg.tls.pskFile) : undefined;
   const storeLog = log.child({ component: 'store' });
-  const store = await openOrFormatFileStore(cfg.store.path, {
-    pairId: cfg.pairId,
-    sizeBytes: cfg.store.sizeBytes,
-    nowMs: Date.now(),
-    tableEntriesMax: cfg.store.tableEntriesMax,
-  });
-  storeLog.info({ path: cfg.store.path, dataBytes: store.superblock.geometry.dataBytes }, 'store open');
+  const { store, pool } = await openStore(cfg, storeLog);
+  storeLog.info({ store: storeName(cfg.store), dataBytes: store.superblock.geometry.dataBytes, ...(pool !== null ? { pool: pool.status() } : {}) }, 'store open');
 
   // Where the core's replies go, by client connection id: network clients,
   // and the NBD backend's pseudo connection.
@@ -345,7 +366,8 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger, o
       peer: peerPort === null || cfg.listen.peer === null ? null : `${wsScheme}://${cfg.listen.peer.host}:${peerPort}`,
       nbd: nbd?.listen ?? null,
     },
-    store: cfg.store.path,
+    store: storeName(cfg.store),
+    pool: pool?.status() ?? null,
     clients: endpoint.connections,
     tls: cfg.tls.mode,
     refused: {

@@ -52,7 +52,7 @@ describe('parseConfig', () => {
     expect(c.partner).toEqual({ idLetter: 'B', idNumber: 2, client: { host: '127.0.0.1', port: 7002 }, peer: { host: '127.0.0.1', port: 7102 } });
     expect(c.listen).toEqual({ client: { host: '127.0.0.1', port: 7001 }, peer: { host: '127.0.0.1', port: 7101 } });
     expect(c.mirroring).toBe(true);
-    expect(c.store).toEqual({ path: '/srv/pagepair/data/pair.store', sizeBytes: 1024 ** 3, tableEntriesMax: 4096 });
+    expect(c.store).toEqual({ path: '/srv/pagepair/data/pair.store', pool: null, sizeBytes: 1024 ** 3, tableEntriesMax: 4096 });
     expect(c.cache).toEqual({
       cacheBytesMax: 256 * 1024 * 1024,
       dirtyHighWatermarkPct: 60,

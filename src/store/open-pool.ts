@@ -1,0 +1,285 @@
+// Opening the pair's store over a pool of devices (issue 14; store.pool in
+// the configuration): every member (a file, made sparse at deviceBytes when
+// missing, or a remote NBD export), then the pool by its layout, then the
+// block store over it.
+//
+// When no member holds a pool label yet, one of two controllers starting
+// together creates the pool and formats the store: the one that makes the
+// lock file next to the first file device (O_EXCL); the other waits until
+// the store appears, as openOrFormatFileStore does for one file. A pool
+// with no file device has nowhere to put that lock, so it is never created
+// by a controller: `pagepair pool create` does it.
+//
+// A new pool's redundancy must agree with its data from the start (a
+// parity row's P and Q with its data chunks, a mirror's copies with each
+// other). Fresh sparse files, and fresh nbdkit memory exports, are all
+// zeros, which agrees; a pool with any other member is scrubbed with
+// repair once before the store is formatted.
+
+import { open as openFile, mkdir, stat, unlink } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { PagepairError, isPagepairError } from '../protocol/errors.js';
+import { FileDevice } from './file-device.js';
+import { MirrorDevice } from './mirror-device.js';
+import { NbdDevice } from './nbd-device.js';
+import { STORE_DIR_MODE, STORE_WAIT_MS_DEFAULT } from './open.js';
+import { PageStore } from './page-store.js';
+import { ParityDevice, type ParityCreateOptions } from './parity-device.js';
+import { newestPoolLabel, type PoolLabel } from './pool-label.js';
+import { planPool } from './pool-plan.js';
+import type { Pool, PoolLayout, PoolMember, ProgressOptions } from './pool.js';
+
+/** A member as the configuration names it. */
+export type PoolDeviceSpec = { kind: 'file'; path: string } | { kind: 'nbd'; uri: string };
+
+export interface PoolSpec {
+  layout: PoolLayout;
+  /** Parity layouts: bytes of one chunk; 0 for a mirror. */
+  chunkBytes: number;
+  devices: readonly PoolDeviceSpec[];
+  /** Size of a file device made fresh. */
+  deviceBytes: number;
+}
+
+export function poolDeviceSpecName(d: PoolDeviceSpec): string {
+  return d.kind === 'file' ? d.path : d.uri;
+}
+
+/** The lock file that decides which controller creates a pool: next to its first file device. */
+export function poolCreateLockPath(spec: PoolSpec): string | null {
+  const first = spec.devices.find((d) => d.kind === 'file');
+  return first === undefined ? null : `${first.path}.pool-create.lock`;
+}
+
+/** A member opened, and whether this call made its file (all zeros). */
+interface OpenedMember extends PoolMember {
+  fresh: boolean;
+}
+
+/**
+ * Open every member: files (made sparse at deviceBytes when missing and
+ * `createFiles`), NBD exports connected. On a failure the ones opened are
+ * closed again.
+ */
+export async function openPoolMembers(spec: PoolSpec, opts: { createFiles: boolean }): Promise<OpenedMember[]> {
+  const opened: OpenedMember[] = [];
+  try {
+    for (const d of spec.devices) {
+      if (d.kind === 'nbd') {
+        opened.push({ name: d.uri, device: await NbdDevice.connect(d.uri), fresh: false });
+        continue;
+      }
+      if (opts.createFiles) {
+        try {
+          await mkdir(dirname(d.path), { recursive: true, mode: STORE_DIR_MODE });
+        } catch (err) {
+          throw new PagepairError('IO_ERROR', `${d.path}: cannot make parent directory: ${(err as Error).message}`);
+        }
+        try {
+          opened.push({ name: d.path, device: await FileDevice.create(d.path, spec.deviceBytes, { exclusive: true }), fresh: true });
+          continue;
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+        }
+      }
+      opened.push({ name: d.path, device: await FileDevice.open(d.path), fresh: false });
+    }
+    return opened;
+  } catch (err) {
+    await closeMembers(opened);
+    throw err;
+  }
+}
+
+export async function closeMembers(members: readonly PoolMember[]): Promise<void> {
+  await Promise.all(members.map((m) => m.device.close().catch(() => undefined)));
+}
+
+/** Each member's newest label, or why it has none (a read that fails says so too). */
+export async function readMemberLabels(members: readonly PoolMember[]): Promise<(PoolLabel | string)[]> {
+  return Promise.all(
+    members.map(async (m) => {
+      try {
+        if (m.device.sizeBytes < 8192) return `too small for a pool label (${m.device.sizeBytes} bytes)`;
+        const [c0, c1] = await Promise.all([m.device.read(0, 64), m.device.read(4096, 64)]);
+        return newestPoolLabel(Buffer.from(c0), Buffer.from(c1));
+      } catch (err) {
+        return `label read failed: ${err instanceof Error ? err.message : String(err)}`;
+      }
+    }),
+  );
+}
+
+/** Open the pool its members' labels describe (a layout other than `layout` is refused). */
+export async function openPool(layout: PoolLayout, members: readonly PoolMember[]): Promise<Pool> {
+  if (layout === 'mirror') return MirrorDevice.open(members);
+  return ParityDevice.open(members);
+}
+
+export interface CreatePoolOptions {
+  layout: PoolLayout;
+  chunkBytes: number;
+  tableEntriesMax?: number;
+  mailboxBytes?: number;
+  poolId?: string;
+}
+
+/**
+ * Label `members` as a new pool. A parity pool's mirrored prefix is the
+ * store's metadata at its row (pool-plan.ts), so the store formatted over it
+ * next fits.
+ */
+export async function createPool(members: readonly PoolMember[], opts: CreatePoolOptions): Promise<Pool> {
+  const smallest = Math.min(...members.map((m) => m.device.sizeBytes));
+  const planIn: Parameters<typeof planPool>[0] = { layout: opts.layout, devices: members.length, chunkBytes: opts.chunkBytes, deviceBytes: smallest };
+  if (opts.tableEntriesMax !== undefined) planIn.tableEntriesMax = opts.tableEntriesMax;
+  if (opts.mailboxBytes !== undefined) planIn.mailboxBytes = opts.mailboxBytes;
+  const plan = planPool(planIn);
+  if (opts.layout === 'mirror') return MirrorDevice.create(members, opts.poolId);
+  const create: ParityCreateOptions = { layout: opts.layout, chunkBytes: opts.chunkBytes, mirroredPrefixBytes: plan.mirroredPrefixBytes };
+  if (opts.poolId !== undefined) create.poolId = opts.poolId;
+  return ParityDevice.create(members, create);
+}
+
+/**
+ * After createPool over members not all made fresh here: make every row's
+ * redundancy agree with its data (a scrub with repair). Resolves with the
+ * rows (or mirror ranges) it rewrote.
+ */
+export async function settleNewPool(pool: Pool, members: readonly OpenedMember[] | readonly PoolMember[], progress: ProgressOptions = {}): Promise<number | null> {
+  if (members.every((m) => 'fresh' in m && m.fresh)) return null;
+  const report = await pool.scrub({ ...progress, repair: true });
+  return report.repaired;
+}
+
+export interface OpenPoolStoreOptions {
+  pairId: string;
+  nowMs: number;
+  tableEntriesMax?: number;
+  mailboxBytes?: number;
+  /** How long to wait for a partner creating the pool to finish. */
+  waitMs?: number;
+  /** Told what happens (creating, scrubbing a new pool). */
+  onEvent?(what: string, detail: Record<string, unknown>): void;
+}
+
+const RETRY_INTERVAL_MS = 50;
+
+/**
+ * The pair's store over the pool `spec` describes; created (pool and store)
+ * when no member holds a pool label, by the controller that takes the
+ * create lock. Resolves with the store and the pool under it.
+ */
+export async function openOrCreatePoolStore(spec: PoolSpec, opts: OpenPoolStoreOptions): Promise<{ store: PageStore; pool: Pool }> {
+  const lockPath = poolCreateLockPath(spec);
+  const waitMs = opts.waitMs ?? STORE_WAIT_MS_DEFAULT;
+  const deadline = Date.now() + waitMs;
+  const storeName = `${spec.layout} pool of ${spec.devices.map(poolDeviceSpecName).join(', ')}`;
+  for (;;) {
+    const attempt = await tryOpen(spec, opts, storeName, lockPath);
+    if (attempt.kind === 'open') return attempt.value;
+    if (Date.now() >= deadline) {
+      const lockNote = lockPath !== null && (await exists(lockPath)) ? ` (${lockPath} is still there: remove it if no controller is creating the pool)` : '';
+      throw new PagepairError(attempt.code, `${storeName}: ${attempt.why}, after waiting ${waitMs} ms for it to be created${lockNote}`, 'store.pool');
+    }
+    await sleep(RETRY_INTERVAL_MS);
+  }
+}
+
+type Attempt = { kind: 'open'; value: { store: PageStore; pool: Pool } } | { kind: 'wait'; code: 'STORE_CORRUPT' | 'STORE_MISMATCH'; why: string };
+
+async function tryOpen(spec: PoolSpec, opts: OpenPoolStoreOptions, storeName: string, lockPath: string | null): Promise<Attempt> {
+  // Files are not made here: while someone may be creating the pool, only the lock holder makes them.
+  const missing = await missingFiles(spec);
+  if (missing.length === 0) {
+    const members = await openPoolMembers(spec, { createFiles: false });
+    const labels = await readMemberLabels(members);
+    if (labels.some((l) => typeof l !== 'string')) return openLabelled(spec, members, opts, storeName);
+    await closeMembers(members);
+  }
+  if (lockPath === null) {
+    throw new PagepairError('STORE_MISMATCH', `${storeName}: no member holds a pool label, and a pool of remote devices only is not created by a controller: run pagepair pool create`, 'store.pool');
+  }
+  const lock = await takeLock(lockPath);
+  if (!lock) return { kind: 'wait', code: 'STORE_CORRUPT', why: 'the partner is creating the pool' };
+  try {
+    const members = await openPoolMembers(spec, { createFiles: true });
+    const labels = await readMemberLabels(members);
+    // Created and let go between our look and our lock: open it as it is.
+    if (labels.some((l) => typeof l !== 'string')) return await openLabelled(spec, members, opts, storeName);
+    let pool: Pool;
+    try {
+      opts.onEvent?.('creating pool', { layout: spec.layout, devices: members.map((m) => m.name) });
+      const create: CreatePoolOptions = { layout: spec.layout, chunkBytes: spec.chunkBytes };
+      if (opts.tableEntriesMax !== undefined) create.tableEntriesMax = opts.tableEntriesMax;
+      if (opts.mailboxBytes !== undefined) create.mailboxBytes = opts.mailboxBytes;
+      pool = await createPool(members, create);
+    } catch (err) {
+      await closeMembers(members);
+      throw err;
+    }
+    try {
+      const repaired = await settleNewPool(pool, members);
+      if (repaired !== null) opts.onEvent?.('new pool scrubbed', { repaired });
+      const format: Parameters<typeof PageStore.format>[1] = { pairId: opts.pairId, nowMs: opts.nowMs, name: storeName };
+      if (opts.tableEntriesMax !== undefined) format.tableEntriesMax = opts.tableEntriesMax;
+      if (opts.mailboxBytes !== undefined) format.mailboxBytes = opts.mailboxBytes;
+      return { kind: 'open', value: { store: await PageStore.format(pool, format), pool } };
+    } catch (err) {
+      await pool.close().catch(() => undefined);
+      throw err;
+    }
+  } finally {
+    await unlink(lockPath).catch(() => undefined);
+  }
+}
+
+/** Open the pool the labels describe and the store over it; a store not there yet is waited for. */
+async function openLabelled(spec: PoolSpec, members: OpenedMember[], opts: OpenPoolStoreOptions, storeName: string): Promise<Attempt> {
+  let pool: Pool;
+  try {
+    pool = await openPool(spec.layout, members);
+  } catch (err) {
+    await closeMembers(members);
+    // Labels half written: the creator is still at it.
+    if (isPagepairError(err, 'STORE_MISMATCH') && /no pool label/.test(err.message)) return { kind: 'wait', code: 'STORE_MISMATCH', why: err.message };
+    throw err;
+  }
+  try {
+    return { kind: 'open', value: { store: await PageStore.open(pool, { pairId: opts.pairId, name: storeName }), pool } };
+  } catch (err) {
+    await pool.close().catch(() => undefined);
+    if (isPagepairError(err, 'STORE_CORRUPT')) return { kind: 'wait', code: 'STORE_CORRUPT', why: `the pool holds no store yet (${err.message})` };
+    throw err;
+  }
+}
+
+async function missingFiles(spec: PoolSpec): Promise<string[]> {
+  const missing: string[] = [];
+  for (const d of spec.devices) if (d.kind === 'file' && !(await exists(d.path))) missing.push(d.path);
+  return missing;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Make the lock file (O_EXCL): true when it is ours. */
+async function takeLock(path: string): Promise<boolean> {
+  try {
+    await mkdir(dirname(path), { recursive: true, mode: STORE_DIR_MODE });
+    const h = await openFile(path, 'wx', 0o600);
+    await h.writeFile(`${process.pid}\n`);
+    await h.close();
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw new PagepairError('IO_ERROR', `${path}: cannot make the pool's create lock: ${(err as Error).message}`);
+  }
+}

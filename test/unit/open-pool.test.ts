@@ -1,0 +1,58 @@
+// Opening the store over a pool (store.pool): two controllers starting at
+// once over devices that do not exist yet; exactly one creates the pool and
+// formats the store, the other opens what it made. A pool of remote devices
+// only is never created by a controller.
+
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { isPagepairError } from '../../src/protocol/errors.js';
+import { openOrCreatePoolStore, poolCreateLockPath, type PoolSpec } from '../../src/store/open-pool.js';
+import { planPool } from '../../src/store/pool-plan.js';
+import { useTempDir } from './helpers/temp-dir.js';
+
+const MiB = 1024 * 1024;
+const PAIR = '6a1f0c52-8d3e-4b7a-9f21-0c4d5e6f7a8b';
+
+describe('openOrCreatePoolStore', () => {
+  const tmp = useTempDir('pagepair-open-pool-');
+
+  for (const [layout, n] of [
+    ['mirror', 2],
+    ['parity', 3],
+  ] as const) {
+    it(`${layout}: of two racing openers exactly one creates the pool and formats the store; both then share it`, async () => {
+      const spec: PoolSpec = { layout, chunkBytes: layout === 'mirror' ? 0 : 64 * 1024, deviceBytes: 32 * MiB, devices: Array.from({ length: n }, (_, i) => ({ kind: 'file' as const, path: join(tmp.path, layout, `d${i}.img`) })) };
+      const events: string[] = [];
+      const open = () => openOrCreatePoolStore(spec, { pairId: PAIR, nowMs: 1, tableEntriesMax: 64, onEvent: (what) => events.push(what) });
+      const [a, b] = await Promise.all([open(), open()]);
+      expect(events).toEqual(['creating pool']);
+      expect(a.store.superblock).toEqual(b.store.superblock);
+      expect(a.pool.poolId).toBe(b.pool.poolId);
+      expect(a.pool.status()).toMatchObject({ layout, degraded: false, generation: 1 });
+      const plan = planPool({ layout, devices: n, chunkBytes: 64 * 1024, deviceBytes: 32 * MiB, tableEntriesMax: 64 });
+      expect(a.pool.mirroredPrefixBytes).toBe(plan.mirroredPrefixBytes);
+      expect(a.pool.sizeBytes).toBe(plan.poolBytes);
+      if (layout !== 'mirror') expect(a.store.superblock.geometry.dataOffset).toBe(a.pool.mirroredPrefixBytes);
+      // What one writes the other reads.
+      const loc = { guid: '00000000-0000-4000-8000-000000000001', dataOffset: 0, pageSizeBytes: 4096 };
+      await a.store.writePage(loc, 5, 1, 1, Buffer.alloc(4096, 0x5a));
+      await a.store.sync();
+      expect((await b.store.readPage(loc, 5)).data.equals(Buffer.alloc(4096, 0x5a))).toBe(true);
+      expect(existsSync(poolCreateLockPath(spec)!)).toBe(false);
+      await a.store.close();
+      await b.store.close();
+      // Opened again: nothing is created.
+      const c = await open();
+      expect(events).toEqual(['creating pool']);
+      expect(c.store.superblock.pairId).toBe(PAIR);
+      await c.store.close();
+    });
+  }
+
+  it('refuses to create a pool of remote devices only: pagepair pool create does that', async () => {
+    const spec: PoolSpec = { layout: 'mirror', chunkBytes: 0, deviceBytes: 32 * MiB, devices: [] };
+    const err = await openOrCreatePoolStore(spec, { pairId: PAIR, nowMs: 1 }).catch((e: unknown) => e);
+    expect(isPagepairError(err, 'STORE_MISMATCH') && /pagepair pool create/.test(err.message)).toBe(true);
+  });
+});
