@@ -16,7 +16,7 @@ import { describe, it, type TestFunction } from 'vitest';
 export const INSTALL_HINT = 'scripts/install-nbd-clients.sh (as root) installs them';
 
 /** Every program a test in test/interop runs; `itWithTools` takes no other. */
-export const INTEROP_TOOLS = ['qemu-io', 'nbdinfo', 'nbdcopy', 'nbd-client', 'nbdsh', 'fio'] as const;
+export const INTEROP_TOOLS = ['qemu-io', 'nbdinfo', 'nbdcopy', 'nbd-client', 'nbdsh', 'fio', 'nbdkit'] as const;
 
 /** True where a missing program must fail the tests (CI). */
 export const TOOLS_REQUIRED = process.env.PAGEPAIR_REQUIRE_TOOLS === '1';

@@ -33,6 +33,7 @@ interface CreateOpts {
   config?: string;
   pairId?: string;
   force?: boolean;
+  zeroed?: boolean;
   json?: boolean;
 }
 
@@ -58,6 +59,7 @@ export function poolCommand(): Command {
       .option('-c, --config <file>', "a controller's configuration: its pairId, and store.pool for whatever is not given here")
       .option('--pair-id <uuid>', 'the pair whose store this is (or --config)')
       .option('--force', 'relabel devices that already hold a pool label (whatever they held is lost)')
+      .option('--zeroed', 'every device is known to read as zeros (fresh nbdkit memory exports, blank disks): skip the scrub of the new pool')
       .option('--json', 'print the new pool as JSON')
       .action(async (devices: string[], opts: CreateOpts) => {
         const r = await runPoolCreate(devices, opts, (line) => process.stderr.write(line));
@@ -119,7 +121,7 @@ export async function runPoolCreate(args: string[], opts: CreateOpts, progress: 
       // On a terminal one line rewritten at each percent; elsewhere (a log) a line every tenth.
       const tty = process.stderr.isTTY === true;
       let lastStep = -1;
-      const repaired = await settleNewPool(pool, members, {
+      const repaired = await settleNewPool(pool, opts.zeroed === true ? members.map((m) => ({ ...m, fresh: true })) : members, {
         onProgress: (done, total) => {
           const pct = Math.floor((100 * done) / total);
           const step = tty ? pct : Math.floor(pct / 10);
