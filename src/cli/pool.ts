@@ -6,13 +6,11 @@ import { Command, Option } from 'commander';
 import { parseNbdUrl } from '../client/nbd-client.js';
 import { PagepairError, isPagepairError } from '../protocol/errors.js';
 import { loadConfig } from '../runtime/config.js';
-import { FileDevice } from '../store/file-device.js';
-import { NbdDevice } from '../store/nbd-device.js';
-import { closeMembers, createPool, openPool, openPoolMembers, poolDeviceSpecName, readMemberLabels, settleNewPool, type PoolDeviceSpec, type PoolSpec } from '../store/open-pool.js';
+import { UnopenedDevice, closeMembers, createPool, openMembersLoose, openPool, openPoolMembers, readMemberLabels, settleNewPool, type PoolDeviceSpec, type PoolSpec } from '../store/open-pool.js';
 import { PageStore } from '../store/page-store.js';
 import type { PoolLabel } from '../store/pool-label.js';
 import { POOL_CHUNK_BYTES_DEFAULT, POOL_LAYOUTS, planPool } from '../store/pool-plan.js';
-import type { PoolLayout, PoolMember, PoolStatus } from '../store/pool.js';
+import type { PoolLayout, PoolStatus } from '../store/pool.js';
 import { formatBytes, parsePositiveInt, parseSize } from '../workload/units.js';
 
 const DEVICE_BYTES_DEFAULT = 1024 ** 3;
@@ -178,34 +176,21 @@ export async function runPoolStatus(args: string[], opts: StatusOpts): Promise<O
     throw new PagepairError('BAD_FIELD', 'which pool? give its devices, or --config', 'devices');
   }
   // Each device on its own: one that cannot be opened is reported, not fatal.
-  const members: (PoolMember | null)[] = [];
-  const problems: (string | null)[] = [];
-  for (const d of specs) {
-    try {
-      members.push({ name: poolDeviceSpecName(d), device: d.kind === 'file' ? await FileDevice.open(d.path) : await NbdDevice.connect(d.uri) });
-      problems.push(null);
-    } catch (err) {
-      members.push(null);
-      problems.push(`cannot open: ${err instanceof Error ? err.message : String(err)}`);
-    }
-  }
-  const opened = members.filter((m): m is PoolMember => m !== null);
-  const labels = await readMemberLabels(opened);
-  const info: OfflineMemberInfo[] = specs.map((d, slot) => {
-    const m = members[slot];
-    if (m === null || m === undefined) return { slot, name: poolDeviceSpecName(d), label: null, problem: problems[slot] ?? 'cannot open' };
-    const l = labels[opened.indexOf(m)]!;
+  const members = await openMembersLoose({ layout: layoutHint ?? 'mirror', chunkBytes: 0, devices: specs, deviceBytes: 0 });
+  const labels = await readMemberLabels(members);
+  const info: OfflineMemberInfo[] = members.map((m, slot) => {
+    const l = labels[slot]!;
+    if (m.device instanceof UnopenedDevice) return { slot, name: m.name, label: null, problem: `cannot open: ${m.device.why}` };
     return typeof l === 'string' ? { slot, name: m.name, label: null, problem: l } : { slot, name: m.name, label: l, problem: null };
   });
   let pool: PoolStatus | null = null;
   let openError: string | null = null;
   let store: string | null = null;
   const layout = info.find((i) => i.label !== null)?.label?.layout ?? layoutHint;
-  if (opened.length < specs.length) openError = 'not every device could be opened';
-  else if (layout === null) openError = 'no device holds a pool label';
+  if (layout === null) openError = 'no device holds a pool label';
   else {
     try {
-      const p = await openPool(layout, opened);
+      const p = await openPool(layout, members, { readOnly: true });
       pool = p.status();
       try {
         const s = await PageStore.open(p, { name: `${layout} pool` });
@@ -220,7 +205,7 @@ export async function runPoolStatus(args: string[], opts: StatusOpts): Promise<O
       openError = isPagepairError(err) ? `${err.code}: ${err.message}` : String(err);
     }
   }
-  await closeMembers(opened);
+  await closeMembers(members);
   return { members: info, pool, openError, store };
 }
 

@@ -89,10 +89,11 @@ export class MirrorDevice implements Pool {
     private readonly members: Member[],
     readonly poolId: string,
     generation: number,
+    dataBytes: number,
     opts: MirrorOptions,
   ) {
     this.gen = generation;
-    this.sizeBytes = Math.min(...members.map((m) => m.device.sizeBytes)) - POOL_LABEL_AREA_BYTES;
+    this.sizeBytes = dataBytes;
     const chunk = opts.copyChunkBytes ?? MIRROR_COPY_CHUNK_BYTES_DEFAULT;
     if (!Number.isSafeInteger(chunk) || chunk < 4096 || chunk % 4096 !== 0) {
       throw new PagepairError('BAD_CONFIG', `copyChunkBytes must be a multiple of 4096, got ${chunk}`, 'copyChunkBytes');
@@ -117,24 +118,39 @@ export class MirrorDevice implements Pool {
     return MirrorDevice.open(devices, opts);
   }
 
-  /** Open a mirror pool from its devices, in slot order. */
-  static async open(devices: readonly PoolMember[], opts: MirrorOptions = {}): Promise<MirrorDevice> {
-    const labels = await Promise.all(devices.map((d) => readLabel(d.device)));
-    const first = labels.find((l): l is PoolLabel => typeof l !== 'string');
-    if (first === undefined) throw new PagepairError('STORE_MISMATCH', `no device holds a pool label: ${devices.map((d, i) => `${d.name}: ${labels[i]}`).join('; ')}`, 'devices');
-    const generation = Math.max(...labels.map((l) => (typeof l === 'string' ? 0 : l.generation)));
+  /**
+   * Open a mirror pool from its devices, in slot order. A device whose label
+   * cannot be read (its server is gone, the read fails) opens as failed,
+   * and unless readOnly the next generation is written to the others at
+   * once: it misses every write from now on, so when it comes back it must
+   * be seen to be stale.
+   */
+  static async open(devices: readonly PoolMember[], opts: MirrorOptions & { readOnly?: boolean } = {}): Promise<MirrorDevice> {
+    const labels = await Promise.all(
+      devices.map((d) => readLabel(d.device).catch((err: unknown) => ({ unreadable: `label read failed: ${err instanceof Error ? err.message : String(err)}` }))),
+    );
+    const first = labels.find((l): l is PoolLabel => typeof l !== 'string' && !('unreadable' in l));
+    const describe = (l: PoolLabel | string | { unreadable: string }): string => (typeof l === 'string' ? l : 'unreadable' in l ? l.unreadable : `generation ${l.generation}`);
+    if (first === undefined) throw new PagepairError('STORE_MISMATCH', `no device holds a pool label: ${devices.map((d, i) => `${d.name}: ${describe(labels[i]!)}`).join('; ')}`, 'devices');
+    const generation = Math.max(...labels.map((l) => (typeof l === 'string' || 'unreadable' in l ? 0 : l.generation)));
     const members: Member[] = devices.map((d, slot) => {
       const l = labels[slot]!;
+      if (typeof l !== 'string' && 'unreadable' in l) return { ...d, slot, state: 'failed', reason: l.unreadable };
       if (typeof l === 'string') throw new PagepairError('STORE_MISMATCH', `device ${d.name}: ${l}`, 'devices');
       if (l.poolId !== first.poolId) throw new PagepairError('STORE_MISMATCH', `device ${d.name} belongs to pool ${l.poolId}, not ${first.poolId}`, 'devices');
       if (l.layout !== 'mirror') throw new PagepairError('STORE_MISMATCH', `device ${d.name} is labelled for a ${l.layout} pool`, 'devices');
       if (l.devices !== devices.length) throw new PagepairError('STORE_MISMATCH', `device ${d.name} is one of a pool of ${l.devices} devices, ${devices.length} were given`, 'devices');
       if (l.slot !== slot) throw new PagepairError('STORE_MISMATCH', `device ${d.name} fills slot ${l.slot} of the pool, it was given as slot ${slot}: list the devices in slot order`, 'devices');
+      if (d.device.sizeBytes < POOL_LABEL_AREA_BYTES + first.dataBytes) {
+        throw new PagepairError('STORE_MISMATCH', `device ${d.name} holds ${d.device.sizeBytes} bytes, the pool keeps ${POOL_LABEL_AREA_BYTES + first.dataBytes} on each`, 'devices');
+      }
       const stale = l.generation < generation;
       return { ...d, slot, state: stale ? 'stale' : 'healthy', reason: stale ? staleReason(l.generation, generation) : null };
     });
-    if (!members.some((m) => m.state === 'healthy')) throw new PagepairError('IO_ERROR', 'no device of the pool is current', 'devices');
-    return new MirrorDevice(members, first.poolId, generation, opts);
+    if (!members.some((m) => m.state === 'healthy')) throw new PagepairError('IO_ERROR', `no device of the pool is current: ${members.map((m) => `${m.name}: ${m.reason ?? m.state}`).join('; ')}`, 'devices');
+    const pool = new MirrorDevice(members, first.poolId, generation, first.dataBytes, opts);
+    if (opts.readOnly !== true && members.some((m) => m.state === 'failed')) await pool.moveGenerationOn();
+    return pool;
   }
 
   get generation(): number {
@@ -435,6 +451,13 @@ export class MirrorDevice implements Pool {
     if (m.state !== 'healthy') return this.labelChain;
     m.state = 'failed';
     m.reason = reason;
+    const run = this.labelChain.then(() => this.writeGeneration());
+    this.labelChain = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Write the next generation to the healthy members (after members left without fail(): at open). */
+  private moveGenerationOn(): Promise<void> {
     const run = this.labelChain.then(() => this.writeGeneration());
     this.labelChain = run.catch(() => undefined);
     return run;

@@ -29,6 +29,7 @@ import { ParityDevice, type ParityCreateOptions } from './parity-device.js';
 import { newestPoolLabel, type PoolLabel } from './pool-label.js';
 import { planPool } from './pool-plan.js';
 import type { Pool, PoolLayout, PoolMember, ProgressOptions } from './pool.js';
+import type { Device } from './types.js';
 
 /** A member as the configuration names it. */
 export type PoolDeviceSpec = { kind: 'file'; path: string } | { kind: 'nbd'; uri: string };
@@ -92,6 +93,47 @@ export async function openPoolMembers(spec: PoolSpec, opts: { createFiles: boole
   }
 }
 
+/** A member that could not be opened: every operation fails with why, so a pool opens without it (as failed). */
+export class UnopenedDevice implements Device {
+  /** It limits nothing: the pool's size comes from the others' labels. */
+  readonly sizeBytes = Number.MAX_SAFE_INTEGER;
+  constructor(
+    readonly name: string,
+    readonly why: string,
+  ) {}
+  read(): Promise<Buffer> {
+    return Promise.reject(this.error());
+  }
+  write(): Promise<void> {
+    return Promise.reject(this.error());
+  }
+  sync(): Promise<void> {
+    return Promise.reject(this.error());
+  }
+  async close(): Promise<void> {}
+  private error(): PagepairError {
+    return new PagepairError('IO_ERROR', `${this.name}: cannot be opened: ${this.why}`);
+  }
+}
+
+/**
+ * Open every member of an existing pool; one that cannot be opened (a file
+ * gone, an export whose server does not answer) becomes an UnopenedDevice,
+ * so the pool opens degraded rather than not at all.
+ */
+export async function openMembersLoose(spec: PoolSpec): Promise<OpenedMember[]> {
+  const opened: OpenedMember[] = [];
+  for (const d of spec.devices) {
+    const name = poolDeviceSpecName(d);
+    try {
+      opened.push({ name, device: d.kind === 'file' ? await FileDevice.open(d.path) : await NbdDevice.connect(d.uri), fresh: false });
+    } catch (err) {
+      opened.push({ name, device: new UnopenedDevice(name, err instanceof Error ? err.message : String(err)), fresh: false });
+    }
+  }
+  return opened;
+}
+
 export async function closeMembers(members: readonly PoolMember[]): Promise<void> {
   await Promise.all(members.map((m) => m.device.close().catch(() => undefined)));
 }
@@ -111,9 +153,13 @@ export async function readMemberLabels(members: readonly PoolMember[]): Promise<
   );
 }
 
-/** Open the pool its members' labels describe (a layout other than `layout` is refused). */
-export async function openPool(layout: PoolLayout, members: readonly PoolMember[]): Promise<Pool> {
-  if (layout === 'mirror') return MirrorDevice.open(members);
+/**
+ * Open the pool its members' labels describe (a layout other than `layout`
+ * is refused). readOnly: write nothing, even when a member cannot be read
+ * (a mirror otherwise moves the generation on past it at once).
+ */
+export async function openPool(layout: PoolLayout, members: readonly PoolMember[], opts: { readOnly?: boolean } = {}): Promise<Pool> {
+  if (layout === 'mirror') return MirrorDevice.open(members, opts.readOnly === true ? { readOnly: true } : {});
   return ParityDevice.open(members);
 }
 
@@ -191,13 +237,13 @@ type Attempt = { kind: 'open'; value: { store: PageStore; pool: Pool } } | { kin
 
 async function tryOpen(spec: PoolSpec, opts: OpenPoolStoreOptions, storeName: string, lockPath: string | null): Promise<Attempt> {
   // Files are not made here: while someone may be creating the pool, only the lock holder makes them.
-  const missing = await missingFiles(spec);
-  if (missing.length === 0) {
-    const members = await openPoolMembers(spec, { createFiles: false });
-    const labels = await readMemberLabels(members);
-    if (labels.some((l) => typeof l !== 'string')) return openLabelled(spec, members, opts, storeName);
-    await closeMembers(members);
-  }
+  const members = await openMembersLoose(spec);
+  const labels = await readMemberLabels(members);
+  // A member that cannot be opened does not keep a pool that exists from opening (degraded).
+  if (labels.some((l) => typeof l !== 'string')) return openLabelled(spec, members, opts, storeName);
+  await closeMembers(members);
+  const unreachable = members.flatMap((m, i) => (m.device instanceof UnopenedDevice && spec.devices[i]!.kind === 'nbd' ? [`${m.name}: ${m.device.why}`] : []));
+  if (unreachable.length > 0) throw new PagepairError('IO_ERROR', `${storeName}: no member holds a pool label, and some cannot be reached: ${unreachable.join('; ')}`, 'store.pool');
   if (lockPath === null) {
     throw new PagepairError('STORE_MISMATCH', `${storeName}: no member holds a pool label, and a pool of remote devices only is not created by a controller: run pagepair pool create`, 'store.pool');
   }
@@ -253,12 +299,6 @@ async function openLabelled(spec: PoolSpec, members: OpenedMember[], opts: OpenP
     if (isPagepairError(err, 'STORE_CORRUPT')) return { kind: 'wait', code: 'STORE_CORRUPT', why: `the pool holds no store yet (${err.message})` };
     throw err;
   }
-}
-
-async function missingFiles(spec: PoolSpec): Promise<string[]> {
-  const missing: string[] = [];
-  for (const d of spec.devices) if (d.kind === 'file' && !(await exists(d.path))) missing.push(d.path);
-  return missing;
 }
 
 async function exists(path: string): Promise<boolean> {

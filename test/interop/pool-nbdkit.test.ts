@@ -3,7 +3,8 @@
 // create` (a controller never creates a pool of remote devices only), then
 // served by a real pair; one nbdkit killed under it, the pair goes on
 // serving every byte through both controllers and says the pool is
-// degraded.
+// degraded; restarted with that nbdkit still gone, the pair opens the pool
+// degraded and reads every byte back from the export left.
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
@@ -62,9 +63,12 @@ describeWithTools(['nbdkit'], 'a pair over a mirror pool of two nbdkit memory ex
     const connect = (id: 'A' | 'B') => PagepairClient.connect({ host: '127.0.0.1', port: id === 'A' ? f.ports.aClient : f.ports.bClient, token: f.token });
     const ca = await connect('A');
     const cb = await connect('B');
+    let guid = '';
+    const before = pattern(1, 256 * 1024);
+    const after = pattern(2, 256 * 1024);
     try {
       const x = await ca.allocate('remote', 4 * MiB);
-      const before = pattern(1, 256 * 1024);
+      guid = x.guid;
       await ca.write(x.guid, 0, before);
       await ca.flush(x.guid);
 
@@ -72,7 +76,6 @@ describeWithTools(['nbdkit'], 'a pair over a mirror pool of two nbdkit memory ex
       await new Promise((r) => (nbdkits[1]!.exitCode !== null || nbdkits[1]!.signalCode !== null ? r(null) : nbdkits[1]!.once("exit", r)));
 
       // Writes through both go on, and reach the store (flush) over the member left.
-      const after = pattern(2, 256 * 1024);
       await cb.write(x.guid, MiB, after);
       await cb.flush(x.guid);
       await ca.write(x.guid, 2 * MiB, after);
@@ -91,6 +94,25 @@ describeWithTools(['nbdkit'], 'a pair over a mirror pool of two nbdkit memory ex
       }
     } finally {
       await Promise.all([ca.close(), cb.close()]);
+    }
+    await Promise.all(procs.map((p) => p.stop()));
+
+    const offline = await runCli(['pool', 'status', '--config', f.a]);
+    expect(offline.code).toBe(1);
+    expect(offline.stdout).toMatch(/^degraded +yes/m);
+    expect(offline.stdout).toMatch(/^ {2}slot 1 +failed/m);
+
+    procs = await startMirroredPair(f);
+    const ra = await connect('A');
+    const rb = await connect('B');
+    try {
+      for (const c of [rb, ra]) {
+        expect((await c.read(guid, 0, before.length)).equals(before)).toBe(true);
+        expect((await c.read(guid, MiB, after.length)).equals(after)).toBe(true);
+        expect((await c.read(guid, 2 * MiB, after.length)).equals(after)).toBe(true);
+      }
+    } finally {
+      await Promise.all([ra.close(), rb.close()]);
     }
   }, 30_000);
 });

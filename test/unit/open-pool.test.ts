@@ -1,9 +1,13 @@
 // Opening the store over a pool (store.pool): two controllers starting at
 // once over devices that do not exist yet; exactly one creates the pool and
 // formats the store, the other opens what it made. A pool of remote devices
-// only is never created by a controller.
+// only is never created by a controller. A member that cannot be opened
+// does not keep an existing pool from opening: it opens degraded, and a
+// mirror's generation moves past the missing member, so it is stale when it
+// comes back.
 
 import { existsSync } from 'node:fs';
+import { rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { isPagepairError } from '../../src/protocol/errors.js';
@@ -55,4 +59,34 @@ describe('openOrCreatePoolStore', () => {
     const err = await openOrCreatePoolStore(spec, { pairId: PAIR, nowMs: 1 }).catch((e: unknown) => e);
     expect(isPagepairError(err, 'STORE_MISMATCH') && /pagepair pool create/.test(err.message)).toBe(true);
   });
+
+  for (const [layout, n] of [
+    ['mirror', 2],
+    ['parity', 3],
+  ] as const) {
+    it(`${layout}: a member file gone opens the pool degraded; every page reads back`, async () => {
+      const spec: PoolSpec = { layout, chunkBytes: layout === 'mirror' ? 0 : 64 * 1024, deviceBytes: 32 * MiB, devices: Array.from({ length: n }, (_, i) => ({ kind: 'file' as const, path: join(tmp.path, `gone-${layout}`, `d${i}.img`) })) };
+      const open = () => openOrCreatePoolStore(spec, { pairId: PAIR, nowMs: 1, tableEntriesMax: 64 });
+      const loc = { guid: '00000000-0000-4000-8000-000000000002', dataOffset: 0, pageSizeBytes: 4096 };
+      const first = await open();
+      await first.store.writePage(loc, 1, 1, 1, Buffer.alloc(4096, 0x11));
+      await first.store.close();
+      const gone = (spec.devices[1] as { path: string }).path;
+      await rename(gone, `${gone}.away`);
+      const degraded = await open();
+      expect(degraded.pool.status()).toMatchObject({ degraded: true });
+      expect(degraded.pool.status().members[1]).toMatchObject({ state: 'failed', reason: expect.stringContaining('cannot be opened') });
+      expect((await degraded.store.readPage(loc, 1)).data.equals(Buffer.alloc(4096, 0x11))).toBe(true);
+      await degraded.store.writePage(loc, 2, 1, 1, Buffer.alloc(4096, 0x22));
+      await degraded.store.close();
+      if (layout !== 'mirror') return;
+      // Back with what it held before: it missed a write, and the labels say so.
+      expect(degraded.pool.generation).toBe(2);
+      await rename(`${gone}.away`, gone);
+      const back = await open();
+      expect(back.pool.status().members[1]).toMatchObject({ state: 'stale', reason: 'stale: pool generation 1, the others are at 2' });
+      for (let i = 0; i < 4; i++) expect((await back.store.readPage(loc, 2)).data.equals(Buffer.alloc(4096, 0x22))).toBe(true);
+      await back.store.close();
+    });
+  }
 });
