@@ -1,7 +1,7 @@
 // `pagepair pair` (what `npm start` runs): both controllers of the default
 // pair as child processes, their logs shown as readable lines, until Ctrl-C.
 
-import { loadConfig } from '../runtime/config.js';
+import { loadConfig, storeName } from '../runtime/config.js';
 import { superviseController } from '../runtime/spawn-controller.js';
 
 /** Lines of each controller's output kept (they are printed as they come). */
@@ -62,7 +62,7 @@ export async function runPair(configPaths: [string, string]): Promise<number> {
     for (const c of configs) {
       const rec = listened.get(c.idLetter) ?? {};
       const clients = typeof rec.clients === 'string' ? rec.clients : `ws://${c.listen.client.host}:${c.listen.client.port}`;
-      console.log(`  controller ${c.idLetter}: clients at ${clients}, store ${c.store.path}`);
+      console.log(`  controller ${c.idLetter}: clients at ${clients}, store ${storeName(c.store)}`);
       if (typeof rec.nbd === 'string') {
         console.log(`    NBD at ${rec.nbd}/<volume>${typeof rec.nbdSocket === 'string' ? ` and nbd+unix:///<volume>?socket=${rec.nbdSocket}` : ''}`);
       }
