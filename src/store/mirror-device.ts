@@ -306,27 +306,32 @@ export class MirrorDevice implements Pool {
     const old = this.members[slot]!;
     const others = this.members.filter((m) => m !== old && m.state === 'healthy');
     if (others.length === 0) throw new PagepairError('IO_ERROR', `pool ${this.poolId}: no other member is healthy to rebuild slot ${slot} from`, 'slot');
-    // A healthy member taken out misses every write from now on: the generation moves past it first.
-    if (old.state === 'healthy') await this.fail(old, `replaced by ${member.name}`);
-    // Being rebuilt: generation 0 in both copies, older than any pool, so a crash leaves it stale.
-    const rebuilding = encodePoolLabel({ poolId: this.poolId, layout: 'mirror', slot, devices: this.members.length, generation: 0, dataBytes: this.sizeBytes });
-    await member.device.write(0, rebuilding);
-    await member.device.write(4096, rebuilding);
-    await member.device.sync();
-
-    const fresh: Member = { name: member.name, device: member.device, slot, state: 'rebuilding', reason: 'being rebuilt' };
-    this.members[slot] = fresh;
-    if (old.device !== member.device) await old.device.close().catch(() => undefined);
+    // Taken before the first await: a second replace meanwhile is refused.
     const rebuild = { slot, doneBytes: 0, totalBytes: this.sizeBytes, run: Promise.resolve() };
     this.rebuild = rebuild;
-    const run = this.fill(fresh, rebuild, opts);
+    let fresh: Member | null = null;
+    const run = (async () => {
+      // A healthy member taken out misses every write from now on: the generation moves past it first.
+      if (old.state === 'healthy') await this.fail(old, `replaced by ${member.name}`);
+      // Being rebuilt: generation 0 in both copies, older than any pool, so a crash leaves it stale.
+      const rebuilding = encodePoolLabel({ poolId: this.poolId, layout: 'mirror', slot, devices: this.members.length, generation: 0, dataBytes: this.sizeBytes });
+      await member.device.write(0, rebuilding);
+      await member.device.write(4096, rebuilding);
+      await member.device.sync();
+      this.checkOpen('replace');
+      fresh = { name: member.name, device: member.device, slot, state: 'rebuilding', reason: 'being rebuilt' };
+      this.members[slot] = fresh;
+      if (old.device !== member.device) await old.device.close().catch(() => undefined);
+      await this.fill(fresh, rebuild, opts);
+    })();
     rebuild.run = run.catch(() => undefined);
     try {
       await run;
     } catch (err) {
-      if (fresh.state === 'rebuilding') {
-        fresh.state = 'failed';
-        fresh.reason = `rebuild stopped at ${rebuild.doneBytes} of ${rebuild.totalBytes} bytes: ${err instanceof Error ? err.message : String(err)}`;
+      const f = fresh as Member | null;
+      if (f !== null && f.state === 'rebuilding') {
+        f.state = 'failed';
+        f.reason = `rebuild stopped at ${rebuild.doneBytes} of ${rebuild.totalBytes} bytes: ${err instanceof Error ? err.message : String(err)}`;
       }
       throw err;
     } finally {

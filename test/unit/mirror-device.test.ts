@@ -20,6 +20,7 @@ const POOL = '4b2a9c1e-7d3f-4e8a-9b6c-2f1e0d3c4b5a';
 /** A memory device whose next read fails when asked to, and whose writes may take a turn of the event loop each. */
 class FlakyDevice extends MemoryDevice {
   failReads = 0;
+  reads = 0;
   slowWrites = false;
   private writesSeen = 0;
   override async write(offset: number, data: Buffer): Promise<void> {
@@ -28,6 +29,7 @@ class FlakyDevice extends MemoryDevice {
     return super.write(offset, data);
   }
   override read(offset: number, length: number): Promise<Buffer> {
+    this.reads++;
     if (this.failReads > 0) {
       this.failReads--;
       return Promise.reject(new Error('simulated EIO on read'));
@@ -216,6 +218,8 @@ describe('mirror pool device', () => {
     stop = true;
     await Promise.all(writers);
     expect(writes).toBeGreaterThan(100);
+    // While it was being filled it served no reads: the pool read the chunks from the member it had.
+    expect(spare.reads).toBe(0);
     expect(seen.length).toBe(Math.ceil(m.sizeBytes / (64 * 1024)));
     expect(seen[0]!.members[1]).toMatchObject({ name: 'spare', state: 'rebuilding' });
     expect(seen[0]!.rebuild).toMatchObject({ slot: 1, totalBytes: m.sizeBytes });
@@ -246,5 +250,21 @@ describe('mirror pool device', () => {
     const again = await MirrorDevice.open([pool[0]!, { name: 'spare', device: spare }]);
     expect(again.status().members[1]).toMatchObject({ state: 'stale', reason: 'stale: a rebuild onto it did not finish' });
     expect(again.degraded).toBe(true);
+  });
+
+  it('a scrub stops when its signal is aborted, and a second rebuild at once is refused', async () => {
+    const { pool } = devices(2);
+    const m = await MirrorDevice.create(pool, POOL, { copyChunkBytes: 64 * 1024 });
+    const ac = new AbortController();
+    let chunks = 0;
+    const scrub = m.scrub({ repair: false, signal: ac.signal, onProgress: () => ++chunks === 3 && ac.abort() });
+    await expect(scrub).rejects.toThrow();
+    expect(chunks).toBe(3);
+    const spare = new FlakyDevice(4 * MiB);
+    spare.slowWrites = true;
+    const first = m.replace(1, { name: 'spare', device: spare });
+    expect(await code(m.replace(0, { name: 'other', device: new FlakyDevice(4 * MiB) }))).toMatch(/^BUSY: .*slot 1 is being rebuilt/);
+    await first;
+    expect(m.status().members.map((s) => s.state)).toEqual(['healthy', 'healthy']);
   });
 });
