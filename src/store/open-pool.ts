@@ -6,7 +6,8 @@
 // When no member holds a pool label yet, one of two controllers starting
 // together creates the pool and formats the store: the one that makes the
 // lock file next to the first file device (O_EXCL); the other waits until
-// the store appears, as openOrFormatFileStore does for one file. A pool
+// the store appears, as openOrFormatFileStore does for one file. A lock
+// left by a process of this machine that is gone is taken over. A pool
 // with no file device has nowhere to put that lock, so it is never created
 // by a controller: `pagepair pool create` does it.
 //
@@ -16,7 +17,8 @@
 // zeros, which agrees; a pool with any other member is scrubbed with
 // repair once before the store is formatted.
 
-import { open as openFile, mkdir, stat, unlink } from 'node:fs/promises';
+import { open as openFile, mkdir, readFile, stat, unlink, writeFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { dirname } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PagepairError, isPagepairError } from '../protocol/errors.js';
@@ -310,16 +312,64 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
-/** Make the lock file (O_EXCL): true when it is ours. */
+/** What the lock file holds: who made it, so a lock left by a process gone can be told from one in use. */
+function lockOwner(): string {
+  return `${hostname()} ${process.pid}\n`;
+}
+
+/**
+ * The lock file's maker is a process of this machine that is gone (it died
+ * while creating): the lock protects nothing any more. A lock made on
+ * another machine, or unreadable, is never judged stale here.
+ */
+async function lockLeftByTheDead(path: string): Promise<boolean> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch {
+    return false;
+  }
+  const m = /^(\S+) (\d+)\n$/.exec(text);
+  if (m === null || m[1] !== hostname()) return false;
+  const pid = Number(m[2]);
+  if (pid === process.pid) return false;
+  try {
+    process.kill(pid, 0);
+    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ESRCH';
+  }
+}
+
+/**
+ * Make the lock file (O_EXCL): true when it is ours. One left by a dead
+ * process of this machine is taken over: under a second O_EXCL file (two
+ * starting at once may both find it dead), judged again, and overwritten
+ * with our name, never removed (removing could remove a live one made
+ * meanwhile).
+ */
 async function takeLock(path: string): Promise<boolean> {
   try {
     await mkdir(dirname(path), { recursive: true, mode: STORE_DIR_MODE });
     const h = await openFile(path, 'wx', 0o600);
-    await h.writeFile(`${process.pid}\n`);
+    await h.writeFile(lockOwner());
     await h.close();
     return true;
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
-    throw new PagepairError('IO_ERROR', `${path}: cannot make the pool's create lock: ${(err as Error).message}`);
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new PagepairError('IO_ERROR', `${path}: cannot make the pool's create lock: ${(err as Error).message}`);
+  }
+  if (!(await lockLeftByTheDead(path))) return false;
+  const takeover = `${path}.takeover`;
+  try {
+    await (await openFile(takeover, 'wx', 0o600)).close();
+  } catch {
+    return false;
+  }
+  try {
+    if (!(await lockLeftByTheDead(path))) return false;
+    await writeFile(path, lockOwner());
+    return true;
+  } finally {
+    await unlink(takeover).catch(() => undefined);
   }
 }

@@ -7,7 +7,9 @@
 // comes back.
 
 import { existsSync } from 'node:fs';
-import { rename } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
+import { mkdir, rename, writeFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { isPagepairError } from '../../src/protocol/errors.js';
@@ -89,4 +91,22 @@ describe('openOrCreatePoolStore', () => {
       await back.store.close();
     });
   }
+
+  it('takes over a create lock left by a process of this machine that is gone, and waits on one whose maker lives', async () => {
+    const spec: PoolSpec = { layout: 'mirror', chunkBytes: 0, deviceBytes: 32 * MiB, devices: [0, 1].map((i) => ({ kind: 'file' as const, path: join(tmp.path, 'stale-lock', `d${i}.img`) })) };
+    const lock = poolCreateLockPath(spec)!;
+    await mkdir(join(tmp.path, 'stale-lock'), { recursive: true });
+    // A live maker (ourselves, as another process would be): the opener waits, then says why.
+    await writeFile(lock, `${hostname()} ${process.ppid}\n`);
+    const waited = await openOrCreatePoolStore(spec, { pairId: PAIR, nowMs: 1, waitMs: 300 }).catch((e: unknown) => e);
+    expect(isPagepairError(waited, 'STORE_CORRUPT') && waited.message.includes(`${lock} is still there`)).toBe(true);
+    // A dead maker: a process that has exited.
+    const gone = spawnSync(process.execPath, ['-e', '0']).pid;
+    await writeFile(lock, `${hostname()} ${gone}\n`);
+    const events: string[] = [];
+    const opened = await openOrCreatePoolStore(spec, { pairId: PAIR, nowMs: 1, waitMs: 300, onEvent: (what) => events.push(what) });
+    expect(events).toEqual(['creating pool']);
+    expect(existsSync(lock)).toBe(false);
+    await opened.store.close();
+  });
 });
