@@ -195,6 +195,7 @@ export class MirrorDevice implements Pool {
     );
     const newest = Math.max(this.gen, ...labels.map((l) => (typeof l === 'string' || l.poolId !== this.poolId ? 0 : l.generation)));
     const movedOn = newest > this.gen;
+    const failing: { m: Member; reason: string }[] = [];
     this.members.forEach((m, i) => {
       const l = labels[i]!;
       // Ours to fill: its label says "being rebuilt" until we are done.
@@ -208,10 +209,7 @@ export class MirrorDevice implements Pool {
               ? `now labelled as slot ${l.slot} of a ${l.devices}-device ${l.layout} pool`
               : null;
       if (wrong !== null) {
-        if (m.state === 'healthy') {
-          m.state = 'failed';
-          m.reason = wrong;
-        }
+        if (m.state === 'healthy') failing.push({ m, reason: wrong });
         return;
       }
       const label = l as PoolLabel;
@@ -227,6 +225,9 @@ export class MirrorDevice implements Pool {
       }
     });
     this.gen = newest;
+    // A member we cannot read the label of (on our path only, maybe) misses our writes from now on:
+    // like any member failing, it leaves by the next generation, or the partner's pool object would go on reading it.
+    for (const { m, reason } of failing) await this.fail(m, reason);
     if (!this.members.some((m) => m.state === 'healthy')) throw this.noneLeft('refresh');
     return this.gen;
   }
