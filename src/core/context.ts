@@ -22,6 +22,7 @@ import { Allocator } from './allocator.js';
 import { Pointers } from './pointers.js';
 import { Verifier } from './verifier.js';
 import { Waits } from './waits.js';
+import { PoolSync } from './pool-sync.js';
 
 export class CoreRooms {
   readonly selfId: 1 | 2;
@@ -48,6 +49,7 @@ export class CoreRooms {
   readonly pointers: Pointers;
   readonly verifier: Verifier;
   readonly waits: Waits;
+  readonly poolSync: PoolSync;
 
   constructor(
     readonly cfg: CoreConfig,
@@ -75,6 +77,7 @@ export class CoreRooms {
     this.allocator = new Allocator(this);
     this.pointers = new Pointers(this);
     this.verifier = new Verifier(this);
+    this.poolSync = new PoolSync(this);
   }
 }
 

@@ -218,7 +218,7 @@ export class ControllerCore extends CoreRooms {
         case 'WRITE_PAGE':
           return this.mirrorIn.onWritePage(req);
         case 'SENSE_REQUEST':
-          return this.joining.onSense(req);
+          return this.poolSync.onSense(req, () => this.joining.onSense(req));
         case 'LOCK_REQUEST':
           return this.ownership.onLockRequest(req);
         case 'SPACE_REQUEST':

@@ -32,6 +32,8 @@ export interface IoResults {
   fencePartner: boolean;
   /** True only when the partner's process is known to be gone. */
   partnerGone: boolean;
+  /** The pool's generation after its members' labels were read again (0: the store is not a pool). */
+  refreshPool: number;
 }
 
 export type IoOp =
@@ -48,12 +50,18 @@ export type IoOp =
   | { kind: 'writeEpochRecord'; rec: Omit<EpochRecord, 'seq'> }
   | { kind: 'sync' }
   | { kind: 'fencePartner'; pid: number }
-  | { kind: 'partnerGone'; pid: number };
+  | { kind: 'partnerGone'; pid: number }
+  /** Read the pool members' labels again: a member the partner's pool object failed is not used here either (pool-sync.ts). */
+  | { kind: 'refreshPool' };
 
 export type IoKind = IoOp['kind'];
 
-/** How an operation ended: its value, or the error it failed with. */
-export type IoOutcome = { ok: true; value: unknown } | { ok: false; error: Error };
+/**
+ * How an operation ended: its value, or the error it failed with. Over a
+ * pool, poolGeneration is set when the pool's generation grew since the
+ * store's last outcome (a member failed on our path): see pool-sync.ts.
+ */
+export type IoOutcome = { ok: true; value: unknown; poolGeneration?: number } | { ok: false; error: Error; poolGeneration?: number };
 
 /** The operations in flight, by id. */
 export class StoreIo {
@@ -84,6 +92,15 @@ export class StoreIo {
       return;
     }
     this.pending.delete(id);
+    // The partner may first have to stop reading a pool member we gave up on.
+    if (this.c.poolSync.mustHold(p.kind, outcome)) {
+      this.c.poolSync.hold(() => this.settle(p, outcome));
+      return;
+    }
+    this.settle(p, outcome);
+  }
+
+  private settle(p: { kind: IoKind; done: Future<unknown> }, outcome: IoOutcome): void {
     if (outcome.ok) p.done.resolve(outcome.value);
     else if (isPagepairError(outcome.error)) p.done.reject(outcome.error);
     else p.done.reject(new PagepairError('IO_ERROR', `store ${p.kind} failed: ${outcome.error.message}`));

@@ -54,9 +54,15 @@ export class Join {
   }
 
   sendSense(reason: SenseRequest['reason']): void {
-    this.c.requests.request({ kind: 'SENSE_REQUEST', role: this.c.membership.announcedRole(), reason, joinFlags: this.joinFlags() }).onDone((r) => {
-      if (r.kind === 'SENSE_REQUEST_REPLY') this.c.membership.partnerSense = r;
-    });
+    const poolGeneration = this.c.poolSync.generation;
+    this.c.requests.request({ kind: 'SENSE_REQUEST', role: this.c.membership.announcedRole(), reason, joinFlags: this.joinFlags(), poolGeneration }).onDone(
+      (r) => {
+        if (r.kind !== 'SENSE_REQUEST_REPLY') return;
+        this.c.membership.partnerSense = r;
+        this.c.poolSync.partnerReplied(poolGeneration, r.poolGeneration ?? 0);
+      },
+      (err) => this.c.poolSync.senseFailed(poolGeneration, err),
+    );
   }
 
   onSense(req: SenseRequest): void {
@@ -114,6 +120,7 @@ export class Join {
       destageQueue: this.c.destager.destagesInFlight,
       tableDigest: this.c.allocator.tableDigest(),
       dirtyDigest: this.c.cache.dirtyDigest.toString(),
+      poolGeneration: this.c.poolSync.generation,
     });
   }
 

@@ -294,6 +294,7 @@ export class Membership {
     this.partnerSense = null;
     const err = new PagepairError('PARTNER_LOST', `partner link lost: ${reason}`);
     this.c.requests.failAll(err);
+    this.c.poolSync.linkDown();
     this.c.ownership.linkDown();
     this.c.allocator.linkDown();
     this.c.pointers.linkDown();

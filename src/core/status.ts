@@ -30,6 +30,12 @@ export interface CoreCounters {
   resyncContentConflicts: number;
   /** Takeovers after which the pool was asked to agree again where the partner had been writing. */
   partnerRepairs: number;
+  /** Store outcomes held until the partner had refreshed its pool to our generation (pool-sync.ts). */
+  poolOutcomesHeld: number;
+  /** Refreshes of our pool asked for by the partner's generation. */
+  poolRefreshes: number;
+  /** Of those, the ones that failed (we fenced ourselves). */
+  poolRefreshFailures: number;
 }
 
 export function newCounters(): CoreCounters {
@@ -52,6 +58,9 @@ export function newCounters(): CoreCounters {
     ownershipConflicts: 0,
     resyncContentConflicts: 0,
     partnerRepairs: 0,
+    poolOutcomesHeld: 0,
+    poolRefreshes: 0,
+    poolRefreshFailures: 0,
   };
 }
 

@@ -238,7 +238,7 @@ export const BODY: BodyLayouts = {
     ]),
   ],
   WRITE_PAGE_REPLY: [u32('count')],
-  SENSE_REQUEST: [enumField('role', 'Role', Role), enumField('reason', 'SenseReason', SenseReason), bits('joinFlags', 'JoinFlag', JoinFlag)],
+  SENSE_REQUEST: [enumField('role', 'Role', Role), enumField('reason', 'SenseReason', SenseReason), bits('joinFlags', 'JoinFlag', JoinFlag), u32('poolGeneration')],
   SENSE_REQUEST_REPLY: [
     enumField('role', 'Role', Role),
     u16('senseCode'),
@@ -248,6 +248,7 @@ export const BODY: BodyLayouts = {
     u32('destageQueue'),
     str('tableDigest'),
     str('dirtyDigest'),
+    u32('poolGeneration'),
   ],
   ALLOCATE_READ: pointerRange,
   ALLOCATE_WRITE: pointerRange,

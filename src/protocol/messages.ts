@@ -252,6 +252,12 @@ export interface SenseRequest extends Common {
   reason: SenseReasonCode;
   /** JoinFlag bits: where the sender is in joining us. */
   joinFlags: number;
+  /**
+   * The newest generation of the store's pool the sender's pool object has
+   * reached (0: its store is not a pool). A receiver whose own is older
+   * refreshes its pool before it answers (src/core/pool-sync.ts).
+   */
+  poolGeneration: number;
 }
 export interface SenseReply extends Common {
   kind: 'SENSE_REQUEST_REPLY';
@@ -263,6 +269,8 @@ export interface SenseReply extends Common {
   destageQueue: number;
   tableDigest: string; // hex
   dirtyDigest: string; // hex
+  /** The pool generation the answering side has reached, after any refresh the request asked for (0: not a pool). */
+  poolGeneration: number;
 }
 
 export interface AllocateRead extends Common {

@@ -16,7 +16,15 @@ export interface FenceActions {
   partnerGone(pid: number): Promise<boolean>;
 }
 
-/** Carry out op on store (or a fence action); the outcome, never a throw. */
+/** Per store: the pool generation its last outcome reported (pool-sync.ts in the core). */
+const reportedPoolGeneration = new WeakMap<BlockStore, number>();
+
+/**
+ * Carry out op on store (or a fence action); the outcome, never a throw.
+ * Over a pool, the first outcome after the pool's generation grew (a member
+ * failed, on this operation's path or another's) carries it, success or
+ * failure, so the core tells the partner before it acts on it.
+ */
 export function runIo(store: BlockStore, fence: FenceActions, op: IoOp): Promise<IoOutcome> {
   let run: Promise<unknown>;
   try {
@@ -25,9 +33,19 @@ export function runIo(store: BlockStore, fence: FenceActions, op: IoOp): Promise
     run = Promise.reject(err);
   }
   return run.then(
-    (value): IoOutcome => ({ ok: true, value }),
-    (err: unknown): IoOutcome => ({ ok: false, error: err instanceof Error ? err : new Error(String(err)) }),
+    (value): IoOutcome => withPoolGeneration(store, { ok: true, value }),
+    (err: unknown): IoOutcome => withPoolGeneration(store, { ok: false, error: err instanceof Error ? err : new Error(String(err)) }),
   );
+}
+
+function withPoolGeneration(store: BlockStore, outcome: IoOutcome): IoOutcome {
+  const generation = store.poolGeneration?.() ?? 0;
+  if (generation === 0) return outcome;
+  if (generation > (reportedPoolGeneration.get(store) ?? 0)) {
+    reportedPoolGeneration.set(store, generation);
+    outcome.poolGeneration = generation;
+  }
+  return outcome;
 }
 
 function start(store: BlockStore, fence: FenceActions, op: IoOp): Promise<unknown> {
@@ -38,13 +56,24 @@ function start(store: BlockStore, fence: FenceActions, op: IoOp): Promise<unknow
     case 'repairAfterWriter': return store.repairAfterWriter(op.pages);
     case 'readTable': return store.readTable();
     case 'writeTable': return store.writeTable(op.records);
-    case 'readMailbox': return store.readMailbox();
+    case 'readMailbox': return readMailbox(store);
     case 'writeMailboxSlot': return store.writeMailboxSlot(op.slot);
     case 'writeEpochRecord': return store.writeEpochRecord(op.rec);
     case 'sync': return store.sync();
     case 'fencePartner': return fence.fencePartner(op.pid);
     case 'partnerGone': return fence.partnerGone(op.pid);
+    case 'refreshPool': return store.refreshPool?.() ?? Promise.resolve(0);
   }
+}
+
+/**
+ * Arbitration reads the partner's heartbeat and the epoch record here: over
+ * a pool, the labels are read again first, so not from a member the
+ * partner gave up on (even with the link down, when no SENSE can say so).
+ */
+function readMailbox(store: BlockStore): Promise<unknown> {
+  if ((store.poolGeneration?.() ?? 0) === 0 || store.refreshPool === undefined) return store.readMailbox();
+  return store.refreshPool().then(() => store.readMailbox());
 }
 
 /** The layout facts the core places allocations by, from a store's superblock. */

@@ -436,6 +436,18 @@ export class PageStore implements BlockStore {
     return typeof (this.device as Partial<Pool>).repairRange === 'function';
   }
 
+  /** The pool's generation (issue 14): grows when a member fails or comes back. 0 when the device is not a pool. */
+  poolGeneration(): number {
+    const pool = this.device as Partial<Pool>;
+    return typeof pool.refresh === 'function' && typeof pool.generation === 'number' ? pool.generation : 0;
+  }
+
+  /** Read the pool's labels again (Pool.refresh): a member another pool object failed is not used here either. Its generation; 0 when not a pool. */
+  refreshPool(): Promise<number> {
+    const pool = this.device as Partial<Pool>;
+    return typeof pool.refresh === 'function' ? pool.refresh() : Promise.resolve(0);
+  }
+
   async repairAfterWriter(pages: readonly PageRange[]): Promise<number> {
     const pool = this.device as Partial<Pool>;
     if (typeof pool.repairRange !== 'function') return 0;

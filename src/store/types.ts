@@ -85,6 +85,10 @@ export interface BlockStore {
    * `pages`; elsewhere nothing. Resolves with the bytes gone over.
    */
   repairAfterWriter(pages: readonly PageRange[]): Promise<number>;
+  /** Over a pool: its generation (0 otherwise, or when left out). */
+  poolGeneration?(): number;
+  /** Over a pool: read its members' labels again; the generation reached (0 otherwise). */
+  refreshPool?(): Promise<number>;
   sync(): Promise<void>;
   close(): Promise<void>;
 }

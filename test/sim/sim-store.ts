@@ -147,6 +147,15 @@ export class SimStore implements BlockStore {
     return this.complete('read', 'repairAfterWriter', () => this.inner.repairAfterWriter(pages));
   }
 
+  /** The pool's generation as it is now (read when an outcome is delivered). */
+  poolGeneration(): number {
+    return this.inner.poolGeneration();
+  }
+
+  refreshPool(): Promise<number> {
+    return this.complete('read', 'refreshPool', () => this.inner.refreshPool());
+  }
+
   readTable(): Promise<{ seq: number; records: AllocationRecord[] }> {
     return this.complete('read', 'readTable', () => this.inner.readTable());
   }

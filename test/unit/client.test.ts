@@ -400,7 +400,7 @@ describe('bad input', () => {
     expect(await raw.nth(2)).toMatchObject({ kind: 'ERROR', requestId: 77, code: ErrorCode.CHECKSUM_MISMATCH });
 
     // Not a client request: UNKNOWN_TYPE, connection kept.
-    raw.send({ kind: 'SENSE_REQUEST', requestId: 78, epoch: 0, sender: 0, flags: 0, role: Role.ALONE, reason: SenseReason.HEARTBEAT, joinFlags: 0 });
+    raw.send({ kind: 'SENSE_REQUEST', requestId: 78, epoch: 0, sender: 0, flags: 0, role: Role.ALONE, reason: SenseReason.HEARTBEAT, joinFlags: 0, poolGeneration: 0 });
     expect(await raw.nth(3)).toMatchObject({ kind: 'ERROR', requestId: 78, code: ErrorCode.UNKNOWN_TYPE });
 
     raw.send({ kind: 'C_STATUS', requestId: 79, epoch: 0, sender: 0, flags: 0 });

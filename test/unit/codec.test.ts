@@ -132,7 +132,7 @@ const FIXTURES: { readonly [K in MessageKind]: Extract<Message, { kind: K }> | M
     ],
   },
   WRITE_PAGE_REPLY: { kind: 'WRITE_PAGE_REPLY', ...common(1), count: 3 },
-  SENSE_REQUEST: { kind: 'SENSE_REQUEST', ...common(), role: Role.MIRRORED, reason: SenseReason.SHUTTING_DOWN, joinFlags: 0x05 },
+  SENSE_REQUEST: { kind: 'SENSE_REQUEST', ...common(), role: Role.MIRRORED, reason: SenseReason.SHUTTING_DOWN, joinFlags: 0x05, poolGeneration: 0xfedc_ba98 },
   SENSE_REQUEST_REPLY: {
     kind: 'SENSE_REQUEST_REPLY',
     ...common(1),
@@ -144,6 +144,7 @@ const FIXTURES: { readonly [K in MessageKind]: Extract<Message, { kind: K }> | M
     destageQueue: 17,
     tableDigest: '0123456789abcdef0123456789abcdef',
     dirtyDigest: 'fedcba9876543210fedcba9876543210',
+    poolGeneration: 7,
   },
   ALLOCATE_READ: { kind: 'ALLOCATE_READ', ...common(), guid: GUID_A, firstPage: 8, pageCount: 4, pointerId: 9 },
   ALLOCATE_WRITE: { kind: 'ALLOCATE_WRITE', ...common(), guid: GUID_B, firstPage: 1, pageCount: 2, pointerId: 10 },
@@ -393,6 +394,16 @@ describe('encode and decode', () => {
     expect(body.readUInt32LE(51)).toBe(0x01020304);
     expect(body.readUInt32LE(55)).toBe(8);
     expect(body.subarray(59)).toEqual(data);
+  });
+
+  it('lays out the SENSE bodies as documented: the pool generation last, a u32', () => {
+    const req = encode(FIXTURES.SENSE_REQUEST).subarray(HEADER_BYTES);
+    expect(req.length).toBe(7);
+    expect([req[0], req[1], req[2]]).toEqual([Role.MIRRORED, SenseReason.SHUTTING_DOWN, 0x05]);
+    expect(req.readUInt32LE(3)).toBe(0xfedc_ba98);
+    const reply = encode(FIXTURES.SENSE_REQUEST_REPLY).subarray(HEADER_BYTES);
+    expect(reply.length).toBe(19 + 2 + 32 + 2 + 32 + 4);
+    expect(reply.readUInt32LE(reply.length - 4)).toBe(7);
   });
 
   it('encodes a dataOffset of -1 as all ones and decodes it back', () => {

@@ -236,7 +236,8 @@ export class HandPartner {
   answer(to: Message): void {
     switch (to.kind) {
       case 'SENSE_REQUEST':
-        return this.reply(to, { kind: 'SENSE_REQUEST_REPLY', role: Role.MIRRORED, senseCode: 0, allocations: 0, cachedPages: 0, dirtyPages: 0, destageQueue: 0, tableDigest: '0', dirtyDigest: '0' });
+        // Caught up with whatever pool generation the core is at (its pool refreshed, when it has one).
+        return this.reply(to, { kind: 'SENSE_REQUEST_REPLY', role: Role.MIRRORED, senseCode: 0, allocations: 0, cachedPages: 0, dirtyPages: 0, destageQueue: 0, tableDigest: '0', dirtyDigest: '0', poolGeneration: to.poolGeneration });
       case 'WRITE_PAGE':
         return this.reply(to, { kind: 'WRITE_PAGE_REPLY', count: to.pages.length });
       case 'SPACE_REQUEST':
@@ -294,9 +295,9 @@ export class HandPartner {
   async join(): Promise<void> {
     this.f.core.peerUp({ partnerPid: 4242 });
     await this.pump();
-    this.send({ kind: 'SENSE_REQUEST', role: Role.STARTING, reason: SenseReason.HEARTBEAT, joinFlags: JoinFlag.JOINING | JoinFlag.FRESH });
+    this.send({ kind: 'SENSE_REQUEST', role: Role.STARTING, reason: SenseReason.HEARTBEAT, joinFlags: JoinFlag.JOINING | JoinFlag.FRESH, poolGeneration: 0 });
     await this.pump();
-    this.send({ kind: 'SENSE_REQUEST', role: Role.STARTING, reason: SenseReason.HEARTBEAT, joinFlags: JoinFlag.JOINING | JoinFlag.FRESH | JoinFlag.PUSH_DONE });
+    this.send({ kind: 'SENSE_REQUEST', role: Role.STARTING, reason: SenseReason.HEARTBEAT, joinFlags: JoinFlag.JOINING | JoinFlag.FRESH | JoinFlag.PUSH_DONE, poolGeneration: 0 });
     await this.pump();
   }
 }

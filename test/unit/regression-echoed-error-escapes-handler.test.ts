@@ -124,7 +124,7 @@ async function linkWithRawPartner(onMessage: (msg: Message) => void): Promise<{ 
 }
 
 function sense(requestId: number): Message {
-  return { kind: 'SENSE_REQUEST', requestId, epoch: 3, sender: 1, flags: 0, role: Role.MIRRORED, reason: SenseReason.HEARTBEAT, joinFlags: 0 };
+  return { kind: 'SENSE_REQUEST', requestId, epoch: 3, sender: 1, flags: 0, role: Role.MIRRORED, reason: SenseReason.HEARTBEAT, joinFlags: 0, poolGeneration: 0 };
 }
 
 describe('peer link: a frame the core cannot apply', () => {

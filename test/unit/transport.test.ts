@@ -64,7 +64,7 @@ async function pair(
 }
 
 function sense(requestId: number, sender: number): SenseRequest {
-  return { kind: 'SENSE_REQUEST', requestId, epoch: 3, sender, flags: 0, role: Role.MIRRORED, reason: SenseReason.HEARTBEAT, joinFlags: 0 };
+  return { kind: 'SENSE_REQUEST', requestId, epoch: 3, sender, flags: 0, role: Role.MIRRORED, reason: SenseReason.HEARTBEAT, joinFlags: 0, poolGeneration: 0 };
 }
 
 function warnings(records: LogRecord[]): LogRecord[] {
