@@ -191,6 +191,13 @@ export interface ControllerConfig {
    * loopback, so no one off this machine can reach them.
    */
   testHooks: boolean;
+  /**
+   * Test hook (only with testHooks): kill this process with SIGKILL as it is
+   * about to make this many-plus-one-th write into the data area of a pool
+   * member, so that a row's writes reach some members and not the others.
+   * null: never.
+   */
+  testKillAfterDataWrites: number | null;
 }
 
 const KiB = 1024;
@@ -369,6 +376,7 @@ const TOP_FIELDS = [
   'log',
   'tls',
   'testHooks',
+  'testKillAfterDataWrites',
 ] as const;
 const ENDPOINT_FIELDS = ['host', 'port'] as const;
 const POLICY_FIELDS = ['name', 'dataStructureBytes', 'pageSizeBytes', 'description'] as const;
@@ -714,6 +722,8 @@ export function parseConfig(json: unknown, sourceName: string, opts: { cwd?: str
     const [field, host] = exposed;
     throw top.error('testHooks', `is true, which needs every listener on loopback (127.0.0.1, ::1 or localhost); ${field} is ${JSON.stringify(host)}`);
   }
+  const testKillAfterDataWrites = top.has('testKillAfterDataWrites') ? top.int('testKillAfterDataWrites', 0, 1_000_000, 0) : null;
+  if (testKillAfterDataWrites !== null && !testHooks) throw top.error('testKillAfterDataWrites', 'is a test hook: it needs testHooks true');
 
   const tlsF = top.obj('tls', ['mode', 'pskFile'], true);
   const tls: TlsConfig = { mode: tlsF.oneOf<TlsConfig['mode']>('mode', ['off', 'on', 'require'], 'off') };
@@ -758,6 +768,7 @@ export function parseConfig(json: unknown, sourceName: string, opts: { cwd?: str
     log,
     tls,
     testHooks,
+    testKillAfterDataWrites,
   };
 }
 

@@ -13,7 +13,9 @@ import { Role, type ClientRequest, type Message } from '../protocol/messages.js'
 import { openOrFormatFileStore } from '../store/open.js';
 import { openOrCreatePoolStore } from '../store/open-pool.js';
 import type { PageStore } from '../store/page-store.js';
-import type { Pool, PoolStatus } from '../store/pool.js';
+import type { Pool, PoolMember, PoolStatus } from '../store/pool.js';
+import { POOL_LABEL_AREA_BYTES } from '../store/pool-label.js';
+import { KillGate } from './kill-gate.js';
 import { runIo, storeLayout, type FenceActions } from './store-io.js';
 import { ClientEndpoint } from '../transport/client-endpoint.js';
 import { NBD_SERVER_DEFAULT_LIMITS, NbdServer } from '../transport/nbd-server.js';
@@ -141,12 +143,19 @@ function refusedOf(c: ListenerCounters | undefined): ListenerRefusals | null {
 /** The store as configured: one file (store.path), or a pool of devices (store.pool) with the store over it. */
 async function openStore(cfg: ControllerConfig, storeLog: pino.Logger): Promise<{ store: PageStore; pool: Pool | null }> {
   if (cfg.store.pool !== null) {
-    return openOrCreatePoolStore(cfg.store.pool, {
+    const gate = cfg.testHooks && cfg.testKillAfterDataWrites !== null ? new KillGate(cfg.testKillAfterDataWrites) : null;
+    const opened = await openOrCreatePoolStore(cfg.store.pool, {
       pairId: cfg.pairId,
       nowMs: Date.now(),
       tableEntriesMax: cfg.store.tableEntriesMax,
       onEvent: (what, detail) => storeLog.info(detail, what),
+      ...(gate !== null ? { wrapMembers: (members: readonly PoolMember[]) => gate.wrap(members) } : {}),
     });
+    if (gate !== null) {
+      gate.dataFrom = POOL_LABEL_AREA_BYTES + opened.store.superblock.geometry.dataOffset;
+      storeLog.warn({ afterWrites: cfg.testKillAfterDataWrites }, 'test hook: this controller kills itself in the middle of a data-area write');
+    }
+    return opened;
   }
   invariant(cfg.store.path !== null, 'a store without a pool has a path');
   const store = await openOrFormatFileStore(cfg.store.path, {

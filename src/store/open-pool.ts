@@ -210,6 +210,8 @@ export interface OpenPoolStoreOptions {
   waitMs?: number;
   /** Told what happens (creating, scrubbing a new pool). */
   onEvent?(what: string, detail: Record<string, unknown>): void;
+  /** The members as the pool will use them (a test hook puts them behind a gate). */
+  wrapMembers?(members: readonly PoolMember[]): PoolMember[];
 }
 
 const RETRY_INTERVAL_MS = 50;
@@ -287,7 +289,7 @@ async function tryOpen(spec: PoolSpec, opts: OpenPoolStoreOptions, storeName: st
 async function openLabelled(spec: PoolSpec, members: OpenedMember[], opts: OpenPoolStoreOptions, storeName: string): Promise<Attempt> {
   let pool: Pool;
   try {
-    pool = await openPool(spec.layout, members);
+    pool = await openPool(spec.layout, opts.wrapMembers?.(members) ?? members);
   } catch (err) {
     await closeMembers(members);
     // Labels half written: the creator is still at it.

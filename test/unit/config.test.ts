@@ -423,6 +423,13 @@ describe('testHooks', () => {
     expectField((c) => Object.assign(c, { testHooks: true, listen: { client: { port: 7001 }, peer: { host: '10.0.0.5', port: 7101 } } }), 'testHooks', /listen\.peer\.host/);
     expectField((c) => Object.assign(c, { testHooks: true, listen: { client: { port: 7001 }, peer: { port: 7101 }, nbd: { host: '::', port: 7201 } } }), 'testHooks', /listen\.nbd\.host/);
   });
+
+  it('takes testKillAfterDataWrites only with testHooks on', () => {
+    expect(parseConfig(minimal(), SRC, { cwd: '/srv/pagepair' }).testKillAfterDataWrites).toBeNull();
+    expect(parseConfig(Object.assign(minimal(), { testHooks: true, testKillAfterDataWrites: 2 }), SRC, { cwd: '/srv/pagepair' }).testKillAfterDataWrites).toBe(2);
+    expectField((c) => Object.assign(c, { testKillAfterDataWrites: 2 }), 'testKillAfterDataWrites', /needs testHooks true/);
+    expectField((c) => Object.assign(c, { testHooks: true, testKillAfterDataWrites: -1 }), 'testKillAfterDataWrites', /./);
+  });
 });
 
 // Issue 11, finding 3: the default pair's secret and client token are in the
