@@ -443,6 +443,10 @@ export class MirrorDevice implements Pool {
         await this.fail(m, `${what} failed: ${String(r.reason)}`);
       }
     }
+    // A member that left just before this began was not among its targets, and the generation
+    // that says it left may not be durable yet: this reached only the members left, so it is
+    // answered after that generation, as the operation that failed the member is.
+    if (this.degraded) await this.labelChain;
     if (ok === 0) throw this.noneLeft(what);
   }
 
