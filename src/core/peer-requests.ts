@@ -5,6 +5,7 @@
 
 import { MsgType, type ClientReply, type ClientRequest, type Message, type PeerReply, type PeerRequest, type WritePage } from '../protocol/messages.js';
 import { ErrorCode, PagepairError, isPagepairError } from '../protocol/errors.js';
+import { clipErrorMessage } from '../protocol/clip.js';
 import { settleOp, type MirrorOp } from './peer-outbox.js';
 import type { DistributiveOmit } from './shared.js';
 import type { Core } from './context.js';
@@ -141,7 +142,7 @@ export class PeerRequests {
   }
 
   errorFrame(requestId: number, requestType: number, err: PagepairError): Message {
-    return { kind: 'ERROR', requestId, epoch: this.c.membership.epoch, sender: this.c.selfId, flags: 0, code: ErrorCode[err.code], requestType, message: err.message };
+    return { kind: 'ERROR', requestId, epoch: this.c.membership.epoch, sender: this.c.selfId, flags: 0, code: ErrorCode[err.code], requestType, message: clipErrorMessage(err.message) };
   }
 
   asTyped(err: unknown, kind: string): PagepairError {

@@ -7,6 +7,8 @@
 import { describe, expect, it } from 'vitest';
 import { crc32c } from '../../src/protocol/crc32c.js';
 import { LockOp } from '../../src/protocol/messages.js';
+import { DEFAULT_LIMITS } from '../../src/protocol/limits.js';
+import { encode } from '../../src/protocol/codec.js';
 import type { StoredPage } from '../../src/protocol/store-records.js';
 import { allocate, clientRead, clientWrite, coreFixture, errorName, hop, joinedCore, PAGE, readData, replyTo, type CoreFixture } from './core-fixture.js';
 
@@ -70,6 +72,20 @@ describe('read path', () => {
     expect(reads(f)).toBe(1);
     await f.settleIo();
     expect(readData(replyTo(f, c))).toEqual(Buffer.alloc(4));
+  });
+
+  it('a store failure with a long message reaches the client as IO_ERROR, its message clipped to what any receiver takes', async () => {
+    const f = await coreFixture();
+    const guid = await allocate(f, 'v', 4);
+    const r = clientRead(f, guid, 0, 4);
+    // A pool names every member and why it failed: longer than a frame's string limit.
+    f.failOne('readPage', new Error(`pool: read failed on every device (${Array.from({ length: 8 }, (_, i) => `/data/pool/member-${i}.img: EIO`).join('; ')})`));
+    await hop();
+    const reply = replyTo(f, r);
+    expect(errorName(reply)).toBe('IO_ERROR');
+    const message = (reply as { message: string }).message;
+    expect(Buffer.byteLength(message)).toBeLessThanOrEqual(DEFAULT_LIMITS.stringBytesMax);
+    expect(() => encode(reply!)).not.toThrow();
   });
 
   it('mirrored: a read of a page with our write in flight waits until the partner holds it', async () => {
