@@ -17,6 +17,12 @@ export const FLUSH_RECHECK_PAGES = 256;
 /** Most pages destaged in one run of neighbours. */
 export const DESTAGE_RUN_PAGES_MAX = 32;
 
+/** After a destage fails, none starts for this long, doubling while they keep failing, up to DESTAGE_REST_MS_MAX. */
+export const DESTAGE_REST_MS_MIN = 10;
+export const DESTAGE_REST_MS_MAX = 1000;
+/** Destage failures are logged at most once in this long (with how many were not). */
+export const DESTAGE_FAILURE_LOG_MS = 1000;
+
 export interface FlushTarget {
   cp: CachePage;
   version: number;
@@ -46,6 +52,16 @@ export class Destager {
   private readonly pageWrites = new Map<CachePage, Future<void>>();
   private syncWaiters: Future<void>[] = [];
   private syncRunning = false;
+  /**
+   * A store that fails destages is given a rest: without one, each failure
+   * frees a destage slot that starts the next write at once, and a store
+   * that fails fast is asked thousands of times a second (and the log says
+   * so as often).
+   */
+  private restUntilMs = 0;
+  private restMs = 0;
+  private failuresNotLogged = 0;
+  private lastFailureLogMs = Number.NEGATIVE_INFINITY;
 
   constructor(private readonly c: Core) {}
 
@@ -210,6 +226,7 @@ export class Destager {
 
   /** Whether this controller may write pages to the store now. */
   private mayDestage(): boolean {
+    if (this.restMs > 0 && this.c.env.nowMs() < this.restUntilMs) return false;
     switch (this.c.membership.role) {
       case Role.SINGLE:
       case Role.ALONE:
@@ -288,13 +305,24 @@ export class Destager {
     this.storeWritePage(cp, version, cp.data, crc, true).onDone(
       () => {
         this.c.counters.pagesDestaged++;
+        this.restMs = 0;
         this.pageStored(cp, version, crc);
       },
       (err) => {
         if (isPagepairError(err, 'FENCED')) return;
         this.c.counters.destageErrors++;
         this.c.membership.senseCode = ErrorCode.IO_ERROR;
-        this.c.env.log.error({ guid: alloc.record.guid, page: cp.page, version, err: String(err) }, 'destage failed; page stays dirty');
+        const now = this.c.env.nowMs();
+        this.restMs = Math.min(Math.max(2 * this.restMs, DESTAGE_REST_MS_MIN), DESTAGE_REST_MS_MAX);
+        this.restUntilMs = now + this.restMs;
+        if (now - this.lastFailureLogMs < DESTAGE_FAILURE_LOG_MS) {
+          this.failuresNotLogged++;
+          return;
+        }
+        const notLogged = this.failuresNotLogged;
+        this.failuresNotLogged = 0;
+        this.lastFailureLogMs = now;
+        this.c.env.log.error({ guid: alloc.record.guid, page: cp.page, version, err: String(err), failuresNotLogged: notLogged, restMs: this.restMs }, 'destage failed; page stays dirty');
       },
     );
   }

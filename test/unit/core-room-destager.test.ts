@@ -8,6 +8,7 @@
 import { describe, expect, it } from 'vitest';
 import { crc32c } from '../../src/protocol/crc32c.js';
 import { LockOp, PageFlag } from '../../src/protocol/messages.js';
+import { DESTAGE_REST_MS_MIN } from '../../src/core/destager.js';
 import { CONN, allocate, clientWrite, coreFixture, hop, joinedCore, PAGE, replyTo, type CoreFixture } from './core-fixture.js';
 
 function writePages(f: CoreFixture, guid: string, pages: number[], fill = 1): void {
@@ -79,10 +80,42 @@ describe('destager', () => {
     expect(f.core.counters.destageErrors).toBe(1);
     expect(f.core.status().dirtyPages).toBe(1);
     expect(f.core.status().senseCode).not.toBe(0);
+    // The store gets a rest before the page is written again.
+    expect(pagesBeingWritten(f)).toEqual([]);
+    f.setNow(5000 + DESTAGE_REST_MS_MIN);
+    f.core.tick();
     expect(pagesBeingWritten(f)).toEqual([1]);
     await f.settleIo();
     expect(f.core.status().dirtyPages).toBe(0);
     expect((await f.store.readPage(f.core.allocator.location(f.core.allocator.allocs.get(guid)!), 1)).data).toEqual(Buffer.alloc(PAGE, 0x42));
+  });
+
+  it('a store that keeps failing is asked less and less often, and the log says so once a second', async () => {
+    const f = await coreFixture();
+    const guid = await allocate(f, 'v', 4);
+    writePages(f, guid, [1], 0x42);
+    let now = 5000;
+    f.setNow(now);
+    f.core.tick();
+    const gaps: number[] = [];
+    for (let failures = 0; failures < 8; failures++) {
+      f.failOne('writePage');
+      const failedAt = now;
+      // Ticks every ms until the page is tried again.
+      while (pagesBeingWritten(f).length === 0) {
+        f.setNow(++now);
+        f.core.tick();
+      }
+      gaps.push(now - failedAt);
+    }
+    expect(gaps).toEqual([10, 20, 40, 80, 160, 320, 640, 1000]);
+    expect(f.core.counters.destageErrors).toBe(8);
+    // Failed at 5000, 5010, ... 5630, then 6270: two lines, the second counting the six not logged.
+    const lines = f.log.filter((l) => l.msg === 'destage failed; page stays dirty');
+    expect(lines.map((l) => (l.obj as { failuresNotLogged: number }).failuresNotLogged)).toEqual([0, 6]);
+    // A success ends the rest: the next failure rests the shortest time again.
+    await f.settleIo();
+    expect(f.core.status().dirtyPages).toBe(0);
   });
 
   it('a failed sync is never taken for success: the page stays dirty and a flush is not answered', async () => {
@@ -100,7 +133,8 @@ describe('destager', () => {
     expect(f.core.counters.destageErrors).toBe(1);
     await hop();
     expect(replyTo(f, flush)).toBeUndefined();
-    // Written and synced again: now the flush is answered.
+    // Written and synced again (after the store's rest): now the flush is answered.
+    f.setNow(DESTAGE_REST_MS_MIN);
     f.core.tick();
     await f.settleIo();
     await hop();
