@@ -24,6 +24,8 @@ import { verifyCommand } from './verify.js';
 import { attachCommand } from './attach.js';
 import { attachKillTestCommand } from './attach-kill-test.js';
 import { poolCommand } from './pool.js';
+import { deviceCommand } from './device.js';
+import { scrubCommand } from './scrub.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -142,6 +144,8 @@ program.addCommand(verifyCommand());
 program.addCommand(attachCommand());
 program.addCommand(attachKillTestCommand());
 program.addCommand(poolCommand());
+program.addCommand(deviceCommand());
+program.addCommand(scrubCommand());
 
 program
   .command('report')
