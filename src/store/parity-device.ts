@@ -496,12 +496,15 @@ export class ParityDevice implements Pool {
     const labels = await Promise.all(this.members.map((m) => readPoolLabel(m.device).catch((err: unknown) => `label read failed: ${String(err)}`)));
     for (const l of labels) if (typeof l !== 'string' && l.poolId === this.poolId) this.gen = Math.max(this.gen, l.generation);
     const reference = this.labelFields(0, this.gen);
+    // Failed after the loop: failing one moves the generation on, and the labels read before
+    // that would then make every other member look stale.
+    const failing: { m: SlotMember; reason: string }[] = [];
     for (const m of this.members) {
       if (m.state === 'rebuilding') continue;
       const l = labels[m.slot]!;
       const wrong = typeof l === 'string' ? `device ${m.name}: ${l}` : labelMismatch(m.name, l, reference, m.slot, this.n);
       if (wrong !== null) {
-        if (m.state === 'healthy') await this.fail(m, wrong);
+        if (m.state === 'healthy') failing.push({ m, reason: wrong });
         continue;
       }
       const label = l as PoolLabel;
@@ -516,6 +519,7 @@ export class ParityDevice implements Pool {
         m.reason = null;
       }
     }
+    for (const { m, reason } of failing) await this.fail(m, reason);
     return this.gen;
   }
 
