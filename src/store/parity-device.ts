@@ -745,6 +745,10 @@ export class ParityDevice implements Pool {
       const r = results[k]!;
       if (r.status === 'rejected') await this.fail(ops[k]!.m, `${what} failed: ${String(r.reason)}`);
     }
+    // A member that left just before this began was not among its targets, and the generation
+    // that says it left may not be durable yet: this reached only the members left, so it is
+    // answered after that generation, as the operation that failed the member is.
+    if (this.degraded) await this.labelChain;
     this.checkServing(what);
   }
 
