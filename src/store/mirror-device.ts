@@ -14,7 +14,10 @@
 // - A sync syncs every healthy member; members that fail it are marked failed.
 // - Opening checks every label: another pool, another layout, a member in
 //   another slot or a pool of another size is refused with a message naming
-//   the device; a member with an older generation opens as stale (unused).
+//   the device; a member the newest labels name as out (it missed writes),
+//   or a device its slot was filled anew since, opens as stale (unused). A
+//   member they do not name whose label is older is current: the other
+//   controller's label write has not reached it yet (pool-members.ts).
 // - refresh() reads every label again, so a member the partner's object
 //   failed is not used by this one either.
 // - repairRange and scrub copy "the first healthy member" over the others:
@@ -31,7 +34,8 @@
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PagepairError } from '../protocol/errors.js';
-import { POOL_LABEL_AREA_BYTES, encodePoolLabel, labelCopyFor, newestPoolLabel, type PoolLabel } from './pool-label.js';
+import { POOL_LABEL_AREA_BYTES, POOL_MEMBERS_MAX, encodePoolLabel, labelCopyFor, newestPoolLabel, type PoolLabel } from './pool-label.js';
+import { moveGeneration, poolView, staleness } from './pool-members.js';
 import type { MemberState, MemberStatus, Pool, PoolMember, PoolStatus, ProgressOptions, ScrubReport } from './pool.js';
 import { RangeLock } from './range-lock.js';
 import type { Device } from './types.js';
@@ -103,7 +107,7 @@ export class MirrorDevice implements Pool {
 
   /** Label `devices` as a new mirror pool (generation 1) and open it. Whatever they held is the pool's now. */
   static async create(devices: readonly PoolMember[], poolId: string = randomUUID(), opts: MirrorOptions = {}): Promise<MirrorDevice> {
-    if (devices.length < 2) throw new PagepairError('BAD_CONFIG', `a mirror pool needs 2 devices or more, got ${devices.length}`, 'devices');
+    if (devices.length < 2 || devices.length > POOL_MEMBERS_MAX) throw new PagepairError('BAD_CONFIG', `a mirror pool needs 2 to ${POOL_MEMBERS_MAX} devices, got ${devices.length}`, 'devices');
     const dataBytes = Math.min(...devices.map((d) => d.device.sizeBytes)) - POOL_LABEL_AREA_BYTES;
     if (dataBytes <= 0) throw new PagepairError('BAD_CONFIG', `the smallest device (${Math.min(...devices.map((d) => d.device.sizeBytes))} bytes) has no room after the pool labels`, 'devices');
     await Promise.all(
@@ -132,6 +136,9 @@ export class MirrorDevice implements Pool {
     const first = labels.find((l): l is PoolLabel => typeof l !== 'string' && !('unreadable' in l));
     const describe = (l: PoolLabel | string | { unreadable: string }): string => (typeof l === 'string' ? l : 'unreadable' in l ? l.unreadable : `generation ${l.generation}`);
     if (first === undefined) throw new PagepairError('STORE_MISMATCH', `no device holds a pool label: ${devices.map((d, i) => `${d.name}: ${describe(labels[i]!)}`).join('; ')}`, 'devices');
+    // Judged by the newest labels (pool-members.ts): a member they name as out missed writes; one
+    // they do not name, with an older label, is current (its label write is late).
+    const view = poolView(labels, first.poolId);
     const generation = Math.max(...labels.map((l) => (typeof l === 'string' || 'unreadable' in l ? 0 : l.generation)));
     const members: Member[] = devices.map((d, slot) => {
       const l = labels[slot]!;
@@ -144,8 +151,8 @@ export class MirrorDevice implements Pool {
       if (d.device.sizeBytes < POOL_LABEL_AREA_BYTES + first.dataBytes) {
         throw new PagepairError('STORE_MISMATCH', `device ${d.name} holds ${d.device.sizeBytes} bytes, the pool keeps ${POOL_LABEL_AREA_BYTES + first.dataBytes} on each`, 'devices');
       }
-      const stale = l.generation < generation;
-      return { ...d, slot, state: stale ? 'stale' : 'healthy', reason: stale ? staleReason(l.generation, generation) : null };
+      const stale = staleness(l, view);
+      return { ...d, slot, state: stale !== null ? 'stale' : 'healthy', reason: stale };
     });
     if (!members.some((m) => m.state === 'healthy')) throw new PagepairError('IO_ERROR', `no device of the pool is current: ${members.map((m) => `${m.name}: ${m.reason ?? m.state}`).join('; ')}`, 'devices');
     const pool = new MirrorDevice(members, first.poolId, generation, first.dataBytes, opts);
@@ -195,6 +202,7 @@ export class MirrorDevice implements Pool {
     );
     const newest = Math.max(this.gen, ...labels.map((l) => (typeof l === 'string' || l.poolId !== this.poolId ? 0 : l.generation)));
     const movedOn = newest > this.gen;
+    const view = poolView(labels, this.poolId);
     const failing: { m: Member; reason: string }[] = [];
     this.members.forEach((m, i) => {
       const l = labels[i]!;
@@ -213,12 +221,15 @@ export class MirrorDevice implements Pool {
         return;
       }
       const label = l as PoolLabel;
-      if (label.generation < newest) {
+      // Named out by the newest labels: it missed writes. Not named, an older label of its own
+      // is one whose write has not landed yet (another pool object moving the generation on).
+      const stale = view.generation < newest ? staleReason(label.generation, newest) : staleness(label, view);
+      if (stale !== null) {
         if (m.state === 'healthy') {
           m.state = 'stale';
-          m.reason = staleReason(label.generation, newest);
+          m.reason = stale;
         }
-      } else if (movedOn && m.state !== 'healthy') {
+      } else if (movedOn && m.state !== 'healthy' && label.generation >= newest) {
         // Someone else moved the pool on with this member in it (a rebuild finished elsewhere): it is current again.
         m.state = 'healthy';
         m.reason = null;
@@ -377,7 +388,7 @@ export class MirrorDevice implements Pool {
     this.checkOpen('rebuild');
     fresh.state = 'healthy';
     fresh.reason = null;
-    const run = this.labelChain.then(() => this.writeGeneration());
+    const run = this.labelChain.then(() => this.writeGeneration(new Set([fresh.slot])));
     this.labelChain = run.catch(() => undefined);
     await run;
     if (fresh.state !== 'healthy') throw new PagepairError('IO_ERROR', `pool ${this.poolId}: ${fresh.name} ${fresh.reason ?? fresh.state}`);
@@ -473,30 +484,19 @@ export class MirrorDevice implements Pool {
     return run;
   }
 
-  private async writeGeneration(): Promise<void> {
-    for (;;) {
-      const generation = this.gen + 1;
-      const left = this.members.filter((m) => m.state === 'healthy');
-      if (left.length === 0) return;
-      const results = await Promise.allSettled(
-        left.map(async (m) => {
-          const label = encodePoolLabel({ poolId: this.poolId, layout: 'mirror', slot: m.slot, devices: this.members.length, generation, dataBytes: this.sizeBytes });
-          await m.device.write(labelCopyFor(generation) * 4096, label);
-          await m.device.sync();
-        }),
-      );
-      this.gen = generation;
-      // A member that cannot take the label fails too, and the next generation names it stale.
-      let failedNow = 0;
-      results.forEach((r, i) => {
-        if (r.status === 'fulfilled') return;
-        const m = left[i]!;
-        m.state = 'failed';
-        m.reason = `label write failed: ${String(r.reason)}`;
-        failedNow++;
-      });
-      if (failedNow === 0) return;
-    }
+  /**
+   * Write the next generation to the healthy members, naming the others as
+   * out (joining: slots made whole, named no more); see moveGeneration.
+   */
+  private async writeGeneration(joining?: ReadonlySet<number>): Promise<void> {
+    const moved = await moveGeneration(this.members, {
+      poolId: this.poolId,
+      base: this.gen,
+      ...(joining === undefined ? {} : { joining }),
+      labelFor: (m, generation, failedSlots, currentSince) =>
+        encodePoolLabel({ poolId: this.poolId, layout: 'mirror', slot: m.slot, devices: this.members.length, generation, dataBytes: this.sizeBytes, failedSlots, currentSince }),
+    });
+    this.gen = Math.max(this.gen, moved);
   }
 
   private noneLeft(what: string): PagepairError {

@@ -26,8 +26,11 @@
 // store's work (pool.ts).
 //
 // A member whose read, write or sync fails is marked failed, and the pool's
-// next generation is written (synced) to the members left before the
-// operation is answered, as mirror-device.ts does. A member being rebuilt
+// next generation, naming the members out, is written (synced) to the
+// members left before the operation is answered, as mirror-device.ts does.
+// Members are judged by the newest labels (pool-members.ts): one they name
+// is stale; one they do not name is current even when its own label is
+// older (the other controller's label write has not reached it yet). A member being rebuilt
 // (replace) is written to but never read, and carries generation 0 until it
 // is whole: a crash during the rebuild leaves it stale.
 //
@@ -39,8 +42,8 @@ import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PagepairError } from '../protocol/errors.js';
 import { parityP, parityQ, recoverStripe } from './parity.js';
-import { POOL_LABEL_AREA_BYTES, encodePoolLabel, type PoolLabel } from './pool-label.js';
-import { readPoolLabel, writeGeneration, type SlotMember } from './pool-members.js';
+import { POOL_LABEL_AREA_BYTES, POOL_MEMBERS_MAX, encodePoolLabel, type PoolLabel } from './pool-label.js';
+import { moveGeneration, poolView, readPoolLabel, readPoolLabels, staleness, type SlotMember } from './pool-members.js';
 import type { Pool, PoolMember, PoolStatus, ProgressOptions, ScrubReport } from './pool.js';
 
 export type ParityLayout = 'parity' | 'parity2';
@@ -134,7 +137,7 @@ export class ParityDevice implements Pool {
     const { layout, chunkBytes, mirroredPrefixBytes } = opts;
     if (layout !== 'parity' && layout !== 'parity2') throw new PagepairError('BAD_CONFIG', `a parity pool's layout is parity or parity2, got ${String(layout)}`, 'layout');
     const n = members.length;
-    if (n < minMembers(layout) || n > 255) throw new PagepairError('BAD_CONFIG', `a ${layout} pool needs ${minMembers(layout)} to 255 devices, got ${n}`, 'devices');
+    if (n < minMembers(layout) || n > POOL_MEMBERS_MAX) throw new PagepairError('BAD_CONFIG', `a ${layout} pool needs ${minMembers(layout)} to ${POOL_MEMBERS_MAX} devices, got ${n}`, 'devices');
     if (!Number.isSafeInteger(chunkBytes) || chunkBytes <= 0 || chunkBytes % CHUNK_ALIGN_BYTES !== 0 || chunkBytes > 0xffff_f000) {
       throw new PagepairError('BAD_CONFIG', `chunkBytes must be a positive multiple of ${CHUNK_ALIGN_BYTES} below 4 GiB, got ${chunkBytes}`, 'chunkBytes');
     }
@@ -177,8 +180,8 @@ export class ParityDevice implements Pool {
     if (chunkBytes % CHUNK_ALIGN_BYTES !== 0 || chunkBytes === 0 || prefixBytes % rowBytes !== 0 || !Number.isInteger(rows) || rows < 1) {
       throw new PagepairError('STORE_MISMATCH', `the label of device ${firstName} has no sound geometry (chunk ${chunkBytes}, prefix ${prefixBytes}, data ${first.dataBytes} bytes)`, 'devices');
     }
-    let generation = 0;
-    for (const l of labels) if (typeof l !== 'string' && !('unreadable' in l) && l.poolId === first.poolId) generation = Math.max(generation, l.generation);
+    const view = poolView(labels, first.poolId);
+    const generation = view.generation;
     const slots: SlotMember[] = members.map((m, slot) => {
       const l = labels[slot]!;
       if (typeof l !== 'string' && 'unreadable' in l) return { ...m, slot, state: 'failed', reason: l.unreadable };
@@ -188,8 +191,9 @@ export class ParityDevice implements Pool {
       if (m.device.sizeBytes < POOL_LABEL_AREA_BYTES + first.dataBytes) {
         throw new PagepairError('STORE_MISMATCH', `device ${m.name} holds ${m.device.sizeBytes} bytes, the pool keeps ${POOL_LABEL_AREA_BYTES + first.dataBytes} on each`, 'devices');
       }
-      if (l.generation === 0) return { ...m, slot, state: 'stale', reason: 'stale: a rebuild onto it did not finish' };
-      if (l.generation < generation) return { ...m, slot, state: 'stale', reason: `stale: pool generation ${l.generation}, the others are at ${generation}` };
+      // Named out by the newest labels: it missed writes. Not named, with an older label: its label write is late, it is current.
+      const stale = staleness(l, view);
+      if (stale !== null) return { ...m, slot, state: 'stale', reason: stale };
       return { ...m, slot, state: 'healthy', reason: null };
     });
     const device = new ParityDevice(slots, first.poolId, layout, chunkBytes, prefixBytes, rows, generation);
@@ -493,8 +497,9 @@ export class ParityDevice implements Pool {
 
   async refresh(): Promise<number> {
     await this.labelChain;
-    const labels = await Promise.all(this.members.map((m) => readPoolLabel(m.device).catch((err: unknown) => `label read failed: ${String(err)}`)));
-    for (const l of labels) if (typeof l !== 'string' && l.poolId === this.poolId) this.gen = Math.max(this.gen, l.generation);
+    const labels = await readPoolLabels(this.members);
+    const view = poolView(labels, this.poolId);
+    this.gen = Math.max(this.gen, view.generation);
     const reference = this.labelFields(0, this.gen);
     // Failed after the loop: failing one moves the generation on, and the labels read before
     // that would then make every other member look stale.
@@ -508,12 +513,15 @@ export class ParityDevice implements Pool {
         continue;
       }
       const label = l as PoolLabel;
-      if (label.generation < this.gen) {
+      // Judged by the newest labels: named out there, it missed writes; not named, an older
+      // label of its own is one whose write has not landed yet (another object's move under way).
+      const stale = view.generation < this.gen ? null : staleness(label, view);
+      if (stale !== null) {
         if (m.state === 'healthy' || m.state === 'stale') {
           m.state = 'stale';
-          m.reason = label.generation === 0 ? 'stale: being rebuilt' : `stale: pool generation ${label.generation}, the others are at ${this.gen}`;
+          m.reason = stale;
         }
-      } else if (m.state === 'stale') {
+      } else if (m.state === 'stale' && label.generation >= view.generation && view.generation >= this.gen) {
         // Made whole and current by another pool object (a replace there).
         m.state = 'healthy';
         m.reason = null;
@@ -631,7 +639,8 @@ export class ParityDevice implements Pool {
       await m.device.sync();
       m.state = 'healthy';
       m.reason = null;
-      await this.bumpGeneration();
+      // The generation that names it in again: the labels read before say it is out.
+      await this.bumpGeneration(new Set([slot]));
     } catch (err) {
       if (m.state === 'rebuilding') {
         m.state = 'stale';
@@ -766,16 +775,23 @@ export class ParityDevice implements Pool {
     return this.bumpGeneration();
   }
 
-  private bumpGeneration(): Promise<void> {
+  /** Write the next generation, naming every member not healthy as out (joining: slots made whole, named no more). */
+  private bumpGeneration(joining?: ReadonlySet<number>): Promise<void> {
     const run = this.labelChain.then(async () => {
-      this.gen = await writeGeneration(this.members, this.gen + 1, (m, generation) => this.label(m.slot, generation));
+      const moved = await moveGeneration(this.members, {
+        poolId: this.poolId,
+        base: this.gen,
+        ...(joining === undefined ? {} : { joining }),
+        labelFor: (m, generation, failedSlots, currentSince) => this.label(m.slot, generation, failedSlots, currentSince),
+      });
+      this.gen = Math.max(this.gen, moved);
     });
     this.labelChain = run.catch(() => undefined);
     return run;
   }
 
-  private label(slot: number, generation: number): Buffer {
-    return encodePoolLabel(this.labelFields(slot, generation));
+  private label(slot: number, generation: number, failedSlots: readonly number[] = [], currentSince = generation): Buffer {
+    return encodePoolLabel({ ...this.labelFields(slot, generation), failedSlots, currentSince });
   }
 
   private labelFields(slot: number, generation: number): PoolLabel {

@@ -1,7 +1,18 @@
 // What every pool layout does with its members' labels (issue 14): read a
-// member's newest label, and write the pool's next generation to the
-// members left after one failed. mirror-device.ts keeps its own copy of the
-// generation loop for now; it may take this one.
+// member's newest label, judge the members from every label (poolView), and
+// write the pool's next generation to the members left after one failed
+// (moveGeneration).
+//
+// Two pool objects (one per controller) write the labels of the same
+// members, and one's label writes may land on some members after the other
+// has read them. So a label names the slots out of the pool at its
+// generation, and the members are judged by the newest labels' sets: a
+// member the newest labels do not name is in the pool even when its own
+// label is older (its write is merely late). A generation move first reads
+// the labels and keeps every slot that labels newer than what this object
+// knew name; after writing, it reads them again and moves on once more
+// while the newest labels miss a slot it knows is out (another object wrote
+// a newer generation from labels read before this one's landed).
 
 import type { PoolLabel } from './pool-label.js';
 import { labelCopyFor, newestPoolLabel } from './pool-label.js';
@@ -28,18 +39,121 @@ export async function writePoolLabel(device: Device, generation: number, label: 
   await device.sync();
 }
 
+/** Every member's label, or why it could not be read. */
+export async function readPoolLabels(members: readonly PoolMember[]): Promise<(PoolLabel | string)[]> {
+  return Promise.all(members.map((m) => readPoolLabel(m.device).catch((err: unknown) => `label read failed: ${err instanceof Error ? err.message : String(err)}`)));
+}
+
+/** What the labels of a pool's members say together. */
+export interface PoolView {
+  /** The newest generation any label of the pool holds (0: none). */
+  generation: number;
+  /**
+   * The slots the labels of that generation name as out (their union).
+   * Null when one of them was written before labels named the slots out: then
+   * every member with an older label is stale, as before.
+   */
+  out: Set<number> | null;
+  /** A label older than this is of a device that left the pool (its slot was filled anew since). */
+  since: number;
+}
+
+/** The newest generation among the labels of pool `poolId`, and which slots its labels name as out. */
+export function poolView(labels: readonly (PoolLabel | string | { unreadable: string })[], poolId: string): PoolView {
+  let generation = 0;
+  for (const l of labels) if (isLabelOf(l, poolId)) generation = Math.max(generation, l.generation);
+  let out: Set<number> | null = new Set<number>();
+  let since = 0;
+  for (const l of labels) {
+    if (!isLabelOf(l, poolId) || l.generation !== generation) continue;
+    if (l.failedSlotsRecorded === false) out = null;
+    if (out !== null) for (const s of l.failedSlots ?? []) out.add(s);
+    since = Math.max(since, l.currentSince ?? l.generation);
+  }
+  return { generation, out, since };
+}
+
 /**
- * Write `generation` to every healthy member, synced. A member that cannot
- * take it is marked failed, and the generation after names it stale: the
- * loop ends when every member left holds the last one. Resolves with it.
- * Each member that stops being healthy moves the generation on once.
+ * Why a member whose label is `l` is not current in a pool `view` describes
+ * (a stale reason), or null when it is: named out by the newest labels, or
+ * (labels that name no slots) older than them, or labelled as being rebuilt.
  */
-export async function writeGeneration(members: readonly SlotMember[], generation: number, labelFor: (m: SlotMember, generation: number) => Buffer): Promise<number> {
-  for (;;) {
+export function staleness(l: PoolLabel, view: PoolView): string | null {
+  if (l.generation === 0) return 'stale: a rebuild onto it did not finish';
+  if (view.out === null) return l.generation < view.generation ? `stale: pool generation ${l.generation}, the others are at ${view.generation}` : null;
+  if (!view.out.has(l.slot) && l.generation >= view.since) return null;
+  return l.generation < view.generation
+    ? `stale: pool generation ${l.generation}, the others are at ${view.generation}`
+    : `stale: named out of the pool at generation ${view.generation} by another pool object`;
+}
+
+function isLabelOf(l: PoolLabel | string | { unreadable: string }, poolId: string): l is PoolLabel {
+  return typeof l !== 'string' && !('unreadable' in l) && l.poolId === poolId;
+}
+
+export interface MoveGenerationOptions {
+  poolId: string;
+  /** The generation this object holds: labels newer than it were written by another object. */
+  base: number;
+  /** Slots made whole by this move (a replace done): out in the labels read, in from now on. */
+  joining?: ReadonlySet<number>;
+  /** The label of member `m` at `generation`, naming `failedSlots` as out, the members current since `currentSince`. */
+  labelFor(m: SlotMember, generation: number, failedSlots: readonly number[], currentSince: number): Buffer;
+}
+
+/** Tries at most this many generations in one move before settling for the last written. */
+const MOVE_ROUNDS_MAX = 16;
+
+/**
+ * Move the pool past its members that are not healthy: read the labels, mark
+ * stale every healthy member that labels newer than `base` (or the newest)
+ * name as out, and write the next generation, naming every member not
+ * healthy as out, to the healthy ones, synced. A member that cannot take it
+ * is marked failed and the move goes on. Then read the labels again: while
+ * the newest ones miss a slot out here (another object wrote a newer
+ * generation from labels read before these landed), move on again.
+ * Resolves with the newest generation seen or written.
+ */
+export async function moveGeneration(members: readonly SlotMember[], opts: MoveGenerationOptions): Promise<number> {
+  const joining = opts.joining ?? new Set<number>();
+  let written = 0;
+  let newest = opts.base;
+  let since = 0;
+  for (let round = 0; ; round++) {
+    // Failed members are not read: their reads may hang or fail, and they take no labels.
+    // Nor joining ones: their labels are this object's own (being rebuilt, then this move's).
+    const readFrom = members.filter((m) => (m.state === 'healthy' || m.state === 'stale') && !joining.has(m.slot));
+    const read = await readPoolLabels(readFrom);
+    const labels = read.filter((l): l is PoolLabel => isLabelOf(l, opts.poolId) && l.slot < members.length);
+    const view = poolView(labels, opts.poolId);
+    newest = Math.max(newest, view.generation);
+    const named = new Set<number>();
+    for (const l of labels) {
+      if (l.generation <= opts.base && l.generation !== view.generation) continue;
+      for (const s of l.failedSlots ?? []) if (!joining.has(s)) named.add(s);
+      since = Math.max(since, l.currentSince ?? l.generation);
+    }
+    for (const s of named) {
+      const m = members[s];
+      if (m === undefined || m.state !== 'healthy') continue;
+      m.state = 'stale';
+      m.reason = `stale: named out of the pool by another pool object's labels (generation ${view.generation})`;
+    }
+    const out = members.filter((m) => m.state !== 'healthy').map((m) => m.slot);
     const left = members.filter((m) => m.state === 'healthy');
-    if (left.length === 0) return generation;
-    const results = await Promise.allSettled(left.map((m) => writePoolLabel(m.device, generation, labelFor(m, generation))));
-    let failedNow = 0;
+    if (written > 0) {
+      // Done when the newest labels name every slot out here (and none that is in, but joining).
+      const newestOut = view.out ?? new Set<number>();
+      const settled = view.generation >= written && view.out !== null && out.every((s) => newestOut.has(s)) && [...joining].every((s) => !newestOut.has(s));
+      if (settled || round >= MOVE_ROUNDS_MAX || left.length === 0) return newest;
+    }
+    if (left.length === 0) return newest;
+    const generation = Math.max(newest, written) + 1;
+    // A slot filled anew: a label older than the one before this names the device it replaced.
+    if (joining.size > 0) since = Math.max(since, generation - 1);
+    const results = await Promise.allSettled(left.map((m) => writePoolLabel(m.device, generation, opts.labelFor(m, generation, out, Math.min(since, generation)))));
+    written = generation;
+    newest = Math.max(newest, generation);
     results.forEach((r, i) => {
       if (r.status === 'fulfilled') return;
       const m = left[i]!;
@@ -47,9 +161,6 @@ export async function writeGeneration(members: readonly SlotMember[], generation
       if (m.state !== 'healthy') return;
       m.state = 'failed';
       m.reason = `label write failed: ${String(r.reason)}`;
-      failedNow++;
     });
-    if (failedNow === 0) return generation;
-    generation++;
   }
 }

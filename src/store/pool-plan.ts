@@ -6,12 +6,13 @@
 
 import { PagepairError } from '../protocol/errors.js';
 import { computeGeometry } from './layout.js';
-import { POOL_LABEL_AREA_BYTES } from './pool-label.js';
+import { POOL_LABEL_AREA_BYTES, POOL_MEMBERS_MAX } from './pool-label.js';
 import type { PoolLayout } from './pool.js';
 
 export const POOL_LAYOUTS: readonly PoolLayout[] = ['mirror', 'parity', 'parity2'];
 export const POOL_CHUNK_BYTES_DEFAULT = 64 * 1024;
-export const POOL_DEVICES_MAX = 255;
+/** A label names the slots out of the pool in a 32-bit map (pool-label.ts). */
+export const POOL_DEVICES_MAX = POOL_MEMBERS_MAX;
 
 export function poolParities(layout: PoolLayout): 0 | 1 | 2 {
   return layout === 'mirror' ? 0 : layout === 'parity' ? 1 : 2;

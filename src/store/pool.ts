@@ -85,9 +85,10 @@ export interface Pool extends Device {
   readonly degraded: boolean;
   status(): PoolStatus;
   /**
-   * Read every member's label again: a member whose label is missing, of
-   * another pool or older than the newest generation is not used from now
-   * on. Resolves with the pool's generation.
+   * Read every member's label again: a member whose label is missing or of
+   * another pool, or whose slot the newest labels name as out, is not used
+   * from now on (one they do not name is used even when its own label is
+   * older: a label write still under way). Resolves with the pool's generation.
    */
   refresh(): Promise<number>;
   /**

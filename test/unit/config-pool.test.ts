@@ -64,9 +64,10 @@ describe('store.pool', () => {
   it('names the field at fault', () => {
     const cases: [Record<string, unknown>, string, RegExp][] = [
       [withPool({ layout: 'raid5', devices: ['a', 'b', 'c'] }), 'store.pool.layout', /one of "mirror", "parity", "parity2"/],
-      [withPool({ layout: 'mirror', devices: ['a'] }), 'store.pool.devices', /2 to 255 devices for a mirror pool, got 1/],
-      [withPool({ layout: 'parity', devices: ['a', 'b'] }), 'store.pool.devices', /3 to 255 devices for a parity pool, got 2/],
-      [withPool({ layout: 'parity2', devices: ['a', 'b', 'c'] }), 'store.pool.devices', /4 to 255 devices for a parity2 pool, got 3/],
+      [withPool({ layout: 'mirror', devices: ['a'] }), 'store.pool.devices', /2 to 32 devices for a mirror pool, got 1/],
+      [withPool({ layout: 'parity', devices: ['a', 'b'] }), 'store.pool.devices', /3 to 32 devices for a parity pool, got 2/],
+      [withPool({ layout: 'parity2', devices: ['a', 'b', 'c'] }), 'store.pool.devices', /4 to 32 devices for a parity2 pool, got 3/],
+      [withPool({ layout: 'parity', devices: Array.from({ length: 33 }, (_, i) => `d${i}`) }), 'store.pool.devices', /3 to 32 devices for a parity pool, got 33/],
       [withPool({ layout: 'mirror', devices: 'a,b' }), 'store.pool.devices', /a list of 2 or more/],
       [withPool({ layout: 'parity', devices: ['a', 'b', 7] }), 'store.pool.devices[2]', /a path or an nbd:\/\/ URI/],
       [withPool({ layout: 'parity', devices: ['a', 'b', 'http://x/y'] }), 'store.pool.devices[2]', /http:\/\/ device/],

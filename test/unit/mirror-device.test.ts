@@ -6,12 +6,13 @@
 // interface).
 
 import { describe, expect, it } from 'vitest';
+import { crc32c } from '../../src/protocol/crc32c.js';
 import { isPagepairError } from '../../src/protocol/errors.js';
 import { MemoryDevice } from '../../src/store/memory-device.js';
 import { MirrorDevice } from '../../src/store/mirror-device.js';
 import type { PoolMember, PoolStatus } from '../../src/store/pool.js';
 import { PageStore } from '../../src/store/page-store.js';
-import { POOL_LABEL_AREA_BYTES, encodePoolLabel, newestPoolLabel, type PoolLabel } from '../../src/store/pool-label.js';
+import { POOL_LABEL_AREA_BYTES, encodePoolLabel, labelCopyFor, newestPoolLabel, type PoolLabel } from '../../src/store/pool-label.js';
 import type { Device } from '../../src/store/types.js';
 
 const MiB = 1024 * 1024;
@@ -266,5 +267,69 @@ describe('mirror pool device', () => {
     expect(await code(m.replace(0, { name: 'other', device: new FlakyDevice(4 * MiB) }))).toMatch(/^BUSY: .*slot 1 is being rebuilt/);
     await first;
     expect(m.status().members.map((s) => s.state)).toEqual(['healthy', 'healthy']);
+  });
+});
+
+describe('mirror pool: labels name the members out (two pool objects moving the generation at once)', () => {
+  it("a refresh or open during another object's half-written move judges stale only the member its labels name", async () => {
+    const { devs, pool } = devices(3);
+    const a = await MirrorDevice.create(pool, POOL);
+    await a.write(0, Buffer.alloc(4096, 0x31));
+    const b = await MirrorDevice.open(pool);
+    // Another object fails dev1 and has written generation 2 (dev1 out) to dev0 only so far.
+    const l0 = await labelOf(devs[0]!);
+    await devs[0]!.write(labelCopyFor(2) * 4096, encodePoolLabel({ ...l0, generation: 2, failedSlots: [1], currentSince: 1 }));
+    expect(await b.refresh()).toBe(2);
+    expect(b.status().members.map((s) => s.state)).toEqual(['healthy', 'stale', 'healthy']);
+    const c = await MirrorDevice.open(pool, { readOnly: true });
+    expect(c.status().members.map((s) => s.state)).toEqual(['healthy', 'stale', 'healthy']);
+    expect(c.status().members[1]!.reason).toBe('stale: pool generation 1, the others are at 2');
+    expect((await c.read(0, 4096)).equals(Buffer.alloc(4096, 0x31))).toBe(true);
+  });
+
+  it('two objects failing different members at once: a later open finds both out; a move keeps the slot another named', async () => {
+    const { devs, pool } = devices(4);
+    const a = await MirrorDevice.create(pool, POOL);
+    // b sees its own wrappers: dev2 fails on b's path only.
+    const bDevs = devs.map((d) => ({ inner: d, broken: false }));
+    const bPool: PoolMember[] = bDevs.map((w, i) => ({
+      name: `dev${i}`,
+      device: {
+        get sizeBytes() {
+          return w.inner.sizeBytes;
+        },
+        read: (o: number, n: number) => (w.broken ? Promise.reject(new Error('EIO')) : w.inner.read(o, n)),
+        write: (o: number, d: Buffer) => (w.broken ? Promise.reject(new Error('EIO')) : w.inner.write(o, d)),
+        sync: () => (w.broken ? Promise.reject(new Error('EIO')) : w.inner.sync()),
+        close: () => Promise.resolve(),
+      } as Device,
+    }));
+    const b = await MirrorDevice.open(bPool);
+    devs[1]!.failNextWrite();
+    bDevs[2]!.broken = true;
+    await Promise.all([a.write(0, Buffer.alloc(4096, 0x41)), b.write(8192, Buffer.alloc(4096, 0x42))]);
+    const fresh = await MirrorDevice.open(pool, { readOnly: true });
+    expect(fresh.status().members.map((s) => s.state)).toEqual(['healthy', 'stale', 'stale', 'healthy']);
+    expect((await fresh.read(0, 4096)).equals(Buffer.alloc(4096, 0x41))).toBe(true);
+    expect((await fresh.read(8192, 4096)).equals(Buffer.alloc(4096, 0x42))).toBe(true);
+  });
+
+  it('labels written before the failed-slot set are judged by generation alone', async () => {
+    const { devs, pool } = devices(2);
+    const a = await MirrorDevice.create(pool, POOL);
+    await a.write(0, Buffer.alloc(4096, 0x51));
+    const old = Buffer.from(encodePoolLabel({ ...(await labelOf(devs[0]!)), generation: 2 }));
+    old.fill(0, 9, 12);
+    old.fill(0, 56, 60);
+    old.writeUInt32LE(crc32c(old.subarray(0, 60)), 60);
+    await devs[0]!.write(labelCopyFor(2) * 4096, old);
+    expect(await labelOf(devs[0]!)).toMatchObject({ generation: 2, failedSlots: [], failedSlotsRecorded: false });
+    const again = await MirrorDevice.open(pool, { readOnly: true });
+    expect(again.status().members.map((s) => s.state)).toEqual(['healthy', 'stale']);
+  });
+
+  it('refuses more than 32 members at create, naming the count', async () => {
+    const many = Array.from({ length: 33 }, (_, i) => ({ name: `dev${i}`, device: new MemoryDevice(64 * 1024) }));
+    expect(await code(MirrorDevice.create(many, POOL))).toMatch(/^BAD_CONFIG: a mirror pool needs 2 to 32 devices, got 33/);
   });
 });

@@ -7,11 +7,12 @@
 
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { crc32c } from '../../src/protocol/crc32c.js';
 import { isPagepairError } from '../../src/protocol/errors.js';
 import { MemoryDevice } from '../../src/store/memory-device.js';
 import { MirrorDevice } from '../../src/store/mirror-device.js';
 import { ParityDevice, type ParityLayout } from '../../src/store/parity-device.js';
-import { POOL_LABEL_AREA_BYTES, encodePoolLabel, newestPoolLabel, type PoolLabel } from '../../src/store/pool-label.js';
+import { POOL_LABEL_AREA_BYTES, encodePoolLabel, labelCopyFor, newestPoolLabel, type PoolLabel } from '../../src/store/pool-label.js';
 import type { PoolMember } from '../../src/store/pool.js';
 import type { Device } from '../../src/store/types.js';
 
@@ -538,3 +539,133 @@ describe('parity pool: replace and refresh', () => {
     expect((await again.read(0, again.sizeBytes)).equals(model)).toBe(true);
   });
 });
+
+/** Write the label `fields` (with its own generation) to the copy it goes to on `d`, as another pool object's move would. */
+async function putLabel(d: Device, fields: PoolLabel): Promise<void> {
+  await d.write(labelCopyFor(fields.generation) * 4096, encodePoolLabel(fields));
+}
+
+describe('parity pool: labels name the members out (two pool objects moving the generation at once)', () => {
+  it("a refresh during another object's half-written move does not judge the members its label write has not reached stale", async () => {
+    const { raws, pool: a } = await rig('parity2', 4);
+    const b = await ParityDevice.open(raws.map((device, i) => ({ name: `dev${i}`, device })));
+    const model = pattern(a.sizeBytes, 51);
+    await a.write(0, model);
+    const l0 = await labelOf(raws[0]!);
+    // Another object fails dev1 and has written generation 2 (dev1 out) to dev0 only so far.
+    await putLabel(raws[0]!, { ...l0, generation: 2, failedSlots: [1], currentSince: 1 });
+    expect(await b.refresh()).toBe(2);
+    expect(b.status().members.map((m) => m.state)).toEqual(['healthy', 'stale', 'healthy', 'healthy']);
+    expect(b.status().failuresTolerated).toBe(1);
+    for (let i = 0; i < 4; i++) expect((await b.read(0, b.sizeBytes)).equals(model)).toBe(true);
+    // So does an open at that moment.
+    const c = await ParityDevice.open(raws.map((device, i) => ({ name: `dev${i}`, device })));
+    expect(c.status().members.map((m) => m.state)).toEqual(['healthy', 'stale', 'healthy', 'healthy']);
+    expect(c.generation).toBe(2);
+    // dev0 breaking as well leaves a parity2 pool serving (two out, not three).
+    await raws[0]!.write(POOL_LABEL_AREA_BYTES, Buffer.alloc(64, 0xee));
+    const { gates, members } = gated(raws);
+    const d = await ParityDevice.open(members);
+    gates[0]!.broken = true;
+    expect((await d.read(0, d.sizeBytes)).subarray(64).equals(model.subarray(64))).toBe(true);
+    expect(d.status().members.map((m) => m.state)).toEqual(['failed', 'stale', 'healthy', 'healthy']);
+  });
+
+  it('a member that missed writes (named out by the newest labels) opens stale, however its own label reads', async () => {
+    const { raws, gates, pool } = await rig('parity', 3);
+    const model = pattern(pool.sizeBytes, 52);
+    gates[1]!.broken = true;
+    await pool.write(0, model);
+    expect(pool.generation).toBe(2);
+    expect(await labelOf(raws[0]!)).toMatchObject({ generation: 2, failedSlots: [1], failedSlotsRecorded: true, currentSince: 1 });
+    const again = await ParityDevice.open(raws.map((device, i) => ({ name: `dev${i}`, device })));
+    expect(again.status().members[1]).toMatchObject({ state: 'stale', reason: 'stale: pool generation 1, the others are at 2' });
+    // Its label at the newest generation too (another object wrote it there before it was named out): still out.
+    const l1 = await labelOf(raws[1]!);
+    await putLabel(raws[1]!, { ...l1, generation: 2, currentSince: 1 });
+    const third = await ParityDevice.open(raws.map((device, i) => ({ name: `dev${i}`, device })));
+    expect(third.status().members[1]).toMatchObject({ state: 'stale', reason: expect.stringContaining('named out of the pool at generation 2') });
+    expect((await third.read(0, third.sizeBytes)).equals(model)).toBe(true);
+  });
+
+  it('two objects failing different members at once: the labels name both, and a later move keeps the slot another object named', async () => {
+    const { raws, gates: aGates, pool: a } = await rig('parity2', 5);
+    const { gates: bGates, members: bMembers } = gated(raws);
+    const b = await ParityDevice.open(bMembers);
+    const model = pattern(a.sizeBytes, 53);
+    await a.write(0, model);
+    // Each object loses a different member on its own path, at once.
+    aGates[1]!.broken = true;
+    bGates[2]!.broken = true;
+    await Promise.all([a.sync(), b.sync()]);
+    const fresh = await ParityDevice.open(raws.map((device, i) => ({ name: `dev${i}`, device })));
+    expect(fresh.status().members.map((m) => m.state)).toEqual(['healthy', 'stale', 'stale', 'healthy', 'healthy']);
+    expect((await fresh.read(0, fresh.sizeBytes)).equals(model)).toBe(true);
+  });
+
+  it("a move reads the labels first: it names the slot another object's newer labels name, and marks that member stale here", async () => {
+    const { raws, gates, pool: a } = await rig('parity2', 4);
+    const model = pattern(a.sizeBytes, 54);
+    await a.write(0, model);
+    // Another object named dev1 out at generation 2, on dev0 and dev3 so far; a has not refreshed.
+    for (const s of [0, 3]) await putLabel(raws[s]!, { ...(await labelOf(raws[s]!)), generation: 2, failedSlots: [1], currentSince: 1 });
+    gates[2]!.broken = true;
+    await a.write(0, model);
+    expect(a.generation).toBe(3);
+    expect(a.status().members.map((m) => m.state)).toEqual(['healthy', 'stale', 'failed', 'healthy']);
+    for (const s of [0, 3]) expect(await labelOf(raws[s]!)).toMatchObject({ generation: 3, failedSlots: [1, 2] });
+    const fresh = await ParityDevice.open(raws.map((device, i) => ({ name: `dev${i}`, device })));
+    expect(fresh.status().members.map((m) => m.state)).toEqual(['healthy', 'stale', 'stale', 'healthy']);
+    expect((await fresh.read(0, fresh.sizeBytes)).equals(model)).toBe(true);
+  });
+
+  it('a move whose labels another object overtook, from labels read before them, moves on again until the newest name its slot', async () => {
+    const { raws, gates, pool: a } = await rig('parity', 4);
+    const model = pattern(a.sizeBytes, 55);
+    await a.write(0, model);
+    // When a's label write reaches dev0, another object's generation 3 (naming nothing) lands on every member.
+    const inner = gates[0]!;
+    const write = inner.write.bind(inner);
+    let overtaken = false;
+    inner.write = async (offset: number, data: Buffer): Promise<void> => {
+      await write(offset, data);
+      if (offset < POOL_LABEL_AREA_BYTES && !overtaken) {
+        overtaken = true;
+        for (const d of raws) await putLabel(d, { ...(await labelOf(d)), generation: 3, failedSlots: [], currentSince: 1 });
+      }
+    };
+    gates[1]!.broken = true;
+    await a.write(0, model);
+    expect(overtaken).toBe(true);
+    expect(a.generation).toBe(4);
+    const fresh = await ParityDevice.open(raws.map((device, i) => ({ name: `dev${i}`, device })));
+    expect(fresh.status().members.map((m) => m.state)).toEqual(['healthy', 'stale', 'healthy', 'healthy']);
+    expect((await fresh.read(0, fresh.sizeBytes)).equals(model)).toBe(true);
+  });
+
+  it('labels written before the failed-slot set (byte 9 and bytes 56..60 zero) are judged by generation, as before', async () => {
+    const { raws, pool } = await rig('parity', 3);
+    const model = pattern(pool.sizeBytes, 56);
+    await pool.write(0, model);
+    // An older build's labels: dev0 and dev2 at generation 2, dev1 left at 1.
+    for (const s of [0, 2]) await raws[s]!.write(labelCopyFor(2) * 4096, oldStyle(encodePoolLabel({ ...(await labelOf(raws[s]!)), generation: 2 })));
+    expect(newestPoolLabel(await raws[0]!.read(0, 64), await raws[0]!.read(4096, 64))).toMatchObject({ generation: 2, failedSlots: [], failedSlotsRecorded: false });
+    const again = await ParityDevice.open(raws.map((device, i) => ({ name: `dev${i}`, device })));
+    expect(again.status().members.map((m) => m.state)).toEqual(['healthy', 'stale', 'healthy']);
+    expect((await again.read(0, again.sizeBytes)).equals(model)).toBe(true);
+  });
+
+  it('refuses more than 32 members at create, naming the count', async () => {
+    const many = Array.from({ length: 33 }, (_, i) => ({ name: `dev${i}`, device: new MemoryDevice(memberBytes('parity', 33, 2, 1)) }));
+    expect(await code(ParityDevice.create(many, { layout: 'parity', chunkBytes: CHUNK, mirroredPrefixBytes: 0 }))).toMatch(/^BAD_CONFIG: a parity pool needs 3 to 32 devices, got 33/);
+  });
+});
+
+/** The label as a build before the failed-slot set wrote it: flags, since-delta and the set zero, CRC redone. */
+function oldStyle(label: Buffer): Buffer {
+  const b = Buffer.from(label);
+  b.fill(0, 9, 12);
+  b.fill(0, 56, 60);
+  b.writeUInt32LE(crc32c(b.subarray(0, 60)), 60);
+  return b;
+}
