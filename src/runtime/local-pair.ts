@@ -3,7 +3,7 @@
 // tests, the NBD pair, the bench, the integration tests): free ports on
 // 127.0.0.1, and the part of each configuration that follows from them.
 
-import { freePort } from './free-port.js';
+import { freePorts } from './free-port.js';
 
 export const LOCAL_HOST = '127.0.0.1';
 
@@ -24,8 +24,10 @@ export function partnerOf(l: PairLetter): PairLetter {
 
 /** Free client and peer ports for A and B, and NBD ports when asked. */
 export async function freePairPorts(o: { nbd?: boolean } = {}): Promise<LocalPairPorts> {
-  const one = async (): Promise<LocalPorts> => ({ client: await freePort(), peer: await freePort(), ...(o.nbd === true ? { nbd: await freePort() } : {}) });
-  return { A: await one(), B: await one() };
+  const per = o.nbd === true ? 3 : 2;
+  const ports = await freePorts(2 * per);
+  const one = (i: number): LocalPorts => ({ client: ports[i * per]!, peer: ports[i * per + 1]!, ...(o.nbd === true ? { nbd: ports[i * per + 2]! } : {}) });
+  return { A: one(0), B: one(1) };
 }
 
 /**
