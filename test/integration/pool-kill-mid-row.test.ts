@@ -20,7 +20,7 @@ import { FileDevice } from '../../src/store/file-device.js';
 import { PageStore } from '../../src/store/page-store.js';
 import { ParityDevice } from '../../src/store/parity-device.js';
 import type { PoolMember } from '../../src/store/pool.js';
-import type { Device } from '../../src/store/types.js';
+import { Broken } from '../sim/pool-workload.js';
 import { makePairFiles, runCli, startProcess, stopPair, waitUntil, type PairFiles, type Proc } from './helpers.js';
 
 const MiB = 1024 * 1024;
@@ -46,22 +46,6 @@ function valueOf(p: number, b: Buffer): number | 'zero' | 'garbage' {
   if (b.every((x) => x === 0)) return 'zero';
   const v = b.readUInt32LE(0);
   return b.equals(stamp(p, v)) ? v : 'garbage';
-}
-
-class Gone implements Device {
-  constructor(readonly sizeBytes: number) {}
-  read(): Promise<Buffer> {
-    return Promise.reject(new Error('EIO: member gone'));
-  }
-  write(): Promise<void> {
-    return Promise.reject(new Error('EIO: member gone'));
-  }
-  sync(): Promise<void> {
-    return Promise.reject(new Error('EIO: member gone'));
-  }
-  close(): Promise<void> {
-    return Promise.resolve();
-  }
 }
 
 const cases: { layout: 'parity' | 'parity2'; devices: number; step: number; victim: 'A' | 'B' }[] = [
@@ -148,7 +132,7 @@ describe('a real controller killed in the middle of a row write', () => {
 
       // Offline: no row disagrees, and any one member gone still reads every page as served.
       const members = async (gone: number | null): Promise<PoolMember[]> =>
-        Promise.all(paths.map(async (p, i) => ({ name: p, device: i === gone ? new Gone(16 * MiB) : await FileDevice.open(p) })));
+        Promise.all(paths.map(async (p, i) => ({ name: p, device: i === gone ? new Broken(16 * MiB) : await FileDevice.open(p) })));
       const pool = await ParityDevice.open(await members(null));
       const report = await pool.scrub({ repair: false });
       await pool.close();

@@ -60,6 +60,19 @@ export interface PairWork {
   done: Promise<void>;
   /** A write of `run` through `via`, in the history (for a test's own last writes). */
   writeThrough(via: NodeName, run: readonly Cell[]): Promise<boolean>;
+  /** Reads answered so far. */
+  reads(): number;
+}
+
+export interface PairWorkOptions {
+  /** Actors, half starting on each controller (default 4). */
+  actors?: number;
+  /** Requests each actor makes (default 14). */
+  ops?: number;
+  /** Share of them that are writes (default 0.6). */
+  writeShare?: number;
+  /** Longest pause between an actor's requests, ms (default 14). */
+  thinkMsMax?: number;
 }
 
 /**
@@ -67,7 +80,7 @@ export interface PairWork {
  * controller, writing and reading runs of the same cells; a failed request
  * is tried again on the other controller (with the same tag for a write).
  */
-export async function startPairWork(h: Harness, seed: number, rng: Prng, opts: { actors?: number; ops?: number } = {}): Promise<PairWork> {
+export async function startPairWork(h: Harness, seed: number, rng: Prng, opts: PairWorkOptions = {}): Promise<PairWork> {
   const admin = h.client('A');
   const allocs: AllocationInfo[] = [];
   for (let i = 0; i < ALLOCS; i++) allocs.push(await h.run(admin.allocate(`w${i}`, PAGES_PER_ALLOC * PAGE, 'tiny')));
@@ -76,6 +89,7 @@ export async function startPairWork(h: Harness, seed: number, rng: Prng, opts: {
   const clock = (): number => h.nowMs + h.sched.steps / 1e7;
   const errors: string[] = [];
   let nextValue = 1;
+  let reads = 0;
 
   const conns = new Map<string, SimClient>();
   const on = (actor: number, name: NodeName): SimClient => {
@@ -122,13 +136,13 @@ export async function startPairWork(h: Harness, seed: number, rng: Prng, opts: {
     // Half the actors start on each controller: both write the same cells.
     const home: NodeName = idx % 2 === 0 ? 'A' : 'B';
     for (let op = 0; op < (opts.ops ?? 14); op++) {
-      await h.sleep(my.int(15));
+      await h.sleep(my.int((opts.thinkMsMax ?? 14) + 1));
       const start = my.int(cells.length);
       let last = start;
       const want = 1 + my.int(6);
       while (last + 1 < cells.length && last - start + 1 < want && cells[last + 1]!.alloc === cells[start]!.alloc) last++;
       const run: Cell[] = cells.slice(start, last + 1);
-      if (my.chance(0.6)) {
+      if (my.chance(opts.writeShare ?? 0.6)) {
         await write(idx, home, run, { clientId: 500 + idx, clientSeq: op + 1 });
       } else {
         const guid = allocs[run[0]!.alloc]!.guid;
@@ -137,6 +151,7 @@ export async function startPairWork(h: Harness, seed: number, rng: Prng, opts: {
         const t0 = clock();
         const r = await attempt(idx, home, (c) => c.read(guid, offset, end - offset));
         if (!r.ok) continue;
+        reads++;
         const t1 = clock();
         const { values } = readCells(run, offset, r.value);
         for (const [i, c] of run.entries()) history.push({ id: history.length + 1, process: idx, kind: 'read', key: c.key, value: values[i] ?? 0x7fff_0000 + c.index, startMs: t0, endMs: t1, outcome: 'ok' });
@@ -146,7 +161,7 @@ export async function startPairWork(h: Harness, seed: number, rng: Prng, opts: {
   const actors = opts.actors ?? 4;
   const done = Promise.all(Array.from({ length: actors }, (_, i) => actor(i))).then(() => undefined);
   let own = 0;
-  return { allocs, cells, history, errors, done, writeThrough: (via, run) => write(99, via, run, { clientId: 999, clientSeq: ++own }) };
+  return { allocs, cells, history, errors, done, writeThrough: (via, run) => write(99, via, run, { clientId: 999, clientSeq: ++own }), reads: () => reads };
 }
 
 /**

@@ -19,25 +19,18 @@
 // POOL_SYNC_SEEDS (default 60) and SEED=<first> replay.
 
 import { describe, expect, it } from 'vitest';
-import { checkFinal, type HistoryOp } from '../../src/checker/index.js';
 import { MemoryDevice } from '../../src/store/memory-device.js';
 import { MirrorDevice } from '../../src/store/mirror-device.js';
 import { POOL_LABEL_AREA_BYTES } from '../../src/store/pool-label.js';
 import type { PoolMember } from '../../src/store/pool.js';
 import type { Device } from '../../src/store/types.js';
-import { layCells, readCells, writeBytes, type Cell } from './cells.js';
 import { checkCopies, describeMismatches } from './copies-checker.js';
 import { Harness, type NodeName } from './harness.js';
 import { injectFault, type BasicFault } from './faults.js';
 import { Role } from '../../src/protocol/messages.js';
-import { shownViolations } from './history-text.js';
 import { Prng } from './prng.js';
-import { RETRYABLE, codeOf } from './workload-common.js';
-import type { SimClient } from './sim-client.js';
+import { PAGE, checkHistoryThrough, startPairWork } from './pool-workload.js';
 
-const PAGE = 512;
-const PAGES_PER_ALLOC = 12;
-const ALLOCS = 2;
 const MEMBER_BYTES = POOL_LABEL_AREA_BYTES + 2 * 1024 * 1024;
 const SEEDS = Number(process.env.POOL_SYNC_SEEDS ?? 60);
 const FIRST_SEED = Number(process.env.SEED ?? 1);
@@ -118,83 +111,13 @@ async function makeRig(seed: number, rng: Prng): Promise<Rig> {
   return { h, members, aPaths, breakA, pools };
 }
 
-async function runSeed(seed: number): Promise<{ staleReads: number; held: number; reads: number; restaged: number }> {
+async function runSeed(seed: number): Promise<{ held: number; reads: number; restaged: number }> {
   const rng = new Prng(seed * 977 + 5);
   const rig = await makeRig(seed, rng);
   const { h } = rig;
   const fail = (what: string): string => `${what} (seed ${seed}, ${fault ?? 'no fault'}${fault === null ? '' : ` on ${faultOn}`}; replay: SEED=${seed} POOL_SYNC_SEEDS=1 npx vitest run ${FILE}; ${h.describe()})`;
 
-  const admin = h.client('A');
-  const allocs: { guid: string }[] = [];
-  for (let i = 0; i < ALLOCS; i++) allocs.push(await h.run(admin.allocate(`p${i}`, PAGES_PER_ALLOC * PAGE, 'tiny')));
-  const cells = layCells(rng, ALLOCS, PAGES_PER_ALLOC, PAGE);
-  const history: HistoryOp[] = [];
-  const clock = (): number => h.nowMs + h.sched.steps / 1e7;
-  const errors: string[] = [];
-  let nextValue = 1;
-
-  const conns = new Map<string, SimClient>();
-  const on = (actor: number, name: NodeName): SimClient => {
-    const key = `${actor}:${name}`;
-    let c = conns.get(key);
-    if (c === undefined || c.closed) {
-      c = h.client(name);
-      c.timeoutMs = 1500;
-      conns.set(key, c);
-    }
-    return c;
-  };
-  const attempt = async <T>(actor: number, start: NodeName, fn: (c: SimClient) => Promise<T>): Promise<{ ok: true; value: T } | { ok: false }> => {
-    let target = start;
-    const deadline = h.nowMs + 20_000;
-    for (;;) {
-      try {
-        return { ok: true, value: await fn(on(actor, target)) };
-      } catch (err) {
-        const code = codeOf(err);
-        if (!RETRYABLE.has(code)) {
-          errors.push(`actor ${actor}: ${code} ${String(err)} at ${h.nowMs} ms`);
-          return { ok: false };
-        }
-        if (h.nowMs >= deadline) return { ok: false };
-        target = target === 'A' ? 'B' : 'A';
-        await h.sleep(10 + ((actor * 7) % 20));
-      }
-    }
-  };
-
-  let reads = 0;
-  const actor = async (idx: number): Promise<void> => {
-    const my = new Prng(seed * 37 + idx);
-    // Half the actors on each controller: both write and read the same cells.
-    const home: NodeName = idx % 2 === 0 ? 'A' : 'B';
-    for (let op = 0; op < 24; op++) {
-      await h.sleep(my.int(12));
-      const start = my.int(cells.length);
-      let last = start;
-      const want = 1 + my.int(6);
-      while (last + 1 < cells.length && last - start + 1 < want && cells[last + 1]!.alloc === cells[start]!.alloc) last++;
-      const run: Cell[] = cells.slice(start, last + 1);
-      const guid = allocs[run[0]!.alloc]!.guid;
-      const t0 = clock();
-      if (my.chance(0.5)) {
-        const value = nextValue++;
-        const { offset, data } = writeBytes(run, value);
-        const r = await attempt(idx, home, (c) => c.write(guid, offset, data, 0, { clientId: 700 + idx, clientSeq: op + 1 }));
-        const t1 = clock();
-        for (const c of run) history.push({ id: history.length + 1, process: idx, kind: 'write', key: c.key, value, startMs: t0, endMs: r.ok ? t1 : null, outcome: r.ok ? 'ok' : 'unknown' });
-      } else {
-        const offset = run[0]!.offset;
-        const end = run[run.length - 1]!.offset + run[run.length - 1]!.length;
-        const r = await attempt(idx, home, (c) => c.read(guid, offset, end - offset));
-        if (!r.ok) continue;
-        reads++;
-        const t1 = clock();
-        const { values } = readCells(run, offset, r.value);
-        for (const [i, c] of run.entries()) history.push({ id: history.length + 1, process: idx, kind: 'read', key: c.key, value: values[i] ?? 0x7fff_0000 + c.index, startMs: t0, endMs: t1, outcome: 'ok' });
-      }
-    }
-  };
+  const work = await startPairWork(h, seed, rng, { actors: 6, ops: 24, writeShare: 0.5, thinkMsMax: 11 });
 
   // A's path to member 1 breaks once the pair has worked a while; in some
   // seeds a fault follows soon after (the link cut or dropped, a controller
@@ -217,10 +140,8 @@ async function runSeed(seed: number): Promise<{ staleReads: number; held: number
   };
   const mirrored = (): boolean => h.nodes.every((n) => n.alive && !n.paused && n.core.currentRole === Role.MIRRORED);
 
-  const work = [0, 1, 2, 3, 4, 5].map((i) => actor(i));
-  work.push(breaker());
-  await h.run(Promise.all(work), 'workload', 3_000_000);
-  expect(errors, fail(`client errors:\n${errors.join('\n')}`)).toEqual([]);
+  await h.run(Promise.all([work.done, breaker()]), 'workload', 3_000_000);
+  expect(work.errors, fail(`client errors:\n${work.errors.join('\n')}`)).toEqual([]);
   // Writes that went on after the break: A must have given member 1 up.
   const pa = rig.pools.get('A')!.status();
   expect(pa.members[1]!.state, fail('A gave member 1 up')).toBe('failed');
@@ -229,18 +150,8 @@ async function runSeed(seed: number): Promise<{ staleReads: number; held: number
   await h.waitMirrored();
   expect(h.violations, fail(`invariants:\n${h.violations.join('\n')}`)).toEqual([]);
 
-  // The final value of every cell, as A serves it; B must serve the same (checkCopies).
-  const finals = new Map<string, number>();
-  const c = h.client('A');
-  for (const [i, al] of allocs.entries()) {
-    const bytes = await h.run(c.read(al.guid, 0, PAGES_PER_ALLOC * PAGE));
-    const mine = cells.filter((x) => x.alloc === i);
-    const { values } = readCells(mine, 0, bytes);
-    for (const [k, x] of mine.entries()) finals.set(x.key, values[k] ?? 0x7fff_0000 + x.index);
-  }
-  const result = checkFinal(history, finals);
-  const staleReads = result.byKind['stale-read'];
-  expect(result.verdict, fail(`history: ${JSON.stringify(result.byKind)}\n${shownViolations(result, history, finals)}`)).toBe('linearizable');
+  // The history, closed by every cell as A serves it; B must serve the same (checkCopies).
+  await checkHistoryThrough(h, 'A', work, fail);
   const copies = await checkCopies(h);
   expect(copies.mismatches, fail(describeMismatches(copies))).toEqual([]);
 
@@ -248,7 +159,7 @@ async function runSeed(seed: number): Promise<{ staleReads: number; held: number
   const pb = rig.pools.get('B')!.status();
   expect(pb.members[1]!.state, fail('B no longer reads member 1')).not.toBe('healthy');
   expect(h.b.core.poolSync.generation, fail('B at the pool generation A moved to')).toBe(pa.generation);
-  return { staleReads, held: h.a.core.counters.poolOutcomesHeld, reads, restaged: h.b.core.counters.pagesStaged };
+  return { held: h.a.core.counters.poolOutcomesHeld, reads: work.reads(), restaged: h.b.core.counters.pagesStaged };
 }
 
 describe('a pool member failing on one controller\'s path only', () => {
