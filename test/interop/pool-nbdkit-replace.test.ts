@@ -1,17 +1,12 @@
 // A pair over a pool of nbdkit memory exports loses one nbdkit (a mirror of
-// two: while it serves; a parity pool of three: while it is stopped); with
+// two and a parity pool of three while it serves; a parity pool of three
+// while it is stopped, so the pool opens with it gone); with
 // the pair stopped, `pagepair device replace` rebuilds that slot onto a new
 // nbdkit export and rewrites both configurations, `pagepair scrub` finds
 // the pool clean, and the restarted pair, with another original export
 // killed too, reads every byte back through both controllers from what the
 // rebuild wrote (issue 14: "a pool whose devices are nbdkit exports keeps
 // serving when one nbdkit is killed, and rebuilds onto a new one").
-//
-// The parity pool is not killed under the serving pair here: there, both
-// controllers meet the failure at once and one of them ends up judging a
-// healthy member stale (its generation moved twice), so the pool cannot be
-// read: a fault of the parity layout's generation handling under two
-// writers, not of replace, to be fixed where that lives.
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
@@ -59,6 +54,7 @@ async function killed(child: ChildProcess): Promise<void> {
 describeWithTools(['nbdkit'], 'device replace onto a new nbdkit export, the pair stopped', () => {
   for (const [layout, n, killWhile] of [
     ['mirror', 2, 'serving'],
+    ['parity', 3, 'serving'],
     ['parity', 3, 'stopped'],
   ] as const) {
     itWithTools(['nbdkit'], `a ${layout} pool of ${n} nbdkit exports loses one (the pair ${killWhile}); replace and scrub with the pair stopped; the restarted pair reads everything back from the rebuilt export`, async () => {

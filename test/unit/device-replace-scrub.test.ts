@@ -292,18 +292,21 @@ describe('refused while a controller serves', () => {
 
     // A's heartbeat moving (its clock far off: the time alone would say it is old), B stopped cleanly.
     await beat({ controllerId: 2, counter: 8, timeMs: Date.now(), role: Role.STOPPING });
+    // One store kept open for the beats, as a controller keeps its own: each beat is one slot write.
+    const beater = (await openOfflineStore(cfg, { readOnly: false })).store;
     let counter = 100;
     let beating: Promise<void> = Promise.resolve();
     const timer = setInterval(() => {
-      beating = beating.then(() => beat({ controllerId: 1, counter: ++counter, timeMs: 1_000_000, role: Role.ALONE }));
-    }, 15);
+      beating = beating.then(() => beater.writeMailboxSlot({ controllerId: 1, epoch: 3, pid: 4242, counter: ++counter, timeMs: 1_000_000, role: Role.ALONE }));
+    }, 20);
     try {
-      const m3 = await refusal(runScrub({ config: f.a }, { ...quietIo(), serving: { watchMs: 150 } }));
-      expect(m3).toMatch(/controller A looks alive: its heartbeat in the store's mailbox moved while watched for 150 ms/);
+      const m3 = await refusal(runScrub({ config: f.a }, { ...quietIo(), serving: { watchMs: 400 } }));
+      expect(m3).toMatch(/controller A looks alive: its heartbeat in the store's mailbox moved while watched for 400 ms/);
       expect(m3).not.toMatch(/controller B/);
     } finally {
       clearInterval(timer);
       await beating;
+      await beater.close();
     }
     // Its beats stopped long ago by its clock, and B stopped cleanly: scrub runs.
     expect((await runScrub({ config: f.a }, quietIo())).problems).toEqual([]);
