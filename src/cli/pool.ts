@@ -8,9 +8,9 @@ import { PagepairError, isPagepairError } from '../protocol/errors.js';
 import { loadConfig } from '../runtime/config.js';
 import { UnopenedDevice, closeMembers, createPool, openMembersLoose, openPool, openPoolMembers, readMemberLabels, settleNewPool, type PoolDeviceSpec, type PoolSpec } from '../store/open-pool.js';
 import { PageStore } from '../store/page-store.js';
-import { POOL_LABEL_AREA_BYTES, type PoolLabel } from '../store/pool-label.js';
+import type { PoolLabel } from '../store/pool-label.js';
 import { POOL_CHUNK_BYTES_DEFAULT, POOL_LAYOUTS, planPool } from '../store/pool-plan.js';
-import type { Pool, PoolLayout, PoolMember, PoolStatus, ScrubReport } from '../store/pool.js';
+import type { PoolLayout, PoolStatus } from '../store/pool.js';
 import { formatBytes, parsePositiveInt, parseSize } from '../workload/units.js';
 
 const DEVICE_BYTES_DEFAULT = 1024 ** 3;
@@ -41,7 +41,7 @@ interface StatusOpts {
 }
 
 export function poolCommand(): Command {
-  const pool = new Command('pool').description('make, inspect, scrub or rebuild a pool of devices for the store (store.pool in the configuration), with no controller running over it');
+  const pool = new Command('pool').description('make or inspect a pool of devices for the store (store.pool in the configuration), with no controller running over it; `pagepair scrub` and `pagepair device replace` check and rebuild one');
 
   pool.addCommand(
     new Command('create')
@@ -76,48 +76,6 @@ export function poolCommand(): Command {
         if (opts.json === true) console.log(JSON.stringify(r, null, 2));
         else console.log(formatOfflineStatus(r));
         if (r.pool === null || r.pool.degraded) process.exitCode = 1;
-      }),
-  );
-  pool.addCommand(
-    new Command('scrub')
-      .description(
-        'read the whole pool and check its redundancy: every parity row against its data, every mirror copy against the first healthy member\'s; ' +
-          'with --repair rewrite what disagrees (parity from the data; a mirror\'s copies from the first healthy member in slot order, as a mirror has nothing to tell the right copy by). ' +
-          'Offline: stop the pair first (a running pair cannot scrub yet). Exits 1 when mismatches are left (or ranges could not be read).',
-      )
-      .argument('[devices...]', 'the devices in slot order (paths or nbd:// URIs), or --config')
-      .option('-c, --config <file>', "a controller's configuration: its store.pool.devices")
-      .option('--repair', 'rewrite the redundancy that disagrees with the data')
-      .option('--rate <size>', 'read at most this many bytes a second: 100MiB, ... (default: no limit)')
-      .option('--json', 'print the report as JSON')
-      .action(async (devices: string[], opts: ScrubOpts) => {
-        const r = await runPoolScrub(devices, opts, (line) => process.stderr.write(line));
-        if (opts.json === true) console.log(JSON.stringify(r, null, 2));
-        else {
-          const { bytesChecked, mismatches, repaired, unreadable } = r.report;
-          console.log(`scrubbed ${formatBytes(bytesChecked)}: ${mismatches} mismatch${mismatches === 1 ? '' : 'es'}${opts.repair === true ? `, ${repaired} repaired` : ''}${unreadable > 0 ? `, ${unreadable} unreadable` : ''}`);
-          console.log(poolLines(r.pool).map(([k, v]) => `${k.padEnd(13)} ${v}`).join('\n'));
-        }
-        if (r.report.unreadable > 0 || r.report.mismatches > r.report.repaired) process.exitCode = 1;
-      }),
-  );
-
-  pool.addCommand(
-    new Command('replace')
-      .description(
-        'put a new device in a slot (failed, stale, or one to move off) and rebuild it from the others, with a progress line and a rate limit; ' +
-          'it is labelled as unfinished until whole, so a rebuild cut short leaves it stale. A missing file is made sparse at the members\' size. ' +
-          'Offline: stop the pair first (`pagepair device replace` on a running pair is not built yet); afterwards name the new device in both controllers\' store.pool.devices.',
-      )
-      .argument('[devices...]', 'the pool\'s devices in slot order as they are now (paths or nbd:// URIs), or --config')
-      .requiredOption('--slot <n>', 'the slot to fill, from 0')
-      .requiredOption('--with <device>', 'the new device: a path or an nbd:// URI')
-      .option('-c, --config <file>', "a controller's configuration: its store.pool.devices")
-      .option('--rate <size>', 'copy at most this many bytes a second: 100MiB, ... (default: no limit)')
-      .option('--json', 'print the pool as JSON')
-      .action(async (devices: string[], opts: ReplaceOpts) => {
-        const r = await runPoolReplace(devices, opts, (line) => process.stderr.write(line));
-        console.log(opts.json === true ? JSON.stringify(r, null, 2) : poolLines(r.pool).map(([k, v]) => `${k.padEnd(13)} ${v}`).join('\n'));
       }),
   );
   return pool;
@@ -205,22 +163,6 @@ function poolDevicesOf(args: string[], config: string | undefined): { specs: Poo
 }
 
 /** Open the pool on `specs` (members that cannot be opened are failed), by the layout its labels give. */
-async function openOffline(specs: PoolDeviceSpec[], layoutHint: PoolLayout | null, readOnly: boolean): Promise<{ pool: Pool; members: PoolMember[]; labels: (PoolLabel | string)[] }> {
-  const members = await openMembersLoose({ layout: layoutHint ?? 'mirror', chunkBytes: 0, devices: specs, deviceBytes: 0 });
-  const labels = await readMemberLabels(members);
-  const layout = labels.find((l): l is PoolLabel => typeof l !== 'string')?.layout ?? layoutHint;
-  if (layout === null) {
-    await closeMembers(members);
-    throw new PagepairError('STORE_MISMATCH', `no device holds a pool label: ${members.map((m, i) => `${m.name}: ${String(labels[i])}`).join('; ')}`, 'devices');
-  }
-  try {
-    return { pool: await openPool(layout, members, { readOnly }), members, labels };
-  } catch (err) {
-    await closeMembers(members);
-    throw err;
-  }
-}
-
 /** A progress reporter for stderr: on a terminal one line rewritten at each percent, elsewhere a line every tenth. */
 export function progressLine(what: string, write: (line: string) => void, tty = process.stderr.isTTY === true): (done: number, total: number) => void {
   let lastStep = -1;
@@ -232,56 +174,6 @@ export function progressLine(what: string, write: (line: string) => void, tty = 
     const text = `${what}: ${pct}% of ${formatBytes(total)}`;
     write(tty ? `\r${text}${done === total ? '\n' : ''}` : `${text}\n`);
   };
-}
-
-interface ScrubOpts {
-  config?: string;
-  repair?: boolean;
-  rate?: string;
-  json?: boolean;
-}
-
-/** `pool scrub` (offline): exported for tests. */
-export async function runPoolScrub(args: string[], opts: ScrubOpts, progress: (line: string) => void = () => undefined): Promise<{ report: ScrubReport; pool: PoolStatus }> {
-  const { specs, layoutHint } = poolDevicesOf(args, opts.config);
-  const rateBytesPerSec = opts.rate !== undefined ? parseSize(opts.rate, 'rate') : 0;
-  const { pool } = await openOffline(specs, layoutHint, opts.repair !== true);
-  try {
-    const report = await pool.scrub({ repair: opts.repair === true, rateBytesPerSec, onProgress: progressLine(opts.repair === true ? 'scrubbing and repairing' : 'scrubbing', progress) });
-    if (opts.repair === true) await pool.sync();
-    return { report, pool: pool.status() };
-  } finally {
-    await pool.close();
-  }
-}
-
-interface ReplaceOpts {
-  config?: string;
-  slot: string;
-  with: string;
-  rate?: string;
-  json?: boolean;
-}
-
-/** `pool replace` (offline): exported for tests. */
-export async function runPoolReplace(args: string[], opts: ReplaceOpts, progress: (line: string) => void = () => undefined): Promise<{ pool: PoolStatus }> {
-  const { specs, layoutHint } = poolDevicesOf(args, opts.config);
-  const slot = Number(opts.slot);
-  if (!/^\d+$/.test(opts.slot) || slot >= specs.length) throw new PagepairError('BAD_FIELD', `--slot must be one of 0..${specs.length - 1}, got "${opts.slot}"`, 'slot');
-  const rateBytesPerSec = opts.rate !== undefined ? parseSize(opts.rate, 'rate') : 0;
-  const target = deviceSpecOf(opts.with);
-  const { pool, labels } = await openOffline(specs, layoutHint, false);
-  try {
-    // A missing file is made at the size every member holds: the labels say it.
-    const label = labels.find((l): l is PoolLabel => typeof l !== 'string');
-    const memberBytes = POOL_LABEL_AREA_BYTES + (label?.dataBytes ?? 0);
-    const [fresh] = await openPoolMembers({ layout: pool.layout, chunkBytes: 0, devices: [target], deviceBytes: memberBytes }, { createFiles: true });
-    await pool.replace(slot, { name: fresh!.name, device: fresh!.device }, { rateBytesPerSec, onProgress: progressLine(`rebuilding slot ${slot} onto ${fresh!.name}`, progress) });
-    await pool.sync();
-    return { pool: pool.status() };
-  } finally {
-    await pool.close();
-  }
 }
 
 /** `pool status`: exported for tests. Only reads. */
