@@ -54,6 +54,16 @@ export interface RigSettings {
   progress(line: string): void;
   /** Controllers with tls.mode "require", clients over TLS. */
   tls?: boolean;
+  /** The controllers' store section instead of one file (a pool: scripts/bench-pool-clients.mjs). */
+  store?: Record<string, unknown>;
+  /** Settings of the cache section in place of the bench's own (dirtyAgeMaxMs, watermarks). */
+  cache?: Record<string, number>;
+  /** The pair's id, for a store that outlives one rig (the same pool started again degraded). */
+  pairId?: string;
+  /** Names the areas written (`<prefix>-a`), so that a second rig over the same store allocates its own. */
+  areaPrefix?: string;
+  /** In place of the bench's 500 ms: a controller creating or scrubbing a new pool on a loaded machine can miss heartbeats that long. */
+  partnerTimeoutMs?: number;
 }
 
 const READY_TIMEOUT_MS = 30_000;
@@ -116,17 +126,17 @@ interface ControllerSpec {
 
 /** The configurations of a single controller or a pair; the default pair's settings, quieter logs. */
 async function writeConfigs(mode: 'single' | 'mirrored', s: RigSettings): Promise<ControllerSpec[]> {
-  const pairId = randomUUID();
+  const pairId = s.pairId ?? randomUUID();
   // Two slots per page (store format 2), headers included, and room to spare.
   const storeBytes = Math.max(256 * 1024 * 1024, 2 * extentBytes(4096, Math.ceil(s.workingSetBytes / 4096)) + 64 * 1024 * 1024);
   const common = {
     pairId,
     secret: `bench-peer-secret-${pairId}`,
     clientToken: CLIENT_TOKEN,
-    store: { path: join(s.dir, `${mode}.store`), sizeBytes: storeBytes },
-    cache: { cacheBytesMax: s.cacheBytesMax, dirtyHighWatermarkPct: 60, dirtyLowWatermarkPct: 30, dirtyAgeMaxMs: 2000 },
+    store: s.store ?? { path: join(s.dir, `${mode}.store`), sizeBytes: storeBytes },
+    cache: { cacheBytesMax: s.cacheBytesMax, dirtyHighWatermarkPct: 60, dirtyLowWatermarkPct: 30, dirtyAgeMaxMs: 2000, ...s.cache },
     heartbeatIntervalMs: 100,
-    partnerTimeoutMs: 500,
+    partnerTimeoutMs: s.partnerTimeoutMs ?? 500,
     log: { level: 'warn' },
     ...(s.tls === true ? { tls: { mode: 'require' } } : {}),
   };
@@ -215,7 +225,7 @@ export async function startPagepairRig(group: ChildGroup, mode: 'single' | 'mirr
   for (const spec of owners) {
     const c = await connectTo(spec, 'pagepair-bench-setup');
     try {
-      const info = await c.allocate(`bench-${spec.letter.toLowerCase()}`, areaBytes);
+      const info = await c.allocate(`${s.areaPrefix ?? 'bench'}-${spec.letter.toLowerCase()}`, areaBytes);
       if (info.pageSizeBytes !== s.blockBytes) {
         throw new PagepairError('BAD_FIELD', `the default policy's pages are ${info.pageSizeBytes} bytes; the benchmark writes whole ${s.blockBytes}-byte pages`, 'blockBytes');
       }
