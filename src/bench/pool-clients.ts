@@ -91,8 +91,20 @@ async function measure(s: PoolClientSettings, rig: RigSettings, what: string, de
     for (let i = 0; i < s.runs; i++) {
       const c = await r.connect(s.connections, 'write');
       try {
-        const res = await driveRun(c.conns, { op: 'write', inflight: s.inflight, warmupMs: s.warmupSeconds * 1000, measureMs: s.seconds * 1000, seed: s.seed + i });
-        s.progress(`${what}: ${res.opsPerSec} writes/s (p50 ${Math.round(res.p50Us)} µs, p99 ${Math.round(res.p99Us)} µs, ${res.errors} errors)`);
+        const res = await driveRun(c.conns, {
+          op: 'write',
+          inflight: s.inflight,
+          warmupMs: s.warmupSeconds * 1000,
+          measureMs: s.seconds * 1000,
+          seed: s.seed + i,
+          // The controllers' CPU is the row's, not someone else's.
+          ourPids: [process.pid, ...r.processes.map((p) => p.pid)],
+          rowProcesses: new Map(r.processes.map((p) => [p.pid, p.name])),
+        });
+        const cpu = Object.entries(res.cpuUsPerOp).map(([name, us]) => `${name} ${Math.round(us)}`).join(', ');
+        s.progress(
+          `${what}: ${res.opsPerSec} writes/s (p50 ${Math.round(res.p50Us)} µs, p99 ${Math.round(res.p99Us)} µs, ${res.errors} errors; CPU µs/write: ${cpu}; others ${res.othersBusyPct === null ? '?' : Math.round(res.othersBusyPct)}% busy)`,
+        );
         if (res.errors > 0) s.progress(`${what}: first error ${res.firstError ?? '?'}`);
         results.push(res);
       } finally {
