@@ -44,6 +44,8 @@ export interface ArbiterIo {
   nowMs(): number;
   sleep(ms: number): Future<void>;
   log: CoreLog;
+  /** The partner is on the peer link right now: its process runs and answers us (it may only be starting, slow to beat). */
+  partnerLinked?(): boolean;
 }
 
 export class Arbiter {
@@ -179,7 +181,11 @@ export class Arbiter {
     const partnerPid = partnerSlot !== null && partnerSlot.pid !== lostPid ? 0 : lostPid;
     // A partner seen alive fences itself on reading the epoch record; one that
     // went silent may only be paused, so it is stopped from outside.
-    if (!advanced && partnerPid > 0) {
+    // One on the peer link right now is seen alive too, whatever its slot
+    // says (a partner started late on a loaded machine has not beaten yet).
+    if (!advanced && partnerPid > 0 && this.io.partnerLinked?.() === true) {
+      this.io.log.info({ partnerPid }, 'arbitration: the partner is on the link; no fence action');
+    } else if (!advanced && partnerPid > 0) {
       const fenced = yield* wait(this.io.run({ kind: 'fencePartner', pid: partnerPid }));
       this.io.log.info({ partnerPid, fenced }, 'arbitration: fence action on the partner');
     }

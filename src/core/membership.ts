@@ -70,6 +70,7 @@ export class Membership {
             nowMs: () => c.env.nowMs(),
             sleep: (ms) => c.waits.sleep(ms),
             log: c.env.log,
+            partnerLinked: () => this.linkUp,
           },
         )
       : null;

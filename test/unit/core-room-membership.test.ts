@@ -90,6 +90,30 @@ describe('membership', () => {
     expect((await f.store.readMailbox()).epoch).toMatchObject({ epoch: 2, activeId: 1 });
   });
 
+  it('a partner that comes onto the link while we arbitrate is not fenced, even if its slot has not moved (it started late on a loaded machine)', async () => {
+    const f = await coreFixture({ mirroring: true });
+    // The partner's process wrote its slot once, at its start, and is slow to beat again.
+    await f.store.writeMailboxSlot({ controllerId: 2, epoch: 1, counter: 1, timeMs: 0, pid: 4242, role: Role.STARTING });
+    const ops: string[] = [];
+    const start = f.core.env.startIo;
+    f.core.env.startIo = (id, op) => {
+      ops.push(op.kind);
+      start(id, op);
+    };
+    await runUntil(f, 500);
+    f.setNow(550);
+    f.core.tick();
+    expect(f.core.currentRole).toBe(Role.ARBITRATING);
+    // It comes onto the link in the middle of our arbitration (its store reads are still out).
+    const partner = new HandPartner(f);
+    f.core.peerUp();
+    await f.settleIo();
+    await partner.pump();
+    await runUntil(f, 2000);
+    expect(ops).not.toContain('fencePartner');
+    expect(f.log.some((l) => l.msg.includes('the partner is on the link; no fence action'))).toBe(true);
+  });
+
   it('alone, a write is answered only once the store holds it, synced', async () => {
     const f = await coreFixture({ mirroring: true });
     await runUntil(f, 1000);
