@@ -386,19 +386,11 @@ export class ParityDevice implements Pool {
       this.checkServing('read');
       const lostData = Array.from({ length: this.dataChunks }, (_, i) => this.members[this.dataSlot(r, i)]!.state !== 'healthy').some((x) => x);
       const from = this.members.filter((m) => m.state === 'healthy' && (withParity || lostData || this.pieceOf(r, m.slot).kind === 'data'));
-      const results = await Promise.allSettled(from.map((m) => m.device.read(this.rowOffset(r) + lo, hi - lo)));
-      let failed = false;
-      for (let k = 0; k < from.length; k++) {
-        const res = results[k]!;
-        if (res.status === 'rejected') {
-          failed = true;
-          await this.fail(from[k]!, `read failed: ${String(res.reason)}`);
-        }
-      }
-      if (failed) continue;
+      const bufs = await this.readEach(from, this.rowOffset(r) + lo, hi - lo);
+      if (bufs === null) continue;
       const got: RowPieces = { data: new Array<Buffer | null>(this.dataChunks).fill(null), p: null, q: null };
       for (let k = 0; k < from.length; k++) {
-        const buf = (results[k] as PromiseFulfilledResult<Buffer>).value;
+        const buf = bufs[k]!;
         const piece = this.pieceOf(r, from[k]!.slot);
         if (piece.kind === 'data') got.data[piece.index] = buf;
         else if (piece.kind === 'p') got.p = buf;
@@ -413,18 +405,10 @@ export class ParityDevice implements Pool {
     for (;;) {
       const direct = want.map((i) => this.members[this.dataSlot(r, i)]!);
       if (direct.every((m) => m.state === 'healthy')) {
-        const results = await Promise.allSettled(direct.map((m) => m.device.read(this.rowOffset(r) + lo, hi - lo)));
-        let failed = false;
-        for (let k = 0; k < direct.length; k++) {
-          const res = results[k]!;
-          if (res.status === 'rejected') {
-            failed = true;
-            await this.fail(direct[k]!, `read failed: ${String(res.reason)}`);
-          }
-        }
-        if (failed) continue;
+        const bufs = await this.readEach(direct, this.rowOffset(r) + lo, hi - lo);
+        if (bufs === null) continue;
         const out = new Array<Buffer | null>(this.dataChunks).fill(null);
-        want.forEach((i, k) => (out[i] = (results[k] as PromiseFulfilledResult<Buffer>).value));
+        want.forEach((i, k) => (out[i] = bufs[k]!));
         return out;
       }
       const got = await this.readPieces(r, lo, hi, false);
@@ -719,21 +703,30 @@ export class ParityDevice implements Pool {
     throw this.lostError('read');
   }
 
+  /**
+   * The same bytes [at, at + length) of each of `from`, in order; null when
+   * any read failed (those members are marked failed first: read again).
+   */
+  private async readEach(from: readonly SlotMember[], at: number, length: number): Promise<Buffer[] | null> {
+    const results = await Promise.allSettled(from.map((m) => m.device.read(at, length)));
+    let failed = false;
+    for (let k = 0; k < from.length; k++) {
+      const res = results[k]!;
+      if (res.status === 'rejected') {
+        failed = true;
+        await this.fail(from[k]!, `read failed: ${String(res.reason)}`);
+      }
+    }
+    return failed ? null : results.map((res) => (res as PromiseFulfilledResult<Buffer>).value);
+  }
+
   /** Every healthy member's copy of prefix bytes, in slot order. */
   private async readPrefixCopies(offset: number, length: number): Promise<{ m: SlotMember; bytes: Buffer }[]> {
     for (;;) {
       this.checkServing('read');
       const from = this.members.filter((m) => m.state === 'healthy');
-      const results = await Promise.allSettled(from.map((m) => m.device.read(POOL_LABEL_AREA_BYTES + offset, length)));
-      let failed = false;
-      for (let k = 0; k < from.length; k++) {
-        const res = results[k]!;
-        if (res.status === 'rejected') {
-          failed = true;
-          await this.fail(from[k]!, `read failed: ${String(res.reason)}`);
-        }
-      }
-      if (!failed) return from.map((m, k) => ({ m, bytes: (results[k] as PromiseFulfilledResult<Buffer>).value }));
+      const bufs = await this.readEach(from, POOL_LABEL_AREA_BYTES + offset, length);
+      if (bufs !== null) return from.map((m, k) => ({ m, bytes: bufs[k]! }));
     }
   }
 
