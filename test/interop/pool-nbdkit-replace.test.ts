@@ -8,13 +8,13 @@
 // rebuild wrote (issue 14: "a pool whose devices are nbdkit exports keeps
 // serving when one nbdkit is killed, and rebuilds onto a new one").
 
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, expect } from 'vitest';
 import { PagepairClient } from '../../src/client/index.js';
-import { makePairFiles, runCli, startMirroredPair, stopPair, waitUntil, type PairFiles, type Proc } from '../integration/helpers.js';
+import { makePairFiles, runCli, startMirroredPair, stopPair, type PairFiles, type Proc } from '../integration/helpers.js';
 import { describeWithTools, itWithTools } from '../tools.js';
+import { killed, useNbdkitExports } from './nbdkit-exports.js';
 
 const MiB = 1024 * 1024;
 
@@ -26,29 +26,16 @@ function pattern(seed: number, bytes: number): Buffer {
 
 let files: PairFiles | undefined;
 let procs: Proc[] = [];
-const servers: ChildProcess[] = [];
+const nbdkit = useNbdkitExports();
 
 afterEach(async () => {
   await stopPair(procs, undefined);
-  for (const s of servers.splice(0)) s.kill('SIGKILL');
   files?.cleanup();
 }, 30_000);
-
-async function nbdkitMemory(socket: string, sizeBytes: number): Promise<ChildProcess> {
-  const child = spawn('nbdkit', ['--exit-with-parent', '-f', '-U', socket, 'memory', String(sizeBytes)], { stdio: 'ignore' });
-  servers.push(child);
-  await waitUntil(() => existsSync(socket), 10_000, `nbdkit on ${socket}`);
-  return child;
-}
 
 interface PoolJson {
   degraded: boolean;
   members: { name: string; state: string }[];
-}
-
-async function killed(child: ChildProcess): Promise<void> {
-  child.kill('SIGKILL');
-  await new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r(null) : child.once('exit', r)));
 }
 
 describeWithTools(['nbdkit'], 'device replace onto a new nbdkit export, the pair stopped', () => {
@@ -62,7 +49,7 @@ describeWithTools(['nbdkit'], 'device replace onto a new nbdkit export, the pair
       const f = files;
       const uri = (s: string): string => `nbd+unix:///?socket=${s}`;
       const sockets = Array.from({ length: n }, (_, i) => join(f.dir, `n${i}.sock`));
-      const nbdkits = await Promise.all(sockets.map((s) => nbdkitMemory(s, 48 * MiB)));
+      const nbdkits = await Promise.all(sockets.map((s) => nbdkit.memory(s, 48 * MiB)));
       const store = { pool: { layout, ...(layout === 'mirror' ? {} : { chunkBytes: 16384 }), devices: sockets.map(uri) }, tableEntriesMax: 64 };
       writeFileSync(f.a, JSON.stringify(f.configOf('A', { store }), null, 2));
       writeFileSync(f.b, JSON.stringify(f.configOf('B', { store }), null, 2));
@@ -116,7 +103,7 @@ describeWithTools(['nbdkit'], 'device replace onto a new nbdkit export, the pair
       if (killWhile === 'stopped') await killed(nbdkits[1]!);
 
       const spareSocket = join(f.dir, 'spare.sock');
-      await nbdkitMemory(spareSocket, 48 * MiB);
+      await nbdkit.memory(spareSocket, 48 * MiB);
       const replaced = await runCli(['device', 'replace', '--config', f.a, '--slot', '1', '--with', uri(spareSocket), '--update-config', f.a, f.b, '--json']);
       expect(replaced.code, replaced.stderr).toBe(0);
       const r = JSON.parse(replaced.stdout) as { pool: PoolJson; devices: string[]; updated: string[] };

@@ -6,13 +6,13 @@
 // degraded; restarted with that nbdkit still gone, the pair opens the pool
 // degraded and reads every byte back from the export left.
 
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, expect } from 'vitest';
 import { PagepairClient } from '../../src/client/index.js';
-import { makePairFiles, runCli, startMirroredPair, stopPair, waitUntil, type PairFiles, type Proc } from '../integration/helpers.js';
+import { makePairFiles, runCli, startMirroredPair, stopPair, type PairFiles, type Proc } from '../integration/helpers.js';
 import { describeWithTools, itWithTools } from '../tools.js';
+import { useNbdkitExports } from './nbdkit-exports.js';
 
 const MiB = 1024 * 1024;
 
@@ -24,20 +24,12 @@ function pattern(seed: number, bytes: number): Buffer {
 
 let files: PairFiles | undefined;
 let procs: Proc[] = [];
-const servers: ChildProcess[] = [];
+const nbdkit = useNbdkitExports();
 
 afterEach(async () => {
   await stopPair(procs, undefined);
-  for (const s of servers.splice(0)) s.kill('SIGKILL');
   files?.cleanup();
 }, 30_000);
-
-async function nbdkitMemory(socket: string, sizeBytes: number): Promise<ChildProcess> {
-  const child = spawn('nbdkit', ['--exit-with-parent', '-f', '-U', socket, 'memory', String(sizeBytes)], { stdio: 'ignore' });
-  servers.push(child);
-  await waitUntil(() => existsSync(socket), 10_000, `nbdkit on ${socket}`);
-  return child;
-}
 
 interface PoolJson {
   layout: string;
@@ -50,7 +42,7 @@ describeWithTools(['nbdkit'], 'a pair over a mirror pool of two nbdkit memory ex
     files = await makePairFiles();
     const f = files;
     const sockets = [join(f.dir, 'n0.sock'), join(f.dir, 'n1.sock')];
-    const nbdkits = await Promise.all(sockets.map((s) => nbdkitMemory(s, 48 * MiB)));
+    const nbdkits = await Promise.all(sockets.map((s) => nbdkit.memory(s, 48 * MiB)));
     const store = { pool: { layout: 'mirror', devices: sockets.map((s) => `nbd+unix:///?socket=${s}`) }, tableEntriesMax: 64 };
     writeFileSync(f.a, JSON.stringify(f.configOf('A', { store })));
     writeFileSync(f.b, JSON.stringify(f.configOf('B', { store })));
