@@ -262,6 +262,21 @@ export class ControllerCore extends CoreRooms {
     return this.outcome(this.verifier.verifyPages(guid, firstPage, pageCount));
   }
 
+  /**
+   * Resolves, with the pool's generation, once the partner's pool object is
+   * known to have read labels at least as new as ours (pool-sync.ts): the
+   * barrier a pool job (a rebuild or a scrub's repair while the pair serves)
+   * waits on after it announced itself in the labels. At once when the store
+   * is not a pool, mirroring is off or the link is down (a partner that
+   * rejoins reads the labels before it serves).
+   */
+  poolBarrier(): Promise<number> {
+    const io = this.io;
+    return this.outcome((function* () {
+      return yield* wait(io.run({ kind: 'poolBarrier' }));
+    })());
+  }
+
   /** Test hook: our copy of one page differs from the partner's on purpose (see Verifier). */
   testCorruptPage(guid: string, page: number, data: Buffer): Promise<{ version: number; crc: number }> {
     return this.outcome(this.verifier.testCorruptPage(guid, page, data));

@@ -34,6 +34,8 @@ export interface IoResults {
   partnerGone: boolean;
   /** The pool's generation after its members' labels were read again (0: the store is not a pool). */
   refreshPool: number;
+  /** The pool's generation, answered at once; its outcome is held like any other until the partner has caught up (pool-sync.ts). */
+  poolBarrier: number;
 }
 
 export type IoOp =
@@ -52,7 +54,9 @@ export type IoOp =
   | { kind: 'fencePartner'; pid: number }
   | { kind: 'partnerGone'; pid: number }
   /** Read the pool members' labels again: a member the partner's pool object failed is not used here either (pool-sync.ts). */
-  | { kind: 'refreshPool' };
+  | { kind: 'refreshPool' }
+  /** Nothing to do on the store: its outcome, held until the partner has our pool generation, is the barrier a pool job waits on. */
+  | { kind: 'poolBarrier' };
 
 export type IoKind = IoOp['kind'];
 

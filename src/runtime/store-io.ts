@@ -63,6 +63,7 @@ function start(store: BlockStore, fence: FenceActions, op: IoOp): Promise<unknow
     case 'fencePartner': return fence.fencePartner(op.pid);
     case 'partnerGone': return fence.partnerGone(op.pid);
     case 'refreshPool': return store.refreshPool?.() ?? Promise.resolve(0);
+    case 'poolBarrier': return Promise.resolve(store.poolGeneration?.() ?? 0);
   }
 }
 

@@ -287,7 +287,7 @@ export class MirrorDevice implements Pool {
   }
 
   async scrub(opts: ProgressOptions & { repair: boolean }): Promise<ScrubReport> {
-    const report: ScrubReport = { bytesChecked: 0, mismatches: 0, repaired: 0, unreadable: 0 };
+    const report: ScrubReport = { bytesChecked: 0, mismatches: 0, repaired: 0, unreadable: 0, unrepaired: 0 };
     const pace = new Pacer(opts.rateBytesPerSec ?? 0);
     for (let at = 0; at < this.sizeBytes; at += this.copyChunkBytes) {
       opts.signal?.throwIfAborted();

@@ -541,7 +541,7 @@ export class ParityDevice implements Pool {
   }
 
   async scrub(opts: ProgressOptions & { repair: boolean }): Promise<ScrubReport> {
-    const report: ScrubReport = { bytesChecked: 0, mismatches: 0, repaired: 0, unreadable: 0 };
+    const report: ScrubReport = { bytesChecked: 0, mismatches: 0, repaired: 0, unreadable: 0, unrepaired: 0 };
     const pacer = new Pacer(opts.rateBytesPerSec ?? 0, opts.signal);
     let done = 0;
     const step = async (bytes: number, readBytes: number): Promise<void> => {

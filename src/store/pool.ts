@@ -64,6 +64,30 @@ export interface ProgressOptions {
   signal?: AbortSignal;
 }
 
+/**
+ * Opens a member device by the name a label records (a path or an nbd://
+ * URI): how a pool object takes up a member that another pool object over
+ * the same members (the partner controller's) is rebuilding.
+ */
+export type MemberOpener = (name: string) => Promise<Device>;
+
+/**
+ * Work that rewrites members while other pool objects over them (the
+ * partner controller's) read and write: replace, and scrub's repairs. It is
+ * announced in the labels first (the pool's next generation names the member
+ * being rebuilt, and its device); every pool object that reads those labels
+ * writes that member last, after the healthy ones, and never reads it. The
+ * work waits on barrier before it writes anything.
+ */
+export interface MaintenanceOptions extends ProgressOptions {
+  /**
+   * Resolves once every other pool object over these members has read labels
+   * at `generation` or newer. Default: at once (the pair is stopped, or this
+   * is the only pool object).
+   */
+  barrier?(generation: number): Promise<void>;
+}
+
 export interface ScrubReport {
   bytesChecked: number;
   /** Rows (parity) or ranges (mirror) whose redundancy disagreed with the data. */
@@ -72,6 +96,8 @@ export interface ScrubReport {
   repaired: number;
   /** Ranges no member could read. */
   unreadable: number;
+  /** Mismatches found but left as they were: repair was not asked, or the pool had no redundancy to spare while one was rebuilt. */
+  unrepaired: number;
 }
 
 export interface Pool extends Device {
@@ -99,12 +125,12 @@ export interface Pool extends Device {
    */
   repairRange(offset: number, length: number): Promise<void>;
   /** Read everything and check the redundancy; with repair, rewrite what disagrees. */
-  scrub(opts: ProgressOptions & { repair: boolean }): Promise<ScrubReport>;
+  scrub(opts: MaintenanceOptions & { repair: boolean }): Promise<ScrubReport>;
   /**
    * Put `member` in slot `slot` (failed or stale, or healthy when asked
    * to move off it) and fill it from the others, rateBytesPerSec at most;
    * writes go on meanwhile and go to it too. It serves reads, and the pool's
    * generation grows, once it is whole.
    */
-  replace(slot: number, member: PoolMember, opts?: ProgressOptions): Promise<void>;
+  replace(slot: number, member: PoolMember, opts?: MaintenanceOptions): Promise<void>;
 }
