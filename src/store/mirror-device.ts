@@ -34,9 +34,10 @@
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PagepairError } from '../protocol/errors.js';
-import { POOL_LABEL_AREA_BYTES, POOL_MEMBERS_MAX, encodePoolLabel, labelCopyFor, newestPoolLabel, type PoolLabel } from './pool-label.js';
-import { moveGeneration, poolView, staleness } from './pool-members.js';
-import type { MemberState, MemberStatus, Pool, PoolMember, PoolStatus, ProgressOptions, ScrubReport } from './pool.js';
+import { POOL_LABEL_AREA_BYTES, POOL_LABEL_READ_BYTES, POOL_MEMBERS_MAX, encodePoolLabel, labelCopyFor, newestPoolLabel, type PoolLabel } from './pool-label.js';
+import { moveGeneration, poolView, staleness, type PoolView } from './pool-members.js';
+import type { MaintenanceOptions, MemberOpener, MemberState, MemberStatus, Pool, PoolMember, PoolStatus, ProgressOptions, ScrubReport } from './pool.js';
+import { copyVerified, WritesUnderWay } from './pool-rebuild.js';
 import { RangeLock } from './range-lock.js';
 import type { Device } from './types.js';
 
@@ -50,6 +51,8 @@ export const MIRROR_COPY_CHUNK_BYTES_DEFAULT = 1024 * 1024;
 export interface MirrorOptions {
   /** Bytes one step of a rebuild, scrub or repair handles (a multiple of 4096). */
   copyChunkBytes?: number;
+  /** How to open a device the other controller's pool object is rebuilding a slot onto (pool-rebuild.ts). */
+  openMember?: MemberOpener;
 }
 
 interface Member extends PoolMember {
@@ -67,7 +70,7 @@ function hasWriteParts(d: Device): d is Device & PartsCapable {
 }
 
 async function readLabel(d: Device): Promise<PoolLabel | string> {
-  const [c0, c1] = await Promise.all([d.read(0, 64), d.read(4096, 64)]);
+  const [c0, c1] = await Promise.all([d.read(0, POOL_LABEL_READ_BYTES), d.read(4096, POOL_LABEL_READ_BYTES)]);
   return newestPoolLabel(Buffer.from(c0), Buffer.from(c1));
 }
 
@@ -88,6 +91,10 @@ export class MirrorDevice implements Pool {
   private rebuild: { slot: number; doneBytes: number; totalBytes: number; run: Promise<void> } | null = null;
   private closing = false;
   private readonly copyChunkBytes: number;
+  /** The generation that announced our rebuild in the labels (0: not yet). */
+  private rebuildAnnounced = 0;
+  private readonly openMember: MemberOpener | undefined;
+  private readonly writes = new WritesUnderWay();
 
   private constructor(
     private readonly members: Member[],
@@ -103,6 +110,7 @@ export class MirrorDevice implements Pool {
       throw new PagepairError('BAD_CONFIG', `copyChunkBytes must be a multiple of 4096, got ${chunk}`, 'copyChunkBytes');
     }
     this.copyChunkBytes = chunk;
+    this.openMember = opts.openMember;
   }
 
   /** Label `devices` as a new mirror pool (generation 1) and open it. Whatever they held is the pool's now. */
@@ -157,6 +165,8 @@ export class MirrorDevice implements Pool {
     if (!members.some((m) => m.state === 'healthy')) throw new PagepairError('IO_ERROR', `no device of the pool is current: ${members.map((m) => `${m.name}: ${m.reason ?? m.state}`).join('; ')}`, 'devices');
     const pool = new MirrorDevice(members, first.poolId, generation, first.dataBytes, opts);
     if (opts.readOnly !== true && members.some((m) => m.state === 'failed')) await pool.moveGenerationOn();
+    // A rebuild the other controller runs: we write its device too, or say in the labels we cannot.
+    if (opts.readOnly !== true && view.rebuilding !== null) await pool.followRebuild(view, labels);
     return pool;
   }
 
@@ -203,6 +213,7 @@ export class MirrorDevice implements Pool {
     const newest = Math.max(this.gen, ...labels.map((l) => (typeof l === 'string' || l.poolId !== this.poolId ? 0 : l.generation)));
     const movedOn = newest > this.gen;
     const view = poolView(labels, this.poolId);
+    if (view.generation >= this.gen) await this.followRebuild(view, labels);
     const failing: { m: Member; reason: string }[] = [];
     this.members.forEach((m, i) => {
       const l = labels[i]!;
@@ -243,6 +254,59 @@ export class MirrorDevice implements Pool {
     return this.gen;
   }
 
+  /**
+   * Bring the member being rebuilt in line with the labels' rebuild record
+   * (pool-rebuild.ts): take up the device another pool object rebuilds onto
+   * (then wait for our writes under way, which did not go to it); stop
+   * writing one whose rebuild ended without it being named in; make one named
+   * in a healthy member. A device we cannot open is said in the labels (the
+   * next generation, with no record), which stops the rebuild there.
+   */
+  private async followRebuild(view: PoolView, labels: readonly (PoolLabel | string | { unreadable: string })[]): Promise<void> {
+    const rec = view.rebuilding;
+    for (const m of this.members) {
+      if (m.state !== 'rebuilding' || (rec !== null && rec.slot === m.slot && rec.name === m.name)) continue;
+      if (this.rebuild !== null && this.rebuild.slot === m.slot) {
+        // Ours, announced, and another writer's newer labels dropped it: it stopped writing the device.
+        if (this.rebuildAnnounced === 0 || view.generation < this.rebuildAnnounced) continue;
+        m.state = 'failed';
+        m.reason = `the other controller stopped writing it at pool generation ${view.generation}`;
+        continue;
+      }
+      const l = labels[m.slot];
+      const current = l !== undefined && typeof l !== 'string' && !('unreadable' in l) && l.poolId === this.poolId && staleness(l, view) === null && view.out !== null;
+      m.state = current ? 'healthy' : 'stale';
+      m.reason = current ? null : `stale: its rebuild stopped (pool generation ${view.generation})`;
+    }
+    if (rec === null || this.rebuild !== null || rec.slot >= this.members.length) return;
+    const cur = this.members[rec.slot]!;
+    if (cur.state === 'rebuilding' && cur.name === rec.name) return;
+    // The same device (a scrub's repair, or a configuration naming the new device already): no second handle.
+    let device = cur.name === rec.name && cur.state !== 'failed' ? cur.device : null;
+    let why = 'no way to open devices by name here';
+    if (device === null && this.openMember !== undefined) {
+      try {
+        device = await this.openMember(rec.name);
+      } catch (err) {
+        why = err instanceof Error ? err.message : String(err);
+      }
+    }
+    if (device === null) {
+      // We cannot write it: the labels must say so, or the rebuild would finish without our writes.
+      const reason = `being rebuilt onto ${rec.name} by the other controller, which this one cannot open: ${why}`;
+      if (cur.state === 'healthy') {
+        await this.fail(cur, reason);
+      } else {
+        cur.reason = reason;
+        await this.moveGenerationOn();
+      }
+      return;
+    }
+    if (device !== cur.device) await cur.device.close().catch(() => undefined);
+    this.members[rec.slot] = { name: rec.name, device, slot: rec.slot, state: 'rebuilding', reason: 'being rebuilt by the other controller' };
+    await this.writes.drain();
+  }
+
   async read(offset: number, length: number): Promise<Buffer> {
     this.checkRange(offset, length);
     // Members in turn from where the last read began: each read tries every member once.
@@ -263,7 +327,11 @@ export class MirrorDevice implements Pool {
     return this.writeParts(offset, [data]);
   }
 
-  async writeParts(offset: number, parts: readonly Buffer[]): Promise<void> {
+  writeParts(offset: number, parts: readonly Buffer[]): Promise<void> {
+    return this.writes.track(this.writePartsNow(offset, parts));
+  }
+
+  private async writePartsNow(offset: number, parts: readonly Buffer[]): Promise<void> {
     const length = parts.reduce((n, p) => n + p.length, 0);
     this.checkRange(offset, length);
     const release = await this.locks.acquire(offset, length, false);
@@ -278,7 +346,11 @@ export class MirrorDevice implements Pool {
     return this.onEach('sync', (m) => m.device.sync(), true);
   }
 
-  async repairRange(offset: number, length: number): Promise<void> {
+  repairRange(offset: number, length: number): Promise<void> {
+    return this.writes.track(this.repairRangeNow(offset, length));
+  }
+
+  private async repairRangeNow(offset: number, length: number): Promise<void> {
     this.checkRange(offset, length);
     for (let at = offset; at < offset + length; at += this.copyChunkBytes) {
       const n = Math.min(this.copyChunkBytes, offset + length - at);
@@ -286,68 +358,164 @@ export class MirrorDevice implements Pool {
     }
   }
 
-  async scrub(opts: ProgressOptions & { repair: boolean }): Promise<ScrubReport> {
+  /**
+   * Compare every chunk's copies; with repair, write the first healthy
+   * member's copy over the others'. While another pool object writes
+   * (opts.barrier given), a difference is counted only when reading again
+   * finds it still there, and the repairs are made afterwards as rebuilds of
+   * the chunks found wrong on each member (pool-rebuild.ts), one member at a
+   * time, while another healthy member is left.
+   */
+  async scrub(opts: MaintenanceOptions & { repair: boolean }): Promise<ScrubReport> {
     const report: ScrubReport = { bytesChecked: 0, mismatches: 0, repaired: 0, unreadable: 0, unrepaired: 0 };
+    const shared = opts.barrier !== undefined;
     const pace = new Pacer(opts.rateBytesPerSec ?? 0);
+    /** Shared: the chunks each member holds wrong, repaired after the pass. */
+    const wrong = new Map<number, number[]>();
     for (let at = 0; at < this.sizeBytes; at += this.copyChunkBytes) {
       opts.signal?.throwIfAborted();
       this.checkOpen('scrub');
       const n = Math.min(this.copyChunkBytes, this.sizeBytes - at);
-      const outcome = await this.compareChunk(at, n, opts.repair);
-      if (outcome === 'unreadable') report.unreadable++;
-      else if (outcome !== 'same') {
-        report.mismatches++;
-        if (outcome === 'repaired') report.repaired++;
+      if (!shared) {
+        const outcome = await this.compareChunk(at, n, opts.repair);
+        if (outcome === 'unreadable') report.unreadable++;
+        else if (outcome !== 'same') {
+          report.mismatches++;
+          if (outcome === 'repaired') report.repaired++;
+        }
+      } else {
+        let seen = await this.differingCopies(at, n);
+        for (let again = 0; again < 2 && seen !== null && seen.differ.length > 0; again++) {
+          await sleep(2);
+          seen = await this.differingCopies(at, n);
+        }
+        if (seen === null) report.unreadable++;
+        else if (seen.differ.length > 0) {
+          report.mismatches++;
+          if (opts.repair) for (const m of seen.differ) wrong.set(m.slot, [...(wrong.get(m.slot) ?? []), at]);
+        }
       }
       report.bytesChecked += n;
       opts.onProgress?.(report.bytesChecked, this.sizeBytes);
       await pace.after(n, opts.signal);
     }
+    if (wrong.size > 0) {
+      // Each member's wrong chunks rebuilt in turn; a chunk wrong on two members counts once, when both are done.
+      const left = new Map<number, number>();
+      for (const ats of wrong.values()) for (const at of ats) left.set(at, (left.get(at) ?? 0) + 1);
+      for (const [slot, ats] of wrong) {
+        opts.signal?.throwIfAborted();
+        const m = this.members[slot]!;
+        if (m.state !== 'healthy' || this.members.filter((x) => x.state === 'healthy').length < 2) continue;
+        try {
+          await this.rebuildSlot(slot, { name: m.name, device: m.device }, ats, opts);
+        } catch (err) {
+          if (!(err instanceof PagepairError) || (err.code !== 'IO_ERROR' && err.code !== 'BUSY')) throw err;
+          continue;
+        }
+        for (const at of ats) left.set(at, left.get(at)! - 1);
+      }
+      report.repaired = [...left.values()].filter((x) => x === 0).length;
+    }
+    report.unrepaired = report.mismatches - report.repaired;
     return report;
   }
 
-  async replace(slot: number, member: PoolMember, opts: ProgressOptions = {}): Promise<void> {
+  async replace(slot: number, member: PoolMember, opts: MaintenanceOptions = {}): Promise<void> {
     this.checkOpen('replace');
     if (!Number.isInteger(slot) || slot < 0 || slot >= this.members.length) {
       throw new PagepairError('BAD_FIELD', `pool ${this.poolId} has slots 0..${this.members.length - 1}, not ${slot}`, 'slot');
     }
-    if (this.rebuild !== null) throw new PagepairError('BUSY', `pool ${this.poolId}: slot ${this.rebuild.slot} is being rebuilt; one rebuild at a time`, 'slot');
+    this.checkNoRebuild();
     if (member.device.sizeBytes < POOL_LABEL_AREA_BYTES + this.sizeBytes) {
       throw new PagepairError('BAD_CONFIG', `device ${member.name} has ${member.device.sizeBytes} bytes; the pool needs ${POOL_LABEL_AREA_BYTES + this.sizeBytes}`, 'devices');
     }
     const old = this.members[slot]!;
     const others = this.members.filter((m) => m !== old && m.state === 'healthy');
     if (others.length === 0) throw new PagepairError('IO_ERROR', `pool ${this.poolId}: no other member is healthy to rebuild slot ${slot} from`, 'slot');
+    await this.rebuildSlot(slot, member, null, opts);
+  }
+
+  private checkNoRebuild(): void {
+    if (this.rebuild !== null) throw new PagepairError('BUSY', `pool ${this.poolId}: slot ${this.rebuild.slot} is being rebuilt; one rebuild at a time`, 'slot');
+  }
+
+  /**
+   * Rebuild slot `slot` onto `member` (every chunk, or the chunks at `ats`),
+   * announced in the labels first so that another pool object over the
+   * members writes it too (pool-rebuild.ts). On any failure the member is
+   * left out of the pool (stale) and the labels say so.
+   */
+  private async rebuildSlot(slot: number, member: PoolMember, ats: number[] | null, opts: MaintenanceOptions): Promise<void> {
+    this.checkNoRebuild();
+    const totalBytes = ats === null ? this.sizeBytes : ats.reduce((t, at) => t + Math.min(this.copyChunkBytes, this.sizeBytes - at), 0);
     // Taken before the first await: a second replace meanwhile is refused.
-    const rebuild = { slot, doneBytes: 0, totalBytes: this.sizeBytes, run: Promise.resolve() };
+    const rebuild = { slot, doneBytes: 0, totalBytes, run: Promise.resolve() };
     this.rebuild = rebuild;
-    let fresh: Member | null = null;
+    const old = this.members[slot]!;
+    const fresh: Member = { name: member.name, device: member.device, slot, state: 'rebuilding', reason: 'being rebuilt' };
     const run = (async () => {
-      // A healthy member taken out misses every write from now on: the generation moves past it first.
-      if (old.state === 'healthy') await this.fail(old, `replaced by ${member.name}`);
       // Being rebuilt: generation 0 in both copies, older than any pool, so a crash leaves it stale.
-      const rebuilding = encodePoolLabel({ poolId: this.poolId, layout: 'mirror', slot, devices: this.members.length, generation: 0, dataBytes: this.sizeBytes });
-      await member.device.write(0, rebuilding);
-      await member.device.write(4096, rebuilding);
+      const label = encodePoolLabel({ poolId: this.poolId, layout: 'mirror', slot, devices: this.members.length, generation: 0, dataBytes: this.sizeBytes });
+      await member.device.write(0, label);
+      await member.device.write(4096, label);
       await member.device.sync();
       this.checkOpen('replace');
-      fresh = { name: member.name, device: member.device, slot, state: 'rebuilding', reason: 'being rebuilt' };
+      // A rebuild the other controller announced (or one left by a controller that died) is ours now:
+      // the record becomes ours, and the other stops writing its device when it reads it.
+      for (const x of this.members) {
+        if (x.state !== 'rebuilding') continue;
+        x.state = 'stale';
+        x.reason = `stale: its rebuild was taken over by a rebuild onto ${member.name}`;
+      }
       this.members[slot] = fresh;
       if (old.device !== member.device) await old.device.close().catch(() => undefined);
-      await this.fill(fresh, rebuild, opts);
+      // The announcement: the slot named out, the device recorded; then every other pool object must have read it.
+      await this.moveGenerationOn();
+      this.rebuildAnnounced = this.gen;
+      this.checkRebuilding(fresh);
+      await opts.barrier?.(this.gen);
+      const startGen = this.gen;
+      await this.fill(fresh, ats, startGen, opts.barrier !== undefined, rebuild, opts);
+      await fresh.device.sync();
+      // Anyone's move since the start (a member failing on either side) may mean bytes copied from a member that missed writes.
+      await this.refresh();
+      this.checkRebuilding(fresh);
+      this.checkUnmoved(startGen);
+      this.checkOpen('rebuild');
+      // Whole and durable: it serves reads from now on, and the next generation names it current
+      // (called off when another writer moved the pool meanwhile).
+      fresh.state = 'healthy';
+      fresh.reason = null;
+      const join = this.labelChain.then(() => this.writeGeneration(new Set([slot])));
+      this.labelChain = join.catch(() => undefined);
+      await join;
+      if (fresh.state !== 'healthy') throw new PagepairError('IO_ERROR', `pool ${this.poolId}: slot ${slot} (${fresh.name}) not brought in: ${fresh.reason ?? fresh.state}`);
     })();
     rebuild.run = run.catch(() => undefined);
     try {
       await run;
     } catch (err) {
-      const f = fresh as Member | null;
-      if (f !== null && f.state === 'rebuilding') {
-        f.state = 'failed';
-        f.reason = `rebuild stopped at ${rebuild.doneBytes} of ${rebuild.totalBytes} bytes: ${err instanceof Error ? err.message : String(err)}`;
+      if (this.members[slot] === fresh && (fresh.state === 'rebuilding' || fresh.state === 'healthy')) {
+        fresh.state = 'stale';
+        fresh.reason = `rebuild stopped at ${rebuild.doneBytes} of ${rebuild.totalBytes} bytes: ${err instanceof Error ? err.message : String(err)}`;
+        // The record goes from the labels: the other pool object stops writing it.
+        await this.moveGenerationOn().catch(() => undefined);
       }
       throw err;
     } finally {
       this.rebuild = null;
+      this.rebuildAnnounced = 0;
+    }
+  }
+
+  private checkRebuilding(m: Member): void {
+    if (m.state !== 'rebuilding') throw new PagepairError('IO_ERROR', `pool ${this.poolId}: ${m.name} failed during its rebuild: ${m.reason ?? m.state}`);
+  }
+
+  private checkUnmoved(startGen: number): void {
+    if (this.gen !== startGen) {
+      throw new PagepairError('IO_ERROR', `pool ${this.poolId}: the pool moved from generation ${startGen} to ${this.gen} during the rebuild (a device failed on one controller's path): rebuild again`);
     }
   }
 
@@ -359,39 +527,43 @@ export class MirrorDevice implements Pool {
     await Promise.all(this.members.map((m) => m.device.close().catch(() => undefined)));
   }
 
-  /** Copy every chunk onto `fresh` from a healthy member, then make it a current member. */
-  private async fill(fresh: Member, progress: { doneBytes: number; totalBytes: number }, opts: ProgressOptions): Promise<void> {
+  /** Copy every chunk (or those at `ats`) onto `fresh` from a healthy member, each checked after the copy when shared. */
+  private async fill(fresh: Member, ats: number[] | null, startGen: number, shared: boolean, progress: { doneBytes: number; totalBytes: number }, opts: ProgressOptions): Promise<void> {
     const pace = new Pacer(opts.rateBytesPerSec ?? 0);
-    for (let at = 0; at < this.sizeBytes; at += this.copyChunkBytes) {
+    const offsets = ats ?? Array.from({ length: Math.ceil(this.sizeBytes / this.copyChunkBytes) }, (_, k) => k * this.copyChunkBytes);
+    for (const at of offsets) {
       opts.signal?.throwIfAborted();
       this.checkOpen('rebuild');
+      this.checkUnmoved(startGen);
       const n = Math.min(this.copyChunkBytes, this.sizeBytes - at);
       const release = await this.locks.acquire(at, n, true);
       try {
-        const data = await this.readChunk(at, n);
-        if (data === null) throw this.noneLeft('read');
-        await fresh.device.write(POOL_LABEL_AREA_BYTES + at, data);
-      } catch (err) {
-        if (fresh.state !== 'rebuilding') throw new PagepairError('IO_ERROR', `pool ${this.poolId}: ${fresh.name} ${fresh.reason ?? fresh.state}`);
-        throw err;
+        await copyVerified(`bytes ${at}..${at + n}`, shared, {
+          expected: async () => {
+            const data = await this.readChunk(at, n);
+            if (data === null) throw this.noneLeft('read');
+            return { bytes: data, readBytes: n };
+          },
+          write: async (bytes) => {
+            this.checkRebuilding(fresh);
+            try {
+              await fresh.device.write(POOL_LABEL_AREA_BYTES + at, bytes);
+            } catch (err) {
+              await this.fail(fresh, `write failed: ${String(err)}`);
+              throw new PagepairError('IO_ERROR', `pool ${this.poolId}: ${fresh.name} failed during its rebuild: ${String(err)}`);
+            }
+          },
+          readBack: async () => Buffer.from(await fresh.device.read(POOL_LABEL_AREA_BYTES + at, n)),
+        });
       } finally {
         release();
       }
       // A write to it that failed meanwhile stops the rebuild too.
-      if (fresh.state !== 'rebuilding') throw new PagepairError('IO_ERROR', `pool ${this.poolId}: ${fresh.name} ${fresh.reason ?? fresh.state}`);
+      this.checkRebuilding(fresh);
       progress.doneBytes += n;
       opts.onProgress?.(progress.doneBytes, progress.totalBytes);
       await pace.after(n, opts.signal);
     }
-    await fresh.device.sync();
-    // Whole and durable: it serves reads from now on, and the next generation names it current.
-    this.checkOpen('rebuild');
-    fresh.state = 'healthy';
-    fresh.reason = null;
-    const run = this.labelChain.then(() => this.writeGeneration(new Set([fresh.slot])));
-    this.labelChain = run.catch(() => undefined);
-    await run;
-    if (fresh.state !== 'healthy') throw new PagepairError('IO_ERROR', `pool ${this.poolId}: ${fresh.name} ${fresh.reason ?? fresh.state}`);
   }
 
   /** The chunk as the first healthy member that can read it has it, or null. */
@@ -407,22 +579,39 @@ export class MirrorDevice implements Pool {
     return null;
   }
 
-  /** Compare a chunk on every healthy member with the first's copy; with repair, write that copy over the others'. */
+  /** Every healthy member's copy of a chunk, in slot order (a member whose read fails is marked failed). Call under the chunk's lock. */
+  private async readCopies(at: number, n: number): Promise<{ m: Member; data: Buffer }[]> {
+    const copies: { m: Member; data: Buffer }[] = [];
+    for (const m of this.members) {
+      if (m.state !== 'healthy') continue;
+      try {
+        copies.push({ m, data: Buffer.from(await m.device.read(POOL_LABEL_AREA_BYTES + at, n)) });
+      } catch (err) {
+        await this.fail(m, `read failed: ${String(err)}`);
+      }
+    }
+    return copies;
+  }
+
+  /** The first healthy member's copy of a chunk, and the members whose copy differs from it; null when none could be read. */
+  private async differingCopies(at: number, n: number): Promise<{ first: Buffer; differ: Member[] } | null> {
+    const release = await this.locks.acquire(at, n, true);
+    try {
+      const [first, ...rest] = await this.readCopies(at, n);
+      if (first === undefined) return null;
+      return { first: first.data, differ: rest.filter((c) => !c.data.equals(first.data)).map((c) => c.m) };
+    } finally {
+      release();
+    }
+  }
+
+  /** Compare a chunk on every healthy member with the first's copy; with repair, write that copy over the others' (nobody else writing). */
   private async compareChunk(at: number, n: number, repair: boolean): Promise<'same' | 'differs' | 'repaired' | 'unreadable'> {
     const release = await this.locks.acquire(at, n, true);
     try {
-      const copies: { m: Member; data: Buffer }[] = [];
-      for (const m of this.members) {
-        if (m.state !== 'healthy') continue;
-        try {
-          copies.push({ m, data: Buffer.from(await m.device.read(POOL_LABEL_AREA_BYTES + at, n)) });
-        } catch (err) {
-          await this.fail(m, `read failed: ${String(err)}`);
-        }
-      }
-      if (copies.length === 0) return 'unreadable';
-      const first = copies[0]!;
-      const differing = copies.slice(1).filter((c) => !c.data.equals(first.data));
+      const [first, ...rest] = await this.readCopies(at, n);
+      if (first === undefined) return 'unreadable';
+      const differing = rest.filter((c) => !c.data.equals(first.data));
       if (differing.length === 0) return 'same';
       if (!repair) return 'differs';
       const results = await Promise.allSettled(differing.map((c) => c.m.device.write(POOL_LABEL_AREA_BYTES + at, first.data)));
@@ -442,16 +631,20 @@ export class MirrorDevice implements Pool {
    * this settles. It succeeds when a healthy member took it.
    */
   private async onEach(what: string, op: (m: Member) => Promise<void>, toRebuilding: boolean): Promise<void> {
-    const targets = this.members.filter((m) => m.state === 'healthy' || (toRebuilding && m.state === 'rebuilding'));
-    const results = await Promise.allSettled(targets.map(op));
+    const healthy = this.members.filter((m) => m.state === 'healthy');
+    const rebuilding = toRebuilding ? this.members.filter((m) => m.state === 'rebuilding') : [];
     let ok = 0;
-    for (let i = 0; i < targets.length; i++) {
-      const r = results[i]!;
-      const m = targets[i]!;
-      if (r.status === 'fulfilled') {
-        if (m.state === 'healthy') ok++;
-      } else {
-        await this.fail(m, `${what} failed: ${String(r.reason)}`);
+    // A member being rebuilt is written last, after the healthy ones are done (pool-rebuild.ts).
+    for (const targets of rebuilding.length === 0 ? [healthy] : [healthy, rebuilding]) {
+      const results = await Promise.allSettled(targets.map(op));
+      for (let i = 0; i < targets.length; i++) {
+        const r = results[i]!;
+        const m = targets[i]!;
+        if (r.status === 'fulfilled') {
+          if (m.state === 'healthy') ok++;
+        } else {
+          await this.fail(m, `${what} failed: ${String(r.reason)}`);
+        }
       }
     }
     // A member that left just before this began was not among its targets, and the generation
@@ -464,10 +657,11 @@ export class MirrorDevice implements Pool {
   /** Mark a member failed; a healthy one's leaving writes the next generation to the members left (synced) before going on. */
   private fail(m: Member, reason: string): Promise<void> {
     if (m.state === 'rebuilding') {
-      // Its label already says it is not current: nothing to write.
+      // It was never current, but the labels record its rebuild: the next generation drops the
+      // record, so the other pool object stops writing it too and a rebuild under way there stops.
       m.state = 'failed';
       m.reason = reason;
-      return Promise.resolve();
+      return this.moveGenerationOn();
     }
     if (m.state !== 'healthy') return this.labelChain;
     m.state = 'failed';
@@ -494,9 +688,15 @@ export class MirrorDevice implements Pool {
       base: this.gen,
       ...(joining === undefined ? {} : { joining }),
       labelFor: (m, generation, failedSlots, currentSince) =>
-        encodePoolLabel({ poolId: this.poolId, layout: 'mirror', slot: m.slot, devices: this.members.length, generation, dataBytes: this.sizeBytes, failedSlots, currentSince }),
+        encodePoolLabel({ poolId: this.poolId, layout: 'mirror', slot: m.slot, devices: this.members.length, generation, dataBytes: this.sizeBytes, failedSlots, currentSince, rebuilding: this.rebuildRecord() }),
     });
     this.gen = Math.max(this.gen, moved);
+  }
+
+  /** The member being rebuilt, as the labels record it. */
+  private rebuildRecord(): { slot: number; name: string } | null {
+    const m = this.members.find((x) => x.state === 'rebuilding');
+    return m === undefined ? null : { slot: m.slot, name: m.name };
   }
 
   private noneLeft(what: string): PagepairError {

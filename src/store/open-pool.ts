@@ -19,9 +19,10 @@
 
 import { open as openFile, mkdir, readFile, stat, unlink, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { dirname } from 'node:path';
+import { dirname, isAbsolute } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PagepairError, isPagepairError } from '../protocol/errors.js';
+import { POOL_LABEL_READ_BYTES } from './pool-label.js';
 import { FileDevice } from './file-device.js';
 import { MirrorDevice } from './mirror-device.js';
 import { NbdDevice } from './nbd-device.js';
@@ -30,7 +31,7 @@ import { PageStore } from './page-store.js';
 import { ParityDevice, type ParityCreateOptions } from './parity-device.js';
 import { newestPoolLabel, type PoolLabel } from './pool-label.js';
 import { planPool } from './pool-plan.js';
-import type { Pool, PoolLayout, PoolMember, ProgressOptions } from './pool.js';
+import type { MemberOpener, Pool, PoolLayout, PoolMember, ProgressOptions } from './pool.js';
 import type { Device } from './types.js';
 
 /** A member as the configuration names it. */
@@ -95,6 +96,28 @@ export async function openPoolMembers(spec: PoolSpec, opts: { createFiles: boole
   }
 }
 
+/**
+ * A member device by the name a pool label records: an nbd://, nbds://,
+ * nbd+unix:// or nbds+unix:// URI, else a file path (absolute: the two
+ * controllers may not share a working directory). How a pool object takes up
+ * the device the other controller's is rebuilding a slot onto (MemberOpener),
+ * and how a controller opens the device it is asked to rebuild onto
+ * (createBytes: a missing file is made sparse at that size).
+ */
+export async function openMemberByName(name: string, opts: { createBytes?: number } = {}): Promise<Device> {
+  if (/^nbds?(\+unix)?:\/\//.test(name)) return NbdDevice.connect(name);
+  if (!isAbsolute(name)) throw new PagepairError('BAD_FIELD', `device ${JSON.stringify(name)} is neither an nbd URI nor an absolute path`, 'device');
+  if (opts.createBytes !== undefined) {
+    try {
+      await mkdir(dirname(name), { recursive: true, mode: STORE_DIR_MODE });
+      return await FileDevice.create(name, opts.createBytes, { exclusive: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+  }
+  return FileDevice.open(name);
+}
+
 /** A member that could not be opened: every operation fails with why, so a pool opens without it (as failed). */
 export class UnopenedDevice implements Device {
   /** It limits nothing: the pool's size comes from the others' labels. */
@@ -146,7 +169,7 @@ export async function readMemberLabels(members: readonly PoolMember[]): Promise<
     members.map(async (m) => {
       try {
         if (m.device.sizeBytes < 8192) return `too small for a pool label (${m.device.sizeBytes} bytes)`;
-        const [c0, c1] = await Promise.all([m.device.read(0, 64), m.device.read(4096, 64)]);
+        const [c0, c1] = await Promise.all([m.device.read(0, POOL_LABEL_READ_BYTES), m.device.read(4096, POOL_LABEL_READ_BYTES)]);
         return newestPoolLabel(Buffer.from(c0), Buffer.from(c1));
       } catch (err) {
         return `label read failed: ${err instanceof Error ? err.message : String(err)}`;
@@ -160,9 +183,10 @@ export async function readMemberLabels(members: readonly PoolMember[]): Promise<
  * is refused). readOnly: write nothing, even when a member cannot be read
  * (a mirror otherwise moves the generation on past it at once).
  */
-export async function openPool(layout: PoolLayout, members: readonly PoolMember[], opts: { readOnly?: boolean } = {}): Promise<Pool> {
-  if (layout === 'mirror') return MirrorDevice.open(members, opts.readOnly === true ? { readOnly: true } : {});
-  return ParityDevice.open(members);
+export async function openPool(layout: PoolLayout, members: readonly PoolMember[], opts: { readOnly?: boolean; openMember?: MemberOpener } = {}): Promise<Pool> {
+  const shared = opts.openMember !== undefined ? { openMember: opts.openMember } : {};
+  if (layout === 'mirror') return MirrorDevice.open(members, opts.readOnly === true ? { ...shared, readOnly: true } : shared);
+  return ParityDevice.open(members, shared);
 }
 
 export interface CreatePoolOptions {
@@ -212,6 +236,8 @@ export interface OpenPoolStoreOptions {
   onEvent?(what: string, detail: Record<string, unknown>): void;
   /** The members as the pool will use them (a test hook puts them behind a gate). */
   wrapMembers?(members: readonly PoolMember[]): PoolMember[];
+  /** How the pool opens a device the partner's pool object is rebuilding onto (default: openMemberByName). */
+  openMember?: MemberOpener;
 }
 
 const RETRY_INTERVAL_MS = 50;
@@ -289,7 +315,7 @@ async function tryOpen(spec: PoolSpec, opts: OpenPoolStoreOptions, storeName: st
 async function openLabelled(spec: PoolSpec, members: OpenedMember[], opts: OpenPoolStoreOptions, storeName: string): Promise<Attempt> {
   let pool: Pool;
   try {
-    pool = await openPool(spec.layout, opts.wrapMembers?.(members) ?? members);
+    pool = await openPool(spec.layout, opts.wrapMembers?.(members) ?? members, { openMember: opts.openMember ?? ((name) => openMemberByName(name)) });
   } catch (err) {
     await closeMembers(members);
     // Labels half written: the creator is still at it.

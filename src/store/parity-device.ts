@@ -44,7 +44,9 @@ import { PagepairError } from '../protocol/errors.js';
 import { parityP, parityQ, recoverStripe } from './parity.js';
 import { POOL_LABEL_AREA_BYTES, POOL_MEMBERS_MAX, encodePoolLabel, type PoolLabel } from './pool-label.js';
 import { moveGeneration, poolView, readPoolLabel, readPoolLabels, staleness, type SlotMember } from './pool-members.js';
-import type { Pool, PoolMember, PoolStatus, ProgressOptions, ScrubReport } from './pool.js';
+import type { MaintenanceOptions, MemberOpener, Pool, PoolMember, PoolStatus, ProgressOptions, ScrubReport } from './pool.js';
+import { copyVerified, WritesUnderWay } from './pool-rebuild.js';
+import type { PoolView } from './pool-members.js';
 
 export type ParityLayout = 'parity' | 'parity2';
 
@@ -55,6 +57,19 @@ export interface ParityCreateOptions {
   /** A multiple of rowBytes: chunkBytes × (members − parities). */
   mirroredPrefixBytes: number;
   poolId?: string;
+  /** How to open a device the other controller's pool object is rebuilding a slot onto (pool-rebuild.ts). */
+  openMember?: MemberOpener;
+}
+
+export interface ParityOpenOptions {
+  /** How to open a device the other controller's pool object is rebuilding a slot onto (pool-rebuild.ts). */
+  openMember?: MemberOpener;
+}
+
+/** What a rebuild copies: every prefix unit and row (null), or these. */
+interface RebuildRanges {
+  units: number[];
+  rows: number[];
 }
 
 const CHUNK_ALIGN_BYTES = 4096;
@@ -112,6 +127,10 @@ export class ParityDevice implements Pool {
   /** The tail of each busy row's queue; prefix unit k is key −(k + 1). Deleted when idle. */
   private readonly locks = new Map<number, Promise<void>>();
   private rebuild: { slot: number; doneBytes: number; totalBytes: number } | null = null;
+  /** The generation that announced our rebuild in the labels (0: not yet). */
+  private rebuildAnnounced = 0;
+  private openMember: MemberOpener | undefined;
+  private readonly writes = new WritesUnderWay();
 
   private constructor(
     private readonly members: SlotMember[],
@@ -159,11 +178,11 @@ export class ParityDevice implements Pool {
         await m.device.sync();
       }),
     );
-    return ParityDevice.open(members);
+    return ParityDevice.open(members, opts.openMember !== undefined ? { openMember: opts.openMember } : {});
   }
 
   /** Open a parity pool from its devices, in slot order. A device whose label cannot be read opens as failed. */
-  static async open(members: readonly PoolMember[]): Promise<ParityDevice> {
+  static async open(members: readonly PoolMember[], opts: ParityOpenOptions = {}): Promise<ParityDevice> {
     const labels = await Promise.all(members.map((m) => readPoolLabel(m.device).catch((err: unknown) => ({ unreadable: `label read failed: ${String(err)}` }))));
     const first = labels.find((l): l is PoolLabel => typeof l !== 'string' && !('unreadable' in l));
     if (first === undefined) throw new PagepairError('STORE_MISMATCH', `no device holds a pool label: ${members.map((m, i) => `${m.name}: ${describe(labels[i]!)}`).join('; ')}`, 'devices');
@@ -197,6 +216,9 @@ export class ParityDevice implements Pool {
       return { ...m, slot, state: 'healthy', reason: null };
     });
     const device = new ParityDevice(slots, first.poolId, layout, chunkBytes, prefixBytes, rows, generation);
+    device.openMember = opts.openMember;
+    // A rebuild the other controller runs: we write its device too, or say in the labels we cannot.
+    if (view.rebuilding !== null) await device.followRebuild(view, labels);
     device.checkServing('open');
     return device;
   }
@@ -283,7 +305,11 @@ export class ParityDevice implements Pool {
     return this.writeParts(offset, [data]);
   }
 
-  async writeParts(offset: number, parts: readonly Buffer[]): Promise<void> {
+  writeParts(offset: number, parts: readonly Buffer[]): Promise<void> {
+    return this.writes.track(this.writePartsNow(offset, parts));
+  }
+
+  private async writePartsNow(offset: number, parts: readonly Buffer[]): Promise<void> {
     const data = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
     this.checkRange(offset, data.length);
     this.checkServing('write');
@@ -483,7 +509,9 @@ export class ParityDevice implements Pool {
     await this.labelChain;
     const labels = await readPoolLabels(this.members);
     const view = poolView(labels, this.poolId);
+    const before = this.gen;
     this.gen = Math.max(this.gen, view.generation);
+    if (view.generation >= before) await this.followRebuild(view, labels);
     const reference = this.labelFields(0, this.gen);
     // Failed after the loop: failing one moves the generation on, and the labels read before
     // that would then make every other member look stale.
@@ -515,7 +543,63 @@ export class ParityDevice implements Pool {
     return this.gen;
   }
 
-  async repairRange(offset: number, length: number): Promise<void> {
+  /**
+   * Bring the member being rebuilt in line with the labels' rebuild record
+   * (pool-rebuild.ts): take up the device another pool object rebuilds onto
+   * (then wait for our writes under way, which did not go to it); stop
+   * writing one whose rebuild ended without it being named in; make one named
+   * in a healthy member. A device we cannot open is said in the labels (the
+   * next generation, with no record), which stops the rebuild there.
+   */
+  private async followRebuild(view: PoolView, labels: readonly (PoolLabel | string | { unreadable: string })[]): Promise<void> {
+    const rec = view.rebuilding;
+    for (const m of this.members) {
+      if (m.state !== 'rebuilding' || (rec !== null && rec.slot === m.slot && rec.name === m.name)) continue;
+      if (this.rebuild !== null && this.rebuild.slot === m.slot) {
+        // Ours, announced, and another writer's newer labels dropped it: it stopped writing the device.
+        if (this.rebuildAnnounced === 0 || view.generation < this.rebuildAnnounced) continue;
+        m.state = 'failed';
+        m.reason = `the other controller stopped writing it at pool generation ${view.generation}`;
+        continue;
+      }
+      const l = labels[m.slot];
+      const current = l !== undefined && typeof l !== 'string' && !('unreadable' in l) && l.poolId === this.poolId && staleness(l, view) === null && view.out !== null;
+      m.state = current ? 'healthy' : 'stale';
+      m.reason = current ? null : `stale: its rebuild stopped (pool generation ${view.generation})`;
+    }
+    if (rec === null || this.rebuild !== null || rec.slot >= this.n) return;
+    const cur = this.members[rec.slot]!;
+    if (cur.state === 'rebuilding' && cur.name === rec.name) return;
+    // The same device (a scrub's repair, or a configuration naming the new device already): no second handle.
+    let device = cur.name === rec.name && cur.state !== 'failed' ? cur.device : null;
+    let why = 'no way to open devices by name here';
+    if (device === null && this.openMember !== undefined) {
+      try {
+        device = await this.openMember(rec.name);
+      } catch (err) {
+        why = err instanceof Error ? err.message : String(err);
+      }
+    }
+    if (device === null) {
+      // We cannot write it: the labels must say so, or the rebuild would finish without our writes.
+      if (cur.state === 'healthy') {
+        await this.fail(cur, `being rebuilt onto ${rec.name} by the other controller, which this one cannot open: ${why}`);
+      } else {
+        cur.reason = `being rebuilt onto ${rec.name} by the other controller, which this one cannot open: ${why}`;
+        await this.bumpGeneration();
+      }
+      return;
+    }
+    if (device !== cur.device) await cur.device.close().catch(() => undefined);
+    this.members[rec.slot] = { name: rec.name, device, slot: rec.slot, state: 'rebuilding', reason: 'being rebuilt by the other controller' };
+    await this.writes.drain();
+  }
+
+  repairRange(offset: number, length: number): Promise<void> {
+    return this.writes.track(this.repairRangeNow(offset, length));
+  }
+
+  private async repairRangeNow(offset: number, length: number): Promise<void> {
     this.checkRange(offset, length);
     this.checkServing('repair');
     if (length === 0) return;
@@ -540,9 +624,26 @@ export class ParityDevice implements Pool {
     }
   }
 
-  async scrub(opts: ProgressOptions & { repair: boolean }): Promise<ScrubReport> {
+  /**
+   * Check every prefix unit's copies and every row's parity; with repair, make
+   * them agree (a row's P and Q are recomputed from its data; a prefix copy
+   * that differs from the first healthy member's is overwritten). While
+   * another pool object writes (opts.barrier given), a difference is counted
+   * only when reading again finds it still there, and the repairs are made
+   * afterwards as rebuilds of the members' bytes found wrong (pool-rebuild.ts),
+   * one member at a time, while the pool has redundancy to spare.
+   */
+  async scrub(opts: MaintenanceOptions & { repair: boolean }): Promise<ScrubReport> {
     const report: ScrubReport = { bytesChecked: 0, mismatches: 0, repaired: 0, unreadable: 0, unrepaired: 0 };
+    const shared = opts.barrier !== undefined;
     const pacer = new Pacer(opts.rateBytesPerSec ?? 0, opts.signal);
+    /** Shared: the ranges each member holds wrong, repaired after the pass. */
+    const wrong = new Map<number, RebuildRanges>();
+    const note = (slot: number, kind: 'units' | 'rows', at: number): void => {
+      let r = wrong.get(slot);
+      if (r === undefined) wrong.set(slot, (r = { units: [], rows: [] }));
+      if (!r[kind].includes(at)) r[kind].push(at);
+    };
     let done = 0;
     const step = async (bytes: number, readBytes: number): Promise<void> => {
       done += bytes;
@@ -555,15 +656,26 @@ export class ParityDevice implements Pool {
       let readBytes = 0;
       try {
         await this.withLock(-(unit + 1), async () => {
-          const copies = await this.readPrefixCopies(from, this.rowBytes);
-          readBytes = copies.length * this.rowBytes;
-          const [first, ...rest] = copies;
-          const differ = rest.filter((c) => !c.bytes.equals(first!.bytes));
+          const differing = async (): Promise<{ first: Buffer; differ: { m: SlotMember; bytes: Buffer }[] }> => {
+            const copies = await this.readPrefixCopies(from, this.rowBytes);
+            readBytes += copies.length * this.rowBytes;
+            const [first, ...rest] = copies;
+            return { first: first!.bytes, differ: rest.filter((c) => !c.bytes.equals(first!.bytes)) };
+          };
+          let seen = await differing();
           report.bytesChecked += this.rowBytes;
-          if (differ.length === 0) return;
+          for (let again = 0; shared && again < 2 && seen.differ.length > 0; again++) {
+            await sleep(2);
+            seen = await differing();
+          }
+          if (seen.differ.length === 0) return;
           report.mismatches++;
           if (!opts.repair) return;
-          await this.onMembers('repair', differ.map((c) => ({ m: c.m, run: () => c.m.device.write(POOL_LABEL_AREA_BYTES + from, first!.bytes) })));
+          if (shared) {
+            for (const c of seen.differ) note(c.m.slot, 'units', unit);
+            return;
+          }
+          await this.onMembers('repair', seen.differ.map((c) => ({ m: c.m, run: () => c.m.device.write(POOL_LABEL_AREA_BYTES + from, seen.first) })));
           report.repaired++;
         });
       } catch (err) {
@@ -577,14 +689,26 @@ export class ParityDevice implements Pool {
       let readBytes = 0;
       try {
         await this.withLock(r, async () => {
-          const got = await this.readPieces(r, 0, this.chunkBytes, true);
-          readBytes = this.chunkBytes * (got.data.filter((d) => d !== null).length + (got.p === null ? 0 : 1) + (got.q === null ? 0 : 1));
-          const verdict = this.checkRow(got);
+          const check = async (): Promise<{ verdict: RowVerdict | null }> => {
+            const got = await this.readPieces(r, 0, this.chunkBytes, true);
+            readBytes += this.chunkBytes * (got.data.filter((d) => d !== null).length + (got.p === null ? 0 : 1) + (got.q === null ? 0 : 1));
+            return { verdict: this.checkRow(got) };
+          };
+          let { verdict } = await check();
           if (verdict === null) return; // too little left to check anything
           report.bytesChecked += this.rowBytes;
-          if (verdict.ok) return;
+          for (let again = 0; shared && again < 2 && verdict !== null && !verdict.ok; again++) {
+            await sleep(2);
+            ({ verdict } = await check());
+          }
+          if (verdict === null || verdict.ok) return;
           report.mismatches++;
           if (!opts.repair) return;
+          if (shared) {
+            if (!verdict.pOk) note(this.pSlot(r), 'rows', r);
+            if (!verdict.qOk) note(this.qSlot(r), 'rows', r);
+            return;
+          }
           await this.rewriteParity(r, verdict.data);
           report.repaired++;
         });
@@ -594,55 +718,124 @@ export class ParityDevice implements Pool {
       }
       await step(this.rowBytes, readBytes);
     }
+    if (shared && wrong.size > 0) {
+      // Each member's wrong bytes rebuilt in turn; a range wrong on two members counts once, when both are done.
+      const left = new Map<string, number>();
+      for (const r of wrong.values()) {
+        for (const u of r.units) left.set(`u${u}`, (left.get(`u${u}`) ?? 0) + 1);
+        for (const x of r.rows) left.set(`r${x}`, (left.get(`r${x}`) ?? 0) + 1);
+      }
+      for (const [slot, ranges] of wrong) {
+        opts.signal?.throwIfAborted();
+        const m = this.members[slot]!;
+        const out = this.members.filter((x) => x.state !== 'healthy').length;
+        if (m.state !== 'healthy' || out + 1 > this.parities) continue;
+        try {
+          await this.rebuildSlot(slot, { name: m.name, device: m.device }, ranges, opts);
+        } catch (err) {
+          if (!(err instanceof PagepairError) || (err.code !== 'IO_ERROR' && err.code !== 'BUSY')) throw err;
+          continue;
+        }
+        for (const u of ranges.units) left.set(`u${u}`, left.get(`u${u}`)! - 1);
+        for (const x of ranges.rows) left.set(`r${x}`, left.get(`r${x}`)! - 1);
+      }
+      report.repaired = [...left.values()].filter((n) => n === 0).length;
+    }
+    report.unrepaired = report.mismatches - report.repaired;
     return report;
   }
 
-  async replace(slot: number, member: PoolMember, opts: ProgressOptions = {}): Promise<void> {
+  async replace(slot: number, member: PoolMember, opts: MaintenanceOptions = {}): Promise<void> {
     if (!Number.isInteger(slot) || slot < 0 || slot >= this.n) throw new PagepairError('BAD_CONFIG', `pool ${this.poolId} has slots 0 to ${this.n - 1}, not ${slot}`, 'slot');
-    if (this.rebuild !== null) throw new PagepairError('BUSY', `pool ${this.poolId}: a rebuild onto slot ${this.rebuild.slot} is under way`);
+    this.checkNoRebuild();
     const needBytes = POOL_LABEL_AREA_BYTES + this.mirroredPrefixBytes + this.rows * this.chunkBytes;
     if (member.device.sizeBytes < needBytes) throw new PagepairError('BAD_CONFIG', `device ${member.name} holds ${member.device.sizeBytes} bytes, the pool needs ${needBytes} on each`, 'devices');
     const othersDown = this.members.filter((m) => m.slot !== slot && m.state !== 'healthy').length;
     if (othersDown >= this.parities) {
       throw new PagepairError('IO_ERROR', `pool ${this.poolId}: slot ${slot} cannot be rebuilt while ${othersDown} other devices are not healthy (${this.describeMembers()})`);
     }
-    // Generation 0 in both copies: older than the pool, whatever the device held, until the rebuild is whole.
-    const blank = this.label(slot, 0);
-    await member.device.write(0, blank);
-    await member.device.write(4096, blank);
-    await member.device.sync();
-    const old = this.members[slot]!;
-    const m: SlotMember = { name: member.name, device: member.device, slot, state: 'rebuilding', reason: 'being rebuilt' };
-    this.members[slot] = m;
-    this.rebuild = { slot, doneBytes: 0, totalBytes: this.sizeBytes };
-    try {
-      // A healthy member moved off is no longer current: the members left name it stale.
-      if (old.state === 'healthy') await this.bumpGeneration();
-      if (old.device !== member.device) await old.device.close().catch(() => undefined);
-      await this.rebuildOnto(m, opts);
-      await m.device.sync();
-      m.state = 'healthy';
-      m.reason = null;
-      // The generation that names it in again: the labels read before say it is out.
-      await this.bumpGeneration(new Set([slot]));
-    } catch (err) {
-      if (m.state === 'rebuilding') {
-        m.state = 'stale';
-        m.reason = `stale: rebuild stopped: ${String(err)}`;
-      }
-      throw err;
-    } finally {
-      this.rebuild = null;
-    }
+    await this.rebuildSlot(slot, member, null, opts);
   }
 
   // ---- rebuild and scrub helpers
 
-  private async rebuildOnto(m: SlotMember, opts: ProgressOptions): Promise<void> {
+  private checkNoRebuild(): void {
+    if (this.rebuild !== null) throw new PagepairError('BUSY', `pool ${this.poolId}: a rebuild onto slot ${this.rebuild.slot} is under way`);
+  }
+
+  /**
+   * Rebuild slot `slot` onto `member` (every prefix unit and row, or those
+   * `ranges` names), announced in the labels first so that another pool
+   * object over the members writes it too (pool-rebuild.ts). On any failure
+   * the member is left out of the pool (stale) and the labels say so.
+   */
+  private async rebuildSlot(slot: number, member: PoolMember, ranges: RebuildRanges | null, opts: MaintenanceOptions): Promise<void> {
+    this.checkNoRebuild();
+    const totalBytes = ranges === null ? this.sizeBytes : (ranges.units.length + ranges.rows.length) * this.rowBytes;
+    this.rebuild = { slot, doneBytes: 0, totalBytes };
+    const old = this.members[slot]!;
+    const m: SlotMember = { name: member.name, device: member.device, slot, state: 'rebuilding', reason: 'being rebuilt' };
+    try {
+      // Generation 0 in both copies: older than the pool, whatever the device held, until the rebuild is whole.
+      const blank = this.label(slot, 0);
+      await member.device.write(0, blank);
+      await member.device.write(4096, blank);
+      await member.device.sync();
+      // A rebuild the other controller announced (or one left by a controller that died) is ours now:
+      // the record becomes ours, and the other stops writing its device when it reads it.
+      for (const x of this.members) {
+        if (x.state !== 'rebuilding') continue;
+        x.state = 'stale';
+        x.reason = `stale: its rebuild was taken over by a rebuild onto ${member.name}`;
+      }
+      this.members[slot] = m;
+      if (old.device !== member.device) await old.device.close().catch(() => undefined);
+      // The announcement: the slot named out, the device recorded; then every other pool object must have read it.
+      await this.bumpGeneration();
+      this.rebuildAnnounced = this.gen;
+      this.checkRebuilding(m);
+      await opts.barrier?.(this.gen);
+      const startGen = this.gen;
+      await this.rebuildOnto(m, ranges, startGen, opts.barrier !== undefined, opts);
+      await m.device.sync();
+      // Anyone's move since the start (a member failing on either side) may mean bytes copied from a member that missed writes.
+      await this.refresh();
+      this.checkRebuilding(m);
+      this.checkUnmoved(startGen);
+      m.state = 'healthy';
+      m.reason = null;
+      // The generation that names it in again (called off when another writer moved the pool meanwhile).
+      await this.bumpGeneration(new Set([slot]));
+      if (m.state !== 'healthy') throw new PagepairError('IO_ERROR', `pool ${this.poolId}: slot ${slot} (${m.name}) not brought in: ${m.reason ?? m.state}`);
+    } catch (err) {
+      if (this.members[slot] === m && (m.state === 'rebuilding' || m.state === 'healthy')) {
+        m.state = 'stale';
+        m.reason = `stale: rebuild stopped: ${err instanceof Error ? err.message : String(err)}`;
+        // The record goes from the labels: the other pool object stops writing it.
+        await this.bumpGeneration().catch(() => undefined);
+      }
+      throw err;
+    } finally {
+      this.rebuild = null;
+      this.rebuildAnnounced = 0;
+    }
+  }
+
+  private checkRebuilding(m: SlotMember): void {
+    if (m.state !== 'rebuilding') throw new PagepairError('IO_ERROR', `pool ${this.poolId}: device ${m.name} failed during its rebuild: ${m.reason ?? m.state}`);
+  }
+
+  private checkUnmoved(startGen: number): void {
+    if (this.gen !== startGen) {
+      throw new PagepairError('IO_ERROR', `pool ${this.poolId}: the pool moved from generation ${startGen} to ${this.gen} during the rebuild (a device failed on one controller's path): rebuild again`);
+    }
+  }
+
+  private async rebuildOnto(m: SlotMember, ranges: RebuildRanges | null, startGen: number, shared: boolean, opts: ProgressOptions): Promise<void> {
     const pacer = new Pacer(opts.rateBytesPerSec ?? 0, opts.signal);
     const progress = this.rebuild!;
     const writeTo = async (offset: number, data: Buffer): Promise<void> => {
-      if (m.state !== 'rebuilding') throw new PagepairError('IO_ERROR', `pool ${this.poolId}: device ${m.name} failed during its rebuild: ${m.reason ?? m.state}`);
+      this.checkRebuilding(m);
       try {
         await m.device.write(offset, data);
       } catch (err) {
@@ -655,37 +848,57 @@ export class ParityDevice implements Pool {
       opts.onProgress?.(progress.doneBytes, progress.totalBytes);
       await pacer.add(readBytes);
     };
-    for (let unit = 0; unit * this.rowBytes < this.mirroredPrefixBytes; unit++) {
+    const units = ranges?.units ?? Array.from({ length: this.mirroredPrefixBytes / this.rowBytes }, (_, k) => k);
+    for (const unit of units) {
       opts.signal?.throwIfAborted();
+      this.checkUnmoved(startGen);
       const from = unit * this.rowBytes;
-      await this.withLock(-(unit + 1), async () => writeTo(POOL_LABEL_AREA_BYTES + from, await this.readPrefix(from, this.rowBytes)));
-      await advance(this.rowBytes, this.rowBytes);
+      const at = POOL_LABEL_AREA_BYTES + from;
+      const readBytes = await this.withLock(-(unit + 1), () =>
+        copyVerified(`prefix bytes ${from}..${from + this.rowBytes}`, shared, {
+          expected: async () => ({ bytes: await this.readPrefix(from, this.rowBytes), readBytes: this.rowBytes }),
+          write: (bytes) => writeTo(at, bytes),
+          readBack: () => m.device.read(at, this.rowBytes),
+        }),
+      );
+      await advance(this.rowBytes, readBytes);
     }
-    for (let r = 0; r < this.rows; r++) {
+    const rows = ranges?.rows;
+    for (let k = 0; k < (rows === undefined ? this.rows : rows.length); k++) {
+      const r = rows === undefined ? k : rows[k]!;
       opts.signal?.throwIfAborted();
-      await this.withLock(r, async () => {
+      this.checkUnmoved(startGen);
+      const readBytes = await this.withLock(r, () => {
         this.checkServing('rebuild');
-        const data = (await this.rowData(r, 0, this.chunkBytes, this.allData())) as Buffer[];
         const piece = this.pieceOf(r, m.slot);
-        const bytes = piece.kind === 'data' ? data[piece.index]! : piece.kind === 'p' ? parityP(data) : parityQ(data);
-        await writeTo(this.rowOffset(r), bytes);
+        return copyVerified(`row ${r}`, shared, {
+          expected: async () => {
+            const data = (await this.rowData(r, 0, this.chunkBytes, this.allData())) as Buffer[];
+            const bytes = piece.kind === 'data' ? data[piece.index]! : piece.kind === 'p' ? parityP(data) : parityQ(data);
+            return { bytes, readBytes: this.rowBytes };
+          },
+          write: (bytes) => writeTo(this.rowOffset(r), bytes),
+          readBack: () => m.device.read(this.rowOffset(r), this.chunkBytes),
+        });
       });
-      await advance(this.rowBytes, this.rowBytes);
+      await advance(this.rowBytes, readBytes);
     }
   }
 
   /** Whether a row's parity agrees with its data, and the data it was checked against; null when too little is left to check. */
-  private checkRow(got: RowPieces): { ok: boolean; data: Buffer[] } | null {
+  private checkRow(got: RowPieces): RowVerdict | null {
     const lost = got.data.filter((d) => d === null).length;
     if (lost === 0) {
       const data = got.data as Buffer[];
-      const ok = (got.p === null || parityP(data).equals(got.p)) && (got.q === null || parityQ(data).equals(got.q));
-      return { ok, data };
+      const pOk = got.p === null || parityP(data).equals(got.p);
+      const qOk = got.q === null || parityQ(data).equals(got.q);
+      return { ok: pOk && qOk, pOk, qOk, data };
     }
     // One data chunk lost with both parities left: rebuilt through P, it is checked against Q.
     if (lost === 1 && got.p !== null && got.q !== null) {
       const data = recoverStripe(got.data, got.p, null);
-      return { ok: parityQ(data).equals(got.q), data };
+      const qOk = parityQ(data).equals(got.q);
+      return { ok: qOk, pOk: true, qOk, data };
     }
     return null;
   }
@@ -742,10 +955,15 @@ export class ParityDevice implements Pool {
 
   /** Run each op; the members it fails on are marked failed (durably) before this settles. Throws when the pool is past what it survives. */
   private async onMembers(what: string, ops: readonly { m: SlotMember; run: () => Promise<void> }[]): Promise<void> {
-    const results = await Promise.allSettled(ops.map((o) => o.run()));
-    for (let k = 0; k < ops.length; k++) {
-      const r = results[k]!;
-      if (r.status === 'rejected') await this.fail(ops[k]!.m, `${what} failed: ${String(r.reason)}`);
+    // A member being rebuilt is written last, after the healthy ones are done (pool-rebuild.ts).
+    const first = ops.filter((o) => o.m.state !== 'rebuilding');
+    const last = ops.filter((o) => o.m.state === 'rebuilding');
+    for (const phase of last.length === 0 ? [ops] : [first, last]) {
+      const results = await Promise.allSettled(phase.map((o) => o.run()));
+      for (let k = 0; k < phase.length; k++) {
+        const r = results[k]!;
+        if (r.status === 'rejected') await this.fail(phase[k]!.m, `${what} failed: ${String(r.reason)}`);
+      }
     }
     // A member that left just before this began was not among its targets, and the generation
     // that says it left may not be durable yet: this reached only the members left, so it is
@@ -757,10 +975,11 @@ export class ParityDevice implements Pool {
   /** Mark a member failed; a healthy one's leaving is written as the next generation to the members left (synced) before going on. */
   private fail(m: SlotMember, reason: string): Promise<void> {
     if (m.state === 'rebuilding') {
-      // It was never current: there is no generation to move past.
+      // It was never current, but the labels record its rebuild: the next generation drops the
+      // record, so the other pool object stops writing it too and a rebuild under way there stops.
       m.state = 'failed';
       m.reason = reason;
-      return this.labelChain;
+      return this.bumpGeneration();
     }
     if (m.state !== 'healthy') return this.labelChain;
     m.state = 'failed';
@@ -775,7 +994,7 @@ export class ParityDevice implements Pool {
         poolId: this.poolId,
         base: this.gen,
         ...(joining === undefined ? {} : { joining }),
-        labelFor: (m, generation, failedSlots, currentSince) => this.label(m.slot, generation, failedSlots, currentSince),
+        labelFor: (m, generation, failedSlots, currentSince) => this.label(m.slot, generation, failedSlots, currentSince, this.rebuildRecord()),
       });
       this.gen = Math.max(this.gen, moved);
     });
@@ -783,8 +1002,14 @@ export class ParityDevice implements Pool {
     return run;
   }
 
-  private label(slot: number, generation: number, failedSlots: readonly number[] = [], currentSince = generation): Buffer {
-    return encodePoolLabel({ ...this.labelFields(slot, generation), failedSlots, currentSince });
+  private label(slot: number, generation: number, failedSlots: readonly number[] = [], currentSince = generation, rebuilding: { slot: number; name: string } | null = null): Buffer {
+    return encodePoolLabel({ ...this.labelFields(slot, generation), failedSlots, currentSince, rebuilding });
+  }
+
+  /** The member being rebuilt, as the labels record it. */
+  private rebuildRecord(): { slot: number; name: string } | null {
+    const m = this.members.find((x) => x.state === 'rebuilding');
+    return m === undefined ? null : { slot: m.slot, name: m.name };
   }
 
   private labelFields(slot: number, generation: number): PoolLabel {
@@ -834,6 +1059,14 @@ export class ParityDevice implements Pool {
       throw new PagepairError('OUT_OF_RANGE', `pool ${this.poolId}: ${length} bytes at ${offset} are outside its ${this.sizeBytes} bytes`);
     }
   }
+}
+
+/** A row's parity checked against its data: which parity disagrees. */
+interface RowVerdict {
+  ok: boolean;
+  pOk: boolean;
+  qOk: boolean;
+  data: Buffer[];
 }
 
 function isIoError(err: unknown): boolean {

@@ -24,6 +24,11 @@
 // Labels written before the set existed (flag bit clear) name no slot, and
 // are judged by generation alone.
 //
+// While a member is being rebuilt and the pair serves, the labels also name
+// the slot being rebuilt and the new device (its path or URI), so that the
+// other controller's pool object opens it and writes it too (pool-rebuild.ts):
+// flag bit 2 of byte 9, and a record after the 64 bytes, with its own CRC.
+//
 // Two copies, in the first two 4 KiB blocks, each with a CRC32C; the one
 // with the higher generation (and a good CRC) wins, so a label write torn by
 // a crash leaves the other. The pool's data starts after them
@@ -42,6 +47,12 @@ const LABEL_BYTES = 64;
 export const POOL_MEMBERS_MAX = 32;
 /** Flag (byte 9): bytes 56..60 hold the failed-slot set. Clear in labels written before it existed. */
 const FLAG_FAILED_SET = 1;
+/** Flag (byte 9): a rebuild record follows the 64 bytes. */
+const FLAG_REBUILDING = 2;
+/** The longest device name a rebuild record holds, in UTF-8 bytes. */
+export const POOL_REBUILD_NAME_MAX_BYTES = 1024;
+/** Bytes to read at a label copy: the label and the longest rebuild record. */
+export const POOL_LABEL_READ_BYTES = LABEL_BYTES + 4 + POOL_REBUILD_NAME_MAX_BYTES + 4;
 
 export type PoolLayout = 'mirror' | 'parity' | 'parity2';
 
@@ -72,6 +83,12 @@ export interface PoolLabel {
    * label's own generation. Stored as generation − currentSince, at most 65535.
    */
   currentSince?: number;
+  /**
+   * A member being rebuilt while the pair serves: its slot, and the device
+   * filling it, as a name every controller can open (an absolute path or an
+   * nbd:// URI). Absent or null: none.
+   */
+  rebuilding?: { slot: number; name: string } | null;
 }
 
 const LAYOUT_CODES: Record<PoolLayout, number> = { mirror: 1, parity: 2, parity2: 3 };
@@ -81,6 +98,8 @@ const LAYOUT_CODES: Record<PoolLayout, number> = { mirror: 1, parity: 2, parity2
 // 12 u32 generation low | 16 u32 generation high | 20 uuid poolId (16) | 36 u32 dataBytes low
 // 40 u32 dataBytes high | 44 u32 chunkBytes | 48 u32 mirroredPrefixBytes low
 // 52 u32 mirroredPrefixBytes high | 56 u32 failed slots (bit s: slot s is out) | 60 u32 CRC32C of bytes 0..60
+// With flag 2 (a rebuild record): 64 u16 name length L (1..1024) | 66 u8 slot | 67 u8 0 |
+// 68 name (UTF-8, L bytes) | 68 + L u32 CRC32C of bytes 64..68 + L
 // (44..56 were zero before the parity layouts: a mirror label reads as chunk 0, prefix 0.
 // 9..12 and 56..60 were zero before the failed-slot set: such a label reads as recording none.)
 
@@ -103,13 +122,27 @@ export function encodePoolLabel(l: PoolLabel): Buffer {
   }
   const since = l.currentSince ?? l.generation;
   if (!Number.isSafeInteger(since) || since < 0 || since > l.generation) throw new PagepairError('BAD_FIELD', `currentSince must be 0 to the generation (${l.generation}), got ${since}`, 'currentSince');
-  const b = Buffer.alloc(LABEL_BYTES);
+  let record: Buffer | null = null;
+  if (l.rebuilding !== undefined && l.rebuilding !== null) {
+    const { slot, name } = l.rebuilding;
+    if (!Number.isInteger(slot) || slot < 0 || slot >= l.devices) throw new PagepairError('BAD_FIELD', `rebuilding slot ${slot} is not one of the pool's ${l.devices}`, 'rebuilding');
+    const nameBytes = Buffer.from(name, 'utf8');
+    if (nameBytes.length < 1 || nameBytes.length > POOL_REBUILD_NAME_MAX_BYTES) {
+      throw new PagepairError('BAD_FIELD', `a rebuilt device's name takes 1 to ${POOL_REBUILD_NAME_MAX_BYTES} bytes, got ${nameBytes.length}`, 'rebuilding');
+    }
+    record = Buffer.alloc(4 + nameBytes.length + 4);
+    record.writeUInt16LE(nameBytes.length, 0);
+    record.writeUInt8(slot, 2);
+    nameBytes.copy(record, 4);
+    record.writeUInt32LE(crc32c(record.subarray(0, 4 + nameBytes.length)), 4 + nameBytes.length);
+  }
+  const b = Buffer.alloc(LABEL_BYTES + (record?.length ?? 0));
   b.write(POOL_LABEL_MAGIC, 0, 'latin1');
   b.writeUInt16LE(POOL_LABEL_VERSION, 4);
   b.writeUInt8(LAYOUT_CODES[l.layout], 6);
   b.writeUInt8(l.slot, 7);
   b.writeUInt8(l.devices, 8);
-  b.writeUInt8(FLAG_FAILED_SET, 9);
+  b.writeUInt8(FLAG_FAILED_SET | (record !== null ? FLAG_REBUILDING : 0), 9);
   b.writeUInt16LE(Math.min(0xffff, l.generation - since), 10);
   writeU53(b, 12, l.generation);
   uuidToBytes(l.poolId, 'poolId').copy(b, 20);
@@ -118,6 +151,7 @@ export function encodePoolLabel(l: PoolLabel): Buffer {
   writeU53(b, 48, prefixBytes);
   b.writeUInt32LE(failedMap >>> 0, 56);
   b.writeUInt32LE(crc32c(b.subarray(0, 60)), 60);
+  record?.copy(b, LABEL_BYTES);
   return b;
 }
 
@@ -135,6 +169,14 @@ export function decodePoolLabel(b: Buffer): PoolLabel | string {
   const failedSlots: number[] = [];
   for (let s = 0; s < POOL_MEMBERS_MAX; s++) if ((failedMap >>> s) & 1) failedSlots.push(s);
   const generation = readU53(b, 12);
+  let rebuilding: { slot: number; name: string } | null = null;
+  if ((b.readUInt8(9) & FLAG_REBUILDING) !== 0) {
+    if (b.length < LABEL_BYTES + 4) return 'rebuild record cut short';
+    const len = b.readUInt16LE(LABEL_BYTES);
+    if (len < 1 || len > POOL_REBUILD_NAME_MAX_BYTES || b.length < LABEL_BYTES + 4 + len + 4) return `rebuild record with a ${len}-byte name`;
+    if (b.readUInt32LE(LABEL_BYTES + 4 + len) !== crc32c(b.subarray(LABEL_BYTES, LABEL_BYTES + 4 + len))) return 'rebuild record checksum mismatch';
+    rebuilding = { slot: b.readUInt8(LABEL_BYTES + 2), name: b.toString('utf8', LABEL_BYTES + 4, LABEL_BYTES + 4 + len) };
+  }
   return {
     poolId: bytesToUuid(b.subarray(20, 36)),
     layout,
@@ -147,6 +189,7 @@ export function decodePoolLabel(b: Buffer): PoolLabel | string {
     failedSlots,
     failedSlotsRecorded: recorded,
     currentSince: recorded ? Math.max(0, generation - b.readUInt16LE(10)) : generation,
+    rebuilding,
   };
 }
 

@@ -15,7 +15,7 @@
 // a newer generation from labels read before this one's landed).
 
 import type { PoolLabel } from './pool-label.js';
-import { labelCopyFor, newestPoolLabel } from './pool-label.js';
+import { POOL_LABEL_READ_BYTES, labelCopyFor, newestPoolLabel } from './pool-label.js';
 import type { MemberState, PoolMember } from './pool.js';
 import type { Device } from './types.js';
 
@@ -29,7 +29,7 @@ export interface SlotMember extends PoolMember {
 
 /** A device's label: the valid copy with the higher generation, or why neither is. */
 export async function readPoolLabel(device: Device): Promise<PoolLabel | string> {
-  const [c0, c1] = await Promise.all([device.read(0, 64), device.read(4096, 64)]);
+  const [c0, c1] = await Promise.all([device.read(0, POOL_LABEL_READ_BYTES), device.read(4096, POOL_LABEL_READ_BYTES)]);
   return newestPoolLabel(Buffer.from(c0), Buffer.from(c1));
 }
 
@@ -56,6 +56,8 @@ export interface PoolView {
   out: Set<number> | null;
   /** A label older than this is of a device that left the pool (its slot was filled anew since). */
   since: number;
+  /** The rebuild a label of that generation records (pool-rebuild.ts), or null. */
+  rebuilding: { slot: number; name: string } | null;
 }
 
 /** The newest generation among the labels of pool `poolId`, and which slots its labels name as out. */
@@ -64,13 +66,15 @@ export function poolView(labels: readonly (PoolLabel | string | { unreadable: st
   for (const l of labels) if (isLabelOf(l, poolId)) generation = Math.max(generation, l.generation);
   let out: Set<number> | null = new Set<number>();
   let since = 0;
+  let rebuilding: { slot: number; name: string } | null = null;
   for (const l of labels) {
     if (!isLabelOf(l, poolId) || l.generation !== generation) continue;
     if (l.failedSlotsRecorded === false) out = null;
     if (out !== null) for (const s of l.failedSlots ?? []) out.add(s);
     since = Math.max(since, l.currentSince ?? l.generation);
+    if (rebuilding === null && l.rebuilding !== undefined && l.rebuilding !== null) rebuilding = l.rebuilding;
   }
-  return { generation, out, since };
+  return { generation, out, since, rebuilding };
 }
 
 /**
@@ -87,6 +91,10 @@ export function staleness(l: PoolLabel, view: PoolView): string | null {
     : `stale: named out of the pool at generation ${view.generation} by another pool object`;
 }
 
+function sameSlots(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((s) => b.includes(s));
+}
+
 function isLabelOf(l: PoolLabel | string | { unreadable: string }, poolId: string): l is PoolLabel {
   return typeof l !== 'string' && !('unreadable' in l) && l.poolId === poolId;
 }
@@ -95,7 +103,15 @@ export interface MoveGenerationOptions {
   poolId: string;
   /** The generation this object holds: labels newer than it were written by another object. */
   base: number;
-  /** Slots made whole by this move (a replace done): out in the labels read, in from now on. */
+  /**
+   * Slots made whole by this move (a replace done): out in the labels read,
+   * in from now on. The join is called off (the members turn stale, and the
+   * move names them out) when labels show the pool moved meanwhile under
+   * another writer: newer than `base` before this object writes, or, after,
+   * newer than what it wrote or at that generation naming other slots out.
+   * A member left, or the other pool object stopped writing the one joining:
+   * the rebuild may have copied from bytes that missed writes.
+   */
   joining?: ReadonlySet<number>;
   /** The label of member `m` at `generation`, naming `failedSlots` as out, the members current since `currentSince`. */
   labelFor(m: SlotMember, generation: number, failedSlots: readonly number[], currentSince: number): Buffer;
@@ -115,7 +131,8 @@ const MOVE_ROUNDS_MAX = 16;
  * Resolves with the newest generation seen or written.
  */
 export async function moveGeneration(members: readonly SlotMember[], opts: MoveGenerationOptions): Promise<number> {
-  const joining = opts.joining ?? new Set<number>();
+  let joining: ReadonlySet<number> = opts.joining ?? new Set<number>();
+  let writtenOut: number[] = [];
   let written = 0;
   let newest = opts.base;
   let since = 0;
@@ -126,6 +143,15 @@ export async function moveGeneration(members: readonly SlotMember[], opts: MoveG
     const read = await readPoolLabels(readFrom);
     const labels = read.filter((l): l is PoolLabel => isLabelOf(l, opts.poolId) && l.slot < members.length);
     const view = poolView(labels, opts.poolId);
+    if (joining.size > 0 && labels.some((l) => (written === 0 ? l.generation > opts.base : l.generation > written || (l.generation === written && !sameSlots(l.failedSlots ?? [], writtenOut))))) {
+      for (const s of joining) {
+        const m = members[s];
+        if (m === undefined) continue;
+        m.state = 'stale';
+        m.reason = `stale: the pool moved to generation ${view.generation} under another writer as its rebuild finished; rebuild it again`;
+      }
+      joining = new Set<number>();
+    }
     newest = Math.max(newest, view.generation);
     const named = new Set<number>();
     for (const l of labels) {
@@ -153,6 +179,7 @@ export async function moveGeneration(members: readonly SlotMember[], opts: MoveG
     if (joining.size > 0) since = Math.max(since, generation - 1);
     const results = await Promise.allSettled(left.map((m) => writePoolLabel(m.device, generation, opts.labelFor(m, generation, out, Math.min(since, generation)))));
     written = generation;
+    writtenOut = out;
     newest = Math.max(newest, generation);
     results.forEach((r, i) => {
       if (r.status === 'fulfilled') return;

@@ -177,12 +177,12 @@ describe('mirror pool device', () => {
     await devs[1]!.write(POOL_LABEL_AREA_BYTES + 3 * MiB, Buffer.alloc(1, 0xee));
     const progress: number[] = [];
     const found = await m.scrub({ repair: false, onProgress: (done, total) => progress.push(done / total) });
-    expect(found).toEqual({ bytesChecked: m.sizeBytes, mismatches: 2, repaired: 0, unreadable: 0 });
+    expect(found).toEqual({ bytesChecked: m.sizeBytes, mismatches: 2, repaired: 0, unreadable: 0, unrepaired: 2 });
     expect(progress.at(-1)).toBe(1);
     // repairRange over the first difference only.
     await m.repairRange(190_000, 20_000);
     expect((await devs[2]!.read(POOL_LABEL_AREA_BYTES + 200_000, 10)).equals(Buffer.alloc(10, 0x11))).toBe(true);
-    expect(await m.scrub({ repair: true })).toEqual({ bytesChecked: m.sizeBytes, mismatches: 1, repaired: 1, unreadable: 0 });
+    expect(await m.scrub({ repair: true })).toEqual({ bytesChecked: m.sizeBytes, mismatches: 1, repaired: 1, unreadable: 0, unrepaired: 0 });
     expect(await m.scrub({ repair: false })).toMatchObject({ mismatches: 0 });
     for (const d of devs) expect((await d.read(POOL_LABEL_AREA_BYTES, m.sizeBytes)).equals(Buffer.alloc(m.sizeBytes, 0x11))).toBe(true);
     // The rate limit holds a scrub back: 4 MiB at 40 MiB/s is at least ~100 ms.
@@ -220,7 +220,8 @@ describe('mirror pool device', () => {
     await Promise.all(writers);
     expect(writes).toBeGreaterThan(100);
     // While it was being filled it served no reads: the pool read the chunks from the member it had.
-    expect(spare.reads).toBe(0);
+    // Its two label copies, read by the refresh before it is named in; never its data.
+    expect(spare.reads).toBeLessThanOrEqual(2);
     expect(seen.length).toBe(Math.ceil(m.sizeBytes / (64 * 1024)));
     expect(seen[0]!.members[1]).toMatchObject({ name: 'spare', state: 'rebuilding' });
     expect(seen[0]!.rebuild).toMatchObject({ slot: 1, totalBytes: m.sizeBytes });
@@ -228,9 +229,9 @@ describe('mirror pool device', () => {
     expect(m.status().members[1]).toMatchObject({ name: 'spare', state: 'healthy', reason: null });
     expect(await m.scrub({ repair: false })).toMatchObject({ mismatches: 0, unreadable: 0 });
     expect((await devs[0]!.read(POOL_LABEL_AREA_BYTES, m.sizeBytes)).equals(await spare.read(POOL_LABEL_AREA_BYTES, m.sizeBytes))).toBe(true);
-    // The generation moved past the failure and past the rebuild, on both members.
-    expect((await labelOf(devs[0]!)).generation).toBe(3);
-    expect((await labelOf(spare)).generation).toBe(3);
+    // The generation moved past the failure (2), the rebuild's announcement (3) and the rebuild (4), on both members.
+    expect((await labelOf(devs[0]!)).generation).toBe(4);
+    expect((await labelOf(spare)).generation).toBe(4);
     const again = await MirrorDevice.open([pool[0]!, { name: 'spare', device: spare }]);
     expect(again.status().members.map((s) => s.state)).toEqual(['healthy', 'healthy']);
   });

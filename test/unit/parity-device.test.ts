@@ -15,64 +15,10 @@ import { ParityDevice, type ParityLayout } from '../../src/store/parity-device.j
 import { POOL_LABEL_AREA_BYTES, encodePoolLabel, labelCopyFor, newestPoolLabel, type PoolLabel } from '../../src/store/pool-label.js';
 import type { PoolMember } from '../../src/store/pool.js';
 import type { Device } from '../../src/store/types.js';
+import { Gate, jitter, pattern } from './pool-gate.js';
 
 const CHUNK = 4096;
 const POOL = '4b2a9c1e-7d3f-4e8a-9b6c-2f1e0d3c4b5a';
-
-/**
- * A device over another that, once broken, fails every operation (as a
- * pulled disk does); breakAfter breaks it that many calls from now. With
- * jitter, each operation first waits a few turns of the event loop, so the
- * member writes of one row land at different times, as on real disks.
- */
-class Gate implements Device {
-  broken = false;
-  breakAfter: number | null = null;
-  jitter: (() => number) | null = null;
-  constructor(readonly inner: Device) {}
-  get sizeBytes(): number {
-    return this.inner.sizeBytes;
-  }
-  async read(offset: number, length: number): Promise<Buffer> {
-    await this.pause();
-    if (this.down()) throw new Error('simulated EIO on read');
-    return this.inner.read(offset, length);
-  }
-  async write(offset: number, data: Buffer): Promise<void> {
-    await this.pause();
-    if (this.down()) throw new Error('simulated EIO on write');
-    return this.inner.write(offset, data);
-  }
-  async sync(): Promise<void> {
-    await this.pause();
-    if (this.down()) throw new Error('simulated EIO on sync');
-    return this.inner.sync();
-  }
-  close(): Promise<void> {
-    return Promise.resolve();
-  }
-  private down(): boolean {
-    if (this.breakAfter !== null && this.breakAfter-- <= 0) this.broken = true;
-    return this.broken;
-  }
-  private async pause(): Promise<void> {
-    for (let n = this.jitter?.() ?? 0; n > 0; n--) await new Promise<void>((resolve) => setImmediate(resolve));
-  }
-}
-
-/** Each gate waits 0 to 3 turns before each operation, from a seeded sequence. */
-function jitter(gates: Gate[], seed: number): void {
-  let x = seed >>> 0 || 1;
-  const next = (): number => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x & 3;
-  };
-  for (const g of gates) g.jitter = next;
-}
 
 function parities(layout: ParityLayout): number {
   return layout === 'parity2' ? 2 : 1;
@@ -108,21 +54,6 @@ async function copyWithDown(raws: MemoryDevice[], down: number[]): Promise<Parit
   const pool = await ParityDevice.open(members);
   for (const s of down) gates[s]!.broken = true;
   return pool;
-}
-
-/** Bytes that differ from byte to byte and from write to write. */
-function pattern(length: number, seed: number): Buffer {
-  const b = Buffer.allocUnsafe(length);
-  let x = (seed * 2654435761 + 1) >>> 0 || 1;
-  for (let i = 0; i < length; i++) {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    b[i] = x & 0xff;
-  }
-  return b;
 }
 
 async function labelOf(d: Device): Promise<PoolLabel> {
@@ -370,7 +301,7 @@ describe('parity pool: a torn row', () => {
       // ...but chunk 1 rebuilt from the others (its member lost) is wrong.
       const chunk1 = (): Buffer => model.subarray(rowStart + CHUNK, rowStart + 2 * CHUNK);
       expect((await (await copyWithDown(raws, [slotOf(1)])).read(rowStart + CHUNK, CHUNK)).equals(chunk1())).toBe(false);
-      expect(await pool.scrub({ repair: false })).toEqual({ bytesChecked: pool.sizeBytes, mismatches: 1, repaired: 0, unreadable: 0 });
+      expect(await pool.scrub({ repair: false })).toEqual({ bytesChecked: pool.sizeBytes, mismatches: 1, repaired: 0, unreadable: 0, unrepaired: 1 });
       await pool.repairRange(rowStart + 100, 10);
       expect((await pool.scrub({ repair: false })).mismatches).toBe(0);
       expect((await (await copyWithDown(raws, [slotOf(1)])).read(rowStart + CHUNK, CHUNK)).equals(chunk1())).toBe(true);
@@ -388,7 +319,7 @@ describe('parity pool: a torn row', () => {
     await raws[4]!.write(POOL_LABEL_AREA_BYTES + pool.mirroredPrefixBytes + 7 * CHUNK, Buffer.from('z')); // row 7
     const seen: number[] = [];
     const first = await pool.scrub({ repair: true, onProgress: (done) => seen.push(done) });
-    expect(first).toEqual({ bytesChecked: pool.sizeBytes, mismatches: 3, repaired: 3, unreadable: 0 });
+    expect(first).toEqual({ bytesChecked: pool.sizeBytes, mismatches: 3, repaired: 3, unreadable: 0, unrepaired: 0 });
     expect(seen.at(-1)).toBe(pool.sizeBytes);
     expect((await pool.scrub({ repair: false })).mismatches).toBe(0);
     // Repair follows the data as it stands: the prefix from the first member, the row from its data chunks.
@@ -412,7 +343,7 @@ describe('parity pool: a torn row', () => {
     stop = true;
     await writer;
     expect(k).toBeGreaterThan(20);
-    for (const r of reports) expect(r).toEqual({ bytesChecked: pool.sizeBytes, mismatches: 0, repaired: 0, unreadable: 0 });
+    for (const r of reports) expect(r).toEqual({ bytesChecked: pool.sizeBytes, mismatches: 0, repaired: 0, unreadable: 0, unrepaired: 0 });
   });
 
   it('scrub keeps to its rate and stops when aborted', async () => {
@@ -466,9 +397,10 @@ describe('parity pool: replace and refresh', () => {
       })();
       await Promise.all([replacing, writer]);
       expect(rebuilding).toBeGreaterThan(10);
-      expect(pool.status()).toMatchObject({ degraded: false, rebuild: null, generation: 3, failuresTolerated: parities(layout) });
+      // 2: the member failed; 3: its rebuild announced; 4: the new one named in.
+      expect(pool.status()).toMatchObject({ degraded: false, rebuild: null, generation: 4, failuresTolerated: parities(layout) });
       expect(pool.status().members[1]).toMatchObject({ name: 'new1', state: 'healthy' });
-      expect((await labelOf(fresh)).generation).toBe(3);
+      expect((await labelOf(fresh)).generation).toBe(4);
       expect(await pool.scrub({ repair: false })).toMatchObject({ mismatches: 0, unreadable: 0 });
       expect((await pool.read(0, pool.sizeBytes)).equals(model)).toBe(true);
       const now = raws.map((d, i) => (i === 1 ? fresh : d));
@@ -510,8 +442,9 @@ describe('parity pool: replace and refresh', () => {
     for (let i = 0; i < 8; i++) expect((await b.read(0, b.sizeBytes)).equals(model)).toBe(true);
     // a puts dev3 back and rebuilds it; b's refresh finds it current and uses it again.
     gates[3]!.broken = false;
+    // 3: the rebuild announced (b has no way to open devices by name, but dev3 is its own); 4: dev3 named in.
     await a.replace(3, { name: 'dev3', device: gates[3]! });
-    expect(await b.refresh()).toBe(3);
+    expect(await b.refresh()).toBe(4);
     expect(b.status().degraded).toBe(false);
     for (let i = 0; i < 8; i++) expect((await b.read(0, b.sizeBytes)).equals(model)).toBe(true);
   });

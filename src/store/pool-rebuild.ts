@@ -1,0 +1,88 @@
+// Rebuilding a member while the pair serves (issue 14): what the mirror and
+// parity layouts share.
+//
+// Both controllers write the members through their own pool objects. A
+// rebuild (replace, or a scrub's repair of one member's bytes) runs in one of
+// them and copies into the member being rebuilt what the others hold; the
+// other object's writes to the rows being copied are not held off by this
+// one's locks. So:
+//
+// 1. The rebuild is announced in the labels: the pool's next generation
+//    names the slot out and records the device filling it (pool-label.ts).
+//    Every pool object that reads those labels opens that device (a
+//    MemberOpener), writes it, never reads it, and writes it LAST: an
+//    operation's writes to the healthy members are done (or their failures
+//    recorded) before its write to the member being rebuilt starts. Taking
+//    up the device, an object waits for its writes already under way (they
+//    did not go to it) before it answers: the partner's answer to the SENSE
+//    that carried the generation is the rebuild's barrier.
+// 2. Each range is copied and then checked (copyVerified): the bytes the
+//    healthy members say the rebuilt member should hold are computed again
+//    after the copy and compared with what it holds; a difference means a
+//    write landed meanwhile, and the range is copied again. Why that is
+//    enough: another object's write to the range reaches the rebuilt member
+//    after the healthy ones. If it reached it before our copy did, it had
+//    reached the healthy ones before too, our check reads it there, and the
+//    copy is done again; if after, it wins, and is right.
+// 3. Any other change of the pool's generation during the rebuild (a member
+//    failing on either controller's path) stops it: bytes copied from a
+//    member the other controller had stopped writing could be old. The
+//    member is left stale, to be rebuilt again.
+// 4. Finishing, the generation that names the slot in is called off when the
+//    labels show another writer moved the pool meanwhile (moveGeneration's
+//    joining), and a pool object that finds the record gone, without the
+//    slot named in, stops writing the device (refresh).
+
+import { setTimeout as sleep } from 'node:timers/promises';
+import { PagepairError } from '../protocol/errors.js';
+
+/** How many times a range is copied again before a rebuild gives up on it. */
+const COPY_TRIES_MAX = 200;
+
+/**
+ * Copy one range onto the member being rebuilt until a check after the copy
+ * finds it holding what the healthy members say (see the top of this file).
+ * `shared`: another pool object writes too; without it one copy is enough.
+ * Resolves with the bytes read from the healthy members.
+ */
+export async function copyVerified(
+  what: string,
+  shared: boolean,
+  io: {
+    /** What the rebuilt member should hold, from the healthy members now, and bytes read for it. */
+    expected(): Promise<{ bytes: Buffer; readBytes: number }>;
+    write(bytes: Buffer): Promise<void>;
+    /** What the rebuilt member holds now. */
+    readBack(): Promise<Buffer>;
+  },
+): Promise<number> {
+  let want = await io.expected();
+  let readBytes = want.readBytes;
+  for (let tries = 1; ; tries++) {
+    await io.write(want.bytes);
+    if (!shared) return readBytes;
+    const [now, held] = await Promise.all([io.expected(), io.readBack()]);
+    readBytes += now.readBytes + now.bytes.length;
+    if (held.equals(now.bytes)) return readBytes;
+    if (tries >= COPY_TRIES_MAX) throw new PagepairError('BUSY', `${what} kept changing while it was copied (${tries} copies): rebuild again when writes there are fewer`);
+    want = now;
+    // A write under way there: give it time to land.
+    if (tries > 2) await sleep(Math.min(50, 2 ** (tries - 2)));
+  }
+}
+
+/** The writes a pool object has under way, so that taking up a member can wait for those that did not go to it. */
+export class WritesUnderWay {
+  private readonly running = new Set<Promise<unknown>>();
+
+  track<T>(p: Promise<T>): Promise<T> {
+    const tracked = p.finally(() => this.running.delete(tracked));
+    this.running.add(tracked);
+    return tracked;
+  }
+
+  /** Resolves when every write under way now has settled (those begun later are not waited for). */
+  async drain(): Promise<void> {
+    await Promise.allSettled([...this.running]);
+  }
+}
