@@ -67,6 +67,7 @@ import { PAGE_HEADER_BYTES } from './types.js';
 import type { PageSlotRead } from './layout.js';
 import type { Pool } from './pool.js';
 import { stripeShape } from './layout.js';
+import { RowCoalescer } from './row-coalescer.js';
 import type {
   AllocationRecord,
   BlockStore,
@@ -178,6 +179,8 @@ export class PageStore implements BlockStore {
   readonly pageCounters: PageStoreCounters = { tornSlotsFound: 0, slotReadsBeforeWrite: 0 };
   private readonly zeroPageCrcs = new Map<number, number>();
   private readonly partsDevice: PartsDevice | null;
+  /** On a parity pool: page writes gathered per row (row-coalescer.ts), so a destage run is a row update, not one per page. */
+  private readonly rowWrites: RowCoalescer | null;
   /** By device offset of a page's slots: the slot written since the last completed sync. */
   private readonly unsyncedSlots = new Map<number, UnsyncedSlot>();
   private writesSettled = 0;
@@ -194,6 +197,13 @@ export class PageStore implements BlockStore {
     private readonly name: string,
   ) {
     this.partsDevice = hasWriteParts(device) ? device : null;
+    const rowBytes = poolRowBytes(device);
+    this.rowWrites = rowBytes > 0 && this.partsDevice !== null ? new RowCoalescer(this.partsDevice, rowBytes) : null;
+  }
+
+  /** Page writes gathered per parity row so far (null: not a parity pool). */
+  get rowWriteCounters(): RowCoalescer['counters'] | null {
+    return this.rowWrites?.counters ?? null;
   }
 
   get geometry(): Geometry {
@@ -348,7 +358,7 @@ export class PageStore implements BlockStore {
       if (this.partsDevice !== null) {
         // Header and data go out side by side: no copy of the page. The caller
         // does not change data in place while the write is under way.
-        await this.partsDevice.writeParts(slotAt, [encodePageHeader(header, data.length, Buffer.allocUnsafe(PAGE_HEADER_BYTES)), data]);
+        await (this.rowWrites ?? this.partsDevice).writeParts(slotAt, [encodePageHeader(header, data.length, Buffer.allocUnsafe(PAGE_HEADER_BYTES)), data]);
       } else {
         const buf = Buffer.allocUnsafe(pageSlotBytes(loc.pageSizeBytes));
         encodePageHeader(header, data.length, buf);
@@ -582,7 +592,9 @@ export class PageStore implements BlockStore {
     }
   }
 
-  close(): Promise<void> {
+  async close(): Promise<void> {
+    // Page writes still gathering reach the pool before it closes, as they would have without the gathering.
+    await this.rowWrites?.drain();
     return this.device.close();
   }
 }
