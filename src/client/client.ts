@@ -8,7 +8,7 @@ import { WebSocket, type RawData } from 'ws';
 import { PagepairError } from '../protocol/errors.js';
 import { decode, encode } from '../protocol/codec.js';
 import { HARD_LIMITS } from '../protocol/limits.js';
-import { PointerMode, PROTOCOL_VERSION, SENDER_CLIENT, type RoleCode } from '../protocol/messages.js';
+import { PointerMode, PoolJobKind, PROTOCOL_VERSION, SENDER_CLIENT, type PoolJobKindCode, type RoleCode } from '../protocol/messages.js';
 import { FRAMES } from '../transport/frame-pool.js';
 import { CLIENT_PSK_IDENTITY, derivePsk, pskClientOptions } from '../transport/tls.js';
 import { closeGracefully, messageBytes, WS_COMMON, zeroMask } from '../transport/ws-util.js';
@@ -333,6 +333,31 @@ export class PagepairClient {
     checkCount('page', page);
     const r = await this.request<ReplyOf<'C_REWRITE_REPLY'>>({ kind: 'C_REWRITE', ...HEAD, guid, page }, 'C_REWRITE_REPLY');
     return { version: r.version, crc: r.crc };
+  }
+
+  /**
+   * Start a device replace or a scrub on this controller's pool while the
+   * pair serves (see `pagepair device replace`, `pagepair scrub`); resolves
+   * with the job's id once it runs. Its progress and its end are in
+   * status().poolJob. `device`: the new device of a replace, an absolute path
+   * or an nbd:// URI (both controllers open it by that name).
+   */
+  async poolJob(job: { kind: 'replace'; slot: number; device: string; rateBytesPerSec?: number } | { kind: 'scrub'; repair?: boolean; rateBytesPerSec?: number }): Promise<number> {
+    const rateBytesPerSec = job.rateBytesPerSec ?? 0;
+    checkCount('rateBytesPerSec', rateBytesPerSec);
+    let body: { job: PoolJobKindCode; slot: number; device: string; repair: boolean };
+    if (job.kind === 'replace') {
+      checkCount('slot', job.slot);
+      checkString('device', job.device);
+      body = { job: PoolJobKind.REPLACE, slot: job.slot, device: job.device, repair: false };
+    } else if (job.kind === 'scrub') {
+      if (job.repair !== undefined && typeof job.repair !== 'boolean') throw new PagepairError('BAD_FIELD', 'repair must be a boolean', 'repair');
+      body = { job: PoolJobKind.SCRUB, slot: 0, device: '', repair: job.repair === true };
+    } else {
+      throw new PagepairError('BAD_FIELD', `kind must be 'replace' or 'scrub', got ${String((job as { kind: unknown }).kind)}`, 'kind');
+    }
+    const r = await this.request<ReplyOf<'C_POOL_JOB_REPLY'>>({ kind: 'C_POOL_JOB', ...HEAD, ...body, rateBytesPerSec }, 'C_POOL_JOB_REPLY');
+    return r.jobId;
   }
 
   async testCorrupt(guid: string, page: number, data: Buffer): Promise<{ version: number; crc: number }> {

@@ -4,7 +4,7 @@
 
 import type { Limits } from './limits.js';
 import type { Common, Message, MessageKind } from './messages.js';
-import { JoinFlag, LockOp, MsgType, PageFlag, PageState, PointerMode, REPLY_BIT, Role, SenseReason, VerifyVerdict } from './messages.js';
+import { JoinFlag, LockOp, MsgType, PageFlag, PageState, PointerMode, PoolJobKind, REPLY_BIT, Role, SenseReason, VerifyVerdict } from './messages.js';
 
 // ---------------------------------------------------------------------------
 // Type codes
@@ -60,7 +60,8 @@ export const KIND_OF_TYPE: readonly (MessageKind | undefined)[] = (() => {
  * - bits: a u8 with no bits outside `mask`;
  * - guid: 16 raw bytes; TypeScript side a lowercase canonical uuid string;
  * - guidOrEmpty: a guid, where 16 zero bytes stand for the empty string;
- * - str: u16 byte length, then UTF-8 (at most `stringBytesMax` bytes);
+ * - str: u16 byte length, then UTF-8 (at most `stringBytesMax` bytes, or the
+ *   field's own limit: `deviceNameBytesMax` for a device name);
  * - json: u32 byte length, then UTF-8 (at most `jsonBytesMax` bytes);
  * - bytes32: exactly 32 raw bytes (nonces, HMAC proofs);
  * - data: u32 byte length, then the bytes (at most `limit` bytes).
@@ -319,6 +320,14 @@ export const BODY: BodyLayouts = {
   C_TEST_CORRUPT_REPLY: [u64('version'), u32('crc')],
   C_REWRITE: [guid('guid'), u32('page')],
   C_REWRITE_REPLY: [u64('version'), u32('crc')],
+  C_POOL_JOB: [
+    enumField('job', 'PoolJobKind', PoolJobKind),
+    u32('slot'),
+    scalar('device', 'str', 'deviceNameBytesMax'),
+    u64('rateBytesPerSec'),
+    bool('repair'),
+  ],
+  C_POOL_JOB_REPLY: [u32('jobId')],
 
   ERROR: [u16('code'), u8('requestType'), str('message')],
 };

@@ -15,6 +15,8 @@ export interface Limits {
   requestBytesMax: number;
   /** Longest string field (names, policies, messages), in bytes of UTF-8. */
   stringBytesMax: number;
+  /** Longest device name (a path or an nbd:// URI) in a C_POOL_JOB, in bytes of UTF-8. */
+  deviceNameBytesMax: number;
   /** Longest JSON field (status), in bytes. */
   jsonBytesMax: number;
   /** Most allocations listed in one C_LIST reply. */
@@ -29,6 +31,7 @@ export const HARD_LIMITS: Readonly<Limits> = Object.freeze({
   pageSizeBytesMax: 1024 * 1024,
   requestBytesMax: 32 * 1024 * 1024,
   stringBytesMax: 1024,
+  deviceNameBytesMax: 1024,
   jsonBytesMax: 4 * 1024 * 1024,
   listEntriesMax: 65536,
 });
@@ -40,6 +43,7 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   pageSizeBytesMax: 1024 * 1024,
   requestBytesMax: 8 * 1024 * 1024,
   stringBytesMax: 256,
+  deviceNameBytesMax: 1024,
   jsonBytesMax: 1024 * 1024,
   listEntriesMax: 16384,
 });

@@ -35,6 +35,7 @@ export const MsgType = {
   C_VERIFY_REPORT: 0x3a,
   C_TEST_CORRUPT: 0x3b,
   C_REWRITE: 0x3c,
+  C_POOL_JOB: 0x3d,
   // the typed error reply to any request
   ERROR: 0xff,
 } as const;
@@ -98,6 +99,15 @@ export const VerifyVerdict = {
   BUSY: 2,
 } as const;
 export type VerifyVerdictCode = (typeof VerifyVerdict)[keyof typeof VerifyVerdict];
+
+/** What a C_POOL_JOB asks the controller to run on its pool. */
+export const PoolJobKind = {
+  /** Rebuild one slot onto a new device. */
+  REPLACE: 1,
+  /** Check the pool's redundancy (and, with repair, rewrite what disagrees), then every page's CRC. */
+  SCRUB: 2,
+} as const;
+export type PoolJobKindCode = (typeof PoolJobKind)[keyof typeof PoolJobKind];
 
 export const LockOp = { TAKE: 1, GIVE: 2 } as const;
 export type LockOpCode = (typeof LockOp)[keyof typeof LockOp];
@@ -524,6 +534,29 @@ export interface CRewriteReply extends Common {
   version: number;
   crc: number;
 }
+/**
+ * Start a job on the answering controller's pool while the pair serves: a
+ * device replace or a scrub (`pagepair device replace`, `pagepair scrub`).
+ * Answered as soon as the job runs; its progress and its end are in the
+ * controller's status (poolJob).
+ */
+export interface CPoolJob extends Common {
+  kind: 'C_POOL_JOB';
+  job: PoolJobKindCode;
+  /** REPLACE: the slot to rebuild. SCRUB: 0. */
+  slot: number;
+  /** REPLACE: the new device, as both controllers can open it (an absolute path or an nbd:// URI). SCRUB: ''. */
+  device: string;
+  /** At most this many bytes a second (0: no limit). */
+  rateBytesPerSec: number;
+  /** SCRUB: rewrite the redundancy that disagrees with the data. REPLACE: false. */
+  repair: boolean;
+}
+export interface CPoolJobReply extends Common {
+  kind: 'C_POOL_JOB_REPLY';
+  /** The job's id, as status.poolJob.id shows it. */
+  jobId: number;
+}
 export interface CTestCorruptReply extends Common {
   kind: 'C_TEST_CORRUPT_REPLY';
   /** The version the page kept, and the CRC-32C of its new contents. */
@@ -578,7 +611,8 @@ export type ClientRequest =
   | CVerify
   | CVerifyReport
   | CTestCorrupt
-  | CRewrite;
+  | CRewrite
+  | CPoolJob;
 
 export type ClientReply =
   | CAllocateReply
@@ -593,7 +627,8 @@ export type ClientReply =
   | CVerifyReply
   | CVerifyReportReply
   | CTestCorruptReply
-  | CRewriteReply;
+  | CRewriteReply
+  | CPoolJobReply;
 
 export type Message = PeerRequest | PeerReply | HandshakeMessage | ClientRequest | ClientReply | ErrorReply;
 export type MessageKind = Message['kind'];

@@ -8,14 +8,16 @@ import { v4 as uuidv4 } from 'uuid';
 import type pino from 'pino';
 import { ControllerCore, roleName, type CoreStatus } from '../core/controller.js';
 import type { CoreConfig, CoreEnv } from '../core/env.js';
-import { PagepairError, invariant } from '../protocol/errors.js';
+import { errorReply } from '../protocol/codec.js';
+import { PagepairError, invariant, isPagepairError } from '../protocol/errors.js';
 import { Role, type ClientRequest, type Message } from '../protocol/messages.js';
 import { openOrFormatFileStore } from '../store/open.js';
-import { openOrCreatePoolStore } from '../store/open-pool.js';
+import { openMemberByName, openOrCreatePoolStore } from '../store/open-pool.js';
 import type { PageStore } from '../store/page-store.js';
 import type { Pool, PoolMember, PoolStatus } from '../store/pool.js';
 import { POOL_LABEL_AREA_BYTES } from '../store/pool-label.js';
 import { KillGate } from './kill-gate.js';
+import { PoolJobRunner, poolJobRequestOf, type PoolJobStatus } from './pool-job.js';
 import { runIo, storeLayout, type FenceActions } from './store-io.js';
 import { ClientEndpoint } from '../transport/client-endpoint.js';
 import { NBD_SERVER_DEFAULT_LIMITS, NbdServer } from '../transport/nbd-server.js';
@@ -109,6 +111,8 @@ export interface ControllerStatus extends CoreStatus {
   store: string;
   /** The pool under the store (store.pool), as this controller's pool object sees it; null over one file. */
   pool: PoolStatus | null;
+  /** The last pool job (C_POOL_JOB: a device replace or a scrub while the pair serves), kept after it ends; null when none ran since start. */
+  poolJob: PoolJobStatus | null;
   clients: number;
   /** tls.mode: "off", "on" (TLS and plain) or "require". */
   tls: 'off' | 'on' | 'require';
@@ -283,6 +287,21 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger, o
   }
   const peerPort = peer !== null ? (await peer.start()).port : null;
 
+  const jobLog = log.child({ component: 'pool-job' });
+  const poolJobs = new PoolJobRunner({
+    pool,
+    store,
+    barrier: async () => {
+      await core.poolBarrier();
+    },
+    openMember: (name, createBytes) => openMemberByName(name, { createBytes }),
+    notServing: () => {
+      const role = core.currentRole;
+      return role === Role.MIRRORED || role === Role.ALONE || role === Role.SINGLE ? null : `controller ${cfg.idLetter} is ${roleName(role)}, not serving`;
+    },
+    onEvent: (what, detail) => jobLog.info(detail, what),
+  });
+
   const clientLog = log.child({ component: 'clients' });
   let status: () => ControllerStatus;
   const endpoint = new ClientEndpoint({
@@ -305,6 +324,18 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger, o
       if (msg.kind === 'C_STATUS') {
         // Status carries process facts the pure core does not know.
         conn.reply({ kind: 'C_STATUS_REPLY', json: JSON.stringify(status()), requestId: msg.requestId, epoch: core.currentEpoch, sender: cfg.idNumber, flags: 0 });
+        return;
+      }
+      if (msg.kind === 'C_POOL_JOB') {
+        // The pool is the runtime's, not the core's: the job runs here, its barrier through the core.
+        poolJobs.start(poolJobRequestOf(msg)).then(
+          (jobId) => conn.reply({ kind: 'C_POOL_JOB_REPLY', jobId, requestId: msg.requestId, epoch: core.currentEpoch, sender: cfg.idNumber, flags: 0 }),
+          (err: unknown) => {
+            const typed = isPagepairError(err) ? err : new PagepairError('INTERNAL', `pool job: ${err instanceof Error ? err.message : String(err)}`);
+            if (!isPagepairError(err)) jobLog.error({ err: String(err) }, 'pool job request failed');
+            conn.reply(errorReply(msg, typed, core.currentEpoch, cfg.idNumber));
+          },
+        );
         return;
       }
       core.onClientRequest(conn.id, msg);
@@ -377,6 +408,7 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger, o
     },
     store: storeName(cfg.store),
     pool: pool?.status() ?? null,
+    poolJob: poolJobs.status(),
     clients: endpoint.connections,
     tls: cfg.tls.mode,
     refused: {
@@ -408,6 +440,8 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger, o
   const stop = (): Promise<void> => {
     stopping ??= (async () => {
       log.info({}, 'controller stopping');
+      // A rebuild cut short leaves its device labelled unfinished (stale); it must let go of the pool before the store closes.
+      await poolJobs.stop();
       // NBD clients cannot fail over by themselves: their requests in flight
       // finish (the server waits a grace period) before the core stops serving.
       await nbd?.server.close();

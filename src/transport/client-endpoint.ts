@@ -105,6 +105,7 @@ const CLIENT_REQUEST_KINDS: ReadonlySet<MessageKind> = new Set<ClientRequest['ki
   'C_VERIFY_REPORT',
   'C_TEST_CORRUPT',
   'C_REWRITE',
+  'C_POOL_JOB',
 ]);
 
 function isClientRequest(msg: Message): msg is ClientRequest {

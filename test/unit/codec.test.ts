@@ -235,6 +235,8 @@ const FIXTURES: { readonly [K in MessageKind]: Extract<Message, { kind: K }> | M
   C_TEST_CORRUPT_REPLY: { kind: 'C_TEST_CORRUPT_REPLY', ...common(), version: 12, crc: 0xcafef00d },
   C_REWRITE: { kind: 'C_REWRITE', ...common(0), guid: GUID_B, page: 77 },
   C_REWRITE_REPLY: { kind: 'C_REWRITE_REPLY', ...common(), version: 2 ** 33 + 5, crc: 0x0badf00d },
+  C_POOL_JOB: { kind: 'C_POOL_JOB', ...common(0), job: 1, slot: 2, device: 'nbd+unix:///spare?socket=/run/ünï.sock', rateBytesPerSec: 100 * 2 ** 20, repair: false },
+  C_POOL_JOB_REPLY: { kind: 'C_POOL_JOB_REPLY', ...common(), jobId: 0x0102_0304 },
   ERROR: {
     kind: 'ERROR',
     ...common(),
@@ -311,7 +313,7 @@ describe('type codes', () => {
       expect(seen.has(type)).toBe(false);
       seen.add(type);
     }
-    expect(seen.size).toBe(53);
+    expect(seen.size).toBe(55);
   });
 
   it('give replies the request code | 0x80', () => {
