@@ -544,10 +544,10 @@ export class MirrorDevice implements Pool {
             if (data === null) throw this.noneLeft('read');
             return { bytes: data, readBytes: n };
           },
-          write: async (bytes) => {
+          write: async (off, bytes) => {
             this.checkRebuilding(fresh);
             try {
-              await fresh.device.write(POOL_LABEL_AREA_BYTES + at, bytes);
+              await fresh.device.write(POOL_LABEL_AREA_BYTES + at + off, bytes);
             } catch (err) {
               await this.fail(fresh, `write failed: ${String(err)}`);
               throw new PagepairError('IO_ERROR', `pool ${this.poolId}: ${fresh.name} failed during its rebuild: ${String(err)}`);

@@ -474,11 +474,19 @@ export class ParityDevice implements Pool {
       const m = this.members[slot]!;
       if (m.state === 'healthy' || m.state === 'rebuilding') ops.push({ m, run: () => m.device.write(offset, data) });
     };
+    // A member being rebuilt that holds a data chunk gets that chunk's bytes over the whole in-chunk
+    // range, written or not: a rebuild reconstructing the chunk from the others while this write's
+    // data and parity have landed on some members only may have copied bytes that are neither the old
+    // nor the new; this write, reaching it last, puts them right (pool-rebuild.ts).
+    const rebuilding = this.members.find((m) => m.state === 'rebuilding');
+    const rebuiltPiece = rebuilding === undefined ? null : this.pieceOf(r, rebuilding.slot);
     for (let i = i0; i <= i1; i++) {
+      if (rebuiltPiece?.kind === 'data' && rebuiltPiece.index === i) continue;
       const ws = Math.max(a, i * C);
       const we = Math.min(b, (i + 1) * C);
       put(this.dataSlot(r, i), base + ws - i * C, src.subarray(ws - a, we - a));
     }
+    if (rebuiltPiece?.kind === 'data') put(rebuilding!.slot, base + lo, chunks[rebuiltPiece.index]!);
     put(this.pSlot(r), base + lo, parityP(chunks));
     if (this.parities === 2) put(this.qSlot(r), base + lo, parityQ(chunks));
     await this.onMembers('write', ops);
@@ -857,7 +865,7 @@ export class ParityDevice implements Pool {
       const readBytes = await this.withLock(-(unit + 1), () =>
         copyVerified(`prefix bytes ${from}..${from + this.rowBytes}`, shared, {
           expected: async () => ({ bytes: await this.readPrefix(from, this.rowBytes), readBytes: this.rowBytes }),
-          write: (bytes) => writeTo(at, bytes),
+          write: (off, bytes) => writeTo(at + off, bytes),
           readBack: () => m.device.read(at, this.rowBytes),
         }),
       );
@@ -877,7 +885,7 @@ export class ParityDevice implements Pool {
             const bytes = piece.kind === 'data' ? data[piece.index]! : piece.kind === 'p' ? parityP(data) : parityQ(data);
             return { bytes, readBytes: this.rowBytes };
           },
-          write: (bytes) => writeTo(this.rowOffset(r), bytes),
+          write: (off, bytes) => writeTo(this.rowOffset(r) + off, bytes),
           readBack: () => m.device.read(this.rowOffset(r), this.chunkBytes),
         });
       });

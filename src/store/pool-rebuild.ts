@@ -36,14 +36,23 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PagepairError } from '../protocol/errors.js';
 
-/** How many times a range is copied again before a rebuild gives up on it. */
-const COPY_TRIES_MAX = 200;
+/** How many times a range is checked before a rebuild gives up on it. */
+const CHECK_TRIES_MAX = 400;
+/** Checked in blocks of this many bytes: each block is done once it agrees after our last write to it. */
+const CHECK_BLOCK_BYTES = 4096;
+/** A block found differing this many checks in a row is copied again (before that, a write under way may be about to land). */
+const RECOPY_AFTER_CHECKS = 3;
 
 /**
  * Copy one range onto the member being rebuilt until a check after the copy
  * finds it holding what the healthy members say (see the top of this file).
+ * The check goes block by block: a block that agrees at one look after our
+ * last write to it is done (a write landing later reaches the rebuilt
+ * member last, and is right); one that still differs after a few looks is
+ * copied again. (Each byte of the rebuilt member is a function of the same
+ * byte offset of the others: a copy of it, or of a row's P or Q.)
  * `shared`: another pool object writes too; without it one copy is enough.
- * Resolves with the bytes read from the healthy members.
+ * Resolves with the bytes read from the members.
  */
 export async function copyVerified(
   what: string,
@@ -51,23 +60,38 @@ export async function copyVerified(
   io: {
     /** What the rebuilt member should hold, from the healthy members now, and bytes read for it. */
     expected(): Promise<{ bytes: Buffer; readBytes: number }>;
-    write(bytes: Buffer): Promise<void>;
+    /** Write `bytes` at `at` within the range. */
+    write(at: number, bytes: Buffer): Promise<void>;
     /** What the rebuilt member holds now. */
     readBack(): Promise<Buffer>;
   },
 ): Promise<number> {
-  let want = await io.expected();
-  let readBytes = want.readBytes;
+  const first = await io.expected();
+  let readBytes = first.readBytes;
+  await io.write(0, first.bytes);
+  if (!shared) return readBytes;
+  const length = first.bytes.length;
+  /** Blocks not yet seen agreeing since our last write to them, with how many looks in a row found them differing. */
+  const open = new Map<number, number>();
+  for (let at = 0; at < length; at += CHECK_BLOCK_BYTES) open.set(at, 0);
   for (let tries = 1; ; tries++) {
-    await io.write(want.bytes);
-    if (!shared) return readBytes;
     const [now, held] = await Promise.all([io.expected(), io.readBack()]);
-    readBytes += now.readBytes + now.bytes.length;
-    if (held.equals(now.bytes)) return readBytes;
-    if (tries >= COPY_TRIES_MAX) throw new PagepairError('BUSY', `${what} kept changing while it was copied (${tries} copies): rebuild again when writes there are fewer`);
-    want = now;
+    readBytes += now.readBytes + held.length;
+    const again: number[] = [];
+    for (const [at, looks] of open) {
+      const end = Math.min(length, at + CHECK_BLOCK_BYTES);
+      if (held.subarray(at, end).equals(now.bytes.subarray(at, end))) open.delete(at);
+      else if (looks + 1 >= RECOPY_AFTER_CHECKS) again.push(at);
+      else open.set(at, looks + 1);
+    }
+    if (open.size === 0) return readBytes;
+    if (tries >= CHECK_TRIES_MAX) throw new PagepairError('BUSY', `${what} kept changing while it was copied (${tries} looks): rebuild again when writes there are fewer`);
+    for (const at of again) {
+      await io.write(at, now.bytes.subarray(at, Math.min(length, at + CHECK_BLOCK_BYTES)));
+      open.set(at, 0);
+    }
     // A write under way there: give it time to land.
-    if (tries > 2) await sleep(Math.min(50, 2 ** (tries - 2)));
+    await sleep(Math.min(20, tries));
   }
 }
 
