@@ -1,8 +1,10 @@
-// `pagepair device replace` (issue 14, part 3), on a stopped pair: put a new
-// device in one slot of the pair's pool and rebuild it from the others.
-// A running pair cannot do this yet: the partner's writes to the rows being
-// copied would have to be held off (docs/pools.md). So the command first
-// looks for a live controller and refuses, naming it.
+// `pagepair device replace` (issue 14, part 3): put a new device in one slot
+// of the pair's pool and rebuild it from the others. While the pair serves,
+// a controller that answers runs the rebuild itself (C_POOL_JOB; its pool
+// object holds off the partner's writes to what it copies) and the command
+// follows it (online-job.ts). With the pair stopped the command opens the
+// pool and rebuilds it here, after looking for a live controller that did
+// not answer (it refuses then, naming it).
 
 import { Command } from 'commander';
 import { PagepairError } from '../protocol/errors.js';
@@ -13,6 +15,7 @@ import { formatBytes, formatDuration } from '../workload/units.js';
 import { applyDevicesEdit, deviceKey, planDevicesEdit, type DevicesEdit } from './config-devices.js';
 import { configuredPool, openOfflineStore } from './offline-store.js';
 import { loadConfigs, parseRate, refuseWhileServing, sinkFor, warnIfStartedMeanwhile, withInterrupt, type OfflineJobIo } from './offline-job.js';
+import { followOnlineJob, startOnlineJob } from './online-job.js';
 import { deviceSpecOf, poolLines } from './pool.js';
 
 export interface DeviceReplaceOptions {
@@ -41,6 +44,11 @@ export interface DeviceReplaceResult {
   updated: string[];
   /** Controllers that looked alive, when --force went on anyway. */
   forcedPast: string[];
+  /** The pair served: a controller ran the rebuild (C_POOL_JOB). */
+  online?: boolean;
+  /** Online: the controller that ran it (A or B), and its job id. */
+  controller?: string;
+  jobId?: number;
 }
 
 export function deviceCommand(): Command {
@@ -49,9 +57,10 @@ export function deviceCommand(): Command {
     new Command('replace')
       .description(
         'put a new device in one slot of the pool and rebuild it from the others, with a progress bar and a rate limit. ' +
-          'For now the pair must be stopped (a serving pair cannot yet hold off the partner\'s writes to the rows being copied): ' +
-          "the command refuses when a controller's heartbeat in the store moves or is recent, or a controller's address accepts connections. " +
-          'The new device is labelled unfinished until it is whole, so a rebuild cut short (Ctrl-C) leaves it stale, never trusted. A missing file is made sparse at the members\' size. ' +
+          'While the pair serves, the controller of --config (or its partner, when that one does not answer) runs the rebuild and the command follows it in its status; ' +
+          'Ctrl-C then stops following only (the rebuild goes on: pagepair status shows it). ' +
+          "With the pair stopped, the command rebuilds the slot itself; it refuses when a controller that did not answer still looks alive (its heartbeat in the store moves or is recent, or its address accepts connections). " +
+          'The new device is labelled unfinished until it is whole, so a rebuild cut short (Ctrl-C on a stopped pair, a controller stopping) leaves it stale, never trusted. A missing file is made sparse at the members\' size. ' +
           "Afterwards BOTH controllers' configurations must name the new device in that slot: the command prints the devices array, and --update-config rewrites it in place.",
       )
       .requiredOption('-c, --config <file>', "a controller's configuration (its store.pool names the pool)")
@@ -60,7 +69,7 @@ export function deviceCommand(): Command {
       .option('--rate <size>', 'copy at most this many bytes a second: 100MiB/s, 1GiB, ... (default: no limit)')
       .option('--update-config <file...>', 'rewrite store.pool.devices[slot] in these configuration files (both controllers\'), leaving the rest of each file as it is')
       .option('--partner-config <file>', "the partner's configuration, for its addresses (default: <partner id>.json beside --config)")
-      .option('--force', 'go on even when a controller looks alive (with a loud warning): only when you know nothing serves this store')
+      .option('--force', 'with no controller answering, go on even when one looks alive (with a loud warning): only when you know nothing serves this store')
       .option('--json', 'print the result as JSON')
       .action(async (opts: DeviceReplaceOptions) => {
         const r = await withInterrupt((signal) => runDeviceReplace(opts, { signal }));
@@ -94,7 +103,29 @@ export async function runDeviceReplace(opts: DeviceReplaceOptions, io: OfflineJo
   const edits: DevicesEdit[] = (opts.updateConfig ?? []).map((file) => planDevicesEdit(file, slot, target, names));
   const rawDevices = planDevicesEdit(pair.configPath, slot, target, names).after;
 
-  // Look with the pool read-only, then open it to be written.
+  // A controller that serves runs the rebuild itself.
+  const online = await startOnlineJob(pair, { kind: 'replace', slot, device: poolDeviceSpecName(target), rateBytesPerSec }, io);
+  if (online !== null) {
+    const end = await followOnlineJob(online, pair, io);
+    if (end.report.kind !== 'replace') throw new PagepairError('INTERNAL', `controller ${online.controller} answered a replace with a ${end.report.kind} report`);
+    for (const e of edits) applyDevicesEdit(e);
+    return {
+      slot,
+      old: names[slot]!,
+      device: end.report.device,
+      bytesCopied: end.report.bytesCopied,
+      elapsedMs: (end.job.endedAtMs ?? end.job.startedAtMs) - end.job.startedAtMs,
+      pool: end.pool,
+      devices: rawDevices,
+      updated: edits.map((e) => e.file),
+      forcedPast: [],
+      online: true,
+      controller: online.controller,
+      jobId: online.jobId,
+    };
+  }
+
+  // The pair is stopped. Look with the pool read-only, then open it to be written.
   const look = await openOfflineStore(pair.cfg, { readOnly: true });
   let seen;
   try {
@@ -175,7 +206,8 @@ export async function runDeviceReplace(opts: DeviceReplaceOptions, io: OfflineJo
 
 function formatReplace(r: DeviceReplaceResult, opts: DeviceReplaceOptions): string {
   const rate = r.elapsedMs > 0 ? `, ${formatBytes((r.bytesCopied * 1000) / r.elapsedMs)}/s` : '';
-  const lines = [`slot ${r.slot}: rebuilt onto ${r.device} (was ${r.old}): ${formatBytes(r.bytesCopied)} in ${formatDuration(r.elapsedMs)}${rate}`, ''];
+  const by = r.online === true ? ` by controller ${r.controller ?? '?'} while the pair served (pool job ${r.jobId ?? '?'})` : '';
+  const lines = [`slot ${r.slot}: rebuilt onto ${r.device} (was ${r.old})${by}: ${formatBytes(r.bytesCopied)} in ${formatDuration(r.elapsedMs)}${rate}`, ''];
   lines.push(...poolLines(r.pool).map(([k, v]) => `${k.padEnd(13)} ${v}`), '');
   lines.push(`BOTH controllers' configurations must now name ${r.device} in slot ${r.slot}; store.pool.devices:`, `  "devices": ${JSON.stringify(r.devices)}`);
   if (r.updated.length > 0) lines.push(`rewritten in: ${r.updated.join(', ')}`);

@@ -1,4 +1,5 @@
-// What `pagepair device replace` and `pagepair scrub` share: their options
+// What `pagepair device replace` and `pagepair scrub` share on a stopped
+// pair (a serving one runs the job itself: online-job.ts): their options
 // read and checked, the look for a live controller (refused, or a loud
 // warning under --force), progress, and a rebuild or scrub that Ctrl-C
 // stops cleanly (the pool's own abort signal, so a rebuild cut short
@@ -19,8 +20,10 @@ export interface OfflineJobIo {
   /** Progress sinks (default: a bar on a terminal, lines elsewhere). */
   progress?: (what: string, unit: ProgressSinkOptions['unit']) => ProgressSink;
   serving?: ServingCheckOptions;
-  /** Stops the job (the command wires Ctrl-C to it). */
+  /** Stops the job (the command wires Ctrl-C to it); in online mode, stops following it. */
   signal?: AbortSignal;
+  /** When a controller serves (online-job.ts): how long a connection to it may take, how often its status is read. */
+  online?: { connectTimeoutMs?: number; pollMs?: number };
 }
 
 export interface ConfigPair {
@@ -55,7 +58,7 @@ export async function refuseWhileServing(store: PageStore, pair: ConfigPair, for
   if (!force) {
     throw new PagepairError(
       'BUSY',
-      `${command} runs on a stopped pair only (a serving pair's writes to the rows it copies would not be held off): ${why}. Stop the pair first (or, if you are sure nothing serves this store, give --force)`,
+      `${command} runs on a stopped pair only unless a controller of the pair answers at its client address (it then runs the job itself, holding off the partner's writes): none answered, yet ${why}. Wait until it serves, or stop the pair (or, if you are sure nothing serves this store, give --force)`,
       seen.alive.map((s) => s.controller).join(','),
     );
   }
@@ -81,7 +84,8 @@ export function sinkFor(io: OfflineJobIo, what: string, unit: ProgressSinkOption
 export async function withInterrupt<T>(run: (signal: AbortSignal) => Promise<T>): Promise<T> {
   const ac = new AbortController();
   const stop = (): void => {
-    process.stderr.write('\nstopping (interrupted)...\n');
+    // On a stopped pair the job stops (the pool lets go first); on a serving one only the following does.
+    process.stderr.write('\ninterrupted...\n');
     ac.abort(new PagepairError('SHUTTING_DOWN', 'interrupted'));
   };
   process.once('SIGINT', stop);

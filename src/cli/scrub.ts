@@ -1,21 +1,25 @@
-// `pagepair scrub [--repair]` (issue 14, part 4), on a stopped pair: read the
-// whole pool and check its redundancy (every parity row against its data,
+// `pagepair scrub [--repair]` (issue 14, part 4): read the whole pool and check its redundancy (every parity row against its data,
 // every mirror copy against the first healthy member's), rewriting what
 // disagrees with --repair; then read every page of every allocation through
 // the store, whose CRCs tell a damaged page (CHECKSUM_MISMATCH: both slots
 // bad) from a torn slot beside a good one (what a crash in a page write
-// leaves, harmless). A running pair cannot scrub yet (docs/pools.md): the
-// command refuses when a controller looks alive, naming it.
+// leaves, harmless). While the pair serves, a controller that answers runs
+// the scrub itself (C_POOL_JOB) and the command follows it (online-job.ts);
+// with the pair stopped it runs here, and refuses when a controller that did
+// not answer still looks alive, naming it.
 
 import { Command } from 'commander';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { isPagepairError } from '../protocol/errors.js';
 import type { PageStore } from '../store/page-store.js';
+import { checkPages, type PageCheckReport } from '../runtime/page-check.js';
 import type { PoolStatus, ScrubReport } from '../store/pool.js';
 import { formatBytes, formatDuration } from '../workload/units.js';
-import { openOfflineStore } from './offline-store.js';
+import { PagepairError } from '../protocol/errors.js';
+import { configuredPool, openOfflineStore } from './offline-store.js';
+import { followOnlineJob, startOnlineJob } from './online-job.js';
 import { loadConfigs, parseRate, refuseWhileServing, sinkFor, warnIfStartedMeanwhile, withInterrupt, type OfflineJobIo } from './offline-job.js';
 import { poolLines } from './pool.js';
+
+export type { PageCheckReport };
 
 export interface ScrubOptions {
   config?: string;
@@ -24,20 +28,6 @@ export interface ScrubOptions {
   rate?: string;
   force?: boolean;
   json?: boolean;
-}
-
-export interface PageCheckReport {
-  allocations: number;
-  pagesChecked: number;
-  bytesChecked: number;
-  /** Pages neither of whose slots is valid: their data is lost (CHECKSUM_MISMATCH). */
-  checksumMismatches: number;
-  /** Pages read from one slot because the other was damaged (a torn write, most likely): not an error. */
-  tornSlots: number;
-  /** Pages whose read failed otherwise (an I/O error through the pool). */
-  unreadablePages: number;
-  /** The first few bad pages, in words. */
-  badPages: string[];
 }
 
 export interface ScrubResult {
@@ -50,10 +40,12 @@ export interface ScrubResult {
   forcedPast: string[];
   /** What is wrong and left so (the exit status is 1 when any). */
   problems: string[];
+  /** The pair served: a controller ran the scrub (C_POOL_JOB). */
+  online?: boolean;
+  /** Online: the controller that ran it (A or B), and its job id. */
+  controller?: string;
+  jobId?: number;
 }
-
-const BAD_PAGES_SHOWN = 20;
-const PAGE_READS_IN_FLIGHT = 8;
 
 export function scrubCommand(): Command {
   return new Command('scrub')
@@ -61,14 +53,15 @@ export function scrubCommand(): Command {
       "check the pair's pool: read every parity row or mirror copy and compare it with the data (--repair rewrites what disagrees: parity from the data; " +
         "a mirror's copies from the first healthy member in slot order, as its copies carry nothing to tell the right one by), " +
         'then read every page of every allocation and check its CRC (a page with both slots bad is reported, a torn slot beside a good one counted). ' +
-        'For now the pair must be stopped: the command refuses when a controller looks alive. ' +
+        'While the pair serves, the controller of --config (or its partner, when that one does not answer) runs the scrub and the command follows it in its status; Ctrl-C then stops following only. ' +
+        'With the pair stopped the command scrubs itself, and refuses when a controller that did not answer still looks alive. ' +
         'Exits 1 when mismatches are left unrepaired, a range or page cannot be read, or a page fails its CRC.',
     )
     .requiredOption('-c, --config <file>', "a controller's configuration (its store.pool names the pool)")
     .option('--repair', 'rewrite the redundancy that disagrees with the data')
     .option('--rate <size>', 'read at most this many bytes a second: 100MiB/s, ... (default: no limit)')
     .option('--partner-config <file>', "the partner's configuration, for its addresses (default: <partner id>.json beside --config)")
-    .option('--force', 'go on even when a controller looks alive (with a loud warning): only when you know nothing serves this store')
+    .option('--force', 'with no controller answering, go on even when one looks alive (with a loud warning): only when you know nothing serves this store')
     .option('--json', 'print the report as JSON')
     .action(async (opts: ScrubOptions) => {
       const r = await withInterrupt((signal) => runScrub(opts, { signal }));
@@ -82,7 +75,26 @@ export async function runScrub(opts: ScrubOptions, io: OfflineJobIo = {}): Promi
   const pair = loadConfigs(opts.config, opts.partnerConfig);
   const repair = opts.repair === true;
   const rateBytesPerSec = parseRate(opts.rate);
-  // Look with the pool read-only (a mirror opened to be written moves its generation on at once past a member it cannot open).
+  configuredPool(pair.cfg);
+  // A controller that serves runs the scrub itself.
+  const online = await startOnlineJob(pair, { kind: 'scrub', repair, rateBytesPerSec }, io);
+  if (online !== null) {
+    const end = await followOnlineJob(online, pair, io);
+    if (end.report.kind !== 'scrub') throw new PagepairError('INTERNAL', `controller ${online.controller} answered a scrub with a ${end.report.kind} report`);
+    return {
+      repair,
+      pool: end.report.pool,
+      pages: end.report.pages,
+      status: end.pool,
+      elapsedMs: (end.job.endedAtMs ?? end.job.startedAtMs) - end.job.startedAtMs,
+      forcedPast: [],
+      problems: scrubProblems(end.report.pool, end.report.pages, repair),
+      online: true,
+      controller: online.controller,
+      jobId: online.jobId,
+    };
+  }
+  // The pair is stopped. Look with the pool read-only (a mirror opened to be written moves its generation on at once past a member it cannot open).
   let { pool, store } = await openOfflineStore(pair.cfg, { readOnly: true });
   const started = Date.now();
   try {
@@ -99,63 +111,34 @@ export async function runScrub(opts: ScrubOptions, io: OfflineJobIo = {}): Promi
       sink.stop();
     }
     if (repair) await pool.sync();
-    const pages = await checkPages(store, rateBytesPerSec, io);
+    const pages = await checkPagesShown(store, rateBytesPerSec, io);
     await warnIfStartedMeanwhile(store, seen, 'scrub', io);
-    const problems: string[] = [];
-    const left = report.mismatches - report.repaired;
-    if (left > 0) problems.push(`${left} mismatch${left === 1 ? '' : 'es'} left${repair ? ' unrepaired' : ' (run with --repair)'}`);
-    if (report.unreadable > 0) problems.push(`${report.unreadable} range${report.unreadable === 1 ? '' : 's'} of the pool could not be read`);
-    if (pages.checksumMismatches > 0) problems.push(`${pages.checksumMismatches} page${pages.checksumMismatches === 1 ? '' : 's'} with both slots failing their CRC (data lost)`);
-    if (pages.unreadablePages > 0) problems.push(`${pages.unreadablePages} page${pages.unreadablePages === 1 ? '' : 's'} could not be read`);
+    const problems = scrubProblems(report, pages, repair);
     return { repair, pool: report, pages, status: pool.status(), elapsedMs: Date.now() - started, forcedPast: seen.alive.map((s) => s.controller), problems };
   } finally {
     await store.close();
   }
 }
 
-/** Read every page of every allocation through the store (readPage checks the CRCs), rateBytesPerSec at most. */
-export async function checkPages(store: PageStore, rateBytesPerSec: number, io: OfflineJobIo = {}): Promise<PageCheckReport> {
-  const table = await store.readTable();
-  const r: PageCheckReport = { allocations: table.records.length, pagesChecked: 0, bytesChecked: 0, checksumMismatches: 0, tornSlots: 0, unreadablePages: 0, badPages: [] };
-  const jobs = table.records.flatMap((rec) => Array.from({ length: rec.pageCount }, (_, page) => ({ rec, page })));
-  const totalBytes = table.records.reduce((sum, rec) => sum + rec.pageCount * rec.pageSizeBytes, 0);
+/** What a scrub found wrong and left so, in words (the exit status is 1 when any). */
+function scrubProblems(report: ScrubReport, pages: PageCheckReport, repair: boolean): string[] {
+  const problems: string[] = [];
+  const left = report.mismatches - report.repaired;
+  if (left > 0) problems.push(`${left} mismatch${left === 1 ? '' : 'es'} left${repair ? ' unrepaired' : ' (run with --repair)'}`);
+  if (report.unreadable > 0) problems.push(`${report.unreadable} range${report.unreadable === 1 ? '' : 's'} of the pool could not be read`);
+  if (pages.checksumMismatches > 0) problems.push(`${pages.checksumMismatches} page${pages.checksumMismatches === 1 ? '' : 's'} with both slots failing their CRC (data lost)`);
+  if (pages.unreadablePages > 0) problems.push(`${pages.unreadablePages} page${pages.unreadablePages === 1 ? '' : 's'} could not be read`);
+  return problems;
+}
+
+/** Every page's CRC checked through the store, with a progress sink. */
+async function checkPagesShown(store: PageStore, rateBytesPerSec: number, io: OfflineJobIo): Promise<PageCheckReport> {
   const sink = sinkFor(io, 'checking page CRCs');
-  const started = Date.now();
-  let next = 0;
-  const bad = (what: string): void => {
-    if (r.badPages.length < BAD_PAGES_SHOWN) r.badPages.push(what);
-  };
-  const worker = async (): Promise<void> => {
-    while (next < jobs.length) {
-      io.signal?.throwIfAborted();
-      const { rec, page } = jobs[next++]!;
-      try {
-        const got = await store.readPage({ guid: rec.guid, dataOffset: rec.dataOffset, pageSizeBytes: rec.pageSizeBytes }, page);
-        if (got.tornSlot !== undefined) r.tornSlots++;
-      } catch (err) {
-        if (isPagepairError(err, 'CHECKSUM_MISMATCH')) {
-          r.checksumMismatches++;
-          bad(`${rec.name || rec.guid} page ${page}: ${err.message}`);
-        } else {
-          r.unreadablePages++;
-          bad(`${rec.name || rec.guid} page ${page}: unreadable: ${err instanceof Error ? err.message : String(err)}`);
-        }
-      }
-      r.pagesChecked++;
-      r.bytesChecked += rec.pageSizeBytes;
-      sink.update(r.bytesChecked, totalBytes);
-      if (rateBytesPerSec > 0) {
-        const aheadMs = (r.bytesChecked * 1000) / rateBytesPerSec - (Date.now() - started);
-        if (aheadMs > 0) await sleep(aheadMs);
-      }
-    }
-  };
   try {
-    await Promise.all(Array.from({ length: PAGE_READS_IN_FLIGHT }, worker));
+    return await checkPages(store, { rateBytesPerSec, onProgress: (d, t) => sink.update(d, t), ...(io.signal !== undefined ? { signal: io.signal } : {}) });
   } finally {
     sink.stop();
   }
-  return r;
 }
 
 function formatScrub(r: ScrubResult): string {
@@ -164,7 +147,7 @@ function formatScrub(r: ScrubResult): string {
   const rows: [string, string][] = [
     ['redundancy', `${formatBytes(bytesChecked)} checked: ${mismatches} mismatch${mismatches === 1 ? '' : 'es'}, ${repaired} repaired, ${unreadable} unreadable`],
     ['pages', `${p.pagesChecked} pages (${formatBytes(p.bytesChecked)}) of ${p.allocations} allocation${p.allocations === 1 ? '' : 's'}: ${p.checksumMismatches} failing their CRC, ${p.unreadablePages} unreadable, ${p.tornSlots} torn slot${p.tornSlots === 1 ? '' : 's'} beside a good one`],
-    ['took', formatDuration(r.elapsedMs)],
+    ['took', `${formatDuration(r.elapsedMs)}${r.online === true ? `, by controller ${r.controller ?? '?'} while the pair served (pool job ${r.jobId ?? '?'})` : ''}`],
     ...poolLines(r.status),
   ];
   const lines = rows.map(([k, v]) => `${k.padEnd(13)} ${v}`);

@@ -4,6 +4,7 @@ import { PagepairClient, controllerAddresses } from '../client/index.js';
 import { PagepairError } from '../protocol/errors.js';
 import type { ControllerConfig } from '../runtime/config.js';
 import type { ControllerStatus } from '../runtime/controller-process.js';
+import type { PoolJobStatus } from '../runtime/pool-job.js';
 import { formatBytes, formatDuration } from '../workload/units.js';
 import { poolLines } from './pool.js';
 
@@ -54,6 +55,7 @@ export function formatStatus(s: ControllerStatus): string {
     ['store', s.store],
     // A controller of an older version, or over one file, reports no pool.
     ...(s.pool != null ? poolLines(s.pool) : []),
+    ...(s.poolJob != null ? [['pool job', poolJobText(s.poolJob, Date.now())] as [string, string]] : []),
     ['allocations', String(s.allocations)],
     ['cache', `${s.cachedPages} pages, ${formatBytes(s.cachedBytes)} of ${formatBytes(s.cacheBytesMax)}; RSS ${formatBytes(s.rssBytes)}`],
     ['dirty', `${s.dirtyPages} pages, ${formatBytes(s.dirtyBytes)}`],
@@ -102,6 +104,27 @@ export function formatStatus(s: ControllerStatus): string {
   rows.push(['copies', copiesText(s.lastVerify)]);
   if (s.senseCode !== 0) rows.push(['sense code', String(s.senseCode)]);
   return rows.map(([k, v]) => `${k.padEnd(13)} ${v}`).join('\n');
+}
+
+/** The controller's last pool job (a device replace or a scrub while the pair serves): what, how far, how it ended. */
+export function poolJobText(j: PoolJobStatus, nowMs: number): string {
+  const what = j.kind === 'replace' ? `replace of slot ${j.slot ?? '?'} onto ${j.device ?? '?'}` : j.repair ? 'scrub with repair' : 'scrub';
+  const pct = j.totalBytes === 0 ? 0 : Math.floor((100 * j.doneBytes) / j.totalBytes);
+  const phase = j.kind === 'scrub' ? (j.phase === 'pool' ? "the pool's redundancy" : "the pages' CRCs") : 'copied';
+  if (j.state === 'running') {
+    return `job ${j.id}, ${what}: running, ${phase} ${pct}% (${formatBytes(j.doneBytes)} of ${formatBytes(j.totalBytes)}), for ${formatDuration(nowMs - j.startedAtMs)}`;
+  }
+  const ago = j.endedAtMs !== null ? `, ended ${formatDuration(Math.max(0, nowMs - j.endedAtMs))} ago after ${formatDuration(j.endedAtMs - j.startedAtMs)}` : '';
+  if (j.state === 'failed') return `job ${j.id}, ${what}: FAILED at ${phase} ${pct}%: ${j.error?.code ?? '?'}: ${j.error?.message ?? 'no reason given'}${ago}`;
+  const r = j.report;
+  let result = 'done';
+  if (r?.kind === 'replace') result = `done, ${formatBytes(r.bytesCopied)} rebuilt (was ${r.old})`;
+  else if (r?.kind === 'scrub') {
+    result =
+      `done: ${r.pool.mismatches} mismatch${r.pool.mismatches === 1 ? '' : 'es'}, ${r.pool.repaired} repaired, ${r.pool.unreadable} unreadable; ` +
+      `${r.pages.pagesChecked} pages, ${r.pages.checksumMismatches} failing their CRC, ${r.pages.unreadablePages} unreadable`;
+  }
+  return `job ${j.id}, ${what}: ${result}${ago}`;
 }
 
 /** The listeners' TLS mode (absent from an older controller's status). */
