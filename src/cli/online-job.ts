@@ -38,6 +38,8 @@ export interface OnlineJobEnd {
 }
 
 const CONNECT_TIMEOUT_MS = 3_000;
+/** How long the job's reply (its device opened) or a status may take. */
+const REQUEST_TIMEOUT_MS = 60_000;
 const POLL_MS_DEFAULT = 250;
 
 interface Candidate {
@@ -73,9 +75,13 @@ function candidates(pair: ConfigPair): Candidate[] {
 export async function startOnlineJob(pair: ConfigPair, req: OnlineJobRequest, io: OfflineJobIo = {}): Promise<OnlineJob | null> {
   let refusal: PagepairError | null = null;
   for (const c of candidates(pair)) {
+    const dial = (timeoutMs: number): Promise<PagepairClient> => PagepairClient.connect({ host: c.host, port: c.port, token: pair.cfg.clientToken, tls: c.tls, name: `pagepair-${req.kind}`, timeoutMs });
     let client: PagepairClient;
     try {
-      client = await PagepairClient.connect({ host: c.host, port: c.port, token: pair.cfg.clientToken, tls: c.tls, name: `pagepair-${req.kind}`, timeoutMs: io.online?.connectTimeoutMs ?? CONNECT_TIMEOUT_MS });
+      // A quick look first (a hung controller that accepts and never says hello must not hold the command up),
+      // then a connection whose requests may take long: the job's reply waits for its device to be opened.
+      await (await dial(io.online?.connectTimeoutMs ?? CONNECT_TIMEOUT_MS)).close();
+      client = await dial(REQUEST_TIMEOUT_MS);
     } catch {
       continue;
     }
@@ -91,6 +97,9 @@ export async function startOnlineJob(pair: ConfigPair, req: OnlineJobRequest, io
       if (isPagepairError(err, 'NOT_ACTIVE')) {
         refusal = new PagepairError('NOT_ACTIVE', `controller ${c.letter}: ${err.message}`);
         continue;
+      }
+      if (isPagepairError(err, 'TIMEOUT')) {
+        throw new PagepairError('TIMEOUT', `controller ${c.letter} did not answer the ${req.kind} in time (${err.message}): it may have started it; \`pagepair status\` shows its pool job`);
       }
       if (isPagepairError(err)) throw new PagepairError(err.code, `controller ${c.letter} refused the ${req.kind}: ${err.message}`, err.field);
       throw err;

@@ -6,6 +6,7 @@
 // the job and status says so.
 
 import { describe, expect, it } from 'vitest';
+import { poolJobText } from '../../src/cli/status.js';
 import { isPagepairError } from '../../src/protocol/errors.js';
 import { checkDeviceName, checkPoolJobRequest, memberBytesOf, PoolJobRunner, type PoolJobDeps, type PoolJobRequest } from '../../src/runtime/pool-job.js';
 import { MemoryDevice } from '../../src/store/memory-device.js';
@@ -192,5 +193,28 @@ describe('pool jobs run', () => {
     expect(s.error!.message).toMatch(/stays labelled unfinished/);
     expect(pool.status().members[1]!.state).not.toBe('healthy');
     await store.close();
+  });
+});
+
+describe('pagepair status: the pool job line', () => {
+  const base = { id: 4, slot: 2, device: '/pool/d2-new.img', repair: false, phase: 'pool' as const, doneBytes: 3 * MiB, totalBytes: 12 * MiB, startedAtMs: 1_000_000, endedAtMs: null };
+  it('says what, how far and how it ended', () => {
+    expect(poolJobText({ ...base, kind: 'replace', state: 'running' }, 1_005_000)).toBe('job 4, replace of slot 2 onto /pool/d2-new.img: running, copied 25% (3.0 MiB of 12 MiB), for 5s');
+    const done = { ...base, kind: 'replace' as const, state: 'done' as const, doneBytes: 12 * MiB, endedAtMs: 1_010_000, report: { kind: 'replace' as const, slot: 2, old: '/pool/d2.img', device: '/pool/d2-new.img', bytesCopied: 12 * MiB } };
+    expect(poolJobText(done, 1_070_000)).toMatch(/^job 4, replace of slot 2 onto \/pool\/d2-new\.img: done, 12 MiB rebuilt \(was \/pool\/d2\.img\), ended 1m00s ago after 10s$/);
+    const failed = { ...base, kind: 'scrub' as const, slot: null, device: null, state: 'failed' as const, endedAtMs: 1_002_000, error: { code: 'SHUTTING_DOWN', message: 'stopped with the controller' } };
+    expect(poolJobText(failed, 1_002_000)).toMatch(/^job 4, scrub: FAILED at the pool's redundancy 25%: SHUTTING_DOWN: stopped with the controller/);
+    const scrubbed = {
+      ...base,
+      kind: 'scrub' as const,
+      slot: null,
+      device: null,
+      repair: true,
+      phase: 'pages' as const,
+      state: 'done' as const,
+      endedAtMs: 1_002_000,
+      report: { kind: 'scrub' as const, repair: true, pool: { bytesChecked: 1, mismatches: 1, repaired: 1, unreadable: 0, unrepaired: 0 }, pages: { allocations: 1, pagesChecked: 8, bytesChecked: 1, checksumMismatches: 0, tornSlots: 0, unreadablePages: 0, badPages: [] } },
+    };
+    expect(poolJobText(scrubbed, 1_002_000)).toMatch(/^job 4, scrub with repair: done: 1 mismatch, 1 repaired, 0 unreadable; 8 pages, 0 failing their CRC, 0 unreadable/);
   });
 });
