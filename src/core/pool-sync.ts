@@ -51,6 +51,15 @@ export class PoolSync {
   generation = 0;
   /** The highest generation the partner's pool object is known to have reached. */
   partnerGeneration = 0;
+  /**
+   * The generation our last refresh read in the labels. A partner's SENSE is
+   * answered only once this reaches what it carries: our pool object may
+   * know a generation from its own label writes (which read the labels)
+   * without having acted on everything in them, such as a rebuild the
+   * partner announced there, whose device we must write before the partner
+   * copies (src/store/pool-rebuild.ts).
+   */
+  private refreshed = 0;
   /** Outcomes held until the partner catches up, in arrival order. */
   private held: (() => void)[] = [];
   /** The generation a SENSE still unanswered asked the partner for (0: none). */
@@ -126,7 +135,7 @@ export class PoolSync {
       this.partnerGeneration = want;
       this.releaseIfCaughtUp();
     }
-    if (this.deferred.length === 0 && want <= this.generation) {
+    if (this.deferred.length === 0 && want <= this.refreshed) {
       handle();
       return;
     }
@@ -138,7 +147,7 @@ export class PoolSync {
   private pump(): void {
     while (!this.refreshing && this.deferred.length > 0) {
       const d = this.deferred[0]!;
-      if (d.want > this.generation) {
+      if (d.want > this.refreshed) {
         this.refresh(d.want);
         return;
       }
@@ -159,7 +168,8 @@ export class PoolSync {
       (reached) => {
         this.refreshing = false;
         if (reached > this.generation) this.generation = reached;
-        if (this.generation < want && this.deferred.some((d) => d.want > this.generation)) {
+        if (reached > this.refreshed) this.refreshed = reached;
+        if (this.refreshed < want && this.deferred.some((d) => d.want > this.refreshed)) {
           this.refreshFailed(new Error(`the pool's labels are at generation ${reached}`), want);
           return;
         }

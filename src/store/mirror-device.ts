@@ -37,7 +37,7 @@ import { PagepairError } from '../protocol/errors.js';
 import { POOL_LABEL_AREA_BYTES, POOL_LABEL_READ_BYTES, POOL_MEMBERS_MAX, encodePoolLabel, labelCopyFor, newestPoolLabel, type PoolLabel } from './pool-label.js';
 import { moveGeneration, poolView, staleness, type PoolView } from './pool-members.js';
 import type { MaintenanceOptions, MemberOpener, MemberState, MemberStatus, Pool, PoolMember, PoolStatus, ProgressOptions, ScrubReport } from './pool.js';
-import { copyVerified, WritesUnderWay } from './pool-rebuild.js';
+import { SHARED_RECHECKS, copyVerified, settleRebuilding, WritesUnderWay } from './pool-rebuild.js';
 import { RangeLock } from './range-lock.js';
 import type { Device } from './types.js';
 
@@ -93,6 +93,8 @@ export class MirrorDevice implements Pool {
   private readonly copyChunkBytes: number;
   /** The generation that announced our rebuild in the labels (0: not yet). */
   private rebuildAnnounced = 0;
+  /** A rebuild whose device we stopped writing (or could not open): our labels no longer record it. */
+  private dropped: { slot: number; name: string } | null = null;
   private readonly openMember: MemberOpener | undefined;
   private readonly writes = new WritesUnderWay();
 
@@ -166,7 +168,7 @@ export class MirrorDevice implements Pool {
     const pool = new MirrorDevice(members, first.poolId, generation, first.dataBytes, opts);
     if (opts.readOnly !== true && members.some((m) => m.state === 'failed')) await pool.moveGenerationOn();
     // A rebuild the other controller runs: we write its device too, or say in the labels we cannot.
-    if (opts.readOnly !== true && view.rebuilding !== null) await pool.followRebuild(view, labels);
+    if (opts.readOnly !== true && view.rebuilding !== null) await pool.followRebuild(view);
     return pool;
   }
 
@@ -213,12 +215,14 @@ export class MirrorDevice implements Pool {
     const newest = Math.max(this.gen, ...labels.map((l) => (typeof l === 'string' || l.poolId !== this.poolId ? 0 : l.generation)));
     const movedOn = newest > this.gen;
     const view = poolView(labels, this.poolId);
-    if (view.generation >= this.gen) await this.followRebuild(view, labels);
+    // Members being rebuilt are judged by the labels' rebuild record alone (their own label may lag the move that names them in).
+    const wasRebuilding = new Set(this.members.filter((m) => m.state === 'rebuilding').map((m) => m.slot));
+    if (view.generation >= this.gen) await this.followRebuild(view);
     const failing: { m: Member; reason: string }[] = [];
     this.members.forEach((m, i) => {
       const l = labels[i]!;
-      // Ours to fill: its label says "being rebuilt" until we are done.
-      if (m.state === 'rebuilding') return;
+      // Being rebuilt (or just settled by the rebuild record): judged by the record, not its own label.
+      if (m.state === 'rebuilding' || wasRebuilding.has(m.slot)) return;
       const wrong =
         typeof l === 'string'
           ? l
@@ -262,22 +266,10 @@ export class MirrorDevice implements Pool {
    * in a healthy member. A device we cannot open is said in the labels (the
    * next generation, with no record), which stops the rebuild there.
    */
-  private async followRebuild(view: PoolView, labels: readonly (PoolLabel | string | { unreadable: string })[]): Promise<void> {
+  private async followRebuild(view: PoolView): Promise<void> {
     const rec = view.rebuilding;
-    for (const m of this.members) {
-      if (m.state !== 'rebuilding' || (rec !== null && rec.slot === m.slot && rec.name === m.name)) continue;
-      if (this.rebuild !== null && this.rebuild.slot === m.slot) {
-        // Ours, announced, and another writer's newer labels dropped it: it stopped writing the device.
-        if (this.rebuildAnnounced === 0 || view.generation < this.rebuildAnnounced) continue;
-        m.state = 'failed';
-        m.reason = `the other controller stopped writing it at pool generation ${view.generation}`;
-        continue;
-      }
-      const l = labels[m.slot];
-      const current = l !== undefined && typeof l !== 'string' && !('unreadable' in l) && l.poolId === this.poolId && staleness(l, view) === null && view.out !== null;
-      m.state = current ? 'healthy' : 'stale';
-      m.reason = current ? null : `stale: its rebuild stopped (pool generation ${view.generation})`;
-    }
+    const dropped = settleRebuilding(this.members, view, this.ourRebuild());
+    if (dropped !== null) this.dropped = dropped;
     if (rec === null || this.rebuild !== null || rec.slot >= this.members.length) return;
     const cur = this.members[rec.slot]!;
     if (cur.state === 'rebuilding' && cur.name === rec.name) return;
@@ -294,6 +286,7 @@ export class MirrorDevice implements Pool {
     if (device === null) {
       // We cannot write it: the labels must say so, or the rebuild would finish without our writes.
       const reason = `being rebuilt onto ${rec.name} by the other controller, which this one cannot open: ${why}`;
+      this.dropped = rec;
       if (cur.state === 'healthy') {
         await this.fail(cur, reason);
       } else {
@@ -385,8 +378,8 @@ export class MirrorDevice implements Pool {
         }
       } else {
         let seen = await this.differingCopies(at, n);
-        for (let again = 0; again < 2 && seen !== null && seen.differ.length > 0; again++) {
-          await sleep(2);
+        for (let again = 0; again < SHARED_RECHECKS && seen !== null && seen.differ.length > 0; again++) {
+          await (opts.pause ?? sleep)(2 ** (again + 1));
           seen = await this.differingCopies(at, n);
         }
         if (seen === null) report.unreadable++;
@@ -467,6 +460,7 @@ export class MirrorDevice implements Pool {
         if (x.state !== 'rebuilding') continue;
         x.state = 'stale';
         x.reason = `stale: its rebuild was taken over by a rebuild onto ${member.name}`;
+        this.dropped = { slot: x.slot, name: x.name };
       }
       this.members[slot] = fresh;
       if (old.device !== member.device) await old.device.close().catch(() => undefined);
@@ -497,6 +491,7 @@ export class MirrorDevice implements Pool {
       await run;
     } catch (err) {
       if (this.members[slot] === fresh && (fresh.state === 'rebuilding' || fresh.state === 'healthy')) {
+        this.dropped = { slot, name: fresh.name };
         fresh.state = 'stale';
         fresh.reason = `rebuild stopped at ${rebuild.doneBytes} of ${rebuild.totalBytes} bytes: ${err instanceof Error ? err.message : String(err)}`;
         // The record goes from the labels: the other pool object stops writing it.
@@ -528,7 +523,7 @@ export class MirrorDevice implements Pool {
   }
 
   /** Copy every chunk (or those at `ats`) onto `fresh` from a healthy member, each checked after the copy when shared. */
-  private async fill(fresh: Member, ats: number[] | null, startGen: number, shared: boolean, progress: { doneBytes: number; totalBytes: number }, opts: ProgressOptions): Promise<void> {
+  private async fill(fresh: Member, ats: number[] | null, startGen: number, shared: boolean, progress: { doneBytes: number; totalBytes: number }, opts: MaintenanceOptions): Promise<void> {
     const pace = new Pacer(opts.rateBytesPerSec ?? 0);
     const offsets = ats ?? Array.from({ length: Math.ceil(this.sizeBytes / this.copyChunkBytes) }, (_, k) => k * this.copyChunkBytes);
     for (const at of offsets) {
@@ -554,6 +549,7 @@ export class MirrorDevice implements Pool {
             }
           },
           readBack: async () => Buffer.from(await fresh.device.read(POOL_LABEL_AREA_BYTES + at, n)),
+          ...(opts.pause !== undefined ? { pause: opts.pause } : {}),
         });
       } finally {
         release();
@@ -661,6 +657,7 @@ export class MirrorDevice implements Pool {
       // record, so the other pool object stops writing it too and a rebuild under way there stops.
       m.state = 'failed';
       m.reason = reason;
+      this.dropped = { slot: m.slot, name: m.name };
       return this.moveGenerationOn();
     }
     if (m.state !== 'healthy') return this.labelChain;
@@ -687,16 +684,38 @@ export class MirrorDevice implements Pool {
       poolId: this.poolId,
       base: this.gen,
       ...(joining === undefined ? {} : { joining }),
-      labelFor: (m, generation, failedSlots, currentSince) =>
-        encodePoolLabel({ poolId: this.poolId, layout: 'mirror', slot: m.slot, devices: this.members.length, generation, dataBytes: this.sizeBytes, failedSlots, currentSince, rebuilding: this.rebuildRecord() }),
+      labelFor: (m, generation, failedSlots, currentSince, seen) =>
+        encodePoolLabel({ poolId: this.poolId, layout: 'mirror', slot: m.slot, devices: this.members.length, generation, dataBytes: this.sizeBytes, failedSlots, currentSince, rebuilding: this.rebuildRecord(seen) }),
+      onView: (view) => this.onLabelsRead(view),
     });
     this.gen = Math.max(this.gen, moved);
   }
 
-  /** The member being rebuilt, as the labels record it. */
-  private rebuildRecord(): { slot: number; name: string } | null {
+  /** Our rebuild under way, and the generation that announced it (0: not yet). */
+  private ourRebuild(): { slot: number; announced: number } | null {
+    return this.rebuild === null ? null : { slot: this.rebuild.slot, announced: this.rebuildAnnounced };
+  }
+
+  /** A label move read the labels: members being rebuilt follow what they say (the device is taken up by refresh). */
+  private onLabelsRead(view: PoolView): void {
+    if (view.generation < this.gen) return;
+    const dropped = settleRebuilding(this.members, view, this.ourRebuild());
+    if (dropped !== null) this.dropped = dropped;
+  }
+
+  /**
+   * The rebuild our labels record: ours, or the one we write the device of;
+   * else the one the labels read record (`seen`: another object's, not yet
+   * taken up here, which a refresh will), unless we stopped writing its device.
+   */
+  private rebuildRecord(seen: { slot: number; name: string } | null = null): { slot: number; name: string } | null {
     const m = this.members.find((x) => x.state === 'rebuilding');
-    return m === undefined ? null : { slot: m.slot, name: m.name };
+    if (m !== undefined) return { slot: m.slot, name: m.name };
+    if (seen === null || (this.dropped !== null && this.dropped.slot === seen.slot && this.dropped.name === seen.name)) return null;
+    // Finished: the device is a healthy member here.
+    const there = this.members[seen.slot];
+    if (there !== undefined && there.name === seen.name && there.state === 'healthy') return null;
+    return seen;
   }
 
   private noneLeft(what: string): PagepairError {

@@ -45,7 +45,7 @@ import { parityP, parityQ, recoverStripe } from './parity.js';
 import { POOL_LABEL_AREA_BYTES, POOL_MEMBERS_MAX, encodePoolLabel, type PoolLabel } from './pool-label.js';
 import { moveGeneration, poolView, readPoolLabel, readPoolLabels, staleness, type SlotMember } from './pool-members.js';
 import type { MaintenanceOptions, MemberOpener, Pool, PoolMember, PoolStatus, ProgressOptions, ScrubReport } from './pool.js';
-import { copyVerified, WritesUnderWay } from './pool-rebuild.js';
+import { SHARED_RECHECKS, copyVerified, settleRebuilding, WritesUnderWay } from './pool-rebuild.js';
 import type { PoolView } from './pool-members.js';
 
 export type ParityLayout = 'parity' | 'parity2';
@@ -129,6 +129,8 @@ export class ParityDevice implements Pool {
   private rebuild: { slot: number; doneBytes: number; totalBytes: number } | null = null;
   /** The generation that announced our rebuild in the labels (0: not yet). */
   private rebuildAnnounced = 0;
+  /** A rebuild whose device we stopped writing (or could not open): our labels no longer record it. */
+  private dropped: { slot: number; name: string } | null = null;
   private openMember: MemberOpener | undefined;
   private readonly writes = new WritesUnderWay();
 
@@ -218,7 +220,7 @@ export class ParityDevice implements Pool {
     const device = new ParityDevice(slots, first.poolId, layout, chunkBytes, prefixBytes, rows, generation);
     device.openMember = opts.openMember;
     // A rebuild the other controller runs: we write its device too, or say in the labels we cannot.
-    if (view.rebuilding !== null) await device.followRebuild(view, labels);
+    if (view.rebuilding !== null) await device.followRebuild(view);
     device.checkServing('open');
     return device;
   }
@@ -519,13 +521,15 @@ export class ParityDevice implements Pool {
     const view = poolView(labels, this.poolId);
     const before = this.gen;
     this.gen = Math.max(this.gen, view.generation);
-    if (view.generation >= before) await this.followRebuild(view, labels);
+    // Members being rebuilt are judged by the labels' rebuild record alone (their own label may lag the move that names them in).
+    const wasRebuilding = new Set(this.members.filter((m) => m.state === 'rebuilding').map((m) => m.slot));
+    if (view.generation >= before) await this.followRebuild(view);
     const reference = this.labelFields(0, this.gen);
     // Failed after the loop: failing one moves the generation on, and the labels read before
     // that would then make every other member look stale.
     const failing: { m: SlotMember; reason: string }[] = [];
     for (const m of this.members) {
-      if (m.state === 'rebuilding') continue;
+      if (m.state === 'rebuilding' || wasRebuilding.has(m.slot)) continue;
       const l = labels[m.slot]!;
       const wrong = typeof l === 'string' ? `device ${m.name}: ${l}` : labelMismatch(m.name, l, reference, m.slot, this.n);
       if (wrong !== null) {
@@ -559,22 +563,10 @@ export class ParityDevice implements Pool {
    * in a healthy member. A device we cannot open is said in the labels (the
    * next generation, with no record), which stops the rebuild there.
    */
-  private async followRebuild(view: PoolView, labels: readonly (PoolLabel | string | { unreadable: string })[]): Promise<void> {
+  private async followRebuild(view: PoolView): Promise<void> {
     const rec = view.rebuilding;
-    for (const m of this.members) {
-      if (m.state !== 'rebuilding' || (rec !== null && rec.slot === m.slot && rec.name === m.name)) continue;
-      if (this.rebuild !== null && this.rebuild.slot === m.slot) {
-        // Ours, announced, and another writer's newer labels dropped it: it stopped writing the device.
-        if (this.rebuildAnnounced === 0 || view.generation < this.rebuildAnnounced) continue;
-        m.state = 'failed';
-        m.reason = `the other controller stopped writing it at pool generation ${view.generation}`;
-        continue;
-      }
-      const l = labels[m.slot];
-      const current = l !== undefined && typeof l !== 'string' && !('unreadable' in l) && l.poolId === this.poolId && staleness(l, view) === null && view.out !== null;
-      m.state = current ? 'healthy' : 'stale';
-      m.reason = current ? null : `stale: its rebuild stopped (pool generation ${view.generation})`;
-    }
+    const dropped = settleRebuilding(this.members, view, this.ourRebuild());
+    if (dropped !== null) this.dropped = dropped;
     if (rec === null || this.rebuild !== null || rec.slot >= this.n) return;
     const cur = this.members[rec.slot]!;
     if (cur.state === 'rebuilding' && cur.name === rec.name) return;
@@ -590,6 +582,7 @@ export class ParityDevice implements Pool {
     }
     if (device === null) {
       // We cannot write it: the labels must say so, or the rebuild would finish without our writes.
+      this.dropped = rec;
       if (cur.state === 'healthy') {
         await this.fail(cur, `being rebuilt onto ${rec.name} by the other controller, which this one cannot open: ${why}`);
       } else {
@@ -672,8 +665,8 @@ export class ParityDevice implements Pool {
           };
           let seen = await differing();
           report.bytesChecked += this.rowBytes;
-          for (let again = 0; shared && again < 2 && seen.differ.length > 0; again++) {
-            await sleep(2);
+          for (let again = 0; shared && again < SHARED_RECHECKS && seen.differ.length > 0; again++) {
+            await (opts.pause ?? sleep)(2 ** (again + 1));
             seen = await differing();
           }
           if (seen.differ.length === 0) return;
@@ -705,8 +698,8 @@ export class ParityDevice implements Pool {
           let { verdict } = await check();
           if (verdict === null) return; // too little left to check anything
           report.bytesChecked += this.rowBytes;
-          for (let again = 0; shared && again < 2 && verdict !== null && !verdict.ok; again++) {
-            await sleep(2);
+          for (let again = 0; shared && again < SHARED_RECHECKS && verdict !== null && !verdict.ok; again++) {
+            await (opts.pause ?? sleep)(2 ** (again + 1));
             ({ verdict } = await check());
           }
           if (verdict === null || verdict.ok) return;
@@ -795,6 +788,7 @@ export class ParityDevice implements Pool {
         if (x.state !== 'rebuilding') continue;
         x.state = 'stale';
         x.reason = `stale: its rebuild was taken over by a rebuild onto ${member.name}`;
+        this.dropped = { slot: x.slot, name: x.name };
       }
       this.members[slot] = m;
       if (old.device !== member.device) await old.device.close().catch(() => undefined);
@@ -817,6 +811,7 @@ export class ParityDevice implements Pool {
       if (m.state !== 'healthy') throw new PagepairError('IO_ERROR', `pool ${this.poolId}: slot ${slot} (${m.name}) not brought in: ${m.reason ?? m.state}`);
     } catch (err) {
       if (this.members[slot] === m && (m.state === 'rebuilding' || m.state === 'healthy')) {
+        this.dropped = { slot, name: m.name };
         m.state = 'stale';
         m.reason = `stale: rebuild stopped: ${err instanceof Error ? err.message : String(err)}`;
         // The record goes from the labels: the other pool object stops writing it.
@@ -839,7 +834,8 @@ export class ParityDevice implements Pool {
     }
   }
 
-  private async rebuildOnto(m: SlotMember, ranges: RebuildRanges | null, startGen: number, shared: boolean, opts: ProgressOptions): Promise<void> {
+  private async rebuildOnto(m: SlotMember, ranges: RebuildRanges | null, startGen: number, shared: boolean, opts: MaintenanceOptions): Promise<void> {
+    const pause = opts.pause;
     const pacer = new Pacer(opts.rateBytesPerSec ?? 0, opts.signal);
     const progress = this.rebuild!;
     const writeTo = async (offset: number, data: Buffer): Promise<void> => {
@@ -867,6 +863,7 @@ export class ParityDevice implements Pool {
           expected: async () => ({ bytes: await this.readPrefix(from, this.rowBytes), readBytes: this.rowBytes }),
           write: (off, bytes) => writeTo(at + off, bytes),
           readBack: () => m.device.read(at, this.rowBytes),
+          ...(pause !== undefined ? { pause } : {}),
         }),
       );
       await advance(this.rowBytes, readBytes);
@@ -887,6 +884,7 @@ export class ParityDevice implements Pool {
           },
           write: (off, bytes) => writeTo(this.rowOffset(r) + off, bytes),
           readBack: () => m.device.read(this.rowOffset(r), this.chunkBytes),
+          ...(pause !== undefined ? { pause } : {}),
         });
       });
       await advance(this.rowBytes, readBytes);
@@ -987,6 +985,7 @@ export class ParityDevice implements Pool {
       // record, so the other pool object stops writing it too and a rebuild under way there stops.
       m.state = 'failed';
       m.reason = reason;
+      this.dropped = { slot: m.slot, name: m.name };
       return this.bumpGeneration();
     }
     if (m.state !== 'healthy') return this.labelChain;
@@ -1002,7 +1001,8 @@ export class ParityDevice implements Pool {
         poolId: this.poolId,
         base: this.gen,
         ...(joining === undefined ? {} : { joining }),
-        labelFor: (m, generation, failedSlots, currentSince) => this.label(m.slot, generation, failedSlots, currentSince, this.rebuildRecord()),
+        labelFor: (m, generation, failedSlots, currentSince, seen) => this.label(m.slot, generation, failedSlots, currentSince, this.rebuildRecord(seen)),
+        onView: (view) => this.onLabelsRead(view),
       });
       this.gen = Math.max(this.gen, moved);
     });
@@ -1014,10 +1014,31 @@ export class ParityDevice implements Pool {
     return encodePoolLabel({ ...this.labelFields(slot, generation), failedSlots, currentSince, rebuilding });
   }
 
-  /** The member being rebuilt, as the labels record it. */
-  private rebuildRecord(): { slot: number; name: string } | null {
+  /** Our rebuild under way, and the generation that announced it (0: not yet). */
+  private ourRebuild(): { slot: number; announced: number } | null {
+    return this.rebuild === null ? null : { slot: this.rebuild.slot, announced: this.rebuildAnnounced };
+  }
+
+  /** A label move read the labels: members being rebuilt follow what they say (the device is taken up by refresh). */
+  private onLabelsRead(view: PoolView): void {
+    if (view.generation < this.gen) return;
+    const dropped = settleRebuilding(this.members, view, this.ourRebuild());
+    if (dropped !== null) this.dropped = dropped;
+  }
+
+  /**
+   * The rebuild our labels record: ours, or the one we write the device of;
+   * else the one the labels read record (`seen`: another object's, not yet
+   * taken up here, which a refresh will), unless we stopped writing its device.
+   */
+  private rebuildRecord(seen: { slot: number; name: string } | null = null): { slot: number; name: string } | null {
     const m = this.members.find((x) => x.state === 'rebuilding');
-    return m === undefined ? null : { slot: m.slot, name: m.name };
+    if (m !== undefined) return { slot: m.slot, name: m.name };
+    if (seen === null || (this.dropped !== null && this.dropped.slot === seen.slot && this.dropped.name === seen.name)) return null;
+    // Finished: the device is a healthy member here.
+    const there = this.members[seen.slot];
+    if (there !== undefined && there.name === seen.name && there.state === 'healthy') return null;
+    return seen;
   }
 
   private labelFields(slot: number, generation: number): PoolLabel {

@@ -113,8 +113,15 @@ export interface MoveGenerationOptions {
    * the rebuild may have copied from bytes that missed writes.
    */
   joining?: ReadonlySet<number>;
-  /** The label of member `m` at `generation`, naming `failedSlots` as out, the members current since `currentSince`. */
-  labelFor(m: SlotMember, generation: number, failedSlots: readonly number[], currentSince: number): Buffer;
+  /**
+   * The label of member `m` at `generation`, naming `failedSlots` as out, the
+   * members current since `currentSince`; `seen` is the rebuild record of the
+   * newest labels read (another object's rebuild, which the label should
+   * keep unless this object stopped writing its device).
+   */
+  labelFor(m: SlotMember, generation: number, failedSlots: readonly number[], currentSince: number, seen: { slot: number; name: string } | null): Buffer;
+  /** Told what each round's labels say together, before the members are judged by them. */
+  onView?(view: PoolView): void;
 }
 
 /** Tries at most this many generations in one move before settling for the last written. */
@@ -143,6 +150,7 @@ export async function moveGeneration(members: readonly SlotMember[], opts: MoveG
     const read = await readPoolLabels(readFrom);
     const labels = read.filter((l): l is PoolLabel => isLabelOf(l, opts.poolId) && l.slot < members.length);
     const view = poolView(labels, opts.poolId);
+    opts.onView?.(view);
     if (joining.size > 0 && labels.some((l) => (written === 0 ? l.generation > opts.base : l.generation > written || (l.generation === written && !sameSlots(l.failedSlots ?? [], writtenOut))))) {
       for (const s of joining) {
         const m = members[s];
@@ -177,7 +185,7 @@ export async function moveGeneration(members: readonly SlotMember[], opts: MoveG
     const generation = Math.max(newest, written) + 1;
     // A slot filled anew: a label older than the one before this names the device it replaced.
     if (joining.size > 0) since = Math.max(since, generation - 1);
-    const results = await Promise.allSettled(left.map((m) => writePoolLabel(m.device, generation, opts.labelFor(m, generation, out, Math.min(since, generation)))));
+    const results = await Promise.allSettled(left.map((m) => writePoolLabel(m.device, generation, opts.labelFor(m, generation, out, Math.min(since, generation), view.rebuilding))));
     written = generation;
     writtenOut = out;
     newest = Math.max(newest, generation);

@@ -35,6 +35,14 @@
 
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PagepairError } from '../protocol/errors.js';
+import type { PoolView, SlotMember } from './pool-members.js';
+
+/**
+ * A scrub while another object writes reads a range found wrong again this
+ * many times (2, 4, 8, ... ms apart) before it counts it: a write under way
+ * there has landed on some members only.
+ */
+export const SHARED_RECHECKS = 5;
 
 /** How many times a range is checked before a rebuild gives up on it. */
 const CHECK_TRIES_MAX = 400;
@@ -64,6 +72,8 @@ export async function copyVerified(
     write(at: number, bytes: Buffer): Promise<void>;
     /** What the rebuilt member holds now. */
     readBack(): Promise<Buffer>;
+    /** Wait a little (default: a timer). */
+    pause?(ms: number): Promise<void>;
   },
 ): Promise<number> {
   const first = await io.expected();
@@ -91,7 +101,7 @@ export async function copyVerified(
       open.set(at, 0);
     }
     // A write under way there: give it time to land.
-    await sleep(Math.min(20, tries));
+    await (io.pause ?? sleep)(Math.min(20, tries));
   }
 }
 
@@ -109,4 +119,39 @@ export class WritesUnderWay {
   async drain(): Promise<void> {
     await Promise.allSettled([...this.running]);
   }
+}
+
+/**
+ * Settle the members being rebuilt against labels read (`view`, not older
+ * than what this object knew): one whose rebuild the newest labels no longer
+ * record is healthy when they name its slot in (the rebuild finished
+ * elsewhere), else stale (stopped). Ours
+ * (`ours`, once announced) is failed when newer labels dropped its record:
+ * the other object stopped writing the device. Resolves with the rebuild
+ * whose device this object stops writing, if any.
+ */
+export function settleRebuilding(
+  members: SlotMember[],
+  view: PoolView,
+  ours: { slot: number; announced: number } | null,
+): { slot: number; name: string } | null {
+  const rec = view.rebuilding;
+  let dropped: { slot: number; name: string } | null = null;
+  for (const m of members) {
+    if (m.state !== 'rebuilding' || (rec !== null && rec.slot === m.slot && rec.name === m.name)) continue;
+    if (ours !== null && ours.slot === m.slot) {
+      if (ours.announced === 0 || view.generation < ours.announced) continue;
+      m.state = 'failed';
+      m.reason = `the other controller stopped writing it at pool generation ${view.generation}`;
+      dropped = { slot: m.slot, name: m.name };
+      continue;
+    }
+    // Named in by the newest labels: current, even when its own label is older (the move that names
+    // it in writes there too, and may land there last).
+    const current = view.out !== null && !view.out.has(m.slot);
+    m.state = current ? 'healthy' : 'stale';
+    m.reason = current ? null : `stale: its rebuild stopped (pool generation ${view.generation})`;
+    if (!current) dropped = { slot: m.slot, name: m.name };
+  }
+  return dropped;
 }

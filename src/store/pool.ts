@@ -86,6 +86,8 @@ export interface MaintenanceOptions extends ProgressOptions {
    * is the only pool object).
    */
   barrier?(generation: number): Promise<void>;
+  /** How the work waits a little for writes under way to land (default: a timer; the simulator passes its own clock). */
+  pause?(ms: number): Promise<void>;
 }
 
 export interface ScrubReport {

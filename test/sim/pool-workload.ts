@@ -5,10 +5,11 @@
 
 import { expect } from 'vitest';
 import { checkFinal, type HistoryOp } from '../../src/checker/index.js';
+import type { MemoryDevice } from '../../src/store/memory-device.js';
 import { MirrorDevice } from '../../src/store/mirror-device.js';
 import { PageStore } from '../../src/store/page-store.js';
 import { ParityDevice } from '../../src/store/parity-device.js';
-import type { Pool, PoolLayout, PoolMember } from '../../src/store/pool.js';
+import type { MemberOpener, Pool, PoolLayout, PoolMember } from '../../src/store/pool.js';
 import type { Device } from '../../src/store/types.js';
 import { layCells, readCells, writeBytes, type Cell } from './cells.js';
 import type { Harness, NodeName } from './harness.js';
@@ -29,8 +30,10 @@ export function named(devs: readonly Device[]): PoolMember[] {
   return devs.map((device, i) => ({ name: `m${i}`, device }));
 }
 
-export function openPoolOf(layout: PoolLayout, devs: readonly Device[]): Promise<Pool> {
-  return layout === 'mirror' ? MirrorDevice.open(named(devs)) : ParityDevice.open(named(devs));
+/** The pool over `devs` (named m0, m1, ...); openMember: how it opens a device another pool object rebuilds onto. */
+export function openPoolOf(layout: PoolLayout, devs: readonly Device[], openMember?: MemberOpener): Promise<Pool> {
+  const opts = openMember !== undefined ? { openMember } : {};
+  return layout === 'mirror' ? MirrorDevice.open(named(devs), opts) : ParityDevice.open(named(devs), opts);
 }
 
 /** A member that is gone: every request fails. */
@@ -44,6 +47,39 @@ export class Broken implements Device {
   }
   sync(): Promise<void> {
     return Promise.reject(new Error('EIO: member gone'));
+  }
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+}
+
+/**
+ * A member as both controllers reach it: once it breaks, every request to it
+ * fails, from either. With `delay`, each request first waits that (virtual)
+ * while, so a pool's member writes and a rebuild's copies interleave with the
+ * pair's work.
+ */
+export class Breakable implements Device {
+  broken = false;
+  delay: (() => Promise<void>) | null = null;
+  constructor(readonly inner: MemoryDevice) {}
+  get sizeBytes(): number {
+    return this.inner.sizeBytes;
+  }
+  async read(offset: number, length: number): Promise<Buffer> {
+    await this.delay?.();
+    if (this.broken) throw new Error('EIO: the device broke');
+    return this.inner.read(offset, length);
+  }
+  async write(offset: number, data: Buffer): Promise<void> {
+    await this.delay?.();
+    if (this.broken) throw new Error('EIO: the device broke');
+    return this.inner.write(offset, data);
+  }
+  async sync(): Promise<void> {
+    await this.delay?.();
+    if (this.broken) throw new Error('EIO: the device broke');
+    return this.inner.sync();
   }
   close(): Promise<void> {
     return Promise.resolve();

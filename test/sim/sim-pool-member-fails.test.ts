@@ -22,7 +22,7 @@ import type { Device } from '../../src/store/types.js';
 import { checkCopies, describeMismatches } from './copies-checker.js';
 import { Harness, type NodeName } from './harness.js';
 import { Prng } from './prng.js';
-import { Broken, checkHistoryThrough, expectStoreHolds, named, openPoolOf, parities, startPairWork } from './pool-workload.js';
+import { Breakable, Broken, checkHistoryThrough, expectStoreHolds, named, openPoolOf, parities, startPairWork } from './pool-workload.js';
 
 const KiB = 1024;
 const MEMBER_BYTES = 384 * KiB;
@@ -30,27 +30,6 @@ const CHUNK = 4 * KiB;
 const TABLE_ENTRIES = 64;
 const SEEDS = Number(process.env.POOL_FAIL_SEEDS ?? 30);
 const FIRST_SEED = Number(process.env.SEED ?? 1);
-
-/** A member as both controllers reach it: once it breaks, every request to it fails, from either. */
-class Breakable implements Device {
-  broken = false;
-  constructor(readonly inner: MemoryDevice) {}
-  get sizeBytes(): number {
-    return this.inner.sizeBytes;
-  }
-  read(offset: number, length: number): Promise<Buffer> {
-    return this.broken ? Promise.reject(new Error('EIO: the device broke')) : this.inner.read(offset, length);
-  }
-  write(offset: number, data: Buffer): Promise<void> {
-    return this.broken ? Promise.reject(new Error('EIO: the device broke')) : this.inner.write(offset, data);
-  }
-  sync(): Promise<void> {
-    return this.broken ? Promise.reject(new Error('EIO: the device broke')) : this.inner.sync();
-  }
-  close(): Promise<void> {
-    return Promise.resolve();
-  }
-}
 
 async function runSeed(seed: number, layout: PoolLayout): Promise<void> {
   const rng = new Prng(seed * 977 + layout.length);
