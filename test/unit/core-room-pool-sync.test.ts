@@ -117,6 +117,25 @@ describe('pool sync', () => {
     expect(f.core.poolSync.partnerGeneration).toBe(3);
   });
 
+  it('a generation learned from our own store outcome is not a refresh: a partner asking for it still gets one first (its labels may record a rebuild to follow)', async () => {
+    const { f, partner } = await joinedCore();
+    const guid = await allocate(f, 'v', 4, partner);
+    partner.auto.delete('SENSE_REQUEST');
+    // Our own label move (a member failing here) read labels at generation 4 and told us so.
+    clientRead(f, guid, 0, PAGE);
+    await runWithGeneration(f, 'readPage', 4);
+    await hop();
+    expect(f.core.poolSync.generation).toBe(4);
+    f.flush();
+    const refreshesBefore = f.core.counters.poolRefreshes;
+    const sense = partner.send({ kind: 'SENSE_REQUEST', role: Role.MIRRORED, reason: SenseReason.HEARTBEAT, joinFlags: 0, poolGeneration: 4 });
+    expect(f.flush().filter((m) => m.kind === 'SENSE_REQUEST_REPLY')).toEqual([]);
+    expect(f.core.counters.poolRefreshes).toBe(refreshesBefore + 1);
+    const p = f.pending.splice(f.pending.findIndex((x) => x.op.kind === 'refreshPool'), 1)[0]!;
+    f.core.onIoDone(p.id, { ok: true, value: 4 });
+    expect(f.flush().filter((m) => m.kind === 'SENSE_REQUEST_REPLY').map((r) => r.requestId)).toEqual([sense.requestId]);
+  });
+
   it('a refresh that fails: IO_ERROR to the partner, counted, and this controller fences itself and drops the link', async () => {
     const { f, partner } = await joinedCore();
     f.flush();
