@@ -99,6 +99,10 @@ describe('device replace and scrub while the pair serves', () => {
       expect(created.code, created.stderr).toBe(0);
 
       procs = await startMirroredPair(f);
+      const started = procs;
+      onTestFailed(() => {
+        for (const p of started) console.error(p.lines.filter((l) => !l.includes('"level":20')).slice(-60).join('\n'));
+      });
       const connect = async (id: 'A' | 'B'): Promise<PagepairClient> => {
         const cl = await PagepairClient.connect({ host: '127.0.0.1', port: id === 'A' ? f.ports.aClient : f.ports.bClient, token: f.token });
         clients.push(cl);
