@@ -120,7 +120,7 @@ export class Join {
       destageQueue: this.c.destager.destagesInFlight,
       tableDigest: this.c.allocator.tableDigest(),
       dirtyDigest: this.c.cache.dirtyDigest.toString(),
-      poolGeneration: this.c.poolSync.generation,
+      poolGeneration: this.c.poolSync.confirmedGeneration,
     });
   }
 

@@ -15,15 +15,19 @@
 //   written to the members left only. A SENSE_REQUEST carries our
 //   generation; the partner refreshes its pool object (reads every label
 //   again) before it answers, and its answer, carrying the generation it
-//   reached, releases what we hold. Heartbeat SENSEs carry it too, so the
-//   partner learns it even when nothing waits.
+//   refreshed to, releases what we hold. Heartbeat SENSEs carry it too, so
+//   the partner learns it even when nothing waits. What the partner's own
+//   SENSEs carry releases nothing: it may know a generation from its own
+//   label writes without having acted on all the labels say (a rebuild they
+//   record, whose device it must write: src/store/pool-rebuild.ts). The same
+//   outcome hold is the barrier a rebuild waits on (ControllerCore.poolBarrier).
 // - A link that drops releases everything: the partner is then lost (it is
 //   fenced or taken over before anyone serves alone) or rejoins, and the
 //   join's SENSEs carry the generation. So do mailbox reads: over a pool the
 //   runtime refreshes the pool before each (store-io.ts), so arbitration
 //   reads the members we both still trust.
-// - On the partner's side: a SENSE whose generation is above ours waits for
-//   a refresh, and the SENSEs behind it wait in order (a join's decisions
+// - On the partner's side: a SENSE whose generation is above what our last
+//   refresh reached waits for a refresh, and the SENSEs behind it wait in order (a join's decisions
 //   ride on them). A refresh that fails, or does not reach that generation,
 //   is an I/O error (logged, counted, sense code IO_ERROR): our pool object
 //   may still read a member the partner gave up on, so we must not serve
@@ -60,6 +64,11 @@ export class PoolSync {
    * copies (src/store/pool-rebuild.ts).
    */
   private refreshed = 0;
+
+  /** What our answers to the partner's SENSEs carry: the generation our pool object has acted on. */
+  get confirmedGeneration(): number {
+    return this.refreshed;
+  }
   /** Outcomes held until the partner catches up, in arrival order. */
   private held: (() => void)[] = [];
   /** The generation a SENSE still unanswered asked the partner for (0: none). */
@@ -130,11 +139,10 @@ export class PoolSync {
 
   /** A SENSE from the partner: handled now, or after our pool has caught up with the generation it carries. */
   onSense(req: SenseRequest, handle: () => void): void {
+    // What the partner's SENSE carries is what it knows of, not what its pool object has acted
+    // on (a label move of its own teaches it a generation without taking up a rebuild recorded
+    // there): only its answers to our SENSEs, which carry what it refreshed to, say that.
     const want = req.poolGeneration ?? 0;
-    if (want > this.partnerGeneration) {
-      this.partnerGeneration = want;
-      this.releaseIfCaughtUp();
-    }
     if (this.deferred.length === 0 && want <= this.refreshed) {
       handle();
       return;

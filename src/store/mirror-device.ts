@@ -93,6 +93,8 @@ export class MirrorDevice implements Pool {
   private readonly copyChunkBytes: number;
   /** The generation that announced our rebuild in the labels (0: not yet). */
   private rebuildAnnounced = 0;
+  /** The slot our rebuild is naming in right now (−1: none): its own label lags that move, a refresh meanwhile must not judge it by it. */
+  private joiningSlot = -1;
   /** A rebuild whose device we stopped writing (or could not open): our labels no longer record it. */
   private dropped: { slot: number; name: string } | null = null;
   private readonly openMember: MemberOpener | undefined;
@@ -201,7 +203,22 @@ export class MirrorDevice implements Pool {
     };
   }
 
+  /**
+   * Read every label again and act on them; resolves with the generation of
+   * the labels acted on. A label move of our own during it (a member failing)
+   * may learn of newer labels without taking up what they record, so the
+   * labels are read again until none is newer than what was acted on.
+   */
   async refresh(): Promise<number> {
+    let followed = 0;
+    for (let round = 0; round < 8; round++) {
+      followed = await this.refreshOnce();
+      if (this.gen <= followed) break;
+    }
+    return followed;
+  }
+
+  private async refreshOnce(): Promise<number> {
     await this.labelChain;
     const labels = await Promise.all(
       this.members.map(async (m) => {
@@ -212,6 +229,7 @@ export class MirrorDevice implements Pool {
         }
       }),
     );
+    const before = this.gen;
     const newest = Math.max(this.gen, ...labels.map((l) => (typeof l === 'string' || l.poolId !== this.poolId ? 0 : l.generation)));
     const movedOn = newest > this.gen;
     const view = poolView(labels, this.poolId);
@@ -222,7 +240,7 @@ export class MirrorDevice implements Pool {
     this.members.forEach((m, i) => {
       const l = labels[i]!;
       // Being rebuilt (or just settled by the rebuild record): judged by the record, not its own label.
-      if (m.state === 'rebuilding' || wasRebuilding.has(m.slot)) return;
+      if (m.state === 'rebuilding' || wasRebuilding.has(m.slot) || m.slot === this.joiningSlot) return;
       const wrong =
         typeof l === 'string'
           ? l
@@ -255,7 +273,9 @@ export class MirrorDevice implements Pool {
     // like any member failing, it leaves by the next generation, or the partner's pool object would go on reading it.
     for (const { m, reason } of failing) await this.fail(m, reason);
     if (!this.members.some((m) => m.state === 'healthy')) throw this.noneLeft('refresh');
-    return this.gen;
+    // The generation whose labels this refresh acted on: not one a label move learned meanwhile
+    // (it does not take up a rebuild those labels record), which the partner must not be told.
+    return Math.max(view.generation, before);
   }
 
   /**
@@ -481,9 +501,14 @@ export class MirrorDevice implements Pool {
       // (called off when another writer moved the pool meanwhile).
       fresh.state = 'healthy';
       fresh.reason = null;
+      this.joiningSlot = slot;
       const join = this.labelChain.then(() => this.writeGeneration(new Set([slot])));
       this.labelChain = join.catch(() => undefined);
-      await join;
+      try {
+        await join;
+      } finally {
+        this.joiningSlot = -1;
+      }
       if (fresh.state !== 'healthy') throw new PagepairError('IO_ERROR', `pool ${this.poolId}: slot ${slot} (${fresh.name}) not brought in: ${fresh.reason ?? fresh.state}`);
     })();
     rebuild.run = run.catch(() => undefined);

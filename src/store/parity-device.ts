@@ -129,6 +129,8 @@ export class ParityDevice implements Pool {
   private rebuild: { slot: number; doneBytes: number; totalBytes: number } | null = null;
   /** The generation that announced our rebuild in the labels (0: not yet). */
   private rebuildAnnounced = 0;
+  /** The slot our rebuild is naming in right now (−1: none): its own label lags that move, a refresh meanwhile must not judge it by it. */
+  private joiningSlot = -1;
   /** A rebuild whose device we stopped writing (or could not open): our labels no longer record it. */
   private dropped: { slot: number; name: string } | null = null;
   private openMember: MemberOpener | undefined;
@@ -515,7 +517,22 @@ export class ParityDevice implements Pool {
 
   // ---- Pool
 
+  /**
+   * Read every label again and act on them; resolves with the generation of
+   * the labels acted on. A label move of our own during it (a member failing)
+   * may learn of newer labels without taking up what they record, so the
+   * labels are read again until none is newer than what was acted on.
+   */
   async refresh(): Promise<number> {
+    let followed = 0;
+    for (let round = 0; round < 8; round++) {
+      followed = await this.refreshOnce();
+      if (this.gen <= followed) break;
+    }
+    return followed;
+  }
+
+  private async refreshOnce(): Promise<number> {
     await this.labelChain;
     const labels = await readPoolLabels(this.members);
     const view = poolView(labels, this.poolId);
@@ -529,7 +546,7 @@ export class ParityDevice implements Pool {
     // that would then make every other member look stale.
     const failing: { m: SlotMember; reason: string }[] = [];
     for (const m of this.members) {
-      if (m.state === 'rebuilding' || wasRebuilding.has(m.slot)) continue;
+      if (m.state === 'rebuilding' || wasRebuilding.has(m.slot) || m.slot === this.joiningSlot) continue;
       const l = labels[m.slot]!;
       const wrong = typeof l === 'string' ? `device ${m.name}: ${l}` : labelMismatch(m.name, l, reference, m.slot, this.n);
       if (wrong !== null) {
@@ -552,7 +569,9 @@ export class ParityDevice implements Pool {
       }
     }
     for (const { m, reason } of failing) await this.fail(m, reason);
-    return this.gen;
+    // The generation whose labels this refresh acted on: not one a label move learned meanwhile
+    // (it does not take up a rebuild those labels record), which the partner must not be told.
+    return Math.max(view.generation, before);
   }
 
   /**
@@ -807,7 +826,12 @@ export class ParityDevice implements Pool {
       m.state = 'healthy';
       m.reason = null;
       // The generation that names it in again (called off when another writer moved the pool meanwhile).
-      await this.bumpGeneration(new Set([slot]));
+      this.joiningSlot = slot;
+      try {
+        await this.bumpGeneration(new Set([slot]));
+      } finally {
+        this.joiningSlot = -1;
+      }
       if (m.state !== 'healthy') throw new PagepairError('IO_ERROR', `pool ${this.poolId}: slot ${slot} (${m.name}) not brought in: ${m.reason ?? m.state}`);
     } catch (err) {
       if (this.members[slot] === m && (m.state === 'rebuilding' || m.state === 'healthy')) {

@@ -66,6 +66,21 @@ describe('pool sync', () => {
     expect(f.closed).toEqual([]);
   });
 
+  it("the partner's own SENSE carrying the generation does not release what we hold: it may know the generation without having acted on it; its answer to ours does", async () => {
+    const { f, partner, read, sense } = await readHeldAtGeneration2();
+    const theirs = partner.send({ kind: 'SENSE_REQUEST', role: Role.MIRRORED, reason: SenseReason.HEARTBEAT, joinFlags: 0, poolGeneration: 2 });
+    const p = f.pending.splice(f.pending.findIndex((x) => x.op.kind === 'refreshPool'), 1)[0]!;
+    f.core.onIoDone(p.id, { ok: true, value: 2 });
+    await hop();
+    // Our answer says what our pool object refreshed to.
+    expect(f.flush().find((m) => m.kind === 'SENSE_REQUEST_REPLY' && m.requestId === theirs.requestId)).toMatchObject({ poolGeneration: 2 });
+    expect(replyTo(f, read)).toBeUndefined();
+    expect(f.core.poolSync.heldOutcomes).toBe(1);
+    senseReply(partner, sense, 2);
+    await hop();
+    expect(replyTo(f, read)?.kind).toBe('C_READ_REPLY');
+  });
+
   it('while one outcome is held, later ones wait behind it (they may have written to the members left only)', async () => {
     const { f, partner, read, sense } = await readHeldAtGeneration2();
     const second = clientRead(f, (f.core.allocator.allocs.values().next().value)!.record.guid, PAGE, PAGE);
@@ -113,8 +128,8 @@ describe('pool sync', () => {
     const third = partner.send({ kind: 'SENSE_REQUEST', role: Role.MIRRORED, reason: SenseReason.HEARTBEAT, joinFlags: 0, poolGeneration: 3 });
     expect(f.flush().filter((m) => m.kind === 'SENSE_REQUEST_REPLY').map((r) => r.requestId)).toEqual([third.requestId]);
     expect(f.core.counters.poolRefreshes).toBe(1);
-    // Our own outcomes at that generation are not held: the partner has it.
-    expect(f.core.poolSync.partnerGeneration).toBe(3);
+    // Its SENSE says what it knows of, not what its pool object acted on: only its answers to ours count.
+    expect(f.core.poolSync.partnerGeneration).toBe(0);
   });
 
   it('a generation learned from our own store outcome is not a refresh: a partner asking for it still gets one first (its labels may record a rebuild to follow)', async () => {
