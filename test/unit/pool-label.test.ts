@@ -51,6 +51,37 @@ describe('pool label: failed slots', () => {
   });
 });
 
+describe('pool label: the rebuild record', () => {
+  it('round-trips the slot being rebuilt and its device name (UTF-8, up to 1024 bytes); none decodes as null', () => {
+    expect(decoded({ ...base, rebuilding: { slot: 3, name: 'nbd+unix:///spare?socket=/run/é.sock' } }).rebuilding).toEqual({ slot: 3, name: 'nbd+unix:///spare?socket=/run/é.sock' });
+    const long = `/${'d'.repeat(1023)}`;
+    expect(decoded({ ...base, rebuilding: { slot: 0, name: long } }).rebuilding).toEqual({ slot: 0, name: long });
+    expect(decoded(base).rebuilding).toBeNull();
+    // The 64 bytes before it differ only in the flag: a build that knows no record reads the same label.
+    const withRecord = encodePoolLabel({ ...base, rebuilding: { slot: 3, name: '/x' } });
+    const without = encodePoolLabel(base);
+    expect(withRecord.subarray(10, 60)).toEqual(without.subarray(10, 60));
+    expect(withRecord.subarray(0, 9)).toEqual(without.subarray(0, 9));
+  });
+
+  it('refuses an empty or too long name and a slot outside the pool', () => {
+    expect(refusal(() => encodePoolLabel({ ...base, rebuilding: { slot: 0, name: '' } }))).toMatch(/^BAD_FIELD: a rebuilt device's name takes 1 to 1024 bytes, got 0/);
+    expect(refusal(() => encodePoolLabel({ ...base, rebuilding: { slot: 0, name: `/${'é'.repeat(600)}` } }))).toMatch(/^BAD_FIELD: a rebuilt device's name takes 1 to 1024 bytes, got 1201/);
+    expect(refusal(() => encodePoolLabel({ ...base, devices: 4, rebuilding: { slot: 4, name: '/x' } }))).toMatch(/^BAD_FIELD: rebuilding slot 4/);
+  });
+
+  it('a damaged or cut record makes the label copy unreadable (the other copy wins), named', () => {
+    const b = Buffer.from(encodePoolLabel({ ...base, rebuilding: { slot: 2, name: '/dev/sdb' } }));
+    const flipped = Buffer.from(b);
+    flipped[70] = flipped[70]! ^ 1;
+    expect(decodePoolLabel(flipped)).toBe('rebuild record checksum mismatch');
+    expect(decodePoolLabel(b.subarray(0, 66))).toBe('rebuild record cut short');
+    const huge = Buffer.from(b);
+    huge.writeUInt16LE(5000, 64);
+    expect(decodePoolLabel(huge)).toBe('rebuild record with a 5000-byte name');
+  });
+});
+
 describe('pool members judged from the newest labels', () => {
   const at = (slot: number, generation: number, failedSlots: number[], currentSince = 1): PoolLabel => decoded({ ...base, devices: 4, slot, generation, failedSlots, currentSince });
 
