@@ -191,6 +191,8 @@ export async function openPool(layout: PoolLayout, members: readonly PoolMember[
 
 export interface CreatePoolOptions {
   layout: PoolLayout;
+  /** How the new pool opens a device the other controller's pool object rebuilds onto (pool-rebuild.ts). */
+  openMember?: MemberOpener;
   chunkBytes: number;
   tableEntriesMax?: number;
   mailboxBytes?: number;
@@ -208,8 +210,9 @@ export async function createPool(members: readonly PoolMember[], opts: CreatePoo
   if (opts.tableEntriesMax !== undefined) planIn.tableEntriesMax = opts.tableEntriesMax;
   if (opts.mailboxBytes !== undefined) planIn.mailboxBytes = opts.mailboxBytes;
   const plan = planPool(planIn);
-  if (opts.layout === 'mirror') return MirrorDevice.create(members, opts.poolId);
-  const create: ParityCreateOptions = { layout: opts.layout, chunkBytes: opts.chunkBytes, mirroredPrefixBytes: plan.mirroredPrefixBytes };
+  const shared = opts.openMember !== undefined ? { openMember: opts.openMember } : {};
+  if (opts.layout === 'mirror') return MirrorDevice.create(members, opts.poolId, shared);
+  const create: ParityCreateOptions = { layout: opts.layout, chunkBytes: opts.chunkBytes, mirroredPrefixBytes: plan.mirroredPrefixBytes, ...shared };
   if (opts.poolId !== undefined) create.poolId = opts.poolId;
   return ParityDevice.create(members, create);
 }
@@ -287,7 +290,7 @@ async function tryOpen(spec: PoolSpec, opts: OpenPoolStoreOptions, storeName: st
     let pool: Pool;
     try {
       opts.onEvent?.('creating pool', { layout: spec.layout, devices: members.map((m) => m.name) });
-      const create: CreatePoolOptions = { layout: spec.layout, chunkBytes: spec.chunkBytes };
+      const create: CreatePoolOptions = { layout: spec.layout, chunkBytes: spec.chunkBytes, openMember: opts.openMember ?? ((name) => openMemberByName(name)) };
       if (opts.tableEntriesMax !== undefined) create.tableEntriesMax = opts.tableEntriesMax;
       if (opts.mailboxBytes !== undefined) create.mailboxBytes = opts.mailboxBytes;
       pool = await createPool(members, create);
