@@ -272,8 +272,16 @@ async function tryOpen(spec: PoolSpec, opts: OpenPoolStoreOptions, storeName: st
   // Files are not made here: while someone may be creating the pool, only the lock holder makes them.
   const members = await openMembersLoose(spec);
   const labels = await readMemberLabels(members);
-  // A member that cannot be opened does not keep a pool that exists from opening (degraded).
-  if (labels.some((l) => typeof l !== 'string')) return openLabelled(spec, members, opts, storeName);
+  // A member that cannot be opened does not keep a pool that exists from opening (degraded); but
+  // a file member missing while the partner holds the create lock is one it has not made yet.
+  if (labels.some((l) => typeof l !== 'string')) {
+    const unmade = members.some((m, i) => m.device instanceof UnopenedDevice && spec.devices[i]!.kind === 'file');
+    if (unmade && lockPath !== null && (await exists(lockPath))) {
+      await closeMembers(members);
+      return { kind: 'wait', code: 'STORE_CORRUPT', why: 'the partner is creating the pool' };
+    }
+    return openLabelled(spec, members, opts, storeName);
+  }
   await closeMembers(members);
   const unreachable = members.flatMap((m, i) => (m.device instanceof UnopenedDevice && spec.devices[i]!.kind === 'nbd' ? [`${m.name}: ${m.device.why}`] : []));
   if (unreachable.length > 0) throw new PagepairError('IO_ERROR', `${storeName}: no member holds a pool label, and some cannot be reached: ${unreachable.join('; ')}`, 'store.pool');

@@ -48,6 +48,16 @@ describe('openOrCreatePoolStore', () => {
       expect(existsSync(poolCreateLockPath(spec)!)).toBe(false);
       await a.store.close();
       await b.store.close();
+      // The race again, on fresh devices: the one that did not create never opens before a member file is made
+      // (it would open the pool with that member missing, degraded for good).
+      for (let round = 0; round < 6; round++) {
+        const again: PoolSpec = { ...spec, devices: spec.devices.map((d, i) => ({ kind: 'file' as const, path: join(tmp.path, `${layout}-${round}`, `d${i}.img`) })) };
+        const both = await Promise.all([0, 1].map(() => openOrCreatePoolStore(again, { pairId: PAIR, nowMs: 1, tableEntriesMax: 64 })));
+        for (const x of both) {
+          expect(x.pool.status().degraded, JSON.stringify(x.pool.status().members)).toBe(false);
+          await x.store.close();
+        }
+      }
       // Opened again: nothing is created.
       const c = await open();
       expect(events).toEqual(['creating pool']);
