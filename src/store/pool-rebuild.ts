@@ -16,14 +16,20 @@
 //    up the device, an object waits for its writes already under way (they
 //    did not go to it) before it answers: the partner's answer to the SENSE
 //    that carried the generation is the rebuild's barrier.
-// 2. Each range is copied and then checked (copyVerified): the bytes the
-//    healthy members say the rebuilt member should hold are computed again
-//    after the copy and compared with what it holds; a difference means a
-//    write landed meanwhile, and the range is copied again. Why that is
-//    enough: another object's write to the range reaches the rebuilt member
-//    after the healthy ones. If it reached it before our copy did, it had
-//    reached the healthy ones before too, our check reads it there, and the
-//    copy is done again; if after, it wins, and is right.
+// 2. Each range is copied and then checked (copyVerified), block by block:
+//    the bytes the healthy members say the rebuilt member should hold are
+//    computed again after the copy and compared with what it holds. A block
+//    that agrees at one look after our last write to it is done; one that
+//    still differs after a few looks (a write under way there may be about
+//    to land) is copied again. Why that is enough: another object's write
+//    reaches the rebuilt member after the healthy ones. If it reached it
+//    before our copy did, it had reached the healthy ones before too, our
+//    check reads it there, and the block is copied again; if after, it
+//    wins, and is right. A parity row's write gives the rebuilt member its
+//    piece over the whole range written (its data chunk too, written or
+//    not): a copy that reconstructed that chunk while the write had landed
+//    on some members only holds bytes that are neither old nor new, and
+//    that write, landing last, puts them right.
 // 3. Any other change of the pool's generation during the rebuild (a member
 //    failing on either controller's path) stops it: bytes copied from a
 //    member the other controller had stopped writing could be old. The
@@ -125,10 +131,10 @@ export class WritesUnderWay {
  * Settle the members being rebuilt against labels read (`view`, not older
  * than what this object knew): one whose rebuild the newest labels no longer
  * record is healthy when they name its slot in (the rebuild finished
- * elsewhere), else stale (stopped). Ours
- * (`ours`, once announced) is failed when newer labels dropped its record:
- * the other object stopped writing the device. Resolves with the rebuild
- * whose device this object stops writing, if any.
+ * elsewhere), else stale (stopped). Ours (`ours`, once announced) is failed
+ * when newer labels dropped its record: the other object stopped writing
+ * the device. Returns the rebuild whose device this object stops writing,
+ * if any.
  */
 export function settleRebuilding(
   members: SlotMember[],
