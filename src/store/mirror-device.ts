@@ -28,8 +28,8 @@
 //   every chunk from a healthy member, then writes the next generation to
 //   every member including it. Each chunk's copy holds its range exclusive
 //   against this object's writes (range-lock.ts); the partner's object
-//   does not know of the rebuild, so both must not write during one until
-//   pool-generation sharing tells the partner (not built here).
+//   learns of the rebuild from the labels, writes the new device too (last),
+//   and each chunk is checked after its copy (pool-rebuild.ts).
 
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
