@@ -37,7 +37,7 @@ import { PagepairError } from '../protocol/errors.js';
 import { POOL_LABEL_AREA_BYTES, POOL_LABEL_READ_BYTES, POOL_MEMBERS_MAX, encodePoolLabel, labelCopyFor, newestPoolLabel, type PoolLabel } from './pool-label.js';
 import { moveGeneration, poolView, staleness, type PoolView } from './pool-members.js';
 import type { MaintenanceOptions, MemberOpener, MemberState, MemberStatus, Pool, PoolMember, PoolStatus, ProgressOptions, ScrubReport } from './pool.js';
-import { SHARED_RECHECKS, copyVerified, settleRebuilding, WritesUnderWay } from './pool-rebuild.js';
+import { SHARED_RECHECKS, copyVerified, followRebuild, rebuildRecordOf, settleRebuilding, WritesUnderWay, type RebuildRecord } from './pool-rebuild.js';
 import { RangeLock } from './range-lock.js';
 import type { Device } from './types.js';
 
@@ -287,38 +287,20 @@ export class MirrorDevice implements Pool {
    * next generation, with no record), which stops the rebuild there.
    */
   private async followRebuild(view: PoolView): Promise<void> {
-    const rec = view.rebuilding;
-    const dropped = settleRebuilding(this.members, view, this.ourRebuild());
-    if (dropped !== null) this.dropped = dropped;
-    if (rec === null || this.rebuild !== null || rec.slot >= this.members.length) return;
-    const cur = this.members[rec.slot]!;
-    if (cur.state === 'rebuilding' && cur.name === rec.name) return;
-    // The same device (a scrub's repair, or a configuration naming the new device already): no second handle.
-    let device = cur.name === rec.name && cur.state !== 'failed' ? cur.device : null;
-    let why = 'no way to open devices by name here';
-    if (device === null && this.openMember !== undefined) {
-      try {
-        device = await this.openMember(rec.name);
-      } catch (err) {
-        why = err instanceof Error ? err.message : String(err);
-      }
-    }
-    if (device === null) {
-      // We cannot write it: the labels must say so, or the rebuild would finish without our writes.
-      const reason = `being rebuilt onto ${rec.name} by the other controller, which this one cannot open: ${why}`;
-      this.dropped = rec;
-      if (cur.state === 'healthy') {
-        await this.fail(cur, reason);
-      } else {
-        cur.reason = reason;
-        await this.moveGenerationOn();
-      }
-      return;
-    }
-    if (device !== cur.device) await cur.device.close().catch(() => undefined);
-    this.members[rec.slot] = { name: rec.name, device, slot: rec.slot, state: 'rebuilding', reason: 'being rebuilt by the other controller' };
-    await this.writes.drain();
+    await followRebuild(
+      {
+        members: this.members,
+        openMember: this.openMember,
+        ours: this.ourRebuild(),
+        drop: (r) => (this.dropped = r),
+        fail: (m, reason) => this.fail(m, reason),
+        moveOn: () => this.moveGenerationOn(),
+        drain: () => this.writes.drain(),
+      },
+      view,
+    );
   }
+
 
   async read(offset: number, length: number): Promise<Buffer> {
     this.checkRange(offset, length);
@@ -728,20 +710,11 @@ export class MirrorDevice implements Pool {
     if (dropped !== null) this.dropped = dropped;
   }
 
-  /**
-   * The rebuild our labels record: ours, or the one we write the device of;
-   * else the one the labels read record (`seen`: another object's, not yet
-   * taken up here, which a refresh will), unless we stopped writing its device.
-   */
-  private rebuildRecord(seen: { slot: number; name: string } | null = null): { slot: number; name: string } | null {
-    const m = this.members.find((x) => x.state === 'rebuilding');
-    if (m !== undefined) return { slot: m.slot, name: m.name };
-    if (seen === null || (this.dropped !== null && this.dropped.slot === seen.slot && this.dropped.name === seen.name)) return null;
-    // Finished: the device is a healthy member here.
-    const there = this.members[seen.slot];
-    if (there !== undefined && there.name === seen.name && there.state === 'healthy') return null;
-    return seen;
+  /** The rebuild our labels record (rebuildRecordOf). */
+  private rebuildRecord(seen: RebuildRecord | null = null): RebuildRecord | null {
+    return rebuildRecordOf(this.members, this.dropped, seen);
   }
+
 
   private noneLeft(what: string): PagepairError {
     return new PagepairError('IO_ERROR', `pool ${this.poolId}: ${what} failed on every device (${this.members.map((m) => `${m.name}: ${m.reason ?? m.state}`).join('; ')})`);

@@ -42,6 +42,8 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PagepairError } from '../protocol/errors.js';
 import type { PoolView, SlotMember } from './pool-members.js';
+import type { MemberOpener } from './pool.js';
+import type { Device } from './types.js';
 
 /**
  * A scrub while another object writes reads a range found wrong again this
@@ -160,4 +162,81 @@ export function settleRebuilding(
     if (!current) dropped = { slot: m.slot, name: m.name };
   }
   return dropped;
+}
+
+/** A rebuild as the labels record it. */
+export type RebuildRecord = { slot: number; name: string };
+
+/** What a pool object lends the shared rebuild-following code. */
+export interface RebuildFollower {
+  members: SlotMember[];
+  openMember: MemberOpener | undefined;
+  /** Our rebuild under way (slot, announcing generation, 0 before), or null. */
+  ours: { slot: number; announced: number } | null;
+  /** We stop writing this rebuild's device: our labels drop its record from now on. */
+  drop(r: RebuildRecord): void;
+  /** Mark a member failed, the next generation written (what fail() does). */
+  fail(m: SlotMember, reason: string): Promise<void>;
+  /** Write the next generation as the members stand. */
+  moveOn(): Promise<void>;
+  /** Wait for our writes under way. */
+  drain(): Promise<void>;
+}
+
+/**
+ * Follow the labels' rebuild record (`view`, from a refresh or an open):
+ * settle our members being rebuilt, then take up the device another pool
+ * object rebuilds onto (opened by name, or the member we hold when it is
+ * the same device), and wait for our writes under way, which did not go to
+ * it. A device we cannot open is said in the labels: the next generation,
+ * without the record, stops the rebuild there.
+ */
+export async function followRebuild(host: RebuildFollower, view: PoolView): Promise<void> {
+  const rec = view.rebuilding;
+  const dropped = settleRebuilding(host.members, view, host.ours);
+  if (dropped !== null) host.drop(dropped);
+  if (rec === null || host.ours !== null || rec.slot >= host.members.length) return;
+  const cur = host.members[rec.slot]!;
+  if (cur.state === 'rebuilding' && cur.name === rec.name) return;
+  // The same device (a scrub's repair, or a configuration naming the new device already): no second handle.
+  let device: Device | null = cur.name === rec.name && cur.state !== 'failed' ? cur.device : null;
+  let why = 'no way to open devices by name here';
+  if (device === null && host.openMember !== undefined) {
+    try {
+      device = await host.openMember(rec.name);
+    } catch (err) {
+      why = err instanceof Error ? err.message : String(err);
+    }
+  }
+  if (device === null) {
+    // We cannot write it: the labels must say so, or the rebuild would finish without our writes.
+    host.drop(rec);
+    const reason = `being rebuilt onto ${rec.name} by the other controller, which this one cannot open: ${why}`;
+    if (cur.state === 'healthy') {
+      await host.fail(cur, reason);
+    } else {
+      cur.reason = reason;
+      await host.moveOn();
+    }
+    return;
+  }
+  if (device !== cur.device) await cur.device.close().catch(() => undefined);
+  host.members[rec.slot] = { name: rec.name, device, slot: rec.slot, state: 'rebuilding', reason: 'being rebuilt by the other controller' };
+  await host.drain();
+}
+
+/**
+ * The rebuild a pool object's labels record: its own member being rebuilt
+ * (ours, or one whose device it writes); else the one the labels it read
+ * record (`seen`: another object's, not taken up here yet, which a refresh
+ * will), unless it stopped writing that device or the device is a healthy
+ * member here already (the rebuild finished).
+ */
+export function rebuildRecordOf(members: readonly SlotMember[], dropped: RebuildRecord | null, seen: RebuildRecord | null): RebuildRecord | null {
+  const m = members.find((x) => x.state === 'rebuilding');
+  if (m !== undefined) return { slot: m.slot, name: m.name };
+  if (seen === null || (dropped !== null && dropped.slot === seen.slot && dropped.name === seen.name)) return null;
+  const there = members[seen.slot];
+  if (there !== undefined && there.name === seen.name && there.state === 'healthy') return null;
+  return seen;
 }
