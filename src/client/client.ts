@@ -48,6 +48,28 @@ export interface AllocationInfo {
   guid: string;
   pageSizeBytes: number;
   pageCount: number;
+  /**
+   * A keyed allocation's access key, base64url (16 bytes): told once, kept
+   * by no controller. Whoever holds it may unlock the allocation on any
+   * connection to either controller; nobody else may use it.
+   */
+  key?: string;
+}
+
+export interface AllocateOptions {
+  /** Make a keyed allocation (see AllocationInfo.key). The connection that made it is unlocked at once. */
+  keyed?: boolean;
+}
+
+/** An access key as the library takes it: base64url or hex text, or the 16 bytes. */
+export function accessKeyBytes(key: string | Uint8Array): Buffer {
+  let b: Buffer;
+  if (typeof key !== 'string') b = Buffer.from(key);
+  else if (/^[0-9a-f]{32}$/i.test(key)) b = Buffer.from(key, 'hex');
+  else if (/^[A-Za-z0-9_-]{22}$/.test(key)) b = Buffer.from(key, 'base64url');
+  else throw new PagepairError('BAD_FIELD', 'an access key is 16 bytes, written as 22 characters of base64url or 32 hex digits', 'key');
+  if (b.length !== 16) throw new PagepairError('BAD_FIELD', `an access key is 16 bytes, got ${b.length}`, 'key');
+  return b;
 }
 
 type ReplyOf<K extends MessageKind> = Extract<Message, { kind: K }>;
@@ -216,12 +238,27 @@ export class PagepairClient {
     return !this.closed;
   }
 
-  async allocate(name: string, sizeBytes: number, policy = 'default'): Promise<AllocationInfo> {
+  async allocate(name: string, sizeBytes: number, policy = 'default', opts: AllocateOptions = {}): Promise<AllocationInfo> {
     checkString('name', name);
     checkString('policy', policy);
     checkCount('sizeBytes', sizeBytes);
-    const r = await this.request<ReplyOf<'C_ALLOCATE_REPLY'>>({ kind: 'C_ALLOCATE', ...HEAD, name, policy, sizeBytes }, 'C_ALLOCATE_REPLY');
-    return { guid: r.guid, pageSizeBytes: r.pageSizeBytes, pageCount: r.pageCount };
+    const keyed = opts.keyed === true;
+    const r = await this.request<ReplyOf<'C_ALLOCATE_REPLY'>>({ kind: 'C_ALLOCATE', ...HEAD, name, policy, sizeBytes, keyed }, 'C_ALLOCATE_REPLY');
+    const info: AllocationInfo = { guid: r.guid, pageSizeBytes: r.pageSizeBytes, pageCount: r.pageCount };
+    if (!keyed) return info;
+    info.key = Buffer.from(r.key).toString('base64url');
+    await this.unlock(r.guid, r.key);
+    return info;
+  }
+
+  /**
+   * Presents a keyed allocation's key: this connection may use it from now
+   * on, until it closes. A wrong key or an unknown guid is ACCESS_DENIED.
+   */
+  async unlock(guid: string, key: string | Uint8Array): Promise<void> {
+    checkString('guid', guid);
+    const bytes = accessKeyBytes(key);
+    await this.request({ kind: 'C_UNLOCK', ...HEAD, guid, key: bytes }, 'C_UNLOCK_REPLY', RESOLVE_VOID);
   }
 
   async release(guid: string): Promise<void> {

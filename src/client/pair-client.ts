@@ -10,7 +10,7 @@
 import { randomInt } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PagepairError, isPagepairError, type ErrorCodeName } from '../protocol/errors.js';
-import { PagepairClient, type ControllerAddress } from './client.js';
+import { accessKeyBytes, PagepairClient, type AllocateOptions, type AllocationInfo, type ControllerAddress } from './client.js';
 
 /** Answers after which the same request may succeed elsewhere or a moment later. */
 const RETRYABLE: ReadonlySet<ErrorCodeName> = new Set<ErrorCodeName>([
@@ -44,6 +44,8 @@ export class PairClient {
   private readonly connecting: Record<number, Promise<PagepairClient>> = {};
   private current = 0;
   private closed = false;
+  /** Keys of the keyed allocations this client made or unlocked: a new connection (a failover) unlocks them again. */
+  private readonly keys = new Map<string, Buffer>();
 
   private constructor(private readonly opts: Required<Omit<PairClientOptions, 'onSwitch' | 'name'>> & Pick<PairClientOptions, 'onSwitch' | 'name'>) {
     this.clientId = randomInt(1, 0xffff_ffff);
@@ -64,22 +66,35 @@ export class PairClient {
     return this.opts.controllers[this.current]!.id;
   }
 
-  allocate(name: string, sizeBytes: number, policy = 'default'): Promise<{ guid: string; pageSizeBytes: number; pageCount: number }> {
+  allocate(name: string, sizeBytes: number, policy = 'default', opts: AllocateOptions = {}): Promise<AllocationInfo> {
     let tried = false;
     return this.attempt('allocate', async (c) => {
       try {
-        return await c.allocate(name, sizeBytes, policy);
+        const made = await c.allocate(name, sizeBytes, policy, opts);
+        if (made.key !== undefined) this.keys.set(made.guid, accessKeyBytes(made.key));
+        return made;
       } catch (err) {
         // A retried allocation that landed the first time finds its own name.
         if (tried && isPagepairError(err, 'DUPLICATE')) {
           const found = (await c.list()).find((a) => a.name === name);
-          if (found !== undefined) return { guid: found.guid, pageSizeBytes: found.pageSizeBytes, pageCount: found.pageCount };
+          if (found !== undefined) {
+            // The key was in the reply that was lost; no controller knows it.
+            if (found.keyed === true) throw new PagepairError('DUPLICATE', `keyed allocation "${name}" was made but its key was lost with the reply; release it and allocate again`, 'name');
+            return { guid: found.guid, pageSizeBytes: found.pageSizeBytes, pageCount: found.pageCount };
+          }
         }
         throw err;
       } finally {
         tried = true;
       }
     });
+  }
+
+  /** Presents a keyed allocation's key, now and on every connection this client makes later. */
+  async unlock(guid: string, key: string | Uint8Array): Promise<void> {
+    const bytes = accessKeyBytes(key);
+    await this.attempt('unlock', (c) => c.unlock(guid, bytes));
+    this.keys.set(guid, bytes);
   }
 
   write(guid: string, offset: number, data: Buffer): Promise<void> {
@@ -102,6 +117,7 @@ export class PairClient {
       } catch (err) {
         if (!isPagepairError(err, 'UNKNOWN_GUID')) throw err;
       }
+      this.keys.delete(guid);
     });
   }
 
@@ -176,6 +192,18 @@ export class PairClient {
         if (this.closed) {
           await c.close().catch(() => undefined);
           throw new PagepairError('NOT_ACTIVE', 'pair client closed');
+        }
+        // Unlocks are per connection: a new one presents every key this client holds.
+        for (const [guid, key] of this.keys) {
+          try {
+            await c.unlock(guid, key);
+          } catch (err) {
+            if (!isPagepairError(err, 'ACCESS_DENIED')) {
+              await c.close().catch(() => undefined);
+              throw err;
+            }
+            this.keys.delete(guid); // released since
+          }
         }
         this.conns[idx] = c;
         return c;

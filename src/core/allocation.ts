@@ -83,5 +83,8 @@ export function overlappingPointer(alloc: AllocState, first: number, count: numb
 
 /** Record fields in a fixed order, for the table digest and comparisons. */
 export function recordFields(r: AllocationRecord): (string | number)[] {
-  return [r.guid, r.name, r.policy, r.pageSizeBytes, r.pageCount, r.dataOffset, r.createdEpoch];
+  // A keyed allocation's digest counts: the two sides must agree on who may use it.
+  const fields: (string | number)[] = [r.guid, r.name, r.policy, r.pageSizeBytes, r.pageCount, r.dataOffset, r.createdEpoch];
+  if (r.keyDigest !== undefined) fields.push(`key:${r.keyDigest.toString('hex')}`);
+  return fields;
 }

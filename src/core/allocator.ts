@@ -9,6 +9,7 @@ import type { AllocationRecord } from '../protocol/messages.js';
 import type { PageLocation } from '../protocol/store-records.js';
 import { newAllocState, recordFields, type AllocState } from './allocation.js';
 import { SetDigest, tableMember } from './digest.js';
+import { keyDigestOfAllocate, keyFieldsOf } from './access-keys.js';
 import { unknownGuid } from './shared.js';
 import type { Core } from './context.js';
 import { settle, wait, type Future, type Task } from './tasks.js';
@@ -72,14 +73,15 @@ export class Allocator {
     for (const [id, r] of this.reservations) if (r.forPartner && r.expiresMs < now) this.reservations.delete(id);
   }
 
-  /** What C_LIST answers: at most `max` allocations. */
-  list(max: number): { guid: string; name: string; policy: string; pageSizeBytes: number; pageCount: number }[] {
+  /** What C_LIST answers: at most `max` allocations. A keyed one is listed as keyed, never with its key's digest. */
+  list(max: number): { guid: string; name: string; policy: string; pageSizeBytes: number; pageCount: number; keyed: boolean }[] {
     return [...this.allocs.values()].slice(0, max).map((a) => ({
       guid: a.record.guid,
       name: a.record.name,
       policy: a.record.policy,
       pageSizeBytes: a.record.pageSizeBytes,
       pageCount: a.record.pageCount,
+      keyed: a.record.keyDigest !== undefined,
     }));
   }
 
@@ -100,7 +102,8 @@ export class Allocator {
     return this.c.selfId === 1 && this.c.membership.role === Role.MIRRORED;
   }
 
-  *clientAllocate(msg: CAllocate): Task<AllocationRecord> {
+  /** The allocation made, and its access key when keyed (16 zero bytes when not: the reply always carries 16 bytes). */
+  *clientAllocate(msg: CAllocate): Task<{ record: AllocationRecord; key: Buffer }> {
     this.c.membership.requireWritable();
     this.refuseDuringResync('allocate');
     const policy = this.c.cfg.policies.get(msg.policy === '' ? 'default' : msg.policy);
@@ -115,7 +118,18 @@ export class Allocator {
     const pageCount = Math.ceil(msg.sizeBytes / policy.pageSizeBytes);
     if (pageCount > 0xffff_ffff) throw new PagepairError('TOO_LARGE', `${msg.sizeBytes} bytes is more than 2^32 pages`, 'sizeBytes');
     const bytes = this.extentBytes(policy.pageSizeBytes, pageCount);
-    const base = { guid: this.c.env.newGuid(), name: msg.name, policy: policy.name, pageSizeBytes: policy.pageSizeBytes, pageCount, createdEpoch: this.c.membership.epoch };
+    const guid = this.c.env.newGuid();
+    // The key leaves only in the reply; the record, the partner and the table get its digest.
+    const keyed = msg.keyed === true ? this.c.access.newKey(guid) : null;
+    const base = {
+      guid,
+      name: msg.name,
+      policy: policy.name,
+      pageSizeBytes: policy.pageSizeBytes,
+      pageCount,
+      createdEpoch: this.c.membership.epoch,
+      ...(keyed === null ? {} : { keyDigest: keyed.digest }),
+    };
     this.names.add(msg.name); // held while we ask, so a second request for the name fails fast
     let installed = false;
     // Where we place the extent ourselves, it is held until the allocation is
@@ -133,21 +147,21 @@ export class Allocator {
         record = { ...base, dataOffset: local.dataOffset };
         // Zeroed before the partner can learn of it (and a client write there).
         yield* wait(this.c.io.run({ kind: 'clearExtent', dataOffset: record.dataOffset, bytes }));
-        yield* wait(this.c.requests.request({ kind: 'ALLOCATE', ...record, reservationId: space.reservationId }));
+        yield* wait(this.c.requests.request({ kind: 'ALLOCATE', ...record, ...keyFieldsOf(record), reservationId: space.reservationId }));
       } else {
         const space = yield* wait(this.c.requests.request({ kind: 'SPACE_REQUEST', policy: policy.name, pageSizeBytes: policy.pageSizeBytes, pageCount, reserve: true, dataOffset: -1 }));
         invariant(space.kind === 'SPACE_REQUEST_REPLY', 'space reply');
         record = { ...base, dataOffset: space.dataOffset };
         // The coordinator zeroes the extent before it answers.
-        yield* wait(this.c.requests.request({ kind: 'ALLOCATE', ...record, reservationId: space.reservationId }, zeroingAllowanceMs(bytes)));
+        yield* wait(this.c.requests.request({ kind: 'ALLOCATE', ...record, ...keyFieldsOf(record), reservationId: space.reservationId }, zeroingAllowanceMs(bytes)));
       }
       if (!this.c.cfg.mirroring || this.c.membership.role === Role.ALONE) yield* wait(this.c.io.run({ kind: 'clearExtent', dataOffset: record.dataOffset, bytes }));
       // Its extent is zeroed: every page is at version 0, known without reading.
       this.installAllocation(record, this.defaultOwner(), true);
       installed = true;
       if (this.isCoordinator()) yield* wait(this.persistTable());
-      this.c.env.log.info({ guid: record.guid, name: record.name, policy: record.policy, pageCount, pageSizeBytes: record.pageSizeBytes }, 'allocation created');
-      return record;
+      this.c.env.log.info({ guid: record.guid, name: record.name, policy: record.policy, pageCount, pageSizeBytes: record.pageSizeBytes, keyed: keyed !== null }, 'allocation created');
+      return { record, key: keyed?.key ?? Buffer.alloc(16) };
     } finally {
       if (local !== null) this.reservations.delete(local.id);
       if (!installed) this.names.delete(msg.name);
@@ -212,6 +226,7 @@ export class Allocator {
   }
 
   *onAllocate(req: Allocate): Task<void> {
+    const keyDigest = keyDigestOfAllocate(req);
     const record: AllocationRecord = {
       guid: req.guid,
       name: req.name,
@@ -220,6 +235,7 @@ export class Allocator {
       pageCount: req.pageCount,
       dataOffset: req.dataOffset,
       createdEpoch: req.createdEpoch,
+      ...(keyDigest === undefined ? {} : { keyDigest }),
     };
     if (req.reservationId === SYNC_RESERVATION) {
       // A join replays the authoritative table.
@@ -228,9 +244,16 @@ export class Allocator {
       if (have === undefined) {
         if (this.names.has(req.name)) this.dropByName(req.name);
         this.installAllocation(record, this.c.partnerId);
-        this.c.env.log.info({ guid: req.guid, name: req.name }, 'allocation received in join');
+        this.c.env.log.info({ guid: req.guid, name: req.name, keyed: keyDigest !== undefined }, 'allocation received in join');
         // The coordinator may have died before writing it to the table; the
         // pair serves it from now on, so it must survive a restart of both.
+        if (this.isCoordinator()) yield* wait(this.persistTable());
+      } else if (!sameKey(have.record.keyDigest, keyDigest)) {
+        // The side whose state wins the join says who may use it: a copy
+        // read from an older table must not serve a keyed allocation openly.
+        have.record.keyDigest = keyDigest;
+        this.tableDigestText = null;
+        this.c.env.log.warn({ guid: req.guid, keyed: keyDigest !== undefined }, 'join: the allocation\'s access key differed here; the partner\'s record was taken');
         if (this.isCoordinator()) yield* wait(this.persistTable());
       }
       this.c.requests.replyPeer(req, { kind: 'ALLOCATE_REPLY' });
@@ -253,7 +276,7 @@ export class Allocator {
     if (this.allocs.has(req.guid) || this.names.has(req.name)) throw new PagepairError('DUPLICATE', `allocation ${req.guid} or its name exists`, 'name');
     this.installAllocation(record, this.defaultOwner(), true);
     if (this.isCoordinator()) yield* wait(this.persistTable());
-    this.c.env.log.info({ guid: record.guid, name: record.name, by: this.c.partnerId }, 'allocation created by partner');
+    this.c.env.log.info({ guid: record.guid, name: record.name, by: this.c.partnerId, keyed: keyDigest !== undefined }, 'allocation created by partner');
     this.c.requests.replyPeer(req, { kind: 'ALLOCATE_REPLY' });
   }
 
@@ -395,4 +418,8 @@ export class Allocator {
   location(alloc: AllocState): PageLocation {
     return { guid: alloc.record.guid, dataOffset: alloc.record.dataOffset, pageSizeBytes: alloc.record.pageSizeBytes };
   }
+}
+
+function sameKey(a: Buffer | undefined, b: Buffer | undefined): boolean {
+  return a === undefined || b === undefined ? a === b : a.equals(b);
 }

@@ -23,6 +23,7 @@ import { Pointers } from './pointers.js';
 import { Verifier } from './verifier.js';
 import { Waits } from './waits.js';
 import { PoolSync } from './pool-sync.js';
+import { AccessKeys } from './access-keys.js';
 
 export class CoreRooms {
   readonly selfId: 1 | 2;
@@ -50,6 +51,7 @@ export class CoreRooms {
   readonly verifier: Verifier;
   readonly waits: Waits;
   readonly poolSync: PoolSync;
+  readonly access: AccessKeys;
 
   constructor(
     readonly cfg: CoreConfig,
@@ -78,6 +80,7 @@ export class CoreRooms {
     this.pointers = new Pointers(this);
     this.verifier = new Verifier(this);
     this.poolSync = new PoolSync(this);
+    this.access = new AccessKeys(this);
   }
 }
 

@@ -137,7 +137,10 @@ export class ControllerCore extends CoreRooms {
   }
 
   onClientGone(connId: number): void {
-    this.tasks.turn(() => this.pointers.clientGone(connId));
+    this.tasks.turn(() => {
+      this.access.clientGone(connId);
+      this.pointers.clientGone(connId);
+    });
   }
 
   onClientRequest(connId: number, msg: ClientRequest): void {
@@ -149,6 +152,13 @@ export class ControllerCore extends CoreRooms {
   }
 
   private clientRequest(connId: number, msg: ClientRequest): void {
+    const fail = (err: unknown): void => this.env.replyClient(connId, this.requests.errorFrame(msg.requestId, MsgType[msg.kind], this.requests.asTyped(err, msg.kind)));
+    // A keyed allocation not unlocked by this connection is refused before any path, the hot ones included.
+    try {
+      this.access.checkRequest(connId, msg);
+    } catch (err) {
+      return fail(err);
+    }
     // The hot paths: a write whose pages are all in hand and a read of cached
     // pages are served at once; anything else goes the long way, as a task.
     if (msg.kind === 'C_WRITE') {
@@ -161,7 +171,6 @@ export class ControllerCore extends CoreRooms {
       }
     }
     const done = (reply: Message): void => this.env.replyClient(connId, reply);
-    const fail = (err: unknown): void => done(this.requests.errorFrame(msg.requestId, MsgType[msg.kind], this.requests.asTyped(err, msg.kind)));
     const reply = this.requests.reply.bind(this.requests, msg);
     const run = <T>(task: Task<T>, answer: (value: T) => Message): void => this.tasks.spawn(task).onDone((v) => done(answer(v)), fail);
     try {
@@ -171,7 +180,10 @@ export class ControllerCore extends CoreRooms {
         case 'C_READ':
           return run(this.reads.clientRead(connId, msg), (data) => this.reads.readReply(msg, data));
         case 'C_ALLOCATE':
-          return run(this.allocator.clientAllocate(msg), (r) => reply({ kind: 'C_ALLOCATE_REPLY', guid: r.guid, pageSizeBytes: r.pageSizeBytes, pageCount: r.pageCount }));
+          return run(this.allocator.clientAllocate(msg), (r) => reply({ kind: 'C_ALLOCATE_REPLY', guid: r.record.guid, pageSizeBytes: r.record.pageSizeBytes, pageCount: r.record.pageCount, key: r.key }));
+        case 'C_UNLOCK':
+          this.access.unlock(connId, msg);
+          return done(reply({ kind: 'C_UNLOCK_REPLY' }));
         case 'C_RELEASE':
           return run(this.allocator.clientRelease(msg), () => reply({ kind: 'C_RELEASE_REPLY' }));
         case 'C_FLUSH':

@@ -28,6 +28,11 @@ export interface CoreEnv {
   nowMs(): number;
   /** A fresh allocation GUID (uuid v4 in the runtime, seeded in the simulator). */
   newGuid(): string;
+  /**
+   * n bytes that cannot be guessed (node:crypto randomBytes in the runtime,
+   * the seeded generator in the simulator): keyed allocations' access keys.
+   */
+  randomBytes(n: number): Uint8Array;
   /** Drop the peer link (the partner went silent, or a request to it timed
    *  out): peerDown follows, and the transport dials again. */
   closePeer(reason: string): void;
@@ -95,6 +100,8 @@ export interface CoreConfig {
   limits: Limits;
   store: StoreLayout;
   policies: ReadonlyMap<string, Policy>;
+  /** Keyed allocations one client connection may hold unlocked at once (default UNLOCKS_PER_CONNECTION_MAX, access-keys.ts). */
+  unlocksPerConnectionMax?: number;
   /** Test hooks served (C_TEST_CORRUPT); absent or false: refused with NOT_ALLOWED. */
   testHooks?: boolean;
 }

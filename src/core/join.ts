@@ -4,6 +4,7 @@
 // WRITE_PAGE marked RESYNC), paced, and which client writes they applied.
 // When both have pushed, the pair is mirrored again.
 
+import { keyFieldsOf } from './access-keys.js';
 import { JoinFlag, PageFlag, PageState, Role, SenseReason, type PageHeaderInfo, type ReadHeader, type SenseRequest } from '../protocol/messages.js';
 import { PagepairError } from '../protocol/errors.js';
 import type { AllocState } from './allocation.js';
@@ -152,7 +153,7 @@ export class Join {
   private *runJoinPush(join: JoinState): Task<void> {
     const sends: Future<unknown>[] = [];
     if (join.authoritative) {
-      for (const a of this.c.allocator.allocs.values()) sends.push(this.c.requests.request({ kind: 'ALLOCATE', ...a.record, reservationId: SYNC_RESERVATION }));
+      for (const a of this.c.allocator.allocs.values()) sends.push(this.c.requests.request({ kind: 'ALLOCATE', ...a.record, ...keyFieldsOf(a.record), reservationId: SYNC_RESERVATION }));
     }
     yield* wait(this.c.tasks.all(sends));
     const byAlloc = new Map<AllocState, number[]>();

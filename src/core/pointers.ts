@@ -183,7 +183,10 @@ export class Pointers {
   }
 
   *clientClosePointer(connId: number, msg: CClosePointer): Task<number> {
-    return yield* this.closePointer(this.myPointer(connId, msg.pointerId), msg.commit);
+    const p = this.myPointer(connId, msg.pointerId);
+    // Opened after an unlock, which lasts as long as the connection; checked all the same.
+    this.c.access.check(connId, p.alloc);
+    return yield* this.closePointer(p, msg.commit);
   }
 
   *closePointer(p: PointerState, commit: boolean): Task<number> {

@@ -36,6 +36,8 @@ export interface CoreCounters {
   poolRefreshes: number;
   /** Of those, the ones that failed (we fenced ourselves). */
   poolRefreshFailures: number;
+  /** Client requests refused ACCESS_DENIED: a keyed allocation not unlocked, or C_UNLOCK with a wrong key or unknown guid. */
+  accessDenied: number;
 }
 
 export function newCounters(): CoreCounters {
@@ -61,6 +63,7 @@ export function newCounters(): CoreCounters {
     poolOutcomesHeld: 0,
     poolRefreshes: 0,
     poolRefreshFailures: 0,
+    accessDenied: 0,
   };
 }
 

@@ -290,6 +290,9 @@ function scalarBytes(kind: MessageKind, f: ScalarField, v: unknown, path: FieldP
     case 'bytes32':
       if (!(v instanceof Uint8Array) || v.length !== 32) throw badField(kind, path, 'must be exactly 32 bytes');
       return 32;
+    case 'bytes16':
+      if (!(v instanceof Uint8Array) || v.length !== 16) throw badField(kind, path, 'must be exactly 16 bytes');
+      return 16;
     case 'data': {
       if (!(v instanceof Uint8Array)) throw badField(kind, path, 'must be a Buffer or Uint8Array');
       const max = HARD_LIMITS[f.limit!];
@@ -365,6 +368,9 @@ function writeScalar(kind: MessageKind, buf: Buffer, p: number, f: ScalarField, 
     case 'bytes32':
       buf.set(v as Uint8Array, p);
       return p + 32;
+    case 'bytes16':
+      buf.set(v as Uint8Array, p);
+      return p + 16;
     case 'data': {
       const d = v as Uint8Array;
       putU32(buf, p, d.length);
@@ -666,6 +672,10 @@ class BodyReader {
       case 'bytes32': {
         const p = this.take(32, path);
         return b.subarray(p, p + 32);
+      }
+      case 'bytes16': {
+        const p = this.take(16, path);
+        return b.subarray(p, p + 16);
       }
       case 'data': {
         const n = this.length(4, f.limit!, path);

@@ -32,6 +32,8 @@ export const ErrorCode = {
   OWNERSHIP_CONFLICT: 31,
   /** The request is switched off by this controller's configuration (a test hook without testHooks: true). */
   NOT_ALLOWED: 32,
+  /** The allocation is keyed and this connection has not unlocked it (C_UNLOCK), or the key presented is wrong. */
+  ACCESS_DENIED: 33,
   // pair state
   NOT_MIRRORED: 40,
   FENCED: 41,

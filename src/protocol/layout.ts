@@ -64,6 +64,7 @@ export const KIND_OF_TYPE: readonly (MessageKind | undefined)[] = (() => {
  *   field's own limit: `deviceNameBytesMax` for a device name);
  * - json: u32 byte length, then UTF-8 (at most `jsonBytesMax` bytes);
  * - bytes32: exactly 32 raw bytes (nonces, HMAC proofs);
+ * - bytes16: exactly 16 raw bytes (access keys and their digests);
  * - data: u32 byte length, then the bytes (at most `limit` bytes).
  */
 export type ScalarEncoding =
@@ -80,6 +81,7 @@ export type ScalarEncoding =
   | 'str'
   | 'json'
   | 'bytes32'
+  | 'bytes16'
   | 'data';
 
 export interface ScalarField<N extends string = string> {
@@ -129,6 +131,7 @@ const FIXED_BYTES: Record<ScalarEncoding, number> = {
   str: 2,
   json: 4,
   bytes32: 32,
+  bytes16: 16,
   data: 4,
 };
 
@@ -153,6 +156,7 @@ const bool = <N extends string>(name: N) => scalar(name, 'bool');
 const guid = <N extends string>(name: N) => scalar(name, 'guid');
 const str = <N extends string>(name: N) => scalar(name, 'str', 'stringBytesMax');
 const bytes32 = <N extends string>(name: N) => scalar(name, 'bytes32');
+const bytes16 = <N extends string>(name: N) => scalar(name, 'bytes16');
 const data = <N extends string>(name: N, limit: keyof Limits, crcField: string | null = null) => scalar(name, 'data', limit, null, null, null, crcField);
 
 function enumField<N extends string>(name: N, enumName: string, values: Readonly<Record<string, number>>) {
@@ -206,6 +210,8 @@ export const BODY: BodyLayouts = {
     offset64('dataOffset'),
     u32('reservationId'),
     u32('createdEpoch'),
+    bool('keyed'),
+    bytes16('keyDigest'),
   ],
   ALLOCATE_REPLY: [],
   RELEASE: [guid('guid')],
@@ -271,8 +277,8 @@ export const BODY: BodyLayouts = {
     u32('inflightMax'),
   ],
 
-  C_ALLOCATE: [str('name'), str('policy'), u64('sizeBytes')],
-  C_ALLOCATE_REPLY: [guid('guid'), u32('pageSizeBytes'), u32('pageCount')],
+  C_ALLOCATE: [str('name'), str('policy'), u64('sizeBytes'), bool('keyed')],
+  C_ALLOCATE_REPLY: [guid('guid'), u32('pageSizeBytes'), u32('pageCount'), bytes16('key')],
   C_RELEASE: [guid('guid')],
   C_RELEASE_REPLY: [],
   C_WRITE: [guid('guid'), u64('offset'), u32('pointerId'), u32('clientId'), u32('clientSeq'), data('data', 'requestBytesMax')],
@@ -291,6 +297,7 @@ export const BODY: BodyLayouts = {
       str('policy'),
       u32('pageSizeBytes'),
       u32('pageCount'),
+      bool('keyed'),
     ]),
   ],
   C_OPEN_POINTER: [guid('guid'), u32('firstPage'), u32('pageCount'), enumField('mode', 'PointerMode', PointerMode)],
@@ -328,6 +335,8 @@ export const BODY: BodyLayouts = {
     bool('repair'),
   ],
   C_POOL_JOB_REPLY: [u32('jobId')],
+  C_UNLOCK: [guid('guid'), bytes16('key')],
+  C_UNLOCK_REPLY: [],
 
   ERROR: [u16('code'), u8('requestType'), str('message')],
 };

@@ -36,6 +36,7 @@ export const MsgType = {
   C_TEST_CORRUPT: 0x3b,
   C_REWRITE: 0x3c,
   C_POOL_JOB: 0x3d,
+  C_UNLOCK: 0x3e,
   // the typed error reply to any request
   ERROR: 0xff,
 } as const;
@@ -169,11 +170,24 @@ export interface AllocationRecord {
   /** Start of the allocation's extent, relative to the data area. */
   dataOffset: number;
   createdEpoch: number;
+  /**
+   * A keyed allocation: the KEY_DIGEST_BYTES digest of its access key
+   * (src/core/access-keys.ts), never the key. Absent: not keyed, open to
+   * every client.
+   */
+  keyDigest?: Buffer;
 }
+
+/** Bytes of an allocation's access key, and of the digest of it that the table and ALLOCATE carry. */
+export const ACCESS_KEY_BYTES = 16;
+export const KEY_DIGEST_BYTES = 16;
 
 export interface Allocate extends Common, AllocationRecord {
   kind: 'ALLOCATE';
   reservationId: number;
+  /** The allocation is keyed: keyDigest holds its key's digest. Not keyed: keyDigest is 16 zero bytes. */
+  keyed: boolean;
+  keyDigest: Buffer;
 }
 export interface AllocateReply extends Common {
   kind: 'ALLOCATE_REPLY';
@@ -368,12 +382,29 @@ export interface CAllocate extends Common {
   name: string;
   policy: string;
   sizeBytes: number;
+  /** Make a keyed allocation: only connections that C_UNLOCK it with the key the reply carries may use it. */
+  keyed: boolean;
 }
 export interface CAllocateReply extends Common {
   kind: 'C_ALLOCATE_REPLY';
   guid: string;
   pageSizeBytes: number;
   pageCount: number;
+  /** A keyed allocation's access key (ACCESS_KEY_BYTES, told this once and kept nowhere); 16 zero bytes when not keyed. */
+  key: Buffer;
+}
+/**
+ * Present a keyed allocation's key: from now on this connection may use the
+ * allocation, until the connection goes. A wrong key or an unknown guid is
+ * ACCESS_DENIED.
+ */
+export interface CUnlock extends Common {
+  kind: 'C_UNLOCK';
+  guid: string;
+  key: Buffer;
+}
+export interface CUnlockReply extends Common {
+  kind: 'C_UNLOCK_REPLY';
 }
 export interface CRelease extends Common {
   kind: 'C_RELEASE';
@@ -434,6 +465,12 @@ export interface CListReply extends Common {
     policy: string;
     pageSizeBytes: number;
     pageCount: number;
+    /**
+     * Keyed: a connection must C_UNLOCK it first. Always on the wire (and
+     * set by decode); optional here only so that code which builds an
+     * entry for display from an allocate reply need not say.
+     */
+    keyed?: boolean;
   }[];
 }
 export interface COpenPointer extends Common {
@@ -612,7 +649,8 @@ export type ClientRequest =
   | CVerifyReport
   | CTestCorrupt
   | CRewrite
-  | CPoolJob;
+  | CPoolJob
+  | CUnlock;
 
 export type ClientReply =
   | CAllocateReply
@@ -628,7 +666,8 @@ export type ClientReply =
   | CVerifyReportReply
   | CTestCorruptReply
   | CRewriteReply
-  | CPoolJobReply;
+  | CPoolJobReply
+  | CUnlockReply;
 
 export type Message = PeerRequest | PeerReply | HandshakeMessage | ClientRequest | ClientReply | ErrorReply;
 export type MessageKind = Message['kind'];

@@ -1,6 +1,7 @@
 // One running controller: the only place where the core meets the clock,
 // timers, the store file, the peer link, the client endpoint and the logger.
 
+import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -229,6 +230,7 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger, o
     },
     nowMs: () => performance.now(),
     newGuid: () => uuidv4(),
+    randomBytes: (n) => randomBytes(n),
     closePeer: (reason) => peer?.drop(reason),
     startIo: (id, op) => {
       void runIo(store, fence, op).then((outcome) => core.onIoDone(id, outcome));
@@ -354,6 +356,7 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger, o
       core,
       // The core refuses a write larger than half its cache; pieces stay well under it.
       pieceBytes: Math.min(NBD_PIECE_BYTES_DEFAULT, Math.floor(cfg.cache.cacheBytesMax / 4)),
+      log: log.child({ component: 'nbd' }),
     });
     conns.set(volumes.connId, volumes);
     // A request never needs more than the in-flight bound allows: the advertised maximum payload follows it down.

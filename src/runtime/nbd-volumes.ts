@@ -59,6 +59,8 @@ export interface CoreVolumesOptions {
   /** Monotonic ms and a pause, injected so the simulator can run this on virtual time. */
   nowMs?: () => number;
   sleep?: (ms: number) => Promise<void>;
+  /** Told why an export asked for is not served (a keyed allocation). */
+  log?: { info(obj: object, msg: string): void };
 }
 
 /**
@@ -89,6 +91,7 @@ export class CoreVolumes implements NbdBackend {
   private readonly retryForMs: number;
   private readonly nowMs: () => number;
   private readonly sleep: (ms: number) => Promise<void>;
+  private readonly log: { info(obj: object, msg: string): void } | undefined;
   private readonly pending = new Map<number, Waiter>();
   private nextRequestId = 1;
   /**
@@ -117,6 +120,7 @@ export class CoreVolumes implements NbdBackend {
     this.retryForMs = opts.retryForMs ?? NBD_RETRY_FOR_MS_DEFAULT;
     this.nowMs = opts.nowMs ?? (() => performance.now());
     this.sleep = opts.sleep ?? ((ms) => realSleep(ms));
+    this.log = opts.log;
     invariant(this.pieceBytes >= 1 && this.readPieceBytes >= 1 && this.piecesInFlight >= 1, 'NBD piece sizes and concurrency are positive');
   }
 
@@ -161,12 +165,24 @@ export class CoreVolumes implements NbdBackend {
 
   // ---------------------------------------------------------------- volumes
 
+  /**
+   * Keyed allocations are not exported: NBD has no way to present a key, so
+   * they are neither listed nor found (an NBD client asking for one gets the
+   * error for an unknown export, and the log says why). The core would
+   * refuse their I/O on this connection anyway (ACCESS_DENIED).
+   */
   listVolumes(): readonly NbdVolume[] {
-    return this.allocations().map(toVolume);
+    return this.allocations()
+      .filter((a) => a.keyed !== true)
+      .map(toVolume);
   }
 
   findVolume(name: string): NbdVolume | undefined {
     const a = this.allocations().find((x) => x.name === name);
+    if (a?.keyed === true) {
+      this.log?.info({ export: name, guid: a.guid }, 'nbd: export refused: the allocation is keyed, and keyed allocations are not exported');
+      return undefined;
+    }
     return a === undefined ? undefined : toVolume(a);
   }
 

@@ -106,6 +106,7 @@ const CLIENT_REQUEST_KINDS: ReadonlySet<MessageKind> = new Set<ClientRequest['ki
   'C_TEST_CORRUPT',
   'C_REWRITE',
   'C_POOL_JOB',
+  'C_UNLOCK',
 ]);
 
 function isClientRequest(msg: Message): msg is ClientRequest {

@@ -71,7 +71,7 @@ function reseal(frame: Buffer): Buffer {
 /** C_ALLOCATE whose policy name is `bytes` bytes of 0xff: no UTF-8 encoder makes that, so it is edited in. */
 function allocateWithInvalidPolicy(requestId: number, bytes: number): Buffer {
   const marker = 'q'.repeat(bytes);
-  const frame = encode({ kind: 'C_ALLOCATE', requestId, ...HEAD, name: 'hostile', policy: marker, sizeBytes: 4096 });
+  const frame = encode({ kind: 'C_ALLOCATE', requestId, ...HEAD, name: 'hostile', policy: marker, sizeBytes: 4096, keyed: false });
   const at = frame.indexOf(Buffer.from(marker, 'utf8'));
   expect(at).toBeGreaterThan(0);
   frame.fill(0xff, at, at + bytes);
@@ -123,7 +123,7 @@ describe('hostile input to a real pair', () => {
   it('answers an allocate whose policy name is too long to echo, and goes on serving', async () => {
     const raw = await authenticatedClient(files.ports.aClient);
     // Valid UTF-8: the echo is the name plus the rest of the sentence.
-    raw.send({ kind: 'C_ALLOCATE', requestId: 2, ...HEAD, name: 'hostile', policy: 'p'.repeat(HARD_LIMITS.stringBytesMax), sizeBytes: 4096 });
+    raw.send({ kind: 'C_ALLOCATE', requestId: 2, ...HEAD, name: 'hostile', policy: 'p'.repeat(HARD_LIMITS.stringBytesMax), sizeBytes: 4096, keyed: false });
     // Invalid UTF-8: each byte comes back as a 3-byte U+FFFD.
     raw.sendBytes(allocateWithInvalidPolicy(3, 400));
     const first = await raw.nth(2, 10_000);
@@ -145,7 +145,7 @@ describe('hostile input to a real pair', () => {
 
     // After authentication: a frame whose header checks out but whose body does not.
     const raw = await authenticatedClient(files.ports.aClient);
-    const frame = encode({ kind: 'C_ALLOCATE', requestId: 4, ...HEAD, name: 'x', policy: 'default', sizeBytes: 4096 });
+    const frame = encode({ kind: 'C_ALLOCATE', requestId: 4, ...HEAD, name: 'x', policy: 'default', sizeBytes: 4096, keyed: false });
     const bad = reseal(Buffer.concat([frame.subarray(0, HEADER_BYTES), Buffer.from([0xff, 0xff, 0xff])]));
     raw.sendBytes(bad);
     const reply = await raw.nth(2);

@@ -721,6 +721,8 @@ export class Harness {
       },
       nowMs: () => this.sched.nowMs,
       newGuid: () => this.guidRng.uuid(),
+      // Drawn only by keyed allocations, so runs without them draw as before.
+      randomBytes: (n) => this.guidRng.bytes(n),
       closePeer: (reason) => {
         if (!current()) return;
         this.dropLink(`${name}: ${reason}`);

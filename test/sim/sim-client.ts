@@ -57,11 +57,25 @@ export class SimClient {
   }
 
   allocate(name: string, sizeBytes: number, policy = ''): Promise<AllocationInfo> {
-    return this.call({ kind: 'C_ALLOCATE', name, policy, sizeBytes }, 'C_ALLOCATE_REPLY').then((r) => ({
+    return this.call({ kind: 'C_ALLOCATE', name, policy, sizeBytes, keyed: false }, 'C_ALLOCATE_REPLY').then((r) => ({
       guid: r.guid,
       pageSizeBytes: r.pageSizeBytes,
       pageCount: r.pageCount,
     }));
+  }
+
+  /** A keyed allocation (C_ALLOCATE with keyed set): its guid and its key. This connection has not unlocked it. */
+  allocateKeyed(name: string, sizeBytes: number, policy = ''): Promise<AllocationInfo & { key: Buffer }> {
+    return this.call({ kind: 'C_ALLOCATE', name, policy, sizeBytes, keyed: true }, 'C_ALLOCATE_REPLY').then((r) => ({
+      guid: r.guid,
+      pageSizeBytes: r.pageSizeBytes,
+      pageCount: r.pageCount,
+      key: Buffer.from(r.key),
+    }));
+  }
+
+  unlock(guid: string, key: Buffer): Promise<void> {
+    return this.call({ kind: 'C_UNLOCK', guid, key }, 'C_UNLOCK_REPLY').then(() => undefined);
   }
 
   write(guid: string, offset: number, data: Buffer, pointerId = 0, tag: WriteTag = { clientId: 0, clientSeq: 0 }): Promise<void> {

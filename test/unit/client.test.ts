@@ -26,6 +26,8 @@ const PAGE_BYTES = 4096;
 /** A controller stand-in: allocations are Buffers in a Map. */
 class FakeController {
   readonly store = new Map<string, Buffer>();
+  /** Keys of keyed allocations, as the fake hands them out. */
+  readonly keys = new Map<string, Buffer>();
   readonly seen: ClientRequest[] = [];
   readonly held: { conn: ClientConn; msg: ClientRequest }[] = [];
   lastConn: ClientConn | undefined;
@@ -42,7 +44,15 @@ class FakeController {
         const guid = `00000000-0000-4000-8000-${(this.nextGuid++).toString(16).padStart(12, '0')}`;
         const pageCount = Math.ceil(msg.sizeBytes / PAGE_BYTES);
         this.store.set(guid, Buffer.alloc(pageCount * PAGE_BYTES));
-        conn.reply({ ...head, kind: 'C_ALLOCATE_REPLY', guid, pageSizeBytes: PAGE_BYTES, pageCount });
+        const key = msg.keyed ? Buffer.alloc(16, this.nextGuid) : Buffer.alloc(16);
+        if (msg.keyed) this.keys.set(guid, key);
+        conn.reply({ ...head, kind: 'C_ALLOCATE_REPLY', guid, pageSizeBytes: PAGE_BYTES, pageCount, key });
+        return;
+      }
+      case 'C_UNLOCK': {
+        const key = this.keys.get(msg.guid);
+        if (key === undefined || !key.equals(msg.key)) return fail('ACCESS_DENIED', `allocation ${msg.guid} is keyed and this connection has not unlocked it`);
+        conn.reply({ ...head, kind: 'C_UNLOCK_REPLY' });
         return;
       }
       case 'C_WRITE': {
@@ -86,6 +96,7 @@ class FakeController {
             policy: 'default',
             pageSizeBytes: PAGE_BYTES,
             pageCount: buf.length / PAGE_BYTES,
+            keyed: this.keys.has(guid),
           })),
         });
         return;
@@ -223,6 +234,31 @@ describe('hello', () => {
 });
 
 describe('requests', () => {
+  it('a keyed allocate returns the key as base64url and unlocks the connection; unlock takes base64url, hex or bytes', async () => {
+    const client = await connect();
+    const alloc = await client.allocate('ckpt', 4096, 'default', { keyed: true });
+    const sent = fake.seen.filter((m) => m.kind === 'C_ALLOCATE' || m.kind === 'C_UNLOCK');
+    expect(sent.map((m) => m.kind)).toEqual(['C_ALLOCATE', 'C_UNLOCK']);
+    expect(sent[0]).toMatchObject({ keyed: true });
+    const key = fake.keys.get(alloc.guid)!;
+    expect(alloc.key).toBe(key.toString('base64url'));
+    expect(alloc.key).toMatch(/^[A-Za-z0-9_-]{22}$/);
+    expect((sent[1] as { key: Buffer }).key.equals(key)).toBe(true);
+    await client.unlock(alloc.guid, key.toString('hex'));
+    await client.unlock(alloc.guid, key);
+    expect(await client.list()).toEqual([expect.objectContaining({ guid: alloc.guid, keyed: true })]);
+    const wrong = Buffer.from(key);
+    wrong[0] = wrong[0]! ^ 0xff;
+    await expect(client.unlock(alloc.guid, wrong.toString('base64url'))).rejects.toMatchObject({ code: 'ACCESS_DENIED' });
+    // A key that is not 16 bytes is refused before anything is sent.
+    const before = fake.seen.length;
+    await expect(client.unlock(alloc.guid, 'c2hvcnQ')).rejects.toMatchObject({ code: 'BAD_FIELD', field: 'key' });
+    await expect(client.unlock(alloc.guid, Buffer.alloc(15))).rejects.toMatchObject({ code: 'BAD_FIELD', field: 'key' });
+    expect(fake.seen.length).toBe(before);
+    // A plain allocation has no key.
+    expect((await client.allocate('plain', 4096)).key).toBeUndefined();
+  });
+
   it('writes and reads back, and the other calls map their replies', async () => {
     const client = await connect();
     const alloc = await client.allocate('vol', 1024 * 1024);
@@ -246,7 +282,7 @@ describe('requests', () => {
     expect(await client.flush()).toBe(7);
     expect(await client.status()).toEqual({ role: 'MIRRORED', allocations: 1 });
     expect(await client.list()).toEqual([
-      { guid: alloc.guid, name: 'vol', policy: 'default', pageSizeBytes: PAGE_BYTES, pageCount: 256 },
+      { guid: alloc.guid, name: 'vol', policy: 'default', pageSizeBytes: PAGE_BYTES, pageCount: 256, keyed: false },
     ]);
     expect(await client.openPointer(alloc.guid, 0, 4, 'read')).toBe(71);
     expect(await client.openPointer(alloc.guid, 0, 4, 'write')).toBe(72);

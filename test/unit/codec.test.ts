@@ -81,6 +81,8 @@ const FIXTURES: { readonly [K in MessageKind]: Extract<Message, { kind: K }> | M
     dataOffset: 4096 * 1000,
     reservationId: 77,
     createdEpoch: 6,
+    keyed: true,
+    keyDigest: bytes(16, 9),
   },
   ALLOCATE_REPLY: { kind: 'ALLOCATE_REPLY', ...common(1) },
   RELEASE: { kind: 'RELEASE', ...common(), guid: GUID_B },
@@ -187,8 +189,8 @@ const FIXTURES: { readonly [K in MessageKind]: Extract<Message, { kind: K }> | M
     requestBytesMax: 8 * 1024 * 1024,
     inflightMax: 64,
   },
-  C_ALLOCATE: { kind: 'C_ALLOCATE', ...common(0), name: 'vol0', policy: 'volume-64k', sizeBytes: 2 ** 40 },
-  C_ALLOCATE_REPLY: { kind: 'C_ALLOCATE_REPLY', ...common(), guid: GUID_B, pageSizeBytes: 65536, pageCount: 16 },
+  C_ALLOCATE: { kind: 'C_ALLOCATE', ...common(0), name: 'vol0', policy: 'volume-64k', sizeBytes: 2 ** 40, keyed: true },
+  C_ALLOCATE_REPLY: { kind: 'C_ALLOCATE_REPLY', ...common(), guid: GUID_B, pageSizeBytes: 65536, pageCount: 16, key: bytes(16, 10) },
   C_RELEASE: { kind: 'C_RELEASE', ...common(0), guid: GUID_B },
   C_RELEASE_REPLY: { kind: 'C_RELEASE_REPLY', ...common() },
   C_WRITE: { kind: 'C_WRITE', ...common(0), guid: GUID_A, offset: 2 ** 33 + 5, pointerId: 3, clientId: 0xdead_beef, clientSeq: 12345, data: bytes(300, 7) },
@@ -204,8 +206,8 @@ const FIXTURES: { readonly [K in MessageKind]: Extract<Message, { kind: K }> | M
     kind: 'C_LIST_REPLY',
     ...common(),
     allocations: [
-      { guid: GUID_A, name: 'vol0', policy: 'volume-64k', pageSizeBytes: 65536, pageCount: 16 },
-      { guid: GUID_B, name: 'buf', policy: 'app', pageSizeBytes: 4096, pageCount: 3 },
+      { guid: GUID_A, name: 'vol0', policy: 'volume-64k', pageSizeBytes: 65536, pageCount: 16, keyed: false },
+      { guid: GUID_B, name: 'buf', policy: 'app', pageSizeBytes: 4096, pageCount: 3, keyed: true },
     ],
   },
   C_OPEN_POINTER: {
@@ -237,6 +239,8 @@ const FIXTURES: { readonly [K in MessageKind]: Extract<Message, { kind: K }> | M
   C_REWRITE_REPLY: { kind: 'C_REWRITE_REPLY', ...common(), version: 2 ** 33 + 5, crc: 0x0badf00d },
   C_POOL_JOB: { kind: 'C_POOL_JOB', ...common(0), job: 1, slot: 2, device: 'nbd+unix:///spare?socket=/run/ünï.sock', rateBytesPerSec: 100 * 2 ** 20, repair: false },
   C_POOL_JOB_REPLY: { kind: 'C_POOL_JOB_REPLY', ...common(), jobId: 0x0102_0304 },
+  C_UNLOCK: { kind: 'C_UNLOCK', ...common(0), guid: GUID_A, key: bytes(16, 11) },
+  C_UNLOCK_REPLY: { kind: 'C_UNLOCK_REPLY', ...common() },
   ERROR: {
     kind: 'ERROR',
     ...common(),
@@ -313,7 +317,7 @@ describe('type codes', () => {
       expect(seen.has(type)).toBe(false);
       seen.add(type);
     }
-    expect(seen.size).toBe(55);
+    expect(seen.size).toBe(57);
   });
 
   it('give replies the request code | 0x80', () => {
@@ -736,7 +740,7 @@ describe('decode refuses bad frames with a typed error', () => {
 
   it('BAD_FIELD for a u64 over 2^53 - 1, and for all ones where -1 is not allowed', () => {
     const big = Buffer.from(frameOf('C_ALLOCATE'));
-    const at = big.length - 8;
+    const at = big.length - 9; // sizeBytes, before the keyed flag
     big.writeUInt32LE(0, at);
     big.writeUInt32LE(0x20_0000, at + 4);
     expect(expectCode(() => decode(reseal(big)), 'BAD_FIELD').field).toBe('sizeBytes');
@@ -1005,5 +1009,85 @@ describe('handshake proofs', () => {
     expect(() => helloProof('s', PAIR_ID, 1, 2, dialerNonce.subarray(1), listenerNonce)).toThrow(PagepairError);
     expect(() => authProof('s', 'not-a-uuid', 1, 2, dialerNonce, listenerNonce)).toThrow(/pairId/);
     expect(() => authProof('s', PAIR_ID, 256, 2, dialerNonce, listenerNonce)).toThrow(/dialerId/);
+  });
+});
+
+describe('keyed allocations on the wire (C_ALLOCATE keyed, its key, ALLOCATE key digest, C_UNLOCK)', () => {
+  /** The frame of `kind` with its body cut by `cut` bytes from the end, CRCs valid. */
+  const cutBody = (kind: MessageKind, cut: number): Buffer => reseal(Buffer.from(frameOf(kind).subarray(0, frameOf(kind).length - cut)));
+  /** The frame of `kind` with body byte `at` (from the body's end when negative) set to `value`, CRCs valid. */
+  const withByte = (kind: MessageKind, at: number, value: number): Buffer => {
+    const frame = Buffer.from(frameOf(kind));
+    frame[at < 0 ? frame.length + at : HEADER_BYTES + at] = value;
+    return reseal(frame);
+  };
+
+  it('C_UNLOCK is 0x3E, its reply 0xBE, and both round-trip with the key as 16 raw bytes', () => {
+    expect(typeOfKind('C_UNLOCK')).toBe(0x3e);
+    expect(typeOfKind('C_UNLOCK_REPLY')).toBe(0xbe);
+    const frame = frameOf('C_UNLOCK');
+    expect(frame.length).toBe(HEADER_BYTES + 16 + 16);
+    expect(frame.subarray(HEADER_BYTES + 16).equals((FIXTURES.C_UNLOCK as Extract<Message, { kind: 'C_UNLOCK' }>).key)).toBe(true);
+    expect(decode(frame)).toEqual(FIXTURES.C_UNLOCK);
+    expect(decode(frameOf('C_UNLOCK_REPLY'))).toEqual(FIXTURES.C_UNLOCK_REPLY);
+  });
+
+  it('keyed, key and keyDigest sit where docs/protocol.md says', () => {
+    const alloc = frameOf('C_ALLOCATE');
+    expect(alloc[alloc.length - 1]).toBe(1); // keyed, after sizeBytes
+    const reply = frameOf('C_ALLOCATE_REPLY');
+    expect(reply.length).toBe(HEADER_BYTES + 16 + 4 + 4 + 16);
+    expect(reply.subarray(HEADER_BYTES + 24).equals((FIXTURES.C_ALLOCATE_REPLY as Extract<Message, { kind: 'C_ALLOCATE_REPLY' }>).key)).toBe(true);
+    const peer = frameOf('ALLOCATE');
+    expect(peer.subarray(peer.length - 16).equals((FIXTURES.ALLOCATE as Extract<Message, { kind: 'ALLOCATE' }>).keyDigest)).toBe(true);
+    expect(peer[peer.length - 17]).toBe(1); // keyed
+  });
+
+  it('TRUNCATED when the key, the digest or the flag is cut short (a frame of the layout before keys)', () => {
+    for (const [kind, cut, field] of [
+      ['C_UNLOCK', 1, 'key'],
+      ['C_UNLOCK', 16, 'key'],
+      ['C_ALLOCATE_REPLY', 16, 'key'],
+      ['C_ALLOCATE', 1, 'keyed'],
+      ['ALLOCATE', 5, 'keyDigest'],
+      ['ALLOCATE', 17, 'keyed'],
+    ] as const) {
+      const err = expectCode(() => decode(cutBody(kind, cut)), 'TRUNCATED');
+      expect(err.field, `${kind} cut by ${cut}`).toBe(field);
+      expect(err.frameType).toBe(typeOfKind(kind));
+    }
+  });
+
+  it('BAD_FRAME for a byte after the key', () => {
+    const frame = reseal(Buffer.concat([frameOf('C_UNLOCK'), Buffer.of(0)]));
+    expectCode(() => decode(frame), 'BAD_FRAME');
+  });
+
+  it('BAD_FIELD for a keyed flag that is not 0 or 1', () => {
+    expect(expectCode(() => decode(withByte('C_ALLOCATE', -1, 2)), 'BAD_FIELD').field).toBe('keyed');
+    expect(expectCode(() => decode(withByte('ALLOCATE', -17, 0xff)), 'BAD_FIELD').field).toBe('keyed');
+    expect(expectCode(() => decode(withByte('C_LIST_REPLY', -1, 2)), 'BAD_FIELD').field).toBe('allocations[1].keyed');
+  });
+
+  it('encode refuses a key or digest that is not 16 bytes, and a missing keyed flag', () => {
+    expectEncodeError({ ...FIXTURES.C_UNLOCK, key: Buffer.alloc(15) }, 'BAD_FIELD', 'key');
+    expectEncodeError({ ...FIXTURES.C_UNLOCK, key: Buffer.alloc(17) }, 'BAD_FIELD', 'key');
+    expectEncodeError({ ...FIXTURES.C_UNLOCK, key: 'abcdefghijklmnop' }, 'BAD_FIELD', 'key');
+    expectEncodeError({ ...FIXTURES.C_ALLOCATE_REPLY, key: Buffer.alloc(0) }, 'BAD_FIELD', 'key');
+    expectEncodeError({ ...FIXTURES.ALLOCATE, keyDigest: Buffer.alloc(32) }, 'BAD_FIELD', 'keyDigest');
+    expectEncodeError({ ...FIXTURES.ALLOCATE, keyed: 1 }, 'BAD_FIELD', 'keyed');
+    const { keyed: _keyed, ...noFlag } = FIXTURES.C_ALLOCATE as Extract<Message, { kind: 'C_ALLOCATE' }>;
+    expectEncodeError(noFlag, 'BAD_FIELD', 'keyed');
+  });
+
+  it('decoded keys are the received bytes, byte for byte, for every key', () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ minLength: 16, maxLength: 16 }), (key) => {
+        const msg = { ...FIXTURES.C_UNLOCK, key: Buffer.from(key) } as Message;
+        const back = decode(encode(msg)) as Extract<Message, { kind: 'C_UNLOCK' }>;
+        expect(Buffer.from(back.key).equals(Buffer.from(key))).toBe(true);
+      }),
+      { seed: 15, numRuns: 200 },
+    );
   });
 });

@@ -108,12 +108,18 @@ export async function coreFixture(opts: FixtureOptions = {}): Promise<CoreFixtur
     ...opts.config,
   };
   let guids = 0;
+  let keys = 0;
   const env: CoreEnv = {
     sendPeer: (msg) => void sent.push(msg),
     replyClient: (connId, msg) => void replies.push({ connId, msg }),
     requestFlush: () => undefined,
     nowMs: () => now,
     newGuid: () => `00000000-0000-4000-8000-${String(++guids).padStart(12, '0')}`,
+    randomBytes: (n) => {
+      // Distinct per call and per fixture, not secret: the tests need keys they cannot predict by accident.
+      keys++;
+      return Buffer.from(Array.from({ length: n }, (_, i) => (keys * 37 + i * 101 + selfId * 7) & 0xff));
+    },
     closePeer: (reason) => void closed.push(reason),
     startIo: (id, op) => void pending.push({ id, op }),
     pid: 1000 + selfId,

@@ -60,6 +60,7 @@ async function singleCore(): Promise<{ core: ControllerCore; replies: Message[];
     requestFlush: () => undefined,
     nowMs: () => now,
     newGuid: () => '00000000-0000-4000-8000-000000000001',
+    randomBytes: (n) => Buffer.alloc(n, 0x5a),
     closePeer: () => undefined,
     startIo: (id, op) => void runIo(store, fence, op).then((outcome) => core.onIoDone(id, outcome)),
     pid: 1,

@@ -85,7 +85,7 @@ async function endpointWithHeldConn(): Promise<{ raw: RawWs; conn: () => ClientC
 describe('client endpoint: a reply that echoes input', () => {
   it('sends an over-long ERROR clipped, and does not throw', async () => {
     const { raw, conn } = await endpointWithHeldConn();
-    raw.send({ kind: 'C_ALLOCATE', requestId: 7, epoch: 0, sender: 0, flags: 0, name: 'x', policy: 'p', sizeBytes: 4096 });
+    raw.send({ kind: 'C_ALLOCATE', requestId: 7, epoch: 0, sender: 0, flags: 0, name: 'x', policy: 'p', sizeBytes: 4096, keyed: false });
     await waitFor(() => conn() !== undefined, 'the request');
     const echo: ErrorReply = { kind: 'ERROR', requestId: 7, epoch: 0, sender: 1, flags: 0, code: ErrorCode.POLICY_UNKNOWN, requestType: typeOfKind('C_ALLOCATE'), message: ECHO };
     expect(() => conn().reply(echo)).not.toThrow();

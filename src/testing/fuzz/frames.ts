@@ -66,6 +66,8 @@ function scalarArb(f: ScalarField, limits: Limits): fc.Arbitrary<unknown> {
       return fc.json({ maxDepth: 1 });
     case 'bytes32':
       return bufferOf(fc.constant(32));
+    case 'bytes16':
+      return bufferOf(fc.constant(16));
     case 'data':
       return bufferOf(dataLength);
   }
