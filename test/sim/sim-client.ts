@@ -102,7 +102,7 @@ export class SimClient {
     return this.call({ kind: 'C_STATUS' }, 'C_STATUS_REPLY').then((r) => JSON.parse(r.json) as CoreStatus);
   }
 
-  list(): Promise<{ guid: string; name: string; policy: string; pageSizeBytes: number; pageCount: number }[]> {
+  list(): Promise<{ guid: string; name: string; policy: string; pageSizeBytes: number; pageCount: number; keyed?: boolean }[]> {
     return this.call({ kind: 'C_LIST' }, 'C_LIST_REPLY').then((r) => r.allocations);
   }
 
