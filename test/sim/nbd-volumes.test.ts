@@ -100,6 +100,31 @@ describe('NBD volumes over a paired core', () => {
     expect(h.violations).toEqual([]);
   });
 
+  it('does not export a keyed allocation on either controller, says why in the log, and its I/O is refused anyway', async () => {
+    const h = await Harness.createPair({ seed: 515 });
+    const logged: object[] = [];
+    const log = { info: (obj: object, msg: string) => void logged.push({ ...obj, msg }) };
+    const na = backendOn(h, 'A', { log });
+    const nb = backendOn(h, 'B', { log });
+    await h.run(h.client('A').allocate('open-vol', 2 * PAGE, 'tiny'));
+    const keyed = await h.run(h.client('A').allocateKeyed('keyed-vol', 2 * PAGE, 'tiny'));
+    for (const b of [na, nb]) {
+      expect(b.listVolumes().map((v) => v.name)).toEqual(['open-vol']);
+      expect(b.findVolume('keyed-vol')).toBeUndefined();
+    }
+    expect(logged).toEqual([
+      expect.objectContaining({ export: 'keyed-vol', guid: keyed.guid, msg: expect.stringContaining('keyed') }),
+      expect.objectContaining({ export: 'keyed-vol', guid: keyed.guid, msg: expect.stringContaining('keyed') }),
+    ]);
+    // A volume object made up for it (NBD cannot name it) gets ACCESS_DENIED from the core, not data.
+    const forged: NbdVolume = { name: 'keyed-vol', guid: keyed.guid, sizeBytes: 2 * PAGE, pageSizeBytes: PAGE };
+    const read = await h.settle(na.read(forged, 0, PAGE));
+    expect(read.ok ? 'ok' : (read.error as { code?: string }).code).toBe('ACCESS_DENIED');
+    const write = await h.settle(nb.write(forged, 0, Buffer.alloc(PAGE, 1), false));
+    expect(write.ok ? 'ok' : (write.error as { code?: string }).code).toBe('ACCESS_DENIED');
+    expect(h.violations).toEqual([]);
+  });
+
   it('writes through A, split in whole-page pieces, and reads the same bytes through B; unaligned both ways', async () => {
     const { h, na, nb, va } = await pairWithVolume({ seed: 502 }, 'v', 64);
     const vb = volumeOf(nb, 'v');

@@ -22,6 +22,8 @@ type Behaviour = { kind: 'serve' } | { kind: 'error'; code: ErrorCodeName } | { 
 
 /** Both fakes share one memory, as a mirrored pair would. */
 const memory = Buffer.alloc(PAGES * PAGE_BYTES);
+/** And the keys of keyed allocations. */
+const keys = new Map<string, Buffer>();
 
 class FakeController {
   behaviour: Behaviour = { kind: 'serve' };
@@ -74,6 +76,16 @@ class FakeController {
       case 'C_STATUS':
         conn.reply({ ...head, kind: 'C_STATUS_REPLY', json: JSON.stringify({ controller: this.id === 1 ? 'A' : 'B' }) });
         return;
+      case 'C_ALLOCATE': {
+        const key = Buffer.alloc(16, 0x6b);
+        if (msg.keyed) keys.set(GUID, key);
+        conn.reply({ ...head, kind: 'C_ALLOCATE_REPLY', guid: GUID, pageSizeBytes: PAGE_BYTES, pageCount: PAGES, key: msg.keyed ? key : Buffer.alloc(16) });
+        return;
+      }
+      case 'C_UNLOCK':
+        if (!keys.get(msg.guid)?.equals(msg.key)) throw new PagepairError('ACCESS_DENIED', `allocation ${msg.guid} is keyed and this connection has not unlocked it`);
+        conn.reply({ ...head, kind: 'C_UNLOCK_REPLY' });
+        return;
       default:
         throw new PagepairError('INTERNAL', `the fake does not do ${msg.kind}`);
     }
@@ -87,6 +99,7 @@ const switches: { from: string | null; to: string; reason: string }[] = [];
 
 beforeEach(async () => {
   memory.fill(0);
+  keys.clear();
   switches.length = 0;
   a = new FakeController(1);
   b = new FakeController(2);
@@ -145,6 +158,39 @@ describe('PairClient failover', () => {
     await c.write(GUID, 8192, bytes(10, 3));
     expect(b.writes()[1]).toEqual({ clientId: c.clientId, clientSeq: lost.clientSeq + 1 });
     expect(a.writes()[0]!.clientSeq).toBe(lost.clientSeq - 1);
+  });
+
+  it('unlocks the keyed allocations it holds keys for on the connection it fails over to, before the request', async () => {
+    const c = await connect();
+    const made = await c.allocate('ckpt', PAGES * PAGE_BYTES, 'default', { keyed: true });
+    expect(made.key).toBe(Buffer.alloc(16, 0x6b).toString('base64url'));
+    expect(a.seen.map((m) => m.kind)).toEqual(['C_ALLOCATE', 'C_UNLOCK']);
+    a.behaviour = { kind: 'drop' };
+    await c.write(GUID, 0, bytes(10, 1));
+    expect(c.currentController).toBe('B');
+    expect(b.seen.map((m) => m.kind)).toEqual(['C_UNLOCK', 'C_WRITE']);
+    expect(b.seen[0]).toMatchObject({ guid: GUID, key: Buffer.alloc(16, 0x6b) });
+  });
+
+  it('forgets a key the controller no longer takes (the allocation went) instead of failing the connection', async () => {
+    const c = await connect();
+    // A wrong key is refused and not kept.
+    await expect(c.unlock(GUID, Buffer.alloc(16, 0x6b))).rejects.toMatchObject({ code: 'ACCESS_DENIED' });
+    keys.set(GUID, Buffer.alloc(16, 0x6b));
+    await c.unlock(GUID, Buffer.alloc(16, 0x6b).toString('hex'));
+    // The allocation goes: B refuses the key when the client fails over to it, and serves on.
+    keys.clear();
+    a.behaviour = { kind: 'drop' };
+    await c.write(GUID, 0, bytes(10, 2));
+    expect(c.currentController).toBe('B');
+    expect(b.seen.map((m) => m.kind)).toEqual(['C_UNLOCK', 'C_WRITE']);
+    // Back on A, on a new connection: the key is no longer presented.
+    a.seen.length = 0;
+    a.behaviour = { kind: 'serve' };
+    b.behaviour = { kind: 'drop' };
+    await c.write(GUID, 16, bytes(10, 3));
+    expect(c.currentController).toBe('A');
+    expect(a.seen.map((m) => m.kind)).toEqual(['C_WRITE']);
   });
 
   it('requests failing over together share one connection to the other controller', async () => {
