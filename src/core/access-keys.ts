@@ -1,9 +1,9 @@
 // Access keys: a keyed allocation is served only to client connections that
 // presented its key (C_UNLOCK), the InfiniBand R_Key idea. The key is 16
-// random bytes made at C_ALLOCATE and told to the client once; both
-// controllers and the store's table keep only a digest of it, so the key is
-// never stored or logged, and the partner (after a takeover, or a restart
-// that reads the table back) refuses the same connections this side does.
+// random bytes made at C_ALLOCATE and told to the client once; what is kept
+// is a digest of it, in the allocation record (so in ALLOCATE to the
+// partner, a join's replay, and the table the record is written to), never
+// the key itself, so the partner refuses the same connections this side does.
 //
 // Which connections unlocked what is this controller's own memory: a client
 // that fails over unlocks again at the other controller.
@@ -32,11 +32,11 @@ export function keyDigest(guid: string, key: Uint8Array): Buffer {
   return createHash('sha256').update(DIGEST_CONTEXT).update(guid).update(key).digest().subarray(0, KEY_DIGEST_BYTES);
 }
 
-export function isKeyed(record: AllocationRecord): boolean {
-  return record.keyDigest !== undefined;
-}
-
-/** The guid a client request names, or null ('' for C_FLUSH of everything). */
+/**
+ * The guid a client request names, or null ('' for C_FLUSH of everything).
+ * Every kind is listed, so a new request that names an allocation cannot
+ * slip past the check unnoticed: the compiler asks where it goes.
+ */
 export function guidOfRequest(msg: ClientRequest): string | null {
   switch (msg.kind) {
     case 'C_READ':
@@ -48,8 +48,20 @@ export function guidOfRequest(msg: ClientRequest): string | null {
     case 'C_REWRITE':
     case 'C_FLUSH':
       return msg.guid;
-    default:
+    // C_CLOSE_POINTER names a pointer of this connection (checked in pointers.ts);
+    // C_UNLOCK is how a guid is opened; the others name no allocation.
+    case 'C_CLOSE_POINTER':
+    case 'C_UNLOCK':
+    case 'C_ALLOCATE':
+    case 'C_STATUS':
+    case 'C_LIST':
+    case 'C_VERIFY_REPORT':
+    case 'C_POOL_JOB':
       return null;
+    default: {
+      const unhandled: never = msg;
+      return unhandled;
+    }
   }
 }
 
