@@ -24,6 +24,17 @@ export const BLOCK_BYTES = 4096;
 export const FORMAT_VERSION = 2;
 /** Version field of the table header, heartbeat slot and epoch record: unchanged since format 1. */
 export const RECORD_VERSION = 1;
+/**
+ * The table header's version when an entry is keyed (entry byte 38 bit 0 and
+ * its key digest at 136): a controller of before keyed allocations refuses
+ * such a table rather than serve a keyed allocation to everyone. A table
+ * with no keyed entry is still written as RECORD_VERSION; both are read.
+ */
+export const TABLE_VERSION_KEYED = 2;
+/** Table entry flag bits (entry byte 38). */
+const ENTRY_KEYED = 0x01;
+const KEY_DIGEST_AT = 136;
+const KEY_DIGEST_BYTES = 16;
 export const MAILBOX_BYTES_DEFAULT = 64 * 1024;
 /** Two heartbeat slots and two epoch-record copies, one block each. */
 export const MAILBOX_BYTES_MIN = 4 * BLOCK_BYTES;
@@ -409,10 +420,13 @@ export function decodeSuperblock(b: Buffer): Superblock | string {
 //  20 pageCount u32
 //  24 dataOffset u64
 //  32 createdEpoch u32
-//  36 nameBytes u8, 37 policyBytes u8, 38 reserved u16
+//  36 nameBytes u8, 37 policyBytes u8
+//  38 flags u8: bit 0 keyed (the allocation has an access key); other bits 0
+//  39 reserved (0)
 //  40 name (UTF-8, zero padded) 64
 // 104 policy (UTF-8, zero padded) 32
-// 136 reserved (0) .. 160
+// 136 keyDigest 16: the digest of a keyed allocation's access key (never the key); 0 when not keyed
+// 152 reserved (0) .. 160
 
 const TH_CRC = TABLE_HEADER_BYTES - 4;
 
@@ -444,12 +458,19 @@ function encodeEntry(r: AllocationRecord, out: Buffer, off: number): void {
   out.writeUInt8(policy.length, off + 37);
   name.copy(out, off + 40);
   policy.copy(out, off + 104);
+  if (r.keyDigest !== undefined) {
+    invariant(r.keyDigest.length === KEY_DIGEST_BYTES, 'a key digest is 16 bytes');
+    out.writeUInt8(ENTRY_KEYED, off + 38);
+    r.keyDigest.copy(out, off + KEY_DIGEST_AT);
+  }
 }
 
-function decodeEntry(b: Buffer, off: number): AllocationRecord {
+function decodeEntry(b: Buffer, off: number): AllocationRecord | string {
   const nameBytes = Math.min(b.readUInt8(off + 36), NAME_BYTES_MAX);
   const policyBytes = Math.min(b.readUInt8(off + 37), POLICY_BYTES_MAX);
-  return {
+  const flags = b.readUInt8(off + 38);
+  if ((flags & ~ENTRY_KEYED) !== 0) return `unknown entry flags 0x${flags.toString(16)}`;
+  const record: AllocationRecord = {
     guid: bytesToUuid(b.subarray(off, off + 16)),
     name: b.toString('utf8', off + 40, off + 40 + nameBytes),
     policy: b.toString('utf8', off + 104, off + 104 + policyBytes),
@@ -458,6 +479,8 @@ function decodeEntry(b: Buffer, off: number): AllocationRecord {
     dataOffset: readU64(b, off + 24),
     createdEpoch: b.readUInt32LE(off + 32),
   };
+  if ((flags & ENTRY_KEYED) !== 0) record.keyDigest = Buffer.from(b.subarray(off + KEY_DIGEST_AT, off + KEY_DIGEST_AT + KEY_DIGEST_BYTES));
+  return record;
 }
 
 /** Bytes a table copy of entryCount entries takes when written: header and
@@ -476,7 +499,7 @@ export function encodeTable(seq: number, records: readonly AllocationRecord[], t
   records.forEach((r, i) => encodeEntry(r, b, TABLE_HEADER_BYTES + i * TABLE_ENTRY_BYTES));
   const entriesEnd = TABLE_HEADER_BYTES + records.length * TABLE_ENTRY_BYTES;
   b.write(TABLE_MAGIC, 0, 'latin1');
-  b.writeUInt32LE(RECORD_VERSION, 4);
+  b.writeUInt32LE(records.some((r) => r.keyDigest !== undefined) ? TABLE_VERSION_KEYED : RECORD_VERSION, 4);
   writeU64(b, 8, seq);
   b.writeUInt32LE(records.length, 16);
   b.writeUInt32LE(TABLE_ENTRY_BYTES, 20);
@@ -496,7 +519,8 @@ export function decodeTableHeader(b: Buffer, tableEntriesMax: number): TableHead
   if (isAllZero(b.subarray(0, TABLE_HEADER_BYTES))) return 'blank';
   if (!hasMagic(b, 0, TABLE_MAGIC)) return 'bad magic';
   if (b.readUInt32LE(TH_CRC) !== crcBefore(b, TH_CRC)) return 'bad header checksum';
-  if (b.readUInt32LE(4) !== RECORD_VERSION) return 'bad format version';
+  const version = b.readUInt32LE(4);
+  if (version !== RECORD_VERSION && version !== TABLE_VERSION_KEYED) return 'bad format version';
   if (b.readUInt32LE(20) !== TABLE_ENTRY_BYTES) return 'bad entry size';
   const seq = readU64(b, 8);
   const entryCount = b.readUInt32LE(16);
@@ -520,6 +544,7 @@ export function decodeTable(
   const records: AllocationRecord[] = [];
   for (let i = 0; i < h.entryCount; i++) {
     const r = decodeEntry(b, TABLE_HEADER_BYTES + i * TABLE_ENTRY_BYTES);
+    if (typeof r === 'string') return `entry ${i}: ${r}`;
     if (Number.isNaN(r.dataOffset)) return `entry ${i} has a bad dataOffset`;
     records.push(r);
   }
