@@ -244,6 +244,8 @@ export interface OpenPoolStoreOptions {
 }
 
 const RETRY_INTERVAL_MS = 50;
+/** How many times a missing file member beside labelled ones is looked for again (RETRY_INTERVAL_MS apart) before the pool opens without it. */
+const UNMADE_LOOKS = 40;
 
 /**
  * The pair's store over the pool `spec` describes; created (pool and store)
@@ -270,18 +272,20 @@ type Attempt = { kind: 'open'; value: { store: PageStore; pool: Pool } } | { kin
 
 async function tryOpen(spec: PoolSpec, opts: OpenPoolStoreOptions, storeName: string, lockPath: string | null): Promise<Attempt> {
   // Files are not made here: while someone may be creating the pool, only the lock holder makes them.
-  const members = await openMembersLoose(spec);
-  const labels = await readMemberLabels(members);
-  // A member that cannot be opened does not keep a pool that exists from opening (degraded); but
-  // a file member missing while the partner holds the create lock is one it has not made yet.
-  if (labels.some((l) => typeof l !== 'string')) {
-    const unmade = members.some((m, i) => m.device instanceof UnopenedDevice && spec.devices[i]!.kind === 'file');
-    if (unmade && lockPath !== null && (await exists(lockPath))) {
-      await closeMembers(members);
-      return { kind: 'wait', code: 'STORE_CORRUPT', why: 'the partner is creating the pool' };
-    }
-    return openLabelled(spec, members, opts, storeName);
+  let members = await openMembersLoose(spec);
+  let labels = await readMemberLabels(members);
+  // A file member missing beside labelled ones is most likely one the partner creating the pool had
+  // not made yet when we opened it (it makes them in turn, labels them, then lets go of the lock):
+  // look again for a while before opening without it.
+  const unmade = (): boolean => members.some((m, i) => m.device instanceof UnopenedDevice && spec.devices[i]!.kind === 'file');
+  for (let look = 0; look < UNMADE_LOOKS && labels.some((l) => typeof l !== 'string') && unmade(); look++) {
+    await closeMembers(members);
+    await sleep(RETRY_INTERVAL_MS);
+    members = await openMembersLoose(spec);
+    labels = await readMemberLabels(members);
   }
+  // A member that cannot be opened does not keep a pool that exists from opening (degraded).
+  if (labels.some((l) => typeof l !== 'string')) return openLabelled(spec, members, opts, storeName);
   await closeMembers(members);
   const unreachable = members.flatMap((m, i) => (m.device instanceof UnopenedDevice && spec.devices[i]!.kind === 'nbd' ? [`${m.name}: ${m.device.why}`] : []));
   if (unreachable.length > 0) throw new PagepairError('IO_ERROR', `${storeName}: no member holds a pool label, and some cannot be reached: ${unreachable.join('; ')}`, 'store.pool');
