@@ -301,7 +301,6 @@ export class MirrorDevice implements Pool {
     );
   }
 
-
   async read(offset: number, length: number): Promise<Buffer> {
     this.checkRange(offset, length);
     // Members in turn from where the last read began: each read tries every member once.
@@ -714,7 +713,6 @@ export class MirrorDevice implements Pool {
   private rebuildRecord(seen: RebuildRecord | null = null): RebuildRecord | null {
     return rebuildRecordOf(this.members, this.dropped, seen);
   }
-
 
   private noneLeft(what: string): PagepairError {
     return new PagepairError('IO_ERROR', `pool ${this.poolId}: ${what} failed on every device (${this.members.map((m) => `${m.name}: ${m.reason ?? m.state}`).join('; ')})`);

@@ -597,7 +597,6 @@ export class ParityDevice implements Pool {
     );
   }
 
-
   repairRange(offset: number, length: number): Promise<void> {
     return this.writes.track(this.repairRangeNow(offset, length));
   }
@@ -1037,7 +1036,6 @@ export class ParityDevice implements Pool {
   private rebuildRecord(seen: RebuildRecord | null = null): RebuildRecord | null {
     return rebuildRecordOf(this.members, this.dropped, seen);
   }
-
 
   private labelFields(slot: number, generation: number): PoolLabel {
     return {
