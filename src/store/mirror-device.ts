@@ -93,6 +93,8 @@ export class MirrorDevice implements Pool {
   private readonly copyChunkBytes: number;
   /** The generation that announced our rebuild in the labels (0: not yet). */
   private rebuildAnnounced = 0;
+  /** Refreshes, one after the other. */
+  private refreshChain: Promise<unknown> = Promise.resolve();
   /** The slot our rebuild is naming in right now (−1: none): its own label lags that move, a refresh meanwhile must not judge it by it. */
   private joiningSlot = -1;
   /** A rebuild whose device we stopped writing (or could not open): our labels no longer record it. */
@@ -209,13 +211,19 @@ export class MirrorDevice implements Pool {
    * may learn of newer labels without taking up what they record, so the
    * labels are read again until none is newer than what was acted on.
    */
-  async refresh(): Promise<number> {
-    let followed = 0;
-    for (let round = 0; round < 8; round++) {
-      followed = await this.refreshOnce();
-      if (this.gen <= followed) break;
-    }
-    return followed;
+  refresh(): Promise<number> {
+    // One at a time: a refresh whose label reads began before another's landed newer labels
+    // would judge the members by older labels than this object knows.
+    const run = this.refreshChain.then(async () => {
+      let followed = 0;
+      for (let round = 0; round < 8; round++) {
+        followed = await this.refreshOnce();
+        if (this.gen <= followed) break;
+      }
+      return followed;
+    });
+    this.refreshChain = run.catch(() => undefined);
+    return run;
   }
 
   private async refreshOnce(): Promise<number> {
@@ -256,7 +264,8 @@ export class MirrorDevice implements Pool {
       const label = l as PoolLabel;
       // Named out by the newest labels: it missed writes. Not named, an older label of its own
       // is one whose write has not landed yet (another pool object moving the generation on).
-      const stale = view.generation < newest ? staleReason(label.generation, newest) : staleness(label, view);
+      // Labels older than a generation this object knows (read before a move landed) judge nothing.
+      const stale = view.generation < newest ? null : staleness(label, view);
       if (stale !== null) {
         if (m.state === 'healthy') {
           m.state = 'stale';

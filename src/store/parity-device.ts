@@ -129,6 +129,8 @@ export class ParityDevice implements Pool {
   private rebuild: { slot: number; doneBytes: number; totalBytes: number } | null = null;
   /** The generation that announced our rebuild in the labels (0: not yet). */
   private rebuildAnnounced = 0;
+  /** Refreshes, one after the other. */
+  private refreshChain: Promise<unknown> = Promise.resolve();
   /** The slot our rebuild is naming in right now (−1: none): its own label lags that move, a refresh meanwhile must not judge it by it. */
   private joiningSlot = -1;
   /** A rebuild whose device we stopped writing (or could not open): our labels no longer record it. */
@@ -523,13 +525,19 @@ export class ParityDevice implements Pool {
    * may learn of newer labels without taking up what they record, so the
    * labels are read again until none is newer than what was acted on.
    */
-  async refresh(): Promise<number> {
-    let followed = 0;
-    for (let round = 0; round < 8; round++) {
-      followed = await this.refreshOnce();
-      if (this.gen <= followed) break;
-    }
-    return followed;
+  refresh(): Promise<number> {
+    // One at a time: a refresh whose label reads began before another's landed newer labels
+    // would judge the members by older labels than this object knows.
+    const run = this.refreshChain.then(async () => {
+      let followed = 0;
+      for (let round = 0; round < 8; round++) {
+        followed = await this.refreshOnce();
+        if (this.gen <= followed) break;
+      }
+      return followed;
+    });
+    this.refreshChain = run.catch(() => undefined);
+    return run;
   }
 
   private async refreshOnce(): Promise<number> {
