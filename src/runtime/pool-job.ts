@@ -18,7 +18,7 @@ import { PagepairError, isPagepairError } from '../protocol/errors.js';
 import { HARD_LIMITS } from '../protocol/limits.js';
 import { PoolJobKind, type CPoolJob } from '../protocol/messages.js';
 import type { PageStore } from '../store/page-store.js';
-import { POOL_LABEL_AREA_BYTES } from '../store/pool-label.js';
+import { POOL_LABEL_AREA_BYTES, decodePoolLabel } from '../store/pool-label.js';
 import type { Pool, ScrubReport } from '../store/pool.js';
 import type { Device } from '../store/types.js';
 import { checkPages, pageCheckBytes, type PageCheckReport } from './page-check.js';
@@ -245,6 +245,20 @@ export class PoolJobRunner {
     if (device.sizeBytes < memberBytes) {
       await device.close().catch(() => undefined);
       throw new PagepairError('BAD_FIELD', `device ${name} holds ${device.sizeBytes} bytes; every device of this pool needs at least ${memberBytes}`, 'device');
+    }
+    // A client names the device: never write over one that holds something else (a file system, another
+    // program's file). Taken: zeros where the labels go (a new file or export), or a pool label.
+    let head: Buffer;
+    try {
+      head = await device.read(0, POOL_LABEL_AREA_BYTES);
+    } catch (err) {
+      await device.close().catch(() => undefined);
+      throw new PagepairError('IO_ERROR', `device ${name} cannot be read: ${err instanceof Error ? err.message : String(err)}`, 'device');
+    }
+    const labelled = [0, 4096].some((at) => typeof decodePoolLabel(head.subarray(at, at + 4096)) !== 'string');
+    if (!labelled && head.some((b) => b !== 0)) {
+      await device.close().catch(() => undefined);
+      throw new PagepairError('BAD_FIELD', `device ${name} holds data that is not a pool label in its first ${POOL_LABEL_AREA_BYTES} bytes: not written over (zero them to use it)`, 'device');
     }
     return device;
   }

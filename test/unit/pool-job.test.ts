@@ -147,6 +147,12 @@ describe('pool job requests: each mistake refused by name before anything is ope
     expect(small.jobs.status()).toBeNull();
     const gone = runner(m.pool, m.store, { openMember: () => Promise.reject(new Error('ECONNREFUSED')) });
     await expectRejected(gone.jobs.start(replace({ device: 'nbd://127.0.0.1:1/x' })), 'IO_ERROR', 'device', /nbd:\/\/127\.0\.0\.1:1\/x cannot be opened: ECONNREFUSED/);
+    // A device holding something else (a file system, another program's file) is not written over.
+    const used = new MemoryDevice(4 * MiB);
+    await used.write(0, Buffer.from('ext4 superblock, say'));
+    const taken = runner(m.pool, m.store, { openMember: async () => used });
+    await expectRejected(taken.jobs.start(replace()), 'BAD_FIELD', 'device', /holds data that is not a pool label in its first 8192 bytes: not written over/);
+    expect((await used.read(0, 20)).toString()).toBe('ext4 superblock, say');
     const notServing = runner(m.pool, m.store, { notServing: () => 'controller A is fenced, not serving' });
     await expectRejected(notServing.jobs.start(scrub()), 'NOT_ACTIVE', undefined, /fenced/);
     await m.store.close();
