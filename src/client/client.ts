@@ -8,7 +8,7 @@ import { WebSocket, type RawData } from 'ws';
 import { PagepairError } from '../protocol/errors.js';
 import { decode, encode } from '../protocol/codec.js';
 import { HARD_LIMITS } from '../protocol/limits.js';
-import { PointerMode, PoolJobKind, PROTOCOL_VERSION, SENDER_CLIENT, type PoolJobKindCode, type RoleCode } from '../protocol/messages.js';
+import { PointerMode, PoolJobKind, PROTOCOL_VERSION, SENDER_CLIENT, SnapshotOp, type PoolJobKindCode, type RoleCode } from '../protocol/messages.js';
 import { FRAMES } from '../transport/frame-pool.js';
 import { CLIENT_PSK_IDENTITY, derivePsk, pskClientOptions } from '../transport/tls.js';
 import { closeGracefully, messageBytes, WS_COMMON, zeroMask } from '../transport/ws-util.js';
@@ -312,6 +312,18 @@ export class PagepairClient {
     } catch (err) {
       throw new PagepairError('INTERNAL', `status reply is not JSON: ${errorText(err)}`);
     }
+  }
+
+  /**
+   * Takes a copy-on-write snapshot of the allocation `guid` (a volume) while
+   * I/O goes on: a new, read-only allocation named `<volume>@<name>` that
+   * keeps the volume's bytes of one instant. Delete it with release().
+   */
+  async snapshot(guid: string, name: string): Promise<AllocationInfo> {
+    checkString('guid', guid);
+    checkString('name', name);
+    const r = await this.request<ReplyOf<'C_SNAPSHOT_REPLY'>>({ kind: 'C_SNAPSHOT', ...HEAD, op: SnapshotOp.CREATE, guid, name }, 'C_SNAPSHOT_REPLY');
+    return { guid: r.guid, pageSizeBytes: r.pageSizeBytes, pageCount: r.pageCount };
   }
 
   async list(): Promise<CListReply['allocations']> {

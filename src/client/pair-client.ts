@@ -11,6 +11,7 @@ import { randomInt } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PagepairError, isPagepairError, type ErrorCodeName } from '../protocol/errors.js';
 import { accessKeyBytes, PagepairClient, type AllocateOptions, type AllocationInfo, type ControllerAddress } from './client.js';
+import type { CListReply } from '../protocol/messages.js';
 
 /** Answers after which the same request may succeed elsewhere or a moment later. */
 const RETRYABLE: ReadonlySet<ErrorCodeName> = new Set<ErrorCodeName>([
@@ -123,6 +124,30 @@ export class PairClient {
 
   status(): Promise<unknown> {
     return this.attempt('status', (c) => c.status());
+  }
+
+  list(): Promise<CListReply['allocations']> {
+    return this.attempt('list', (c) => c.list());
+  }
+
+  /** A snapshot of the volume `guid` (PagepairClient.snapshot); a retry that finds the one its first attempt made returns it. */
+  snapshot(guid: string, name: string): Promise<AllocationInfo> {
+    let tried = false;
+    return this.attempt('snapshot', async (c) => {
+      try {
+        return await c.snapshot(guid, name);
+      } catch (err) {
+        if (tried && isPagepairError(err, 'DUPLICATE')) {
+          const all = await c.list();
+          const origin = all.find((a) => a.guid === guid);
+          const found = origin === undefined ? undefined : all.find((a) => a.origin === guid && a.name === `${origin.name}@${name}`);
+          if (found !== undefined) return { guid: found.guid, pageSizeBytes: found.pageSizeBytes, pageCount: found.pageCount };
+        }
+        throw err;
+      } finally {
+        tried = true;
+      }
+    });
   }
 
   async close(): Promise<void> {

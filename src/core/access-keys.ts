@@ -47,6 +47,7 @@ export function guidOfRequest(msg: ClientRequest): string | null {
     case 'C_TEST_CORRUPT':
     case 'C_REWRITE':
     case 'C_FLUSH':
+    case 'C_SNAPSHOT':
       return msg.guid;
     // C_CLOSE_POINTER names a pointer of this connection (checked in pointers.ts);
     // C_UNLOCK is how a guid is opened; the others name no allocation.

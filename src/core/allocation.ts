@@ -53,7 +53,21 @@ export interface AllocState {
    * whole needs only its version, so it is not read from the store.
    */
   knownVersions: Float64Array | null;
+  /** Snapshots of this allocation (src/core/snapshots.ts), replaced whole on every change (so a write can tell the set moved). */
+  snapshots: readonly AllocState[];
+  /** A snapshot: the allocation it is a snapshot of (null until that is installed). Null for an ordinary allocation. */
+  origin: AllocState | null;
+  /**
+   * Closed at the partner of the controller making a snapshot of it, from
+   * the snapshot's install until the answer is sent: its writes wait before
+   * they apply (snapshots.ts).
+   */
+  gate: Future<void> | null;
+  /** Snapshots of it this controller is making (asked the partner, not installed yet). */
+  snapshotsPending: number;
 }
+
+const NO_SNAPSHOTS: readonly AllocState[] = [];
 
 export function newAllocState(record: AllocationRecord, initialOwner: number): AllocState {
   return {
@@ -69,6 +83,10 @@ export function newAllocState(record: AllocationRecord, initialOwner: number): A
     released: false,
     lostInReset: false,
     knownVersions: null,
+    snapshots: NO_SNAPSHOTS,
+    origin: null,
+    gate: null,
+    snapshotsPending: 0,
   };
 }
 
@@ -86,5 +104,6 @@ export function recordFields(r: AllocationRecord): (string | number)[] {
   // A keyed allocation's digest counts: the two sides must agree on who may use it.
   const fields: (string | number)[] = [r.guid, r.name, r.policy, r.pageSizeBytes, r.pageCount, r.dataOffset, r.createdEpoch];
   if (r.keyDigest !== undefined) fields.push(`key:${r.keyDigest.toString('hex')}`);
+  if (r.snapshot === true) fields.push('snapshot');
   return fields;
 }

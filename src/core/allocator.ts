@@ -11,6 +11,7 @@ import { newAllocState, recordFields, type AllocState } from './allocation.js';
 import { SetDigest, tableMember } from './digest.js';
 import { keyDigestOfAllocate, keyFieldsOf } from './access-keys.js';
 import { unknownGuid } from './shared.js';
+import { originNameOf } from './snapshots.js';
 import type { Core } from './context.js';
 import { settle, wait, type Future, type Task } from './tasks.js';
 
@@ -74,7 +75,7 @@ export class Allocator {
   }
 
   /** What C_LIST answers: at most `max` allocations. A keyed one is listed as keyed, never with its key's digest. */
-  list(max: number): { guid: string; name: string; policy: string; pageSizeBytes: number; pageCount: number; keyed: boolean }[] {
+  list(max: number): { guid: string; name: string; policy: string; pageSizeBytes: number; pageCount: number; keyed: boolean; origin: string }[] {
     return [...this.allocs.values()].slice(0, max).map((a) => ({
       guid: a.record.guid,
       name: a.record.name,
@@ -82,6 +83,7 @@ export class Allocator {
       pageSizeBytes: a.record.pageSizeBytes,
       pageCount: a.record.pageCount,
       keyed: a.record.keyDigest !== undefined,
+      origin: a.origin?.record.guid ?? '',
     }));
   }
 
@@ -105,22 +107,38 @@ export class Allocator {
   /** The allocation made, and its access key when keyed (16 zero bytes when not: the reply always carries 16 bytes). */
   *clientAllocate(msg: CAllocate): Task<{ record: AllocationRecord; key: Buffer }> {
     this.c.membership.requireWritable();
-    this.refuseDuringResync('allocate');
     const policy = this.c.cfg.policies.get(msg.policy === '' ? 'default' : msg.policy);
     if (policy === undefined) {
       throw new PagepairError('POLICY_UNKNOWN', `no policy named "${msg.policy}" (known: ${[...this.c.cfg.policies.keys()].join(', ')})`, 'policy');
     }
     checkName(msg.name);
-    if (this.names.has(msg.name)) throw new PagepairError('DUPLICATE', `an allocation named "${msg.name}" exists`, 'name');
     if (!Number.isSafeInteger(msg.sizeBytes) || msg.sizeBytes <= 0) {
       throw new PagepairError('BAD_FIELD', `sizeBytes must be a positive integer, got ${msg.sizeBytes}`, 'sizeBytes');
     }
     const pageCount = Math.ceil(msg.sizeBytes / policy.pageSizeBytes);
     if (pageCount > 0xffff_ffff) throw new PagepairError('TOO_LARGE', `${msg.sizeBytes} bytes is more than 2^32 pages`, 'sizeBytes');
+    return yield* this.allocate({ name: msg.name, policyName: policy.name, pageCount, keyed: msg.keyed === true, origin: null });
+  }
+
+  /**
+   * Makes an allocation at both sides. `origin`: a copy-on-write snapshot of
+   * it (snapshots.ts), with its origin's key digest; the partner installs it
+   * first, with the origin's gate closed there until it has answered.
+   */
+  *allocate(spec: { name: string; policyName: string; pageCount: number; keyed: boolean; origin: AllocState | null }): Task<{ record: AllocationRecord; key: Buffer }> {
+    this.c.membership.requireWritable();
+    this.refuseDuringResync('allocate');
+    const policy = this.c.cfg.policies.get(spec.policyName);
+    if (policy === undefined) throw new PagepairError('POLICY_UNKNOWN', `no policy named "${spec.policyName}"`, 'policy');
+    const msg = { name: spec.name };
+    if (this.names.has(msg.name)) throw new PagepairError('DUPLICATE', `an allocation named "${msg.name}" exists`, 'name');
+    const pageCount = spec.pageCount;
+    const origin = spec.origin;
     const bytes = this.extentBytes(policy.pageSizeBytes, pageCount);
     const guid = this.c.env.newGuid();
     // The key leaves only in the reply; the record, the partner and the table get its digest.
-    const keyed = msg.keyed === true ? this.c.access.newKey(guid) : null;
+    const keyed = spec.keyed ? this.c.access.newKey(guid) : null;
+    const keyDigest = keyed?.digest ?? origin?.record.keyDigest;
     const base = {
       guid,
       name: msg.name,
@@ -128,10 +146,13 @@ export class Allocator {
       pageSizeBytes: policy.pageSizeBytes,
       pageCount,
       createdEpoch: this.c.membership.epoch,
-      ...(keyed === null ? {} : { keyDigest: keyed.digest }),
+      ...(keyDigest === undefined ? {} : { keyDigest }),
+      ...(origin === null ? {} : { snapshot: true }),
     };
     this.names.add(msg.name); // held while we ask, so a second request for the name fails fast
     let installed = false;
+    // A snapshot being made holds its origin: no release, no write pointer, until it is installed here.
+    if (origin !== null) origin.snapshotsPending++;
     // Where we place the extent ourselves, it is held until the allocation is
     // installed: another allocation made meanwhile must not be placed over it.
     let local: Reservation | null = null;
@@ -147,25 +168,34 @@ export class Allocator {
         record = { ...base, dataOffset: local.dataOffset };
         // Zeroed before the partner can learn of it (and a client write there).
         yield* wait(this.c.io.run({ kind: 'clearExtent', dataOffset: record.dataOffset, bytes }));
-        yield* wait(this.c.requests.request({ kind: 'ALLOCATE', ...record, ...keyFieldsOf(record), reservationId: space.reservationId }));
+        if (origin !== null) this.checkOrigin(origin);
+        yield* wait(this.c.requests.request({ kind: 'ALLOCATE', ...record, ...keyFieldsOf(record), snapshot: record.snapshot === true, reservationId: space.reservationId }));
       } else {
         const space = yield* wait(this.c.requests.request({ kind: 'SPACE_REQUEST', policy: policy.name, pageSizeBytes: policy.pageSizeBytes, pageCount, reserve: true, dataOffset: -1 }));
         invariant(space.kind === 'SPACE_REQUEST_REPLY', 'space reply');
         record = { ...base, dataOffset: space.dataOffset };
         // The coordinator zeroes the extent before it answers.
-        yield* wait(this.c.requests.request({ kind: 'ALLOCATE', ...record, ...keyFieldsOf(record), reservationId: space.reservationId }, zeroingAllowanceMs(bytes)));
+        if (origin !== null) this.checkOrigin(origin);
+        yield* wait(this.c.requests.request({ kind: 'ALLOCATE', ...record, ...keyFieldsOf(record), snapshot: record.snapshot === true, reservationId: space.reservationId }, zeroingAllowanceMs(bytes)));
       }
       if (!this.c.cfg.mirroring || this.c.membership.role === Role.ALONE) yield* wait(this.c.io.run({ kind: 'clearExtent', dataOffset: record.dataOffset, bytes }));
       // Its extent is zeroed: every page is at version 0, known without reading.
       this.installAllocation(record, this.defaultOwner(), true);
       installed = true;
       if (this.isCoordinator()) yield* wait(this.persistTable());
-      this.c.env.log.info({ guid: record.guid, name: record.name, policy: record.policy, pageCount, pageSizeBytes: record.pageSizeBytes, keyed: keyed !== null }, 'allocation created');
+      this.c.env.log.info({ guid: record.guid, name: record.name, policy: record.policy, pageCount, pageSizeBytes: record.pageSizeBytes, keyed: keyed !== null, snapshotOf: origin?.record.guid }, origin === null ? 'allocation created' : 'snapshot created');
       return { record, key: keyed?.key ?? Buffer.alloc(16) };
     } finally {
+      if (origin !== null) origin.snapshotsPending--;
       if (local !== null) this.reservations.delete(local.id);
       if (!installed) this.names.delete(msg.name);
     }
+  }
+
+  /** Before the partner hears of a snapshot: its origin is still here, with no write pointer open. */
+  private checkOrigin(origin: AllocState): void {
+    if (origin.released) throw this.goneError(origin);
+    this.c.snapshots.checkNoWritePointers(origin);
   }
 
   /** Extents in use: allocations, reservations, and released ones a store write may still reach. */
@@ -236,6 +266,7 @@ export class Allocator {
       dataOffset: req.dataOffset,
       createdEpoch: req.createdEpoch,
       ...(keyDigest === undefined ? {} : { keyDigest }),
+      ...(req.snapshot ? { snapshot: true } : {}),
     };
     if (req.reservationId === SYNC_RESERVATION) {
       // A join replays the authoritative table.
@@ -274,10 +305,32 @@ export class Allocator {
       this.reservations.delete(r.id);
     }
     if (this.allocs.has(req.guid) || this.names.has(req.name)) throw new PagepairError('DUPLICATE', `allocation ${req.guid} or its name exists`, 'name');
-    this.installAllocation(record, this.defaultOwner(), true);
-    if (this.isCoordinator()) yield* wait(this.persistTable());
-    this.c.env.log.info({ guid: record.guid, name: record.name, by: this.c.partnerId, keyed: keyDigest !== undefined }, 'allocation created by partner');
-    this.c.requests.replyPeer(req, { kind: 'ALLOCATE_REPLY' });
+    // A snapshot's install is the instant it is taken (snapshots.ts). Our
+    // writes of its origin wait from then until the answer is sent, so that
+    // the pages they copy into it reach the partner after the answer, once
+    // it has the snapshot too.
+    const gated = req.snapshot ? this.snapshotOrigin(record) : null;
+    if (gated !== null) this.c.snapshots.closeGate(gated);
+    try {
+      this.installAllocation(record, this.defaultOwner(), true);
+      if (this.isCoordinator()) yield* wait(this.persistTable());
+      this.c.env.log.info({ guid: record.guid, name: record.name, by: this.c.partnerId, keyed: keyDigest !== undefined, snapshot: req.snapshot }, req.snapshot ? 'snapshot created by partner' : 'allocation created by partner');
+      this.c.requests.replyPeer(req, { kind: 'ALLOCATE_REPLY' });
+    } finally {
+      if (gated !== null) this.c.snapshots.openGate(gated);
+    }
+  }
+
+  /** The origin of the partner's snapshot: here, of the same shape, with no write pointer open. */
+  private snapshotOrigin(record: AllocationRecord): AllocState {
+    const originName = originNameOf(record.name);
+    let origin: AllocState | undefined;
+    for (const a of this.allocs.values()) if (a.record.name === originName) origin = a;
+    if (origin === undefined || origin.record.snapshot === true || origin.record.pageCount !== record.pageCount || origin.record.pageSizeBytes !== record.pageSizeBytes) {
+      throw new PagepairError('BAD_FIELD', `snapshot ${JSON.stringify(record.name)}: no allocation of its shape named ${JSON.stringify(originName)} here`, 'name');
+    }
+    this.c.snapshots.checkNoWritePointers(origin);
+    return origin;
   }
 
   /** `owner`: who owns its pages at first; both sides must pick the same. */
@@ -288,6 +341,7 @@ export class Allocator {
     this.allocs.set(record.guid, alloc);
     this.names.add(record.name);
     this.tableDigestText = null;
+    this.c.snapshots.installed(alloc);
     return alloc;
   }
 
@@ -295,6 +349,9 @@ export class Allocator {
     this.c.membership.requireWritable();
     this.refuseDuringResync('release');
     const alloc = this.lookup(msg.guid);
+    if (alloc.snapshots.length > 0 || alloc.snapshotsPending > 0) {
+      throw new PagepairError('BUSY', `${alloc.record.name} has ${alloc.snapshots.length + alloc.snapshotsPending} snapshots (${alloc.snapshots.map((s) => s.record.name).join(', ')}); delete them first`, 'guid');
+    }
     // Our own store writes to the extent land first; the partner's before it
     // answers. Only then may the extent go to another allocation.
     yield* this.dropAllocation(alloc);
@@ -337,6 +394,7 @@ export class Allocator {
       this.allocs.delete(alloc.record.guid);
       this.names.delete(alloc.record.name);
       this.tableDigestText = null;
+      this.c.snapshots.dropped(alloc);
       for (const p of [...alloc.pointers]) this.c.pointers.dropPointer(p);
       this.c.cache.dropAlloc(alloc);
       for (const cp of alloc.pages.values()) cp.waiters?.forEach((w) => w());

@@ -24,6 +24,7 @@ import { Verifier } from './verifier.js';
 import { Waits } from './waits.js';
 import { PoolSync } from './pool-sync.js';
 import { AccessKeys } from './access-keys.js';
+import { Snapshots } from './snapshots.js';
 
 export class CoreRooms {
   readonly selfId: 1 | 2;
@@ -52,6 +53,7 @@ export class CoreRooms {
   readonly waits: Waits;
   readonly poolSync: PoolSync;
   readonly access: AccessKeys;
+  readonly snapshots: Snapshots;
 
   constructor(
     readonly cfg: CoreConfig,
@@ -81,6 +83,7 @@ export class CoreRooms {
     this.verifier = new Verifier(this);
     this.poolSync = new PoolSync(this);
     this.access = new AccessKeys(this);
+    this.snapshots = new Snapshots(this);
   }
 }
 

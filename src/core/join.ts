@@ -153,7 +153,7 @@ export class Join {
   private *runJoinPush(join: JoinState): Task<void> {
     const sends: Future<unknown>[] = [];
     if (join.authoritative) {
-      for (const a of this.c.allocator.allocs.values()) sends.push(this.c.requests.request({ kind: 'ALLOCATE', ...a.record, ...keyFieldsOf(a.record), reservationId: SYNC_RESERVATION }));
+      for (const a of this.c.allocator.allocs.values()) sends.push(this.c.requests.request({ kind: 'ALLOCATE', ...a.record, ...keyFieldsOf(a.record), snapshot: a.record.snapshot === true, reservationId: SYNC_RESERVATION }));
     }
     yield* wait(this.c.tasks.all(sends));
     const byAlloc = new Map<AllocState, number[]>();

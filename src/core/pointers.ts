@@ -56,6 +56,7 @@ export class Pointers {
       throw new PagepairError('TOO_LARGE', `a pointer of ${bytes} bytes is over requestBytesMax ${this.c.cfg.limits.requestBytesMax}`, 'pageCount');
     }
     const write = msg.mode === PointerMode.WRITE;
+    if (write || alloc.record.snapshot === true) this.c.snapshots.refuseWritePointer(alloc);
     if (write) this.c.membership.requireWritable();
     else this.c.membership.requireReadable();
     const id = this.newPointerId();
@@ -246,6 +247,8 @@ export class Pointers {
   onAllocateWrite(req: AllocateWrite): void {
     const alloc = this.c.allocator.lookup(req.guid);
     this.c.allocator.checkPageRange(alloc, req.firstPage, req.pageCount);
+    // A snapshot of it made meanwhile (installed here first): its commits would not copy.
+    this.c.snapshots.refuseWritePointer(alloc);
     if (req.pageCount * alloc.record.pageSizeBytes > this.c.cfg.cacheBytesMax / 2) {
       throw new PagepairError('CACHE_FULL', `a write pointer of ${req.pageCount} pages would not fit half the cache`, 'pageCount');
     }

@@ -34,7 +34,8 @@ export class ReadPath {
     if (role !== Role.MIRRORED && role !== Role.SINGLE && role !== Role.ALONE) return null;
     if (this.c.membership.arbiter !== null && !this.c.membership.arbiter.leaseValid()) return null;
     const alloc = this.c.allocator.allocs.get(msg.guid);
-    if (alloc === undefined) return null;
+    // A snapshot's page may be its origin's: the long way.
+    if (alloc === undefined || alloc.record.snapshot === true) return null;
     const offset = msg.offset;
     const length = msg.length;
     const end = offset + length;
@@ -96,9 +97,10 @@ export class ReadPath {
       pointer.lastUsedMs = this.c.env.nowMs();
     }
     const out = Buffer.allocUnsafe(msg.length);
+    const snapshot = alloc.record.snapshot === true;
     for (let p = first; p <= last; p++) {
       const shadow = pointer?.shadows.get(p);
-      const data = shadow !== undefined ? shadow.data : (yield* this.readablePage(alloc, p)).data;
+      const data = shadow !== undefined ? shadow.data : snapshot ? yield* this.snapshotPage(alloc, p) : (yield* this.readablePage(alloc, p)).data;
       const pageStart = p * ps;
       const from = Math.max(msg.offset, pageStart);
       const to = Math.min(msg.offset + msg.length, pageStart + ps);
@@ -119,6 +121,26 @@ export class ReadPath {
       // The write we waited for may have failed (the link dropped): then we
       // are arbitrating, and what we hold may not survive it.
       this.c.membership.requireReadable();
+    }
+  }
+
+  /**
+   * A snapshot's bytes for one page: its own copy once it has one (version
+   * above 0), else its origin's page, taken in the same event as the check
+   * that the snapshot still has no copy (a write that copies first may land
+   * while the origin's page is read; then look again).
+   */
+  *snapshotPage(snap: AllocState, page: number): Task<Buffer> {
+    for (;;) {
+      const own = yield* this.readablePage(snap, page);
+      if (own.version > 0) return own.data;
+      const origin = snap.origin;
+      if (origin === null || origin.released) throw new PagepairError('NOT_ACTIVE', `the volume ${snap.record.name} is a snapshot of is not here; retry`);
+      const theirs = yield* this.readablePage(origin, page);
+      if (snap.released) throw this.c.allocator.goneError(snap);
+      const now = snap.pages.get(page);
+      const version = now !== undefined ? now.version : knownVersion(snap, page);
+      if (version === 0 && snap.origin === origin) return theirs.data;
     }
   }
 

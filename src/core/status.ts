@@ -22,6 +22,8 @@ export interface CoreCounters {
   joins: number;
   /** Attempts of a client write not applied because a retry of it was applied first. */
   retriesSuppressed: number;
+  /** Origin pages copied into a snapshot before their first write after it (snapshots.ts). */
+  snapshotCopies: number;
   /** TAKEs answered "not granted": the pages were not ours to hand on. */
   lockRefusals: number;
   /** Times the partner broke the ownership rules, or the two copies of a page were seen to differ (never, when all is well). */
@@ -56,6 +58,7 @@ export function newCounters(): CoreCounters {
     lockGrants: 0,
     joins: 0,
     retriesSuppressed: 0,
+    snapshotCopies: 0,
     lockRefusals: 0,
     ownershipConflicts: 0,
     resyncContentConflicts: 0,

@@ -7,7 +7,7 @@
 import { crc32c } from '../protocol/crc32c.js';
 import { DATA_CRC, type WithDataCrc } from '../protocol/codec.js';
 import { MsgType, Role, type ClientReply, type CRewrite, type CWrite } from '../protocol/messages.js';
-import { PagepairError, isPagepairError } from '../protocol/errors.js';
+import { PagepairError, invariant, isPagepairError } from '../protocol/errors.js';
 import { overlappingPointer, type AllocState } from './allocation.js';
 import type { CachePage } from './page-cache.js';
 import { newMirrorOp, type MirrorOp } from './peer-outbox.js';
@@ -58,6 +58,15 @@ export class MirroredWrite implements MirrorOp {
   }
 }
 
+const wholeNever = (): boolean => false;
+/** A snapshot's page only needs its version known: it is written whole, if at all. */
+const wholeAlways = (): boolean => true;
+
+/** Snapshots are read only. */
+function refuseSnapshotWrite(alloc: AllocState): void {
+  if (alloc.record.snapshot === true) throw new PagepairError('READ_ONLY', `${alloc.record.name} is a snapshot: it is read only`, 'guid');
+}
+
 export class WritePath {
   private roomWaiters: RoomWaiter[] = [];
 
@@ -90,7 +99,8 @@ export class WritePath {
     const mirroring = this.c.cfg.mirroring;
     if (mirroring ? this.c.membership.role !== Role.MIRRORED || !this.c.membership.linkUp : this.c.membership.role !== Role.SINGLE) return false;
     const alloc = this.c.allocator.allocs.get(msg.guid);
-    if (alloc === undefined) return false;
+    // A snapshot (read only), an origin with snapshots (a write copies first) or one being snapshotted: the long way.
+    if (alloc === undefined || alloc.snapshots.length > 0 || alloc.gate !== null || alloc.record.snapshot === true) return false;
     const data = msg.data;
     const offset = msg.offset;
     const end = offset + data.length;
@@ -208,6 +218,7 @@ export class WritePath {
     this.c.membership.requireWritable();
     const alloc = this.c.allocator.lookup(msg.guid);
     this.c.allocator.checkRange(alloc, msg.offset, msg.data.length, 'data');
+    refuseSnapshotWrite(alloc);
     const ps = alloc.record.pageSizeBytes;
     const first = Math.floor(msg.offset / ps);
     const count = Math.floor((msg.offset + msg.data.length - 1) / ps) - first + 1;
@@ -284,9 +295,10 @@ export class WritePath {
     progress: WriteProgress,
     wholePages: (page: number) => boolean = () => false,
   ): Task<void> {
-    const bytes = count * alloc.record.pageSizeBytes;
+    const bytes = count * alloc.record.pageSizeBytes * (1 + alloc.snapshots.length);
     if (bytes > this.c.cfg.cacheBytesMax / 2) {
-      throw new PagepairError('TOO_LARGE', `a write of ${count} pages (${bytes} bytes) does not fit half the cache (${this.c.cfg.cacheBytesMax} bytes)`, 'data');
+      const copies = alloc.snapshots.length > 0 ? ` with the copies for its ${alloc.snapshots.length} snapshots` : '';
+      throw new PagepairError('TOO_LARGE', `a write of ${count} pages (${bytes} bytes${copies}) does not fit half the cache (${this.c.cfg.cacheBytesMax} bytes)`, 'data');
     }
     const op: LocalWrite = { alloc, first, count };
     this.c.ownership.activeWrites.add(op);
@@ -295,12 +307,28 @@ export class WritePath {
     try {
       for (let round = 0; ; round++) {
         if (round >= OWNERSHIP_ROUNDS_MAX) throw new PagepairError('BUSY', `write to ${alloc.record.guid} kept losing its pages to the partner`);
-        if (this.c.cfg.mirroring) yield* this.c.ownership.acquireOwnership(alloc, first, count);
-        yield* wait(this.waitForRoom(this.missingBytes(alloc, first, count)));
-        yield* this.c.reads.stageAndPin(alloc, first, count, pinned, wholePages);
+        if (alloc.gate !== null) {
+          // A snapshot of it is being made here: nothing of it applies until it is.
+          yield* wait(alloc.gate);
+          continue;
+        }
+        // Snapshots whose pages may need the old bytes first: ours to write, their versions known.
+        const snaps = alloc.snapshots;
+        const whole = snaps.length > 0 ? wholeNever : wholePages;
+        if (this.c.cfg.mirroring) {
+          yield* this.c.ownership.acquireOwnership(alloc, first, count);
+          for (const s of snaps) yield* this.c.ownership.acquireOwnership(s, first, count);
+        }
+        let missing = this.missingBytes(alloc, first, count);
+        for (const s of snaps) missing += this.missingBytes(s, first, count);
+        yield* wait(this.waitForRoom(missing));
+        yield* this.c.reads.stageAndPin(alloc, first, count, pinned, whole);
+        for (const s of snaps) yield* this.c.reads.stageAndPin(s, first, count, pinned, wholeAlways);
         if (alloc.released) throw this.c.allocator.goneError(alloc);
         this.c.membership.requireWritable();
-        if (!this.c.ownership.ownsRange(alloc, first, count) || !this.c.reads.readyRange(alloc, first, count, wholePages)) continue;
+        if (alloc.gate !== null || alloc.snapshots !== snaps) continue;
+        if (!this.c.ownership.ownsRange(alloc, first, count) || !this.c.reads.readyRange(alloc, first, count, whole)) continue;
+        if (!snaps.every((s) => !s.released && this.c.ownership.ownsRange(s, first, count) && this.c.reads.readyRange(s, first, count, wholeAlways))) continue;
         const conflict = overlappingPointer(alloc, first, count);
         if (conflict !== undefined) throw new PagepairError('LOCK_CONFLICT', `pages are held by pointer ${conflict.id}`);
         // A retry of this write may have been applied at the partner while we
@@ -317,6 +345,22 @@ export class WritePath {
         const toStore: StoreWrite[] = [];
         for (let p = first; p < first + count; p++) {
           const cached = alloc.pages.get(p);
+          // The snapshots that still share this page get its bytes before it changes, sent ahead of it.
+          for (const s of snaps) {
+            const sv = s.pages.get(p)?.version ?? knownVersion(s, p);
+            if (sv !== 0) continue;
+            invariant(cached !== undefined, 'an origin page is staged before its snapshots copy it');
+            const copy = Buffer.from(cached.data);
+            const scp = this.c.cache.writeDirty(s, p, 1, cached.crc, this.c.membership.epoch, copy, now);
+            this.c.counters.snapshotCopies++;
+            if (mirror === null && !through) continue;
+            scp.mirrorPending++;
+            touched.push(scp);
+            if (through) toStore.push({ cp: scp, version: 1, data: copy, crc: cached.crc });
+            if (mirror !== null) {
+              this.c.outbox.pushPage({ guid: s.record.guid, page: p, version: 1, crc: cached.crc, epoch: this.c.membership.epoch, pageFlags: 0, pointerId: 0, clientId: 0, clientSeq: 0, ownerGen: s.ownerGen[p]!, data: copy }, mirror.op);
+            }
+          }
           // A page overwritten whole need not be read first when its version is known.
           const data = compose(p, cached?.data ?? EMPTY);
           const version = (cached?.version ?? knownVersion(alloc, p)) + 1;
@@ -399,6 +443,7 @@ export class WritePath {
     this.c.membership.requireWritable();
     const alloc = this.c.allocator.lookup(msg.guid);
     this.c.allocator.checkPageRange(alloc, msg.page, 1);
+    refuseSnapshotWrite(alloc);
     const conflict = overlappingPointer(alloc, msg.page, 1);
     if (conflict !== undefined) throw new PagepairError('LOCK_CONFLICT', `page ${msg.page} of ${alloc.record.guid} is held by pointer ${conflict.id}`);
     yield* this.writePages(alloc, msg.page, 1, (_page, current) => Buffer.from(current), null, { applied: false, suppressed: false });

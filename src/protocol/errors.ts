@@ -34,6 +34,8 @@ export const ErrorCode = {
   NOT_ALLOWED: 32,
   /** The allocation is keyed and this connection has not unlocked it (C_UNLOCK), or the key presented is wrong. */
   ACCESS_DENIED: 33,
+  /** The allocation is a snapshot: it is read only. */
+  READ_ONLY: 34,
   // pair state
   NOT_MIRRORED: 40,
   FENCED: 41,

@@ -4,7 +4,7 @@
 
 import type { Limits } from './limits.js';
 import type { Common, Message, MessageKind } from './messages.js';
-import { JoinFlag, LockOp, MsgType, PageFlag, PageState, PointerMode, PoolJobKind, REPLY_BIT, Role, SenseReason, VerifyVerdict } from './messages.js';
+import { JoinFlag, LockOp, MsgType, PageFlag, PageState, PointerMode, PoolJobKind, REPLY_BIT, SnapshotOp, Role, SenseReason, VerifyVerdict } from './messages.js';
 
 // ---------------------------------------------------------------------------
 // Type codes
@@ -212,6 +212,7 @@ export const BODY: BodyLayouts = {
     u32('createdEpoch'),
     bool('keyed'),
     bytes16('keyDigest'),
+    bool('snapshot'),
   ],
   ALLOCATE_REPLY: [],
   RELEASE: [guid('guid')],
@@ -298,6 +299,7 @@ export const BODY: BodyLayouts = {
       u32('pageSizeBytes'),
       u32('pageCount'),
       bool('keyed'),
+      scalar('origin', 'guidOrEmpty'),
     ]),
   ],
   C_OPEN_POINTER: [guid('guid'), u32('firstPage'), u32('pageCount'), enumField('mode', 'PointerMode', PointerMode)],
@@ -337,6 +339,8 @@ export const BODY: BodyLayouts = {
   C_POOL_JOB_REPLY: [u32('jobId')],
   C_UNLOCK: [guid('guid'), bytes16('key')],
   C_UNLOCK_REPLY: [],
+  C_SNAPSHOT: [enumField('op', 'SnapshotOp', SnapshotOp), guid('guid'), str('name')],
+  C_SNAPSHOT_REPLY: [guid('guid'), u32('pageSizeBytes'), u32('pageCount')],
 
   ERROR: [u16('code'), u8('requestType'), str('message')],
 };

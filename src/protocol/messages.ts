@@ -37,6 +37,7 @@ export const MsgType = {
   C_REWRITE: 0x3c,
   C_POOL_JOB: 0x3d,
   C_UNLOCK: 0x3e,
+  C_SNAPSHOT: 0x3f,
   // the typed error reply to any request
   ERROR: 0xff,
 } as const;
@@ -110,6 +111,13 @@ export const PoolJobKind = {
 } as const;
 export type PoolJobKindCode = (typeof PoolJobKind)[keyof typeof PoolJobKind];
 
+/** What a C_SNAPSHOT does. */
+export const SnapshotOp = {
+  /** Take a copy-on-write snapshot of the volume `guid`, named `name`. */
+  CREATE: 1,
+} as const;
+export type SnapshotOpCode = (typeof SnapshotOp)[keyof typeof SnapshotOp];
+
 export const LockOp = { TAKE: 1, GIVE: 2 } as const;
 export type LockOpCode = (typeof LockOp)[keyof typeof LockOp];
 
@@ -176,6 +184,12 @@ export interface AllocationRecord {
    * every client.
    */
   keyDigest?: Buffer;
+  /**
+   * A copy-on-write snapshot (src/core/snapshots.ts): read only; its name is
+   * the origin's name, '@', the snapshot's own name, and that is how its
+   * origin is found. Absent or false: an ordinary allocation.
+   */
+  snapshot?: boolean;
 }
 
 /** Bytes of an allocation's access key, and of the digest of it that the table and ALLOCATE carry. */
@@ -188,6 +202,8 @@ export interface Allocate extends Common, AllocationRecord {
   /** The allocation is keyed: keyDigest holds its key's digest. Not keyed: keyDigest is 16 zero bytes. */
   keyed: boolean;
   keyDigest: Buffer;
+  /** The allocation is a snapshot of the allocation its name starts with (AllocationRecord.snapshot). */
+  snapshot: boolean;
 }
 export interface AllocateReply extends Common {
   kind: 'ALLOCATE_REPLY';
@@ -406,6 +422,24 @@ export interface CUnlock extends Common {
 export interface CUnlockReply extends Common {
   kind: 'C_UNLOCK_REPLY';
 }
+/**
+ * Snapshots of a volume (src/core/snapshots.ts). CREATE: a read-only
+ * copy-on-write snapshot of the allocation `guid` as it is at one instant,
+ * made as a new allocation named `<volume name>@<name>`. A snapshot is
+ * deleted with C_RELEASE of its guid.
+ */
+export interface CSnapshot extends Common {
+  kind: 'C_SNAPSHOT';
+  op: SnapshotOpCode;
+  guid: string;
+  name: string;
+}
+export interface CSnapshotReply extends Common {
+  kind: 'C_SNAPSHOT_REPLY';
+  guid: string;
+  pageSizeBytes: number;
+  pageCount: number;
+}
 export interface CRelease extends Common {
   kind: 'C_RELEASE';
   guid: string;
@@ -471,6 +505,8 @@ export interface CListReply extends Common {
      * entry for display from an allocate reply need not say.
      */
     keyed?: boolean;
+    /** A snapshot: the guid of the allocation it is a snapshot of. Not a snapshot: ''. Optional here as keyed is. */
+    origin?: string;
   }[];
 }
 export interface COpenPointer extends Common {
@@ -650,7 +686,8 @@ export type ClientRequest =
   | CTestCorrupt
   | CRewrite
   | CPoolJob
-  | CUnlock;
+  | CUnlock
+  | CSnapshot;
 
 export type ClientReply =
   | CAllocateReply
@@ -667,7 +704,8 @@ export type ClientReply =
   | CTestCorruptReply
   | CRewriteReply
   | CPoolJobReply
-  | CUnlockReply;
+  | CUnlockReply
+  | CSnapshotReply;
 
 export type Message = PeerRequest | PeerReply | HandshakeMessage | ClientRequest | ClientReply | ErrorReply;
 export type MessageKind = Message['kind'];

@@ -33,6 +33,8 @@ export const RECORD_VERSION = 1;
 export const TABLE_VERSION_KEYED = 2;
 /** Table entry flag bits (entry byte 38). */
 const ENTRY_KEYED = 0x01;
+/** The entry is a copy-on-write snapshot (AllocationRecord.snapshot); its origin is the allocation named by its name up to the last '@'. */
+const ENTRY_SNAPSHOT = 0x02;
 const KEY_DIGEST_AT = 136;
 const KEY_DIGEST_BYTES = 16;
 export const MAILBOX_BYTES_DEFAULT = 64 * 1024;
@@ -421,7 +423,9 @@ export function decodeSuperblock(b: Buffer): Superblock | string {
 //  24 dataOffset u64
 //  32 createdEpoch u32
 //  36 nameBytes u8, 37 policyBytes u8
-//  38 flags u8: bit 0 keyed (the allocation has an access key); other bits 0
+//  38 flags u8: bit 0 keyed (the allocation has an access key); bit 1
+//     snapshot (read only; its origin is named by its name up to the last
+//     '@'); other bits 0
 //  39 reserved (0)
 //  40 name (UTF-8, zero padded) 64
 // 104 policy (UTF-8, zero padded) 32
@@ -458,18 +462,21 @@ function encodeEntry(r: AllocationRecord, out: Buffer, off: number): void {
   out.writeUInt8(policy.length, off + 37);
   name.copy(out, off + 40);
   policy.copy(out, off + 104);
+  let flags = 0;
   if (r.keyDigest !== undefined) {
     invariant(r.keyDigest.length === KEY_DIGEST_BYTES, 'a key digest is 16 bytes');
-    out.writeUInt8(ENTRY_KEYED, off + 38);
+    flags |= ENTRY_KEYED;
     r.keyDigest.copy(out, off + KEY_DIGEST_AT);
   }
+  if (r.snapshot === true) flags |= ENTRY_SNAPSHOT;
+  out.writeUInt8(flags, off + 38);
 }
 
 function decodeEntry(b: Buffer, off: number): AllocationRecord | string {
   const nameBytes = Math.min(b.readUInt8(off + 36), NAME_BYTES_MAX);
   const policyBytes = Math.min(b.readUInt8(off + 37), POLICY_BYTES_MAX);
   const flags = b.readUInt8(off + 38);
-  if ((flags & ~ENTRY_KEYED) !== 0) return `unknown entry flags 0x${flags.toString(16)}`;
+  if ((flags & ~(ENTRY_KEYED | ENTRY_SNAPSHOT)) !== 0) return `unknown entry flags 0x${flags.toString(16)}`;
   const record: AllocationRecord = {
     guid: bytesToUuid(b.subarray(off, off + 16)),
     name: b.toString('utf8', off + 40, off + 40 + nameBytes),
@@ -480,6 +487,7 @@ function decodeEntry(b: Buffer, off: number): AllocationRecord | string {
     createdEpoch: b.readUInt32LE(off + 32),
   };
   if ((flags & ENTRY_KEYED) !== 0) record.keyDigest = Buffer.from(b.subarray(off + KEY_DIGEST_AT, off + KEY_DIGEST_AT + KEY_DIGEST_BYTES));
+  if ((flags & ENTRY_SNAPSHOT) !== 0) record.snapshot = true;
   return record;
 }
 

@@ -107,6 +107,7 @@ const CLIENT_REQUEST_KINDS: ReadonlySet<MessageKind> = new Set<ClientRequest['ki
   'C_REWRITE',
   'C_POOL_JOB',
   'C_UNLOCK',
+  'C_SNAPSHOT',
 ]);
 
 function isClientRequest(msg: Message): msg is ClientRequest {

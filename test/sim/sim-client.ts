@@ -74,6 +74,11 @@ export class SimClient {
     }));
   }
 
+  /** A copy-on-write snapshot of `guid` (C_SNAPSHOT CREATE): the snapshot's own allocation. */
+  snapshot(guid: string, name: string): Promise<AllocationInfo> {
+    return this.call({ kind: 'C_SNAPSHOT', op: 1, guid, name }, 'C_SNAPSHOT_REPLY').then((r) => ({ guid: r.guid, pageSizeBytes: r.pageSizeBytes, pageCount: r.pageCount }));
+  }
+
   unlock(guid: string, key: Buffer): Promise<void> {
     return this.call({ kind: 'C_UNLOCK', guid, key }, 'C_UNLOCK_REPLY').then(() => undefined);
   }
@@ -102,7 +107,7 @@ export class SimClient {
     return this.call({ kind: 'C_STATUS' }, 'C_STATUS_REPLY').then((r) => JSON.parse(r.json) as CoreStatus);
   }
 
-  list(): Promise<{ guid: string; name: string; policy: string; pageSizeBytes: number; pageCount: number; keyed?: boolean }[]> {
+  list(): Promise<{ guid: string; name: string; policy: string; pageSizeBytes: number; pageCount: number; keyed?: boolean; origin?: string }[]> {
     return this.call({ kind: 'C_LIST' }, 'C_LIST_REPLY').then((r) => r.allocations);
   }
 

@@ -97,6 +97,7 @@ class FakeController {
             pageSizeBytes: PAGE_BYTES,
             pageCount: buf.length / PAGE_BYTES,
             keyed: this.keys.has(guid),
+            origin: '',
           })),
         });
         return;
@@ -282,7 +283,7 @@ describe('requests', () => {
     expect(await client.flush()).toBe(7);
     expect(await client.status()).toEqual({ role: 'MIRRORED', allocations: 1 });
     expect(await client.list()).toEqual([
-      { guid: alloc.guid, name: 'vol', policy: 'default', pageSizeBytes: PAGE_BYTES, pageCount: 256, keyed: false },
+      { guid: alloc.guid, name: 'vol', policy: 'default', pageSizeBytes: PAGE_BYTES, pageCount: 256, keyed: false, origin: '' },
     ]);
     expect(await client.openPointer(alloc.guid, 0, 4, 'read')).toBe(71);
     expect(await client.openPointer(alloc.guid, 0, 4, 'write')).toBe(72);

@@ -39,6 +39,7 @@ import type { Message, MessageKind } from '../../src/protocol/messages.js';
 
 const GUID_A = '0123abcd-4567-89ef-a1b2-c3d4e5f60718';
 const GUID_B = 'ffeeddcc-bbaa-4998-8776-655443322110';
+const GUID_C = '0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0';
 const PAIR_ID = '9f1c2e4a-7b3d-4e5f-8a6b-1c2d3e4f5a6b';
 
 function bytes(length: number, salt: number): Buffer {
@@ -83,6 +84,7 @@ const FIXTURES: { readonly [K in MessageKind]: Extract<Message, { kind: K }> | M
     createdEpoch: 6,
     keyed: true,
     keyDigest: bytes(16, 9),
+    snapshot: true,
   },
   ALLOCATE_REPLY: { kind: 'ALLOCATE_REPLY', ...common(1) },
   RELEASE: { kind: 'RELEASE', ...common(), guid: GUID_B },
@@ -206,8 +208,9 @@ const FIXTURES: { readonly [K in MessageKind]: Extract<Message, { kind: K }> | M
     kind: 'C_LIST_REPLY',
     ...common(),
     allocations: [
-      { guid: GUID_A, name: 'vol0', policy: 'volume-64k', pageSizeBytes: 65536, pageCount: 16, keyed: false },
-      { guid: GUID_B, name: 'buf', policy: 'app', pageSizeBytes: 4096, pageCount: 3, keyed: true },
+      { guid: GUID_A, name: 'vol0', policy: 'volume-64k', pageSizeBytes: 65536, pageCount: 16, keyed: false, origin: '' },
+      { guid: GUID_B, name: 'vol0@monday', policy: 'volume-64k', pageSizeBytes: 65536, pageCount: 16, keyed: false, origin: GUID_A },
+      { guid: GUID_C, name: 'buf', policy: 'app', pageSizeBytes: 4096, pageCount: 3, keyed: true, origin: '' },
     ],
   },
   C_OPEN_POINTER: {
@@ -241,6 +244,8 @@ const FIXTURES: { readonly [K in MessageKind]: Extract<Message, { kind: K }> | M
   C_POOL_JOB_REPLY: { kind: 'C_POOL_JOB_REPLY', ...common(), jobId: 0x0102_0304 },
   C_UNLOCK: { kind: 'C_UNLOCK', ...common(0), guid: GUID_A, key: bytes(16, 11) },
   C_UNLOCK_REPLY: { kind: 'C_UNLOCK_REPLY', ...common() },
+  C_SNAPSHOT: { kind: 'C_SNAPSHOT', ...common(0), op: 1, guid: GUID_A, name: 'before-upgrade' },
+  C_SNAPSHOT_REPLY: { kind: 'C_SNAPSHOT_REPLY', ...common(), guid: GUID_B, pageSizeBytes: 4096, pageCount: 256 },
   ERROR: {
     kind: 'ERROR',
     ...common(),
@@ -317,7 +322,7 @@ describe('type codes', () => {
       expect(seen.has(type)).toBe(false);
       seen.add(type);
     }
-    expect(seen.size).toBe(57);
+    expect(seen.size).toBe(59);
   });
 
   it('give replies the request code | 0x80', () => {
@@ -1039,8 +1044,9 @@ describe('keyed allocations on the wire (C_ALLOCATE keyed, its key, ALLOCATE key
     expect(reply.length).toBe(HEADER_BYTES + 16 + 4 + 4 + 16);
     expect(reply.subarray(HEADER_BYTES + 24).equals((FIXTURES.C_ALLOCATE_REPLY as Extract<Message, { kind: 'C_ALLOCATE_REPLY' }>).key)).toBe(true);
     const peer = frameOf('ALLOCATE');
-    expect(peer.subarray(peer.length - 16).equals((FIXTURES.ALLOCATE as Extract<Message, { kind: 'ALLOCATE' }>).keyDigest)).toBe(true);
-    expect(peer[peer.length - 17]).toBe(1); // keyed
+    expect(peer.subarray(peer.length - 17, peer.length - 1).equals((FIXTURES.ALLOCATE as Extract<Message, { kind: 'ALLOCATE' }>).keyDigest)).toBe(true);
+    expect(peer[peer.length - 18]).toBe(1); // keyed
+    expect(peer[peer.length - 1]).toBe(1); // snapshot, after the digest
   });
 
   it('TRUNCATED when the key, the digest or the flag is cut short (a frame of the layout before keys)', () => {
@@ -1049,8 +1055,9 @@ describe('keyed allocations on the wire (C_ALLOCATE keyed, its key, ALLOCATE key
       ['C_UNLOCK', 16, 'key'],
       ['C_ALLOCATE_REPLY', 16, 'key'],
       ['C_ALLOCATE', 1, 'keyed'],
-      ['ALLOCATE', 5, 'keyDigest'],
-      ['ALLOCATE', 17, 'keyed'],
+      ['ALLOCATE', 1, 'snapshot'],
+      ['ALLOCATE', 6, 'keyDigest'],
+      ['ALLOCATE', 18, 'keyed'],
     ] as const) {
       const err = expectCode(() => decode(cutBody(kind, cut)), 'TRUNCATED');
       expect(err.field, `${kind} cut by ${cut}`).toBe(field);
@@ -1065,8 +1072,9 @@ describe('keyed allocations on the wire (C_ALLOCATE keyed, its key, ALLOCATE key
 
   it('BAD_FIELD for a keyed flag that is not 0 or 1', () => {
     expect(expectCode(() => decode(withByte('C_ALLOCATE', -1, 2)), 'BAD_FIELD').field).toBe('keyed');
-    expect(expectCode(() => decode(withByte('ALLOCATE', -17, 0xff)), 'BAD_FIELD').field).toBe('keyed');
-    expect(expectCode(() => decode(withByte('C_LIST_REPLY', -1, 2)), 'BAD_FIELD').field).toBe('allocations[1].keyed');
+    expect(expectCode(() => decode(withByte('ALLOCATE', -18, 0xff)), 'BAD_FIELD').field).toBe('keyed');
+    expect(expectCode(() => decode(withByte('ALLOCATE', -1, 2)), 'BAD_FIELD').field).toBe('snapshot');
+    expect(expectCode(() => decode(withByte('C_LIST_REPLY', -17, 2)), 'BAD_FIELD').field).toBe('allocations[2].keyed');
   });
 
   it('encode refuses a key or digest that is not 16 bytes, and a missing keyed flag', () => {

@@ -136,7 +136,7 @@ describe('access keys', () => {
     expect(list).toMatchObject({ kind: 'C_LIST_REPLY', allocations: [{ guid, name: 'ckpt', keyed: true }, { name: 'plain', keyed: false }] });
     const digest = keyDigest(guid, key);
     for (const entry of (list as { allocations: object[] }).allocations) {
-      expect(Object.keys(entry).sort()).toEqual(['guid', 'keyed', 'name', 'pageCount', 'pageSizeBytes', 'policy']);
+      expect(Object.keys(entry).sort()).toEqual(['guid', 'keyed', 'name', 'origin', 'pageCount', 'pageSizeBytes', 'policy']);
     }
     expect(JSON.stringify(list)).not.toContain(digest.toString('hex'));
   });

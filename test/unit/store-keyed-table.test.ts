@@ -57,11 +57,24 @@ describe('allocation table: keyed entries', () => {
 
   it('refuses an entry with flag bits it does not know, and a table version it does not know', () => {
     const b = encodeTable(2, [record(1, true)], 16);
-    b[TABLE_HEADER_BYTES + 38] = 0x03;
-    expect(decodeTable(reseal(b, 1), 16)).toMatch(/entry 0: unknown entry flags 0x3/);
+    b[TABLE_HEADER_BYTES + 38] = 0x05;
+    expect(decodeTable(reseal(b, 1), 16)).toMatch(/entry 0: unknown entry flags 0x5/);
     const c = encodeTable(2, [record(1, false)], 16);
     c.writeUInt32LE(3, 4);
     expect(decodeTable(reseal(c, 1), 16)).toBe('bad format version');
+  });
+
+  it('round-trips a snapshot entry (flag bit 1), keyed or not, and leaves other entries without it', () => {
+    const snap: AllocationRecord = { ...record(3, false), name: 'vol@monday', snapshot: true };
+    const keyedSnap: AllocationRecord = { ...record(4, true), name: 'vol@tuesday', snapshot: true };
+    const b = encodeTable(5, [record(1, false), snap, keyedSnap], 16);
+    expect(b[TABLE_HEADER_BYTES + 38]).toBe(0);
+    expect(b[TABLE_HEADER_BYTES + TABLE_ENTRY_BYTES + 38]).toBe(0x02);
+    expect(b[TABLE_HEADER_BYTES + 2 * TABLE_ENTRY_BYTES + 38]).toBe(0x03);
+    const t = decodeTable(b, 16);
+    if (typeof t === 'string') throw new Error(t);
+    expect(t.records).toEqual([record(1, false), snap, keyedSnap]);
+    expect(t.records[0]!.snapshot).toBeUndefined();
   });
 
   it('a store keeps the digest across a fresh open (what a restart of both reads)', async () => {
