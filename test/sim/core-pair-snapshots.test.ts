@@ -1,7 +1,6 @@
 // Copy-on-write snapshots taken while writers on both controllers write the
-// same pages (src/core/snapshots.ts). The volume is cut into rows; every
-// write covers one whole row with a stamp of its own, so a row whose pages
-// show two stamps is a write split by a snapshot. Each snapshot must:
+// same pages (src/core/snapshots.ts), judged as snapshot-cut.ts says: whole
+// rows, one stamp per write. Each snapshot must:
 // - read the same bytes through A and through B, and the same at the end as
 //   just after it was made (nothing lands in it later);
 // - hold no split write;
@@ -17,6 +16,7 @@ import { Harness, type NodeName } from './harness.js';
 import { codeOf } from './pair-steps.js';
 import { Prng } from './prng.js';
 import type { SimClient } from './sim-client.js';
+import { cutProblem as cutProblemOf, rowBytes as rowBytesOf, rowStamp as rowStampOf, type RowGeometry, type StampedWrite } from './snapshot-cut.js';
 
 const PAGE = 512; // the simulator's 'tiny' policy
 const ROW_PAGES = 3;
@@ -24,12 +24,10 @@ const ROWS = 4;
 const ROW_BYTES = ROW_PAGES * PAGE;
 const VOLUME_BYTES = ROWS * ROW_BYTES;
 
-interface WriteOp {
-  stamp: number;
-  row: number;
-  startMs: number;
-  endMs: number;
-}
+const GEOMETRY: RowGeometry = { rows: ROWS, rowBytes: ROW_BYTES, pageBytes: PAGE };
+const rowBytes = (stamp: number): Buffer => rowBytesOf(GEOMETRY, stamp);
+const rowStamp = (image: Buffer, row: number): number | string => rowStampOf(GEOMETRY, image, row);
+const cutProblem = (image: Buffer, snap: Snap, writes: readonly StampedWrite[]): string | null => cutProblemOf(GEOMETRY, image, snap, writes);
 
 interface Snap {
   name: string;
@@ -38,49 +36,6 @@ interface Snap {
   startMs: number;
   endMs: number;
   early: Buffer;
-}
-
-function rowBytes(stamp: number): Buffer {
-  const b = Buffer.alloc(ROW_BYTES);
-  for (let i = 0; i < ROW_BYTES; i += 4) b.writeUInt32LE(stamp, i);
-  return b;
-}
-
-/** The stamp a row holds, or a description of what is wrong with it. */
-function rowStamp(image: Buffer, row: number): number | string {
-  const bytes = image.subarray(row * ROW_BYTES, (row + 1) * ROW_BYTES);
-  const stamp = bytes.readUInt32LE(0);
-  for (let i = 4; i < ROW_BYTES; i += 4) {
-    const other = bytes.readUInt32LE(i);
-    if (other !== stamp) return `row ${row} holds stamp ${stamp} at byte 0 and ${other} at byte ${i} (page ${Math.floor(i / PAGE)} of the row): a split write`;
-  }
-  return stamp;
-}
-
-/** Why no single instant in [snap.startMs, snap.endMs] gives this image, or null. */
-function cutProblem(image: Buffer, snap: Snap, writes: readonly WriteOp[]): string | null {
-  let lo = snap.startMs;
-  let hi = Number.POSITIVE_INFINITY;
-  let hiWhy = '';
-  for (let row = 0; row < ROWS; row++) {
-    const stamp = rowStamp(image, row);
-    if (typeof stamp === 'string') return stamp;
-    const rowWrites = writes.filter((w) => w.row === row);
-    const shown = stamp === 0 ? null : rowWrites.find((w) => w.stamp === stamp);
-    if (shown === undefined) return `row ${row} holds stamp ${stamp}, which no write of that row wrote`;
-    if (shown !== null && shown.startMs > lo) lo = shown.startMs;
-    for (const w of rowWrites) {
-      // A write that began after the shown one had ended supersedes it once it ends.
-      const after = shown === null || w.startMs > shown.endMs;
-      if (after && w.endMs < hi) {
-        hi = w.endMs;
-        hiWhy = `row ${row} shows ${stamp}, but write ${w.stamp} (after it) ended at ${w.endMs.toFixed(4)}`;
-      }
-    }
-  }
-  if (lo > snap.endMs) return `a write it shows started at ${lo.toFixed(4)}, after the snapshot was answered (${snap.endMs.toFixed(4)})`;
-  if (lo >= hi) return `no instant fits: latest start shown ${lo.toFixed(4)}; ${hiWhy}`;
-  return null;
 }
 
 async function readAll(h: Harness, c: SimClient, guid: string): Promise<Buffer> {
@@ -97,7 +52,7 @@ for (const seed of SEEDS) {
       const fail = (what: string): string => `${what} (seed ${seed}; ${h.describe()}; ${h.incarnations()})`;
       const clock = (): number => h.nowMs + h.sched.steps / 1e7;
       const vol = await h.run(h.client('A').allocate('vol', VOLUME_BYTES, 'tiny'));
-      const writes: WriteOp[] = [];
+      const writes: StampedWrite[] = [];
       const snaps: Snap[] = [];
       const errors: string[] = [];
       let nextStamp = 1;
