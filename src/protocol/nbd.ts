@@ -795,6 +795,9 @@ export function nbdErrnoFor(code: ErrorCodeName): number {
     case 'SHUTTING_DOWN':
     case 'STALE_EPOCH':
       return NbdErrno.ESHUTDOWN;
+    case 'READ_ONLY':
+      // A write to a snapshot: the spec's error for writes to a read-only export.
+      return NbdErrno.EPERM;
     default:
       return NbdErrno.EIO;
   }

@@ -354,13 +354,15 @@ export async function startController(cfg: ControllerConfig, log: pino.Logger, o
   if (nbdCfg !== undefined) {
     const volumes = new CoreVolumes({
       core,
-      // The core refuses a write larger than half its cache; pieces stay well under it.
-      pieceBytes: Math.min(NBD_PIECE_BYTES_DEFAULT, Math.floor(cfg.cache.cacheBytesMax / 4)),
+      // The core refuses a write larger than half its cache, or than requestBytesMax; pieces stay under both.
+      pieceBytes: Math.min(NBD_PIECE_BYTES_DEFAULT, Math.floor(cfg.cache.cacheBytesMax / 4), cfg.limits.requestBytesMax),
       log: log.child({ component: 'nbd' }),
     });
     conns.set(volumes.connId, volumes);
     // A request never needs more than the in-flight bound allows: the advertised maximum payload follows it down.
-    const payloadBytesMax = Math.max(64 * 1024, Math.min(NBD_SERVER_DEFAULT_LIMITS.payloadBytesMax, cfg.limits.nbdBytesInFlightMax));
+    // And no further than the longest write the backend takes as one request to the core, so that a snapshot
+    // holds an NBD write whole or not at all (nbd-volumes.ts).
+    const payloadBytesMax = Math.max(64 * 1024, Math.min(NBD_SERVER_DEFAULT_LIMITS.payloadBytesMax, cfg.limits.nbdBytesInFlightMax, volumes.writeBytesMax));
     const server = new NbdServer(
       {
         host: nbdCfg.host,

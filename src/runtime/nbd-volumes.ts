@@ -4,6 +4,13 @@
 // NBD I/O gets exactly what clients get (mirrored acks, ownership, write-
 // through when alone), and a volume made through either controller, by any
 // client, is exported by both.
+//
+// Snapshots are exported too, read only, under their allocation's name
+// (`<volume>@<snapshot>`). An NBD write goes into the core as one C_WRITE,
+// never in pieces: the core applies a C_WRITE in one event, so a snapshot
+// holds all of the write or none of it. Write-zeroes and trims, which may
+// cover a whole export, still go in pieces: each piece lands wholly on one
+// side of a snapshot, the request as a whole need not.
 
 import { randomInt } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
@@ -18,7 +25,11 @@ import type { NbdBackend, NbdRequester, NbdVolume } from '../transport/nbd-backe
  */
 export const NBD_CONN_ID = 0x7fff_0000;
 
-/** Bytes one client request to the core carries at most (the core refuses writes over half its cache). */
+/**
+ * Bytes one client request to the core carries at most (the core refuses
+ * writes over half its cache): the largest NBD write, which the controller
+ * advertises as the maximum payload, and the pieces of write-zeroes.
+ */
 export const NBD_PIECE_BYTES_DEFAULT = 1024 * 1024;
 /** Reads go in smaller pieces: the core stages the pages of one read one after another, pieces run side by side. */
 export const NBD_READ_PIECE_BYTES_DEFAULT = 128 * 1024;
@@ -50,6 +61,7 @@ export interface CoreVolumesOptions {
   core: VolumeCore;
   /** Default NBD_CONN_ID. */
   connId?: number;
+  /** The largest write (one C_WRITE), and the pieces write-zeroes and trims are cut into (whole pages). */
   pieceBytes?: number;
   readPieceBytes?: number;
   piecesInFlight?: number;
@@ -163,13 +175,23 @@ export class CoreVolumes implements NbdBackend {
     return this.pending.size;
   }
 
+  /**
+   * The longest write taken: it goes into the core as one C_WRITE. The
+   * server must advertise no larger a maximum payload (controller-process.ts
+   * does); a longer write is refused with TOO_LARGE, never cut in pieces.
+   */
+  get writeBytesMax(): number {
+    return this.pieceBytes;
+  }
+
   // ---------------------------------------------------------------- volumes
 
   /**
    * Keyed allocations are not exported: NBD has no way to present a key, so
    * they are neither listed nor found (an NBD client asking for one gets the
    * error for an unknown export, and the log says why). The core would
-   * refuse their I/O on this connection anyway (ACCESS_DENIED).
+   * refuse their I/O on this connection anyway (ACCESS_DENIED). A snapshot
+   * of a keyed volume is keyed too. Snapshots are exported read only.
    */
   listVolumes(): readonly NbdVolume[] {
     return this.allocations()
@@ -216,10 +238,11 @@ export class CoreVolumes implements NbdBackend {
 
   // ---------------------------------------------------------------- block I/O
   //
-  // The common request, a read or write within one piece (every 4 KiB
+  // The common request, a read within one piece or any write (every 4 KiB
   // request), is one message into the core and one promise, settled straight
-  // from reply(): no piece list, no async function on the way. Longer
-  // requests are cut into whole-page pieces, a few in the core at once.
+  // from reply(): no piece list, no async function on the way. Longer reads
+  // and write-zeroes are cut into whole-page pieces, a few in the core at
+  // once; a write never is (see the top of this file).
 
   read(volume: NbdVolume, offsetBytes: number, lengthBytes: number, requester?: NbdRequester): Promise<Buffer> {
     const bad = rangeError(volume, offsetBytes, lengthBytes);
@@ -230,13 +253,16 @@ export class CoreVolumes implements NbdBackend {
     return this.readPieces(volume, offsetBytes, lengthBytes, size, requester);
   }
 
+  /** One C_WRITE, whatever its alignment: a snapshot holds all of it or none (see the top of this file). */
   write(volume: NbdVolume, offsetBytes: number, data: Buffer, fua: boolean, requester?: NbdRequester): Promise<void> {
     const bad = rangeError(volume, offsetBytes, data.length);
     if (bad !== null) return Promise.reject(bad);
     if (data.length === 0) return fua ? this.flush(volume, requester) : Promise.resolve();
-    const size = pieceSize(this.pieceBytes, volume.pageSizeBytes);
-    if (!fua && onePiece(offsetBytes, data.length, size)) return this.writePiece(volume, offsetBytes, data, requester);
-    return this.writePieces(volume, offsetBytes, data, size, fua, requester);
+    if (data.length > this.pieceBytes) {
+      return Promise.reject(new PagepairError('TOO_LARGE', `an NBD write of ${data.length} bytes is over the ${this.pieceBytes} one request to the core may carry`, 'length'));
+    }
+    if (!fua) return this.writePiece(volume, offsetBytes, data, requester);
+    return this.writePiece(volume, offsetBytes, data, requester).then(() => this.flush(volume, requester));
   }
 
   async writeZeroes(volume: NbdVolume, offsetBytes: number, lengthBytes: number, fua: boolean, requester?: NbdRequester): Promise<void> {
@@ -266,11 +292,6 @@ export class CoreVolumes implements NbdBackend {
       data.copy(out, at - offsetBytes);
     });
     return out;
-  }
-
-  private async writePieces(volume: NbdVolume, offsetBytes: number, data: Buffer, size: number, fua: boolean, requester: NbdRequester | undefined): Promise<void> {
-    await this.eachPiece(splitRange(offsetBytes, data.length, size), ([at, n]) => this.writePiece(volume, at, data.subarray(at - offsetBytes, at - offsetBytes + n), requester));
-    if (fua) await this.flush(volume, requester);
   }
 
   private readPiece(volume: NbdVolume, offset: number, length: number, requester: NbdRequester | undefined): Promise<Buffer> {
@@ -395,8 +416,10 @@ function shuttingDown(): PagepairError {
   return new PagepairError('SHUTTING_DOWN', 'controller is stopping');
 }
 
+/** A snapshot (C_LIST names its origin) is exported read only. */
 function toVolume(a: CListReply['allocations'][number]): NbdVolume {
-  return Object.freeze({ name: a.name, guid: a.guid, sizeBytes: a.pageCount * a.pageSizeBytes, pageSizeBytes: a.pageSizeBytes });
+  const readOnly = a.origin !== undefined && a.origin !== '';
+  return Object.freeze({ name: a.name, guid: a.guid, sizeBytes: a.pageCount * a.pageSizeBytes, pageSizeBytes: a.pageSizeBytes, readOnly });
 }
 
 /** The server checks ranges already; a request past the end here is a bug in the caller. */

@@ -12,6 +12,12 @@ export interface NbdVolume {
   readonly sizeBytes: number;
   /** Reported to clients as the preferred block size. */
   readonly pageSizeBytes: number;
+  /**
+   * A read-only export (a snapshot): NBD_FLAG_READ_ONLY is advertised, and
+   * writes, write-zeroes and trims are answered NBD_EPERM without reaching
+   * the backend. Absent: writable.
+   */
+  readonly readOnly?: boolean;
 }
 
 /**
@@ -38,9 +44,15 @@ export interface NbdBackend {
   /** Whether this controller serves I/O now (false when fenced or stopping). */
   serving(): boolean;
   read(volume: NbdVolume, offsetBytes: number, lengthBytes: number, requester?: NbdRequester): Promise<Buffer>;
-  /** Resolves once the write is acknowledged (mirrored, or in the store when alone); with fua, once it is in the store too. */
+  /**
+   * Resolves once the write is acknowledged (mirrored, or in the store when
+   * alone); with fua, once it is in the store too. A backend may take a write
+   * whole or not at all (runtime/nbd-volumes.ts: one request to the core, so
+   * a snapshot holds all of it or none); the server's payload limit must then
+   * be no larger than what it takes.
+   */
   write(volume: NbdVolume, offsetBytes: number, data: Buffer, fua: boolean, requester?: NbdRequester): Promise<void>;
-  /** Zeroes a range (NBD_CMD_WRITE_ZEROES and NBD_CMD_TRIM); with fua, in the store before it resolves. */
+  /** Zeroes a range (NBD_CMD_WRITE_ZEROES and NBD_CMD_TRIM), possibly in pieces; with fua, in the store before it resolves. */
   writeZeroes(volume: NbdVolume, offsetBytes: number, lengthBytes: number, fua: boolean, requester?: NbdRequester): Promise<void>;
   /** Every write acknowledged before the call, through either controller, is in the store when this resolves. */
   flush(volume: NbdVolume, requester?: NbdRequester): Promise<void>;

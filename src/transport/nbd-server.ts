@@ -131,9 +131,16 @@ export interface NbdTlsOptions {
  */
 const PRE_TLS_OPTION_BYTES_MAX = 4096 + 64;
 
-/** What every export supports; SEND_DF is added when structured replies were negotiated. */
+/** What every writable export supports; SEND_DF is added when structured replies were negotiated. */
 const TRANSMISSION_FLAGS =
   NbdFlag.HAS_FLAGS | NbdFlag.SEND_FLUSH | NbdFlag.SEND_FUA | NbdFlag.SEND_TRIM | NbdFlag.SEND_WRITE_ZEROES | NbdFlag.CAN_MULTI_CONN;
+
+/**
+ * A read-only export (a snapshot): nothing that is only for writing (FUA,
+ * TRIM, WRITE_ZEROES, and FLUSH, which is about writes acknowledged before
+ * it). Reads through either controller see the same bytes: MULTI_CONN holds.
+ */
+const READ_ONLY_TRANSMISSION_FLAGS = NbdFlag.HAS_FLAGS | NbdFlag.READ_ONLY | NbdFlag.CAN_MULTI_CONN;
 
 const HANDSHAKE_FLAGS = NbdHandshakeFlag.FIXED_NEWSTYLE | NbdHandshakeFlag.NO_ZEROES;
 
@@ -178,7 +185,8 @@ function blockSizesFor(volume: NbdVolume, payloadBytesMax: number): NbdBlockSize
 }
 
 function describeVolume(v: NbdVolume): string {
-  return `pagepair volume ${v.guid}, ${v.sizeBytes} bytes in pages of ${v.pageSizeBytes}`;
+  const what = v.readOnly === true ? 'snapshot (read only)' : 'volume';
+  return `pagepair ${what} ${v.guid}, ${v.sizeBytes} bytes in pages of ${v.pageSizeBytes}`;
 }
 
 const State = { HANDSHAKE: 0, TRANSMISSION: 1, DRAINING: 2, CLOSED: 3 } as const;
@@ -541,7 +549,7 @@ class NbdConnection {
       this.send(encodeOptionError(opt, NbdRep.ERR_SHUTDOWN, 'this controller does not serve I/O now; try its partner'));
       return;
     }
-    const flags = this.transmissionFlags();
+    const flags = this.transmissionFlags(volume);
     this.send(encodeInfoExport(opt, volume.sizeBytes, flags));
     if (infoTypes.includes(NbdInfo.NAME) || name !== volume.name) this.send(encodeInfoName(opt, volume.name));
     if (infoTypes.includes(NbdInfo.DESCRIPTION)) this.send(encodeInfoDescription(opt, describeVolume(volume)));
@@ -569,7 +577,7 @@ class NbdConnection {
       this.hangUp('NBD_OPT_EXPORT_NAME while this controller does not serve I/O');
       return;
     }
-    const flags = this.transmissionFlags();
+    const flags = this.transmissionFlags(volume);
     this.send(encodeExportNameReply(volume.sizeBytes, flags, this.noZeroes));
     this.enterTransmission(volume, flags);
   }
@@ -583,9 +591,10 @@ class NbdConnection {
     this.send(encodeAck(NbdOpt.LIST));
   }
 
-  private transmissionFlags(): number {
+  private transmissionFlags(volume: NbdVolume): number {
+    const base = volume.readOnly === true ? READ_ONLY_TRANSMISSION_FLAGS : TRANSMISSION_FLAGS;
     // One content chunk per read, always: "don't fragment" costs nothing.
-    return this.structured ? TRANSMISSION_FLAGS | NbdFlag.SEND_DF : TRANSMISSION_FLAGS;
+    return this.structured ? base | NbdFlag.SEND_DF : base;
   }
 
   private enterTransmission(volume: NbdVolume, flags: number): void {
@@ -595,7 +604,7 @@ class NbdConnection {
     clearTimeout(this.handshakeTimer);
     this.parser.startTransmission();
     this.server.log.info(
-      { conn: this.id, remote: this.remote, export: volume.name, structuredReplies: this.structured, transmissionFlags: flags },
+      { conn: this.id, remote: this.remote, export: volume.name, readOnly: volume.readOnly === true, structuredReplies: this.structured, transmissionFlags: flags },
       'nbd export opened',
     );
   }
@@ -636,6 +645,7 @@ class NbdConnection {
       }
       case NbdCmd.WRITE:
         if ((req.flags & ~WRITE_FLAGS) !== 0) return this.badFlags(req);
+        if (volume.readOnly === true) return this.readOnly(req);
         if (req.payloadDropped) {
           return this.replyError(req, NbdErrno.EINVAL, `NBD_CMD_WRITE of ${req.length} bytes is over the maximum payload of ${this.limits.payloadBytesMax}`);
         }
@@ -648,6 +658,7 @@ class NbdConnection {
       case NbdCmd.TRIM: {
         const zeroes = req.type === NbdCmd.WRITE_ZEROES;
         if ((req.flags & ~(zeroes ? WRITE_ZEROES_FLAGS : NbdCmdFlag.FUA)) !== 0) return this.badFlags(req);
+        if (volume.readOnly === true) return this.readOnly(req);
         if (end > volume.sizeBytes) return this.pastEnd(req, zeroes ? NbdErrno.ENOSPC : NbdErrno.EINVAL);
         if (req.length === 0) return this.replyOk(req);
         this.begin(req);
@@ -668,6 +679,11 @@ class NbdConnection {
 
   private badFlags(req: NbdRequest): void {
     this.replyError(req, NbdErrno.EINVAL, `${nbdCmdName(req.type)} does not take command flags 0x${req.flags.toString(16)}`);
+  }
+
+  /** A write, write-zeroes or trim on a read-only export (the client was told: NBD_FLAG_READ_ONLY). */
+  private readOnly(req: NbdRequest): void {
+    this.replyError(req, NbdErrno.EPERM, `${nbdCmdName(req.type)}: export "${this.volume!.name}" is read only (a snapshot)`);
   }
 
   private pastEnd(req: NbdRequest, errno: number): void {

@@ -1,14 +1,16 @@
 // The NBD backend over two paired cores in one process (test/sim/harness.ts):
-// volumes made through either controller are exported by both; block I/O goes
-// in as client requests, split in whole-page pieces; FUA and flush reach the
+// volumes made through either controller are exported by both, snapshots
+// read only; block I/O goes in as client requests, a write as one C_WRITE,
+// reads and write-zeroes in whole-page pieces; FUA and flush reach the
 // store; a takeover is waited out; a fenced controller stops serving. Then
 // over a scripted core: a one-piece request is one message in and nothing
-// else, refusals that pass are retried with fresh messages, and close() ends
-// a retry.
+// else, a write is never cut, refusals that pass are retried with fresh
+// messages, and close() ends a retry.
 
 import { describe, expect, it } from 'vitest';
 import { ErrorCode, isPagepairError, type ErrorCodeName } from '../../src/protocol/errors.js';
 import { decode } from '../../src/protocol/codec.js';
+import { NbdErrno, nbdErrnoFor } from '../../src/protocol/nbd.js';
 import { Role, type ClientRequest, type Message } from '../../src/protocol/messages.js';
 import { CoreVolumes, splitRange, type CoreVolumesOptions } from '../../src/runtime/nbd-volumes.js';
 import type { NbdVolume } from '../../src/transport/nbd-backend.js';
@@ -125,8 +127,12 @@ describe('NBD volumes over a paired core', () => {
     expect(h.violations).toEqual([]);
   });
 
-  it('writes through A, split in whole-page pieces, and reads the same bytes through B; unaligned both ways', async () => {
-    const { h, na, nb, va } = await pairWithVolume({ seed: 502 }, 'v', 64);
+  it('writes through A, each write one C_WRITE, and reads the same bytes through B (in pieces); unaligned both ways', async () => {
+    const h = await Harness.createPair({ seed: 502 });
+    const na = backendOn(h, 'A', { pieceBytes: 16 * PAGE });
+    const nb = backendOn(h, 'B', { pieceBytes: 16 * PAGE });
+    await h.run(h.client('A').allocate('v', 64 * PAGE, 'tiny'));
+    const va = volumeOf(na, 'v');
     const vb = volumeOf(nb, 'v');
 
     const data = tagged(13 * PAGE + 77, 'nbd-A');
@@ -148,10 +154,10 @@ describe('NBD volumes over a paired core', () => {
     expect(h.violations).toEqual([]);
   });
 
-  it('zeroes a range (write-zeroes and trim) across pages, leaving its neighbours', async () => {
+  it('zeroes a range (write-zeroes and trim) across pages, in pieces, leaving its neighbours', async () => {
     const { h, na, nb, va } = await pairWithVolume({ seed: 503 }, 'z', 32);
     const full = tagged(32 * PAGE, 'before-zero');
-    await h.run(na.write(va, 0, full, false));
+    await h.run(h.client('A').write(va.guid, 0, full));
     await h.run(nb.writeZeroes(volumeOf(nb, 'z'), 2 * PAGE + 3, 20 * PAGE, false));
     const expected = Buffer.from(full);
     expected.fill(0, 2 * PAGE + 3, 22 * PAGE + 3);
@@ -176,6 +182,55 @@ describe('NBD volumes over a paired core', () => {
     const zeroFua = await h.settle(nb.writeZeroes(volumeOf(nb, 'f'), 8 * PAGE, PAGE, true));
     expect(zeroFua.ok).toBe(true);
     expect(await storedBytes(h, 'f', 8 * PAGE, PAGE)).toEqual(Buffer.alloc(PAGE));
+    expect(h.violations).toEqual([]);
+  });
+
+  it('a write longer than pieceBytes is refused TOO_LARGE, whole: nothing of it lands', async () => {
+    const { h, na, va } = await pairWithVolume({ seed: 509 }, 'big', 16);
+    const r = await h.settle(na.write(va, PAGE, tagged(4 * PAGE + 1, 'too-long'), false));
+    expect(!r.ok && isPagepairError(r.error) ? r.error.code : 'ok').toBe('TOO_LARGE');
+    expect(await h.run(na.read(va, 0, 16 * PAGE))).toEqual(Buffer.alloc(16 * PAGE));
+    // Exactly pieceBytes, across a multiple of it: one write, taken.
+    const exact = tagged(4 * PAGE, 'exact');
+    await h.run(na.write(va, 3 * PAGE + 7, exact, false));
+    expect(await h.run(na.read(va, 3 * PAGE + 7, exact.length))).toEqual(exact);
+    expect(h.violations).toEqual([]);
+  });
+
+  it('exports snapshots read only on both controllers: their bytes stay, a write reaches the core only to be refused READ_ONLY (NBD_EPERM)', async () => {
+    const { h, na, nb, va } = await pairWithVolume({ seed: 510 }, 'vol', 8);
+    const before = tagged(8 * PAGE, 'before');
+    await h.run(na.write(va, 0, before.subarray(0, 4 * PAGE), false));
+    await h.run(nb.write(volumeOf(nb, 'vol'), 4 * PAGE, before.subarray(4 * PAGE), false));
+    const snap = await h.run(h.client('B').snapshot(va.guid, 's1'));
+    const keyed = await h.run(h.client('A').allocateKeyed('secret', 2 * PAGE, 'tiny'));
+    const owner = h.client('A');
+    await h.run(owner.unlock(keyed.guid, keyed.key));
+    await h.run(owner.snapshot(keyed.guid, 'k1'));
+    expect((await h.run(owner.list())).find((e) => e.name === 'secret@k1')).toMatchObject({ keyed: true, origin: keyed.guid });
+    for (const b of [na, nb]) {
+      expect(b.findVolume('vol')).toMatchObject({ name: 'vol', readOnly: false });
+      expect(b.findVolume('vol@s1')).toMatchObject({ name: 'vol@s1', guid: snap.guid, sizeBytes: 8 * PAGE, pageSizeBytes: PAGE, readOnly: true });
+      // A snapshot of a keyed volume is keyed: not exported, as its volume is not.
+      expect(b.listVolumes().map((v) => [v.name, v.readOnly])).toEqual([
+        ['vol', false],
+        ['vol@s1', true],
+      ]);
+      expect(b.findVolume('secret@k1')).toBeUndefined();
+    }
+    // The volume moves on through both controllers; the snapshot reads as it was, through both.
+    await h.run(na.write(va, 2 * PAGE + 9, tagged(3 * PAGE, 'after-A'), false));
+    await h.run(nb.write(volumeOf(nb, 'vol'), 5 * PAGE, tagged(3 * PAGE, 'after-B'), false));
+    for (const b of [na, nb]) expect(await h.run(b.read(volumeOf(b, 'vol@s1'), 0, 8 * PAGE))).toEqual(before);
+    // The server refuses writes to a read-only export itself; the core refuses them too, whoever asks.
+    for (const b of [na, nb]) {
+      const r = await h.settle(b.write(volumeOf(b, 'vol@s1'), 0, Buffer.alloc(PAGE, 1), false));
+      expect(!r.ok && isPagepairError(r.error) ? r.error.code : 'ok').toBe('READ_ONLY');
+      const z = await h.settle(b.writeZeroes(volumeOf(b, 'vol@s1'), 0, 3 * PAGE, false));
+      expect(!z.ok && isPagepairError(z.error) ? z.error.code : 'ok').toBe('READ_ONLY');
+    }
+    expect(nbdErrnoFor('READ_ONLY')).toBe(NbdErrno.EPERM);
+    for (const b of [na, nb]) expect(await h.run(b.read(volumeOf(b, 'vol@s1'), 0, 8 * PAGE))).toEqual(before);
     expect(h.violations).toEqual([]);
   });
 
@@ -315,6 +370,57 @@ function refusal(msg: ClientRequest, code: ErrorCodeName): Message {
 }
 
 describe('NBD volumes over a scripted core', () => {
+  it('a write is one C_WRITE whatever its alignment, up to pieceBytes; a longer one is refused whole; FUA adds a C_FLUSH', async () => {
+    const { core, backend, volume } = scripted({ pieceBytes: 8 * SCRIPT_PAGE });
+    core.answerWith = (m) => ok(m);
+    expect(backend.writeBytesMax).toBe(8 * SCRIPT_PAGE);
+    // Across a multiple of the piece size, unaligned: one message, the client's bytes as they are.
+    const data = Buffer.alloc(8 * SCRIPT_PAGE, 3);
+    await backend.write(volume, 5 * SCRIPT_PAGE + 100, data, false);
+    expect(core.kinds()).toEqual(['C_WRITE']);
+    expect(core.seen[0]).toMatchObject({ kind: 'C_WRITE', offset: 5 * SCRIPT_PAGE + 100 });
+    expect(core.seen[0]!.kind === 'C_WRITE' && core.seen[0]!.data === data).toBe(true);
+    core.seen.length = 0;
+    await backend.write(volume, 7, Buffer.alloc(3 * SCRIPT_PAGE), true);
+    expect(core.kinds()).toEqual(['C_WRITE', 'C_FLUSH']);
+    core.seen.length = 0;
+    await expect(backend.write(volume, 0, Buffer.alloc(8 * SCRIPT_PAGE + 1), false)).rejects.toMatchObject({ code: 'TOO_LARGE' });
+    expect(core.kinds()).toEqual([]);
+    // Write-zeroes still go in whole-page pieces.
+    await backend.writeZeroes(volume, 100, 16 * SCRIPT_PAGE, false);
+    expect(core.kinds()).toEqual(['C_WRITE', 'C_WRITE', 'C_WRITE']);
+  });
+
+  it('a snapshot (C_LIST gives its origin) is read only; a keyed one is not exported', async () => {
+    const { core, backend } = scripted();
+    const entry = { policy: 'default', pageSizeBytes: SCRIPT_PAGE, pageCount: 256, keyed: false, origin: '' };
+    core.onClientRequest = (_connId, msg): void => {
+      core.seen.push(msg);
+      core.answer({
+        kind: 'C_LIST_REPLY',
+        requestId: msg.requestId,
+        epoch: 1,
+        sender: 1,
+        flags: 0,
+        allocations: [
+          { ...entry, guid: GUID, name: 'v' },
+          { ...entry, guid: '00000000-0000-4000-8000-00000000000b', name: 'v@s1', origin: GUID },
+          { ...entry, guid: '00000000-0000-4000-8000-00000000000c', name: 'k', keyed: true },
+          { ...entry, guid: '00000000-0000-4000-8000-00000000000d', name: 'k@s1', keyed: true, origin: '00000000-0000-4000-8000-00000000000c' },
+          // A name with '@' does not make a snapshot: only an origin does.
+          { ...entry, guid: '00000000-0000-4000-8000-00000000000e', name: 'plain@name' },
+        ],
+      });
+    };
+    expect(backend.listVolumes().map((v) => [v.name, v.readOnly])).toEqual([
+      ['v', false],
+      ['v@s1', true],
+      ['plain@name', false],
+    ]);
+    expect(backend.findVolume('v@s1')?.readOnly).toBe(true);
+    expect(backend.findVolume('k@s1')).toBeUndefined();
+  });
+
   it('a one-piece read or write is one message into the core, and block I/O never lists', async () => {
     const { core, backend, volume } = scripted({ clientId: 77 });
     core.answerWith = (m) => ok(m);

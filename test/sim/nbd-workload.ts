@@ -230,19 +230,24 @@ export async function runNbdSeed(seed: number, opts: NbdWorkloadOptions = {}): P
     }
   };
 
-  // The prefill: every cell holds a write before anyone starts, through both controllers.
+  // The prefill: every cell holds a write before anyone starts, through both controllers
+  // (one value per allocation, in writes of up to pieceBytes: an NBD write is one request into the core).
   for (const [i, vol] of volumes.entries()) {
     const mine = cells.filter((c) => c.alloc === i);
     if (mine.length === 0) continue;
     const value = nextValue++;
-    const { offset, data } = writeBytes(mine, value);
-    const startMs = clock();
     const ep = endpointOn(i % 2 === 0 ? 'A' : 'B')!;
-    await h.run(
-      ep.call('prefill', (v) => v.write(vol, offset, data, false)),
-      'prefill',
-    );
-    recordWrites(900 + i, mine, value, startMs, 'ok');
+    for (let at = 0; at < mine.length; ) {
+      const part = withinBytes(mine.slice(at), epOpts.pieceBytes);
+      const { offset, data } = writeBytes(part, value);
+      const startMs = clock();
+      await h.run(
+        ep.call('prefill', (v) => v.write(vol, offset, data, false)),
+        'prefill',
+      );
+      recordWrites(900 + i, part, value, startMs, 'ok');
+      at += part.length;
+    }
   }
 
   const mirrored = (): boolean => h.linkUp && h.nodes.every((n) => n.alive && !n.paused && n.core.currentRole === Role.MIRRORED);
@@ -359,7 +364,8 @@ export async function runNbdSeed(seed: number, opts: NbdWorkloadOptions = {}): P
         if (o.ok && fua) await checkDurable(`${what}: ${kind} ${value} (FUA) through ${ep.name}`, zeroRun, startMs, value);
         continue;
       }
-      const run = pickRun(my)!;
+      // An NBD write is one request into the core: no longer than pieceBytes (the server advertises no more).
+      const run = withinBytes(pickRun(my)!, epOpts.pieceBytes);
       const value = nextValue++;
       const { offset, data } = writeBytes(run, value);
       const vol = volumes[run[0]!.alloc]!;
@@ -530,4 +536,11 @@ export async function runNbdSeed(seed: number, opts: NbdWorkloadOptions = {}): P
   stats.virtualMs = h.nowMs;
   stats.historyOps = history.length;
   return stats;
+}
+
+/** The run's first cells, as many as one write of `bytes` covers (a cell is never over a page, and a piece at least one). */
+function withinBytes(run: readonly Cell[], bytes: number): Cell[] {
+  let last = run.length - 1;
+  while (last > 0 && run[last]!.offset + run[last]!.length - run[0]!.offset > bytes) last--;
+  return run.slice(0, last + 1);
 }

@@ -459,7 +459,7 @@ describe('encoders', () => {
 
 describe('nbdErrnoFor', () => {
   it('maps pagepair error codes to NBD errors', () => {
-    const expected = { NO_SPACE: 28, OUT_OF_RANGE: 22, BAD_FIELD: 22, TOO_LARGE: 22, FENCED: 108, NOT_ACTIVE: 108, SHUTTING_DOWN: 108, IO_ERROR: 5, CHECKSUM_MISMATCH: 5, INTERNAL: 5 } as const;
+    const expected = { NO_SPACE: 28, OUT_OF_RANGE: 22, BAD_FIELD: 22, TOO_LARGE: 22, FENCED: 108, NOT_ACTIVE: 108, SHUTTING_DOWN: 108, READ_ONLY: 1, IO_ERROR: 5, CHECKSUM_MISMATCH: 5, INTERNAL: 5 } as const;
     const got = Object.fromEntries(Object.keys(expected).map((code) => [code, nbdErrnoFor(code as keyof typeof expected)]));
     expect(got).toEqual(expected);
   });

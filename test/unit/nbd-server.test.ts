@@ -17,9 +17,12 @@ import { NbdServer } from '../../src/transport/nbd-server.js';
 import { blockedByUnreadReplies, heldAtOnce, onlyConnection, useNbdRig } from './helpers/nbd-rig.js';
 import { captureLog, waitFor } from './transport-helpers.js';
 import type { LogRecord } from './transport-helpers.js';
+import type { NbdVolume } from '../../src/transport/nbd-backend.js';
 
 const MiB = 1024 * 1024;
 const FLAGS_SIMPLE = NbdFlag.HAS_FLAGS | NbdFlag.SEND_FLUSH | NbdFlag.SEND_FUA | NbdFlag.SEND_TRIM | NbdFlag.SEND_WRITE_ZEROES | NbdFlag.CAN_MULTI_CONN;
+/** A snapshot's export: read only, and nothing that is only for writing. */
+const FLAGS_READ_ONLY = NbdFlag.HAS_FLAGS | NbdFlag.READ_ONLY | NbdFlag.CAN_MULTI_CONN;
 
 // ---------------------------------------------------------------------------
 // A client that speaks NBD byte by byte
@@ -607,6 +610,8 @@ describe('NbdServer transmission', () => {
       [() => backend.failWith('SHUTTING_DOWN'), NbdErrno.ESHUTDOWN],
       [() => backend.failWith('OUT_OF_RANGE'), NbdErrno.EINVAL],
       [() => backend.failWith('IO_ERROR'), NbdErrno.EIO],
+      // The core's refusal of a write to a snapshot: the spec's error for writes to a read-only export.
+      [() => backend.failWith('READ_ONLY'), NbdErrno.EPERM],
       [() => (backend.failNext = new Error('a bug')), NbdErrno.EIO],
     ];
     let cookie = 0n;
@@ -701,6 +706,107 @@ describe('NbdServer transmission', () => {
     await waitFor(() => server.connections === 1, 'one connection left');
     b.close();
   });
+});
+
+// ---------------------------------------------------------------------------
+// Read-only exports (snapshots)
+
+/** A memory backend whose volume `vol0@snap` is read only, as the controller's backend marks a snapshot. */
+class SnapshotBackend extends MemoryNbdBackend {
+  override listVolumes(): readonly NbdVolume[] {
+    return super.listVolumes().map((v) => (v.name.includes('@') ? { ...v, readOnly: true } : v));
+  }
+
+  override findVolume(name: string): NbdVolume | undefined {
+    return this.listVolumes().find((v) => v.name === name);
+  }
+}
+
+describe('NbdServer read-only exports (snapshots)', () => {
+  const open: NbdServer[] = [];
+  afterAll(() => Promise.all(open.map((s) => s.close())));
+
+  async function serve(): Promise<{ port: number; backend: SnapshotBackend; records: LogRecord[] }> {
+    const backend = new SnapshotBackend([
+      { name: 'vol0', sizeBytes: MiB },
+      { name: 'vol0@snap', sizeBytes: MiB },
+    ]);
+    backend.bytesOf('vol0@snap').fill(0x5a);
+    const { log, records } = captureLog();
+    const server = new NbdServer({ host: '127.0.0.1', port: 0, log }, backend);
+    open.push(server);
+    return { port: (await server.start()).port, backend, records };
+  }
+
+  it('advertises NBD_FLAG_READ_ONLY and no flag that is only for writing, through GO, INFO and EXPORT_NAME; the list says which is a snapshot', async () => {
+    const { port } = await serve();
+    const c = await RawNbd.open(port);
+    c.option(NbdOpt.LIST);
+    const listed: string[] = [];
+    for (;;) {
+      const r = await c.optionReply();
+      if (r.type === NbdRep.ACK) break;
+      const n = r.data.readUInt32BE(0);
+      listed.push(`${r.data.subarray(4, 4 + n).toString()}: ${r.data.subarray(4 + n).toString()}`);
+    }
+    expect(listed).toEqual([expect.stringMatching(/^vol0: pagepair volume /), expect.stringMatching(/^vol0@snap: pagepair snapshot \(read only\) /)]);
+    const flagsOf = (replies: { type: number; data: Buffer }[]): number => replies.find((r) => r.type === NbdRep.INFO && r.data.readUInt16BE(0) === NbdInfo.EXPORT)!.data.readUInt16BE(10);
+    expect(flagsOf(await c.goOrInfo(NbdOpt.INFO, 'vol0@snap'))).toBe(FLAGS_READ_ONLY);
+    expect(flagsOf(await c.goOrInfo(NbdOpt.INFO, 'vol0'))).toBe(FLAGS_SIMPLE);
+    c.option(NbdOpt.STRUCTURED_REPLY);
+    expect((await c.optionReply()).type).toBe(NbdRep.ACK);
+    expect(flagsOf(await c.goOrInfo(NbdOpt.GO, 'vol0@snap'))).toBe(FLAGS_READ_ONLY | NbdFlag.SEND_DF);
+    c.close();
+
+    const old = await RawNbd.open(port);
+    old.option(NbdOpt.EXPORT_NAME, Buffer.from('vol0@snap'));
+    const r = await old.read(10);
+    expect(r.readUInt16BE(8)).toBe(FLAGS_READ_ONLY);
+    old.close();
+  });
+
+  for (const structured of [false, true]) {
+    it(`answers WRITE, WRITE_ZEROES and TRIM with NBD_EPERM, never asks the backend, and goes on serving (${structured ? 'structured' : 'simple'} replies)`, async () => {
+      const { port, backend, records } = await serve();
+      const c = await RawNbd.go(port, 'vol0@snap', structured);
+      const before = Buffer.from(backend.bytesOf('vol0@snap'));
+      c.request(NbdCmd.WRITE, { cookie: 1n, offset: 0, payload: Buffer.alloc(4096, 1) });
+      c.request(NbdCmd.WRITE, { cookie: 2n, offset: 100, flags: NbdCmdFlag.FUA, payload: Buffer.from('x') });
+      c.request(NbdCmd.WRITE_ZEROES, { cookie: 3n, offset: 0, length: 8192 });
+      c.request(NbdCmd.TRIM, { cookie: 4n, offset: 4096, length: 4096 });
+      // Past the end too: read only comes first.
+      c.request(NbdCmd.WRITE, { cookie: 5n, offset: MiB - 1, payload: Buffer.from('yz') });
+      const errors = new Map<bigint, number>();
+      const messages: string[] = [];
+      for (let i = 0; i < 5; i++) {
+        const r = await c.replyOrChunk();
+        if ('simple' in r) errors.set(r.simple.cookie, r.simple.error);
+        else {
+          errors.set(r.chunk.cookie, r.chunk.payload.readUInt32BE(0));
+          messages.push(r.chunk.payload.subarray(6).toString());
+        }
+      }
+      expect([...errors.entries()].sort((x, y) => Number(x[0] - y[0]))).toEqual([1n, 2n, 3n, 4n, 5n].map((k) => [k, NbdErrno.EPERM]));
+      if (structured) expect(messages[0]).toContain('read only');
+      expect(backend.calls).toEqual([]);
+      expect(backend.bytesOf('vol0@snap').equals(before)).toBe(true);
+      // The connection goes on: reads are served.
+      c.request(NbdCmd.READ, { cookie: 6n, offset: 10, length: 4 });
+      if (structured) {
+        const ch = await c.chunk();
+        expect(ch.payload.subarray(8).toString('hex')).toBe('5a5a5a5a');
+      } else expect((await c.reply()).data.toString('hex')).toBe('5a5a5a5a');
+      // And the writable volume, on another connection, is written as ever.
+      const w = await RawNbd.go(port, 'vol0');
+      w.request(NbdCmd.WRITE, { cookie: 1n, offset: 0, payload: Buffer.from('ok') });
+      expect(await w.reply()).toMatchObject({ cookie: 1n, error: 0 });
+      expect(backend.bytesOf('vol0').subarray(0, 2).toString()).toBe('ok');
+      expect(records.filter((r) => r.msg === 'nbd connection closed')).toEqual([]);
+      expect(records.find((r) => r.msg === 'nbd export opened' && r.export === 'vol0@snap')).toMatchObject({ readOnly: true });
+      c.close();
+      w.close();
+    });
+  }
 });
 
 describe('NbdServer lifecycle', () => {
