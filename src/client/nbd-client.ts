@@ -137,7 +137,8 @@ const ERROR_CODE_OF_ERRNO: ReadonlyMap<number, ErrorCodeName> = new Map([
   [NbdErrno.EOVERFLOW, 'TOO_LARGE'],
   [NbdErrno.ENOTSUP, 'UNKNOWN_TYPE'],
   [NbdErrno.ENOMEM, 'BUSY'],
-  [NbdErrno.EPERM, 'NOT_ACTIVE'],
+  // What pagepair answers a write to a snapshot (a read-only export); not a reason to try the other controller.
+  [NbdErrno.EPERM, 'READ_ONLY'],
 ]);
 
 export function errorCodeForNbdErrno(errno: number): ErrorCodeName {

@@ -124,6 +124,9 @@ describe('NbdClient', () => {
     await expect(c.read(0, 512)).rejects.toMatchObject({ code: 'IO_ERROR', errno: NbdErrno.EIO });
     backend.failWith('NO_SPACE');
     await expect(c.flush()).rejects.toMatchObject({ code: 'NO_SPACE', errno: NbdErrno.ENOSPC });
+    // A write to a snapshot: READ_ONLY, not a failed connection to try the other controller on.
+    backend.failWith('READ_ONLY');
+    await expect(c.write(0, Buffer.alloc(512))).rejects.toMatchObject({ code: 'READ_ONLY', errno: NbdErrno.EPERM });
     expect(c.isOpen).toBe(true);
     expect((await c.read(0, 4)).length).toBe(4);
   });
