@@ -231,6 +231,14 @@ describe('NBD volumes over a paired core', () => {
     }
     expect(nbdErrnoFor('READ_ONLY')).toBe(NbdErrno.EPERM);
     for (const b of [na, nb]) expect(await h.run(b.read(volumeOf(b, 'vol@s1'), 0, 8 * PAGE))).toEqual(before);
+    // A flush (not offered on a read-only export, but a client may send one) is served.
+    await h.run(nb.flush(volumeOf(nb, 'vol@s1')));
+    // Deleted, it is no longer exported, and a connection still open on it gets errors.
+    const stale = volumeOf(na, 'vol@s1');
+    await h.run(h.client('A').release(snap.guid));
+    for (const b of [na, nb]) expect(b.findVolume('vol@s1')).toBeUndefined();
+    const gone = await h.settle(na.read(stale, 0, PAGE));
+    expect(!gone.ok && isPagepairError(gone.error) ? gone.error.code : 'ok').toBe('UNKNOWN_GUID');
     expect(h.violations).toEqual([]);
   });
 
