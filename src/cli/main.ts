@@ -26,6 +26,7 @@ import { attachKillTestCommand } from './attach-kill-test.js';
 import { poolCommand } from './pool.js';
 import { deviceCommand } from './device.js';
 import { scrubCommand } from './scrub.js';
+import { regionCommand } from './region.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -146,6 +147,7 @@ program.addCommand(attachKillTestCommand());
 program.addCommand(poolCommand());
 program.addCommand(deviceCommand());
 program.addCommand(scrubCommand());
+program.addCommand(regionCommand());
 
 program
   .command('report')
