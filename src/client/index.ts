@@ -10,4 +10,4 @@ export {
   type ControllerConfigAddresses,
 } from './client.js';
 export { ErrorCode, PagepairError, isPagepairError, type ErrorCodeName } from '../protocol/errors.js';
-export { Checkpoint, GenerationGoneError, Region, isGenerationGone, type GenerationInfo, type RegionCreateOptions, type RegionIo, type RegionMode, type RegionOptions, type RegionSummary } from './region.js';
+export { Checkpoint, GenerationGoneError, REGION_STEPS, Region, isGenerationGone, type GenerationInfo, type RegionCreateOptions, type RegionIo, type RegionMode, type RegionOptions, type RegionSummary } from './region.js';

@@ -32,6 +32,8 @@ export interface RegionIo {
   list(): Promise<{ guid: string; name: string; pageSizeBytes: number; pageCount: number; keyed?: boolean }[]>;
   /** Largest read or write the controller takes in one request (PagepairClient says); requests are cut to it. */
   readonly requestBytesMax?: number;
+  /** Destages the allocation's dirty pages to the store (PagepairClient and PairClient have it); needed by RegionOptions.durable. */
+  flush?(guid: string): Promise<unknown>;
 }
 
 export interface RegionCreateOptions {
@@ -67,6 +69,14 @@ export interface RegionOptions {
   chunkBytes?: number;
   /** Data writes of one Checkpoint.write in flight at once (default 4, 1..64). */
   writesInFlight?: number;
+  /**
+   * Flush the data to the store before writing the metadata that lists it,
+   * and that metadata after (and a drop before its slot is written), so a
+   * commit also holds when both controllers are lost at once. Costs two or
+   * three flushes per commit; needs RegionIo.flush. Default false: a commit
+   * is as safe as any acknowledged write of the pair (one controller lost).
+   */
+  durable?: boolean;
 }
 
 /** The steps onStep is called with, before the request each names. */
@@ -83,6 +93,12 @@ export const REGION_STEPS = {
   commitReadBack: 'commit.read-back',
   /** commit writes the metadata that lists the new generation. */
   commitWrite: 'commit.write-metadata',
+  /** durable: the drop is flushed before the slot is written. */
+  beginFlush: 'begin.flush',
+  /** durable: the data is flushed before the metadata is written. */
+  commitFlushData: 'commit.flush-data',
+  /** durable: the metadata is flushed before commit answers. */
+  commitFlushMetadata: 'commit.flush-metadata',
 } as const;
 
 /** Allocation names of regions start with this, so `region list` finds them and volumes tell them apart. */
@@ -316,6 +332,13 @@ async function findRegion(io: RegionIo, name: string): Promise<{ guid: string; p
   return found;
 }
 
+function durableOption(io: RegionIo, ropts: RegionOptions): boolean {
+  if (ropts.durable !== undefined && typeof ropts.durable !== 'boolean') throw new PagepairError('BAD_FIELD', 'durable must be a boolean', 'durable');
+  const durable = ropts.durable === true;
+  if (durable && typeof io.flush !== 'function') throw new PagepairError('BAD_FIELD', 'a durable region needs a connection that can flush (RegionIo.flush)', 'durable');
+  return durable;
+}
+
 interface Geometry {
   pageSizeBytes: number;
   dataOffset: number;
@@ -349,6 +372,7 @@ export class Region {
   private readonly slotBytes: number;
   private readonly chunkBytes: number;
   private readonly writesInFlight: number;
+  private readonly durable: boolean;
   /** The checkpoint this object has open ('beginning' while beginCheckpoint runs). */
   private open: Checkpoint | 'beginning' | null = null;
 
@@ -375,6 +399,7 @@ export class Region {
     const chunk = ropts.chunkBytes ?? Math.min(ioMax, CHUNK_BYTES_DEFAULT);
     this.chunkBytes = checkCount('chunkBytes', chunk, 1, Math.max(1, ioMax));
     this.writesInFlight = checkCount('writesInFlight', ropts.writesInFlight ?? WRITES_IN_FLIGHT_DEFAULT, 1, WRITES_IN_FLIGHT_MAX);
+    this.durable = durableOption(io, ropts);
   }
 
   /**
@@ -394,6 +419,7 @@ export class Region {
     if (mode === 'overwrite' && ringSize * sizeBytes > REGION_BYTES_MAX) {
       throw new PagepairError('BAD_FIELD', `${ringSize} generations of ${sizeBytes} bytes is more than ${REGION_BYTES_MAX} bytes`, 'sizeBytes');
     }
+    const durable = durableOption(io, ropts);
     const policy = opts.policy ?? REGION_POLICY_DEFAULT;
     if (typeof policy !== 'string' || policy.length === 0) throw new PagepairError('BAD_FIELD', 'policy must be a policy name', 'policy');
 
@@ -422,6 +448,7 @@ export class Region {
         throw new PagepairError('INTERNAL', `allocation of ${made.pageSizeBytes * made.pageCount} bytes for a region that needs ${geo.totalBytes}`, 'sizeBytes');
       }
       await io.write(made.guid, 0, encodeMetadata(meta, 0));
+      if (durable) await io.flush!(made.guid);
       const region = new Region(io, name, made.guid, made.pageSizeBytes * made.pageCount, meta, ropts);
       return { region, key };
     } catch (err) {
@@ -434,6 +461,7 @@ export class Region {
   static async open(io: RegionIo, name: string, key: string | Uint8Array, ropts: RegionOptions = {}): Promise<Region> {
     checkRegionName(name);
     const keyBytes = checkKey(key);
+    durableOption(io, ropts);
     const found = await findRegion(io, name);
     await io.unlock(found.guid, keyBytes);
     const allocatedBytes = found.pageSizeBytes * found.pageCount;
@@ -493,6 +521,7 @@ export class Region {
         if (inSlot.length > 0) {
           meta = { ...meta, sequence: meta.sequence + 1, nextGeneration: generation + 1, generations: meta.generations.filter((g) => g.offset !== offset) };
           await this.writeMetadata(steps, REGION_STEPS.beginDrop, meta);
+          await this.flushIfDurable(steps, REGION_STEPS.beginFlush);
         }
       } else {
         if (meta.generations.length >= generationsMax(meta)) {
@@ -567,7 +596,9 @@ export class Region {
     const crc = crcIfKnown ?? crc32c(await this.readData(cp.offset, lengthBytes, steps, REGION_STEPS.commitReadBack));
     const info: GenerationInfo = { generation: cp.generation, lengthBytes, crc, committedAtMs: Math.max(0, Math.floor((this.ropts.now ?? Date.now)())), offset: cp.offset };
     const next: RegionMetadata = { ...meta, sequence: meta.sequence + 1, nextGeneration: cp.generation + 1, generations: [...meta.generations, info] };
+    await this.flushIfDurable(steps, REGION_STEPS.commitFlushData);
     await this.writeMetadata(steps, REGION_STEPS.commitWrite, next);
+    await this.flushIfDurable(steps, REGION_STEPS.commitFlushMetadata);
     return info;
   }
 
@@ -620,20 +651,21 @@ export class Region {
   }
 
   private async readMetadata(steps: StepCounter | null, step: string): Promise<RegionMetadata> {
-    // Both copies in one request when they fit one.
+    // Both copies in one request when they fill their pages; else each copy alone, both in flight.
     let copy0: Buffer;
     let copy1: Buffer;
-    const span = this.pageSizeBytes + this.copyBytes;
-    if (span <= this.chunkBytes) {
+    if (this.copyBytes === this.pageSizeBytes && 2 * this.pageSizeBytes <= this.chunkBytes) {
       await steps?.step(step);
-      const both = await this.io.read(this.guid, 0, span);
+      const both = await this.io.read(this.guid, 0, 2 * this.pageSizeBytes);
       copy0 = both.subarray(0, this.copyBytes);
-      copy1 = both.subarray(this.pageSizeBytes, span);
+      copy1 = both.subarray(this.pageSizeBytes);
     } else {
       await steps?.step(step);
-      copy0 = await this.io.read(this.guid, 0, this.copyBytes);
+      const first = this.io.read(this.guid, 0, this.copyBytes);
+      // A rejection before the second request is sent must not go unhandled.
+      first.catch(() => undefined);
       await steps?.step(step);
-      copy1 = await this.io.read(this.guid, this.pageSizeBytes, this.copyBytes);
+      [copy0, copy1] = await Promise.all([first, this.io.read(this.guid, this.pageSizeBytes, this.copyBytes)]);
     }
     const { meta, invalid } = newestMetadata(copy0, copy1);
     if (meta === null) throw new PagepairError('STORE_CORRUPT', `region ${this.name} has no valid metadata copy (${invalid.join('; ')})`, 'metadata');
@@ -648,6 +680,12 @@ export class Region {
     const bytes = encodeMetadata(meta, copy);
     await steps.step(step);
     await this.io.write(this.guid, copy * this.pageSizeBytes, bytes);
+  }
+
+  private async flushIfDurable(steps: StepCounter, step: string): Promise<void> {
+    if (!this.durable) return;
+    await steps.step(step);
+    await this.io.flush!(this.guid);
   }
 
   private async readData(offset: number, length: number, steps: StepCounter | null, step: string): Promise<Buffer> {

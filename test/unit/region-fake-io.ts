@@ -16,11 +16,16 @@ interface Alloc {
   name: string;
   pageSizeBytes: number;
   pageCount: number;
+  /** What the controllers hold (their caches, the same on both). */
   bytes: Buffer;
+  /** What the store holds: pages reach it by a flush, or by a destage when both controllers are lost. */
+  stored: Buffer;
+  /** Pages written since they last reached the store. */
+  dirty: Set<number>;
   key: Buffer;
 }
 
-export type RequestKind = 'allocate' | 'unlock' | 'write' | 'read' | 'release' | 'list';
+export type RequestKind = 'allocate' | 'unlock' | 'write' | 'read' | 'release' | 'list' | 'flush';
 
 export interface RequestSeen {
   n: number;
@@ -52,6 +57,22 @@ export class FakePair {
 
   connect(requestBytesMax?: number): FakeConn {
     return new FakeConn(this, requestBytesMax);
+  }
+
+  /**
+   * Both controllers lost at once: of the pages not in the store, those
+   * `destaged` picks made it there (the destager goes in no set order), the
+   * rest are gone; the pair comes back with what the store holds.
+   */
+  loseBoth(destaged: (guid: string, page: number) => boolean): void {
+    for (const a of this.allocs.values()) {
+      for (const page of a.dirty) {
+        const at = page * a.pageSizeBytes;
+        if (destaged(a.guid, page)) a.bytes.copy(a.stored, at, at, at + a.pageSizeBytes);
+      }
+      a.dirty.clear();
+      a.stored.copy(a.bytes);
+    }
   }
 
   /** Brings the pair back after a crash: faults cleared, requests served again. */
@@ -104,7 +125,7 @@ export class FakeConn implements RegionIo {
         if ([...p.allocs.values()].some((a) => a.name === name)) throw new PagepairError('DUPLICATE', `${name} exists`, 'name');
         const pageCount = Math.ceil(sizeBytes / pageSizeBytes);
         if (pageCount * pageSizeBytes > 64 * 1024 * 1024) throw new PagepairError('NO_SPACE', 'the fake holds 64 MiB at most', 'sizeBytes');
-        made = { guid: p.newGuid(), name, pageSizeBytes, pageCount, bytes: Buffer.alloc(pageCount * pageSizeBytes), key: randomBytes(16) };
+        made = { guid: p.newGuid(), name, pageSizeBytes, pageCount, bytes: Buffer.alloc(pageCount * pageSizeBytes), stored: Buffer.alloc(pageCount * pageSizeBytes), dirty: new Set(), key: randomBytes(16) };
         if (opts.keyed !== true) throw new PagepairError('BAD_FIELD', 'the fake makes keyed allocations only', 'keyed');
         p.allocs.set(made.guid, made);
         this.unlocked.add(made.guid);
@@ -134,6 +155,7 @@ export class FakeConn implements RegionIo {
         this.limit(data.length);
         if (offset + data.length > a.bytes.length) throw new PagepairError('OUT_OF_RANGE', 'past the allocation', 'offset');
         copy.copy(a.bytes, offset);
+        for (let page = Math.floor(offset / a.pageSizeBytes); page * a.pageSizeBytes < offset + copy.length; page++) a.dirty.add(page);
       },
       () => undefined,
     );
@@ -150,6 +172,23 @@ export class FakeConn implements RegionIo {
         out = Buffer.from(a.bytes.subarray(offset, offset + length));
       },
       () => out,
+    );
+  }
+
+  flush(guid: string): Promise<number> {
+    let pages = 0;
+    return this.pair.serve(
+      { kind: 'flush', guid },
+      () => {
+        const a = this.usable(guid);
+        for (const page of a.dirty) {
+          const at = page * a.pageSizeBytes;
+          a.bytes.copy(a.stored, at, at, at + a.pageSizeBytes);
+        }
+        pages = a.dirty.size;
+        a.dirty.clear();
+      },
+      () => pages,
     );
   }
 

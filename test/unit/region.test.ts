@@ -455,3 +455,82 @@ describe('a crash at every request of a commit', () => {
     }
   }
 });
+
+describe('durable regions: both controllers lost at once', () => {
+  /** Of the pages not in the store, only the metadata pages make it: the worst order for a region that does not flush. */
+  const metadataOnly = (_guid: string, page: number): boolean => page < 2;
+
+  it('without durable, losing both with only the metadata destaged lists a generation whose bytes are gone: readWhole says CHECKSUM_MISMATCH', async () => {
+    const pair = new FakePair();
+    const { region, key } = await Region.create(pair.connect(), 'd', { mode: 'overwrite', sizeBytes: 2000, policy: 'tiny' });
+    await commit(region, content(0, 2000));
+    pair.loseBoth(metadataOnly);
+    const reader = await Region.open(pair.connect(), 'd', key);
+    expect((await reader.latest())?.generation).toBe(0);
+    expect(await codeOf(reader.readWhole(0))).toBe('CHECKSUM_MISMATCH:generation');
+  });
+
+  it('needs a connection that can flush', async () => {
+    const pair = new FakePair();
+    const conn = pair.connect();
+    const noFlush = { allocate: conn.allocate.bind(conn), unlock: conn.unlock.bind(conn), write: conn.write.bind(conn), read: conn.read.bind(conn), release: conn.release.bind(conn), list: conn.list.bind(conn) };
+    expect(await codeOf(Region.create(noFlush, 'd', { mode: 'append', sizeBytes: 1000, policy: 'tiny' }, { durable: true }))).toBe('BAD_FIELD:durable');
+    expect(pair.allocs.size).toBe(0);
+    expect(await codeOf(Region.create(conn, 'd', { mode: 'append', sizeBytes: 1000, policy: 'tiny' }, { durable: 'yes' as never }))).toBe('BAD_FIELD:durable');
+  });
+
+  for (const mode of ['overwrite', 'append'] as const) {
+    it(`${mode}: flushes data before the metadata that lists it; both lost at any request of a commit leaves the previous generation or the new one, whole`, async () => {
+      const make = async (): Promise<{ pair: FakePair; region: Region; key: string; before: Map<number, Buffer>; steps: string[] }> => {
+        const pair = new FakePair();
+        const steps: string[] = [];
+        const opts: RegionCreateOptions = mode === 'overwrite' ? { mode, sizeBytes: 2000, generations: 2, policy: 'tiny' } : { mode, sizeBytes: 20_000, policy: 'tiny' };
+        const { region, key } = await Region.create(pair.connect(), 'd', opts, { durable: true, onStep: (s) => void steps.push(s) });
+        const before = new Map<number, Buffer>();
+        for (let g = 0; g < 3; g++) {
+          before.set(g, content(g, 1000 + g));
+          await commit(region, before.get(g)!);
+        }
+        if (mode === 'overwrite') before.delete(0);
+        steps.length = 0;
+        return { pair, region, key, before, steps };
+      };
+      const dry = await make();
+      await commit(dry.region, content(3, 1800), 600);
+      expect(dry.steps.indexOf(REGION_STEPS.commitFlushData)).toBe(dry.steps.indexOf(REGION_STEPS.commitWrite) - 1);
+      expect(dry.steps[dry.steps.length - 1]).toBe(REGION_STEPS.commitFlushMetadata);
+      if (mode === 'overwrite') expect(dry.steps.indexOf(REGION_STEPS.beginFlush)).toBe(dry.steps.indexOf(REGION_STEPS.beginDrop) + 1);
+      const outcomes = new Set<number>();
+      for (let step = 0; step <= dry.steps.length; step++) {
+        for (const how of ['crash', 'crash-after-landing'] as const) {
+          for (const destaged of [metadataOnly, () => false, () => true]) {
+            const { pair, region, key, before } = await make();
+            if (step < dry.steps.length) pair.faults.set(pair.seen.length + step, { kind: how });
+            let committed = false;
+            try {
+              await commit(region, content(3, 1800), 600);
+              committed = true;
+            } catch (err) {
+              expect(isPagepairError(err, 'NOT_ACTIVE')).toBe(true);
+            }
+            pair.loseBoth(destaged);
+            pair.restart();
+            const where = `${mode}, ${how} at step ${step} (${dry.steps[step] ?? 'after the commit'}), destaged ${destaged.name || String(destaged)}`;
+            const reader = await Region.open(pair.connect(), 'd', key);
+            const listed = await reader.list();
+            const latest = listed[listed.length - 1]!.generation;
+            expect([2, 3], where).toContain(latest);
+            if (committed) expect(latest, where).toBe(3);
+            outcomes.add(latest);
+            for (const g of listed) {
+              const want = g.generation === 3 ? content(3, 1800) : before.get(g.generation)!;
+              expect((await reader.readWhole(g.generation)).equals(want), `${where}: generation ${g.generation}`).toBe(true);
+            }
+            for (const g of before.keys()) if (mode === 'append' || g % 2 !== 3 % 2) expect(listed.map((x) => x.generation), where).toContain(g);
+          }
+        }
+      }
+      expect([...outcomes].sort()).toEqual([2, 3]);
+    });
+  }
+});
