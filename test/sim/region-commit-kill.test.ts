@@ -15,7 +15,11 @@
 //
 // Also: a connection with a wrong key or none is refused (ACCESS_DENIED)
 // through A and B, mirrored and after a kill, for read, write, unlock,
-// release, Region.open and Region.delete.
+// release, Region.open and Region.delete. And a durable region (flushes
+// around its metadata writes) through a power cut under both controllers at
+// every request of a commit, with pages destaged a few ms after they are
+// written in the destager's order: after both restart, the same holds
+// through A and through B.
 //
 // One seed per case by default (about 220 runs); REGION_KILL_SEEDS=n runs n
 // per case and prints what the sweep met.
@@ -24,6 +28,7 @@ import { describe, expect, it } from 'vitest';
 import { REGION_STEPS, Region, type GenerationInfo, type RegionCreateOptions, type RegionMode } from '../../src/client/region.js';
 import { Harness, type NodeName } from './harness.js';
 import { codeOf } from './pair-steps.js';
+import { Prng } from './prng.js';
 import { SimPairIo, SimRegionIo } from './region-io.js';
 
 const SEEDS = Math.max(1, Number(process.env.REGION_KILL_SEEDS ?? 1) | 0);
@@ -272,4 +277,86 @@ describe('a region refuses connections without its key', () => {
     await h.runUntilQuiet();
     expect(h.violations, fail('invariants')).toEqual([]);
   });
+});
+
+describe('a durable region through a power cut at every request of a commit', () => {
+  for (const mode of ['overwrite', 'append'] as const) {
+    it(`${mode}: after both controllers restart, a reader sees the previous generation or the new one, whole, through A and B`, async () => {
+      const setUpDurable = async (seed: number): Promise<{ h: Harness; region: Region; key: string; before: Map<number, Buffer>; hook: Setup['hook']; writer: SimPairIo }> => {
+        // Pages destaged a few ms after they are written, in whatever order the destager takes them.
+        const h = await Harness.createPair({ seed, frameDelayMaxMs: 3, dirtyAgeMaxMs: 5, storeDelayMaxMs: 3 });
+        const hook: Setup['hook'] = { onStep: null };
+        const writer = new SimPairIo(h, 'A', 0x5eed_0000 + (seed % 0xffff), 0);
+        const { region, key } = await h.run(Region.create(writer, 'ckpt', MODES[mode], { durable: true, onStep: (s, i) => hook.onStep?.(s, i), now: () => h.nowMs }));
+        const before = new Map<number, Buffer>();
+        for (let g = 0; g < BEFORE; g++) {
+          before.set(g, content(seed, g, lengthOf(g)));
+          await h.run(checkpoint(region, before.get(g)!));
+        }
+        for (const g of before.keys()) if (!(await h.run(region.list())).some((x) => x.generation === g)) before.delete(g);
+        return { h, region, key, before, hook, writer };
+      };
+      const dry = await setUpDurable(SEED_BASE + 50);
+      const steps: string[] = [];
+      dry.hook.onStep = (s) => void steps.push(s);
+      await dry.h.run(checkpoint(dry.region, content(SEED_BASE + 50, BEFORE, NEW_BYTES)));
+      expect(steps.filter((s) => s.endsWith('flush') || s.includes('flush-')).length).toBe(mode === 'overwrite' ? 3 : 2);
+      const tally = { previous: 0, fresh: 0 };
+      let cases = 0;
+      for (let step = 0; step <= steps.length; step++) {
+        for (const timing of step < steps.length ? TIMINGS : (['before'] as const)) {
+          for (let k = 0; k < SEEDS; k++) {
+            const seed = SEED_BASE + 2000 + cases * 7 + k * 1000 + (mode === 'append' ? 500 : 0);
+            const { h, region, key, before, hook } = await setUpDurable(seed);
+            const where = `${mode}, power cut at step ${step} (${steps[step] ?? 'after commit'}) ${timing === 'before' ? 'before the request' : `${timing} ms after it was sent`}, seed ${seed}`;
+            let cut = false;
+            const powerCut = (): void => {
+              if (cut) return;
+              cut = true;
+              h.powerCut(new Prng(seed * 31 + 7));
+            };
+            let frozen = false;
+            hook.onStep = (_name, index) => {
+              if (index > step) {
+                frozen = true;
+                return new Promise<void>(() => undefined);
+              }
+              if (index !== step) return;
+              if (timing === 'before') powerCut();
+              else h.sched.after(timing, 'power cut', powerCut);
+            };
+            const t = h.track(checkpoint(region, content(seed, BEFORE, NEW_BYTES)));
+            await h.runUntil(() => t.settled || frozen || cut, 'checkpoint under test');
+            hook.onStep = null;
+            const committed = t.result !== undefined && t.result.ok;
+            if (step >= steps.length) {
+              expect(committed, where).toBe(true);
+              powerCut();
+            }
+            await h.runUntil(() => cut, 'the power cut');
+            await h.restartBoth();
+            for (const via of ['A', 'B'] as const) {
+              const reader = await h.run(Region.open(new SimRegionIo(h.client(via)), 'ckpt', key), `${where}: open through ${via}`);
+              const listed = await h.run(reader.list());
+              const latest = listed[listed.length - 1]?.generation;
+              expect(latest, `${where}: latest through ${via} (listed ${listed.map((g) => g.generation).join(', ')})`).toBeOneOf([Math.max(...before.keys()), BEFORE]);
+              if (committed) expect(latest, `${where}: the commit was answered`).toBe(BEFORE);
+              if (via === 'A') tally[latest === BEFORE ? 'fresh' : 'previous']++;
+              for (const g of listed) {
+                const want = g.generation === BEFORE ? content(seed, BEFORE, NEW_BYTES) : before.get(g.generation);
+                expect(want, `${where}: generation ${g.generation} listed, never committed`).toBeDefined();
+                expect((await h.run(reader.readWhole(g.generation), `${where}: read ${g.generation} through ${via}`)).equals(want!), `${where}: generation ${g.generation} through ${via}`).toBe(true);
+              }
+              const slotTaken = (g: number): boolean => mode === 'overwrite' && g % MODES.overwrite.generations! === BEFORE % MODES.overwrite.generations!;
+              for (const g of before.keys()) if (!slotTaken(g)) expect(listed.map((x) => x.generation), `${where}: generation ${g}`).toContain(g);
+            }
+          }
+          cases++;
+        }
+      }
+      expect(tally.previous, JSON.stringify(tally)).toBeGreaterThan(0);
+      expect(tally.fresh, JSON.stringify(tally)).toBeGreaterThan(0);
+      if (process.env.REGION_KILL_SEEDS !== undefined) console.log(`${mode}, durable, power cut: ${JSON.stringify(tally)} over ${cases * SEEDS} runs`);
+    });
+  }
 });

@@ -31,6 +31,10 @@ export class SimRegionIo implements RegionIo {
     return this.client.read(guid, offset, length);
   }
 
+  flush(guid: string): Promise<number> {
+    return this.client.flush(guid);
+  }
+
   release(guid: string): Promise<void> {
     return this.client.release(guid);
   }
@@ -99,6 +103,10 @@ export class SimPairIo implements RegionIo {
 
   read(guid: string, offset: number, length: number): Promise<Buffer> {
     return this.attempt((c) => c.read(guid, offset, length));
+  }
+
+  flush(guid: string): Promise<number> {
+    return this.attempt((c) => c.flush(guid));
   }
 
   async release(guid: string): Promise<void> {
