@@ -332,11 +332,18 @@ async function findRegion(io: RegionIo, name: string): Promise<{ guid: string; p
   return found;
 }
 
-function durableOption(io: RegionIo, ropts: RegionOptions): boolean {
+/** RegionOptions checked against the connection, before any request. */
+function checkOptions(io: RegionIo, ropts: RegionOptions): { chunkBytes: number; writesInFlight: number; durable: boolean } {
+  if (ropts === null || typeof ropts !== 'object') throw new PagepairError('BAD_FIELD', 'region options must be an object', 'ropts');
+  if (ropts.onStep !== undefined && typeof ropts.onStep !== 'function') throw new PagepairError('BAD_FIELD', 'onStep must be a function', 'onStep');
+  if (ropts.now !== undefined && typeof ropts.now !== 'function') throw new PagepairError('BAD_FIELD', 'now must be a function', 'now');
+  const ioMax = io.requestBytesMax ?? CHUNK_BYTES_DEFAULT;
+  const chunkBytes = checkCount('chunkBytes', ropts.chunkBytes ?? Math.min(ioMax, CHUNK_BYTES_DEFAULT), 1, Math.max(1, ioMax));
+  const writesInFlight = checkCount('writesInFlight', ropts.writesInFlight ?? WRITES_IN_FLIGHT_DEFAULT, 1, WRITES_IN_FLIGHT_MAX);
   if (ropts.durable !== undefined && typeof ropts.durable !== 'boolean') throw new PagepairError('BAD_FIELD', 'durable must be a boolean', 'durable');
   const durable = ropts.durable === true;
   if (durable && typeof io.flush !== 'function') throw new PagepairError('BAD_FIELD', 'a durable region needs a connection that can flush (RegionIo.flush)', 'durable');
-  return durable;
+  return { chunkBytes, writesInFlight, durable };
 }
 
 interface Geometry {
@@ -395,11 +402,7 @@ export class Region {
     this.dataOffset = meta.dataOffset;
     this.slotBytes = meta.slotBytes;
     this.generationsMax = generationsMax(meta);
-    const ioMax = io.requestBytesMax ?? CHUNK_BYTES_DEFAULT;
-    const chunk = ropts.chunkBytes ?? Math.min(ioMax, CHUNK_BYTES_DEFAULT);
-    this.chunkBytes = checkCount('chunkBytes', chunk, 1, Math.max(1, ioMax));
-    this.writesInFlight = checkCount('writesInFlight', ropts.writesInFlight ?? WRITES_IN_FLIGHT_DEFAULT, 1, WRITES_IN_FLIGHT_MAX);
-    this.durable = durableOption(io, ropts);
+    ({ chunkBytes: this.chunkBytes, writesInFlight: this.writesInFlight, durable: this.durable } = checkOptions(io, ropts));
   }
 
   /**
@@ -419,7 +422,7 @@ export class Region {
     if (mode === 'overwrite' && ringSize * sizeBytes > REGION_BYTES_MAX) {
       throw new PagepairError('BAD_FIELD', `${ringSize} generations of ${sizeBytes} bytes is more than ${REGION_BYTES_MAX} bytes`, 'sizeBytes');
     }
-    const durable = durableOption(io, ropts);
+    const { durable } = checkOptions(io, ropts);
     const policy = opts.policy ?? REGION_POLICY_DEFAULT;
     if (typeof policy !== 'string' || policy.length === 0) throw new PagepairError('BAD_FIELD', 'policy must be a policy name', 'policy');
 
@@ -461,7 +464,7 @@ export class Region {
   static async open(io: RegionIo, name: string, key: string | Uint8Array, ropts: RegionOptions = {}): Promise<Region> {
     checkRegionName(name);
     const keyBytes = checkKey(key);
-    durableOption(io, ropts);
+    checkOptions(io, ropts);
     const found = await findRegion(io, name);
     await io.unlock(found.guid, keyBytes);
     const allocatedBytes = found.pageSizeBytes * found.pageCount;

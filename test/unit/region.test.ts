@@ -176,6 +176,13 @@ describe('regions: create, open, list, delete', () => {
     expect(await make('ok', { generations: entriesThatFit(TINY) + 1 })).toBe('BAD_FIELD:generations');
     expect(pair.allocs.size).toBe(0);
     expect(await make('ok', { policy: 'nope' })).toBe('POLICY_UNKNOWN:policy');
+    // Options of the library itself, refused before any request.
+    const seen = pair.seen.length;
+    expect(await codeOf(Region.create(io, 'ok', { mode: 'append', sizeBytes: 10, policy: 'tiny' }, { chunkBytes: 0 }))).toBe('BAD_FIELD:chunkBytes');
+    expect(await codeOf(Region.create(pair.connect(100), 'ok', { mode: 'append', sizeBytes: 10, policy: 'tiny' }, { chunkBytes: 101 }))).toBe('BAD_FIELD:chunkBytes');
+    expect(await codeOf(Region.create(io, 'ok', { mode: 'append', sizeBytes: 10, policy: 'tiny' }, { writesInFlight: 65 }))).toBe('BAD_FIELD:writesInFlight');
+    expect(await codeOf(Region.open(io, 'ok', 'A'.repeat(22), { onStep: 3 as never }))).toBe('BAD_FIELD:onStep');
+    expect(pair.seen.length).toBe(seen);
     expect(await make('x'.repeat(57), { generations: entriesThatFit(TINY) })).toBe('ok');
     expect(await make('x'.repeat(57), {})).toBe('DUPLICATE:name');
   });
