@@ -67,7 +67,7 @@ export interface RegionOptions {
   now?: () => number;
   /** Largest piece one read or write request carries (default: the connection's requestBytesMax, at most 1 MiB). */
   chunkBytes?: number;
-  /** Data writes of one Checkpoint.write in flight at once (default 4, 1..64). */
+  /** Data requests (writes of one Checkpoint.write, reads of one read) in flight at once (default 4, 1..64). */
   writesInFlight?: number;
   /**
    * Flush the data to the store before writing the metadata that lists it,
@@ -693,12 +693,35 @@ export class Region {
 
   private async readData(offset: number, length: number, steps: StepCounter | null, step: string): Promise<Buffer> {
     if (length === 0) return Buffer.alloc(0);
-    const parts: Buffer[] = [];
-    for (let at = 0; at < length; at += this.chunkBytes) {
+    if (length <= this.chunkBytes) {
       await steps?.step(step);
-      parts.push(await this.io.read(this.guid, offset + at, Math.min(this.chunkBytes, length - at)));
+      return this.io.read(this.guid, offset, length);
     }
-    return parts.length === 1 ? parts[0]! : Buffer.concat(parts, length);
+    // Pieces in flight as writes are (writesInFlight), copied into place as they come.
+    const out = Buffer.alloc(length);
+    const inFlight = new Set<Promise<void>>();
+    let failed: unknown = null;
+    for (let at = 0; at < length && failed === null; at += this.chunkBytes) {
+      await steps?.step(step);
+      const n = Math.min(this.chunkBytes, length - at);
+      const into = at;
+      const r: Promise<void> = this.io.read(this.guid, offset + at, n).then(
+        (piece) => {
+          inFlight.delete(r);
+          if (piece.length !== n) failed ??= new PagepairError('INTERNAL', `a read of ${n} bytes gave ${piece.length}`, 'length');
+          else piece.copy(out, into);
+        },
+        (err: unknown) => {
+          inFlight.delete(r);
+          failed ??= err;
+        },
+      );
+      inFlight.add(r);
+      if (inFlight.size >= this.writesInFlight) await Promise.race(inFlight);
+    }
+    await Promise.all(inFlight);
+    if (failed !== null) throw failed;
+    return out;
   }
 }
 
