@@ -9,7 +9,12 @@
 // higher. Each write is acknowledged only once both controllers hold it, and
 // a write of one page lands whole or not at all, so a reader that takes the
 // valid copy with the highest sequence sees the new generation whole or the
-// one before, never half of one. docs/regions.md has the layout byte by byte.
+// one before, never half of one. In overwrite mode (a ring of K slots) a
+// generation leaves the metadata before its slot is written again, and a
+// read checks the metadata after the bytes too. A durable region also
+// flushes around its metadata writes, so the order holds in the store when
+// both controllers are lost at once. docs/regions.md has the layout byte by
+// byte.
 //
 // Two writers on one region at once are not supported: commit re-reads the
 // metadata and refuses if it moved since beginCheckpoint, which catches most
