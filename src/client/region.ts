@@ -519,10 +519,21 @@ export class Region {
     this.open = 'beginning';
     try {
       let meta = await this.readMetadata(steps, REGION_STEPS.beginRead);
-      const generation = meta.nextGeneration;
+      let generation = meta.nextGeneration;
       let offset: number;
       let roomBytes: number;
       if (meta.mode === 'overwrite') {
+        // A slot no listed generation holds (a checkpoint given up after its
+        // drop left it empty) is taken before a full one: the number skips
+        // ahead to it, so given-up checkpoints never drain the ring.
+        const held = new Set(meta.generations.map((g) => g.offset));
+        for (let k = 0; k < meta.ringSize; k++) {
+          const g = meta.nextGeneration + k;
+          if (!held.has(this.dataOffset + (g % meta.ringSize) * this.slotBytes)) {
+            generation = g;
+            break;
+          }
+        }
         offset = this.dataOffset + (generation % meta.ringSize) * this.slotBytes;
         roomBytes = meta.sizeBytes;
         const inSlot = meta.generations.filter((g) => g.offset === offset);
@@ -828,7 +839,7 @@ export class Checkpoint {
     }
   }
 
-  /** Gives the checkpoint up: nothing is listed; the next beginCheckpoint may reuse its generation number. */
+  /** Gives the checkpoint up: nothing is listed. The next beginCheckpoint takes the slot it emptied, under a higher number. */
   abort(): void {
     if (this.state === 'open') this.state = 'aborted';
     this.region.checkpointClosed(this);

@@ -238,15 +238,12 @@ describe('checkpoint regions on a real pair', () => {
     console.log(`region-kill: steps of a commit: ${steps.join(', ')}\n${log.join('\n')}`);
   }, 180_000);
 
-  // A checkpoint that begins in overwrite mode drops the generation in its ring slot and moves the
-  // region's next generation number past its own; one given up (a writer that dies, an abort) leaves the
-  // slot empty, and the next begins in the following slot and drops another committed generation. K
-  // failed commits in a row leave a ring of K empty, though nothing newer was committed. Expected to
-  // fail until src/client/region.ts reuses the emptied slot (or keeps the generation number); then
-  // drop `.fails`.
-  it.fails('keeps the newest K-1 committed generations through failed commits one after another', async () => {
+  // A checkpoint that begins in overwrite mode with the ring full drops the generation in its slot; one
+  // given up (a writer that dies, an abort) leaves that slot empty, and the next one must take it again
+  // rather than drop another committed generation: K given up in a row still leave the newest K-1.
+  it('keeps the newest K-1 committed generations through failed commits one after another', async () => {
     const c = await connect('A');
-    const { region } = await Region.create(c, 'it-failed-in-a-row', { mode: 'overwrite', sizeBytes: 4096, generations: RING });
+    const { region } = await Region.create(c, 'it-failed-in-a-row', { mode: 'overwrite', sizeBytes: 16384, generations: RING });
     for (let i = 0; i < RING; i++) {
       const cp = await region.beginCheckpoint();
       await cp.write(0, payload(100 + i));

@@ -240,6 +240,29 @@ describe('overwrite mode: a ring of K slots', () => {
     expect((await region.list()).map((g) => g.generation)).toEqual([1, 2]);
   });
 
+  it('checkpoints given up after their drop do not drain the ring: the next one takes the emptied slot', async () => {
+    const pair = new FakePair();
+    const { region } = await Region.create(pair.connect(), 'giveup', { mode: 'overwrite', sizeBytes: 1024, generations: 3, policy: 'tiny' });
+    for (let g = 0; g < 3; g++) await commit(region, content(g, 1024));
+    const before = (await region.list()).map((g) => g.generation);
+    expect(before).toEqual([0, 1, 2]);
+    const numbers: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      const cp = await region.beginCheckpoint();
+      numbers.push(cp.generation);
+      await cp.write(0, content(50 + i, 512));
+      cp.abort();
+      // Only the first drops a committed generation (0); the others reuse its empty slot.
+      expect((await region.list()).map((g) => g.generation)).toEqual([1, 2]);
+    }
+    // The number skips ahead to the emptied slot (generation 0's), and stays there while nothing is committed.
+    expect(numbers).toEqual([3, 6, 6, 6, 6]);
+    const info = await commit(region, content(99, 1024));
+    expect(info.generation).toBe(6);
+    expect((await region.list()).map((g) => g.generation)).toEqual([1, 2, 6]);
+    expect((await region.readWhole(1)).equals(content(1, 1024))).toBe(true);
+  });
+
   it('a ring of one: the only generation is dropped before its slot is written (so a crash meanwhile leaves none)', async () => {
     const pair = new FakePair();
     const { region } = await Region.create(pair.connect(), 'one', { mode: 'overwrite', sizeBytes: 600, generations: 1, policy: 'tiny' });
