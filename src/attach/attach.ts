@@ -8,6 +8,7 @@
 import { unlink } from 'node:fs/promises';
 import net from 'node:net';
 import { PagepairError } from '../protocol/errors.js';
+import { NbdFlag } from '../protocol/nbd.js';
 import { NbdClient } from '../client/nbd-client.js';
 import type { NbdBackend, NbdVolume } from '../transport/nbd-backend.js';
 import { NBD_SERVER_DEFAULT_LIMITS, NbdServer, type NbdServerLimits } from '../transport/nbd-server.js';
@@ -36,7 +37,9 @@ class AttachBackend implements NbdBackend {
   constructor(private readonly paths: Paths) {
     this.vols = paths.volumeNames().map((name) => {
       const info = paths.info(name)!;
-      return { name, guid: `attached ${name}`, sizeBytes: info.sizeBytes, pageSizeBytes: info.preferredBytes > 0 ? info.preferredBytes : 4096 };
+      // A snapshot upstream is read only here too.
+      const readOnly = (info.transmissionFlags & NbdFlag.READ_ONLY) !== 0;
+      return { name, guid: `attached ${name}`, sizeBytes: info.sizeBytes, pageSizeBytes: info.preferredBytes > 0 ? info.preferredBytes : 4096, readOnly };
     });
   }
 
