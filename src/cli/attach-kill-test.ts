@@ -31,7 +31,7 @@ const BLOCK_BYTES = 4096;
 const VOLUME = 'hostvol';
 const STALL_TIMEOUT_MS = 30_000;
 const REJOIN_TIMEOUT_MS = 60_000;
-const COMPARE_CHUNK_BYTES = 4 * 1024 * 1024;
+const COMPARE_CHUNK_BYTES = 1024 * 1024;
 
 export interface AttachKillTestOptions {
   /** Cycles of "kill A, restart A, kill B, restart B". Default 10. */

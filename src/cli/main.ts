@@ -27,6 +27,7 @@ import { poolCommand } from './pool.js';
 import { deviceCommand } from './device.js';
 import { scrubCommand } from './scrub.js';
 import { regionCommand } from './region.js';
+import { snapshotCommand } from './snapshot.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -148,6 +149,7 @@ program.addCommand(poolCommand());
 program.addCommand(deviceCommand());
 program.addCommand(scrubCommand());
 program.addCommand(regionCommand());
+program.addCommand(snapshotCommand());
 
 program
   .command('report')

@@ -69,7 +69,7 @@ function dialable(host: string): string {
   return host === '0.0.0.0' || host === '' ? '127.0.0.1' : host;
 }
 
-function pairClient(ctx: VolumeCliContext): Promise<PairClient> {
+export function pairClient(ctx: VolumeCliContext): Promise<PairClient> {
   return PairClient.connect({ controllers: addresses(ctx.cfg), name: 'pagepair-volume', timeoutMs: ctx.timeoutMs, retryForMs: ctx.timeoutMs }).catch((err: unknown) => {
     throw unreachable(ctx, err);
   });
@@ -84,7 +84,7 @@ function unreachable(ctx: VolumeCliContext, err: unknown): PagepairError {
 }
 
 /** The allocation table, from the first controller that answers. */
-async function allocations(ctx: VolumeCliContext): Promise<CListReply['allocations']> {
+export async function allocations(ctx: VolumeCliContext): Promise<CListReply['allocations']> {
   let lastErr: unknown = null;
   for (const addr of addresses(ctx.cfg)) {
     let c: PagepairClient;
@@ -225,18 +225,18 @@ export function formatVolumeList(vs: VolumeInfo[]): string {
 
 // ---------------------------------------------------------------- command
 
-interface CommonOpts {
+export interface CommonOpts {
   config: string;
   timeout: string;
   json?: boolean;
   tls?: boolean;
 }
 
-function context(opts: CommonOpts): VolumeCliContext {
+export function context(opts: CommonOpts): VolumeCliContext {
   return { cfg: clientView(loadConfig(opts.config), opts.tls), timeoutMs: parsePositiveInt(opts.timeout, 'timeout', 600_000) };
 }
 
-function withCommon(cmd: Command): Command {
+export function withCommon(cmd: Command): Command {
   return cmd
     .option('-c, --config <file>', "a controller's configuration (JSON); both controllers are reached from it", 'controllers/a.json')
     .option('--timeout <ms>', 'how long to wait for a controller', '5000')
