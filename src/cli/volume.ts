@@ -16,8 +16,12 @@ import { formatBytes, parsePositiveInt, parseSize } from '../workload/units.js';
 /** What a person types as a volume name: also an NBD export name, and a URL path segment as it is. */
 const VOLUME_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
+/** What an allocation is, as `volume list` shows it: only volumes and snapshots are exported over NBD. */
+export type AllocationKind = 'volume' | 'snapshot' | 'region' | 'keyed';
+
 export interface VolumeInfo {
   name: string;
+  kind: AllocationKind;
   guid: string;
   policy: string;
   sizeBytes: number;
@@ -141,15 +145,26 @@ export function volumeUrls(name: string, l: NbdListeners): string[] {
   return urls;
 }
 
+export function kindOf(a: { name: string; keyed?: boolean; origin?: string }): AllocationKind {
+  if (a.name.startsWith('region:') && a.keyed === true) return 'region';
+  if (a.origin !== undefined && a.origin !== '') return 'snapshot';
+  return a.keyed === true ? 'keyed' : 'volume';
+}
+
 function info(a: CListReply['allocations'][number], listeners: NbdListeners[]): VolumeInfo {
+  const kind = kindOf(a);
+  // Keyed allocations (regions among them) are not exported: NBD cannot present a key.
+  const exported = a.keyed !== true;
   return {
     name: a.name,
+    kind,
     guid: a.guid,
     policy: a.policy,
     sizeBytes: a.pageCount * a.pageSizeBytes,
     pageSizeBytes: a.pageSizeBytes,
     pageCount: a.pageCount,
     nbd: listeners.map((l) => {
+      if (!exported) return { controller: l.controller, urls: [], note: 'not exported over NBD (keyed)' };
       const urls = volumeUrls(a.name, l);
       if (l.unknown !== undefined) return { controller: l.controller, urls, note: `did not answer: ${l.unknown}` };
       return urls.length > 0 ? { controller: l.controller, urls } : { controller: l.controller, urls, note: 'serves no NBD (no listen.nbd in its configuration)' };
@@ -218,9 +233,20 @@ export function formatVolume(v: VolumeInfo): string {
 
 export function formatVolumeList(vs: VolumeInfo[]): string {
   if (vs.length === 0) return 'no volumes (pagepair volume create --name vol0 --size 1GiB makes one)';
-  const rows = [['NAME', 'SIZE', 'PAGE', 'POLICY', 'GUID', 'NBD'], ...vs.map((v) => [v.name, formatBytes(v.sizeBytes), formatBytes(v.pageSizeBytes), v.policy, v.guid, v.nbd.flatMap((x) => x.urls.filter((u) => u.startsWith('nbd://') || u.startsWith('nbds://'))).join(' ')])];
+  const nbdOf = (v: VolumeInfo): string => {
+    const urls = v.nbd.flatMap((x) => x.urls.filter((u) => u.startsWith('nbd://') || u.startsWith('nbds://'))).join(' ');
+    if (urls === '') return v.kind === 'region' || v.kind === 'keyed' ? '- (keyed: not exported)' : '';
+    return v.kind === 'snapshot' ? `${urls} (read only)` : urls;
+  };
+  const rows = [['NAME', 'KIND', 'SIZE', 'PAGE', 'POLICY', 'GUID', 'NBD'], ...vs.map((v) => [v.name, v.kind, formatBytes(v.sizeBytes), formatBytes(v.pageSizeBytes), v.policy, v.guid, nbdOf(v)])];
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  return rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ').trimEnd()).join('\n');
+  const table = rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ').trimEnd());
+  // The space each kind holds (a snapshot reserves its volume's size when it is made).
+  const totals = (['volume', 'snapshot', 'region', 'keyed'] as const)
+    .map((k) => ({ k, n: vs.filter((v) => v.kind === k).length, bytes: vs.filter((v) => v.kind === k).reduce((t, v) => t + v.sizeBytes, 0) }))
+    .filter((t) => t.n > 0)
+    .map((t) => `${t.n} ${t.k}${t.n === 1 ? '' : 's'} ${formatBytes(t.bytes)}`);
+  return [...table, `held: ${totals.join(', ')}`].join('\n');
 }
 
 // ---------------------------------------------------------------- command

@@ -66,8 +66,8 @@ describe('volumes and NBD on a real pair', () => {
     expect(va[0]!.nbd.map((x) => x.controller)).toEqual(['A', 'B']);
 
     const table = await runCli(['volume', 'list', '--config', files.b]);
-    expect(table.stdout).toMatch(/^NAME\s+SIZE\s+PAGE\s+POLICY\s+GUID\s+NBD$/m);
-    expect(table.stdout).toMatch(/^vol0\s+64 MiB\s+4\.0 KiB\s+default\s+[0-9a-f-]{36}\s+nbd:\/\//m);
+    expect(table.stdout).toMatch(/^NAME\s+KIND\s+SIZE\s+PAGE\s+POLICY\s+GUID\s+NBD$/m);
+    expect(table.stdout).toMatch(/^vol0\s+volume\s+64 MiB\s+4\.0 KiB\s+default\s+[0-9a-f-]{36}\s+nbd:\/\//m);
   });
 
   it('refuses bad input with errors that name it', async () => {

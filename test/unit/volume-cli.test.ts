@@ -7,6 +7,7 @@ import { checkVolumeName, formatVolume, formatVolumeList, volumeUrls, type Volum
 function vol(over: Partial<VolumeInfo> = {}): VolumeInfo {
   return {
     name: 'vol0',
+    kind: 'volume',
     guid: '4c85a5fc-9f9e-4dc6-afbc-36a050e04a00',
     policy: 'default',
     sizeBytes: 1 << 30,
@@ -58,9 +59,22 @@ describe('output', () => {
   it('lists volumes in aligned columns, or says there are none', () => {
     const text = formatVolumeList([vol(), vol({ name: 'longer-name', sizeBytes: 65536, pageSizeBytes: 65536, policy: 'log', nbd: [] })]);
     const lines = text.split('\n');
-    expect(lines[0]).toMatch(/^NAME {9}SIZE {5}PAGE {5}POLICY {3}GUID {34}NBD$/);
-    expect(lines[1]).toMatch(/^vol0 {9}1\.0 GiB {2}4\.0 KiB {2}default {2}4c85a5fc-\S+ {2}nbd:\/\/127\.0\.0\.1:10809\/vol0$/);
-    expect(lines[2]).toMatch(/^longer-name {2}64 KiB {3}64 KiB {3}log {6}4c85a5fc-\S+$/);
+    expect(lines[0]).toMatch(/^NAME {9}KIND {4}SIZE {5}PAGE {5}POLICY {3}GUID {34}NBD$/);
+    expect(lines[1]).toMatch(/^vol0 {9}volume {2}1\.0 GiB {2}4\.0 KiB {2}default {2}4c85a5fc-\S+ {2}nbd:\/\/127\.0\.0\.1:10809\/vol0$/);
+    expect(lines[2]).toMatch(/^longer-name {2}volume {2}64 KiB {3}64 KiB {3}log {6}4c85a5fc-\S+$/);
+    expect(lines[3]).toBe('held: 2 volumes 1.0 GiB');
     expect(formatVolumeList([])).toMatch(/^no volumes/);
+  });
+
+  it('shows each kind, snapshots read only, keyed ones not exported, and the space each kind holds', () => {
+    const text = formatVolumeList([
+      vol(),
+      vol({ name: 'vol0@monday', kind: 'snapshot', nbd: [{ controller: 'A', urls: ['nbd://127.0.0.1:10809/vol0%40monday'] }] }),
+      vol({ name: 'region:ckpt', kind: 'region', sizeBytes: 1 << 20, nbd: [{ controller: 'A', urls: [], note: 'not exported over NBD (keyed)' }] }),
+    ]);
+    const lines = text.split('\n');
+    expect(lines[2]).toMatch(/^vol0@monday\s+snapshot\s+1\.0 GiB\s.*nbd:\/\/127\.0\.0\.1:10809\/vol0%40monday \(read only\)$/);
+    expect(lines[3]).toMatch(/^region:ckpt\s+region\s+1\.0 MiB\s.*- \(keyed: not exported\)$/);
+    expect(lines[4]).toBe('held: 1 volume 1.0 GiB, 1 snapshot 1.0 GiB, 1 region 1.0 MiB');
   });
 });
