@@ -57,6 +57,8 @@ export function formatStatus(s: ControllerStatus): string {
     ...(s.pool != null ? poolLines(s.pool) : []),
     ...(s.poolJob != null ? [['pool job', poolJobText(s.poolJob, Date.now())] as [string, string]] : []),
     ['allocations', String(s.allocations)],
+    // A controller of an older version reports no space.
+    ...(s.space != null ? [['space', spaceText(s.space)] as [string, string]] : []),
     ['cache', `${s.cachedPages} pages, ${formatBytes(s.cachedBytes)} of ${formatBytes(s.cacheBytesMax)}; RSS ${formatBytes(s.rssBytes)}`],
     ['dirty', `${s.dirtyPages} pages, ${formatBytes(s.dirtyBytes)}`],
     ['destage', `queue ${s.destageQueue}, in flight ${s.destageInFlight}; ${s.counters.pagesDestaged} pages destaged`],
@@ -128,6 +130,19 @@ export function poolJobText(j: PoolJobStatus, nowMs: number): string {
 }
 
 /** The listeners' TLS mode (absent from an older controller's status). */
+/** What each kind of allocation holds of the store, and what is free. */
+export function spaceText(sp: NonNullable<ControllerStatus['space']>): string {
+  const kinds = (
+    [
+      ['volumes', sp.volumes],
+      ['snapshots', sp.snapshots],
+      ['regions', sp.regions],
+      ['keyed', sp.keyed],
+    ] as const
+  ).map(([name, k]) => `${name} ${k.count} ${formatBytes(k.bytes)}`);
+  return `${kinds.join(', ')}; free ${formatBytes(sp.freeBytes)} of ${formatBytes(sp.dataBytes)}`;
+}
+
 export function tlsText(mode: ControllerStatus['tls'] | undefined): string {
   if (mode === undefined) return 'not reported (an older version)';
   if (mode === 'off') return 'off: plain connections only';

@@ -78,6 +78,8 @@ export interface CoreStatus {
   /** digests: the partner's, as its answer to our last heartbeat gave them. */
   partner: { link: 'up' | 'down'; role: string | null; lastHeardMsAgo: number | null; digests: { table: string; dirty: string } | null } | null;
   allocations: number;
+  /** The store space allocations hold, by kind (and what is left). */
+  space: SpaceStatus;
   cachedPages: number;
   cachedBytes: number;
   cacheBytesMax: number;
@@ -97,6 +99,39 @@ export interface CoreStatus {
   lastVerify: { msAgo: number; pagesChecked: number; mismatches: number; repaired: number; unsettled: number } | null;
 }
 
+/** Bytes of store space the allocations of one kind hold (extents reserved, whatever is written). */
+export interface SpaceOfKind {
+  count: number;
+  bytes: number;
+}
+
+/**
+ * The store space allocations hold, by kind: volumes (ordinary allocations),
+ * snapshots (each reserves its volume's size when made), checkpoint regions
+ * (keyed, named region:NAME) and other keyed allocations; and the data area.
+ */
+export interface SpaceStatus {
+  volumes: SpaceOfKind;
+  snapshots: SpaceOfKind;
+  regions: SpaceOfKind;
+  keyed: SpaceOfKind;
+  dataBytes: number;
+  freeBytes: number;
+}
+
+function spaceStatus(core: Core): SpaceStatus {
+  const kinds = { volumes: { count: 0, bytes: 0 }, snapshots: { count: 0, bytes: 0 }, regions: { count: 0, bytes: 0 }, keyed: { count: 0, bytes: 0 } };
+  let used = 0;
+  for (const a of core.allocator.allocs.values()) {
+    const bytes = core.cfg.store.extentBytes(a.record.pageSizeBytes, a.record.pageCount);
+    used += bytes;
+    const kind = a.record.snapshot === true ? kinds.snapshots : a.record.keyDigest !== undefined ? (a.record.name.startsWith('region:') ? kinds.regions : kinds.keyed) : kinds.volumes;
+    kind.count++;
+    kind.bytes += bytes;
+  }
+  return { ...kinds, dataBytes: core.cfg.store.dataBytes, freeBytes: Math.max(0, core.cfg.store.dataBytes - used) };
+}
+
 export function coreStatus(core: Core): CoreStatus {
   const c = core.cache.counters();
   const now = core.env.nowMs();
@@ -114,6 +149,7 @@ export function coreStatus(core: Core): CoreStatus {
         }
       : null,
     allocations: core.allocator.allocs.size,
+    space: spaceStatus(core),
     cachedPages: c.cachedPages,
     cachedBytes: c.cachedBytes,
     cacheBytesMax: core.cfg.cacheBytesMax,

@@ -51,6 +51,14 @@ describe('pagepair snapshot on a real pair', () => {
       expect(listed.stdout).toMatch(/^vol0@monday\s+4\.0 MiB\s+[0-9a-f-]{36}$/m);
       expect(listed.stdout).toContain('1 snapshot(s), 4.0 MiB reserved');
 
+      // Status shows what the snapshot holds; deleting it below frees it.
+      const st = await runCli(['status', '--config', files.b]);
+      expect(st.code, st.stderr).toBe(0);
+      // Store space: each page has two slots, so a 4 MiB volume holds a little over 8 MiB; its snapshot the same.
+      const held = /^space\s+volumes 1 ([\d.]+ MiB), snapshots 1 ([\d.]+ MiB), regions 0 0 B, keyed 0 0 B; free ([\d.]+) MiB of /m.exec(st.stdout);
+      expect(held, st.stdout).not.toBeNull();
+      expect(held![2]).toBe(held![1]);
+
       const refusals: [string[], string][] = [
         [['snapshot', 'create', 'vol0', 'monday', '--config', files.b], 'DUPLICATE: "vol0" has a snapshot named "monday" already'],
         [['snapshot', 'create', 'nope', 'x', '--config', files.a], 'UNKNOWN_GUID: no volume "nope"'],
@@ -70,6 +78,9 @@ describe('pagepair snapshot on a real pair', () => {
       expect(gone.stdout).toContain('snapshot vol0@monday deleted (4.0 MiB freed)');
       expect((await ca.list()).some((e) => e.guid === snap.guid)).toBe(false);
       expect((await runCli(['snapshot', 'list', '--config', files.a])).stdout).toContain('no snapshots');
+      const after = /^space\s+volumes 1 [\d.]+ MiB, snapshots 0 0 B, regions 0 0 B, keyed 0 0 B; free ([\d.]+) MiB of /m.exec((await runCli(['status', '--config', files.a])).stdout);
+      expect(after).not.toBeNull();
+      expect(Number(after![1])).toBeGreaterThanOrEqual(Number(held![3]) + 7);
       expect((await runCli(['volume', 'delete', 'vol0', '--config', files.a])).code).toBe(0);
     } finally {
       await ca.close();
