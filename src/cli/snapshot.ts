@@ -1,4 +1,4 @@
-// `pagepair snapshot`: take, list and delete copy-on-write snapshots of a
+// `pagepair snapshot`: take, list, delete, roll back to and commit copy-on-write snapshots of a
 // volume while it is in use (docs/snapshots.md). A snapshot is a read-only
 // allocation named VOL@NAME, exported read-only over NBD under that name by
 // both controllers; the command goes through whichever controller answers.
@@ -78,10 +78,7 @@ export async function listSnapshots(ctx: VolumeCliContext, vol?: string): Promis
 }
 
 export async function deleteSnapshot(ctx: VolumeCliContext, vol: string, name: string): Promise<SnapshotInfo> {
-  const all = await allocations(ctx);
-  const volume = findVolume(all, vol);
-  const found = all.find((a) => a.origin === volume.guid && a.name === `${volume.name}@${name}`);
-  if (found === undefined) throw new PagepairError('UNKNOWN_GUID', `"${volume.name}" has no snapshot named "${name}" (pagepair snapshot list ${volume.name} shows them)`, 'name');
+  const { found, all } = await findSnapshot(ctx, vol, name);
   const pc = await pairClient(ctx);
   try {
     await pc.release(found.guid);
@@ -89,6 +86,38 @@ export async function deleteSnapshot(ctx: VolumeCliContext, vol: string, name: s
     await pc.close();
   }
   return snapshotInfo(found, all);
+}
+
+/** The snapshot NAME of volume VOL, from the table. */
+async function findSnapshot(ctx: VolumeCliContext, vol: string, name: string): Promise<{ found: Entry; all: Entry[] }> {
+  const all = await allocations(ctx);
+  const volume = findVolume(all, vol);
+  const found = all.find((a) => a.origin === volume.guid && a.name === `${volume.name}@${name}`);
+  if (found === undefined) throw new PagepairError('UNKNOWN_GUID', `"${volume.name}" has no snapshot named "${name}" (pagepair snapshot list ${volume.name} shows them)`, 'name');
+  return { found, all };
+}
+
+/** The volume gets the snapshot's bytes back; pages written back. */
+export async function rollbackSnapshot(ctx: VolumeCliContext, vol: string, name: string): Promise<{ snapshot: SnapshotInfo; pages: number }> {
+  const { found, all } = await findSnapshot(ctx, vol, name);
+  const pc = await pairClient(ctx);
+  try {
+    return { snapshot: snapshotInfo(found, all), pages: await pc.snapshotRollback(found.guid) };
+  } finally {
+    await pc.close();
+  }
+}
+
+/** The volume's changes since the snapshot folded in: the snapshot taken again, now (a new guid). */
+export async function commitSnapshot(ctx: VolumeCliContext, vol: string, name: string): Promise<SnapshotInfo> {
+  const { found, all } = await findSnapshot(ctx, vol, name);
+  const pc = await pairClient(ctx);
+  try {
+    const made = await pc.snapshotCommit(found.guid);
+    return snapshotInfo({ ...found, guid: made.guid }, all);
+  } finally {
+    await pc.close();
+  }
 }
 
 export function formatSnapshotList(ss: readonly SnapshotInfo[]): string {
@@ -132,6 +161,32 @@ export function snapshotCommand(): Command {
       const s = await deleteSnapshot(context(opts), vol, name);
       if (opts.json === true) console.log(JSON.stringify({ deleted: s.exportName, guid: s.guid }, null, 2));
       else console.log(`snapshot ${s.exportName} deleted (${formatBytes(s.sizeBytes)} freed)`);
+    }),
+  );
+
+  snapshot.addCommand(
+    withCommon(
+      new Command('rollback')
+        .description("write the snapshot's bytes back into the volume where they differ, while it stays in use (writes meanwhile interleave run by run; quiesce them for an exact result)")
+        .argument('<volume>', 'the volume (name or guid)')
+        .argument('<name>', "the snapshot's name"),
+    ).action(async (vol: string, name: string, opts: CommonOpts) => {
+      const r = await rollbackSnapshot(context(opts), vol, name);
+      if (opts.json === true) console.log(JSON.stringify({ rolledBackTo: r.snapshot.exportName, pages: r.pages }, null, 2));
+      else console.log(`volume "${r.snapshot.volume}" rolled back to ${r.snapshot.exportName}: ${r.pages} pages written back`);
+    }),
+  );
+
+  snapshot.addCommand(
+    withCommon(
+      new Command('commit')
+        .description("fold the volume's changes since the snapshot into it: the snapshot is taken again now, under its name, and takes the changes from here on")
+        .argument('<volume>', 'the volume (name or guid)')
+        .argument('<name>', "the snapshot's name"),
+    ).action(async (vol: string, name: string, opts: CommonOpts) => {
+      const s = await commitSnapshot(context(opts), vol, name);
+      if (opts.json === true) console.log(JSON.stringify(s, null, 2));
+      else console.log(`snapshot ${s.exportName} committed: taken again now (guid ${s.guid})`);
     }),
   );
 

@@ -326,6 +326,25 @@ export class PagepairClient {
     return { guid: r.guid, pageSizeBytes: r.pageSizeBytes, pageCount: r.pageCount };
   }
 
+  /**
+   * ROLLBACK: writes the snapshot `guid`'s bytes back into its volume where
+   * they differ, run by run while the volume stays in use; resolves to the
+   * pages written back. COMMIT: folds the volume's changes since the
+   * snapshot into it and takes the snapshot again, now, under its name;
+   * resolves to the new snapshot's guid.
+   */
+  async snapshotRollback(guid: string): Promise<number> {
+    checkString('guid', guid);
+    const r = await this.request<ReplyOf<'C_SNAPSHOT_REPLY'>>({ kind: 'C_SNAPSHOT', ...HEAD, op: SnapshotOp.ROLLBACK, guid, name: '' }, 'C_SNAPSHOT_REPLY');
+    return r.pages;
+  }
+
+  async snapshotCommit(guid: string): Promise<AllocationInfo> {
+    checkString('guid', guid);
+    const r = await this.request<ReplyOf<'C_SNAPSHOT_REPLY'>>({ kind: 'C_SNAPSHOT', ...HEAD, op: SnapshotOp.COMMIT, guid, name: '' }, 'C_SNAPSHOT_REPLY');
+    return { guid: r.guid, pageSizeBytes: r.pageSizeBytes, pageCount: r.pageCount };
+  }
+
   async list(): Promise<CListReply['allocations']> {
     const r = await this.request<ReplyOf<'C_LIST_REPLY'>>({ kind: 'C_LIST', ...HEAD }, 'C_LIST_REPLY');
     return r.allocations;

@@ -130,6 +130,16 @@ export class PairClient {
     return this.attempt('list', (c) => c.list());
   }
 
+  /** PagepairClient.snapshotRollback, on whichever controller answers (a rollback run again writes back only what still differs). */
+  snapshotRollback(guid: string): Promise<number> {
+    return this.attempt('snapshot rollback', (c) => c.snapshotRollback(guid));
+  }
+
+  /** PagepairClient.snapshotCommit, on whichever controller answers. A retry after an attempt that dropped the snapshot but did not take it again finds no snapshot (UNKNOWN_GUID): take it again with snapshot(). */
+  snapshotCommit(guid: string): Promise<AllocationInfo> {
+    return this.attempt('snapshot commit', (c) => c.snapshotCommit(guid));
+  }
+
   /** A snapshot of the volume `guid` (PagepairClient.snapshot); a retry that finds the one its first attempt made returns it. */
   snapshot(guid: string, name: string): Promise<AllocationInfo> {
     let tried = false;

@@ -182,7 +182,7 @@ export class ControllerCore extends CoreRooms {
         case 'C_ALLOCATE':
           return run(this.allocator.clientAllocate(msg), (r) => reply({ kind: 'C_ALLOCATE_REPLY', guid: r.record.guid, pageSizeBytes: r.record.pageSizeBytes, pageCount: r.record.pageCount, key: r.key }));
         case 'C_SNAPSHOT':
-          return run(this.snapshots.clientSnapshot(msg), (r) => reply({ kind: 'C_SNAPSHOT_REPLY', guid: r.guid, pageSizeBytes: r.pageSizeBytes, pageCount: r.pageCount }));
+          return run(this.snapshots.clientSnapshot(msg), (r) => reply({ kind: 'C_SNAPSHOT_REPLY', guid: r.record.guid, pageSizeBytes: r.record.pageSizeBytes, pageCount: r.record.pageCount, pages: r.pages }));
         case 'C_UNLOCK':
           this.access.unlock(connId, msg);
           return done(reply({ kind: 'C_UNLOCK_REPLY' }));

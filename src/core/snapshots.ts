@@ -28,16 +28,20 @@
 // write not in it ends after both. A write is never split.
 
 // Not built yet (said in README and docs/snapshots.md): write pointers on a
-// volume with snapshots, rollback, and commit.
+// volume with snapshots.
 
 import { PagepairError } from '../protocol/errors.js';
-import { PointerMode, type AllocationRecord, type CSnapshot } from '../protocol/messages.js';
+import { PointerMode, SnapshotOp, type AllocationRecord, type CSnapshot } from '../protocol/messages.js';
 import type { AllocState } from './allocation.js';
 import type { Core } from './context.js';
 import type { Task } from './tasks.js';
+import { knownVersion, runs } from './shared.js';
 
 /** Snapshots one allocation may have at once. */
 export const SNAPSHOTS_PER_ORIGIN_MAX = 32;
+
+/** Pages a rollback writes back in one run at most. */
+export const ROLLBACK_RUN_PAGES = 64;
 
 /** The origin's name in a snapshot's name (up to its last '@'), or null when there is none. */
 export function originNameOf(name: string): string | null {
@@ -103,8 +107,18 @@ export class Snapshots {
     if (a.gate !== null) this.openGate(a);
   }
 
-  /** C_SNAPSHOT CREATE: the record of the snapshot made. */
-  *clientSnapshot(msg: CSnapshot): Task<AllocationRecord> {
+  /** C_SNAPSHOT: the record of the snapshot made (CREATE, COMMIT) or rolled back to (ROLLBACK), with the pages written back. */
+  *clientSnapshot(msg: CSnapshot): Task<{ record: AllocationRecord; pages: number }> {
+    if (msg.op === SnapshotOp.ROLLBACK || msg.op === SnapshotOp.COMMIT) {
+      const snap = this.c.allocator.lookup(msg.guid);
+      if (snap.record.snapshot !== true) throw new PagepairError('BAD_FIELD', `${snap.record.name} is not a snapshot; name the snapshot to ${msg.op === SnapshotOp.ROLLBACK ? 'roll back to' : 'commit'}`, 'guid');
+      if (msg.op === SnapshotOp.ROLLBACK) return { record: snap.record, pages: yield* this.rollback(snap) };
+      return { record: yield* this.commit(snap), pages: 0 };
+    }
+    return { record: yield* this.create(msg), pages: 0 };
+  }
+
+  private *create(msg: CSnapshot): Task<AllocationRecord> {
     this.c.membership.requireWritable();
     checkSnapshotName(msg.name);
     const origin = this.c.allocator.lookup(msg.guid);
@@ -114,6 +128,57 @@ export class Snapshots {
     }
     const name = `${origin.record.name}@${msg.name}`;
     if (Buffer.byteLength(name) > 64) throw new PagepairError('BAD_FIELD', `the snapshot's full name ${JSON.stringify(name)} is over 64 bytes`, 'name');
+    return (yield* this.c.allocator.allocate({ name, policyName: origin.record.policy, pageCount: origin.record.pageCount, keyed: false, origin })).record;
+  }
+
+  /**
+   * ROLLBACK: the volume's pages that differ from the snapshot (those the
+   * snapshot holds a copy of) are written back with the snapshot's bytes, run
+   * by run, through the ordinary write path: mirrored, copied first into the
+   * volume's other snapshots, each run whole. Writes the volume takes
+   * meanwhile interleave run by run (a page written after its run is
+   * written back keeps that write). Pages written back, answered.
+   */
+  *rollback(snap: AllocState): Task<number> {
+    this.c.membership.requireWritable();
+    const origin = snap.origin;
+    if (snap.record.snapshot !== true || origin === null) throw new PagepairError('BAD_FIELD', `${snap.record.name} is not a snapshot here`, 'guid');
+    const ps = snap.record.pageSizeBytes;
+    let written = 0;
+    for (let first = 0; first < snap.record.pageCount; ) {
+      // A run's pages, with its copies into the volume's other snapshots, fit a quarter of the cache.
+      const runMax = Math.max(1, Math.min(ROLLBACK_RUN_PAGES, Math.floor(this.c.cfg.cacheBytesMax / 4 / (ps * (1 + origin.snapshots.length)))));
+      const count = Math.min(runMax, snap.record.pageCount - first);
+      const own = new Map<number, Buffer>();
+      for (let p = first; p < first + count; p++) {
+        const v = snap.pages.get(p)?.version ?? knownVersion(snap, p);
+        if (v === 0) continue;
+        const cp = yield* this.c.reads.readablePage(snap, p);
+        if (cp.version > 0) own.set(p, Buffer.from(cp.data));
+      }
+      for (const [runFirst, runCount] of runs(first, count, (p) => own.has(p))) {
+        if (snap.released || origin.released) throw this.c.allocator.goneError(snap.released ? snap : origin);
+        yield* this.c.writes.writeWholePages(origin, runFirst, runCount, (p) => own.get(p)!);
+        written += runCount;
+      }
+      first += count;
+    }
+    this.c.env.log.info({ snapshot: snap.record.name, pages: written }, 'volume rolled back to its snapshot');
+    return written;
+  }
+
+  /**
+   * COMMIT: the volume's changes since the snapshot are folded into it, and
+   * a fresh one takes the writes from now on: the snapshot is dropped and
+   * taken again under its name, in one request (a new guid). The volume is
+   * untouched and serves throughout.
+   */
+  *commit(snap: AllocState): Task<AllocationRecord> {
+    this.c.membership.requireWritable();
+    const origin = snap.origin;
+    if (snap.record.snapshot !== true || origin === null) throw new PagepairError('BAD_FIELD', `${snap.record.name} is not a snapshot here`, 'guid');
+    const name = snap.record.name;
+    yield* this.c.allocator.clientRelease({ kind: 'C_RELEASE', requestId: 0, epoch: 0, sender: 0, flags: 0, guid: snap.record.guid });
     return (yield* this.c.allocator.allocate({ name, policyName: origin.record.policy, pageCount: origin.record.pageCount, keyed: false, origin })).record;
   }
 

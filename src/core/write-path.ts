@@ -275,6 +275,19 @@ export class WritePath {
     }
   }
 
+  /**
+   * Whole pages [first, first+count) written with the bytes `pageData`
+   * gives, by the ordinary write path (ownership, copies into snapshots,
+   * mirrored or through to the store): a snapshot's rollback.
+   */
+  *writeWholePages(alloc: AllocState, first: number, count: number, pageData: (page: number) => Buffer): Task<void> {
+    this.c.membership.requireWritable();
+    refuseSnapshotWrite(alloc);
+    const conflict = overlappingPointer(alloc, first, count);
+    if (conflict !== undefined) throw new PagepairError('LOCK_CONFLICT', `pages ${first}..${first + count - 1} of ${alloc.record.guid} are held by pointer ${conflict.id}`);
+    yield* this.writePages(alloc, first, count, (page) => Buffer.from(pageData(page)), null, { applied: false, suppressed: false }, wholeAlways);
+  }
+
   /** A write we hold is as safe as an acknowledged one: mirrored, or in the store when alone. */
   private *makeDurable(alloc: AllocState, first: number, count: number): Task<void> {
     if (!this.c.membership.writesThrough()) return;

@@ -340,7 +340,7 @@ export const BODY: BodyLayouts = {
   C_UNLOCK: [guid('guid'), bytes16('key')],
   C_UNLOCK_REPLY: [],
   C_SNAPSHOT: [enumField('op', 'SnapshotOp', SnapshotOp), guid('guid'), str('name')],
-  C_SNAPSHOT_REPLY: [guid('guid'), u32('pageSizeBytes'), u32('pageCount')],
+  C_SNAPSHOT_REPLY: [guid('guid'), u32('pageSizeBytes'), u32('pageCount'), u32('pages')],
 
   ERROR: [u16('code'), u8('requestType'), str('message')],
 };

@@ -115,6 +115,10 @@ export type PoolJobKindCode = (typeof PoolJobKind)[keyof typeof PoolJobKind];
 export const SnapshotOp = {
   /** Take a copy-on-write snapshot of the volume `guid`, named `name`. */
   CREATE: 1,
+  /** Write the snapshot `guid`'s bytes back into its volume, where they differ. */
+  ROLLBACK: 2,
+  /** Fold the volume's changes since the snapshot `guid` into it: the snapshot is taken again, now, under its name. */
+  COMMIT: 3,
 } as const;
 export type SnapshotOpCode = (typeof SnapshotOp)[keyof typeof SnapshotOp];
 
@@ -439,6 +443,8 @@ export interface CSnapshotReply extends Common {
   guid: string;
   pageSizeBytes: number;
   pageCount: number;
+  /** ROLLBACK: pages written back into the volume; 0 otherwise. */
+  pages: number;
 }
 export interface CRelease extends Common {
   kind: 'C_RELEASE';

@@ -73,6 +73,22 @@ describe('pagepair snapshot on a real pair', () => {
         expect(r.stderr, args.join(' ')).toContain(said);
       }
 
+      // Rollback through the CLI: the volume gets the snapshot's bytes back, read through the other controller.
+      const rb = await runCli(['snapshot', 'rollback', 'vol0', 'monday', '--config', files.a]);
+      expect(rb.code, rb.stderr).toBe(0);
+      expect(rb.stdout).toMatch(/volume "vol0" rolled back to vol0@monday: \d+ pages written back/);
+      expect((await cb.read(vol.guid, 0, MiB)).equals(before)).toBe(true);
+      // Commit: taken again now, so a write after it does not reach it, and its guid changes.
+      await ca.write(vol.guid, 0, Buffer.alloc(MiB, 0x33));
+      const cm = await runCli(['snapshot', 'commit', 'vol0', 'monday', '--json', '--config', files.b]);
+      expect(cm.code, cm.stderr).toBe(0);
+      const again = JSON.parse(cm.stdout) as { guid: string; exportName: string };
+      expect(again.exportName).toBe('vol0@monday');
+      expect(again.guid).not.toBe(snap.guid);
+      await cb.write(vol.guid, 0, Buffer.alloc(MiB, 0x44));
+      expect((await ca.read(again.guid, 0, MiB)).equals(Buffer.alloc(MiB, 0x33))).toBe(true);
+      snap.guid = again.guid;
+
       const gone = await runCli(['snapshot', 'delete', 'vol0', 'monday', '--config', files.b]);
       expect(gone.code, gone.stderr).toBe(0);
       expect(gone.stdout).toContain('snapshot vol0@monday deleted (4.0 MiB freed)');

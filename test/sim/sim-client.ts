@@ -79,6 +79,11 @@ export class SimClient {
     return this.call({ kind: 'C_SNAPSHOT', op: 1, guid, name }, 'C_SNAPSHOT_REPLY').then((r) => ({ guid: r.guid, pageSizeBytes: r.pageSizeBytes, pageCount: r.pageCount }));
   }
 
+  /** C_SNAPSHOT ROLLBACK (op 2) or COMMIT (op 3) of the snapshot `guid`: its guid afterwards and the pages written back. */
+  snapshotOp(op: 2 | 3, guid: string): Promise<{ guid: string; pages: number }> {
+    return this.call({ kind: 'C_SNAPSHOT', op, guid, name: '' }, 'C_SNAPSHOT_REPLY').then((r) => ({ guid: r.guid, pages: r.pages }));
+  }
+
   unlock(guid: string, key: Buffer): Promise<void> {
     return this.call({ kind: 'C_UNLOCK', guid, key }, 'C_UNLOCK_REPLY').then(() => undefined);
   }

@@ -245,7 +245,7 @@ const FIXTURES: { readonly [K in MessageKind]: Extract<Message, { kind: K }> | M
   C_UNLOCK: { kind: 'C_UNLOCK', ...common(0), guid: GUID_A, key: bytes(16, 11) },
   C_UNLOCK_REPLY: { kind: 'C_UNLOCK_REPLY', ...common() },
   C_SNAPSHOT: { kind: 'C_SNAPSHOT', ...common(0), op: 1, guid: GUID_A, name: 'before-upgrade' },
-  C_SNAPSHOT_REPLY: { kind: 'C_SNAPSHOT_REPLY', ...common(), guid: GUID_B, pageSizeBytes: 4096, pageCount: 256 },
+  C_SNAPSHOT_REPLY: { kind: 'C_SNAPSHOT_REPLY', ...common(), guid: GUID_B, pageSizeBytes: 4096, pageCount: 256, pages: 17 },
   ERROR: {
     kind: 'ERROR',
     ...common(),
