@@ -7,8 +7,9 @@
 
 import { closeSync, openSync, readSync, statSync, writeFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
-import { accessKeyBytes, controllerAddresses, type ControllerAddress } from '../client/client.js';
-import { PairClient } from '../client/pair-client.js';
+import { accessKeyBytes } from '../client/client.js';
+import { pairClient } from './volume.js';
+import type { PairClient } from '../client/pair-client.js';
 import { Region, REGION_NAME_BYTES_MAX, RING_SIZE_MAX, type GenerationInfo, type RegionMode, type RegionSummary } from '../client/region.js';
 import { PagepairError, isPagepairError } from '../protocol/errors.js';
 import { loadConfig, type ControllerConfig } from '../runtime/config.js';
@@ -87,34 +88,8 @@ function readFileTextBounded(path: string, bytesMax: number): string {
   }
 }
 
-function dialable(host: string): string {
-  return host === '0.0.0.0' || host === '' ? '127.0.0.1' : host;
-}
-
-/** Both controllers, the configured one first. */
-function addresses(cfg: ControllerConfig): ControllerAddress[] {
-  if (cfg.partner === null) {
-    return [{ id: cfg.idLetter, host: dialable(cfg.listen.client.host), port: cfg.listen.client.port, token: cfg.clientToken, ...(cfg.tls.mode === 'require' ? { tls: true } : {}) }];
-  }
-  return controllerAddresses({
-    id: cfg.idLetter,
-    clientToken: cfg.clientToken,
-    listen: cfg.listen,
-    partner: { id: cfg.partner.idLetter, client: cfg.partner.client },
-    tls: cfg.tls,
-  }).all;
-}
-
 async function withPair<T>(ctx: RegionCliContext, fn: (pc: PairClient) => Promise<T>): Promise<T> {
-  let pc: PairClient;
-  try {
-    pc = await PairClient.connect({ controllers: addresses(ctx.cfg), name: 'pagepair-region', timeoutMs: ctx.timeoutMs, retryForMs: ctx.timeoutMs });
-  } catch (err) {
-    const where = addresses(ctx.cfg)
-      .map((a) => `${a.id} at ${a.tls === true ? 'wss' : 'ws'}://${a.host}:${a.port}`)
-      .join(', ');
-    throw new PagepairError('NOT_ACTIVE', `no controller answered (${where}, from ${ctx.cfg.sourceName}): ${err instanceof Error ? err.message : String(err)}`);
-  }
+  const pc = await pairClient(ctx, 'pagepair-region');
   try {
     return await fn(pc);
   } finally {

@@ -73,8 +73,9 @@ function dialable(host: string): string {
   return host === '0.0.0.0' || host === '' ? '127.0.0.1' : host;
 }
 
-export function pairClient(ctx: VolumeCliContext): Promise<PairClient> {
-  return PairClient.connect({ controllers: addresses(ctx.cfg), name: 'pagepair-volume', timeoutMs: ctx.timeoutMs, retryForMs: ctx.timeoutMs }).catch((err: unknown) => {
+/** A pair client over both controllers of the configuration; `name` is what the controllers log it as. */
+export function pairClient(ctx: VolumeCliContext, name = 'pagepair-volume'): Promise<PairClient> {
+  return PairClient.connect({ controllers: addresses(ctx.cfg), name, timeoutMs: ctx.timeoutMs, retryForMs: ctx.timeoutMs }).catch((err: unknown) => {
     throw unreachable(ctx, err);
   });
 }

@@ -130,8 +130,8 @@ export class Allocator {
     this.refuseDuringResync('allocate');
     const policy = this.c.cfg.policies.get(spec.policyName);
     if (policy === undefined) throw new PagepairError('POLICY_UNKNOWN', `no policy named "${spec.policyName}"`, 'policy');
-    const msg = { name: spec.name };
-    if (this.names.has(msg.name)) throw new PagepairError('DUPLICATE', `an allocation named "${msg.name}" exists`, 'name');
+    const name = spec.name;
+    if (this.names.has(name)) throw new PagepairError('DUPLICATE', `an allocation named "${name}" exists`, 'name');
     const pageCount = spec.pageCount;
     const origin = spec.origin;
     const bytes = this.extentBytes(policy.pageSizeBytes, pageCount);
@@ -141,7 +141,7 @@ export class Allocator {
     const keyDigest = keyed?.digest ?? origin?.record.keyDigest;
     const base = {
       guid,
-      name: msg.name,
+      name,
       policy: policy.name,
       pageSizeBytes: policy.pageSizeBytes,
       pageCount,
@@ -149,7 +149,7 @@ export class Allocator {
       ...(keyDigest === undefined ? {} : { keyDigest }),
       ...(origin === null ? {} : { snapshot: true }),
     };
-    this.names.add(msg.name); // held while we ask, so a second request for the name fails fast
+    this.names.add(name); // held while we ask, so a second request for the name fails fast
     let installed = false;
     // A snapshot being made holds its origin: no release, no write pointer, until it is installed here.
     if (origin !== null) origin.snapshotsPending++;
@@ -188,7 +188,7 @@ export class Allocator {
     } finally {
       if (origin !== null) origin.snapshotsPending--;
       if (local !== null) this.reservations.delete(local.id);
-      if (!installed) this.names.delete(msg.name);
+      if (!installed) this.names.delete(name);
     }
   }
 
